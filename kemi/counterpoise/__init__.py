@@ -1,0 +1,1 @@
+"""Counterpoise: a feedback-weighted SIP load balancer running inside Kamailio."""

@@ -1,0 +1,245 @@
+"""The KEMI routing object: what app_python3 calls for every SIP message and timer tick.
+
+Thin glue over the pure modules: SIP mechanics here, decisions in ``selection`` and
+``policy``. Kamailio's conventions hold: a ``ksr_*`` method returns 1 to go on, and the
+numeric return codes of KSR functions (negative = false) never leave this module.
+
+Per-transaction data lives in AVPs, which tm keeps with the transaction, because a reply
+may be handled by another worker than its request. Attempt ``i`` (0-based) of a request is
+tm branch ``i`` (the balancer never forks), and its AVPs are suffixed with ``i``:
+
+``cp_tried``  comma-separated proxies tried so far, in order.
+``cpu<i>``    proxy of attempt i; ``cpt<i>`` monotonic ms when it was relayed;
+``cpf<i>``    ms to its first reply; ``cpd<i>`` set once its outcome has been counted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import KSR
+
+from counterpoise import ksr_shared
+from counterpoise.settings import Settings, load_settings
+from counterpoise.store import PoolStore, connect
+from counterpoise.sync import SyncLoop
+from counterpoise.tally import is_proxy_failure
+
+DIALOG_FORMING = "INVITE,SUBSCRIBE,REFER"
+MAX_FORWARDS_LIMIT = 70
+"""Max-Forwards inserted when a request has none (RFC 3261 recommends 70)."""
+SANITY_CHECKS = 1511
+"""The sanity module's default checks (R-URI and Via SIP version, R-URI scheme, required
+headers, CSeq method and value, Content-Length, Expires, Proxy-Require): a request failing
+one is answered 400 by the module itself and goes no further."""
+SANITY_URI_CHECKS = 7
+"""Parse the R-URI, From and To URIs too."""
+
+
+def now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class KemiApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # mod_init runs before Kamailio forks: per-process state is made in child_init.
+        self.view = ksr_shared.WorkerView()
+        self.rng = random.Random()
+        self.sync: SyncLoop | None = None
+
+    # --- hooks app_python3 requires ------------------------------------------------------
+
+    def child_init(self, rank: int) -> int:
+        self.view = ksr_shared.WorkerView()
+        self.rng.seed(os.getpid() ^ time.monotonic_ns())
+        return 0
+
+    def ksr_reply_route(self, msg: object) -> int:
+        return 1
+
+    def ksr_onsend_route(self, msg: object) -> int:
+        return 1
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def ksr_request_route(self, msg: object) -> int:
+        if not self.ksr_route_reqinit():
+            return 1
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return 1
+        if KSR.siputils.has_totag() > 0:
+            self.ksr_route_withindlg()
+            return 1
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return 1
+        KSR.tm.t_check_trans()
+        if self.ksr_route_local():
+            return 1
+        self.ksr_route_dispatch()
+        return 1
+
+    def ksr_route_reqinit(self) -> bool:
+        """Max-Forwards and well-formedness; False when the request was answered here."""
+        if KSR.maxfwd.process_maxfwd(MAX_FORWARDS_LIMIT) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return False
+        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URI_CHECKS) < 0:
+            KSR.err(f"counterpoise: malformed request from {KSR.pv.gete('$si')}, answered 400\n")
+            return False
+        return True
+
+    def ksr_route_withindlg(self) -> None:
+        """In-dialog requests follow the Record-Route set their dialog built."""
+        if KSR.rr.loose_route() > 0:
+            KSR.tm.t_relay()
+            return
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        KSR.sl.sl_send_reply(404, "Not here")
+
+    def ksr_route_local(self) -> bool:
+        """Answer requests aimed at the balancer itself (an OPTIONS keepalive)."""
+        if not (KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0):
+            return False
+        KSR.sl.sl_send_reply(200, "OK")
+        return True
+
+    def ksr_route_dispatch(self) -> None:
+        if KSR.is_method_in("IS") or KSR.is_REFER():  # INVITE, SUBSCRIBE, REFER
+            KSR.rr.record_route()
+        uri = self._pick(exclude=())
+        if uri is None:
+            KSR.sl.sl_send_reply(503, "No Proxy Available")
+            return
+        if not self._relay(uri, tried=[]):
+            KSR.sl.sl_reply_error()
+
+    def _pick(self, exclude: list[str] | tuple[str, ...]) -> str | None:
+        picker = self.view.refresh()
+        return picker.pick(self.rng.random, ksr_shared.inflight, exclude)
+
+    def _relay(self, uri: str, tried: list[str]) -> bool:
+        attempt = len(tried)
+        if tried:
+            # In a failure route tm treats the R-URI as consumed by the failed branch;
+            # setting it again, unchanged, makes it a new branch to forward.
+            KSR.pv.sets("$ru", KSR.pv.gete("$ru"))
+        KSR.setdsturi(uri)
+        KSR.pv.sets("$avp(cp_tried)", ",".join([*tried, uri]))
+        KSR.pv.sets(f"$avp(cpu{attempt})", uri)
+        KSR.pv.seti(f"$avp(cpt{attempt})", now_ms() & 0x7FFFFFFF)
+        KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, self.settings.fr_timer_ms)
+        KSR.tm.t_on_reply("ksr_route_reply")
+        KSR.tm.t_on_failure("ksr_route_failure")
+        ksr_shared.inflight_add(uri, +1)
+        if KSR.tm.t_relay() < 0:
+            ksr_shared.inflight_add(uri, -1)
+            KSR.pv.seti(f"$avp(cpd{attempt})", 1)
+            self.view.count_request(uri, failed=True, first_ms=0, final_ms=0)
+            return False
+        return True
+
+    # --- replies ------------------------------------------------------------------------------
+
+    def ksr_route_reply(self, msg: object) -> int:
+        """tm onreply route of a relayed initial request: time the proxy's replies."""
+        attempt = KSR.pv.get("$T_branch_idx")
+        if not isinstance(attempt, int) or KSR.pv.is_null(f"$avp(cpu{attempt})"):
+            return 1
+        if not KSR.pv.is_null(f"$avp(cpd{attempt})"):
+            return 1
+        status = KSR.pv.get("$rs")
+        elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
+        if status < 200:
+            if KSR.pv.is_null(f"$avp(cpf{attempt})"):
+                KSR.pv.seti(f"$avp(cpf{attempt})", elapsed)
+            return 1
+        first = KSR.pv.get(f"$avp(cpf{attempt})")
+        self._count_outcome(attempt, is_proxy_failure(status), first, elapsed)
+        return 1
+
+    def ksr_route_failure(self, msg: object) -> int:
+        """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout."""
+        tried = KSR.pv.gete("$avp(cp_tried)").split(",")
+        attempt = len(tried) - 1
+        silent = KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0
+        if KSR.pv.is_null(f"$avp(cpd{attempt})"):
+            # No final reply from the proxy: a timeout. After a provisional reply it is the
+            # callee that did not answer, not a proxy failure.
+            elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
+            self._count_outcome(attempt, silent, KSR.pv.get(f"$avp(cpf{attempt})"), elapsed)
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
+        status = KSR.pv.get("$T_reply_code")
+        proxy_failed = silent or (isinstance(status, int) and is_proxy_failure(status))
+        if not proxy_failed or len(tried) >= self.settings.max_attempts:
+            return 1
+        uri = self._pick(exclude=tried)
+        if uri is not None and self._relay(uri, tried):
+            KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
+        return 1
+
+    def _count_outcome(self, attempt: int, failed: bool, first: object, elapsed: int) -> None:
+        KSR.pv.seti(f"$avp(cpd{attempt})", 1)
+        uri = KSR.pv.gete(f"$avp(cpu{attempt})")
+        ksr_shared.inflight_add(uri, -1)
+        first_ms = first if isinstance(first, int) else elapsed
+        self.view.count_request(uri, failed, first_ms, elapsed)
+
+    # --- probes and the sync timer -------------------------------------------------------------
+
+    def ksr_uac_reply(self, msg: object, evname: str) -> int:
+        """The outcome of a probe: its reply (evtype 1) or a local timeout (evtype 2)."""
+        sent, _, uri = KSR.pv.gete("$uac_req(evparam)").partition(" ")
+        if not uri or not sent.isdigit():
+            return 1
+        code = KSR.pv.get("$uac_req(evcode)")
+        answered = KSR.pv.get("$uac_req(evtype)") == 1 and isinstance(code, int)
+        failed = not answered or is_proxy_failure(code)
+        self.view.count_probe(uri, failed, now_ms() - int(sent))
+        return 1
+
+    def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
+        """rtimer callback: one step of the sync loop, in the timer process."""
+        if self.sync is None:
+            self.sync = self._make_sync_loop()
+        self.sync.tick()
+        return 1
+
+    def _make_sync_loop(self) -> SyncLoop:
+        node = self.settings.node_name()
+        store = PoolStore(
+            connect(self.settings.redis_url, self.settings.redis_timeout_ms),
+            self.settings.key_prefix,
+        )
+        KSR.info(f"counterpoise: node {node}, Redis {self.settings.redis_url}\n")
+        return SyncLoop(
+            settings=self.settings,
+            node=node,
+            shared=ksr_shared.SharedTable(),
+            probes=ksr_shared.UacProbeSender(self.settings.probe_from_uri),
+            store=store,
+            monotonic_ms=now_ms,
+            wall_ms=lambda: int(time.time() * 1000),
+            log=lambda text: KSR.notice(f"counterpoise: {text}\n"),
+        )
+
+
+def _elapsed_ms(start: object) -> int:
+    """Milliseconds since ``start``, a monotonic ms stamp stored in a 31-bit AVP."""
+    if not isinstance(start, int):
+        return 0
+    return ((now_ms() & 0x7FFFFFFF) - start) & 0x7FFFFFFF
+
+
+def create() -> KemiApp:
+    return KemiApp(load_settings())

@@ -1,0 +1,176 @@
+"""The weight policy: from what was observed of each proxy to the weight it routes with.
+
+Pure arithmetic: no Kamailio, no Redis, no clock of its own (``now_ms`` is passed in).
+
+Per proxy the policy keeps a ``Health``: a latency estimate, a failure streak and a state.
+
+* **Latency estimate** ``L`` (ms): an exponentially weighted moving average of the mean
+  latency of each window of samples (first-reply time of requests, round trip of probes; a
+  failed request or probe counts as ``failure_penalty_ms``). It rises with time constant
+  ``latency_rise_tau_ms`` and falls with ``latency_fall_tau_ms``:
+  ``L += (x - L) * (1 - exp(-dt / tau))``.
+* **State**: ``up``; ``down`` after ``down_after_failures`` failures in a row; back to
+  ``slowstart`` after ``up_after_probes`` answered probes in a row; ``up`` again once
+  ``slow_start_ms`` has passed. New proxies start in ``slowstart``.
+
+The weight of an active (not drained) proxy is::
+
+    weight = base_weight * (L_min + offset) / (L + offset) * ramp
+
+where ``L_min`` is the lowest estimate among the proxies that are not down, ``offset`` is
+``latency_offset_ms`` and ``ramp`` rises linearly from ``slow_start_floor`` to 1 during slow
+start. Down and drained proxies weigh 0. If every active proxy is down, they all get
+``base_weight * slow_start_floor`` ("panic mode", as Envoy does): trying a proxy that may
+have come back beats refusing every call.
+
+Worked example (offset 10 ms): proxies A, B with base 1, A at 2 ms, B at 150 ms.
+``L_min = 2``; A weighs 1 * 12/12 = 1, B weighs 1 * 12/160 = 0.075; B gets
+0.075 / 1.075 = 7 % of new requests instead of 50 %.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from counterpoise.settings import Settings
+from counterpoise.tally import Tally
+
+UP = "up"
+SLOW_START = "slowstart"
+DOWN = "down"
+DRAINED = "drained"
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    state: str
+    since_ms: int
+    """When the proxy entered ``state``."""
+    latency_ms: float | None = None
+    """The latency estimate ``L``; None until the first sample."""
+    last_sample_ms: int | None = None
+    consecutive_failures: int = 0
+    probe_streak: int = 0
+    """Answered probes in a row while down."""
+    last_window: Tally = dataclasses.field(default_factory=Tally)
+    """The latest window with samples, kept to show rates and inputs."""
+
+
+def new_health(now_ms: int) -> Health:
+    return Health(state=SLOW_START, since_ms=now_ms)
+
+
+def window_latency_ms(window: Tally, settings: Settings) -> float:
+    """Mean latency of a window's samples, failures charged ``failure_penalty_ms``."""
+    total = (
+        window.first_reply_ms_sum
+        + window.probe_ms_sum
+        + settings.failure_penalty_ms * window.failures
+    )
+    return total / window.samples
+
+
+def observe(health: Health, window: Tally, now_ms: int, settings: Settings) -> Health:
+    """Fold one window of samples into a proxy's health, then apply time-driven changes."""
+    if window.samples > 0:
+        health = _fold_samples(health, window, now_ms, settings)
+    if health.state == SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
+        health = dataclasses.replace(health, state=UP, since_ms=now_ms)
+    return health
+
+
+def _fold_samples(health: Health, window: Tally, now_ms: int, settings: Settings) -> Health:
+    sample = window_latency_ms(window, settings)
+    latency = health.latency_ms
+    if latency is None or health.last_sample_ms is None:
+        latency = sample
+    else:
+        tau = settings.latency_rise_tau_ms if sample > latency else settings.latency_fall_tau_ms
+        dt = max(now_ms - health.last_sample_ms, 0)
+        latency += (sample - latency) * (1.0 - math.exp(-dt / tau))
+
+    # One success ends a failure streak; one failure ends a probe streak.
+    streak_failures = 0 if window.successes else health.consecutive_failures + window.failures
+    probe_streak = 0 if window.failures else health.probe_streak + window.probes_ok
+
+    state, since = health.state, health.since_ms
+    if state != DOWN and streak_failures >= settings.down_after_failures:
+        state, since, probe_streak = DOWN, now_ms, 0
+    elif state == DOWN and probe_streak >= settings.up_after_probes:
+        state, since, streak_failures = SLOW_START, now_ms, 0
+
+    return Health(
+        state=state,
+        since_ms=since,
+        latency_ms=latency,
+        last_sample_ms=now_ms,
+        consecutive_failures=streak_failures,
+        probe_streak=probe_streak,
+        last_window=window,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Weighting:
+    """A proxy's weight and every input that produced it (published to Redis as is)."""
+
+    weight: float
+    state: str
+    base_weight: float
+    latency_ms: float | None
+    latency_factor: float
+    ramp: float
+    panic: bool = False
+
+
+def ramp_factor(health: Health, now_ms: int, settings: Settings) -> float:
+    if health.state != SLOW_START:
+        return 1.0
+    progress = min(max(now_ms - health.since_ms, 0) / settings.slow_start_ms, 1.0)
+    return settings.slow_start_floor + (1.0 - settings.slow_start_floor) * progress
+
+
+def weigh(
+    base_weights: Mapping[str, float],
+    drained: frozenset[str] | set[str],
+    health: Mapping[str, Health],
+    now_ms: int,
+    settings: Settings,
+) -> dict[str, Weighting]:
+    """Weights of every proxy in ``base_weights`` (the operator's list)."""
+    live_latencies = [
+        h.latency_ms
+        for uri, h in health.items()
+        if uri in base_weights and h.state != DOWN and h.latency_ms is not None
+    ]
+    reference = min(live_latencies) if live_latencies else None
+    active = [uri for uri in base_weights if uri not in drained]
+    panic = bool(active) and all(health[uri].state == DOWN for uri in active)
+
+    result: dict[str, Weighting] = {}
+    for uri, base in base_weights.items():
+        h = health[uri]
+        latency_factor = 1.0
+        if reference is not None and h.latency_ms is not None and h.state != DOWN:
+            offset = settings.latency_offset_ms
+            latency_factor = (reference + offset) / (h.latency_ms + offset)
+        ramp = ramp_factor(h, now_ms, settings)
+        if uri in drained:
+            weight, state = 0.0, DRAINED
+        elif h.state == DOWN:
+            weight = base * settings.slow_start_floor if panic else 0.0
+            state = DOWN
+        else:
+            weight, state = base * latency_factor * ramp, h.state
+        result[uri] = Weighting(
+            weight=weight,
+            state=state,
+            base_weight=base,
+            latency_ms=h.latency_ms,
+            latency_factor=latency_factor,
+            ramp=ramp,
+            panic=panic and state == DOWN,
+        )
+    return result

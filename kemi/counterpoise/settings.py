@@ -1,0 +1,141 @@
+"""Every knob of Counterpoise, in one place, with its unit, default and reason.
+
+Each field can be overridden by an environment variable named ``COUNTERPOISE_`` plus the
+field name in upper case (``COUNTERPOISE_FR_TIMER_MS=800``). ``counterpoise up`` sets these
+variables for the Kamailio it starts, so the Python code inside every Kamailio process and
+the command-line tool read the same values. Only three things live in ``kamailio.cfg``
+instead, because Kamailio needs them before Python runs: the listen address (``-l``), the
+number of SIP workers (``-n``) and the period of the sync timer (``CP_TICK_US``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+ENV_PREFIX = "COUNTERPOISE_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # --- Where the shared state is -------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6479/0"
+    """The embedded Redis (``redis/redis.conf``) listens on 6479, not 6379, so it never
+    collides with a Redis the host already runs."""
+
+    key_prefix: str = "cp:"
+    """Prefix of every Redis key, so several pools can share one Redis database."""
+
+    node_id: str = ""
+    """Name of this balancer node in Redis; empty means the host name. ``counterpoise up``
+    sets ``<hostname>:<sip port>`` so several balancers on one host stay apart."""
+
+    # --- Redis access from the sync process -------------------------------------------------
+    redis_timeout_ms: int = 250
+    """Connect and read timeout of one Redis round trip. Only the sync timer process talks to
+    Redis, never a SIP worker, so this bounds how late one sync tick can be, not a call."""
+
+    redis_backoff_initial_ms: int = 250
+    """After a failed Redis call the sync loop leaves Redis alone this long, doubling per
+    further failure, so a dead Redis costs one timeout per backoff period, not one per tick."""
+
+    redis_backoff_max_ms: int = 2000
+    """Upper bound of that backoff: Redis coming back is noticed within about 2 s."""
+
+    publish_interval_ms: int = 1000
+    """How often a node writes its weights and their inputs to Redis (``cp:weights:<node>``).
+    1 s keeps ``redis-cli`` and ``proxy list`` current at one pipelined write per second."""
+
+    node_ttl_ms: int = 10_000
+    """Expiry of a node's published weights: a stopped node's table disappears after 10 s."""
+
+    # --- SIP transaction timers and failover ---------------------------------------------------
+    fr_timer_ms: int = 1500
+    """How long to wait for the first reply of a proxy before giving up on it and failing over.
+    A live proxy on a LAN answers an INVITE with 100 Trying within milliseconds, so 1.5 s is
+    far above normal and bounds what a dead proxy costs a caller (SIP's own 32 s would not).
+    It is also the timeout of probes."""
+
+    fr_inv_timer_ms: int = 120_000
+    """After a provisional reply, how long an INVITE may ring before it times out: 2 minutes,
+    the usual ringing limit; a ringing call is not a failed proxy."""
+
+    max_attempts: int = 3
+    """Proxies tried per request: the first choice plus two failovers. With a third of the pool
+    dead and independent picks, 3 attempts leave (1/3)^3 = 3.7 % of requests needing more, and
+    those picks avoid proxies already marked down, so in practice none do."""
+
+    # --- Weight policy ------------------------------------------------------------------------
+    latency_rise_tau_ms: int = 300
+    """Time constant of the latency estimate when latency goes up: a proxy that turns slow
+    loses most of its share in under a second."""
+
+    latency_fall_tau_ms: int = 2000
+    """Time constant when latency goes down: a recovering proxy regains share over a few
+    seconds, so a proxy that flaps does not make the split oscillate."""
+
+    latency_offset_ms: float = 10.0
+    """Added to every latency before weights compare them. Differences well below 10 ms are
+    scheduling noise on a LAN; with it, 1 ms vs 2 ms changes a weight by 8 %, while a proxy
+    100 ms slower than its peers gets 11/110 = 1/10 of their weight."""
+
+    failure_penalty_ms: float = 500.0
+    """Latency charged for a failed request (408, 5xx, timeout). Without it a proxy that
+    answers everything at once with 503 would look like the fastest one; with it, a proxy
+    failing 10 % of requests in 2 ms otherwise averages ~52 ms and drops to about 1/5 share."""
+
+    down_after_failures: int = 3
+    """Consecutive failures (requests or probes, with no success between) that mark a proxy
+    down. 3 rides out one lost UDP packet or one overloaded moment without flapping."""
+
+    up_after_probes: int = 2
+    """Consecutive answered probes that bring a down proxy back (into slow start)."""
+
+    slow_start_ms: int = 8000
+    """How long a returning or newly added proxy takes to ramp from ``slow_start_floor`` to
+    its full weight, so a proxy that just restarted is not flooded with every new call."""
+
+    slow_start_floor: float = 0.1
+    """Fraction of its weight a proxy gets at the start of slow start."""
+
+    # --- Probes -------------------------------------------------------------------------------
+    probe_interval_ms: int = 1000
+    """Every proxy, up or down, is sent an OPTIONS this often; a proxy that stopped answering is
+    marked down within ``down_after_failures`` probe periods even with no traffic."""
+
+    probe_from_uri: str = "sip:counterpoise@localhost"
+    """From URI of probe requests."""
+
+    def node_name(self) -> str:
+        """This node's identity in Redis."""
+        return self.node_id or os.uname().nodename
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from defaults plus ``COUNTERPOISE_*`` variables of ``environ``.
+
+    A value that does not parse as the field's type raises ``ValueError`` naming the variable,
+    so a typo stops the start-up with a clear message instead of running on a default.
+    """
+    env = os.environ if environ is None else environ
+    overrides: dict[str, object] = {}
+    for field in dataclasses.fields(Settings):
+        name = ENV_PREFIX + field.name.upper()
+        if name not in env:
+            continue
+        raw = env[name]
+        kind = type(field.default)
+        try:
+            overrides[field.name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    return Settings(**overrides)
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The ``COUNTERPOISE_*`` variables that reproduce ``settings`` in another process."""
+    return {
+        ENV_PREFIX + field.name.upper(): str(getattr(settings, field.name))
+        for field in dataclasses.fields(Settings)
+    }

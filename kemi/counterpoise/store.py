@@ -1,0 +1,176 @@
+"""Redis: the proxy list, the published weights, and their key schema.
+
+Key schema (``cp:`` is ``Settings.key_prefix``); README "Redis layout" documents the same:
+
+``cp:pool``                HASH  proxy URI -> JSON ``{"weight": base weight, "admin":
+                                 "active" | "drained", "added_ms": epoch ms}``; no expiry.
+                                 Written by the CLI only.
+``cp:pool:version``        STRING integer, incremented by every change to ``cp:pool``;
+                                 balancers poll it every sync tick and reload on change.
+``cp:weights:<node>``      HASH  proxy URI -> JSON of the weight that node routes with and
+                                 every input of it (see ``weight_record``); expires
+                                 ``node_ttl_ms`` after the node's last write.
+``cp:nodes``               ZSET  node name -> epoch ms of its last publish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+
+import redis
+
+ACTIVE = "active"
+DRAINED = "drained"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    """What the operator set for one proxy."""
+
+    uri: str
+    base_weight: float = 1.0
+    admin: str = ACTIVE
+    added_ms: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"weight": self.base_weight, "admin": self.admin, "added_ms": self.added_ms},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, uri: str, text: str) -> ProxyConfig:
+        data = json.loads(text)
+        weight = float(data.get("weight", 1.0))
+        admin = data.get("admin", ACTIVE)
+        if not weight > 0 or admin not in (ACTIVE, DRAINED):
+            raise ValueError(f"bad pool record for {uri}: {text!r}")
+        return cls(uri=uri, base_weight=weight, admin=admin, added_ms=int(data.get("added_ms", 0)))
+
+
+def parse_pool(records: Mapping[str, str]) -> dict[str, ProxyConfig]:
+    """The operator's list from the ``cp:pool`` hash. A record that does not parse (only a
+    hand edit can make one: the CLI validates) is left out rather than stopping the sync."""
+    pool = {}
+    for uri, text in records.items():
+        try:
+            pool[uri] = ProxyConfig.from_json(uri, text)
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return pool
+
+
+class Keys:
+    """Names of every Redis key, from one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.pool = f"{prefix}pool"
+        self.pool_version = f"{prefix}pool:version"
+        self.nodes = f"{prefix}nodes"
+        self._weights = f"{prefix}weights:"
+
+    def weights(self, node: str) -> str:
+        return self._weights + node
+
+
+class UnknownProxy(LookupError):
+    pass
+
+
+def connect(url: str, timeout_ms: int) -> redis.Redis:
+    """A client whose every call returns or fails within ``timeout_ms`` (connect and read)."""
+    seconds = timeout_ms / 1000.0
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=seconds,
+        socket_connect_timeout=seconds,
+        decode_responses=True,
+        health_check_interval=0,
+    )
+
+
+class PoolStore:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+
+    # --- the operator's side -------------------------------------------------------------
+
+    def add(self, uri: str, base_weight: float = 1.0) -> ProxyConfig:
+        """Add a proxy, or change the base weight of one already in the pool (its admin state
+        is kept)."""
+        current = self.pool().get(uri)
+        config = ProxyConfig(
+            uri=uri,
+            base_weight=base_weight,
+            admin=current.admin if current else ACTIVE,
+            added_ms=current.added_ms if current else int(time.time() * 1000),
+        )
+        self._write(uri, config.to_json())
+        return config
+
+    def remove(self, uri: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.pool, uri)
+            pipe.incr(self.keys.pool_version)
+            removed, _ = pipe.execute()
+        if not removed:
+            raise UnknownProxy(uri)
+
+    def set_admin(self, uri: str, admin: str) -> ProxyConfig:
+        current = self.pool().get(uri)
+        if current is None:
+            raise UnknownProxy(uri)
+        config = dataclasses.replace(current, admin=admin)
+        self._write(uri, config.to_json())
+        return config
+
+    def _write(self, uri: str, record: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.pool, uri, record)
+            pipe.incr(self.keys.pool_version)
+            pipe.execute()
+
+    # --- the balancer's side -------------------------------------------------------------
+
+    def version(self) -> int:
+        value = self.client.get(self.keys.pool_version)
+        return int(value) if value is not None else 0
+
+    def pool(self) -> dict[str, ProxyConfig]:
+        return parse_pool(self.client.hgetall(self.keys.pool))
+
+    def versioned_pool(self) -> tuple[int, dict[str, ProxyConfig]]:
+        """Version and list read in one round trip, consistent with each other."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.keys.pool_version)
+            pipe.hgetall(self.keys.pool)
+            version, records = pipe.execute()
+        return (int(version) if version is not None else 0), parse_pool(records)
+
+    def publish_weights(
+        self, node: str, records: Mapping[str, Mapping[str, object]], ttl_ms: int, now_ms: int
+    ) -> None:
+        key = self.keys.weights(node)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if records:
+                pipe.hset(
+                    key, mapping={u: json.dumps(r, sort_keys=True) for u, r in records.items()}
+                )
+                pipe.pexpire(key, ttl_ms)
+            pipe.zadd(self.keys.nodes, {node: now_ms})
+            pipe.zremrangebyscore(self.keys.nodes, 0, now_ms - ttl_ms)
+            pipe.execute()
+
+    def node_weights(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, dict]]:
+        """Per live node, the weights it published: node -> proxy URI -> record."""
+        nodes = self.client.zrangebyscore(self.keys.nodes, now_ms - ttl_ms, "+inf")
+        result = {}
+        for node in nodes:
+            raw = self.client.hgetall(self.keys.weights(node))
+            result[node] = {uri: json.loads(text) for uri, text in raw.items()}
+        return result

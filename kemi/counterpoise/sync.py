@@ -1,0 +1,211 @@
+"""The sync loop: what Kamailio's timer process does every tick.
+
+One process per balancer node runs it (rtimer, every ``CP_TICK_US``). Each tick it
+
+1. reloads the proxy list from Redis when ``cp:pool:version`` changed (and keeps the last
+   list it had while Redis is unreachable);
+2. merges what every SIP worker counted since the last tick (``Tally`` deltas);
+3. folds those windows into each proxy's health and recomputes the weights (``policy``);
+4. hands the new table to the SIP workers through shared memory;
+5. sends the probes that are due;
+6. every ``publish_interval_ms``, writes the weights and their inputs to Redis.
+
+It never imports KSR: shared memory, probe sending, Redis and the clocks are passed in, so
+the tests run it against a dict and a real Redis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import redis
+
+from counterpoise import policy
+from counterpoise.backoff import Backoff
+from counterpoise.settings import Settings
+from counterpoise.store import DRAINED, PoolStore, ProxyConfig
+from counterpoise.tally import Tally
+
+
+class SharedState(Protocol):
+    """The node's shared memory, as the sync loop sees it."""
+
+    def read_tallies(self) -> Mapping[str, Tally]:
+        """Every worker's cumulative tallies, keyed ``"<worker> <proxy uri>"``."""
+
+    def ensure_inflight(self, uri: str) -> None:
+        """Create the in-flight counter of a proxy (at 0) if it does not exist yet."""
+
+    def inflight(self, uri: str) -> int: ...
+
+    def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
+        """Make ``(uri, weight)`` pairs the table every SIP worker routes with."""
+
+
+class ProbeSender(Protocol):
+    def send(self, uri: str, sent_ms: int) -> None: ...
+
+
+REDIS_ERRORS = (redis.RedisError, OSError, ValueError)
+"""What a Redis call may raise when Redis is down, slow or holds garbage: all mean "carry on
+with what we had"."""
+
+
+class SyncLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        node: str,
+        shared: SharedState,
+        probes: ProbeSender,
+        store: PoolStore,
+        monotonic_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
+        log: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.node = node
+        self._shared = shared
+        self._probes = probes
+        self._store = store
+        self._monotonic_ms = monotonic_ms
+        self._wall_ms = wall_ms
+        self._log = log
+        self._backoff = Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms)
+        self._pool_version = -1
+        self.pool: dict[str, ProxyConfig] = {}
+        self.health: dict[str, policy.Health] = {}
+        self.weights: dict[str, policy.Weighting] = {}
+        self.totals: dict[str, Tally] = {}
+        self._previous: dict[str, Tally] = {}
+        self._table: list[tuple[str, float]] | None = None
+        self._next_probe_ms = 0
+        self._next_publish_ms = 0
+
+    @property
+    def redis_ok(self) -> bool:
+        return self._backoff.failures == 0
+
+    def tick(self) -> None:
+        now = self._monotonic_ms()
+        self._refresh_pool(now)
+        windows = self._collect_windows()
+        for uri in self.pool:
+            window = windows.get(uri, Tally())
+            self.totals[uri] = self.totals.get(uri, Tally()) + window
+            self.health[uri] = policy.observe(self.health[uri], window, now, self.settings)
+        self.weights = policy.weigh(
+            {uri: c.base_weight for uri, c in self.pool.items()},
+            {uri for uri, c in self.pool.items() if c.admin == DRAINED},
+            self.health,
+            now,
+            self.settings,
+        )
+        self._publish_table()
+        if now >= self._next_probe_ms:
+            self._next_probe_ms = now + self.settings.probe_interval_ms
+            for uri in self.pool:
+                self._probes.send(uri, now)
+        if now >= self._next_publish_ms:
+            self._next_publish_ms = now + self.settings.publish_interval_ms
+            self._with_redis(now, self._publish_weights)
+
+    # --- Redis -----------------------------------------------------------------------------
+
+    def _with_redis(self, now: int, action: Callable[[], None]) -> None:
+        if not self._backoff.ready(now):
+            return
+        try:
+            action()
+        except REDIS_ERRORS as error:
+            if self._backoff.failures == 0:
+                self._log(f"Redis unreachable, routing on the last proxy table: {error}")
+            self._backoff.failed(now)
+            return
+        if self._backoff.failures:
+            self._log(f"Redis reachable again after {self._backoff.failures} failed attempts")
+        self._backoff.succeeded()
+
+    def _refresh_pool(self, now: int) -> None:
+        def reload() -> None:
+            if self._store.version() == self._pool_version:
+                return
+            version, pool = self._store.versioned_pool()
+            self._apply_pool(version, pool, now)
+
+        self._with_redis(now, reload)
+
+    def _apply_pool(self, version: int, pool: dict[str, ProxyConfig], now: int) -> None:
+        for uri in pool:
+            if uri not in self.health:
+                self._shared.ensure_inflight(uri)
+                self.health[uri] = policy.new_health(now)
+        for uri in set(self.health) - set(pool):
+            del self.health[uri]
+            self.totals.pop(uri, None)
+        if set(pool) != set(self.pool):
+            self._log(f"proxy list version {version}: {', '.join(sorted(pool)) or 'empty'}")
+        self.pool = pool
+        self._pool_version = version
+
+    def _publish_weights(self) -> None:
+        wall = self._wall_ms()
+        records = {uri: self.record(uri) for uri in self.pool}
+        self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall)
+
+    def record(self, uri: str) -> dict[str, object]:
+        """What Redis shows of one proxy: its weight, its share and every input of both."""
+        weighting = self.weights[uri]
+        health = self.health[uri]
+        total_weight = sum(w.weight for w in self.weights.values())
+        window = health.last_window
+        return {
+            "weight": round(weighting.weight, 4),
+            "share": round(weighting.weight / total_weight, 4) if total_weight else 0.0,
+            "state": weighting.state,
+            "base_weight": weighting.base_weight,
+            "latency_ms": _round(weighting.latency_ms),
+            "latency_factor": round(weighting.latency_factor, 4),
+            "ramp": round(weighting.ramp, 4),
+            "panic": weighting.panic,
+            "consecutive_failures": health.consecutive_failures,
+            "inflight": self._shared.inflight(uri),
+            "window": dataclasses.asdict(window),
+            "first_reply_ms": _mean(window.first_reply_ms_sum, window.requests_ok),
+            "final_reply_ms": _mean(window.final_reply_ms_sum, window.requests_ok),
+            "probe_ms": _mean(window.probe_ms_sum, window.probes_ok),
+            "totals": dataclasses.asdict(self.totals.get(uri, Tally())),
+            "updated_ms": self._wall_ms(),
+        }
+
+    # --- shared memory ---------------------------------------------------------------------
+
+    def _collect_windows(self) -> dict[str, Tally]:
+        """What all workers counted per proxy since the last tick."""
+        current = dict(self._shared.read_tallies())
+        windows: dict[str, Tally] = {}
+        for key, tally in current.items():
+            uri = key.split(" ", 1)[-1]
+            previous = self._previous.get(key, Tally())
+            delta = tally - previous
+            if min(dataclasses.astuple(delta)) < 0:
+                delta = tally  # the worker restarted and counts from zero again
+            windows[uri] = windows.get(uri, Tally()) + delta
+        self._previous = current
+        return windows
+
+    def _publish_table(self) -> None:
+        table = sorted((uri, round(w.weight, 6)) for uri, w in self.weights.items())
+        if table != self._table:
+            self._shared.publish_table(table)
+            self._table = table
+
+
+def _mean(total: int, count: int) -> float | None:
+    return round(total / count, 2) if count else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

@@ -1,0 +1,96 @@
+"""The pool as an operator sees it: one row per proxy, from Redis alone.
+
+A row merges the operator's record (``cp:pool``) with what the balancer nodes published
+(``cp:weights:<node>``): state, weight and latency from the most recent node; requests in
+flight and request counts summed over all nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from counterpoise.settings import Settings
+from counterpoise.store import PoolStore
+
+COLUMNS = (
+    ("proxy", "uri", "{}"),
+    ("admin", "admin", "{}"),
+    ("state", "state", "{}"),
+    ("base", "base_weight", "{:g}"),
+    ("weight", "weight", "{:.3f}"),
+    ("share", "share", "{:.1%}"),
+    ("latency ms", "latency_ms", "{:.1f}"),
+    ("probe ms", "probe_ms", "{:.1f}"),
+    ("in flight", "inflight", "{}"),
+    ("requests", "requests", "{}"),
+    ("failed", "failed", "{}"),
+    ("req share", "request_share", "{:.1%}"),
+)
+
+
+def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
+    pool = store.pool()
+    published = store.node_weights(now_ms, settings.node_ttl_ms)
+    rows = []
+    for uri, config in sorted(pool.items()):
+        records = [by_uri[uri] for by_uri in published.values() if uri in by_uri]
+        latest = max(records, key=lambda r: r.get("updated_ms", 0), default={})
+        totals = [r.get("totals", {}) for r in records]
+        rows.append(
+            {
+                "uri": uri,
+                "admin": config.admin,
+                "base_weight": config.base_weight,
+                "state": latest.get("state", "unknown"),
+                "weight": latest.get("weight"),
+                "share": latest.get("share"),
+                "latency_ms": latest.get("latency_ms"),
+                "first_reply_ms": latest.get("first_reply_ms"),
+                "probe_ms": latest.get("probe_ms"),
+                "inflight": sum(int(r.get("inflight", 0)) for r in records),
+                "requests": sum(
+                    t.get("requests_ok", 0) + t.get("requests_failed", 0) for t in totals
+                ),
+                "failed": sum(t.get("requests_failed", 0) for t in totals),
+                "nodes": sorted(node for node, by_uri in published.items() if uri in by_uri),
+            }
+        )
+    all_requests = sum(row["requests"] for row in rows)
+    for row in rows:
+        row["request_share"] = row["requests"] / all_requests if all_requests else 0.0
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    header = [title for title, _, _ in COLUMNS]
+    body = [
+        [fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS]
+        for row in rows
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in [header, *body]
+    ]
+    if not rows:
+        lines.append("(no proxies: add one with `counterpoise proxy add sip:HOST:PORT`)")
+    return "\n".join(lines)
+
+
+def watch(
+    store: PoolStore, settings: Settings, interval_s: float, footer: Callable[[], str] | None
+) -> int:
+    """Redraw the table every ``interval_s`` until Ctrl-C."""
+    try:
+        while True:
+            rows = pool_rows(store, settings, int(time.time() * 1000))
+            text = render(rows)
+            if footer:
+                text += "\n\n" + footer()
+            print(
+                "\033[2J\033[H" + time.strftime("%H:%M:%S  counterpoise pool\n") + text, flush=True
+            )
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,93 @@
+"""Counts of what one balancer saw of one proxy: requests, their latency, probes.
+
+SIP workers are separate processes. Each keeps a cumulative ``Tally`` per proxy and writes it,
+encoded, into its own key of a shared-memory table; it is the only writer of that key, so no
+lock is needed. The sync process reads all keys and subtracts its previous reading to get what
+happened since its last tick: ``Tally`` supports ``+`` and ``-`` for that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+_FIELDS = (
+    "requests_ok",
+    "requests_failed",
+    "first_reply_ms_sum",
+    "final_reply_ms_sum",
+    "probes_ok",
+    "probes_failed",
+    "probe_ms_sum",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tally:
+    requests_ok: int = 0
+    """Requests relayed to the proxy that got a final reply that is not a proxy failure."""
+    requests_failed: int = 0
+    """Requests that timed out, or got 408 or 5xx from the proxy."""
+    first_reply_ms_sum: int = 0
+    """Sum over ``requests_ok`` of milliseconds from relaying to the first reply (often a
+    100 Trying): how long the proxy took to start handling the request."""
+    final_reply_ms_sum: int = 0
+    """Sum over ``requests_ok`` of milliseconds from relaying to the final reply."""
+    probes_ok: int = 0
+    """Probes the proxy answered (any reply below 500 other than 408)."""
+    probes_failed: int = 0
+    """Probes that timed out or got 408 or 5xx."""
+    probe_ms_sum: int = 0
+    """Sum over ``probes_ok`` of probe round-trip milliseconds."""
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+
+    def __sub__(self, other: Tally) -> Tally:
+        return Tally(*(getattr(self, f) - getattr(other, f) for f in _FIELDS))
+
+    @property
+    def samples(self) -> int:
+        return self.requests_ok + self.requests_failed + self.probes_ok + self.probes_failed
+
+    @property
+    def successes(self) -> int:
+        return self.requests_ok + self.probes_ok
+
+    @property
+    def failures(self) -> int:
+        return self.requests_failed + self.probes_failed
+
+    def encode(self) -> str:
+        """Space-separated integers: compact, and readable in ``kamcmd htable.dump``."""
+        return " ".join(str(getattr(self, f)) for f in _FIELDS)
+
+    @classmethod
+    def decode(cls, text: str) -> Tally:
+        values = [int(part) for part in text.split()]
+        if len(values) != len(_FIELDS) or min(values) < 0:
+            raise ValueError(f"not a tally: {text!r}")
+        return cls(*values)
+
+    def with_request(self, failed: bool, first_ms: int, final_ms: int) -> Tally:
+        if failed:
+            return dataclasses.replace(self, requests_failed=self.requests_failed + 1)
+        return dataclasses.replace(
+            self,
+            requests_ok=self.requests_ok + 1,
+            first_reply_ms_sum=self.first_reply_ms_sum + max(first_ms, 0),
+            final_reply_ms_sum=self.final_reply_ms_sum + max(final_ms, 0),
+        )
+
+    def with_probe(self, failed: bool, rtt_ms: int) -> Tally:
+        if failed:
+            return dataclasses.replace(self, probes_failed=self.probes_failed + 1)
+        return dataclasses.replace(
+            self, probes_ok=self.probes_ok + 1, probe_ms_sum=self.probe_ms_sum + max(rtt_ms, 0)
+        )
+
+
+def is_proxy_failure(status: int) -> bool:
+    """A reply that says the proxy, not the callee, failed: 408 or any 5xx.
+
+    Locally generated 408s (no answer before ``fr_timer_ms``) arrive here the same way."""
+    return status == 408 or 500 <= status <= 599

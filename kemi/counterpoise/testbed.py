@@ -1,0 +1,184 @@
+"""The demo pool: downstream Kamailio proxies in front of a SIPp UAS, and SIPp callers.
+
+Shared by ``counterpoise demo``, the end-to-end tests and the benchmarks, so all three run
+the same real processes. The downstream proxy is ``downstream/proxy.cfg`` (see its README):
+its capacity comes from workers sleeping ``cpdemo.delay_ms`` per INVITE, changeable at run
+time over its control socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from pathlib import Path
+
+from counterpoise import procs
+
+DOWNSTREAM_CFG = procs.REPO / "downstream" / "proxy.cfg"
+
+
+def kamcmd(ctl_socket: Path, *args: str, timeout_s: float = 5.0) -> str:
+    result = subprocess.run(
+        ["kamcmd", "-s", f"unixs:{ctl_socket}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"kamcmd {' '.join(args)}: {result.stderr.strip() or result.stdout}")
+    return result.stdout
+
+
+def statistics(ctl_socket: Path, group: str = "all") -> dict[str, int]:
+    """Kamailio statistics as ``{"core:rcv_requests_invite": 12, ...}``."""
+    stats = {}
+    for line in kamcmd(ctl_socket, "stats.get_statistics", group).splitlines():
+        name, sep, value = line.strip().partition(" = ")
+        if sep and value.strip().lstrip("-").isdigit():
+            stats[name] = int(value)
+    return stats
+
+
+class Downstream:
+    """One downstream Kamailio proxy of the pool."""
+
+    def __init__(
+        self, name: str, port: int, workers: int, uas_uri: str, run_dir: Path, registrar: bool
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.workers = workers
+        self.uas_uri = uas_uri
+        self.run_dir = run_dir / name
+        self.registrar = registrar
+        self.ctl = self.run_dir / "ctl.sock"
+        self.proc: procs.Process | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"sip:127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> Downstream:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        defines: dict[str, str | int] = {
+            "WORKERS": self.workers,
+            "UAS_URI": self.uas_uri,
+            "CTL_PATH": str(self.ctl),
+        }
+        argv = procs.kamailio_argv(
+            DOWNSTREAM_CFG, "127.0.0.1", self.port, self.workers, self.run_dir, defines
+        )
+        if self.registrar:
+            argv += ["-A", "WITH_REGISTRAR"]
+        self.proc = procs.Process(f"downstream {self.name}", argv, self.run_dir / "kamailio.log")
+        self.proc.ensure_started(
+            lambda: procs.sip_options("127.0.0.1", self.port, 0.3) == 200,
+            timeout_s,
+            f"downstream {self.name} to answer OPTIONS on port {self.port}",
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed proxy does."""
+        if self.proc:
+            self.proc.kill()
+
+    def set_delay_ms(self, delay_ms: int) -> None:
+        kamcmd(self.ctl, "cfg.set_now_int", "cpdemo", "delay_ms", str(delay_ms))
+
+    def set_fail_code(self, code: int) -> None:
+        kamcmd(self.ctl, "cfg.set_now_int", "cpdemo", "fail_code", str(code))
+
+    def counts(self) -> dict[str, int]:
+        """Requests received by method: invite, ack, bye, register, options, message."""
+        stats = statistics(self.ctl, "core:")
+        return {
+            key.removeprefix("core:rcv_requests_"): value
+            for key, value in stats.items()
+            if key.startswith("core:rcv_requests_")
+        }
+
+
+def start_uas(port: int, run_dir: Path) -> procs.Process:
+    """A SIPp UAS answering every call (sipp-scenarios/uas.xml)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "sipp", "-sf", str(procs.SIPP_SCENARIOS / "uas.xml"),
+        "-i", "127.0.0.1", "-p", str(port), "-nostdin",
+        "-max_socket", "2048",
+    ]  # fmt: skip
+    proc = procs.Process("sipp uas", argv, run_dir / f"uas-{port}.log", cwd=run_dir)
+    proc.ensure_started(lambda: _udp_bound(port), 10.0, f"SIPp UAS on port {port}")
+    return proc
+
+
+def _udp_bound(port: int) -> bool:
+    try:
+        procs.check_udp_free("127.0.0.1", port)
+    except procs.StartError:
+        return True
+    return False
+
+
+@dataclasses.dataclass
+class CallResult:
+    successful: int
+    failed: int
+    returncode: int
+    output: str
+
+
+_COUNTER = re.compile(r"^\s*(Successful call|Failed call)\s*\|\s*\d+\s*\|\s*(\d+)", re.MULTILINE)
+
+
+class Caller:
+    """SIPp UAC placing calls through the balancer (sipp-scenarios/uac.xml), in the background
+    so a test can change the pool while calls flow."""
+
+    def __init__(
+        self,
+        target: str,
+        run_dir: Path,
+        calls: int,
+        rate: float,
+        hold_ms: int = 200,
+        scenario: str = "uac.xml",
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.port = procs.free_port()
+        self.log = run_dir / f"uac-{self.port}.log"
+        argv = [
+            "sipp", target, "-sf", str(procs.SIPP_SCENARIOS / scenario),
+            "-i", "127.0.0.1", "-p", str(self.port),
+            "-m", str(calls), "-r", str(rate), "-d", str(hold_ms),
+            "-nostdin", "-timeout", f"{int(calls / rate) + 60}s",
+            "-max_socket", "2048",
+            "-trace_err", "-error_file", str(run_dir / f"uac-{self.port}.err"),
+            *extra,
+        ]  # fmt: skip
+        self.proc = procs.Process("sipp uac", argv, self.log, cwd=run_dir)
+
+    def wait(self, timeout_s: float) -> CallResult:
+        try:
+            self.proc.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.stop()
+            raise TimeoutError(f"SIPp UAC still running after {timeout_s} s") from None
+        output = self.log.read_text(errors="replace")
+        counters = dict(_COUNTER.findall(output))
+        return CallResult(
+            successful=int(counters.get("Successful call", 0)),
+            failed=int(counters.get("Failed call", 0)),
+            returncode=self.proc.popen.returncode,
+            output=output,
+        )
+
+    def stop(self) -> None:
+        self.proc.stop()

@@ -1,0 +1,149 @@
+"""Fixtures for end-to-end tests: real Redis, real Kamailio (balancer and downstream
+proxies), real SIPp, on free local ports, all stopped when the test ends, pass or fail."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from counterpoise import procs, table, testbed
+from counterpoise.settings import Settings, to_environ
+from counterpoise.store import PoolStore, connect
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = procs.free_port()
+    proc = procs.start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield port
+    proc.stop()
+
+
+class Bed:
+    """One test's processes and the handles to drive them."""
+
+    def __init__(self, run_dir: Path, redis_url: str) -> None:
+        self.run_dir = run_dir
+        self.use_redis(redis_url)
+        self._procs: list[procs.Process] = []
+        self._downstreams: list[testbed.Downstream] = []
+        self._callers: list[testbed.Caller] = []
+        self.balancer_port = 0
+        self.uas_uri = ""
+
+    def use_redis(self, redis_url: str) -> None:
+        """Point the balancer (started after this call), the store and the CLI at a Redis."""
+        self.redis_url = redis_url
+        self.settings = Settings(redis_url=redis_url)
+        self.store = PoolStore(connect(redis_url, 1000), self.settings.key_prefix)
+
+    # --- processes -------------------------------------------------------------------------
+
+    def start_uas(self) -> str:
+        port = procs.free_port()
+        self._procs.append(testbed.start_uas(port, self.run_dir))
+        self.uas_uri = f"sip:127.0.0.1:{port}"
+        return self.uas_uri
+
+    def start_downstream(
+        self, name: str, workers: int = 2, port: int | None = None, registrar: bool = False
+    ) -> testbed.Downstream:
+        if not self.uas_uri:
+            self.start_uas()
+        ds = testbed.Downstream(
+            name, port or procs.free_port(), workers, self.uas_uri, self.run_dir, registrar
+        )
+        self._downstreams.append(ds)
+        return ds.start()
+
+    def start_balancer(self, workers: int = 3, **overrides: object) -> int:
+        self.balancer_port = procs.free_port()
+        self.settings = dataclasses.replace(
+            self.settings, node_id=f"test:{self.balancer_port}", **overrides
+        )
+        proc = procs.start_balancer(
+            "127.0.0.1",
+            self.balancer_port,
+            self.run_dir / "balancer",
+            to_environ(self.settings),
+            self.settings.fr_timer_ms,
+            workers,
+            log_path=self.run_dir / "balancer.log",
+        )
+        self._procs.append(proc)
+        return self.balancer_port
+
+    def caller(self, calls: int, rate: float, hold_ms: int = 200, **kw: object) -> testbed.Caller:
+        caller = testbed.Caller(
+            f"127.0.0.1:{self.balancer_port}", self.run_dir, calls, rate, hold_ms, **kw
+        )
+        self._callers.append(caller)
+        return caller
+
+    def close(self) -> None:
+        for caller in self._callers:
+            caller.stop()
+        for ds in self._downstreams:
+            ds.stop()
+        for proc in reversed(self._procs):
+            proc.stop()
+
+    # --- the pool as Redis shows it -------------------------------------------------------
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """Run the real `counterpoise` command against this test's Redis."""
+        return subprocess.run(
+            [sys.executable, "-m", "counterpoise.cli", *args, "--redis", self.redis_url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def rows(self) -> dict[str, dict]:
+        now_ms = int(time.time() * 1000)
+        return {row["uri"]: row for row in table.pool_rows(self.store, self.settings, now_ms)}
+
+    def wait_state(self, uri: str, states: tuple[str, ...], timeout_s: float = 15.0) -> dict:
+        return procs.wait_for(
+            lambda: (
+                self.rows().get(uri) if self.rows().get(uri, {}).get("state") in states else None
+            ),
+            timeout_s,
+            f"{uri} to be {' or '.join(states)} in Redis",
+        )
+
+    def add_pool(self, *members: tuple[testbed.Downstream, float]) -> None:
+        for ds, weight in members:
+            self.store.add(ds.uri, weight)
+        for ds, _ in members:
+            self.wait_state(ds.uri, ("up", "slowstart"))
+
+
+@pytest.fixture
+def bed(tmp_path: Path, redis_server: int) -> Iterator[Bed]:
+    url = f"redis://127.0.0.1:{redis_server}/0"
+    connect(url, 1000).flushdb()
+    bed = Bed(tmp_path, url)
+    yield bed
+    bed.close()
+
+
+def invite_shares(
+    downstreams: list[testbed.Downstream], before: dict[str, int]
+) -> dict[str, float]:
+    """Share of the INVITEs each downstream received since the ``before`` snapshot."""
+    now = {ds.name: ds.counts().get("invite", 0) for ds in downstreams}
+    delta = {name: now[name] - before.get(name, 0) for name in now}
+    total = sum(delta.values())
+    return {name: (count / total if total else 0.0) for name, count in delta.items()}
+
+
+def invite_counts(downstreams: list[testbed.Downstream]) -> dict[str, int]:
+    return {ds.name: ds.counts().get("invite", 0) for ds in downstreams}
