@@ -60,46 +60,60 @@ def open_store(settings: Settings, url: str | None) -> PoolStore:
 # --- up ---------------------------------------------------------------------------------------
 
 
-def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    host, port = parse_listen(args.listen)
+def start_node(
+    settings: Settings,
+    listen: str,
+    redis_url: str | None,
+    workers: int,
+    run_dir: Path,
+    started: list[procs.Process],
+    log_path: Path | None = None,
+) -> Settings:
+    """Start the embedded Redis (when ``redis_url`` is None) and a balancer; every process
+    started is appended to ``started`` for the caller to stop. Returns the node's settings."""
+    host, port = parse_listen(listen)
     procs.check_udp_free(host, port)
+    if redis_url is None:
+        redis_url = settings.redis_url
+        embedded_port = redis_port(redis_url)
+        print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} ({run_dir / 'redis'})")
+        started.append(procs.start_redis(embedded_port, run_dir / "redis"))
+    node_id = settings.node_id or f"{os.uname().nodename}:{port}"
+    settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)
+    open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable
+    print(f"starting Kamailio on udp:{host}:{port}, Redis {redis_url}")
+    started.append(
+        procs.start_balancer(
+            host, port, run_dir, to_environ(settings), settings.fr_timer_ms, workers, log_path
+        )
+    )
+    print(f"balancer ready on sip:{host}:{port} (node {node_id})")
+    return settings
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end the foreground command the way Ctrl-C does."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="counterpoise-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     started: list[procs.Process] = []
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_sigterm()
     try:
-        redis_url = args.redis
-        if redis_url is None:
-            redis_url = settings.redis_url
-            embedded_port = redis_port(redis_url)
-            print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} ({run_dir})")
-            started.append(procs.start_redis(embedded_port, run_dir / "redis"))
-        settings = dataclasses.replace(
-            settings,
-            redis_url=redis_url,
-            node_id=settings.node_id or f"{os.uname().nodename}:{port}",
-        )
-        open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable
-        print(f"starting Kamailio on udp:{host}:{port}, Redis {redis_url}, log on stderr")
-        balancer = procs.start_balancer(
-            host, port, run_dir, to_environ(settings), settings.fr_timer_ms, args.workers
-        )
-        started.append(balancer)
-        print(f"balancer ready on sip:{host}:{port} (node {settings.node_id}); Ctrl-C stops it")
-        while not stopping and balancer.alive():
+        start_node(settings, args.listen, args.redis, args.workers, run_dir, started)
+        print("Kamailio logs on stderr; Ctrl-C stops everything")
+        balancer = started[-1]
+        while balancer.alive():
             time.sleep(0.2)
-        if not stopping:
-            raise CliError(f"Kamailio exited with status {balancer.popen.returncode}")
+        raise CliError(f"Kamailio exited with status {balancer.popen.returncode}")
+    except KeyboardInterrupt:
         return 0
-    except procs.StartError as error:
-        raise CliError(str(error)) from None
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -146,7 +160,7 @@ def print_list(store: PoolStore, settings: Settings, as_json: bool) -> int:
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings, args.redis)
-    return table.watch(store, settings, args.interval, None)
+    return table.watch(store, settings, args.interval)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

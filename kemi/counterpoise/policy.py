@@ -54,6 +54,8 @@ class Health:
     consecutive_failures: int = 0
     probe_streak: int = 0
     """Answered probes in a row while down."""
+    probe_ms: float | None = None
+    """Mean round trip of the latest window's answered probes."""
     last_window: Tally = dataclasses.field(default_factory=Tally)
     """The latest window with samples, kept to show rates and inputs."""
 
@@ -108,6 +110,7 @@ def _fold_samples(health: Health, window: Tally, now_ms: int, settings: Settings
         last_sample_ms=now_ms,
         consecutive_failures=streak_failures,
         probe_streak=probe_streak,
+        probe_ms=window.probe_ms_sum / window.probes_ok if window.probes_ok else health.probe_ms,
         last_window=window,
     )
 

@@ -175,7 +175,7 @@ class SyncLoop:
             "window": dataclasses.asdict(window),
             "first_reply_ms": _mean(window.first_reply_ms_sum, window.requests_ok),
             "final_reply_ms": _mean(window.final_reply_ms_sum, window.requests_ok),
-            "probe_ms": _mean(window.probe_ms_sum, window.probes_ok),
+            "probe_ms": _round(health.probe_ms),
             "totals": dataclasses.asdict(self.totals.get(uri, Tally())),
             "updated_ms": self._wall_ms(),
         }

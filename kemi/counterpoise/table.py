@@ -79,11 +79,16 @@ def render(rows: list[dict]) -> str:
 
 
 def watch(
-    store: PoolStore, settings: Settings, interval_s: float, footer: Callable[[], str] | None
+    store: PoolStore,
+    settings: Settings,
+    interval_s: float,
+    footer: Callable[[], str] | None = None,
+    duration_s: float = 0,
 ) -> int:
-    """Redraw the table every ``interval_s`` until Ctrl-C."""
+    """Redraw the table every ``interval_s`` until Ctrl-C, or for ``duration_s`` if set."""
+    end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     try:
-        while True:
+        while time.monotonic() < end:
             rows = pool_rows(store, settings, int(time.time() * 1000))
             text = render(rows)
             if footer:
@@ -93,4 +98,5 @@ def watch(
             )
             time.sleep(interval_s)
     except KeyboardInterrupt:
-        return 0
+        pass
+    return 0

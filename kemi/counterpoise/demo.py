@@ -1,0 +1,73 @@
+"""``counterpoise demo``: the embedded default, end to end, on this host.
+
+Starts the embedded Redis, a balancer, a SIPp UAS and three downstream Kamailio proxies of
+unequal capacity, enters the proxies in Redis with equal base weights, sends SIPp calls
+through the balancer and shows the live table: the weights find the capacities by
+themselves. Ctrl-C (or SIGTERM, or ``--duration``) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from counterpoise import cli, procs, table, testbed
+from counterpoise.settings import Settings
+
+DEMO_POOL = (("big", 4), ("medium", 2), ("small", 1))
+"""Name and worker count of each demo proxy."""
+
+DEMO_DELAY_MS = 50
+"""Each demo proxy's workers sleep 50 ms per INVITE: capacities 80, 40 and 20 calls/s. The
+capacity comes from sleeping, not from the two CPU cores, so the demo runs on a laptop."""
+
+DEMO_HOLD_MS = 2000
+"""How long each demo call stays up."""
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    run_dir = Path(tempfile.mkdtemp(prefix="counterpoise-demo-"))
+    started: list[procs.Process] = []
+    pool: list[testbed.Downstream] = []
+    caller: testbed.Caller | None = None
+    cli.stop_on_sigterm()
+    try:
+        settings = cli.start_node(
+            settings, args.listen, None, 4, run_dir, started, run_dir / "balancer.log"
+        )
+        store = cli.open_store(settings, settings.redis_url)
+        uas_port = procs.free_port()
+        started.append(testbed.start_uas(uas_port, run_dir))
+        for name, workers in DEMO_POOL:
+            ds = testbed.Downstream(
+                name, procs.free_port(), workers, f"sip:127.0.0.1:{uas_port}", run_dir, False
+            )
+            pool.append(ds)
+            ds.start().set_delay_ms(DEMO_DELAY_MS)
+            store.add(ds.uri, 1.0)
+            print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
+        host, port = cli.parse_listen(args.listen)
+        calls = int(args.rate * args.duration) if args.duration else 10_000_000
+        caller = testbed.Caller(f"{host}:{port}", run_dir, calls, args.rate, DEMO_HOLD_MS)
+
+        def footer() -> str:
+            capacities = ", ".join(
+                f"{ds.name} {ds.uri} ~{ds.workers * 1000 // DEMO_DELAY_MS} calls/s" for ds in pool
+            )
+            return (
+                f"SIPp: {args.rate:g} calls/s through sip:{host}:{port}; capacities: {capacities}"
+                f"\nlogs in {run_dir}; try `counterpoise proxy drain URI --redis"
+                f" {settings.redis_url}` in another terminal; Ctrl-C stops the demo"
+            )
+
+        return table.watch(store, settings, 1.0, footer, args.duration)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if caller:
+            caller.stop()
+        for ds in pool:
+            ds.stop()
+        for proc in reversed(started):
+            proc.stop()
