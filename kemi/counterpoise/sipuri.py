@@ -6,8 +6,10 @@ import ipaddress
 import re
 
 _HOST = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+# The scheme is case-insensitive (RFC 3261 19.1.4): "SIP:host" is "sip:host".
 _URI = re.compile(
-    rf"^(?P<scheme>sips?):{_HOST}(?::(?P<port>\d{{1,5}}))?(?P<params>(?:;[A-Za-z0-9_.=-]+)*)$"
+    rf"^(?P<scheme>sips?):{_HOST}(?::(?P<port>\d{{1,5}}))?(?P<params>(?:;[A-Za-z0-9_.=-]+)*)$",
+    re.IGNORECASE,
 )
 
 
