@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -129,7 +130,7 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
             return print_list(store, settings, args.json)
         uri = parse_proxy_uri(args.uri)
         if args.action == "add":
-            if not args.weight > 0:
+            if not (math.isfinite(args.weight) and args.weight > 0):
                 raise CliError(f"--weight {args.weight}: must be a positive number")
             config = store.add(uri, args.weight)
             print(f"{uri} in the pool, base weight {config.base_weight:g}, {config.admin}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Mapping
 
@@ -46,7 +47,7 @@ class ProxyConfig:
         data = json.loads(text)
         weight = float(data.get("weight", 1.0))
         admin = data.get("admin", ACTIVE)
-        if not weight > 0 or admin not in (ACTIVE, DRAINED):
+        if not (math.isfinite(weight) and weight > 0) or admin not in (ACTIVE, DRAINED):
             raise ValueError(f"bad pool record for {uri}: {text!r}")
         return cls(uri=uri, base_weight=weight, admin=admin, added_ms=int(data.get("added_ms", 0)))
 

@@ -1,0 +1,99 @@
+"""Settings: defaults, COUNTERPOISE_* overrides and their round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from counterpoise.settings import ENV_PREFIX, Settings, load_settings, to_environ
+
+
+def test_defaults():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.redis_url == "redis://127.0.0.1:6479/0"
+    assert settings.key_prefix == "cp:"
+    assert settings.fr_timer_ms == 1500
+    assert settings.redis_timeout_ms == 250
+    assert (settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms) == (250, 2000)
+    assert settings.publish_interval_ms == 1000
+    assert settings.node_ttl_ms == 10_000
+    assert settings.max_attempts == 3
+    assert settings.latency_offset_ms == 10.0
+    assert settings.probe_interval_ms == 1000
+
+
+def test_every_field_has_a_default_of_a_parseable_type():
+    for field in dataclasses.fields(Settings):
+        assert type(field.default) in (int, float, str), field.name
+
+
+def test_environment_overrides():
+    env = {
+        "COUNTERPOISE_FR_TIMER_MS": "800",
+        "COUNTERPOISE_SLOW_START_FLOOR": "0.25",
+        "COUNTERPOISE_NODE_ID": "lb1:5060",
+        "COUNTERPOISE_REDIS_URL": "redis://10.0.0.1:6379/3",
+        "COUNTERPOISE_LATENCY_OFFSET_MS": "5",
+        "FR_TIMER_MS": "1",  # no prefix: ignored
+        "COUNTERPOISE_NOT_A_SETTING": "x",  # unknown: ignored
+    }
+    settings = load_settings(env)
+    assert settings.fr_timer_ms == 800
+    assert isinstance(settings.fr_timer_ms, int)
+    assert settings.slow_start_floor == 0.25
+    assert settings.node_id == "lb1:5060"
+    assert settings.node_name() == "lb1:5060"
+    assert settings.redis_url == "redis://10.0.0.1:6379/3"
+    assert settings.latency_offset_ms == 5.0
+    assert isinstance(settings.latency_offset_ms, float)
+    assert settings.max_attempts == Settings().max_attempts
+
+
+def test_process_environment_is_the_default_source(monkeypatch):
+    monkeypatch.setenv("COUNTERPOISE_MAX_ATTEMPTS", "5")
+    assert load_settings().max_attempts == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("COUNTERPOISE_FR_TIMER_MS", "fast"),
+        ("COUNTERPOISE_FR_TIMER_MS", "1.5"),
+        ("COUNTERPOISE_FR_TIMER_MS", ""),
+        ("COUNTERPOISE_SLOW_START_FLOOR", "tenth"),
+    ],
+)
+def test_bad_value_raises_naming_the_variable(name, value):
+    with pytest.raises(ValueError, match=name) as error:
+        load_settings({name: value})
+    assert repr(value) in str(error.value)
+
+
+def test_to_environ_round_trips_defaults():
+    env = to_environ(Settings())
+    assert set(env) == {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert all(isinstance(v, str) for v in env.values())
+    assert load_settings(env) == Settings()
+
+
+def test_to_environ_round_trips_custom_settings():
+    settings = Settings(
+        redis_url="redis://127.0.0.1:7000/2",
+        key_prefix="test:",
+        node_id="node-a",
+        fr_timer_ms=800,
+        latency_offset_ms=2.5,
+        slow_start_floor=0.3,
+        failure_penalty_ms=1234.5,
+        probe_from_uri="sip:probe@example.com",
+    )
+    env = to_environ(settings)
+    assert env["COUNTERPOISE_FR_TIMER_MS"] == "800"
+    assert load_settings(env) == settings
+
+
+def test_node_name_defaults_to_host_name():
+    assert Settings().node_name() == os.uname().nodename
