@@ -38,7 +38,7 @@ from typing import Protocol
 import redis
 
 from counterpoise import reports
-from counterpoise.backoff import Backoff
+from counterpoise.backoff import Backoff, Guarded
 from counterpoise.reports import LoadReport
 from counterpoise.settings import Settings, load_settings
 from counterpoise.sipuri import InvalidProxyUri, parse_proxy_uri
@@ -315,16 +315,18 @@ class Agent:
         self.key = f"{prefix}report:{proxy}"
         self.channel = f"{prefix}reports"
         settings = Settings()
-        self.backoff = backoff or Backoff(
-            settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms
+        self.redis = Guarded(
+            backoff or Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms),
+            (redis.RedisError, OSError),
+            log.warning,
+            "Redis",
+            "measuring on, will retry",
         )
         self.monotonic = monotonic
         self.cpu = CpuMeter()
         self.seq = 0
         self.published = 0
         """Reports written to Redis so far."""
-        self.redis_down = False
-        """True from a failed write until the next successful one."""
 
     def measure(self, now_ms: int) -> LoadReport:
         errors = []
@@ -360,25 +362,22 @@ class Agent:
 
     def publish(self, report: LoadReport, now_ms: int) -> bool:
         """Write ``report``; False (and no exception) when Redis is down or backing off."""
-        if not self.backoff.ready(now_ms):
-            return False
-        try:
+
+        def write() -> None:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.set(self.key, reports.encode(report), px=self.ttl_ms)
                 pipe.publish(self.channel, self.proxy)
                 pipe.execute()
-        except (redis.RedisError, OSError) as error:
-            self.backoff.failed(now_ms)
-            if not self.redis_down:
-                log.warning("redis unreachable (%s); measuring on, will retry", error)
-            self.redis_down = True
+
+        if not self.redis.call(now_ms, write):
             return False
-        self.backoff.succeeded()
-        if self.redis_down:
-            log.warning("redis reachable again; reports resumed")
-        self.redis_down = False
         self.published += 1
         return True
+
+    @property
+    def redis_down(self) -> bool:
+        """True from a failed write until the next successful one."""
+        return self.redis.down
 
     def tick(self, now_ms: int) -> LoadReport:
         """Measure and publish once; never raises for a dead proxy or a dead Redis."""

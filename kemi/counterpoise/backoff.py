@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class Backoff:
     """Gate for calls to a dependency that may be down.
@@ -30,3 +32,43 @@ class Backoff:
         self.failures = 0
         self._delay_ms = 0
         self._retry_at_ms = 0
+
+
+class Guarded:
+    """Calls to a dependency that may be down (Redis): skipped while ``backoff`` is shut,
+    failures of the kinds in ``errors`` caught, and one log line when it goes away and one
+    when it comes back, however many calls fail in between."""
+
+    def __init__(
+        self,
+        backoff: Backoff,
+        errors: tuple[type[BaseException], ...],
+        log: Callable[[str], None],
+        name: str,
+        while_down: str,
+    ) -> None:
+        self.backoff = backoff
+        self._errors = errors
+        self._log = log
+        self._name = name
+        self._while_down = while_down
+
+    @property
+    def down(self) -> bool:
+        return self.backoff.failures > 0
+
+    def call(self, now_ms: int, action: Callable[[], object]) -> bool:
+        """Run ``action`` unless backing off; True when it ran without failing."""
+        if not self.backoff.ready(now_ms):
+            return False
+        try:
+            action()
+        except self._errors as error:
+            if not self.down:
+                self._log(f"{self._name} unreachable, {self._while_down}: {error}")
+            self.backoff.failed(now_ms)
+            return False
+        if self.down:
+            self._log(f"{self._name} reachable again after {self.backoff.failures} failed attempts")
+        self.backoff.succeeded()
+        return True

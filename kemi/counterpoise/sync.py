@@ -23,7 +23,7 @@ from typing import Protocol
 import redis
 
 from counterpoise import policy
-from counterpoise.backoff import Backoff
+from counterpoise.backoff import Backoff, Guarded
 from counterpoise.settings import Settings
 from counterpoise.store import DRAINED, PoolStore, ProxyConfig
 from counterpoise.tally import Tally
@@ -73,7 +73,13 @@ class SyncLoop:
         self._monotonic_ms = monotonic_ms
         self._wall_ms = wall_ms
         self._log = log
-        self._backoff = Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms)
+        self._redis = Guarded(
+            Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms),
+            REDIS_ERRORS,
+            log,
+            "Redis",
+            "routing on the last proxy table",
+        )
         self._pool_version = -1
         self.pool: dict[str, ProxyConfig] = {}
         self.health: dict[str, policy.Health] = {}
@@ -86,7 +92,7 @@ class SyncLoop:
 
     @property
     def redis_ok(self) -> bool:
-        return self._backoff.failures == 0
+        return not self._redis.down
 
     def tick(self) -> None:
         now = self._monotonic_ms()
@@ -110,23 +116,9 @@ class SyncLoop:
                 self._probes.send(uri, now)
         if now >= self._next_publish_ms:
             self._next_publish_ms = now + self.settings.publish_interval_ms
-            self._with_redis(now, self._publish_weights)
+            self._redis.call(now, self._publish_weights)
 
     # --- Redis -----------------------------------------------------------------------------
-
-    def _with_redis(self, now: int, action: Callable[[], None]) -> None:
-        if not self._backoff.ready(now):
-            return
-        try:
-            action()
-        except REDIS_ERRORS as error:
-            if self._backoff.failures == 0:
-                self._log(f"Redis unreachable, routing on the last proxy table: {error}")
-            self._backoff.failed(now)
-            return
-        if self._backoff.failures:
-            self._log(f"Redis reachable again after {self._backoff.failures} failed attempts")
-        self._backoff.succeeded()
 
     def _refresh_pool(self, now: int) -> None:
         def reload() -> None:
@@ -135,7 +127,7 @@ class SyncLoop:
             version, pool = self._store.versioned_pool()
             self._apply_pool(version, pool, now)
 
-        self._with_redis(now, reload)
+        self._redis.call(now, reload)
 
     def _apply_pool(self, version: int, pool: dict[str, ProxyConfig], now: int) -> None:
         for uri in pool:

@@ -214,7 +214,7 @@ def test_redis_outage_does_not_stop_the_agent(
         assert report.error is None  # the proxy is fine; only Redis is gone
         time.sleep(0.1)
     assert agent.redis_down and agent.published == 1
-    outage_logs = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+    outage_logs = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
     assert len(outage_logs) == 1
 
     own_redis.start()
