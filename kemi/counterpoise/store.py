@@ -103,7 +103,7 @@ class PoolStore:
     def add(self, uri: str, base_weight: float = 1.0) -> ProxyConfig:
         """Add a proxy, or change the base weight of one already in the pool (its admin state
         is kept)."""
-        current = self.pool().get(uri)
+        current = self.get(uri)
         config = ProxyConfig(
             uri=uri,
             base_weight=base_weight,
@@ -122,12 +122,17 @@ class PoolStore:
             raise UnknownProxy(uri)
 
     def set_admin(self, uri: str, admin: str) -> ProxyConfig:
-        current = self.pool().get(uri)
+        current = self.get(uri)
         if current is None:
             raise UnknownProxy(uri)
         config = dataclasses.replace(current, admin=admin)
         self._write(uri, config.to_json())
         return config
+
+    def get(self, uri: str) -> ProxyConfig | None:
+        """One proxy's record, read alone (HGET), or None if it is not in the pool."""
+        text = self.client.hget(self.keys.pool, uri)
+        return None if text is None else parse_pool({uri: text}).get(uri)
 
     def _write(self, uri: str, record: str) -> None:
         with self.client.pipeline(transaction=True) as pipe:

@@ -144,14 +144,14 @@ class SyncLoop:
 
     def _publish_weights(self) -> None:
         wall = self._wall_ms()
-        records = {uri: self.record(uri) for uri in self.pool}
+        total_weight = sum(w.weight for w in self.weights.values())
+        records = {uri: self.record(uri, total_weight) for uri in self.pool}
         self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall)
 
-    def record(self, uri: str) -> dict[str, object]:
+    def record(self, uri: str, total_weight: float) -> dict[str, object]:
         """What Redis shows of one proxy: its weight, its share and every input of both."""
         weighting = self.weights[uri]
         health = self.health[uri]
-        total_weight = sum(w.weight for w in self.weights.values())
         window = health.last_window
         return {
             "weight": round(weighting.weight, 4),
