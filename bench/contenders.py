@@ -1,0 +1,203 @@
+"""The contenders: Counterpoise as shipped, and Kamailio's dispatcher module with each of
+its load-spreading algorithms, all started the same way, on the same pool, with the same
+number of SIP workers, timers and failover (``bench/dispatcher.cfg`` says what is shared).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.pool import Pool, probes_received
+from counterpoise import procs, table, testbed
+from counterpoise.settings import Settings, to_environ
+from counterpoise.store import PoolStore, connect
+
+DISPATCHER_CFG = Path(__file__).resolve().parent / "dispatcher.cfg"
+
+BALANCER_WORKERS = 4
+"""SIP worker processes of every balancer, Counterpoise's default (``counterpoise up``)."""
+
+READY_TIMEOUT_S = 20.0
+"""A balancer has this long to start and see every proxy of the pool as usable."""
+
+EQUAL_RWEIGHT = 50
+"""Relative weight of every destination when the operator does not know the capacities: the
+value the dispatcher documentation recommends with ``cc=1`` (the weight is lowered by one
+per ms of estimated congestion), used for plain alg 11 too so only ``cc`` differs."""
+
+LATENCY_PRIORITY = 30
+"""Priority of every destination for alg 13, the documentation's example: the adjusted
+priority falls by one for each 30 ms of estimated latency."""
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(session_id: int) -> float:
+    """User plus system CPU seconds of the live processes of one session (a Kamailio and
+    the workers it forked: ``procs.Process`` starts each in its own session)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is the state (field 3 of proc(5)); session is field 6, utime 14, stime 15.
+        if int(fields[3]) == session_id:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+@dataclasses.dataclass
+class Running:
+    """A started balancer."""
+
+    port: int
+    proc: procs.Process
+    extra_cpu: Callable[[], float] = lambda: 0.0
+    """CPU seconds of the state store it relies on (Counterpoise's Redis), reported apart."""
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    name: str
+    label: str
+    alg: int | None = None
+    """dispatcher algorithm; None for Counterpoise."""
+    attrs: Callable[[str, float, float], str] = lambda name, capacity, total: ""
+    """Destination attributes from the proxy's name, its capacity and the pool's total."""
+    priority: int = 0
+
+    @property
+    def native(self) -> bool:
+        return self.alg is not None
+
+    def start(self, pool: Pool, run_dir: Path, redis_url: str) -> Running:
+        """Start the balancer and wait until it has probed every proxy and sees each one
+        usable, so every contender starts a run with the same knowledge of the pool."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probes = {ds.name: probes_received(ds) for ds in pool.proxies}
+        if self.native:
+            running = self._start_dispatcher(pool, run_dir)
+        else:
+            running = start_counterpoise(pool, run_dir, redis_url)
+        running.proc.ensure_started(
+            lambda: all(probes_received(ds) > probes[ds.name] for ds in pool.proxies),
+            READY_TIMEOUT_S,
+            f"{self.name} to probe every proxy",
+        )
+        return running
+
+    def dispatcher_list(self, pool: Pool) -> str:
+        total = pool.total_capacity
+        lines = [
+            f"1 {ds.uri} 0 {self.priority} {self.attrs(ds.name, pool.capacities[ds.name], total)}"
+            for ds in pool.proxies
+        ]
+        return "\n".join(line.rstrip() for line in lines) + "\n"
+
+    def _start_dispatcher(self, pool: Pool, run_dir: Path) -> Running:
+        port = procs.free_port()
+        ds_list = run_dir / "dispatcher.list"
+        ds_list.write_text(self.dispatcher_list(pool))
+        ctl = run_dir / "ctl.sock"
+        defines: dict[str, str | int] = {
+            "DS_LIST": str(ds_list),
+            "DS_ALG": int(self.alg or 0),
+            "DS_CTL": f"unixs:{ctl}",
+            "DS_FR_TIMER_MS": Settings().fr_timer_ms,
+        }
+        argv = procs.kamailio_argv(
+            DISPATCHER_CFG, "127.0.0.1", port, BALANCER_WORKERS, run_dir, defines
+        )
+        if self.alg == 10:
+            argv += ["-A", "WITH_CALL_LOAD"]
+        proc = procs.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
+        proc.ensure_started(
+            lambda: dispatcher_active(ctl, len(pool.proxies)),
+            READY_TIMEOUT_S,
+            f"dispatcher alg {self.alg} to list every proxy active",
+        )
+        return Running(port, proc)
+
+
+def dispatcher_active(ctl: Path, proxies: int) -> bool:
+    try:
+        listing = testbed.kamcmd(ctl, "dispatcher.list", timeout_s=1.0)
+    except (RuntimeError, OSError):
+        return False
+    return listing.count("FLAGS: A") == proxies
+
+
+def start_counterpoise(pool: Pool, run_dir: Path, redis_url: str) -> Running:
+    """The shipped balancer (kamailio.cfg + kemi/) with its default settings, the pool
+    entered in Redis with equal base weights, as an operator who does not know the
+    capacities would."""
+    client = connect(redis_url, 1000)
+    client.flushdb()
+    port = procs.free_port()
+    settings = Settings(redis_url=redis_url, node_id=f"bench:{port}")
+    store = PoolStore(client, settings.key_prefix)
+    for ds in pool.proxies:
+        store.add(ds.uri, 1.0)
+    proc = procs.start_balancer(
+        "127.0.0.1",
+        port,
+        run_dir / "run",
+        to_environ(settings),
+        settings.fr_timer_ms,
+        BALANCER_WORKERS,
+        log_path=run_dir / "balancer.log",
+        timeout_s=READY_TIMEOUT_S,
+    )
+
+    def all_usable() -> bool:
+        rows = table.pool_rows(store, settings, int(time.time() * 1000))
+        return len(rows) == len(pool.proxies) and all(
+            row["state"] in ("up", "slowstart") for row in rows
+        )
+
+    proc.ensure_started(all_usable, READY_TIMEOUT_S, "Counterpoise to see every proxy up")
+    redis_pid = int(client.info("server")["process_id"])
+    return Running(port, proc, lambda: group_cpu_seconds(redis_pid))
+
+
+def _rweight(value: int) -> Callable[[str, float, float], str]:
+    return lambda name, capacity, total: f"rweight={value}"
+
+
+def _oracle(name: str, capacity: float, total: float) -> str:
+    """Relative weights proportional to the true capacities (1..100, as rweight requires)."""
+    return f"rweight={max(1, round(100 * capacity / total))}"
+
+
+CONTENDERS = (
+    Contender("counterpoise", "Counterpoise"),
+    Contender("ds4", "dispatcher alg 4 (round robin)", 4),
+    Contender("ds9", "dispatcher alg 9 (weights, equal)", 9, lambda n, c, t: "weight=33"),
+    Contender("ds10", "dispatcher alg 10 (call load)", 10, lambda n, c, t: f"duid={n}"),
+    Contender("ds11", "dispatcher alg 11 (rweight, equal)", 11, _rweight(EQUAL_RWEIGHT)),
+    Contender(
+        "ds11cc",
+        "dispatcher alg 11 + cc=1 (latency congestion)",
+        11,
+        lambda n, c, t: f"rweight={EQUAL_RWEIGHT};weight={EQUAL_RWEIGHT};cc=1",
+    ),
+    Contender("ds13", "dispatcher alg 13 (latency optimised)", 13, priority=LATENCY_PRIORITY),
+    Contender("oracle", "oracle: alg 11, rweight = true capacities", 11, _oracle),
+)
+"""Every contender, in the order of the report. ``oracle`` is a reference no operator has."""
+
+BY_NAME = {contender.name: contender for contender in CONTENDERS}

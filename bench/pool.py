@@ -1,0 +1,150 @@
+"""The benchmark's pool: a SIPp UAS behind three downstream Kamailio proxies of unequal
+capacity, the same real processes the demo and the end-to-end tests use
+(``counterpoise.testbed``), kept running across contenders so every contender faces the
+very same proxies.
+
+Capacity comes from sleeping workers (``cpdemo.delay_ms``), not from the two CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from counterpoise import procs, testbed
+
+POOL_WORKERS = (("big", 4), ("medium", 2), ("small", 1))
+"""Name and worker count of each proxy: capacities 4:2:1, as in the demo pool."""
+
+BASE_DELAY_MS = 100
+"""Sleep of every worker per initial INVITE: 100 ms gives 40, 20 and 10 calls/s (70 calls/s
+in all). Twice the demo's 50 ms, so the offered load (49 calls/s at 70 %) leaves the two CPU
+cores mostly idle: the proxies' sleeping, not the CPUs, is the bottleneck measured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteSample:
+    """Cumulative new INVITE transactions each proxy had created at one moment."""
+
+    t: float
+    """Seconds since the run's start (monotonic clock)."""
+    invites: dict[str, int | None]
+    """Per proxy name; None when the proxy could not be asked (stopped, dead)."""
+
+
+class Pool:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir / "pool"
+        self.uas: procs.Process | None = None
+        self.proxies: list[testbed.Downstream] = []
+        self.unreachable: set[str] = set()
+        """Proxies stopped or killed on purpose: not queried (a SIGSTOPped Kamailio would
+        leave kamcmd waiting)."""
+
+    def start(self) -> Pool:
+        uas_port = procs.free_port()
+        self.uas = testbed.start_uas(uas_port, self.run_dir)
+        for name, workers in POOL_WORKERS:
+            ds = testbed.Downstream(
+                name, procs.free_port(), workers, f"sip:127.0.0.1:{uas_port}", self.run_dir, False
+            )
+            self.proxies.append(ds)
+            ds.start().set_delay_ms(BASE_DELAY_MS)
+        return self
+
+    def stop(self) -> None:
+        for ds in self.proxies:
+            if ds.name in self.unreachable and ds.proc and ds.proc.alive():
+                ds.proc.signal(signal.SIGCONT)
+            ds.stop()
+        if self.uas:
+            self.uas.stop()
+
+    def proxy(self, name: str) -> testbed.Downstream:
+        return next(ds for ds in self.proxies if ds.name == name)
+
+    @property
+    def capacities(self) -> dict[str, float]:
+        """Calls/s each proxy sustains at the base delay."""
+        return {ds.name: ds.workers * 1000 / BASE_DELAY_MS for ds in self.proxies}
+
+    @property
+    def total_capacity(self) -> float:
+        return sum(self.capacities.values())
+
+    # --- events ----------------------------------------------------------------------------
+
+    def set_delay(self, name: str, delay_ms: int) -> None:
+        self.proxy(name).set_delay_ms(delay_ms)
+
+    def stall(self, name: str) -> None:
+        """Freeze every process of the proxy (SIGSTOP): it neither answers nor refuses."""
+        ds = self.proxy(name)
+        self.unreachable.add(name)
+        assert ds.proc
+        ds.proc.signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        ds = self.proxy(name)
+        assert ds.proc
+        ds.proc.signal(signal.SIGCONT)
+        self.unreachable.discard(name)
+
+    def kill(self, name: str) -> None:
+        self.unreachable.add(name)
+        self.proxy(name).kill()
+
+    def restart(self, name: str) -> None:
+        """Start the killed proxy again on the same port, with the base delay."""
+        ds = self.proxy(name)
+        ds.ctl.unlink(missing_ok=True)
+        ds.start().set_delay_ms(BASE_DELAY_MS)
+        self.unreachable.discard(name)
+
+    def reset(self) -> None:
+        """Back to the base state between runs: every proxy running at the base delay."""
+        for ds in self.proxies:
+            if ds.name in self.unreachable:
+                if ds.proc and ds.proc.alive():
+                    self.resume(ds.name)
+                else:
+                    self.restart(ds.name)
+            ds.set_delay_ms(BASE_DELAY_MS)
+
+    # --- measurement -----------------------------------------------------------------------
+
+    def sample(self, t0: float) -> InviteSample:
+        invites: dict[str, int | None] = {}
+        for ds in self.proxies:
+            invites[ds.name] = None if ds.name in self.unreachable else new_invites(ds)
+        return InviteSample(time.monotonic() - t0, invites)
+
+
+def proxy_stats(ds: testbed.Downstream) -> dict[str, int] | None:
+    """The proxy's statistics, or None when it does not answer on its control socket."""
+    try:
+        return testbed.statistics(ds.ctl, "all")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def new_invites(ds: testbed.Downstream) -> int | None:
+    """Initial INVITEs the proxy has taken up: its server transactions minus those of BYE
+    and CANCEL. Unlike ``core:rcv_requests_invite`` this leaves out the balancer's
+    retransmissions of an INVITE still queued at a busy proxy, which would count one call
+    up to three times."""
+    stats = proxy_stats(ds)
+    if stats is None:
+        return None
+    transactions = stats.get("tmx:UAS_transactions", 0)
+    others = stats.get("core:rcv_requests_bye", 0) + stats.get("core:rcv_requests_cancel", 0)
+    return max(transactions - others, 0)
+
+
+def probes_received(ds: testbed.Downstream) -> int:
+    """OPTIONS requests the proxy has received (the balancers' keepalive probes)."""
+    stats = proxy_stats(ds) or {}
+    return stats.get("core:rcv_requests_options", 0)
