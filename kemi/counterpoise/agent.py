@@ -42,7 +42,7 @@ from counterpoise.backoff import Backoff, Guarded
 from counterpoise.reports import LoadReport
 from counterpoise.settings import Settings, load_settings
 from counterpoise.sipuri import InvalidProxyUri, parse_proxy_uri
-from counterpoise.store import connect
+from counterpoise.store import PoolStore, connect
 
 log = logging.getLogger("counterpoise.agent")
 
@@ -307,13 +307,12 @@ class Agent:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proxy = proxy
-        self.client = client
+        self.store = PoolStore(client, prefix)
         self.processes = processes
         self.source = source
         self.capacity = capacity
         self.ttl_ms = ttl_ms
-        self.key = f"{prefix}report:{proxy}"
-        self.channel = f"{prefix}reports"
+        self.key = self.store.keys.report(proxy)
         settings = Settings()
         self.redis = Guarded(
             backoff or Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms),
@@ -364,10 +363,7 @@ class Agent:
         """Write ``report``; False (and no exception) when Redis is down or backing off."""
 
         def write() -> None:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(self.key, reports.encode(report), px=self.ttl_ms)
-                pipe.publish(self.channel, self.proxy)
-                pipe.execute()
+            self.store.put_report(self.proxy, reports.encode(report), self.ttl_ms)
 
         if not self.redis.call(now_ms, write):
             return False
@@ -427,7 +423,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--source", choices=("none", "kamailio", "command"), default="none")
     parser.add_argument("--ctl", help="Kamailio ctl socket, unixs:/path (--source kamailio)")
     parser.add_argument("--command", help="shell command printing transactions in progress")
-    parser.add_argument("--capacity", type=float, help="capacity hint, calls/s")
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        help="transactions the proxy can work on at once (e.g. its SIP workers)",
+    )
     parser.add_argument("--source-timeout-ms", type=int, default=SOURCE_TIMEOUT_MS)
     return parser
 

@@ -159,6 +159,7 @@ class KemiApp:
             return 1
         status = KSR.pv.get("$rs")
         elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
+        self._note_load_header(KSR.pv.gete(f"$avp(cpu{attempt})"))
         if status < 200:
             if KSR.pv.is_null(f"$avp(cpf{attempt})"):
                 KSR.pv.seti(f"$avp(cpf{attempt})", elapsed)
@@ -206,7 +207,17 @@ class KemiApp:
         answered = KSR.pv.get("$uac_req(evtype)") == 1 and isinstance(code, int)
         failed = not answered or is_proxy_failure(code)
         self.view.count_probe(uri, failed, now_ms() - int(sent))
+        if answered:
+            self._note_load_header(uri)
+            if 200 <= code < 300 and KSR.pv.gete("$rm") == "INVITE":
+                ksr_shared.hang_up(uri)
         return 1
+
+    def _note_load_header(self, uri: str) -> None:
+        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
+        value = KSR.hdr.get("X-CP-Load")
+        if isinstance(value, str):
+            self.view.note_load_header(uri, value, now_ms())
 
     def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
         """rtimer callback: one step of the sync loop, in the timer process."""
@@ -226,7 +237,11 @@ class KemiApp:
             settings=self.settings,
             node=node,
             shared=ksr_shared.SharedTable(),
-            probes=ksr_shared.UacProbeSender(self.settings.probe_from_uri),
+            probes=ksr_shared.UacProbeSender(
+                self.settings.probe_from_uri,
+                self.settings.probe_method,
+                self.settings.probe_invite_user,
+            ),
             store=store,
             monotonic_ms=now_ms,
             wall_ms=lambda: int(time.time() * 1000),

@@ -8,22 +8,29 @@ The three hash tables are declared in ``kamailio.cfg``; their names are only her
              atomic across workers).
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
              has a single writer, so no lock is taken.
+``cpload``   proxy URI -> ``"<monotonic ms> <utilisation>"``, the latest usable ``X-CP-Load``
+             of its replies (last writer wins: it is a gauge); ``"! <uri>"`` -> the latest
+             reason a header of that proxy was rejected.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import KSR
 
+from counterpoise.load import header_utilisation
+from counterpoise.reports import BadReport, parse_load_header
 from counterpoise.selection import WeightedPicker
 from counterpoise.tally import Tally
 
 TABLE = "cp"
 INFLIGHT = "cpinf"
 TALLIES = "cptally"
+LOADS = "cpload"
+_REJECTED = "! "
 _ITERATOR = "cpit"
 
 
@@ -44,18 +51,22 @@ class SharedTable:
 
     def read_tallies(self) -> dict[str, Tally]:
         tallies = {}
-        if KSR.htable.sht_iterator_start(_ITERATOR, TALLIES) < 0:
-            return tallies
-        try:
-            while KSR.htable.sht_iterator_next(_ITERATOR) > 0:
-                key = KSR.pv.gete(f"$shtitkey({_ITERATOR})")
-                try:
-                    tallies[key] = Tally.decode(KSR.pv.gete(f"$shtitval({_ITERATOR})"))
-                except ValueError:
-                    continue
-        finally:
-            KSR.htable.sht_iterator_end(_ITERATOR)
+        for key, value in _items(TALLIES):
+            try:
+                tallies[key] = Tally.decode(value)
+            except ValueError:
+                continue
         return tallies
+
+    def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
+        latest, reasons = {}, {}
+        for key, value in _items(LOADS):
+            if key.startswith(_REJECTED):
+                reasons[key[len(_REJECTED) :]] = value
+                continue
+            stamp, _, utilisation = value.partition(" ")
+            latest[key] = (int(stamp), float(utilisation))
+        return latest, reasons
 
     def ensure_inflight(self, uri: str) -> None:
         if KSR.htable.sht_is_null(INFLIGHT, uri) > 0:
@@ -95,25 +106,74 @@ class WorkerView:
     def count_probe(self, uri: str, failed: bool, rtt_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_probe(failed, rtt_ms))
 
+    def note_load_header(self, uri: str, value: str, now_ms: int) -> None:
+        """Keep the load a proxy's reply stated, or count why it could not be used."""
+        try:
+            utilisation = header_utilisation(parse_load_header(value))
+        except BadReport as error:
+            KSR.htable.sht_sets(LOADS, _REJECTED + uri, str(error))
+            self._store(uri, self._tallies.get(uri, Tally()).with_load_header_rejected())
+            return
+        KSR.htable.sht_sets(LOADS, uri, f"{now_ms} {utilisation:.4f}")
+
     def _store(self, uri: str, tally: Tally) -> None:
         self._tallies[uri] = tally
         KSR.htable.sht_sets(TALLIES, f"{self._pid} {uri}", tally.encode())
 
 
 class UacProbeSender:
-    """Sends an OPTIONS to a proxy with the uac module; the reply, or a local 408 after
-    ``fr_timer_ms``, comes back to ``ksr_uac_reply`` in some SIP worker, with the proxy and
-    the send time in ``$uac_req(evparam)``."""
+    """Sends a probe (OPTIONS, or INVITE to ``invite_user``) to a proxy with the uac module.
 
-    def __init__(self, from_uri: str) -> None:
+    The reply, or a local 408 after ``fr_timer_ms``, comes back to ``ksr_uac_reply`` in some
+    SIP worker, with the proxy and the send time in ``$uac_req(evparam)``. A 2xx to an INVITE
+    probe is ended there with ``hang_up`` (tm sends the ACK of a locally sent INVITE itself).
+    """
+
+    def __init__(self, from_uri: str, method: str, invite_user: str) -> None:
         self._from_uri = from_uri
+        self._method = method
+        self._invite_user = invite_user
 
     def send(self, uri: str, sent_ms: int) -> None:
-        KSR.pv.sets("$uac_req(method)", "OPTIONS")
-        KSR.pv.sets("$uac_req(ruri)", uri)
+        target = uri
+        headers = "Max-Forwards: 1\r\n"
+        if self._method == "INVITE":
+            target = uri.replace("sip:", f"sip:{self._invite_user}@", 1)
+            headers += f"Contact: <{self._from_uri}>\r\n"
+        KSR.pv.sets("$uac_req(method)", self._method)
+        KSR.pv.sets("$uac_req(ruri)", target)
         KSR.pv.sets("$uac_req(furi)", self._from_uri)
-        KSR.pv.sets("$uac_req(turi)", uri)
-        KSR.pv.sets("$uac_req(hdrs)", "Max-Forwards: 1\r\n")
+        KSR.pv.sets("$uac_req(turi)", target)
+        KSR.pv.sets("$uac_req(hdrs)", headers)
         KSR.pv.seti("$uac_req(evroute)", 1)
         KSR.pv.sets("$uac_req(evparam)", f"{sent_ms} {uri}")
         KSR.uac.uac_req_send()
+
+
+def hang_up(proxy: str) -> None:
+    """End the dialog a 2xx to an INVITE probe (the reply being handled) created: a BYE within
+    it, sent through the probed proxy."""
+    target = KSR.pv.gete("$(ct{tobody.uri})") or KSR.pv.gete("$ru")
+    cseq = KSR.pv.gete("$cs")
+    headers = (
+        f"From: {KSR.hdr.gete('From')}\r\n"
+        f"To: {KSR.hdr.gete('To')}\r\n"
+        f"Call-ID: {KSR.pv.gete('$ci')}\r\n"
+        f"CSeq: {int(cseq) + 1 if cseq.isdigit() else 2} BYE\r\n"
+        "Max-Forwards: 1\r\n"
+    )
+    KSR.tm.t_uac_send("BYE", target, proxy, "", headers, "")
+
+
+def _items(table: str) -> list[tuple[str, str]]:
+    """Every key and value of a hash table (values as strings)."""
+    items = []
+    if KSR.htable.sht_iterator_start(_ITERATOR, table) < 0:
+        return items
+    try:
+        while KSR.htable.sht_iterator_next(_ITERATOR) > 0:
+            key = KSR.pv.gete(f"$shtitkey({_ITERATOR})")
+            items.append((key, KSR.pv.gete(f"$shtitval({_ITERATOR})")))
+    finally:
+        KSR.htable.sht_iterator_end(_ITERATOR)
+    return items

@@ -13,19 +13,30 @@ Per proxy the policy keeps a ``Health``: a latency estimate, a failure streak an
   ``slowstart`` after ``up_after_probes`` answered probes in a row; ``up`` again once
   ``slow_start_ms`` has passed. New proxies start in ``slowstart``.
 
+* **Load** ``u`` in [0, 1]: the utilisation the proxy reports of itself (agent report or
+  ``X-CP-Load`` header, whichever is higher, each only while fresh: see ``load``). Its
+  headroom is ``H = max(1 - u, load_headroom_floor)``.
+
 The weight of an active (not drained) proxy is::
 
-    weight = base_weight * (L_min + offset) / (L + offset) * ramp
+    weight = base_weight * (L_min + offset) / (L + offset) * H / H_max * ramp
 
 where ``L_min`` is the lowest estimate among the proxies that are not down, ``offset`` is
-``latency_offset_ms`` and ``ramp`` rises linearly from ``slow_start_floor`` to 1 during slow
-start. Down and drained proxies weigh 0. If every active proxy is down, they all get
+``latency_offset_ms``, ``H_max`` the largest headroom among the proxies that are not down,
+and ``ramp`` rises linearly from ``slow_start_floor`` to 1 during slow start. A proxy with no
+fresh load report is given the mean headroom of those that have one (as gRPC's weighted round
+robin gives a backend without metrics the mean weight), so a pool where no agent runs weighs
+by latency alone, and a proxy whose agent died is neither favoured nor punished.
+
+Down and drained proxies weigh 0. If every active proxy is down, they all get
 ``base_weight * slow_start_floor`` ("panic mode", as Envoy does): trying a proxy that may
 have come back beats refusing every call.
 
-Worked example (offset 10 ms): proxies A, B with base 1, A at 2 ms, B at 150 ms.
-``L_min = 2``; A weighs 1 * 12/12 = 1, B weighs 1 * 12/160 = 0.075; B gets
-0.075 / 1.075 = 7 % of new requests instead of 50 %.
+Worked example (offset 10 ms): proxies A, B with base 1, A at 2 ms, B at 150 ms, no load
+reports. ``L_min = 2``; A weighs 1 * 12/12 = 1, B weighs 1 * 12/160 = 0.075; B gets
+0.075 / 1.075 = 7 % of new requests instead of 50 %. If instead both answer in 2 ms and A's
+agent reports u = 0.3 and B's u = 0.9: H is 0.7 and 0.1, A weighs 1, B weighs 0.1/0.7 =
+0.143 and gets 12.5 %.
 """
 
 from __future__ import annotations
@@ -126,6 +137,10 @@ class Weighting:
     latency_factor: float
     ramp: float
     panic: bool = False
+    utilisation: float | None = None
+    """The reported load that counted, None if no fresh report."""
+    load_factor: float = 1.0
+    """``H / H_max`` (1 when no proxy reports its load)."""
 
 
 def ramp_factor(health: Health, now_ms: int, settings: Settings) -> float:
@@ -141,8 +156,11 @@ def weigh(
     health: Mapping[str, Health],
     now_ms: int,
     settings: Settings,
+    loads: Mapping[str, float | None] | None = None,
 ) -> dict[str, Weighting]:
-    """Weights of every proxy in ``base_weights`` (the operator's list)."""
+    """Weights of every proxy in ``base_weights`` (the operator's list); ``loads`` holds the
+    fresh reported utilisation of the proxies that have one (``load.counted``)."""
+    loads = loads or {}
     live_latencies = [
         h.latency_ms
         for uri, h in health.items()
@@ -151,6 +169,9 @@ def weigh(
     reference = min(live_latencies) if live_latencies else None
     active = [uri for uri in base_weights if uri not in drained]
     panic = bool(active) and all(health[uri].state == DOWN for uri in active)
+    load_factors = _load_factors(
+        {uri: loads.get(uri) for uri in active if health[uri].state != DOWN}, settings
+    )
 
     result: dict[str, Weighting] = {}
     for uri, base in base_weights.items():
@@ -166,7 +187,8 @@ def weigh(
             weight = base * settings.slow_start_floor if panic else 0.0
             state = DOWN
         else:
-            weight, state = base * latency_factor * ramp, h.state
+            weight = base * latency_factor * load_factors.get(uri, 1.0) * ramp
+            state = h.state
         result[uri] = Weighting(
             weight=weight,
             state=state,
@@ -175,5 +197,19 @@ def weigh(
             latency_factor=latency_factor,
             ramp=ramp,
             panic=panic and state == DOWN,
+            utilisation=loads.get(uri),
+            load_factor=load_factors.get(uri, 1.0),
         )
     return result
+
+
+def _load_factors(loads: Mapping[str, float | None], settings: Settings) -> dict[str, float]:
+    """``H / H_max`` per proxy; proxies without a report get the mean headroom."""
+    headroom = {
+        uri: max(1.0 - u, settings.load_headroom_floor) for uri, u in loads.items() if u is not None
+    }
+    if not headroom:
+        return {}
+    mean = sum(headroom.values()) / len(headroom)
+    best = max(headroom.values())
+    return {uri: headroom.get(uri, mean) / best for uri in loads}

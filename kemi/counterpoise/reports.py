@@ -21,8 +21,8 @@ cp    cpu_percent          float >= 0 or nil: the same, undivided, in percent of
                            (``top`` style: 250 = two and a half cores busy)
 x     transactions         int >= 0 or nil: SIP transactions in progress in the proxy
 d     calls                int >= 0 or nil: calls (dialogs) in progress, nil if unknown
-h     capacity             float > 0 or nil: operator's hint of what the proxy can take
-                           (calls/s, as ``--capacity`` says), nil if not given
+h     capacity             float > 0 or nil: operator's hint of how many transactions the
+                           proxy can work on at once (``--capacity``), nil if not given
 p     processes            int >= 0: processes of the proxy found on the host
 r     rss_bytes            int >= 0: sum of their resident set sizes (shared pages are
                            counted once per process, so this over-states a forking server)
@@ -90,7 +90,7 @@ class LoadReport:
     calls: int | None = None
     """Calls (dialogs) in progress, if the proxy tracks them."""
     capacity: float | None = None
-    """Operator's capacity hint (calls/s), if any."""
+    """Operator's hint of the transactions the proxy can work on at once, if any."""
     processes: int = 0
     """Processes of the proxy found on the host; 0 means it is not running."""
     rss_bytes: int = 0

@@ -107,6 +107,57 @@ class Settings:
     probe_from_uri: str = "sip:counterpoise@localhost"
     """From URI of probe requests."""
 
+    probe_method: str = "OPTIONS"
+    """``OPTIONS`` or ``INVITE``. An INVITE probe goes to ``probe_invite_user`` at the proxy and
+    takes the proxy's real call path up to its answer, so it measures what a call would wait;
+    the proxy must answer it itself (``downstream/README.md``), and a 2xx is ACKed and BYEd."""
+
+    probe_invite_user: str = "counterpoise-probe"
+    """Request-URI user of INVITE probes: the name a downstream recognises and answers without
+    forwarding, so a probe never rings a phone."""
+
+    # --- Load reported by the proxies -----------------------------------------------------------
+    load_blackout_ms: int = 2000
+    """A proxy's load reports (agent, or ``X-CP-Load`` in its replies) count only once they
+    have arrived without a gap for this long, as gRPC's weighted round robin does (its default
+    is 10 s): the first samples after an agent or proxy starts are the least settled. Two agent
+    intervals."""
+
+    load_expiry_ms: int = 3000
+    """A load report not renewed for this long no longer counts, and the next one starts a new
+    blackout: a dead agent cannot freeze a weight. Three agent intervals, the agent's own key
+    expiry, so one late report does not drop a live proxy's load."""
+
+    load_headroom_floor: float = 0.05
+    """Smallest headroom (1 - utilisation) the policy uses. A proxy reporting 100 % keeps 5 % of
+    the weight of an idle peer rather than 0: it still gets the odd request, so its latency
+    and its load stay measured, and a fully loaded pool still routes by the other inputs."""
+
+    # --- Location server (kemi/counterpoise/location.py) ------------------------------------
+    location_server: str = "on"
+    """``on`` or ``off``. On: REGISTER 2xx replies are recorded (AOR -> proxy), requests for a
+    recorded or pinned user go to its proxy, INVITE dialogs are recorded. Off: every initial
+    request is routed by weight alone and the SIP workers never touch Redis (the 404s of users
+    registered at another proxy are then the caller's)."""
+
+    location_fallback: str = "weight"
+    """What a request for a recorded user does when that user's proxy is down, drained or out
+    of the pool: ``weight`` routes it by weight like an unrecorded one (never worse than having
+    no location server; completes the call when the proxies share a location database),
+    ``reject`` answers 480 "Holder Proxy Unavailable" (for proxies with private location
+    tables, where any other proxy would answer 404). A REGISTER always falls back by weight,
+    so the user re-registers elsewhere and the record moves with it."""
+
+    location_redis_timeout_ms: int = 30
+    """Bound of one Redis round trip made by a SIP worker (a lookup, or writing a record).
+    A LAN round trip is well under 1 ms; 30 ms caps what a hung Redis costs one call, and the
+    backoff (``redis_backoff_*``) makes the following calls skip Redis until it is retried."""
+
+    dialog_record_ttl_ms: int = 7_200_000
+    """Lifetime of a dialog record (Call-ID -> proxy) when no BYE through the balancer deletes
+    it: 2 hours, longer than nearly every call, short enough that records of dialogs whose BYE
+    never came (a crashed phone) do not pile up in Redis."""
+
     def node_name(self) -> str:
         """This node's identity in Redis."""
         return self.node_id or os.uname().nodename

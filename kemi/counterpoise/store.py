@@ -11,6 +11,12 @@ Key schema (``cp:`` is ``Settings.key_prefix``); README "Redis layout" documents
                                  every input of it (see ``weight_record``); expires
                                  ``node_ttl_ms`` after the node's last write.
 ``cp:nodes``               ZSET  node name -> epoch ms of its last publish.
+``cp:rejects:<node>``      HASH  inputs that node rejected: ``report`` / ``header`` -> count,
+                                 ``report:last`` / ``header:last`` -> the latest reason;
+                                 expires with ``cp:weights:<node>``.
+``cp:report:<proxy uri>``  STRING msgpack load report of the proxy's agent (``reports``),
+                                 ``PX`` expiry set by the agent.
+``cp:reports``             channel the agent ``PUBLISH``-es the proxy URI after each report.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import redis
 
@@ -71,10 +77,19 @@ class Keys:
         self.pool = f"{prefix}pool"
         self.pool_version = f"{prefix}pool:version"
         self.nodes = f"{prefix}nodes"
+        self.reports_channel = f"{prefix}reports"
         self._weights = f"{prefix}weights:"
+        self._rejects = f"{prefix}rejects:"
+        self._report = f"{prefix}report:"
 
     def weights(self, node: str) -> str:
         return self._weights + node
+
+    def rejects(self, node: str) -> str:
+        return self._rejects + node
+
+    def report(self, uri: str) -> str:
+        return self._report + uri
 
 
 class UnknownProxy(LookupError):
@@ -97,6 +112,9 @@ class PoolStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.keys = Keys(prefix)
+        # Reports are msgpack bytes: read them on connections that do not decode replies.
+        kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
+        self._raw = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
 
     # --- the operator's side -------------------------------------------------------------
 
@@ -146,6 +164,29 @@ class PoolStore:
         value = self.client.get(self.keys.pool_version)
         return int(value) if value is not None else 0
 
+    def poll(self, uris: Sequence[str]) -> tuple[int, list[bytes | None]]:
+        """The pool's version and the agents' reports of ``uris``, in one round trip."""
+        with self._raw.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.pool_version)
+            if uris:
+                pipe.mget([self.keys.report(uri) for uri in uris])
+            results = pipe.execute()
+        version = int(results[0]) if results[0] is not None else 0
+        return version, (list(results[1]) if uris else [])
+
+    def subscribe_reports(self) -> redis.client.PubSub:
+        """A subscription to the channel agents announce their reports on."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.reports_channel)
+        return pubsub
+
+    def put_report(self, uri: str, data: bytes, ttl_ms: int) -> None:
+        """Store a report the way the agent does (used by the agent and by tests)."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.report(uri), data, px=ttl_ms)
+            pipe.publish(self.keys.reports_channel, uri)
+            pipe.execute()
+
     def pool(self) -> dict[str, ProxyConfig]:
         return parse_pool(self.client.hgetall(self.keys.pool))
 
@@ -158,7 +199,12 @@ class PoolStore:
         return (int(version) if version is not None else 0), parse_pool(records)
 
     def publish_weights(
-        self, node: str, records: Mapping[str, Mapping[str, object]], ttl_ms: int, now_ms: int
+        self,
+        node: str,
+        records: Mapping[str, Mapping[str, object]],
+        ttl_ms: int,
+        now_ms: int,
+        rejects: Mapping[str, object] | None = None,
     ) -> None:
         key = self.keys.weights(node)
         with self.client.pipeline(transaction=True) as pipe:
@@ -168,9 +214,17 @@ class PoolStore:
                     key, mapping={u: json.dumps(r, sort_keys=True) for u, r in records.items()}
                 )
                 pipe.pexpire(key, ttl_ms)
+            if rejects:
+                pipe.hset(self.keys.rejects(node), mapping=rejects)
+                pipe.pexpire(self.keys.rejects(node), ttl_ms)
             pipe.zadd(self.keys.nodes, {node: now_ms})
             pipe.zremrangebyscore(self.keys.nodes, 0, now_ms - ttl_ms)
             pipe.execute()
+
+    def node_rejects(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, str]]:
+        """Per live node, what it rejected (``cp:rejects:<node>``)."""
+        nodes = self.client.zrangebyscore(self.keys.nodes, now_ms - ttl_ms, "+inf")
+        return {node: self.client.hgetall(self.keys.rejects(node)) for node in nodes}
 
     def node_weights(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, dict]]:
         """Per live node, the weights it published: node -> proxy URI -> record."""

@@ -2,10 +2,13 @@
 
 One process per balancer node runs it (rtimer, every ``CP_TICK_US``). Each tick it
 
-1. reloads the proxy list from Redis when ``cp:pool:version`` changed (and keeps the last
-   list it had while Redis is unreachable);
-2. merges what every SIP worker counted since the last tick (``Tally`` deltas);
-3. folds those windows into each proxy's health and recomputes the weights (``policy``);
+1. reads ``cp:pool:version`` and the agents' load reports in one round trip, and reloads the
+   proxy list when the version changed (it keeps the last list it had while Redis is
+   unreachable); reports announced for proxies not in the pool are rejected;
+2. merges what every SIP worker counted since the last tick (``Tally`` deltas) and the
+   latest ``X-CP-Load`` of each proxy's replies;
+3. folds those windows into each proxy's health and recomputes the weights (``policy``,
+   with the fresh reported loads from ``load.LoadBook``);
 4. hands the new table to the SIP workers through shared memory;
 5. sends the probes that are due;
 6. every ``publish_interval_ms``, writes the weights and their inputs to Redis.
@@ -16,13 +19,14 @@ the tests run it against a dict and a real Redis.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import redis
 
-from counterpoise import policy
+from counterpoise import load, policy
 from counterpoise.backoff import Backoff, Guarded
 from counterpoise.settings import Settings
 from counterpoise.store import DRAINED, PoolStore, ProxyConfig
@@ -39,6 +43,10 @@ class SharedState(Protocol):
         """Create the in-flight counter of a proxy (at 0) if it does not exist yet."""
 
     def inflight(self, uri: str) -> int: ...
+
+    def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
+        """Per proxy, the latest usable ``X-CP-Load`` as ``(monotonic ms, utilisation)``, and
+        the latest reason a header of it was rejected."""
 
     def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
         """Make ``(uri, weight)`` pairs the table every SIP worker routes with."""
@@ -81,6 +89,8 @@ class SyncLoop:
             "routing on the last proxy table",
         )
         self._pool_version = -1
+        self.loads = load.LoadBook(settings, log)
+        self._announcements: redis.client.PubSub | None = None
         self.pool: dict[str, ProxyConfig] = {}
         self.health: dict[str, policy.Health] = {}
         self.weights: dict[str, policy.Weighting] = {}
@@ -96,8 +106,9 @@ class SyncLoop:
 
     def tick(self) -> None:
         now = self._monotonic_ms()
-        self._refresh_pool(now)
+        self._poll(now)
         windows = self._collect_windows()
+        self._take_load_headers(windows)
         for uri in self.pool:
             window = windows.get(uri, Tally())
             self.totals[uri] = self.totals.get(uri, Tally()) + window
@@ -108,6 +119,7 @@ class SyncLoop:
             self.health,
             now,
             self.settings,
+            {uri: self.loads.utilisation(uri, now) for uri in self.pool},
         )
         self._publish_table()
         if now >= self._next_probe_ms:
@@ -120,14 +132,33 @@ class SyncLoop:
 
     # --- Redis -----------------------------------------------------------------------------
 
-    def _refresh_pool(self, now: int) -> None:
-        def reload() -> None:
-            if self._store.version() == self._pool_version:
-                return
-            version, pool = self._store.versioned_pool()
-            self._apply_pool(version, pool, now)
+    def _poll(self, now: int) -> None:
+        def poll() -> None:
+            uris = list(self.pool)
+            version, raw_reports = self._store.poll(uris)
+            wall = self._wall_ms()
+            for uri, raw in zip(uris, raw_reports, strict=True):
+                self.loads.take_report(uri, raw, now, wall)
+            self._check_announcements()
+            if version != self._pool_version:
+                version, pool = self._store.versioned_pool()
+                self._apply_pool(version, pool, now)
 
-        self._redis.call(now, reload)
+        if not self._redis.call(now, poll) and self._announcements is not None:
+            # Redis failed: drop the subscription and subscribe again once it is back.
+            with contextlib.suppress(*REDIS_ERRORS):
+                self._announcements.close()
+            self._announcements = None
+
+    def _check_announcements(self) -> None:
+        """Reject reports announced for proxies that are not in the pool (a misconfigured
+        agent). Reading already-buffered messages costs no round trip."""
+        if self._announcements is None:
+            self._announcements = self._store.subscribe_reports()
+        while (message := self._announcements.get_message(timeout=0)) is not None:
+            uri = message.get("data")
+            if isinstance(uri, str) and uri not in self.pool:
+                self.loads.reject(load.REPORT, uri, "report for a proxy that is not in the pool")
 
     def _apply_pool(self, version: int, pool: dict[str, ProxyConfig], now: int) -> None:
         for uri in pool:
@@ -137,6 +168,7 @@ class SyncLoop:
         for uri in set(self.health) - set(pool):
             del self.health[uri]
             self.totals.pop(uri, None)
+            self.loads.forget(uri)
         if set(pool) != set(self.pool):
             self._log(f"proxy list version {version}: {', '.join(sorted(pool)) or 'empty'}")
         self.pool = pool
@@ -146,7 +178,9 @@ class SyncLoop:
         wall = self._wall_ms()
         total_weight = sum(w.weight for w in self.weights.values())
         records = {uri: self.record(uri, total_weight) for uri in self.pool}
-        self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall)
+        rejects: dict[str, object] = dict(self.loads.rejected)
+        rejects |= {f"{source}:last": text for source, text in self.loads.last_reason.items()}
+        self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
 
     def record(self, uri: str, total_weight: float) -> dict[str, object]:
         """What Redis shows of one proxy: its weight, its share and every input of both."""
@@ -160,6 +194,9 @@ class SyncLoop:
             "base_weight": weighting.base_weight,
             "latency_ms": _round(weighting.latency_ms),
             "latency_factor": round(weighting.latency_factor, 4),
+            "utilisation": _round(weighting.utilisation, 4),
+            "load_factor": round(weighting.load_factor, 4),
+            "load": self.loads.describe(uri, self._monotonic_ms()),
             "ramp": round(weighting.ramp, 4),
             "panic": weighting.panic,
             "consecutive_failures": health.consecutive_failures,
@@ -188,6 +225,16 @@ class SyncLoop:
         self._previous = current
         return windows
 
+    def _take_load_headers(self, windows: Mapping[str, Tally]) -> None:
+        latest, reasons = self._shared.read_load_headers()
+        for uri, (received_ms, utilisation) in latest.items():
+            if uri in self.pool:
+                self.loads.take_header(uri, received_ms, utilisation)
+        for uri, window in windows.items():
+            if window.load_headers_rejected:
+                reason = reasons.get(uri, "unusable X-CP-Load")
+                self.loads.reject(load.HEADER, uri, reason, window.load_headers_rejected)
+
     def _publish_table(self) -> None:
         table = sorted((uri, round(w.weight, 6)) for uri, w in self.weights.items())
         if table != self._table:
@@ -199,5 +246,5 @@ def _mean(total: int, count: int) -> float | None:
     return round(total / count, 2) if count else None
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)

@@ -18,6 +18,7 @@ _FIELDS = (
     "probes_ok",
     "probes_failed",
     "probe_ms_sum",
+    "load_headers_rejected",
 )
 
 
@@ -38,12 +39,17 @@ class Tally:
     """Probes that timed out or got 408 or 5xx."""
     probe_ms_sum: int = 0
     """Sum over ``probes_ok`` of probe round-trip milliseconds."""
+    load_headers_rejected: int = 0
+    """Replies whose ``X-CP-Load`` header could not be used (garbled or incomplete)."""
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
 
     def __sub__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, f) - getattr(other, f) for f in _FIELDS))
+
+    def with_load_header_rejected(self) -> Tally:
+        return dataclasses.replace(self, load_headers_rejected=self.load_headers_rejected + 1)
 
     @property
     def samples(self) -> int:

@@ -95,6 +95,10 @@ class Downstream:
     def set_fail_code(self, code: int) -> None:
         kamcmd(self.ctl, "cfg.set_now_int", "cpdemo", "fail_code", str(code))
 
+    def set_load_header(self, value: str) -> None:
+        """Make every reply carry ``X-CP-Load: value`` ("" = the real load again)."""
+        kamcmd(self.ctl, "cfg.set_now_string", "cpdemo", "load_hdr", value)
+
     def counts(self) -> dict[str, int]:
         """Requests received by method: invite, ack, bye, register, options, message."""
         stats = statistics(self.ctl, "core:")
@@ -150,17 +154,19 @@ class Caller:
         hold_ms: int = 200,
         scenario: str = "uac.xml",
         extra: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.port = procs.free_port()
+        self.port = port or procs.free_port()
         self.log = run_dir / f"uac-{self.port}.log"
+        self.error_file = run_dir / f"uac-{self.port}.err"
         argv = [
             "sipp", target, "-sf", str(procs.SIPP_SCENARIOS / scenario),
             "-i", "127.0.0.1", "-p", str(self.port),
             "-m", str(calls), "-r", str(rate), "-d", str(hold_ms),
             "-nostdin", "-timeout", f"{int(calls / rate) + 60}s",
             "-max_socket", "2048",
-            "-trace_err", "-error_file", str(run_dir / f"uac-{self.port}.err"),
+            "-trace_err", "-error_file", str(self.error_file),
             *extra,
         ]  # fmt: skip
         self.proc = procs.Process("sipp uac", argv, self.log, cwd=run_dir)
@@ -182,3 +188,36 @@ class Caller:
 
     def stop(self) -> None:
         self.proc.stop()
+
+    def error_codes(self) -> dict[int, int]:
+        """How many calls ended on each unexpected final status (404, 480...), from SIPp's
+        error trace."""
+        text = self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
+        codes: dict[int, int] = {}
+        for code in _UNEXPECTED.findall(text):
+            codes[int(code)] = codes.get(int(code), 0) + 1
+        return codes
+
+
+_UNEXPECTED = re.compile(r"received 'SIP/2\.0 (\d{3})")
+
+
+def derived_scenario(run_dir: Path, base: str, replacements: dict[str, str]) -> Path:
+    """A copy of a scenario of ``sipp-scenarios/`` with keywords replaced: ``uac.xml`` with
+    ``[service]`` -> ``[field0]`` calls the users of an injection file, with ``[routes]`` -> ""
+    its ACK and BYE carry no route set. One source for every variant, no near-copies."""
+    text = (procs.SIPP_SCENARIOS / base).read_text()
+    for old, new in replacements.items():
+        if old not in text:
+            raise ValueError(f"{base} has no {old!r}")
+        text = text.replace(old, new)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{Path(base).stem}-{abs(hash(tuple(replacements.items())))}.xml"
+    path.write_text(text)
+    return path
+
+
+def users_csv(path: Path, users: list[str], expires_s: int) -> Path:
+    """A SIPp injection file (register.xml, unregister.xml, calls): one user per line."""
+    path.write_text("SEQUENTIAL\n" + "".join(f"{user};{expires_s}\n" for user in users))
+    return path

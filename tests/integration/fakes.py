@@ -36,6 +36,8 @@ class FakeShared:
         self.tallies: dict[str, Tally] = {}
         self.inflight_counts: dict[str, int] = {}
         self.tables: list[list[tuple[str, float]]] = []
+        self.header_loads: dict[str, tuple[int, float]] = {}
+        self.header_reasons: dict[str, str] = {}
 
     def read_tallies(self) -> Mapping[str, Tally]:
         return dict(self.tallies)
@@ -48,6 +50,9 @@ class FakeShared:
 
     def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
         self.tables.append(list(entries))
+
+    def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
+        return dict(self.header_loads), dict(self.header_reasons)
 
     @property
     def table(self) -> dict[str, float]:
@@ -74,17 +79,17 @@ class CountingStore(PoolStore):
         self.clock = clock
         self.calls: list[tuple[str, int]] = []
 
-    def version(self) -> int:
-        self.calls.append(("version", self.clock.now))
-        return super().version()
+    def poll(self, uris):
+        self.calls.append(("poll", self.clock.now))
+        return super().poll(uris)
 
     def versioned_pool(self):
         self.calls.append(("versioned_pool", self.clock.now))
         return super().versioned_pool()
 
-    def publish_weights(self, node, records, ttl_ms, now_ms) -> None:
+    def publish_weights(self, node, records, ttl_ms, now_ms, rejects=None) -> None:
         self.calls.append(("publish_weights", self.clock.now))
-        super().publish_weights(node, records, ttl_ms, now_ms)
+        super().publish_weights(node, records, ttl_ms, now_ms, rejects)
 
     def times(self, name: str) -> list[int]:
         return [t for n, t in self.calls if n == name]

@@ -91,7 +91,7 @@ def test_table_is_only_republished_on_change(harness: Harness, operator: PoolSto
 def test_pool_is_read_only_when_its_version_changes(harness: Harness, operator: PoolStore):
     operator.add(A)
     harness.run(1000)
-    assert len(harness.store.times("version")) == 10
+    assert len(harness.store.times("poll")) == 10
     assert len(harness.store.times("versioned_pool")) == 1
     operator.add(B)
     harness.tick(100)
@@ -232,6 +232,7 @@ def test_weights_and_inputs_are_published_every_interval(
         "probes_ok": 1,
         "probes_failed": 0,
         "probe_ms_sum": 2,
+        "load_headers_rejected": 0,
     }
     assert record["first_reply_ms"] == 20.0
     assert record["probe_ms"] == 2.0

@@ -16,12 +16,13 @@ FULL = Tally(
     probes_ok=5,
     probes_failed=1,
     probe_ms_sum=42,
+    load_headers_rejected=3,
 )
 
 
 def test_encode_is_space_separated_fields_in_order():
-    assert FULL.encode() == "10 2 123 4567 5 1 42"
-    assert Tally().encode() == "0 0 0 0 0 0 0"
+    assert FULL.encode() == "10 2 123 4567 5 1 42 3"
+    assert Tally().encode() == "0 0 0 0 0 0 0 0"
 
 
 @pytest.mark.parametrize("tally", [Tally(), FULL, Tally(probe_ms_sum=2**40)])
@@ -30,19 +31,19 @@ def test_encode_decode_round_trip(tally):
 
 
 def test_decode_tolerates_surrounding_whitespace():
-    assert Tally.decode("  10 2 123 4567 5 1 42\n") == FULL
+    assert Tally.decode("  10 2 123 4567 5 1 42 3\n") == FULL
 
 
 @pytest.mark.parametrize(
     "text",
     [
         "",
-        "1 2 3 4 5 6",  # too few fields
-        "1 2 3 4 5 6 7 8",  # too many
-        "1 2 3 4 5 6 -7",  # negative
-        "-1 0 0 0 0 0 0",
-        "1 2 3 4 5 6 x",  # not an integer
-        "1 2 3 4 5 6 7.5",
+        "1 2 3 4 5 6 7",  # too few fields
+        "1 2 3 4 5 6 7 8 9",  # too many
+        "1 2 3 4 5 6 7 -8",  # negative
+        "-1 0 0 0 0 0 0 0",
+        "1 2 3 4 5 6 7 x",  # not an integer
+        "1 2 3 4 5 6 7 8.5",
         "garbage",
         "1,2,3,4,5,6,7",
     ],

@@ -1,0 +1,190 @@
+"""Load the proxies report about themselves, made into one utilisation per proxy.
+
+Pure (no Kamailio, no Redis, clocks passed in). Two sources say how loaded a proxy is:
+
+* its **agent** (``counterpoise-agent``, a ``reports.LoadReport`` in Redis): the utilisation
+  is the larger of the CPU utilisation of the proxy's processes and, when the agent was given
+  a capacity, transactions in progress over that capacity;
+* its **replies** (``X-CP-Load``, parsed by ``reports.parse_load_header``): ``active``
+  transactions over ``workers``, capped at 1.
+
+Each source of each proxy has a ``Track`` that says whether it may count now, the way gRPC's
+weighted round robin treats its backend metrics: a source counts once it has been renewed
+without a gap for ``blackout_ms`` (the first samples after a start are the least settled),
+and stops counting when it has not been renewed for ``expiry_ms`` (a dead agent must not
+freeze a weight); after such a gap the blackout starts again. Times are the reader's
+monotonic clock at receipt, never the sender's stamp, so clock skew between hosts cannot make
+a report look fresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from counterpoise.reports import BadReport, HeaderLoad, LoadReport, decode
+from counterpoise.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    utilisation: float
+    """The latest value, in [0, 1]."""
+    since_ms: int
+    """Start of the current unbroken run of updates (gRPC's ``non_empty_since``)."""
+    updated_ms: int
+    """When the latest value was received."""
+
+
+def renew(previous: Track | None, utilisation: float, now_ms: int, expiry_ms: int) -> Track:
+    """The track after a new value arrived at ``now_ms``."""
+    if previous is None or now_ms - previous.updated_ms > expiry_ms:
+        return Track(utilisation, now_ms, now_ms)
+    return Track(utilisation, previous.since_ms, now_ms)
+
+
+def counted(track: Track | None, now_ms: int, blackout_ms: int, expiry_ms: int) -> float | None:
+    """The utilisation to use now, or None while in blackout, expired, or never received."""
+    if track is None or now_ms - track.updated_ms > expiry_ms:
+        return None
+    if now_ms - track.since_ms < blackout_ms:
+        return None
+    return track.utilisation
+
+
+def report_utilisation(report: LoadReport) -> float | None:
+    """What an agent's report says of the proxy's load; None if it measured nothing usable."""
+    values = []
+    if report.cpu_utilisation is not None:
+        values.append(report.cpu_utilisation)
+    if report.transactions is not None and report.capacity:
+        values.append(min(1.0, report.transactions / report.capacity))
+    return max(values) if values else None
+
+
+def header_utilisation(header: HeaderLoad) -> float:
+    """``active / workers`` of an ``X-CP-Load`` header; ``BadReport`` if it lacks them."""
+    if header.active is None or header.workers is None:
+        raise BadReport("X-CP-Load: needs active= and workers=")
+    if header.workers == 0:
+        raise BadReport("X-CP-Load: workers=0")
+    return min(1.0, header.active / header.workers)
+
+
+REPORT = "report"
+"""Source name of an agent's reports (also their name in Redis records and counters)."""
+HEADER = "header"
+"""Source name of the ``X-CP-Load`` header of replies."""
+
+
+class LoadBook:
+    """Every proxy's load sources, and every rejected input, for the sync loop.
+
+    A rejected input is counted per source, logged once per proxy and source with its reason
+    (again only after that source was accepted in between), and never touches a track.
+    """
+
+    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+        self._settings = settings
+        self._log = log
+        self._tracks: dict[tuple[str, str], Track] = {}
+        self._last_raw: dict[str, bytes] = {}
+        self._reports: dict[str, LoadReport] = {}
+        self._silenced: set[tuple[str, str]] = set()
+        self.rejected: dict[str, int] = {REPORT: 0, HEADER: 0}
+        """Inputs rejected so far, per source."""
+        self.last_reason: dict[str, str] = {}
+        """The latest rejection of each source: ``"<proxy>: <reason>"``."""
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def take_report(self, uri: str, raw: bytes | None, now_ms: int, wall_ms: int) -> None:
+        """An agent's report as read from Redis (None: there is none). Only a report not seen
+        before renews the track, so a report left in Redis by a dead agent ages out."""
+        if raw is None or raw == self._last_raw.get(uri):
+            return
+        self._last_raw[uri] = raw
+        try:
+            report = decode(raw, wall_ms)
+            if report.proxy != uri:
+                raise BadReport(f"report names {report.proxy}, stored under {uri}")
+        except BadReport as error:
+            self.reject(REPORT, uri, str(error))
+            return
+        self._accept(REPORT, uri)
+        self._reports[uri] = report
+        utilisation = report_utilisation(report)
+        if utilisation is not None:
+            self._renew(REPORT, uri, utilisation, now_ms)
+
+    def take_header(self, uri: str, received_ms: int, utilisation: float) -> None:
+        """The latest usable ``X-CP-Load`` of a proxy's replies (already parsed by a worker)."""
+        track = self._tracks.get((HEADER, uri))
+        if track is not None and received_ms <= track.updated_ms:
+            return
+        self._accept(HEADER, uri)
+        self._renew(HEADER, uri, utilisation, received_ms)
+
+    def reject(self, source: str, uri: str, reason: str, count: int = 1) -> None:
+        self.rejected[source] += count
+        self.last_reason[source] = f"{uri}: {reason}"
+        if (source, uri) not in self._silenced:
+            self._silenced.add((source, uri))
+            self._log(f"rejected {source} of {uri}: {reason} (counted; logged once)")
+
+    def forget(self, uri: str) -> None:
+        """Drop what is known of a proxy that left the pool."""
+        for source in (REPORT, HEADER):
+            self._tracks.pop((source, uri), None)
+        self._last_raw.pop(uri, None)
+        self._reports.pop(uri, None)
+
+    # --- outputs -----------------------------------------------------------------------
+
+    def utilisation(self, uri: str, now_ms: int) -> float | None:
+        """The load that counts now: the higher of the fresh sources, None if none is."""
+        values = [
+            v for v in (self._counted(s, uri, now_ms) for s in (REPORT, HEADER)) if v is not None
+        ]
+        return max(values) if values else None
+
+    def describe(self, uri: str, now_ms: int) -> dict[str, object]:
+        """Each source's latest value, its age and whether it counts, for Redis."""
+        described: dict[str, object] = {}
+        for source in (REPORT, HEADER):
+            track = self._tracks.get((source, uri))
+            if track is None:
+                continue
+            described[source] = {
+                "utilisation": round(track.utilisation, 4),
+                "age_ms": now_ms - track.updated_ms,
+                "counts": self._counted(source, uri, now_ms) is not None,
+            }
+        report = self._reports.get(uri)
+        if report is not None and REPORT in described:
+            described[REPORT] |= {
+                "seq": report.seq,
+                "cpu_utilisation": report.cpu_utilisation,
+                "transactions": report.transactions,
+                "calls": report.calls,
+                "capacity": report.capacity,
+                "error": report.error,
+            }
+        return described
+
+    def _counted(self, source: str, uri: str, now_ms: int) -> float | None:
+        return counted(
+            self._tracks.get((source, uri)),
+            now_ms,
+            self._settings.load_blackout_ms,
+            self._settings.load_expiry_ms,
+        )
+
+    def _renew(self, source: str, uri: str, utilisation: float, now_ms: int) -> None:
+        key = (source, uri)
+        self._tracks[key] = renew(
+            self._tracks.get(key), utilisation, now_ms, self._settings.load_expiry_ms
+        )
+
+    def _accept(self, source: str, uri: str) -> None:
+        self._silenced.discard((source, uri))

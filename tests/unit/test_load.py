@@ -1,0 +1,161 @@
+"""Load signals: staleness tracks, utilisation of reports and headers, the LoadBook, and the
+policy's load factor."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from counterpoise import load, reports
+from counterpoise.load import LoadBook, counted, renew
+from counterpoise.policy import UP, Health, weigh
+from counterpoise.reports import BadReport, HeaderLoad, LoadReport
+from counterpoise.settings import Settings
+
+S = Settings()
+A, B, C = "sip:a", "sip:b", "sip:c"
+WALL = 1_700_000_000_000
+
+
+def up(latency_ms: float) -> Health:
+    return Health(state=UP, since_ms=0, latency_ms=latency_ms, last_sample_ms=0)
+
+
+# --- tracks --------------------------------------------------------------------------------
+
+
+def test_a_track_counts_only_after_the_blackout():
+    track = renew(None, 0.5, 1000, S.load_expiry_ms)
+    assert counted(track, 1000, S.load_blackout_ms, S.load_expiry_ms) is None
+    for now in range(2000, 1000 + S.load_blackout_ms + 1, 1000):
+        track = renew(track, 0.5, now, S.load_expiry_ms)
+    assert counted(track, 1000 + S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.5
+
+
+def test_a_track_not_renewed_expires_and_its_next_value_starts_a_new_blackout():
+    track = renew(None, 0.9, 0, S.load_expiry_ms)
+    track = renew(track, 0.9, S.load_blackout_ms, S.load_expiry_ms)
+    last = S.load_blackout_ms
+    assert counted(track, last + S.load_expiry_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.9
+    assert counted(track, last + S.load_expiry_ms + 1, S.load_blackout_ms, S.load_expiry_ms) is None
+    again = renew(track, 0.2, last + S.load_expiry_ms + 1, S.load_expiry_ms)
+    assert again.since_ms == last + S.load_expiry_ms + 1
+    assert counted(again, again.since_ms, S.load_blackout_ms, S.load_expiry_ms) is None
+
+
+def test_report_utilisation_is_the_higher_of_cpu_and_transactions_over_capacity():
+    base = {"proxy": A, "seq": 1, "timestamp_ms": WALL}
+    assert load.report_utilisation(LoadReport(**base, cpu_utilisation=0.2)) == 0.2
+    both = LoadReport(**base, cpu_utilisation=0.2, transactions=6, capacity=8)
+    assert load.report_utilisation(both) == 0.75
+    over = LoadReport(**base, transactions=80, capacity=8)
+    assert load.report_utilisation(over) == 1.0
+    assert load.report_utilisation(LoadReport(**base, transactions=6)) is None
+    assert load.report_utilisation(LoadReport(**base, error="no proxy")) is None
+
+
+def test_header_utilisation_is_active_over_workers():
+    assert load.header_utilisation(HeaderLoad(tx=9, workers=4, active=3)) == 0.75
+    assert load.header_utilisation(HeaderLoad(tx=9, workers=4, active=40)) == 1.0
+    with pytest.raises(BadReport, match="workers=0"):
+        load.header_utilisation(HeaderLoad(workers=0, active=1))
+    with pytest.raises(BadReport, match="needs"):
+        load.header_utilisation(HeaderLoad(tx=3))
+
+
+# --- the policy's load factor --------------------------------------------------------------
+
+
+def test_worked_example_with_load_of_the_policy_docstring():
+    health = {A: up(2), B: up(2)}
+    weights = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S, {A: 0.3, B: 0.9})
+    assert weights[A].weight == pytest.approx(1.0)
+    assert weights[B].load_factor == pytest.approx(0.1 / 0.7)
+    share = weights[B].weight / (weights[A].weight + weights[B].weight)
+    assert share == pytest.approx(0.125, abs=0.001)
+    assert weights[B].utilisation == 0.9
+
+
+def test_without_reports_weights_are_latency_alone():
+    health = {A: up(2), B: up(2)}
+    plain = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S)
+    empty = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S, {A: None, B: None})
+    assert plain == empty
+    assert {w.load_factor for w in plain.values()} == {1.0}
+
+
+def test_a_proxy_without_report_gets_the_mean_headroom():
+    health = {A: up(2), B: up(2), C: up(2)}
+    weights = weigh({A: 1, B: 1, C: 1}, set(), health, S.slow_start_ms, S, {A: 0.2, B: 0.6})
+    # headrooms 0.8 and 0.4, mean 0.6 for C; normalised by 0.8
+    assert weights[C].load_factor == pytest.approx(0.6 / 0.8)
+    assert weights[B].load_factor == pytest.approx(0.4 / 0.8)
+
+
+def test_a_saturated_proxy_keeps_the_headroom_floor():
+    health = {A: up(2), B: up(2)}
+    weights = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S, {A: 0.0, B: 1.0})
+    assert weights[B].load_factor == pytest.approx(S.load_headroom_floor)
+
+
+# --- the LoadBook ----------------------------------------------------------------------------
+
+
+def report(proxy: str = A, seq: int = 0, **fields) -> bytes:
+    return reports.encode(LoadReport(proxy=proxy, seq=seq, timestamp_ms=WALL, **fields))
+
+
+def absurd(**wire: object) -> bytes:
+    """A report as an agent with a bug could write it (wire keys, no validation)."""
+    data = {"v": 1, "u": A, "s": 9, "t": WALL, "p": 1, "r": 0} | wire
+    return msgpack.packb(data)
+
+
+def fed_book(logs: list[str]) -> LoadBook:
+    """A book whose report of A counts: u = 0.5."""
+    book = LoadBook(S, logs.append)
+    for i in range(4):
+        book.take_report(A, report(seq=i, cpu_utilisation=0.5), i * 1000, WALL)
+    assert book.utilisation(A, 3000) == 0.5
+    return book
+
+
+def test_the_same_report_read_again_does_not_renew_the_track():
+    book = fed_book([])
+    same = report(seq=3, cpu_utilisation=0.5)
+    book.take_report(A, same, 3000 + S.load_expiry_ms, WALL)
+    assert book.utilisation(A, 3000 + S.load_expiry_ms + 1) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xc1garbage", "not msgpack"),
+        (absurd(c=50.0), "above 1"),
+        (absurd(x=-3), "negative"),
+        (absurd(cp=float("nan")), "not a finite number"),
+        (report(proxy=B), "report names sip:b"),
+    ],
+)
+def test_bad_reports_are_counted_logged_once_and_change_nothing(raw: bytes, reason: str):
+    logs: list[str] = []
+    book = fed_book(logs)
+    book.take_report(A, raw, 3100, WALL)
+    book.take_report(A, raw + b"", 3200, WALL)  # the same bytes again: already counted
+    assert book.rejected[load.REPORT] == 1
+    assert reason in book.last_reason[load.REPORT]
+    assert book.utilisation(A, 3200) == 0.5
+    book.reject(load.REPORT, A, reason)
+    assert len(logs) == 1 and reason in logs[0]
+
+
+def test_header_values_count_after_the_blackout_and_rejections_do_not_touch_them():
+    logs: list[str] = []
+    book = LoadBook(S, logs.append)
+    for now in range(0, S.load_blackout_ms + 1, 500):
+        book.take_header(B, now, 0.8)
+    assert book.utilisation(B, S.load_blackout_ms) == 0.8
+    book.reject(load.HEADER, B, "X-CP-Load: 'junk' is not key=value", 5)
+    assert book.rejected[load.HEADER] == 5
+    assert book.utilisation(B, S.load_blackout_ms) == 0.8
+    assert book.describe(B, S.load_blackout_ms)["header"]["counts"] is True
