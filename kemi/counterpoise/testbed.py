@@ -95,9 +95,9 @@ class Downstream:
     def set_fail_code(self, code: int) -> None:
         kamcmd(self.ctl, "cfg.set_now_int", "cpdemo", "fail_code", str(code))
 
-    def set_load_header(self, value: str) -> None:
-        """Make every reply carry ``X-CP-Load: value`` ("" = the real load again)."""
-        kamcmd(self.ctl, "cfg.set_now_string", "cpdemo", "load_hdr", value)
+    def set_load_header(self, value: str | None) -> None:
+        """Make every reply carry ``X-CP-Load: value`` (None: the real load again)."""
+        kamcmd(self.ctl, "cfg.set_now_string", "cpdemo", "load_hdr", value or "real")
 
     def counts(self) -> dict[str, int]:
         """Requests received by method: invite, ack, bye, register, options, message."""
@@ -199,7 +199,9 @@ class Caller:
         return codes
 
 
-_UNEXPECTED = re.compile(r"received 'SIP/2\.0 (\d{3})")
+_UNEXPECTED = re.compile(r"Aborting call on unexpected message[^\n]*?received 'SIP/2\.0 (\d{3})")
+"""The line SIPp writes once per call ended by an error reply (not the "Dead call" lines of
+retransmissions that arrive after it)."""
 
 
 def derived_scenario(run_dir: Path, base: str, replacements: dict[str, str]) -> Path:
@@ -210,6 +212,8 @@ def derived_scenario(run_dir: Path, base: str, replacements: dict[str, str]) -> 
     for old, new in replacements.items():
         if old not in text:
             raise ValueError(f"{base} has no {old!r}")
+        if not new:  # a header line emptied would end the message: drop the whole line
+            text = re.sub(rf"^[ \t]*{re.escape(old)}[ \t]*\n", "", text, flags=re.MULTILINE)
         text = text.replace(old, new)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / f"{Path(base).stem}-{abs(hash(tuple(replacements.items())))}.xml"

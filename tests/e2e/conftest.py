@@ -45,11 +45,17 @@ class Bed:
 
     # --- processes -------------------------------------------------------------------------
 
-    def start_uas(self) -> str:
-        port = procs.free_port()
+    def start_uas(self, port: int | None = None) -> str:
+        """A SIPp UAS; on ``port`` to answer for users registered with that Contact port."""
+        port = port or procs.free_port()
         self._procs.append(testbed.start_uas(port, self.run_dir))
-        self.uas_uri = f"sip:127.0.0.1:{port}"
-        return self.uas_uri
+        uri = f"sip:127.0.0.1:{port}"
+        self.uas_uri = self.uas_uri or uri
+        return uri
+
+    def adopt(self, proc: procs.Process) -> None:
+        """Stop ``proc`` with the rest when the test ends."""
+        self._procs.append(proc)
 
     def start_downstream(
         self, name: str, workers: int = 2, port: int | None = None, registrar: bool = False
@@ -109,6 +115,12 @@ class Bed:
     def rows(self) -> dict[str, dict]:
         now_ms = int(time.time() * 1000)
         return {row["uri"]: row for row in table.pool_rows(self.store, self.settings, now_ms)}
+
+    def rows_published(self) -> dict[str, dict]:
+        """This test's balancer's own record of each proxy (``cp:weights:<node>``)."""
+        now_ms = int(time.time() * 1000)
+        published = self.store.node_weights(now_ms, self.settings.node_ttl_ms)
+        return published.get(self.settings.node_name(), {})
 
     def wait_state(self, uri: str, states: tuple[str, ...], timeout_s: float = 15.0) -> dict:
         return procs.wait_for(

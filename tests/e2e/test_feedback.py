@@ -1,0 +1,187 @@
+"""Feedback from the proxies themselves, end to end: agent reports, X-CP-Load in replies,
+probes with no traffic, INVITE probes. Each test prints how long the balancer took to react
+(the figures in the README come from ``bash scripts/test.sh -s -k feedback``)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from counterpoise import procs, testbed
+from tests.e2e.conftest import Bed, invite_counts, invite_shares
+
+pytestmark = pytest.mark.e2e
+
+
+def start_agent(bed: Bed, ds: testbed.Downstream, in_progress: int, capacity: int):
+    """A real ``counterpoise-agent`` for ``ds`` whose source says ``in_progress`` transactions
+    (a command source, so the test sets the load instead of creating it)."""
+    argv = [
+        sys.executable, "-m", "counterpoise.agent", "--proxy", ds.uri,
+        "--pidfile", str(ds.run_dir / "kamailio.pid"), "--redis", bed.redis_url,
+        "--source", "command", "--command", f"echo {in_progress}", "--capacity", str(capacity),
+    ]  # fmt: skip
+    proc = procs.Process(f"agent {ds.name}", argv, bed.run_dir / f"agent-{ds.name}.log")
+    proc.ensure_started(
+        lambda: bed.store.client.exists(bed.store.keys.report(ds.uri)),
+        10,
+        f"the agent of {ds.name} to publish",
+    )
+    bed.adopt(proc)
+    return proc
+
+
+def record(bed: Bed, uri: str) -> dict:
+    return bed.rows_published()[uri]
+
+
+def wait_share(bed: Bed, uri: str, condition, timeout_s: float, what: str) -> float:
+    """Seconds until the weight share the balancer publishes for ``uri`` meets ``condition``."""
+    start = time.monotonic()
+    procs.wait_for(lambda: condition(bed.rows()[uri]["share"] or 0.0), timeout_s, what)
+    return time.monotonic() - start
+
+
+def calls_since(before: dict[str, int], pool: list[testbed.Downstream], calls: int) -> None:
+    total = sum(before.values()) + calls
+    procs.wait_for(lambda: sum(invite_counts(pool).values()) >= total, 30, f"{calls} calls")
+
+
+def test_agent_reporting_high_load_loses_share_until_its_report_expires(bed: Bed) -> None:
+    a, b = bed.start_downstream("a", workers=4), bed.start_downstream("b", workers=4)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    bed.wait_state(b.uri, ("up",))
+    start_agent(bed, a, in_progress=1, capacity=10)  # u = 0.1
+    agent_b = start_agent(bed, b, in_progress=9, capacity=10)  # u = 0.9
+    reacted = wait_share(bed, b.uri, lambda s: s < 0.2, 15, "b's share below 20 %")
+
+    caller = bed.caller(calls=300, rate=30, hold_ms=100)
+    before = invite_counts([a, b])
+    procs.wait_for(
+        lambda: sum(invite_counts([a, b]).values()) - sum(before.values()) >= 150, 30, "150 calls"
+    )
+    loaded_share = invite_shares([a, b], before)["b"]
+
+    agent_b.stop()
+    restored = wait_share(bed, b.uri, lambda s: s > 0.35, 15, "b's share back above 35 %")
+    caller.stop()
+    print(
+        f"agent load: weight share below 20 % {reacted:.1f} s after the agents started "
+        f"(blackout {bed.settings.load_blackout_ms} ms), calls to b {loaded_share:.1%}; "
+        f"back above 35 % {restored:.1f} s after its agent stopped"
+    )
+    # headroom 0.1 vs 0.9: b's weight is 1/9 of a's, about 10 % of calls (P2C moves a little).
+    assert loaded_share < 0.2
+
+
+def test_proxy_whose_replies_carry_a_high_load_header_loses_share(bed: Bed) -> None:
+    a, b = bed.start_downstream("a", workers=4), bed.start_downstream("b", workers=4)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    bed.wait_state(b.uri, ("up",))
+    caller = bed.caller(calls=600, rate=30, hold_ms=100)
+    procs.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+
+    b.set_load_header("tx=8;workers=4;active=4")  # u = 1
+    reacted = wait_share(bed, b.uri, lambda s: s < 0.2, 15, "b's share below 20 %")
+    before = invite_counts([a, b])
+    procs.wait_for(
+        lambda: sum(invite_counts([a, b]).values()) - sum(before.values()) >= 120, 30, "120 calls"
+    )
+    share_b = invite_shares([a, b], before)["b"]
+
+    b.set_load_header(None)
+    restored = wait_share(bed, b.uri, lambda s: s > 0.35, 15, "b's share back above 35 %")
+    caller.stop()
+    print(
+        f"X-CP-Load: weight share below 20 % {reacted:.1f} s after the header rose, calls to b "
+        f"{share_b:.1%}; back above 35 % {restored:.1f} s after it fell"
+    )
+    assert share_b < 0.2
+
+
+def test_bad_load_headers_are_counted_and_change_no_weight(bed: Bed) -> None:
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    b.set_load_header("junk")  # probes bring replies every second, traffic or not
+    node = bed.settings.node_name()
+    procs.wait_for(
+        lambda: int(bed.store.client.hget(bed.store.keys.rejects(node), "header") or 0) >= 3,
+        15,
+        "3 rejected headers counted in Redis",
+    )
+    rejects = bed.store.client.hgetall(bed.store.keys.rejects(node))
+    assert rejects["header:last"].startswith(b.uri) and "junk" in rejects["header:last"]
+    published = record(bed, b.uri)
+    assert published["load_factor"] == 1.0 and published["utilisation"] is None
+    # What b's replies said before the junk has expired; nothing since counts.
+    assert published["load"].get("header", {}).get("counts", False) is False
+
+
+def test_probes_mark_a_silent_proxy_down_and_back_with_no_traffic(bed: Bed) -> None:
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    bed.wait_state(b.uri, ("up",))
+
+    b.proc.signal(signal.SIGSTOP)  # alive but silent: every probe times out
+    stopped = time.monotonic()
+    try:
+        bed.wait_state(b.uri, ("down",), timeout_s=15)
+        down_after = time.monotonic() - stopped
+    finally:
+        b.proc.signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    bed.wait_state(b.uri, ("slowstart", "up"), timeout_s=15)
+    back_after = time.monotonic() - resumed
+    print(
+        f"probes only: down {down_after:.1f} s after SIGSTOP, back {back_after:.1f} s after SIGCONT"
+    )
+    assert bed.rows()[a.uri]["state"] == "up"
+
+
+def test_invite_probes_leave_nothing_open(bed: Bed) -> None:
+    ds = bed.start_downstream("a")
+    uas_port = procs.free_port()
+    uas = testbed.start_uas(uas_port, bed.run_dir / "answering")
+    bed.adopt(uas)
+    answering = f"sip:127.0.0.1:{uas_port}"  # answers INVITE probes 200: needs ACK and BYE
+    bed.start_balancer(probe_method="INVITE")
+    bed.store.add(ds.uri)
+    bed.store.add(answering)
+    procs.wait_for(
+        lambda: all(
+            (bed.rows_published().get(uri, {}).get("totals", {}).get("probes_ok", 0)) >= 3
+            for uri in (ds.uri, answering)
+        ),
+        20,
+        "3 answered INVITE probes of each",
+    )
+    bed.store.remove(answering)
+    bed.store.remove(ds.uri)
+    # The downstream answered every probe itself: nothing relayed, nothing left in progress.
+    procs.wait_for(lambda: _in_progress(ds) == 0, 10, "no transaction in progress on a")
+    counts = ds.counts()
+    assert counts["invite"] >= 3 and counts["ack"] == counts["invite"], counts
+    # The UAS answered 200: each probe dialog got its ACK (from tm) and BYE (from us).
+    uas.stop()
+    screen = (bed.run_dir / "answering" / f"uas-{uas_port}.log").read_text()
+    acks, byes = _last_count(screen, "ACK"), _last_count(screen, "BYE")
+    assert acks >= 3 and byes == acks, screen[-1500:]
+
+
+def _in_progress(ds: testbed.Downstream) -> int:
+    stats = dict(re.findall(r"(\w+): (\d+)", testbed.kamcmd(ds.ctl, "tm.stats")))
+    return int(stats["current"]) - int(stats["waiting"])
+
+
+def _last_count(screen: str, method: str) -> int:
+    """Messages of ``method`` received, from the last SIPp scenario screen in a log."""
+    found = re.findall(rf"----------> {method}\s+(?:E-RTD\d\s+)?(\d+)", screen)
+    return int(found[-1]) if found else 0
