@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from counterpoise.settings import Settings
+
 
 class Backoff:
     """Gate for calls to a dependency that may be down.
@@ -72,3 +74,16 @@ class Guarded:
             self._log(f"{self._name} reachable again after {self.backoff.failures} failed attempts")
         self.backoff.succeeded()
         return True
+
+    @classmethod
+    def with_backoff_of(
+        cls,
+        settings: Settings,
+        errors: tuple[type[BaseException], ...],
+        log: Callable[[str], None],
+        name: str,
+        while_down: str,
+    ) -> Guarded:
+        """A guard backing off as ``settings.redis_backoff_*`` say."""
+        backoff = Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms)
+        return cls(backoff, errors, log, name, while_down)

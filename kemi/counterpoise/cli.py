@@ -3,6 +3,7 @@
     counterpoise up [--listen HOST:PORT] [--redis URL] [--workers N] [--run-dir DIR]
     counterpoise proxy add URI [--weight N] | rm URI | drain URI | undrain URI | list [--json]
     counterpoise watch             live table of the pool
+    counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (location_cli)
     counterpoise demo              the embedded default: Redis, balancer, demo pool, calls
 
 Every subcommand takes ``--redis URL`` (default: ``COUNTERPOISE_REDIS_URL`` or the embedded
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds")
     watch.set_defaults(func=cmd_watch)
 
+    from counterpoise import location_cli  # imports this module: loaded once it is
+
+    location_cli.add_parser(sub, common)
+
     demo = sub.add_parser("demo", help="embedded default: Redis, balancer, demo pool, calls")
     demo.add_argument("--listen", default=DEFAULT_LISTEN, help="balancer SIP address")
     demo.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")
@@ -223,4 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m counterpoise.cli` runs this file as __main__: call the copy other modules
+    # import (location_cli), so its CliError is the one main() catches.
+    from counterpoise.cli import main as imported_main
+
+    sys.exit(imported_main())

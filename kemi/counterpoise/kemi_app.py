@@ -21,7 +21,8 @@ import time
 
 import KSR
 
-from counterpoise import ksr_shared
+from counterpoise import ksr_shared, location
+from counterpoise.ksr_location import LocationRouting
 from counterpoise.settings import Settings, load_settings
 from counterpoise.store import PoolStore, connect
 from counterpoise.sync import SyncLoop
@@ -49,6 +50,9 @@ class KemiApp:
         self.view = ksr_shared.WorkerView()
         self.rng = random.Random()
         self.sync: SyncLoop | None = None
+        self.location: LocationRouting | None = None
+        if location.Options.from_settings(settings).enabled:
+            self.location = LocationRouting(settings, _notice)
 
     # --- hooks app_python3 requires ------------------------------------------------------
 
@@ -96,15 +100,31 @@ class KemiApp:
         return True
 
     def ksr_route_withindlg(self) -> None:
-        """In-dialog requests follow the Record-Route set their dialog built."""
+        """In-dialog requests follow the Record-Route set their dialog built; without a usable
+        one, their dialog record (location server)."""
         if KSR.rr.loose_route() > 0:
+            if self.location is not None and KSR.is_BYE():
+                self.location.dialog_ended()
             KSR.tm.t_relay()
             return
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
+        if KSR.is_ACK() and KSR.tm.t_check_trans() > 0:
+            KSR.tm.t_relay()
+            return
+        if self.ksr_route_dialog_record() or KSR.is_ACK():
             return
         KSR.sl.sl_send_reply(404, "Not here")
+
+    def ksr_route_dialog_record(self) -> bool:
+        """Relay an in-dialog request to the proxy its dialog record names, with that proxy
+        as the Route so the proxy's own loose_route takes it; False when there is none."""
+        proxy = self.location.route_dialog() if self.location is not None else None
+        if proxy is None:
+            return False
+        KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
+        KSR.setdsturi(proxy)
+        if KSR.tm.t_relay() < 0 and not KSR.is_ACK():
+            KSR.sl.sl_reply_error()
+        return True
 
     def ksr_route_local(self) -> bool:
         """Answer requests aimed at the balancer itself (an OPTIONS keepalive)."""
@@ -116,12 +136,26 @@ class KemiApp:
     def ksr_route_dispatch(self) -> None:
         if KSR.is_method_in("IS") or KSR.is_REFER():  # INVITE, SUBSCRIBE, REFER
             KSR.rr.record_route()
-        uri = self._pick(exclude=())
+        uri = self.ksr_route_location()
+        if uri == "":
+            return
+        uri = uri or self._pick(exclude=())
         if uri is None:
             KSR.sl.sl_send_reply(503, "No Proxy Available")
             return
         if not self._relay(uri, tried=[]):
             KSR.sl.sl_reply_error()
+
+    def ksr_route_location(self) -> str | None:
+        """The proxy the location records name for this initial request; None: choose by
+        weight; "": answered here (480, ``location_fallback = "reject"``)."""
+        if self.location is None:
+            return None
+        decision = self.location.route_initial(self.view.refresh().__contains__)
+        if decision.reject:
+            KSR.sl.sl_send_reply(location.REJECT_CODE, location.REJECT_REASON)
+            return ""
+        return decision.proxy
 
     def _pick(self, exclude: list[str] | tuple[str, ...]) -> str | None:
         picker = self.view.refresh()
@@ -166,6 +200,8 @@ class KemiApp:
             return 1
         first = KSR.pv.get(f"$avp(cpf{attempt})")
         self._count_outcome(attempt, is_proxy_failure(status), first, elapsed)
+        if self.location is not None and 200 <= status < 300:
+            self.location.on_2xx(KSR.pv.gete(f"$avp(cpu{attempt})"))
         return 1
 
     def ksr_route_failure(self, msg: object) -> int:
@@ -183,6 +219,8 @@ class KemiApp:
         status = KSR.pv.get("$T_reply_code")
         proxy_failed = silent or (isinstance(status, int) and is_proxy_failure(status))
         if not proxy_failed or len(tried) >= self.settings.max_attempts:
+            return 1
+        if self.location is not None and self.location.keeps_to_holder():
             return 1
         uri = self._pick(exclude=tried)
         if uri is not None and self._relay(uri, tried):
@@ -254,6 +292,10 @@ def _elapsed_ms(start: object) -> int:
     if not isinstance(start, int):
         return 0
     return ((now_ms() & 0x7FFFFFFF) - start) & 0x7FFFFFFF
+
+
+def _notice(text: str) -> None:
+    KSR.notice(f"counterpoise: {text}\n")
 
 
 def create() -> KemiApp:

@@ -42,6 +42,10 @@ class WeightedPicker:
     def __len__(self) -> int:
         return len(self._uris)
 
+    def __contains__(self, uri: object) -> bool:
+        """Whether ``uri`` has a weight in this snapshot (in the pool, active, not down)."""
+        return uri in self._weight
+
     @property
     def total_weight(self) -> float:
         return self._prefix[-1] if self._prefix else 0.0

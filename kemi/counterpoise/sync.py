@@ -27,7 +27,7 @@ from typing import Protocol
 import redis
 
 from counterpoise import load, policy
-from counterpoise.backoff import Backoff, Guarded
+from counterpoise.backoff import Guarded
 from counterpoise.settings import Settings
 from counterpoise.store import DRAINED, PoolStore, ProxyConfig
 from counterpoise.tally import Tally
@@ -81,12 +81,8 @@ class SyncLoop:
         self._monotonic_ms = monotonic_ms
         self._wall_ms = wall_ms
         self._log = log
-        self._redis = Guarded(
-            Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms),
-            REDIS_ERRORS,
-            log,
-            "Redis",
-            "routing on the last proxy table",
+        self._redis = Guarded.with_backoff_of(
+            settings, REDIS_ERRORS, log, "Redis", "routing on the last proxy table"
         )
         self._pool_version = -1
         self.loads = load.LoadBook(settings, log)

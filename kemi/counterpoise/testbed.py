@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from counterpoise import procs
@@ -120,6 +121,20 @@ def start_uas(port: int, run_dir: Path) -> procs.Process:
     proc = procs.Process("sipp uas", argv, run_dir / f"uas-{port}.log", cwd=run_dir)
     proc.ensure_started(lambda: _udp_bound(port), 10.0, f"SIPp UAS on port {port}")
     return proc
+
+
+def start_agent(
+    ds: Downstream, redis_url: str, source: list[str], capacity: float | None = None
+) -> procs.Process:
+    """A real ``counterpoise-agent`` next to ``ds`` (its processes found by pid file), with
+    ``source`` the agent's source options (``["--source", "kamailio", "--ctl", ...]``)."""
+    argv = [
+        sys.executable, "-m", "counterpoise.agent", "--proxy", ds.uri,
+        "--pidfile", str(ds.run_dir / "kamailio.pid"), "--redis", redis_url, *source,
+    ]  # fmt: skip
+    if capacity is not None:
+        argv += ["--capacity", str(capacity)]
+    return procs.Process(f"agent {ds.name}", argv, ds.run_dir / "agent.log")
 
 
 def _udp_bound(port: int) -> bool:

@@ -1,0 +1,177 @@
+"""The location server inside Kamailio: per-worker Redis, lookups, record writes, counters.
+
+Thin glue between KSR and the pure ``location`` module; ``kemi_app`` calls it at four points:
+an initial request (``route_initial``), a 2xx reply to a relayed request (``on_2xx``), an
+in-dialog request whose route set does not route it (``route_dialog``) and a BYE
+(``dialog_ended``).
+
+Every SIP worker has its own Redis connection, made on first use after Kamailio forked it,
+with a socket timeout of ``location_redis_timeout_ms``; calls go through ``backoff.Guarded``,
+so a dead Redis costs one bounded wait and then nothing until the backoff lets one call try
+again. Without Redis, initial requests are routed by weight and counted as ``redis_skipped``.
+
+Counters go to the htable ``cploc`` as ``"<name> <pid>"`` -> int (one writer per key):
+``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import KSR
+
+from counterpoise import location
+from counterpoise.backoff import Guarded
+from counterpoise.location_store import AOR, DIALOG, LocationStore
+from counterpoise.settings import Settings
+from counterpoise.store import connect
+from counterpoise.sync import REDIS_ERRORS
+
+TABLE = "cploc"
+AOR_AVP = "$avp(cpaor)"
+"""The AOR of a REGISTER, set at request time for the reply route (another worker may
+handle the reply)."""
+HELD_AVP = "$avp(cploc)"
+"""Set on a request sent to its holder (not a REGISTER): it does not fail over by weight
+when ``location_fallback`` is ``reject``."""
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(spec: str) -> str:
+    value = KSR.pv.get(spec)
+    return value if isinstance(value, str) else ""
+
+
+class LocationRouting:
+    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+        self.options = location.Options.from_settings(settings)
+        self._settings = settings
+        self._store: LocationStore | None = None
+        self._pid = 0
+        self._counts: dict[str, int] = {}
+        self._guard = Guarded.with_backoff_of(
+            settings,
+            REDIS_ERRORS,
+            log,
+            "Redis (location records)",
+            "requests for registered users are routed by weight",
+        )
+
+    def _redis(self) -> LocationStore:
+        if self._store is None or self._pid != os.getpid():
+            # First use in this process: a connection of its own, never one made before fork.
+            self._pid = os.getpid()
+            self._counts = {}
+            client = connect(self._settings.redis_url, self._settings.location_redis_timeout_ms)
+            self._store = LocationStore(client, self._settings.key_prefix)
+        return self._store
+
+    def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
+        results: list[object] = []
+        ok = self._guard.call(_now_ms(), lambda: results.append(action(self._redis())))
+        return ok, (results[0] if ok else None)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        value = self._counts.get(name, 0) + amount
+        self._counts[name] = value
+        KSR.htable.sht_seti(TABLE, f"{name} {os.getpid()}", value)
+
+    # --- initial requests --------------------------------------------------------------------
+
+    def route_initial(self, usable: Callable[[str], bool]) -> location.Decision:
+        """Where the records send this initial request. Only REGISTER (AOR from To) and
+        requests with a user in the R-URI are looked up; the rest cost nothing."""
+        started = time.perf_counter_ns()
+        is_register = KSR.is_REGISTER()
+        user, host = (_text("$tU"), _text("$td")) if is_register else (_text("$rU"), _text("$rd"))
+        if not user or not host:
+            return location.Decision()
+        name = location.aor(user, host)
+        if is_register:
+            KSR.pv.sets(AOR_AVP, name)
+        ok, records = self._call(lambda store: store.lookup(name, host.lower()))
+        if not ok:
+            decision = location.Decision(outcome="redis_skipped")
+        else:
+            found = location.holder(*records)
+            holder_usable = found is not None and usable(found.proxy)
+            decision = location.decide(found, holder_usable, is_register, self.options.fallback)
+            if decision.proxy and not is_register:
+                KSR.pv.seti(HELD_AVP, 1)
+        self.count("lookup_us", (time.perf_counter_ns() - started) // 1000)
+        self.count("lookups")
+        self.count(decision.outcome)
+        return decision
+
+    def keeps_to_holder(self) -> bool:
+        """Whether a failed request must not fail over by weight (failure route)."""
+        return self.options.fallback == location.REJECT and not KSR.pv.is_null(HELD_AVP)
+
+    # --- replies -------------------------------------------------------------------------------
+
+    def on_2xx(self, proxy: str) -> None:
+        """A 2xx from ``proxy`` (tm onreply route): record a registration or a dialog."""
+        method = _text("$rm")
+        if method == "REGISTER":
+            name = _text(AOR_AVP)
+            if name:
+                self._registered(name, proxy)
+        elif method == "INVITE":
+            self._dialog_started(proxy)
+
+    def _registered(self, name: str, proxy: str) -> None:
+        contacts = _text("$(hdr(Contact)[*])")
+        expires = _text("$hdr(Expires)") or None
+        seconds = location.granted_expiry_s([contacts] if contacts else [], expires)
+        if seconds > 0:
+            now = _wall_ms()
+            record = location.Record(proxy, since_ms=now, expires_ms=now + seconds * 1000)
+            ok, _ = self._call(lambda store: store.put(AOR, name, record, seconds * 1000))
+            self.count("registered" if ok else "write_failed")
+        else:
+            ok, _ = self._call(lambda store: store.delete(AOR, name))
+            self.count("unregistered" if ok else "write_failed")
+
+    def _dialog_started(self, proxy: str) -> None:
+        call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
+        if not call_id:
+            return
+        ttl = self.options.dialog_ttl_ms
+        now = _wall_ms()
+        record = location.Record(proxy, now, now + ttl, from_tag, to_tag)
+        ok, _ = self._call(lambda store: store.put(DIALOG, call_id, record, ttl))
+        self.count("dialogs" if ok else "write_failed")
+
+    # --- in-dialog requests --------------------------------------------------------------------
+
+    def route_dialog(self) -> str | None:
+        """The proxy holding this request's dialog by its record, or None."""
+        call_id = _text("$ci")
+        ok, record = self._call(lambda store: store.get(DIALOG, call_id))
+        if not ok:
+            self.count("redis_skipped")
+            return None
+        if not isinstance(record, location.Record) or not record.matches_tags(
+            _text("$ft"), _text("$tt")
+        ):
+            self.count("dialog_unknown")
+            return None
+        self.count("dialog_routed")
+        if KSR.is_BYE():
+            self.dialog_ended()
+        return record.proxy
+
+    def dialog_ended(self) -> None:
+        """A BYE: the dialog record is no longer needed."""
+        call_id = _text("$ci")
+        if call_id:
+            self._call(lambda store: store.delete(DIALOG, call_id))

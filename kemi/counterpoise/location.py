@@ -1,0 +1,255 @@
+"""The location server's decisions: pure Python, no Kamailio, no Redis.
+
+What a record is and what the balancer does with it:
+
+* an **address-of-record** (AOR) is ``user@host``: the user part as sent (RFC 3261: user
+  parts are case-sensitive), the host in lower case, without scheme, port or parameters;
+* a **registration record** says which proxy a REGISTER of that AOR last got a 2xx from;
+  it lives as long as the longest binding that 2xx granted;
+* an **AOR pin** and a **domain pin** are the operator's records, without expiry;
+* a **dialog record** maps a Call-ID (and its two tags) to the proxy that answered the INVITE.
+
+Precedence of the records of one request: AOR pin, then registration, then domain pin; the
+first one found names the *holder*. The holder takes the request when it is usable (has a
+weight in this node's routing table: in the pool, active, not down); otherwise REGISTER always
+goes by weight (so the user re-registers elsewhere and the record moves), and any other
+request follows ``location_fallback``: by weight, or rejected with 480.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable
+
+from counterpoise.settings import Settings
+
+ON, OFF = "on", "off"
+WEIGHT, REJECT = "weight", "reject"
+
+DEFAULT_EXPIRES_S = 3600
+"""Expiry of a binding when the 2xx gives none (neither a Contact ``expires`` parameter nor
+an Expires header): RFC 3261 section 10.2.1.1's recommended default. A registrar that follows
+RFC 3261 always gives one (10.3 step 8), so this only covers a sloppy one."""
+
+REJECT_CODE = 480
+REJECT_REASON = "Holder Proxy Unavailable"
+"""The answer to a request for a recorded user whose proxy is down, drained or gone, under
+``location_fallback = "reject"``: 480 Temporarily Unavailable (RFC 3261 21.4.18: the callee
+is known but cannot be reached now), with a reason that says why."""
+
+# Sources of a holder, in precedence order.
+PIN, REGISTRATION, DOMAIN = "pin", "registration", "domain"
+
+
+class InvalidName(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The location settings, checked."""
+
+    enabled: bool
+    fallback: str
+    dialog_ttl_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Options:
+        if settings.location_server not in (ON, OFF):
+            raise ValueError(f"location_server={settings.location_server!r}: expected on or off")
+        if settings.location_fallback not in (WEIGHT, REJECT):
+            raise ValueError(
+                f"location_fallback={settings.location_fallback!r}: expected weight or reject"
+            )
+        if settings.dialog_record_ttl_ms <= 0 or settings.location_redis_timeout_ms <= 0:
+            raise ValueError("dialog_record_ttl_ms and location_redis_timeout_ms must be > 0")
+        return cls(
+            enabled=settings.location_server == ON,
+            fallback=settings.location_fallback,
+            dialog_ttl_ms=settings.dialog_record_ttl_ms,
+        )
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def aor(user: str, host: str) -> str:
+    """The address-of-record of a user at a host, as records are keyed."""
+    return f"{user}@{host.lower()}"
+
+
+_SCHEME = re.compile(r"^sips?:", re.I)
+_URI = re.compile(r"^(?:(?P<user>[^@;?>]+)@)?(?P<host>\[[^\]]+\]|[^:;?>]+)")
+
+
+def parse_name(text: str) -> tuple[str, str]:
+    """What the operator typed: ``("aor", "user@host")`` for an AOR or a SIP URI with a user,
+    ``("domain", "host")`` for a bare domain. Raises ``InvalidName``."""
+    stripped = _SCHEME.sub("", text.strip().strip("<>"))
+    match = _URI.match(stripped)
+    if not stripped or match is None or not match.group("host"):
+        raise InvalidName(f"{text!r} is neither user@domain, a SIP URI nor a domain")
+    host = match.group("host")
+    if match.group("user"):
+        return "aor", aor(match.group("user"), host)
+    if "@" in stripped or " " in stripped:
+        raise InvalidName(f"{text!r} is neither user@domain, a SIP URI nor a domain")
+    return "domain", host.lower()
+
+
+# --- registrations ------------------------------------------------------------------------------
+
+
+def split_header_values(values: Iterable[str]) -> list[str]:
+    """Contact header bodies split at the commas that separate contacts (not those inside
+    quotes or angle brackets)."""
+    contacts = []
+    for value in values:
+        depth, quoted, start = 0, False, 0
+        for index, char in enumerate(value):
+            if char == '"' and (index == 0 or value[index - 1] != "\\"):
+                quoted = not quoted
+            elif quoted:
+                continue
+            elif char == "<":
+                depth += 1
+            elif char == ">":
+                depth = max(depth - 1, 0)
+            elif char == "," and depth == 0:
+                contacts.append(value[start:index])
+                start = index + 1
+        contacts.append(value[start:])
+    return [c.strip() for c in contacts if c.strip()]
+
+
+_EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*\"?(\d+)", re.I)
+
+
+def contact_expires(contact: str) -> int | None:
+    """The ``expires`` parameter of one contact (after its URI), or None."""
+    if "<" in contact:
+        params = contact.rpartition(">")[2]
+    else:  # no angle brackets: everything after the URI's first ";" is a header parameter
+        params = contact[contact.find(";") :] if ";" in contact else ""
+    match = _EXPIRES_PARAM.search(params)
+    return int(match.group(1)) if match else None
+
+
+def granted_expiry_s(contact_values: Iterable[str], expires_header: str | None) -> int:
+    """Seconds the registration lives according to a REGISTER's 2xx: the longest binding it
+    lists (each contact's ``expires``, else the Expires header, else the RFC default). 0 when
+    it lists none: every binding of the AOR at that proxy is gone (an unregistration)."""
+    contacts = [c for c in split_header_values(contact_values) if c != "*"]
+    if not contacts:
+        return 0
+    header = _int_or_none(expires_header)
+    default = header if header is not None else DEFAULT_EXPIRES_S
+    expiries = [contact_expires(c) for c in contacts]
+    return max(default if e is None else e for e in expiries)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = str(text).strip()
+    return int(text) if text.isdigit() else None
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One record's value (JSON in Redis)."""
+
+    proxy: str
+    since_ms: int = 0
+    """Epoch ms it was written."""
+    expires_ms: int = 0
+    """Epoch ms it expires; 0 = never (pins)."""
+    from_tag: str = ""
+    to_tag: str = ""
+    """Dialog records only."""
+
+    def to_json(self) -> str:
+        data = {"proxy": self.proxy, "since_ms": self.since_ms}
+        if self.expires_ms:
+            data["expires_ms"] = self.expires_ms
+        if self.from_tag or self.to_tag:
+            data["from_tag"], data["to_tag"] = self.from_tag, self.to_tag
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Record | None:
+        """The record, or None for no record or one that does not parse (a hand edit)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            proxy = data["proxy"]
+            if not isinstance(proxy, str) or not proxy:
+                return None
+            return cls(
+                proxy=proxy,
+                since_ms=int(data.get("since_ms", 0)),
+                expires_ms=int(data.get("expires_ms", 0)),
+                from_tag=str(data.get("from_tag", "")),
+                to_tag=str(data.get("to_tag", "")),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def matches_tags(self, from_tag: str, to_tag: str) -> bool:
+        """Whether an in-dialog request's tags are this dialog's, in either direction (the
+        callee's requests carry the tags swapped)."""
+        if not (self.from_tag or self.to_tag):
+            return True
+        return {from_tag, to_tag} == {self.from_tag, self.to_tag}
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    proxy: str
+    source: str  # PIN, REGISTRATION or DOMAIN
+
+
+def holder(pin: Record | None, registration: Record | None, domain: Record | None) -> Holder | None:
+    """The proxy the records send a request to, or None: AOR pin, registration, domain pin."""
+    for record, source in ((pin, PIN), (registration, REGISTRATION), (domain, DOMAIN)):
+        if record is not None:
+            return Holder(record.proxy, source)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What to do with an initial request: ``proxy`` set = send it there; ``reject`` = answer
+    480; neither = choose by weight. ``outcome`` names it for the counters."""
+
+    proxy: str | None = None
+    reject: bool = False
+    outcome: str = "none"
+    holder: Holder | None = None
+
+
+def decide(found: Holder | None, usable: bool, is_register: bool, fallback: str) -> Decision:
+    """The routing decision for an initial request whose records gave ``found``; ``usable``
+    says whether that proxy has a weight in this node's routing table right now."""
+    if found is None:
+        return Decision(outcome="none")
+    if usable:
+        return Decision(proxy=found.proxy, outcome=found.source, holder=found)
+    if is_register or fallback == WEIGHT:
+        return Decision(outcome="fallback", holder=found)
+    return Decision(reject=True, outcome="rejected", holder=found)
+
+
+def sum_counters(dump: dict[str, int]) -> dict[str, int]:
+    """Totals over every worker of the ``cploc`` htable's ``"<name> <pid>"`` -> int."""
+    totals: dict[str, int] = {}
+    for key, value in dump.items():
+        name = key.partition(" ")[0]
+        totals[name] = totals.get(name, 0) + value
+    return totals

@@ -1,0 +1,364 @@
+"""The location server end to end: SIPp registers users through the balancer at downstream
+Kamailio registrars (registrar + usrloc, a location table each), then calls them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from counterpoise import location, procs, testbed
+from counterpoise.location_store import AOR, DIALOG, LocationStore
+from tests.e2e.conftest import Bed
+
+pytestmark = pytest.mark.e2e
+
+USERS = [f"user{n:04d}" for n in range(1, 21)]
+DOMAIN = "127.0.0.1"
+
+
+class Users:
+    """A set of users registered from one SIPp port, and the UAS that answers their calls."""
+
+    def __init__(self, bed: Bed, users: list[str], expires_s: int = 3600) -> None:
+        self.bed = bed
+        self.users = users
+        name = f"users-{users[0]}-{len(users)}-{expires_s}.csv"
+        self.csv = testbed.users_csv(bed.run_dir / name, users, expires_s)
+        self.port = procs.free_port()
+        self.uas: procs.Process | None = None
+
+    def register(self, scenario: str = "register.xml") -> testbed.CallResult:
+        """REGISTER every user through the balancer, Contact on this object's port (where
+        the UAS answers their calls: it steps aside while SIPp registers from that port)."""
+        if self.uas is not None:
+            self.uas.stop()
+            self.uas = None
+        caller = self.bed.caller(
+            len(self.users),
+            rate=50,
+            hold_ms=0,
+            scenario=scenario,
+            extra=("-inf", str(self.csv)),
+            port=self.port,
+        )
+        result = caller.wait(60)
+        assert (result.successful, result.failed) == (len(self.users), 0), result.output[-2000:]
+        return result
+
+    def call(self, users: list[str] | None = None) -> testbed.Caller:
+        """Call each user once through the balancer (to the UAS on the Contact port)."""
+        if self.uas is None:
+            self.uas = testbed.start_uas(self.port, self.bed.run_dir)
+            self.bed.adopt(self.uas)
+        users = users or self.users
+        csv = testbed.users_csv(self.bed.run_dir / f"calls-{users[0]}-{len(users)}.csv", users, 0)
+        scenario = testbed.derived_scenario(self.bed.run_dir, "uac.xml", {"[service]": "[field0]"})
+        caller = self.bed.caller(
+            len(users), rate=20, hold_ms=100, scenario=scenario, extra=("-inf", str(csv))
+        )
+        caller.wait(60)
+        return caller
+
+
+def location_store(bed: Bed) -> LocationStore:
+    return LocationStore(bed.store.client, bed.settings.key_prefix)
+
+
+def holders(bed: Bed, users: list[str]) -> dict[str, str]:
+    """user -> proxy of its registration record in Redis."""
+    store = location_store(bed)
+    found = {}
+    for user in users:
+        record = store.get(AOR, location.aor(user, DOMAIN))
+        if record is not None:
+            found[user] = record.proxy
+    return found
+
+
+def registered_here(ds: testbed.Downstream) -> int:
+    return testbed.statistics(ds.ctl, "usrloc:").get("usrloc:registered_users", 0)
+
+
+def invites(ds: testbed.Downstream) -> int:
+    return ds.counts().get("invite", 0)
+
+
+def balancer_counters(bed: Bed) -> dict[str, int]:
+    out = testbed.kamcmd(bed.run_dir / "balancer" / "ctl.sock", "htable.dump", "cploc")
+    dump = {}
+    name = None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("name:"):
+            name = line.removeprefix("name:").strip()
+        elif line.startswith("value:") and name is not None:
+            dump[name] = int(line.removeprefix("value:").strip())
+    return location.sum_counters(dump)
+
+
+def registrars(bed: Bed, count: int) -> list[testbed.Downstream]:
+    pool = [bed.start_downstream(name, registrar=True) for name in "abcd"[:count]]
+    return pool
+
+
+def test_calls_reach_the_registrar_of_each_user_with_no_404(bed: Bed) -> None:
+    pool = registrars(bed, 3)
+    bed.start_balancer()
+    bed.add_pool(*((ds, 1) for ds in pool))
+    users = Users(bed, USERS)
+
+    users.register()
+
+    records = holders(bed, USERS)
+    assert set(records) == set(USERS)
+    per_proxy = {ds.name: sum(1 for p in records.values() if p == ds.uri) for ds in pool}
+    assert per_proxy == {ds.name: registered_here(ds) for ds in pool}
+    assert sum(1 for n in per_proxy.values() if n) >= 2, per_proxy  # spread by weight
+    before = {ds.name: invites(ds) for ds in pool}
+
+    caller = users.call()
+
+    result = caller.wait(1)
+    assert (result.successful, result.failed) == (len(USERS), 0), caller.error_codes()
+    assert caller.error_codes() == {}
+    # Every call reached the registrar holding its user, and only that one.
+    assert {ds.name: invites(ds) - before[ds.name] for ds in pool} == per_proxy
+    counters = balancer_counters(bed)
+    lookups = counters["lookups"]
+    print(
+        f"location lookups {lookups}, mean {counters['lookup_us'] / lookups:.0f} us per "
+        f"looked-up request (lookup, decision and counters, in the worker); {counters}"
+    )
+
+
+def test_without_the_location_server_the_same_calls_get_404s(bed: Bed) -> None:
+    pool = registrars(bed, 3)
+    bed.start_balancer(location_server="off")
+    bed.add_pool(*((ds, 1) for ds in pool))
+    users = Users(bed, USERS)
+    users.register()
+    assert holders(bed, USERS) == {}  # nothing recorded
+
+    caller = users.call()
+
+    result = caller.wait(1)
+    codes = caller.error_codes()
+    print(f"location server off: {result.failed} of {len(USERS)} calls failed: {codes}")
+    # Each call picks a registrar by weight: about 2/3 of them miss the user's one.
+    assert result.failed >= 5, result.output[-2000:]
+    assert codes.get(404, 0) == result.failed
+
+
+def test_pool_changes_after_registration_do_not_move_users(bed: Bed) -> None:
+    a, b, c, d = registrars(bed, 4)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    users = Users(bed, USERS)
+    users.register()
+    records = holders(bed, USERS)
+
+    # Two more proxies join (a hash over the user would move about half of the users),
+    # then one of them leaves again.
+    bed.add_pool((c, 1), (d, 1))
+    assert bed.cli("proxy", "rm", d.uri).returncode == 0
+    procs.wait_for(lambda: d.uri not in bed.rows(), 10, "d out of the pool")
+    before = {ds.name: invites(ds) for ds in (a, b, c, d)}
+
+    caller = users.call()
+
+    result = caller.wait(1)
+    assert (result.successful, result.failed) == (len(USERS), 0), caller.error_codes()
+    after = {ds.name: invites(ds) - before[ds.name] for ds in (a, b, c, d)}
+    expected = {ds.name: sum(1 for p in records.values() if p == ds.uri) for ds in (a, b, c, d)}
+    assert after == expected
+    assert after["c"] == after["d"] == 0
+
+
+def test_unregister_removes_the_record_and_expiry_removes_it_by_itself(bed: Bed) -> None:
+    a, b = registrars(bed, 2)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    store = location_store(bed)
+    stay, leave = Users(bed, USERS[:3]), Users(bed, USERS[3:6])
+    short = Users(bed, USERS[6:9], expires_s=2)
+
+    stay.register()
+    leave.register()
+    short.register()
+    assert set(holders(bed, USERS[:9])) == set(USERS[:9])
+    ttl = store.client.pttl(store.key(AOR, location.aor(USERS[6], DOMAIN)))
+    assert 0 < ttl <= 2000, ttl  # the record expires with the 2 s the registrar granted
+    ttl = store.client.pttl(store.key(AOR, location.aor(USERS[0], DOMAIN)))
+    assert 3_500_000 < ttl <= 3_600_000, ttl
+
+    leave.register("unregister.xml")
+    assert set(holders(bed, USERS[3:6])) == set()
+
+    procs.wait_for(lambda: not holders(bed, USERS[6:9]), 5, "expired records to disappear")
+    assert set(holders(bed, USERS[:9])) == set(USERS[:3])
+
+
+def test_operator_pins_send_users_to_the_pinned_proxy(bed: Bed) -> None:
+    a, b, c = registrars(bed, 3)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1), (c, 1))
+    assert bed.cli("location", "pin", DOMAIN, b.uri).returncode == 0
+    pinned = bed.cli("location", "pin", f"sip:{USERS[0]}@{DOMAIN}", c.uri)
+    assert pinned.returncode == 0, pinned.stderr
+    users = Users(bed, USERS[:8])
+
+    users.register()
+
+    records = holders(bed, USERS[:8])
+    assert records[USERS[0]] == c.uri
+    assert {records[user] for user in USERS[1:8]} == {b.uri}
+    shown = bed.cli("location", "show", f"{USERS[0]}@{DOMAIN}", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["proxy"] == c.uri
+    before = {ds.name: invites(ds) for ds in (a, b, c)}
+
+    caller = users.call()
+
+    assert caller.wait(1).failed == 0, caller.error_codes()
+    after = {ds.name: invites(ds) - before[ds.name] for ds in (a, b, c)}
+    assert after == {"a": 0, "b": 7, "c": 1}
+
+
+@pytest.mark.parametrize("server", ["on", "off"])
+def test_dialog_record_routes_in_dialog_requests_sent_without_a_route_set(
+    bed: Bed, server: str
+) -> None:
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.start_balancer(location_server=server)
+    bed.add_pool((a, 1), (b, 1))
+    # uac.xml whose ACK and BYE carry no Route: they reach the balancer with nothing to
+    # loose_route on, as from a peer that strips Record-Route or after a balancer restart.
+    scenario = testbed.derived_scenario(bed.run_dir, "uac.xml", {"[routes]": ""})
+
+    caller = bed.caller(calls=20, rate=10, hold_ms=100, scenario=scenario)
+
+    result = caller.wait(60)
+    if server == "off":  # proves the test: without records those BYEs have nowhere to go
+        assert (result.successful, caller.error_codes()) == (0, {404: 20})
+        return
+    assert (result.successful, result.failed) == (20, 0), caller.error_codes()
+    counts = {ds.name: ds.counts() for ds in (a, b)}
+    for name, count in counts.items():
+        assert count.get("bye", 0) == count.get("invite", 0), (name, count)
+    assert balancer_counters(bed)["dialog_routed"] >= 40  # the ACK and the BYE of each call
+    assert list(location_store(bed).scan((DIALOG,))) == []  # every BYE deleted its record
+
+
+def test_dialog_record_is_not_used_for_other_tags(bed: Bed) -> None:
+    a = bed.start_downstream("a")
+    port = bed.start_balancer()
+    bed.add_pool((a, 1))
+    location_store(bed).put(DIALOG, "known@x", location.Record(a.uri, 1, 0, "ft1", "tt1"))
+
+    assert _bye(port, "known@x", "ft1", "other") == 404
+    assert _bye(port, "unknown@x", "ft1", "tt1") == 404
+    assert a.counts().get("bye", 0) == 0
+
+
+def _bye(port: int, call_id: str, from_tag: str, to_tag: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(3)
+        local = sock.getsockname()[1]
+        request = (
+            f"BYE sip:uas@127.0.0.1:9 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK{call_id.replace('@', '')}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:caller@127.0.0.1>;tag={from_tag}\r\n"
+            f"To: <sip:callee@127.0.0.1>;tag={to_tag}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.sendto(request.encode(), ("127.0.0.1", port))
+        return int(sock.recv(65535).split(b" ", 2)[1])
+
+
+def test_drained_holder_rejects_calls_then_users_move_on_reregister(bed: Bed) -> None:
+    a, b = registrars(bed, 2)
+    bed.start_balancer(location_fallback="reject")
+    bed.add_pool((a, 1), (b, 1))
+    users = Users(bed, USERS)
+    users.register()
+    on_a = [user for user, proxy in holders(bed, USERS).items() if proxy == a.uri]
+    assert on_a, "no user registered at a"
+    assert bed.cli("proxy", "drain", a.uri).returncode == 0
+    bed.wait_state(a.uri, ("drained",), timeout_s=5)
+    before = {ds.name: invites(ds) for ds in (a, b)}
+
+    caller = users.call()
+
+    # reject: each call for a user of the drained registrar gets 480, none reaches a proxy.
+    assert caller.error_codes() == {480: len(on_a)}
+    assert invites(a) == before["a"]
+    assert invites(b) - before["b"] == len(USERS) - len(on_a)
+
+    # The users refresh their registrations: REGISTER falls back by weight (to b) and the
+    # records move with them; their calls then complete.
+    users.register()
+    assert set(holders(bed, USERS).values()) == {b.uri}
+    assert users.call().wait(1).failed == 0
+
+
+def test_stopped_holder_falls_back_by_weight_by_default(bed: Bed) -> None:
+    a, b = registrars(bed, 2)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    users = Users(bed, USERS)
+    users.register()
+    on_a = [user for user, proxy in holders(bed, USERS).items() if proxy == a.uri]
+    assert on_a, "no user registered at a"
+    a.stop()
+    bed.wait_state(a.uri, ("down",))
+    before_b = invites(b)
+
+    caller = users.call()
+
+    # fallback "weight": the calls for a's users go to b, which does not know them (404),
+    # instead of waiting on the dead proxy; every other call completes.
+    assert caller.error_codes() == {404: len(on_a)}
+    assert invites(b) - before_b == len(USERS)
+    assert balancer_counters(bed)["fallback"] == len(on_a)
+
+
+def test_location_cli_lists_shows_and_removes_records(bed: Bed, tmp_path: Path) -> None:
+    store = location_store(bed)
+    store.put(AOR, "alice@example.com", location.Record("sip:10.0.0.1:5060", 1, 0), 60_000)
+    store.put(DIALOG, "c1@h", location.Record("sip:10.0.0.2:5060", 1, 0, "f", "t"), 60_000)
+    assert bed.cli("location", "pin", "example.org", "sip:10.0.0.3:5060").returncode == 0
+
+    listing = bed.cli("location", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    rows = {(row["kind"], row["name"]): row for row in json.loads(listing.stdout)}
+    assert set(rows) == {("aor", "alice@example.com"), ("dlg", "c1@h"), ("domain", "example.org")}
+    assert rows[("domain", "example.org")]["ttl_s"] is None
+    assert 0 < rows[("aor", "alice@example.com")]["ttl_s"] <= 60
+
+    # A user with no record of its own maps to its domain's pin.
+    shown = bed.cli("location", "show", "sip:bob@Example.ORG:5060", "--json")
+    assert json.loads(shown.stdout) == {
+        "name": "bob@example.org",
+        "proxy": "sip:10.0.0.3:5060",
+        "source": "domain",
+    }
+    assert "sip:10.0.0.2:5060" in bed.cli("location", "show", "c1@h").stdout
+
+    assert bed.cli("location", "rm", "alice@example.com").returncode == 0
+    assert store.get(AOR, "alice@example.com") is None
+    _assert_cli_error(bed.cli("location", "rm", "alice@example.com"), "no record")
+    _assert_cli_error(bed.cli("location", "show", "nobody@nowhere"), "no record")
+    _assert_cli_error(bed.cli("location", "pin", "example.org", "10.0.0.3"), "not a proxy")
+
+
+def _assert_cli_error(result: subprocess.CompletedProcess, text: str) -> None:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("counterpoise: "), result.stderr
+    assert text in lines[0], lines[0]

@@ -1,0 +1,138 @@
+"""The location server's pure decisions: names, granted expiry, records, routing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from counterpoise import location
+from counterpoise.location import Decision, Holder, Record
+from counterpoise.settings import Settings
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+
+
+def test_aor_keeps_the_user_and_lowers_the_host():
+    assert location.aor("Alice", "Example.COM") == "Alice@example.com"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("alice@example.com", ("aor", "alice@example.com")),
+        ("sip:Alice@Example.com:5060;transport=udp", ("aor", "Alice@example.com")),
+        ("<sips:bob@[::1]:5061>", ("aor", "bob@[::1]")),
+        ("SIP:carol@host", ("aor", "carol@host")),
+        ("Example.ORG", ("domain", "example.org")),
+        ("sip:example.org", ("domain", "example.org")),
+        ("10.0.0.9", ("domain", "10.0.0.9")),
+    ],
+)
+def test_parse_name(text, expected):
+    assert location.parse_name(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "  ", "@host", "a b", "sip:"])
+def test_parse_name_rejects(text):
+    with pytest.raises(location.InvalidName):
+        location.parse_name(text)
+
+
+def test_split_header_values_respects_quotes_and_brackets():
+    values = ['"Doe, J" <sip:a@h;x=1,2>;expires=60, <sip:b@h>', "sip:c@h;expires=5"]
+    assert location.split_header_values(values) == [
+        '"Doe, J" <sip:a@h;x=1,2>;expires=60',
+        "<sip:b@h>",
+        "sip:c@h;expires=5",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("contact", "expected"),
+    [
+        ("<sip:u@h:5093>;expires=3600;received=x", 3600),
+        ("<sip:u@h;expires=9>", None),  # a URI parameter, not the contact's
+        ("<sip:u@h>;q=0.5;Expires = 20", 20),
+        ("sip:u@h;expires=30", 30),
+        ("sip:u@h", None),
+    ],
+)
+def test_contact_expires(contact, expected):
+    assert location.contact_expires(contact) == expected
+
+
+def test_granted_expiry_is_the_longest_binding():
+    contacts = ["<sip:u@h:1>;expires=60, <sip:u@h:2>;expires=3600"]
+    assert location.granted_expiry_s(contacts, None) == 3600
+
+
+def test_granted_expiry_falls_back_to_the_header_then_the_default():
+    assert location.granted_expiry_s(["<sip:u@h>"], "120") == 120
+    assert location.granted_expiry_s(["<sip:u@h>"], None) == location.DEFAULT_EXPIRES_S
+    assert location.granted_expiry_s(["<sip:u@h>;expires=5"], "120") == 5
+
+
+@pytest.mark.parametrize("contacts", [[], [""], ["*"]])
+def test_no_binding_left_is_an_unregistration(contacts):
+    assert location.granted_expiry_s(contacts, "3600") == 0
+
+
+def test_expires_zero_on_every_contact_is_an_unregistration():
+    assert location.granted_expiry_s(["<sip:u@h>;expires=0"], None) == 0
+
+
+def test_record_round_trip_and_garbage():
+    record = Record(A, since_ms=1, expires_ms=2, from_tag="f", to_tag="t")
+    assert Record.from_json(record.to_json()) == record
+    assert Record.from_json(Record(A, 5).to_json()) == Record(A, 5)
+    for text in (None, "", "not json", "[]", '{"proxy": 3}', '{"x": 1}', '{"proxy": ""}'):
+        assert Record.from_json(text) is None
+
+
+def test_dialog_tags_match_in_either_direction():
+    record = Record(A, from_tag="caller", to_tag="callee")
+    assert record.matches_tags("caller", "callee")
+    assert record.matches_tags("callee", "caller")  # a request from the callee
+    assert not record.matches_tags("caller", "other")
+    assert Record(A).matches_tags("any", "thing")
+
+
+def test_holder_precedence_pin_registration_domain():
+    pin, reg, dom = Record(A), Record(B), Record("sip:10.0.0.3")
+    assert location.holder(pin, reg, dom) == Holder(A, location.PIN)
+    assert location.holder(None, reg, dom) == Holder(B, location.REGISTRATION)
+    assert location.holder(None, None, dom) == Holder("sip:10.0.0.3", location.DOMAIN)
+    assert location.holder(None, None, None) is None
+
+
+def test_decide():
+    found = Holder(A, location.REGISTRATION)
+    assert location.decide(None, False, False, location.REJECT) == Decision(outcome="none")
+    sent = location.decide(found, True, False, location.REJECT)
+    assert (sent.proxy, sent.reject, sent.outcome) == (A, False, "registration")
+    fallback = location.decide(found, False, False, location.WEIGHT)
+    assert (fallback.proxy, fallback.reject, fallback.outcome) == (None, False, "fallback")
+    rejected = location.decide(found, False, False, location.REJECT)
+    assert (rejected.proxy, rejected.reject, rejected.outcome) == (None, True, "rejected")
+    # REGISTER never gets rejected: it must be able to move the user to a live proxy.
+    moved = location.decide(found, False, True, location.REJECT)
+    assert (moved.proxy, moved.reject, moved.outcome) == (None, False, "fallback")
+
+
+def test_options_validate_settings():
+    assert location.Options.from_settings(Settings()).enabled
+    assert not location.Options.from_settings(Settings(location_server="off")).enabled
+    for bad in (
+        {"location_server": "yes"},
+        {"location_fallback": "404"},
+        {"dialog_record_ttl_ms": 0},
+        {"location_redis_timeout_ms": -1},
+    ):
+        with pytest.raises(ValueError):
+            location.Options.from_settings(dataclasses.replace(Settings(), **bad))
+
+
+def test_sum_counters_adds_the_workers():
+    dump = {"lookups 11": 3, "lookups 12": 4, "fallback 12": 1}
+    assert location.sum_counters(dump) == {"lookups": 7, "fallback": 1}
