@@ -1,9 +1,10 @@
 """``counterpoise demo``: the embedded default, end to end, on this host.
 
 Starts the embedded Redis, a balancer, a SIPp UAS and three downstream Kamailio proxies of
-unequal capacity, enters the proxies in Redis with equal base weights, sends SIPp calls
-through the balancer and shows the live table: the weights find the capacities by
-themselves. Ctrl-C (or SIGTERM, or ``--duration``) stops everything it started.
+unequal capacity, each with its load agent (capacity = its workers), enters the proxies in
+Redis with equal base weights, sends SIPp calls through the balancer and shows the live
+table: the weights find the capacities by themselves. Ctrl-C (or SIGTERM, or ``--duration``)
+stops everything it started.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             pool.append(ds)
             ds.start().set_delay_ms(DEMO_DELAY_MS)
+            agent_source = ["--source", "kamailio", "--ctl", f"unixs:{ds.ctl}"]
+            started.append(testbed.start_agent(ds, settings.redis_url, agent_source, workers))
             store.add(ds.uri, 1.0)
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
         host, port = cli.parse_listen(args.listen)

@@ -20,6 +20,7 @@ a report look fresh.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from counterpoise.reports import BadReport, HeaderLoad, LoadReport, decode
@@ -29,18 +30,24 @@ from counterpoise.settings import Settings
 @dataclasses.dataclass(frozen=True)
 class Track:
     utilisation: float
-    """The latest value, in [0, 1]."""
+    """The smoothed value, in [0, 1]: a moving average of what arrived, since a report is a
+    point sample of small integers (2 of 4 workers busy) that jumps at every reading."""
     since_ms: int
     """Start of the current unbroken run of updates (gRPC's ``non_empty_since``)."""
     updated_ms: int
     """When the latest value was received."""
 
 
-def renew(previous: Track | None, utilisation: float, now_ms: int, expiry_ms: int) -> Track:
-    """The track after a new value arrived at ``now_ms``."""
+def renew(
+    previous: Track | None, utilisation: float, now_ms: int, expiry_ms: int, tau_ms: float
+) -> Track:
+    """The track after a new value arrived at ``now_ms``: an exponentially weighted average
+    with time constant ``tau_ms``, restarted from the value itself after a gap."""
     if previous is None or now_ms - previous.updated_ms > expiry_ms:
         return Track(utilisation, now_ms, now_ms)
-    return Track(utilisation, previous.since_ms, now_ms)
+    alpha = 1.0 - math.exp(-max(now_ms - previous.updated_ms, 0) / tau_ms)
+    smoothed = previous.utilisation + (utilisation - previous.utilisation) * alpha
+    return Track(smoothed, previous.since_ms, now_ms)
 
 
 def counted(track: Track | None, now_ms: int, blackout_ms: int, expiry_ms: int) -> float | None:
@@ -182,8 +189,13 @@ class LoadBook:
 
     def _renew(self, source: str, uri: str, utilisation: float, now_ms: int) -> None:
         key = (source, uri)
+        settings = self._settings
         self._tracks[key] = renew(
-            self._tracks.get(key), utilisation, now_ms, self._settings.load_expiry_ms
+            self._tracks.get(key),
+            utilisation,
+            now_ms,
+            settings.load_expiry_ms,
+            settings.load_smoothing_tau_ms,
         )
 
     def _accept(self, source: str, uri: str) -> None:

@@ -128,6 +128,11 @@ class Settings:
     blackout: a dead agent cannot freeze a weight. Three agent intervals, the agent's own key
     expiry, so one late report does not drop a live proxy's load."""
 
+    load_smoothing_tau_ms: int = 1000
+    """Time constant of the moving average of each load source. A report is a point sample of
+    small integers (1 of 2 workers busy reads 50 %, the next 0 %); 1 s averages about five sync
+    ticks of ``X-CP-Load`` and reaches 63 % of a step in 1 s, 95 % in 3 s."""
+
     load_headroom_floor: float = 0.05
     """Smallest headroom (1 - utilisation) the policy uses. A proxy reporting 100 % keeps 5 % of
     the weight of an idle peer rather than 0: it still gets the odd request, so its latency

@@ -22,6 +22,8 @@ COLUMNS = (
     ("share", "share", "{:.1%}"),
     ("latency ms", "latency_ms", "{:.1f}"),
     ("probe ms", "probe_ms", "{:.1f}"),
+    ("load", "utilisation", "{:.0%}"),
+    ("agent", "agent_load", "{:.0%}"),
     ("in flight", "inflight", "{}"),
     ("requests", "requests", "{}"),
     ("failed", "failed", "{}"),
@@ -48,6 +50,8 @@ def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
                 "latency_ms": latest.get("latency_ms"),
                 "first_reply_ms": latest.get("first_reply_ms"),
                 "probe_ms": latest.get("probe_ms"),
+                "utilisation": latest.get("utilisation"),
+                "agent_load": latest.get("load", {}).get("report", {}).get("utilisation"),
                 "inflight": sum(int(r.get("inflight", 0)) for r in records),
                 "requests": sum(
                     t.get("requests_ok", 0) + t.get("requests_failed", 0) for t in totals

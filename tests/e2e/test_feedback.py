@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import signal
-import sys
 import time
 
 import pytest
@@ -20,18 +19,14 @@ pytestmark = pytest.mark.e2e
 def start_agent(bed: Bed, ds: testbed.Downstream, in_progress: int, capacity: int):
     """A real ``counterpoise-agent`` for ``ds`` whose source says ``in_progress`` transactions
     (a command source, so the test sets the load instead of creating it)."""
-    argv = [
-        sys.executable, "-m", "counterpoise.agent", "--proxy", ds.uri,
-        "--pidfile", str(ds.run_dir / "kamailio.pid"), "--redis", bed.redis_url,
-        "--source", "command", "--command", f"echo {in_progress}", "--capacity", str(capacity),
-    ]  # fmt: skip
-    proc = procs.Process(f"agent {ds.name}", argv, bed.run_dir / f"agent-{ds.name}.log")
+    source = ["--source", "command", "--command", f"echo {in_progress}"]
+    proc = testbed.start_agent(ds, bed.redis_url, source, capacity)
+    bed.adopt(proc)
     proc.ensure_started(
         lambda: bed.store.client.exists(bed.store.keys.report(ds.uri)),
         10,
         f"the agent of {ds.name} to publish",
     )
-    bed.adopt(proc)
     return proc
 
 

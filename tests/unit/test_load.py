@@ -3,6 +3,8 @@ policy's load factor."""
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 import pytest
 
@@ -13,6 +15,7 @@ from counterpoise.reports import BadReport, HeaderLoad, LoadReport
 from counterpoise.settings import Settings
 
 S = Settings()
+TAU = S.load_smoothing_tau_ms
 A, B, C = "sip:a", "sip:b", "sip:c"
 WALL = 1_700_000_000_000
 
@@ -25,22 +28,28 @@ def up(latency_ms: float) -> Health:
 
 
 def test_a_track_counts_only_after_the_blackout():
-    track = renew(None, 0.5, 1000, S.load_expiry_ms)
+    track = renew(None, 0.5, 1000, S.load_expiry_ms, TAU)
     assert counted(track, 1000, S.load_blackout_ms, S.load_expiry_ms) is None
     for now in range(2000, 1000 + S.load_blackout_ms + 1, 1000):
-        track = renew(track, 0.5, now, S.load_expiry_ms)
+        track = renew(track, 0.5, now, S.load_expiry_ms, TAU)
     assert counted(track, 1000 + S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.5
 
 
 def test_a_track_not_renewed_expires_and_its_next_value_starts_a_new_blackout():
-    track = renew(None, 0.9, 0, S.load_expiry_ms)
-    track = renew(track, 0.9, S.load_blackout_ms, S.load_expiry_ms)
+    track = renew(None, 0.9, 0, S.load_expiry_ms, TAU)
+    track = renew(track, 0.9, S.load_blackout_ms, S.load_expiry_ms, TAU)
     last = S.load_blackout_ms
     assert counted(track, last + S.load_expiry_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.9
     assert counted(track, last + S.load_expiry_ms + 1, S.load_blackout_ms, S.load_expiry_ms) is None
-    again = renew(track, 0.2, last + S.load_expiry_ms + 1, S.load_expiry_ms)
+    again = renew(track, 0.2, last + S.load_expiry_ms + 1, S.load_expiry_ms, TAU)
     assert again.since_ms == last + S.load_expiry_ms + 1
     assert counted(again, again.since_ms, S.load_blackout_ms, S.load_expiry_ms) is None
+
+
+def test_values_are_smoothed_with_the_time_constant():
+    track = renew(None, 0.0, 0, S.load_expiry_ms, TAU)
+    track = renew(track, 1.0, TAU, S.load_expiry_ms, TAU)
+    assert track.utilisation == pytest.approx(1 - math.exp(-1))
 
 
 def test_report_utilisation_is_the_higher_of_cpu_and_transactions_over_capacity():
