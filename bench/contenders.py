@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.pool import Pool, probes_received
+from bench.pool import Target
 from counterpoise import procs, table, testbed
 from counterpoise.settings import Settings, to_environ
 from counterpoise.store import PoolStore, connect
@@ -84,34 +84,37 @@ class Contender:
     def native(self) -> bool:
         return self.alg is not None
 
-    def start(self, pool: Pool, run_dir: Path, redis_url: str) -> Running:
-        """Start the balancer and wait until it has probed every proxy and sees each one
-        usable, so every contender starts a run with the same knowledge of the pool."""
+    def start(
+        self,
+        targets: Sequence[Target],
+        run_dir: Path,
+        redis_url: str,
+        probed: Callable[[], bool] | None = None,
+    ) -> Running:
+        """Start the balancer in front of ``targets`` and wait until it sees each one usable
+        and, when ``probed`` is given, until ``probed()`` says every target got a probe
+        from it: every contender starts a run with the same knowledge of the pool."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        probes = {ds.name: probes_received(ds) for ds in pool.proxies}
         if self.native:
-            running = self._start_dispatcher(pool, run_dir)
+            running = self._start_dispatcher(targets, run_dir)
         else:
-            running = start_counterpoise(pool, run_dir, redis_url)
-        running.proc.ensure_started(
-            lambda: all(probes_received(ds) > probes[ds.name] for ds in pool.proxies),
-            READY_TIMEOUT_S,
-            f"{self.name} to probe every proxy",
-        )
+            running = start_counterpoise(targets, run_dir, redis_url)
+        if probed:
+            running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
 
-    def dispatcher_list(self, pool: Pool) -> str:
-        total = pool.total_capacity
+    def dispatcher_list(self, targets: Sequence[Target]) -> str:
+        total = sum(target.capacity for target in targets)
         lines = [
-            f"1 {ds.uri} 0 {self.priority} {self.attrs(ds.name, pool.capacities[ds.name], total)}"
-            for ds in pool.proxies
+            f"1 {t.uri} 0 {self.priority} {self.attrs(t.name, t.capacity, total)}".rstrip()
+            for t in targets
         ]
-        return "\n".join(line.rstrip() for line in lines) + "\n"
+        return "\n".join(lines) + "\n"
 
-    def _start_dispatcher(self, pool: Pool, run_dir: Path) -> Running:
+    def _start_dispatcher(self, targets: Sequence[Target], run_dir: Path) -> Running:
         port = procs.free_port()
         ds_list = run_dir / "dispatcher.list"
-        ds_list.write_text(self.dispatcher_list(pool))
+        ds_list.write_text(self.dispatcher_list(targets))
         ctl = run_dir / "ctl.sock"
         defines: dict[str, str | int] = {
             "DS_LIST": str(ds_list),
@@ -126,7 +129,7 @@ class Contender:
             argv += ["-A", "WITH_CALL_LOAD"]
         proc = procs.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
         proc.ensure_started(
-            lambda: dispatcher_active(ctl, len(pool.proxies)),
+            lambda: dispatcher_active(ctl, len(targets)),
             READY_TIMEOUT_S,
             f"dispatcher alg {self.alg} to list every proxy active",
         )
@@ -141,7 +144,7 @@ def dispatcher_active(ctl: Path, proxies: int) -> bool:
     return listing.count("FLAGS: A") == proxies
 
 
-def start_counterpoise(pool: Pool, run_dir: Path, redis_url: str) -> Running:
+def start_counterpoise(targets: Sequence[Target], run_dir: Path, redis_url: str) -> Running:
     """The shipped balancer (kamailio.cfg + kemi/) with its default settings, the pool
     entered in Redis with equal base weights, as an operator who does not know the
     capacities would."""
@@ -150,8 +153,8 @@ def start_counterpoise(pool: Pool, run_dir: Path, redis_url: str) -> Running:
     port = procs.free_port()
     settings = Settings(redis_url=redis_url, node_id=f"bench:{port}")
     store = PoolStore(client, settings.key_prefix)
-    for ds in pool.proxies:
-        store.add(ds.uri, 1.0)
+    for target in targets:
+        store.add(target.uri, 1.0)
     proc = procs.start_balancer(
         "127.0.0.1",
         port,
@@ -165,7 +168,7 @@ def start_counterpoise(pool: Pool, run_dir: Path, redis_url: str) -> Running:
 
     def all_usable() -> bool:
         rows = table.pool_rows(store, settings, int(time.time() * 1000))
-        return len(rows) == len(pool.proxies) and all(
+        return len(rows) == len(targets) and all(
             row["state"] in ("up", "slowstart") for row in rows
         )
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from counterpoise import procs, testbed
@@ -23,6 +25,15 @@ BASE_DELAY_MS = 100
 """Sleep of every worker per initial INVITE: 100 ms gives 40, 20 and 10 calls/s (70 calls/s
 in all). Twice the demo's 50 ms, so the offered load (49 calls/s at 70 %) leaves the two CPU
 cores mostly idle: the proxies' sleeping, not the CPUs, is the bottleneck measured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One next hop of a balancer: its name in the report, SIP URI and capacity (calls/s)."""
+
+    name: str
+    uri: str
+    capacity: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +51,9 @@ class Pool:
         self.run_dir = run_dir / "pool"
         self.uas: procs.Process | None = None
         self.proxies: list[testbed.Downstream] = []
+        self.lock = threading.Lock()
+        """Held while the proxies are sampled or changed, so a sample never asks a proxy
+        that is being stopped."""
         self.unreachable: set[str] = set()
         """Proxies stopped or killed on purpose: not queried (a SIGSTOPped Kamailio would
         leave kamcmd waiting)."""
@@ -63,6 +77,15 @@ class Pool:
         if self.uas:
             self.uas.stop()
 
+    def targets(self) -> list[Target]:
+        return [Target(ds.name, ds.uri, self.capacities[ds.name]) for ds in self.proxies]
+
+    def probe_watch(self) -> Callable[[], bool]:
+        """A condition that becomes true once every proxy has received an OPTIONS probe
+        after this call."""
+        before = {ds.name: probes_received(ds) for ds in self.proxies}
+        return lambda: all(probes_received(ds) > before[ds.name] for ds in self.proxies)
+
     def proxy(self, name: str) -> testbed.Downstream:
         return next(ds for ds in self.proxies if ds.name == name)
 
@@ -83,9 +106,10 @@ class Pool:
     def stall(self, name: str) -> None:
         """Freeze every process of the proxy (SIGSTOP): it neither answers nor refuses."""
         ds = self.proxy(name)
-        self.unreachable.add(name)
         assert ds.proc
-        ds.proc.signal(signal.SIGSTOP)
+        with self.lock:
+            self.unreachable.add(name)
+            ds.proc.signal(signal.SIGSTOP)
 
     def resume(self, name: str) -> None:
         ds = self.proxy(name)
@@ -94,8 +118,9 @@ class Pool:
         self.unreachable.discard(name)
 
     def kill(self, name: str) -> None:
-        self.unreachable.add(name)
-        self.proxy(name).kill()
+        with self.lock:
+            self.unreachable.add(name)
+            self.proxy(name).kill()
 
     def restart(self, name: str) -> None:
         """Start the killed proxy again on the same port, with the base delay."""
@@ -118,8 +143,9 @@ class Pool:
 
     def sample(self, t0: float) -> InviteSample:
         invites: dict[str, int | None] = {}
-        for ds in self.proxies:
-            invites[ds.name] = None if ds.name in self.unreachable else new_invites(ds)
+        with self.lock:
+            for ds in self.proxies:
+                invites[ds.name] = None if ds.name in self.unreachable else new_invites(ds)
         return InviteSample(time.monotonic() - t0, invites)
 
 
@@ -132,16 +158,13 @@ def proxy_stats(ds: testbed.Downstream) -> dict[str, int] | None:
 
 
 def new_invites(ds: testbed.Downstream) -> int | None:
-    """Initial INVITEs the proxy has taken up: its server transactions minus those of BYE
-    and CANCEL. Unlike ``core:rcv_requests_invite`` this leaves out the balancer's
-    retransmissions of an INVITE still queued at a busy proxy, which would count one call
-    up to three times."""
+    """INVITEs the proxy has received (``core:rcv_requests_invite``), counted when a worker
+    reads them. This includes the balancer's retransmissions of an INVITE that waits in a
+    busy proxy's socket queue (no 100 Trying within 500 ms): they are load that proxy
+    received. tm's transaction counters would leave them out, but Kamailio updates those
+    in bursts, seconds late, which is useless for a share over time."""
     stats = proxy_stats(ds)
-    if stats is None:
-        return None
-    transactions = stats.get("tmx:UAS_transactions", 0)
-    others = stats.get("core:rcv_requests_bye", 0) + stats.get("core:rcv_requests_cancel", 0)
-    return max(transactions - others, 0)
+    return None if stats is None else stats.get("core:rcv_requests_invite", 0)
 
 
 def probes_received(ds: testbed.Downstream) -> int:

@@ -1,0 +1,135 @@
+"""One measured stretch of load: SIPp calls through a started balancer at a set rate, the
+pool's INVITE counts sampled meanwhile, events applied on time, and the balancer's CPU time
+read from ``/proc`` before and after."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench.contenders import Running
+from bench.metrics import SIPP_TRACE_ARGS, SippResult, read_sipp
+from bench.pool import InviteSample, Pool
+from counterpoise import testbed
+
+SAMPLE_INTERVAL_S = 0.5
+"""Period of reading every proxy's INVITE count: 2 points per second for the share plots,
+and 3 kamcmd calls per period cost the machine next to nothing."""
+
+HOLD_MS = 2000
+"""How long every call stays up after its 200 (as in the demo)."""
+
+UAC_TIMEOUT_S = 10.0
+"""uac.xml gives up on an unanswered INVITE or BYE after 10 s."""
+
+WAIT_MARGIN_S = 30.0
+"""On top of the load's duration, its calls' hold time and two UAC timeouts (INVITE, BYE):
+the caller must be done by then or the run is reported as broken."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    at_s: float
+    """Seconds after the first call."""
+    what: str
+    apply: Callable[[Pool], None]
+
+
+@dataclasses.dataclass
+class Measurement:
+    rate: float
+    duration_s: float
+    sipp: SippResult
+    origin_epoch: float
+    """Epoch seconds of the first call: time 0 of ``samples`` and of the events."""
+    samples: list[InviteSample]
+    cpu_s: float
+    store_cpu_s: float
+    machine_busy: float
+    """Fraction of the machine's CPU time (both cores) that was busy during the load."""
+
+
+Counter = Callable[[float], InviteSample]
+"""Cumulative INVITEs per proxy at the moment of the call, time since the given origin:
+``InviteTap.sample`` (on the wire) or ``Pool.sample`` (the proxies' own counters)."""
+
+
+class Sampler(threading.Thread):
+    def __init__(self, counter: Counter, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.counter = counter
+        self.t0 = t0
+        self.samples: list[InviteSample] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append(self.counter(self.t0))
+            if self.done.wait(SAMPLE_INTERVAL_S):
+                self.samples.append(self.counter(self.t0))
+                return
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def measure(
+    running: Running,
+    pool: Pool | None,
+    counter: Counter | None,
+    run_dir: Path,
+    rate: float,
+    duration_s: float,
+    events: Sequence[Event] = (),
+    say: Callable[[str], None] = print,
+) -> Measurement:
+    """Offer ``rate`` calls/s for ``duration_s`` through ``running`` and wait for every call
+    to end; apply each event at its time."""
+    calls = max(1, round(rate * duration_s))
+    cpu_before, store_before = running.cpu_seconds(), running.extra_cpu()
+    busy_before, total_before = machine_cpu()
+    t0 = time.monotonic()
+    origin = time.time()
+    sampler = Sampler(counter, t0) if counter else None
+    if sampler:
+        sampler.start()
+    caller = testbed.Caller(
+        f"127.0.0.1:{running.port}", run_dir, calls, rate, HOLD_MS, extra=SIPP_TRACE_ARGS
+    )
+    try:
+        for event in sorted(events, key=lambda e: e.at_s):
+            delay = t0 + event.at_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # the scenario's clock: the event is due at this time
+            assert pool
+            event.apply(pool)
+            say(f"      t={time.monotonic() - t0:5.1f} s  {event.what}")
+        limit = duration_s + HOLD_MS / 1000 + 2 * UAC_TIMEOUT_S + WAIT_MARGIN_S
+        outcome = caller.wait(max(0.0, t0 + limit - time.monotonic()))
+    finally:
+        caller.stop()
+        if sampler:
+            sampler.done.set()
+            sampler.join()
+    busy_after, total_after = machine_cpu()
+    if outcome.returncode not in (0, 1):
+        # 0: every call succeeded, 1: some failed; anything else is SIPp itself failing.
+        raise RuntimeError(f"SIPp exited {outcome.returncode}:\n{outcome.output[-2000:]}")
+    return Measurement(
+        rate=rate,
+        duration_s=duration_s,
+        sipp=read_sipp(run_dir, caller.proc.pid),
+        origin_epoch=origin,
+        samples=sampler.samples if sampler else [],
+        cpu_s=running.cpu_seconds() - cpu_before,
+        store_cpu_s=running.extra_cpu() - store_before,
+        machine_busy=(busy_after - busy_before) / max(1, total_after - total_before),
+    )

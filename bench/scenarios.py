@@ -1,0 +1,224 @@
+"""The scenarios (steady, step, stall, kill), each the same for every contender, and what a
+run of one contender through one scenario yields."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import drive
+from bench.contenders import Contender
+from bench.metrics import increments, latency_summary, windowed_shares
+from bench.pool import BASE_DELAY_MS, Pool
+
+STEP_PROXY = "medium"
+STEP_FACTOR = 4
+"""In the step scenario the medium proxy becomes 4 times slower (100 -> 400 ms per INVITE:
+20 -> 5 calls/s). The pool then still has 55 calls/s for the 49 offered, so answering every
+call stays possible, but only if the balancer moves load away from it."""
+
+STALL_PROXY = "medium"
+"""The stalled proxy: without it the pool has 50 calls/s for the 49 offered."""
+
+KILL_PROXY = "small"
+"""The killed proxy: without it the pool has 60 calls/s for the 49 offered."""
+
+SHARE_WINDOW_S = 1.0
+"""Width of the windows the share over time is computed on (about 49 INVITEs each)."""
+
+SHIFT_SLACK = 0.05
+"""The slow proxy's share has "fallen to its capacity share" when a whole window after the
+event shows at most that share plus 5 points: one binomial standard deviation of a window
+of 49 INVITEs at a share of 10 % is 4 points, so a balancer sitting exactly at the capacity
+share is not reported late by noise."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Durations in seconds; the modes (full, quick, smoke) differ only in these."""
+
+    steady_s: float
+    lead_s: float
+    """Undisturbed load before the event."""
+    slow_s: float
+    """How long the step proxy stays slow."""
+    stall_s: float
+    dead_s: float
+    """How long the killed proxy stays dead before it restarts."""
+    tail_s: float
+    """Load after the recovery."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    duration_s: float
+    events: tuple[drive.Event, ...] = ()
+    event_proxy: str | None = None
+    window: tuple[float, float] | None = None
+    """(start, end) of the disturbance, seconds after the first call."""
+    capacity_during: Callable[[dict[str, float]], dict[str, float]] | None = None
+    """The proxies' capacities during the disturbance, from the normal ones."""
+
+
+def build(timing: Timing) -> dict[str, Scenario]:
+    lead = timing.lead_s
+    slow_end = lead + timing.slow_s
+    stall_end = lead + timing.stall_s
+    dead_end = lead + timing.dead_s
+
+    def slowed(caps: dict[str, float]) -> dict[str, float]:
+        return {**caps, STEP_PROXY: caps[STEP_PROXY] / STEP_FACTOR}
+
+    def without(name: str) -> Callable[[dict[str, float]], dict[str, float]]:
+        return lambda caps: {**caps, name: 0.0}
+
+    scenarios = [
+        Scenario("steady", "nothing changes", timing.steady_s),
+        Scenario(
+            "step",
+            f"at {lead:g} s the {STEP_PROXY} proxy becomes {STEP_FACTOR}x slower "
+            f"({BASE_DELAY_MS} -> {BASE_DELAY_MS * STEP_FACTOR} ms per INVITE), "
+            f"recovers at {slow_end:g} s",
+            slow_end + timing.tail_s,
+            (
+                drive.Event(
+                    lead,
+                    f"{STEP_PROXY}: {BASE_DELAY_MS * STEP_FACTOR} ms per INVITE",
+                    lambda pool: pool.set_delay(STEP_PROXY, BASE_DELAY_MS * STEP_FACTOR),
+                ),
+                drive.Event(
+                    slow_end,
+                    f"{STEP_PROXY}: back to {BASE_DELAY_MS} ms",
+                    lambda pool: pool.set_delay(STEP_PROXY, BASE_DELAY_MS),
+                ),
+            ),
+            STEP_PROXY,
+            (lead, slow_end),
+            slowed,
+        ),
+        Scenario(
+            "stall",
+            f"at {lead:g} s the {STALL_PROXY} proxy is frozen (SIGSTOP) for "
+            f"{timing.stall_s:g} s, then continues (SIGCONT)",
+            stall_end + timing.tail_s,
+            (
+                drive.Event(lead, f"{STALL_PROXY}: SIGSTOP", lambda p: p.stall(STALL_PROXY)),
+                drive.Event(stall_end, f"{STALL_PROXY}: SIGCONT", lambda p: p.resume(STALL_PROXY)),
+            ),
+            STALL_PROXY,
+            (lead, stall_end),
+            without(STALL_PROXY),
+        ),
+        Scenario(
+            "kill",
+            f"at {lead:g} s the {KILL_PROXY} proxy is killed (SIGKILL), restarted on the "
+            f"same port at {dead_end:g} s",
+            dead_end + timing.tail_s,
+            (
+                drive.Event(lead, f"{KILL_PROXY}: SIGKILL", lambda p: p.kill(KILL_PROXY)),
+                drive.Event(dead_end, f"{KILL_PROXY}: restarted", lambda p: p.restart(KILL_PROXY)),
+            ),
+            KILL_PROXY,
+            (lead, dead_end),
+            without(KILL_PROXY),
+        ),
+    ]
+    return {scenario.name: scenario for scenario in scenarios}
+
+
+def run(
+    contender: Contender,
+    scenario: Scenario,
+    pool: Pool,
+    run_dir: Path,
+    redis_url: str,
+    rate: float,
+    counter: drive.Counter,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """One contender through one scenario, on a freshly started balancer and a pool reset
+    to its base state; returns the figures of the report (JSON-serialisable)."""
+    pool.reset()
+    probed = pool.probe_watch()
+    running = contender.start(pool.targets(), run_dir, redis_url, probed)
+    try:
+        m = drive.measure(
+            running, pool, counter, run_dir, rate, scenario.duration_s, scenario.events, say
+        )
+    finally:
+        running.stop()
+    return summarise(contender, scenario, pool, m)
+
+
+def summarise(contender: Contender, scenario: Scenario, pool: Pool, m: drive.Measurement) -> dict:
+    rtts = [rtt for _, rtt in m.sipp.answered]
+    samples = [(s.t, s.invites) for s in m.samples]
+    result = {
+        "contender": contender.name,
+        "scenario": scenario.name,
+        "rate": m.rate,
+        "duration_s": m.duration_s,
+        "attempted": m.sipp.attempted,
+        "answered": len(rtts),
+        "successful": m.sipp.successful,
+        "failed": m.sipp.failed,
+        "retransmissions": m.sipp.retransmissions,
+        "latency_ms": latency_summary(rtts),
+        "cpu_s": m.cpu_s,
+        "store_cpu_s": m.store_cpu_s,
+        "cpu_s_per_1000": 1000 * m.cpu_s / m.sipp.attempted if m.sipp.attempted else None,
+        "machine_busy": m.machine_busy,
+        "calls": [(round(start - m.origin_epoch, 3), rtt) for start, rtt in m.sipp.answered],
+        "failures": [(round(t - m.origin_epoch, 3), n) for t, n in m.sipp.failures if n],
+        "shares": [(t, s) for t, s in windowed_shares(samples, SHARE_WINDOW_S)],
+        "share_before": None,
+        "share_during": None,
+        "share_after": None,
+        "event_proxy": scenario.event_proxy,
+        "window": scenario.window,
+        "capacity_share_during": None,
+        "shift_s": None,
+    }
+    if scenario.window is None:
+        result["share_before"] = shares_between(samples, 0, m.duration_s)
+        return result
+    start, end = scenario.window
+    result["share_before"] = shares_between(samples, 0, start)
+    result["share_during"] = shares_between(samples, start, end)
+    result["share_after"] = shares_between(samples, end, m.duration_s)
+    if scenario.capacity_during and scenario.event_proxy:
+        during = scenario.capacity_during(pool.capacities)
+        target = during[scenario.event_proxy] / sum(during.values())
+        result["capacity_share_during"] = target
+        result["shift_s"] = shift_time(
+            result["shares"], scenario.event_proxy, start, end, target + SHIFT_SLACK
+        )
+    return result
+
+
+def shares_between(
+    samples: list[tuple[float, dict[str, int | None]]], start: float, end: float
+) -> dict[str, float]:
+    inside = [(t, counts) for t, counts in samples if start - 1e-9 <= t <= end + 1e-9]
+    delta = increments(inside)
+    total = sum(delta.values())
+    return {name: count / total for name, count in delta.items()} if total else {}
+
+
+def shift_time(
+    shares: list[tuple[float, dict[str, float]]],
+    proxy: str,
+    start: float,
+    end: float,
+    threshold: float,
+) -> float | None:
+    """Seconds from ``start`` to the end of the first whole window after it in which the
+    proxy's share was at most ``threshold``; None if that never happened before ``end``."""
+    for t, share in shares:
+        whole_window_inside = t - SHARE_WINDOW_S >= start - 1e-9 and t <= end + 1e-9
+        if whole_window_inside and share.get(proxy, 0.0) <= threshold:
+            return t - start
+    return None
