@@ -107,9 +107,12 @@ class KemiApp:
                 self.location.dialog_ended()
             KSR.tm.t_relay()
             return
-        if KSR.is_ACK() and KSR.tm.t_check_trans() > 0:
-            KSR.tm.t_relay()
-            return
+        if KSR.is_ACK():
+            matched = KSR.tm.t_check_trans()
+            if matched > 0:
+                KSR.tm.t_relay()
+            if matched >= 0:  # relayed, or the ACK of a negative reply tm absorbed (0)
+                return
         if self.ksr_route_dialog_record() or KSR.is_ACK():
             return
         KSR.sl.sl_send_reply(404, "Not here")

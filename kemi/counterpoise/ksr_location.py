@@ -120,13 +120,23 @@ class LocationRouting:
 
     def on_2xx(self, proxy: str) -> None:
         """A 2xx from ``proxy`` (tm onreply route): record a registration or a dialog."""
+        started = time.perf_counter_ns()
         method = _text("$rm")
         if method == "REGISTER":
             name = _text(AOR_AVP)
-            if name:
-                self._registered(name, proxy)
+            if not name:
+                return
+            self._registered(name, proxy)
         elif method == "INVITE":
             self._dialog_started(proxy)
+        else:
+            return
+        self._count_write(started)
+
+    def _count_write(self, started_ns: int) -> None:
+        """Time spent writing records on the way of a reply or a BYE."""
+        self.count("write_us", (time.perf_counter_ns() - started_ns) // 1000)
+        self.count("writes")
 
     def _registered(self, name: str, proxy: str) -> None:
         contacts = _text("$(hdr(Contact)[*])")
@@ -158,7 +168,7 @@ class LocationRouting:
         call_id = _text("$ci")
         ok, record = self._call(lambda store: store.get(DIALOG, call_id))
         if not ok:
-            self.count("redis_skipped")
+            self.count("dialog_skipped")
             return None
         if not isinstance(record, location.Record) or not record.matches_tags(
             _text("$ft"), _text("$tt")
@@ -172,6 +182,8 @@ class LocationRouting:
 
     def dialog_ended(self) -> None:
         """A BYE: the dialog record is no longer needed."""
+        started = time.perf_counter_ns()
         call_id = _text("$ci")
         if call_id:
             self._call(lambda store: store.delete(DIALOG, call_id))
+            self._count_write(started)

@@ -4,6 +4,7 @@ Kamailio registrars (registrar + usrloc, a location table each), then calls them
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -49,8 +50,9 @@ class Users:
         assert (result.successful, result.failed) == (len(self.users), 0), result.output[-2000:]
         return result
 
-    def call(self, users: list[str] | None = None) -> testbed.Caller:
-        """Call each user once through the balancer (to the UAS on the Contact port)."""
+    def call(self, users: list[str] | None = None, rounds: int = 1) -> testbed.Caller:
+        """Call each user ``rounds`` times through the balancer (to the UAS on the Contact
+        port)."""
         if self.uas is None:
             self.uas = testbed.start_uas(self.port, self.bed.run_dir)
             self.bed.adopt(self.uas)
@@ -58,7 +60,11 @@ class Users:
         csv = testbed.users_csv(self.bed.run_dir / f"calls-{users[0]}-{len(users)}.csv", users, 0)
         scenario = testbed.derived_scenario(self.bed.run_dir, "uac.xml", {"[service]": "[field0]"})
         caller = self.bed.caller(
-            len(users), rate=20, hold_ms=100, scenario=scenario, extra=("-inf", str(csv))
+            len(users) * rounds,
+            rate=20 * rounds,
+            hold_ms=100,
+            scenario=scenario,
+            extra=("-inf", str(csv)),
         )
         caller.wait(60)
         return caller
@@ -119,19 +125,25 @@ def test_calls_reach_the_registrar_of_each_user_with_no_404(bed: Bed) -> None:
     assert per_proxy == {ds.name: registered_here(ds) for ds in pool}
     assert sum(1 for n in per_proxy.values() if n) >= 2, per_proxy  # spread by weight
     before = {ds.name: invites(ds) for ds in pool}
+    warm = balancer_counters(bed)  # every worker has its Redis connection by now
 
-    caller = users.call()
+    caller = users.call(rounds=5)
 
     result = caller.wait(1)
-    assert (result.successful, result.failed) == (len(USERS), 0), caller.error_codes()
+    assert (result.successful, result.failed) == (5 * len(USERS), 0), caller.error_codes()
     assert caller.error_codes() == {}
     # Every call reached the registrar holding its user, and only that one.
-    assert {ds.name: invites(ds) - before[ds.name] for ds in pool} == per_proxy
+    assert {ds.name: invites(ds) - before[ds.name] for ds in pool} == {
+        name: 5 * count for name, count in per_proxy.items()
+    }
     counters = balancer_counters(bed)
-    lookups = counters["lookups"]
+    delta = {name: counters.get(name, 0) - warm.get(name, 0) for name in counters}
+    assert delta["registration"] == delta["lookups"] == 5 * len(USERS)
+    assert delta["dialogs"] == 5 * len(USERS)
     print(
-        f"location lookups {lookups}, mean {counters['lookup_us'] / lookups:.0f} us per "
-        f"looked-up request (lookup, decision and counters, in the worker); {counters}"
+        f"per call: lookup {delta['lookup_us'] / delta['lookups']:.0f} us (initial INVITE), "
+        f"record writes {delta['write_us'] / delta['writes']:.0f} us each (2xx, BYE); "
+        f"over {delta['lookups']} calls; all counters {counters}"
     )
 
 
@@ -362,3 +374,38 @@ def _assert_cli_error(result: subprocess.CompletedProcess, text: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("counterpoise: "), result.stderr
     assert text in lines[0], lines[0]
+
+
+def test_hung_redis_costs_a_bounded_wait_then_routing_by_weight(bed: Bed, tmp_path: Path) -> None:
+    redis_port = procs.free_port()
+    redis_proc = procs.start_redis(redis_port, tmp_path / "own-redis")
+    bed.adopt(redis_proc)
+    bed.use_redis(f"redis://127.0.0.1:{redis_port}/0")
+    a, b = registrars(bed, 2)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    users = Users(bed, USERS)
+    users.register()
+    before = balancer_counters(bed)
+
+    redis_proc.signal(signal.SIGSTOP)  # accepts connections, answers nothing: the worst case
+    try:
+        caller = users.call()
+        result = caller.wait(1)
+        during = balancer_counters(bed)
+    finally:
+        redis_proc.signal(signal.SIGCONT)
+
+    delta = {name: during.get(name, 0) - before.get(name, 0) for name in during}
+    print(f"Redis hung: {result.failed} of {len(USERS)} failed {caller.error_codes()}; {delta}")
+    # Routed by weight: a call fails only as a 404 from the registrar not holding its user.
+    assert set(caller.error_codes()) <= {404}
+    assert result.successful + result.failed == len(USERS)
+    assert delta["redis_skipped"] == delta["lookups"] == len(USERS)
+    # Each worker waits at most one timeout per backoff period: the mean stays far below it.
+    assert delta["lookup_us"] / delta["lookups"] < bed.settings.location_redis_timeout_ms * 1000
+
+    # Redis back: within the backoff's maximum every call goes to its registrar again.
+    procs.wait_for(
+        lambda: users.call().wait(1).failed == 0, 15, "calls routed by record again", step_s=0.5
+    )
