@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default=DEFAULT_LISTEN, help="balancer SIP address")
     demo.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")
     demo.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
+    demo.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="registrar proxies; N users register through the balancer and are called",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

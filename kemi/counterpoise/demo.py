@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from counterpoise import cli, procs, table, testbed
+from counterpoise import cli, location_demo, procs, table, testbed
 from counterpoise.settings import Settings
 
 DEMO_POOL = (("big", 4), ("medium", 2), ("small", 1))
@@ -39,11 +39,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         )
         store = cli.open_store(settings, settings.redis_url)
         uas_port = procs.free_port()
-        started.append(testbed.start_uas(uas_port, run_dir))
+        if not args.users:  # with users, the UAS takes their Contact port after they register
+            started.append(testbed.start_uas(uas_port, run_dir))
         for name, workers in DEMO_POOL:
             ds = testbed.Downstream(
-                name, procs.free_port(), workers, f"sip:127.0.0.1:{uas_port}", run_dir, False
-            )
+                name, procs.free_port(), workers, f"sip:127.0.0.1:{uas_port}", run_dir,
+                registrar=args.users > 0,
+            )  # fmt: skip
             pool.append(ds)
             ds.start().set_delay_ms(DEMO_DELAY_MS)
             agent_source = ["--source", "kamailio", "--ctl", f"unixs:{ds.ctl}"]
@@ -52,7 +54,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
         host, port = cli.parse_listen(args.listen)
         calls = int(args.rate * args.duration) if args.duration else 10_000_000
-        caller = testbed.Caller(f"{host}:{port}", run_dir, calls, args.rate, DEMO_HOLD_MS)
+        users: dict = {}
+        if args.users:
+            target = f"{host}:{port}"
+            users = location_demo.register(store, settings, target, run_dir, args.users, uas_port)
+            started.append(testbed.start_uas(uas_port, run_dir))
+        caller = testbed.Caller(f"{host}:{port}", run_dir, calls, args.rate, DEMO_HOLD_MS, **users)
 
         def footer() -> str:
             capacities = ", ".join(
@@ -62,7 +69,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 f"SIPp: {args.rate:g} calls/s through sip:{host}:{port}; capacities: {capacities}"
                 f"\nlogs in {run_dir}; try `counterpoise proxy drain URI --redis"
                 f" {settings.redis_url}` in another terminal; Ctrl-C stops the demo"
-            )
+            ) + ("\n" + location_demo.footer(store, settings, pool) if args.users else "")
 
         return table.watch(store, settings, 1.0, footer, args.duration)
     except KeyboardInterrupt:
