@@ -68,7 +68,9 @@ class Bed:
         self._downstreams.append(ds)
         return ds.start()
 
-    def start_balancer(self, workers: int = 3, **overrides: object) -> int:
+    def start_balancer(self, workers: int = 3, name: str = "balancer", **overrides: object) -> int:
+        """Start a balancer node (another ``name`` for a second node on the same Redis); the
+        callers made after it call it."""
         self.balancer_port = procs.free_port()
         self.settings = dataclasses.replace(
             self.settings, node_id=f"test:{self.balancer_port}", **overrides
@@ -76,11 +78,11 @@ class Bed:
         proc = procs.start_balancer(
             "127.0.0.1",
             self.balancer_port,
-            self.run_dir / "balancer",
+            self.run_dir / name,
             to_environ(self.settings),
             self.settings.fr_timer_ms,
             workers,
-            log_path=self.run_dir / "balancer.log",
+            log_path=self.run_dir / f"{name}.log",
         )
         self._procs.append(proc)
         return self.balancer_port

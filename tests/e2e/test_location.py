@@ -189,6 +189,32 @@ def test_pool_changes_after_registration_do_not_move_users(bed: Bed) -> None:
     assert after == expected
     assert after["c"] == after["d"] == 0
 
+    # Re-REGISTERs go back to the proxy holding each user while it is up.
+    users.register()
+    assert holders(bed, USERS) == records
+    assert registered_here(c) == registered_here(d) == 0
+
+
+def test_records_are_shared_by_every_balancer_node(bed: Bed) -> None:
+    pool = registrars(bed, 3)
+    bed.start_balancer()
+    bed.add_pool(*((ds, 1) for ds in pool))
+    users = Users(bed, USERS)
+    users.register()  # through the first node
+
+    bed.start_balancer(name="balancer2")  # callers now call the second node
+    procs.wait_for(
+        lambda: all(
+            bed.rows_published().get(ds.uri, {}).get("state") in ("up", "slowstart") for ds in pool
+        ),
+        15,
+        "the second node to route to the pool",
+    )
+    caller = users.call()
+
+    result = caller.wait(1)
+    assert (result.successful, result.failed) == (len(USERS), 0), caller.error_codes()
+
 
 def test_unregister_removes_the_record_and_expiry_removes_it_by_itself(bed: Bed) -> None:
     a, b = registrars(bed, 2)
@@ -317,6 +343,26 @@ def test_drained_holder_rejects_calls_then_users_move_on_reregister(bed: Bed) ->
     users.register()
     assert set(holders(bed, USERS).values()) == {b.uri}
     assert users.call().wait(1).failed == 0
+
+
+def test_failing_holder_is_not_failed_over_under_reject(bed: Bed) -> None:
+    a, b = registrars(bed, 2)
+    bed.start_balancer(location_fallback="reject")
+    bed.add_pool((a, 1), (b, 1))
+    users = Users(bed, USERS)
+    users.register()
+    on_a = [user for user, proxy in holders(bed, USERS).items() if proxy == a.uri]
+    assert on_a, "no user registered at a"
+    a.set_fail_code(500)  # a answers 500 to everything, its probes included
+    before_b = invites(b)
+
+    caller = users.call()
+
+    # Each call for a's users ends on a's 500 (or 480 once a is marked down); none is retried
+    # on b, which would only answer 404.
+    codes = caller.error_codes()
+    assert set(codes) <= {500, 480} and sum(codes.values()) == len(on_a), codes
+    assert invites(b) - before_b == len(USERS) - len(on_a)
 
 
 def test_stopped_holder_falls_back_by_weight_by_default(bed: Bed) -> None:
