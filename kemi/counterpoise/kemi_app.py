@@ -280,6 +280,7 @@ class KemiApp:
             shared=ksr_shared.SharedTable(),
             probes=ksr_shared.UacProbeSender(
                 self.settings.probe_from_uri,
+                self.settings.probe_contact_uri,
                 self.settings.probe_method,
                 self.settings.probe_invite_user,
             ),

@@ -129,8 +129,9 @@ class UacProbeSender:
     probe is ended there with ``hang_up`` (tm sends the ACK of a locally sent INVITE itself).
     """
 
-    def __init__(self, from_uri: str, method: str, invite_user: str) -> None:
+    def __init__(self, from_uri: str, contact_uri: str, method: str, invite_user: str) -> None:
         self._from_uri = from_uri
+        self._contact_uri = contact_uri or from_uri
         self._method = method
         self._invite_user = invite_user
 
@@ -139,7 +140,7 @@ class UacProbeSender:
         headers = "Max-Forwards: 1\r\n"
         if self._method == "INVITE":
             target = uri.replace("sip:", f"sip:{self._invite_user}@", 1)
-            headers += f"Contact: <{self._from_uri}>\r\n"
+            headers += f"Contact: <{self._contact_uri}>\r\n"
         KSR.pv.sets("$uac_req(method)", self._method)
         KSR.pv.sets("$uac_req(ruri)", target)
         KSR.pv.sets("$uac_req(furi)", self._from_uri)

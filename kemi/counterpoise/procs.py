@@ -241,6 +241,11 @@ def start_balancer(
             "CP_FR_TIMER_MS": fr_timer_ms,
         },
     )
+    if not env.get("COUNTERPOISE_PROBE_CONTACT_URI"):
+        env = {
+            **env,
+            "COUNTERPOISE_PROBE_CONTACT_URI": f"sip:counterpoise@{listen_host}:{listen_port}",
+        }
     proc = Process("kamailio", argv, log_path, env=env)
     proc.ensure_started(
         lambda: sip_options(listen_host, listen_port, 0.3) == 200,

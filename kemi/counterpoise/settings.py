@@ -112,6 +112,11 @@ class Settings:
     takes the proxy's real call path up to its answer, so it measures what a call would wait;
     the proxy must answer it itself (``downstream/README.md``), and a 2xx is ACKed and BYEd."""
 
+    probe_contact_uri: str = ""
+    """Contact of INVITE probes: where the proxy would send requests within the probe's short
+    dialog. Empty means ``probe_from_uri``; ``counterpoise up`` (and the tests) set it to
+    ``sip:counterpoise@<listen address>``, the balancer itself."""
+
     probe_invite_user: str = "counterpoise-probe"
     """Request-URI user of INVITE probes: the name a downstream recognises and answers without
     forwarding, so a probe never rings a phone."""
