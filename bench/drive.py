@@ -31,6 +31,13 @@ the caller must be done by then or the run is reported as broken."""
 
 
 @dataclasses.dataclass(frozen=True)
+class Load:
+    rate: float
+    """Calls/s offered."""
+    hold_ms: int = HOLD_MS
+
+
+@dataclasses.dataclass(frozen=True)
 class Event:
     at_s: float
     """Seconds after the first call."""
@@ -86,14 +93,14 @@ def measure(
     pool: Pool | None,
     counter: Counter | None,
     run_dir: Path,
-    rate: float,
+    load: Load,
     duration_s: float,
     events: Sequence[Event] = (),
     say: Callable[[str], None] = print,
 ) -> Measurement:
-    """Offer ``rate`` calls/s for ``duration_s`` through ``running`` and wait for every call
-    to end; apply each event at its time."""
-    calls = max(1, round(rate * duration_s))
+    """Offer ``load`` for ``duration_s`` through ``running`` and wait for every call to end;
+    apply each event at its time."""
+    calls = max(1, round(load.rate * duration_s))
     cpu_before, store_before = running.cpu_seconds(), running.extra_cpu()
     busy_before, total_before = machine_cpu()
     t0 = time.monotonic()
@@ -102,7 +109,7 @@ def measure(
     if sampler:
         sampler.start()
     caller = testbed.Caller(
-        f"127.0.0.1:{running.port}", run_dir, calls, rate, HOLD_MS, extra=SIPP_TRACE_ARGS
+        f"127.0.0.1:{running.port}", run_dir, calls, load.rate, load.hold_ms, extra=SIPP_TRACE_ARGS
     )
     try:
         for event in sorted(events, key=lambda e: e.at_s):
@@ -112,7 +119,7 @@ def measure(
             assert pool
             event.apply(pool)
             say(f"      t={time.monotonic() - t0:5.1f} s  {event.what}")
-        limit = duration_s + HOLD_MS / 1000 + 2 * UAC_TIMEOUT_S + WAIT_MARGIN_S
+        limit = duration_s + load.hold_ms / 1000 + 2 * UAC_TIMEOUT_S + WAIT_MARGIN_S
         outcome = caller.wait(max(0.0, t0 + limit - time.monotonic()))
     finally:
         caller.stop()
@@ -124,7 +131,7 @@ def measure(
         # 0: every call succeeded, 1: some failed; anything else is SIPp itself failing.
         raise RuntimeError(f"SIPp exited {outcome.returncode}:\n{outcome.output[-2000:]}")
     return Measurement(
-        rate=rate,
+        rate=load.rate,
         duration_s=duration_s,
         sipp=read_sipp(run_dir, caller.proc.pid),
         origin_epoch=origin,

@@ -50,6 +50,7 @@ class Pool:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir / "pool"
         self.uas: procs.Process | None = None
+        self.uas_uri = ""
         self.proxies: list[testbed.Downstream] = []
         self.lock = threading.Lock()
         """Held while the proxies are sampled or changed, so a sample never asks a proxy
@@ -61,9 +62,10 @@ class Pool:
     def start(self) -> Pool:
         uas_port = procs.free_port()
         self.uas = testbed.start_uas(uas_port, self.run_dir)
+        self.uas_uri = f"sip:127.0.0.1:{uas_port}"
         for name, workers in POOL_WORKERS:
             ds = testbed.Downstream(
-                name, procs.free_port(), workers, f"sip:127.0.0.1:{uas_port}", self.run_dir, False
+                name, procs.free_port(), workers, self.uas_uri, self.run_dir, False
             )
             self.proxies.append(ds)
             ds.start().set_delay_ms(BASE_DELAY_MS)

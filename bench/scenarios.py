@@ -135,7 +135,7 @@ def run(
     pool: Pool,
     run_dir: Path,
     redis_url: str,
-    rate: float,
+    load: drive.Load,
     counter: drive.Counter,
     say: Callable[[str], None] = print,
 ) -> dict:
@@ -146,7 +146,7 @@ def run(
     running = contender.start(pool.targets(), run_dir, redis_url, probed)
     try:
         m = drive.measure(
-            running, pool, counter, run_dir, rate, scenario.duration_s, scenario.events, say
+            running, pool, counter, run_dir, load, scenario.duration_s, scenario.events, say
         )
     finally:
         running.stop()

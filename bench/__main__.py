@@ -1,0 +1,261 @@
+"""``python -m bench``: every contender through every scenario on one pool, the capacity
+sweep, the overhead bench and the selection micro-benchmark; writes ``results.json``,
+``report.md`` and the PNG plots. ``scripts/bench.sh`` is the one command around it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import capacity, drive, plots, report, scenarios
+from bench.contenders import BY_NAME, CONTENDERS
+from bench.pool import Pool, Target
+from bench.tap import InviteTap, TapUnavailable
+from counterpoise import procs
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_LOAD = 0.7
+"""Offered load as a fraction of the pool's total capacity (the issue's default)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    timing: scenarios.Timing
+    hold_ms: int
+    contenders: tuple[str, ...]
+    sweep_fractions: tuple[float, ...]
+    """Sweep rates as fractions of the pool's total capacity."""
+    sweep_step_s: float
+    overhead_rates: tuple[float, ...]
+    """Calls/s offered to a balancer in front of the UAS alone (no proxy, no sleeping)."""
+    overhead_step_s: float
+
+
+ALL = tuple(contender.name for contender in CONTENDERS)
+MODES = {
+    # About 20 minutes on a 2-core machine.
+    "full": Mode(
+        scenarios.Timing(steady_s=20, lead_s=8, slow_s=12, stall_s=4, dead_s=8, tail_s=8),
+        drive.HOLD_MS,
+        ALL,
+        (0.5, 0.7, 0.8, 0.9, 1.0, 1.1),
+        6.0,
+        (100, 200, 400, 600, 800, 1000, 1300, 1600),
+        5.0,
+    ),
+    # About 8 minutes: the same runs, shorter.
+    "quick": Mode(
+        scenarios.Timing(steady_s=10, lead_s=4, slow_s=6, stall_s=3, dead_s=5, tail_s=4),
+        drive.HOLD_MS,
+        ALL,
+        (0.5, 0.7, 0.9, 1.1),
+        4.0,
+        (100, 300, 600, 1000),
+        3.0,
+    ),
+    # Under a minute, for CI: every code path, two contenders, seconds each. Calls are not
+    # held (a dialog held through the killed proxy would add the UAC's 10 s BYE timeout).
+    "smoke": Mode(
+        scenarios.Timing(steady_s=2, lead_s=1, slow_s=1, stall_s=1, dead_s=1, tail_s=1),
+        0,
+        ("counterpoise", "ds4"),
+        (0.5,),
+        1.5,
+        (100,),
+        1.5,
+    ),
+}
+
+
+class Progress:
+    def __init__(self, total_runs: int) -> None:
+        self.start = time.monotonic()
+        self.total = total_runs
+        self.done = 0
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        self.say(f"[{self.done}/{self.total}  {elapsed / 60:4.1f} min]  {label}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--mode", choices=sorted(MODES), default="full")
+    parser.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    parser.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
+    parser.add_argument("--scenarios", help="comma-separated, of: steady,step,stall,kill")
+    parser.add_argument("--contenders", help=f"comma-separated, of: {','.join(ALL)}")
+    parser.add_argument("--load", type=float, default=DEFAULT_LOAD, help="fraction, 0.7")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the capacity sweep")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the overhead bench")
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results/...)")
+    parser.add_argument(
+        "--publish", type=Path, help="also copy report.md and the plots to this folder"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    mode = MODES[args.mode]
+    names = args.contenders.split(",") if args.contenders else list(mode.contenders)
+    unknown = [name for name in names if name not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")
+    contenders = [BY_NAME[name] for name in names]
+    catalogue = scenarios.build(mode.timing)
+    wanted = args.scenarios.split(",") if args.scenarios else list(catalogue)
+    if any(name not in catalogue for name in wanted):
+        raise SystemExit(f"bench: scenarios are {', '.join(catalogue)}")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = args.out or BENCH_DIR / "results" / f"{stamp}-{args.mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="counterpoise-bench-"))
+    runs = len(contenders) * len(wanted)
+    runs += 0 if args.no_sweep else len(contenders)
+    runs += 0 if args.no_overhead else 2
+    progress = Progress(runs)
+    results: dict = {
+        "mode": args.mode,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "loadavg_start": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "load": args.load,
+        "hold_ms": mode.hold_ms,
+        "timing": dataclasses.asdict(mode.timing),
+        "scenarios": {name: catalogue[name].description for name in wanted},
+        "contenders": {c.name: c.label for c in contenders},
+        "runs": [],
+        "sweep": [],
+        "overhead": [],
+    }
+    progress.say(f"bench ({args.mode}): results in {out}, logs in {work}")
+    redis = procs.start_redis(procs.free_port(), work / "redis")
+    redis_url = f"redis://127.0.0.1:{redis.argv[redis.argv.index('--port') + 1]}/0"
+    pool = Pool(work).start()
+    try:
+        counter, results["share_counter"] = invite_counter(pool)
+        rate = round(args.load * pool.total_capacity, 1)
+        results.update(rate=rate, capacities=pool.capacities, total_capacity=pool.total_capacity)
+        progress.say(
+            f"pool: {', '.join(f'{n} {c:g}' for n, c in pool.capacities.items())} calls/s; "
+            f"offered {rate:g} calls/s ({args.load:.0%}); {len(contenders)} contenders x "
+            f"{len(wanted)} scenarios"
+        )
+        for scenario_name in wanted:
+            for contender in contenders:
+                progress.step(f"{contender.name} / {scenario_name}")
+                result = scenarios.run(
+                    contender,
+                    catalogue[scenario_name],
+                    pool,
+                    work / f"{contender.name}-{scenario_name}",
+                    redis_url,
+                    drive.Load(rate, mode.hold_ms),
+                    counter,
+                    progress.say,
+                )
+                results["runs"].append(result)
+                progress.say(summary_line(result))
+        if not args.no_sweep:
+            sweep_rates = [round(f * pool.total_capacity, 1) for f in mode.sweep_fractions]
+            for contender in contenders:
+                progress.step(f"{contender.name} / capacity sweep {sweep_rates} calls/s")
+                pool.reset()
+                results["sweep"].append(
+                    capacity.ramp(
+                        contender,
+                        pool.targets(),
+                        pool.probe_watch(),
+                        work / f"{contender.name}-sweep",
+                        redis_url,
+                        [drive.Load(r, mode.hold_ms) for r in sweep_rates],
+                        mode.sweep_step_s,
+                        progress.say,
+                    )
+                )
+        if not args.no_overhead:
+            uas = Target("uas", pool.uas_uri, 0.0)
+            for contender in (BY_NAME["counterpoise"], BY_NAME["ds4"]):
+                progress.step(f"{contender.name} / overhead, UAS alone {mode.overhead_rates}")
+                results["overhead"].append(
+                    capacity.ramp(
+                        contender,
+                        [uas],
+                        None,
+                        work / f"{contender.name}-overhead",
+                        redis_url,
+                        [drive.Load(r, mode.hold_ms) for r in mode.overhead_rates],
+                        mode.overhead_step_s,
+                        progress.say,
+                    )
+                )
+    finally:
+        stop_counter(counter)
+        pool.stop()
+        redis.stop()
+    progress.say("selection micro-benchmark (WeightedPicker.pick)")
+    results["pick_us"] = capacity.pick_micro()
+    results["loadavg_end"] = os.getloadavg()
+    results["elapsed_s"] = time.monotonic() - progress.start
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    images = plots.write_all(results, out)
+    (out / "report.md").write_text(report.render(results, images))
+    progress.say(f"report: {out / 'report.md'} ({results['elapsed_s'] / 60:.1f} min)")
+    if args.publish:
+        publish(out, images, args.publish)
+        progress.say(f"published to {args.publish}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def invite_counter(pool: Pool) -> tuple[drive.Counter, str]:
+    """The tap on the wire when this process may read the loopback interface, else the
+    proxies' own counters (which understate what an overloaded proxy was sent)."""
+    try:
+        tap = InviteTap({ds.port: ds.name for ds in pool.proxies})
+    except TapUnavailable as error:
+        print(f"note: {error}; shares come from the proxies' own counters", flush=True)
+        return pool.sample, "proxies' own counters (core:rcv_requests_invite)"
+    tap.start()
+    return tap.sample, "loopback tap (distinct INVITE Call-IDs sent to each proxy)"
+
+
+def stop_counter(counter: Callable) -> None:
+    owner = getattr(counter, "__self__", None)
+    if isinstance(owner, InviteTap):
+        owner.stop()
+
+
+def summary_line(result: dict) -> str:
+    latency = result["latency_ms"]
+    p99 = f"{latency['p99']:.0f}" if latency["p99"] is not None else "-"
+    return (
+        f"      {result['attempted']} calls, {result['failed']} failed, p99 {p99} ms, "
+        f"balancer CPU {result['cpu_s']:.2f} s"
+    )
+
+
+def publish(out: Path, images: list[Path], target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("*.png"):
+        old.unlink()
+    shutil.copy(out / "report.md", target / "report.md")
+    for image in images:
+        shutil.copy(image, target / image.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The benchmarks: Counterpoise against Kamailio's dispatcher module on one pool of real
+# proxies (bench/). Installs what is missing (scripts/install.sh, then matplotlib for the
+# plots: the `bench` optional dependencies), then runs `python -m bench`.
+# Usage: scripts/bench.sh [--quick|--smoke] [--scenarios steady,step,stall,kill]
+#        [--contenders counterpoise,ds4,...] [--load 0.7] [--out DIR] [--publish DIR]
+# Full mode takes about 20 minutes, --quick about 8, --smoke under one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+  echo "installing the bench extras (matplotlib) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[bench]"
+fi
+exec .venv/bin/python -m bench "$@"
