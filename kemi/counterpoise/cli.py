@@ -152,11 +152,14 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_list(store: PoolStore, settings: Settings, as_json: bool) -> int:
-    rows = table.pool_rows(store, settings, int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    rows = table.pool_rows(store, settings, now_ms)
     if as_json:
         print(json.dumps(rows, indent=2, sort_keys=True))
     else:
         print(table.render(rows))
+        for line in table.rejected_inputs(store, settings, now_ms):
+            print(line)
     return 0
 
 

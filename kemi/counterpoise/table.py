@@ -66,6 +66,20 @@ def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
     return rows
 
 
+def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[str]:
+    """One line per node that rejected load reports or headers (``cp:rejects:<node>``)."""
+    lines = []
+    for node, counts in sorted(store.node_rejects(now_ms, settings.node_ttl_ms).items()):
+        parts = [
+            f"{source} {counts[source]} (last: {counts.get(source + ':last', '?')})"
+            for source in ("report", "header")
+            if int(counts.get(source, 0))
+        ]
+        if parts:
+            lines.append(f"node {node} rejected: " + "; ".join(parts))
+    return lines
+
+
 def render(rows: list[dict]) -> str:
     header = [title for title, _, _ in COLUMNS]
     body = [
@@ -93,8 +107,9 @@ def watch(
     end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     try:
         while time.monotonic() < end:
-            rows = pool_rows(store, settings, int(time.time() * 1000))
-            text = render(rows)
+            now_ms = int(time.time() * 1000)
+            text = render(pool_rows(store, settings, now_ms))
+            text += "".join("\n" + line for line in rejected_inputs(store, settings, now_ms))
             if footer:
                 text += "\n\n" + footer()
             print(

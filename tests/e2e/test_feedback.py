@@ -113,6 +113,8 @@ def test_bad_load_headers_are_counted_and_change_no_weight(bed: Bed) -> None:
     )
     rejects = bed.store.client.hgetall(bed.store.keys.rejects(node))
     assert rejects["header:last"].startswith(b.uri) and "junk" in rejects["header:last"]
+    listing = bed.cli("proxy", "list")
+    assert f"node {node} rejected: header" in listing.stdout, listing.stdout
     published = record(bed, b.uri)
     assert published["load_factor"] == 1.0 and published["utilisation"] is None
     # What b's replies said before the junk has expired; nothing since counts.
