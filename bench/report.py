@@ -297,6 +297,10 @@ def render(data: dict, images: list[Path]) -> str:
             "rather than the proxies.",
             "",
         ]
+    if data.get("errors"):
+        out += ["**Broken runs** (not in the tables):", ""]
+        out += [f"- {error.splitlines()[0]}" for error in data["errors"]]
+        out.append("")
     for scenario, description in data["scenarios"].items():
         out += [f"## {scenario}", "", description + ".", "", scenario_table(res, scenario), ""]
     if data["sweep"]:

@@ -1,0 +1,46 @@
+"""The benchmark harness, in its smoke mode, so it cannot rot: `scripts/bench.sh --smoke`
+starts the pool, Counterpoise and dispatcher alg 4, runs every scenario, the sweep, the
+overhead bench and the micro-benchmark for seconds each, and writes the report and plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from counterpoise import procs
+
+pytestmark = pytest.mark.e2e
+
+SMOKE_TIMEOUT_S = 180
+"""The smoke mode takes under a minute; three times that before the test calls it hung."""
+
+
+def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    run = subprocess.run(
+        ["bash", str(procs.REPO / "scripts" / "bench.sh"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["errors"] == []
+    for contender in ("counterpoise", "ds4"):
+        runs = [r for r in results["runs"] if r["contender"] == contender]
+        assert {r["scenario"] for r in runs} == {"steady", "step", "stall", "kill"}
+        assert all(r["answered"] > 0 for r in runs), runs
+    report = (out / "report.md").read_text()
+    for contender in ("counterpoise", "ds4"):
+        rows = [line for line in report.splitlines() if line.startswith(f"| {contender} |")]
+        assert len(rows) >= 4, report
+        answered = [int(row.split("|")[3]) for row in rows[:4]]
+        assert all(count > 0 for count in answered), rows
+    assert {p.name for p in out.glob("*.png")} >= {"steady.png", "step.png", "capacity.png"}
+    assert [r["highest_sustained"] > 0 for r in results["overhead"]] == [True, True]
+    assert set(results["pick_us"]) == {"10", "100", "1000"}
