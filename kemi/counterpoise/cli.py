@@ -27,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from counterpoise import procs, table
+from counterpoise import location, procs, table
 from counterpoise.settings import Settings, load_settings, to_environ
 from counterpoise.sipuri import InvalidProxyUri, parse_proxy_uri
 from counterpoise.store import ACTIVE, DRAINED, PoolStore, UnknownProxy, connect
@@ -74,6 +74,7 @@ def start_node(
     """Start the embedded Redis (when ``redis_url`` is None) and a balancer; every process
     started is appended to ``started`` for the caller to stop. Returns the node's settings."""
     host, port = parse_listen(listen)
+    location.Options.from_settings(settings)  # a bad location_* value: one line, exit 1
     procs.check_udp_free(host, port)
     if redis_url is None:
         redis_url = settings.redis_url

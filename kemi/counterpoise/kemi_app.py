@@ -139,26 +139,23 @@ class KemiApp:
     def ksr_route_dispatch(self) -> None:
         if KSR.is_method_in("IS") or KSR.is_REFER():  # INVITE, SUBSCRIBE, REFER
             KSR.rr.record_route()
-        uri = self.ksr_route_location()
-        if uri == "":
+        held = self.ksr_route_location()
+        if held.reject:
+            KSR.sl.sl_send_reply(location.REJECT_CODE, location.REJECT_REASON)
             return
-        uri = uri or self._pick(exclude=())
+        uri = held.proxy or self._pick(exclude=())
         if uri is None:
             KSR.sl.sl_send_reply(503, "No Proxy Available")
             return
         if not self._relay(uri, tried=[]):
             KSR.sl.sl_reply_error()
 
-    def ksr_route_location(self) -> str | None:
-        """The proxy the location records name for this initial request; None: choose by
-        weight; "": answered here (480, ``location_fallback = "reject"``)."""
+    def ksr_route_location(self) -> location.Decision:
+        """What the location records say of this initial request: its holder's proxy, a
+        rejection (``location_fallback = "reject"``), or nothing (choose by weight)."""
         if self.location is None:
-            return None
-        decision = self.location.route_initial(self.view.refresh().__contains__)
-        if decision.reject:
-            KSR.sl.sl_send_reply(location.REJECT_CODE, location.REJECT_REASON)
-            return ""
-        return decision.proxy
+            return location.Decision()
+        return self.location.route_initial(self.view.refresh().__contains__)
 
     def _pick(self, exclude: list[str] | tuple[str, ...]) -> str | None:
         picker = self.view.refresh()

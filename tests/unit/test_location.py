@@ -136,3 +136,12 @@ def test_options_validate_settings():
 def test_sum_counters_adds_the_workers():
     dump = {"lookups 11": 3, "lookups 12": 4, "fallback 12": 1}
     assert location.sum_counters(dump) == {"lookups": 7, "fallback": 1}
+
+
+def test_up_refuses_a_bad_location_setting_in_one_line(monkeypatch, capsys):
+    from counterpoise import cli
+
+    monkeypatch.setenv("COUNTERPOISE_LOCATION_FALLBACK", "bogus")
+    assert cli.main(["up", "--listen", "127.0.0.1:5060", "--redis", "redis://127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "counterpoise: location_fallback='bogus': expected weight or reject\n"
