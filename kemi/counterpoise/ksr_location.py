@@ -127,7 +127,7 @@ class LocationRouting:
             if not name:
                 return
             self._registered(name, proxy)
-        elif method == "INVITE":
+        elif method == "INVITE" and self.options.dialog_ttl_ms:
             self._dialog_started(proxy)
         else:
             return
@@ -165,6 +165,8 @@ class LocationRouting:
 
     def route_dialog(self) -> str | None:
         """The proxy holding this request's dialog by its record, or None."""
+        if not self.options.dialog_ttl_ms:
+            return None
         call_id = _text("$ci")
         ok, record = self._call(lambda store: store.get(DIALOG, call_id))
         if not ok:
@@ -182,6 +184,8 @@ class LocationRouting:
 
     def dialog_ended(self) -> None:
         """A BYE: the dialog record is no longer needed."""
+        if not self.options.dialog_ttl_ms:
+            return
         started = time.perf_counter_ns()
         call_id = _text("$ci")
         if call_id:

@@ -54,6 +54,7 @@ class Options:
     enabled: bool
     fallback: str
     dialog_ttl_ms: int
+    """0: no dialog records."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Options:
@@ -63,8 +64,10 @@ class Options:
             raise ValueError(
                 f"location_fallback={settings.location_fallback!r}: expected weight or reject"
             )
-        if settings.dialog_record_ttl_ms <= 0 or settings.location_redis_timeout_ms <= 0:
-            raise ValueError("dialog_record_ttl_ms and location_redis_timeout_ms must be > 0")
+        if settings.dialog_record_ttl_ms < 0:
+            raise ValueError("dialog_record_ttl_ms must be >= 0 (0: no dialog records)")
+        if settings.location_redis_timeout_ms <= 0:
+            raise ValueError("location_redis_timeout_ms must be > 0")
         return cls(
             enabled=settings.location_server == ON,
             fallback=settings.location_fallback,

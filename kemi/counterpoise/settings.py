@@ -166,7 +166,9 @@ class Settings:
     dialog_record_ttl_ms: int = 7_200_000
     """Lifetime of a dialog record (Call-ID -> proxy) when no BYE through the balancer deletes
     it: 2 hours, longer than nearly every call, short enough that records of dialogs whose BYE
-    never came (a crashed phone) do not pile up in Redis."""
+    never came (a crashed phone) do not pile up in Redis. 0 records no dialog, which saves
+    the two Redis round trips per call (write on the 2xx, delete on the BYE) where every peer
+    keeps its route set."""
 
     def node_name(self) -> str:
         """This node's identity in Redis."""

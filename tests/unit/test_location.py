@@ -122,11 +122,13 @@ def test_decide():
 
 def test_options_validate_settings():
     assert location.Options.from_settings(Settings()).enabled
+    no_dialogs = Settings(dialog_record_ttl_ms=0)
+    assert location.Options.from_settings(no_dialogs).dialog_ttl_ms == 0
     assert not location.Options.from_settings(Settings(location_server="off")).enabled
     for bad in (
         {"location_server": "yes"},
         {"location_fallback": "404"},
-        {"dialog_record_ttl_ms": 0},
+        {"dialog_record_ttl_ms": -1},
         {"location_redis_timeout_ms": -1},
     ):
         with pytest.raises(ValueError):
