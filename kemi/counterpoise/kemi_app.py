@@ -22,7 +22,7 @@ import time
 import KSR
 
 from counterpoise import ksr_shared, location
-from counterpoise.ksr_location import LocationRouting
+from counterpoise.ksr_location import DialogWriteBehind, LocationRouting
 from counterpoise.settings import Settings, load_settings
 from counterpoise.store import PoolStore, connect
 from counterpoise.sync import SyncLoop
@@ -51,6 +51,7 @@ class KemiApp:
         self.rng = random.Random()
         self.sync: SyncLoop | None = None
         self.location: LocationRouting | None = None
+        self.dialog_writes: DialogWriteBehind | None = None
         if location.Options.from_settings(settings).enabled:
             self.location = LocationRouting(settings, _notice)
 
@@ -261,7 +262,11 @@ class KemiApp:
         """rtimer callback: one step of the sync loop, in the timer process."""
         if self.sync is None:
             self.sync = self._make_sync_loop()
+            if self.location is not None and self.location.options.dialog_ttl_ms:
+                self.dialog_writes = DialogWriteBehind(self.settings, _notice)
         self.sync.tick()
+        if self.dialog_writes is not None:
+            self.dialog_writes.flush()
         return 1
 
     def _make_sync_loop(self) -> SyncLoop:

@@ -12,6 +12,12 @@ again. Without Redis, initial requests are routed by weight and counted as ``red
 
 Counters go to the htable ``cploc`` as ``"<name> <pid>"`` -> int (one writer per key):
 ``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
+
+Dialog records are written behind, off the SIP path: the worker handling the 2xx (or the BYE)
+puts the record into the node's htable ``cpdlg`` (seen at once by every worker of the node:
+the ACK right after a 200 finds it) and queues the Redis write in htable ``cplocq``; the timer
+process sends the queue to Redis in one pipeline per tick (``DialogWriteBehind``), so a call
+costs its SIP worker no Redis round trip for its dialog record.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable
 
 import KSR
 
-from counterpoise import location
+from counterpoise import ksr_shared, location
 from counterpoise.backoff import Guarded
 from counterpoise.location_store import AOR, DIALOG, LocationStore
 from counterpoise.settings import Settings
@@ -30,6 +36,10 @@ from counterpoise.store import connect
 from counterpoise.sync import REDIS_ERRORS
 
 TABLE = "cploc"
+DIALOGS = "cpdlg"
+"""Call-ID -> dialog record JSON, this node's copy (htable autoexpire: kamailio.cfg)."""
+QUEUE = "cplocq"
+"""``"<monotonic ns> <pid>"`` -> ``location.PendingWrite``: dialog writes for the timer."""
 AOR_AVP = "$avp(cpaor)"
 """The AOR of a REGISTER, set at request time for the reply route (another worker may
 handle the reply)."""
@@ -157,9 +167,13 @@ class LocationRouting:
             return
         ttl = self.options.dialog_ttl_ms
         now = _wall_ms()
-        record = location.Record(proxy, now, now + ttl, from_tag, to_tag)
-        ok, _ = self._call(lambda store: store.put(DIALOG, call_id, record, ttl))
-        self.count("dialogs" if ok else "write_failed")
+        record = location.Record(proxy, now, now + ttl, from_tag, to_tag).to_json()
+        KSR.htable.sht_sets(DIALOGS, call_id, record)
+        self._queue(location.PendingWrite(call_id, record, ttl))
+        self.count("dialogs")
+
+    def _queue(self, write: location.PendingWrite) -> None:
+        KSR.htable.sht_sets(QUEUE, f"{time.monotonic_ns():020d} {os.getpid()}", write.encode())
 
     # --- in-dialog requests --------------------------------------------------------------------
 
@@ -168,10 +182,14 @@ class LocationRouting:
         if not self.options.dialog_ttl_ms:
             return None
         call_id = _text("$ci")
-        ok, record = self._call(lambda store: store.get(DIALOG, call_id))
-        if not ok:
-            self.count("dialog_skipped")
-            return None
+        local = KSR.htable.sht_get(DIALOGS, call_id)
+        if isinstance(local, str):
+            record = location.Record.from_json(local)
+        else:
+            ok, record = self._call(lambda store: store.get(DIALOG, call_id))
+            if not ok:
+                self.count("dialog_skipped")
+                return None
         if not isinstance(record, location.Record) or not record.matches_tags(
             _text("$ft"), _text("$tt")
         ):
@@ -186,8 +204,44 @@ class LocationRouting:
         """A BYE: the dialog record is no longer needed."""
         if not self.options.dialog_ttl_ms:
             return
-        started = time.perf_counter_ns()
         call_id = _text("$ci")
         if call_id:
-            self._call(lambda store: store.delete(DIALOG, call_id))
-            self._count_write(started)
+            KSR.htable.sht_rm(DIALOGS, call_id)
+            self._queue(location.PendingWrite(call_id))
+
+
+class DialogWriteBehind:
+    """The timer process's side: sends the queued dialog writes to Redis, one pipeline per
+    tick, and removes them from the queue once Redis took them (kept while it is down)."""
+
+    def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
+        self._settings = settings
+        self._log = log
+        self._store: LocationStore | None = None
+        self._guard = Guarded.with_backoff_of(
+            settings, REDIS_ERRORS, log, "Redis (dialog records)", "dialog writes stay queued"
+        )
+        self.dropped = 0
+
+    def flush(self) -> None:
+        queued = ksr_shared.items(QUEUE)
+        if not queued:
+            return
+        if len(queued) > location.MAX_PENDING_WRITES:
+            oldest = sorted(queued)[: len(queued) - location.MAX_PENDING_WRITES]
+            for key, _ in oldest:
+                KSR.htable.sht_rm(QUEUE, key)
+            self.dropped += len(oldest)
+            self._log(f"dropped {len(oldest)} queued dialog writes ({self.dropped} in all)")
+            dropped = set(oldest)
+            queued = [item for item in queued if item not in dropped]
+        writes = location.coalesce(queued)
+        if self._guard.call(_now_ms(), lambda: self._redis().apply(DIALOG, writes)):
+            for key, _ in queued:
+                KSR.htable.sht_rm(QUEUE, key)
+
+    def _redis(self) -> LocationStore:
+        if self._store is None:
+            client = connect(self._settings.redis_url, self._settings.redis_timeout_ms)
+            self._store = LocationStore(client, self._settings.key_prefix)
+        return self._store

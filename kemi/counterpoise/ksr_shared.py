@@ -51,7 +51,7 @@ class SharedTable:
 
     def read_tallies(self) -> dict[str, Tally]:
         tallies = {}
-        for key, value in _items(TALLIES):
+        for key, value in items(TALLIES):
             try:
                 tallies[key] = Tally.decode(value)
             except ValueError:
@@ -60,7 +60,7 @@ class SharedTable:
 
     def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
         latest, reasons = {}, {}
-        for key, value in _items(LOADS):
+        for key, value in items(LOADS):
             if key.startswith(_REJECTED):
                 reasons[key[len(_REJECTED) :]] = value
                 continue
@@ -166,7 +166,7 @@ def hang_up(proxy: str) -> None:
     KSR.tm.t_uac_send("BYE", target, proxy, "", headers, "")
 
 
-def _items(table: str) -> list[tuple[str, str]]:
+def items(table: str) -> list[tuple[str, str]]:
     """Every key and value of a hash table (values as strings)."""
     items = []
     if KSR.htable.sht_iterator_start(_ITERATOR, table) < 0:

@@ -256,3 +256,50 @@ def sum_counters(dump: dict[str, int]) -> dict[str, int]:
         name = key.partition(" ")[0]
         totals[name] = totals.get(name, 0) + value
     return totals
+
+
+# --- dialog records, written behind ------------------------------------------------------
+
+MAX_PENDING_WRITES = 100_000
+"""Dialog record writes kept queued while Redis is unreachable. At 100 calls/s (two writes a
+call) that is over 8 minutes of outage; beyond it the oldest are dropped and counted, since
+shared memory must not fill up (a dropped record only matters to a request that arrives
+without its route set)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingWrite:
+    """A dialog record write a SIP worker queued for the timer process: set ``record`` (JSON)
+    under Call-ID ``name`` for ``ttl_ms``, or delete it when ``record`` is None."""
+
+    name: str
+    record: str | None = None
+    ttl_ms: int = 0
+
+    def encode(self) -> str:
+        return json.dumps([self.name, self.record, self.ttl_ms])
+
+    @classmethod
+    def decode(cls, text: str) -> PendingWrite:
+        try:
+            name, record, ttl_ms = json.loads(text)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"not a pending write: {text[:80]!r}") from error
+        if not isinstance(name, str) or not (record is None or isinstance(record, str)):
+            raise ValueError(f"not a pending write: {text[:80]!r}")
+        return cls(name, record, int(ttl_ms))
+
+
+def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
+    """The writes to send for queue entries ``(key, encoded write)``: keys sort in queue order
+    (monotonic ns first), and only the last write per Call-ID matters (a call shorter than one
+    flush period costs Redis one DEL, or nothing). Entries that do not decode are skipped."""
+    latest: dict[str, PendingWrite] = {}
+    for _, text in sorted(queued):
+        try:
+            write = PendingWrite.decode(text)
+        except ValueError:
+            continue
+        latest.pop(write.name, None)
+        latest[write.name] = write
+    return list(latest.values())

@@ -18,11 +18,11 @@ A lookup for an initial request is one ``MGET`` of the first three: one round tr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import redis
 
-from counterpoise.location import Record
+from counterpoise.location import PendingWrite, Record
 
 AOR, PIN, DOMAIN, DIALOG = "aor", "pin", "domain", "dlg"
 KINDS = (PIN, AOR, DOMAIN, DIALOG)
@@ -65,6 +65,17 @@ class LocationStore:
 
     def delete(self, kind: str, name: str) -> bool:
         return bool(self.client.delete(self.key(kind, name)))
+
+    def apply(self, kind: str, writes: Sequence[PendingWrite]) -> None:
+        """Queued writes of one kind, in one pipelined round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for write in writes:
+                key = self.key(kind, write.name)
+                if write.record is None:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, write.record, px=write.ttl_ms if write.ttl_ms > 0 else None)
+            pipe.execute()
 
     # --- the operator's side -----------------------------------------------------------------
 

@@ -159,8 +159,9 @@ class Settings:
     so the user re-registers elsewhere and the record moves with it."""
 
     location_redis_timeout_ms: int = 30
-    """Bound of one Redis round trip made by a SIP worker (a lookup, or writing a record).
-    A LAN round trip is well under 1 ms; 30 ms caps what a hung Redis costs one call, and the
+    """Bound of one Redis round trip made by a SIP worker (a lookup, or writing a
+    registration record; dialog records are written by the timer process). A LAN round trip
+    is well under 1 ms; 30 ms caps what a hung Redis costs one call, and the
     backoff (``redis_backoff_*``) makes the following calls skip Redis until it is retried."""
 
     dialog_record_ttl_ms: int = 7_200_000

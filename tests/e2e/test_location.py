@@ -279,18 +279,27 @@ def test_dialog_record_routes_in_dialog_requests_sent_without_a_route_set(
     # loose_route on, as from a peer that strips Record-Route or after a balancer restart.
     scenario = testbed.derived_scenario(bed.run_dir, "uac.xml", {"[routes]": ""})
 
-    caller = bed.caller(calls=20, rate=10, hold_ms=100, scenario=scenario)
+    caller = bed.caller(calls=20, rate=10, hold_ms=1000, scenario=scenario)
+    recording = server == "on" and ttl_ms > 0
+    if recording:  # the timer process writes the records behind, within a tick
+        procs.wait_for(
+            lambda: list(location_store(bed).scan((DIALOG,))), 10, "a dialog record in Redis"
+        )
 
     result = caller.wait(60)
-    if server == "off" or not ttl_ms:  # without records those BYEs have nowhere to go
+    if not recording:  # without records those BYEs have nowhere to go
         assert (result.successful, caller.error_codes()) == (0, {404: 20})
         return
     assert (result.successful, result.failed) == (20, 0), caller.error_codes()
     counts = {ds.name: ds.counts() for ds in (a, b)}
     for name, count in counts.items():
         assert count.get("bye", 0) == count.get("invite", 0), (name, count)
-    assert balancer_counters(bed)["dialog_routed"] >= 40  # the ACK and the BYE of each call
-    assert list(location_store(bed).scan((DIALOG,))) == []  # every BYE deleted its record
+    # Every BYE went by its record; an ACK does too unless tm matched it to its INVITE first.
+    assert balancer_counters(bed)["dialog_routed"] >= 20
+    # Every BYE deleted its record (in Redis within a tick of the timer process).
+    procs.wait_for(
+        lambda: list(location_store(bed).scan((DIALOG,))) == [], 5, "no dialog record left"
+    )
 
 
 def test_dialog_record_is_not_used_for_other_tags(bed: Bed) -> None:

@@ -6,7 +6,7 @@ import json
 
 import redis
 
-from counterpoise.location import Record
+from counterpoise.location import PendingWrite, Record
 from counterpoise.location_store import AOR, DIALOG, DOMAIN, PIN, LocationStore
 from counterpoise.procs import wait_for
 
@@ -91,3 +91,13 @@ def test_scan_lists_every_kind_and_only_this_prefix(redis_client):
     names = {(e.kind, e.name) for e in entries}
     assert ("domain", "h") in names and ("dlg", "weird*[id]") in names
     assert [e.name for e in store.scan((DIALOG,))] == ["weird*[id]"]
+
+
+def test_queued_dialog_writes_apply_in_one_pipeline(redis_client):
+    store = LocationStore(redis_client, "cp:")
+    store.put(DIALOG, "old@h", Record(A, 1))
+    record = Record(B, 2, 3, "f", "t").to_json()
+    store.apply(DIALOG, [PendingWrite("new@h", record, 60_000), PendingWrite("old@h")])
+    assert redis_client.get("cp:loc:dlg:new@h") == record
+    assert 59_000 < redis_client.pttl("cp:loc:dlg:new@h") <= 60_000
+    assert redis_client.exists("cp:loc:dlg:old@h") == 0

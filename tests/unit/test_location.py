@@ -147,3 +147,17 @@ def test_up_refuses_a_bad_location_setting_in_one_line(monkeypatch, capsys):
     assert cli.main(["up", "--listen", "127.0.0.1:5060", "--redis", "redis://127.0.0.1:1"]) == 1
     err = capsys.readouterr().err
     assert err == "counterpoise: location_fallback='bogus': expected weight or reject\n"
+
+
+def test_queued_dialog_writes_coalesce_to_the_last_per_call_id():
+    set_a = location.PendingWrite("a@h", '{"proxy": "sip:p"}', 1000)
+    queued = [
+        ("00000000000000000003 12", location.PendingWrite("a@h").encode()),
+        ("00000000000000000001 11", set_a.encode()),
+        ("00000000000000000002 12", location.PendingWrite("b@h", "{}", 5).encode()),
+        ("00000000000000000004 11", "garbage"),
+    ]
+    writes = location.coalesce(queued)
+    # a: set then delete -> delete only; b: its set; the garbage entry is skipped.
+    assert writes == [location.PendingWrite("b@h", "{}", 5), location.PendingWrite("a@h")]
+    assert location.PendingWrite.decode(set_a.encode()) == set_a
