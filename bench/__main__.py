@@ -45,7 +45,9 @@ ALL = tuple(contender.name for contender in CONTENDERS)
 MODES = {
     # About 20 minutes on a 2-core machine.
     "full": Mode(
-        scenarios.Timing(steady_s=20, lead_s=8, slow_s=12, stall_s=4, dead_s=8, tail_s=8),
+        scenarios.Timing(
+            steady_s=15, lead_s=6, slow_s=10, stall_s=4, dead_s=6, tail_s=5, warmup_s=5
+        ),
         drive.HOLD_MS,
         ALL,
         (0.5, 0.7, 0.8, 0.9, 1.0, 1.1),
@@ -55,7 +57,9 @@ MODES = {
     ),
     # About 8 minutes: the same runs, shorter.
     "quick": Mode(
-        scenarios.Timing(steady_s=10, lead_s=4, slow_s=6, stall_s=3, dead_s=5, tail_s=4),
+        scenarios.Timing(
+            steady_s=10, lead_s=4, slow_s=6, stall_s=3, dead_s=5, tail_s=4, warmup_s=4
+        ),
         drive.HOLD_MS,
         ALL,
         (0.5, 0.7, 0.9, 1.1),
@@ -68,7 +72,9 @@ MODES = {
     # and the load is 30 %, below what round robin overloads the small proxy with, so no
     # run waits for failing calls to time out.
     "smoke": Mode(
-        scenarios.Timing(steady_s=1.5, lead_s=1, slow_s=1, stall_s=1, dead_s=1, tail_s=0.5),
+        scenarios.Timing(
+            steady_s=1.5, lead_s=1, slow_s=1, stall_s=1, dead_s=1, tail_s=0.5, warmup_s=0.5
+        ),
         0,
         ("counterpoise", "ds4"),
         (0.5,),
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         redis_url,
                         drive.Load(rate, mode.hold_ms),
                         counter,
+                        mode.timing.warmup_s,
                         progress.say,
                     )
                 except (procs.StartError, RuntimeError, TimeoutError, OSError) as error:

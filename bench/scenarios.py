@@ -48,6 +48,11 @@ class Timing:
     """How long the killed proxy stays dead before it restarts."""
     tail_s: float
     """Load after the recovery."""
+    warmup_s: float
+    """Load on the freshly started balancer before each measured run, the same for every
+    contender and not in the run's figures (reported apart): a balancer serves traffic
+    for days, so what it learned in its first seconds belongs to the steady state, and a
+    cold start is not what the scenarios compare."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +68,40 @@ class Scenario:
     """The proxies' capacities during the disturbance, from the normal ones."""
 
 
+Action = tuple[str, Callable[[Pool], None]]
+"""What an event does, in words for the progress output, and to the pool."""
+
+
+def disturbance(
+    name: str,
+    description: str,
+    proxy: str,
+    timing: Timing,
+    length_s: float,
+    begin: Action,
+    end: Action,
+    capacity_during: Callable[[dict[str, float]], dict[str, float]],
+) -> Scenario:
+    """A scenario in which something happens to ``proxy`` after the lead time and is undone
+    ``length_s`` later, followed by the tail."""
+    start, stop = timing.lead_s, timing.lead_s + length_s
+    return Scenario(
+        name,
+        description,
+        stop + timing.tail_s,
+        (
+            drive.Event(start, f"{proxy}: {begin[0]}", begin[1]),
+            drive.Event(stop, f"{proxy}: {end[0]}", end[1]),
+        ),
+        proxy,
+        (start, stop),
+        capacity_during,
+    )
+
+
 def build(timing: Timing) -> dict[str, Scenario]:
     lead = timing.lead_s
-    slow_end = lead + timing.slow_s
-    stall_end = lead + timing.stall_s
-    dead_end = lead + timing.dead_s
+    slow_ms = BASE_DELAY_MS * STEP_FACTOR
 
     def slowed(caps: dict[str, float]) -> dict[str, float]:
         return {**caps, STEP_PROXY: caps[STEP_PROXY] / STEP_FACTOR}
@@ -77,52 +111,38 @@ def build(timing: Timing) -> dict[str, Scenario]:
 
     scenarios = [
         Scenario("steady", "nothing changes", timing.steady_s),
-        Scenario(
+        disturbance(
             "step",
             f"at {lead:g} s the {STEP_PROXY} proxy becomes {STEP_FACTOR}x slower "
-            f"({BASE_DELAY_MS} -> {BASE_DELAY_MS * STEP_FACTOR} ms per INVITE), "
-            f"recovers at {slow_end:g} s",
-            slow_end + timing.tail_s,
-            (
-                drive.Event(
-                    lead,
-                    f"{STEP_PROXY}: {BASE_DELAY_MS * STEP_FACTOR} ms per INVITE",
-                    lambda pool: pool.set_delay(STEP_PROXY, BASE_DELAY_MS * STEP_FACTOR),
-                ),
-                drive.Event(
-                    slow_end,
-                    f"{STEP_PROXY}: back to {BASE_DELAY_MS} ms",
-                    lambda pool: pool.set_delay(STEP_PROXY, BASE_DELAY_MS),
-                ),
-            ),
+            f"({BASE_DELAY_MS} -> {slow_ms} ms per INVITE), recovers "
+            f"{timing.slow_s:g} s later",
             STEP_PROXY,
-            (lead, slow_end),
+            timing,
+            timing.slow_s,
+            (f"{slow_ms} ms per INVITE", lambda p: p.set_delay(STEP_PROXY, slow_ms)),
+            (f"back to {BASE_DELAY_MS} ms", lambda p: p.set_delay(STEP_PROXY, BASE_DELAY_MS)),
             slowed,
         ),
-        Scenario(
+        disturbance(
             "stall",
             f"at {lead:g} s the {STALL_PROXY} proxy is frozen (SIGSTOP) for "
             f"{timing.stall_s:g} s, then continues (SIGCONT)",
-            stall_end + timing.tail_s,
-            (
-                drive.Event(lead, f"{STALL_PROXY}: SIGSTOP", lambda p: p.stall(STALL_PROXY)),
-                drive.Event(stall_end, f"{STALL_PROXY}: SIGCONT", lambda p: p.resume(STALL_PROXY)),
-            ),
             STALL_PROXY,
-            (lead, stall_end),
+            timing,
+            timing.stall_s,
+            ("SIGSTOP", lambda p: p.stall(STALL_PROXY)),
+            ("SIGCONT", lambda p: p.resume(STALL_PROXY)),
             without(STALL_PROXY),
         ),
-        Scenario(
+        disturbance(
             "kill",
             f"at {lead:g} s the {KILL_PROXY} proxy is killed (SIGKILL), restarted on the "
-            f"same port at {dead_end:g} s",
-            dead_end + timing.tail_s,
-            (
-                drive.Event(lead, f"{KILL_PROXY}: SIGKILL", lambda p: p.kill(KILL_PROXY)),
-                drive.Event(dead_end, f"{KILL_PROXY}: restarted", lambda p: p.restart(KILL_PROXY)),
-            ),
+            f"same port {timing.dead_s:g} s later",
             KILL_PROXY,
-            (lead, dead_end),
+            timing,
+            timing.dead_s,
+            ("SIGKILL", lambda p: p.kill(KILL_PROXY)),
+            ("restarted", lambda p: p.restart(KILL_PROXY)),
             without(KILL_PROXY),
         ),
     ]
@@ -137,20 +157,30 @@ def run(
     redis_url: str,
     load: drive.Load,
     counter: drive.Counter,
+    warmup_s: float,
     say: Callable[[str], None] = print,
 ) -> dict:
-    """One contender through one scenario, on a freshly started balancer and a pool reset
-    to its base state; returns the figures of the report (JSON-serialisable)."""
+    """One contender through one scenario, on a freshly started balancer (warmed up with
+    ``warmup_s`` of the same load) and a pool reset to its base state; returns the figures
+    of the report (JSON-serialisable)."""
     pool.reset()
     probed = pool.probe_watch()
     running = contender.start(pool.targets(), run_dir, redis_url, probed)
     try:
+        warmup = drive.measure(running, None, None, run_dir / "warmup", load, warmup_s)
         m = drive.measure(
             running, pool, counter, run_dir, load, scenario.duration_s, scenario.events, say
         )
     finally:
         running.stop()
-    return summarise(contender, scenario, pool, m)
+    result = summarise(contender, scenario, pool, m)
+    result["warmup"] = {
+        "duration_s": warmup_s,
+        "attempted": warmup.sipp.attempted,
+        "failed": warmup.sipp.failed,
+        "latency_ms": latency_summary([rtt for _, rtt in warmup.sipp.answered]),
+    }
+    return result
 
 
 def summarise(contender: Contender, scenario: Scenario, pool: Pool, m: drive.Measurement) -> dict:
