@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 
 ENV_PREFIX = "COUNTERPOISE_"
+PROBE_METHODS = ("OPTIONS", "INVITE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +171,14 @@ class Settings:
     never came (a crashed phone) do not pile up in Redis. 0 records no dialog, which saves
     the two Redis round trips per call (write on the 2xx, delete on the BYE) where every peer
     keeps its route set."""
+
+    def __post_init__(self) -> None:
+        if self.probe_method not in PROBE_METHODS:
+            raise ValueError(f"probe_method={self.probe_method!r}: expected OPTIONS or INVITE")
+        if not 0 <= self.load_headroom_floor <= 1:
+            raise ValueError(f"load_headroom_floor={self.load_headroom_floor}: expected 0..1")
+        if self.load_expiry_ms <= 0 or self.load_smoothing_tau_ms <= 0:
+            raise ValueError("load_expiry_ms and load_smoothing_tau_ms must be > 0")
 
     def node_name(self) -> str:
         """This node's identity in Redis."""

@@ -97,3 +97,12 @@ def test_to_environ_round_trips_custom_settings():
 
 def test_node_name_defaults_to_host_name():
     assert Settings().node_name() == os.uname().nodename
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PROBE_METHOD", "invite"), ("LOAD_HEADROOM_FLOOR", "2"), ("LOAD_EXPIRY_MS", "0")],
+)
+def test_out_of_range_feedback_settings_are_refused(name: str, value: str):
+    with pytest.raises(ValueError, match=name.lower()):
+        load_settings({f"COUNTERPOISE_{name}": value})
