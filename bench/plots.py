@@ -14,6 +14,10 @@ P99_BIN_S = 1.0
 DPI = 60
 """Small files: the plots are committed with the report."""
 
+PALETTE_COLOURS = 64
+"""Plots are saved with a palette of 64 colours: a third of the bytes of full colour, and
+line plots need no more."""
+
 
 def pyplot():
     import matplotlib
@@ -72,10 +76,7 @@ def scenario_plot(results: dict, scenario: str, out: Path) -> Path | None:
     axes[-1].set_ylabel("fraction of calls")
     axes[0].legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    path = out / f"{scenario}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, out / f"{scenario}.png")
 
 
 def ramp_plot(results: dict, out: Path) -> Path:
@@ -109,9 +110,17 @@ def ramp_plot(results: dict, out: Path) -> Path:
     if results["overhead"]:
         overhead.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "capacity.png"
+    return save(fig, out / "capacity.png")
+
+
+def save(fig, path: Path) -> Path:
+    from PIL import Image
+
     fig.savefig(path)
-    plt.close(fig)
+    pyplot().close(fig)
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(PALETTE_COLOURS)
+    small.save(path, optimize=True)
     return path
 
 

@@ -4,7 +4,7 @@
 # plots: the `bench` optional dependencies), then runs `python -m bench`.
 # Usage: scripts/bench.sh [--quick|--smoke] [--scenarios steady,step,stall,kill]
 #        [--contenders counterpoise,ds4,...] [--load 0.7] [--out DIR] [--publish DIR]
-# Full mode takes about 20 minutes, --quick about 8, --smoke under one.
+# Full mode takes about 25 minutes, --quick about 15, --smoke under one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
