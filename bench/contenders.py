@@ -21,6 +21,12 @@ DISPATCHER_CFG = Path(__file__).resolve().parent / "dispatcher.cfg"
 BALANCER_WORKERS = 4
 """SIP worker processes of every balancer, Counterpoise's default (``counterpoise up``)."""
 
+SHM_MB = 512
+"""Shared memory of every balancer (Kamailio's ``-m``). At the default 64 MB both Counterpoise
+and dispatcher ran out of it near 600 calls/s in the overhead bench (tm could not allocate
+transactions: every call held 2 s keeps an INVITE and a BYE transaction, plus 5 s of wait
+state): a limit of the configuration, not of the balancers, so both get 512 MB."""
+
 READY_TIMEOUT_S = 20.0
 """A balancer has this long to start and see every proxy of the pool as usable."""
 
@@ -125,6 +131,7 @@ class Contender:
         argv = procs.kamailio_argv(
             DISPATCHER_CFG, "127.0.0.1", port, BALANCER_WORKERS, run_dir, defines
         )
+        argv += ["-m", str(SHM_MB)]
         if self.alg == 10:
             argv += ["-A", "WITH_CALL_LOAD"]
         proc = procs.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
@@ -164,6 +171,7 @@ def start_counterpoise(targets: Sequence[Target], run_dir: Path, redis_url: str)
         BALANCER_WORKERS,
         log_path=run_dir / "balancer.log",
         timeout_s=READY_TIMEOUT_S,
+        shm_mb=SHM_MB,
     )
 
     def all_usable() -> bool:

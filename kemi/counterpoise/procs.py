@@ -225,8 +225,10 @@ def start_balancer(
     workers: int = 4,
     log_path: Path | None = None,
     timeout_s: float = 20.0,
+    shm_mb: int | None = None,
 ) -> Process:
-    """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS."""
+    """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS.
+    ``shm_mb``: Kamailio's shared memory (``-m``), when not its default of 64 MB."""
     check_udp_free(listen_host, listen_port)
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = kamailio_argv(
@@ -241,6 +243,8 @@ def start_balancer(
             "CP_FR_TIMER_MS": fr_timer_ms,
         },
     )
+    if shm_mb:
+        argv += ["-m", str(shm_mb)]
     if not env.get("COUNTERPOISE_PROBE_CONTACT_URI"):
         env = {
             **env,

@@ -43,7 +43,7 @@ def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None
             if line.startswith(f"| {contender} |")
         ]
         # The scenario tables' rows: contender, calls, answered, ...
-        scenario_rows = [cells for cells in rows if cells[1].isdigit()]
+        scenario_rows = [cells for cells in rows if cells[1].isdigit() and cells[2].isdigit()]
         assert len(scenario_rows) == 4, report
         assert all(int(cells[2]) > 0 for cells in scenario_rows), scenario_rows
     assert {p.name for p in out.glob("*.png")} >= {"steady.png", "step.png", "capacity.png"}
