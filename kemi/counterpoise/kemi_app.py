@@ -10,7 +10,8 @@ tm branch ``i`` (the balancer never forks), and its AVPs are suffixed with ``i``
 
 ``cp_tried``  comma-separated proxies tried so far, in order.
 ``cpu<i>``    proxy of attempt i; ``cpt<i>`` monotonic ms when it was relayed;
-``cpf<i>``    ms to its first reply; ``cpd<i>`` set once its outcome has been counted.
+``cpf<i>``    ms to its first reply other than 100 Trying; ``cpd<i>`` set once its outcome has
+              been counted.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class KemiApp:
         self.view = ksr_shared.WorkerView()
         self.rng = random.Random()
         self.sync: SyncLoop | None = None
+        self._max_sample_ms = int(settings.failure_penalty_ms)
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
         if location.Options.from_settings(settings).enabled:
@@ -196,7 +198,9 @@ class KemiApp:
         elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
         self._note_load_header(KSR.pv.gete(f"$avp(cpu{attempt})"))
         if status < 200:
-            if KSR.pv.is_null(f"$avp(cpf{attempt})"):
+            # A proxy sends 100 Trying before it works on a request; the first other reply
+            # (180/183, or the final one) comes after that work.
+            if status > 100 and KSR.pv.is_null(f"$avp(cpf{attempt})"):
                 KSR.pv.seti(f"$avp(cpf{attempt})", elapsed)
             return 1
         first = KSR.pv.get(f"$avp(cpf{attempt})")
@@ -232,7 +236,9 @@ class KemiApp:
         KSR.pv.seti(f"$avp(cpd{attempt})", 1)
         uri = KSR.pv.gete(f"$avp(cpu{attempt})")
         ksr_shared.inflight_add(uri, -1)
-        first_ms = first if isinstance(first, int) else elapsed
+        # No sample weighs more than a failure: a callee answering after 30 s with no 180 on
+        # the way says nothing of the proxy.
+        first_ms = min(first if isinstance(first, int) else elapsed, self._max_sample_ms)
         self.view.count_request(uri, failed, first_ms, elapsed)
 
     # --- probes and the sync timer -------------------------------------------------------------

@@ -29,8 +29,9 @@ class Tally:
     requests_failed: int = 0
     """Requests that timed out, or got 408 or 5xx from the proxy."""
     first_reply_ms_sum: int = 0
-    """Sum over ``requests_ok`` of milliseconds from relaying to the first reply (often a
-    100 Trying): how long the proxy took to start handling the request."""
+    """Sum over ``requests_ok`` of milliseconds from relaying to the first reply other than
+    100 Trying (a 180/183, or the final reply): the proxy's own work on the request, which a
+    100 sent before that work does not show. Each sample is capped at ``failure_penalty_ms``."""
     final_reply_ms_sum: int = 0
     """Sum over ``requests_ok`` of milliseconds from relaying to the final reply."""
     probes_ok: int = 0
