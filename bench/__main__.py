@@ -12,11 +12,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bench import capacity, drive, plots, report, scenarios
-from bench.contenders import BY_NAME, CONTENDERS
+from bench.contenders import BY_NAME, CONTENDERS, Contender
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
 from counterpoise import procs
@@ -165,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     progress.say(f"bench ({args.mode}): results in {out}, logs in {work}")
     redis = procs.start_redis(procs.free_port(), work / "redis")
-    redis_url = f"redis://127.0.0.1:{redis.argv[redis.argv.index('--port') + 1]}/0"
-    pool = Pool(work).start()
+    pool = Pool(work)
+    session = Session(mode, pool, redis_url_of(redis), work, out, results, progress)
     try:
-        counter, results["share_counter"] = invite_counter(pool)
+        pool.start()
+        session.counter, results["share_counter"] = invite_counter(pool)
         rate = round(load * pool.total_capacity, 1)
         results.update(rate=rate, capacities=pool.capacities, total_capacity=pool.total_capacity)
         progress.say(
@@ -176,67 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             f"offered {rate:g} calls/s ({load:.0%}); {len(contenders)} contenders x "
             f"{len(wanted)} scenarios"
         )
-        for scenario_name in wanted:
-            for contender in contenders:
-                progress.step(f"{contender.name} / {scenario_name}")
-                try:
-                    result = scenarios.run(
-                        contender,
-                        catalogue[scenario_name],
-                        pool,
-                        work / f"{contender.name}-{scenario_name}",
-                        redis_url,
-                        drive.Load(rate, mode.hold_ms),
-                        counter,
-                        mode.timing.warmup_s,
-                        progress.say,
-                    )
-                except (procs.StartError, RuntimeError, TimeoutError, OSError) as error:
-                    # One broken run must not lose the others: it is reported as broken.
-                    progress.say(f"      BROKEN: {error}")
-                    results["errors"].append(f"{contender.name} / {scenario_name}: {error}")
-                    continue
-                results["runs"].append(result)
-                save(out, results)
-                progress.say(summary_line(result))
+        session.scenarios(contenders, [catalogue[name] for name in wanted], rate)
         if not args.no_sweep:
-            sweep_rates = [round(f * pool.total_capacity, 1) for f in mode.sweep_fractions]
-            for contender in contenders:
-                progress.step(f"{contender.name} / capacity sweep {sweep_rates} calls/s")
-                pool.reset()
-                results["sweep"].append(
-                    capacity.ramp(
-                        contender,
-                        pool.targets(),
-                        pool.probe_watch(),
-                        work / f"{contender.name}-sweep",
-                        redis_url,
-                        [drive.Load(r, mode.hold_ms) for r in sweep_rates],
-                        mode.sweep_step_s,
-                        progress.say,
-                    )
-                )
+            session.sweep(contenders)
         if not args.no_overhead:
-            # The tap reads every loopback datagram: at overhead rates it would take CPU
-            # from the balancer it measures, and no share is wanted there.
-            stop_counter(counter)
-            uas = Target("uas", pool.uas_uri, 0.0)
-            for contender in (BY_NAME["counterpoise"], BY_NAME["ds4"]):
-                progress.step(f"{contender.name} / overhead, UAS alone {mode.overhead_rates}")
-                results["overhead"].append(
-                    capacity.ramp(
-                        contender,
-                        [uas],
-                        None,
-                        work / f"{contender.name}-overhead",
-                        redis_url,
-                        [drive.Load(r, mode.hold_ms) for r in mode.overhead_rates],
-                        mode.overhead_step_s,
-                        progress.say,
-                    )
-                )
+            session.overhead()
     finally:
-        stop_counter(counter)
+        session.stop_counter()
         pool.stop()
         redis.stop()
     progress.say("selection micro-benchmark (WeightedPicker.pick)")
@@ -248,6 +194,102 @@ def main(argv: list[str] | None = None) -> int:
     progress.say(f"{results['elapsed_s'] / 60:.1f} min")
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def redis_url_of(redis: procs.Process) -> str:
+    return f"redis://127.0.0.1:{redis.argv[redis.argv.index('--port') + 1]}/0"
+
+
+@dataclasses.dataclass
+class Session:
+    """What every part of one bench shares: the pool, Redis, where figures go, progress."""
+
+    mode: Mode
+    pool: Pool
+    redis_url: str
+    work: Path
+    out: Path
+    results: dict
+    progress: Progress
+    counter: drive.Counter | None = None
+
+    def scenarios(
+        self, contenders: list[Contender], wanted: list[scenarios.Scenario], rate: float
+    ) -> None:
+        """Scenario by scenario, every contender in turn (so slow changes of the machine's
+        other load spread over all of them)."""
+        assert self.counter
+        for scenario in wanted:
+            for contender in contenders:
+                self.progress.step(f"{contender.name} / {scenario.name}")
+                try:
+                    result = scenarios.run(
+                        contender,
+                        scenario,
+                        self.pool,
+                        self.work / f"{contender.name}-{scenario.name}",
+                        self.redis_url,
+                        drive.Load(rate, self.mode.hold_ms),
+                        self.counter,
+                        self.mode.timing.warmup_s,
+                        self.progress.say,
+                    )
+                except (procs.StartError, RuntimeError, TimeoutError, OSError) as error:
+                    # One broken run must not lose the others: it is reported as broken.
+                    self.progress.say(f"      BROKEN: {error}")
+                    self.results["errors"].append(f"{contender.name} / {scenario.name}: {error}")
+                    continue
+                self.results["runs"].append(result)
+                save(self.out, self.results)
+                self.progress.say(summary_line(result))
+
+    def sweep(self, contenders: list[Contender]) -> None:
+        rates = [round(f * self.pool.total_capacity, 1) for f in self.mode.sweep_fractions]
+        for contender in contenders:
+            self.progress.step(f"{contender.name} / capacity sweep {rates} calls/s")
+            self.pool.reset()
+            self.results["sweep"].append(
+                capacity.ramp(
+                    contender,
+                    self.pool.targets(),
+                    self.pool.probe_watch(),
+                    self.work / f"{contender.name}-sweep",
+                    self.redis_url,
+                    [drive.Load(rate, self.mode.hold_ms) for rate in rates],
+                    self.mode.sweep_step_s,
+                    self.progress.say,
+                )
+            )
+            save(self.out, self.results)
+
+    def overhead(self) -> None:
+        """Counterpoise and alg 4 alone in front of the UAS, at the same rates."""
+        # The tap reads every loopback datagram: at overhead rates it would take CPU from
+        # the balancer it measures, and no share is wanted there.
+        self.stop_counter()
+        uas = Target("uas", self.pool.uas_uri, 0.0)
+        rates = self.mode.overhead_rates
+        for contender in (BY_NAME["counterpoise"], BY_NAME["ds4"]):
+            self.progress.step(f"{contender.name} / overhead, UAS alone {rates}")
+            self.results["overhead"].append(
+                capacity.ramp(
+                    contender,
+                    [uas],
+                    None,
+                    self.work / f"{contender.name}-overhead",
+                    self.redis_url,
+                    [drive.Load(rate, self.mode.hold_ms) for rate in rates],
+                    self.mode.overhead_step_s,
+                    self.progress.say,
+                )
+            )
+            save(self.out, self.results)
+
+    def stop_counter(self) -> None:
+        owner = getattr(self.counter, "__self__", None)
+        if isinstance(owner, InviteTap):
+            owner.stop()
+        self.counter = None
 
 
 def render(out: Path, publish_to: Path | None) -> None:
@@ -276,12 +318,6 @@ def invite_counter(pool: Pool) -> tuple[drive.Counter, str]:
         return pool.sample, "proxies' own counters (core:rcv_requests_invite)"
     tap.start()
     return tap.sample, "loopback tap (distinct INVITE Call-IDs sent to each proxy)"
-
-
-def stop_counter(counter: Callable) -> None:
-    owner = getattr(counter, "__self__", None)
-    if isinstance(owner, InviteTap):
-        owner.stop()
 
 
 def summary_line(result: dict) -> str:

@@ -40,6 +40,7 @@ LATENCY_PRIORITY = 30
 priority falls by one for each 30 ms of estimated latency."""
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+"""Units per second of the CPU times in /proc/<pid>/stat."""
 
 
 def group_cpu_seconds(session_id: int) -> float:

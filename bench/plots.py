@@ -5,8 +5,13 @@ plus the CDF of response times; and the sweep and overhead ramps."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from bench.metrics import binned_percentile
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 P99_BIN_S = 1.0
 """p99 over time is taken per second of call start (about 49 calls per point)."""
@@ -19,7 +24,8 @@ PALETTE_COLOURS = 64
 line plots need no more."""
 
 
-def pyplot():
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot, imported on first use and drawing to files only (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +119,8 @@ def ramp_plot(results: dict, out: Path) -> Path:
     return save(fig, out / "capacity.png")
 
 
-def save(fig, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
+    """Write the figure as a palette PNG and close it."""
     from PIL import Image
 
     fig.savefig(path)
