@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import capacity, drive, plots, report, scenarios
@@ -248,19 +249,8 @@ class Session:
         for contender in contenders:
             self.progress.step(f"{contender.name} / capacity sweep {rates} calls/s")
             self.pool.reset()
-            self.results["sweep"].append(
-                capacity.ramp(
-                    contender,
-                    self.pool.targets(),
-                    self.pool.probe_watch(),
-                    self.work / f"{contender.name}-sweep",
-                    self.redis_url,
-                    [drive.Load(rate, self.mode.hold_ms) for rate in rates],
-                    self.mode.sweep_step_s,
-                    self.progress.say,
-                )
-            )
-            save(self.out, self.results)
+            targets, probed = self.pool.targets(), self.pool.probe_watch()
+            self.ramp("sweep", contender, targets, probed, rates, self.mode.sweep_step_s)
 
     def overhead(self) -> None:
         """Counterpoise and alg 4 alone in front of the UAS, at the same rates."""
@@ -271,19 +261,33 @@ class Session:
         rates = self.mode.overhead_rates
         for contender in (BY_NAME["counterpoise"], BY_NAME["ds4"]):
             self.progress.step(f"{contender.name} / overhead, UAS alone {rates}")
-            self.results["overhead"].append(
-                capacity.ramp(
-                    contender,
-                    [uas],
-                    None,
-                    self.work / f"{contender.name}-overhead",
-                    self.redis_url,
-                    [drive.Load(rate, self.mode.hold_ms) for rate in rates],
-                    self.mode.overhead_step_s,
-                    self.progress.say,
-                )
+            self.ramp("overhead", contender, [uas], None, rates, self.mode.overhead_step_s)
+
+    def ramp(
+        self,
+        part: str,
+        contender: Contender,
+        targets: list[Target],
+        probed: Callable[[], bool] | None,
+        rates: Sequence[float],
+        step_s: float,
+    ) -> None:
+        """One ``capacity.ramp``, its result added to ``results[part]`` and saved."""
+        loads = [drive.Load(rate, self.mode.hold_ms) for rate in rates]
+        run_dir = self.work / f"{contender.name}-{part}"
+        self.results[part].append(
+            capacity.ramp(
+                contender,
+                targets,
+                probed,
+                run_dir,
+                self.redis_url,
+                loads,
+                step_s,
+                self.progress.say,
             )
-            save(self.out, self.results)
+        )
+        save(self.out, self.results)
 
     def stop_counter(self) -> None:
         owner = getattr(self.counter, "__self__", None)
