@@ -262,7 +262,7 @@ class KemiApp:
         """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
         value = KSR.hdr.get("X-CP-Load")
         if isinstance(value, str):
-            self.view.note_load_header(uri, value, now_ms())
+            self.view.note_load_header(uri, value)
 
     def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
         """rtimer callback: one step of the sync loop, in the timer process."""

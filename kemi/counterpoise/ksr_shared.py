@@ -8,9 +8,8 @@ The three hash tables are declared in ``kamailio.cfg``; their names are only her
              atomic across workers).
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
              has a single writer, so no lock is taken.
-``cpload``   proxy URI -> ``"<monotonic ms> <utilisation>"``, the latest usable ``X-CP-Load``
-             of its replies (last writer wins: it is a gauge); ``"! <uri>"`` -> the latest
-             reason a header of that proxy was rejected.
+``cpload``   proxy URI -> the latest reason an ``X-CP-Load`` of that proxy was rejected (the
+             usable ones are summed into the workers' tallies).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ TABLE = "cp"
 INFLIGHT = "cpinf"
 TALLIES = "cptally"
 LOADS = "cpload"
-_REJECTED = "! "
 _ITERATOR = "cpit"
 
 
@@ -58,15 +56,8 @@ class SharedTable:
                 continue
         return tallies
 
-    def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
-        latest, reasons = {}, {}
-        for key, value in items(LOADS):
-            if key.startswith(_REJECTED):
-                reasons[key[len(_REJECTED) :]] = value
-                continue
-            stamp, _, utilisation = value.partition(" ")
-            latest[key] = (int(stamp), float(utilisation))
-        return latest, reasons
+    def read_load_rejections(self) -> Mapping[str, str]:
+        return dict(items(LOADS))
 
     def ensure_inflight(self, uri: str) -> None:
         if KSR.htable.sht_is_null(INFLIGHT, uri) > 0:
@@ -106,15 +97,16 @@ class WorkerView:
     def count_probe(self, uri: str, failed: bool, rtt_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_probe(failed, rtt_ms))
 
-    def note_load_header(self, uri: str, value: str, now_ms: int) -> None:
-        """Keep the load a proxy's reply stated, or count why it could not be used."""
+    def note_load_header(self, uri: str, value: str) -> None:
+        """Count the load a proxy's reply stated, or count why it could not be used."""
+        tally = self._tallies.get(uri, Tally())
         try:
             utilisation = header_utilisation(parse_load_header(value))
         except BadReport as error:
-            KSR.htable.sht_sets(LOADS, _REJECTED + uri, str(error))
-            self._store(uri, self._tallies.get(uri, Tally()).with_load_header_rejected())
+            KSR.htable.sht_sets(LOADS, uri, str(error))
+            self._store(uri, tally.with_load_header_rejected())
             return
-        KSR.htable.sht_sets(LOADS, uri, f"{now_ms} {utilisation:.4f}")
+        self._store(uri, tally.with_load_sample(utilisation))
 
     def _store(self, uri: str, tally: Tally) -> None:
         self._tallies[uri] = tally

@@ -124,13 +124,10 @@ class LoadBook:
         if utilisation is not None:
             self._renew(REPORT, uri, utilisation, now_ms)
 
-    def take_header(self, uri: str, received_ms: int, utilisation: float) -> None:
-        """The latest usable ``X-CP-Load`` of a proxy's replies (already parsed by a worker)."""
-        track = self._tracks.get((HEADER, uri))
-        if track is not None and received_ms <= track.updated_ms:
-            return
+    def take_header(self, uri: str, now_ms: int, utilisation: float) -> None:
+        """The mean utilisation a window of a proxy's replies stated in ``X-CP-Load``."""
         self._accept(HEADER, uri)
-        self._renew(HEADER, uri, utilisation, received_ms)
+        self._renew(HEADER, uri, utilisation, now_ms)
 
     def reject(self, source: str, uri: str, reason: str, count: int = 1) -> None:
         self.rejected[source] += count

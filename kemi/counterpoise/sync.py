@@ -44,9 +44,8 @@ class SharedState(Protocol):
 
     def inflight(self, uri: str) -> int: ...
 
-    def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
-        """Per proxy, the latest usable ``X-CP-Load`` as ``(monotonic ms, utilisation)``, and
-        the latest reason a header of it was rejected."""
+    def read_load_rejections(self) -> Mapping[str, str]:
+        """Per proxy, the latest reason an ``X-CP-Load`` of its replies was rejected."""
 
     def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
         """Make ``(uri, weight)`` pairs the table every SIP worker routes with."""
@@ -104,7 +103,7 @@ class SyncLoop:
         now = self._monotonic_ms()
         self._poll(now)
         windows = self._collect_windows()
-        self._take_load_headers(windows)
+        self._take_load_headers(windows, now)
         for uri in self.pool:
             window = windows.get(uri, Tally())
             self.totals[uri] = self.totals.get(uri, Tally()) + window
@@ -221,13 +220,16 @@ class SyncLoop:
         self._previous = current
         return windows
 
-    def _take_load_headers(self, windows: Mapping[str, Tally]) -> None:
-        latest, reasons = self._shared.read_load_headers()
-        for uri, (received_ms, utilisation) in latest.items():
-            if uri in self.pool:
-                self.loads.take_header(uri, received_ms, utilisation)
+    def _take_load_headers(self, windows: Mapping[str, Tally], now: int) -> None:
+        """The mean utilisation the window's ``X-CP-Load`` headers stated, and rejections."""
+        reasons: Mapping[str, str] | None = None
         for uri, window in windows.items():
+            if window.load_samples and uri in self.pool:
+                mean = window.load_milli_sum / 1000 / window.load_samples
+                self.loads.take_header(uri, now, mean)
             if window.load_headers_rejected:
+                if reasons is None:
+                    reasons = self._shared.read_load_rejections()
                 reason = reasons.get(uri, "unusable X-CP-Load")
                 self.loads.reject(load.HEADER, uri, reason, window.load_headers_rejected)
 

@@ -19,6 +19,8 @@ _FIELDS = (
     "probes_failed",
     "probe_ms_sum",
     "load_headers_rejected",
+    "load_samples",
+    "load_milli_sum",
 )
 
 
@@ -42,12 +44,25 @@ class Tally:
     """Sum over ``probes_ok`` of probe round-trip milliseconds."""
     load_headers_rejected: int = 0
     """Replies whose ``X-CP-Load`` header could not be used (garbled or incomplete)."""
+    load_samples: int = 0
+    """Replies whose ``X-CP-Load`` gave a utilisation."""
+    load_milli_sum: int = 0
+    """Sum over ``load_samples`` of that utilisation, in thousandths. Every reply counts, not
+    only the latest: a header is a point sample of small integers (1 of 2 workers busy), and
+    the mean of all of a window's samples is far steadier than any one of them."""
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
 
     def __sub__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, f) - getattr(other, f) for f in _FIELDS))
+
+    def with_load_sample(self, utilisation: float) -> Tally:
+        return dataclasses.replace(
+            self,
+            load_samples=self.load_samples + 1,
+            load_milli_sum=self.load_milli_sum + round(utilisation * 1000),
+        )
 
     def with_load_header_rejected(self) -> Tally:
         return dataclasses.replace(self, load_headers_rejected=self.load_headers_rejected + 1)

@@ -36,7 +36,6 @@ class FakeShared:
         self.tallies: dict[str, Tally] = {}
         self.inflight_counts: dict[str, int] = {}
         self.tables: list[list[tuple[str, float]]] = []
-        self.header_loads: dict[str, tuple[int, float]] = {}
         self.header_reasons: dict[str, str] = {}
 
     def read_tallies(self) -> Mapping[str, Tally]:
@@ -51,8 +50,8 @@ class FakeShared:
     def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
         self.tables.append(list(entries))
 
-    def read_load_headers(self) -> tuple[Mapping[str, tuple[int, float]], Mapping[str, str]]:
-        return dict(self.header_loads), dict(self.header_reasons)
+    def read_load_rejections(self) -> Mapping[str, str]:
+        return dict(self.header_reasons)
 
     @property
     def table(self) -> dict[str, float]:

@@ -97,8 +97,13 @@ def test_high_load_header_loses_share(harness: Harness, pool: PoolStore):
     both_up_and_equal(harness)
 
     def replies() -> None:
-        now = harness.clock.now
-        harness.shared.header_loads.update({A: (now, 0.0), B: (now, 0.75)})
+        # Every reply's header counts: B's say 50 % and 100 % in turn (a mean of 75 %).
+        for uri, values in ((A, (0.0, 0.0)), (B, (0.5, 1.0))):
+            key = f"3 {uri}"
+            tally = harness.shared.tallies.get(key, Tally())
+            for value in values:
+                tally = tally.with_load_sample(value)
+            harness.shared.tallies[key] = tally
 
     harness.run(S.load_blackout_ms + 500, each=replies)
     assert share(harness, B) == pytest.approx(0.2, abs=0.01)

@@ -233,6 +233,8 @@ def test_weights_and_inputs_are_published_every_interval(
         "probes_failed": 0,
         "probe_ms_sum": 2,
         "load_headers_rejected": 0,
+        "load_samples": 0,
+        "load_milli_sum": 0,
     }
     assert record["first_reply_ms"] == 20.0
     assert record["probe_ms"] == 2.0

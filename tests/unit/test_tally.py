@@ -17,12 +17,14 @@ FULL = Tally(
     probes_failed=1,
     probe_ms_sum=42,
     load_headers_rejected=3,
+    load_samples=4,
+    load_milli_sum=2500,
 )
 
 
 def test_encode_is_space_separated_fields_in_order():
-    assert FULL.encode() == "10 2 123 4567 5 1 42 3"
-    assert Tally().encode() == "0 0 0 0 0 0 0 0"
+    assert FULL.encode() == "10 2 123 4567 5 1 42 3 4 2500"
+    assert Tally().encode() == "0 0 0 0 0 0 0 0 0 0"
 
 
 @pytest.mark.parametrize("tally", [Tally(), FULL, Tally(probe_ms_sum=2**40)])
@@ -31,19 +33,19 @@ def test_encode_decode_round_trip(tally):
 
 
 def test_decode_tolerates_surrounding_whitespace():
-    assert Tally.decode("  10 2 123 4567 5 1 42 3\n") == FULL
+    assert Tally.decode("  10 2 123 4567 5 1 42 3 4 2500\n") == FULL
 
 
 @pytest.mark.parametrize(
     "text",
     [
         "",
-        "1 2 3 4 5 6 7",  # too few fields
-        "1 2 3 4 5 6 7 8 9",  # too many
-        "1 2 3 4 5 6 7 -8",  # negative
-        "-1 0 0 0 0 0 0 0",
-        "1 2 3 4 5 6 7 x",  # not an integer
-        "1 2 3 4 5 6 7 8.5",
+        "1 2 3 4 5 6 7 8 9",  # too few fields
+        "1 2 3 4 5 6 7 8 9 10 11",  # too many
+        "1 2 3 4 5 6 7 8 9 -10",  # negative
+        "-1 0 0 0 0 0 0 0 0 0",
+        "1 2 3 4 5 6 7 8 9 x",  # not an integer
+        "1 2 3 4 5 6 7 8 9 10.5",
         "garbage",
         "1,2,3,4,5,6,7",
     ],
