@@ -330,7 +330,11 @@ def _bye(port: int, call_id: str, from_tag: str, to_tag: str) -> int:
         return int(sock.recv(65535).split(b" ", 2)[1])
 
 
-def test_drained_holder_rejects_calls_then_users_move_on_reregister(bed: Bed) -> None:
+def registered_under_reject(
+    bed: Bed,
+) -> tuple[testbed.Downstream, testbed.Downstream, Users, list[str]]:
+    """Two registrars, a balancer with ``location_fallback = reject``, every user registered;
+    also the users whose record names ``a``."""
     a, b = registrars(bed, 2)
     bed.start_balancer(location_fallback="reject")
     bed.add_pool((a, 1), (b, 1))
@@ -338,6 +342,11 @@ def test_drained_holder_rejects_calls_then_users_move_on_reregister(bed: Bed) ->
     users.register()
     on_a = [user for user, proxy in holders(bed, USERS).items() if proxy == a.uri]
     assert on_a, "no user registered at a"
+    return a, b, users, on_a
+
+
+def test_drained_holder_rejects_calls_then_users_move_on_reregister(bed: Bed) -> None:
+    a, b, users, on_a = registered_under_reject(bed)
     assert bed.cli("proxy", "drain", a.uri).returncode == 0
     bed.wait_state(a.uri, ("drained",), timeout_s=5)
     before = {ds.name: invites(ds) for ds in (a, b)}
@@ -357,13 +366,7 @@ def test_drained_holder_rejects_calls_then_users_move_on_reregister(bed: Bed) ->
 
 
 def test_failing_holder_is_not_failed_over_under_reject(bed: Bed) -> None:
-    a, b = registrars(bed, 2)
-    bed.start_balancer(location_fallback="reject")
-    bed.add_pool((a, 1), (b, 1))
-    users = Users(bed, USERS)
-    users.register()
-    on_a = [user for user, proxy in holders(bed, USERS).items() if proxy == a.uri]
-    assert on_a, "no user registered at a"
+    a, b, users, on_a = registered_under_reject(bed)
     a.set_fail_code(500)  # a answers 500 to everything, its probes included
     before_b = invites(b)
 
