@@ -108,6 +108,7 @@ class KemiApp:
         if KSR.rr.loose_route() > 0:
             if self.location is not None and KSR.is_BYE():
                 self.location.dialog_ended()
+            KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
             KSR.tm.t_relay()
             return
         if KSR.is_ACK():
@@ -128,6 +129,7 @@ class KemiApp:
             return False
         KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
         KSR.setdsturi(proxy)
+        KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
         if KSR.tm.t_relay() < 0 and not KSR.is_ACK():
             KSR.sl.sl_reply_error()
         return True

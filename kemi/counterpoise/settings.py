@@ -62,6 +62,12 @@ class Settings:
     """After a provisional reply, how long an INVITE may ring before it times out: 2 minutes,
     the usual ringing limit; a ringing call is not a failed proxy."""
 
+    in_dialog_fr_timer_ms: int = 30_000
+    """How long an in-dialog request (BYE, re-INVITE...) waits for the proxy in its route set
+    before the balancer answers 408. There is no other proxy to try, so the short failover
+    timer would only turn a proxy that is slow for a moment into a failed hang-up; 30 s is
+    tm's own default, close to RFC 3261's Timer F (32 s)."""
+
     max_attempts: int = 3
     """Proxies tried per request: the first choice plus two failovers. With a third of the pool
     dead and independent picks, 3 attempts leave (1/3)^3 = 3.7 % of requests needing more, and
