@@ -48,9 +48,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )  # fmt: skip
             pool.append(ds)
             ds.start().set_delay_ms(DEMO_DELAY_MS)
+            store.add(ds.uri, 1.0)  # before its agent reports: a report needs its proxy
             agent_source = ["--source", "kamailio", "--ctl", f"unixs:{ds.ctl}"]
             started.append(testbed.start_agent(ds, settings.redis_url, agent_source, workers))
-            store.add(ds.uri, 1.0)
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
         host, port = cli.parse_listen(args.listen)
         calls = int(args.rate * args.duration) if args.duration else 10_000_000

@@ -131,13 +131,15 @@ class SyncLoop:
         def poll() -> None:
             uris = list(self.pool)
             version, raw_reports = self._store.poll(uris)
-            wall = self._wall_ms()
-            for uri, raw in zip(uris, raw_reports, strict=True):
-                self.loads.take_report(uri, raw, now, wall)
-            self._check_announcements()
             if version != self._pool_version:
                 version, pool = self._store.versioned_pool()
                 self._apply_pool(version, pool, now)
+            wall = self._wall_ms()
+            for uri, raw in zip(uris, raw_reports, strict=True):
+                if uri in self.pool:
+                    self.loads.take_report(uri, raw, now, wall)
+            # After the reload: a proxy added this tick is not "unknown".
+            self._check_announcements()
 
         if not self._redis.call(now, poll) and self._announcements is not None:
             # Redis failed: drop the subscription and subscribe again once it is back.
