@@ -313,9 +313,8 @@ class Agent:
         self.capacity = capacity
         self.ttl_ms = ttl_ms
         self.key = self.store.keys.report(proxy)
-        settings = Settings()
         self.redis = Guarded(
-            backoff or Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms),
+            backoff or Backoff.from_settings(Settings()),
             (redis.RedisError, OSError),
             log.warning,
             "Redis",
@@ -471,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         capacity=args.capacity,
         ttl_ms=args.ttl_ms,
         prefix=settings.key_prefix,
-        backoff=Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms),
+        backoff=Backoff.from_settings(settings),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

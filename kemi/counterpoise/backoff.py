@@ -35,6 +35,11 @@ class Backoff:
         self._delay_ms = 0
         self._retry_at_ms = 0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Backoff:
+        """The backoff ``settings.redis_backoff_*`` describe."""
+        return cls(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms)
+
 
 class Guarded:
     """Calls to a dependency that may be down (Redis): skipped while ``backoff`` is shut,
@@ -85,5 +90,4 @@ class Guarded:
         while_down: str,
     ) -> Guarded:
         """A guard backing off as ``settings.redis_backoff_*`` say."""
-        backoff = Backoff(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms)
-        return cls(backoff, errors, log, name, while_down)
+        return cls(Backoff.from_settings(settings), errors, log, name, while_down)

@@ -32,7 +32,6 @@ from counterpoise import ksr_shared, location
 from counterpoise.backoff import Guarded
 from counterpoise.location_store import AOR, DIALOG, LocationStore
 from counterpoise.settings import Settings
-from counterpoise.store import connect
 from counterpoise.sync import REDIS_ERRORS
 
 TABLE = "cploc"
@@ -81,8 +80,9 @@ class LocationRouting:
             # First use in this process: a connection of its own, never one made before fork.
             self._pid = os.getpid()
             self._counts = {}
-            client = connect(self._settings.redis_url, self._settings.location_redis_timeout_ms)
-            self._store = LocationStore(client, self._settings.key_prefix)
+            self._store = LocationStore.open(
+                self._settings, self._settings.location_redis_timeout_ms
+            )
         return self._store
 
     def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
@@ -242,6 +242,5 @@ class DialogWriteBehind:
 
     def _redis(self) -> LocationStore:
         if self._store is None:
-            client = connect(self._settings.redis_url, self._settings.redis_timeout_ms)
-            self._store = LocationStore(client, self._settings.key_prefix)
+            self._store = LocationStore.open(self._settings, self._settings.redis_timeout_ms)
         return self._store

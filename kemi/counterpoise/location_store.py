@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 import redis
 
 from counterpoise.location import PendingWrite, Record
+from counterpoise.settings import Settings
+from counterpoise.store import connect
 
 AOR, PIN, DOMAIN, DIALOG = "aor", "pin", "domain", "dlg"
 KINDS = (PIN, AOR, DOMAIN, DIALOG)
@@ -43,6 +45,12 @@ class LocationStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = f"{prefix}loc:"
+
+    @classmethod
+    def open(cls, settings: Settings, timeout_ms: int) -> LocationStore:
+        """A store on a new connection to ``settings.redis_url``, each call bounded by
+        ``timeout_ms``."""
+        return cls(connect(settings.redis_url, timeout_ms), settings.key_prefix)
 
     def key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"

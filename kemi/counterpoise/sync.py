@@ -173,13 +173,14 @@ class SyncLoop:
 
     def _publish_weights(self) -> None:
         wall = self._wall_ms()
+        now = self._monotonic_ms()
         total_weight = sum(w.weight for w in self.weights.values())
-        records = {uri: self.record(uri, total_weight) for uri in self.pool}
+        records = {uri: self.record(uri, total_weight, now, wall) for uri in self.pool}
         rejects: dict[str, object] = dict(self.loads.rejected)
         rejects |= {f"{source}:last": text for source, text in self.loads.last_reason.items()}
         self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
 
-    def record(self, uri: str, total_weight: float) -> dict[str, object]:
+    def record(self, uri: str, total_weight: float, now: int, wall: int) -> dict[str, object]:
         """What Redis shows of one proxy: its weight, its share and every input of both."""
         weighting = self.weights[uri]
         health = self.health[uri]
@@ -193,7 +194,7 @@ class SyncLoop:
             "latency_factor": round(weighting.latency_factor, 4),
             "utilisation": _round(weighting.utilisation, 4),
             "load_factor": round(weighting.load_factor, 4),
-            "load": self.loads.describe(uri, self._monotonic_ms()),
+            "load": self.loads.describe(uri, now),
             "ramp": round(weighting.ramp, 4),
             "panic": weighting.panic,
             "consecutive_failures": health.consecutive_failures,
@@ -203,7 +204,7 @@ class SyncLoop:
             "final_reply_ms": _mean(window.final_reply_ms_sum, window.requests_ok),
             "probe_ms": _round(health.probe_ms),
             "totals": dataclasses.asdict(self.totals.get(uri, Tally())),
-            "updated_ms": self._wall_ms(),
+            "updated_ms": wall,
         }
 
     # --- shared memory ---------------------------------------------------------------------
