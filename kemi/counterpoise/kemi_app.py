@@ -192,13 +192,12 @@ class KemiApp:
     def ksr_route_reply(self, msg: object) -> int:
         """tm onreply route of a relayed initial request: time the proxy's replies."""
         attempt = KSR.pv.get("$T_branch_idx")
-        if not isinstance(attempt, int) or KSR.pv.is_null(f"$avp(cpu{attempt})"):
-            return 1
-        if not KSR.pv.is_null(f"$avp(cpd{attempt})"):
+        uri = KSR.pv.get(f"$avp(cpu{attempt})") if isinstance(attempt, int) else None
+        if not isinstance(uri, str) or not KSR.pv.is_null(f"$avp(cpd{attempt})"):
             return 1
         status = KSR.pv.get("$rs")
         elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
-        self._note_load_header(KSR.pv.gete(f"$avp(cpu{attempt})"))
+        self._note_load_header(uri)
         if status < 200:
             # A proxy sends 100 Trying before it works on a request; the first other reply
             # (180/183, or the final one) comes after that work.
@@ -206,9 +205,9 @@ class KemiApp:
                 KSR.pv.seti(f"$avp(cpf{attempt})", elapsed)
             return 1
         first = KSR.pv.get(f"$avp(cpf{attempt})")
-        self._count_outcome(attempt, is_proxy_failure(status), first, elapsed)
+        self._count_outcome(attempt, uri, is_proxy_failure(status), first, elapsed)
         if self.location is not None and 200 <= status < 300:
-            self.location.on_2xx(KSR.pv.gete(f"$avp(cpu{attempt})"))
+            self.location.on_2xx(uri)
         return 1
 
     def ksr_route_failure(self, msg: object) -> int:
@@ -220,7 +219,8 @@ class KemiApp:
             # No final reply from the proxy: a timeout. After a provisional reply it is the
             # callee that did not answer, not a proxy failure.
             elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
-            self._count_outcome(attempt, silent, KSR.pv.get(f"$avp(cpf{attempt})"), elapsed)
+            first = KSR.pv.get(f"$avp(cpf{attempt})")
+            self._count_outcome(attempt, tried[-1], silent, first, elapsed)
         if KSR.tm.t_is_canceled() > 0:
             return 1
         status = KSR.pv.get("$T_reply_code")
@@ -234,9 +234,10 @@ class KemiApp:
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
         return 1
 
-    def _count_outcome(self, attempt: int, failed: bool, first: object, elapsed: int) -> None:
+    def _count_outcome(
+        self, attempt: int, uri: str, failed: bool, first: object, elapsed: int
+    ) -> None:
         KSR.pv.seti(f"$avp(cpd{attempt})", 1)
-        uri = KSR.pv.gete(f"$avp(cpu{attempt})")
         ksr_shared.inflight_add(uri, -1)
         # No sample weighs more than a failure: a callee answering after 30 s with no 180 on
         # the way says nothing of the proxy.
@@ -297,7 +298,7 @@ class KemiApp:
             store=store,
             monotonic_ms=now_ms,
             wall_ms=lambda: int(time.time() * 1000),
-            log=lambda text: KSR.notice(f"counterpoise: {text}\n"),
+            log=_notice,
         )
 
 
