@@ -19,7 +19,7 @@ from bench import capacity, drive, plots, report, scenarios
 from bench.contenders import BY_NAME, CONTENDERS, Contender
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
-from counterpoise import procs
+from counterpoise import processes
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_LOAD = 0.7
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": [],
     }
     progress.say(f"bench ({args.mode}): results in {out}, logs in {work}")
-    redis = procs.start_redis(procs.free_port(), work / "redis")
+    redis = processes.start_redis(processes.free_port(), work / "redis")
     pool = Pool(work)
     session = Session(mode, pool, redis_url_of(redis), work, out, results, progress)
     try:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def redis_url_of(redis: procs.Process) -> str:
+def redis_url_of(redis: processes.Process) -> str:
     return f"redis://127.0.0.1:{redis.argv[redis.argv.index('--port') + 1]}/0"
 
 
@@ -235,7 +235,7 @@ class Session:
                         self.mode.timing.warmup_s,
                         self.progress.say,
                     )
-                except (procs.StartError, RuntimeError, TimeoutError, OSError) as error:
+                except (processes.StartError, RuntimeError, TimeoutError, OSError) as error:
                     # One broken run must not lose the others: it is reported as broken.
                     self.progress.say(f"      BROKEN: {error}")
                     self.results["errors"].append(f"{contender.name} / {scenario.name}: {error}")

@@ -13,7 +13,7 @@ from bench import drive
 from bench.contenders import Contender
 from bench.metrics import latency_summary
 from bench.pool import Target
-from counterpoise.selection import WeightedPicker
+from counterpoise.core.selection import WeightedPicker
 
 SUSTAINED_P99_MS = 1500.0
 """A step is sustained when no call failed and its p99 INVITE-to-200 stayed within 1.5 s,

@@ -12,9 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.pool import Target
-from counterpoise import procs, table, testbed
-from counterpoise.settings import Settings, to_environ
-from counterpoise.store import PoolStore, connect
+from counterpoise import processes
+from counterpoise.cli import table
+from counterpoise.core.settings import Settings, to_environ
+from counterpoise.harness import testbed
+from counterpoise.store.client import connect
+from counterpoise.store.pool import PoolStore
 
 DISPATCHER_CFG = Path(__file__).resolve().parent / "dispatcher.cfg"
 
@@ -45,7 +48,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def group_cpu_seconds(session_id: int) -> float:
     """User plus system CPU seconds of the live processes of one session (a Kamailio and
-    the workers it forked: ``procs.Process`` starts each in its own session)."""
+    the workers it forked: ``processes.Process`` starts each in its own session)."""
     total = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -66,7 +69,7 @@ class Running:
     """A started balancer."""
 
     port: int
-    proc: procs.Process
+    proc: processes.Process
     extra_cpu: Callable[[], float] = lambda: 0.0
     """CPU seconds of the state store it relies on (Counterpoise's Redis), reported apart."""
 
@@ -119,7 +122,7 @@ class Contender:
         return "\n".join(lines) + "\n"
 
     def _start_dispatcher(self, targets: Sequence[Target], run_dir: Path) -> Running:
-        port = procs.free_port()
+        port = processes.free_port()
         ds_list = run_dir / "dispatcher.list"
         ds_list.write_text(self.dispatcher_list(targets))
         ctl = run_dir / "ctl.sock"
@@ -129,13 +132,13 @@ class Contender:
             "DS_CTL": f"unixs:{ctl}",
             "DS_FR_TIMER_MS": Settings().fr_timer_ms,
         }
-        argv = procs.kamailio_argv(
+        argv = processes.kamailio_argv(
             DISPATCHER_CFG, "127.0.0.1", port, BALANCER_WORKERS, run_dir, defines
         )
         argv += ["-m", str(SHM_MB)]
         if self.alg == 10:
             argv += ["-A", "WITH_CALL_LOAD"]
-        proc = procs.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
+        proc = processes.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
         proc.ensure_started(
             lambda: dispatcher_active(ctl, len(targets)),
             READY_TIMEOUT_S,
@@ -158,12 +161,12 @@ def start_counterpoise(targets: Sequence[Target], run_dir: Path, redis_url: str)
     capacities would."""
     client = connect(redis_url, 1000)
     client.flushdb()
-    port = procs.free_port()
+    port = processes.free_port()
     settings = Settings(redis_url=redis_url, node_id=f"bench:{port}")
     store = PoolStore(client, settings.key_prefix)
     for target in targets:
         store.add(target.uri, 1.0)
-    proc = procs.start_balancer(
+    proc = processes.start_balancer(
         "127.0.0.1",
         port,
         run_dir / "run",

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.contenders import Running
 from bench.metrics import SIPP_TRACE_ARGS, SippResult, read_sipp
 from bench.pool import InviteSample, Pool
-from counterpoise import testbed
+from counterpoise.harness import testbed
 
 SAMPLE_INTERVAL_S = 0.5
 """Period of reading the INVITE counts: 2 points per second for the share plots. Reading

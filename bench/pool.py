@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from counterpoise import procs, testbed
+from counterpoise import processes
+from counterpoise.harness import testbed
 
 POOL_WORKERS = (("big", 4), ("medium", 2), ("small", 1))
 """Name and worker count of each proxy: capacities 4:2:1, as in the demo pool."""
@@ -49,7 +50,7 @@ class InviteSample:
 class Pool:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir / "pool"
-        self.uas: procs.Process | None = None
+        self.uas: processes.Process | None = None
         self.uas_uri = ""
         self.proxies: list[testbed.Downstream] = []
         self.lock = threading.Lock()
@@ -60,12 +61,12 @@ class Pool:
         leave kamcmd waiting)."""
 
     def start(self) -> Pool:
-        uas_port = procs.free_port()
+        uas_port = processes.free_port()
         self.uas = testbed.start_uas(uas_port, self.run_dir)
         self.uas_uri = f"sip:127.0.0.1:{uas_port}"
         for name, workers in POOL_WORKERS:
             ds = testbed.Downstream(
-                name, procs.free_port(), workers, self.uas_uri, self.run_dir, False
+                name, processes.free_port(), workers, self.uas_uri, self.run_dir, False
             )
             self.proxies.append(ds)
             ds.start().set_delay_ms(BASE_DELAY_MS)

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from counterpoise.kemi_app import KemiApp, create
+from counterpoise.kamailio.app import KemiApp, create
 
 
 def mod_init() -> KemiApp:

@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from counterpoise import procs, table, testbed
-from counterpoise.settings import Settings, to_environ
-from counterpoise.store import PoolStore, connect
+from counterpoise import processes
+from counterpoise.cli import table
+from counterpoise.core.settings import Settings, to_environ
+from counterpoise.harness import testbed
+from counterpoise.store.client import connect
+from counterpoise.store.pool import PoolStore
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = procs.free_port()
-    proc = procs.start_redis(port, tmp_path_factory.mktemp("redis"))
+    port = processes.free_port()
+    proc = processes.start_redis(port, tmp_path_factory.mktemp("redis"))
     yield port
     proc.stop()
 
@@ -31,7 +34,7 @@ class Bed:
     def __init__(self, run_dir: Path, redis_url: str) -> None:
         self.run_dir = run_dir
         self.use_redis(redis_url)
-        self._procs: list[procs.Process] = []
+        self._procs: list[processes.Process] = []
         self._downstreams: list[testbed.Downstream] = []
         self._callers: list[testbed.Caller] = []
         self.balancer_port = 0
@@ -47,13 +50,13 @@ class Bed:
 
     def start_uas(self, port: int | None = None) -> str:
         """A SIPp UAS; on ``port`` to answer for users registered with that Contact port."""
-        port = port or procs.free_port()
+        port = port or processes.free_port()
         self._procs.append(testbed.start_uas(port, self.run_dir))
         uri = f"sip:127.0.0.1:{port}"
         self.uas_uri = self.uas_uri or uri
         return uri
 
-    def adopt(self, proc: procs.Process) -> None:
+    def adopt(self, proc: processes.Process) -> None:
         """Stop ``proc`` with the rest when the test ends."""
         self._procs.append(proc)
 
@@ -63,7 +66,7 @@ class Bed:
         if not self.uas_uri:
             self.start_uas()
         ds = testbed.Downstream(
-            name, port or procs.free_port(), workers, self.uas_uri, self.run_dir, registrar
+            name, port or processes.free_port(), workers, self.uas_uri, self.run_dir, registrar
         )
         self._downstreams.append(ds)
         return ds.start()
@@ -71,11 +74,11 @@ class Bed:
     def start_balancer(self, workers: int = 3, name: str = "balancer", **overrides: object) -> int:
         """Start a balancer node (another ``name`` for a second node on the same Redis); the
         callers made after it call it."""
-        self.balancer_port = procs.free_port()
+        self.balancer_port = processes.free_port()
         self.settings = dataclasses.replace(
             self.settings, node_id=f"test:{self.balancer_port}", **overrides
         )
-        proc = procs.start_balancer(
+        proc = processes.start_balancer(
             "127.0.0.1",
             self.balancer_port,
             self.run_dir / name,
@@ -125,7 +128,7 @@ class Bed:
         return published.get(self.settings.node_name(), {})
 
     def wait_state(self, uri: str, states: tuple[str, ...], timeout_s: float = 15.0) -> dict:
-        return procs.wait_for(
+        return processes.wait_for(
             lambda: (
                 self.rows().get(uri) if self.rows().get(uri, {}).get("state") in states else None
             ),

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from counterpoise import procs
+from counterpoise import processes
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ def test_slow_proxy_loses_share_fast_and_regains_it(bed: Bed) -> None:
     bed.start_balancer()
     bed.add_pool((a, 1), (b, 1))
     caller = bed.caller(calls=2400, rate=40, hold_ms=100)
-    procs.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+    processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
 
     a.set_delay_ms(250)  # a now answers 250 ms late: capacity 4 workers / 0.25 s = 16 calls/s
     slowed = time.monotonic()
@@ -72,7 +72,7 @@ def _wait_share(ds, pool, condition, timeout_s: float, what: str, window_s: floa
         time.sleep(window_s)  # the measurement window itself, not a wait for an outcome
         return condition(invite_shares(pool, before)[ds.name])
 
-    procs.wait_for(check, timeout_s, what, step_s=0)
+    processes.wait_for(check, timeout_s, what, step_s=0)
 
 
 def test_killed_proxy_costs_no_new_call_and_is_used_again(bed: Bed) -> None:
@@ -80,7 +80,7 @@ def test_killed_proxy_costs_no_new_call_and_is_used_again(bed: Bed) -> None:
     bed.start_balancer()
     bed.add_pool((a, 1), (b, 1))
     caller = bed.caller(calls=500, rate=25, hold_ms=200)
-    procs.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+    processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
 
     before_kill = a.counts()
     a.kill()
@@ -90,7 +90,9 @@ def test_killed_proxy_costs_no_new_call_and_is_used_again(bed: Bed) -> None:
     bed.wait_state(a.uri, ("down",))
 
     revived = bed.start_downstream("a2", port=a.port)
-    procs.wait_for(lambda: revived.counts().get("invite", 0) > 0, 30, "revived proxy used again")
+    processes.wait_for(
+        lambda: revived.counts().get("invite", 0) > 0, 30, "revived proxy used again"
+    )
 
     result = caller.wait(90)
     print(
@@ -106,7 +108,7 @@ def test_drained_proxy_gets_no_new_calls_while_its_calls_finish(bed: Bed) -> Non
     bed.start_balancer()
     bed.add_pool((a, 1), (b, 1))
     caller = bed.caller(calls=240, rate=20, hold_ms=3000)
-    procs.wait_for(lambda: a.counts().get("invite", 0) >= 20, 20, "calls on a")
+    processes.wait_for(lambda: a.counts().get("invite", 0) >= 20, 20, "calls on a")
 
     drained = bed.cli("proxy", "drain", a.uri)
     assert drained.returncode == 0, drained.stderr
@@ -123,9 +125,9 @@ def test_drained_proxy_gets_no_new_calls_while_its_calls_finish(bed: Bed) -> Non
 
 
 def test_routing_survives_redis_outage_and_picks_up_changes_after(bed: Bed, tmp_path) -> None:
-    redis_port = procs.free_port()
+    redis_port = processes.free_port()
     redis_dir = tmp_path / "own-redis"
-    redis_proc = procs.start_redis(redis_port, redis_dir)
+    redis_proc = processes.start_redis(redis_port, redis_dir)
     try:
         bed.use_redis(f"redis://127.0.0.1:{redis_port}/0")
         a, b = bed.start_downstream("a"), bed.start_downstream("b")
@@ -133,17 +135,17 @@ def test_routing_survives_redis_outage_and_picks_up_changes_after(bed: Bed, tmp_
         bed.add_pool((a, 1), (b, 1))
         bed.store.client.bgrewriteaof()
         caller = bed.caller(calls=400, rate=25, hold_ms=100)
-        procs.wait_for(lambda: min(invite_counts([a, b]).values()) >= 10, 20, "calls flowing")
+        processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 10, 20, "calls flowing")
 
         redis_proc.stop()
         during = invite_counts([a, b])
-        procs.wait_for(
+        processes.wait_for(
             lambda: sum(invite_counts([a, b]).values()) >= sum(during.values()) + 75,
             20,
             "75 more calls routed while Redis is down",
         )
 
-        redis_proc = procs.start_redis(redis_port, redis_dir)
+        redis_proc = processes.start_redis(redis_port, redis_dir)
         assert bed.cli("proxy", "drain", a.uri).returncode == 0
         bed.wait_state(a.uri, ("drained",), timeout_s=10)
         after_drain = a.counts()["invite"]

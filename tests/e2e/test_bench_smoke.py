@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from counterpoise import procs
+from counterpoise import processes
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ SMOKE_TIMEOUT_S = 180
 def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     run = subprocess.run(
-        ["bash", str(procs.REPO / "scripts" / "bench.sh"), "--smoke", "--out", str(out)],
+        ["bash", str(processes.REPO / "scripts" / "bench.sh"), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=SMOKE_TIMEOUT_S,

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from counterpoise import procs
+from counterpoise import processes
 from tests.e2e.conftest import Bed
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def test_errors_print_one_line_and_exit_non_zero(bed: Bed, args, message) -> Non
 
 
 def test_unreachable_redis_is_one_clear_line(bed: Bed) -> None:
-    bed.redis_url = f"redis://127.0.0.1:{procs.free_port(socket.SOCK_STREAM)}/0"
+    bed.redis_url = f"redis://127.0.0.1:{processes.free_port(socket.SOCK_STREAM)}/0"
     result = bed.cli("proxy", "list")
     assert result.returncode == 1
     assert "is unreachable" in result.stderr and result.stderr.count("\n") == 1

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from counterpoise import procs, testbed
+from counterpoise import processes
+from counterpoise.harness import testbed
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 
 pytestmark = pytest.mark.e2e
@@ -37,13 +38,13 @@ def record(bed: Bed, uri: str) -> dict:
 def wait_share(bed: Bed, uri: str, condition, timeout_s: float, what: str) -> float:
     """Seconds until the weight share the balancer publishes for ``uri`` meets ``condition``."""
     start = time.monotonic()
-    procs.wait_for(lambda: condition(bed.rows()[uri]["share"] or 0.0), timeout_s, what)
+    processes.wait_for(lambda: condition(bed.rows()[uri]["share"] or 0.0), timeout_s, what)
     return time.monotonic() - start
 
 
 def calls_since(before: dict[str, int], pool: list[testbed.Downstream], calls: int) -> None:
     total = sum(before.values()) + calls
-    procs.wait_for(lambda: sum(invite_counts(pool).values()) >= total, 30, f"{calls} calls")
+    processes.wait_for(lambda: sum(invite_counts(pool).values()) >= total, 30, f"{calls} calls")
 
 
 def test_agent_reporting_high_load_loses_share_until_its_report_expires(bed: Bed) -> None:
@@ -57,7 +58,7 @@ def test_agent_reporting_high_load_loses_share_until_its_report_expires(bed: Bed
 
     caller = bed.caller(calls=300, rate=30, hold_ms=100)
     before = invite_counts([a, b])
-    procs.wait_for(
+    processes.wait_for(
         lambda: sum(invite_counts([a, b]).values()) - sum(before.values()) >= 150, 30, "150 calls"
     )
     loaded_share = invite_shares([a, b], before)["b"]
@@ -80,12 +81,12 @@ def test_proxy_whose_replies_carry_a_high_load_header_loses_share(bed: Bed) -> N
     bed.add_pool((a, 1), (b, 1))
     bed.wait_state(b.uri, ("up",))
     caller = bed.caller(calls=600, rate=30, hold_ms=100)
-    procs.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+    processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
 
     b.set_load_header("tx=8;workers=4;active=4")  # u = 1
     reacted = wait_share(bed, b.uri, lambda s: s < 0.2, 15, "b's share below 20 %")
     before = invite_counts([a, b])
-    procs.wait_for(
+    processes.wait_for(
         lambda: sum(invite_counts([a, b]).values()) - sum(before.values()) >= 120, 30, "120 calls"
     )
     share_b = invite_shares([a, b], before)["b"]
@@ -106,7 +107,7 @@ def test_bad_load_headers_are_counted_and_change_no_weight(bed: Bed) -> None:
     bed.add_pool((a, 1), (b, 1))
     b.set_load_header("junk")  # probes bring replies every second, traffic or not
     node = bed.settings.node_name()
-    procs.wait_for(
+    processes.wait_for(
         lambda: int(bed.store.client.hget(bed.store.keys.rejects(node), "header") or 0) >= 3,
         15,
         "3 rejected headers counted in Redis",
@@ -145,14 +146,14 @@ def test_probes_mark_a_silent_proxy_down_and_back_with_no_traffic(bed: Bed) -> N
 
 def test_invite_probes_leave_nothing_open(bed: Bed) -> None:
     ds = bed.start_downstream("a")
-    uas_port = procs.free_port()
+    uas_port = processes.free_port()
     uas = testbed.start_uas(uas_port, bed.run_dir / "answering")
     bed.adopt(uas)
     answering = f"sip:127.0.0.1:{uas_port}"  # answers INVITE probes 200: needs ACK and BYE
     bed.start_balancer(probe_method="INVITE")
     bed.store.add(ds.uri)
     bed.store.add(answering)
-    procs.wait_for(
+    processes.wait_for(
         lambda: all(
             (bed.rows_published().get(uri, {}).get("totals", {}).get("probes_ok", 0)) >= 3
             for uri in (ds.uri, answering)
@@ -163,7 +164,7 @@ def test_invite_probes_leave_nothing_open(bed: Bed) -> None:
     bed.store.remove(answering)
     bed.store.remove(ds.uri)
     # The downstream answered every probe itself: nothing relayed, nothing left in progress.
-    procs.wait_for(lambda: _in_progress(ds) == 0, 10, "no transaction in progress on a")
+    processes.wait_for(lambda: _in_progress(ds) == 0, 10, "no transaction in progress on a")
     counts = ds.counts()
     assert counts["invite"] >= 3 and counts["ack"] == counts["invite"], counts
     # The UAS answered 200: each probe dialog got its ACK (from tm) and BYE (from us).

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from counterpoise import location, procs, testbed
-from counterpoise.location_store import AOR, DIALOG, LocationStore
+from counterpoise import processes
+from counterpoise.core import location
+from counterpoise.harness import testbed
+from counterpoise.store.keys import AOR, DIALOG
+from counterpoise.store.location import LocationStore
 from tests.e2e.conftest import Bed
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +32,8 @@ class Users:
         self.users = users
         name = f"users-{users[0]}-{len(users)}-{expires_s}.csv"
         self.csv = testbed.users_csv(bed.run_dir / name, users, expires_s)
-        self.port = procs.free_port()
-        self.uas: procs.Process | None = None
+        self.port = processes.free_port()
+        self.uas: processes.Process | None = None
 
     def register(self, scenario: str = "register.xml") -> testbed.CallResult:
         """REGISTER every user through the balancer, Contact on this object's port (where
@@ -177,7 +180,7 @@ def test_pool_changes_after_registration_do_not_move_users(bed: Bed) -> None:
     # then one of them leaves again.
     bed.add_pool((c, 1), (d, 1))
     assert bed.cli("proxy", "rm", d.uri).returncode == 0
-    procs.wait_for(lambda: d.uri not in bed.rows(), 10, "d out of the pool")
+    processes.wait_for(lambda: d.uri not in bed.rows(), 10, "d out of the pool")
     before = {ds.name: invites(ds) for ds in (a, b, c, d)}
 
     caller = users.call()
@@ -203,7 +206,7 @@ def test_records_are_shared_by_every_balancer_node(bed: Bed) -> None:
     users.register()  # through the first node
 
     bed.start_balancer(name="balancer2")  # callers now call the second node
-    procs.wait_for(
+    processes.wait_for(
         lambda: all(
             bed.rows_published().get(ds.uri, {}).get("state") in ("up", "slowstart") for ds in pool
         ),
@@ -236,7 +239,7 @@ def test_unregister_removes_the_record_and_expiry_removes_it_by_itself(bed: Bed)
     leave.register("unregister.xml")
     assert set(holders(bed, USERS[3:6])) == set()
 
-    procs.wait_for(lambda: not holders(bed, USERS[6:9]), 5, "expired records to disappear")
+    processes.wait_for(lambda: not holders(bed, USERS[6:9]), 5, "expired records to disappear")
     assert set(holders(bed, USERS[:9])) == set(USERS[:3])
 
 
@@ -282,7 +285,7 @@ def test_dialog_record_routes_in_dialog_requests_sent_without_a_route_set(
     caller = bed.caller(calls=20, rate=10, hold_ms=1000, scenario=scenario)
     recording = server == "on" and ttl_ms > 0
     if recording:  # the timer process writes the records behind, within a tick
-        procs.wait_for(
+        processes.wait_for(
             lambda: list(location_store(bed).scan((DIALOG,))), 10, "a dialog record in Redis"
         )
 
@@ -297,7 +300,7 @@ def test_dialog_record_routes_in_dialog_requests_sent_without_a_route_set(
     # Every BYE went by its record; an ACK does too unless tm matched it to its INVITE first.
     assert balancer_counters(bed)["dialog_routed"] >= 20
     # Every BYE deleted its record (in Redis within a tick of the timer process).
-    procs.wait_for(
+    processes.wait_for(
         lambda: list(location_store(bed).scan((DIALOG,))) == [], 5, "no dialog record left"
     )
 
@@ -437,8 +440,8 @@ def _assert_cli_error(result: subprocess.CompletedProcess, text: str) -> None:
 
 
 def test_hung_redis_costs_a_bounded_wait_then_routing_by_weight(bed: Bed, tmp_path: Path) -> None:
-    redis_port = procs.free_port()
-    redis_proc = procs.start_redis(redis_port, tmp_path / "own-redis")
+    redis_port = processes.free_port()
+    redis_proc = processes.start_redis(redis_port, tmp_path / "own-redis")
     bed.adopt(redis_proc)
     bed.use_redis(f"redis://127.0.0.1:{redis_port}/0")
     a, b = registrars(bed, 2)
@@ -466,6 +469,6 @@ def test_hung_redis_costs_a_bounded_wait_then_routing_by_weight(bed: Bed, tmp_pa
     assert delta["lookup_us"] / delta["lookups"] < bed.settings.location_redis_timeout_ms * 1000
 
     # Redis back: within the backoff's maximum every call goes to its registrar again.
-    procs.wait_for(
+    processes.wait_for(
         lambda: users.call().wait(1).failed == 0, 15, "calls routed by record again", step_s=0.5
     )

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from counterpoise.procs import Process, free_port, start_redis
-from counterpoise.store import PoolStore, connect
+from counterpoise.processes import Process, free_port, start_redis
+from counterpoise.store.client import connect
+from counterpoise.store.pool import PoolStore
 
 PREFIX = "cp:"
 CLIENT_TIMEOUT_MS = 2000

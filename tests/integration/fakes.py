@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
-from counterpoise.settings import Settings
-from counterpoise.store import PoolStore
-from counterpoise.sync import SyncLoop
-from counterpoise.tally import Tally
+from counterpoise.core.settings import Settings
+from counterpoise.core.sync import SyncLoop
+from counterpoise.core.tally import Tally
+from counterpoise.store.pool import PoolStore
 
 WALL_EPOCH_MS = 1_700_000_000_000
 

@@ -18,17 +18,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from counterpoise import testbed
-from counterpoise.agent import (
-    Agent,
-    CommandSource,
-    KamailioSource,
-    ProcessSet,
-    SourceError,
-)
-from counterpoise.procs import free_port, wait_for
-from counterpoise.reports import LoadReport, decode
-from counterpoise.store import connect
+from counterpoise.agent.loop import Agent
+from counterpoise.agent.procfs import ProcessSet
+from counterpoise.agent.sources import CommandSource, KamailioSource, SourceError
+from counterpoise.core.reports import LoadReport, decode
+from counterpoise.harness import testbed
+from counterpoise.processes import free_port, wait_for
+from counterpoise.store.pool import PoolStore
 
 from .conftest import RedisServer
 
@@ -68,11 +64,10 @@ def raw_client(server: RedisServer) -> redis.Redis:
 def make_agent(server: RedisServer, ds: testbed.Downstream, **kwargs: object) -> Agent:
     return Agent(
         ds.uri,
-        connect(server.url, 250),
+        PoolStore.open(server.url, PREFIX, 250),
         ProcessSet(pidfile=ds.run_dir / "kamailio.pid"),
         source=KamailioSource(f"unixs:{ds.ctl}"),
         ttl_ms=TTL_MS,
-        prefix=PREFIX,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -163,10 +158,9 @@ def test_proxy_that_cannot_be_queried_gives_an_error_report(
     client = raw_client(own_redis)
     agent = Agent(
         "sip:127.0.0.1:9",
-        connect(own_redis.url, 250),
+        PoolStore.open(own_redis.url, PREFIX, 250),
         ProcessSet(pidfile=tmp_path / "missing.pid"),
         source=KamailioSource(f"unixs:{tmp_path / 'no.sock'}"),
-        prefix=PREFIX,
     )
     started = time.monotonic()
     report = agent.tick(now_ms())

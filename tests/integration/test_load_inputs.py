@@ -8,11 +8,12 @@ import json
 import msgpack
 import pytest
 
-from counterpoise import procs, reports
-from counterpoise.reports import LoadReport
-from counterpoise.settings import Settings
-from counterpoise.store import PoolStore
-from counterpoise.tally import Tally
+from counterpoise import processes
+from counterpoise.core import reports
+from counterpoise.core.reports import LoadReport
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
+from counterpoise.store.pool import PoolStore
 
 from .fakes import WALL_EPOCH_MS, Harness
 
@@ -146,7 +147,7 @@ def test_report_for_a_proxy_not_in_the_pool_is_rejected(harness: Harness, pool: 
     before = dict(harness.shared.table)
     stranger = "sip:10.9.9.9:5060"
     pool.put_report(stranger, agent_report(harness, stranger, 0, 0.5), AGENT_TTL_MS)
-    procs.wait_for(
+    processes.wait_for(
         lambda: harness.tick(100) or harness.loop.loads.rejected["report"] == 1,
         5.0,
         "the announcement of the stranger's report to be read",

@@ -6,9 +6,10 @@ import json
 
 import redis
 
-from counterpoise.location import PendingWrite, Record
-from counterpoise.location_store import AOR, DIALOG, DOMAIN, PIN, LocationStore
-from counterpoise.procs import wait_for
+from counterpoise.core.location import PendingWrite, Record
+from counterpoise.processes import wait_for
+from counterpoise.store.keys import AOR, DIALOG, DOMAIN, PIN
+from counterpoise.store.location import LocationStore
 
 A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
 

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from counterpoise.settings import Settings
-from counterpoise.store import PoolStore, connect
+from counterpoise.core.settings import Settings
+from counterpoise.store.client import connect
+from counterpoise.store.pool import PoolStore
 
 from .conftest import RedisServer
 from .fakes import Harness

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from counterpoise.store import ACTIVE, DRAINED, PoolStore, ProxyConfig, UnknownProxy
+from counterpoise.core.pool import Admin, ProxyConfig
+from counterpoise.store.pool import PoolStore, UnknownProxy
 
 A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
 
@@ -27,7 +28,7 @@ def test_add_list_remove(store: PoolStore):
     config = store.add(A)
     assert config.uri == A
     assert config.base_weight == 1.0
-    assert config.admin == ACTIVE
+    assert config.admin == Admin.ACTIVE
     assert before <= config.added_ms <= now_ms()
     store.add(B, 2.5)
     pool = store.pool()
@@ -48,19 +49,19 @@ def test_record_format_in_redis(store: PoolStore, redis_client):
 def test_drain_and_undrain(store: PoolStore):
     store.add(A)
     store.add(B)
-    drained = store.set_admin(A, DRAINED)
-    assert drained.admin == DRAINED
-    assert store.pool()[A].admin == DRAINED
-    assert store.pool()[B].admin == ACTIVE
-    store.set_admin(A, ACTIVE)
-    assert store.pool()[A].admin == ACTIVE
+    drained = store.set_admin(A, Admin.DRAINED)
+    assert drained.admin == Admin.DRAINED
+    assert store.pool()[A].admin == Admin.DRAINED
+    assert store.pool()[B].admin == Admin.ACTIVE
+    store.set_admin(A, Admin.ACTIVE)
+    assert store.pool()[A].admin == Admin.ACTIVE
 
 
 def test_changing_the_weight_keeps_admin_state_and_added_time(store: PoolStore):
     first = store.add(A)
-    store.set_admin(A, DRAINED)
+    store.set_admin(A, Admin.DRAINED)
     changed = store.add(A, 4.0)
-    assert changed == ProxyConfig(A, 4.0, DRAINED, first.added_ms)
+    assert changed == ProxyConfig(A, 4.0, Admin.DRAINED, first.added_ms)
     assert store.pool()[A] == changed
 
 
@@ -70,8 +71,8 @@ def test_version_increments_on_each_change(store: PoolStore):
         lambda: store.add(A),
         lambda: store.add(B),
         lambda: store.add(A, 2.0),
-        lambda: store.set_admin(A, DRAINED),
-        lambda: store.set_admin(A, ACTIVE),
+        lambda: store.set_admin(A, Admin.DRAINED),
+        lambda: store.set_admin(A, Admin.ACTIVE),
         lambda: store.remove(B),
     ):
         change()
@@ -87,9 +88,9 @@ def test_unknown_proxy(store: PoolStore):
     with pytest.raises(UnknownProxy):
         store.remove(B)
     with pytest.raises(UnknownProxy):
-        store.set_admin(B, DRAINED)
+        store.set_admin(B, Admin.DRAINED)
     with pytest.raises(UnknownProxy):
-        store.set_admin(B, ACTIVE)
+        store.set_admin(B, Admin.ACTIVE)
     assert set(store.pool()) == {A}
     assert B not in store.client.hkeys("cp:pool")
     store.remove(A)
@@ -123,7 +124,7 @@ def test_hand_written_garbage_record_is_skipped(store: PoolStore, redis_client, 
 
 def test_hand_written_minimal_record_gets_defaults(store: PoolStore, redis_client):
     redis_client.hset("cp:pool", A, "{}")
-    assert store.pool() == {A: ProxyConfig(A, 1.0, ACTIVE, 0)}
+    assert store.pool() == {A: ProxyConfig(A, 1.0, Admin.ACTIVE, 0)}
 
 
 def test_prefixes_keep_pools_apart(store: PoolStore, redis_client):

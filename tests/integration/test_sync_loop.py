@@ -8,9 +8,10 @@ import math
 
 import pytest
 
-from counterpoise.settings import Settings
-from counterpoise.store import DRAINED, PoolStore
-from counterpoise.tally import Tally
+from counterpoise.core.pool import Admin
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
+from counterpoise.store.pool import PoolStore
 
 from .fakes import WALL_EPOCH_MS, Harness
 
@@ -70,7 +71,7 @@ def test_drained_proxy_weighs_zero(harness: Harness, operator: PoolStore):
     operator.add(B)
     harness.run(S.slow_start_ms + 100)
     assert harness.shared.table == {A: 1.0, B: 1.0}
-    operator.set_admin(A, DRAINED)
+    operator.set_admin(A, Admin.DRAINED)
     harness.tick(100)
     assert harness.shared.table == {A: 0.0, B: 1.0}
     assert harness.loop.weights[A].state == "drained"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from counterpoise.backoff import Backoff
+from counterpoise.core.backoff import Backoff
 
 
 def closed_until(backoff: Backoff, now: int) -> int:

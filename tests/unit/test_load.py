@@ -8,11 +8,11 @@ import math
 import msgpack
 import pytest
 
-from counterpoise import load, reports
-from counterpoise.load import LoadBook, counted, renew
-from counterpoise.policy import UP, Health, weigh
-from counterpoise.reports import BadReport, HeaderLoad, LoadReport
-from counterpoise.settings import Settings
+from counterpoise.core import load, reports
+from counterpoise.core.load import LoadBook, counted, renew
+from counterpoise.core.policy import Health, State, weigh
+from counterpoise.core.reports import BadReport, HeaderLoad, LoadReport
+from counterpoise.core.settings import Settings
 
 S = Settings()
 TAU = S.load_smoothing_tau_ms
@@ -21,7 +21,7 @@ WALL = 1_700_000_000_000
 
 
 def up(latency_ms: float) -> Health:
-    return Health(state=UP, since_ms=0, latency_ms=latency_ms, last_sample_ms=0)
+    return Health(state=State.UP, since_ms=0, latency_ms=latency_ms, last_sample_ms=0)
 
 
 # --- tracks --------------------------------------------------------------------------------

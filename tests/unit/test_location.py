@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from counterpoise import location
-from counterpoise.location import Decision, Holder, Record
-from counterpoise.settings import Settings
+from counterpoise.cli import main as cli
+from counterpoise.core import location
+from counterpoise.core.location import Decision, Holder, Record
+from counterpoise.core.settings import Fallback
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 
@@ -108,31 +107,16 @@ def test_holder_precedence_pin_registration_domain():
 
 def test_decide():
     found = Holder(A, location.REGISTRATION)
-    assert location.decide(None, False, False, location.REJECT) == Decision(outcome="none")
-    sent = location.decide(found, True, False, location.REJECT)
+    assert location.decide(None, False, False, Fallback.REJECT) == Decision(outcome="none")
+    sent = location.decide(found, True, False, Fallback.REJECT)
     assert (sent.proxy, sent.reject, sent.outcome) == (A, False, "registration")
-    fallback = location.decide(found, False, False, location.WEIGHT)
+    fallback = location.decide(found, False, False, Fallback.WEIGHT)
     assert (fallback.proxy, fallback.reject, fallback.outcome) == (None, False, "fallback")
-    rejected = location.decide(found, False, False, location.REJECT)
+    rejected = location.decide(found, False, False, Fallback.REJECT)
     assert (rejected.proxy, rejected.reject, rejected.outcome) == (None, True, "rejected")
     # REGISTER never gets rejected: it must be able to move the user to a live proxy.
-    moved = location.decide(found, False, True, location.REJECT)
+    moved = location.decide(found, False, True, Fallback.REJECT)
     assert (moved.proxy, moved.reject, moved.outcome) == (None, False, "fallback")
-
-
-def test_options_validate_settings():
-    assert location.Options.from_settings(Settings()).enabled
-    no_dialogs = Settings(dialog_record_ttl_ms=0)
-    assert location.Options.from_settings(no_dialogs).dialog_ttl_ms == 0
-    assert not location.Options.from_settings(Settings(location_server="off")).enabled
-    for bad in (
-        {"location_server": "yes"},
-        {"location_fallback": "404"},
-        {"dialog_record_ttl_ms": -1},
-        {"location_redis_timeout_ms": -1},
-    ):
-        with pytest.raises(ValueError):
-            location.Options.from_settings(dataclasses.replace(Settings(), **bad))
 
 
 def test_sum_counters_adds_the_workers():
@@ -141,12 +125,13 @@ def test_sum_counters_adds_the_workers():
 
 
 def test_up_refuses_a_bad_location_setting_in_one_line(monkeypatch, capsys):
-    from counterpoise import cli
 
     monkeypatch.setenv("COUNTERPOISE_LOCATION_FALLBACK", "bogus")
     assert cli.main(["up", "--listen", "127.0.0.1:5060", "--redis", "redis://127.0.0.1:1"]) == 1
     err = capsys.readouterr().err
-    assert err == "counterpoise: location_fallback='bogus': expected weight or reject\n"
+    assert (
+        err == "counterpoise: COUNTERPOISE_LOCATION_FALLBACK='bogus': expected weight or reject\n"
+    )
 
 
 def test_queued_dialog_writes_coalesce_to_the_last_per_call_id():

@@ -6,10 +6,16 @@ import math
 
 import pytest
 
-from counterpoise import policy
-from counterpoise.policy import DOWN, DRAINED, SLOW_START, UP, Health, new_health, observe, weigh
-from counterpoise.settings import Settings
-from counterpoise.tally import Tally
+from counterpoise.core import policy
+from counterpoise.core.policy import (
+    Health,
+    State,
+    new_health,
+    observe,
+    weigh,
+)
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
 
 S = Settings()
 
@@ -40,7 +46,7 @@ def feed(health: Health, windows: list[tuple[int, Tally]]) -> Health:
 def up_at(latency_ms: int, now: int = S.slow_start_ms) -> Health:
     """A proxy with one sample of ``latency_ms`` at 0, out of slow start at ``now``."""
     health = feed(new_health(0), [(0, ok(1, latency_ms)), (now, Tally())])
-    assert health.state == UP
+    assert health.state == State.UP
     return health
 
 
@@ -110,7 +116,7 @@ def test_worked_example_of_the_docstring():
     assert weights["sip:b"].latency_factor == pytest.approx(12 / 160)
     share = weights["sip:b"].weight / (weights["sip:a"].weight + weights["sip:b"].weight)
     assert share == pytest.approx(0.07, abs=0.001)
-    assert {w.state for w in weights.values()} == {UP}
+    assert {w.state for w in weights.values()} == {State.UP}
 
 
 def test_base_weight_multiplies():
@@ -137,7 +143,7 @@ def test_fast_503s_do_not_make_a_proxy_look_fastest():
     for now in range(0, 10_001, 100):
         a = observe(a, ok(10, 20), now, S)
         b = observe(b, ok(9, 2) + failed(1), now, S)
-    assert b.state == UP  # each window has successes: no failure streak
+    assert b.state == State.UP  # each window has successes: no failure streak
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": a, "sip:b": b}, 10_000, S)
     assert weights["sip:b"].weight < weights["sip:a"].weight
     assert weights["sip:b"].weight == pytest.approx((20 + 10) / (51.8 + 10))
@@ -148,7 +154,7 @@ def test_proxy_failing_everything_fast_is_not_fastest_before_it_is_down():
     # Two windows of instant failures (no success, not yet down): L = 500, not ~0.
     a = up_at(20)
     b = feed(new_health(0), [(0, failed(1)), (100, failed(1))])
-    assert b.state == SLOW_START and b.consecutive_failures == 2
+    assert b.state == State.SLOW_START and b.consecutive_failures == 2
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": a, "sip:b": b}, 8000, S)
     assert weights["sip:b"].latency_factor == pytest.approx(30 / 510)
     assert weights["sip:a"].latency_factor == 1.0
@@ -158,22 +164,22 @@ def test_consecutive_failures_mark_the_proxy_down():
     health = up_at(5)
     for i, now in enumerate((9000, 9100)):
         health = observe(health, failed(1), now, S)
-        assert health.state == UP
+        assert health.state == State.UP
         assert health.consecutive_failures == i + 1
     health = observe(health, probe_failed(1), 9200, S)  # probes count too
-    assert health.state == DOWN
+    assert health.state == State.DOWN
     assert health.since_ms == 9200
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": health, "sip:b": up_at(5)},
                     9200, S)  # fmt: skip
     assert weights["sip:a"].weight == 0.0
-    assert weights["sip:a"].state == DOWN
+    assert weights["sip:a"].state == State.DOWN
     assert weights["sip:a"].panic is False
     assert weights["sip:b"].weight > 0
 
 
 def test_enough_failures_in_one_window_mark_the_proxy_down():
     health = observe(up_at(5), failed(S.down_after_failures), 9000, S)
-    assert health.state == DOWN
+    assert health.state == State.DOWN
 
 
 def test_a_success_in_between_resets_the_streak():
@@ -181,27 +187,27 @@ def test_a_success_in_between_resets_the_streak():
         up_at(5),
         [(9000, failed()), (9100, failed()), (9200, ok(1, 5)), (9300, failed()), (9400, failed())],
     )
-    assert health.state == UP
+    assert health.state == State.UP
     assert health.consecutive_failures == 2
     # An answered probe resets it as well.
     health = feed(health, [(9500, probes(1)), (9600, failed()), (9700, failed())])
-    assert health.state == UP
+    assert health.state == State.UP
     assert health.consecutive_failures == 2
 
 
 def down_at(now: int) -> Health:
     health = feed(up_at(5), [(now - 200, failed()), (now - 100, failed()), (now, failed())])
-    assert health.state == DOWN and health.since_ms == now
+    assert health.state == State.DOWN and health.since_ms == now
     return health
 
 
 def test_answered_probes_bring_a_down_proxy_back_into_slow_start():
     health = down_at(10_000)
     health = observe(health, probes(1), 11_000, S)
-    assert health.state == DOWN
+    assert health.state == State.DOWN
     assert health.probe_streak == 1
     health = observe(health, probes(1), 12_000, S)
-    assert health.state == SLOW_START
+    assert health.state == State.SLOW_START
     assert health.since_ms == 12_000
     assert health.consecutive_failures == 0
 
@@ -209,10 +215,10 @@ def test_answered_probes_bring_a_down_proxy_back_into_slow_start():
 def test_a_failed_probe_breaks_the_probe_streak():
     health = feed(down_at(10_000), [(11_000, probes(1)), (12_000, probe_failed()),
                                     (13_000, probes(1))])  # fmt: skip
-    assert health.state == DOWN
+    assert health.state == State.DOWN
     assert health.probe_streak == 1
     health = observe(health, probes(1), 14_000, S)
-    assert health.state == SLOW_START
+    assert health.state == State.SLOW_START
 
 
 def test_slow_start_ramps_from_the_floor_to_full_then_up():
@@ -224,7 +230,7 @@ def test_slow_start_ramps_from_the_floor_to_full_then_up():
         return weigh({"sip:a": 1.0}, set(), {"sip:a": h}, now, S)["sip:a"]
 
     first = weight_at(start, health)
-    assert first.state == SLOW_START
+    assert first.state == State.SLOW_START
     assert first.ramp == pytest.approx(S.slow_start_floor)
     assert first.weight == pytest.approx(0.1)
     quarter = weight_at(start + S.slow_start_ms // 4, health)
@@ -232,12 +238,12 @@ def test_slow_start_ramps_from_the_floor_to_full_then_up():
     half = weight_at(start + S.slow_start_ms // 2, health)
     assert half.weight == pytest.approx(0.55)
     health = observe(health, Tally(), start + S.slow_start_ms - 1, S)
-    assert health.state == SLOW_START
+    assert health.state == State.SLOW_START
     health = observe(health, Tally(), start + S.slow_start_ms, S)
-    assert health.state == UP
+    assert health.state == State.UP
     assert health.since_ms == start + S.slow_start_ms
     done = weight_at(start + S.slow_start_ms, health)
-    assert (done.state, done.ramp, done.weight) == (UP, 1.0, 1.0)
+    assert (done.state, done.ramp, done.weight) == (State.UP, 1.0, 1.0)
 
 
 def test_ramp_multiplies_the_latency_factor_and_base():
@@ -250,7 +256,7 @@ def test_ramp_multiplies_the_latency_factor_and_base():
 
 def test_new_proxy_starts_in_slow_start_at_the_floor():
     health = new_health(500)
-    assert health.state == SLOW_START
+    assert health.state == State.SLOW_START
     weighting = weigh({"sip:a": 2.0}, set(), {"sip:a": health}, 500, S)["sip:a"]
     assert weighting.latency_ms is None
     assert weighting.weight == pytest.approx(2.0 * S.slow_start_floor)
@@ -259,12 +265,12 @@ def test_new_proxy_starts_in_slow_start_at_the_floor():
 def test_drained_proxy_weighs_zero():
     health = {"sip:a": up_at(5), "sip:b": up_at(5)}
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, {"sip:b"}, health, 8000, S)
-    assert (weights["sip:b"].weight, weights["sip:b"].state) == (0.0, DRAINED)
-    assert (weights["sip:a"].weight, weights["sip:a"].state) == (1.0, UP)
+    assert (weights["sip:b"].weight, weights["sip:b"].state) == (0.0, State.DRAINED)
+    assert (weights["sip:a"].weight, weights["sip:a"].state) == (1.0, State.UP)
     # Drained wins over down too.
     health["sip:b"] = down_at(9000)
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, {"sip:b"}, health, 9000, S)
-    assert (weights["sip:b"].weight, weights["sip:b"].state) == (0.0, DRAINED)
+    assert (weights["sip:b"].weight, weights["sip:b"].state) == (0.0, State.DRAINED)
 
 
 def test_all_active_proxies_down_is_panic_mode():
@@ -273,10 +279,10 @@ def test_all_active_proxies_down_is_panic_mode():
     assert weights["sip:a"].weight == pytest.approx(1.0 * S.slow_start_floor)
     assert weights["sip:b"].weight == pytest.approx(3.0 * S.slow_start_floor)
     assert weights["sip:a"].panic and weights["sip:b"].panic
-    assert weights["sip:a"].state == weights["sip:b"].state == DOWN
+    assert weights["sip:a"].state == weights["sip:b"].state == State.DOWN
     assert (weights["sip:c"].weight, weights["sip:c"].state, weights["sip:c"].panic) == (
         0.0,
-        DRAINED,
+        State.DRAINED,
         False,
     )
 

@@ -2,11 +2,11 @@
 
 import dataclasses
 
-from counterpoise import procs
-from counterpoise.settings import Settings
+from counterpoise import processes
+from counterpoise.core.settings import Settings
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
-    readme = (procs.REPO / "README.md").read_text()
+    readme = (processes.REPO / "README.md").read_text()
     missing = [f.name for f in dataclasses.fields(Settings) if f"| `{f.name}` |" not in readme]
     assert missing == []

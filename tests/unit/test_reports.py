@@ -7,7 +7,7 @@ import dataclasses
 import msgpack
 import pytest
 
-from counterpoise.reports import (
+from counterpoise.core.reports import (
     FORMAT_VERSION,
     MAX_FUTURE_MS,
     BadReport,

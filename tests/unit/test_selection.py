@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from counterpoise.selection import REDRAWS_BEFORE_SCAN, WeightedPicker
+from counterpoise.core.selection import REDRAWS_BEFORE_SCAN, WeightedPicker
 
 PICKS = 20_000
 

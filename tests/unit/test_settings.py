@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 
 import pytest
 
-from counterpoise.settings import ENV_PREFIX, Settings, load_settings, to_environ
+from counterpoise.core.settings import (
+    ENV_PREFIX,
+    Fallback,
+    ProbeMethod,
+    SettingError,
+    Settings,
+    load_settings,
+    to_environ,
+)
 
 
 def test_defaults():
@@ -27,7 +36,8 @@ def test_defaults():
 
 def test_every_field_has_a_default_of_a_parseable_type():
     for field in dataclasses.fields(Settings):
-        assert type(field.default) in (int, float, str), field.name
+        kind = type(field.default)
+        assert kind in (int, float, str, bool) or issubclass(kind, enum.Enum), field.name
 
 
 def test_environment_overrides():
@@ -101,8 +111,38 @@ def test_node_name_defaults_to_host_name():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PROBE_METHOD", "invite"), ("LOAD_HEADROOM_FLOOR", "2"), ("LOAD_EXPIRY_MS", "0")],
+    [
+        ("PROBE_METHOD", "PING"),
+        ("LOAD_HEADROOM_FLOOR", "2"),
+        ("LOAD_EXPIRY_MS", "0"),
+        ("LOCATION_SERVER", "maybe"),
+        ("LOCATION_FALLBACK", "404"),
+        ("DIALOG_RECORD_TTL_MS", "-1"),
+        ("LOCATION_REDIS_TIMEOUT_MS", "0"),
+        ("FR_TIMER_MS", "-5"),
+        ("SLOW_START_FLOOR", "1.5"),
+        ("KEY_PREFIX", ""),
+    ],
 )
-def test_out_of_range_feedback_settings_are_refused(name: str, value: str):
-    with pytest.raises(ValueError, match=name.lower()):
+def test_out_of_range_settings_are_refused_naming_the_variable(name: str, value: str):
+    with pytest.raises(SettingError, match=f"COUNTERPOISE_{name}="):
         load_settings({f"COUNTERPOISE_{name}": value})
+
+
+def test_settings_made_in_code_are_checked_too():
+    with pytest.raises(SettingError, match=r"^max_attempts=0: must be > 0$"):
+        Settings(max_attempts=0)
+
+
+def test_enums_and_booleans_parse_as_an_operator_writes_them():
+    env = {
+        "COUNTERPOISE_PROBE_METHOD": "invite",
+        "COUNTERPOISE_LOCATION_FALLBACK": "Reject",
+        "COUNTERPOISE_LOCATION_SERVER": "off",
+    }
+    settings = load_settings(env)
+    assert settings.probe_method is ProbeMethod.INVITE
+    assert settings.location_fallback is Fallback.REJECT
+    assert settings.location_server is False
+    assert to_environ(settings)["COUNTERPOISE_LOCATION_SERVER"] == "off"
+    assert load_settings(to_environ(settings)) == settings

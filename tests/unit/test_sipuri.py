@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from counterpoise.sipuri import InvalidProxyUri, parse_proxy_uri
+from counterpoise.core.sipuri import InvalidProxyUri, parse_proxy_uri
 
 
 @pytest.mark.parametrize(

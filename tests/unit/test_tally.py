@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from counterpoise.tally import Tally, is_proxy_failure
+from counterpoise.core.attempts import is_proxy_failure
+from counterpoise.core.tally import Tally
 
 FULL = Tally(
     requests_ok=10,

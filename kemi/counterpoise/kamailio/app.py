@@ -1,17 +1,10 @@
 """The KEMI routing object: what app_python3 calls for every SIP message and timer tick.
 
-Thin glue over the pure modules: SIP mechanics here, decisions in ``selection`` and
-``policy``. Kamailio's conventions hold: a ``ksr_*`` method returns 1 to go on, and the
-numeric return codes of KSR functions (negative = false) never leave this module.
-
-Per-transaction data lives in AVPs, which tm keeps with the transaction, because a reply
-may be handled by another worker than its request. Attempt ``i`` (0-based) of a request is
-tm branch ``i`` (the balancer never forks), and its AVPs are suffixed with ``i``:
-
-``cp_tried``  comma-separated proxies tried so far, in order.
-``cpu<i>``    proxy of attempt i; ``cpt<i>`` monotonic ms when it was relayed;
-``cpf<i>``    ms to its first reply other than 100 Trying; ``cpd<i>`` set once its outcome has
-              been counted.
+Thin glue over the core: SIP mechanics here, decisions in ``core`` (``attempts`` for
+failover and timing, ``selection`` for the choice, ``location`` for the holder). Kamailio's
+conventions hold: a ``ksr_*`` method returns 1 to go on, and the numeric return codes of KSR
+functions (negative = false) never leave this package. Per-transaction data lives in AVPs
+(``avps``), because a reply may be handled by another worker than its request.
 """
 
 from __future__ import annotations
@@ -22,12 +15,13 @@ import time
 
 import KSR
 
-from counterpoise import ksr_shared, location
-from counterpoise.ksr_location import DialogWriteBehind, LocationRouting
-from counterpoise.settings import Settings, load_settings
-from counterpoise.store import PoolStore, connect
-from counterpoise.sync import SyncLoop
-from counterpoise.tally import is_proxy_failure
+from counterpoise import clock
+from counterpoise.core import attempts, location
+from counterpoise.core.settings import Settings, load_settings
+from counterpoise.core.sync import SyncLoop
+from counterpoise.kamailio import avps, probes, shared
+from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
+from counterpoise.store.pool import PoolStore
 
 DIALOG_FORMING = "INVITE,SUBSCRIBE,REFER"
 MAX_FORWARDS_LIMIT = 70
@@ -40,27 +34,23 @@ SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 
 
-def now_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
-
-
 class KemiApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # mod_init runs before Kamailio forks: per-process state is made in child_init.
-        self.view = ksr_shared.WorkerView()
+        self.view = shared.WorkerView()
         self.rng = random.Random()
         self.sync: SyncLoop | None = None
         self._max_sample_ms = int(settings.failure_penalty_ms)
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
-        if location.Options.from_settings(settings).enabled:
+        if settings.location_server:
             self.location = LocationRouting(settings, _notice)
 
     # --- hooks app_python3 requires ------------------------------------------------------
 
     def child_init(self, rank: int) -> int:
-        self.view = ksr_shared.WorkerView()
+        self.view = shared.WorkerView()
         self.rng.seed(os.getpid() ^ time.monotonic_ns())
         return 0
 
@@ -164,25 +154,24 @@ class KemiApp:
 
     def _pick(self, exclude: list[str] | tuple[str, ...]) -> str | None:
         picker = self.view.refresh()
-        return picker.pick(self.rng.random, ksr_shared.inflight, exclude)
+        return picker.pick(self.rng.random, shared.inflight, exclude)
 
     def _relay(self, uri: str, tried: list[str]) -> bool:
-        attempt = len(tried)
         if tried:
             # In a failure route tm treats the R-URI as consumed by the failed branch;
             # setting it again, unchanged, makes it a new branch to forward.
             KSR.pv.sets("$ru", KSR.pv.gete("$ru"))
         KSR.setdsturi(uri)
-        KSR.pv.sets("$avp(cp_tried)", ",".join([*tried, uri]))
-        KSR.pv.sets(f"$avp(cpu{attempt})", uri)
-        KSR.pv.seti(f"$avp(cpt{attempt})", now_ms() & 0x7FFFFFFF)
+        avps.set_tried([*tried, uri])
+        attempt = avps.Attempt(len(tried))
+        attempt.start(uri, attempts.stamp(clock.monotonic_ms()))
         KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, self.settings.fr_timer_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
-        ksr_shared.inflight_add(uri, +1)
+        shared.inflight_add(uri, +1)
         if KSR.tm.t_relay() < 0:
-            ksr_shared.inflight_add(uri, -1)
-            KSR.pv.seti(f"$avp(cpd{attempt})", 1)
+            shared.inflight_add(uri, -1)
+            attempt.mark_counted()
             self.view.count_request(uri, failed=True, first_ms=0, final_ms=0)
             return False
         return True
@@ -191,58 +180,52 @@ class KemiApp:
 
     def ksr_route_reply(self, msg: object) -> int:
         """tm onreply route of a relayed initial request: time the proxy's replies."""
-        attempt = KSR.pv.get("$T_branch_idx")
-        uri = KSR.pv.get(f"$avp(cpu{attempt})") if isinstance(attempt, int) else None
-        if not isinstance(uri, str) or not KSR.pv.is_null(f"$avp(cpd{attempt})"):
+        attempt = avps.Attempt.of_reply()
+        uri = attempt.proxy if attempt is not None else None
+        if attempt is None or uri is None or attempt.counted:
             return 1
         status = KSR.pv.get("$rs")
-        elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
+        elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
         self._note_load_header(uri)
         if status < 200:
-            # A proxy sends 100 Trying before it works on a request; the first other reply
-            # (180/183, or the final one) comes after that work.
-            if status > 100 and KSR.pv.is_null(f"$avp(cpf{attempt})"):
-                KSR.pv.seti(f"$avp(cpf{attempt})", elapsed)
+            if attempts.marks_first_reply(status, attempt.first_reply_ms is not None):
+                attempt.set_first_reply_ms(elapsed)
             return 1
-        first = KSR.pv.get(f"$avp(cpf{attempt})")
-        self._count_outcome(attempt, uri, is_proxy_failure(status), first, elapsed)
+        self._count_outcome(attempt, uri, attempts.is_proxy_failure(status), elapsed)
         if self.location is not None and 200 <= status < 300:
             self.location.on_2xx(uri)
         return 1
 
     def ksr_route_failure(self, msg: object) -> int:
         """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout."""
-        tried = KSR.pv.gete("$avp(cp_tried)").split(",")
-        attempt = len(tried) - 1
+        tried = avps.tried()
+        attempt = avps.Attempt(len(tried) - 1)
         silent = KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0
-        if KSR.pv.is_null(f"$avp(cpd{attempt})"):
+        if not attempt.counted:
             # No final reply from the proxy: a timeout. After a provisional reply it is the
             # callee that did not answer, not a proxy failure.
-            elapsed = _elapsed_ms(KSR.pv.get(f"$avp(cpt{attempt})"))
-            first = KSR.pv.get(f"$avp(cpf{attempt})")
-            self._count_outcome(attempt, tried[-1], silent, first, elapsed)
-        if KSR.tm.t_is_canceled() > 0:
-            return 1
+            elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
+            self._count_outcome(attempt, tried[-1], silent, elapsed)
         status = KSR.pv.get("$T_reply_code")
-        proxy_failed = silent or (isinstance(status, int) and is_proxy_failure(status))
-        if not proxy_failed or len(tried) >= self.settings.max_attempts:
-            return 1
-        if self.location is not None and self.location.keeps_to_holder():
+        failure = attempts.Failure(
+            timed_out_silent=silent,
+            status=status if isinstance(status, int) else None,
+            canceled=KSR.tm.t_is_canceled() > 0,
+            attempts=len(tried),
+            held=self.location is not None and self.location.keeps_to_holder(),
+        )
+        if not attempts.fails_over(failure, self.settings.max_attempts):
             return 1
         uri = self._pick(exclude=tried)
         if uri is not None and self._relay(uri, tried):
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
         return 1
 
-    def _count_outcome(
-        self, attempt: int, uri: str, failed: bool, first: object, elapsed: int
-    ) -> None:
-        KSR.pv.seti(f"$avp(cpd{attempt})", 1)
-        ksr_shared.inflight_add(uri, -1)
-        # No sample weighs more than a failure: a callee answering after 30 s with no 180 on
-        # the way says nothing of the proxy.
-        first_ms = min(first if isinstance(first, int) else elapsed, self._max_sample_ms)
-        self.view.count_request(uri, failed, first_ms, elapsed)
+    def _count_outcome(self, attempt: avps.Attempt, uri: str, failed: bool, elapsed: int) -> None:
+        attempt.mark_counted()
+        shared.inflight_add(uri, -1)
+        sample = attempts.latency_sample_ms(attempt.first_reply_ms, elapsed, self._max_sample_ms)
+        self.view.count_request(uri, failed, sample, elapsed)
 
     # --- probes and the sync timer -------------------------------------------------------------
 
@@ -253,12 +236,12 @@ class KemiApp:
             return 1
         code = KSR.pv.get("$uac_req(evcode)")
         answered = KSR.pv.get("$uac_req(evtype)") == 1 and isinstance(code, int)
-        failed = not answered or is_proxy_failure(code)
-        self.view.count_probe(uri, failed, now_ms() - int(sent))
+        failed = not answered or attempts.is_proxy_failure(code)
+        self.view.count_probe(uri, failed, clock.monotonic_ms() - int(sent))
         if answered:
             self._note_load_header(uri)
             if 200 <= code < 300 and KSR.pv.gete("$rm") == "INVITE":
-                ksr_shared.hang_up(uri)
+                probes.hang_up(uri)
         return 1
 
     def _note_load_header(self, uri: str) -> None:
@@ -271,7 +254,7 @@ class KemiApp:
         """rtimer callback: one step of the sync loop, in the timer process."""
         if self.sync is None:
             self.sync = self._make_sync_loop()
-            if self.location is not None and self.location.options.dialog_ttl_ms:
+            if self.location is not None and self.settings.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
         self.sync.tick()
         if self.dialog_writes is not None:
@@ -280,33 +263,25 @@ class KemiApp:
 
     def _make_sync_loop(self) -> SyncLoop:
         node = self.settings.node_name()
-        store = PoolStore(
-            connect(self.settings.redis_url, self.settings.redis_timeout_ms),
-            self.settings.key_prefix,
+        store = PoolStore.open(
+            self.settings.redis_url, self.settings.key_prefix, self.settings.redis_timeout_ms
         )
         KSR.info(f"counterpoise: node {node}, Redis {self.settings.redis_url}\n")
         return SyncLoop(
             settings=self.settings,
             node=node,
-            shared=ksr_shared.SharedTable(),
-            probes=ksr_shared.UacProbeSender(
+            shared=shared.SharedTable(),
+            probes=probes.UacProbeSender(
                 self.settings.probe_from_uri,
                 self.settings.probe_contact_uri,
                 self.settings.probe_method,
                 self.settings.probe_invite_user,
             ),
             store=store,
-            monotonic_ms=now_ms,
-            wall_ms=lambda: int(time.time() * 1000),
+            monotonic_ms=clock.monotonic_ms,
+            wall_ms=clock.wall_ms,
             log=_notice,
         )
-
-
-def _elapsed_ms(start: object) -> int:
-    """Milliseconds since ``start``, a monotonic ms stamp stored in a 31-bit AVP."""
-    if not isinstance(start, int):
-        return 0
-    return ((now_ms() & 0x7FFFFFFF) - start) & 0x7FFFFFFF
 
 
 def _notice(text: str) -> None:

@@ -1,6 +1,7 @@
-"""Kamailio shared memory (htable) and probe sending, for the processes of one node.
+"""Kamailio shared memory (htable), for the processes of one node.
 
-The three hash tables are declared in ``kamailio.cfg``; their names are only here and there:
+The routing tables are declared in ``kamailio.cfg``; their names are only here and there
+(the location server's ``cploc``, ``cpdlg`` and ``cplocq`` in ``kamailio.location``):
 
 ``cp``       ``table`` -> JSON list of ``[uri, weight]``, ``version`` -> int: the routing table
              the sync loop publishes and every SIP worker routes with.
@@ -20,10 +21,10 @@ from collections.abc import Mapping, Sequence
 
 import KSR
 
-from counterpoise.load import header_utilisation
-from counterpoise.reports import BadReport, parse_load_header
-from counterpoise.selection import WeightedPicker
-from counterpoise.tally import Tally
+from counterpoise.core.load import header_utilisation
+from counterpoise.core.reports import BadReport, parse_load_header
+from counterpoise.core.selection import WeightedPicker
+from counterpoise.core.tally import Tally
 
 TABLE = "cp"
 INFLIGHT = "cpinf"
@@ -111,51 +112,6 @@ class WorkerView:
     def _store(self, uri: str, tally: Tally) -> None:
         self._tallies[uri] = tally
         KSR.htable.sht_sets(TALLIES, f"{self._pid} {uri}", tally.encode())
-
-
-class UacProbeSender:
-    """Sends a probe (OPTIONS, or INVITE to ``invite_user``) to a proxy with the uac module.
-
-    The reply, or a local 408 after ``fr_timer_ms``, comes back to ``ksr_uac_reply`` in some
-    SIP worker, with the proxy and the send time in ``$uac_req(evparam)``. A 2xx to an INVITE
-    probe is ended there with ``hang_up`` (tm sends the ACK of a locally sent INVITE itself).
-    """
-
-    def __init__(self, from_uri: str, contact_uri: str, method: str, invite_user: str) -> None:
-        self._from_uri = from_uri
-        self._contact_uri = contact_uri or from_uri
-        self._method = method
-        self._invite_user = invite_user
-
-    def send(self, uri: str, sent_ms: int) -> None:
-        target = uri
-        headers = "Max-Forwards: 1\r\n"
-        if self._method == "INVITE":
-            target = uri.replace("sip:", f"sip:{self._invite_user}@", 1)
-            headers += f"Contact: <{self._contact_uri}>\r\n"
-        KSR.pv.sets("$uac_req(method)", self._method)
-        KSR.pv.sets("$uac_req(ruri)", target)
-        KSR.pv.sets("$uac_req(furi)", self._from_uri)
-        KSR.pv.sets("$uac_req(turi)", target)
-        KSR.pv.sets("$uac_req(hdrs)", headers)
-        KSR.pv.seti("$uac_req(evroute)", 1)
-        KSR.pv.sets("$uac_req(evparam)", f"{sent_ms} {uri}")
-        KSR.uac.uac_req_send()
-
-
-def hang_up(proxy: str) -> None:
-    """End the dialog a 2xx to an INVITE probe (the reply being handled) created: a BYE within
-    it, sent through the probed proxy."""
-    target = KSR.pv.gete("$(ct{tobody.uri})") or KSR.pv.gete("$ru")
-    cseq = KSR.pv.gete("$cs")
-    headers = (
-        f"From: {KSR.hdr.gete('From')}\r\n"
-        f"To: {KSR.hdr.gete('To')}\r\n"
-        f"Call-ID: {KSR.pv.gete('$ci')}\r\n"
-        f"CSeq: {int(cseq) + 1 if cseq.isdigit() else 2} BYE\r\n"
-        "Max-Forwards: 1\r\n"
-    )
-    KSR.tm.t_uac_send("BYE", target, proxy, "", headers, "")
 
 
 def items(table: str) -> list[tuple[str, str]]:

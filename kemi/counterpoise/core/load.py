@@ -23,8 +23,8 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-from counterpoise.reports import BadReport, HeaderLoad, LoadReport, decode
-from counterpoise.settings import Settings
+from counterpoise.core.reports import BadReport, HeaderLoad, LoadReport, decode
+from counterpoise.core.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,21 +42,27 @@ agent reports u = 0.3 and B's u = 0.9: H is 0.7 and 0.1, A weighs 1, B weighs 0.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Mapping
 
-from counterpoise.settings import Settings
-from counterpoise.tally import Tally
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
 
-UP = "up"
-SLOW_START = "slowstart"
-DOWN = "down"
-DRAINED = "drained"
+
+class State(enum.StrEnum):
+    """Where a proxy stands in the policy (README "Feedback and weights")."""
+
+    UP = "up"
+    SLOW_START = "slowstart"
+    DOWN = "down"
+    DRAINED = "drained"
+    """The operator drained it (``core.pool.Admin.DRAINED``): it weighs 0 for new requests."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Health:
-    state: str
+    state: State
     since_ms: int
     """When the proxy entered ``state``."""
     latency_ms: float | None = None
@@ -72,7 +78,7 @@ class Health:
 
 
 def new_health(now_ms: int) -> Health:
-    return Health(state=SLOW_START, since_ms=now_ms)
+    return Health(state=State.SLOW_START, since_ms=now_ms)
 
 
 def window_latency_ms(window: Tally, settings: Settings) -> float:
@@ -89,8 +95,8 @@ def observe(health: Health, window: Tally, now_ms: int, settings: Settings) -> H
     """Fold one window of samples into a proxy's health, then apply time-driven changes."""
     if window.samples > 0:
         health = _fold_samples(health, window, now_ms, settings)
-    if health.state == SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
-        health = dataclasses.replace(health, state=UP, since_ms=now_ms)
+    if health.state == State.SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
+        health = dataclasses.replace(health, state=State.UP, since_ms=now_ms)
     return health
 
 
@@ -109,10 +115,10 @@ def _fold_samples(health: Health, window: Tally, now_ms: int, settings: Settings
     probe_streak = 0 if window.failures else health.probe_streak + window.probes_ok
 
     state, since = health.state, health.since_ms
-    if state != DOWN and streak_failures >= settings.down_after_failures:
-        state, since, probe_streak = DOWN, now_ms, 0
-    elif state == DOWN and probe_streak >= settings.up_after_probes:
-        state, since, streak_failures = SLOW_START, now_ms, 0
+    if state != State.DOWN and streak_failures >= settings.down_after_failures:
+        state, since, probe_streak = State.DOWN, now_ms, 0
+    elif state == State.DOWN and probe_streak >= settings.up_after_probes:
+        state, since, streak_failures = State.SLOW_START, now_ms, 0
 
     return Health(
         state=state,
@@ -131,7 +137,7 @@ class Weighting:
     """A proxy's weight and every input that produced it (published to Redis as is)."""
 
     weight: float
-    state: str
+    state: State
     base_weight: float
     latency_ms: float | None
     latency_factor: float
@@ -144,7 +150,7 @@ class Weighting:
 
 
 def ramp_factor(health: Health, now_ms: int, settings: Settings) -> float:
-    if health.state != SLOW_START:
+    if health.state != State.SLOW_START:
         return 1.0
     progress = min(max(now_ms - health.since_ms, 0) / settings.slow_start_ms, 1.0)
     return settings.slow_start_floor + (1.0 - settings.slow_start_floor) * progress
@@ -164,28 +170,28 @@ def weigh(
     live_latencies = [
         h.latency_ms
         for uri, h in health.items()
-        if uri in base_weights and h.state != DOWN and h.latency_ms is not None
+        if uri in base_weights and h.state != State.DOWN and h.latency_ms is not None
     ]
     reference = min(live_latencies) if live_latencies else None
     active = [uri for uri in base_weights if uri not in drained]
-    panic = bool(active) and all(health[uri].state == DOWN for uri in active)
+    panic = bool(active) and all(health[uri].state == State.DOWN for uri in active)
     load_factors = _load_factors(
-        {uri: loads.get(uri) for uri in active if health[uri].state != DOWN}, settings
+        {uri: loads.get(uri) for uri in active if health[uri].state != State.DOWN}, settings
     )
 
     result: dict[str, Weighting] = {}
     for uri, base in base_weights.items():
         h = health[uri]
         latency_factor = 1.0
-        if reference is not None and h.latency_ms is not None and h.state != DOWN:
+        if reference is not None and h.latency_ms is not None and h.state != State.DOWN:
             offset = settings.latency_offset_ms
             latency_factor = (reference + offset) / (h.latency_ms + offset)
         ramp = ramp_factor(h, now_ms, settings)
         if uri in drained:
-            weight, state = 0.0, DRAINED
-        elif h.state == DOWN:
+            weight, state = 0.0, State.DRAINED
+        elif h.state == State.DOWN:
             weight = base * settings.slow_start_floor if panic else 0.0
-            state = DOWN
+            state = State.DOWN
         else:
             weight = base * latency_factor * load_factors.get(uri, 1.0) * ramp
             state = h.state
@@ -196,7 +202,7 @@ def weigh(
             latency_ms=h.latency_ms,
             latency_factor=latency_factor,
             ramp=ramp,
-            panic=panic and state == DOWN,
+            panic=panic and state == State.DOWN,
             utilisation=loads.get(uri),
             load_factor=load_factors.get(uri, 1.0),
         )

@@ -28,31 +28,20 @@ from collections.abc import Callable
 
 import KSR
 
-from counterpoise import ksr_shared, location
-from counterpoise.backoff import Guarded
-from counterpoise.location_store import AOR, DIALOG, LocationStore
-from counterpoise.settings import Settings
-from counterpoise.sync import REDIS_ERRORS
+from counterpoise import clock
+from counterpoise.core import location
+from counterpoise.core.backoff import Guarded
+from counterpoise.core.settings import Fallback, Settings
+from counterpoise.kamailio import avps, shared
+from counterpoise.store.client import ERRORS
+from counterpoise.store.keys import AOR, DIALOG
+from counterpoise.store.location import LocationStore
 
 TABLE = "cploc"
 DIALOGS = "cpdlg"
 """Call-ID -> dialog record JSON, this node's copy (htable autoexpire: kamailio.cfg)."""
 QUEUE = "cplocq"
 """``"<monotonic ns> <pid>"`` -> ``location.PendingWrite``: dialog writes for the timer."""
-AOR_AVP = "$avp(cpaor)"
-"""The AOR of a REGISTER, set at request time for the reply route (another worker may
-handle the reply)."""
-HELD_AVP = "$avp(cploc)"
-"""Set on a request sent to its holder (not a REGISTER): it does not fail over by weight
-when ``location_fallback`` is ``reject``."""
-
-
-def _now_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _text(spec: str) -> str:
@@ -62,14 +51,13 @@ def _text(spec: str) -> str:
 
 class LocationRouting:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
-        self.options = location.Options.from_settings(settings)
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
         self._counts: dict[str, int] = {}
         self._guard = Guarded.with_backoff_of(
             settings,
-            REDIS_ERRORS,
+            ERRORS,
             log,
             "Redis (location records)",
             "requests for registered users are routed by weight",
@@ -80,14 +68,12 @@ class LocationRouting:
             # First use in this process: a connection of its own, never one made before fork.
             self._pid = os.getpid()
             self._counts = {}
-            self._store = LocationStore.open(
-                self._settings, self._settings.location_redis_timeout_ms
-            )
+            self._store = _open(self._settings, self._settings.location_redis_timeout_ms)
         return self._store
 
     def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
         results: list[object] = []
-        ok = self._guard.call(_now_ms(), lambda: results.append(action(self._redis())))
+        ok = self._guard.call(clock.monotonic_ms(), lambda: results.append(action(self._redis())))
         return ok, (results[0] if ok else None)
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -107,16 +93,18 @@ class LocationRouting:
             return location.Decision()
         name = location.aor(user, host)
         if is_register:
-            KSR.pv.sets(AOR_AVP, name)
+            avps.set_aor(name)
         ok, records = self._call(lambda store: store.lookup(name, host.lower()))
         if not ok:
             decision = location.Decision(outcome="redis_skipped")
         else:
             found = location.holder(*records)
             holder_usable = found is not None and usable(found.proxy)
-            decision = location.decide(found, holder_usable, is_register, self.options.fallback)
+            decision = location.decide(
+                found, holder_usable, is_register, self._settings.location_fallback
+            )
             if decision.proxy and not is_register:
-                KSR.pv.seti(HELD_AVP, 1)
+                avps.set_held()
         self.count("lookup_us", (time.perf_counter_ns() - started) // 1000)
         self.count("lookups")
         self.count(decision.outcome)
@@ -124,7 +112,7 @@ class LocationRouting:
 
     def keeps_to_holder(self) -> bool:
         """Whether a failed request must not fail over by weight (failure route)."""
-        return self.options.fallback == location.REJECT and not KSR.pv.is_null(HELD_AVP)
+        return self._settings.location_fallback == Fallback.REJECT and avps.held()
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -133,11 +121,11 @@ class LocationRouting:
         started = time.perf_counter_ns()
         method = _text("$rm")
         if method == "REGISTER":
-            name = _text(AOR_AVP)
+            name = avps.aor()
             if not name:
                 return
             self._registered(name, proxy)
-        elif method == "INVITE" and self.options.dialog_ttl_ms:
+        elif method == "INVITE" and self._settings.dialog_record_ttl_ms:
             self._dialog_started(proxy)
         else:
             return
@@ -153,7 +141,7 @@ class LocationRouting:
         expires = _text("$hdr(Expires)") or None
         seconds = location.granted_expiry_s([contacts] if contacts else [], expires)
         if seconds > 0:
-            now = _wall_ms()
+            now = clock.wall_ms()
             record = location.Record(proxy, since_ms=now, expires_ms=now + seconds * 1000)
             ok, _ = self._call(lambda store: store.put(AOR, name, record, seconds * 1000))
             self.count("registered" if ok else "write_failed")
@@ -165,8 +153,8 @@ class LocationRouting:
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
         if not call_id:
             return
-        ttl = self.options.dialog_ttl_ms
-        now = _wall_ms()
+        ttl = self._settings.dialog_record_ttl_ms
+        now = clock.wall_ms()
         record = location.Record(proxy, now, now + ttl, from_tag, to_tag).to_json()
         KSR.htable.sht_sets(DIALOGS, call_id, record)
         self._queue(location.PendingWrite(call_id, record, ttl))
@@ -179,7 +167,7 @@ class LocationRouting:
 
     def route_dialog(self) -> str | None:
         """The proxy holding this request's dialog by its record, or None."""
-        if not self.options.dialog_ttl_ms:
+        if not self._settings.dialog_record_ttl_ms:
             return None
         call_id = _text("$ci")
         local = KSR.htable.sht_get(DIALOGS, call_id)
@@ -202,7 +190,7 @@ class LocationRouting:
 
     def dialog_ended(self) -> None:
         """A BYE: the dialog record is no longer needed."""
-        if not self.options.dialog_ttl_ms:
+        if not self._settings.dialog_record_ttl_ms:
             return
         call_id = _text("$ci")
         if call_id:
@@ -219,12 +207,12 @@ class DialogWriteBehind:
         self._log = log
         self._store: LocationStore | None = None
         self._guard = Guarded.with_backoff_of(
-            settings, REDIS_ERRORS, log, "Redis (dialog records)", "dialog writes stay queued"
+            settings, ERRORS, log, "Redis (dialog records)", "dialog writes stay queued"
         )
         self.dropped = 0
 
     def flush(self) -> None:
-        queued = ksr_shared.items(QUEUE)
+        queued = shared.items(QUEUE)
         if not queued:
             return
         if len(queued) > location.MAX_PENDING_WRITES:
@@ -236,11 +224,15 @@ class DialogWriteBehind:
             dropped = set(oldest)
             queued = [item for item in queued if item not in dropped]
         writes = location.coalesce(queued)
-        if self._guard.call(_now_ms(), lambda: self._redis().apply(DIALOG, writes)):
+        if self._guard.call(clock.monotonic_ms(), lambda: self._redis().apply(DIALOG, writes)):
             for key, _ in queued:
                 KSR.htable.sht_rm(QUEUE, key)
 
     def _redis(self) -> LocationStore:
         if self._store is None:
-            self._store = LocationStore.open(self._settings, self._settings.redis_timeout_ms)
+            self._store = _open(self._settings, self._settings.redis_timeout_ms)
         return self._store
+
+
+def _open(settings: Settings, timeout_ms: int) -> LocationStore:
+    return LocationStore.open(settings.redis_url, settings.key_prefix, timeout_ms)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from counterpoise.settings import Settings
-from counterpoise.store import PoolStore
+from counterpoise import clock
+from counterpoise.core.settings import Settings
+from counterpoise.store.pool import PoolStore
 
 COLUMNS = (
     ("proxy", "uri", "{}"),
@@ -107,7 +108,7 @@ def watch(
     end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     try:
         while time.monotonic() < end:
-            now_ms = int(time.time() * 1000)
+            now_ms = clock.wall_ms()
             text = render(pool_rows(store, settings, now_ms))
             text += "".join("\n" + line for line in rejected_inputs(store, settings, now_ms))
             if footer:

@@ -23,10 +23,7 @@ import json
 import re
 from collections.abc import Iterable
 
-from counterpoise.settings import Settings
-
-ON, OFF = "on", "off"
-WEIGHT, REJECT = "weight", "reject"
+from counterpoise.core.settings import Fallback
 
 DEFAULT_EXPIRES_S = 3600
 """Expiry of a binding when the 2xx gives none (neither a Contact ``expires`` parameter nor
@@ -45,34 +42,6 @@ PIN, REGISTRATION, DOMAIN = "pin", "registration", "domain"
 
 class InvalidName(ValueError):
     pass
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The location settings, checked."""
-
-    enabled: bool
-    fallback: str
-    dialog_ttl_ms: int
-    """0: no dialog records."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Options:
-        if settings.location_server not in (ON, OFF):
-            raise ValueError(f"location_server={settings.location_server!r}: expected on or off")
-        if settings.location_fallback not in (WEIGHT, REJECT):
-            raise ValueError(
-                f"location_fallback={settings.location_fallback!r}: expected weight or reject"
-            )
-        if settings.dialog_record_ttl_ms < 0:
-            raise ValueError("dialog_record_ttl_ms must be >= 0 (0: no dialog records)")
-        if settings.location_redis_timeout_ms <= 0:
-            raise ValueError("location_redis_timeout_ms must be > 0")
-        return cls(
-            enabled=settings.location_server == ON,
-            fallback=settings.location_fallback,
-            dialog_ttl_ms=settings.dialog_record_ttl_ms,
-        )
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -237,14 +206,14 @@ class Decision:
     holder: Holder | None = None
 
 
-def decide(found: Holder | None, usable: bool, is_register: bool, fallback: str) -> Decision:
+def decide(found: Holder | None, usable: bool, is_register: bool, fallback: Fallback) -> Decision:
     """The routing decision for an initial request whose records gave ``found``; ``usable``
     says whether that proxy has a weight in this node's routing table right now."""
     if found is None:
         return Decision(outcome="none")
     if usable:
         return Decision(proxy=found.proxy, outcome=found.source, holder=found)
-    if is_register or fallback == WEIGHT:
+    if is_register or fallback == Fallback.WEIGHT:
         return Decision(outcome="fallback", holder=found)
     return Decision(reject=True, outcome="rejected", holder=found)
 

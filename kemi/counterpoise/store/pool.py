@@ -1,120 +1,40 @@
-"""Redis: the proxy list, the published weights, and their key schema.
+"""The pool, the published weights, the agents' reports: the balancer's shared state.
 
-Key schema (``cp:`` is ``Settings.key_prefix``); README "Redis layout" documents the same:
-
-``cp:pool``                HASH  proxy URI -> JSON ``{"weight": base weight, "admin":
-                                 "active" | "drained", "added_ms": epoch ms}``; no expiry.
-                                 Written by the CLI only.
-``cp:pool:version``        STRING integer, incremented by every change to ``cp:pool``;
-                                 balancers poll it every sync tick and reload on change.
-``cp:weights:<node>``      HASH  proxy URI -> JSON of the weight that node routes with and
-                                 every input of it (see ``weight_record``); expires
-                                 ``node_ttl_ms`` after the node's last write.
-``cp:nodes``               ZSET  node name -> epoch ms of its last publish.
-``cp:rejects:<node>``      HASH  inputs that node rejected: ``report`` / ``header`` -> count,
-                                 ``report:last`` / ``header:last`` -> the latest reason;
-                                 expires with ``cp:weights:<node>``.
-``cp:report:<proxy uri>``  STRING msgpack load report of the proxy's agent (``reports``),
-                                 ``PX`` expiry set by the agent.
-``cp:reports``             channel the agent ``PUBLISH``-es the proxy URI after each report.
+Key names come from ``keys.Keys``; record formats from ``core.pool`` (the operator's list)
+and ``core.reports`` (reports are msgpack bytes, read on a client that does not decode).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
-import time
 from collections.abc import Mapping, Sequence
 
 import redis
 
-ACTIVE = "active"
-DRAINED = "drained"
-
-
-@dataclasses.dataclass(frozen=True)
-class ProxyConfig:
-    """What the operator set for one proxy."""
-
-    uri: str
-    base_weight: float = 1.0
-    admin: str = ACTIVE
-    added_ms: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"weight": self.base_weight, "admin": self.admin, "added_ms": self.added_ms},
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, uri: str, text: str) -> ProxyConfig:
-        data = json.loads(text)
-        weight = float(data.get("weight", 1.0))
-        admin = data.get("admin", ACTIVE)
-        if not (math.isfinite(weight) and weight > 0) or admin not in (ACTIVE, DRAINED):
-            raise ValueError(f"bad pool record for {uri}: {text!r}")
-        return cls(uri=uri, base_weight=weight, admin=admin, added_ms=int(data.get("added_ms", 0)))
-
-
-def parse_pool(records: Mapping[str, str]) -> dict[str, ProxyConfig]:
-    """The operator's list from the ``cp:pool`` hash. A record that does not parse (only a
-    hand edit can make one: the CLI validates) is left out rather than stopping the sync."""
-    pool = {}
-    for uri, text in records.items():
-        try:
-            pool[uri] = ProxyConfig.from_json(uri, text)
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return pool
-
-
-class Keys:
-    """Names of every Redis key, from one prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.pool = f"{prefix}pool"
-        self.pool_version = f"{prefix}pool:version"
-        self.nodes = f"{prefix}nodes"
-        self.reports_channel = f"{prefix}reports"
-        self._weights = f"{prefix}weights:"
-        self._rejects = f"{prefix}rejects:"
-        self._report = f"{prefix}report:"
-
-    def weights(self, node: str) -> str:
-        return self._weights + node
-
-    def rejects(self, node: str) -> str:
-        return self._rejects + node
-
-    def report(self, uri: str) -> str:
-        return self._report + uri
+from counterpoise import clock
+from counterpoise.core.pool import Admin, ProxyConfig, parse_pool
+from counterpoise.store.client import ERRORS, Store
 
 
 class UnknownProxy(LookupError):
     pass
 
 
-def connect(url: str, timeout_ms: int) -> redis.Redis:
-    """A client whose every call returns or fails within ``timeout_ms`` (connect and read)."""
-    seconds = timeout_ms / 1000.0
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=seconds,
-        socket_connect_timeout=seconds,
-        decode_responses=True,
-        health_check_interval=0,
-    )
+class PoolStore(Store):
+    errors = ERRORS
 
-
-class PoolStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
-        self.keys = Keys(prefix)
-        # Reports are msgpack bytes: read them on connections that do not decode replies.
-        kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
-        self._raw = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+        super().__init__(client, prefix)
+        # Reports are msgpack bytes: read them on connections that do not decode replies,
+        # made the way the client's own are (same connection class: TLS, unix socket).
+        pool = client.connection_pool
+        kwargs = {**pool.connection_kwargs, "decode_responses": False}
+        self._raw = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+        self._announcements: redis.client.PubSub | None = None
 
     # --- the operator's side -------------------------------------------------------------
 
@@ -125,8 +45,8 @@ class PoolStore:
         config = ProxyConfig(
             uri=uri,
             base_weight=base_weight,
-            admin=current.admin if current else ACTIVE,
-            added_ms=current.added_ms if current else int(time.time() * 1000),
+            admin=current.admin if current else Admin.ACTIVE,
+            added_ms=current.added_ms if current else clock.wall_ms(),
         )
         self._write(uri, config.to_json())
         return config
@@ -139,7 +59,7 @@ class PoolStore:
         if not removed:
             raise UnknownProxy(uri)
 
-    def set_admin(self, uri: str, admin: str) -> ProxyConfig:
+    def set_admin(self, uri: str, admin: Admin) -> ProxyConfig:
         current = self.get(uri)
         if current is None:
             raise UnknownProxy(uri)
@@ -174,11 +94,25 @@ class PoolStore:
         version = int(results[0]) if results[0] is not None else 0
         return version, (list(results[1]) if uris else [])
 
-    def subscribe_reports(self) -> redis.client.PubSub:
-        """A subscription to the channel agents announce their reports on."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.keys.reports_channel)
-        return pubsub
+    def announced_reports(self) -> list[str]:
+        """Proxy URIs agents announced a report for since the last call (subscribing on the
+        first call). Reading already-buffered messages costs no round trip."""
+        if self._announcements is None:
+            self._announcements = self.client.pubsub(ignore_subscribe_messages=True)
+            self._announcements.subscribe(self.keys.reports_channel)
+        uris = []
+        while (message := self._announcements.get_message(timeout=0)) is not None:
+            if isinstance(message.get("data"), str):
+                uris.append(message["data"])
+        return uris
+
+    def drop_announcements(self) -> None:
+        """Forget the subscription (Redis failed); the next ``announced_reports`` makes a new
+        one."""
+        if self._announcements is not None:
+            with contextlib.suppress(*ERRORS):
+                self._announcements.close()
+            self._announcements = None
 
     def put_report(self, uri: str, data: bytes, ttl_ms: int) -> None:
         """Store a report the way the agent does (used by the agent and by tests)."""

@@ -13,8 +13,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from counterpoise import cli, location_demo, procs, table, testbed
-from counterpoise.settings import Settings
+from counterpoise import processes
+from counterpoise.cli import table, up
+from counterpoise.cli.common import open_store
+from counterpoise.core.settings import Settings
+from counterpoise.harness import location_demo, testbed
 
 DEMO_POOL = (("big", 4), ("medium", 2), ("small", 1))
 """Name and worker count of each demo proxy."""
@@ -29,21 +32,21 @@ DEMO_HOLD_MS = 2000
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="counterpoise-demo-"))
-    started: list[procs.Process] = []
+    started: list[processes.Process] = []
     pool: list[testbed.Downstream] = []
     caller: testbed.Caller | None = None
-    cli.stop_on_sigterm()
+    up.stop_on_sigterm()
     try:
-        settings = cli.start_node(
+        settings = up.start_node(
             settings, args.listen, None, 4, run_dir, started, run_dir / "balancer.log"
         )
-        store = cli.open_store(settings, settings.redis_url)
-        uas_port = procs.free_port()
+        store = open_store(settings, settings.redis_url)
+        uas_port = processes.free_port()
         if not args.users:  # with users, the UAS takes their Contact port after they register
             started.append(testbed.start_uas(uas_port, run_dir))
         for name, workers in DEMO_POOL:
             ds = testbed.Downstream(
-                name, procs.free_port(), workers, f"sip:127.0.0.1:{uas_port}", run_dir,
+                name, processes.free_port(), workers, f"sip:127.0.0.1:{uas_port}", run_dir,
                 registrar=args.users > 0,
             )  # fmt: skip
             pool.append(ds)
@@ -52,7 +55,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             agent_source = ["--source", "kamailio", "--ctl", f"unixs:{ds.ctl}"]
             started.append(testbed.start_agent(ds, settings.redis_url, agent_source, workers))
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
-        host, port = cli.parse_listen(args.listen)
+        host, port = up.parse_listen(args.listen)
         calls = int(args.rate * args.duration) if args.duration else 10_000_000
         users: dict = {}
         if args.users:

@@ -1,17 +1,9 @@
-"""Redis: the location server's records and their key schema.
+"""The location server's records: registrations, pins and dialogs (``keys.LOCATION_KINDS``).
 
-Key schema (``cp:`` is ``Settings.key_prefix``); README "Redis layout" documents the same.
-Every value is a JSON ``Record`` (``location.Record``), readable with ``redis-cli get``:
-
-``cp:loc:aor:<user@host>``    STRING ``{"proxy", "since_ms", "expires_ms"}``: the proxy that
-                                    gave the last 2xx to a REGISTER of that AOR; ``PX`` = the
-                                    expiry that 2xx granted, so it disappears with the binding.
-``cp:loc:pin:<user@host>``    STRING ``{"proxy", "since_ms"}``: operator pin of an AOR; no expiry.
-``cp:loc:domain:<host>``      STRING ``{"proxy", "since_ms"}``: operator pin of a domain; no expiry.
-``cp:loc:dlg:<call-id>``      STRING ``{"proxy", "since_ms", "expires_ms", "from_tag",
-                                    "to_tag"}``: the proxy that answered the INVITE with 2xx;
-                                    deleted by the BYE, else ``PX`` = ``dialog_record_ttl_ms``.
-
+Every value is a JSON ``core.location.Record``, readable with ``redis-cli get``:
+``cp:loc:aor:<user@host>`` (a registration, ``PX`` = the expiry its 2xx granted),
+``cp:loc:pin:<user@host>`` and ``cp:loc:domain:<host>`` (operator pins, no expiry),
+``cp:loc:dlg:<call-id>`` (a dialog; deleted by the BYE, else ``dialog_record_ttl_ms``).
 A lookup for an initial request is one ``MGET`` of the first three: one round trip.
 """
 
@@ -20,14 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-import redis
-
-from counterpoise.location import PendingWrite, Record
-from counterpoise.settings import Settings
-from counterpoise.store import connect
-
-AOR, PIN, DOMAIN, DIALOG = "aor", "pin", "domain", "dlg"
-KINDS = (PIN, AOR, DOMAIN, DIALOG)
+from counterpoise.core.location import PendingWrite, Record
+from counterpoise.store.client import Store
+from counterpoise.store.keys import AOR, DOMAIN, LOCATION_KINDS, PIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,19 +28,9 @@ class Entry:
     ttl_ms: int
 
 
-class LocationStore:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
-        self.prefix = f"{prefix}loc:"
-
-    @classmethod
-    def open(cls, settings: Settings, timeout_ms: int) -> LocationStore:
-        """A store on a new connection to ``settings.redis_url``, each call bounded by
-        ``timeout_ms``."""
-        return cls(connect(settings.redis_url, timeout_ms), settings.key_prefix)
-
+class LocationStore(Store):
     def key(self, kind: str, name: str) -> str:
-        return f"{self.prefix}{kind}:{name}"
+        return self.keys.location(kind, name)
 
     # --- the SIP workers' side ---------------------------------------------------------------
 
@@ -98,7 +75,7 @@ class LocationStore:
             return []
         return [Entry(kind, name, Record.from_json(text), ttl)]
 
-    def scan(self, kinds: tuple[str, ...] = KINDS, batch: int = 500) -> Iterator[Entry]:
+    def scan(self, kinds: tuple[str, ...] = LOCATION_KINDS, batch: int = 500) -> Iterator[Entry]:
         """Every record of the given kinds (SCAN: never blocks Redis, however many there are)."""
         for kind in kinds:
             start = self.key(kind, "")

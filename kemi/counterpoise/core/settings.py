@@ -5,17 +5,45 @@ field name in upper case (``COUNTERPOISE_FR_TIMER_MS=800``). ``counterpoise up``
 variables for the Kamailio it starts, so the Python code inside every Kamailio process and
 the command-line tool read the same values. Only three things live in ``kamailio.cfg``
 instead, because Kamailio needs them before Python runs: the listen address (``-l``), the
-number of SIP workers (``-n``) and the period of the sync timer (``CP_TICK_US``).
+number of SIP workers (``-n``) and the period of the sync timer (``CP_SYNC_TIMER``).
+
+Every value is checked here, when the settings are made (``Settings.__post_init__``): a bad
+one stops ``counterpoise up`` with one line before anything starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from collections.abc import Mapping
 
 ENV_PREFIX = "COUNTERPOISE_"
-PROBE_METHODS = ("OPTIONS", "INVITE")
+
+TRUE_WORDS = ("on", "true", "yes", "1")
+FALSE_WORDS = ("off", "false", "no", "0")
+"""How a boolean setting may be written in the environment."""
+
+
+class SettingError(ValueError):
+    """A setting's value is unusable; ``name`` is the field, ``reason`` what is wrong."""
+
+    def __init__(self, name: str, value: object, reason: str) -> None:
+        super().__init__(f"{name}={value!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class ProbeMethod(enum.StrEnum):
+    OPTIONS = "OPTIONS"
+    INVITE = "INVITE"
+
+
+class Fallback(enum.StrEnum):
+    """What a request for a recorded user does when its holder proxy is unusable."""
+
+    WEIGHT = "weight"
+    REJECT = "reject"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +62,9 @@ class Settings:
 
     # --- Redis access from the sync process -------------------------------------------------
     redis_timeout_ms: int = 250
-    """Connect and read timeout of one Redis round trip. Only the sync timer process talks to
-    Redis, never a SIP worker, so this bounds how late one sync tick can be, not a call."""
+    """Connect and read timeout of one Redis round trip of the sync timer process, so it
+    bounds how late one sync tick can be, not a call (SIP workers that use Redis for the
+    location server have their own bound, ``location_redis_timeout_ms``)."""
 
     redis_backoff_initial_ms: int = 250
     """After a failed Redis call the sync loop leaves Redis alone this long, doubling per
@@ -114,7 +143,7 @@ class Settings:
     probe_from_uri: str = "sip:counterpoise@localhost"
     """From URI of probe requests."""
 
-    probe_method: str = "OPTIONS"
+    probe_method: ProbeMethod = ProbeMethod.OPTIONS
     """``OPTIONS`` or ``INVITE``. An INVITE probe goes to ``probe_invite_user`` at the proxy and
     takes the proxy's real call path up to its answer, so it measures what a call would wait;
     the proxy must answer it itself (``downstream/README.md``), and a 2xx is ACKed and BYEd."""
@@ -150,14 +179,15 @@ class Settings:
     the weight of an idle peer rather than 0: it still gets the odd request, so its latency
     and its load stay measured, and a fully loaded pool still routes by the other inputs."""
 
-    # --- Location server (kemi/counterpoise/location.py) ------------------------------------
-    location_server: str = "on"
-    """``on`` or ``off``. On: REGISTER 2xx replies are recorded (AOR -> proxy), requests for a
-    recorded or pinned user go to its proxy, INVITE dialogs are recorded. Off: every initial
+    # --- Location server (core/location.py) -------------------------------------------------
+    location_server: bool = True
+    """On (``on``, ``true``, ``yes`` or ``1`` in the environment) or off. On: REGISTER 2xx
+    replies are recorded (AOR -> proxy), requests for a recorded or pinned user go to its
+    proxy, INVITE dialogs are recorded. Off: every initial
     request is routed by weight alone and the SIP workers never touch Redis (the 404s of users
     registered at another proxy are then the caller's)."""
 
-    location_fallback: str = "weight"
+    location_fallback: Fallback = Fallback.WEIGHT
     """What a request for a recorded user does when that user's proxy is down, drained or out
     of the pool: ``weight`` routes it by weight like an unrecorded one (never worse than having
     no location server; completes the call when the proxies share a location database),
@@ -179,12 +209,19 @@ class Settings:
     keeps its route set."""
 
     def __post_init__(self) -> None:
-        if self.probe_method not in PROBE_METHODS:
-            raise ValueError(f"probe_method={self.probe_method!r}: expected OPTIONS or INVITE")
-        if not 0 <= self.load_headroom_floor <= 1:
-            raise ValueError(f"load_headroom_floor={self.load_headroom_floor}: expected 0..1")
-        if self.load_expiry_ms <= 0 or self.load_smoothing_tau_ms <= 0:
-            raise ValueError("load_expiry_ms and load_smoothing_tau_ms must be > 0")
+        """Check every value; raise ``SettingError`` naming the first bad one."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), type(field.default)
+            if issubclass(kind, enum.Enum) and value not in tuple(kind):
+                raise SettingError(field.name, value, f"expected {_choices(kind)}")
+            if field.name in POSITIVE and not value > 0:
+                raise SettingError(field.name, value, "must be > 0")
+            if field.name in NOT_NEGATIVE and not value >= 0:
+                raise SettingError(field.name, value, "must be >= 0")
+            if field.name in FRACTIONS and not 0 <= value <= 1:
+                raise SettingError(field.name, value, "expected 0..1")
+            if field.name in NOT_EMPTY and not value:
+                raise SettingError(field.name, value, "must not be empty")
 
     def node_name(self) -> str:
         """This node's identity in Redis."""
@@ -194,27 +231,84 @@ class Settings:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from defaults plus ``COUNTERPOISE_*`` variables of ``environ``.
 
-    A value that does not parse as the field's type raises ``ValueError`` naming the variable,
-    so a typo stops the start-up with a clear message instead of running on a default.
+    A value that does not parse as the field's type, or is out of range, raises
+    ``SettingError`` naming the variable, so a typo stops the start-up with a clear message
+    instead of running on a default.
     """
     env = os.environ if environ is None else environ
     overrides: dict[str, object] = {}
     for field in dataclasses.fields(Settings):
         name = ENV_PREFIX + field.name.upper()
-        if name not in env:
-            continue
-        raw = env[name]
-        kind = type(field.default)
-        try:
-            overrides[field.name] = kind(raw)
-        except ValueError:
-            raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-    return Settings(**overrides)
+        if name in env:
+            overrides[field.name] = parse_value(field.name, type(field.default), env[name])
+    try:
+        return Settings(**overrides)
+    except SettingError as error:
+        raise SettingError(
+            ENV_PREFIX + error.name.upper(), env[ENV_PREFIX + error.name.upper()], error.reason
+        ) from None
+
+
+def parse_value(field: str, kind: type, raw: str) -> object:
+    """``raw`` as a value of a setting's type, or ``SettingError`` naming its variable."""
+    name = ENV_PREFIX + field.upper()
+    if kind is bool:
+        if raw.lower() in TRUE_WORDS + FALSE_WORDS:
+            return raw.lower() in TRUE_WORDS
+        raise SettingError(name, raw, "expected on or off")
+    if issubclass(kind, enum.Enum):
+        for member in kind:
+            if raw.lower() == str(member).lower():
+                return member
+        raise SettingError(name, raw, f"expected {_choices(kind)}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingError(name, raw, f"not a valid {kind.__name__}") from None
+
+
+def _choices(kind: type[enum.Enum]) -> str:
+    return " or ".join(str(member) for member in kind)
 
 
 def to_environ(settings: Settings) -> dict[str, str]:
     """The ``COUNTERPOISE_*`` variables that reproduce ``settings`` in another process."""
     return {
-        ENV_PREFIX + field.name.upper(): str(getattr(settings, field.name))
+        ENV_PREFIX + field.name.upper(): _text(getattr(settings, field.name))
         for field in dataclasses.fields(Settings)
     }
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+POSITIVE = (
+    "redis_timeout_ms",
+    "redis_backoff_initial_ms",
+    "redis_backoff_max_ms",
+    "publish_interval_ms",
+    "node_ttl_ms",
+    "fr_timer_ms",
+    "fr_inv_timer_ms",
+    "in_dialog_fr_timer_ms",
+    "max_attempts",
+    "latency_rise_tau_ms",
+    "latency_fall_tau_ms",
+    "latency_offset_ms",
+    "failure_penalty_ms",
+    "down_after_failures",
+    "up_after_probes",
+    "probe_interval_ms",
+    "load_expiry_ms",
+    "load_smoothing_tau_ms",
+    "location_redis_timeout_ms",
+)
+"""Settings that must be > 0: durations a timer or a division relies on, and counts."""
+NOT_NEGATIVE = ("slow_start_ms", "load_blackout_ms", "dialog_record_ttl_ms")
+"""Settings where 0 means "none" (no ramp, no blackout, no dialog records)."""
+FRACTIONS = ("slow_start_floor", "load_headroom_floor")
+"""Settings that are fractions, 0..1."""
+NOT_EMPTY = ("redis_url", "key_prefix")

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from counterpoise import procs
+from counterpoise import processes
 
-DOWNSTREAM_CFG = procs.REPO / "downstream" / "proxy.cfg"
+DOWNSTREAM_CFG = processes.REPO / "downstream" / "proxy.cfg"
 
 
 def kamcmd(ctl_socket: Path, *args: str, timeout_s: float = 5.0) -> str:
@@ -55,7 +55,7 @@ class Downstream:
         self.run_dir = run_dir / name
         self.registrar = registrar
         self.ctl = self.run_dir / "ctl.sock"
-        self.proc: procs.Process | None = None
+        self.proc: processes.Process | None = None
 
     @property
     def uri(self) -> str:
@@ -68,14 +68,16 @@ class Downstream:
             "UAS_URI": self.uas_uri,
             "CTL_PATH": str(self.ctl),
         }
-        argv = procs.kamailio_argv(
+        argv = processes.kamailio_argv(
             DOWNSTREAM_CFG, "127.0.0.1", self.port, self.workers, self.run_dir, defines
         )
         if self.registrar:
             argv += ["-A", "WITH_REGISTRAR"]
-        self.proc = procs.Process(f"downstream {self.name}", argv, self.run_dir / "kamailio.log")
+        self.proc = processes.Process(
+            f"downstream {self.name}", argv, self.run_dir / "kamailio.log"
+        )
         self.proc.ensure_started(
-            lambda: procs.sip_options("127.0.0.1", self.port, 0.3) == 200,
+            lambda: processes.sip_options("127.0.0.1", self.port, 0.3) == 200,
             timeout_s,
             f"downstream {self.name} to answer OPTIONS on port {self.port}",
         )
@@ -110,22 +112,22 @@ class Downstream:
         }
 
 
-def start_uas(port: int, run_dir: Path) -> procs.Process:
+def start_uas(port: int, run_dir: Path) -> processes.Process:
     """A SIPp UAS answering every call (sipp-scenarios/uas.xml)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        "sipp", "-sf", str(procs.SIPP_SCENARIOS / "uas.xml"),
+        "sipp", "-sf", str(processes.SIPP_SCENARIOS / "uas.xml"),
         "-i", "127.0.0.1", "-p", str(port), "-nostdin",
         "-max_socket", "2048",
     ]  # fmt: skip
-    proc = procs.Process("sipp uas", argv, run_dir / f"uas-{port}.log", cwd=run_dir)
+    proc = processes.Process("sipp uas", argv, run_dir / f"uas-{port}.log", cwd=run_dir)
     proc.ensure_started(lambda: _udp_bound(port), 10.0, f"SIPp UAS on port {port}")
     return proc
 
 
 def start_agent(
     ds: Downstream, redis_url: str, source: list[str], capacity: float | None = None
-) -> procs.Process:
+) -> processes.Process:
     """A real ``counterpoise-agent`` next to ``ds`` (its processes found by pid file), with
     ``source`` the agent's source options (``["--source", "kamailio", "--ctl", ...]``)."""
     argv = [
@@ -134,13 +136,13 @@ def start_agent(
     ]  # fmt: skip
     if capacity is not None:
         argv += ["--capacity", str(capacity)]
-    return procs.Process(f"agent {ds.name}", argv, ds.run_dir / "agent.log")
+    return processes.Process(f"agent {ds.name}", argv, ds.run_dir / "agent.log")
 
 
 def _udp_bound(port: int) -> bool:
     try:
-        procs.check_udp_free("127.0.0.1", port)
-    except procs.StartError:
+        processes.check_udp_free("127.0.0.1", port)
+    except processes.StartError:
         return True
     return False
 
@@ -172,11 +174,11 @@ class Caller:
         port: int | None = None,
     ) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or procs.free_port()
+        self.port = port or processes.free_port()
         self.log = run_dir / f"uac-{self.port}.log"
         self.error_file = run_dir / f"uac-{self.port}.err"
         argv = [
-            "sipp", target, "-sf", str(procs.SIPP_SCENARIOS / scenario),
+            "sipp", target, "-sf", str(processes.SIPP_SCENARIOS / scenario),
             "-i", "127.0.0.1", "-p", str(self.port),
             "-m", str(calls), "-r", str(rate), "-d", str(hold_ms),
             "-nostdin", "-timeout", f"{int(calls / rate) + 60}s",
@@ -184,7 +186,7 @@ class Caller:
             "-trace_err", "-error_file", str(self.error_file),
             *extra,
         ]  # fmt: skip
-        self.proc = procs.Process("sipp uac", argv, self.log, cwd=run_dir)
+        self.proc = processes.Process("sipp uac", argv, self.log, cwd=run_dir)
 
     def wait(self, timeout_s: float) -> CallResult:
         try:
@@ -223,7 +225,7 @@ def derived_scenario(run_dir: Path, base: str, replacements: dict[str, str]) -> 
     """A copy of a scenario of ``sipp-scenarios/`` with keywords replaced: ``uac.xml`` with
     ``[service]`` -> ``[field0]`` calls the users of an injection file, with ``[routes]`` -> ""
     its ACK and BYE carry no route set. One source for every variant, no near-copies."""
-    text = (procs.SIPP_SCENARIOS / base).read_text()
+    text = (processes.SIPP_SCENARIOS / base).read_text()
     for old, new in replacements.items():
         if old not in text:
             raise ValueError(f"{base} has no {old!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from counterpoise.settings import Settings
+from counterpoise.core.settings import Settings
 
 
 class Backoff:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-import redis
-
-from counterpoise import location
-from counterpoise.cli import CliError, open_store
-from counterpoise.location_store import AOR, DIALOG, DOMAIN, KINDS, PIN, Entry, LocationStore
-from counterpoise.settings import Settings
-from counterpoise.sipuri import InvalidProxyUri, parse_proxy_uri
+from counterpoise import clock
+from counterpoise.cli.common import CliError, open_location_store, open_store
+from counterpoise.core import location
+from counterpoise.core.settings import Settings
+from counterpoise.core.sipuri import InvalidProxyUri, parse_proxy_uri
+from counterpoise.store.client import ERRORS
+from counterpoise.store.keys import AOR, DIALOG, DOMAIN, PIN
+from counterpoise.store.keys import LOCATION_KINDS as KINDS
+from counterpoise.store.location import Entry, LocationStore
+from counterpoise.store.pool import PoolStore
 
 SOURCES = {PIN: "AOR pin", AOR: "registration", DOMAIN: "domain pin", DIALOG: "dialog"}
 
@@ -44,10 +46,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def cmd_location(args: argparse.Namespace, settings: Settings) -> int:
-    store = LocationStore(open_store(settings, args.redis).client, settings.key_prefix)
+    store = open_location_store(settings, args.redis)
     try:
         if args.action == "pin":
-            return pin(store, settings, args.name, args.proxy)
+            return pin(store, open_store(settings, args.redis), args.name, args.proxy)
         if args.action == "list":
             return print_list(store, args.kind, args.json)
         if args.action == "show":
@@ -55,16 +57,16 @@ def cmd_location(args: argparse.Namespace, settings: Settings) -> int:
         return remove(store, args.name)
     except (location.InvalidName, InvalidProxyUri) as error:
         raise CliError(str(error)) from None
-    except (redis.RedisError, OSError) as error:
+    except ERRORS as error:
         raise CliError(f"Redis error: {error}") from None
 
 
-def pin(store: LocationStore, settings: Settings, name: str, proxy: str) -> int:
+def pin(store: LocationStore, pool: PoolStore, name: str, proxy: str) -> int:
     kind, key = location.parse_name(name)
     uri = parse_proxy_uri(proxy)
-    store.put(PIN if kind == "aor" else DOMAIN, key, location.Record(uri, _wall_ms()))
+    store.put(PIN if kind == "aor" else DOMAIN, key, location.Record(uri, clock.wall_ms()))
     print(f"{key} pinned to {uri}")
-    if store.client.hget(f"{settings.key_prefix}pool", uri) is None:
+    if pool.get(uri) is None:
         print(f"note: {uri} is not in the pool; until it is, location_fallback applies")
     return 0
 
@@ -132,7 +134,3 @@ def remove(store: LocationStore, name: str) -> int:
         raise CliError(f"no record for {name}")
     print("removed " + ", ".join(removed))
     return 0
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)

@@ -9,13 +9,15 @@ holds, and the 404s it sent: equal columns and no 404 are the location server wo
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from counterpoise import procs, table, testbed
-from counterpoise.location_store import AOR, LocationStore
-from counterpoise.settings import Settings
-from counterpoise.store import PoolStore
+from counterpoise import clock, processes
+from counterpoise.cli import table
+from counterpoise.core.settings import Settings
+from counterpoise.harness import testbed
+from counterpoise.store.keys import AOR
+from counterpoise.store.location import LocationStore
+from counterpoise.store.pool import PoolStore
 
 
 def register(
@@ -26,10 +28,10 @@ def register(
     Caller keyword arguments that call them in turn."""
 
     def pool_ready() -> bool:
-        rows = table.pool_rows(store, settings, int(time.time() * 1000))
+        rows = table.pool_rows(store, settings, clock.wall_ms())
         return bool(rows) and all(row["state"] in ("up", "slowstart") for row in rows)
 
-    procs.wait_for(pool_ready, 20, "the demo proxies to be up in the balancer's table")
+    processes.wait_for(pool_ready, 20, "the demo proxies to be up in the balancer's table")
     names = [f"user{n:04d}" for n in range(1, users + 1)]
     csv = testbed.users_csv(run_dir / "demo-users.csv", names, 3600)
     extra = ("-inf", str(csv))
@@ -38,7 +40,7 @@ def register(
     )
     result = registering.wait(60 + users / 50)
     if result.failed or result.successful != users:
-        raise procs.StartError(f"demo registrations: {result.successful} of {users} succeeded")
+        raise processes.StartError(f"demo registrations: {result.successful} of {users} succeeded")
     print(f"{users} users registered through the balancer (Contact port {port})")
     scenario = testbed.derived_scenario(run_dir, "uac.xml", {"[service]": "[field0]"})
     return {"scenario": str(scenario), "extra": extra}

@@ -106,10 +106,3 @@ class Tally:
         return dataclasses.replace(
             self, probes_ok=self.probes_ok + 1, probe_ms_sum=self.probe_ms_sum + max(rtt_ms, 0)
         )
-
-
-def is_proxy_failure(status: int) -> bool:
-    """A reply that says the proxy, not the callee, failed: 408 or any 5xx.
-
-    Locally generated 408s (no answer before ``fr_timer_ms``) arrive here the same way."""
-    return status == 408 or 500 <= status <= 599

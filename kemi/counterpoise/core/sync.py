@@ -1,6 +1,7 @@
 """The sync loop: what Kamailio's timer process does every tick.
 
-One process per balancer node runs it (rtimer, every ``CP_TICK_US``). Each tick it
+One process per balancer node runs it (rtimer, every ``CP_SYNC_TIMER`` of ``kamailio.cfg``,
+200 ms). Each tick it
 
 1. reads ``cp:pool:version`` and the agents' load reports in one round trip, and reloads the
    proxy list when the version changed (it keeps the last list it had while Redis is
@@ -13,24 +14,22 @@ One process per balancer node runs it (rtimer, every ``CP_TICK_US``). Each tick 
 5. sends the probes that are due;
 6. every ``publish_interval_ms``, writes the weights and their inputs to Redis.
 
-It never imports KSR: shared memory, probe sending, Redis and the clocks are passed in, so
-the tests run it against a dict and a real Redis.
+It imports neither KSR nor redis: shared memory, probe sending, the store and the clocks
+are passed in, so the unit tests run it on an in-memory store with a fake clock and the
+integration tests on a real Redis.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-import redis
-
-from counterpoise import load, policy
-from counterpoise.backoff import Guarded
-from counterpoise.settings import Settings
-from counterpoise.store import DRAINED, PoolStore, ProxyConfig
-from counterpoise.tally import Tally
+from counterpoise.core import load, policy
+from counterpoise.core.backoff import Guarded
+from counterpoise.core.pool import Admin, ProxyConfig
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
 
 
 class SharedState(Protocol):
@@ -55,9 +54,31 @@ class ProbeSender(Protocol):
     def send(self, uri: str, sent_ms: int) -> None: ...
 
 
-REDIS_ERRORS = (redis.RedisError, OSError, ValueError)
-"""What a Redis call may raise when Redis is down, slow or holds garbage: all mean "carry on
-with what we had"."""
+class StateStore(Protocol):
+    """The shared state (``store.pool.PoolStore`` on Redis), as the sync loop sees it."""
+
+    errors: tuple[type[BaseException], ...]
+    """What its calls raise when it is unavailable: the loop carries on with what it had."""
+
+    def poll(self, uris: Sequence[str]) -> tuple[int, list[bytes | None]]:
+        """The pool's version and the raw load reports of ``uris``."""
+
+    def versioned_pool(self) -> tuple[int, dict[str, ProxyConfig]]: ...
+
+    def announced_reports(self) -> list[str]:
+        """Proxies whose agents announced a report since the last call."""
+
+    def drop_announcements(self) -> None:
+        """Forget the announcement subscription after a failure."""
+
+    def publish_weights(
+        self,
+        node: str,
+        records: Mapping[str, Mapping[str, object]],
+        ttl_ms: int,
+        now_ms: int,
+        rejects: Mapping[str, object] | None = None,
+    ) -> None: ...
 
 
 class SyncLoop:
@@ -67,7 +88,7 @@ class SyncLoop:
         node: str,
         shared: SharedState,
         probes: ProbeSender,
-        store: PoolStore,
+        store: StateStore,
         monotonic_ms: Callable[[], int],
         wall_ms: Callable[[], int],
         log: Callable[[str], None],
@@ -81,11 +102,10 @@ class SyncLoop:
         self._wall_ms = wall_ms
         self._log = log
         self._redis = Guarded.with_backoff_of(
-            settings, REDIS_ERRORS, log, "Redis", "routing on the last proxy table"
+            settings, store.errors, log, "Redis", "routing on the last proxy table"
         )
         self._pool_version = -1
         self.loads = load.LoadBook(settings, log)
-        self._announcements: redis.client.PubSub | None = None
         self.pool: dict[str, ProxyConfig] = {}
         self.health: dict[str, policy.Health] = {}
         self.weights: dict[str, policy.Weighting] = {}
@@ -110,7 +130,7 @@ class SyncLoop:
             self.health[uri] = policy.observe(self.health[uri], window, now, self.settings)
         self.weights = policy.weigh(
             {uri: c.base_weight for uri, c in self.pool.items()},
-            {uri for uri, c in self.pool.items() if c.admin == DRAINED},
+            {uri for uri, c in self.pool.items() if c.admin == Admin.DRAINED},
             self.health,
             now,
             self.settings,
@@ -141,20 +161,15 @@ class SyncLoop:
             # After the reload: a proxy added this tick is not "unknown".
             self._check_announcements()
 
-        if not self._redis.call(now, poll) and self._announcements is not None:
-            # Redis failed: drop the subscription and subscribe again once it is back.
-            with contextlib.suppress(*REDIS_ERRORS):
-                self._announcements.close()
-            self._announcements = None
+        if not self._redis.call(now, poll):
+            # Subscribe again once Redis is back.
+            self._store.drop_announcements()
 
     def _check_announcements(self) -> None:
         """Reject reports announced for proxies that are not in the pool (a misconfigured
-        agent). Reading already-buffered messages costs no round trip."""
-        if self._announcements is None:
-            self._announcements = self._store.subscribe_reports()
-        while (message := self._announcements.get_message(timeout=0)) is not None:
-            uri = message.get("data")
-            if isinstance(uri, str) and uri not in self.pool:
+        agent)."""
+        for uri in self._store.announced_reports():
+            if uri not in self.pool:
                 self.loads.reject(load.REPORT, uri, "report for a proxy that is not in the pool")
 
     def _apply_pool(self, version: int, pool: dict[str, ProxyConfig], now: int) -> None:

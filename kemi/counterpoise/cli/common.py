@@ -1,0 +1,41 @@
+"""What every ``counterpoise`` subcommand shares: its error type and opening the stores."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from counterpoise.core.settings import Settings
+from counterpoise.store.client import ERRORS, Store
+from counterpoise.store.location import LocationStore
+from counterpoise.store.pool import PoolStore
+
+CLI_REDIS_TIMEOUT_MS = 1000
+"""Bound of one Redis call of the command-line tool: an operator can wait a second before
+being told Redis is unreachable; the timer process's 250 ms would fail on a busy link."""
+
+AnyStore = TypeVar("AnyStore", bound=Store)
+
+
+class CliError(Exception):
+    """An error for the operator: printed as one line, exit status 1."""
+
+
+def open_store(settings: Settings, url: str | None) -> PoolStore:
+    """The pool store on ``url`` (default ``settings.redis_url``), checked to answer."""
+    return _open(PoolStore, settings, url)
+
+
+def open_location_store(settings: Settings, url: str | None) -> LocationStore:
+    """The location store on ``url`` (default ``settings.redis_url``), checked to answer."""
+    return _open(LocationStore, settings, url)
+
+
+def _open(kind: type[AnyStore], settings: Settings, url: str | None) -> AnyStore:
+    url = url or settings.redis_url
+    timeout_ms = max(settings.redis_timeout_ms, CLI_REDIS_TIMEOUT_MS)
+    store = kind.open(url, settings.key_prefix, timeout_ms)
+    try:
+        store.ping()
+    except ERRORS as error:
+        raise CliError(f"Redis at {url} is unreachable: {error}") from None
+    return store

@@ -1,0 +1,88 @@
+"""The ``counterpoise`` command: run a balancer, manage and inspect the pool.
+
+    counterpoise up [--listen HOST:PORT] [--redis URL] [--workers N] [--run-dir DIR]
+    counterpoise proxy add URI [--weight N] | rm URI | drain URI | undrain URI | list [--json]
+    counterpoise watch             live table of the pool
+    counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)
+    counterpoise demo              the embedded default: Redis, balancer, demo pool, calls
+
+Every subcommand takes ``--redis URL`` (default: ``COUNTERPOISE_REDIS_URL`` or the embedded
+Redis). Errors print one line on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from counterpoise import processes
+from counterpoise.cli import location as location_cli
+from counterpoise.cli.common import CliError
+from counterpoise.cli.pool import cmd_proxy, cmd_watch
+from counterpoise.cli.up import DEFAULT_LISTEN, cmd_up
+from counterpoise.core.settings import Settings, load_settings
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    # The demo's harness (test bed, SIPp) is loaded only for this subcommand.
+    from counterpoise.harness import demo
+
+    return demo.run(settings, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="counterpoise", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis", help="Redis URL (default: COUNTERPOISE_REDIS_URL or embedded)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="run the balancer in the foreground")
+    up.add_argument("--listen", default=DEFAULT_LISTEN, help="SIP UDP address HOST:PORT")
+    up.add_argument("--workers", type=int, default=4, help="SIP worker processes (default 4)")
+    up.add_argument("--run-dir", help="directory for pid file, ctl socket, embedded Redis data")
+    up.set_defaults(func=cmd_up)
+
+    proxy = sub.add_parser("proxy", help="manage the pool of downstream proxies")
+    actions = proxy.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", parents=[common], help="add a proxy or change its weight")
+    add.add_argument("uri")
+    add.add_argument("--weight", type=float, default=1.0, help="base weight (default 1)")
+    for name, text in (
+        ("rm", "remove a proxy"),
+        ("drain", "no new dialogs; dialogs in progress continue"),
+        ("undrain", "take new dialogs again"),
+    ):
+        actions.add_parser(name, parents=[common], help=text).add_argument("uri")
+    listing = actions.add_parser("list", parents=[common], help="the pool with weights")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    proxy.set_defaults(func=cmd_proxy)
+
+    watch = sub.add_parser("watch", parents=[common], help="live table of the pool")
+    watch.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds")
+    watch.set_defaults(func=cmd_watch)
+
+    location_cli.add_parser(sub, common)
+
+    demo = sub.add_parser("demo", help="embedded default: Redis, balancer, demo pool, calls")
+    demo.add_argument("--listen", default=DEFAULT_LISTEN, help="balancer SIP address")
+    demo.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")
+    demo.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
+    demo.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="registrar proxies; N users register through the balancer and are called",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return args.func(args, settings)
+    except (CliError, ValueError, processes.StartError) as error:
+        print(f"counterpoise: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,60 @@
+"""``counterpoise proxy`` and ``counterpoise watch``: the operator's pool and its table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from counterpoise import clock
+from counterpoise.cli import table
+from counterpoise.cli.common import CliError, open_store
+from counterpoise.core.pool import Admin
+from counterpoise.core.settings import Settings
+from counterpoise.core.sipuri import InvalidProxyUri, parse_proxy_uri
+from counterpoise.store.client import ERRORS
+from counterpoise.store.pool import PoolStore, UnknownProxy
+
+
+def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings, args.redis)
+    try:
+        if args.action == "list":
+            return print_list(store, settings, args.json)
+        uri = parse_proxy_uri(args.uri)
+        if args.action == "add":
+            if not (math.isfinite(args.weight) and args.weight > 0):
+                raise CliError(f"--weight {args.weight}: must be a positive number")
+            config = store.add(uri, args.weight)
+            print(f"{uri} in the pool, base weight {config.base_weight:g}, {config.admin}")
+        elif args.action == "rm":
+            store.remove(uri)
+            print(f"{uri} removed")
+        else:
+            admin = Admin.DRAINED if args.action == "drain" else Admin.ACTIVE
+            store.set_admin(uri, admin)
+            print(f"{uri} {admin}")
+    except InvalidProxyUri as error:
+        raise CliError(str(error)) from None
+    except UnknownProxy as error:
+        raise CliError(f"{error.args[0]} is not in the pool") from None
+    except ERRORS as error:
+        raise CliError(f"Redis error: {error}") from None
+    return 0
+
+
+def print_list(store: PoolStore, settings: Settings, as_json: bool) -> int:
+    now_ms = clock.wall_ms()
+    rows = table.pool_rows(store, settings, now_ms)
+    if as_json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        print(table.render(rows))
+        for line in table.rejected_inputs(store, settings, now_ms):
+            print(line)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings, args.redis)
+    return table.watch(store, settings, args.interval)

@@ -1,0 +1,96 @@
+"""The AVPs a relayed request carries, behind one typed accessor: the only place that names
+them.
+
+tm keeps AVPs with the transaction, so the reply and failure routes see them in whichever
+worker handles the reply. Attempt ``i`` (0-based) of a request is tm branch ``i`` (the
+balancer never forks) and its AVPs are suffixed with ``i``:
+
+``cp_tried``  the proxies tried so far, in order, comma-separated.
+``cpu<i>``    proxy of attempt i; ``cpt<i>`` ``attempts.stamp()`` of its relay;
+``cpf<i>``    ms to its first reply other than 100 Trying; ``cpd<i>`` set once its outcome
+              has been counted.
+``cpaor``     the AOR of a REGISTER, for the reply route (location server).
+``cploc``     set on a request sent to its location holder (not a REGISTER).
+"""
+
+from __future__ import annotations
+
+import KSR
+
+TRIED = "$avp(cp_tried)"
+AOR = "$avp(cpaor)"
+HELD = "$avp(cploc)"
+
+
+def _int(spec: str) -> int | None:
+    value = KSR.pv.get(spec)
+    return value if isinstance(value, int) else None
+
+
+def _str(spec: str) -> str | None:
+    value = KSR.pv.get(spec)
+    return value if isinstance(value, str) else None
+
+
+class Attempt:
+    """The AVPs of attempt ``index`` of the transaction being handled."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    @classmethod
+    def of_reply(cls) -> Attempt | None:
+        """The attempt whose reply is being handled (tm's branch index), if any."""
+        index = _int("$T_branch_idx")
+        return None if index is None else cls(index)
+
+    def start(self, proxy: str, sent_stamp: int) -> None:
+        KSR.pv.sets(f"$avp(cpu{self.index})", proxy)
+        KSR.pv.seti(f"$avp(cpt{self.index})", sent_stamp)
+
+    @property
+    def proxy(self) -> str | None:
+        return _str(f"$avp(cpu{self.index})")
+
+    @property
+    def sent_stamp(self) -> int | None:
+        return _int(f"$avp(cpt{self.index})")
+
+    @property
+    def first_reply_ms(self) -> int | None:
+        return _int(f"$avp(cpf{self.index})")
+
+    def set_first_reply_ms(self, elapsed_ms: int) -> None:
+        KSR.pv.seti(f"$avp(cpf{self.index})", elapsed_ms)
+
+    @property
+    def counted(self) -> bool:
+        return not KSR.pv.is_null(f"$avp(cpd{self.index})")
+
+    def mark_counted(self) -> None:
+        KSR.pv.seti(f"$avp(cpd{self.index})", 1)
+
+
+def tried() -> list[str]:
+    text = _str(TRIED)
+    return text.split(",") if text else []
+
+
+def set_tried(proxies: list[str]) -> None:
+    KSR.pv.sets(TRIED, ",".join(proxies))
+
+
+def aor() -> str:
+    return _str(AOR) or ""
+
+
+def set_aor(name: str) -> None:
+    KSR.pv.sets(AOR, name)
+
+
+def held() -> bool:
+    return not KSR.pv.is_null(HELD)
+
+
+def set_held() -> None:
+    KSR.pv.seti(HELD, 1)
