@@ -114,7 +114,7 @@ class Process:
         self.argv = list(argv)
         self.log_path = log_path
         if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).exists():
-            raise StartError(f"{self.argv[0]} is not installed (run `make install`)")
+            raise StartError(f"{self.argv[0]} is not installed (run `bash scripts/install.sh`)")
         output = open(log_path, "ab") if log_path else None  # noqa: SIM115 - kept while running
         try:
             self.popen = subprocess.Popen(
