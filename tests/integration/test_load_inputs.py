@@ -15,7 +15,7 @@ from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 from counterpoise.store.pool import PoolStore
 
-from .fakes import WALL_EPOCH_MS, Harness
+from ..fakes.sync import WALL_EPOCH_MS, Harness
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 S = Settings()
@@ -24,7 +24,7 @@ AGENT_TTL_MS = 3000
 
 @pytest.fixture
 def harness(redis_client) -> Harness:
-    return Harness(redis_client, S)
+    return Harness(PoolStore(redis_client, S.key_prefix), S)
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from counterpoise.core.settings import Settings
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 
+from ..fakes.sync import Harness
 from .conftest import RedisServer
-from .fakes import Harness
 
 A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
 S = Settings()
@@ -59,7 +59,7 @@ def start_loop(server: RedisServer) -> tuple[Harness, PoolStore]:
     op = operator(server)
     op.add(A)
     op.add(B)
-    harness = Harness(connect(server.url, S.redis_timeout_ms), S)
+    harness = Harness(PoolStore.open(server.url, S.key_prefix, S.redis_timeout_ms), S)
     harness.tick()
     assert set(harness.shared.table) == {A, B}
     assert harness.loop.redis_ok
@@ -148,7 +148,7 @@ def test_loop_started_while_redis_is_down_routes_nothing_then_loads(
     op = operator(own_redis)
     op.add(A)
     own_redis.stop()
-    harness = Harness(connect(own_redis.url, S.redis_timeout_ms), S)
+    harness = Harness(PoolStore.open(own_redis.url, S.key_prefix, S.redis_timeout_ms), S)
     started = time.monotonic()
     harness.tick(advance_ms)
     assert time.monotonic() - started < TICK_BOUND_S
