@@ -54,8 +54,11 @@ def latency_sample_ms(first_reply_ms: int | None, elapsed: int, cap_ms: int) -> 
 class Failure:
     """What the failure route knows of a failed attempt."""
 
-    timed_out_silent: bool
-    """No reply at all from the proxy before ``fr_timer_ms``."""
+    timed_out: bool
+    """No final reply before the branch's timer (``fr_timer_ms``, or ``fr_inv_timer_ms``
+    after a provisional reply): the status is then tm's own 408, not the proxy's."""
+    replied: bool
+    """The proxy sent some reply (a provisional one, if the branch timed out)."""
     status: int | None
     """The final status tm has for the transaction (its own 408 on a timeout)."""
     canceled: bool
@@ -65,14 +68,21 @@ class Failure:
     held: bool
     """The request went to its location holder and must stay there (``reject`` fallback)."""
 
+    @property
+    def proxy_silent(self) -> bool:
+        """No reply at all from the proxy before ``fr_timer_ms``: the proxy failed. A timeout
+        after a provisional reply is the callee not answering (the phone rang)."""
+        return self.timed_out and not self.replied
+
 
 def fails_over(failure: Failure, max_attempts: int) -> bool:
     """Whether to retry a failed attempt on another proxy: only when the proxy failed (no
-    reply at all, 408 or 5xx), the caller did not cancel, attempts remain, and the request is
-    not bound to its location holder."""
-    proxy_failed = failure.timed_out_silent or (
-        failure.status is not None and is_proxy_failure(failure.status)
-    )
+    reply at all, or a 408 or 5xx of its own), the caller did not cancel, attempts remain,
+    and the request is not bound to its location holder."""
+    if failure.timed_out:
+        proxy_failed = failure.proxy_silent
+    else:
+        proxy_failed = failure.status is not None and is_proxy_failure(failure.status)
     return (
         proxy_failed
         and not failure.canceled

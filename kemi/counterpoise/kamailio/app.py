@@ -200,20 +200,20 @@ class KemiApp:
         """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout."""
         tried = avps.tried()
         attempt = avps.Attempt(len(tried) - 1)
-        silent = KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0
-        if not attempt.counted:
-            # No final reply from the proxy: a timeout. After a provisional reply it is the
-            # callee that did not answer, not a proxy failure.
-            elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
-            self._count_outcome(attempt, tried[-1], silent, elapsed)
         status = KSR.pv.get("$T_reply_code")
         failure = attempts.Failure(
-            timed_out_silent=silent,
+            timed_out=KSR.tm.t_branch_timeout() > 0,
+            replied=KSR.tm.t_branch_replied() > 0,
             status=status if isinstance(status, int) else None,
             canceled=KSR.tm.t_is_canceled() > 0,
             attempts=len(tried),
             held=self.location is not None and self.location.keeps_to_holder(),
         )
+        if not attempt.counted:
+            # No final reply from the proxy: a timeout. After a provisional reply it is the
+            # callee that did not answer, not a proxy failure.
+            elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
+            self._count_outcome(attempt, tried[-1], failure.proxy_silent, elapsed)
         if not attempts.fails_over(failure, self.settings.max_attempts):
             return 1
         uri = self._pick(exclude=tried)

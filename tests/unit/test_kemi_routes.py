@@ -1,0 +1,428 @@
+"""The routing module's decisions (``kamailio/app.py``), run through the fake ``KSR``.
+
+The edge runs as in Kamailio but for the SIP stack: a real ``KemiApp`` with the real core,
+the real shared-memory glue (``kamailio.shared``) on the fake's hash tables, and the real
+sync loop (on an in-memory store, ticked through ``ksr_sync_tick``) publishing the table the
+routes pick from and summing what they counted. The test plays Kamailio: a request arrives
+(``ksr.request``), a route runs, replies and failures arrive on the transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+
+from counterpoise import clock
+from counterpoise.core import location
+from counterpoise.core.pool import Admin
+from counterpoise.core.settings import Fallback, Settings
+from counterpoise.core.sync import SyncLoop
+from counterpoise.core.tally import Tally
+
+from ..fakes.ksr import MYSELF, FakeKsr
+from ..fakes.sync import FakeClock, FakeProbes, MemoryStore
+
+A, B, C, D = (f"sip:10.0.0.{i}:5060" for i in (1, 2, 3, 4))
+S = Settings(location_server=False)
+CALLEE = "sip:bob@example.com"
+
+
+class FakeLocation:
+    """``kamailio.location.LocationRouting`` as ``KemiApp`` sees it, without Redis: every
+    initial request's AOR is held by ``holder``; in-dialog requests without a route set have
+    a dialog record naming ``dialog_proxy``."""
+
+    def __init__(
+        self,
+        holder: str | None = None,
+        fallback: Fallback = Fallback.WEIGHT,
+        dialog_proxy: str | None = None,
+    ) -> None:
+        self.holder = holder
+        self.fallback = fallback
+        self.dialog_proxy = dialog_proxy
+        self.decisions: list[location.Decision] = []
+        self.answered: list[str] = []
+        self.dialogs_ended = 0
+
+    def route_initial(self, usable: Any) -> location.Decision:
+        found = location.Holder(self.holder, location.PIN) if self.holder else None
+        held_usable = found is not None and usable(found.proxy)
+        decision = location.decide(found, held_usable, False, self.fallback)
+        self.decisions.append(decision)
+        return decision
+
+    def keeps_to_holder(self) -> bool:
+        return self.fallback == Fallback.REJECT and self.decisions[-1].proxy is not None
+
+    def on_2xx(self, proxy: str) -> None:
+        self.answered.append(proxy)
+
+    def route_dialog(self) -> str | None:
+        return self.dialog_proxy
+
+    def dialog_ended(self) -> None:
+        self.dialogs_ended += 1
+
+
+class Node:
+    """One balancer node: the routing object, its sync loop and a fake clock for both."""
+
+    def __init__(self, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+        from counterpoise.kamailio import shared
+        from counterpoise.kamailio.app import KemiApp
+
+        self.ksr = ksr
+        self.settings = settings
+        self.clock = FakeClock(start_ms=1_000_000)
+        monkeypatch.setattr(clock, "monotonic_ms", self.clock.monotonic_ms)
+        monkeypatch.setattr(clock, "wall_ms", self.clock.wall_ms)
+        self.store = MemoryStore()
+        self.app = KemiApp(settings)
+        self.app.rng.seed(2)
+        self.app.sync = SyncLoop(
+            settings=settings,
+            node="lb1",
+            shared=shared.SharedTable(),
+            probes=FakeProbes(),
+            store=self.store,
+            monotonic_ms=self.clock.monotonic_ms,
+            wall_ms=self.clock.wall_ms,
+            log=lambda text: None,
+        )
+        self.shared = shared
+
+    def pool(self, *proxies: str, **weights: float) -> None:
+        """Put ``proxies`` in the pool and publish the table (one sync tick)."""
+        for uri in proxies:
+            self.store.add(uri, weights.get(uri, 1.0))
+        self.tick()
+
+    def tick(self, advance_ms: int = 0) -> None:
+        self.clock.advance(advance_ms)
+        assert self.app.ksr_sync_tick(None) == 1
+
+    def route(self, method: str = "INVITE", ruri: str = CALLEE, **kwargs: Any) -> None:
+        self.ksr.request(method, ruri, **kwargs)
+        assert self.app.ksr_request_route(None) == 1
+
+    def reply(self, status: int, after_ms: int = 0, branch: int | None = None, **kw: Any) -> None:
+        self.clock.advance(after_ms)
+        self.ksr.reply(status, branch=len(self.ksr.relays) - 1 if branch is None else branch, **kw)
+        assert self.app.ksr_route_reply(None) == 1
+
+    def fail(self, status: int, after_ms: int = 0, **kwargs: Any) -> None:
+        self.clock.advance(after_ms)
+        self.ksr.failure(status, **kwargs)
+        assert self.app.ksr_route_failure(None) == 1
+
+    @property
+    def tried(self) -> list[str]:
+        return [relay["duri"] for relay in self.ksr.relays]
+
+    def inflight(self, uri: str) -> int:
+        return self.ksr.htables[self.shared.INFLIGHT][uri]
+
+    def totals(self) -> dict[str, Tally]:
+        """What the workers counted per proxy, as the sync loop sums it."""
+        self.tick()
+        return {uri: t for uri, t in self.app.sync.totals.items() if t != Tally()}
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, S)
+
+
+def failed_once(requests_ok: int = 0) -> Tally:
+    return Tally(requests_failed=1, requests_ok=requests_ok)
+
+
+# --- requests the balancer does not choose a proxy for ---------------------------------------
+
+
+def test_cancel_follows_its_transaction(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.returns["tm.t_check_trans"] = 1  # the INVITE's transaction is known
+    node.route("CANCEL")
+    assert (
+        len(ksr.relays) == 1 and ksr.relays[0]["duri"] is None
+    )  # tm sends it where the INVITE went
+    assert ksr.sl_replies == []
+    ksr.returns["tm.t_check_trans"] = -1
+    node.route("CANCEL")
+    assert ksr.relays == [] and ksr.sl_replies == []  # no transaction: dropped
+
+
+def test_in_dialog_request_with_a_route_set_is_relayed(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.app.location = FakeLocation(dialog_proxy=B)
+    node.route("BYE", to_tag="callee-tag", headers={"Route": "<sip:lb.example;lr>"})
+    assert len(ksr.relays) == 1
+    assert ksr.relays[0]["fr_timers"] == (0, S.in_dialog_fr_timer_ms)
+    assert ksr.relays[0]["duri"] is None  # the route set, not the balancer, names the hop
+    assert node.app.location.dialogs_ended == 1
+    assert ksr.avps == {}  # not an attempt: nothing counted, no failover
+    assert ksr.sl_replies == []
+
+
+def test_in_dialog_request_without_a_route_set_follows_its_dialog_record(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.app.location = FakeLocation(dialog_proxy=B)
+    node.route("INFO", to_tag="callee-tag")
+    assert [relay["duri"] for relay in ksr.relays] == [B]
+    assert ksr.relays[0]["routes"] == [f"Route: <{B};lr>\r\n"]
+    assert ksr.relays[0]["fr_timers"] == (0, S.in_dialog_fr_timer_ms)
+
+
+def test_in_dialog_request_without_a_route_set_or_record_gets_404(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INFO", to_tag="callee-tag")
+    assert ksr.sl_replies == [(404, "Not here")] and ksr.relays == []
+    node.app.location = FakeLocation(dialog_proxy=None)
+    node.route("INFO", to_tag="callee-tag")
+    assert ksr.sl_replies == [(404, "Not here")] and ksr.relays == []
+    # An ACK is never answered: without a transaction or a record it is dropped.
+    node.route("ACK", to_tag="callee-tag")
+    assert ksr.sl_replies == [] and ksr.relays == []
+
+
+def test_local_options_is_answered_200(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("OPTIONS", f"sip:{MYSELF}")
+    assert ksr.sl_replies == [(200, "OK")] and ksr.relays == []
+    # With a user, or to another host, it is a request like any other.
+    for ruri in (f"sip:alice@{MYSELF}", "sip:elsewhere.example"):
+        node.route("OPTIONS", ruri)
+        assert ksr.sl_replies == [] and node.tried == [A]
+
+
+def test_too_many_hops_gets_483(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route(headers={"Max-Forwards": "0"})
+    assert ksr.sl_replies == [(483, "Too Many Hops")] and ksr.relays == []
+
+
+# --- initial requests ------------------------------------------------------------------------
+
+
+def test_initial_request_is_relayed_as_an_attempt(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    assert ksr.record_routed
+    (relay,) = ksr.relays
+    assert relay["duri"] == A and relay["ruri"] == CALLEE
+    assert relay["fr_timers"] == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert (relay["on_reply"], relay["on_failure"]) == ("ksr_route_reply", "ksr_route_failure")
+    assert ksr.module.pv.get("$avp(cp_tried)") == A
+    assert node.inflight(A) == 1
+    node.route("MESSAGE")
+    assert not ksr.record_routed  # only dialog-forming requests stay on the path
+
+
+def test_dispatch_follows_the_weights(node: Node, ksr: FakeKsr):
+    node.pool(A, B, C, **{B: 3.0})
+    node.store.set_admin(C, Admin.DRAINED)
+    node.tick(100)
+    picked = collections.Counter()
+    for _ in range(1000):
+        node.route("INVITE")
+        picked[node.tried[0]] += 1
+        node.reply(200, after_ms=1)
+    assert set(picked) == {A, B}  # never the drained proxy
+    assert picked[B] / 1000 == pytest.approx(0.75, abs=0.04)  # 3 sigma: 0.041
+    assert node.inflight(A) == node.inflight(B) == 0
+
+
+def test_dispatch_to_the_location_holder(node: Node, ksr: FakeKsr):
+    node.pool(A, B, C)
+    node.app.location = FakeLocation(holder=B)
+    for _ in range(20):
+        node.route("INVITE")
+        assert node.tried == [B]
+    node.reply(200)
+    assert node.app.location.answered == [B]
+
+
+def test_unusable_holder_falls_back_to_weight_or_is_rejected(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.store.set_admin(B, Admin.DRAINED)
+    node.tick(100)
+    node.app.location = FakeLocation(holder=B, fallback=Fallback.WEIGHT)
+    node.route("INVITE")
+    assert node.tried == [A]
+    node.app.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
+    node.route("INVITE")
+    assert ksr.relays == []
+    assert ksr.sl_replies == [(location.REJECT_CODE, location.REJECT_REASON)]
+
+
+def test_no_proxy_gets_503(node: Node, ksr: FakeKsr):
+    node.tick()
+    node.route("INVITE")
+    assert ksr.sl_replies == [(503, "No Proxy Available")] and ksr.relays == []
+    node.pool(A)
+    node.store.set_admin(A, Admin.DRAINED)
+    node.tick(100)
+    node.route("INVITE")
+    assert ksr.sl_replies == [(503, "No Proxy Available")]
+
+
+def test_relay_that_fails_locally_is_counted_and_answered(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.returns["tm.t_relay"] = -1
+    node.route("INVITE")
+    assert ksr.sl_replies == [(500, "error")]
+    assert node.inflight(A) == 0
+    assert node.totals() == {A: failed_once()}
+
+
+# --- failover --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 500, 503, 504, 599])
+def test_failover_on_408_and_5xx(node: Node, ksr: FakeKsr, status: int):
+    node.pool(A, B)
+    node.route("INVITE")
+    first = node.tried[0]
+    node.reply(status, after_ms=20)
+    node.fail(status)
+    second = next(uri for uri in (A, B) if uri != first)
+    assert node.tried == [first, second]
+    assert ksr.relays[1]["ruri"] == CALLEE  # $ru set again: a new branch
+    assert ksr.module.pv.get("$avp(cp_tried)") == f"{first},{second}"
+    assert any(f"{first} failed ({status}), retrying on {second}" in t for t in ksr.logged("info"))
+    node.reply(200, after_ms=30)
+    assert node.inflight(A) == node.inflight(B) == 0
+    assert node.totals() == {
+        first: failed_once(),
+        second: Tally(requests_ok=1, first_reply_ms_sum=30, final_reply_ms_sum=30),
+    }
+
+
+def test_failover_on_a_silent_timeout(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.route("INVITE")
+    first = node.tried[0]
+    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    assert len(node.tried) == 2 and node.tried[1] != first
+    assert node.inflight(first) == 0
+    assert node.totals() == {first: failed_once()}
+
+
+@pytest.mark.parametrize("status", [180, 183])
+def test_no_failover_after_a_provisional_reply(node: Node, ksr: FakeKsr, status: int):
+    node.pool(A, B)
+    node.route("INVITE")
+    first = node.tried[0]
+    node.reply(100, after_ms=5)
+    node.reply(status, after_ms=40)
+    node.fail(408, after_ms=S.fr_inv_timer_ms, timeout=True, replied=True)
+    assert node.tried == [first]
+    # The proxy worked: the callee did not answer. Its latency is its first reply's.
+    assert node.inflight(first) == 0
+    totals = node.totals()
+    assert totals[first].requests_failed == 0 and totals[first].first_reply_ms_sum == 45
+
+
+def test_no_failover_on_a_callee_reply(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.route("INVITE")
+    node.reply(486, after_ms=10)
+    node.fail(486)
+    assert len(node.tried) == 1
+    assert node.totals()[node.tried[0]] == Tally(
+        requests_ok=1, first_reply_ms_sum=10, final_reply_ms_sum=10
+    )
+
+
+def test_no_failover_beyond_max_attempts(node: Node, ksr: FakeKsr):
+    node.pool(A, B, C, D)
+    node.route("INVITE")
+    for _ in range(S.max_attempts):
+        node.reply(503, after_ms=10)
+        node.fail(503)
+    assert len(node.tried) == S.max_attempts == len(set(node.tried))
+    totals = node.totals()
+    assert set(totals) == set(node.tried)
+    assert all(tally == failed_once() for tally in totals.values())
+
+
+def test_no_failover_when_every_proxy_was_tried(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.route("INVITE")
+    for _ in range(2):
+        node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    assert sorted(node.tried) == [A, B]
+    assert node.inflight(A) == node.inflight(B) == 0
+
+
+def test_no_failover_when_the_caller_cancelled(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.route("INVITE")
+    node.reply(503, after_ms=10)
+    node.fail(503, canceled=True)
+    assert len(node.tried) == 1
+
+
+def test_no_failover_from_a_holder_bound_request(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.app.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
+    node.route("INVITE")
+    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    assert node.tried == [B]
+
+
+# --- counting each attempt's outcome once ----------------------------------------------------
+
+
+def test_each_attempt_is_counted_once(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(503, after_ms=10)
+    node.reply(503, after_ms=10)  # a retransmission reaching the reply route again
+    node.fail(503)  # nowhere to fail over to; the failure route must not count it again
+    assert node.inflight(A) == 0
+    assert node.totals() == {A: failed_once()}
+
+
+def test_latency_is_timed_to_the_first_reply_other_than_100(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(100, after_ms=2)
+    node.reply(180, after_ms=28)
+    node.reply(183, after_ms=100)
+    node.reply(200, after_ms=300)
+    assert node.totals() == {A: Tally(requests_ok=1, first_reply_ms_sum=30, final_reply_ms_sum=430)}
+
+
+def test_latency_sample_is_capped_at_the_failure_penalty(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(200, after_ms=30_000)
+    tally = node.totals()[A]
+    assert tally.first_reply_ms_sum == S.failure_penalty_ms
+    assert tally.final_reply_ms_sum == 30_000
+
+
+def test_load_header_of_a_reply_is_counted(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(200, after_ms=5, headers={"X-CP-Load": "tx=3;workers=4;active=2"})
+    node.route("INVITE")
+    node.reply(200, after_ms=5, headers={"X-CP-Load": "junk"})
+    tally = node.totals()[A]
+    assert (tally.load_samples, tally.load_milli_sum, tally.load_headers_rejected) == (1, 500, 1)
+
+
+def test_reply_without_the_proxy_avp_is_ignored(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.request("INVITE", CALLEE)  # nothing relayed: no attempt AVPs
+    node.reply(200, branch=0)
+    node.reply(503, branch=3)
+    ksr.pvs.pop("$T_branch_idx")
+    assert node.app.ksr_route_reply(None) == 1
+    assert node.totals() == {}
+    assert node.inflight(A) == 0
