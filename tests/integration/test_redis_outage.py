@@ -17,8 +17,8 @@ from counterpoise.core.settings import Settings
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 
+from ..conftest import RedisServer
 from ..fakes.sync import Harness
-from .conftest import RedisServer
 
 A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
 S = Settings()
