@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from counterpoise.core.pool import Admin
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 from counterpoise.store.pool import PoolStore
@@ -59,20 +58,6 @@ def test_removed_proxy_leaves_the_table_after_one_tick(harness: Harness, operato
     assert set(harness.shared.table) == {B}
     assert A not in harness.loop.health
     assert A not in harness.loop.totals
-
-
-def test_drained_proxy_weighs_zero(harness: Harness, operator: PoolStore):
-    operator.add(A)
-    operator.add(B)
-    harness.run(S.slow_start_ms + 100)
-    assert harness.shared.table == {A: 1.0, B: 1.0}
-    operator.set_admin(A, Admin.DRAINED)
-    harness.tick(100)
-    assert harness.shared.table == {A: 0.0, B: 1.0}
-    assert harness.loop.weights[A].state == "drained"
-    operator.set_admin(A, "active")
-    harness.tick(100)
-    assert harness.shared.table[A] == 1.0
 
 
 def test_pool_is_read_only_when_its_version_changes(harness: Harness, operator: PoolStore):
