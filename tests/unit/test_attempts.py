@@ -9,7 +9,15 @@ from counterpoise.core.attempts import Failure
 
 
 def failure(**changes: object) -> Failure:
-    values = dict(timed_out=False, replied=True, status=503, canceled=False, attempts=1, held=False)
+    values = dict(
+        timed_out=False,
+        replied=True,
+        rang=False,
+        status=503,
+        canceled=False,
+        attempts=1,
+        held=False,
+    )
     return Failure(**(values | changes))  # type: ignore[arg-type]
 
 
@@ -22,7 +30,9 @@ def failure(**changes: object) -> Failure:
         (failure(status=486), False),
         (failure(status=None), False),
         (failure(timed_out=True, replied=False, status=408), True),  # silent proxy
-        (failure(timed_out=True, replied=True, status=408), False),  # rang, nobody answered
+        (failure(timed_out=True, replied=True, status=408), True),  # 100 Trying, then nothing
+        (failure(timed_out=True, rang=True, status=408), False),  # rang, nobody answered
+        (failure(rang=True, status=503), True),  # the proxy's own 5xx after the ringing
         (failure(canceled=True), False),
         (failure(attempts=3), False),
         (failure(held=True), False),

@@ -327,6 +327,18 @@ def test_no_failover_after_a_provisional_reply(node: Node, ksr: FakeKsr, status:
     assert totals[first].requests_failed == 0 and totals[first].first_reply_ms_sum == 45
 
 
+def test_failover_on_a_timeout_after_only_100_trying(node: Node, ksr: FakeKsr):
+    """100 Trying is the proxy's own hop-by-hop reply: it says nothing of the callee, and
+    the timeout (tm's 408) fails over as a 408 does. It is not counted as a proxy failure."""
+    node.pool(A, B)
+    node.route("INVITE")
+    first = node.tried[0]
+    node.reply(100, after_ms=5)
+    node.fail(408, after_ms=S.fr_inv_timer_ms, timeout=True, replied=True)
+    assert len(node.tried) == 2
+    assert node.totals()[first].requests_failed == 0
+
+
 def test_no_failover_on_a_callee_reply(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.route("INVITE")

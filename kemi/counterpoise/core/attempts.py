@@ -56,9 +56,11 @@ class Failure:
 
     timed_out: bool
     """No final reply before the branch's timer (``fr_timer_ms``, or ``fr_inv_timer_ms``
-    after a provisional reply): the status is then tm's own 408, not the proxy's."""
+    after a provisional reply): the status is then tm's own 408."""
     replied: bool
-    """The proxy sent some reply (a provisional one, if the branch timed out)."""
+    """The proxy sent some reply, if only 100 Trying."""
+    rang: bool
+    """A provisional reply other than 100 Trying came (180/183): the callee was alerted."""
     status: int | None
     """The final status tm has for the transaction (its own 408 on a timeout)."""
     canceled: bool
@@ -70,19 +72,20 @@ class Failure:
 
     @property
     def proxy_silent(self) -> bool:
-        """No reply at all from the proxy before ``fr_timer_ms``: the proxy failed. A timeout
-        after a provisional reply is the callee not answering (the phone rang)."""
+        """No reply at all from the proxy before ``fr_timer_ms``: the proxy failed."""
         return self.timed_out and not self.replied
 
 
 def fails_over(failure: Failure, max_attempts: int) -> bool:
     """Whether to retry a failed attempt on another proxy: only when the proxy failed (no
-    reply at all, or a 408 or 5xx of its own), the caller did not cancel, attempts remain,
-    and the request is not bound to its location holder."""
-    if failure.timed_out:
-        proxy_failed = failure.proxy_silent
-    else:
-        proxy_failed = failure.status is not None and is_proxy_failure(failure.status)
+    reply at all, 408 or 5xx), the caller did not cancel, attempts remain, and the request is
+    not bound to its location holder. A timeout after the callee rang is the callee not
+    answering, not a proxy failure: another proxy would ring the same phone again."""
+    proxy_failed = failure.proxy_silent or (
+        failure.status is not None
+        and is_proxy_failure(failure.status)
+        and not (failure.timed_out and failure.rang)
+    )
     return (
         proxy_failed
         and not failure.canceled

@@ -204,6 +204,7 @@ class KemiApp:
         failure = attempts.Failure(
             timed_out=KSR.tm.t_branch_timeout() > 0,
             replied=KSR.tm.t_branch_replied() > 0,
+            rang=attempt.first_reply_ms is not None,
             status=status if isinstance(status, int) else None,
             canceled=KSR.tm.t_is_canceled() > 0,
             attempts=len(tried),
