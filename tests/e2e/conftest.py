@@ -48,10 +48,11 @@ class Bed:
 
     # --- processes -------------------------------------------------------------------------
 
-    def start_uas(self, port: int | None = None) -> str:
-        """A SIPp UAS; on ``port`` to answer for users registered with that Contact port."""
+    def start_uas(self, port: int | None = None, scenario: str = "uas.xml") -> str:
+        """A SIPp UAS; on ``port`` to answer for users registered with that Contact port;
+        ``scenario`` another one of ``sipp-scenarios/``."""
         port = port or processes.free_port()
-        self._procs.append(testbed.start_uas(port, self.run_dir))
+        self._procs.append(testbed.start_uas(port, self.run_dir, scenario))
         uri = f"sip:127.0.0.1:{port}"
         self.uas_uri = self.uas_uri or uri
         return uri

@@ -103,6 +103,22 @@ def test_killed_proxy_costs_no_new_call_and_is_used_again(bed: Bed) -> None:
     assert result.failed <= open_on_a + 1, result.output[-2000:]
 
 
+def test_call_ringing_unanswered_is_not_retried_on_another_proxy(bed: Bed) -> None:
+    ring_ms = 2000  # the caller gives up 10 s after its last provisional reply
+    bed.start_uas(scenario="uas-ringing.xml")
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.start_balancer(fr_inv_timer_ms=ring_ms)
+    bed.add_pool((a, 1), (b, 1))
+
+    caller = bed.caller(calls=4, rate=4, hold_ms=100)
+    result = caller.wait(60)
+
+    # Each call rang through one proxy, then the balancer's fr_inv timer ended it with 408;
+    # another proxy would have rung the same phone again.
+    assert result.successful == 0 and caller.error_codes() == {408: 4}, result.output[-2000:]
+    assert sum(invite_counts([a, b]).values()) == 4
+
+
 def test_drained_proxy_gets_no_new_calls_while_its_calls_finish(bed: Bed) -> None:
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     bed.start_balancer()

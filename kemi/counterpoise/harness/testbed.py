@@ -112,11 +112,11 @@ class Downstream:
         }
 
 
-def start_uas(port: int, run_dir: Path) -> processes.Process:
-    """A SIPp UAS answering every call (sipp-scenarios/uas.xml)."""
+def start_uas(port: int, run_dir: Path, scenario: str = "uas.xml") -> processes.Process:
+    """A SIPp UAS answering every call (sipp-scenarios/uas.xml), or playing ``scenario``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        "sipp", "-sf", str(processes.SIPP_SCENARIOS / "uas.xml"),
+        "sipp", "-sf", str(processes.SIPP_SCENARIOS / scenario),
         "-i", "127.0.0.1", "-p", str(port), "-nostdin",
         "-max_socket", "2048",
     ]  # fmt: skip
