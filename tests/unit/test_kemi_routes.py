@@ -438,3 +438,67 @@ def test_reply_without_the_proxy_avp_is_ignored(node: Node, ksr: FakeKsr):
     assert node.app.ksr_route_reply(None) == 1
     assert node.totals() == {}
     assert node.inflight(A) == 0
+
+
+# --- in-dialog ACK ---------------------------------------------------------------------------
+
+
+def test_in_dialog_ack_matching_a_transaction_is_relayed_or_absorbed(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.returns["tm.t_check_trans"] = 1  # the ACK of a 2xx tm still holds: relayed
+    node.route("ACK", to_tag="callee-tag")
+    assert len(ksr.relays) == 1 and ksr.sl_replies == []
+    ksr.returns["tm.t_check_trans"] = 0  # the ACK of a negative reply: tm absorbed it
+    node.route("ACK", to_tag="callee-tag")
+    assert ksr.relays == [] and ksr.sl_replies == []
+
+
+# --- probes ----------------------------------------------------------------------------------
+
+
+def probe_outcome(node: Node, ksr: FakeKsr, sent_ms: int, **event: object) -> None:
+    """The uac module reports a probe's outcome: ``$uac_req(...)`` of the event, then
+    ``ksr_uac_reply`` in some SIP worker."""
+    ksr.uac_req = {"evparam": f"{sent_ms} {A}", **event}
+    assert node.app.ksr_uac_reply(None, "uac:reply") == 1
+
+
+def test_probe_is_sent_with_the_uac_module(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio.probes import UacProbeSender
+
+    UacProbeSender("sip:cp@lb", "", "OPTIONS", "probe").send(A, 1234)
+    UacProbeSender("sip:cp@lb", "sip:cp@192.0.2.1:5060", "INVITE", "probe").send(B, 1250)
+    options, invite = ksr.uac_sent
+    assert (options["method"], options["ruri"], options["evparam"]) == ("OPTIONS", A, f"1234 {A}")
+    assert options["evroute"] == 1 and "Max-Forwards: 1" in options["hdrs"]
+    assert invite["ruri"] == B.replace("sip:", "sip:probe@")
+    assert "Contact: <sip:cp@192.0.2.1:5060>" in invite["hdrs"]
+
+
+def test_probe_outcomes_are_counted(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    sent = node.clock.now
+    node.clock.advance(7)
+    probe_outcome(node, ksr, sent, evtype=1, evcode=200)
+    probe_outcome(node, ksr, sent, evtype=1, evcode=503)
+    probe_outcome(node, ksr, sent, evtype=2, evcode=408)  # no reply: a local timeout
+    probe_outcome(node, ksr, sent, evtype=1, evcode=404)  # answered: the proxy is alive
+    assert node.totals() == {A: Tally(probes_ok=2, probes_failed=2, probe_ms_sum=14)}
+
+
+def test_answered_invite_probe_is_hung_up_through_the_proxy(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.request("INVITE", A.replace("sip:", "sip:probe@"))
+    ksr.pvs |= {"$(ct{tobody.uri})": "sip:uas@10.0.0.9:5070", "$cs": "1"}
+    ksr.headers = {"From": "<sip:cp@lb>;tag=f1", "To": f"<{A}>;tag=t1"}
+    probe_outcome(node, ksr, node.clock.now, evtype=1, evcode=200)
+    assert ksr.uac_sent == [{"method": "BYE", "ruri": "sip:uas@10.0.0.9:5070", "nexthop": A}]
+    assert ksr.called("tm.t_uac_send")[0][4].startswith("From: <sip:cp@lb>;tag=f1\r\n")
+    assert "CSeq: 2 BYE" in ksr.called("tm.t_uac_send")[0][4]
+
+
+def test_probe_event_without_a_proxy_is_ignored(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.uac_req = {"evparam": "garbage", "evtype": 1, "evcode": 200}
+    assert node.app.ksr_uac_reply(None, "uac:reply") == 1
+    assert node.totals() == {}
