@@ -1,0 +1,111 @@
+"""The sync loop's view of the store (``core.sync.StateStore``), held to one contract by the
+real store on Redis (``store.pool.PoolStore``) and the in-memory one the unit tests use
+(``tests/fakes/sync.MemoryStore``): if these pass for both, the unit tests of the loop say
+something of the loop on Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from counterpoise import processes
+from counterpoise.core.pool import Admin
+from counterpoise.core.sync import StateStore
+from counterpoise.store.pool import PoolStore
+
+from ..fakes.sync import MemoryStore
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+TTL_MS = 60_000
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    if request.param == "memory":
+        return MemoryStore()
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    return PoolStore(client, "cp:")
+
+
+def put_report(store: StateStore, uri: str, data: bytes) -> None:
+    if isinstance(store, PoolStore):
+        store.put_report(uri, data, TTL_MS)
+    else:
+        store.put_report(uri, data)
+
+
+def subscribers_become(store: StateStore, count: int) -> None:
+    """On Redis, wait until the server counts ``count`` subscribers of the announcements
+    (subscribing and closing reach it asynchronously); nothing to wait for in memory."""
+    if isinstance(store, PoolStore):
+        channel = store.keys.reports_channel
+        processes.wait_for(
+            lambda: dict(store.client.pubsub_numsub(channel)).get(channel, 0) == count,
+            5,
+            f"Redis to count {count} subscribers",
+            step_s=0.01,
+        )
+
+
+def subscribe(store: StateStore) -> None:
+    """Start the subscription (the first ``announced_reports``, which finds nothing)."""
+    assert store.announced_reports() == []
+    subscribers_become(store, 1)
+
+
+def announced(store: StateStore, count: int) -> list[str]:
+    """The next ``count`` announcements (Redis delivers them asynchronously)."""
+    uris: list[str] = []
+    processes.wait_for(
+        lambda: uris.extend(store.announced_reports()) or len(uris) >= count,
+        5,
+        f"{count} announcements",
+        step_s=0.01,
+    )
+    return uris
+
+
+def test_version_moves_with_every_change_and_the_pool_matches_it(store: StateStore):
+    assert store.poll([]) == (0, [])
+    assert store.versioned_pool() == (0, {})
+    store.add(A)
+    store.add(B, 2.0)
+    store.set_admin(A, Admin.DRAINED)
+    version, pool = store.versioned_pool()
+    assert version == store.poll([])[0] == 3
+    assert {uri: (c.base_weight, c.admin) for uri, c in pool.items()} == {
+        A: (1.0, Admin.DRAINED),
+        B: (2.0, Admin.ACTIVE),
+    }
+    store.remove(B)
+    assert store.versioned_pool()[0] == 4 and set(store.versioned_pool()[1]) == {A}
+
+
+def test_poll_reads_the_reports_of_the_uris_asked(store: StateStore):
+    put_report(store, A, b"\x81\xa1v\x01")
+    assert store.poll([A, B]) == (0, [b"\x81\xa1v\x01", None])
+
+
+def test_reports_are_announced_only_while_subscribed(store: StateStore):
+    put_report(store, A, b"before")  # nobody listens yet: lost
+    subscribe(store)
+    put_report(store, B, b"after")
+    assert announced(store, 1) == [B]
+    store.drop_announcements()
+    store.drop_announcements()  # twice is harmless
+    subscribers_become(store, 0)
+    put_report(store, A, b"dropped")  # no subscription: lost
+    subscribe(store)
+    put_report(store, A, b"again")
+    assert announced(store, 1) == [A]
+
+
+def test_published_records_round_trip_as_json(store: StateStore):
+    records = {A: {"weight": 0.5, "state": "up", "window": {"requests_ok": 3}, "probe": None}}
+    store.publish_weights("lb1", records, TTL_MS, 1_700_000_000_000, {"report": 2})
+    if isinstance(store, PoolStore):
+        assert store.node_weights(1_700_000_000_000, TTL_MS) == {"lb1": records}
+        assert store.node_rejects(1_700_000_000_000, TTL_MS) == {"lb1": {"report": "2"}}
+    else:
+        assert store.weights == {"lb1": records}
+        assert store.rejects == {"lb1": {"report": "2"}}
