@@ -36,8 +36,9 @@ To add a KSR function the edge starts to call:
    or to ``Core`` for a function without a sub-API, decorated ``@_kemi``. It reads and writes
    the state in ``self.ksr`` and returns what Kamailio returns in the common case.
 3. A new pseudo-variable of the message: add its name to ``MESSAGE_PVS`` (the test sets it in
-   ``ksr.pvs``); a new class of them (``$name(key)``): a branch in ``Pv._slot``. Reading a
-   name the fake does not know raises, so a typo in the edge fails the test.
+   ``ksr.pvs``); a new class of them (``$name(key)``): a branch in ``Pv._slot`` (``$hdr(X)``
+   and ``$(hdr(X)[*])`` read ``ksr.headers``). Reading a name the fake does not know raises,
+   so a typo in the edge fails the test.
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ HT_NO_INT_VALUE = -255
 MESSAGE_PVS = frozenset(
     {
         "$ru", "$rU", "$rd", "$du", "$rm", "$si", "$ci", "$cs", "$ft", "$tt", "$tU", "$td",
-        "$rs", "$T_branch_idx", "$T_reply_code",
-        "$(ct{tobody.uri})", "$(hdr(Contact)[*])", "$hdr(Expires)",
+        "$rs", "$T_branch_idx", "$T_reply_code", "$(ct{tobody.uri})",
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
 WRITABLE_PVS = frozenset({"$ru", "$du"})
-_SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval)\(([^)]+)\)$")
+_SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval|hdr)\(([^)]+)\)$")
+_ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
 
 
@@ -168,6 +169,9 @@ class Pv(_Api):
 
     def _slot(self, spec: str) -> tuple[dict[str, Any], str]:
         """The dict holding ``spec`` and its key there."""
+        every = _ALL_HEADERS.match(spec)  # $(hdr(Name)[*]): the fake has one value a header
+        if every:
+            spec = f"$hdr({every.group(1)})"
         match = _SLOT.match(spec)
         if match is None:
             if spec not in MESSAGE_PVS:
@@ -179,6 +183,9 @@ class Pv(_Api):
             return top, key
         if kind == "uac_req":
             return self.ksr.uac_req, key
+        if kind == "hdr":
+            value = self.ksr.header(key)
+            return ({} if value is None else {key: value}), key
         item = self.ksr.iterated.get(key)
         current = {} if item is None else {key: item[0 if kind == "shtitkey" else 1]}
         return current, key
@@ -501,24 +508,36 @@ class FakeKsr:
         ruri: str,
         *,
         to_tag: str = "",
+        from_tag: str = "from-tag-1",
+        to: str | None = None,
         headers: dict[str, str] | None = None,
         source: str = "198.51.100.7",
         call_id: str = "call-1@198.51.100.7",
     ) -> None:
-        """A new request arrives: its pseudo-variables and headers; a new transaction (no
-        AVPs, nothing relayed or answered yet)."""
+        """A new request arrives: its pseudo-variables (the To URI is ``to``, else the R-URI)
+        and headers; a new transaction (no AVPs, nothing relayed or answered yet)."""
         self._new_transaction()
         self.pvs = {
             "$rm": method, "$ru": ruri, "$si": source, "$ci": call_id, "$cs": "1",
-            "$ft": "from-tag-1", "$tt": to_tag,
-            **_uri_parts(ruri, "$rU", "$rd"), **_uri_parts(ruri, "$tU", "$td"),
+            "$ft": from_tag, "$tt": to_tag,
+            **_uri_parts(ruri, "$rU", "$rd"), **_uri_parts(to or ruri, "$tU", "$td"),
         }  # fmt: skip
         self.headers = dict(headers or {})
 
-    def reply(self, status: int, *, branch: int = 0, headers: dict[str, str] | None = None) -> None:
+    def reply(
+        self,
+        status: int,
+        *,
+        branch: int = 0,
+        headers: dict[str, str] | None = None,
+        to_tag: str | None = None,
+    ) -> None:
         """A reply to the relayed request arrives on tm branch ``branch`` (the onreply route
-        runs next): ``$rs``, ``$T_branch_idx`` and the reply's headers; AVPs are kept."""
+        runs next): ``$rs``, ``$T_branch_idx``, the reply's headers and To-tag; AVPs are
+        kept."""
         self.pvs |= {"$rs": status, "$T_branch_idx": branch}
+        if to_tag is not None:
+            self.pvs["$tt"] = to_tag
         self.headers = dict(headers or {})
         self.branch_replied = True
 

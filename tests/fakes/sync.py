@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 
+from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import StateStore, SyncLoop
 from counterpoise.core.tally import Tally
+from counterpoise.store.keys import AOR, DOMAIN, PIN
 
 WALL_EPOCH_MS = 1_700_000_000_000
 
@@ -165,6 +167,55 @@ class MemoryStore:
         if rejects:
             self.rejects.setdefault(node, {}).update({k: str(v) for k, v in rejects.items()})
         self.nodes[node] = now_ms
+
+
+class MemoryLocationStore:
+    """The location records in a dict (what ``kamailio.location`` uses of
+    ``store.location.LocationStore``), keyed ``(kind, name)``, each with the ``ttl_ms`` it was
+    written with (0: none); ``fail()`` makes every call raise ``StoreDown`` until
+    ``recover()``."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], tuple[Record, int]] = {}
+        self._failure: StoreDown | None = None
+
+    def fail(self, reason: str = "store unreachable") -> None:
+        self._failure = StoreDown(reason)
+
+    def recover(self) -> None:
+        self._failure = None
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def lookup(self, aor: str, domain: str) -> tuple[Record | None, Record | None, Record | None]:
+        self._check()
+        return self._record(PIN, aor), self._record(AOR, aor), self._record(DOMAIN, domain)
+
+    def _record(self, kind: str, name: str) -> Record | None:
+        found = self.records.get((kind, name))
+        return None if found is None else found[0]
+
+    def put(self, kind: str, name: str, record: Record, ttl_ms: int = 0) -> None:
+        self._check()
+        self.records[(kind, name)] = (record, ttl_ms)
+
+    def get(self, kind: str, name: str) -> Record | None:
+        self._check()
+        return self._record(kind, name)
+
+    def delete(self, kind: str, name: str) -> bool:
+        self._check()
+        return self.records.pop((kind, name), None) is not None
+
+    def apply(self, kind: str, writes: Sequence[PendingWrite]) -> None:
+        self._check()
+        for write in writes:
+            if write.record is None:
+                self.records.pop((kind, write.name), None)
+            else:
+                self.records[(kind, write.name)] = (Record.from_json(write.record), write.ttl_ms)
 
 
 class RecordingStore:

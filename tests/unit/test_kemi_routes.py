@@ -14,19 +14,16 @@ from typing import Any
 
 import pytest
 
-from counterpoise import clock
 from counterpoise.core import location
 from counterpoise.core.pool import Admin
 from counterpoise.core.settings import Fallback, Settings
-from counterpoise.core.sync import SyncLoop
 from counterpoise.core.tally import Tally
 
+from ..fakes.edge import CALLEE, Node
 from ..fakes.ksr import MYSELF, FakeKsr
-from ..fakes.sync import FakeClock, FakeProbes, MemoryStore
 
 A, B, C, D = (f"sip:10.0.0.{i}:5060" for i in (1, 2, 3, 4))
 S = Settings(location_server=False)
-CALLEE = "sip:bob@example.com"
 
 
 class FakeLocation:
@@ -65,70 +62,6 @@ class FakeLocation:
 
     def dialog_ended(self) -> None:
         self.dialogs_ended += 1
-
-
-class Node:
-    """One balancer node: the routing object, its sync loop and a fake clock for both."""
-
-    def __init__(self, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-        from counterpoise.kamailio import shared
-        from counterpoise.kamailio.app import KemiApp
-
-        self.ksr = ksr
-        self.settings = settings
-        self.clock = FakeClock(start_ms=1_000_000)
-        monkeypatch.setattr(clock, "monotonic_ms", self.clock.monotonic_ms)
-        monkeypatch.setattr(clock, "wall_ms", self.clock.wall_ms)
-        self.store = MemoryStore()
-        self.app = KemiApp(settings)
-        self.app.rng.seed(2)
-        self.app.sync = SyncLoop(
-            settings=settings,
-            node="lb1",
-            shared=shared.SharedTable(),
-            probes=FakeProbes(),
-            store=self.store,
-            monotonic_ms=self.clock.monotonic_ms,
-            wall_ms=self.clock.wall_ms,
-            log=lambda text: None,
-        )
-        self.shared = shared
-
-    def pool(self, *proxies: str, **weights: float) -> None:
-        """Put ``proxies`` in the pool and publish the table (one sync tick)."""
-        for uri in proxies:
-            self.store.add(uri, weights.get(uri, 1.0))
-        self.tick()
-
-    def tick(self, advance_ms: int = 0) -> None:
-        self.clock.advance(advance_ms)
-        assert self.app.ksr_sync_tick(None) == 1
-
-    def route(self, method: str = "INVITE", ruri: str = CALLEE, **kwargs: Any) -> None:
-        self.ksr.request(method, ruri, **kwargs)
-        assert self.app.ksr_request_route(None) == 1
-
-    def reply(self, status: int, after_ms: int = 0, branch: int | None = None, **kw: Any) -> None:
-        self.clock.advance(after_ms)
-        self.ksr.reply(status, branch=len(self.ksr.relays) - 1 if branch is None else branch, **kw)
-        assert self.app.ksr_route_reply(None) == 1
-
-    def fail(self, status: int, after_ms: int = 0, **kwargs: Any) -> None:
-        self.clock.advance(after_ms)
-        self.ksr.failure(status, **kwargs)
-        assert self.app.ksr_route_failure(None) == 1
-
-    @property
-    def tried(self) -> list[str]:
-        return [relay["duri"] for relay in self.ksr.relays]
-
-    def inflight(self, uri: str) -> int:
-        return self.ksr.htables[self.shared.INFLIGHT][uri]
-
-    def totals(self) -> dict[str, Tally]:
-        """What the workers counted per proxy, as the sync loop sums it."""
-        self.tick()
-        return {uri: t for uri, t in self.app.sync.totals.items() if t != Tally()}
 
 
 @pytest.fixture

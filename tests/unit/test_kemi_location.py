@@ -1,0 +1,171 @@
+"""The location server's edge (``kamailio/location.py``) through the fake KSR: registrations
+recorded from REGISTER replies, requests sent to their holder, dialog records written behind
+by the timer process and used by in-dialog requests without a route set, and all of it with
+its Redis (here ``MemoryLocationStore``) down."""
+
+from __future__ import annotations
+
+import pytest
+
+from counterpoise.core import location
+from counterpoise.core.location import Record
+from counterpoise.core.pool import Admin
+from counterpoise.core.settings import Fallback, Settings
+from counterpoise.store.keys import AOR, DIALOG
+
+from ..fakes.edge import Node
+from ..fakes.ksr import FakeKsr
+from ..fakes.sync import WALL_EPOCH_MS
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+ALICE = "sip:alice@example.com"
+S = Settings()
+CALL_ID = "call-1@198.51.100.7"
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, S)
+
+
+def counters(node: Node) -> dict[str, int]:
+    from counterpoise.kamailio.location import TABLE
+
+    return location.sum_counters(dict(node.ksr.htables[TABLE]))
+
+
+def register(node: Node, expires_s: int) -> str:
+    """A REGISTER of alice through the balancer, answered 200 granting ``expires_s``; the
+    proxy it went to."""
+    node.route("REGISTER", "sip:example.com", to=ALICE)
+    node.reply(
+        200, after_ms=5, headers={"Contact": f"<sip:alice@198.51.100.7>;expires={expires_s}"}
+    )
+    return node.tried[0]
+
+
+def hold(node: Node, proxy: str) -> None:
+    node.locations.put(AOR, "alice@example.com", Record(proxy))
+
+
+def test_register_records_its_proxy_and_requests_follow_it(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    proxy = register(node, expires_s=600)
+    now = WALL_EPOCH_MS + node.clock.now
+    record = Record(proxy, since_ms=now, expires_ms=now + 600_000)
+    assert node.locations.records[(AOR, "alice@example.com")] == (record, 600_000)
+    for _ in range(10):
+        node.route("INVITE", ALICE)
+        assert node.tried == [proxy]
+    assert counters(node) | {"lookup_us": 0, "write_us": 0} == {
+        "lookups": 11, "none": 1, "registration": 10, "registered": 1, "writes": 1,
+        "lookup_us": 0, "write_us": 0,
+    }  # fmt: skip
+
+
+def test_register_with_expires_0_removes_the_record(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    register(node, expires_s=600)
+    register(node, expires_s=0)
+    assert node.locations.records == {}
+    assert counters(node)["unregistered"] == 1
+
+
+def test_request_without_a_user_is_not_looked_up(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE", "sip:example.com")
+    assert node.tried == [A] and "lookups" not in counters(node)
+
+
+def test_unusable_holder_under_reject_gets_480_and_a_held_request_is_not_retried(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    node = Node(ksr, monkeypatch, Settings(location_fallback=Fallback.REJECT))
+    node.pool(A, B)
+    hold(node, B)
+    node.route("INVITE", ALICE)
+    assert node.tried == [B]
+    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    assert node.tried == [B]  # bound to its holder: no other proxy
+    node.store.set_admin(B, Admin.DRAINED)
+    node.tick(100)
+    node.route("INVITE", ALICE)
+    assert ksr.relays == [] and ksr.sl_replies == [(480, "Holder Proxy Unavailable")]
+    assert counters(node)["rejected"] == 1
+
+
+def test_dialog_record_is_written_behind_and_routes_requests_without_a_route_set(
+    node: Node, ksr: FakeKsr
+):
+    from counterpoise.kamailio.location import DIALOGS, QUEUE
+
+    node.pool(A, B)
+    node.route("INVITE")
+    proxy = node.tried[0]
+    node.reply(200, after_ms=5, to_tag="callee-tag")
+    assert set(ksr.htables[DIALOGS]) == {CALL_ID} and len(ksr.htables[QUEUE]) == 1
+    assert node.locations.records == {}  # no Redis round trip on the SIP path
+    node.tick(100)
+    record, ttl_ms = node.locations.records[(DIALOG, CALL_ID)]
+    assert (record.proxy, record.to_tag, ttl_ms) == (proxy, "callee-tag", S.dialog_record_ttl_ms)
+    assert ksr.htables[QUEUE] == {}
+
+    # The callee's INFO, tags swapped, without the route set: to the dialog's proxy.
+    node.route("INFO", from_tag="callee-tag", to_tag="from-tag-1")
+    assert node.tried == [proxy]
+    assert ksr.relays[0]["routes"] == [f"Route: <{proxy};lr>\r\n"]
+
+    # Another node's worker (no copy in its htable) finds the record in Redis.
+    del ksr.htables[DIALOGS][CALL_ID]
+    node.route("BYE", to_tag="callee-tag")
+    assert node.tried == [proxy]
+    node.tick(100)
+    assert (DIALOG, CALL_ID) not in node.locations.records
+    assert counters(node)["dialog_routed"] == 2
+
+
+def test_dialog_record_with_other_tags_is_not_used(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(200, to_tag="callee-tag")
+    node.route("INFO", to_tag="someone-else")
+    assert ksr.sl_replies == [(404, "Not here")]
+    assert counters(node)["dialog_unknown"] == 1
+
+
+def test_without_redis_requests_go_by_weight_and_dialog_writes_wait(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio.location import QUEUE
+
+    node.pool(A, B)
+    hold(node, B)
+    node.locations.fail()
+    node.route("INVITE", ALICE)
+    assert len(node.tried) == 1  # by weight, whichever it is
+    assert counters(node)["redis_skipped"] == 1
+    node.reply(200, to_tag="callee-tag")
+    node.tick(100)  # the timer's write fails: kept
+    assert len(ksr.htables[QUEUE]) == 1
+    assert sum("Redis (dialog records) unreachable" in t for t in ksr.logged("notice")) == 1
+    node.locations.recover()
+    node.tick(S.redis_backoff_initial_ms)
+    assert ksr.htables[QUEUE] == {} and (DIALOG, CALL_ID) in node.locations.records
+
+
+def test_full_dialog_queue_drops_its_oldest_writes(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    from counterpoise.kamailio.location import QUEUE
+
+    monkeypatch.setattr(location, "MAX_PENDING_WRITES", 2)
+    node.pool(A)
+    node.locations.fail()
+    for call in range(3):
+        node.route("INVITE", call_id=f"call-{call}")
+        node.reply(200, to_tag="callee-tag")
+    node.tick(100)
+    assert len(ksr.htables[QUEUE]) == 2
+    assert node.app.dialog_writes.dropped == 1
+    assert any("dropped 1 queued dialog writes" in text for text in ksr.logged("notice"))
+    node.locations.recover()
+    node.tick(S.redis_backoff_initial_ms)
+    assert {name for _, name in node.locations.records} == {"call-1", "call-2"}
