@@ -1,7 +1,8 @@
-"""The sync loop's view of the store (``core.sync.StateStore``), held to one contract by the
-real store on Redis (``store.pool.PoolStore``) and the in-memory one the unit tests use
-(``tests/fakes/sync.MemoryStore``): if these pass for both, the unit tests of the loop say
-something of the loop on Redis."""
+"""The stores the unit tests fake, held to one contract with the real ones on Redis: the sync
+loop's view of the store (``core.sync.StateStore``: ``store.pool.PoolStore`` and
+``tests/fakes/sync.MemoryStore``) and the location records as the edge uses them
+(``store.location.LocationStore`` and ``MemoryLocationStore``). If these pass for both, the
+unit tests on the fakes say something of the product on Redis."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import pytest
 import redis
 
 from counterpoise import processes
+from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.pool import Admin
 from counterpoise.core.sync import StateStore
+from counterpoise.store.keys import AOR, DIALOG, DOMAIN, PIN
+from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
 
-from ..fakes.sync import MemoryStore
+from ..fakes.sync import MemoryLocationStore, MemoryStore
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 TTL_MS = 60_000
@@ -109,3 +113,37 @@ def test_published_records_round_trip_as_json(store: StateStore):
     else:
         assert store.weights == {"lb1": records}
         assert store.rejects == {"lb1": {"report": "2"}}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def locations(request: pytest.FixtureRequest) -> LocationStore | MemoryLocationStore:
+    if request.param == "memory":
+        return MemoryLocationStore()
+    return LocationStore(request.getfixturevalue("redis_client"), "cp:")
+
+
+def test_lookup_returns_pin_registration_and_domain_pin(locations):
+    assert locations.lookup("alice@example.com", "example.com") == (None, None, None)
+    pin, registration, domain = Record(A), Record(B, 1, 2), Record("sip:10.0.0.3:5060")
+    locations.put(PIN, "alice@example.com", pin)
+    locations.put(AOR, "alice@example.com", registration, TTL_MS)
+    locations.put(DOMAIN, "example.com", domain)
+    assert locations.lookup("alice@example.com", "example.com") == (pin, registration, domain)
+    assert locations.get(AOR, "alice@example.com") == registration
+    assert locations.delete(AOR, "alice@example.com") is True
+    assert locations.delete(AOR, "alice@example.com") is False
+    assert locations.lookup("alice@example.com", "example.com") == (pin, None, domain)
+
+
+def test_queued_dialog_writes_apply_in_order(locations):
+    first, second = Record(A, 1, 0, "f", "t"), Record(B, 2, 0, "f", "t")
+    locations.apply(
+        DIALOG,
+        [
+            PendingWrite("c1", first.to_json(), TTL_MS),
+            PendingWrite("c2", second.to_json(), TTL_MS),
+            PendingWrite("c1"),
+        ],
+    )
+    assert locations.get(DIALOG, "c1") is None
+    assert locations.get(DIALOG, "c2") == second
