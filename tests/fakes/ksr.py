@@ -319,6 +319,7 @@ class Sl(_Api):
 
     @_kemi
     def sl_reply_error(self) -> int:
+        """sl answers the last internal error's code (a failed t_relay: mostly 500)."""
         self.ksr.sl_replies.append((500, "error"))
         return 1
 

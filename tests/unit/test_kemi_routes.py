@@ -138,6 +138,14 @@ def test_too_many_hops_gets_483(node: Node, ksr: FakeKsr):
     assert ksr.sl_replies == [(483, "Too Many Hops")] and ksr.relays == []
 
 
+def test_malformed_request_goes_no_further(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.returns["sanity.sanity_check"] = -1  # the sanity module answered 400 itself
+    node.route(source="203.0.113.9")
+    assert ksr.relays == [] and ksr.sl_replies == []
+    assert any("from 203.0.113.9, answered 400" in text for text in ksr.logged("err"))
+
+
 # --- initial requests ------------------------------------------------------------------------
 
 
