@@ -10,7 +10,7 @@ routes pick from and summing what they counted. The test plays Kamailio: a reque
 from __future__ import annotations
 
 import collections
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -44,7 +44,7 @@ class FakeLocation:
         self.answered: list[str] = []
         self.dialogs_ended = 0
 
-    def route_initial(self, usable: Any) -> location.Decision:
+    def route_initial(self, usable: Callable[[str], bool]) -> location.Decision:
         found = location.Holder(self.holder, location.PIN) if self.holder else None
         held_usable = found is not None and usable(found.proxy)
         decision = location.decide(found, held_usable, False, self.fallback)
