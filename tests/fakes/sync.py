@@ -41,6 +41,7 @@ class FakeShared:
         self.inflight_counts: dict[str, int] = {}
         self.tables: list[list[tuple[str, float]]] = []
         self.header_reasons: dict[str, str] = {}
+        self.location_rejections = (0, "")
 
     def read_tallies(self) -> Mapping[str, Tally]:
         return dict(self.tallies)
@@ -56,6 +57,9 @@ class FakeShared:
 
     def read_load_rejections(self) -> Mapping[str, str]:
         return dict(self.header_reasons)
+
+    def read_location_rejections(self) -> tuple[int, str]:
+        return self.location_rejections
 
     @property
     def table(self) -> dict[str, float]:
@@ -136,13 +140,13 @@ class MemoryStore:
         if self._failure is not None:
             raise self._failure
 
-    def poll(self, uris: Sequence[str]) -> tuple[int, list[bytes | None]]:
+    def poll(self, uris: Sequence[str]) -> tuple[int | None, list[bytes | None]]:
         self._check()
         return self.version, [self.reports.get(uri) for uri in uris]
 
-    def versioned_pool(self) -> tuple[int, dict[str, ProxyConfig]]:
+    def versioned_pool(self) -> tuple[int | None, dict[str, ProxyConfig], dict[str, str]]:
         self._check()
-        return self.version, dict(self.pool)
+        return self.version, dict(self.pool), {}
 
     def announced_reports(self) -> list[str]:
         self._check()
@@ -228,11 +232,11 @@ class RecordingStore:
         self.clock = clock
         self.calls: list[tuple[str, int]] = []
 
-    def poll(self, uris: Sequence[str]) -> tuple[int, list[bytes | None]]:
+    def poll(self, uris: Sequence[str]) -> tuple[int | None, list[bytes | None]]:
         self.calls.append(("poll", self.clock.now))
         return self.store.poll(uris)
 
-    def versioned_pool(self) -> tuple[int, dict[str, ProxyConfig]]:
+    def versioned_pool(self) -> tuple[int | None, dict[str, ProxyConfig], dict[str, str]]:
         self.calls.append(("versioned_pool", self.clock.now))
         return self.store.versioned_pool()
 

@@ -71,12 +71,12 @@ def announced(store: StateStore, count: int) -> list[str]:
 
 def test_version_moves_with_every_change_and_the_pool_matches_it(store: StateStore):
     assert store.poll([]) == (0, [])
-    assert store.versioned_pool() == (0, {})
+    assert store.versioned_pool() == (0, {}, {})
     store.add(A)
     store.add(B, 2.0)
     store.set_admin(A, Admin.DRAINED)
-    version, pool = store.versioned_pool()
-    assert version == store.poll([])[0] == 3
+    version, pool, rejected = store.versioned_pool()
+    assert version == store.poll([])[0] == 3 and rejected == {}
     assert {uri: (c.base_weight, c.admin) for uri, c in pool.items()} == {
         A: (1.0, Admin.DRAINED),
         B: (2.0, Admin.ACTIVE),

@@ -20,7 +20,7 @@ def now_ms() -> int:
 def test_empty_store(store: PoolStore):
     assert store.pool() == {}
     assert store.version() == 0
-    assert store.versioned_pool() == (0, {})
+    assert store.versioned_pool() == (0, {}, {})
 
 
 def test_add_list_remove(store: PoolStore):
@@ -37,7 +37,7 @@ def test_add_list_remove(store: PoolStore):
     assert pool[B].base_weight == 2.5
     store.remove(A)
     assert set(store.pool()) == {B}
-    assert store.versioned_pool() == (3, store.pool())
+    assert store.versioned_pool() == (3, store.pool(), {})
 
 
 def test_record_format_in_redis(store: PoolStore, redis_client):
@@ -78,7 +78,7 @@ def test_version_increments_on_each_change(store: PoolStore):
         change()
         versions.append(store.version())
     assert versions == [0, 1, 2, 3, 4, 5, 6]
-    version, pool = store.versioned_pool()
+    version, pool, _ = store.versioned_pool()
     assert version == 6
     assert pool == store.pool()
 

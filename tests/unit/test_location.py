@@ -8,6 +8,7 @@ from counterpoise.cli import main as cli
 from counterpoise.core import location
 from counterpoise.core.location import Decision, Holder, Record
 from counterpoise.core.settings import Fallback
+from counterpoise.core.untrusted import BadRecord
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 
@@ -85,8 +86,37 @@ def test_record_round_trip_and_garbage():
     record = Record(A, since_ms=1, expires_ms=2, from_tag="f", to_tag="t")
     assert Record.from_json(record.to_json()) == record
     assert Record.from_json(Record(A, 5).to_json()) == Record(A, 5)
-    for text in (None, "", "not json", "[]", '{"proxy": 3}', '{"x": 1}', '{"proxy": ""}'):
-        assert Record.from_json(text) is None
+    assert Record.from_json(None) is None
+
+
+BAD_RECORDS = [
+    "",
+    "not json",
+    "[]",
+    '{"proxy": 3}',
+    '{"x": 1}',
+    '{"proxy": ""}',
+    '{"proxy": "sip:10.0.0.1:5060", "since_ms": 1e999}',  # OverflowError in int()
+    '{"proxy": "sip:10.0.0.1:5060", "expires_ms": 1.5}',
+    '{"proxy": "sip:10.0.0.1:5060", "since_ms": -1}',
+    '{"proxy": "sip:10.0.0.1:5060\\r\\nX-Evil: 1"}',  # CRLF into a Route header
+    '{"proxy": "sip:10.0.0.1:5060,sip:10.0.0.2"}',  # a comma would split cp_tried
+    '{"proxy": "sip:10.0.0.1:5060", "from_tag": 5}',
+    "[" * 100_000 + "]" * 100_000,  # RecursionError, if it got past the size bound
+    b"\xff\xfe",
+]
+
+
+@pytest.mark.parametrize("text", BAD_RECORDS, ids=range(len(BAD_RECORDS)))
+def test_an_unusable_record_is_a_bad_record_never_another_error(text):
+    with pytest.raises(BadRecord):
+        Record.from_json(text)
+
+
+def test_deep_nesting_within_the_size_bound_is_a_bad_record():
+    deep = "[" * 1000 + "]" * 1000
+    with pytest.raises(BadRecord):
+        Record.from_json(deep)
 
 
 def test_dialog_tags_match_in_either_direction():

@@ -75,7 +75,9 @@ class Agent:
         )
         self.monotonic = monotonic
         self.cpu = CpuMeter()
-        self.seq = 0
+        self.seq: int | None = None
+        """The last report's sequence number; the first is the start time in epoch ms, so
+        a restarted agent's reports are still newer than its previous run's."""
         self.published = 0
         """Reports written to Redis so far."""
 
@@ -95,6 +97,7 @@ class Agent:
                 sample = self.source.sample()
             except Exception as error:  # any failure of the proxy's side is reported, not fatal
                 errors.append(str(error) or type(error).__name__)
+        self.seq = now_ms if self.seq is None else self.seq + 1
         report = LoadReport(
             proxy=self.proxy,
             seq=self.seq,
@@ -108,7 +111,6 @@ class Agent:
             rss_bytes=sum(s.rss_bytes for s in stats),
             error="; ".join(errors) or None,
         )
-        self.seq += 1
         return report
 
     def publish(self, report: LoadReport, now_ms: int) -> bool:

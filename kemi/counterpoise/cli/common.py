@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from counterpoise.core.settings import Settings
-from counterpoise.store.client import ERRORS, Store
+from counterpoise.store.client import ERRORS, Store, redact
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
 
@@ -37,5 +37,5 @@ def _open(kind: type[AnyStore], settings: Settings, url: str | None) -> AnyStore
     try:
         store.ping()
     except ERRORS as error:
-        raise CliError(f"Redis at {url} is unreachable: {error}") from None
+        raise CliError(f"Redis at {redact(url)} is unreachable: {error}") from None
     return store

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from counterpoise import clock
 from counterpoise.cli import table
 from counterpoise.cli.common import CliError, open_store
-from counterpoise.core.pool import Admin
+from counterpoise.core.pool import Admin, check_base_weight
 from counterpoise.core.settings import Settings
 from counterpoise.core.sipuri import InvalidProxyUri, parse_proxy_uri
+from counterpoise.core.untrusted import BadRecord
 from counterpoise.store.client import ERRORS
 from counterpoise.store.pool import PoolStore, UnknownProxy
 
@@ -23,9 +23,7 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
             return print_list(store, settings, args.json)
         uri = parse_proxy_uri(args.uri)
         if args.action == "add":
-            if not (math.isfinite(args.weight) and args.weight > 0):
-                raise CliError(f"--weight {args.weight}: must be a positive number")
-            config = store.add(uri, args.weight)
+            config = store.add(uri, check_base_weight(args.weight))
             print(f"{uri} in the pool, base weight {config.base_weight:g}, {config.admin}")
         elif args.action == "rm":
             store.remove(uri)
@@ -34,7 +32,7 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
             admin = Admin.DRAINED if args.action == "drain" else Admin.ACTIVE
             store.set_admin(uri, admin)
             print(f"{uri} {admin}")
-    except InvalidProxyUri as error:
+    except (InvalidProxyUri, BadRecord) as error:
         raise CliError(str(error)) from None
     except UnknownProxy as error:
         raise CliError(f"{error.args[0]} is not in the pool") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 from counterpoise import processes
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.core.settings import Settings, to_environ
+from counterpoise.store.client import redact
 
 DEFAULT_LISTEN = "127.0.0.1:5060"
 
@@ -50,7 +51,7 @@ def start_node(
     node_id = settings.node_id or f"{os.uname().nodename}:{port}"
     settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)
     open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable
-    print(f"starting Kamailio on udp:{host}:{port}, Redis {redis_url}")
+    print(f"starting Kamailio on udp:{host}:{port}, Redis {redact(redis_url)}")
     started.append(
         processes.start_balancer(
             host, port, run_dir, to_environ(settings), settings.fr_timer_ms, workers, log_path

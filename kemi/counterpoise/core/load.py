@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from counterpoise.core.reports import BadReport, HeaderLoad, LoadReport, decode
 from counterpoise.core.settings import Settings
+from counterpoise.core.untrusted import BadRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +83,19 @@ REPORT = "report"
 """Source name of an agent's reports (also their name in Redis records and counters)."""
 HEADER = "header"
 """Source name of the ``X-CP-Load`` header of replies."""
+POOL = "pool"
+"""Source name of the operator's pool records (``cp:pool``, ``cp:pool:version``)."""
+LOCATION = "location"
+"""Source name of the location records the SIP workers read (pins, registrations, dialogs)."""
 
 
 class LoadBook:
     """Every proxy's load sources, and every rejected input, for the sync loop.
 
     A rejected input is counted per source, logged once per proxy and source with its reason
-    (again only after that source was accepted in between), and never touches a track.
+    (again only after that source was accepted in between), and never touches a track. The
+    sources are the load's (``REPORT``, ``HEADER``) and the other records the node reads from
+    Redis (``POOL``, ``LOCATION``), so ``cp:rejects:<node>`` holds every rejection.
     """
 
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
@@ -97,8 +104,9 @@ class LoadBook:
         self._tracks: dict[tuple[str, str], Track] = {}
         self._last_raw: dict[str, bytes] = {}
         self._reports: dict[str, LoadReport] = {}
+        self._last_seq: dict[str, int] = {}
         self._silenced: set[tuple[str, str]] = set()
-        self.rejected: dict[str, int] = {REPORT: 0, HEADER: 0}
+        self.rejected: dict[str, int] = {REPORT: 0, HEADER: 0, POOL: 0, LOCATION: 0}
         """Inputs rejected so far, per source."""
         self.last_reason: dict[str, str] = {}
         """The latest rejection of each source: ``"<proxy>: <reason>"``."""
@@ -107,7 +115,8 @@ class LoadBook:
 
     def take_report(self, uri: str, raw: bytes | None, now_ms: int, wall_ms: int) -> None:
         """An agent's report as read from Redis (None: there is none). Only a report not seen
-        before renews the track, so a report left in Redis by a dead agent ages out."""
+        before renews the track, so a report left in Redis by a dead agent ages out; one whose
+        sequence number is not above the last accepted one is a replay and rejected."""
         if raw is None or raw == self._last_raw.get(uri):
             return
         self._last_raw[uri] = raw
@@ -115,10 +124,13 @@ class LoadBook:
             report = decode(raw, wall_ms)
             if report.proxy != uri:
                 raise BadReport(f"report names {report.proxy}, stored under {uri}")
-        except BadReport as error:
+            if report.seq <= self._last_seq.get(uri, -1):
+                raise BadReport(f"seq {report.seq} is not above {self._last_seq[uri]} (a replay)")
+        except BadRecord as error:
             self.reject(REPORT, uri, str(error))
             return
-        self._accept(REPORT, uri)
+        self.accept(REPORT, uri)
+        self._last_seq[uri] = report.seq
         self._reports[uri] = report
         utilisation = report_utilisation(report)
         if utilisation is not None:
@@ -126,7 +138,7 @@ class LoadBook:
 
     def take_header(self, uri: str, now_ms: int, utilisation: float) -> None:
         """The mean utilisation a window of a proxy's replies stated in ``X-CP-Load``."""
-        self._accept(HEADER, uri)
+        self.accept(HEADER, uri)
         self._renew(HEADER, uri, utilisation, now_ms)
 
     def reject(self, source: str, uri: str, reason: str, count: int = 1) -> None:
@@ -142,6 +154,7 @@ class LoadBook:
             self._tracks.pop((source, uri), None)
         self._last_raw.pop(uri, None)
         self._reports.pop(uri, None)
+        self._last_seq.pop(uri, None)
 
     # --- outputs -----------------------------------------------------------------------
 
@@ -195,5 +208,6 @@ class LoadBook:
             settings.load_smoothing_tau_ms,
         )
 
-    def _accept(self, source: str, uri: str) -> None:
+    def accept(self, source: str, uri: str) -> None:
+        """``source`` of ``uri`` was usable again: its next rejection is logged."""
         self._silenced.discard((source, uri))

@@ -23,7 +23,9 @@ import json
 import re
 from collections.abc import Iterable
 
+from counterpoise.core.pool import MAX_EPOCH_MS, check_proxy_uri
 from counterpoise.core.settings import Fallback
+from counterpoise.core.untrusted import BadRecord, untrusted
 
 DEFAULT_EXPIRES_S = 3600
 """Expiry of a binding when the 2xx gives none (neither a Contact ``expires`` parameter nor
@@ -154,24 +156,12 @@ class Record:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> Record | None:
-        """The record, or None for no record or one that does not parse (a hand edit)."""
-        if not text:
+    def from_json(cls, text: str | bytes | None) -> Record | None:
+        """The record, or None for no record; ``BadRecord`` saying why for one that is not
+        usable (a hand edit or a foreign writer: see ``parse_record``)."""
+        if text is None:
             return None
-        try:
-            data = json.loads(text)
-            proxy = data["proxy"]
-            if not isinstance(proxy, str) or not proxy:
-                return None
-            return cls(
-                proxy=proxy,
-                since_ms=int(data.get("since_ms", 0)),
-                expires_ms=int(data.get("expires_ms", 0)),
-                from_tag=str(data.get("from_tag", "")),
-                to_tag=str(data.get("to_tag", "")),
-            )
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None
+        return untrusted(lambda: _parse_record(text))
 
     def matches_tags(self, from_tag: str, to_tag: str) -> bool:
         """Whether an in-dialog request's tags are this dialog's, in either direction (the
@@ -179,6 +169,37 @@ class Record:
         if not (self.from_tag or self.to_tag):
             return True
         return {from_tag, to_tag} == {self.from_tag, self.to_tag}
+
+
+MAX_RECORD_BYTES = 2048
+"""Largest location record accepted; a dialog record with two long tags is about 250 bytes."""
+
+MAX_TAG_CHARS = 256
+"""Longest From/To tag accepted in a dialog record (RFC 3261 sets no limit; real tags are
+8 to 64 characters)."""
+
+
+def _parse_record(text: str | bytes) -> Record:
+    if len(text) > MAX_RECORD_BYTES:
+        raise BadRecord(f"{len(text)} bytes, more than {MAX_RECORD_BYTES}")
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise BadRecord(f"not a JSON object: {type(data).__name__}")
+    proxy = data.get("proxy")
+    if not isinstance(proxy, str):
+        raise BadRecord("proxy: not a string")
+    fields: dict[str, object] = {"proxy": check_proxy_uri(proxy)}
+    for name in ("since_ms", "expires_ms"):
+        value = data.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
+            raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
+        fields[name] = value
+    for name in ("from_tag", "to_tag"):
+        value = data.get(name, "")
+        if not isinstance(value, str) or len(value) > MAX_TAG_CHARS:
+            raise BadRecord(f"{name}: not a string of at most {MAX_TAG_CHARS} characters")
+        fields[name] = value
+    return Record(**fields)
 
 
 @dataclasses.dataclass(frozen=True)

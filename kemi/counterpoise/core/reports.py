@@ -12,7 +12,9 @@ key   field                type and meaning
 ====  ===================  ============================================================
 v     (format version)     int, ``FORMAT_VERSION``; another version is rejected
 u     proxy                str, the proxy's SIP URI as entered in the pool
-s     seq                  int >= 0, +1 per report of one agent run (restarts at 0)
+s     seq                  int >= 0, +1 per report; an agent starts it at its start time
+                           in epoch ms, so it grows across restarts too and the
+                           balancer can refuse a replayed (not newer) report
 t     timestamp_ms         int, epoch milliseconds when the agent measured
 c     cpu_utilisation      float in [0, 1] or nil: CPU time of the proxy's processes over
                            wall time, divided by the cores the proxy may use; nil on the
@@ -36,6 +38,8 @@ import dataclasses
 import math
 
 import msgpack
+
+from counterpoise.core.untrusted import BadRecord, untrusted
 
 FORMAT_VERSION = 1
 """Version of the wire map; bumped on any incompatible change so an old reader refuses a new
@@ -69,7 +73,7 @@ in tm's table (including those in the 5 s wait state), ``workers`` SIP worker pr
 ``active`` transactions really in progress. Other keys are ignored, so a proxy may add some."""
 
 
-class BadReport(ValueError):
+class BadReport(BadRecord):
     """A report or header that cannot be used; the message says why."""
 
 
@@ -78,7 +82,7 @@ class LoadReport:
     proxy: str
     """SIP URI of the proxy, as in the pool (``sip:10.0.0.11:5060``)."""
     seq: int
-    """Sequence number, +1 per report, from 0 when the agent starts."""
+    """Sequence number, +1 per report, from the agent's start time in epoch ms."""
     timestamp_ms: int
     """Epoch milliseconds of the measurement."""
     cpu_utilisation: float | None = None
@@ -173,10 +177,14 @@ def encode(report: LoadReport) -> bytes:
 
 
 def decode(data: bytes, now_ms: int) -> LoadReport:
-    """The report in ``data``, checked; ``BadReport`` with the reason if it is not one.
+    """The report in ``data``, checked; ``BadRecord`` with the reason if it is not one.
 
     ``now_ms`` is the reader's epoch-ms clock, to refuse reports stamped in the future.
     """
+    return untrusted(lambda: _decode(data, now_ms))
+
+
+def _decode(data: bytes, now_ms: int) -> LoadReport:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadReport(f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_REPORT_BYTES:

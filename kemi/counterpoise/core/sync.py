@@ -46,6 +46,10 @@ class SharedState(Protocol):
     def read_load_rejections(self) -> Mapping[str, str]:
         """Per proxy, the latest reason an ``X-CP-Load`` of its replies was rejected."""
 
+    def read_location_rejections(self) -> tuple[int, str]:
+        """Location records the SIP workers rejected since they started, and the latest
+        reason (``"<key>: <why>"``; empty if none)."""
+
     def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
         """Make ``(uri, weight)`` pairs the table every SIP worker routes with."""
 
@@ -60,10 +64,11 @@ class StateStore(Protocol):
     errors: tuple[type[BaseException], ...]
     """What its calls raise when it is unavailable: the loop carries on with what it had."""
 
-    def poll(self, uris: Sequence[str]) -> tuple[int, list[bytes | None]]:
-        """The pool's version and the raw load reports of ``uris``."""
+    def poll(self, uris: Sequence[str]) -> tuple[int | None, list[bytes | None]]:
+        """The pool's version (None: unusable) and the raw load reports of ``uris``."""
 
-    def versioned_pool(self) -> tuple[int, dict[str, ProxyConfig]]: ...
+    def versioned_pool(self) -> tuple[int | None, dict[str, ProxyConfig], dict[str, str]]:
+        """The version, the usable pool records and the rejected ones (URI -> why)."""
 
     def announced_reports(self) -> list[str]:
         """Proxies whose agents announced a report since the last call."""
@@ -104,7 +109,9 @@ class SyncLoop:
         self._redis = Guarded.with_backoff_of(
             settings, store.errors, log, "Redis", "routing on the last proxy table"
         )
-        self._pool_version = -1
+        self._pool_version: int | None = -1
+        self._rejected_pool: dict[str, str] = {}
+        self._location_rejects = 0
         self.loads = load.LoadBook(settings, log)
         self.pool: dict[str, ProxyConfig] = {}
         self.health: dict[str, policy.Health] = {}
@@ -151,8 +158,10 @@ class SyncLoop:
         def poll() -> None:
             uris = list(self.pool)
             version, raw_reports = self._store.poll(uris)
-            if version != self._pool_version:
-                version, pool = self._store.versioned_pool()
+            if version is None or version != self._pool_version:
+                # An unusable version cannot tell a change: reload every tick meanwhile.
+                version, pool, rejected = self._store.versioned_pool()
+                self._take_rejected_pool(version, rejected)
                 self._apply_pool(version, pool, now)
             wall = self._wall_ms()
             for uri, raw in zip(uris, raw_reports, strict=True):
@@ -172,7 +181,19 @@ class SyncLoop:
             if uri not in self.pool:
                 self.loads.reject(load.REPORT, uri, "report for a proxy that is not in the pool")
 
-    def _apply_pool(self, version: int, pool: dict[str, ProxyConfig], now: int) -> None:
+    def _take_rejected_pool(self, version: int | None, rejected: Mapping[str, str]) -> None:
+        """Count and log each unusable pool record (and version) once per new reason; the
+        rest of the pool is used as usual."""
+        if version is None:
+            rejected = {**rejected, "pool version": "cp:pool:version is not an integer"}
+        for uri, reason in rejected.items():
+            if self._rejected_pool.get(uri) != reason:
+                self.loads.reject(load.POOL, uri, reason)
+        for uri in set(self._rejected_pool) - set(rejected):
+            self.loads.accept(load.POOL, uri)
+        self._rejected_pool = dict(rejected)
+
+    def _apply_pool(self, version: int | None, pool: dict[str, ProxyConfig], now: int) -> None:
         for uri in pool:
             if uri not in self.health:
                 self._shared.ensure_inflight(uri)
@@ -189,11 +210,20 @@ class SyncLoop:
     def _publish_weights(self) -> None:
         wall = self._wall_ms()
         now = self._monotonic_ms()
+        self._take_location_rejections()
         total_weight = sum(w.weight for w in self.weights.values())
         records = {uri: self.record(uri, total_weight, now, wall) for uri in self.pool}
         rejects: dict[str, object] = dict(self.loads.rejected)
         rejects |= {f"{source}:last": text for source, text in self.loads.last_reason.items()}
         self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
+
+    def _take_location_rejections(self) -> None:
+        """Bring the workers' count of rejected location records into ``cp:rejects``."""
+        count, reason = self._shared.read_location_rejections()
+        if count > self._location_rejects:
+            key, _, why = reason.partition(": ")
+            self.loads.reject(load.LOCATION, key, why, count - self._location_rejects)
+        self._location_rejects = count
 
     def record(self, uri: str, total_weight: float, now: int, wall: int) -> dict[str, object]:
         """What Redis shows of one proxy: its weight, its share and every input of both."""

@@ -21,6 +21,7 @@ from counterpoise.core.settings import Settings, load_settings
 from counterpoise.core.sync import SyncLoop
 from counterpoise.kamailio import avps, probes, shared
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
+from counterpoise.store.client import redact
 from counterpoise.store.pool import PoolStore
 
 DIALOG_FORMING = "INVITE,SUBSCRIBE,REFER"
@@ -44,6 +45,7 @@ class KemiApp:
         self._max_sample_ms = int(settings.failure_penalty_ms)
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
+        self._failures: set[tuple[str, str]] = set()
         if settings.location_server:
             self.location = LocationRouting(settings, _notice)
 
@@ -150,7 +152,11 @@ class KemiApp:
         rejection (``location_fallback = "reject"``), or nothing (choose by weight)."""
         if self.location is None:
             return location.Decision()
-        return self.location.route_initial(self.view.refresh().__contains__)
+        try:
+            return self.location.route_initial(self.view.refresh().__contains__)
+        except Exception as error:
+            self._failed_once("location lookup", error)
+            return location.Decision(outcome="redis_skipped")
 
     def _pick(self, exclude: list[str] | tuple[str, ...]) -> str | None:
         picker = self.view.refresh()
@@ -257,17 +263,32 @@ class KemiApp:
             self.sync = self._make_sync_loop()
             if self.location is not None and self.settings.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
-        self.sync.tick()
+        # The tick and the flush fail independently: neither may stop the other.
+        try:
+            self.sync.tick()
+        except Exception as error:
+            self._failed_once("sync tick", error)
         if self.dialog_writes is not None:
-            self.dialog_writes.flush()
+            try:
+                self.dialog_writes.flush()
+            except Exception as error:
+                self._failed_once("dialog flush", error)
         return 1
+
+    def _failed_once(self, what: str, error: Exception) -> None:
+        """Log an unexpected failure of ``what`` once per process and kind of error (they
+        repeat every tick or request); the next tick or request runs as usual."""
+        key = (what, type(error).__name__)
+        if key not in self._failures:
+            self._failures.add(key)
+            KSR.err(f"counterpoise: {what} failed, carrying on: {type(error).__name__}: {error}\n")
 
     def _make_sync_loop(self) -> SyncLoop:
         node = self.settings.node_name()
         store = PoolStore.open(
             self.settings.redis_url, self.settings.key_prefix, self.settings.redis_timeout_ms
         )
-        KSR.info(f"counterpoise: node {node}, Redis {self.settings.redis_url}\n")
+        KSR.info(f"counterpoise: node {node}, Redis {redact(self.settings.redis_url)}\n")
         return SyncLoop(
             settings=self.settings,
             node=node,

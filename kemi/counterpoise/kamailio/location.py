@@ -32,12 +32,13 @@ from counterpoise import clock
 from counterpoise.core import location
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
+from counterpoise.core.untrusted import BadRecord
 from counterpoise.kamailio import avps, shared
 from counterpoise.store.client import ERRORS
 from counterpoise.store.keys import AOR, DIALOG
 from counterpoise.store.location import LocationStore
 
-TABLE = "cploc"
+TABLE = shared.LOCATION_COUNTS
 DIALOGS = "cpdlg"
 """Call-ID -> dialog record JSON, this node's copy (htable autoexpire: kamailio.cfg)."""
 QUEUE = "cplocq"
@@ -69,7 +70,14 @@ class LocationRouting:
             self._pid = os.getpid()
             self._counts = {}
             self._store = _open(self._settings, self._settings.location_redis_timeout_ms)
+            self._store.on_reject = self._rejected
         return self._store
+
+    def _rejected(self, key: str, reason: str) -> None:
+        """A location record that is unusable reads as absent; the timer process brings the
+        count and the reason into ``cp:rejects:<node>`` and logs it once."""
+        self.count(shared.REJECTED_RECORDS)
+        KSR.htable.sht_sets(shared.LOADS, shared.LOCATION_REJECT, f"{key}: {reason}")
 
     def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
         results: list[object] = []
@@ -172,7 +180,10 @@ class LocationRouting:
         call_id = _text("$ci")
         local = KSR.htable.sht_get(DIALOGS, call_id)
         if isinstance(local, str):
-            record = location.Record.from_json(local)
+            try:
+                record = location.Record.from_json(local)
+            except BadRecord:
+                record = None
         else:
             ok, record = self._call(lambda store: store.get(DIALOG, call_id))
             if not ok:

@@ -10,7 +10,9 @@ The routing tables are declared in ``kamailio.cfg``; their names are only here a
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
              has a single writer, so no lock is taken.
 ``cpload``   proxy URI -> the latest reason an ``X-CP-Load`` of that proxy was rejected (the
-             usable ones are summed into the workers' tallies).
+             usable ones are summed into the workers' tallies); ``LOCATION_REJECT`` -> the
+             latest location record a worker rejected, ``"<key>: <why>"`` (its count is the
+             workers' ``rejected_records`` in ``cploc``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping, Sequence
 import KSR
 
 from counterpoise.core.load import header_utilisation
+from counterpoise.core.location import sum_counters
 from counterpoise.core.reports import BadReport, parse_load_header
 from counterpoise.core.selection import WeightedPicker
 from counterpoise.core.tally import Tally
@@ -31,6 +34,11 @@ INFLIGHT = "cpinf"
 TALLIES = "cptally"
 LOADS = "cpload"
 _ITERATOR = "cpit"
+LOCATION_REJECT = "location record"
+"""Key in ``cpload`` of the latest rejected location record (never a proxy URI: a space)."""
+LOCATION_COUNTS = "cploc"
+REJECTED_RECORDS = "rejected_records"
+"""The workers' counter (``"<name> <pid>"`` in ``cploc``) of rejected location records."""
 
 
 def inflight(uri: str) -> int:
@@ -59,6 +67,13 @@ class SharedTable:
 
     def read_load_rejections(self) -> Mapping[str, str]:
         return dict(items(LOADS))
+
+    def read_location_rejections(self) -> tuple[int, str]:
+        counts = sum_counters(
+            {k: int(v) for k, v in items(LOCATION_COUNTS) if k.startswith(REJECTED_RECORDS + " ")}
+        )
+        last = KSR.htable.sht_get(LOADS, LOCATION_REJECT)
+        return counts.get(REJECTED_RECORDS, 0), last if isinstance(last, str) else ""
 
     def ensure_inflight(self, uri: str) -> None:
         if KSR.htable.sht_is_null(INFLIGHT, uri) > 0:

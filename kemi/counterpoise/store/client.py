@@ -1,10 +1,24 @@
-"""The one way to reach Redis: a client whose every call is bounded in time."""
+"""The one way to reach Redis: a client whose every call is bounded in time.
+
+``--redis`` / ``COUNTERPOISE_REDIS_URL`` takes every URL redis-py's ``Redis.from_url`` takes,
+with its query parameters (``redis://``, ``rediss://host:port/0?ssl_ca_certs=/path/ca.crt``,
+``unix:///run/redis.sock?db=0``), and one more scheme for Redis Sentinel:
+
+    redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/db]
+
+which asks the sentinels for the master of ``<service>`` on every new connection, so a client
+follows a failover without a restart (the credentials are the master's; the sentinels are
+asked without any). ``rediss+sentinel://`` does the same with TLS to the master, with the
+same query parameters as ``rediss://``.
+"""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Self
 
 import redis
+import redis.sentinel
 
 from counterpoise.store.keys import Keys
 
@@ -12,31 +26,109 @@ ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError
 """What a store call may raise when Redis is down, slow or holds garbage; every one means
 "carry on with what we had"."""
 
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+"""Sentinel URL schemes, and whether the master is reached over TLS."""
 
-def connect(url: str, timeout_ms: int, decode: bool = True) -> redis.Redis:
+
+def connect(url: str, timeout_ms: int, decode: bool = True, password: str = "") -> redis.Redis:
     """A client whose every call returns or fails within ``timeout_ms`` (connect and read).
-    ``decode=False`` returns bytes (msgpack reports)."""
+    ``decode=False`` returns bytes (msgpack reports, records checked before decoding).
+    ``password`` is used when the URL has none (read from a file, never a process argument)."""
     seconds = timeout_ms / 1000.0
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=seconds,
-        socket_connect_timeout=seconds,
-        decode_responses=decode,
-        health_check_interval=0,
+    options = {
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "decode_responses": decode,
+        "health_check_interval": 0,
+    }
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel_master(url, SENTINEL_SCHEMES[scheme], password, options)
+    if password and not urllib.parse.urlsplit(url).password:
+        options["password"] = password
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, tls: bool, password: str, options: dict) -> redis.Redis:
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, _, secret = userinfo.partition(":")
+    path = [p for p in parts.path.split("/") if p]
+    if not hosts or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            f"{redact(url)}: expected redis+sentinel://[user:password@]host:port[,host:port...]"
+            "/<service>[/db]"
+        )
+    sentinels = [_host_port(item, url) for item in hosts.split(",")]
+    # The query's parameters (ssl_ca_certs=...) apply to the master, as in a rediss:// URL.
+    query = redis.connection.parse_url(f"{'rediss' if tls else 'redis'}://x/?{parts.query}")
+    query.pop("host", None)
+    extra = {**query, **options}
+    if tls:
+        extra["connection_class"] = redis.sentinel.SentinelManagedSSLConnection
+    if user:
+        extra["username"] = urllib.parse.unquote(user)
+    if secret or password:
+        extra["password"] = urllib.parse.unquote(secret) if secret else password
+    sentinel_options = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+    }
+    manager = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=sentinel_options)
+    db = int(path[1]) if len(path) == 2 else 0
+    return manager.master_for(urllib.parse.unquote(path[0]), db=db, **extra)
+
+
+def _host_port(text: str, url: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{redact(url)}: {text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def bytes_twin(client: redis.Redis) -> redis.Redis:
+    """A client that returns bytes, connected exactly as ``client`` is (same connection class:
+    TLS, unix socket, Sentinel; same credentials and timeouts)."""
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+    kwargs |= {"decode_responses": False, "connection_class": pool.connection_class}
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        twin = redis.sentinel.SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, is_master=pool.is_master, **kwargs
+        )
+    else:
+        twin = redis.ConnectionPool(**kwargs)
+    return redis.Redis(connection_pool=twin)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: what may be printed or logged."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, "***" if "password" in k.lower() else v) for k, v in query]
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    netloc = f"{userinfo}{at}{hosts}"
+    return urllib.parse.urlunsplit(
+        parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="/*"))
     )
 
 
 class Store:
-    """Base of the stores: one client, one key schema, opened one way."""
+    """Base of the stores: one client, its bytes twin, one key schema, opened one way."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
+        self.raw = bytes_twin(client)
+        """Reads of records that are checked before they are decoded (``core.untrusted``):
+        a value that is not UTF-8 is then one bad record, not a failed read of all of them."""
         self.keys = Keys(prefix)
 
     @classmethod
-    def open(cls, url: str, prefix: str, timeout_ms: int) -> Self:
+    def open(cls, url: str, prefix: str, timeout_ms: int, password: str = "") -> Self:
         """A store on a new connection to ``url``, each call bounded by ``timeout_ms``."""
-        return cls(connect(url, timeout_ms), prefix)
+        return cls(connect(url, timeout_ms, password=password), prefix)
 
     def ping(self) -> None:
         """Raise one of ``ERRORS`` unless Redis answers."""

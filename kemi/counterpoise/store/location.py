@@ -10,9 +10,10 @@ A lookup for an initial request is one ``MGET`` of the first three: one round tr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from counterpoise.core.location import PendingWrite, Record
+from counterpoise.core.untrusted import BadRecord
 from counterpoise.store.client import Store
 from counterpoise.store.keys import AOR, DOMAIN, LOCATION_KINDS, PIN
 
@@ -29,24 +30,37 @@ class Entry:
 
 
 class LocationStore(Store):
+    on_reject: Callable[[str, str], None] = staticmethod(lambda key, reason: None)
+    """Called with the key and the reason of each record that is unusable (a hand edit or a
+    foreign writer): such a record reads as absent. The SIP workers count them."""
+
     def key(self, kind: str, name: str) -> str:
         return self.keys.location(kind, name)
+
+    def _record(self, key: str, raw: bytes | None) -> Record | None:
+        try:
+            return Record.from_json(raw)
+        except BadRecord as error:
+            self.on_reject(key, str(error))
+            return None
 
     # --- the SIP workers' side ---------------------------------------------------------------
 
     def lookup(self, aor: str, domain: str) -> tuple[Record | None, Record | None, Record | None]:
         """The AOR pin, the registration record and the domain pin, in one round trip."""
-        pin, registration, domain_pin = self.client.mget(
-            self.key(PIN, aor), self.key(AOR, aor), self.key(DOMAIN, domain)
+        keys = (self.key(PIN, aor), self.key(AOR, aor), self.key(DOMAIN, domain))
+        pin, registration, domain_pin = (
+            self._record(key, raw) for key, raw in zip(keys, self.raw.mget(keys), strict=True)
         )
-        return Record.from_json(pin), Record.from_json(registration), Record.from_json(domain_pin)
+        return pin, registration, domain_pin
 
     def put(self, kind: str, name: str, record: Record, ttl_ms: int = 0) -> None:
         """Write a record; ``ttl_ms`` > 0 makes Redis delete it by itself after that long."""
         self.client.set(self.key(kind, name), record.to_json(), px=ttl_ms if ttl_ms > 0 else None)
 
     def get(self, kind: str, name: str) -> Record | None:
-        return Record.from_json(self.client.get(self.key(kind, name)))
+        key = self.key(kind, name)
+        return self._record(key, self.raw.get(key))
 
     def delete(self, kind: str, name: str) -> bool:
         return bool(self.client.delete(self.key(kind, name)))
@@ -67,13 +81,13 @@ class LocationStore(Store):
     def entries(self, kind: str, name: str) -> list[Entry]:
         """The record of that kind and name, with its remaining time, or nothing."""
         key = self.key(kind, name)
-        with self.client.pipeline(transaction=False) as pipe:
+        with self.raw.pipeline(transaction=False) as pipe:
             pipe.get(key)
             pipe.pttl(key)
-            text, ttl = pipe.execute()
-        if text is None:
+            raw, ttl = pipe.execute()
+        if raw is None:
             return []
-        return [Entry(kind, name, Record.from_json(text), ttl)]
+        return [Entry(kind, name, self._record(key, raw), ttl)]
 
     def scan(self, kinds: tuple[str, ...] = LOCATION_KINDS, batch: int = 500) -> Iterator[Entry]:
         """Every record of the given kinds (SCAN: never blocks Redis, however many there are)."""
@@ -90,15 +104,15 @@ class LocationStore(Store):
     def _read(self, kind: str, start: str, keys: list[str]) -> Iterator[Entry]:
         if not keys:
             return
-        with self.client.pipeline(transaction=False) as pipe:
+        with self.raw.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.get(key)
                 pipe.pttl(key)
             values = pipe.execute()
         for index, key in enumerate(keys):
-            text, ttl = values[2 * index], values[2 * index + 1]
-            if text is not None:
-                yield Entry(kind, key[len(start) :], Record.from_json(text), ttl)
+            raw, ttl = values[2 * index], values[2 * index + 1]
+            if raw is not None:
+                yield Entry(kind, key[len(start) :], self._record(key, raw), ttl)
 
 
 def _glob_escape(text: str) -> str:

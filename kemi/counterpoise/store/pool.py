@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import redis
 
 from counterpoise import clock
-from counterpoise.core.pool import Admin, ProxyConfig, parse_pool
+from counterpoise.core.pool import Admin, ProxyConfig, parse_pool, parse_version
+from counterpoise.core.untrusted import BadRecord, untrusted
 from counterpoise.store.client import ERRORS, Store
 
 
@@ -27,21 +28,17 @@ class PoolStore(Store):
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         super().__init__(client, prefix)
-        # Reports are msgpack bytes: read them on connections that do not decode replies,
-        # made the way the client's own are (same connection class: TLS, unix socket).
-        pool = client.connection_pool
-        kwargs = {**pool.connection_kwargs, "decode_responses": False}
-        self._raw = redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
         self._announcements: redis.client.PubSub | None = None
 
     # --- the operator's side -------------------------------------------------------------
 
     def add(self, uri: str, base_weight: float = 1.0) -> ProxyConfig:
         """Add a proxy, or change the base weight of one already in the pool (its admin state
-        is kept)."""
-        current = self.get(uri)
+        is kept; an unusable stored record is replaced)."""
+        try:
+            current = self.get(uri)
+        except BadRecord:
+            current = None
         config = ProxyConfig(
             uri=uri,
             base_weight=base_weight,
@@ -68,31 +65,38 @@ class PoolStore(Store):
         return config
 
     def get(self, uri: str) -> ProxyConfig | None:
-        """One proxy's record, read alone (HGET), or None if it is not in the pool."""
-        text = self.client.hget(self.keys.pool, uri)
-        return None if text is None else parse_pool({uri: text}).get(uri)
+        """One proxy's record, read alone (HGET), or None if it is not in the pool;
+        ``BadRecord`` if the stored one is unusable (``add`` writes a good one over it)."""
+        text = self.raw.hget(self.keys.pool, uri)
+        return None if text is None else ProxyConfig.from_json(uri, text)
 
     def _write(self, uri: str, record: str) -> None:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.pool, uri, record)
             pipe.incr(self.keys.pool_version)
-            pipe.execute()
+            _, bumped = pipe.execute(raise_on_error=False)
+        if isinstance(bumped, redis.ResponseError):
+            # The version is not an integer (a hand edit): the record is written, and nodes
+            # reload the pool on every tick until the version is one again. Restart it from
+            # the clock, above any count it can have reached, so no node mistakes it for one
+            # it has already seen.
+            self.client.set(self.keys.pool_version, clock.wall_ms())
 
     # --- the balancer's side -------------------------------------------------------------
 
-    def version(self) -> int:
-        value = self.client.get(self.keys.pool_version)
-        return int(value) if value is not None else 0
+    def version(self) -> int | None:
+        """``cp:pool:version``; None when it is not an integer (``core.pool.parse_version``)."""
+        return parse_version(self.client.get(self.keys.pool_version))
 
-    def poll(self, uris: Sequence[str]) -> tuple[int, list[bytes | None]]:
-        """The pool's version and the agents' reports of ``uris``, in one round trip."""
-        with self._raw.pipeline(transaction=False) as pipe:
+    def poll(self, uris: Sequence[str]) -> tuple[int | None, list[bytes | None]]:
+        """The pool's version (None: not an integer) and the agents' reports of ``uris``, in
+        one round trip."""
+        with self.raw.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.pool_version)
             if uris:
                 pipe.mget([self.keys.report(uri) for uri in uris])
             results = pipe.execute()
-        version = int(results[0]) if results[0] is not None else 0
-        return version, (list(results[1]) if uris else [])
+        return parse_version(results[0]), (list(results[1]) if uris else [])
 
     def announced_reports(self) -> list[str]:
         """Proxy URIs agents announced a report for since the last call (subscribing on the
@@ -122,15 +126,18 @@ class PoolStore(Store):
             pipe.execute()
 
     def pool(self) -> dict[str, ProxyConfig]:
-        return parse_pool(self.client.hgetall(self.keys.pool))
+        """The usable records of the pool (bad ones left out)."""
+        return parse_pool(self.raw.hgetall(self.keys.pool))[0]
 
-    def versioned_pool(self) -> tuple[int, dict[str, ProxyConfig]]:
-        """Version and list read in one round trip, consistent with each other."""
-        with self.client.pipeline(transaction=True) as pipe:
+    def versioned_pool(self) -> tuple[int | None, dict[str, ProxyConfig], dict[str, str]]:
+        """Version, usable records and the rejected ones (URI -> why), read in one round trip
+        and consistent with each other. Read as bytes: a record that is not UTF-8 is one bad
+        record, not a failed read of the whole pool."""
+        with self.raw.pipeline(transaction=True) as pipe:
             pipe.get(self.keys.pool_version)
             pipe.hgetall(self.keys.pool)
             version, records = pipe.execute()
-        return (int(version) if version is not None else 0), parse_pool(records)
+        return parse_version(version), *parse_pool(records)
 
     def publish_weights(
         self,
@@ -166,5 +173,15 @@ class PoolStore(Store):
         result = {}
         for node in nodes:
             raw = self.client.hgetall(self.keys.weights(node))
-            result[node] = {uri: json.loads(text) for uri, text in raw.items()}
+            result[node] = {}
+            for uri, text in raw.items():
+                with contextlib.suppress(BadRecord):  # another node's garbage: not shown
+                    result[node][uri] = untrusted(lambda t=text: _json_object(t))
         return result
+
+
+def _json_object(text: str) -> dict:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise BadRecord("not a JSON object")
+    return data
