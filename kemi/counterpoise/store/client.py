@@ -42,6 +42,8 @@ def connect(url: str, timeout_ms: int, decode: bool = True, password: str = "") 
         "health_check_interval": 0,
     }
     scheme = urllib.parse.urlsplit(url).scheme
+    if scheme == "unix":
+        del options["socket_connect_timeout"]  # redis-py's unix connections do not take it
     if scheme in SENTINEL_SCHEMES:
         return _sentinel_master(url, SENTINEL_SCHEMES[scheme], password, options)
     if password and not urllib.parse.urlsplit(url).password:
@@ -102,17 +104,21 @@ def bytes_twin(client: redis.Redis) -> redis.Redis:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: what may be printed or logged."""
-    parts = urllib.parse.urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, "***" if "password" in k.lower() else v) for k, v in query]
+    """``url`` with its passwords (user info, ``password=`` parameters) replaced by ``***``:
+    what may be printed or logged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    rest, mark, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
     if at and ":" in userinfo:
-        userinfo = userinfo.partition(":")[0] + ":***"
-    netloc = f"{userinfo}{at}{hosts}"
-    return urllib.parse.urlunsplit(
-        parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="/*"))
-    )
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    params = [
+        (f"{k}=***" if "password" in k.lower() else f"{k}{eq}{v}")
+        for k, eq, v in (item.partition("=") for item in query.split("&") if item)
+    ]
+    return f"{scheme}://{netloc}{slash}{path}{mark}{'&'.join(params)}"
 
 
 class Store:
