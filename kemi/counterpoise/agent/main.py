@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = make_source(args, parser)
     agent = Agent(
         proxy,
-        PoolStore.open(args.redis, settings.key_prefix, settings.redis_timeout_ms),
+        PoolStore.open(
+            args.redis, settings.key_prefix, settings.redis_timeout_ms, settings.redis_password_file
+        ),
         ProcessSet(pidfile=args.pidfile, name=args.process_name),
         source=source,
         capacity=args.capacity,

@@ -33,7 +33,7 @@ def open_location_store(settings: Settings, url: str | None) -> LocationStore:
 def _open(kind: type[AnyStore], settings: Settings, url: str | None) -> AnyStore:
     url = url or settings.redis_url
     timeout_ms = max(settings.redis_timeout_ms, CLI_REDIS_TIMEOUT_MS)
-    store = kind.open(url, settings.key_prefix, timeout_ms)
+    store = kind.open(url, settings.key_prefix, timeout_ms, settings.redis_password_file)
     try:
         store.ping()
     except ERRORS as error:

@@ -30,6 +30,17 @@ def redis_port(url: str) -> int:
     return urllib.parse.urlsplit(url).port or 6379
 
 
+def redis_data_dir(settings: Settings) -> Path:
+    """The embedded Redis's one fixed folder (``Settings.redis_data_dir``): the same at every
+    start, so the operator's pool survives a restart."""
+    if settings.redis_data_dir:
+        return Path(settings.redis_data_dir)
+    if os.geteuid() == 0:
+        return Path("/var/lib/counterpoise/redis")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "counterpoise" / "redis"
+
+
 def start_node(
     settings: Settings,
     listen: str,
@@ -46,8 +57,9 @@ def start_node(
     if redis_url is None:
         redis_url = settings.redis_url
         embedded_port = redis_port(redis_url)
-        print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} ({run_dir / 'redis'})")
-        started.append(processes.start_redis(embedded_port, run_dir / "redis"))
+        data_dir = redis_data_dir(settings)
+        print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} (data in {data_dir})")
+        started.append(processes.start_redis(embedded_port, data_dir))
     node_id = settings.node_id or f"{os.uname().nodename}:{port}"
     settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)
     open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable

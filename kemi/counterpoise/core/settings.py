@@ -208,6 +208,17 @@ class Settings:
     the two Redis round trips per call (write on the 2xx, delete on the BYE) where every peer
     keeps its route set."""
 
+    # --- Redis: persistence and credentials (issue 11) ---
+    redis_data_dir: str = ""
+    """Folder of the embedded Redis's data (append-only file) and log. Empty: one fixed folder,
+    ``/var/lib/counterpoise/redis`` when run as root, else ``$XDG_STATE_HOME/counterpoise/redis``
+    (``~/.local/state/...``), so a restart of ``counterpoise up`` finds the operator's pool."""
+
+    redis_password_file: str = ""
+    """File holding the Redis password (first line) when the URL carries none: the password
+    is then neither a process argument (``ps`` shows those to every user) nor in the URL that
+    is logged. Empty: none, or the embedded Redis's own (``counterpoise up`` generates it)."""
+
     def __post_init__(self) -> None:
         """Check every value; raise ``SettingError`` naming the first bad one."""
         for field in dataclasses.fields(self):

@@ -286,7 +286,10 @@ class KemiApp:
     def _make_sync_loop(self) -> SyncLoop:
         node = self.settings.node_name()
         store = PoolStore.open(
-            self.settings.redis_url, self.settings.key_prefix, self.settings.redis_timeout_ms
+            self.settings.redis_url,
+            self.settings.key_prefix,
+            self.settings.redis_timeout_ms,
+            self.settings.redis_password_file,
         )
         KSR.info(f"counterpoise: node {node}, Redis {redact(self.settings.redis_url)}\n")
         return SyncLoop(

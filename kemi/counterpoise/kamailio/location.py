@@ -246,4 +246,6 @@ class DialogWriteBehind:
 
 
 def _open(settings: Settings, timeout_ms: int) -> LocationStore:
-    return LocationStore.open(settings.redis_url, settings.key_prefix, timeout_ms)
+    return LocationStore.open(
+        settings.redis_url, settings.key_prefix, timeout_ms, settings.redis_password_file
+    )

@@ -30,10 +30,12 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """Sentinel URL schemes, and whether the master is reached over TLS."""
 
 
-def connect(url: str, timeout_ms: int, decode: bool = True, password: str = "") -> redis.Redis:
+def connect(url: str, timeout_ms: int, decode: bool = True, password_file: str = "") -> redis.Redis:
     """A client whose every call returns or fails within ``timeout_ms`` (connect and read).
     ``decode=False`` returns bytes (msgpack reports, records checked before decoding).
-    ``password`` is used when the URL has none (read from a file, never a process argument)."""
+    ``password_file``'s first line is the password when the URL has none (so it is never a
+    process argument)."""
+    password = read_password(password_file)
     seconds = timeout_ms / 1000.0
     options = {
         "socket_timeout": seconds,
@@ -49,6 +51,14 @@ def connect(url: str, timeout_ms: int, decode: bool = True, password: str = "") 
     if password and not urllib.parse.urlsplit(url).password:
         options["password"] = password
     return redis.Redis.from_url(url, **options)
+
+
+def read_password(path: str) -> str:
+    """The first line of ``path`` (empty path: no password)."""
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as file:
+        return file.readline().strip()
 
 
 def _sentinel_master(url: str, tls: bool, password: str, options: dict) -> redis.Redis:
@@ -132,9 +142,9 @@ class Store:
         self.keys = Keys(prefix)
 
     @classmethod
-    def open(cls, url: str, prefix: str, timeout_ms: int, password: str = "") -> Self:
+    def open(cls, url: str, prefix: str, timeout_ms: int, password_file: str = "") -> Self:
         """A store on a new connection to ``url``, each call bounded by ``timeout_ms``."""
-        return cls(connect(url, timeout_ms, password=password), prefix)
+        return cls(connect(url, timeout_ms, password_file=password_file), prefix)
 
     def ping(self) -> None:
         """Raise one of ``ERRORS`` unless Redis answers."""

@@ -1,0 +1,70 @@
+"""``counterpoise up`` twice on the same embedded Redis folder: the pool added in between is
+still there after the restart (issue 11)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from counterpoise import processes
+
+pytestmark = pytest.mark.e2e
+
+
+def up(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    sip = processes.free_port()
+    log = open(tmp_path / f"up-{sip}.log", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "counterpoise.cli", "up", "--listen", f"127.0.0.1:{sip}",
+         "--run-dir", str(tmp_path / f"run-{sip}"), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    processes.wait_for(
+        lambda: proc.poll() is not None or processes.sip_options("127.0.0.1", sip) == 200,
+        30,
+        "counterpoise up to answer",
+    )
+    assert proc.poll() is None, (tmp_path / f"up-{sip}.log").read_text()
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_pool_survives_a_restart_of_up(tmp_path: Path) -> None:
+    data_dir = tmp_path / "redis-data"
+    env = {
+        **os.environ,
+        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
+        "COUNTERPOISE_REDIS_DATA_DIR": str(data_dir),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "counterpoise.cli", *args],
+            env=env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    first = up(tmp_path, env)
+    try:
+        for uri in ("sip:127.0.0.1:7001", "sip:127.0.0.1:7002"):
+            assert cli("proxy", "add", uri, "--weight", "2").returncode == 0
+        assert cli("proxy", "drain", "sip:127.0.0.1:7002").returncode == 0
+    finally:
+        stop(first)
+    assert (data_dir / "appendonlydir").is_dir()
+    second = up(tmp_path, env)
+    try:
+        listed = cli("proxy", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert "sip:127.0.0.1:7001" in listed.stdout and "sip:127.0.0.1:7002" in listed.stdout
+        assert '"drained"' in listed.stdout
+    finally:
+        stop(second)
