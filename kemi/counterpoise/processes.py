@@ -175,19 +175,23 @@ class Process:
             raise StartError(f"{self.name} exited at start-up:\n{self.log_tail()}")
 
 
-def start_redis(port: int, data_dir: Path, timeout_s: float = 10.0) -> Process:
+def start_redis(
+    port: int, data_dir: Path, timeout_s: float = 10.0, aclfile: Path | None = None
+) -> Process:
+    """redis-server with ``redis/redis.conf`` on ``port``, its data in ``data_dir``; with
+    ``aclfile``, its users from that file (``cli/embedded.py``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    proc = Process(
-        "redis-server",
-        ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir)],
-        data_dir / "redis.log",
-    )
+    argv = ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir)]
+    if aclfile is not None:
+        argv += ["--aclfile", str(aclfile)]
+    proc = Process("redis-server", argv, data_dir / "redis.log")
 
     def pong() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
                 conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+                # With the default user off, a running Redis asks for authentication.
+                return conn.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -1,5 +1,6 @@
 """``counterpoise up`` twice on the same embedded Redis folder: the pool added in between is
-still there after the restart (issue 11)."""
+still there after the restart, the balancer connects as its own user, the CLI as the operator
+(issue 11)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from counterpoise import processes
+from counterpoise.store.client import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -66,5 +69,23 @@ def test_pool_survives_a_restart_of_up(tmp_path: Path) -> None:
         assert listed.returncode == 0, listed.stderr
         assert "sip:127.0.0.1:7001" in listed.stdout and "sip:127.0.0.1:7002" in listed.stdout
         assert '"drained"' in listed.stdout
+        admin = connect(
+            env["COUNTERPOISE_REDIS_URL"], 2000, password_file=str(data_dir / "default.password")
+        )
+        others = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+        assert others and {c["user"] for c in others} == {"balancer"}, others
+        secret = tmp_path / "agent.password"
+        made = cli("agent-user", "sip:127.0.0.1:7001", "--password-file", str(secret))
+        assert made.returncode == 0, made.stderr
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert secret.read_text().strip() not in made.stdout
+        agent = connect(
+            f"redis://agent-sip-127.0.0.1-7001@{env['COUNTERPOISE_REDIS_URL'][8:]}",
+            2000,
+            password_file=str(secret),
+        )
+        agent.set("cp:report:sip:127.0.0.1:7001", "x", px=1000)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            agent.hset("cp:pool", "sip:127.0.0.1:7003", '{"weight": 1}')
     finally:
         stop(second)

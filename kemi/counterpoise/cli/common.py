@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from counterpoise.cli import embedded
+from counterpoise.core.roles import ADMIN
 from counterpoise.core.settings import Settings
 from counterpoise.store.client import ERRORS, Store, redact
 from counterpoise.store.location import LocationStore
@@ -25,12 +27,24 @@ def open_store(settings: Settings, url: str | None) -> PoolStore:
     return _open(PoolStore, settings, url)
 
 
+def open_admin_store(settings: Settings, url: str | None) -> PoolStore:
+    """The pool store as the embedded Redis's administrator (to make users), checked to
+    answer."""
+    return _open(PoolStore, settings, url, role=ADMIN)
+
+
 def open_location_store(settings: Settings, url: str | None) -> LocationStore:
     """The location store on ``url`` (default ``settings.redis_url``), checked to answer."""
     return _open(LocationStore, settings, url)
 
 
-def _open(kind: type[AnyStore], settings: Settings, url: str | None) -> AnyStore:
+def _open(
+    kind: type[AnyStore], settings: Settings, url: str | None, role: str = "operator"
+) -> AnyStore:
+    """``kind`` of store on ``url``; without one, on ``settings.redis_url``, as ``role`` when
+    that is the embedded Redis and its password file is readable (``embedded.as_role``)."""
+    if url is None:
+        settings = embedded.as_role(settings, embedded.data_dir(settings), role)
     url = url or settings.redis_url
     timeout_ms = max(settings.redis_timeout_ms, CLI_REDIS_TIMEOUT_MS)
     store = kind.open(url, settings.key_prefix, timeout_ms, settings.redis_password_file)

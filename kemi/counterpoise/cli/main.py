@@ -4,6 +4,7 @@
     counterpoise proxy add URI [--weight N] | rm URI | drain URI | undrain URI | list [--json]
     counterpoise watch             live table of the pool
     counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)
+    counterpoise agent-user URI --password-file PATH   a Redis user for one agent (cli/users.py)
     counterpoise demo              the embedded default: Redis, balancer, demo pool, calls
 
 Every subcommand takes ``--redis URL`` (default: ``COUNTERPOISE_REDIS_URL`` or the embedded
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 from counterpoise import processes
 from counterpoise.cli import location as location_cli
+from counterpoise.cli import users
 from counterpoise.cli.common import CliError
 from counterpoise.cli.pool import cmd_proxy, cmd_watch
 from counterpoise.cli.up import DEFAULT_LISTEN, cmd_up
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(func=cmd_watch)
 
     location_cli.add_parser(sub, common)
+    users.add_parser(sub, common)
 
     demo = sub.add_parser("demo", help="embedded default: Redis, balancer, demo pool, calls")
     demo.add_argument("--listen", default=DEFAULT_LISTEN, help="balancer SIP address")

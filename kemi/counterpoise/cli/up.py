@@ -12,6 +12,7 @@ import urllib.parse
 from pathlib import Path
 
 from counterpoise import processes
+from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.store.client import redact
@@ -30,17 +31,6 @@ def redis_port(url: str) -> int:
     return urllib.parse.urlsplit(url).port or 6379
 
 
-def redis_data_dir(settings: Settings) -> Path:
-    """The embedded Redis's one fixed folder (``Settings.redis_data_dir``): the same at every
-    start, so the operator's pool survives a restart."""
-    if settings.redis_data_dir:
-        return Path(settings.redis_data_dir)
-    if os.geteuid() == 0:
-        return Path("/var/lib/counterpoise/redis")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "counterpoise" / "redis"
-
-
 def start_node(
     settings: Settings,
     listen: str,
@@ -57,9 +47,12 @@ def start_node(
     if redis_url is None:
         redis_url = settings.redis_url
         embedded_port = redis_port(redis_url)
-        data_dir = redis_data_dir(settings)
+        data_dir = embedded.data_dir(settings)
+        acl = embedded.prepare(data_dir, settings.key_prefix)
         print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} (data in {data_dir})")
-        started.append(processes.start_redis(embedded_port, data_dir))
+        started.append(processes.start_redis(embedded_port, data_dir, aclfile=acl))
+        settings = embedded.as_role(settings, data_dir, "balancer")
+        redis_url = settings.redis_url
     node_id = settings.node_id or f"{os.uname().nodename}:{port}"
     settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)
     open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable

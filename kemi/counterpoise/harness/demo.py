@@ -15,7 +15,8 @@ from pathlib import Path
 
 from counterpoise import processes
 from counterpoise.cli import table, up
-from counterpoise.cli.common import open_store
+from counterpoise.cli.common import open_admin_store, open_store
+from counterpoise.cli.users import make_agent_user
 from counterpoise.core.settings import Settings
 from counterpoise.harness import location_demo, testbed
 
@@ -37,10 +38,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     caller: testbed.Caller | None = None
     up.stop_on_sigterm()
     try:
+        operator = settings
         settings = up.start_node(
             settings, args.listen, None, 4, run_dir, started, run_dir / "balancer.log"
         )
-        store = open_store(settings, settings.redis_url)
+        store = open_store(operator, None)  # the embedded Redis's operator
+        admin = open_admin_store(operator, None)
+        redis_port = up.redis_port(settings.redis_url)
         uas_port = processes.free_port()
         if not args.users:  # with users, the UAS takes their Contact port after they register
             started.append(testbed.start_uas(uas_port, run_dir))
@@ -53,7 +57,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             ds.start().set_delay_ms(DEMO_DELAY_MS)
             store.add(ds.uri, 1.0)  # before its agent reports: a report needs its proxy
             agent_source = ["--source", "kamailio", "--ctl", f"unixs:{ds.ctl}"]
-            started.append(testbed.start_agent(ds, settings.redis_url, agent_source, workers))
+            password_file = run_dir / f"agent-{name}.password"
+            user = make_agent_user(admin, ds.uri, password_file)
+            agent_url = f"redis://{user}@127.0.0.1:{redis_port}/0"
+            agent_env = {"COUNTERPOISE_REDIS_PASSWORD_FILE": str(password_file)}
+            started.append(testbed.start_agent(ds, agent_url, agent_source, workers, agent_env))
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
         host, port = up.parse_listen(args.listen)
         calls = int(args.rate * args.duration) if args.duration else 10_000_000
@@ -70,8 +78,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return (
                 f"SIPp: {args.rate:g} calls/s through sip:{host}:{port}; capacities: {capacities}"
-                f"\nlogs in {run_dir}; try `counterpoise proxy drain URI --redis"
-                f" {settings.redis_url}` in another terminal; Ctrl-C stops the demo"
+                f"\nlogs in {run_dir}; try `counterpoise proxy drain URI`"
+                " in another terminal; Ctrl-C stops the demo"
             ) + ("\n" + location_demo.footer(store, settings, pool) if args.users else "")
 
         return table.watch(store, settings, 1.0, footer, args.duration)

@@ -126,17 +126,22 @@ def start_uas(port: int, run_dir: Path, scenario: str = "uas.xml") -> processes.
 
 
 def start_agent(
-    ds: Downstream, redis_url: str, source: list[str], capacity: float | None = None
+    ds: Downstream,
+    redis_url: str,
+    source: list[str],
+    capacity: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> processes.Process:
     """A real ``counterpoise-agent`` next to ``ds`` (its processes found by pid file), with
-    ``source`` the agent's source options (``["--source", "kamailio", "--ctl", ...]``)."""
+    ``source`` the agent's source options (``["--source", "kamailio", "--ctl", ...]``) and
+    ``env`` (``COUNTERPOISE_REDIS_PASSWORD_FILE``)."""
     argv = [
         sys.executable, "-m", "counterpoise.agent", "--proxy", ds.uri,
         "--pidfile", str(ds.run_dir / "kamailio.pid"), "--redis", redis_url, *source,
     ]  # fmt: skip
     if capacity is not None:
         argv += ["--capacity", str(capacity)]
-    return processes.Process(f"agent {ds.name}", argv, ds.run_dir / "agent.log")
+    return processes.Process(f"agent {ds.name}", argv, ds.run_dir / "agent.log", env=env)
 
 
 def _udp_bound(port: int) -> bool:

@@ -22,6 +22,7 @@ LOCATION_KINDS = (PIN, AOR, DOMAIN, DIALOG)
 
 class Keys:
     def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.pool = f"{prefix}pool"
         self.pool_version = f"{prefix}pool:version"
         self.nodes = f"{prefix}nodes"

@@ -1,0 +1,142 @@
+"""The roles of ``redis/users.acl`` on a real Redis (issue 11): each user can do its job and
+nothing more; ``default`` is off."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from counterpoise import processes
+from counterpoise.cli import embedded
+from counterpoise.core import reports
+from counterpoise.core.location import Record
+from counterpoise.core.pool import Admin
+from counterpoise.core.reports import LoadReport
+from counterpoise.core.settings import Settings
+from counterpoise.store.acl import add_agent_user
+from counterpoise.store.client import connect
+from counterpoise.store.keys import AOR, DIALOG, PIN
+from counterpoise.store.location import LocationStore
+from counterpoise.store.pool import PoolStore
+
+from .fakes import Harness
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+PREFIX = "cp:"
+
+
+class AclRedis:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.acl = embedded.prepare(folder, PREFIX)
+        self.port = processes.free_port(socket.SOCK_STREAM)
+        self.proc = processes.start_redis(self.port, folder, aclfile=self.acl)
+
+    def url(self, role: str) -> str:
+        return f"redis://{role}@127.0.0.1:{self.port}/0"
+
+    def client(self, role: str, decode: bool = True) -> redis.Redis:
+        path = str(embedded.password_file(self.folder, role))
+        return connect(self.url(role), 2000, decode=decode, password_file=path)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
+    server = AclRedis(tmp_path_factory.mktemp("acl"))
+    yield server
+    server.proc.stop()
+
+
+@pytest.fixture
+def operator(server: AclRedis) -> PoolStore:
+    store = PoolStore(server.client("default"), PREFIX)
+    store.client.flushdb()
+    return PoolStore(server.client("operator"), PREFIX)
+
+
+def test_password_files_are_private_and_no_connection_without_one(server: AclRedis) -> None:
+    for role in ("default", "balancer", "operator", "viewer"):
+        assert embedded.password_file(server.folder, role).stat().st_mode & 0o777 == 0o600
+    assert server.acl.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(redis.AuthenticationError):
+        connect(f"redis://127.0.0.1:{server.port}/0", 2000).ping()
+
+
+def test_balancer_runs_the_sync_loop_and_location_but_cannot_change_the_pool(
+    server: AclRedis, operator: PoolStore
+) -> None:
+    operator.add(A)
+    operator.add(B)
+    harness = Harness(server.client("balancer"), Settings())
+    for _ in range(10):
+        harness.tick(200)
+    assert harness.loop.redis_ok and set(harness.shared.table) == {A, B}
+    assert harness.store.node_weights(harness.clock.wall_ms(), 10_000)["lb1"].keys() == {A, B}
+    locations = LocationStore(server.client("balancer"), PREFIX)
+    locations.put(AOR, "u@h", Record(A, 1))
+    locations.apply(DIALOG, [])
+    assert locations.lookup("u@h", "h")[1] == Record(A, 1)
+    balancer = server.client("balancer")
+    for write in (
+        lambda: balancer.hset(f"{PREFIX}pool", A, '{"weight": 9}'),
+        lambda: balancer.set(f"{PREFIX}pool:version", 5),
+        lambda: balancer.set(f"{PREFIX}loc:pin:u@h", Record(B).to_json()),
+        lambda: balancer.set(f"{PREFIX}report:{A}", b"x"),
+        lambda: balancer.flushdb(),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write()
+
+
+def test_agent_writes_its_own_report_only(server: AclRedis, operator: PoolStore) -> None:
+    admin = server.client("default")
+    user = add_agent_user(admin, A, PREFIX, "agent-secret")
+    agent = PoolStore(
+        connect(f"redis://{user}:agent-secret@127.0.0.1:{server.port}/0", 2000), PREFIX
+    )
+    report = reports.encode(LoadReport(A, 1, 1, cpu_utilisation=0.5))
+    agent.put_report(A, report, 3000)
+    assert server.client("viewer", decode=False).get(f"{PREFIX}report:{A}") == report
+    for write in (
+        lambda: agent.put_report(B, report, 3000),  # another proxy's report
+        lambda: agent.add(B),  # call interception
+        lambda: agent.client.hset(f"{PREFIX}pool", B, '{"weight": 1}'),
+        lambda: agent.client.get(f"{PREFIX}report:{A}"),  # not even a read
+        lambda: agent.client.publish("elsewhere", "x"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write()
+    assert f"user {user}" in server.acl.read_text()  # ACL SAVE: it survives a restart
+
+
+def test_viewer_reads_and_cannot_write_anything(server: AclRedis, operator: PoolStore) -> None:
+    operator.add(A)
+    operator.set_admin(A, Admin.DRAINED)
+    LocationStore(server.client("operator"), PREFIX).put(PIN, "u@h", Record(A))
+    viewer = PoolStore(server.client("viewer"), PREFIX)
+    assert viewer.pool()[A].admin == Admin.DRAINED
+    assert [e.name for e in LocationStore(viewer.client, PREFIX).scan()] == ["u@h"]
+    for write in (
+        lambda: viewer.add(B),
+        lambda: viewer.set_admin(A, Admin.ACTIVE),
+        lambda: viewer.client.delete(f"{PREFIX}pool"),
+        lambda: viewer.client.set(f"{PREFIX}loc:pin:x@y", "{}"),
+        lambda: viewer.client.publish(f"{PREFIX}reports", A),
+        lambda: viewer.client.flushdb(),
+        lambda: viewer.client.config_set("maxmemory", "1"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write()
+
+
+def test_prepare_keeps_passwords_and_agent_users_across_starts(tmp_path: Path) -> None:
+    acl = embedded.prepare(tmp_path, PREFIX)
+    first = embedded.password_file(tmp_path, "operator").read_text()
+    acl.write_text(acl.read_text() + "user agent-sip-x on #00 ~cp:report:sip:x\n")
+    embedded.prepare(tmp_path, PREFIX)
+    assert embedded.password_file(tmp_path, "operator").read_text() == first
+    assert "user agent-sip-x" in acl.read_text()
