@@ -1,7 +1,8 @@
 """Redis Sentinel (issue 11): one master, one replica, three sentinels (Debian's
 ``redis-sentinel``); calls at a steady rate through a balancer on a ``redis+sentinel://`` URL
-while the master is killed. Measured: calls lost (target 0) and the time until the balancer
-publishes to the new master; after the failover a ``proxy drain`` reaches the balancer."""
+while the master is killed, a second node on the same URL. Measured: calls lost (target 0),
+when the sentinels name the new master and when each node publishes to it; after the
+failover a ``proxy drain`` and a new registration reach both nodes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from counterpoise import processes
 from counterpoise.store.client import connect
 
 from .conftest import Bed, invite_counts
+from .test_location import USERS, Users, holders, invites
 
 pytestmark = pytest.mark.e2e
 
@@ -87,42 +89,46 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
         group.stop()
 
 
-def test_balancer_follows_a_failover_without_losing_a_call(bed: Bed, sentinels: SentinelSet):
+def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: SentinelSet):
     bed.use_redis(sentinels.url)
+    replica = connect(f"redis://127.0.0.1:{sentinels.replica}/0", 500)
     processes.wait_for(
-        lambda: (
-            connect(f"redis://127.0.0.1:{sentinels.replica}/0", 500).info("replication")[
-                "master_link_status"
-            ]
-            == "up"
-        ),
-        10,
-        "the replica in sync",
+        lambda: replica.info("replication")["master_link_status"] == "up", 10, "replica in sync"
     )
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
-    bed.start_balancer()
+    first_port = bed.start_balancer(name="lb1")
+    nodes = [bed.settings.node_name()]
     bed.add_pool((a, 1), (b, 1))
-    caller = bed.caller(calls=500, rate=25, hold_ms=100)
+    caller = bed.caller(calls=500, rate=25, hold_ms=100)  # through lb1, for 20 s
+    bed.start_balancer(name="lb2")
+    nodes.append(bed.settings.node_name())
     processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 10, 20, "calls flowing")
 
-    new_master = connect(f"redis://127.0.0.1:{sentinels.replica}/0", 500)
-    nodes = f"{bed.settings.key_prefix}nodes"
-    node = bed.settings.node_name()
+    sentinel = connect(f"redis://127.0.0.1:{sentinels.sentinels[0]}", 500)
     sentinels.procs["master"].kill()
     killed_ms = time.time() * 1000
     processes.wait_for(
-        lambda: new_master.info("replication")["role"] == "master", 30, "the replica promoted"
-    )
-    promoted_ms = time.time() * 1000
-    # The balancer publishes every second: its first write to the new master after the kill.
-    published_ms = processes.wait_for(
-        lambda: (score := new_master.zscore(nodes, node)) and score > promoted_ms and score,
+        lambda: sentinel.sentinel_get_master_addr_by_name(SERVICE)[1] == sentinels.replica,
         30,
-        "the balancer to publish to the new master",
+        "the sentinels to name the new master",
     )
+    switched_ms = time.time() * 1000
+    followed_ms = []
+    for node in nodes:  # a node publishes every second: its first write to the new master
+        followed_ms.append(
+            processes.wait_for(
+                lambda n=node: (
+                    (s := replica.zscore(f"{bed.settings.key_prefix}nodes", n))
+                    and s > killed_ms
+                    and s
+                ),
+                30,
+                f"{node} to publish to the new master",
+            )
+        )
     print(
-        f"promoted {promoted_ms - killed_ms:.0f} ms after the kill; balancer followed "
-        f"{published_ms - killed_ms:.0f} ms after the kill"
+        f"sentinels switched {switched_ms - killed_ms:.0f} ms after the kill; nodes published "
+        f"to the new master {', '.join(f'{t - killed_ms:.0f}' for t in followed_ms)} ms after it"
     )
 
     drained = bed.cli("proxy", "drain", a.uri)  # the CLI finds the new master by itself
@@ -130,6 +136,19 @@ def test_balancer_follows_a_failover_without_losing_a_call(bed: Bed, sentinels: 
     time.sleep(1.0)
     at_drain = a.counts()["invite"]
     result = caller.wait(120)
-    print(f"calls: {result.successful} successful, {result.failed} failed")
+    print(f"calls through the failover: {result.successful} successful, {result.failed} failed")
     assert result.failed == 0, result.output[-2000:]
     assert a.counts()["invite"] == at_drain, "the drain did not reach the balancer within 1 s"
+
+    # A registration through lb2 after the failover routes calls through lb1.
+    assert bed.cli("proxy", "undrain", a.uri).returncode == 0
+    users = Users(bed, USERS)  # registers through lb2, the node started last
+    users.register()
+    records = holders(bed, USERS)
+    assert set(records) == set(USERS)
+    before = {ds.uri: invites(ds) for ds in (a, b)}
+    bed.balancer_port = first_port
+    call = users.call()
+    assert (call.wait(1).successful, call.wait(1).failed) == (len(USERS), 0)
+    per_proxy = {ds.uri: sum(1 for p in records.values() if p == ds.uri) for ds in (a, b)}
+    assert {uri: invites(ds) - before[uri] for uri, ds in ((a.uri, a), (b.uri, b))} == per_proxy
