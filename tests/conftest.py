@@ -15,6 +15,8 @@ import pytest
 
 from counterpoise.processes import Process, free_port, start_redis
 
+from .redis_servers import Servers
+
 E2E = Path(__file__).parent / "e2e"
 
 
@@ -60,3 +62,11 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """A Redis behind a password on TLS (a CA made by the test) and on a unix socket."""
+    servers = Servers(tmp_path_factory.mktemp("tls"))
+    yield servers
+    servers.proc.stop()

@@ -4,22 +4,13 @@ calls go through, and neither ``ps`` nor the balancer's log shows the password (
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_redis_transports import PASSWORD, Servers
-
+from ..redis_servers import PASSWORD, Servers
 from .conftest import Bed
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    servers = Servers(tmp_path_factory.mktemp("tls"))
-    yield servers
-    servers.proc.stop()
 
 
 @pytest.mark.parametrize("which", ["tls_url", "unix_url"])

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from counterpoise.core.settings import Settings
 from counterpoise.processes import free_port, start_redis
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
+
+from ..fakes.sync import Harness
 
 PREFIX = "cp:"
 CLIENT_TIMEOUT_MS = 2000
@@ -44,4 +47,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def store(redis_client: redis.Redis) -> PoolStore:
+    return PoolStore(redis_client, PREFIX)
+
+
+@pytest.fixture
+def harness(redis_client: redis.Redis) -> Harness:
+    """A sync loop with default settings on the test's Redis."""
+    return Harness(PoolStore(redis_client, PREFIX), Settings())
+
+
+@pytest.fixture
+def operator(redis_client: redis.Redis) -> PoolStore:
+    """The CLI's side of the store (a separate object from the loop's)."""
     return PoolStore(redis_client, PREFIX)

@@ -27,16 +27,6 @@ BAD_POOL_ENTRIES = {
 }
 
 
-@pytest.fixture
-def harness(redis_client) -> Harness:
-    return Harness(PoolStore(redis_client, S.key_prefix), S)
-
-
-@pytest.fixture
-def operator(redis_client) -> PoolStore:
-    return PoolStore(redis_client, S.key_prefix)
-
-
 def rejects(operator: PoolStore) -> dict[str, str]:
     return operator.client.hgetall(f"{S.key_prefix}rejects:lb1")
 

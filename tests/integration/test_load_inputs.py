@@ -23,11 +23,6 @@ AGENT_TTL_MS = 3000
 
 
 @pytest.fixture
-def harness(redis_client) -> Harness:
-    return Harness(PoolStore(redis_client, S.key_prefix), S)
-
-
-@pytest.fixture
 def pool(redis_client) -> PoolStore:
     store = PoolStore(redis_client, S.key_prefix)
     store.add(A)

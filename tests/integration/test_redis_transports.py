@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,83 +17,9 @@ from counterpoise.store.keys import PIN
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
 
+from ..redis_servers import PASSWORD, Servers
+
 A = "sip:10.0.0.1:5060"
-PASSWORD = "s3cret-pw"
-
-
-def make_ca(folder: Path) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it."""
-    files = {
-        name: folder / name for name in ("ca.key", "ca.crt", "redis.key", "redis.csr", "redis.crt")
-    }
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", str(files["ca.key"]), "-out", str(files["ca.crt"]))  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", str(files["redis.key"]), "-out", str(files["redis.csr"]))  # fmt: skip
-    ext = folder / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", str(files["redis.csr"]), "-CA", str(files["ca.crt"]),
-            "-CAkey", str(files["ca.key"]), "-CAcreateserial", "-days", "2",
-            "-extfile", str(ext), "-out", str(files["redis.crt"]))  # fmt: skip
-    return files
-
-
-class Servers:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        certs = make_ca(folder)
-        self.ca = certs["ca.crt"]
-        self.tls_port = processes.free_port()
-        self.socket = folder / "redis.sock"
-        self.proc = processes.Process(
-            "redis-server",
-            [
-                "redis-server",
-                "--port",
-                "0",
-                "--dir",
-                str(folder),
-                "--save",
-                "",
-                "--tls-port",
-                str(self.tls_port),
-                "--tls-cert-file",
-                str(certs["redis.crt"]),
-                "--tls-key-file",
-                str(certs["redis.key"]),
-                "--tls-ca-cert-file",
-                str(self.ca),
-                "--tls-auth-clients",
-                "no",
-                "--unixsocket",
-                str(self.socket),
-                "--unixsocketperm",
-                "700",
-                "--requirepass",
-                PASSWORD,
-            ],
-            folder / "redis.log",
-        )
-        self.proc.ensure_started(self.socket.exists, 10, "the unix socket")
-
-    @property
-    def tls_url(self) -> str:
-        return f"rediss://:{PASSWORD}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca}"
-
-    @property
-    def unix_url(self) -> str:
-        return f"unix://:{PASSWORD}@{self.socket}?db=0"
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    servers = Servers(tmp_path_factory.mktemp("tls"))
-    yield servers
-    servers.proc.stop()
 
 
 @pytest.mark.parametrize("which", ["tls_url", "unix_url"])
@@ -158,3 +82,31 @@ def test_redact_masks_passwords_only() -> None:
         == "redis+sentinel://u:***@a:1,b:2/mymaster/0"
     )
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel:///mymaster",  # no sentinel
+        "redis+sentinel://h:1/",  # no service
+        "redis+sentinel://h:1/svc/x",  # db not a number
+        "redis+sentinel://h/svc",  # no port
+        "redis+sentinel://u:pw@h:1,h2/svc",
+    ],
+)
+def test_bad_sentinel_urls_are_one_clear_error_without_the_password(url: str) -> None:
+    with pytest.raises(ValueError, match=r"sentinel|host:port") as error:
+        connect(url, 100)
+    assert "pw" not in str(error.value)
+
+
+def test_sentinel_url_names_service_db_and_credentials() -> None:
+    client = connect("redis+sentinel://u:p%40ss@127.0.0.1:1,[::1]:2/svc/3", 100)
+    pool = client.connection_pool
+    assert pool.service_name == "svc"
+    assert [
+        (c.connection_pool.connection_kwargs["host"], c.connection_pool.connection_kwargs["port"])
+        for c in pool.sentinel_manager.sentinels
+    ] == [("127.0.0.1", 1), ("::1", 2)]
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["username"]) == (3, "u")
+    assert pool.connection_kwargs["password"] == "p@ss"

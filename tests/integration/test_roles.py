@@ -23,7 +23,7 @@ from counterpoise.store.keys import AOR, DIALOG, PIN
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
 
-from .fakes import Harness
+from ..fakes.sync import Harness
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 PREFIX = "cp:"
@@ -71,11 +71,11 @@ def test_balancer_runs_the_sync_loop_and_location_but_cannot_change_the_pool(
 ) -> None:
     operator.add(A)
     operator.add(B)
-    harness = Harness(server.client("balancer"), Settings())
+    harness = Harness(PoolStore(server.client("balancer"), PREFIX), Settings())
     for _ in range(10):
         harness.tick(200)
     assert harness.loop.redis_ok and set(harness.shared.table) == {A, B}
-    assert harness.store.node_weights(harness.clock.wall_ms(), 10_000)["lb1"].keys() == {A, B}
+    assert harness.store.store.node_weights(harness.clock.wall_ms(), 10_000)["lb1"].keys() == {A, B}
     locations = LocationStore(server.client("balancer"), PREFIX)
     locations.put(AOR, "u@h", Record(A, 1))
     locations.apply(DIALOG, [])

@@ -19,17 +19,6 @@ A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
 S = Settings()
 
 
-@pytest.fixture
-def harness(redis_client) -> Harness:
-    return Harness(PoolStore(redis_client, S.key_prefix), S)
-
-
-@pytest.fixture
-def operator(redis_client) -> PoolStore:
-    """The CLI's side of the store (a separate object from the loop's)."""
-    return PoolStore(redis_client, S.key_prefix)
-
-
 def requests(n: int, ms: int) -> Tally:
     return Tally(requests_ok=n, first_reply_ms_sum=n * ms, final_reply_ms_sum=n * ms)
 

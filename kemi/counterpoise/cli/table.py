@@ -11,8 +11,11 @@ import time
 from collections.abc import Callable
 
 from counterpoise import clock
+from counterpoise.core.load import HEADER, LOCATION, POOL, REPORT
 from counterpoise.core.settings import Settings
 from counterpoise.store.pool import PoolStore
+
+REJECT_SOURCES = (REPORT, HEADER, POOL, LOCATION)
 
 COLUMNS = (
     ("proxy", "uri", "{}"),
@@ -68,13 +71,14 @@ def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
 
 
 def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[str]:
-    """One line per node that rejected load reports or headers (``cp:rejects:<node>``)."""
+    """One line per node that rejected inputs (``cp:rejects:<node>``): load reports and
+    headers, pool records, location records."""
     lines = []
     for node, counts in sorted(store.node_rejects(now_ms, settings.node_ttl_ms).items()):
         parts = [
             f"{source} {counts[source]} (last: {counts.get(source + ':last', '?')})"
-            for source in ("report", "header")
-            if int(counts.get(source, 0))
+            for source in REJECT_SOURCES
+            if str(counts.get(source, "0")).isdigit() and int(counts.get(source, 0))
         ]
         if parts:
             lines.append(f"node {node} rejected: " + "; ".join(parts))

@@ -43,7 +43,7 @@ def connect(url: str, timeout_ms: int, decode: bool = True, password_file: str =
         "decode_responses": decode,
         "health_check_interval": 0,
     }
-    scheme = urllib.parse.urlsplit(url).scheme
+    scheme = url.partition("://")[0].lower()
     if scheme == "unix":
         del options["socket_connect_timeout"]  # redis-py's unix connections do not take it
     if scheme in SENTINEL_SCHEMES:
@@ -62,10 +62,12 @@ def read_password(path: str) -> str:
 
 
 def _sentinel_master(url: str, tls: bool, password: str, options: dict) -> redis.Redis:
-    parts = urllib.parse.urlsplit(url)
-    userinfo, _, hosts = parts.netloc.rpartition("@")
+    # By hand: urllib refuses a host list with an IPv6 address in it.
+    rest, _, query = url.partition("://")[2].partition("?")
+    netloc, _, path_text = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
     user, _, secret = userinfo.partition(":")
-    path = [p for p in parts.path.split("/") if p]
+    path = [p for p in path_text.split("/") if p]
     if not hosts or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(
             f"{redact(url)}: expected redis+sentinel://[user:password@]host:port[,host:port...]"
@@ -73,9 +75,9 @@ def _sentinel_master(url: str, tls: bool, password: str, options: dict) -> redis
         )
     sentinels = [_host_port(item, url) for item in hosts.split(",")]
     # The query's parameters (ssl_ca_certs=...) apply to the master, as in a rediss:// URL.
-    query = redis.connection.parse_url(f"{'rediss' if tls else 'redis'}://x/?{parts.query}")
-    query.pop("host", None)
-    extra = {**query, **options}
+    params = redis.connection.parse_url(f"{'rediss' if tls else 'redis'}://x/?{query}")
+    params.pop("host", None)
+    extra = {**params, **options}
     if tls:
         extra["connection_class"] = redis.sentinel.SentinelManagedSSLConnection
     if user:
