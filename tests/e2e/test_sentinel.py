@@ -1,7 +1,7 @@
 """Redis Sentinel (issue 11): one master, one replica, three sentinels (Debian's
 ``redis-sentinel``); calls at a steady rate through a balancer on a ``redis+sentinel://`` URL
 while the master is killed, a second node on the same URL. Measured: calls lost (target 0),
-when the sentinels name the new master and when each node publishes to it; after the
+when the sentinels name the new master and when each node and an agent write to it; after the
 failover a ``proxy drain`` and a new registration reach both nodes."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from counterpoise import processes
+from counterpoise.core.reports import decode
+from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 
 from .conftest import Bed, invite_counts
@@ -102,6 +104,7 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
     caller = bed.caller(calls=500, rate=25, hold_ms=100)  # through lb1, for 20 s
     bed.start_balancer(name="lb2")
     nodes.append(bed.settings.node_name())
+    bed.adopt(testbed.start_agent(a, sentinels.url, []))
     processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 10, 20, "calls flowing")
 
     sentinel = connect(f"redis://127.0.0.1:{sentinels.sentinels[0]}", 500)
@@ -126,9 +129,19 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
                 f"{node} to publish to the new master",
             )
         )
+    raw = connect(f"redis://127.0.0.1:{sentinels.replica}/0", 500, decode=False)
+    report_key = f"{bed.settings.key_prefix}report:{a.uri}"
+    agent_ms = processes.wait_for(
+        lambda: (
+            (r := raw.get(report_key)) and (t := decode(r, 2**62).timestamp_ms) > killed_ms and t
+        ),
+        30,
+        "the agent to report to the new master",
+    )
     print(
         f"sentinels switched {switched_ms - killed_ms:.0f} ms after the kill; nodes published "
-        f"to the new master {', '.join(f'{t - killed_ms:.0f}' for t in followed_ms)} ms after it"
+        f"to the new master {', '.join(f'{t - killed_ms:.0f}' for t in followed_ms)} ms after "
+        f"it, the agent {agent_ms - killed_ms:.0f} ms"
     )
 
     drained = bed.cli("proxy", "drain", a.uri)  # the CLI finds the new master by itself
