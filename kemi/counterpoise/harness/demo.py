@@ -10,6 +10,7 @@ stops everything it started.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     caller: testbed.Caller | None = None
     up.stop_on_sigterm()
     try:
+        if not settings.redis_data_dir:  # a demo's pool is throwaway: not the operator's
+            settings = dataclasses.replace(settings, redis_data_dir=str(run_dir / "redis"))
         operator = settings
         settings = up.start_node(
             settings, args.listen, None, 4, run_dir, started, run_dir / "balancer.log"
@@ -78,8 +81,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return (
                 f"SIPp: {args.rate:g} calls/s through sip:{host}:{port}; capacities: {capacities}"
-                f"\nlogs in {run_dir}; try `counterpoise proxy drain URI`"
-                " in another terminal; Ctrl-C stops the demo"
+                f"\nlogs in {run_dir}; try `COUNTERPOISE_REDIS_DATA_DIR={operator.redis_data_dir}"
+                " counterpoise proxy drain URI` in another terminal; Ctrl-C stops the demo"
             ) + ("\n" + location_demo.footer(store, settings, pool) if args.users else "")
 
         return table.watch(store, settings, 1.0, footer, args.duration)
