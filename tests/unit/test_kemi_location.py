@@ -169,3 +169,28 @@ def test_full_dialog_queue_drops_its_oldest_writes(
     node.locations.recover()
     node.tick(S.redis_backoff_initial_ms)
     assert {name for _, name in node.locations.records} == {"call-1", "call-2"}
+
+
+def test_sync_tick_dialog_flush_and_lookup_fail_independently(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """Issue 11: whatever one of them raises (here errors no store raises: a bug, a record
+    that slipped through), the other two go on, and it is logged once."""
+    node.pool(A, B)
+    node.route("INVITE")
+    node.reply(200, to_tag="callee-tag")
+    monkeypatch.setattr(node.app.sync, "tick", lambda: 1 / 0)
+    node.tick(100)
+    node.tick(100)
+    assert (DIALOG, CALL_ID) in node.locations.records  # flushed while the tick fails
+
+    def deep(*_: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(node.locations, "lookup", deep)
+    node.route("INVITE", call_id="call-2@198.51.100.7")
+    node.route("INVITE", call_id="call-3@198.51.100.7")
+    assert len(node.tried) == 1  # routed by weight
+    errors = ksr.logged("err")
+    assert sum("sync tick failed" in e for e in errors) == 1
+    assert sum("location lookup failed" in e for e in errors) == 1

@@ -154,7 +154,7 @@ class KemiApp:
             return location.Decision()
         try:
             return self.location.route_initial(self.view.refresh().__contains__)
-        except Exception as error:
+        except Exception as error:  # whatever a lookup hits, the request is routed by weight
             self._failed_once("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
@@ -266,12 +266,12 @@ class KemiApp:
         # The tick and the flush fail independently: neither may stop the other.
         try:
             self.sync.tick()
-        except Exception as error:
+        except Exception as error:  # caught broadly: see above
             self._failed_once("sync tick", error)
         if self.dialog_writes is not None:
             try:
                 self.dialog_writes.flush()
-            except Exception as error:
+            except Exception as error:  # caught broadly: see above
                 self._failed_once("dialog flush", error)
         return 1
 

@@ -74,7 +74,9 @@ class PoolStore(Store):
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.pool, uri, record)
             pipe.incr(self.keys.pool_version)
-            _, bumped = pipe.execute(raise_on_error=False)
+            written, bumped = pipe.execute(raise_on_error=False)
+        if isinstance(written, Exception):
+            raise written
         if isinstance(bumped, redis.ResponseError):
             # The version is not an integer (a hand edit): the record is written, and nodes
             # reload the pool on every tick until the version is one again. Restart it from
