@@ -51,7 +51,8 @@ class Settings:
     # --- Where the shared state is -------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6479/0"
     """The embedded Redis (``redis/redis.conf``) listens on 6479, not 6379, so it never
-    collides with a Redis the host already runs."""
+    collides with a Redis the host already runs. Any URL ``store.client.connect`` takes:
+    ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+sentinel://``."""
 
     key_prefix: str = "cp:"
     """Prefix of every Redis key, so several pools can share one Redis database."""
