@@ -3,10 +3,12 @@ agent work on both, redis-py's URL parameters included; no password is printed (
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
+import redis
 
 from counterpoise import processes
 from counterpoise.core import reports
@@ -110,3 +112,41 @@ def test_sentinel_url_names_service_db_and_credentials() -> None:
     ] == [("127.0.0.1", 1), ("::1", 2)]
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["username"]) == (3, "u")
     assert pool.connection_kwargs["password"] == "p@ss"
+
+
+def test_rediss_sentinel_finds_a_tls_master(servers: Servers, tmp_path) -> None:
+    """``rediss+sentinel://``: a sentinel (reached in clear) names the TLS master of the
+    ``servers`` fixture; the client connects to it over TLS with the URL's CA parameter."""
+    certs = {name: servers.folder / name for name in ("redis.crt", "redis.key")}
+    port = processes.free_port(socket.SOCK_STREAM)
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        "tls-replication yes\n"
+        f"tls-cert-file {certs['redis.crt']}\ntls-key-file {certs['redis.key']}\n"
+        f"tls-ca-cert-file {servers.ca}\n"
+        f"sentinel monitor tlsmaster 127.0.0.1 {servers.tls_port} 1\n"
+        f"sentinel auth-pass tlsmaster {PASSWORD}\n"
+    )
+    sentinel = processes.Process(
+        "redis-sentinel", ["redis-sentinel", str(conf)], tmp_path / "s.log"
+    )
+    try:
+        url = (
+            f"rediss+sentinel://:{PASSWORD}@127.0.0.1:{port}/tlsmaster/0?ssl_ca_certs={servers.ca}"
+        )
+        client = processes.wait_for(lambda: _answering(url), 10, "the sentinel to name the master")
+        pool = PoolStore(client, "cp:")
+        pool.add(A, 2.0)
+        assert pool.versioned_pool()[1][A].base_weight == 2.0  # the bytes twin, over TLS too
+    finally:
+        sentinel.stop()
+
+
+def _answering(url: str):
+    client = connect(url, 1000)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        return None
+    return client
