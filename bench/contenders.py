@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.pool import Target
 from counterpoise import processes
 from counterpoise.cli import table
-from counterpoise.core.settings import Settings, to_environ
+from counterpoise.core.settings import Settings
 from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
@@ -133,7 +133,7 @@ class Contender:
             "DS_FR_TIMER_MS": Settings().fr_timer_ms,
         }
         argv = processes.kamailio_argv(
-            DISPATCHER_CFG, "127.0.0.1", port, BALANCER_WORKERS, run_dir, defines
+            DISPATCHER_CFG, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
         )
         argv += ["-m", str(SHM_MB)]
         if self.alg == 10:
@@ -162,20 +162,18 @@ def start_counterpoise(targets: Sequence[Target], run_dir: Path, redis_url: str)
     client = connect(redis_url, 1000)
     client.flushdb()
     port = processes.free_port()
-    settings = Settings(redis_url=redis_url, node_id=f"bench:{port}")
+    settings = Settings(
+        redis_url=redis_url,
+        node_id=f"bench:{port}",
+        listen=f"udp:127.0.0.1:{port}",
+        workers=BALANCER_WORKERS,
+        shm_mb=SHM_MB,
+    )
     store = PoolStore(client, settings.key_prefix)
     for target in targets:
         store.add(target.uri, 1.0)
     proc = processes.start_balancer(
-        "127.0.0.1",
-        port,
-        run_dir / "run",
-        to_environ(settings),
-        settings.fr_timer_ms,
-        BALANCER_WORKERS,
-        log_path=run_dir / "balancer.log",
-        timeout_s=READY_TIMEOUT_S,
-        shm_mb=SHM_MB,
+        settings, run_dir / "run", log_path=run_dir / "balancer.log", timeout_s=READY_TIMEOUT_S
     )
 
     def all_usable() -> bool:

@@ -8,20 +8,27 @@ wait has a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-KAMAILIO_CFG = REPO / "kamailio.cfg"
-KEMI_SCRIPT = REPO / "kemi" / "counterpoise_ksr.py"
-REDIS_CONF = REPO / "redis" / "redis.conf"
+from counterpoise import assets, embedded
+from counterpoise.core.settings import Settings, to_environ
+from counterpoise.core.sockets import ListenSocket
+
+REPO = assets.SOURCE_TREE
+KAMAILIO_CFG = assets.path("kamailio.cfg")
+KEMI_SCRIPT = assets.path("counterpoise_ksr.py")
+REDIS_CONF = assets.path("redis.conf")
 SIPP_SCENARIOS = REPO / "sipp-scenarios"
 
 STOP_GRACE_S = 5.0
@@ -60,47 +67,87 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     raise StartError("no free local port found")
 
 
-def check_udp_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+def check_free(sip: ListenSocket) -> None:
+    """StartError unless ``sip``'s address and port can be bound now."""
+    family = socket.AF_INET6 if sip.is_ipv6 else socket.AF_INET
+    kind = socket.SOCK_DGRAM if sip.proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as probe:
         try:
-            probe.bind((host, port))
+            probe.bind((sip.address, sip.port))
         except OSError as error:
-            raise StartError(
-                f"SIP address {host}:{port}/udp is not available: {error.strerror}"
-            ) from None
+            raise StartError(f"SIP address {sip} is not available: {error.strerror}") from None
 
 
-def sip_options(host: str, port: int, timeout_s: float = 0.5, uri: str | None = None) -> int | None:
-    """Send one OPTIONS over UDP and return the status code of the reply, or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(timeout_s)
-        local_port = sock.getsockname()[1]
-        tag = uuid.uuid4().hex[:12]
-        target = uri or f"sip:{host}:{port}"
-        request = (
-            f"OPTIONS {target} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK{tag}\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:check@127.0.0.1>;tag={tag}\r\n"
-            f"To: <{target}>\r\n"
-            f"Call-ID: {tag}@127.0.0.1\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
-        try:
-            sock.sendto(request.encode(), (host, port))
-            data = sock.recv(65535)
-        except OSError:
-            return None
+def check_udp_free(host: str, port: int) -> None:
+    check_free(ListenSocket("udp", host, port))
+
+
+def sip_options(
+    host: str,
+    port: int,
+    timeout_s: float = 0.5,
+    uri: str | None = None,
+    proto: str = "udp",
+) -> int | None:
+    """Send one OPTIONS over ``proto`` (udp, tcp or tls, the certificate unchecked) to
+    ``host`` (IPv6 bare or in brackets) and return the status code of the reply, or None."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    try:
+        with socket.socket(family, kind) as sock:
+            sock.settimeout(timeout_s)
+            if proto == "udp":
+                sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+            else:
+                sock.connect((address, port))
+            local_host, local_port = sock.getsockname()[:2]
+            local = f"[{local_host}]" if family == socket.AF_INET6 else local_host
+            remote = f"[{address}]" if family == socket.AF_INET6 else address
+            target = uri or f"sip:{remote}:{port}"
+            request = _options_request(target, proto, local, local_port)
+            if proto == "tls":
+                with _UNCHECKED_TLS.wrap_socket(sock) as tls:
+                    tls.sendall(request)
+                    data = tls.recv(65535)
+            elif proto == "tcp":
+                sock.sendall(request)
+                data = sock.recv(65535)
+            else:
+                sock.sendto(request, (address, port))
+                data = sock.recv(65535)
+    except OSError:
+        return None
     try:
         return int(data.split(b" ", 2)[1])
     except (IndexError, ValueError):
         return None
 
 
+_UNCHECKED_TLS = ssl.create_default_context()
+_UNCHECKED_TLS.check_hostname = False
+_UNCHECKED_TLS.verify_mode = ssl.CERT_NONE
+"""A start-up check asks whether the balancer answers, not whether its certificate is
+trusted (a test's self-signed one is not)."""
+
+
+def _options_request(target: str, proto: str, local_host: str, local_port: int) -> bytes:
+    tag = uuid.uuid4().hex[:12]
+    return (
+        f"OPTIONS {target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{proto.upper()} {local_host}:{local_port};branch=z9hG4bK{tag}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:check@{local_host}>;tag={tag}\r\n"
+        f"To: <{target}>\r\n"
+        f"Call-ID: {tag}@{local_host}\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
 class Process:
-    """A child process in its own process group, its output sent to a log file."""
+    """A child process in its own process group, its output sent to a log file (None: to
+    this process's stderr)."""
 
     def __init__(
         self,
@@ -119,8 +166,8 @@ class Process:
         try:
             self.popen = subprocess.Popen(
                 self.argv,
-                stdout=output or subprocess.DEVNULL,
-                stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
+                stdout=output or sys.stderr,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
                 cwd=cwd,
@@ -159,7 +206,10 @@ class Process:
         self.popen.wait(STOP_GRACE_S)
 
     def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path or not self.log_path.exists():
+        """The end of the log file, or where the log went."""
+        if not self.log_path:
+            return "(its log is above, on stderr)"
+        if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -172,7 +222,10 @@ class Process:
             self.stop()
             raise StartError(f"{self.name}: {error}\n{self.log_tail()}") from None
         if not self.alive():
-            raise StartError(f"{self.name} exited at start-up:\n{self.log_tail()}")
+            status = self.popen.returncode
+            raise StartError(
+                f"{self.name} exited at start-up (status {status}):\n{self.log_tail()}"
+            )
 
 
 def start_redis(
@@ -201,63 +254,69 @@ def start_redis(
 
 def kamailio_argv(
     cfg: Path,
-    listen_host: str,
-    listen_port: int,
+    listen: Sequence[str],
     workers: int,
     run_dir: Path,
     defines: dict[str, str | int],
 ) -> list[str]:
-    argv = [
-        "kamailio", "-f", str(cfg), "-DD", "-E", "-e",
-        "-l", f"udp:{listen_host}:{listen_port}",
-        "-n", str(workers),
-        "-Y", str(run_dir),
-        "-P", str(run_dir / "kamailio.pid"),
-    ]  # fmt: skip
+    """Kamailio in the foreground, logging to stderr, on the ``-l`` sockets ``listen``."""
+    argv = ["kamailio", "-f", str(cfg), "-DD", "-E"]
+    for sip in listen:
+        argv += ["-l", sip]
+    argv += ["-n", str(workers), "-Y", str(run_dir), "-P", str(run_dir / "kamailio.pid")]
     for name, value in defines.items():
         text = f'"{value}"' if isinstance(value, str) else str(value)
         argv += ["-A", f"{name}={text}"]
     return argv
 
 
+def ctl_socket(run_dir: Path) -> Path:
+    """The balancer's control socket (``kamcmd -s unixs:PATH``) in its run folder."""
+    return run_dir / "kamailio_ctl"
+
+
+def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
+    """Kamailio's command line for a balancer with ``settings`` (sockets, workers, memory,
+    user, TLS)."""
+    defines: dict[str, str | int] = {
+        "CP_KEMI_SCRIPT": str(KEMI_SCRIPT),
+        "CP_CTL_SOCKET": f"unixs:{ctl_socket(run_dir)}",
+        "CP_FR_TIMER_MS": settings.fr_timer_ms,
+    }
+    if settings.tls_certificate:
+        defines["CP_TLS_CERTIFICATE"] = str(Path(settings.tls_certificate).resolve())
+        defines["CP_TLS_PRIVATE_KEY"] = str(Path(settings.tls_private_key).resolve())
+    listen = [sip.kamailio(settings.advertise) for sip in settings.listen_sockets()]
+    argv = kamailio_argv(KAMAILIO_CFG, listen, settings.workers, run_dir, defines)
+    argv += ["-m", str(settings.shm_mb)]
+    if settings.user:
+        argv += ["-u", settings.user]
+    if settings.group:
+        argv += ["-g", settings.group]
+    return argv
+
+
 def start_balancer(
-    listen_host: str,
-    listen_port: int,
-    run_dir: Path,
-    env: dict[str, str],
-    fr_timer_ms: int,
-    workers: int = 4,
-    log_path: Path | None = None,
-    timeout_s: float = 20.0,
-    shm_mb: int | None = None,
+    settings: Settings, run_dir: Path, log_path: Path | None = None, timeout_s: float = 20.0
 ) -> Process:
-    """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS.
-    ``shm_mb``: Kamailio's shared memory (``-m``), when not its default of 64 MB."""
-    check_udp_free(listen_host, listen_port)
+    """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS on its
+    first socket. Its log goes to ``log_path`` (None: this process's stderr)."""
+    sockets = settings.listen_sockets()
+    for sip in sockets:
+        check_free(sip)
     run_dir.mkdir(parents=True, exist_ok=True)
-    argv = kamailio_argv(
-        KAMAILIO_CFG,
-        listen_host,
-        listen_port,
-        workers,
-        run_dir,
-        {
-            "CP_KEMI_SCRIPT": str(KEMI_SCRIPT),
-            "CP_CTL_SOCKET": f"unixs:{run_dir / 'ctl.sock'}",
-            "CP_FR_TIMER_MS": fr_timer_ms,
-        },
-    )
-    if shm_mb:
-        argv += ["-m", str(shm_mb)]
-    if not env.get("COUNTERPOISE_PROBE_CONTACT_URI"):
-        env = {
-            **env,
-            "COUNTERPOISE_PROBE_CONTACT_URI": f"sip:counterpoise@{listen_host}:{listen_port}",
-        }
-    proc = Process("kamailio", argv, log_path, env=env)
+    if settings.user:
+        # Kamailio writes its pid file and control socket here after dropping root.
+        shutil.chown(run_dir, settings.user, settings.group or None)
+    if not settings.probe_contact_uri:
+        contact = sockets[0].uri("counterpoise")
+        settings = dataclasses.replace(settings, probe_contact_uri=contact)
+    env = {**to_environ(settings), **embedded.environ()}
+    proc = Process("kamailio", balancer_argv(settings, run_dir), log_path, env=env)
+    first = sockets[0]
     proc.ensure_started(
-        lambda: sip_options(listen_host, listen_port, 0.3) == 200,
+        lambda: sip_options(first.host, first.port, 0.3, proto=first.proto) == 200,
         timeout_s,
-        f"Kamailio to answer OPTIONS on {listen_host}:{listen_port}",
+        f"Kamailio to answer OPTIONS on {first}",
     )
     return proc

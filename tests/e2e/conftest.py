@@ -14,7 +14,7 @@ import pytest
 
 from counterpoise import processes
 from counterpoise.cli import table
-from counterpoise.core.settings import Settings, to_environ
+from counterpoise.core.settings import Settings
 from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
@@ -77,16 +77,14 @@ class Bed:
         callers made after it call it."""
         self.balancer_port = processes.free_port()
         self.settings = dataclasses.replace(
-            self.settings, node_id=f"test:{self.balancer_port}", **overrides
+            self.settings,
+            node_id=f"test:{self.balancer_port}",
+            listen=f"udp:127.0.0.1:{self.balancer_port}",
+            workers=workers,
+            **overrides,
         )
         proc = processes.start_balancer(
-            "127.0.0.1",
-            self.balancer_port,
-            self.run_dir / name,
-            to_environ(self.settings),
-            self.settings.fr_timer_ms,
-            workers,
-            log_path=self.run_dir / f"{name}.log",
+            self.settings, self.run_dir / name, log_path=self.run_dir / f"{name}.log"
         )
         self._procs.append(proc)
         return self.balancer_port

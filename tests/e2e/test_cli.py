@@ -38,7 +38,7 @@ def test_proxy_commands_round_trip_through_redis(bed: Bed) -> None:
         (("proxy", "add", "127.0.0.1:5060"), "is not a proxy SIP URI"),
         (("proxy", "add", "sip:127.0.0.1:5060", "--weight", "0"), "outside 0.001..1e+06"),
         (("proxy", "rm", "sip:127.0.0.1:5999"), "is not in the pool"),
-        (("up", "--listen", "nonsense"), "expected HOST:PORT"),
+        (("up", "--listen", "nonsense"), "expected [PROTO:]HOST:PORT"),
     ],
 )
 def test_errors_print_one_line_and_exit_non_zero(bed: Bed, args, message) -> None:

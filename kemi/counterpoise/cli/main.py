@@ -1,6 +1,7 @@
 """The ``counterpoise`` command: run a balancer, manage and inspect the pool.
 
-    counterpoise up [--listen HOST:PORT] [--redis URL] [--workers N] [--run-dir DIR]
+    counterpoise up [--listen PROTO:HOST:PORT]... [--advertise HOST] [--redis URL] [--workers N]
+                    [--shm-mb MB] [--user U] [--group G] [--run-dir DIR] [--log-file FILE]
     counterpoise proxy add URI [--weight N] | rm URI | drain URI | undrain URI | list [--json]
     counterpoise watch             live table of the pool
     counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)
@@ -14,6 +15,7 @@ Redis). Errors print one line on stderr and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -22,7 +24,7 @@ from counterpoise.cli import location as location_cli
 from counterpoise.cli import users
 from counterpoise.cli.common import CliError
 from counterpoise.cli.pool import cmd_proxy, cmd_watch
-from counterpoise.cli.up import DEFAULT_LISTEN, cmd_up
+from counterpoise.cli.up import add_node_options, cmd_up
 from counterpoise.core.settings import Settings, load_settings
 
 
@@ -35,14 +37,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="counterpoise", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"counterpoise {version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis", help="Redis URL (default: COUNTERPOISE_REDIS_URL or embedded)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", parents=[common], help="run the balancer in the foreground")
-    up.add_argument("--listen", default=DEFAULT_LISTEN, help="SIP UDP address HOST:PORT")
-    up.add_argument("--workers", type=int, default=4, help="SIP worker processes (default 4)")
-    up.add_argument("--run-dir", help="directory for pid file, ctl socket, embedded Redis data")
+    add_node_options(up)
     up.set_defaults(func=cmd_up)
 
     proxy = sub.add_parser("proxy", help="manage the pool of downstream proxies")
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_parser(sub, common)
 
     demo = sub.add_parser("demo", help="embedded default: Redis, balancer, demo pool, calls")
-    demo.add_argument("--listen", default=DEFAULT_LISTEN, help="balancer SIP address")
+    demo.add_argument("--listen", help="balancer SIP address (default: the listen setting)")
     demo.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")
     demo.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
     demo.add_argument(
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("counterpoise")
+    except importlib.metadata.PackageNotFoundError:  # run from a clone without installing
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,25 +6,68 @@ import argparse
 import dataclasses
 import os
 import signal
-import tempfile
+import sys
 import time
 import urllib.parse
 from pathlib import Path
 
-from counterpoise import processes
-from counterpoise.cli import embedded
+from counterpoise import embedded, processes
+from counterpoise.cli import embedded as embedded_redis
 from counterpoise.cli.common import CliError, open_store
-from counterpoise.core.settings import Settings, to_environ
+from counterpoise.core.settings import Settings
 from counterpoise.store.client import redact
 
-DEFAULT_LISTEN = "127.0.0.1:5060"
+NODE_OPTIONS = (
+    "listen",
+    "advertise",
+    "workers",
+    "shm_mb",
+    "run_dir",
+    "user",
+    "group",
+    "log_file",
+    "tls_certificate",
+    "tls_private_key",
+)
+"""Settings of the "Running the node" block that ``up`` also takes as options
+(``--shm-mb`` for ``shm_mb``); an option given wins over the file and the environment."""
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise CliError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:5060")
-    return host, int(port)
+def add_node_options(up: argparse.ArgumentParser) -> None:
+    up.add_argument(
+        "--listen",
+        action="append",
+        help="SIP socket PROTO:HOST:PORT (udp, tcp, tls; IPv6 as [::1]; bare HOST:PORT is udp);"
+        " repeat for more (default: the listen setting, udp:127.0.0.1:5060)",
+    )
+    up.add_argument("--advertise", help="public HOST[:PORT] for Via and Record-Route (NAT)")
+    up.add_argument("--workers", type=int, help="SIP worker processes (default 4)")
+    up.add_argument("--shm-mb", type=int, help="Kamailio shared memory in MB (default 64)")
+    up.add_argument("--run-dir", help="pid file, control socket kamailio_ctl, embedded Redis data")
+    up.add_argument("--user", help="run Kamailio's processes as this user (-u)")
+    up.add_argument("--group", help="and this group (-g)")
+    up.add_argument("--log-file", help="Kamailio's log (default: stderr, the journal)")
+    up.add_argument("--tls-certificate", help="PEM certificate of the tls sockets")
+    up.add_argument("--tls-private-key", help="PEM private key of the tls sockets")
+
+
+def node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` with the node options given on the command line."""
+    given = {name: getattr(args, name) for name in NODE_OPTIONS}
+    if given["listen"] is not None:
+        given["listen"] = ",".join(given["listen"])
+    return dataclasses.replace(
+        settings, **{name: value for name, value in given.items() if value is not None}
+    )
+
+
+def default_run_dir() -> Path:
+    """``/run/counterpoise`` for root (systemd's RuntimeDirectory), else the user's runtime
+    folder."""
+    if os.geteuid() == 0:
+        return Path("/run/counterpoise")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "counterpoise" if runtime else Path(f"/tmp/counterpoise-{os.getuid()}")
 
 
 def redis_port(url: str) -> int:
@@ -33,36 +76,36 @@ def redis_port(url: str) -> int:
 
 def start_node(
     settings: Settings,
-    listen: str,
     redis_url: str | None,
-    workers: int,
     run_dir: Path,
     started: list[processes.Process],
     log_path: Path | None = None,
 ) -> Settings:
     """Start the embedded Redis (when ``redis_url`` is None) and a balancer; every process
     started is appended to ``started`` for the caller to stop. Returns the node's settings."""
-    host, port = parse_listen(listen)
-    processes.check_udp_free(host, port)
+    sockets = settings.listen_sockets()
+    for sip in sockets:
+        processes.check_free(sip)
+    try:
+        embedded.check_imports()
+    except embedded.EmbeddingError as error:
+        raise CliError(str(error)) from None
     if redis_url is None:
         redis_url = settings.redis_url
         embedded_port = redis_port(redis_url)
-        data_dir = embedded.data_dir(settings)
-        acl = embedded.prepare(data_dir, settings.key_prefix)
+        data_dir = embedded_redis.data_dir(settings)
+        acl = embedded_redis.prepare(data_dir, settings.key_prefix)
         print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} (data in {data_dir})")
         started.append(processes.start_redis(embedded_port, data_dir, aclfile=acl))
-        settings = embedded.as_role(settings, data_dir, "balancer")
+        settings = embedded_redis.as_role(settings, data_dir, "balancer")
         redis_url = settings.redis_url
-    node_id = settings.node_id or f"{os.uname().nodename}:{port}"
+    node_id = settings.node_id or f"{os.uname().nodename}:{sockets[0].port}"
     settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)
     open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable
-    print(f"starting Kamailio on udp:{host}:{port}, Redis {redact(redis_url)}")
-    started.append(
-        processes.start_balancer(
-            host, port, run_dir, to_environ(settings), settings.fr_timer_ms, workers, log_path
-        )
-    )
-    print(f"balancer ready on sip:{host}:{port} (node {node_id})")
+    print(f"starting Kamailio on {', '.join(map(str, sockets))}, Redis {redact(redis_url)}")
+    started.append(processes.start_balancer(settings, run_dir, log_path))
+    print(f"control socket: unixs:{processes.ctl_socket(run_dir)}")
+    print(f"balancer ready on {', '.join(sip.uri() for sip in sockets)} (node {node_id})")
     return settings
 
 
@@ -76,13 +119,16 @@ def stop_on_sigterm() -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="counterpoise-"))
+    sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
+    settings = node_settings(settings, args)
+    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = Path(settings.log_file) if settings.log_file else None
     started: list[processes.Process] = []
     stop_on_sigterm()
     try:
-        start_node(settings, args.listen, args.redis, args.workers, run_dir, started)
-        print("Kamailio logs on stderr; Ctrl-C stops everything")
+        start_node(settings, args.redis, run_dir, started, log_path)
+        print(f"Kamailio logs to {log_path or 'stderr'}; Ctrl-C stops everything")
         balancer = started[-1]
         while balancer.alive():
             time.sleep(0.2)

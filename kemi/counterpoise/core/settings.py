@@ -18,6 +18,8 @@ import enum
 import os
 from collections.abc import Mapping
 
+from counterpoise.core import sockets
+
 ENV_PREFIX = "COUNTERPOISE_"
 
 TRUE_WORDS = ("on", "true", "yes", "1")
@@ -220,6 +222,48 @@ class Settings:
     is then neither a process argument (``ps`` shows those to every user) nor in the URL that
     is logged. Empty: none, or the embedded Redis's own (``counterpoise up`` generates it)."""
 
+    # --- Running the node (issue 12) ---------------------------------------------------------
+    # Read by ``counterpoise up`` to start Kamailio (its command line); the KEMI code ignores
+    # them. Each has an ``up`` option of the same name that overrides it.
+    listen: str = "udp:127.0.0.1:5060"
+    """The balancer's SIP sockets, comma-separated, in Kamailio's form ``PROTO:HOST:PORT``
+    (``udp``, ``tcp``, ``tls``; IPv6 in brackets: ``tcp:[::1]:5060``; a bare ``HOST:PORT`` is
+    UDP). Loopback by default, so a first ``counterpoise up`` exposes nothing."""
+
+    advertise: str = ""
+    """``HOST[:PORT]`` written in Via and Record-Route instead of the sockets' own address, for
+    a node behind NAT; empty: the socket's address."""
+
+    workers: int = 4
+    """SIP worker processes per UDP socket (and TCP workers in total; Kamailio's ``-n``): 4
+    keeps 2 cores busy when a worker waits on Redis, and the benchmark saw no gain above."""
+
+    shm_mb: int = 64
+    """Kamailio's shared memory (``-m``), Kamailio's own default. It holds transactions and
+    the htables; the benchmark ran out of 64 MB near 600 calls/s and used 512 MB."""
+
+    run_dir: str = ""
+    """Folder of the pid file, the control socket (``<run_dir>/kamailio_ctl``) and the
+    embedded Redis's data. Empty: ``/run/counterpoise`` as root, else
+    ``$XDG_RUNTIME_DIR/counterpoise`` (or ``/tmp/counterpoise-<uid>``)."""
+
+    user: str = ""
+    """User Kamailio's processes run as after binding the sockets (``-u``); empty: the user
+    running ``up``. The run folder is handed to this user."""
+
+    group: str = ""
+    """Group of Kamailio's processes (``-g``); empty: the user's primary group."""
+
+    log_file: str = ""
+    """File Kamailio logs to; empty: ``up``'s own stderr (the journal under systemd)."""
+
+    tls_certificate: str = ""
+    """PEM certificate (chain) of the ``tls`` sockets, also shown to proxies reached over TLS;
+    required when a ``tls`` socket is listed."""
+
+    tls_private_key: str = ""
+    """PEM private key of ``tls_certificate``."""
+
     def __post_init__(self) -> None:
         """Check every value; raise ``SettingError`` naming the first bad one."""
         for field in dataclasses.fields(self):
@@ -234,6 +278,27 @@ class Settings:
                 raise SettingError(field.name, value, "expected 0..1")
             if field.name in NOT_EMPTY and not value:
                 raise SettingError(field.name, value, "must not be empty")
+        self._check_sockets()
+
+    def _check_sockets(self) -> None:
+        try:
+            listening = sockets.parse_sockets(self.listen)
+        except sockets.InvalidSocket as error:
+            raise SettingError("listen", self.listen, str(error)) from None
+        if self.advertise:
+            try:
+                sockets.parse_advertise(self.advertise)
+            except sockets.InvalidSocket as error:
+                raise SettingError("advertise", self.advertise, str(error)) from None
+        tls = any(socket.proto == "tls" for socket in listening)
+        if tls and not (self.tls_certificate and self.tls_private_key):
+            raise SettingError(
+                "tls_certificate", self.tls_certificate, "a tls socket needs a certificate and key"
+            )
+
+    def listen_sockets(self) -> tuple[sockets.ListenSocket, ...]:
+        """The ``listen`` sockets, parsed (checked when the settings were made)."""
+        return sockets.parse_sockets(self.listen)
 
     def node_name(self) -> str:
         """This node's identity in Redis."""
@@ -317,6 +382,8 @@ POSITIVE = (
     "load_expiry_ms",
     "load_smoothing_tau_ms",
     "location_redis_timeout_ms",
+    "workers",
+    "shm_mb",
 )
 """Settings that must be > 0: durations a timer or a division relies on, and counts."""
 NOT_NEGATIVE = ("slow_start_ms", "load_blackout_ms", "dialog_record_ttl_ms")

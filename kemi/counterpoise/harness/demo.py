@@ -38,13 +38,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     pool: list[testbed.Downstream] = []
     caller: testbed.Caller | None = None
     up.stop_on_sigterm()
+    if args.listen:
+        settings = dataclasses.replace(settings, listen=args.listen)
     try:
         if not settings.redis_data_dir:  # a demo's pool is throwaway: not the operator's
             settings = dataclasses.replace(settings, redis_data_dir=str(run_dir / "redis"))
         operator = settings
-        settings = up.start_node(
-            settings, args.listen, None, 4, run_dir, started, run_dir / "balancer.log"
-        )
+        settings = up.start_node(settings, None, run_dir, started, run_dir / "balancer.log")
         store = open_store(operator, None)  # the embedded Redis's operator
         admin = open_admin_store(operator, None)
         redis_port = up.redis_port(settings.redis_url)
@@ -66,7 +66,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             agent_env = {"COUNTERPOISE_REDIS_PASSWORD_FILE": str(password_file)}
             started.append(testbed.start_agent(ds, agent_url, agent_source, workers, agent_env))
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
-        host, port = up.parse_listen(args.listen)
+        first = settings.listen_sockets()[0]
+        host, port = first.host, first.port
         calls = int(args.rate * args.duration) if args.duration else 10_000_000
         users: dict = {}
         if args.users:

@@ -69,7 +69,7 @@ class Downstream:
             "CTL_PATH": str(self.ctl),
         }
         argv = processes.kamailio_argv(
-            DOWNSTREAM_CFG, "127.0.0.1", self.port, self.workers, self.run_dir, defines
+            DOWNSTREAM_CFG, [f"udp:127.0.0.1:{self.port}"], self.workers, self.run_dir, defines
         )
         if self.registrar:
             argv += ["-A", "WITH_REGISTRAR"]
