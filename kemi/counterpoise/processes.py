@@ -270,6 +270,18 @@ def kamailio_argv(
     return argv
 
 
+def write_tls_config(path: Path, certificate: Path, private_key: Path) -> None:
+    """The tls module's file: one certificate and key for the TLS sockets (server) and for
+    connections to TLS proxies (client), TLS 1.2 or newer; peers' certificates unchecked,
+    as Kamailio does by default (``verify_certificate`` off)."""
+    text = "".join(
+        f"[{role}:default]\nmethod = TLSv1.2+\n"
+        f"certificate = {certificate.resolve()}\nprivate_key = {private_key.resolve()}\n\n"
+        for role in ("server", "client")
+    )
+    path.write_text(text)
+
+
 def ctl_socket(run_dir: Path) -> Path:
     """The balancer's control socket (``kamcmd -s unixs:PATH``) in its run folder."""
     return run_dir / "kamailio_ctl"
@@ -284,8 +296,9 @@ def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
         "CP_FR_TIMER_MS": settings.fr_timer_ms,
     }
     if settings.tls_certificate:
-        defines["CP_TLS_CERTIFICATE"] = str(Path(settings.tls_certificate).resolve())
-        defines["CP_TLS_PRIVATE_KEY"] = str(Path(settings.tls_private_key).resolve())
+        tls_config = run_dir / "tls.cfg"
+        write_tls_config(tls_config, Path(settings.tls_certificate), Path(settings.tls_private_key))
+        defines["CP_TLS_CONFIG"] = str(tls_config)
     listen = [sip.kamailio(settings.advertise) for sip in settings.listen_sockets()]
     argv = kamailio_argv(KAMAILIO_CFG, listen, settings.workers, run_dir, defines)
     argv += ["-m", str(settings.shm_mb)]

@@ -62,24 +62,42 @@ class Bed:
         self._procs.append(proc)
 
     def start_downstream(
-        self, name: str, workers: int = 2, port: int | None = None, registrar: bool = False
+        self,
+        name: str,
+        workers: int = 2,
+        port: int | None = None,
+        registrar: bool = False,
+        **transport: object,
     ) -> testbed.Downstream:
+        """``transport``: ``transport="tcp"`` or ``"tls"`` (with ``tls=(cert, key)``)."""
         if not self.uas_uri:
             self.start_uas()
         ds = testbed.Downstream(
-            name, port or processes.free_port(), workers, self.uas_uri, self.run_dir, registrar
+            name,
+            port or processes.free_port(),
+            workers,
+            self.uas_uri,
+            self.run_dir,
+            registrar,
+            **transport,  # type: ignore[arg-type]
         )
         self._downstreams.append(ds)
         return ds.start()
 
-    def start_balancer(self, workers: int = 3, name: str = "balancer", **overrides: object) -> int:
-        """Start a balancer node (another ``name`` for a second node on the same Redis); the
-        callers made after it call it."""
+    def start_balancer(
+        self,
+        workers: int = 3,
+        name: str = "balancer",
+        listen: str = "udp:127.0.0.1:{port}",
+        **overrides: object,
+    ) -> int:
+        """Start a balancer node (another ``name`` for a second node on the same Redis) on the
+        sockets ``listen`` (``{port}``: a free port); the callers made after it call it."""
         self.balancer_port = processes.free_port()
         self.settings = dataclasses.replace(
             self.settings,
             node_id=f"test:{self.balancer_port}",
-            listen=f"udp:127.0.0.1:{self.balancer_port}",
+            listen=listen.format(port=self.balancer_port),
             workers=workers,
             **overrides,
         )
@@ -89,9 +107,11 @@ class Bed:
         self._procs.append(proc)
         return self.balancer_port
 
-    def caller(self, calls: int, rate: float, hold_ms: int = 200, **kw: object) -> testbed.Caller:
+    def caller(
+        self, calls: int, rate: float, hold_ms: int = 200, host: str = "127.0.0.1", **kw: object
+    ) -> testbed.Caller:
         caller = testbed.Caller(
-            f"127.0.0.1:{self.balancer_port}", self.run_dir, calls, rate, hold_ms, **kw
+            f"{host}:{self.balancer_port}", self.run_dir, calls, rate, hold_ms, **kw
         )
         self._callers.append(caller)
         return caller

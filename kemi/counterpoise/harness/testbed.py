@@ -46,10 +46,22 @@ class Downstream:
     """One downstream Kamailio proxy of the pool."""
 
     def __init__(
-        self, name: str, port: int, workers: int, uas_uri: str, run_dir: Path, registrar: bool
+        self,
+        name: str,
+        port: int,
+        workers: int,
+        uas_uri: str,
+        run_dir: Path,
+        registrar: bool,
+        transport: str = "udp",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``transport``: how the balancer reaches it (``tcp``, ``tls``: a socket of that kind
+        beside the UDP one, same port; ``tls`` needs ``tls``, the certificate and key)."""
         self.name = name
         self.port = port
+        self.transport = transport
+        self.tls = tls
         self.workers = workers
         self.uas_uri = uas_uri
         self.run_dir = run_dir / name
@@ -59,7 +71,9 @@ class Downstream:
 
     @property
     def uri(self) -> str:
-        return f"sip:127.0.0.1:{self.port}"
+        if self.transport == "udp":
+            return f"sip:127.0.0.1:{self.port}"
+        return f"sip:127.0.0.1:{self.port};transport={self.transport}"
 
     def start(self, timeout_s: float = 20.0) -> Downstream:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,9 +82,16 @@ class Downstream:
             "UAS_URI": self.uas_uri,
             "CTL_PATH": str(self.ctl),
         }
-        argv = processes.kamailio_argv(
-            DOWNSTREAM_CFG, [f"udp:127.0.0.1:{self.port}"], self.workers, self.run_dir, defines
-        )
+        listen = [f"udp:127.0.0.1:{self.port}"]
+        if self.transport != "udp":
+            listen.append(f"{self.transport}:127.0.0.1:{self.port}")
+        if self.transport == "tcp":
+            defines["WITH_TCP"] = 1
+        if self.tls is not None:
+            tls_config = self.run_dir / "tls.cfg"
+            processes.write_tls_config(tls_config, *self.tls)
+            defines["TLS_CONFIG"] = str(tls_config)
+        argv = processes.kamailio_argv(DOWNSTREAM_CFG, listen, self.workers, self.run_dir, defines)
         if self.registrar:
             argv += ["-A", "WITH_REGISTRAR"]
         self.proc = processes.Process(
@@ -177,6 +198,7 @@ class Caller:
         scenario: str = "uac.xml",
         extra: tuple[str, ...] = (),
         port: int | None = None,
+        local_ip: str = "127.0.0.1",
     ) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or processes.free_port()
@@ -184,7 +206,7 @@ class Caller:
         self.error_file = run_dir / f"uac-{self.port}.err"
         argv = [
             "sipp", target, "-sf", str(processes.SIPP_SCENARIOS / scenario),
-            "-i", "127.0.0.1", "-p", str(self.port),
+            "-i", local_ip, "-p", str(self.port),
             "-m", str(calls), "-r", str(rate), "-d", str(hold_ms),
             "-nostdin", "-timeout", f"{int(calls / rate) + 60}s",
             "-max_socket", "2048",
