@@ -183,3 +183,16 @@ def invite_shares(
 
 def invite_counts(downstreams: list[testbed.Downstream]) -> dict[str, int]:
     return {ds.name: ds.counts().get("invite", 0) for ds in downstreams}
+
+
+def calls_complete(bed: Bed, ds: testbed.Downstream, calls: int = 10, **caller: object) -> None:
+    """``calls`` calls through the balancer to ``ds`` (the whole pool) all succeed, and ``ds``
+    sees each call's INVITE, ACK and BYE: the ACK and BYE came through the balancer by the
+    Record-Route set."""
+    bed.add_pool((ds, 1.0))
+    before = ds.counts()
+    result = bed.caller(calls, 10, **caller).wait(60)
+    assert (result.successful, result.failed) == (calls, 0), result.output[-2000:]
+    after = ds.counts()
+    for method in ("invite", "ack", "bye"):
+        assert after.get(method, 0) - before.get(method, 0) == calls, (method, before, after)

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from counterpoise import processes
-from counterpoise.harness import testbed
-from tests.e2e.conftest import Bed
+from tests.e2e.conftest import Bed, calls_complete
 
 pytestmark = pytest.mark.e2e
-
-CALLS = 10
 
 
 @pytest.fixture(scope="module")
@@ -31,26 +28,14 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-def call_through(bed: Bed, ds: testbed.Downstream, **caller: object) -> None:
-    """CALLS calls through the balancer to ``ds``; all succeed, and ``ds`` sees each call's
-    INVITE, ACK and BYE (the ACK and BYE come through the balancer by the route set)."""
-    bed.add_pool((ds, 1.0))
-    before = ds.counts()
-    result = bed.caller(CALLS, 10, **caller).wait(60)
-    assert (result.successful, result.failed) == (CALLS, 0), result.output[-2000:]
-    after = ds.counts()
-    for method in ("invite", "ack", "bye"):
-        assert after.get(method, 0) - before.get(method, 0) == CALLS, (method, before, after)
-
-
 def test_tcp_caller_relayed_to_a_udp_proxy(bed: Bed) -> None:
     bed.start_balancer(listen="udp:127.0.0.1:{port},tcp:127.0.0.1:{port}")
-    call_through(bed, bed.start_downstream("udp"), extra=("-t", "t1"))
+    calls_complete(bed, bed.start_downstream("udp"), extra=("-t", "t1"))
 
 
 def test_proxy_reached_over_tcp(bed: Bed) -> None:
     bed.start_balancer(listen="udp:127.0.0.1:{port},tcp:127.0.0.1:{port}")
-    call_through(bed, bed.start_downstream("tcp", transport="tcp"))
+    calls_complete(bed, bed.start_downstream("tcp", transport="tcp"))
 
 
 def test_proxy_reached_over_tls(bed: Bed, certificate: tuple[Path, Path]) -> None:
@@ -62,9 +47,9 @@ def test_proxy_reached_over_tls(bed: Bed, certificate: tuple[Path, Path]) -> Non
     )
     # The balancer's own TLS socket answers with the test's certificate.
     assert processes.sip_options("127.0.0.1", port, 2.0, proto="tls") == 200
-    call_through(bed, bed.start_downstream("tls", transport="tls", tls=certificate))
+    calls_complete(bed, bed.start_downstream("tls", transport="tls", tls=certificate))
 
 
 def test_ipv6_caller_relayed_to_an_ipv4_proxy(bed: Bed) -> None:
     bed.start_balancer(listen="udp:127.0.0.1:{port},udp:[::1]:{port}")
-    call_through(bed, bed.start_downstream("v4"), host="[::1]", local_ip="::1")
+    calls_complete(bed, bed.start_downstream("v4"), host="[::1]", local_ip="::1")

@@ -1,0 +1,138 @@
+"""``counterpoise up`` run as an operator runs it: its log, a foreign ``python3`` first on
+PATH, a non-root user, and a non-editable install used from another folder."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from counterpoise import assets, processes
+from tests.e2e.conftest import Bed, calls_complete
+
+pytestmark = pytest.mark.e2e
+
+COUNTERPOISE = Path(sys.executable).parent / "counterpoise"
+"""The console script of the install under test (pip writes its interpreter in the
+shebang, so PATH does not choose it)."""
+
+
+class Up:
+    """``counterpoise up`` in the background, its output in ``up.log``."""
+
+    def __init__(self, bed: Bed, command: Path, *args: str, **popen: object) -> None:
+        self.port = processes.free_port()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="cp-up-"))  # /tmp: reachable by nobody
+        self.log = bed.run_dir / "up.log"
+        argv = [str(command), "up", "--listen", f"udp:127.0.0.1:{self.port}"]
+        argv += ["--redis", bed.redis_url, "--run-dir", str(self.run_dir), "--workers", "2"]
+        self.proc = processes.Process("counterpoise up", [*argv, *args], self.log, **popen)
+        bed.adopt(self.proc)
+        bed.balancer_port = self.port
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_ready(self) -> None:
+        processes.wait_for(
+            lambda: "balancer ready" in self.output() or not self.proc.alive(),
+            45,
+            "counterpoise up to report ready",
+        )
+        assert self.proc.alive(), self.output()[-3000:]
+
+    def kamailio_pids(self) -> list[int]:
+        main = int((self.run_dir / "kamailio.pid").read_text())
+        return [main, *(child.pid for child in psutil.Process(main).children(recursive=True))]
+
+    def close(self) -> None:
+        self.proc.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def up(bed: Bed) -> Iterator[list[Up]]:
+    runs: list[Up] = []
+    yield runs
+    for run in runs:
+        run.close()
+
+
+def test_a_start_up_failure_prints_kamailios_reason(bed: Bed, tmp_path: Path) -> None:
+    not_a_certificate = tmp_path / "cert.pem"
+    not_a_certificate.write_text("not a certificate\n")
+    port = processes.free_port()
+    result = subprocess.run(
+        [str(COUNTERPOISE), "up", "--listen", f"tls:127.0.0.1:{port}",
+         "--tls-certificate", str(not_a_certificate), "--tls-private-key", str(not_a_certificate),
+         "--redis", bed.redis_url, "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    # Kamailio's own words, then up's one line.
+    assert "ERROR: tls" in result.stderr and str(not_a_certificate) in result.stderr
+    assert "counterpoise: kamailio exited at start-up" in result.stderr
+
+
+def test_foreign_python_first_on_path(bed: Bed, up: list[Up], tmp_path: Path) -> None:
+    # A venv of Debian's python3 without its site-packages: its python3 would make the
+    # embedded interpreter's sys.prefix a place with no msgpack.
+    foreign = tmp_path / "foreign"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(foreign)], check=True)
+    path = f"{foreign / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    lacks = subprocess.run(["python3", "-c", "import msgpack"], env={"PATH": path}, check=False)
+    assert lacks.returncode != 0  # the trap is armed
+    run = Up(bed, COUNTERPOISE, env={"PATH": path})
+    up.append(run)
+    run.wait_ready()
+    calls_complete(bed, bed.start_downstream("a"))
+
+
+def test_kamailio_runs_as_the_given_user(bed: Bed, up: list[Up]) -> None:
+    run = Up(bed, COUNTERPOISE, "--user", "nobody")
+    up.append(run)
+    run.wait_ready()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    users = {psutil.Process(pid).uids().effective for pid in run.kamailio_pids()}
+    assert users == {nobody}
+    assert f"control socket: unixs:{run.run_dir / 'kamailio_ctl'}" in run.output()
+    calls_complete(bed, bed.start_downstream("a"))
+
+
+def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_path: Path) -> None:
+    # A copy of the source (pip writes build/ beside it), installed non-editable into a
+    # fresh venv that sees Debian's packages, so nothing is downloaded.
+    source = tmp_path / "source"
+    shutil.copytree(
+        assets.SOURCE_TREE,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__", "bench"),
+    )
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)  # fmt: skip
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--no-build-isolation", "--no-deps",
+         "--no-index", str(source)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    shutil.rmtree(source)  # nothing may come from the source tree
+    version = subprocess.run(
+        [str(venv / "bin" / "counterpoise"), "--version"], capture_output=True, text=True
+    )
+    assert version.stdout.startswith("counterpoise 0.")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    run = Up(bed, venv / "bin" / "counterpoise", env=clean, cwd=elsewhere)
+    up.append(run)
+    run.wait_ready()
+    calls_complete(bed, bed.start_downstream("a"))
