@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+from pathlib import Path
 
 import pytest
 
 from counterpoise.core.settings import (
+    CONFIG_ENV,
     ENV_PREFIX,
     Fallback,
     ProbeMethod,
@@ -48,7 +50,7 @@ def test_environment_overrides():
         "COUNTERPOISE_REDIS_URL": "redis://10.0.0.1:6379/3",
         "COUNTERPOISE_LATENCY_OFFSET_MS": "5",
         "FR_TIMER_MS": "1",  # no prefix: ignored
-        "COUNTERPOISE_NOT_A_SETTING": "x",  # unknown: ignored
+        "COUNTERPOISE_CONFIG": "",  # no file
     }
     settings = load_settings(env)
     assert settings.fr_timer_ms == 800
@@ -84,7 +86,9 @@ def test_bad_value_raises_naming_the_variable(name, value):
 
 def test_to_environ_round_trips_defaults():
     env = to_environ(Settings())
-    assert set(env) == {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    names = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert set(env) == names | {CONFIG_ENV}
+    assert env[CONFIG_ENV] == ""  # every value is in the environment: no file
     assert all(isinstance(v, str) for v in env.values())
     assert load_settings(env) == Settings()
 
@@ -146,3 +150,61 @@ def test_enums_and_booleans_parse_as_an_operator_writes_them():
     assert settings.location_server is False
     assert to_environ(settings)["COUNTERPOISE_LOCATION_SERVER"] == "off"
     assert load_settings(to_environ(settings)) == settings
+
+
+def test_an_unknown_variable_is_refused_with_the_valid_names():
+    with pytest.raises(SettingError) as error:
+        load_settings({"COUNTERPOISE_FR_TIMER": "800"})
+    assert "COUNTERPOISE_FR_TIMER" in str(error.value)
+    assert "unknown setting" in str(error.value) and "fr_timer_ms" in str(error.value)
+
+
+def write_config(tmp_path: Path, text: str) -> dict[str, str]:
+    path = tmp_path / "counterpoise.toml"
+    path.write_text(text)
+    return {CONFIG_ENV: str(path)}
+
+
+def test_the_config_file_sets_values_and_the_environment_wins(tmp_path: Path):
+    env = write_config(
+        tmp_path,
+        "fr_timer_ms = 800\nlatency_offset_ms = 5\nlocation_server = false\n"
+        'probe_method = "invite"\nlisten = "udp:127.0.0.1:5070,tcp:[::1]:5070"\n'
+        "max_attempts = 2\n",
+    )
+    settings = load_settings({**env, "COUNTERPOISE_MAX_ATTEMPTS": "4"})
+    assert settings.fr_timer_ms == 800
+    assert settings.latency_offset_ms == 5.0 and isinstance(settings.latency_offset_ms, float)
+    assert settings.location_server is False
+    assert settings.probe_method == ProbeMethod.INVITE
+    assert [str(s) for s in settings.listen_sockets()] == ["udp:127.0.0.1:5070", "tcp:[::1]:5070"]
+    assert settings.max_attempts == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fr_timer = 800\n", "unknown setting; valid: "),
+        ('fr_timer_ms = "fast"\n', "not a valid int"),
+        ("fr_timer_ms = 1.5\n", "expected a int"),
+        ("location_server = 1\n", "expected a bool"),
+        ("fr_timer_ms = -5\n", "must be > 0"),
+        ("fr_timer_ms = \n", "Invalid value"),
+        ('listen = "sctp:127.0.0.1:5060"\n', "is not one of udp, tcp, tls"),
+    ],
+)
+def test_a_bad_config_file_is_refused_naming_the_file(tmp_path: Path, text: str, message: str):
+    env = write_config(tmp_path, text)
+    with pytest.raises(SettingError) as error:
+        load_settings(env)
+    assert env[CONFIG_ENV] in str(error.value) and message in str(error.value)
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path):
+    with pytest.raises(SettingError, match="no such file"):
+        load_settings({CONFIG_ENV: str(tmp_path / "missing.toml")})
+
+
+def test_a_tls_socket_needs_a_certificate():
+    with pytest.raises(SettingError, match="tls_certificate"):
+        Settings(listen="tls:127.0.0.1:5061")

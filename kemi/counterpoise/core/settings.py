@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from counterpoise.core import sockets
 
@@ -305,30 +307,94 @@ class Settings:
         return self.node_id or os.uname().nodename
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from defaults plus ``COUNTERPOISE_*`` variables of ``environ``.
+CONFIG_ENV = "COUNTERPOISE_CONFIG"
+"""Names the config file; set but empty: no file (``to_environ`` sets it so for the
+Kamailio processes, whose environment already holds every value)."""
 
-    A value that does not parse as the field's type, or is out of range, raises
-    ``SettingError`` naming the variable, so a typo stops the start-up with a clear message
-    instead of running on a default.
+DEFAULT_CONFIG = "/etc/counterpoise/counterpoise.toml"
+"""Read when it exists and ``COUNTERPOISE_CONFIG`` is not set."""
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the defaults, then the config file, then the ``COUNTERPOISE_*``
+    variables of ``environ`` (each layer wins over the one before).
+
+    The file is TOML, one ``name = value`` per setting at the top level (``fr_timer_ms =
+    800``, ``listen = "udp:10.0.0.2:5060,tcp:10.0.0.2:5060"``): ``COUNTERPOISE_CONFIG`` names
+    it, else ``/etc/counterpoise/counterpoise.toml`` is read if it exists. An unknown name in
+    the file or the environment, a value that does not parse as the field's type, or one out
+    of range raises ``SettingError`` naming where it came from, so a typo stops the start-up
+    with a clear message instead of running on a default.
     """
     env = os.environ if environ is None else environ
-    overrides: dict[str, object] = {}
+    given = file_values(env)  # name -> (where, value)
+    _reject_unknown(
+        (name[len(ENV_PREFIX) :].lower(), name)
+        for name in env
+        if name.startswith(ENV_PREFIX) and name != CONFIG_ENV
+    )
     for field in dataclasses.fields(Settings):
         name = ENV_PREFIX + field.name.upper()
         if name in env:
-            overrides[field.name] = parse_value(field.name, type(field.default), env[name])
+            value = parse_value(field.name, type(field.default), env[name], name)
+            given[field.name] = (name, value)
     try:
-        return Settings(**overrides)
+        return Settings(**{field: value for field, (_, value) in given.items()})
     except SettingError as error:
-        raise SettingError(
-            ENV_PREFIX + error.name.upper(), env[ENV_PREFIX + error.name.upper()], error.reason
-        ) from None
+        where, value = given[error.name]
+        raise SettingError(where, value, error.reason) from None
 
 
-def parse_value(field: str, kind: type, raw: str) -> object:
-    """``raw`` as a value of a setting's type, or ``SettingError`` naming its variable."""
-    name = ENV_PREFIX + field.upper()
+def file_values(env: Mapping[str, str]) -> dict[str, tuple[str, object]]:
+    """The config file's settings, each with where it was written (``FILE: name``)."""
+    path = Path(env.get(CONFIG_ENV, DEFAULT_CONFIG))
+    if CONFIG_ENV in env and not env[CONFIG_ENV]:
+        return {}
+    try:
+        with path.open("rb") as config:
+            table = tomllib.load(config)
+    except FileNotFoundError:
+        if CONFIG_ENV in env:
+            raise SettingError(CONFIG_ENV, str(path), "no such file") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SettingError(CONFIG_ENV, str(path), str(error)) from None
+    _reject_unknown((name, f"{path}: {name}") for name in table)
+    kinds = {field.name: type(field.default) for field in dataclasses.fields(Settings)}
+    return {
+        name: (f"{path}: {name}", _typed(name, kinds[name], value, f"{path}: {name}"))
+        for name, value in table.items()
+    }
+
+
+def _reject_unknown(names: Iterable[tuple[str, str]]) -> None:
+    """``SettingError`` for the first ``(setting name, where)`` that is no setting."""
+    known = {field.name for field in dataclasses.fields(Settings)}
+    for name, where in names:
+        if name not in known:
+            raise SettingError(where, name, f"unknown setting; valid: {', '.join(sorted(known))}")
+
+
+def _typed(field: str, kind: type, value: object, where: str) -> object:
+    """A TOML value as the setting's type: the matching TOML type, or a string parsed as an
+    environment variable would be (``"on"``, ``"INVITE"``)."""
+    if isinstance(value, str) and kind is not str:
+        return parse_value(field, kind, value, where)
+    if kind is bool:
+        matches = isinstance(value, bool)
+    elif kind is float:
+        matches = isinstance(value, int | float) and not isinstance(value, bool)
+    else:  # TOML's true is no int
+        matches = isinstance(value, kind) and not isinstance(value, bool)
+    if not matches:
+        raise SettingError(where, value, f"expected a {kind.__name__}")
+    return kind(value)
+
+
+def parse_value(field: str, kind: type, raw: str, name: str | None = None) -> object:
+    """``raw`` as a value of a setting's type, or ``SettingError`` naming where it came from
+    (``name``, by default its variable)."""
+    name = name or ENV_PREFIX + field.upper()
     if kind is bool:
         if raw.lower() in TRUE_WORDS + FALSE_WORDS:
             return raw.lower() in TRUE_WORDS
@@ -349,10 +415,14 @@ def _choices(kind: type[enum.Enum]) -> str:
 
 
 def to_environ(settings: Settings) -> dict[str, str]:
-    """The ``COUNTERPOISE_*`` variables that reproduce ``settings`` in another process."""
+    """The ``COUNTERPOISE_*`` variables that reproduce ``settings`` in another process (with
+    no config file: they hold every value)."""
     return {
-        ENV_PREFIX + field.name.upper(): _text(getattr(settings, field.name))
-        for field in dataclasses.fields(Settings)
+        CONFIG_ENV: "",
+        **{
+            ENV_PREFIX + field.name.upper(): _text(getattr(settings, field.name))
+            for field in dataclasses.fields(Settings)
+        },
     }
 
 
