@@ -287,12 +287,18 @@ def ctl_socket(run_dir: Path) -> Path:
     return run_dir / "kamailio_ctl"
 
 
+def rpc_socket(run_dir: Path) -> Path:
+    """The balancer's JSON-RPC socket (``control.call``) in its run folder."""
+    return run_dir / "kamailio_rpc.sock"
+
+
 def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
     """Kamailio's command line for a balancer with ``settings`` (sockets, workers, memory,
     user, TLS)."""
     defines: dict[str, str | int] = {
         "CP_KEMI_SCRIPT": str(KEMI_SCRIPT),
         "CP_CTL_SOCKET": f"unixs:{ctl_socket(run_dir)}",
+        "CP_RPC_SOCKET": str(rpc_socket(run_dir)),
         "CP_FR_TIMER_MS": settings.fr_timer_ms,
     }
     if settings.tls_certificate:

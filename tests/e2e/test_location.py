@@ -97,7 +97,7 @@ def invites(ds: testbed.Downstream) -> int:
 
 
 def balancer_counters(bed: Bed) -> dict[str, int]:
-    out = testbed.kamcmd(bed.run_dir / "balancer" / "ctl.sock", "htable.dump", "cploc")
+    out = testbed.kamcmd(processes.ctl_socket(bed.run_dir / "balancer"), "htable.dump", "cploc")
     dump = {}
     name = None
     for line in out.splitlines():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,42 @@ def test_kamailio_runs_as_the_given_user(bed: Bed, up: list[Up]) -> None:
     assert users == {nobody}
     assert f"control socket: unixs:{run.run_dir / 'kamailio_ctl'}" in run.output()
     calls_complete(bed, bed.start_downstream("a"))
+
+
+def test_an_unknown_setting_is_refused(bed: Bed) -> None:
+    env = {**os.environ, "COUNTERPOISE_FR_TIMER": "800"}
+    result = subprocess.run(
+        [str(COUNTERPOISE), "proxy", "list", "--redis", bed.redis_url],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "COUNTERPOISE_FR_TIMER" in result.stderr and "fr_timer_ms" in result.stderr
+
+
+def test_a_runtime_setting_changes_on_sighup_without_a_failed_call(
+    bed: Bed, up: list[Up], tmp_path: Path
+) -> None:
+    config = tmp_path / "counterpoise.toml"
+    config.write_text("latency_offset_ms = 10\n")
+    run = Up(bed, COUNTERPOISE, env={"COUNTERPOISE_CONFIG": str(config)})
+    up.append(run)
+    run.wait_ready()
+    fast, slow = bed.start_downstream("fast"), bed.start_downstream("slow")
+    slow.set_delay_ms(100)  # 100 ms more than fast: with a 10 ms offset, ~1/10 of its weight
+    bed.add_pool((fast, 1.0), (slow, 1.0))
+    calls = 300
+    caller = bed.caller(calls, 15, hold_ms=100)
+
+    def slow_share() -> float:
+        return bed.rows().get(slow.uri, {}).get("share") or 0.0
+
+    processes.wait_for(lambda: 0 < slow_share() < 0.25, 15, "the slow proxy's share to fall")
+    config.write_text("latency_offset_ms = 100000\n")  # latency no longer tells them apart
+    run.proc.signal(signal.SIGHUP)
+    processes.wait_for(lambda: slow_share() > 0.4, 10, "the slow proxy's share to rise")
+    assert "applied at runtime: {'latency_offset_ms': '100000.0'}" in run.output()
+    result = caller.wait(60)
+    assert (result.successful, result.failed) == (calls, 0), result.output[-2000:]
 
 
 def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_path: Path) -> None:

@@ -461,3 +461,54 @@ NOT_NEGATIVE = ("slow_start_ms", "load_blackout_ms", "dialog_record_ttl_ms")
 FRACTIONS = ("slow_start_floor", "load_headroom_floor")
 """Settings that are fractions, 0..1."""
 NOT_EMPTY = ("redis_url", "key_prefix")
+
+RUNTIME = (
+    "fr_timer_ms",
+    "fr_inv_timer_ms",
+    "in_dialog_fr_timer_ms",
+    "max_attempts",
+    "failure_penalty_ms",
+    "latency_rise_tau_ms",
+    "latency_fall_tau_ms",
+    "latency_offset_ms",
+    "down_after_failures",
+    "up_after_probes",
+    "slow_start_ms",
+    "slow_start_floor",
+    "load_headroom_floor",
+    "probe_interval_ms",
+    "publish_interval_ms",
+    "node_ttl_ms",
+)
+"""Settings that change without a restart (``counterpoise up`` re-reads its config file on
+SIGHUP): the SIP workers read them per request, the sync loop per tick. Every other one is
+built into something at start-up (Redis connections and their timeouts and backoff, the
+probe sender, the location server's stores and tables, the load book, Kamailio's command
+line, tm's default timer, which times probes), so a change of it waits for a restart."""
+
+
+def runtime_changes(old: Settings, new: Settings) -> tuple[dict[str, str], list[str]]:
+    """What differs from ``old`` to ``new``: the ``RUNTIME`` settings with their new values as
+    text (``with_runtime`` takes them), and the names of the others (they need a restart)."""
+    changed = [
+        f.name for f in dataclasses.fields(Settings) if getattr(old, f.name) != getattr(new, f.name)
+    ]
+    runtime = {name: _text(getattr(new, name)) for name in changed if name in RUNTIME}
+    return runtime, [name for name in changed if name not in RUNTIME]
+
+
+def runtime_values(settings: Settings) -> dict[str, str]:
+    """Every ``RUNTIME`` setting of ``settings`` as text: what ``up`` pushes on SIGHUP (all of
+    them, so a value set back to its start-up one is pushed too)."""
+    return {name: _text(getattr(settings, name)) for name in RUNTIME}
+
+
+def with_runtime(settings: Settings, changes: Mapping[str, str]) -> Settings:
+    """``settings`` with ``changes`` (``runtime_changes``'s text values) applied and checked;
+    ``SettingError`` for a name outside ``RUNTIME`` or a bad value."""
+    values = {}
+    for name, text in changes.items():
+        if name not in RUNTIME:
+            raise SettingError(name, text, "not changeable at runtime")
+        values[name] = parse_value(name, type(getattr(Settings, name)), text, name)
+    return dataclasses.replace(settings, **values)

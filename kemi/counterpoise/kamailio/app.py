@@ -17,7 +17,7 @@ import KSR
 
 from counterpoise import clock
 from counterpoise.core import attempts, location
-from counterpoise.core.settings import Settings, load_settings
+from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
 from counterpoise.kamailio import avps, probes, shared
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
@@ -40,6 +40,7 @@ class KemiApp:
         self.settings = settings
         # mod_init runs before Kamailio forks: per-process state is made in child_init.
         self.view = shared.WorkerView()
+        self.settings_feed = shared.SettingsFeed()
         self.rng = random.Random()
         self.sync: SyncLoop | None = None
         self._max_sample_ms = int(settings.failure_penalty_ms)
@@ -65,6 +66,7 @@ class KemiApp:
     # --- requests ----------------------------------------------------------------------------
 
     def ksr_request_route(self, msg: object) -> int:
+        self._follow_settings()
         if not self.ksr_route_reqinit():
             return 1
         if KSR.is_CANCEL():
@@ -204,6 +206,7 @@ class KemiApp:
 
     def ksr_route_failure(self, msg: object) -> int:
         """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout."""
+        self._follow_settings()
         tried = avps.tried()
         attempt = avps.Attempt(len(tried) - 1)
         status = KSR.pv.get("$T_reply_code")
@@ -259,6 +262,7 @@ class KemiApp:
 
     def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
         """rtimer callback: one step of the sync loop, in the timer process."""
+        self._follow_settings()
         if self.sync is None:
             self.sync = self._make_sync_loop()
             if self.location is not None and self.settings.dialog_record_ttl_ms:
@@ -282,6 +286,21 @@ class KemiApp:
         if key not in self._failures:
             self._failures.add(key)
             KSR.err(f"counterpoise: {what} failed, carrying on: {type(error).__name__}: {error}\n")
+
+    def _follow_settings(self) -> None:
+        """Take the runtime settings ``counterpoise up`` pushed since the last look."""
+        changes = self.settings_feed.changes()
+        if not changes:
+            return
+        try:
+            self.settings = with_runtime(self.settings, changes)
+        except SettingError as error:  # up checked them; keep running on the old ones
+            KSR.err(f"counterpoise: runtime settings refused: {error}\n")
+            return
+        self._max_sample_ms = int(self.settings.failure_penalty_ms)
+        if self.sync is not None:  # the timer process: says it once for the node
+            self.sync.settings = self.settings
+            _notice(f"settings changed at runtime: {changes}")
 
     def _make_sync_loop(self) -> SyncLoop:
         node = self.settings.node_name()

@@ -4,7 +4,9 @@ The routing tables are declared in ``kamailio.cfg``; their names are only here a
 (the location server's ``cploc``, ``cpdlg`` and ``cplocq`` in ``kamailio.location``):
 
 ``cp``       ``table`` -> JSON list of ``[uri, weight]``, ``version`` -> int: the routing table
-             the sync loop publishes and every SIP worker routes with.
+             the sync loop publishes and every SIP worker routes with; ``settings`` -> JSON
+             object of runtime settings changed since start-up, ``settings_version`` -> int:
+             written by ``counterpoise up`` over JSON-RPC (``htable.sets``/``seti``) on SIGHUP.
 ``cpinf``    proxy URI -> requests in flight to it from this node (``sht_inc``/``sht_dec``,
              atomic across workers).
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
@@ -30,6 +32,8 @@ from counterpoise.core.selection import WeightedPicker
 from counterpoise.core.tally import Tally
 
 TABLE = "cp"
+SETTINGS = "settings"
+SETTINGS_VERSION = "settings_version"
 INFLIGHT = "cpinf"
 TALLIES = "cptally"
 LOADS = "cpload"
@@ -86,6 +90,23 @@ class SharedTable:
         KSR.htable.sht_sets(TABLE, "table", json.dumps(entries))
         version = KSR.htable.sht_get(TABLE, "version")
         KSR.htable.sht_seti(TABLE, "version", (version if isinstance(version, int) else 0) + 1)
+
+
+class SettingsFeed:
+    """One process's view of the runtime settings ``counterpoise up`` pushed."""
+
+    def __init__(self) -> None:
+        self._version: object = None
+
+    def changes(self) -> dict[str, str] | None:
+        """The changed settings (name -> text) when they were pushed again since the last
+        call, else None: one shared-memory read per call, a parse only on change."""
+        version = KSR.htable.sht_get(TABLE, SETTINGS_VERSION)
+        if version == self._version:
+            return None
+        self._version = version
+        raw = KSR.htable.sht_get(TABLE, SETTINGS)
+        return json.loads(raw) if isinstance(raw, str) else None
 
 
 class WorkerView:
