@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 packages=(kamailio kamailio-python3-modules kamailio-extra-modules kamailio-utils-modules
           kamailio-redis-modules sip-tester redis-server redis-tools
-          python3-venv python3-redis python3-msgpack)
+          kamailio-tls-modules openssl
+          python3-venv python3-redis python3-msgpack python3-psutil)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

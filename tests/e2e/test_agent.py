@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from counterpoise.agent.loop import Agent
-from counterpoise.agent.procfs import ProcessSet
 from counterpoise.agent.sources import KamailioSource
+from counterpoise.agent.usage import ProcessSet
 from counterpoise.core.reports import LoadReport, decode
 from counterpoise.harness import testbed
 from counterpoise.processes import free_port, wait_for
@@ -71,7 +71,7 @@ def make_agent(server: RedisServer, ds: testbed.Downstream, **kwargs: object) ->
         ds.uri,
         PoolStore.open(server.url, PREFIX, 250),
         ProcessSet(pidfile=ds.run_dir / "kamailio.pid"),
-        source=KamailioSource(f"unixs:{ds.ctl}"),
+        source=KamailioSource(ds.rpc),
         ttl_ms=TTL_MS,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -165,14 +165,14 @@ def test_proxy_that_cannot_be_queried_gives_an_error_report(
         "sip:127.0.0.1:9",
         PoolStore.open(own_redis.url, PREFIX, 250),
         ProcessSet(pidfile=tmp_path / "missing.pid"),
-        source=KamailioSource(f"unixs:{tmp_path / 'no.sock'}"),
+        source=KamailioSource(tmp_path / "no.sock"),
     )
     started = time.monotonic()
     report = agent.tick(now_ms())
     assert time.monotonic() - started < TICK_BOUND_S
     assert report.processes == 0 and report.cpu_utilisation is None
     assert report.transactions is None
-    assert "missing.pid" in report.error and "kamcmd" in report.error
+    assert "missing.pid" in report.error and "JSON-RPC tm.stats" in report.error
     assert stored(client, "sip:127.0.0.1:9") == report
 
     (tmp_path / "dead.pid").write_text("999999999\n")
@@ -218,7 +218,7 @@ def test_command_line_runs_and_exits_0_on_sigterm(
         sys.executable, "-m", "counterpoise.agent",
         "--proxy", downstream.uri, "--redis", own_redis.url, "--interval-ms", "200",
         "--pidfile", str(downstream.run_dir / "kamailio.pid"),
-        "--source", "kamailio", "--ctl", f"unixs:{downstream.ctl}", "--capacity", "40",
+        "--source", "kamailio", "--rpc", str(downstream.rpc), "--capacity", "40",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

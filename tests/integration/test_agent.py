@@ -38,7 +38,6 @@ def test_command_line_refuses_bad_options() -> None:
 
     base = ("--proxy", "sip:127.0.0.1:5071", "--process-name", "kamailio")
     assert "not a proxy SIP URI" in run("--proxy", "x", "--process-name", "k").stderr
-    assert "--ctl" in run(*base, "--source", "kamailio").stderr
     assert "--ttl-ms" in run(*base, "--ttl-ms", "500").stderr
     assert run(*base, "--capacity", "0").returncode == 2
     assert run("--proxy", "sip:a").returncode == 2  # neither --pidfile nor --process-name

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,11 @@ def test_a_named_config_file_must_exist(tmp_path: Path):
 def test_a_tls_socket_needs_a_certificate():
     with pytest.raises(SettingError, match="tls_certificate"):
         Settings(listen="tls:127.0.0.1:5061")
+
+
+def test_the_example_config_file_lists_every_setting_at_its_default(tmp_path: Path):
+    example = Path(__file__).parents[2] / "deploy" / "counterpoise.toml"
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", example.read_text(), flags=re.MULTILINE)
+    env = write_config(tmp_path, uncommented)
+    assert set(tomllib.loads(uncommented)) == {f.name for f in dataclasses.fields(Settings)}
+    assert load_settings(env) == Settings()

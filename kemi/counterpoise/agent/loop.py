@@ -1,9 +1,9 @@
 """``counterpoise-agent``: runs next to one SIP proxy and publishes its load to Redis.
 
-Every ``--interval-ms`` it measures the proxy's processes from ``/proc`` (CPU used over the
+Every ``--interval-ms`` it measures the proxy's processes with psutil (CPU used over the
 interval, resident memory, how many there are), asks the proxy itself through a ``Source``
-(Kamailio: ``kamcmd tm.stats``; anything else: a shell command printing a number) and writes
-a ``reports.LoadReport``:
+(Kamailio: ``tm.stats`` over JSON-RPC; anything else: a shell command printing a number) and
+writes a ``reports.LoadReport``:
 
 ``<prefix>report:<proxy uri>``   STRING  ``reports.encode(report)`` (msgpack), ``PX --ttl-ms``:
                                          the report of an agent that stopped disappears.
@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 
 from counterpoise import clock
-from counterpoise.agent.procfs import CpuMeter, ProcessSet, ProcStat
 from counterpoise.agent.sources import Source, SourceError, SourceSample
+from counterpoise.agent.usage import CpuMeter, ProcessSet, ProcStat
 from counterpoise.core import reports
 from counterpoise.core.backoff import Backoff, Guarded
 from counterpoise.core.reports import LoadReport

@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from counterpoise.agent.loop import DEFAULT_INTERVAL_MS, DEFAULT_TTL_MS, Agent, run_loop
-from counterpoise.agent.procfs import ProcessSet
 from counterpoise.agent.sources import SOURCE_TIMEOUT_MS, CommandSource, KamailioSource, Source
+from counterpoise.agent.usage import ProcessSet
 from counterpoise.core.backoff import Backoff
 from counterpoise.core.settings import Settings, load_settings
 from counterpoise.core.sipuri import InvalidProxyUri, parse_proxy_uri
 from counterpoise.store.pool import PoolStore
+
+DEFAULT_RPC_SOCKET = Path("/run/kamailio/kamailio_rpc.sock")
+"""Where Debian's Kamailio (its stock kamailio.cfg loads jsonrpcs) answers JSON-RPC."""
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -39,7 +42,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     which.add_argument("--pidfile", type=Path, help="pid file of the proxy's main process")
     which.add_argument("--process-name", help="every process of this name (e.g. kamailio)")
     parser.add_argument("--source", choices=("none", "kamailio", "command"), default="none")
-    parser.add_argument("--ctl", help="Kamailio ctl socket, unixs:/path (--source kamailio)")
+    parser.add_argument(
+        "--rpc",
+        type=Path,
+        default=DEFAULT_RPC_SOCKET,
+        help="Kamailio's JSON-RPC datagram socket (jsonrpcs dgram_socket; --source kamailio;"
+        f" default {DEFAULT_RPC_SOCKET}, Debian's)",
+    )
     parser.add_argument("--command", help="shell command printing transactions in progress")
     parser.add_argument(
         "--capacity",
@@ -53,9 +62,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def make_source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Source | None:
     timeout_s = args.source_timeout_ms / 1000
     if args.source == "kamailio":
-        if not args.ctl:
-            parser.error("--source kamailio needs --ctl unixs:/path")
-        return KamailioSource(args.ctl, timeout_s)
+        return KamailioSource(args.rpc, timeout_s)
     if args.source == "command":
         if not args.command:
             parser.error("--source command needs --command 'CMD'")

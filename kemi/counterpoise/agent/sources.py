@@ -6,15 +6,18 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
+from counterpoise import control
+
 SOURCE_TIMEOUT_MS = 500
-"""Longest a source query (one ``kamcmd`` or the ``--command``) may take before it is killed
-and the report says so: half the default interval, so a hung proxy does not delay reports."""
+"""Longest a source query (one JSON-RPC call or the ``--command``) may take before it is
+given up and the report says so: half the default interval, so a hung proxy does not delay
+reports."""
 
 
 class SourceError(RuntimeError):
@@ -73,36 +76,30 @@ def _show(command: Sequence[str] | str) -> str:
     return command if isinstance(command, str) else " ".join(command)
 
 
-_KAMCMD_FIELD = re.compile(r"^\s*([\w.-]+):\s*(-?\d+)\s*$", re.MULTILINE)
-
-
-def parse_kamcmd_counts(text: str) -> dict[str, int]:
-    """``{ current: 3 waiting: 1 ... }`` as kamcmd prints a struct -> ``{"current": 3, ...}``."""
-    return {name: int(value) for name, value in _KAMCMD_FIELD.findall(text)}
-
-
 class KamailioSource:
-    """Kamailio over its ctl socket: ``tm.stats`` gives transactions (``current`` minus those
-    in the wait state after completion, ``waiting``), ``dlg.stats_active`` calls when the
-    dialog module is loaded (asked once; if the command does not exist calls stay None)."""
+    """Kamailio over JSON-RPC (its ``jsonrpcs`` module's datagram socket): ``tm.stats`` gives
+    transactions (``current`` minus those in the wait state after completion, ``waiting``),
+    ``dlg.stats_active`` calls when the dialog module is loaded (asked once; if the command
+    does not exist calls stay None)."""
 
-    def __init__(
-        self, ctl: str, timeout_s: float = SOURCE_TIMEOUT_MS / 1000, kamcmd: str = "kamcmd"
-    ) -> None:
-        self.ctl = ctl if ":" in ctl else f"unixs:{ctl}"
+    def __init__(self, rpc_socket: Path, timeout_s: float = SOURCE_TIMEOUT_MS / 1000) -> None:
+        self.rpc_socket = rpc_socket
         self.timeout_s = timeout_s
-        self.kamcmd = kamcmd
         self._dialogs: bool | None = None  # None: not tried yet
 
-    def _query(self, *args: str) -> dict[str, int]:
-        return parse_kamcmd_counts(
-            run_bounded([self.kamcmd, "-s", self.ctl, *args], self.timeout_s)
-        )
+    def _query(self, method: str) -> dict[str, int]:
+        try:
+            result = control.call(self.rpc_socket, method, timeout_s=self.timeout_s)
+        except control.RpcError as error:
+            raise SourceError(f"Kamailio JSON-RPC {error}") from None
+        if not isinstance(result, dict):
+            raise SourceError(f"Kamailio JSON-RPC {method}: unexpected answer {result!r}")
+        return {name: value for name, value in result.items() if isinstance(value, int)}
 
     def sample(self) -> SourceSample:
         stats = self._query("tm.stats")
         if "current" not in stats:
-            raise SourceError("kamcmd tm.stats: no 'current' in its answer")
+            raise SourceError("Kamailio JSON-RPC tm.stats: no 'current' in its answer")
         transactions = max(0, stats["current"] - stats.get("waiting", 0))
         calls = None
         if self._dialogs is not False:
@@ -110,7 +107,7 @@ class KamailioSource:
                 calls = self._query("dlg.stats_active").get("all")
                 self._dialogs = True
             except SourceError as error:
-                if self._dialogs is None and "not found" in str(error):
+                if self._dialogs is None and "Method Not Found" in str(error):
                     self._dialogs = False  # no dialog module: do not ask again
         return SourceSample(transactions=transactions, calls=calls)
 

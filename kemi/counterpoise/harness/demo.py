@@ -59,7 +59,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             pool.append(ds)
             ds.start().set_delay_ms(DEMO_DELAY_MS)
             store.add(ds.uri, 1.0)  # before its agent reports: a report needs its proxy
-            agent_source = ["--source", "kamailio", "--ctl", f"unixs:{ds.ctl}"]
+            agent_source = ["--source", "kamailio", "--rpc", str(ds.rpc)]
             password_file = run_dir / f"agent-{name}.password"
             user = make_agent_user(admin, ds.uri, password_file)
             agent_url = f"redis://{user}@127.0.0.1:{redis_port}/0"

@@ -67,6 +67,7 @@ class Downstream:
         self.run_dir = run_dir / name
         self.registrar = registrar
         self.ctl = self.run_dir / "ctl.sock"
+        self.rpc = self.run_dir / "kamailio_rpc.sock"
         self.proc: processes.Process | None = None
 
     @property
@@ -81,6 +82,7 @@ class Downstream:
             "WORKERS": self.workers,
             "UAS_URI": self.uas_uri,
             "CTL_PATH": str(self.ctl),
+            "RPC_PATH": str(self.rpc),
         }
         listen = [f"udp:127.0.0.1:{self.port}"]
         if self.transport != "udp":
@@ -154,7 +156,7 @@ def start_agent(
     env: dict[str, str] | None = None,
 ) -> processes.Process:
     """A real ``counterpoise-agent`` next to ``ds`` (its processes found by pid file), with
-    ``source`` the agent's source options (``["--source", "kamailio", "--ctl", ...]``) and
+    ``source`` the agent's source options (``["--source", "kamailio", "--rpc", ...]``) and
     ``env`` (``COUNTERPOISE_REDIS_PASSWORD_FILE``)."""
     argv = [
         sys.executable, "-m", "counterpoise.agent", "--proxy", ds.uri,
