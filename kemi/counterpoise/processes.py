@@ -326,7 +326,10 @@ def start_balancer(
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.user:
         # Kamailio writes its pid file and control socket here after dropping root.
-        shutil.chown(run_dir, settings.user, settings.group or None)
+        try:
+            shutil.chown(run_dir, settings.user, settings.group or None)
+        except LookupError as error:  # no such user or group
+            raise StartError(f"--user/--group: {error}") from None
     if not settings.probe_contact_uri:
         contact = sockets[0].uri("counterpoise")
         settings = dataclasses.replace(settings, probe_contact_uri=contact)

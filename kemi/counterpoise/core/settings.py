@@ -1,11 +1,13 @@
 """Every knob of Counterpoise, in one place, with its unit, default and reason.
 
-Each field can be overridden by an environment variable named ``COUNTERPOISE_`` plus the
-field name in upper case (``COUNTERPOISE_FR_TIMER_MS=800``). ``counterpoise up`` sets these
-variables for the Kamailio it starts, so the Python code inside every Kamailio process and
-the command-line tool read the same values. Only three things live in ``kamailio.cfg``
-instead, because Kamailio needs them before Python runs: the listen address (``-l``), the
-number of SIP workers (``-n``) and the period of the sync timer (``CP_SYNC_TIMER``).
+Each field can be set in the config file (TOML, ``/etc/counterpoise/counterpoise.toml`` or
+``COUNTERPOISE_CONFIG``) and overridden by an environment variable named ``COUNTERPOISE_``
+plus the field name in upper case (``COUNTERPOISE_FR_TIMER_MS=800``). ``counterpoise up``
+sets these variables for the Kamailio it starts, so the Python code inside every Kamailio
+process and the command-line tool read the same values; the node block (sockets, workers,
+memory, user) becomes Kamailio's command line. Only the period of the sync timer
+(``CP_SYNC_TIMER``) lives in ``kamailio.cfg`` instead. ``RUNTIME`` (at the end) lists the
+settings that change without a restart.
 
 Every value is checked here, when the settings are made (``Settings.__post_init__``): a bad
 one stops ``counterpoise up`` with one line before anything starts.
