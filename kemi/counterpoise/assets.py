@@ -18,11 +18,14 @@ SHIPPED = {
     "kamailio.cfg": "kamailio.cfg",
     "counterpoise_ksr.py": "kemi/counterpoise_ksr.py",
     "redis.conf": "redis/redis.conf",
+    # `counterpoise demo` from an installed package: the demo proxies and SIPp's scenarios.
+    "downstream": "downstream",
+    "sipp-scenarios": "sipp-scenarios",
 }
-"""Name in ``_assets`` -> path in the source tree, of every file a wheel carries."""
+"""Name in ``_assets`` -> path in the source tree, of every file or folder a wheel carries."""
 
 
 def path(name: str) -> Path:
-    """The file ``name`` of ``SHIPPED``, installed or in the source tree."""
+    """The file or folder ``name`` of ``SHIPPED``, installed or in the source tree."""
     installed = INSTALLED / name
     return installed if installed.exists() else SOURCE_TREE / SHIPPED[name]

@@ -29,7 +29,7 @@ REPO = assets.SOURCE_TREE
 KAMAILIO_CFG = assets.path("kamailio.cfg")
 KEMI_SCRIPT = assets.path("counterpoise_ksr.py")
 REDIS_CONF = assets.path("redis.conf")
-SIPP_SCENARIOS = REPO / "sipp-scenarios"
+SIPP_SCENARIOS = assets.path("sipp-scenarios")
 
 STOP_GRACE_S = 5.0
 """How long a process gets to exit after SIGTERM before it is killed."""

@@ -166,6 +166,8 @@ def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_
         [str(venv / "bin" / "counterpoise"), "--version"], capture_output=True, text=True
     )
     assert version.stdout.startswith("counterpoise 0.")
+    shipped = next(venv.glob("lib/python3*/site-packages/counterpoise/_assets"))
+    assert set(assets.SHIPPED) <= {p.name for p in shipped.iterdir()}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     clean = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from counterpoise import processes
+from counterpoise import assets, processes
 
-DOWNSTREAM_CFG = processes.REPO / "downstream" / "proxy.cfg"
+DOWNSTREAM_CFG = assets.path("downstream") / "proxy.cfg"
 
 
 def kamcmd(ctl_socket: Path, *args: str, timeout_s: float = 5.0) -> str:
