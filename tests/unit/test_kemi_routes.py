@@ -10,13 +10,15 @@ routes pick from and summing what they counted. The test plays Kamailio: a reque
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 from collections.abc import Callable
 
 import pytest
 
 from counterpoise.core import location
 from counterpoise.core.pool import Admin
-from counterpoise.core.settings import Fallback, Settings
+from counterpoise.core.settings import Fallback, Settings, runtime_values
 from counterpoise.core.tally import Tally
 
 from ..fakes.edge import CALLEE, Node
@@ -443,3 +445,42 @@ def test_probe_event_without_a_proxy_is_ignored(node: Node, ksr: FakeKsr):
     ksr.uac_req = {"evparam": "garbage", "evtype": 1, "evcode": 200}
     assert node.app.ksr_uac_reply(None, "uac:reply") == 1
     assert node.totals() == {}
+
+
+# --- settings pushed at runtime (counterpoise up on SIGHUP) ------------------------------------
+
+
+def push_settings(node: Node, version: int, values: dict[str, str]) -> None:
+    """What ``up`` writes over JSON-RPC: the runtime settings as text, then a new version."""
+    table = node.ksr.htables[node.shared.TABLE]
+    table[node.shared.SETTINGS] = json.dumps(values)
+    table[node.shared.SETTINGS_VERSION] = version
+
+
+def runtime(**values: object) -> dict[str, str]:
+    return runtime_values(dataclasses.replace(S, **values))
+
+
+def test_runtime_settings_reach_the_workers_and_the_timer(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    assert ksr.fr_timers == (S.fr_inv_timer_ms, S.fr_timer_ms)
+
+    push_settings(node, 1, runtime(fr_timer_ms=800, latency_offset_ms=50.0))
+    node.route("INVITE")  # the worker takes them with its next request
+    assert ksr.fr_timers == (S.fr_inv_timer_ms, 800)
+    node.tick()  # the timer with its next tick, and the sync loop's policy with it
+    assert node.app.sync.settings.latency_offset_ms == 50.0
+    assert any("settings changed at runtime" in text for text in ksr.logged("notice"))
+
+    push_settings(node, 2, runtime())  # back to the start-up values
+    node.route("INVITE")
+    assert ksr.fr_timers == (S.fr_inv_timer_ms, S.fr_timer_ms)
+
+
+def test_a_bad_pushed_setting_is_refused_and_the_old_ones_kept(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    push_settings(node, 1, {"fr_timer_ms": "-1"})
+    node.route("INVITE")
+    assert ksr.fr_timers == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert any("runtime settings refused" in text for text in ksr.logged("err"))

@@ -14,12 +14,16 @@ import pytest
 from counterpoise.core.settings import (
     CONFIG_ENV,
     ENV_PREFIX,
+    RUNTIME,
     Fallback,
     ProbeMethod,
     SettingError,
     Settings,
     load_settings,
+    runtime_changes,
+    runtime_values,
     to_environ,
+    with_runtime,
 )
 
 
@@ -218,3 +222,20 @@ def test_the_example_config_file_lists_every_setting_at_its_default(tmp_path: Pa
     env = write_config(tmp_path, uncommented)
     assert set(tomllib.loads(uncommented)) == {f.name for f in dataclasses.fields(Settings)}
     assert load_settings(env) == Settings()
+
+
+def test_runtime_changes_split_what_applies_now_from_what_needs_a_restart():
+    old = Settings()
+    new = dataclasses.replace(old, max_attempts=2, latency_offset_ms=5.0, redis_url="redis://x/0")
+    changed, restart = runtime_changes(old, new)
+    assert changed == {"max_attempts": "2", "latency_offset_ms": "5.0"}
+    assert restart == ["redis_url"]
+    assert with_runtime(old, changed) == dataclasses.replace(new, redis_url=old.redis_url)
+    assert set(runtime_values(old)) == set(RUNTIME)
+
+
+def test_with_runtime_refuses_other_settings_and_bad_values():
+    with pytest.raises(SettingError, match="not changeable at runtime"):
+        with_runtime(Settings(), {"redis_url": "redis://x/0"})
+    with pytest.raises(SettingError, match="must be > 0"):
+        with_runtime(Settings(), {"fr_timer_ms": "0"})
