@@ -53,3 +53,12 @@ def test_proxy_reached_over_tls(bed: Bed, certificate: tuple[Path, Path]) -> Non
 def test_ipv6_caller_relayed_to_an_ipv4_proxy(bed: Bed) -> None:
     bed.start_balancer(listen="udp:127.0.0.1:{port},udp:[::1]:{port}")
     calls_complete(bed, bed.start_downstream("v4"), host="[::1]", local_ip="::1")
+
+
+def test_advertised_address_in_the_route_set(bed: Bed) -> None:
+    # 127.0.0.2 is not a balancer socket: the Record-Route the caller gets must carry it,
+    # and the ACK and BYE sent with it must still be recognised as the balancer's own.
+    bed.start_balancer(advertise="127.0.0.2")
+    calls_complete(bed, bed.start_downstream("a"), calls=3, extra=("-trace_msg",))
+    messages = "".join(p.read_text(errors="replace") for p in bed.run_dir.glob("*messages.log"))
+    assert f"<sip:127.0.0.2:{bed.balancer_port};lr" in messages  # in the 200s Record-Route
