@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from counterpoise import assets
@@ -43,17 +42,18 @@ class EmbeddingError(RuntimeError):
     """The embedded interpreter would not run the KEMI code; the message says why."""
 
 
+SITE_FOLDERS = ("site-packages", "dist-packages")
+"""Last component of the folders pip (venv) and Debian install packages into."""
+
+
 def import_path() -> list[str]:
-    """The folders this installation imports from, outside the standard library: the one
-    holding the ``counterpoise`` package first, then this interpreter's site folders."""
-    stdlib = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")}
+    """The folders this installation imports from: the one holding the ``counterpoise``
+    package first (a venv's site-packages, or ``kemi/`` of an editable install), then this
+    interpreter's package folders (the embedded interpreter has its own standard library)."""
     folders = [str(assets.PACKAGE.parent)]
     for entry in sys.path:
-        if not entry or entry in folders or not Path(entry).is_dir():
-            continue
-        if entry in stdlib or entry.startswith(tuple(f"{lib}/" for lib in stdlib)):
-            continue  # the embedded interpreter has its own standard library
-        folders.append(entry)
+        if Path(entry).name in SITE_FOLDERS and Path(entry).is_dir() and entry not in folders:
+            folders.append(entry)
     return folders
 
 

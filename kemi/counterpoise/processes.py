@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -30,6 +29,10 @@ KAMAILIO_CFG = assets.path("kamailio.cfg")
 KEMI_SCRIPT = assets.path("counterpoise_ksr.py")
 REDIS_CONF = assets.path("redis.conf")
 SIPP_SCENARIOS = assets.path("sipp-scenarios")
+
+STDERR_FD = 2
+"""Where a process started without a log file writes: this process's own stderr (for
+``counterpoise up``, the terminal or the journal)."""
 
 STOP_GRACE_S = 5.0
 """How long a process gets to exit after SIGTERM before it is killed."""
@@ -166,7 +169,7 @@ class Process:
         try:
             self.popen = subprocess.Popen(
                 self.argv,
-                stdout=output or sys.stderr,
+                stdout=output or STDERR_FD,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},

@@ -239,8 +239,9 @@ class Settings:
     a node behind NAT; empty: the socket's address."""
 
     workers: int = 4
-    """SIP worker processes per UDP socket (and TCP workers in total; Kamailio's ``-n``): 4
-    keeps 2 cores busy when a worker waits on Redis, and the benchmark saw no gain above."""
+    """SIP worker processes per UDP socket, and TCP workers in all (Kamailio's ``-n``): 4 is
+    twice the cores of the machine the project is tested on, so a worker waiting on a Redis
+    lookup (location server) leaves another to run; raise it with the cores."""
 
     shm_mb: int = 64
     """Kamailio's shared memory (``-m``), Kamailio's own default. It holds transactions and
