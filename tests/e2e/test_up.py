@@ -95,6 +95,10 @@ def test_foreign_python_first_on_path(bed: Bed, up: list[Up], tmp_path: Path) ->
     up.append(run)
     run.wait_ready()
     calls_complete(bed, bed.start_downstream("a"))
+    # The agent's entry point too: its interpreter is in its first line, not found on PATH.
+    agent = COUNTERPOISE.with_name("counterpoise-agent")
+    helped = subprocess.run([agent, "--help"], env={"PATH": path}, capture_output=True, check=False)
+    assert helped.returncode == 0, helped.stderr
 
 
 def test_kamailio_runs_as_the_given_user(bed: Bed, up: list[Up]) -> None:
