@@ -67,20 +67,26 @@ def up(bed: Bed) -> Iterator[list[Up]]:
         run.close()
 
 
-def test_a_start_up_failure_prints_kamailios_reason(bed: Bed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_file", [False, True])
+def test_a_start_up_failure_prints_kamailios_reason(
+    bed: Bed, tmp_path: Path, log_file: bool
+) -> None:
     not_a_certificate = tmp_path / "cert.pem"
     not_a_certificate.write_text("not a certificate\n")
     port = processes.free_port()
+    log = ["--log-file", str(tmp_path / "kamailio.log")] if log_file else []
     result = subprocess.run(
         [str(COUNTERPOISE), "up", "--listen", f"tls:127.0.0.1:{port}",
          "--tls-certificate", str(not_a_certificate), "--tls-private-key", str(not_a_certificate),
-         "--redis", bed.redis_url, "--run-dir", str(tmp_path / "run")],
+         "--redis", bed.redis_url, "--run-dir", str(tmp_path / "run"), *log],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    # Kamailio's own words, then up's one line.
+    # Kamailio's own words (from stderr, or the end of its log file), and up's line.
     assert "ERROR: tls" in result.stderr and str(not_a_certificate) in result.stderr
     assert "counterpoise: kamailio exited at start-up" in result.stderr
+    if log_file:
+        assert "ERROR: tls" in (tmp_path / "kamailio.log").read_text()
 
 
 def test_foreign_python_first_on_path(bed: Bed, up: list[Up], tmp_path: Path) -> None:
@@ -102,12 +108,14 @@ def test_foreign_python_first_on_path(bed: Bed, up: list[Up], tmp_path: Path) ->
 
 
 def test_kamailio_runs_as_the_given_user(bed: Bed, up: list[Up]) -> None:
-    run = Up(bed, COUNTERPOISE, "--user", "nobody")
+    run = Up(bed, COUNTERPOISE, "--user", "nobody", "--shm-mb", "96")
     up.append(run)
     run.wait_ready()
     nobody = pwd.getpwnam("nobody").pw_uid
     users = {psutil.Process(pid).uids().effective for pid in run.kamailio_pids()}
     assert users == {nobody}
+    argv = psutil.Process(run.kamailio_pids()[0]).cmdline()
+    assert argv[argv.index("-m") + 1] == "96"
     assert f"control socket: unixs:{run.run_dir / 'kamailio_ctl'}" in run.output()
     calls_complete(bed, bed.start_downstream("a"))
 
