@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -12,16 +11,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from counterpoise import control, embedded, processes
+from counterpoise import embedded, processes
 from counterpoise.cli import embedded as embedded_redis
 from counterpoise.cli.common import CliError, open_store
-from counterpoise.core.settings import (
-    Settings,
-    load_settings,
-    runtime_changes,
-    runtime_values,
-    with_runtime,
-)
+from counterpoise.cli.reload import Reloader
+from counterpoise.core.settings import Settings, load_settings
 from counterpoise.store.client import redact
 
 NODE_OPTIONS = (
@@ -117,50 +111,6 @@ def start_node(
     return settings
 
 
-class Reloader:
-    """On SIGHUP: re-read the config file (and the environment), push the runtime settings
-    (``settings.RUNTIME``) to the node's processes over JSON-RPC, and name the changed ones
-    that need a restart. A bad file is refused and the node keeps its settings."""
-
-    def __init__(self, args: argparse.Namespace, settings: Settings, rpc_socket: Path) -> None:
-        self.args = args
-        self.current = settings
-        self.rpc_socket = rpc_socket
-        self.version = 0
-        self.requested = False
-        signal.signal(signal.SIGHUP, self._request)
-
-    def _request(self, signum: int, frame: object) -> None:
-        self.requested = True  # acted on in the main loop, not inside the handler
-
-    def reload_if_requested(self) -> None:
-        if not self.requested:
-            return
-        self.requested = False
-        try:
-            fresh = node_settings(load_settings(), self.args)
-        except ValueError as error:
-            print(f"counterpoise: config not reloaded: {error}", file=sys.stderr)
-            return
-        changed, restart = runtime_changes(self.current, fresh)
-        if restart:
-            names = ", ".join(restart)
-            print(f"counterpoise: {names} changed: not applied until a restart", file=sys.stderr)
-        if not changed:
-            print("counterpoise: config reloaded, no runtime setting changed")
-            return
-        self.version += 1
-        try:
-            control.call(self.rpc_socket, "htable.sets", "cp", "settings",
-                         json.dumps(runtime_values(fresh)))  # fmt: skip
-            control.call(self.rpc_socket, "htable.seti", "cp", "settings_version", self.version)
-        except control.RpcError as error:
-            print(f"counterpoise: settings not pushed to Kamailio: {error}", file=sys.stderr)
-            return
-        self.current = with_runtime(self.current, changed)
-        print(f"counterpoise: applied at runtime: {changed}")
-
-
 def stop_on_sigterm() -> None:
     """Make SIGTERM end the foreground command the way Ctrl-C does."""
 
@@ -180,7 +130,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stop_on_sigterm()
     try:
         start_node(settings, args.redis, run_dir, started, log_path)
-        reloader = Reloader(args, settings, processes.rpc_socket(run_dir))
+        reloader = Reloader(
+            lambda: node_settings(load_settings(), args), settings, processes.rpc_socket(run_dir)
+        )
         print(f"Kamailio logs to {log_path or 'stderr'}; SIGHUP re-reads the config file;"
               " Ctrl-C stops everything")  # fmt: skip
         balancer = started[-1]
