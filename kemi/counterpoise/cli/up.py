@@ -124,7 +124,6 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
     settings = node_settings(settings, args)
     run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
     log_path = Path(settings.log_file) if settings.log_file else None
     started: list[processes.Process] = []
     stop_on_sigterm()
