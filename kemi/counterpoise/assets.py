@@ -18,6 +18,7 @@ SHIPPED = {
     "kamailio.cfg": "kamailio.cfg",
     "counterpoise_ksr.py": "kemi/counterpoise_ksr.py",
     "redis.conf": "redis/redis.conf",
+    "users.acl": "redis/users.acl",
     # `counterpoise demo` from an installed package: the demo proxies and SIPp's scenarios.
     "downstream": "downstream",
     "sipp-scenarios": "sipp-scenarios",

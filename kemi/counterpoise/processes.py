@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from counterpoise import assets, embedded
+from counterpoise import assets, interpreter
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.core.sockets import ListenSocket
 
@@ -285,6 +285,19 @@ def write_tls_config(path: Path, certificate: Path, private_key: Path) -> None:
     path.write_text(text)
 
 
+def hand_over(password_file: Path, run_dir: Path, user: str) -> Path:
+    """A copy of ``password_file`` in ``run_dir`` that only ``user`` reads (0600): Kamailio's
+    processes open it after dropping root, and the original (the embedded Redis's, 0600
+    root's, or the operator's) stays as it is."""
+    copy = run_dir / "redis.password"
+    copy.unlink(missing_ok=True)
+    descriptor = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(password_file.read_text())
+    shutil.chown(copy, user)
+    return copy
+
+
 def ctl_socket(run_dir: Path) -> Path:
     """The balancer's control socket (``kamcmd -s unixs:PATH``) in its run folder."""
     return run_dir / "kamailio_ctl"
@@ -333,10 +346,13 @@ def start_balancer(
             shutil.chown(run_dir, settings.user, settings.group or None)
         except LookupError as error:  # no such user or group
             raise StartError(f"--user/--group: {error}") from None
+        if settings.redis_password_file:
+            password = hand_over(Path(settings.redis_password_file), run_dir, settings.user)
+            settings = dataclasses.replace(settings, redis_password_file=str(password))
     if not settings.probe_contact_uri:
         contact = sockets[0].uri("counterpoise")
         settings = dataclasses.replace(settings, probe_contact_uri=contact)
-    env = {**to_environ(settings), **embedded.environ()}
+    env = {**to_environ(settings), **interpreter.environ()}
     proc = Process("kamailio", balancer_argv(settings, run_dir), log_path, env=env)
     first = sockets[0]
     proc.ensure_started(

@@ -29,12 +29,18 @@ shebang, so PATH does not choose it)."""
 class Up:
     """``counterpoise up`` in the background, its output in ``up.log``."""
 
-    def __init__(self, bed: Bed, command: Path, *args: str, **popen: object) -> None:
+    def __init__(
+        self, bed: Bed, command: Path, *args: str, embedded_redis: bool = False, **popen: object
+    ) -> None:
+        """``embedded_redis``: no ``--redis``, so ``up`` starts its own (as configured by the
+        environment given in ``popen``); else the test's Redis."""
         self.port = processes.free_port()
         self.run_dir = Path(tempfile.mkdtemp(prefix="cp-up-"))  # /tmp: reachable by nobody
         self.log = bed.run_dir / "up.log"
         argv = [str(command), "up", "--listen", f"udp:127.0.0.1:{self.port}"]
-        argv += ["--redis", bed.redis_url, "--run-dir", str(self.run_dir), "--workers", "2"]
+        argv += ["--run-dir", str(self.run_dir), "--workers", "2"]
+        if not embedded_redis:
+            argv += ["--redis", bed.redis_url]
         self.proc = processes.Process("counterpoise up", [*argv, *args], self.log, **popen)
         bed.adopt(self.proc)
         bed.balancer_port = self.port
@@ -118,6 +124,37 @@ def test_kamailio_runs_as_the_given_user(bed: Bed, up: list[Up]) -> None:
     assert argv[argv.index("-m") + 1] == "96"
     assert f"control socket: unixs:{run.run_dir / 'kamailio_ctl'}" in run.output()
     calls_complete(bed, bed.start_downstream("a"))
+
+
+def test_as_a_user_on_the_embedded_redis_with_its_password(
+    bed: Bed, up: list[Up], tmp_path: Path
+) -> None:
+    # The balancer's password file is root's (0600); Kamailio's processes, as nobody, read the
+    # copy up hands them, or the node could not read the pool nor publish.
+    env = {
+        **os.environ,
+        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
+        "COUNTERPOISE_REDIS_DATA_DIR": str(tmp_path / "redis-data"),
+    }
+    run = Up(bed, COUNTERPOISE, "--user", "nobody", embedded_redis=True, env=env)
+    up.append(run)
+    run.wait_ready()
+    ds = bed.start_downstream("a")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(COUNTERPOISE), *args], env=env, capture_output=True, text=True, timeout=30
+        )
+
+    assert cli("proxy", "add", ds.uri).returncode == 0
+    processes.wait_for(
+        lambda: '"state": "up"' in cli("proxy", "list", "--json").stdout,
+        15,
+        "the node to publish the proxy up",
+    )
+    result = bed.caller(10, 10).wait(60)
+    assert (result.successful, result.failed) == (10, 0), result.output[-2000:]
+    assert (run.run_dir / "redis.password").stat().st_uid == pwd.getpwnam("nobody").pw_uid
 
 
 def test_an_unknown_setting_is_refused(bed: Bed) -> None:

@@ -15,10 +15,11 @@ import secrets
 import urllib.parse
 from pathlib import Path
 
+from counterpoise import assets
 from counterpoise.core.roles import ROLES, render_acl
 from counterpoise.core.settings import Settings
 
-ACL_TEMPLATE = Path(__file__).resolve().parents[3] / "redis" / "users.acl"
+ACL_TEMPLATE = assets.path("users.acl")
 ACL_FILE = "users.acl"
 PASSWORD_BYTES = 24
 """192 random bits per password (``secrets.token_urlsafe``)."""

@@ -11,8 +11,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from counterpoise import embedded, processes
-from counterpoise.cli import embedded as embedded_redis
+from counterpoise import interpreter, processes
+from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.cli.reload import Reloader
 from counterpoise.core.settings import Settings, load_settings
@@ -44,7 +44,7 @@ def add_node_options(up: argparse.ArgumentParser) -> None:
     up.add_argument("--advertise", help="public HOST[:PORT] for Via and Record-Route (NAT)")
     up.add_argument("--workers", type=int, help="SIP worker processes (default 4)")
     up.add_argument("--shm-mb", type=int, help="Kamailio shared memory in MB (default 64)")
-    up.add_argument("--run-dir", help="pid file, control socket kamailio_ctl, embedded Redis data")
+    up.add_argument("--run-dir", help="pid file, control sockets (default /run/counterpoise)")
     up.add_argument("--user", help="run Kamailio's processes as this user (-u)")
     up.add_argument("--group", help="and this group (-g)")
     up.add_argument("--log-file", help="Kamailio's log (default: stderr, the journal)")
@@ -88,17 +88,17 @@ def start_node(
     for sip in sockets:
         processes.check_free(sip)
     try:
-        embedded.check_imports()
-    except embedded.EmbeddingError as error:
+        interpreter.check_imports()
+    except interpreter.EmbeddingError as error:
         raise CliError(str(error)) from None
     if redis_url is None:
         redis_url = settings.redis_url
         embedded_port = redis_port(redis_url)
-        data_dir = embedded_redis.data_dir(settings)
-        acl = embedded_redis.prepare(data_dir, settings.key_prefix)
+        data_dir = embedded.data_dir(settings)
+        acl = embedded.prepare(data_dir, settings.key_prefix)
         print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} (data in {data_dir})")
         started.append(processes.start_redis(embedded_port, data_dir, aclfile=acl))
-        settings = embedded_redis.as_role(settings, data_dir, "balancer")
+        settings = embedded.as_role(settings, data_dir, "balancer")
         redis_url = settings.redis_url
     node_id = settings.node_id or f"{os.uname().nodename}:{sockets[0].port}"
     settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)

@@ -248,13 +248,14 @@ class Settings:
     the htables; the benchmark ran out of 64 MB near 600 calls/s and used 512 MB."""
 
     run_dir: str = ""
-    """Folder of the pid file, the control socket (``<run_dir>/kamailio_ctl``) and the
-    embedded Redis's data. Empty: ``/run/counterpoise`` as root, else
+    """Folder of Kamailio's pid file and control sockets (``<run_dir>/kamailio_ctl``,
+    ``kamailio_rpc.sock``). Empty: ``/run/counterpoise`` as root, else
     ``$XDG_RUNTIME_DIR/counterpoise`` (or ``/tmp/counterpoise-<uid>``)."""
 
     user: str = ""
     """User Kamailio's processes run as after binding the sockets (``-u``); empty: the user
-    running ``up``. The run folder is handed to this user."""
+    running ``up``. The run folder is handed to this user, and a copy of the Redis password
+    file made in it for this user alone."""
 
     group: str = ""
     """Group of Kamailio's processes (``-g``); empty: the user's primary group."""
