@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -285,6 +287,19 @@ def write_tls_config(path: Path, certificate: Path, private_key: Path) -> None:
     path.write_text(text)
 
 
+def check_user(user: str, group: str) -> None:
+    """StartError unless ``user`` (and ``group``, when given) exist on this host."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise StartError(f"--user {user}: no such user") from None
+    try:
+        if group:
+            grp.getgrnam(group)
+    except KeyError:
+        raise StartError(f"--group {group}: no such group") from None
+
+
 def hand_over(password_file: Path, run_dir: Path, user: str) -> Path:
     """A copy of ``password_file`` in ``run_dir`` that only ``user`` reads (0600): Kamailio's
     processes open it after dropping root, and the original (the embedded Redis's, 0600
@@ -341,11 +356,7 @@ def start_balancer(
         check_free(sip)
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.user:
-        # Kamailio writes its pid file and control socket here after dropping root.
-        try:
-            shutil.chown(run_dir, settings.user, settings.group or None)
-        except LookupError as error:  # no such user or group
-            raise StartError(f"--user/--group: {error}") from None
+        check_user(settings.user, settings.group)
         if settings.redis_password_file:
             password = hand_over(Path(settings.redis_password_file), run_dir, settings.user)
             settings = dataclasses.replace(settings, redis_password_file=str(password))
@@ -353,7 +364,12 @@ def start_balancer(
         contact = sockets[0].uri("counterpoise")
         settings = dataclasses.replace(settings, probe_contact_uri=contact)
     env = {**to_environ(settings), **interpreter.environ()}
-    proc = Process("kamailio", balancer_argv(settings, run_dir), log_path, env=env)
+    argv = balancer_argv(settings, run_dir)  # writes the tls module's file into run_dir
+    if settings.user:
+        # Last, once up has written its files: Kamailio writes its pid file and control
+        # sockets here after dropping root.
+        shutil.chown(run_dir, settings.user, settings.group or None)
+    proc = Process("kamailio", argv, log_path, env=env)
     first = sockets[0]
     proc.ensure_started(
         lambda: sip_options(first.host, first.port, 0.3, proto=first.proto) == 200,

@@ -87,6 +87,8 @@ def start_node(
     sockets = settings.listen_sockets()
     for sip in sockets:
         processes.check_free(sip)
+    if settings.user:
+        processes.check_user(settings.user, settings.group)
     try:
         interpreter.check_imports()
     except interpreter.EmbeddingError as error:
