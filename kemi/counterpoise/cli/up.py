@@ -129,11 +129,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     log_path = Path(settings.log_file) if settings.log_file else None
     started: list[processes.Process] = []
     stop_on_sigterm()
+    # Before anything starts: a SIGHUP during the start is kept for after it, not fatal.
+    reloader = Reloader(
+        lambda: node_settings(load_settings(), args), settings, processes.rpc_socket(run_dir)
+    )
     try:
         start_node(settings, args.redis, run_dir, started, log_path)
-        reloader = Reloader(
-            lambda: node_settings(load_settings(), args), settings, processes.rpc_socket(run_dir)
-        )
         print(f"Kamailio logs to {log_path or 'stderr'}; SIGHUP re-reads the config file;"
               " Ctrl-C stops everything")  # fmt: skip
         balancer = started[-1]
