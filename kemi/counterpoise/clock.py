@@ -14,3 +14,13 @@ def monotonic_ms() -> int:
 def wall_ms() -> int:
     """Epoch milliseconds: what Redis records show and other hosts can compare."""
     return time.time_ns() // 1_000_000
+
+
+def monotonic_s() -> float:
+    """Seconds of the monotonic clock at full resolution: short durations (a sync tick)."""
+    return time.monotonic()
+
+
+def perf_ns() -> int:
+    """Nanoseconds of the highest-resolution monotonic clock: time spent in a route."""
+    return time.perf_counter_ns()

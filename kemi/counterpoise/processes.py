@@ -72,19 +72,26 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     raise StartError("no free local port found")
 
 
-def check_free(sip: ListenSocket) -> None:
+def check_free(sip: ListenSocket, what: str = "SIP address") -> None:
     """StartError unless ``sip``'s address and port can be bound now."""
     family = socket.AF_INET6 if sip.is_ipv6 else socket.AF_INET
     kind = socket.SOCK_DGRAM if sip.proto == "udp" else socket.SOCK_STREAM
     with socket.socket(family, kind) as probe:
+        if kind == socket.SOCK_STREAM:  # a port in TIME_WAIT is free to listen on
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((sip.address, sip.port))
         except OSError as error:
-            raise StartError(f"SIP address {sip} is not available: {error.strerror}") from None
+            raise StartError(f"{what} {sip} is not available: {error.strerror}") from None
 
 
 def check_udp_free(host: str, port: int) -> None:
     check_free(ListenSocket("udp", host, port))
+
+
+def check_tcp_free(host: str, port: int) -> None:
+    """StartError unless the metrics endpoint's address can be bound now."""
+    check_free(ListenSocket("tcp", host, port), "metrics address")
 
 
 def sip_options(

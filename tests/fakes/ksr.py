@@ -19,7 +19,7 @@ type into Python): BOOL -> ``True``/``False`` (``is_*``, ``setdsturi``, ``pv.set
 ``pv.seti``, ``pv.is_null``); INT -> an int, negative for false (``tm``, ``sl``, ``rr``,
 ``htable``, ``siputils``, ``maxfwd``, ``sanity``, ``corex``, ``uac``, ``hdr.insert``); XVAL ->
 int, str or None (``pv.get``, ``hdr.get``, ``htable.sht_get``; the ``gete`` variants give ""
-instead of None); NONE -> None (``info``, ``notice``, ``err``).
+instead of None); NONE -> None (``dbg``, ``info``, ``notice``, ``err``).
 
 Overriding a result: ``ksr.returns["tm.t_relay"] = -1`` (core functions have no prefix:
 ``ksr.returns["is_myself_ruri"] = True``), or a callable taking the call's arguments. An
@@ -150,6 +150,10 @@ class Core(_Api):
     def setdsturi(self, uri: str) -> bool:
         self.ksr.pvs["$du"] = _text(uri)
         return True
+
+    @_kemi
+    def dbg(self, text: str) -> None:
+        self.ksr.logs.append(("dbg", text))
 
     @_kemi
     def info(self, text: str) -> None:

@@ -80,6 +80,10 @@ class Agent:
         a restarted agent's reports are still newer than its previous run's."""
         self.published = 0
         """Reports written to Redis so far."""
+        self.published_ms: int | None = None
+        """Epoch ms of the latest report written to Redis (None before the first)."""
+        self.last_report: LoadReport | None = None
+        """The latest report measured, written or not."""
 
     def measure(self, now_ms: int) -> LoadReport:
         errors = []
@@ -119,9 +123,11 @@ class Agent:
         def write() -> None:
             self.store.put_report(self.proxy, reports.encode(report), self.ttl_ms)
 
+        self.last_report = report
         if not self.redis.call(now_ms, write):
             return False
         self.published += 1
+        self.published_ms = now_ms
         return True
 
     @property

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from counterpoise import clock
 from counterpoise.agent.loop import DEFAULT_INTERVAL_MS, DEFAULT_TTL_MS, Agent, run_loop
 from counterpoise.agent.sources import SOURCE_TIMEOUT_MS, CommandSource, KamailioSource, Source
 from counterpoise.agent.usage import ProcessSet
@@ -56,6 +57,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="transactions the proxy can work on at once (e.g. its SIP workers)",
     )
     parser.add_argument("--source-timeout-ms", type=int, default=SOURCE_TIMEOUT_MS)
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    )
     return parser
 
 
@@ -99,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ttl_ms=args.ttl_ms,
         backoff=Backoff.from_settings(settings),
     )
+    if args.metrics:
+        # Loaded only when asked for: the agent runs without prometheus_client otherwise.
+        from counterpoise.monitoring import agent as agent_metrics
+
+        try:
+            agent_metrics.serve(args.metrics, agent, clock.wall_ms)
+        except (ValueError, OSError) as error:
+            parser.error(f"--metrics {args.metrics}: {error}")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -59,10 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
         actions.add_parser(name, parents=[common], help=text).add_argument("uri")
     listing = actions.add_parser("list", parents=[common], help="the pool with weights")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = actions.add_parser(
+        "show", parents=[common], help="every input of one proxy's weight, on every node"
+    )
+    show.add_argument("uri")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     proxy.set_defaults(func=cmd_proxy)
 
     watch = sub.add_parser("watch", parents=[common], help="live table of the pool")
     watch.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds")
+    watch.add_argument("--once", action="store_true", help="print the table once and exit")
+    watch.add_argument("--json", action="store_true", help="one JSON object per refresh")
     watch.set_defaults(func=cmd_watch)
 
     location_cli.add_parser(sub, common)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from counterpoise import clock
 from counterpoise.cli import table
@@ -22,6 +23,8 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "list":
             return print_list(store, settings, args.json)
         uri = parse_proxy_uri(args.uri)
+        if args.action == "show":
+            return print_show(store, settings, uri, args.json)
         if args.action == "add":
             config = store.add(uri, check_base_weight(args.weight))
             print(f"{uri} in the pool, base weight {config.base_weight:g}, {config.admin}")
@@ -47,12 +50,49 @@ def print_list(store: PoolStore, settings: Settings, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2, sort_keys=True))
     else:
-        print(table.render(rows))
-        for line in table.rejected_inputs(store, settings, now_ms):
-            print(line)
+        print(table.report(store, settings, now_ms))
     return 0
+
+
+def print_show(store: PoolStore, settings: Settings, uri: str, as_json: bool) -> int:
+    """Every input of one proxy's weight, as each live node published it."""
+    config = store.pool().get(uri)
+    if config is None:
+        raise UnknownProxy(uri)
+    published = store.node_weights(clock.wall_ms(), settings.node_ttl_ms)
+    records = {node: by_uri[uri] for node, by_uri in sorted(published.items()) if uri in by_uri}
+    if as_json:
+        shown = {"uri": uri, "admin": config.admin, "base_weight": config.base_weight}
+        print(json.dumps(shown | {"nodes": records}, indent=2, sort_keys=True))
+        return 0
+    print(f"{uri}  admin {config.admin}, base weight {config.base_weight:g}")
+    if not records:
+        print("  no live node has published it yet")
+    for node, record in records.items():
+        print(f"node {node}:")
+        for key, value in _flatten(record):
+            print(f"  {key:<34} {value}")
+    return 0
+
+
+def _flatten(record: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """``(dotted key, value)`` of a nested record, in key order."""
+    lines: list[tuple[str, object]] = []
+    for key, value in sorted(record.items()):
+        if isinstance(value, dict) and value:
+            lines += _flatten(value, f"{prefix}{key}.")
+        else:
+            lines.append((prefix + key, "-" if value is None else value))
+    return lines
 
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings, args.redis)
-    return table.watch(store, settings, args.interval)
+    return table.watch(
+        store,
+        settings,
+        args.interval,
+        once=args.once,
+        as_json=args.json,
+        screen=sys.stdout.isatty(),
+    )

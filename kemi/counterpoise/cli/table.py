@@ -2,11 +2,13 @@
 
 A row merges the operator's record (``cp:pool``) with what the balancer nodes published
 (``cp:weights:<node>``): state, weight and latency from the most recent node; requests in
-flight and request counts summed over all nodes.
+flight and request counts summed over all nodes; ``per_node`` keeps each node's state,
+weight and share, and ``disagreements`` names the proxies the nodes see differently.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -35,6 +37,31 @@ COLUMNS = (
 )
 
 
+PER_NODE = ("state", "weight", "share")
+SHARE_DISAGREEMENT = 0.10
+"""Shares two nodes give a proxy that differ by more than this (10 points) are shown as a
+disagreement: nodes see the same proxies, and their own latency samples move a share by a
+few points (measured: weights of idle proxies vary by about 10 % between ticks on a busy
+host); beyond that one node sees something the others do not (a network path, its own
+calls' latency, a stale pool)."""
+
+
+def disagreements(rows: list[dict]) -> list[str]:
+    """One line per proxy whose nodes disagree on its state or (by more than 10 points) share."""
+    lines = []
+    for row in rows:
+        views = row.get("per_node", {})
+        states = {view["state"] for view in views.values()}
+        shares = [view["share"] or 0.0 for view in views.values()]
+        if len(states) > 1 or (shares and max(shares) - min(shares) > SHARE_DISAGREEMENT):
+            each = ", ".join(
+                f"{node} {view['state']} weight {view['weight']:.3f} share {view['share']:.1%}"
+                for node, view in views.items()
+            )
+            lines.append(f"nodes disagree on {row['uri']}: {each}")
+    return lines
+
+
 def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
     pool = store.pool()
     published = store.node_weights(now_ms, settings.node_ttl_ms)
@@ -61,7 +88,13 @@ def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
                     t.get("requests_ok", 0) + t.get("requests_failed", 0) for t in totals
                 ),
                 "failed": sum(t.get("requests_failed", 0) for t in totals),
+                "updated_ms": latest.get("updated_ms"),
                 "nodes": sorted(node for node, by_uri in published.items() if uri in by_uri),
+                "per_node": {
+                    node: {key: by_uri[uri].get(key) for key in PER_NODE}
+                    for node, by_uri in sorted(published.items())
+                    if uri in by_uri
+                },
             }
         )
     all_requests = sum(row["requests"] for row in rows)
@@ -101,25 +134,42 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(store: PoolStore, settings: Settings, now_ms: int) -> str:
+    """The table, then the nodes' disagreements and rejected inputs, if any."""
+    rows = pool_rows(store, settings, now_ms)
+    lines = [render(rows), *disagreements(rows), *rejected_inputs(store, settings, now_ms)]
+    return "\n".join(lines)
+
+
 def watch(
     store: PoolStore,
     settings: Settings,
     interval_s: float,
     footer: Callable[[], str] | None = None,
     duration_s: float = 0,
+    once: bool = False,
+    as_json: bool = False,
+    screen: bool = True,
 ) -> int:
-    """Redraw the table every ``interval_s`` until Ctrl-C, or for ``duration_s`` if set."""
+    """Redraw the table every ``interval_s`` until Ctrl-C, or for ``duration_s`` if set, or
+    once. ``screen``: clear the terminal before each table (only on a terminal: a pipe or a
+    file gets the tables one after the other); ``as_json``: one JSON line per refresh."""
     end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
     try:
         while time.monotonic() < end:
             now_ms = clock.wall_ms()
-            text = render(pool_rows(store, settings, now_ms))
-            text += "".join("\n" + line for line in rejected_inputs(store, settings, now_ms))
-            if footer:
-                text += "\n\n" + footer()
-            print(
-                "\033[2J\033[H" + time.strftime("%H:%M:%S  counterpoise pool\n") + text, flush=True
-            )
+            if as_json:
+                text = json.dumps({"time_ms": now_ms, "rows": pool_rows(store, settings, now_ms)})
+            else:
+                text = time.strftime("%H:%M:%S  counterpoise pool\n") + report(
+                    store, settings, now_ms
+                )
+                if footer:
+                    text += "\n\n" + footer()
+                text = ("\033[2J\033[H" if screen else "") + text + ("" if screen else "\n")
+            print(text, flush=True)
+            if once:
+                break
             time.sleep(interval_s)
     except KeyboardInterrupt:
         pass

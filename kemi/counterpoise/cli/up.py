@@ -15,7 +15,7 @@ from counterpoise import interpreter, processes
 from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.cli.reload import Reloader
-from counterpoise.core.settings import Settings, load_settings
+from counterpoise.core.settings import Settings, host_port, load_settings
 from counterpoise.store.client import redact
 
 NODE_OPTIONS = (
@@ -29,9 +29,11 @@ NODE_OPTIONS = (
     "log_file",
     "tls_certificate",
     "tls_private_key",
+    "metrics_listen",
 )
 """Settings of the "Running the node" block that ``up`` also takes as options
-(``--shm-mb`` for ``shm_mb``); an option given wins over the file and the environment."""
+(``--shm-mb`` for ``shm_mb``), and ``metrics_listen`` (``--metrics``); an option given wins
+over the file and the environment."""
 
 
 def add_node_options(up: argparse.ArgumentParser) -> None:
@@ -50,6 +52,12 @@ def add_node_options(up: argparse.ArgumentParser) -> None:
     up.add_argument("--log-file", help="Kamailio's log (default: stderr, the journal)")
     up.add_argument("--tls-certificate", help="PEM certificate of the tls sockets")
     up.add_argument("--tls-private-key", help="PEM private key of the tls sockets")
+    up.add_argument(
+        "--metrics",
+        dest="metrics_listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    )
 
 
 def node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -87,6 +95,8 @@ def start_node(
     sockets = settings.listen_sockets()
     for sip in sockets:
         processes.check_free(sip)
+    if settings.metrics_listen:
+        processes.check_tcp_free(*metrics_address(settings.metrics_listen))
     if settings.user:
         processes.check_user(settings.user, settings.group)
     try:
@@ -110,7 +120,16 @@ def start_node(
     ctl, rpc = processes.ctl_socket(run_dir), processes.rpc_socket(run_dir)
     print(f"control socket: unixs:{ctl} (kamcmd -s unixs:{ctl}), JSON-RPC: {rpc}")
     print(f"balancer ready on {', '.join(sip.uri() for sip in sockets)} (node {node_id})")
+    if settings.metrics_listen:
+        print(f"Prometheus metrics on http://{settings.metrics_listen}/metrics")
     return settings
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    address = host_port(text)
+    if address is None:
+        raise CliError(f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+    return address
 
 
 def stop_on_sigterm() -> None:

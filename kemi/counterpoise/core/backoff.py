@@ -59,6 +59,8 @@ class Guarded:
         self._log = log
         self._name = name
         self._while_down = while_down
+        self.errors = 0
+        """Failed calls so far (the node's ``counterpoise_redis_errors_total``)."""
 
     @property
     def down(self) -> bool:
@@ -71,6 +73,7 @@ class Guarded:
         try:
             action()
         except self._errors as error:
+            self.errors += 1
             if not self.down:
                 self._log(f"{self._name} unreachable, {self._while_down}: {error}")
             self.backoff.failed(now_ms)

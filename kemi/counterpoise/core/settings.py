@@ -270,6 +270,12 @@ class Settings:
     tls_private_key: str = ""
     """PEM private key of ``tls_certificate``."""
 
+    # --- Monitoring (issue 13) -------------------------------------------------------------
+    metrics_listen: str = ""
+    """``HOST:PORT`` of the node's Prometheus endpoint (``GET /metrics``), served by its timer
+    process between sync ticks; empty (the default) serves none. ``counterpoise up
+    --metrics`` sets it. Off by default: an open port is an operator's decision."""
+
     def __post_init__(self) -> None:
         """Check every value; raise ``SettingError`` naming the first bad one."""
         for field in dataclasses.fields(self):
@@ -284,6 +290,8 @@ class Settings:
                 raise SettingError(field.name, value, "expected 0..1")
             if field.name in NOT_EMPTY and not value:
                 raise SettingError(field.name, value, "must not be empty")
+            if field.name in ADDRESSES and value and host_port(value) is None:
+                raise SettingError(field.name, value, "expected HOST:PORT or empty")
         self._check_sockets()
 
     def _check_sockets(self) -> None:
@@ -516,3 +524,16 @@ def with_runtime(settings: Settings, changes: Mapping[str, str]) -> Settings:
             raise SettingError(name, text, "not changeable at runtime")
         values[name] = parse_value(name, type(getattr(Settings, name)), text, name)
     return dataclasses.replace(settings, **values)
+
+
+ADDRESSES = ("metrics_listen",)
+"""Settings that are empty (off) or ``HOST:PORT``."""
+
+
+def host_port(text: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` (``[::1]:PORT`` for IPv6), None if malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)

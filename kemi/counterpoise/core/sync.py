@@ -121,10 +121,21 @@ class SyncLoop:
         self._table: list[tuple[str, float]] | None = None
         self._next_probe_ms = 0
         self._next_publish_ms = 0
+        self._redis_synced_ms: int | None = None
+        self._started_ms = monotonic_ms()
 
     @property
     def redis_ok(self) -> bool:
         return not self._redis.down
+
+    @property
+    def redis_errors(self) -> int:
+        return self._redis.errors
+
+    def redis_sync_age_ms(self, now_ms: int) -> int:
+        """Since the last tick that read Redis (since the loop started if none did)."""
+        synced = self._redis_synced_ms
+        return now_ms - (synced if synced is not None else self._started_ms)
 
     def tick(self) -> None:
         now = self._monotonic_ms()
@@ -170,7 +181,9 @@ class SyncLoop:
             # After the reload: a proxy added this tick is not "unknown".
             self._check_announcements()
 
-        if not self._redis.call(now, poll):
+        if self._redis.call(now, poll):
+            self._redis_synced_ms = now
+        else:
             # Subscribe again once Redis is back.
             self._store.drop_announcements()
 

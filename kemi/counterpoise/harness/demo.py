@@ -3,14 +3,16 @@
 Starts the embedded Redis, a balancer, a SIPp UAS and three downstream Kamailio proxies of
 unequal capacity, each with its load agent (capacity = its workers), enters the proxies in
 Redis with equal base weights, sends SIPp calls through the balancer and shows the live
-table: the weights find the capacities by themselves. Ctrl-C (or SIGTERM, or ``--duration``)
-stops everything it started.
+table: the weights find the capacities by themselves. The balancer and each agent serve
+Prometheus metrics on free local ports, printed under the table. Ctrl-C (or SIGTERM, or
+``--duration``) stops everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,10 +46,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if not settings.redis_data_dir:  # a demo's pool is throwaway: not the operator's
             settings = dataclasses.replace(settings, redis_data_dir=str(run_dir / "redis"))
         operator = settings
+        metrics = settings.metrics_listen or f"127.0.0.1:{processes.free_port()}"
+        settings = dataclasses.replace(settings, metrics_listen=metrics)
         settings = up.start_node(settings, None, run_dir, started, run_dir / "balancer.log")
         store = open_store(operator, None)  # the embedded Redis's operator
         admin = open_admin_store(operator, None)
         redis_port = up.redis_port(settings.redis_url)
+        metrics_urls = [f"balancer http://{metrics}/metrics"]
         uas_port = processes.free_port()
         if not args.users:  # with users, the UAS takes their Contact port after they register
             started.append(testbed.start_uas(uas_port, run_dir))
@@ -59,7 +64,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             pool.append(ds)
             ds.start().set_delay_ms(DEMO_DELAY_MS)
             store.add(ds.uri, 1.0)  # before its agent reports: a report needs its proxy
-            agent_source = ["--source", "kamailio", "--rpc", str(ds.rpc)]
+            agent_metrics = f"127.0.0.1:{processes.free_port()}"
+            metrics_urls.append(f"agent {name} http://{agent_metrics}/metrics")
+            agent_source = [
+                "--source", "kamailio", "--rpc", str(ds.rpc), "--metrics", agent_metrics
+            ]  # fmt: skip
             password_file = run_dir / f"agent-{name}.password"
             user = make_agent_user(admin, ds.uri, password_file)
             agent_url = f"redis://{user}@127.0.0.1:{redis_port}/0"
@@ -82,11 +91,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return (
                 f"SIPp: {args.rate:g} calls/s through sip:{host}:{port}; capacities: {capacities}"
+                f"\nPrometheus metrics: {', '.join(metrics_urls)}"
                 f"\nlogs in {run_dir}; try `COUNTERPOISE_REDIS_DATA_DIR={operator.redis_data_dir}"
                 " counterpoise proxy drain URI` in another terminal; Ctrl-C stops the demo"
             ) + ("\n" + location_demo.footer(store, settings, pool) if args.users else "")
 
-        return table.watch(store, settings, 1.0, footer, args.duration)
+        screen = sys.stdout.isatty()
+        return table.watch(store, settings, 1.0, footer, args.duration, screen=screen)
     except KeyboardInterrupt:
         return 0
     finally:

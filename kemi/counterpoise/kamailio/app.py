@@ -19,8 +19,9 @@ from counterpoise import clock
 from counterpoise.core import attempts, location
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, probes, shared
+from counterpoise.kamailio import avps, metrics, probes, shared
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
+from counterpoise.kamailio.view import NodeViewTable
 from counterpoise.store.client import redact
 from counterpoise.store.pool import PoolStore
 
@@ -47,6 +48,11 @@ class KemiApp:
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
         self._failures: set[tuple[str, str]] = set()
+        self.metrics: metrics.Endpoint | None = None
+        self.node_view = NodeViewTable()
+        # Timing each routed request is part of the metrics: off with the endpoint.
+        self.route_timer = metrics.RouteTimer() if settings.metrics_listen else None
+        self._route_started_ns = 0
         if settings.location_server:
             self.location = LocationRouting(settings, _notice)
 
@@ -66,6 +72,8 @@ class KemiApp:
     # --- requests ----------------------------------------------------------------------------
 
     def ksr_request_route(self, msg: object) -> int:
+        if self.route_timer is not None:
+            self._route_started_ns = clock.perf_ns()
         self._follow_settings()
         if not self.ksr_route_reqinit():
             return 1
@@ -103,7 +111,8 @@ class KemiApp:
             if self.location is not None and KSR.is_BYE():
                 self.location.dialog_ended()
             KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
-            KSR.tm.t_relay()
+            if KSR.tm.t_relay() >= 0:
+                metrics.count(metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
         if KSR.is_ACK():
             matched = KSR.tm.t_check_trans()
@@ -124,7 +133,9 @@ class KemiApp:
         KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
         KSR.setdsturi(proxy)
         KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
-        if KSR.tm.t_relay() < 0 and not KSR.is_ACK():
+        if KSR.tm.t_relay() >= 0:
+            metrics.count(metrics.node.IN_DIALOG_DIALOG_RECORD)
+        elif not KSR.is_ACK():
             KSR.sl.sl_reply_error()
         return True
 
@@ -140,13 +151,19 @@ class KemiApp:
             KSR.rr.record_route()
         held = self.ksr_route_location()
         if held.reject:
+            metrics.count(metrics.node.REJECTED)
             KSR.sl.sl_send_reply(location.REJECT_CODE, location.REJECT_REASON)
             return
         uri = held.proxy or self._pick(exclude=())
         if uri is None:
+            metrics.count(metrics.node.NO_PROXY)
             KSR.sl.sl_send_reply(503, "No Proxy Available")
             return
-        if not self._relay(uri, tried=[]):
+        if self._relay(uri, tried=[]):
+            metrics.routed(uri, by_location=held.proxy is not None, attempt=1)
+            if self.route_timer is not None:
+                self.route_timer.observe(self._route_started_ns)
+        else:
             KSR.sl.sl_reply_error()
 
     def ksr_route_location(self) -> location.Decision:
@@ -228,6 +245,8 @@ class KemiApp:
             return 1
         uri = self._pick(exclude=tried)
         if uri is not None and self._relay(uri, tried):
+            metrics.failed_over(tried[-1])
+            metrics.routed(uri, by_location=False, attempt=len(tried) + 1)
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
         return 1
 
@@ -267,7 +286,9 @@ class KemiApp:
             self.sync = self._make_sync_loop()
             if self.location is not None and self.settings.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
-        # The tick and the flush fail independently: neither may stop the other.
+            self.metrics = metrics.Endpoint(self.settings, _notice)
+        started_s = clock.monotonic_s()
+        # The tick, the flush and the metrics fail independently: none may stop the others.
         try:
             self.sync.tick()
         except Exception as error:  # caught broadly: see above
@@ -277,6 +298,16 @@ class KemiApp:
                 self.dialog_writes.flush()
             except Exception as error:  # caught broadly: see above
                 self._failed_once("dialog flush", error)
+        try:
+            self.node_view.update(self.sync, clock.monotonic_ms(), clock.wall_ms())
+        except Exception as error:  # caught broadly: see above
+            self._failed_once("node view", error)
+        if self.metrics is not None:
+            dialog_errors = self.dialog_writes.errors if self.dialog_writes is not None else 0
+            try:
+                self.metrics.after_tick(self.sync, clock.monotonic_s() - started_s, dialog_errors)
+            except Exception as error:  # caught broadly: see above
+                self._failed_once("metrics", error)
         return 1
 
     def _failed_once(self, what: str, error: Exception) -> None:

@@ -81,7 +81,10 @@ class LocationRouting:
 
     def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
         results: list[object] = []
+        errors = self._guard.errors
         ok = self._guard.call(clock.monotonic_ms(), lambda: results.append(action(self._redis())))
+        if self._guard.errors != errors:
+            self.count("redis_errors")  # counterpoise_redis_errors_total{process="workers"}
         return ok, (results[0] if ok else None)
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -221,6 +224,11 @@ class DialogWriteBehind:
             settings, ERRORS, log, "Redis (dialog records)", "dialog writes stay queued"
         )
         self.dropped = 0
+
+    @property
+    def errors(self) -> int:
+        """Failed Redis writes so far (part of ``counterpoise_redis_errors_total``)."""
+        return self._guard.errors
 
     def flush(self) -> None:
         queued = shared.items(QUEUE)

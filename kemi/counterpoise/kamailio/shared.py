@@ -1,7 +1,9 @@
 """Kamailio shared memory (htable), for the processes of one node.
 
 The routing tables are declared in ``kamailio.cfg``; their names are only here and there
-(the location server's ``cploc``, ``cpdlg`` and ``cplocq`` in ``kamailio.location``):
+(the location server's ``cploc``, ``cpdlg`` and ``cplocq`` in ``kamailio.location``; the
+node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
+``kamailio.view``):
 
 ``cp``       ``table`` -> JSON list of ``[uri, weight]``, ``version`` -> int: the routing table
              the sync loop publishes and every SIP worker routes with; ``settings`` -> JSON
