@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from counterpoise import processes
+from counterpoise import control, processes
 from counterpoise.harness import testbed
 from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed
@@ -78,7 +78,7 @@ def test_node_view_over_kamcmd_proxy_show_watch_once_and_debug_route_log(bed: Be
     bed.start_balancer(name="second")
     second = bed.settings.node_name()
     bed.add_pool((a, 1), (b, 2))
-    ctl = bed.run_dir / "second" / "ctl.sock"
+    ctl = processes.ctl_socket(bed.run_dir / "second")
 
     # The node's own view, served by htable's RPC commands (app_python3 registers none).
     methods = testbed.kamcmd(ctl, "system.listMethods")
@@ -92,6 +92,10 @@ def test_node_view_over_kamcmd_proxy_show_watch_once_and_debug_route_log(bed: Be
     )
     assert '"base_weight": 2.0' in record and '"latency_factor"' in record
     assert f'"node": "{second}"' in testbed.kamcmd(ctl, "htable.get", "cpview", "node")
+    # ... and over the node's JSON-RPC socket
+    rpc = processes.rpc_socket(bed.run_dir / "second")
+    answer = control.call(rpc, "htable.get", "cpview", "node")
+    assert json.loads(answer["item"]["value"])["node"] == second, answer
 
     # One line per routed initial request at debug level (off at the default level 2).
     testbed.kamcmd(ctl, "corex.debug", "3")
@@ -153,7 +157,7 @@ def test_up_refuses_a_taken_metrics_port(bed: Bed) -> None:
         sip = processes.free_port()
         result = bed.cli("up", "--listen", f"127.0.0.1:{sip}", "--metrics", f"127.0.0.1:{port}")
     assert result.returncode == 1
-    assert f"metrics address 127.0.0.1:{port}/tcp is not available" in result.stderr
+    assert f"metrics address tcp:127.0.0.1:{port} is not available" in result.stderr
 
 
 def test_demo_prints_where_its_metrics_are(tmp_path) -> None:
