@@ -43,10 +43,19 @@ class Mode:
 
 ALL = tuple(contender.name for contender in CONTENDERS)
 MODES = {
-    # About 25 minutes on a 2-core machine (measured: see report.md).
+    # About 40 minutes on a 2-core machine (22 before issue 14's four scenarios, which add
+    # 32 runs of about 30 s each).
     "full": Mode(
         scenarios.Timing(
-            steady_s=15, lead_s=6, slow_s=10, stall_s=4, dead_s=6, tail_s=5, warmup_s=5
+            steady_s=15,
+            lead_s=6,
+            slow_s=10,
+            stall_s=4,
+            dead_s=6,
+            tail_s=5,
+            big_stall_s=3,
+            big_dead_s=5,
+            warmup_s=5,
         ),
         drive.HOLD_MS,
         ALL,
@@ -55,10 +64,18 @@ MODES = {
         (100, 200, 400, 600, 800, 1000, 1300, 1600),
         5.0,
     ),
-    # About 15 minutes: the same runs, shorter.
+    # About 25 minutes: the same runs, shorter.
     "quick": Mode(
         scenarios.Timing(
-            steady_s=10, lead_s=4, slow_s=6, stall_s=3, dead_s=5, tail_s=4, warmup_s=4
+            steady_s=10,
+            lead_s=4,
+            slow_s=6,
+            stall_s=3,
+            dead_s=5,
+            tail_s=4,
+            big_stall_s=3,
+            big_dead_s=5,
+            warmup_s=4,
         ),
         drive.HOLD_MS,
         ALL,
@@ -73,7 +90,15 @@ MODES = {
     # run waits for failing calls to time out.
     "smoke": Mode(
         scenarios.Timing(
-            steady_s=1.5, lead_s=1, slow_s=1, stall_s=1, dead_s=1, tail_s=0.5, warmup_s=0.5
+            steady_s=1.5,
+            lead_s=1,
+            slow_s=1,
+            stall_s=1,
+            dead_s=1,
+            tail_s=0.5,
+            big_stall_s=1,
+            big_dead_s=1,
+            warmup_s=0.5,
         ),
         0,
         ("counterpoise", "ds4"),
@@ -106,7 +131,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mode", choices=sorted(MODES), default="full")
     parser.add_argument("--quick", dest="mode", action="store_const", const="quick")
     parser.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
-    parser.add_argument("--scenarios", help="comma-separated, of: steady,step,stall,kill")
+    parser.add_argument(
+        "--scenarios",
+        help="comma-separated, of: steady,step,stall,kill,bigstall,bigkill,load85,load95",
+    )
     parser.add_argument("--contenders", help=f"comma-separated, of: {','.join(ALL)}")
     parser.add_argument("--load", type=float, help="fraction of the pool's capacity (0.7)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the capacity sweep")
@@ -218,9 +246,13 @@ class Session:
         self, contenders: list[Contender], wanted: list[scenarios.Scenario], rate: float
     ) -> None:
         """Scenario by scenario, every contender in turn (so slow changes of the machine's
-        other load spread over all of them)."""
+        other load spread over all of them). ``rate`` is the offered load of the scenarios
+        that do not set their own."""
         assert self.counter
         for scenario in wanted:
+            scenario_rate = rate
+            if scenario.load is not None:
+                scenario_rate = round(scenario.load * self.pool.total_capacity, 1)
             for contender in contenders:
                 self.progress.step(f"{contender.name} / {scenario.name}")
                 try:
@@ -230,7 +262,7 @@ class Session:
                         self.pool,
                         self.work / f"{contender.name}-{scenario.name}",
                         self.redis_url,
-                        drive.Load(rate, self.mode.hold_ms),
+                        drive.Load(scenario_rate, self.mode.hold_ms),
                         self.counter,
                         self.mode.timing.warmup_s,
                         self.progress.say,

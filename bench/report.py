@@ -60,20 +60,7 @@ def target_rows(res: Results) -> list[tuple[str, str, str]]:
     cp = {name: res.run("counterpoise", name) for name in ("steady", "step", "stall")}
 
     def answered(scenario: str) -> None:
-        run = cp[scenario]
-        if run is None:
-            rows.append((f"{scenario}: every call answered", "not run", "-"))
-            return
-        unanswered = run["attempted"] - run["answered"]
-        later = run["failed"] - unanswered
-        rows.append(
-            (
-                f"{scenario}: every call answered",
-                f"{run['answered']} of {run['attempted']} INVITEs answered; "
-                f"{max(0, later)} answered calls failed later (BYE unanswered)",
-                "met" if unanswered == 0 else f"missed by {unanswered} calls",
-            )
-        )
+        rows.append(answered_row(scenario, cp[scenario]))
 
     def versus(label: str, scenario: str, others: list[str], factor: float) -> None:
         run, best = cp[scenario], res.best(others, scenario)
@@ -105,20 +92,7 @@ def target_rows(res: Results) -> list[tuple[str, str, str]]:
         )
 
     answered("steady")
-    oracle, run = res.run(REFERENCE, "steady"), cp["steady"]
-    if oracle and run:
-        mine, theirs = p99_all(run), p99_all(oracle)
-        assert mine is not None and theirs is not None
-        ratio = mine / theirs if theirs else float("inf")
-        rows.append(
-            (
-                "steady: p99 within 1.5x of the oracle",
-                f"p99* {mine:.0f} ms vs oracle {theirs:.0f} ms: {ratio:.2f}x",
-                "met" if ratio <= 1.5 else f"missed: {ratio:.2f}x instead of <= 1.5x",
-            )
-        )
-    else:
-        rows.append(("steady: p99 within 1.5x of the oracle", "not run", "-"))
+    rows.append(near_oracle_row("steady", cp["steady"], res.run(REFERENCE, "steady")))
     adaptive = [name for name in ADAPTIVE if name in res.data["contenders"]]
     versus("steady: p99 5x lower than the best native adaptive", "steady", adaptive, 5)
     answered("step")
@@ -139,6 +113,7 @@ def target_rows(res: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("stall: p99 lower than every native", "not run", "-"))
+    rows += overload_targets(res)
     rows += overhead_targets(res.data)
     pick = res.data.get("pick_us", {})
     at_1000 = pick.get("1000", pick.get(1000))
@@ -149,6 +124,95 @@ def target_rows(res: Results) -> list[tuple[str, str, str]]:
             "-" if at_1000 is None else ("met" if at_1000 < 5 else f"missed: {at_1000 / 5:.1f}x"),
         )
     )
+    return rows
+
+
+P99_CAP_MS = 3500
+"""Issue 14: p99* of the biggest proxy's stall and kill at most 3.5 s."""
+RECOVERY_S = 3
+"""Issue 14: p99 back under 2x its value before the event within 3 s of the return."""
+
+
+def answered_row(scenario: str, run: dict | None) -> tuple[str, str, str]:
+    """The target "every call answered" of ``scenario``."""
+    label = f"{scenario}: every call answered"
+    if run is None:
+        return (label, "not run", "-")
+    unanswered = run["attempted"] - run["answered"]
+    later = run["failed"] - unanswered
+    return (
+        label,
+        f"{run['answered']} of {run['attempted']} INVITEs answered; "
+        f"{max(0, later)} answered calls failed later (BYE unanswered)",
+        "met" if unanswered == 0 else f"missed by {unanswered} calls",
+    )
+
+
+def near_oracle_row(scenario: str, run: dict | None, oracle: dict | None) -> tuple[str, str, str]:
+    """The target "p99 within 1.5x of the oracle" of ``scenario``."""
+    label = f"{scenario}: p99 within 1.5x of the oracle"
+    if run is None or oracle is None:
+        return (label, "not run", "-")
+    mine, theirs = p99_all(run), p99_all(oracle)
+    assert mine is not None and theirs is not None
+    ratio = mine / theirs if theirs else float("inf")
+    return (
+        label,
+        f"p99* {mine:.0f} ms vs oracle {theirs:.0f} ms: {ratio:.2f}x",
+        "met" if ratio <= 1.5 else f"missed: {ratio:.2f}x instead of <= 1.5x",
+    )
+
+
+def overload_targets(res: Results) -> list[tuple[str, str, str]]:
+    """Issue 14's targets: the biggest proxy's stall and kill, 85 % and 95 % load."""
+    rows: list[tuple[str, str, str]] = []
+    others = [*res.natives(), REFERENCE]
+    for scenario in ("bigstall", "bigkill"):
+        run = res.run("counterpoise", scenario)
+        if run is None:
+            continue
+        rows.append(answered_row(scenario, run))
+        theirs = {name: r["failed"] for name in others if (r := res.run(name, scenario))}
+        if theirs:
+            fewest = min(theirs, key=theirs.__getitem__)
+            rows.append(
+                (
+                    f"{scenario}: fewer failed calls than every native and the oracle",
+                    f"{run['failed']} vs {fewest} {theirs[fewest]} (the fewest of the others)",
+                    "met" if run["failed"] < theirs[fewest] else "missed",
+                )
+            )
+        mine = p99_all(run)
+        assert mine is not None
+        rows.append(
+            (
+                f"{scenario}: p99* at most {P99_CAP_MS / 1000:g} s",
+                f"p99* {mine:.0f} ms",
+                "met" if mine <= P99_CAP_MS else f"missed: {mine / P99_CAP_MS:.2f}x",
+            )
+        )
+        recovery = run.get("recovery_s")
+        rows.append(
+            (
+                f"{scenario}: p99 back under 2x its value before, within {RECOVERY_S} s of "
+                "the return",
+                "never" if recovery is None else f"after {recovery:.0f} s",
+                "met" if recovery is not None and recovery <= RECOVERY_S else "missed",
+            )
+        )
+    run = res.run("counterpoise", "load85")
+    if run:
+        rows.append(answered_row("load85", run))
+        rows.append(near_oracle_row("load85", run, res.run(REFERENCE, "load85")))
+    run, oracle = res.run("counterpoise", "load95"), res.run(REFERENCE, "load95")
+    if run and oracle:
+        rows.append(
+            (
+                "load95: at least as many calls answered as the oracle",
+                f"{run['answered']} vs oracle {oracle['answered']} of {run['attempted']}",
+                "met" if run["answered"] >= oracle["answered"] else "missed",
+            )
+        )
     return rows
 
 
@@ -249,10 +313,12 @@ def scenario_table(res: Results, scenario: str) -> str:
     header = ["contender", "calls", "answered", "failed (of which BYE)", "retrans"]
     header += ["mean ms", "p50", "p95", "p99", "max", "p99*"]
     proxies = list(data["capacities"])
-    if scenario == "steady":
+    undisturbed = all(run["window"] is None for run in data["runs"] if run["scenario"] == scenario)
+    if undisturbed:
         header += [f"{name} share" for name in proxies]
     else:
         header += ["event proxy share before / during / after", "cap. share during", "shift s"]
+        header += ["p99 recovered s"]
     header += ["CPU s/1000 calls", "machine busy", "warm-up: failed, p99"]
     rows = []
     for name in data["contenders"]:
@@ -266,7 +332,7 @@ def scenario_table(res: Results, scenario: str) -> str:
         row += [str(run["retransmissions"])]
         row += [fmt(lat[key]) for key in ("mean", "p50", "p95", "p99", "max")]
         row += [fmt(p99_all(run))]
-        if scenario == "steady":
+        if undisturbed:
             row += [share_text(run["share_before"], proxy) for proxy in proxies]
         else:
             proxy = run["event_proxy"]
@@ -278,6 +344,8 @@ def scenario_table(res: Results, scenario: str) -> str:
             )
             row.append(fmt(run["capacity_share_during"], ".0%"))
             row.append("never" if run["shift_s"] is None else f"{run['shift_s']:.1f}")
+            recovery = run.get("recovery_s")
+            row.append("never" if recovery is None else f"{recovery:.0f}")
         cpu = run["cpu_s_per_1000"]
         store = 1000 * run["store_cpu_s"] / run["attempted"] if run["attempted"] else 0.0
         row.append(fmt(cpu, ".2f") + (f" (+{store:.2f} Redis)" if store else ""))
@@ -369,7 +437,9 @@ def render(data: dict, images: list[Path]) -> str:
         "",
         "## Targets",
         "",
-        table(["target (issue 4)", "measured", "verdict"], [list(r) for r in target_rows(res)]),
+        table(
+            ["target (issues 4 and 14)", "measured", "verdict"], [list(r) for r in target_rows(res)]
+        ),
         "",
         "## Summary",
         "",
@@ -445,6 +515,10 @@ def render(data: dict, images: list[Path]) -> str:
         "- cap. share during: the event proxy's share of the pool's capacity during the "
         "event; shift s: seconds from the event to the end of the first whole 1 s window in "
         "which its share was at most that plus 5 points (never: not within the window).",
+        "- p99 recovered s: seconds from the event's end (the proxy's return) to the start of "
+        "the first second of call starts from which every whole second has its p99 within 2x "
+        "the p99 of the calls answered before the event, and 95 % of its calls answered "
+        "(never: not before the run ended).",
         "- CPU s/1000 calls: the balancer's processes, whole run (probes and timers included).",
         "- machine busy: both cores, all processes, during the run.",
         "",

@@ -2,9 +2,10 @@
 # The benchmarks: Counterpoise against Kamailio's dispatcher module on one pool of real
 # proxies (bench/). Installs what is missing (scripts/install.sh, then matplotlib for the
 # plots: the `bench` optional dependencies), then runs `python -m bench`.
-# Usage: scripts/bench.sh [--quick|--smoke] [--scenarios steady,step,stall,kill]
+# Usage: scripts/bench.sh [--quick|--smoke]
+#        [--scenarios steady,step,stall,kill,bigstall,bigkill,load85,load95]
 #        [--contenders counterpoise,ds4,...] [--load 0.7] [--out DIR] [--publish DIR]
-# Full mode takes about 25 minutes, --quick about 15, --smoke under one.
+# Full mode takes about 40 minutes, --quick about 25, --smoke about 1.5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh

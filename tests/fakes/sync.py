@@ -39,9 +39,13 @@ class FakeShared:
     def __init__(self) -> None:
         self.tallies: dict[str, Tally] = {}
         self.inflight_counts: dict[str, int] = {}
-        self.tables: list[list[tuple[str, float]]] = []
+        self.tables: list[list[tuple[str, float, int]]] = []
         self.header_reasons: dict[str, str] = {}
         self.location_rejections = (0, "")
+        self.retries_spent = 0
+        self.retries_refused = 0
+        self.retry_tokens: int | None = None
+        self.heard: dict[str, int] = {}
 
     def read_tallies(self) -> Mapping[str, Tally]:
         return dict(self.tallies)
@@ -52,7 +56,7 @@ class FakeShared:
     def inflight(self, uri: str) -> int:
         return self.inflight_counts.get(uri, 0)
 
-    def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
+    def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
         self.tables.append(list(entries))
 
     def read_load_rejections(self) -> Mapping[str, str]:
@@ -61,10 +65,24 @@ class FakeShared:
     def read_location_rejections(self) -> tuple[int, str]:
         return self.location_rejections
 
+    def read_heard(self) -> Mapping[str, int]:
+        return dict(self.heard)
+
+    def retry_counts(self) -> tuple[int, int]:
+        return self.retries_spent, self.retries_refused
+
+    def set_retry_tokens(self, tokens: int) -> None:
+        self.retry_tokens = tokens
+
     @property
     def table(self) -> dict[str, float]:
-        """The table the SIP workers route with now."""
-        return dict(self.tables[-1]) if self.tables else {}
+        """The weights the SIP workers route with now."""
+        return {uri: weight for uri, weight, _ in self.tables[-1]} if self.tables else {}
+
+    @property
+    def queueing(self) -> dict[str, bool]:
+        """Which proxies the SIP workers give the long first-reply timeout now."""
+        return {uri: bool(flag) for uri, _, flag in self.tables[-1]} if self.tables else {}
 
 
 class FakeProbes:

@@ -96,7 +96,10 @@ def test_weights_and_inputs_are_published_every_interval(
         "load_headers_rejected": 0,
         "load_samples": 0,
         "load_milli_sum": 0,
+        "late_replies": 0,
+        "timeout_excess_ms_sum": 0,
     }
+    assert (record["saturated"], record["ejection_refused"]) == (False, False)
     assert record["first_reply_ms"] == 20.0
     assert record["probe_ms"] == 2.0
     assert record["totals"]["requests_ok"] == 4
@@ -114,3 +117,38 @@ def test_weights_and_inputs_are_published_every_interval(
     assert 0 < redis_client.pttl("cp:weights:lb1") <= S.node_ttl_ms
     node_weights = operator.node_weights(WALL_EPOCH_MS + published_at, S.node_ttl_ms)
     assert node_weights == {"lb1": {A: record, B: b}}
+
+
+def test_the_retry_budget_is_handed_to_the_workers_and_its_counters_published(
+    harness: Harness, operator: PoolStore, redis_client
+):
+    operator.add(A)
+    harness.tick()
+    # Nothing relayed yet: the floor alone, over the budget's window.
+    floor = int(S.retry_budget_floor_per_s * S.retry_budget_window_ms / 1000)
+    assert harness.shared.retry_tokens == floor
+    # 100 attempts completed, 10 of them retries the workers spent: 90 requests.
+    harness.shared.tallies["101 " + A] = requests(100, 20)
+    harness.shared.retries_spent, harness.shared.retries_refused = 10, 3
+    harness.tick()
+    assert harness.shared.retry_tokens == int(floor + S.retry_budget_fraction * 90) - 10
+    harness.run(1100, step_ms=100)
+    rejects = redis_client.hgetall("cp:rejects:lb1")
+    assert (rejects["retries_spent"], rejects["retries_refused"]) == ("10", "3")
+    assert rejects["ejections_refused"] == "0"
+
+
+def test_a_proxy_the_workers_hear_from_is_not_marked_down(harness: Harness, operator: PoolStore):
+    operator.add(A)
+    operator.add(B)
+    harness.tick()
+    # Both time out requests for a second, with no request answered; the workers keep
+    # hearing replies from A (its late 100 Trying), none from B.
+    for tick in range(1, 8):
+        harness.shared.tallies["101 " + A] = Tally(requests_failed=3 * tick)
+        harness.shared.tallies["101 " + B] = Tally(requests_failed=3 * tick)
+        harness.shared.heard["101 " + A] = tick  # a new stamp each tick
+        harness.clock.advance(200)
+        harness.tick()
+    assert harness.loop.health[A].state != "down"
+    assert harness.loop.health[B].state == "down"

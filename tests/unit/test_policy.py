@@ -201,14 +201,18 @@ def down_at(now: int) -> Health:
     return health
 
 
-def test_answered_probes_bring_a_down_proxy_back_into_slow_start():
+LONG = S.slow_start_after_down_ms
+"""An outage this long ends in slow start."""
+
+
+def test_answered_probes_bring_a_long_down_proxy_back_into_slow_start():
     health = down_at(10_000)
-    health = observe(health, probes(1), 11_000, S)
+    health = observe(health, probes(1), 10_000 + LONG, S)
     assert health.state == State.DOWN
     assert health.probe_streak == 1
-    health = observe(health, probes(1), 12_000, S)
+    health = observe(health, probes(1), 11_000 + LONG, S)
     assert health.state == State.SLOW_START
-    assert health.since_ms == 12_000
+    assert health.since_ms == 11_000 + LONG
     assert health.consecutive_failures == 0
 
 
@@ -218,13 +222,13 @@ def test_a_failed_probe_breaks_the_probe_streak():
     assert health.state == State.DOWN
     assert health.probe_streak == 1
     health = observe(health, probes(1), 14_000, S)
-    assert health.state == State.SLOW_START
+    assert health.state == State.UP  # back after 4 s: a brief outage
 
 
 def test_slow_start_ramps_from_the_floor_to_full_then_up():
     # A single proxy: its own estimate is the reference, so its weight is exactly the ramp.
-    health = feed(down_at(10_000), [(11_000, probes(1)), (12_000, probes(1))])
-    start = 12_000
+    health = feed(down_at(10_000), [(10_000 + LONG, probes(1)), (11_000 + LONG, probes(1))])
+    start = 11_000 + LONG
 
     def weight_at(now: int, h: Health) -> policy.Weighting:
         return weigh({"sip:a": 1.0}, set(), {"sip:a": h}, now, S)["sip:a"]

@@ -20,12 +20,14 @@ FULL = Tally(
     load_headers_rejected=3,
     load_samples=4,
     load_milli_sum=2500,
+    late_replies=6,
+    timeout_excess_ms_sum=700,
 )
 
 
 def test_encode_is_space_separated_fields_in_order():
-    assert FULL.encode() == "10 2 123 4567 5 1 42 3 4 2500"
-    assert Tally().encode() == "0 0 0 0 0 0 0 0 0 0"
+    assert FULL.encode() == "10 2 123 4567 5 1 42 3 4 2500 6 700"
+    assert Tally().encode() == "0 0 0 0 0 0 0 0 0 0 0 0"
 
 
 @pytest.mark.parametrize("tally", [Tally(), FULL, Tally(probe_ms_sum=2**40)])
@@ -34,19 +36,19 @@ def test_encode_decode_round_trip(tally):
 
 
 def test_decode_tolerates_surrounding_whitespace():
-    assert Tally.decode("  10 2 123 4567 5 1 42 3 4 2500\n") == FULL
+    assert Tally.decode("  10 2 123 4567 5 1 42 3 4 2500 6 700\n") == FULL
 
 
 @pytest.mark.parametrize(
     "text",
     [
         "",
-        "1 2 3 4 5 6 7 8 9",  # too few fields
-        "1 2 3 4 5 6 7 8 9 10 11",  # too many
-        "1 2 3 4 5 6 7 8 9 -10",  # negative
-        "-1 0 0 0 0 0 0 0 0 0",
-        "1 2 3 4 5 6 7 8 9 x",  # not an integer
-        "1 2 3 4 5 6 7 8 9 10.5",
+        "1 2 3 4 5 6 7 8 9 10 11",  # too few fields
+        "1 2 3 4 5 6 7 8 9 10 11 12 13",  # too many
+        "1 2 3 4 5 6 7 8 9 10 11 -12",  # negative
+        "-1 0 0 0 0 0 0 0 0 0 0 0",
+        "1 2 3 4 5 6 7 8 9 10 11 x",  # not an integer
+        "1 2 3 4 5 6 7 8 9 10 11 12.5",
         "garbage",
         "1,2,3,4,5,6,7",
     ],
@@ -79,6 +81,11 @@ def test_with_request_success_adds_latencies():
 def test_with_request_failure_counts_without_latency():
     tally = Tally().with_request(True, 7, 30)
     assert tally == Tally(requests_failed=1)
+
+
+def test_a_timeout_is_a_failure_charged_its_wait_beyond_the_penalty():
+    assert Tally().with_timeout(4000, 500) == Tally(requests_failed=1, timeout_excess_ms_sum=3500)
+    assert Tally().with_timeout(300, 500) == Tally(requests_failed=1)
 
 
 def test_with_request_clamps_negative_times():

@@ -9,9 +9,24 @@ Per proxy the policy keeps a ``Health``: a latency estimate, a failure streak an
   failed request or probe counts as ``failure_penalty_ms``). It rises with time constant
   ``latency_rise_tau_ms`` and falls with ``latency_fall_tau_ms``:
   ``L += (x - L) * (1 - exp(-dt / tau))``.
-* **State**: ``up``; ``down`` after ``down_after_failures`` failures in a row; back to
-  ``slowstart`` after ``up_after_probes`` answered probes in a row; ``up`` again once
-  ``slow_start_ms`` has passed. New proxies start in ``slowstart``.
+* **State**: ``up``; ``down`` after ``down_after_failures`` failures in a row with no sign
+  of life between them (a success, or a late reply to a request that had timed out) and
+  none for ``fr_timer_ms`` (as long as a request is given to answer): a saturated proxy
+  that still answers something is slow, not dead, and stays in with its latency charged;
+  back after ``up_after_probes`` answered probes in a row: ``up`` at once with its
+  pre-outage latency estimate when it was down less than ``slow_start_after_down_ms``, else
+  ``slowstart``, ``up`` again once ``slow_start_ms`` has passed. New proxies start in
+  ``slowstart``.
+* **Silence** counts as latency: a proxy sent new requests since its last sign of life,
+  and silent for ``S`` ms since, weighs as if its estimate were at least ``S``, so a frozen
+  proxy loses its share within a few hundred ms, before its first request times out.
+* **Queue wait** counts as latency too, while a proxy is queueing: in flight divided by
+  completed per second (Little's law), the queue as it stands rather than as the requests
+  that left it saw it, so two saturated proxies of unequal capacity get unequal weights.
+* **Ejection cap** (``observe_pool``): a proxy whose failure streak has no missed probe (it
+  fails requests but answers probes) is marked down only while the base weight of such
+  proxies already down stays within ``max_ejected_fraction`` of the active pool's; one may
+  always be. A refused ejection is counted; the proxy stays in, weighted by its latency.
 
 * **Load** ``u`` in [0, 1]: the utilisation the proxy reports of itself (agent report or
   ``X-CP-Load`` header, whichever is higher, each only while fresh: see ``load``). Its
@@ -23,10 +38,16 @@ The weight of an active (not drained) proxy is::
 
 where ``L_min`` is the lowest estimate among the proxies that are not down, ``offset`` is
 ``latency_offset_ms``, ``H_max`` the largest headroom among the proxies that are not down,
-and ``ramp`` rises linearly from ``slow_start_floor`` to 1 during slow start. A proxy with no
+and ``ramp`` rises linearly from ``slow_start_floor`` to 1 during slow start (1 at once when
+every other usable proxy is saturated: failed a request within ``saturated_memory_ms``, so
+ramping would only keep them overloaded). A proxy with no
 fresh load report is given the mean headroom of those that have one (as gRPC's weighted round
 robin gives a backend without metrics the mean weight), so a pool where no agent runs weighs
 by latency alone, and a proxy whose agent died is neither favoured nor punished.
+
+Each proxy also gets the first-reply timeout its requests are relayed with
+(``first_reply_timeout_ms``): longer for a saturated proxy that still answers, whose queue,
+not death, delays it.
 
 Down and drained proxies weigh 0. If every active proxy is down, they all get
 ``base_weight * slow_start_floor`` ("panic mode", as Envoy does): trying a proxy that may
@@ -75,6 +96,59 @@ class Health:
     """Mean round trip of the latest window's answered probes."""
     last_window: Tally = dataclasses.field(default_factory=Tally)
     """The latest window with samples, kept to show rates and inputs."""
+    streak_probe_failures: int = 0
+    """Missed probes in the current failure streak: a proxy that misses probes too is dead,
+    and its ejection is not capped."""
+    latency_before_streak_ms: float | None = None
+    """``L`` when the current failure streak began: what the proxy returns with after a
+    brief outage (the streak's failure penalties describe the outage, not the proxy)."""
+    last_failure_ms: int | None = None
+    """When a window last had a failure (``saturated``)."""
+    last_life_ms: int | None = None
+    """When the proxy last showed a sign of life (a success, or a late reply)."""
+    inflight: int = 0
+    """Requests in flight to it from this node, at the latest window."""
+    inflight_at_life: int = 0
+    """``inflight`` when it last showed a sign of life: more in flight since, and nothing
+    heard, is a silence that counts as latency (``silence_ms``)."""
+
+    throughput_per_s: float = 0.0
+    """Requests it completed per second (answered, in time or late), a moving average over
+    ``load_smoothing_tau_ms``: a saturated proxy's capacity."""
+    observed_ms: int | None = None
+    """When ``observe`` last ran for it."""
+
+    def queue_wait_ms(self, now_ms: int, settings: Settings) -> float:
+        """What a request sent to it now would wait, by Little's law (in flight / completed
+        per second), while it is queueing: the latency estimate measures requests that
+        entered its queue earlier, this measures the queue as it stands, and a proxy
+        completing half as many requests with as many in flight waits twice as long. 0 when
+        it is not queueing (then in-flight requests may be ringing calls, not a queue)."""
+        if not queueing(self, now_ms, settings):
+            return 0.0
+        return 1000 * self.inflight / max(self.throughput_per_s, 1.0)
+
+    def silence_ms(self, now_ms: int) -> int:
+        """How long it has said nothing while new requests were sent to it: a live proxy
+        answers a new request at once (100 Trying), so this is a stall or a death showing
+        before any request times out. 0 when nothing new went to it (a proxy whose calls all
+        ring says nothing for long, and that is no silence)."""
+        if self.last_life_ms is None or self.inflight <= self.inflight_at_life:
+            return 0
+        return now_ms - self.last_life_ms
+
+    down_by_probes: bool = False
+    """Down with missed probes (dead), as opposed to down for failed requests alone."""
+    ejection_refused: bool = False
+    """The current streak's ejection was refused by the cap (counted once per streak)."""
+
+    def saturated(self, now_ms: int, settings: Settings) -> bool:
+        """Failing requests lately while not down: overloaded, or about to be found dead."""
+        return (
+            self.state != State.DOWN
+            and self.last_failure_ms is not None
+            and now_ms - self.last_failure_ms < settings.saturated_memory_ms
+        )
 
 
 def new_health(now_ms: int) -> Health:
@@ -82,54 +156,159 @@ def new_health(now_ms: int) -> Health:
 
 
 def window_latency_ms(window: Tally, settings: Settings) -> float:
-    """Mean latency of a window's samples, failures charged ``failure_penalty_ms``."""
+    """Mean latency of a window's samples, failures charged ``failure_penalty_ms`` (timeouts
+    what they waited, when that is more)."""
     total = (
         window.first_reply_ms_sum
         + window.probe_ms_sum
         + settings.failure_penalty_ms * window.failures
+        + window.timeout_excess_ms_sum
     )
     return total / window.samples
 
 
-def observe(health: Health, window: Tally, now_ms: int, settings: Settings) -> Health:
-    """Fold one window of samples into a proxy's health, then apply time-driven changes."""
-    if window.samples > 0:
-        health = _fold_samples(health, window, now_ms, settings)
+def observe(
+    health: Health,
+    window: Tally,
+    now_ms: int,
+    settings: Settings,
+    heard: bool = False,
+    inflight: int | None = None,
+) -> Health:
+    """Fold one window of samples into a proxy's health, then apply time-driven changes.
+    ``heard``: the proxy sent a reply that is not a failure (any 1xx, a late reply to a
+    request already given up on, a probe's answer) since the previous window, as the
+    workers' core reply route saw it: a sign of life even when no request completed."""
+    health = _count_throughput(health, window, now_ms, settings)
+    if inflight is not None:
+        health = dataclasses.replace(health, inflight=inflight)
+    if window.samples > 0 or window.late_replies > 0 or heard:
+        health = _fold_samples(health, window, now_ms, settings, heard)
     if health.state == State.SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
         health = dataclasses.replace(health, state=State.UP, since_ms=now_ms)
     return health
 
 
-def _fold_samples(health: Health, window: Tally, now_ms: int, settings: Settings) -> Health:
+def _count_throughput(health: Health, window: Tally, now_ms: int, settings: Settings) -> Health:
+    completed = window.requests_ok + window.late_replies
+    if health.observed_ms is None or now_ms <= health.observed_ms:
+        return dataclasses.replace(health, observed_ms=now_ms)
+    dt = now_ms - health.observed_ms
+    rate = completed * 1000 / dt
+    alpha = 1.0 - math.exp(-dt / settings.load_smoothing_tau_ms)
+    throughput = health.throughput_per_s + (rate - health.throughput_per_s) * alpha
+    return dataclasses.replace(health, observed_ms=now_ms, throughput_per_s=throughput)
+
+
+def _fold_latency(health: Health, window: Tally, now_ms: int, settings: Settings) -> float:
     sample = window_latency_ms(window, settings)
     latency = health.latency_ms
     if latency is None or health.last_sample_ms is None:
-        latency = sample
-    else:
-        tau = settings.latency_rise_tau_ms if sample > latency else settings.latency_fall_tau_ms
-        dt = max(now_ms - health.last_sample_ms, 0)
-        latency += (sample - latency) * (1.0 - math.exp(-dt / tau))
+        return sample
+    tau = settings.latency_rise_tau_ms if sample > latency else settings.latency_fall_tau_ms
+    dt = max(now_ms - health.last_sample_ms, 0)
+    return latency + (sample - latency) * (1.0 - math.exp(-dt / tau))
 
-    # One success ends a failure streak; one failure ends a probe streak.
-    streak_failures = 0 if window.successes else health.consecutive_failures + window.failures
-    probe_streak = 0 if window.failures else health.probe_streak + window.probes_ok
 
-    state, since = health.state, health.since_ms
-    if state != State.DOWN and streak_failures >= settings.down_after_failures:
+def _fold_samples(
+    health: Health, window: Tally, now_ms: int, settings: Settings, heard: bool
+) -> Health:
+    latency, last_sample = health.latency_ms, health.last_sample_ms
+    if window.samples > 0:  # late replies alone say the proxy is alive, not how fast
+        latency, last_sample = _fold_latency(health, window, now_ms, settings), now_ms
+
+    # A sign of life (a success, a late reply) ends a failure streak: a saturated proxy
+    # still answers. One failure ends a probe streak.
+    alive = window.signs_of_life > 0 or heard
+    streak_failures = 0 if alive else health.consecutive_failures + window.failures
+    streak_probes = 0 if alive else health.streak_probe_failures + window.probes_failed
+    before_streak = health.latency_before_streak_ms
+    if health.consecutive_failures == 0 and health.state != State.DOWN:
+        before_streak = health.latency_ms
+    # While down, late replies count like answered probes: a frozen proxy that resumes
+    # answers its backlog at once, and is back before the next probe.
+    probe_streak = 0 if window.failures else health.probe_streak + window.signs_of_life + heard
+
+    state, since, down_by_probes = health.state, health.since_ms, health.down_by_probes
+    last_life = now_ms if alive else health.last_life_ms
+    silent = last_life is None or now_ms - last_life >= settings.fr_timer_ms
+    if state != State.DOWN and streak_failures >= settings.down_after_failures and silent:
         state, since, probe_streak = State.DOWN, now_ms, 0
+        down_by_probes = streak_probes > 0
     elif state == State.DOWN and probe_streak >= settings.up_after_probes:
-        state, since, streak_failures = State.SLOW_START, now_ms, 0
+        brief = now_ms - since < settings.slow_start_after_down_ms
+        state, since, streak_failures, streak_probes = State.SLOW_START, now_ms, 0, 0
+        if brief:
+            state = State.UP
+            latency = before_streak if before_streak is not None else latency
+        down_by_probes = False
 
     return Health(
         state=state,
         since_ms=since,
         latency_ms=latency,
-        last_sample_ms=now_ms,
+        last_sample_ms=last_sample,
         consecutive_failures=streak_failures,
         probe_streak=probe_streak,
         probe_ms=window.probe_ms_sum / window.probes_ok if window.probes_ok else health.probe_ms,
         last_window=window,
+        streak_probe_failures=streak_probes,
+        latency_before_streak_ms=before_streak if streak_failures or state == State.DOWN else None,
+        last_failure_ms=now_ms if window.failures else health.last_failure_ms,
+        last_life_ms=last_life,
+        inflight=health.inflight,
+        inflight_at_life=health.inflight if alive else health.inflight_at_life,
+        throughput_per_s=health.throughput_per_s,
+        observed_ms=health.observed_ms,
+        down_by_probes=down_by_probes,
+        ejection_refused=health.ejection_refused and streak_failures > 0,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolHealth:
+    health: dict[str, Health]
+    ejections_refused: int
+    """Proxies kept in this time by the ejection cap (``max_ejected_fraction``)."""
+
+
+def observe_pool(
+    health: Mapping[str, Health],
+    windows: Mapping[str, Tally],
+    active: Mapping[str, float],
+    now_ms: int,
+    settings: Settings,
+    heard: frozenset[str] | set[str] = frozenset(),
+    inflight: Mapping[str, int] | None = None,
+) -> PoolHealth:
+    """``observe`` every proxy of ``health``, with the ejection cap: ``active`` holds the base
+    weights of the proxies not drained. A proxy marked down for failed requests while it
+    answers its probes counts against ``max_ejected_fraction`` of the active base weight;
+    one that also missed its probes (dead) does not, and neither does the first ejection.
+    ``heard``: the proxies that sent a reply that is not a failure since the last call;
+    ``inflight``: the requests in flight to each proxy now."""
+    room = settings.max_ejected_fraction * sum(active.values())
+    capped = sum(
+        base
+        for uri, base in active.items()
+        if health[uri].state == State.DOWN and not health[uri].down_by_probes
+    )
+    result: dict[str, Health] = {}
+    refused = 0
+    for uri, old in health.items():
+        sent = inflight.get(uri) if inflight is not None else None
+        new = observe(old, windows.get(uri, Tally()), now_ms, settings, uri in heard, sent)
+        ejected = old.state != State.DOWN and new.state == State.DOWN
+        if ejected and not new.down_by_probes and uri in active:
+            if capped > 0 and capped + active[uri] > room:
+                refused += 0 if old.ejection_refused else 1
+                new = dataclasses.replace(
+                    new, state=old.state, since_ms=old.since_ms, ejection_refused=True
+                )
+            else:
+                capped += active[uri]
+        result[uri] = new
+    return PoolHealth(result, refused)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +326,34 @@ class Weighting:
     """The reported load that counted, None if no fresh report."""
     load_factor: float = 1.0
     """``H / H_max`` (1 when no proxy reports its load)."""
+    fr_timer_ms: int = 0
+    """How long a request relayed to it waits for a first reply (``first_reply_timeout_ms``)."""
 
 
-def ramp_factor(health: Health, now_ms: int, settings: Settings) -> float:
-    if health.state != State.SLOW_START:
+def queueing(health: Health, now_ms: int, settings: Settings) -> bool:
+    """Answering, but slowly: it answered something within ``fr_timer_ms``, and it timed out
+    requests lately (``saturated``) or its latency estimate is past half the failure penalty
+    (a queue builds up before the first timeout)."""
+    heard = health.last_life_ms is not None and now_ms - health.last_life_ms < settings.fr_timer_ms
+    slow = health.latency_ms is not None and health.latency_ms >= settings.failure_penalty_ms / 2
+    return heard and (slow or health.saturated(now_ms, settings))
+
+
+def first_reply_timeout_ms(health: Health, now_ms: int, settings: Settings) -> int:
+    """``saturated_fr_timer_ms`` for a queueing proxy (its queue delays it: waiting beats
+    retrying on a proxy as busy while the first one still does the work), else
+    ``fr_timer_ms`` (a silent proxy may be dead: fail over soon)."""
+    if queueing(health, now_ms, settings):
+        return settings.saturated_fr_timer_ms
+    return settings.fr_timer_ms
+
+
+def ramp_factor(
+    health: Health, now_ms: int, settings: Settings, rest_saturated: bool = False
+) -> float:
+    """Slow start's fraction of the weight; 1 when ``rest_saturated`` (every other usable
+    proxy is saturated: a returning proxy is needed at once)."""
+    if health.state != State.SLOW_START or rest_saturated:
         return 1.0
     progress = min(max(now_ms - health.since_ms, 0) / settings.slow_start_ms, 1.0)
     return settings.slow_start_floor + (1.0 - settings.slow_start_floor) * progress
@@ -179,14 +382,20 @@ def weigh(
         {uri: loads.get(uri) for uri in active if health[uri].state != State.DOWN}, settings
     )
 
+    usable = {uri for uri in active if health[uri].state != State.DOWN}
+    saturated = {uri for uri in usable if health[uri].saturated(now_ms, settings)}
+
     result: dict[str, Weighting] = {}
     for uri, base in base_weights.items():
         h = health[uri]
+        others = len(usable) - (uri in usable)
+        rest_saturated = others > 0 and len(saturated) - (uri in saturated) == others
         latency_factor = 1.0
         if reference is not None and h.latency_ms is not None and h.state != State.DOWN:
             offset = settings.latency_offset_ms
-            latency_factor = (reference + offset) / (h.latency_ms + offset)
-        ramp = ramp_factor(h, now_ms, settings)
+            latency = max(h.latency_ms, h.silence_ms(now_ms), h.queue_wait_ms(now_ms, settings))
+            latency_factor = (reference + offset) / (latency + offset)
+        ramp = ramp_factor(h, now_ms, settings, rest_saturated)
         if uri in drained:
             weight, state = 0.0, State.DRAINED
         elif h.state == State.DOWN:
@@ -205,6 +414,7 @@ def weigh(
             panic=panic and state == State.DOWN,
             utilisation=loads.get(uri),
             load_factor=load_factors.get(uri, 1.0),
+            fr_timer_ms=first_reply_timeout_ms(h, now_ms, settings),
         )
     return result
 

@@ -86,3 +86,20 @@ class WeightedPicker:
         if load_first == load_second:
             return first if rand() < 0.5 else second
         return first if load_first < load_second else second
+
+    def least_loaded(
+        self, inflight: Callable[[str], int], exclude: Collection[str] = ()
+    ) -> str | None:
+        """The proxy for a retry: of those not excluded (already tried), the one with the
+        fewest requests in flight per unit of weight, counting the retry itself. A retry is
+        extra load on the pool: it goes where there is room, never to a proxy whose queue
+        is longer than another's (relative to their weights), as a second random draw
+        might. A scan of the pool, on the failover path only (budgeted retries)."""
+        best, best_load = None, 0.0
+        for uri in self._uris:
+            if uri in exclude:
+                continue
+            load = (inflight(uri) + 1) / self._weight[uri]
+            if best is None or load < best_load:
+                best, best_load = uri, load
+        return best

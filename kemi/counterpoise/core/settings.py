@@ -276,6 +276,59 @@ class Settings:
     process between sync ticks; empty (the default) serves none. ``counterpoise up
     --metrics`` sets it. Off by default: an open port is an operator's decision."""
 
+    # --- Overload versus death, retry budget, recovery (issue 14) ---
+    max_ejected_fraction: float = 0.5
+    """Most of the pool's capacity (the base weights of its active proxies) that may be
+    ``down`` at once for failed requests while the proxy still answers its probes (as
+    Envoy's ``max_ejection_percent``): beyond it a proxy stays in, weighted down by its
+    latency, and the refusal is counted. One proxy may always be ejected, however big. A
+    proxy that also misses its probes is dead, and is never kept in by this cap. 0.5: a pool
+    that lost half its capacity to ejections is more likely overloaded than half broken, and
+    ejecting more would overload the rest further (a cascade)."""
+
+    retry_budget_fraction: float = 0.2
+    """Failover retries a node may spend, as a fraction of the requests it relayed in the
+    last ``retry_budget_window_ms`` (Finagle's default 20 %): a dead proxy's share is
+    retried, while retries cannot multiply an overload. Beyond it, a request whose proxy
+    failed gets the failure as its answer (``408`` on a timeout) instead of another proxy."""
+
+    retry_budget_floor_per_s: float = 2.0
+    """Retries per second allowed on top of the fraction, so a node with little traffic can
+    still fail over every request of a dead proxy: at 2 calls/s, a third of them on a dead
+    proxy is 0.7 retries/s."""
+
+    retry_budget_window_ms: int = 10_000
+    """How far back the retry budget counts requests and retries (Finagle's 10 s): long
+    enough that a dead proxy's burst of timeouts (all its requests of one ``fr_timer_ms``)
+    fits in a budget saved over seconds of normal traffic."""
+
+    slow_start_after_down_ms: int = 30_000
+    """A proxy down for longer than this comes back through slow start, like a new one (it
+    may have restarted cold). One down for less (a stall, a quick restart) returns ``up`` at
+    once with the latency estimate it had before its failures, and takes its share back as
+    its real latency and in-flight count allow: a fixed ramp would leave the rest of the
+    pool overloaded for seconds. 30 s: longer than any stall the benchmarks or a GC pause
+    produce, short enough that a proxy restarted after maintenance ramps."""
+
+    saturated_fr_timer_ms: int = 6000
+    """``fr_timer_ms`` of requests relayed to a queueing proxy (it answered something within
+    ``fr_timer_ms``, and timed out requests within ``saturated_memory_ms`` or has a latency
+    estimate past half of ``failure_penalty_ms``): its queue, not death, delays its first
+    reply, and giving up at 1.5 s would only retry the request on a proxy as busy while the
+    first one still does the work (a retry storm wastes what capacity is left). 6 s: above
+    the 4-5 s queue the benchmark's biggest-proxy kill (5 s) builds on the rest of the pool
+    (with 4 s its smallest proxy timed out its queue and the retries ran over budget),
+    below a caller's patience (SIPp's 10 s, RFC 3261's Timer B 32 s); callers do not
+    retransmit meanwhile, since the balancer answers 100 Trying at once. A queueing proxy
+    that dies keeps its requests waiting up to this, but its silence gives its new requests
+    the short timer at once."""
+
+    saturated_memory_ms: int = 2000
+    """A proxy whose request failed within this long (a timeout, while it still answers
+    something) counts as saturated: when every other usable proxy is saturated, a proxy in
+    slow start gets its full weight at once, since ramping it would only leave the others
+    overloaded longer. 2 s: two probe periods."""
+
     def __post_init__(self) -> None:
         """Check every value; raise ``SettingError`` naming the first bad one."""
         for field in dataclasses.fields(self):
@@ -466,11 +519,26 @@ POSITIVE = (
     "location_redis_timeout_ms",
     "workers",
     "shm_mb",
+    "retry_budget_window_ms",
+    "saturated_fr_timer_ms",
 )
 """Settings that must be > 0: durations a timer or a division relies on, and counts."""
-NOT_NEGATIVE = ("slow_start_ms", "load_blackout_ms", "dialog_record_ttl_ms")
-"""Settings where 0 means "none" (no ramp, no blackout, no dialog records)."""
-FRACTIONS = ("slow_start_floor", "load_headroom_floor")
+NOT_NEGATIVE = (
+    "slow_start_ms",
+    "load_blackout_ms",
+    "dialog_record_ttl_ms",
+    "retry_budget_floor_per_s",
+    "slow_start_after_down_ms",
+    "saturated_memory_ms",
+)
+"""Settings where 0 means "none" (no ramp, no blackout, no dialog records, no retry floor,
+every return through slow start, no proxy counted saturated)."""
+FRACTIONS = (
+    "slow_start_floor",
+    "load_headroom_floor",
+    "max_ejected_fraction",
+    "retry_budget_fraction",
+)
 """Settings that are fractions, 0..1."""
 NOT_EMPTY = ("redis_url", "key_prefix")
 

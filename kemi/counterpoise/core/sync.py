@@ -6,8 +6,8 @@ One process per balancer node runs it (rtimer, every ``CP_SYNC_TIMER`` of ``kama
 1. reads ``cp:pool:version`` and the agents' load reports in one round trip, and reloads the
    proxy list when the version changed (it keeps the last list it had while Redis is
    unreachable); reports announced for proxies not in the pool are rejected;
-2. merges what every SIP worker counted since the last tick (``Tally`` deltas) and the
-   latest ``X-CP-Load`` of each proxy's replies;
+2. merges what every SIP worker counted since the last tick (``Tally`` deltas), the
+   latest ``X-CP-Load`` of each proxy's replies, and which proxies replied at all;
 3. folds those windows into each proxy's health and recomputes the weights (``policy``,
    with the fresh reported loads from ``load.LoadBook``);
 4. hands the new table to the SIP workers through shared memory;
@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from counterpoise.core import load, policy
+from counterpoise.core.attempts import RetryBudget
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.settings import Settings
@@ -50,8 +51,20 @@ class SharedState(Protocol):
         """Location records the SIP workers rejected since they started, and the latest
         reason (``"<key>: <why>"``; empty if none)."""
 
-    def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
-        """Make ``(uri, weight)`` pairs the table every SIP worker routes with."""
+    def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
+        """Make ``(uri, weight, queueing)`` the table every SIP worker routes with; queueing
+        (1 or 0) says which first-reply timeout its requests get (``saturated_fr_timer_ms``
+        or ``fr_timer_ms``, as the worker's settings have them now)."""
+
+    def read_heard(self) -> Mapping[str, int]:
+        """``"<worker> <proxy uri>"`` -> stamp of the latest reply that is not a failure that
+        worker got from that proxy (written at most every ``HEARD_EVERY_MS``)."""
+
+    def retry_counts(self) -> tuple[int, int]:
+        """Retries the workers spent and refused (over budget) since the node started."""
+
+    def set_retry_tokens(self, tokens: int) -> None:
+        """Retries the workers may spend until the next tick (``attempts.RetryBudget``)."""
 
 
 class ProbeSender(Protocol):
@@ -118,11 +131,15 @@ class SyncLoop:
         self.weights: dict[str, policy.Weighting] = {}
         self.totals: dict[str, Tally] = {}
         self._previous: dict[str, Tally] = {}
-        self._table: list[tuple[str, float]] | None = None
+        self._table: list[tuple[str, float, int]] | None = None
         self._next_probe_ms = 0
         self._next_publish_ms = 0
         self._redis_synced_ms: int | None = None
         self._started_ms = monotonic_ms()
+        self._retry_budget = RetryBudget(settings)
+        self._heard: Mapping[str, int] = {}
+        self.ejections_refused = 0
+        """Ejections the cap (``max_ejected_fraction``) refused since the node started."""
 
     @property
     def redis_ok(self) -> bool:
@@ -143,9 +160,11 @@ class SyncLoop:
         windows = self._collect_windows()
         self._take_load_headers(windows, now)
         for uri in self.pool:
-            window = windows.get(uri, Tally())
-            self.totals[uri] = self.totals.get(uri, Tally()) + window
-            self.health[uri] = policy.observe(self.health[uri], window, now, self.settings)
+            self.totals[uri] = self.totals.get(uri, Tally()) + windows.get(uri, Tally())
+        self._observe(windows, now)
+        attempts = sum(w.requests_ok + w.requests_failed for w in windows.values())
+        spent, _ = self._shared.retry_counts()
+        self._shared.set_retry_tokens(self._retry_budget.tokens(now, attempts, spent))
         self.weights = policy.weigh(
             {uri: c.base_weight for uri, c in self.pool.items()},
             {uri for uri, c in self.pool.items() if c.admin == Admin.DRAINED},
@@ -162,6 +181,29 @@ class SyncLoop:
         if now >= self._next_publish_ms:
             self._next_publish_ms = now + self.settings.publish_interval_ms
             self._redis.call(now, self._publish_weights)
+
+    def _observe(self, windows: Mapping[str, Tally], now: int) -> None:
+        """Fold the windows into every proxy's health, with the ejection cap."""
+        active = {uri: c.base_weight for uri, c in self.pool.items() if c.admin != Admin.DRAINED}
+        heard = self._shared.read_heard()
+        changed = {key.split(" ", 1)[-1] for key, at in heard.items() if self._heard.get(key) != at}
+        self._heard = heard
+        inflight = {uri: self._shared.inflight(uri) for uri in self.pool}
+        seen = policy.observe_pool(
+            self.health, windows, active, now, self.settings, changed, inflight
+        )
+        if seen.ejections_refused:
+            self.ejections_refused += seen.ejections_refused
+            kept = [
+                uri
+                for uri, h in seen.health.items()
+                if h.ejection_refused and not self.health[uri].ejection_refused
+            ]
+            self._log(
+                f"kept in despite failures (max_ejected_fraction "
+                f"{self.settings.max_ejected_fraction:g} of the pool down): {', '.join(kept)}"
+            )
+        self.health = seen.health
 
     # --- Redis -----------------------------------------------------------------------------
 
@@ -228,6 +270,12 @@ class SyncLoop:
         records = {uri: self.record(uri, total_weight, now, wall) for uri in self.pool}
         rejects: dict[str, object] = dict(self.loads.rejected)
         rejects |= {f"{source}:last": text for source, text in self.loads.last_reason.items()}
+        spent, refused = self._shared.retry_counts()
+        rejects |= {
+            "retries_spent": spent,
+            "retries_refused": refused,
+            "ejections_refused": self.ejections_refused,
+        }
         self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
 
     def _take_location_rejections(self) -> None:
@@ -256,6 +304,12 @@ class SyncLoop:
             "ramp": round(weighting.ramp, 4),
             "panic": weighting.panic,
             "consecutive_failures": health.consecutive_failures,
+            "saturated": health.saturated(now, self.settings),
+            "fr_timer_ms": weighting.fr_timer_ms,
+            "silence_ms": health.silence_ms(now),
+            "queue_wait_ms": round(health.queue_wait_ms(now, self.settings)),
+            "throughput_per_s": round(health.throughput_per_s, 2),
+            "ejection_refused": health.ejection_refused,
             "inflight": self._shared.inflight(uri),
             "window": dataclasses.asdict(window),
             "first_reply_ms": _mean(window.first_reply_ms_sum, window.requests_ok),
@@ -295,7 +349,10 @@ class SyncLoop:
                 self.loads.reject(load.HEADER, uri, reason, window.load_headers_rejected)
 
     def _publish_table(self) -> None:
-        table = sorted((uri, round(w.weight, 6)) for uri, w in self.weights.items())
+        table = sorted(
+            (uri, round(w.weight, 6), int(w.fr_timer_ms != self.settings.fr_timer_ms))
+            for uri, w in self.weights.items()
+        )
         if table != self._table:
             self._shared.publish_table(table)
             self._table = table

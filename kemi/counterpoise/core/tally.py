@@ -21,6 +21,8 @@ _FIELDS = (
     "load_headers_rejected",
     "load_samples",
     "load_milli_sum",
+    "late_replies",
+    "timeout_excess_ms_sum",
 )
 
 
@@ -50,6 +52,15 @@ class Tally:
     """Sum over ``load_samples`` of that utilisation, in thousandths. Every reply counts, not
     only the latest: a header is a point sample of small integers (1 of 2 workers busy), and
     the mean of all of a window's samples is far steadier than any one of them."""
+    late_replies: int = 0
+    """Replies to requests already given up on (counted failed when ``fr_timer_ms`` ran out
+    with no reply): the proxy is alive, only late. A sign of life that ends a failure streak
+    (``policy``), so a saturated proxy is not taken for a dead one."""
+    timeout_excess_ms_sum: int = 0
+    """Sum over requests that timed out with no reply of the milliseconds they waited beyond
+    ``failure_penalty_ms``: a request given up on after 4 s says its proxy takes at least
+    4 s, and two saturated proxies charged the same flat penalty would look alike however
+    long their queues."""
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
@@ -78,6 +89,24 @@ class Tally:
     @property
     def failures(self) -> int:
         return self.requests_failed + self.probes_failed
+
+    @property
+    def signs_of_life(self) -> int:
+        """Answers that show the proxy alive: successes, and late replies to requests that
+        had timed out."""
+        return self.successes + self.late_replies
+
+    def with_timeout(self, waited_ms: int, penalty_ms: int) -> Tally:
+        """A request that got no reply at all within its timer: a failure, charged what it
+        waited when that is more than the failure penalty."""
+        return dataclasses.replace(
+            self,
+            requests_failed=self.requests_failed + 1,
+            timeout_excess_ms_sum=self.timeout_excess_ms_sum + max(waited_ms - penalty_ms, 0),
+        )
+
+    def with_late_reply(self) -> Tally:
+        return dataclasses.replace(self, late_replies=self.late_replies + 1)
 
     def encode(self) -> str:
         """Space-separated integers: compact, and readable in ``kamcmd htable.dump``."""

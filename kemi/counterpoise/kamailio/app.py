@@ -64,6 +64,12 @@ class KemiApp:
         return 0
 
     def ksr_reply_route(self, msg: object) -> int:
+        """Every reply the node receives, before tm matches it: a proxy's reply that is not a
+        failure, however late, is a sign of life (``policy``: overload is not death)."""
+        status = KSR.pv.get("$rs")
+        if isinstance(status, int) and not attempts.is_proxy_failure(status):
+            source = f"sip:{KSR.pv.gete('$si')}:{KSR.pv.get('$sp')}"
+            self.view.note_heard(source, clock.monotonic_ms())
         return 1
 
     def ksr_onsend_route(self, msg: object) -> int:
@@ -190,7 +196,10 @@ class KemiApp:
         avps.set_tried([*tried, uri])
         attempt = avps.Attempt(len(tried))
         attempt.start(uri, attempts.stamp(clock.monotonic_ms()))
-        KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, self.settings.fr_timer_ms)
+        timeout_ms = self.settings.fr_timer_ms
+        if self.view.queueing.get(uri):
+            timeout_ms = self.settings.saturated_fr_timer_ms
+        KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
         shared.inflight_add(uri, +1)
@@ -207,13 +216,19 @@ class KemiApp:
         """tm onreply route of a relayed initial request: time the proxy's replies."""
         attempt = avps.Attempt.of_reply()
         uri = attempt.proxy if attempt is not None else None
-        if attempt is None or uri is None or attempt.counted:
+        if attempt is None or uri is None:
+            return 1
+        if attempt.counted:
+            if attempt.timed_out:  # given up on, yet it answers: saturated, not dead
+                self.view.count_late_reply(uri)
             return 1
         status = KSR.pv.get("$rs")
         elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
         self._note_load_header(uri)
         if status < 200:
-            if attempts.marks_first_reply(status, attempt.first_reply_ms is not None):
+            if status == 100 and attempt.trying_ms is None:
+                attempt.set_trying_ms(elapsed)
+            elif attempts.marks_first_reply(status, attempt.first_reply_ms is not None):
                 attempt.set_first_reply_ms(elapsed)
             return 1
         self._count_outcome(attempt, uri, attempts.is_proxy_failure(status), elapsed)
@@ -222,7 +237,8 @@ class KemiApp:
         return 1
 
     def ksr_route_failure(self, msg: object) -> int:
-        """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout."""
+        """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout,
+        within the node's retry budget, to the untried proxy with the most room."""
         self._follow_settings()
         tried = avps.tried()
         attempt = avps.Attempt(len(tried) - 1)
@@ -240,20 +256,31 @@ class KemiApp:
             # No final reply from the proxy: a timeout. After a provisional reply it is the
             # callee that did not answer, not a proxy failure.
             elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
-            self._count_outcome(attempt, tried[-1], failure.proxy_silent, elapsed)
-        if not attempts.fails_over(failure, self.settings.max_attempts):
-            return 1
-        uri = self._pick(exclude=tried)
+            silent = failure.proxy_silent
+            self._count_outcome(attempt, tried[-1], silent, elapsed, timed_out=silent)
+        verdict = attempts.fails_over(failure, self.settings.max_attempts, shared.take_retry_token)
+        if verdict == attempts.Verdict.OVER_BUDGET:
+            KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retry budget spent\n")
+        if verdict != attempts.Verdict.RETRY:
+            return 1  # tm answers the caller with the failure
+        uri = self.view.refresh().least_loaded(shared.inflight, tried)
         if uri is not None and self._relay(uri, tried):
             metrics.failed_over(tried[-1])
             metrics.routed(uri, by_location=False, attempt=len(tried) + 1)
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
         return 1
 
-    def _count_outcome(self, attempt: avps.Attempt, uri: str, failed: bool, elapsed: int) -> None:
-        attempt.mark_counted()
+    def _count_outcome(
+        self, attempt: avps.Attempt, uri: str, failed: bool, elapsed: int, timed_out: bool = False
+    ) -> None:
+        attempt.mark_counted(timed_out)
         shared.inflight_add(uri, -1)
-        sample = attempts.latency_sample_ms(attempt.first_reply_ms, elapsed, self._max_sample_ms)
+        if timed_out:
+            self.view.count_timeout(uri, elapsed, self._max_sample_ms)
+            return
+        sample = attempts.latency_sample_ms(
+            attempt.first_reply_ms, elapsed, self._max_sample_ms, attempt.trying_ms
+        )
         self.view.count_request(uri, failed, sample, elapsed)
 
     # --- probes and the sync timer -------------------------------------------------------------

@@ -7,8 +7,10 @@ balancer never forks) and its AVPs are suffixed with ``i``:
 
 ``cp_tried``  the proxies tried so far, in order, comma-separated.
 ``cpu<i>``    proxy of attempt i; ``cpt<i>`` ``attempts.stamp()`` of its relay;
+``cpq<i>``    ms to its 100 Trying (how long it waited in the proxy's queue);
 ``cpf<i>``    ms to its first reply other than 100 Trying; ``cpd<i>`` set once its outcome
-              has been counted.
+              has been counted: 2 when it timed out with no reply (a reply after that is
+              late: the proxy is alive), 1 otherwise.
 ``cpaor``     the AOR of a REGISTER, for the reply route (location server).
 ``cploc``     set on a request sent to its location holder (not a REGISTER).
 """
@@ -20,6 +22,8 @@ import KSR
 TRIED = "$avp(cp_tried)"
 AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
+TIMED_OUT = 2
+"""``cpd<i>`` of an attempt counted as a silent timeout."""
 
 
 def _int(spec: str) -> int | None:
@@ -60,6 +64,13 @@ class Attempt:
     def first_reply_ms(self) -> int | None:
         return _int(f"$avp(cpf{self.index})")
 
+    @property
+    def trying_ms(self) -> int | None:
+        return _int(f"$avp(cpq{self.index})")
+
+    def set_trying_ms(self, elapsed_ms: int) -> None:
+        KSR.pv.seti(f"$avp(cpq{self.index})", elapsed_ms)
+
     def set_first_reply_ms(self, elapsed_ms: int) -> None:
         KSR.pv.seti(f"$avp(cpf{self.index})", elapsed_ms)
 
@@ -67,8 +78,13 @@ class Attempt:
     def counted(self) -> bool:
         return not KSR.pv.is_null(f"$avp(cpd{self.index})")
 
-    def mark_counted(self) -> None:
-        KSR.pv.seti(f"$avp(cpd{self.index})", 1)
+    def mark_counted(self, timed_out: bool = False) -> None:
+        KSR.pv.seti(f"$avp(cpd{self.index})", TIMED_OUT if timed_out else 1)
+
+    @property
+    def timed_out(self) -> bool:
+        """Counted as a timeout with no reply: any reply now is a late one."""
+        return _int(f"$avp(cpd{self.index})") == TIMED_OUT
 
 
 def tried() -> list[str]:

@@ -5,10 +5,11 @@ The routing tables are declared in ``kamailio.cfg``; their names are only here a
 node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
 ``kamailio.view``):
 
-``cp``       ``table`` -> JSON list of ``[uri, weight]``, ``version`` -> int: the routing table
-             the sync loop publishes and every SIP worker routes with; ``settings`` -> JSON
-             object of runtime settings changed since start-up, ``settings_version`` -> int:
-             written by ``counterpoise up`` over JSON-RPC (``htable.sets``/``seti``) on SIGHUP.
+``cp``       ``table`` -> JSON list of ``[uri, weight, queueing (1 or 0)]``, ``version``
+             -> int: the routing table the sync loop publishes and every SIP worker routes
+             with; ``settings`` -> JSON object of runtime settings changed since start-up,
+             ``settings_version`` -> int: written by ``counterpoise up`` over JSON-RPC
+             (``htable.sets``/``seti``) on SIGHUP.
 ``cpinf``    proxy URI -> requests in flight to it from this node (``sht_inc``/``sht_dec``,
              atomic across workers).
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
@@ -17,6 +18,12 @@ node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
              usable ones are summed into the workers' tallies); ``LOCATION_REJECT`` -> the
              latest location record a worker rejected, ``"<key>: <why>"`` (its count is the
              workers' ``rejected_records`` in ``cploc``).
+``cpheard``  ``"<pid> <uri>"`` -> ``attempts.stamp()`` of the latest reply that is not a failure
+             that worker got from that proxy, written at most every ``HEARD_EVERY_MS``: the
+             proxy's signs of life, late replies included (``policy``).
+``cpretry``  the node's retry budget: ``tokens`` (retries the workers may spend until the
+             sync loop's next tick, which rewrites it), ``spent`` and ``refused`` (counts
+             since the node started, incremented atomically by the workers).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Mapping, Sequence
 
 import KSR
 
+from counterpoise.core.attempts import stamp
 from counterpoise.core.load import header_utilisation
 from counterpoise.core.location import sum_counters
 from counterpoise.core.reports import BadReport, parse_load_header
@@ -39,6 +47,11 @@ SETTINGS_VERSION = "settings_version"
 INFLIGHT = "cpinf"
 TALLIES = "cptally"
 LOADS = "cpload"
+RETRIES = "cpretry"
+HEARD = "cpheard"
+HEARD_EVERY_MS = 100
+"""A worker writes a proxy's sign of life at most this often: half a sync tick, so every
+tick sees it, at no more than 10 shared-memory writes a second per proxy and worker."""
 _ITERATOR = "cpit"
 LOCATION_REJECT = "location record"
 """Key in ``cpload`` of the latest rejected location record (never a proxy URI: a space)."""
@@ -47,9 +60,13 @@ REJECTED_RECORDS = "rejected_records"
 """The workers' counter (``"<name> <pid>"`` in ``cploc``) of rejected location records."""
 
 
-def inflight(uri: str) -> int:
-    value = KSR.htable.sht_get(INFLIGHT, uri)
+def _int(table: str, key: str) -> int:
+    value = KSR.htable.sht_get(table, key)
     return value if isinstance(value, int) and value > 0 else 0
+
+
+def inflight(uri: str) -> int:
+    return _int(INFLIGHT, uri)
 
 
 def inflight_add(uri: str, delta: int) -> None:
@@ -57,6 +74,19 @@ def inflight_add(uri: str, delta: int) -> None:
         KSR.htable.sht_inc(INFLIGHT, uri)
     else:
         KSR.htable.sht_dec(INFLIGHT, uri)
+
+
+def take_retry_token() -> bool:
+    """Spend one of the node's retry tokens, or count a refusal when none is left. Read and
+    decrement are two steps: workers racing for the last token may overspend by at most
+    one each, until the next tick rewrites the count."""
+    tokens = KSR.htable.sht_get(RETRIES, "tokens")
+    if isinstance(tokens, int) and tokens > 0:
+        KSR.htable.sht_dec(RETRIES, "tokens")
+        KSR.htable.sht_inc(RETRIES, "spent")
+        return True
+    KSR.htable.sht_inc(RETRIES, "refused")
+    return False
 
 
 class SharedTable:
@@ -88,7 +118,19 @@ class SharedTable:
     def inflight(self, uri: str) -> int:
         return inflight(uri)
 
-    def publish_table(self, entries: Sequence[tuple[str, float]]) -> None:
+    def read_heard(self) -> Mapping[str, int]:
+        return {key: int(value) for key, value in items(HEARD) if str(value).isdigit()}
+
+    def retry_counts(self) -> tuple[int, int]:
+        return _int(RETRIES, "spent"), _int(RETRIES, "refused")
+
+    def set_retry_tokens(self, tokens: int) -> None:
+        for counter in ("spent", "refused"):
+            if KSR.htable.sht_is_null(RETRIES, counter) > 0:
+                KSR.htable.sht_seti(RETRIES, counter, 0)
+        KSR.htable.sht_seti(RETRIES, "tokens", tokens)
+
+    def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
         KSR.htable.sht_sets(TABLE, "table", json.dumps(entries))
         version = KSR.htable.sht_get(TABLE, "version")
         KSR.htable.sht_seti(TABLE, "version", (version if isinstance(version, int) else 0) + 1)
@@ -117,7 +159,11 @@ class WorkerView:
     def __init__(self) -> None:
         self._version: object = None
         self.picker = WeightedPicker([])
+        self.queueing: dict[str, bool] = {}
+        """Per proxy of the table, whether it is queueing: its requests then get
+        ``saturated_fr_timer_ms`` for their first reply instead of ``fr_timer_ms``."""
         self._tallies: dict[str, Tally] = {}
+        self._heard_written: dict[str, int] = {}
         self._pid = os.getpid()
 
     def refresh(self) -> WeightedPicker:
@@ -126,12 +172,29 @@ class WorkerView:
         if version != self._version:
             raw = KSR.htable.sht_get(TABLE, "table")
             entries = json.loads(raw) if isinstance(raw, str) else []
-            self.picker = WeightedPicker([(uri, float(weight)) for uri, weight in entries])
+            self.picker = WeightedPicker([(uri, float(weight)) for uri, weight, _ in entries])
+            self.queueing = {uri: bool(queueing) for uri, _, queueing in entries}
             self._version = version
         return self.picker
 
     def count_request(self, uri: str, failed: bool, first_ms: int, final_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_request(failed, first_ms, final_ms))
+
+    def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
+        self._store(uri, self._tallies.get(uri, Tally()).with_timeout(waited_ms, penalty_ms))
+
+    def note_heard(self, uri: str, now_ms: int) -> None:
+        """A reply that is not a failure came from ``uri``; ignored unless it is a proxy of the
+        table."""
+        if uri not in self.queueing or now_ms - self._heard_written.get(uri, -HEARD_EVERY_MS) < (
+            HEARD_EVERY_MS
+        ):
+            return
+        self._heard_written[uri] = now_ms
+        KSR.htable.sht_seti(HEARD, f"{self._pid} {uri}", stamp(now_ms))
+
+    def count_late_reply(self, uri: str) -> None:
+        self._store(uri, self._tallies.get(uri, Tally()).with_late_reply())
 
     def count_probe(self, uri: str, failed: bool, rtt_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_probe(failed, rtt_ms))

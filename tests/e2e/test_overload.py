@@ -1,0 +1,58 @@
+"""Overload is not death, end to end (issue 14): a proxy whose requests time out because it
+is saturated, while it still answers, stays in the pool."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from counterpoise import processes
+from tests.e2e.conftest import Bed
+
+pytestmark = pytest.mark.e2e
+
+DOMAIN = "127.0.0.1"
+"""SIPp's calls go to ``service@127.0.0.1``: a domain pin on it sends every call to one
+proxy first, whatever its weight, so that proxy can be overloaded on purpose."""
+
+
+def test_a_saturated_proxy_that_times_out_requests_is_not_marked_down(bed: Bed) -> None:
+    a = bed.start_downstream("a", workers=4)
+    b = bed.start_downstream("b", workers=1)
+    bed.start_balancer(fr_timer_ms=800)
+    bed.add_pool((a, 1), (b, 1))
+    assert bed.cli("location", "pin", DOMAIN, b.uri).returncode == 0
+    # b: one worker, 400 ms per INVITE: 2.5 calls/s. Offered 6 calls/s, its queue passes the
+    # 800 ms failover timer within a second, so its requests time out at the balancer and
+    # fail over to a, while b goes on answering (late) the ones it queued.
+    b.set_delay_ms(400)
+    states: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.25):
+            record = bed.rows_published().get(b.uri)
+            if record:
+                states.append(record["state"])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    caller = bed.caller(calls=60, rate=6, hold_ms=100)
+    try:
+        result = caller.wait(60)
+    finally:
+        done.set()
+        watcher.join()
+
+    record = processes.wait_for(
+        lambda: (r := bed.rows_published().get(b.uri)) and r["totals"]["late_replies"] and r,
+        5,
+        "b's late replies to be published",
+    )
+    totals = record["totals"]
+    print(f"b: {totals['requests_failed']} timed out, {totals['late_replies']} late replies")
+    print(f"states seen: {sorted(set(states))}; calls failed: {result.failed} of 60")
+    assert totals["requests_failed"] >= 3  # it did time out, more than a down streak's worth
+    assert states and "down" not in states
+    assert record["state"] != "down"

@@ -1,0 +1,264 @@
+"""Issue 14's rules with a fake clock (explicit ``now_ms``): overload is not death, the
+ejection cap, recovery after a short outage, slow start when the rest is saturated."""
+
+from __future__ import annotations
+
+import pytest
+
+from counterpoise.core import policy
+from counterpoise.core.policy import Health, State, new_health, observe, observe_pool, weigh
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
+from tests.unit.test_policy import failed, feed, ok, probe_failed, probes, up_at
+
+S = Settings()
+LATE = Tally(late_replies=1)
+"""A reply to a request the balancer had already given up on."""
+
+
+def timeouts_with(sign: Tally, start: int, windows: int) -> Health:
+    """A proxy up at 100 ms, then ``windows`` windows of 200 ms, each with 3 timeouts and
+    ``sign``."""
+    health = up_at(100, start - 200)
+    return feed(health, [(start + 200 * i, failed(3) + sign) for i in range(windows)])
+
+
+def test_a_saturated_proxy_that_still_answers_is_slow_not_down():
+    # Every window: 3 requests time out, but a late reply to an earlier one comes back.
+    health = timeouts_with(LATE, 10_000, 10)
+    assert health.state == State.UP
+    assert health.consecutive_failures == 0
+    # Each window's mean is (3 x 500 ms) / 3 samples: its estimate rises toward 500 ms ...
+    assert health.latency_ms > 400
+    assert health.saturated(12_000, S)
+    # ... so it keeps a small share, not none: 110/510 of a 100 ms peer's weight.
+    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": health, "sip:b": up_at(100)},
+                    12_000, S)  # fmt: skip
+    assert 0 < weights["sip:a"].weight < 0.3 * weights["sip:b"].weight
+
+
+def test_answers_in_time_are_signs_of_life_too():
+    health = timeouts_with(ok(1, 900), 10_000, 10)
+    assert health.state == State.UP
+
+
+def test_a_silent_proxy_is_down_after_the_failure_streak():
+    # Nothing comes back at all (a dead or frozen proxy): 3 failures in a row mark it down.
+    health = timeouts_with(Tally(), 10_000, 1)
+    assert health.state == State.DOWN
+    assert not health.down_by_probes
+    # Missed probes in the streak: down as dead.
+    health = feed(up_at(100), [(9_000, failed(2)), (9_200, probe_failed())])
+    assert (health.state, health.down_by_probes) == (State.DOWN, True)
+
+
+def test_failures_between_sparse_signs_of_life_do_not_mark_it_down():
+    # A one-worker proxy with a long queue: a late reply every other 200 ms window, three
+    # timeouts in each window without one. The streak reaches 3, but the proxy answered
+    # something within fr_timer_ms: it is saturated, not dead.
+    health = up_at(100)
+    for i in range(20):
+        health = observe(health, failed(3) if i % 2 else LATE, 9_000 + 200 * i, S)
+        assert health.state == State.UP
+    # Then it falls silent: down once fr_timer_ms has passed since its last answer.
+    last = 9_000 + 200 * 18  # its last late reply
+    quiet = range(1, S.fr_timer_ms // 200)  # failures only, for less than fr_timer_ms
+    health = feed(health, [(last + 200 * i, failed(1)) for i in quiet])
+    assert health.state == State.UP
+    health = observe(health, failed(1), last + S.fr_timer_ms, S)
+    assert health.state == State.DOWN
+
+
+def test_a_late_reply_between_failures_restarts_the_streak():
+    health = feed(up_at(100), [(9_000, failed(2)), (9_200, LATE), (9_400, failed(2))])
+    assert (health.state, health.consecutive_failures) == (State.UP, 2)
+
+
+def pool(**health: Health) -> dict[str, Health]:
+    return {f"sip:{name}": h for name, h in health.items()}
+
+
+BASE = {"sip:a": 1.0, "sip:b": 1.0, "sip:c": 1.0}
+
+
+def test_the_cap_refuses_an_ejection_beyond_max_ejected_fraction():
+    # a is already down for failed requests (it answers probes): 1/3 of the pool.
+    a = feed(up_at(100), [(9_000, failed(3))])
+    assert a.state == State.DOWN and not a.down_by_probes
+    health = pool(a=a, b=up_at(100), c=up_at(100))
+    # b now fails 3 requests, answering its probes: 2/3 would be down, over the 0.5 cap.
+    seen = observe_pool(health, {"sip:b": failed(3)}, BASE, 9_200, S)
+    assert seen.health["sip:b"].state == State.UP
+    assert seen.health["sip:b"].ejection_refused
+    assert seen.ejections_refused == 1
+    # The refusal is counted once per streak, and the proxy stays in while it fails.
+    again = observe_pool(seen.health, {"sip:b": failed(3)}, BASE, 9_400, S)
+    assert again.health["sip:b"].state == State.UP
+    assert again.ejections_refused == 0
+    # A sign of life ends the streak; a new streak that is refused is counted again.
+    alive = observe_pool(again.health, {"sip:b": ok(1, 100)}, BASE, 9_600, S)
+    assert not alive.health["sip:b"].ejection_refused
+    later = 9_600 + S.fr_timer_ms
+    assert observe_pool(alive.health, {"sip:b": failed(3)}, BASE, later, S).ejections_refused == 1
+
+
+def test_the_first_ejection_is_always_allowed_and_dead_proxies_are_not_capped():
+    # One proxy holding 3/4 of the base weight may be ejected: nothing else is down.
+    big = {"sip:a": 3.0, "sip:b": 1.0}
+    seen = observe_pool(pool(a=up_at(100), b=up_at(100)), {"sip:a": failed(3)}, big, 9_000, S)
+    assert seen.health["sip:a"].state == State.DOWN
+    # b then dies (misses its probes too): dead proxies are marked down whatever the cap.
+    dead = observe_pool(seen.health, {"sip:b": failed(2) + probe_failed()}, big, 9_200, S)
+    assert dead.health["sip:b"].state == State.DOWN
+    assert dead.ejections_refused == 0
+
+
+def test_a_cap_of_one_never_refuses_and_drained_proxies_do_not_count():
+    settings = Settings(max_ejected_fraction=1.0)
+    a = feed(up_at(100), [(9_000, failed(3))])
+    health = pool(a=a, b=up_at(100), c=up_at(100))
+    seen = observe_pool(health, {"sip:b": failed(3)}, BASE, 9_200, settings)
+    assert seen.health["sip:b"].state == State.DOWN
+    # With c drained (not in ``active``), a and b are the whole pool: b's ejection would take
+    # it to 100 % down, over 0.5.
+    active = {"sip:a": 1.0, "sip:b": 1.0}
+    refused = observe_pool(health, {"sip:b": failed(3)}, active, 9_200, S)
+    assert refused.health["sip:b"].state == State.UP
+
+
+def test_back_from_a_brief_outage_at_once_with_its_earlier_latency():
+    # Up at 100 ms, then frozen for 3 s: failures (its estimate rises to ~500), down; then
+    # its probes are answered again.
+    health = feed(up_at(100), [(9_000, failed(3)), (9_200, probe_failed())])
+    assert health.state == State.DOWN and health.latency_ms > 300
+    health = feed(health, [(11_000, probes(1)), (12_000, probes(1))])
+    assert health.state == State.UP
+    assert health.latency_ms == pytest.approx(100)
+    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": health, "sip:b": up_at(100)},
+                    12_000, S)  # fmt: skip
+    assert weights["sip:a"].weight == pytest.approx(1.0)  # its whole share, no ramp
+    # Then its real latency takes over: answering in 400 ms it loses share within a second.
+    health = feed(health, [(12_200 + 200 * i, ok(5, 400)) for i in range(5)])
+    assert health.latency_ms > 350
+
+
+def test_a_new_proxy_ramps_unless_the_rest_is_saturated():
+    new = feed(new_health(10_000), [(10_000, probes(1))])
+    calm = pool(a=up_at(100), n=new)
+    weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), calm, 10_000, S)
+    assert weights["sip:n"].ramp == pytest.approx(S.slow_start_floor)
+    # a times out requests while answering others: saturated; the new proxy gets all of its
+    # weight at once.
+    busy = pool(a=timeouts_with(LATE, 9_000, 3), n=new)
+    assert busy["sip:a"].state == State.UP
+    weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), busy, 10_000, S)
+    assert weights["sip:n"].ramp == 1.0
+    # Saturation is remembered saturated_memory_ms, then the ramp applies again.
+    later = 9_400 + S.saturated_memory_ms
+    weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), busy, later, S)
+    assert weights["sip:n"].ramp < 1.0
+
+
+def test_observe_pool_is_observe_when_nothing_is_capped():
+    health = pool(a=up_at(100), b=up_at(100))
+    windows = {"sip:a": ok(2, 50), "sip:b": failed(1)}
+    seen = observe_pool(health, windows, {"sip:a": 1.0, "sip:b": 1.0}, 9_000, S)
+    for uri, h in health.items():
+        assert seen.health[uri] == observe(h, windows[uri], 9_000, S)
+
+
+def test_a_saturated_proxy_that_answers_is_given_longer_to_answer():
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": up_at(100)}, 9_000, S)
+    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    # Timing out requests while late replies come back: its queue delays it.
+    busy = timeouts_with(LATE, 10_000, 3)
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400, S)
+    assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+    # Silent for fr_timer_ms (dead or frozen, not yet down): back to the short timeout, so
+    # its requests fail over soon.
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400 + S.fr_timer_ms, S)
+    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+
+
+def test_a_queue_gets_the_long_timeout_before_the_first_timeout():
+    # Answers in time but 300 ms late (half the failure penalty is 250): a queue is forming.
+    slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 300)) for i in range(10)])
+    assert slow.latency_ms > S.failure_penalty_ms / 2
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
+    assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+
+
+def test_late_replies_bring_a_down_proxy_back_before_its_probes_do():
+    # Frozen: down. It resumes and answers its backlog (late replies): back up at once.
+    health = feed(up_at(100), [(9_000, failed(2) + probe_failed())])
+    assert health.state == State.DOWN
+    health = observe(health, Tally(late_replies=5), 11_000, S)
+    assert health.state == State.UP
+
+
+def test_a_long_queue_weighs_more_than_a_short_one():
+    # Both proxies time out every request, one after 4 s, the other after 1.5 s: charged the
+    # flat failure penalty they would look alike; charged their waits, the longer queue gets
+    # the smaller weight.
+    long_wait = Tally().with_timeout(4000, 500).with_timeout(4000, 500)
+    short_wait = Tally().with_timeout(1500, 500).with_timeout(1500, 500)
+    assert policy.window_latency_ms(long_wait, S) == 4000
+    assert policy.window_latency_ms(short_wait, S) == 1500
+    a = feed(up_at(100), [(9_000 + 200 * i, long_wait + LATE) for i in range(5)])
+    b = feed(up_at(100), [(9_000 + 200 * i, short_wait + LATE) for i in range(5)])
+    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": a, "sip:b": b}, 10_000, S)
+    assert weights["sip:a"].weight < 0.5 * weights["sip:b"].weight
+
+
+def test_any_reply_heard_is_a_sign_of_life():
+    # Its requests time out and no late reply is matched to them, but the workers heard a
+    # reply from it (a late 100 Trying, a probe's answer): saturated, not dead.
+    health = up_at(100)
+    for i in range(10):
+        health = observe(health, failed(3), 9_000 + 200 * i, S, heard=True)
+    assert health.state == State.UP
+    # Down and heard again: back.
+    dead = feed(up_at(100), [(9_000, failed(2) + probe_failed())])
+    assert observe(dead, Tally(), 11_000, S, heard=True).state == State.DOWN  # one so far
+    back = observe(observe(dead, Tally(), 11_000, S, heard=True), Tally(), 11_200, S, heard=True)
+    assert back.state == State.UP
+
+
+def test_silence_with_new_requests_counts_as_latency():
+    # a answers (heard) at 9 000 with 3 in flight; then new requests go to it and nothing
+    # comes back: at 9 600 it weighs as if 600 ms slow, before any request timed out.
+    a = observe(up_at(100), ok(1, 100), 9_000, S, heard=True, inflight=3)
+    frozen = feed(a, [])
+    for now in (9_200, 9_400, 9_600):
+        frozen = observe(frozen, Tally(), now, S, inflight=3 + (now - 9_000) // 100)
+    assert frozen.silence_ms(9_600) == 600
+    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": frozen, "sip:b": up_at(100)},
+                    9_600, S)  # fmt: skip
+    assert weights["sip:a"].weight == pytest.approx(110 / 610)
+    # A proxy whose calls all ring says nothing for long, but nothing new went to it.
+    ringing = a
+    for now in (9_200, 9_400, 9_600):
+        ringing = observe(ringing, Tally(), now, S, inflight=3)
+    assert ringing.silence_ms(9_600) == 0
+
+
+def test_a_queue_weighs_by_what_it_would_make_a_new_request_wait():
+    # Two queueing proxies (timing out, still answering), 60 in flight each; one completes
+    # 20 requests a second, the other 10: a new request would wait 3 s and 6 s.
+    def saturated(per_tick: int) -> Health:
+        health = up_at(100)
+        for i in range(25):  # 5 s of 200 ms windows
+            window = failed(1) + Tally(late_replies=per_tick)
+            health = observe(health, window, 9_000 + 200 * i, S, inflight=60)
+        return health
+
+    fast, slow = saturated(4), saturated(2)
+    now = 9_000 + 200 * 24
+    assert fast.throughput_per_s == pytest.approx(20, rel=0.05)
+    assert fast.queue_wait_ms(now, S) == pytest.approx(3000, rel=0.05)
+    assert slow.queue_wait_ms(now, S) == pytest.approx(6000, rel=0.05)
+    weights = weigh({"sip:f": 1.0, "sip:s": 1.0}, set(), {"sip:f": fast, "sip:s": slow}, now, S)
+    assert weights["sip:s"].weight == pytest.approx(weights["sip:f"].weight / 2, rel=0.05)
+    # Not queueing, in-flight requests are not a queue (ringing calls): no queue wait.
+    calm = observe(up_at(100), ok(1, 100), 9_000, S, heard=True, inflight=60)
+    assert calm.queue_wait_ms(9_000, S) == 0
