@@ -321,3 +321,19 @@ def test_probe_interval_with_ticks_that_do_not_divide_it(harness: Harness, store
     assert times[0] == start
     assert all(S.probe_interval_ms <= gap < S.probe_interval_ms + 300 for gap in gaps)
     assert len(times) == 3  # at 0, 1200, 2400
+
+
+def test_a_proxy_the_workers_hear_from_is_not_marked_down(harness: Harness, store: MemoryStore):
+    store.add(A)
+    store.add(B)
+    harness.tick()
+    # Both time out requests for a second, with no request answered; the workers keep
+    # hearing replies from A (its late 100 Trying), none from B.
+    for tick in range(1, 8):
+        harness.shared.tallies["101 " + A] = Tally(requests_failed=3 * tick)
+        harness.shared.tallies["101 " + B] = Tally(requests_failed=3 * tick)
+        harness.shared.heard["101 " + A] = tick  # a new stamp each tick
+        harness.clock.advance(200)
+        harness.tick()
+    assert harness.loop.health[A].state != "down"
+    assert harness.loop.health[B].state == "down"
