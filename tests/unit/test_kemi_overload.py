@@ -1,0 +1,49 @@
+"""Issue 14's edge rules through the fake KSR: the retry budget in the failure route, the
+long first-reply timeout of a queueing proxy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from counterpoise.core.settings import Settings
+
+from ..fakes.edge import Node
+from ..fakes.ksr import FakeKsr
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+S = Settings(location_server=False)
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, S)
+
+
+def test_a_timeout_beyond_the_retry_budget_is_answered_not_retried(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    retries = ksr.htables["cpretry"]
+    assert retries["tokens"] == int(S.retry_budget_floor_per_s * S.retry_budget_window_ms / 1000)
+    retries["tokens"] = 1
+    node.route("INVITE")
+    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    assert len(node.tried) == 2  # retried: the last token spent
+    assert (retries["tokens"], retries["spent"]) == (0, 1)
+    node.route("INVITE")
+    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    assert len(node.tried) == 1  # the new request went to one proxy only: not retried
+    assert retries["refused"] == 1
+    assert any("retry budget spent" in text for text in ksr.logged("info"))
+
+
+def test_a_queueing_proxy_gets_the_long_first_reply_timeout(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    assert ksr.relays[-1]["fr_timers"] == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    # The sync loop found A queueing: the table says so, and the next request waits longer.
+    table = ksr.htables["cp"]
+    table["table"] = json.dumps([[A, 1.0, 1]])
+    table["version"] += 1
+    node.route("INVITE")
+    assert ksr.relays[-1]["fr_timers"] == (S.fr_inv_timer_ms, S.saturated_fr_timer_ms)
