@@ -115,3 +115,29 @@ def test_a_queue_wait_before_100_trying_counts_uncapped():
     # 2.8 s in the proxy's queue before a worker sent its 100: the wait is the proxy's.
     assert latency_sample_ms(2900, 2900, 500, trying_ms=2800) == 2800
     assert latency_sample_ms(120, 3000, 500) == 120  # no 100 seen
+
+
+def test_the_retry_and_ejection_counters_are_in_the_metrics():
+    from counterpoise.monitoring import node
+
+    from ..fakes.sync import Harness, MemoryStore
+
+    store = MemoryStore()
+    harness = Harness(store, S)
+    store.add("sip:10.0.0.1:5060")
+    harness.shared.retries_spent, harness.shared.retries_refused = 7, 2
+    harness.tick()
+    harness.loop.ejections_refused = 1
+    view = node.NodeView(
+        sync=harness.loop,
+        now_ms=harness.clock.now,
+        counters={},
+        location_counters={},
+        inflight={},
+        ticks=node.TickStats(),
+        redis_errors=0,
+    )
+    text = node.render(view).decode()
+    assert 'counterpoise_retries_total{node="lb1",outcome="spent"} 7.0' in text
+    assert 'counterpoise_retries_total{node="lb1",outcome="refused"} 2.0' in text
+    assert 'counterpoise_ejections_refused_total{node="lb1"} 1.0' in text

@@ -140,6 +140,10 @@ class SyncLoop:
         self._heard: Mapping[str, int] = {}
         self.ejections_refused = 0
         """Ejections the cap (``max_ejected_fraction``) refused since the node started."""
+        self.retries_spent = 0
+        self.retries_refused = 0
+        """Failover retries the workers spent, and refused over the budget, since the node
+        started (as the latest tick read them)."""
 
     @property
     def redis_ok(self) -> bool:
@@ -163,8 +167,9 @@ class SyncLoop:
             self.totals[uri] = self.totals.get(uri, Tally()) + windows.get(uri, Tally())
         self._observe(windows, now)
         attempts = sum(w.requests_ok + w.requests_failed for w in windows.values())
-        spent, _ = self._shared.retry_counts()
-        self._shared.set_retry_tokens(self._retry_budget.tokens(now, attempts, spent))
+        self.retries_spent, self.retries_refused = self._shared.retry_counts()
+        tokens = self._retry_budget.tokens(now, attempts, self.retries_spent)
+        self._shared.set_retry_tokens(tokens)
         self.weights = policy.weigh(
             {uri: c.base_weight for uri, c in self.pool.items()},
             {uri for uri, c in self.pool.items() if c.admin == Admin.DRAINED},
@@ -270,10 +275,9 @@ class SyncLoop:
         records = {uri: self.record(uri, total_weight, now, wall) for uri in self.pool}
         rejects: dict[str, object] = dict(self.loads.rejected)
         rejects |= {f"{source}:last": text for source, text in self.loads.last_reason.items()}
-        spent, refused = self._shared.retry_counts()
         rejects |= {
-            "retries_spent": spent,
-            "retries_refused": refused,
+            "retries_spent": self.retries_spent,
+            "retries_refused": self.retries_refused,
             "ejections_refused": self.ejections_refused,
         }
         self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)

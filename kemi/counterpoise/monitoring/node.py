@@ -208,6 +208,12 @@ def node_families(view: NodeView) -> list[Metric]:
             {"timer": view.redis_errors, "workers": view.location_counters.get("redis_errors", 0)},
         ),
         (
+            "retries",
+            "Failover retries, by outcome: spent, or refused over the retry budget.",
+            "outcome",
+            {"spent": sync.retries_spent, "refused": sync.retries_refused},
+        ),
+        (
             "load_inputs_rejected",
             "Load inputs rejected, by source: report (agent) or header (X-CP-Load).",
             "source",
@@ -225,6 +231,8 @@ def node_families(view: NodeView) -> list[Metric]:
          counters.get(REJECTED, 0)),
         ("requests_no_proxy", 'Initial requests answered 503 "No Proxy Available".',
          counters.get(NO_PROXY, 0)),
+        ("ejections_refused", "Proxies kept in by max_ejected_fraction.",
+         sync.ejections_refused),
     )  # fmt: skip
     gauges = (
         ("sync_last_tick_seconds", "Duration of the latest tick.", view.ticks.last_s),
