@@ -160,7 +160,7 @@ class KemiApp:
             metrics.count(metrics.node.REJECTED)
             KSR.sl.sl_send_reply(location.REJECT_CODE, location.REJECT_REASON)
             return
-        uri = held.proxy or self._pick(exclude=())
+        uri = held.proxy or self._pick()
         if uri is None:
             metrics.count(metrics.node.NO_PROXY)
             KSR.sl.sl_send_reply(503, "No Proxy Available")
@@ -183,9 +183,9 @@ class KemiApp:
             self._failed_once("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
-    def _pick(self, exclude: list[str] | tuple[str, ...]) -> str | None:
+    def _pick(self) -> str | None:
         picker = self.view.refresh()
-        return picker.pick(self.rng.random, shared.inflight, exclude)
+        return picker.pick(self.rng.random, shared.inflight)
 
     def _relay(self, uri: str, tried: list[str]) -> bool:
         if tried:
