@@ -12,8 +12,9 @@ packages=(kamailio kamailio-python3-modules kamailio-extra-modules kamailio-util
           kamailio-tls-modules openssl
           python3-venv python3-redis python3-msgpack python3-psutil
           python3-prometheus-client)
-# --dev: the tests also start a real Prometheus and run promtool on the alert rules.
-[ "${1:-}" = "--dev" ] && packages+=(prometheus)
+# --dev: the tests also start a real Prometheus and run promtool on the alert rules, and
+# attack the balancer with sipvicious and sipsak (issue 10).
+[ "${1:-}" = "--dev" ] && packages+=(prometheus sipvicious sipsak)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

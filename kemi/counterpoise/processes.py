@@ -339,6 +339,9 @@ def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
         "CP_RPC_SOCKET": str(rpc_socket(run_dir)),
         "CP_FR_TIMER_MS": settings.fr_timer_ms,
     }
+    if settings.sip_signature:  # else kamailio.cfg sends neither header
+        defines["CP_SERVER_HEADER"] = f"Server: {settings.sip_signature}"
+        defines["CP_USER_AGENT_HEADER"] = f"User-Agent: {settings.sip_signature}"
     if settings.tls_certificate:
         tls_config = run_dir / "tls.cfg"
         write_tls_config(tls_config, Path(settings.tls_certificate), Path(settings.tls_private_key))

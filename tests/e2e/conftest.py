@@ -14,6 +14,7 @@ import pytest
 
 from counterpoise import processes
 from counterpoise.cli import table
+from counterpoise.core import location
 from counterpoise.core.settings import Settings
 from counterpoise.harness import testbed
 from counterpoise.store.client import connect
@@ -123,6 +124,24 @@ class Bed:
             ds.stop()
         for proc in reversed(self._procs):
             proc.stop()
+
+    def received_requests(self, name: str = "balancer") -> int:
+        """Requests a balancer has read and parsed (Kamailio's ``core:rcv_requests``)."""
+        stats = testbed.statistics(processes.ctl_socket(self.run_dir / name), "core:")
+        return stats.get("core:rcv_requests", 0)
+
+    def counters(self, table: str, name: str = "balancer") -> dict[str, int]:
+        """A balancer's per-process counters (``cploc``, ``cpedge``) summed over processes."""
+        out = testbed.kamcmd(processes.ctl_socket(self.run_dir / name), "htable.dump", table)
+        dump = {}
+        key = None
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("name:"):
+                key = line.removeprefix("name:").strip()
+            elif line.startswith("value:") and key is not None:
+                dump[key] = int(line.removeprefix("value:").strip())
+        return location.sum_counters(dump)
 
     # --- the pool as Redis shows it -------------------------------------------------------
 

@@ -97,16 +97,7 @@ def invites(ds: testbed.Downstream) -> int:
 
 
 def balancer_counters(bed: Bed) -> dict[str, int]:
-    out = testbed.kamcmd(processes.ctl_socket(bed.run_dir / "balancer"), "htable.dump", "cploc")
-    dump = {}
-    name = None
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("name:"):
-            name = line.removeprefix("name:").strip()
-        elif line.startswith("value:") and name is not None:
-            dump[name] = int(line.removeprefix("value:").strip())
-    return location.sum_counters(dump)
+    return bed.counters("cploc")
 
 
 def registrars(bed: Bed, count: int) -> list[testbed.Downstream]:

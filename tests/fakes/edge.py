@@ -25,8 +25,14 @@ class Node:
     def __init__(self, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
         """The location server, when ``settings`` enable it, uses ``self.locations`` (in
         memory) for its Redis."""
-        from counterpoise.kamailio import location, shared
+        from counterpoise.kamailio import counters, guard, location, shared
         from counterpoise.kamailio.app import KemiApp
+
+        # The edge's counters are one per process; each test is a fresh node.
+        monkeypatch.setattr(counters, "EDGE", counters.Counters(counters.EDGE_TABLE))
+        for module in ("app", "flood", "guard", "read", "shared"):
+            monkeypatch.setattr(f"counterpoise.kamailio.{module}.EDGE", counters.EDGE)
+        monkeypatch.setattr(guard, "_logged", set())  # what a fresh process has logged
 
         self.ksr = ksr
         self.settings = settings
@@ -83,7 +89,7 @@ class Node:
         return [relay["duri"] for relay in self.ksr.relays]
 
     def inflight(self, uri: str) -> int:
-        return self.ksr.htables[self.shared.INFLIGHT][uri]
+        return self.shared.inflight(uri)
 
     def totals(self) -> dict[str, Tally]:
         """What the workers counted per proxy, as the sync loop sums it."""

@@ -53,7 +53,8 @@ from typing import Any
 
 import pytest
 
-Value = int | str
+Value = int | str | bytes
+"""bytes: a message value that is not UTF-8 (reading it raises, as in app_python3)."""
 KAMAILIO_CFG = Path(__file__).resolve().parents[2] / "kamailio.cfg"
 MYSELF = "192.0.2.1"
 """The balancer's own address (``is_myself_ruri``)."""
@@ -63,20 +64,24 @@ HT_NO_INT_VALUE = -255
 
 MESSAGE_PVS = frozenset(
     {
-        "$ru", "$rU", "$rd", "$du", "$rm", "$si", "$ci", "$cs", "$ft", "$tt", "$tU", "$td",
+        "$ru", "$rU", "$rd", "$du", "$rm", "$si", "$sp", "$pr", "$ci", "$cs", "$ft", "$tt",
+        "$tU", "$td",
         "$rs", "$T_branch_idx", "$T_reply_code", "$(ct{tobody.uri})",
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
 WRITABLE_PVS = frozenset({"$ru", "$du"})
-_SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval|hdr)\(([^)]+)\)$")
+_SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval|hdr|nh)\(([^)]+)\)$")
 _ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
 
 
-def declared_htables(cfg: Path = KAMAILIO_CFG) -> list[str]:
-    """The hash tables ``cfg`` declares (``modparam("htable", "htable", "name=>...")``)."""
-    return re.findall(r'modparam\("htable",\s*"htable",\s*"(\w+)=>', cfg.read_text())
+def declared_htables(cfg: Path = KAMAILIO_CFG) -> dict[str, int | None]:
+    """The hash tables ``cfg`` declares (``modparam("htable", "htable", "name=>...")``), with
+    their ``initval`` (what ``sht_inc`` starts a missing key from; None: it does not)."""
+    tables = re.findall(r'modparam\("htable",\s*"htable",\s*"(\w+)=>([^"]*)"', cfg.read_text())
+    initial = {name: re.search(r"initval=(-?\d+)", attributes) for name, attributes in tables}
+    return {name: int(found.group(1)) if found else None for name, found in initial.items()}
 
 
 def _kemi(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -147,6 +152,11 @@ class Core(_Api):
         return self.ksr.pvs.get("$rd") in self.ksr.myself
 
     @_kemi
+    def set_drop(self) -> None:
+        """In a reply route: do not forward the reply being handled."""
+        self.ksr.dropped = True
+
+    @_kemi
     def setdsturi(self, uri: str) -> bool:
         self.ksr.pvs["$du"] = _text(uri)
         return True
@@ -190,6 +200,13 @@ class Pv(_Api):
         if kind == "hdr":
             value = self.ksr.header(key)
             return ({} if value is None else {key: value}), key
+        if kind == "nh":  # the next hop: $du when set, else the R-URI; port 5060 by default
+            target = _URI.match(str(self.ksr.pvs.get("$du") or self.ksr.pvs.get("$ru") or ""))
+            if target is None:
+                return {}, key
+            port = re.match(r":(\d+)", str(target.string[target.end() :]))
+            hop = {"d": target.group("host"), "p": int(port.group(1)) if port else 5060}
+            return hop, key
         item = self.ksr.iterated.get(key)
         current = {} if item is None else {key: item[0 if kind == "shtitkey" else 1]}
         return current, key
@@ -210,7 +227,9 @@ class Pv(_Api):
 
     def _get(self, spec: str) -> Value | None:
         values, key = self._slot(spec)
-        return values.get(key)
+        value = values.get(key)
+        # app_python3 decodes strictly: a value holding bytes that are not UTF-8 raises.
+        return value.decode() if isinstance(value, bytes) else value
 
     @_kemi
     def get(self, spec: str) -> Value | None:
@@ -248,6 +267,10 @@ class Hdr(_Api):
     @_kemi
     def gete(self, name: str) -> str:
         return self.ksr.header(name) or ""
+
+    @_kemi
+    def is_present(self, name: str) -> int:
+        return 1 if self.ksr.header(name) is not None else -1
 
     @_kemi
     def insert(self, text: str) -> int:
@@ -333,8 +356,15 @@ class Rr(_Api):
 
     @_kemi
     def loose_route(self) -> int:
-        """1 when the request has a Route header (routed by it), -1 without one."""
-        return 1 if self.ksr.header("Route") is not None else -1
+        """1 when the request has a Route header (routed by it), -1 without one. The first
+        Route is the balancer's own; the next one, if any, becomes ``$du``."""
+        routes = self.ksr.header("Route")
+        if routes is None:
+            return -1
+        following = [part.strip().strip("<>").split(";")[0] for part in routes.split(",")][1:]
+        if following:
+            self.ksr.pvs["$du"] = following[0]
+        return 1
 
     @_kemi
     def record_route(self) -> int:
@@ -368,6 +398,12 @@ class Htable(_Api):
         return 1
 
     @_kemi
+    def sht_setxi(self, table: str, key: str, value: int, expire_s: int) -> int:
+        self._table(table)[key] = value
+        self.ksr.expiries[(table, key)] = expire_s
+        return 1
+
+    @_kemi
     def sht_rm(self, table: str, key: str) -> int:
         self._table(table).pop(key, None)
         return 1
@@ -378,6 +414,8 @@ class Htable(_Api):
 
     def _add(self, table: str, key: str, delta: int) -> int:
         values = self._table(table)
+        if key not in values and self.ksr.initvals.get(table) is not None:
+            values[key] = self.ksr.initvals[table]  # htable's initval: sht_inc creates the key
         if not isinstance(values.get(key), int):
             return HT_NO_INT_VALUE
         values[key] += delta
@@ -410,6 +448,16 @@ class Htable(_Api):
         self.ksr.iterators.pop(iterator, None)
         self.ksr.iterated.pop(iterator, None)
         return 1
+
+
+class Textops(_Api):
+    prefix = "textops."
+
+    @_kemi
+    def remove_hf(self, name: str) -> int:
+        """A removal is a lump: the message still reads the header, what leaves lacks it."""
+        self.ksr.removed_headers.append(name)
+        return 1 if self.ksr.header(name) is not None else -1
 
 
 class Siputils(_Api):
@@ -468,7 +516,9 @@ class FakeKsr:
         self.returns: dict[str, Any] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.myself = {MYSELF}
-        self.htables: dict[str, dict[str, Value]] = {name: {} for name in declared_htables(cfg)}
+        self.initvals = declared_htables(cfg)
+        self.htables: dict[str, dict[str, Value]] = {name: {} for name in self.initvals}
+        self.expiries: dict[tuple[str, str], int] = {}
         self.iterators: dict[str, Iterator[tuple[str, Value]]] = {}
         self.iterated: dict[str, tuple[str, Value]] = {}
         self.uac_req: dict[str, Value] = {}
@@ -480,7 +530,7 @@ class FakeKsr:
         for name in dir(core):
             if getattr(getattr(core, name), "kemi", False):
                 setattr(self.module, name, getattr(core, name))
-        for api in (Pv, Hdr, Tm, Sl, Rr, Htable, Siputils, Maxfwd, Sanity, Corex, Uac):
+        for api in (Pv, Hdr, Tm, Sl, Rr, Htable, Textops, Siputils, Maxfwd, Sanity, Corex, Uac):
             setattr(self.module, api.prefix.rstrip("."), api(self))
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,6 +556,8 @@ class FakeKsr:
         self.branch_timed_out = False
         self.branch_replied = False
         self.canceled = False
+        self.removed_headers: list[str] = []
+        self.dropped = False
 
     def request(
         self,
@@ -517,13 +569,17 @@ class FakeKsr:
         to: str | None = None,
         headers: dict[str, str] | None = None,
         source: str = "198.51.100.7",
+        source_port: int = 5060,
+        proto: str = "udp",
         call_id: str = "call-1@198.51.100.7",
     ) -> None:
         """A new request arrives: its pseudo-variables (the To URI is ``to``, else the R-URI)
         and headers; a new transaction (no AVPs, nothing relayed or answered yet)."""
         self._new_transaction()
         self.pvs = {
-            "$rm": method, "$ru": ruri, "$si": source, "$ci": call_id, "$cs": "1",
+            "$rm": method, "$ru": ruri, "$si": source, "$sp": source_port, "$pr": proto,
+            "$ci": call_id,
+            "$cs": "1",
             "$ft": from_tag, "$tt": to_tag,
             **_uri_parts(ruri, "$rU", "$rd"), **_uri_parts(to or ruri, "$tU", "$td"),
         }  # fmt: skip
@@ -536,11 +592,18 @@ class FakeKsr:
         branch: int = 0,
         headers: dict[str, str] | None = None,
         to_tag: str | None = None,
+        source: tuple[str, int] | None = None,
     ) -> None:
         """A reply to the relayed request arrives on tm branch ``branch`` (the onreply route
-        runs next): ``$rs``, ``$T_branch_idx``, the reply's headers and To-tag; AVPs are
-        kept."""
+        runs next): ``$rs``, ``$T_branch_idx``, the reply's headers and To-tag, and its source
+        (``$si``, ``$sp``): the branch's destination unless ``source`` says otherwise; AVPs
+        are kept."""
         self.pvs |= {"$rs": status, "$T_branch_idx": branch}
+        if source is None and branch < len(self.relays) and self.relays[branch]["duri"]:
+            source = _hop(self.relays[branch]["duri"])
+        if source is not None:
+            self.pvs["$si"], self.pvs["$sp"] = source
+        self.dropped = False
         if to_tag is not None:
             self.pvs["$tt"] = to_tag
         self.headers = dict(headers or {})
@@ -582,3 +645,11 @@ def _uri_parts(uri: str, user_pv: str, host_pv: str) -> dict[str, str]:
     if match is None:
         return {user_pv: "", host_pv: ""}
     return {user_pv: match.group("user") or "", host_pv: match.group("host")}
+
+
+def _hop(uri: str) -> tuple[str, int]:
+    """Where a request to ``uri`` goes: its host and port (5060 by default)."""
+    match = re.match(r"^sips?:(?:[^@;]+@)?(?P<host>[^:;>]+)(?::(?P<port>\d+))?", uri)
+    if match is None:
+        raise ValueError(f"not a SIP URI: {uri!r}")
+    return match.group("host"), int(match.group("port") or 5060)

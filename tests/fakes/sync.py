@@ -46,12 +46,10 @@ class FakeShared:
         self.retries_refused = 0
         self.retry_tokens: int | None = None
         self.heard: dict[str, int] = {}
+        self.counters: dict[str, int] = {}
 
     def read_tallies(self) -> Mapping[str, Tally]:
         return dict(self.tallies)
-
-    def ensure_inflight(self, uri: str) -> None:
-        self.inflight_counts.setdefault(uri, 0)
 
     def inflight(self, uri: str) -> int:
         return self.inflight_counts.get(uri, 0)
@@ -73,6 +71,12 @@ class FakeShared:
 
     def set_retry_tokens(self, tokens: int) -> None:
         self.retry_tokens = tokens
+
+    def drop_stale_inflight(self, now_ms: int) -> int:
+        return 0
+
+    def read_counters(self) -> Mapping[str, int]:
+        return dict(self.counters)
 
     @property
     def table(self) -> dict[str, float]:

@@ -38,6 +38,7 @@ def view(harness: Harness, counters: dict[str, int] | None = None) -> node.NodeV
         inflight={A: 2},
         ticks=node.TickStats(count=10, seconds_sum=0.01, last_s=0.001),
         redis_errors=harness.loop.redis_errors,
+        edge_counters={"banned": 1, "dropped_banned": 4800},
     )
 
 
@@ -83,6 +84,7 @@ def test_names_follow_prometheus_conventions_and_values_are_the_loops(own_redis:
     assert value(samples, "counterpoise_requests_routed_total", reason="weight") == 10
     assert value(samples, "counterpoise_redis_skipped_lookups_total", kind="lookup") == 4
     assert value(samples, "counterpoise_redis_up") == 1
+    assert value(samples, "counterpoise_edge_events_total", event="dropped_banned") == 4800
 
 
 def test_metrics_go_on_while_redis_is_down(own_redis: RedisServer):

@@ -29,7 +29,6 @@ def test_added_proxy_is_in_the_table_after_one_tick(harness: Harness, operator: 
     harness.tick(100)
     # New proxies start in slow start at the floor of the ramp.
     assert harness.shared.table == {A: pytest.approx(S.slow_start_floor)}
-    assert A in harness.shared.inflight_counts
     operator.add(B, 2.0)
     harness.tick(100)
     assert set(harness.shared.table) == {A, B}

@@ -52,10 +52,12 @@ def test_htables_are_kamailio_cfgs(ksr: FakeKsr):
     import KSR
 
     assert {"cp", "cpinf", "cptally", "cpload"} <= set(declared_htables())
-    assert KSR.htable.sht_inc("cpinf", "p") == HT_NO_INT_VALUE  # no initial value: not created
-    assert KSR.htable.sht_is_null("cpinf", "p") == 1
-    KSR.htable.sht_seti("cpinf", "p", 0)
-    assert KSR.htable.sht_inc("cpinf", "p") == 1 and KSR.htable.sht_is_null("cpinf", "p") == -1
+    assert KSR.htable.sht_inc("cptally", "p") == HT_NO_INT_VALUE  # no initval: not created
+    assert KSR.htable.sht_is_null("cptally", "p") == 1
+    KSR.htable.sht_seti("cptally", "p", 0)
+    assert KSR.htable.sht_inc("cptally", "p") == 1
+    assert KSR.htable.sht_is_null("cptally", "p") == -1
+    assert KSR.htable.sht_inc("cpinf", "q") == 1  # initval=0 in kamailio.cfg: created
     KSR.htable.sht_sets("cpload", "a", "x")
     KSR.htable.sht_sets("cpload", "b", "y")
     assert KSR.htable.sht_iterator_start("it", "cpload") == 1

@@ -5,6 +5,8 @@ its Redis (here ``MemoryLocationStore``) down."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from counterpoise.core import location
@@ -156,12 +158,16 @@ def test_full_dialog_queue_drops_its_oldest_writes(
 ):
     from counterpoise.kamailio.location import QUEUE
 
-    monkeypatch.setattr(location, "MAX_PENDING_WRITES", 2)
     node.pool(A)
     node.locations.fail()
     for call in range(3):
         node.route("INVITE", call_id=f"call-{call}")
         node.reply(200, to_tag="callee-tag")
+    two_newest = sorted(ksr.htables[QUEUE].items())[1:]
+    cap = sum(len(key) + len(str(value)) for key, value in two_newest)
+    settings = dataclasses.replace(S, dialog_queue_max_bytes=cap)
+    node.tick()  # makes the timer process's writer; then its cap is lowered
+    monkeypatch.setattr(node.app.dialog_writes, "_settings", settings)
     node.tick(100)
     assert len(ksr.htables[QUEUE]) == 2
     assert node.app.dialog_writes.dropped == 1
@@ -194,3 +200,19 @@ def test_sync_tick_dialog_flush_and_lookup_fail_independently(
     errors = ksr.logged("err")
     assert sum("sync tick failed" in e for e in errors) == 1
     assert sum("location lookup failed" in e for e in errors) == 1
+
+
+def test_values_too_long_to_record_are_routed_but_never_recorded(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio.location import DIALOGS, QUEUE
+
+    node.pool(A)
+    long_call_id = "c" * (S.record_call_id_max_chars + 1)
+    node.route("INVITE", call_id=long_call_id)
+    node.reply(200, to_tag="callee-tag")
+    node.route("INVITE", from_tag="f" * (S.record_tag_max_chars + 1))
+    node.reply(200, to_tag="callee-tag")
+    assert ksr.htables[DIALOGS] == {} and ksr.htables[QUEUE] == {}
+    long_user = "u" * S.record_aor_max_chars
+    node.route("REGISTER", "sip:example.com", to=f"sip:{long_user}@example.com")
+    assert len(node.tried) == 1 and counters(node)["lookups"] == 2  # the INVITEs' alone
+    assert counters(node)["too_long"] == 3

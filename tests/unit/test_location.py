@@ -176,3 +176,10 @@ def test_queued_dialog_writes_coalesce_to_the_last_per_call_id():
     # a: set then delete -> delete only; b: its set; the garbage entry is skipped.
     assert writes == [location.PendingWrite("b@h", "{}", 5), location.PendingWrite("a@h")]
     assert location.PendingWrite.decode(set_a.encode()) == set_a
+
+
+def test_queue_over_its_byte_cap_drops_the_oldest_entries() -> None:
+    queued = [("00003 1", "c" * 10), ("00001 1", "a" * 10), ("00002 1", "b" * 10)]
+    assert location.over_bytes(queued, 3 * 17) == []
+    assert location.over_bytes(queued, 2 * 17) == [("00001 1", "a" * 10)]
+    assert location.over_bytes(queued, 0) == sorted(queued)

@@ -132,6 +132,12 @@ def test_node_name_defaults_to_host_name():
         ("FR_TIMER_MS", "-5"),
         ("SLOW_START_FLOOR", "1.5"),
         ("KEY_PREFIX", ""),
+        ("FLOOD_REQUESTS_PER_S", "-1"),
+        ("FLOOD_BAN_MS", "0"),
+        ("RECORD_CALL_ID_MAX_CHARS", "0"),
+        ("DIALOG_QUEUE_MAX_BYTES", "0"),
+        ("SIP_SIGNATURE", "edge\r\nX-Injected: 1"),  # would add a header to every reply
+        ("SIP_SIGNATURE", 'say "hi"'),  # would end the string in kamailio.cfg
     ],
 )
 def test_out_of_range_settings_are_refused_naming_the_variable(name: str, value: str):

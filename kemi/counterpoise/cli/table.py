@@ -15,6 +15,7 @@ from collections.abc import Callable
 from counterpoise import clock
 from counterpoise.core.load import HEADER, LOCATION, POOL, REPORT
 from counterpoise.core.settings import Settings
+from counterpoise.core.sync import EDGE_COUNTER_PREFIX
 from counterpoise.store.pool import PoolStore
 
 REJECT_SOURCES = (REPORT, HEADER, POOL, LOCATION)
@@ -105,7 +106,8 @@ def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
 
 def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[str]:
     """One line per node that rejected inputs (``cp:rejects:<node>``): load reports and
-    headers, pool records, location records."""
+    headers, pool records, location records; and one per node whose edge refused or could
+    not read something (README "Security")."""
     lines = []
     for node, counts in sorted(store.node_rejects(now_ms, settings.node_ttl_ms).items()):
         parts = [
@@ -115,6 +117,13 @@ def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[s
         ]
         if parts:
             lines.append(f"node {node} rejected: " + "; ".join(parts))
+        edge = [
+            f"{name.removeprefix(EDGE_COUNTER_PREFIX)} {count}"
+            for name, count in sorted(counts.items())
+            if name.startswith(EDGE_COUNTER_PREFIX) and str(count).isdigit() and int(count)
+        ]
+        if edge:
+            lines.append(f"node {node} edge: " + ", ".join(edge))
     return lines
 
 

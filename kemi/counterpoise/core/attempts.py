@@ -11,13 +11,23 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from counterpoise.core.settings import Settings
 
 STAMP_MASK = 0x7FFFFFFF
 """Kamailio's integer AVPs are signed 32-bit: a monotonic millisecond stamp is kept modulo
 2^31 (24.8 days), and an elapsed time is the difference modulo the same."""
+
+
+INFLIGHT_EPOCH_MS = 200_000
+"""In-flight counts are kept per epoch of the relay's stamp: 200 s, longer than any attempt
+lasts (tm ends an INVITE transaction at its ``max_inv_lifetime``, 180 s by default, which
+kamailio.cfg keeps; a non-INVITE one at 32 s). Every attempt relayed in an epoch has ended
+by the end of the next one, so whatever an older epoch still counts is drift: an attempt
+whose outcome was never counted (a worker that died mid-transaction, a bug)."""
+EPOCHS = -(-(STAMP_MASK + 1) // INFLIGHT_EPOCH_MS)
+"""Epochs per wrap of the 31-bit stamp: epoch numbers count modulo this."""
 
 
 def stamp(now_ms: int) -> int:
@@ -33,11 +43,62 @@ def elapsed_ms(start_stamp: int | None, now_ms: int) -> int:
     return (stamp(now_ms) - start_stamp) & STAMP_MASK
 
 
+def epoch(sent_stamp: int) -> int:
+    """The in-flight epoch of an attempt relayed at ``sent_stamp``."""
+    return sent_stamp // INFLIGHT_EPOCH_MS
+
+
+def live_epochs(now_ms: int) -> tuple[int, int]:
+    """The epochs whose attempts may still be in flight: the current one and the one before
+    (across the stamp's wrap, the last, shorter epoch comes before epoch 0)."""
+    current = epoch(stamp(now_ms))
+    return current, (current - 1) % EPOCHS
+
+
+def stale_inflight(keys: Iterable[str], now_ms: int) -> list[str]:
+    """The in-flight counters (``"<uri> <epoch>"``) of epochs no attempt can still be in:
+    their counts are drift, to be dropped. A key that does not parse is stale too."""
+    live = {str(number) for number in live_epochs(now_ms)}
+    return [key for key in keys if key.rpartition(" ")[2] not in live]
+
+
 def is_proxy_failure(status: int) -> bool:
     """A reply that says the proxy, not the callee, failed: 408 or any 5xx.
 
     Locally generated 408s (no answer before ``fr_timer_ms``) arrive here the same way."""
     return status == 408 or 500 <= status <= 599
+
+
+class Outcome(enum.Enum):
+    """What a final reply (or a timeout) says of the proxy an attempt went to."""
+
+    OK = "ok"
+    """The proxy did its work: counted as a success, timed."""
+    PROXY_FAILED = "proxy_failed"
+    """The proxy failed (no reply at all, or 408/5xx before any sign of the callee)."""
+    NOT_THE_PROXY = "not_the_proxy"
+    """Says nothing of the proxy: the callee's 5xx/408/timeout after it rang, or a reply
+    that did not come from the proxy's address. Not counted; the in-flight count still
+    comes down."""
+
+
+def outcome(status: int, rang: bool, from_proxy: bool = True) -> Outcome:
+    """The outcome of a final reply. ``rang``: a provisional reply other than 100 Trying came
+    first; the 100 is the proxy's own, a 180/183 is the callee's, so a 503 or 408 after it
+    is the callee's answer relayed by a working proxy."""
+    if not from_proxy or (rang and is_proxy_failure(status)):
+        return Outcome.NOT_THE_PROXY
+    return Outcome.PROXY_FAILED if is_proxy_failure(status) else Outcome.OK
+
+
+def timeout_outcome(silent: bool, rang: bool) -> Outcome:
+    """The outcome of an attempt that ended in the failure route without a counted final
+    reply: no reply at all is the proxy's failure; after a 180/183 the callee did not
+    answer; after a 100 alone the proxy was working on it (counted as a success, as
+    before)."""
+    if silent:
+        return Outcome.PROXY_FAILED
+    return Outcome.NOT_THE_PROXY if rang else Outcome.OK
 
 
 def marks_first_reply(status: int, first_already_set: bool) -> bool:
@@ -100,15 +161,13 @@ class Verdict(enum.StrEnum):
 
 def fails_over(failure: Failure, max_attempts: int, take_token: Callable[[], bool]) -> Verdict:
     """Whether to retry a failed attempt on another proxy: only when the proxy failed (no
-    reply at all, 408 or 5xx), the caller did not cancel, attempts remain, the request is
-    not bound to its location holder, and ``take_token()`` grants a retry from the node's
-    budget (asked last, so only a retry that is otherwise due spends one). A timeout after
-    the callee rang is the callee not answering, not a proxy failure: another proxy would
-    ring the same phone again."""
+    reply at all, or 408/5xx before the callee rang), the caller did not cancel, attempts
+    remain, the request is not bound to its location holder, and ``take_token()`` grants a
+    retry from the node's budget (asked last, so only a retry that is otherwise due spends
+    one). A callee's 408, 5xx or timeout after it rang is relayed to the caller as it is:
+    another proxy would ring the same phone again."""
     proxy_failed = failure.proxy_silent or (
-        failure.status is not None
-        and is_proxy_failure(failure.status)
-        and not (failure.timed_out and failure.rang)
+        failure.status is not None and outcome(failure.status, failure.rang) == Outcome.PROXY_FAILED
     )
     due = (
         proxy_failed

@@ -250,12 +250,6 @@ def sum_counters(dump: dict[str, int]) -> dict[str, int]:
 
 # --- dialog records, written behind ------------------------------------------------------
 
-MAX_PENDING_WRITES = 100_000
-"""Dialog record writes kept queued while Redis is unreachable. At 100 calls/s (two writes a
-call) that is over 8 minutes of outage; beyond it the oldest are dropped and counted, since
-shared memory must not fill up (a dropped record only matters to a request that arrives
-without its route set)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class PendingWrite:
@@ -293,3 +287,18 @@ def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
         latest.pop(write.name, None)
         latest[write.name] = write
     return list(latest.values())
+
+
+def over_bytes(queued: Iterable[tuple[str, str]], max_bytes: int) -> list[tuple[str, str]]:
+    """The oldest queue entries ``(key, encoded write)`` to drop so that the rest hold no more
+    than ``max_bytes`` (keys and values; ``dialog_queue_max_bytes``): shared memory must not
+    fill while Redis is away. A dropped record only matters to a request that arrives
+    without its route set."""
+    entries = sorted(queued)
+    size = sum(len(key) + len(text) for key, text in entries)
+    dropped = 0
+    while size > max_bytes and dropped < len(entries):
+        key, text = entries[dropped]
+        size -= len(key) + len(text)
+        dropped += 1
+    return entries[:dropped]

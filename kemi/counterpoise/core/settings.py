@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -329,6 +330,47 @@ class Settings:
     slow start gets its full weight at once, since ramping it would only leave the others
     overloaded longer. 2 s: two probe periods."""
 
+    # --- The untrusted edge (issue 10) -----------------------------------------------------
+    flood_requests_per_s: int = 1000
+    """Requests one source IP may send per second (fixed 1 s windows) before it is banned;
+    0 = no limit. Checked before any other work, Redis lookups included. A phone sends well
+    under 1 request/s; 1000 lets one upstream SBC or trunk relay about 300 calls/s (INVITE,
+    ACK, BYE) from one address. The pool's proxies are never limited."""
+
+    flood_registers_per_s: int = 50
+    """REGISTERs one source IP may send per second before it is banned (0 = no limit):
+    stricter, since every REGISTER costs a Redis round trip and scanners (svwar) guess
+    extensions with them. 1000 phones behind one NAT refreshing every 60 s send 17/s."""
+
+    flood_ban_ms: int = 60_000
+    """How long a source that broke a limit is ignored (no reply, no work): a minute makes
+    a flood cost the balancer two shared-memory lookups per packet, and a phone that burst by
+    mistake is back within a minute."""
+
+    record_call_id_max_chars: int = 256
+    """Longest Call-ID written into a dialog record (shared memory and Redis, kept up to
+    ``dialog_record_ttl_ms``). Phones use 20 to 80 characters; a longer one is routed by its
+    route set alone and never recorded, so 60 KB Call-IDs cannot fill memory."""
+
+    record_tag_max_chars: int = 128
+    """Longest From/To tag written into a dialog record; longer: not recorded (as above).
+    Tags are 8 to 40 characters in practice."""
+
+    record_aor_max_chars: int = 256
+    """Longest address-of-record (user@host) looked up or recorded; a longer one is routed by
+    weight, and neither costs a Redis round trip nor becomes a Redis key."""
+
+    dialog_queue_max_bytes: int = 8_000_000
+    """Bytes of dialog record writes kept queued for Redis (key and value of every entry).
+    A write is under 800 bytes with the length limits above, so 8 MB holds about 10,000:
+    at 100 calls/s (two writes a call) close to a minute of Redis outage, and an eighth of
+    Kamailio's default 64 MB of shared memory. Beyond it the oldest are dropped and counted."""
+
+    sip_signature: str = ""
+    """The ``Server`` header of replies the balancer makes itself and the ``User-Agent`` of
+    its own requests (probes). Empty (default): neither is sent (``server_signature=no``),
+    since a product and version string tells a scanner which exploits to try."""
+
     def __post_init__(self) -> None:
         """Check every value; raise ``SettingError`` naming the first bad one."""
         for field in dataclasses.fields(self):
@@ -345,6 +387,8 @@ class Settings:
                 raise SettingError(field.name, value, "must not be empty")
             if field.name in ADDRESSES and value and host_port(value) is None:
                 raise SettingError(field.name, value, "expected HOST:PORT or empty")
+            if field.name in HEADER_VALUES and not HEADER_VALUE.fullmatch(value):
+                raise SettingError(field.name, value, "printable ASCII without quotes")
         self._check_sockets()
 
     def _check_sockets(self) -> None:
@@ -521,6 +565,11 @@ POSITIVE = (
     "shm_mb",
     "retry_budget_window_ms",
     "saturated_fr_timer_ms",
+    "flood_ban_ms",
+    "record_call_id_max_chars",
+    "record_tag_max_chars",
+    "record_aor_max_chars",
+    "dialog_queue_max_bytes",
 )
 """Settings that must be > 0: durations a timer or a division relies on, and counts."""
 NOT_NEGATIVE = (
@@ -530,9 +579,11 @@ NOT_NEGATIVE = (
     "retry_budget_floor_per_s",
     "slow_start_after_down_ms",
     "saturated_memory_ms",
+    "flood_requests_per_s",
+    "flood_registers_per_s",
 )
 """Settings where 0 means "none" (no ramp, no blackout, no dialog records, no retry floor,
-every return through slow start, no proxy counted saturated)."""
+every return through slow start, no proxy counted saturated, no flood limit)."""
 FRACTIONS = (
     "slow_start_floor",
     "load_headroom_floor",
@@ -605,3 +656,8 @@ def host_port(text: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         return None
     return host, int(port)
+
+
+HEADER_VALUES = ("sip_signature",)
+"""Settings that become a SIP header value in kamailio.cfg: no line breaks or quotes."""
+HEADER_VALUE = re.compile(r"[ !#-~]*")

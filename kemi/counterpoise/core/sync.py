@@ -12,11 +12,16 @@ One process per balancer node runs it (rtimer, every ``CP_SYNC_TIMER`` of ``kama
    with the fresh reported loads from ``load.LoadBook``);
 4. hands the new table to the SIP workers through shared memory;
 5. sends the probes that are due;
-6. every ``publish_interval_ms``, writes the weights and their inputs to Redis.
+6. every ``publish_interval_ms``, writes the weights and their inputs to Redis, and the
+   edge's counters (``cpedge``) into ``cp:rejects:<node>`` as ``edge:<name>``, and drops
+   in-flight drift (below).
 
-It imports neither KSR nor redis: shared memory, probe sending, the store and the clocks
-are passed in, so the unit tests run it on an in-memory store with a fake clock and the
-integration tests on a real Redis.
+In-flight drift: a SIP worker counts a relayed request in flight and its outcome takes it
+off again. Should an attempt's outcome never be counted (a worker that died mid-transaction,
+a bug), its proxy would look busier forever and power-of-two choices would starve it. The
+counts are kept per epoch of 200 s (``attempts.INFLIGHT_EPOCH_MS``), longer than tm lets any
+transaction live, so step 6 also drops the counts of epochs no attempt can still be in,
+and counts what they held (``inflight_corrected``): drift heals within 400 s.
 """
 
 from __future__ import annotations
@@ -32,15 +37,15 @@ from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 
+EDGE_COUNTER_PREFIX = "edge:"
+"""The edge's counters (``cpedge``) are published in ``cp:rejects:<node>`` under this prefix."""
+
 
 class SharedState(Protocol):
     """The node's shared memory, as the sync loop sees it."""
 
     def read_tallies(self) -> Mapping[str, Tally]:
         """Every worker's cumulative tallies, keyed ``"<worker> <proxy uri>"``."""
-
-    def ensure_inflight(self, uri: str) -> None:
-        """Create the in-flight counter of a proxy (at 0) if it does not exist yet."""
 
     def inflight(self, uri: str) -> int: ...
 
@@ -65,6 +70,13 @@ class SharedState(Protocol):
 
     def set_retry_tokens(self, tokens: int) -> None:
         """Retries the workers may spend until the next tick (``attempts.RetryBudget``)."""
+
+    def drop_stale_inflight(self, now_ms: int) -> int:
+        """Drop the in-flight counts of past epochs (``attempts.stale_inflight``); returns
+        the requests they still counted."""
+
+    def read_counters(self) -> Mapping[str, int]:
+        """The edge's counters (refusals, unreadable input), summed over the processes."""
 
 
 class ProbeSender(Protocol):
@@ -186,6 +198,9 @@ class SyncLoop:
         if now >= self._next_publish_ms:
             self._next_publish_ms = now + self.settings.publish_interval_ms
             self._redis.call(now, self._publish_weights)
+            drift = self._shared.drop_stale_inflight(now)
+            if drift:
+                self._log(f"{drift} requests counted in flight for over 200 s: dropped")
 
     def _observe(self, windows: Mapping[str, Tally], now: int) -> None:
         """Fold the windows into every proxy's health, with the ejection cap."""
@@ -256,7 +271,6 @@ class SyncLoop:
     def _apply_pool(self, version: int | None, pool: dict[str, ProxyConfig], now: int) -> None:
         for uri in pool:
             if uri not in self.health:
-                self._shared.ensure_inflight(uri)
                 self.health[uri] = policy.new_health(now)
         for uri in set(self.health) - set(pool):
             del self.health[uri]
@@ -280,6 +294,8 @@ class SyncLoop:
             "retries_refused": self.retries_refused,
             "ejections_refused": self.ejections_refused,
         }
+        counters = self._shared.read_counters()
+        rejects |= {EDGE_COUNTER_PREFIX + name: count for name, count in counters.items()}
         self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
 
     def _take_location_rejections(self) -> None:

@@ -202,6 +202,7 @@ class Caller:
         port: int | None = None,
         local_ip: str = "127.0.0.1",
     ) -> None:
+        """``ip``: the source address (another 127.x.y.z is another source on loopback)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or processes.free_port()
         self.log = run_dir / f"uac-{self.port}.log"

@@ -16,10 +16,13 @@ import time
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, location
+from counterpoise.core import attempts, edge, location
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, metrics, probes, shared
+from counterpoise.kamailio import avps, guard, metrics, probes, read, shared
+from counterpoise.kamailio.counters import EDGE
+from counterpoise.kamailio.flood import FloodGuard
+from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
 from counterpoise.kamailio.view import NodeViewTable
 from counterpoise.store.client import redact
@@ -34,6 +37,8 @@ headers, CSeq method and value, Content-Length, Expires, Proxy-Require): a reque
 one is answered 400 by the module itself and goes no further."""
 SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
+LOAD_HEADER = "X-CP-Load"
+"""Hop by hop: only a pool proxy's reply to the balancer may carry it (README "Security")."""
 
 
 class KemiApp:
@@ -46,8 +51,8 @@ class KemiApp:
         self.sync: SyncLoop | None = None
         self._max_sample_ms = int(settings.failure_penalty_ms)
         self.location: LocationRouting | None = None
+        self.flood = FloodGuard(settings)
         self.dialog_writes: DialogWriteBehind | None = None
-        self._failures: set[tuple[str, str]] = set()
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
         # Timing each routed request is part of the metrics: off with the endpoint.
@@ -63,13 +68,20 @@ class KemiApp:
         self.rng.seed(os.getpid() ^ time.monotonic_ns())
         return 0
 
+    @hook("core_reply")
     def ksr_reply_route(self, msg: object) -> int:
         """Every reply the node receives, before tm matches it: a proxy's reply that is not a
-        failure, however late, is a sign of life (``policy``: overload is not death)."""
-        status = KSR.pv.get("$rs")
-        if isinstance(status, int) and not attempts.is_proxy_failure(status):
-            source = f"sip:{KSR.pv.gete('$si')}:{KSR.pv.get('$sp')}"
-            self.view.note_heard(source, clock.monotonic_ms())
+        failure, however late, is a sign of life (``policy``: overload is not death); the
+        load header never leaves; a reply that matches no transaction is dropped (stateless
+        forwarding to its next Via would reflect it)."""
+        status = read.number("$rs")
+        if status is not None and not attempts.is_proxy_failure(status):
+            host, port = _source()
+            self.view.note_heard(f"sip:{host}:{port}", clock.monotonic_ms())
+        KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
+        if KSR.tm.t_check_trans() < 0:
+            EDGE.count("stray_reply")
+            KSR.set_drop()
         return 1
 
     def ksr_onsend_route(self, msg: object) -> int:
@@ -77,10 +89,17 @@ class KemiApp:
 
     # --- requests ----------------------------------------------------------------------------
 
+    @hook("request")
     def ksr_request_route(self, msg: object) -> int:
         if self.route_timer is not None:
             self._route_started_ns = clock.perf_ns()
         self._follow_settings()
+        source, stream = _source(), _stream()
+        self.view.refresh()
+        trusted = edge.from_pool(source, stream, self.view.pool)
+        if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
+            return 1
+        KSR.textops.remove_hf(LOAD_HEADER)
         if not self.ksr_route_reqinit():
             return 1
         if KSR.is_CANCEL():
@@ -88,7 +107,7 @@ class KemiApp:
                 KSR.tm.t_relay()
             return 1
         if KSR.siputils.has_totag() > 0:
-            self.ksr_route_withindlg()
+            self.ksr_route_withindlg(source, stream)
             return 1
         if KSR.is_ACK():
             if KSR.tm.t_check_trans() > 0:
@@ -97,6 +116,8 @@ class KemiApp:
         KSR.tm.t_check_trans()
         if self.ksr_route_local():
             return 1
+        if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
+            KSR.textops.remove_hf("Route")
         self.ksr_route_dispatch()
         return 1
 
@@ -106,14 +127,19 @@ class KemiApp:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return False
         if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URI_CHECKS) < 0:
-            KSR.err(f"counterpoise: malformed request from {KSR.pv.gete('$si')}, answered 400\n")
+            KSR.err(f"counterpoise: malformed request from {_source()[0]}, answered 400\n")
             return False
         return True
 
-    def ksr_route_withindlg(self) -> None:
+    def ksr_route_withindlg(self, source: edge.Address, stream: bool) -> None:
         """In-dialog requests follow the Record-Route set their dialog built; without a usable
-        one, their dialog record (location server)."""
+        one, their dialog record (location server). From outside, only towards a pool proxy."""
         if KSR.rr.loose_route() > 0:
+            if not edge.may_relay(source, stream, self._next_hop(), self.view.pool):
+                EDGE.count("relay_denied")
+                if not KSR.is_ACK():
+                    KSR.sl.sl_send_reply(403, "Forbidden")
+                return
             if self.location is not None and KSR.is_BYE():
                 self.location.dialog_ended()
             KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
@@ -134,7 +160,7 @@ class KemiApp:
         """Relay an in-dialog request to the proxy its dialog record names, with that proxy
         as the Route so the proxy's own loose_route takes it; False when there is none."""
         proxy = self.location.route_dialog() if self.location is not None else None
-        if proxy is None:
+        if proxy is None or proxy not in self.view.hops:
             return False
         KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
         KSR.setdsturi(proxy)
@@ -180,31 +206,40 @@ class KemiApp:
         try:
             return self.location.route_initial(self.view.refresh().__contains__)
         except Exception as error:  # whatever a lookup hits, the request is routed by weight
-            self._failed_once("location lookup", error)
+            guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
     def _pick(self) -> str | None:
         picker = self.view.refresh()
         return picker.pick(self.rng.random, shared.inflight)
 
+    def _next_hop(self) -> edge.Address | None:
+        """Where the request goes after ``loose_route``: ``$du`` if set, else the R-URI."""
+        host, port = read.text("$nh(d)"), read.value("$nh(p)")
+        return edge.hop(host, port if isinstance(port, int | str) else None) if host else None
+
     def _relay(self, uri: str, tried: list[str]) -> bool:
         if tried:
             # In a failure route tm treats the R-URI as consumed by the failed branch;
             # setting it again, unchanged, makes it a new branch to forward.
-            KSR.pv.sets("$ru", KSR.pv.gete("$ru"))
+            ruri = read.text("$ru")
+            if ruri is None:
+                return False
+            KSR.pv.sets("$ru", ruri)
         KSR.setdsturi(uri)
         avps.set_tried([*tried, uri])
         attempt = avps.Attempt(len(tried))
-        attempt.start(uri, attempts.stamp(clock.monotonic_ms()))
+        sent = attempts.stamp(clock.monotonic_ms())
+        attempt.start(uri, sent)
         timeout_ms = self.settings.fr_timer_ms
         if self.view.queueing.get(uri):
             timeout_ms = self.settings.saturated_fr_timer_ms
         KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
-        shared.inflight_add(uri, +1)
+        shared.inflight_add(uri, +1, sent)
         if KSR.tm.t_relay() < 0:
-            shared.inflight_add(uri, -1)
+            shared.inflight_add(uri, -1, sent)
             attempt.mark_counted()
             self.view.count_request(uri, failed=True, first_ms=0, final_ms=0)
             return False
@@ -212,8 +247,10 @@ class KemiApp:
 
     # --- replies ------------------------------------------------------------------------------
 
+    @hook("reply")
     def ksr_route_reply(self, msg: object) -> int:
-        """tm onreply route of a relayed initial request: time the proxy's replies."""
+        """tm onreply route of a relayed initial request: time the proxy's replies. Only what
+        comes from the proxy's own address counts (tm matches replies by Via branch alone)."""
         attempt = avps.Attempt.of_reply()
         uri = attempt.proxy if attempt is not None else None
         if attempt is None or uri is None:
@@ -222,42 +259,61 @@ class KemiApp:
             if attempt.timed_out:  # given up on, yet it answers: saturated, not dead
                 self.view.count_late_reply(uri)
             return 1
-        status = KSR.pv.get("$rs")
+        status = read.number("$rs") or 0
+        from_proxy = self._from_proxy(uri)
         elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
-        self._note_load_header(uri)
         if status < 200:
+            if not from_proxy:
+                KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
+                return 1
+            self._note_load_header(uri)
             if status == 100 and attempt.trying_ms is None:
                 attempt.set_trying_ms(elapsed)
             elif attempts.marks_first_reply(status, attempt.first_reply_ms is not None):
                 attempt.set_first_reply_ms(elapsed)
             return 1
-        self._count_outcome(attempt, uri, attempts.is_proxy_failure(status), elapsed)
-        if self.location is not None and 200 <= status < 300:
+        result = attempts.Outcome.NOT_THE_PROXY
+        try:
+            result = attempts.outcome(status, attempt.first_reply_ms is not None, from_proxy)
+            if from_proxy:
+                self._note_load_header(uri)
+        finally:  # whatever happened above, the attempt is over: its in-flight count comes down
+            self._count_outcome(attempt, uri, result, elapsed)
+        if self.location is not None and 200 <= status < 300 and from_proxy:
             self.location.on_2xx(uri)
         return 1
 
+    def _from_proxy(self, uri: str) -> bool:
+        """Whether the message being handled came from ``uri``'s address; counted if not."""
+        self.view.refresh()  # a reply may reach a worker that has routed no request yet
+        if edge.from_pool(_source(), _stream(), self.view.hops.get(uri, frozenset())):
+            return True
+        EDGE.count("foreign_reply")
+        return False
+
+    @hook("failure")
     def ksr_route_failure(self, msg: object) -> int:
-        """tm failure route: count a silent proxy, then fail over on 408, 5xx or timeout,
-        within the node's retry budget, to the untried proxy with the most room."""
+        """tm failure route: count a silent proxy, then fail over on a proxy's 408, 5xx or
+        timeout (not on the callee's after it rang), within the node's retry budget, to the
+        untried proxy with the most room."""
         self._follow_settings()
         tried = avps.tried()
         attempt = avps.Attempt(len(tried) - 1)
-        status = KSR.pv.get("$T_reply_code")
+        status = read.number("$T_reply_code")
         failure = attempts.Failure(
             timed_out=KSR.tm.t_branch_timeout() > 0,
             replied=KSR.tm.t_branch_replied() > 0,
             rang=attempt.first_reply_ms is not None,
-            status=status if isinstance(status, int) else None,
+            status=status,
             canceled=KSR.tm.t_is_canceled() > 0,
             attempts=len(tried),
             held=self.location is not None and self.location.keeps_to_holder(),
         )
-        if not attempt.counted:
-            # No final reply from the proxy: a timeout. After a provisional reply it is the
-            # callee that did not answer, not a proxy failure.
+        if not attempt.counted:  # no final reply from the proxy counted it: a timeout
             elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
             silent = failure.proxy_silent
-            self._count_outcome(attempt, tried[-1], silent, elapsed, timed_out=silent)
+            result = attempts.timeout_outcome(silent, failure.rang)
+            self._count_outcome(attempt, tried[-1], result, elapsed, timed_out=silent)
         verdict = attempts.fails_over(failure, self.settings.max_attempts, shared.take_retry_token)
         if verdict == attempts.Verdict.OVER_BUDGET:
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retry budget spent\n")
@@ -271,41 +327,55 @@ class KemiApp:
         return 1
 
     def _count_outcome(
-        self, attempt: avps.Attempt, uri: str, failed: bool, elapsed: int, timed_out: bool = False
+        self,
+        attempt: avps.Attempt,
+        uri: str,
+        result: attempts.Outcome,
+        elapsed: int,
+        timed_out: bool = False,
     ) -> None:
+        sent = attempt.sent_stamp
+        shared.inflight_add(uri, -1, attempts.stamp(clock.monotonic_ms()) if sent is None else sent)
         attempt.mark_counted(timed_out)
-        shared.inflight_add(uri, -1)
         if timed_out:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
+            return
+        if result == attempts.Outcome.NOT_THE_PROXY:
             return
         sample = attempts.latency_sample_ms(
             attempt.first_reply_ms, elapsed, self._max_sample_ms, attempt.trying_ms
         )
-        self.view.count_request(uri, failed, sample, elapsed)
+        self.view.count_request(uri, result == attempts.Outcome.PROXY_FAILED, sample, elapsed)
 
     # --- probes and the sync timer -------------------------------------------------------------
 
+    @hook("probe_reply")
     def ksr_uac_reply(self, msg: object, evname: str) -> int:
         """The outcome of a probe: its reply (evtype 1) or a local timeout (evtype 2)."""
-        sent, _, uri = KSR.pv.gete("$uac_req(evparam)").partition(" ")
+        sent, _, uri = (read.text("$uac_req(evparam)") or "").partition(" ")
         if not uri or not sent.isdigit():
             return 1
-        code = KSR.pv.get("$uac_req(evcode)")
-        answered = KSR.pv.get("$uac_req(evtype)") == 1 and isinstance(code, int)
+        code = read.number("$uac_req(evcode)")
+        answered = read.number("$uac_req(evtype)") == 1 and code is not None
+        if answered and not self._from_proxy(uri):
+            return 1
         failed = not answered or attempts.is_proxy_failure(code)
         self.view.count_probe(uri, failed, clock.monotonic_ms() - int(sent))
         if answered:
             self._note_load_header(uri)
-            if 200 <= code < 300 and KSR.pv.gete("$rm") == "INVITE":
+            if 200 <= code < 300 and read.text("$rm") == "INVITE":
                 probes.hang_up(uri)
         return 1
 
     def _note_load_header(self, uri: str) -> None:
         """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
-        value = KSR.hdr.get("X-CP-Load")
+        value = read.value(f"$hdr({LOAD_HEADER})")
+        if value is None and KSR.hdr.is_present(LOAD_HEADER) > 0:
+            value = ""  # present but not UTF-8: a rejected header
         if isinstance(value, str):
             self.view.note_load_header(uri, value)
 
+    @hook("sync")
     def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
         """rtimer callback: one step of the sync loop, in the timer process."""
         self._follow_settings()
@@ -319,31 +389,23 @@ class KemiApp:
         try:
             self.sync.tick()
         except Exception as error:  # caught broadly: see above
-            self._failed_once("sync tick", error)
+            guard.failed("sync tick", error)
         if self.dialog_writes is not None:
             try:
                 self.dialog_writes.flush()
             except Exception as error:  # caught broadly: see above
-                self._failed_once("dialog flush", error)
+                guard.failed("dialog flush", error)
         try:
             self.node_view.update(self.sync, clock.monotonic_ms(), clock.wall_ms())
         except Exception as error:  # caught broadly: see above
-            self._failed_once("node view", error)
+            guard.failed("node view", error)
         if self.metrics is not None:
             dialog_errors = self.dialog_writes.errors if self.dialog_writes is not None else 0
             try:
                 self.metrics.after_tick(self.sync, clock.monotonic_s() - started_s, dialog_errors)
             except Exception as error:  # caught broadly: see above
-                self._failed_once("metrics", error)
+                guard.failed("metrics", error)
         return 1
-
-    def _failed_once(self, what: str, error: Exception) -> None:
-        """Log an unexpected failure of ``what`` once per process and kind of error (they
-        repeat every tick or request); the next tick or request runs as usual."""
-        key = (what, type(error).__name__)
-        if key not in self._failures:
-            self._failures.add(key)
-            KSR.err(f"counterpoise: {what} failed, carrying on: {type(error).__name__}: {error}\n")
 
     def _follow_settings(self) -> None:
         """Take the runtime settings ``counterpoise up`` pushed since the last look."""
@@ -384,6 +446,16 @@ class KemiApp:
             wall_ms=clock.wall_ms,
             log=_notice,
         )
+
+
+def _source() -> edge.Address:
+    """Where the message being handled came from (``$si``, ``$sp``)."""
+    return edge.hop(read.text("$si") or "", read.number("$sp"))
+
+
+def _stream() -> bool:
+    """Whether the message being handled came over a connection (TCP, TLS), not UDP."""
+    return read.text("$pr") not in ("udp", None)
 
 
 def _notice(text: str) -> None:

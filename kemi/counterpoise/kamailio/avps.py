@@ -19,21 +19,13 @@ from __future__ import annotations
 
 import KSR
 
+from counterpoise.kamailio import read
+
 TRIED = "$avp(cp_tried)"
 AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
 TIMED_OUT = 2
 """``cpd<i>`` of an attempt counted as a silent timeout."""
-
-
-def _int(spec: str) -> int | None:
-    value = KSR.pv.get(spec)
-    return value if isinstance(value, int) else None
-
-
-def _str(spec: str) -> str | None:
-    value = KSR.pv.get(spec)
-    return value if isinstance(value, str) else None
 
 
 class Attempt:
@@ -45,7 +37,7 @@ class Attempt:
     @classmethod
     def of_reply(cls) -> Attempt | None:
         """The attempt whose reply is being handled (tm's branch index), if any."""
-        index = _int("$T_branch_idx")
+        index = read.number("$T_branch_idx")
         return None if index is None else cls(index)
 
     def start(self, proxy: str, sent_stamp: int) -> None:
@@ -54,19 +46,19 @@ class Attempt:
 
     @property
     def proxy(self) -> str | None:
-        return _str(f"$avp(cpu{self.index})")
+        return read.text(f"$avp(cpu{self.index})")
 
     @property
     def sent_stamp(self) -> int | None:
-        return _int(f"$avp(cpt{self.index})")
+        return read.number(f"$avp(cpt{self.index})")
 
     @property
     def first_reply_ms(self) -> int | None:
-        return _int(f"$avp(cpf{self.index})")
+        return read.number(f"$avp(cpf{self.index})")
 
     @property
     def trying_ms(self) -> int | None:
-        return _int(f"$avp(cpq{self.index})")
+        return read.number(f"$avp(cpq{self.index})")
 
     def set_trying_ms(self, elapsed_ms: int) -> None:
         KSR.pv.seti(f"$avp(cpq{self.index})", elapsed_ms)
@@ -84,11 +76,11 @@ class Attempt:
     @property
     def timed_out(self) -> bool:
         """Counted as a timeout with no reply: any reply now is a late one."""
-        return _int(f"$avp(cpd{self.index})") == TIMED_OUT
+        return read.number(f"$avp(cpd{self.index})") == TIMED_OUT
 
 
 def tried() -> list[str]:
-    text = _str(TRIED)
+    text = read.text(TRIED)
     return text.split(",") if text else []
 
 
@@ -97,7 +89,7 @@ def set_tried(proxies: list[str]) -> None:
 
 
 def aor() -> str:
-    return _str(AOR) or ""
+    return read.text(AOR) or ""
 
 
 def set_aor(name: str) -> None:

@@ -29,11 +29,12 @@ from collections.abc import Callable
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import location
+from counterpoise.core import edge, location
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
 from counterpoise.core.untrusted import BadRecord
-from counterpoise.kamailio import avps, shared
+from counterpoise.kamailio import avps, read, shared
+from counterpoise.kamailio.counters import Counters
 from counterpoise.store.client import ERRORS
 from counterpoise.store.keys import AOR, DIALOG
 from counterpoise.store.location import LocationStore
@@ -46,8 +47,8 @@ QUEUE = "cplocq"
 
 
 def _text(spec: str) -> str:
-    value = KSR.pv.get(spec)
-    return value if isinstance(value, str) else ""
+    """A message value, "" when absent or not UTF-8 (``read``)."""
+    return read.text(spec) or ""
 
 
 class LocationRouting:
@@ -55,7 +56,7 @@ class LocationRouting:
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
-        self._counts: dict[str, int] = {}
+        self._counters = Counters(TABLE)
         self._guard = Guarded.with_backoff_of(
             settings,
             ERRORS,
@@ -68,7 +69,6 @@ class LocationRouting:
         if self._store is None or self._pid != os.getpid():
             # First use in this process: a connection of its own, never one made before fork.
             self._pid = os.getpid()
-            self._counts = {}
             self._store = _open(self._settings, self._settings.location_redis_timeout_ms)
             self._store.on_reject = self._rejected
         return self._store
@@ -88,9 +88,17 @@ class LocationRouting:
         return ok, (results[0] if ok else None)
 
     def count(self, name: str, amount: int = 1) -> None:
-        value = self._counts.get(name, 0) + amount
-        self._counts[name] = value
-        KSR.htable.sht_seti(TABLE, f"{name} {os.getpid()}", value)
+        self._counters.count(name, amount)
+
+    def _recordable(self, call_id: str, *tags: str) -> bool:
+        """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
+        settings = self._settings
+        if edge.recordable(call_id, settings.record_call_id_max_chars) and all(
+            len(tag) <= settings.record_tag_max_chars for tag in tags
+        ):
+            return True
+        self.count("too_long")
+        return False
 
     # --- initial requests --------------------------------------------------------------------
 
@@ -103,6 +111,9 @@ class LocationRouting:
         if not user or not host:
             return location.Decision()
         name = location.aor(user, host)
+        if not edge.recordable(name, self._settings.record_aor_max_chars):
+            self.count("too_long")
+            return location.Decision()
         if is_register:
             avps.set_aor(name)
         ok, records = self._call(lambda store: store.lookup(name, host.lower()))
@@ -162,7 +173,7 @@ class LocationRouting:
 
     def _dialog_started(self, proxy: str) -> None:
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
-        if not call_id:
+        if not self._recordable(call_id, from_tag, to_tag):
             return
         ttl = self._settings.dialog_record_ttl_ms
         now = clock.wall_ms()
@@ -181,6 +192,8 @@ class LocationRouting:
         if not self._settings.dialog_record_ttl_ms:
             return None
         call_id = _text("$ci")
+        if not self._recordable(call_id):
+            return None
         local = KSR.htable.sht_get(DIALOGS, call_id)
         if isinstance(local, str):
             try:
@@ -207,7 +220,7 @@ class LocationRouting:
         if not self._settings.dialog_record_ttl_ms:
             return
         call_id = _text("$ci")
-        if call_id:
+        if edge.recordable(call_id, self._settings.record_call_id_max_chars):
             KSR.htable.sht_rm(DIALOGS, call_id)
             self._queue(location.PendingWrite(call_id))
 
@@ -234,8 +247,8 @@ class DialogWriteBehind:
         queued = shared.items(QUEUE)
         if not queued:
             return
-        if len(queued) > location.MAX_PENDING_WRITES:
-            oldest = sorted(queued)[: len(queued) - location.MAX_PENDING_WRITES]
+        oldest = location.over_bytes(queued, self._settings.dialog_queue_max_bytes)
+        if oldest:
             for key, _ in oldest:
                 KSR.htable.sht_rm(QUEUE, key)
             self.dropped += len(oldest)

@@ -125,4 +125,5 @@ class Endpoint:
             ticks=self.ticks,
             redis_errors=sync.redis_errors + other_redis_errors,
             route_times=route_times(),
+            edge_counters=shared.SharedTable().read_counters(),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import KSR
 
 from counterpoise.core.settings import ProbeMethod
+from counterpoise.kamailio import read
 
 
 class UacProbeSender:
@@ -43,12 +44,12 @@ class UacProbeSender:
 def hang_up(proxy: str) -> None:
     """End the dialog a 2xx to an INVITE probe (the reply being handled) created: a BYE within
     it, sent through the probed proxy."""
-    target = KSR.pv.gete("$(ct{tobody.uri})") or KSR.pv.gete("$ru")
-    cseq = KSR.pv.gete("$cs")
+    target = read.text("$(ct{tobody.uri})") or read.text("$ru") or ""
+    cseq = str(read.value("$cs"))
     headers = (
-        f"From: {KSR.hdr.gete('From')}\r\n"
-        f"To: {KSR.hdr.gete('To')}\r\n"
-        f"Call-ID: {KSR.pv.gete('$ci')}\r\n"
+        f"From: {read.text('$hdr(From)')}\r\n"
+        f"To: {read.text('$hdr(To)')}\r\n"
+        f"Call-ID: {read.text('$ci')}\r\n"
         f"CSeq: {int(cseq) + 1 if cseq.isdigit() else 2} BYE\r\n"
         "Max-Forwards: 1\r\n"
     )

@@ -10,8 +10,9 @@ node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
              with; ``settings`` -> JSON object of runtime settings changed since start-up,
              ``settings_version`` -> int: written by ``counterpoise up`` over JSON-RPC
              (``htable.sets``/``seti``) on SIGHUP.
-``cpinf``    proxy URI -> requests in flight to it from this node (``sht_inc``/``sht_dec``,
-             atomic across workers).
+``cpinf``    ``"<proxy uri> <epoch>"`` -> requests in flight to it from this node, relayed in
+             that epoch (``attempts.INFLIGHT_EPOCH_MS``; ``sht_inc``/``sht_dec``, atomic
+             across workers; the sync loop drops past epochs' counts as drift).
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
              has a single writer, so no lock is taken.
 ``cpload``   proxy URI -> the latest reason an ``X-CP-Load`` of that proxy was rejected (the
@@ -30,16 +31,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping, Sequence
 
 import KSR
 
+from counterpoise import clock
+from counterpoise.core import attempts, edge
 from counterpoise.core.attempts import stamp
 from counterpoise.core.load import header_utilisation
 from counterpoise.core.location import sum_counters
 from counterpoise.core.reports import BadReport, parse_load_header
 from counterpoise.core.selection import WeightedPicker
 from counterpoise.core.tally import Tally
+from counterpoise.kamailio.counters import EDGE, EDGE_TABLE
 
 TABLE = "cp"
 SETTINGS = "settings"
@@ -66,14 +71,21 @@ def _int(table: str, key: str) -> int:
 
 
 def inflight(uri: str) -> int:
-    return _int(INFLIGHT, uri)
+    """Requests in flight to ``uri`` from this node: the counts of the live epochs."""
+    total = 0
+    for epoch in attempts.live_epochs(clock.monotonic_ms()):
+        value = KSR.htable.sht_get(INFLIGHT, f"{uri} {epoch}")
+        total += value if isinstance(value, int) else 0
+    return max(total, 0)
 
 
-def inflight_add(uri: str, delta: int) -> None:
+def inflight_add(uri: str, delta: int, sent_stamp: int) -> None:
+    """Count an attempt relayed at ``sent_stamp`` in (+1) or out (-1) of flight."""
+    key = f"{uri} {attempts.epoch(sent_stamp)}"
     if delta > 0:
-        KSR.htable.sht_inc(INFLIGHT, uri)
+        KSR.htable.sht_inc(INFLIGHT, key)
     else:
-        KSR.htable.sht_dec(INFLIGHT, uri)
+        KSR.htable.sht_dec(INFLIGHT, key)
 
 
 def take_retry_token() -> bool:
@@ -111,10 +123,6 @@ class SharedTable:
         last = KSR.htable.sht_get(LOADS, LOCATION_REJECT)
         return counts.get(REJECTED_RECORDS, 0), last if isinstance(last, str) else ""
 
-    def ensure_inflight(self, uri: str) -> None:
-        if KSR.htable.sht_is_null(INFLIGHT, uri) > 0:
-            KSR.htable.sht_seti(INFLIGHT, uri, 0)
-
     def inflight(self, uri: str) -> int:
         return inflight(uri)
 
@@ -129,6 +137,20 @@ class SharedTable:
             if KSR.htable.sht_is_null(RETRIES, counter) > 0:
                 KSR.htable.sht_seti(RETRIES, counter, 0)
         KSR.htable.sht_seti(RETRIES, "tokens", tokens)
+
+    def drop_stale_inflight(self, now_ms: int) -> int:
+        counts = dict(items(INFLIGHT))
+        drift = 0
+        for key in attempts.stale_inflight(counts, now_ms):
+            KSR.htable.sht_rm(INFLIGHT, key)
+            drift += max(_number(counts[key]), 0)
+        if drift:
+            EDGE.count("inflight_corrected", drift)
+        return drift
+
+    def read_counters(self) -> Mapping[str, int]:
+        """The edge's counters summed over the processes (``cpedge``)."""
+        return sum_counters({key: _number(value) for key, value in items(EDGE_TABLE)})
 
     def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
         KSR.htable.sht_sets(TABLE, "table", json.dumps(entries))
@@ -153,6 +175,14 @@ class SettingsFeed:
         return json.loads(raw) if isinstance(raw, str) else None
 
 
+def resolve(host: str) -> list[str]:
+    """The addresses of a proxy named by a host name (once per pool change, not per request)."""
+    try:
+        return [info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)]
+    except OSError:
+        return []
+
+
 class WorkerView:
     """One SIP worker's cached copy of the routing table and its own tallies."""
 
@@ -162,6 +192,10 @@ class WorkerView:
         self.queueing: dict[str, bool] = {}
         """Per proxy of the table, whether it is queueing: its requests then get
         ``saturated_fr_timer_ms`` for their first reply instead of ``fr_timer_ms``."""
+        self.hops: dict[str, frozenset[edge.Address]] = {}
+        """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
+        come from, where requests from outside may go."""
+        self.pool: frozenset[edge.Address] = frozenset()
         self._tallies: dict[str, Tally] = {}
         self._heard_written: dict[str, int] = {}
         self._pid = os.getpid()
@@ -175,6 +209,10 @@ class WorkerView:
             self.picker = WeightedPicker([(uri, float(weight)) for uri, weight, _ in entries])
             self.queueing = {uri: bool(queueing) for uri, _, queueing in entries}
             self._version = version
+            uris = [entry[0] for entry in entries]
+            if set(self.hops) != set(uris):  # resolve names only on change
+                self.hops = edge.pool_hops(uris, resolve)
+                self.pool = frozenset().union(*self.hops.values())
         return self.picker
 
     def count_request(self, uri: str, failed: bool, first_ms: int, final_ms: int) -> None:
@@ -213,6 +251,14 @@ class WorkerView:
     def _store(self, uri: str, tally: Tally) -> None:
         self._tallies[uri] = tally
         KSR.htable.sht_sets(TALLIES, f"{self._pid} {uri}", tally.encode())
+
+
+def _number(value: object) -> int:
+    """An htable value as an int (``$shtitval`` gives ints as ints, strings as strings)."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 def items(table: str) -> list[tuple[str, str]]:

@@ -81,6 +81,8 @@ class NodeView:
     """Failed Redis calls of the timer process."""
     route_times: Histogram = dataclasses.field(default_factory=Histogram)
     """Time initial requests spent in the balancer's route, summed over the workers."""
+    edge_counters: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """The edge's counters (``cpedge``, README "Security"), summed over the processes."""
 
 
 def render(view: NodeView) -> bytes:
@@ -218,6 +220,12 @@ def node_families(view: NodeView) -> list[Metric]:
             "Load inputs rejected, by source: report (agent) or header (X-CP-Load).",
             "source",
             {source: sync.loads.rejected.get(source, 0) for source in (load.REPORT, load.HEADER)},
+        ),
+        (
+            "edge_events",
+            'What the untrusted edge refused or could not read, by event (README "Security").',
+            "event",
+            dict(view.edge_counters),
         ),
     )  # fmt: skip
     families: list[Metric] = []

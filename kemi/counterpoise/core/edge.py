@@ -1,0 +1,103 @@
+"""The edge's trust rules: who may make the balancer send what where, and how much.
+
+Pure: the Kamailio edge reads the source address, the next hop and the counters, and asks
+these functions what they mean (README, "Security").
+
+The trust model in one sentence: the pool's proxies are trusted, everything else is not. A
+request from outside may go only to a pool proxy; a request from a pool proxy may follow
+its route set anywhere (it is the proxy's job to authenticate users, the balancer only
+carries its dialogs back out).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+
+Address = tuple[str, int]
+"""(host, port) of a SIP hop: an IP address as Kamailio prints ``$si`` (IPv6 without
+brackets), or a lower-case host name."""
+
+DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+
+_URI = re.compile(
+    r"^(?P<scheme>sips?):(?:[^@;?>]*@)?(?P<host>\[[^\]]+\]|[^:;?>]+)(?::(?P<port>\d{1,5}))?",
+    re.IGNORECASE,
+)
+
+
+def hop(host: str, port: int | str | None, scheme: str = "sip") -> Address:
+    """One hop's address, normalised: brackets off an IPv6 address, lower case, the scheme's
+    default port when there is none."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port) if port not in (None, "", 0, "0") else DEFAULT_PORTS[scheme.lower()]
+    return host, number
+
+
+def uri_hop(uri: str) -> Address | None:
+    """Where a SIP URI sends a request (its host and port), or None when it is no SIP URI."""
+    match = _URI.match(uri.strip())
+    if not match:
+        return None
+    return hop(match.group("host"), match.group("port"), match.group("scheme"))
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def pool_hops(
+    uris: Iterable[str], resolve: Callable[[str], Iterable[str]]
+) -> dict[str, frozenset[Address]]:
+    """Every address each pool proxy may be seen at: its URI's host and port, and, for a host
+    name, the addresses ``resolve`` gives for it (done once per pool version, never per
+    request). A URI that does not parse has none."""
+    hops: dict[str, frozenset[Address]] = {}
+    for uri in uris:
+        named = uri_hop(uri)
+        if named is None:
+            hops[uri] = frozenset()
+            continue
+        host, port = named
+        resolved = () if is_ip(host) else resolve(host)
+        hops[uri] = frozenset({named, *((hop(ip, port)[0], port) for ip in resolved)})
+    return hops
+
+
+def from_pool(source: Address, stream: bool, pool: frozenset[Address]) -> bool:
+    """Whether a message comes from a pool proxy: from its address and port or, over a
+    connection (``stream``: TCP, TLS), from its address alone, since a proxy opens its
+    connections from ephemeral ports (over UDP it sends from its listening socket)."""
+    return source in pool or (stream and any(source[0] == host for host, _ in pool))
+
+
+def may_relay(
+    source: Address, stream: bool, next_hop: Address | None, pool: frozenset[Address]
+) -> bool:
+    """Whether a request from ``source`` may be sent to ``next_hop``: a pool proxy may send
+    its requests anywhere (its dialogs going back out), anyone else only to a pool proxy."""
+    return from_pool(source, stream, pool) or (next_hop is not None and next_hop in pool)
+
+
+def window_key(source_ip: str, now_ms: int, window_ms: int, kind: str = "") -> str:
+    """The counter of one source's requests (of one ``kind``) in the current fixed window:
+    counters of past windows are never read again and expire from shared memory."""
+    return f"{kind}{source_ip} {now_ms // window_ms}"
+
+
+def over_limit(count: int, limit: int) -> bool:
+    """Whether the ``count``-th request of a window breaks a limit of ``limit`` (0 = none)."""
+    return limit > 0 and count > limit
+
+
+def recordable(value: str, max_chars: int) -> bool:
+    """Whether a value read from a message may go into a record (shared memory, Redis):
+    present and no longer than ``max_chars``; a longer one is routed but never recorded."""
+    return 0 < len(value) <= max_chars

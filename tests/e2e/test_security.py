@@ -1,0 +1,331 @@
+"""The edge is untrusted (issue 10): each attack of the issue against a real balancer, real
+downstream Kamailio proxies and raw UDP sockets, then a good call still succeeds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from counterpoise import clock, processes
+from counterpoise.core import attempts
+from counterpoise.harness import testbed
+from tests.e2e import sipwire
+from tests.e2e.conftest import Bed
+
+pytestmark = pytest.mark.e2e
+
+QUIET_S = 1.0
+"""How long a listener that must receive nothing is watched after the balancer answered: the
+balancer relays before it answers, so anything relayed is long there by then."""
+
+
+def balancer(bed: Bed) -> sipwire.Address:
+    return ("127.0.0.1", bed.balancer_port)
+
+
+def edge_counters(bed: Bed) -> dict[str, int]:
+    return bed.counters("cpedge")
+
+
+def one_proxy_pool(bed: Bed, **overrides: object) -> testbed.Downstream:
+    ds = bed.start_downstream("ds1")
+    bed.start_balancer(**overrides)
+    bed.add_pool((ds, 1.0))
+    return ds
+
+
+def good_call_succeeds(bed: Bed, ip: str = "127.0.0.1") -> None:
+    result = bed.caller(calls=2, rate=10, local_ip=ip).wait(30)
+    assert result.successful == 2, result.output[-2000:]
+
+
+# --- no relay for strangers ----------------------------------------------------------------
+
+
+def test_forged_in_dialog_invite_routed_to_an_outside_listener_reaches_nothing(bed: Bed) -> None:
+    one_proxy_pool(bed)
+    gateway, attacker = sipwire.Peer(), sipwire.Peer()
+    forged = sipwire.request(
+        "INVITE",
+        f"sip:+19005550100@{gateway.address[0]}:{gateway.address[1]}",
+        attacker.address,
+        to_tag="forged",
+        routes=[f"sip:127.0.0.1:{bed.balancer_port}", gateway.uri],
+    )
+    attacker.send(forged, balancer(bed))
+    answer = attacker.final_reply()
+    assert answer is not None and sipwire.status_of(answer) == 403
+    assert gateway.recv(QUIET_S) is None
+    assert edge_counters(bed).get("relay_denied") == 1
+
+
+def test_forged_in_dialog_invite_with_the_listener_in_the_request_uri_reaches_nothing(
+    bed: Bed,
+) -> None:
+    one_proxy_pool(bed)
+    gateway, attacker = sipwire.Peer(), sipwire.Peer()
+    target = f"sip:+19005550100@{gateway.address[0]}:{gateway.address[1]}"
+    for routes in ([], [f"sip:127.0.0.1:{bed.balancer_port}"]):
+        forged = sipwire.request("INVITE", target, attacker.address, to_tag="x", routes=routes)
+        attacker.send(forged, balancer(bed))
+        answer = attacker.final_reply()
+        assert answer is not None and sipwire.status_of(answer) in (403, 404)
+    assert gateway.recv(QUIET_S) is None
+
+
+def test_initial_request_never_follows_a_preloaded_route_past_the_balancer(bed: Bed) -> None:
+    proxy = sipwire.Responder(answer_as_proxy)
+    gateway, caller = sipwire.Peer(), sipwire.Peer()
+    bed.start_balancer()
+    bed.store.add(proxy.uri, 1.0)
+    bed.wait_state(proxy.uri, ("up", "slowstart"))
+    invite = sipwire.request(
+        "INVITE",
+        "sip:bob@example.com",
+        caller.address,
+        routes=[f"sip:127.0.0.1:{bed.balancer_port}", gateway.uri],
+    )
+    caller.send(invite, balancer(bed))
+    assert sipwire.status_of(caller.final_reply() or b"") == 486
+    relayed = proxy.of_method("INVITE")
+    assert len(relayed) == 1 and sipwire.header(relayed[0], "Route") == []
+    assert gateway.recv(QUIET_S) is None
+    proxy.close()
+
+
+def answer_as_proxy(request: bytes) -> list[bytes | float]:
+    """A scripted pool proxy: 200 to its probes, 486 to an INVITE, nothing to an ACK."""
+    method = sipwire.method_of(request)
+    if method == "OPTIONS":
+        return [sipwire.reply(request, 200, "OK")]
+    if method == "INVITE":
+        return [sipwire.reply(request, 486, "Busy Here", tag="p")]
+    return []
+
+
+def test_stray_reply_is_not_reflected(bed: Bed) -> None:
+    one_proxy_pool(bed)
+    victim, attacker = sipwire.Peer(), sipwire.Peer()
+    stray = (
+        "SIP/2.0 200 OK\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{bed.balancer_port};branch=z9hG4bKnotours\r\n"
+        f"Via: SIP/2.0/UDP {victim.address[0]}:{victim.address[1]};branch=z9hG4bKvictim\r\n"
+        "From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\n"
+        "Call-ID: stray-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    attacker.send(stray, balancer(bed))
+    processes.wait_for(lambda: edge_counters(bed).get("stray_reply"), 5, "the stray reply count")
+    assert victim.recv(QUIET_S) is None
+
+
+# --- signals only from the proxies ------------------------------------------------------------
+
+
+RING_S = 0.2
+"""How long the callee rings before its 503: a phone rings for a while, and replies sent
+back to back could be handled by two balancer workers at once, the 503 before the 180."""
+
+
+def callee_503_after_180(request: bytes) -> list[bytes | float]:
+    """A callee that rings, then answers 503, and states a full load (which its proxy must
+    strip before adding its own)."""
+    if sipwire.method_of(request) != "INVITE":
+        return []
+    load = [b"X-CP-Load: active=4;workers=4"]
+    return [
+        sipwire.reply(request, 180, "Ringing", load, tag="callee"),
+        RING_S,
+        sipwire.reply(request, 503, "Service Unavailable", load, tag="callee"),
+    ]
+
+
+def test_callee_503_after_ringing_is_relayed_and_changes_no_weight(bed: Bed) -> None:
+    callee = sipwire.Responder(callee_503_after_180)
+    bed.uas_uri = callee.uri
+    first, second = bed.start_downstream("ds1"), bed.start_downstream("ds2")
+    bed.start_balancer()
+    bed.add_pool((first, 1.0), (second, 1.0))
+    caller = sipwire.Peer()
+    calls = 6  # twice what marks a proxy down
+    for number in range(calls):
+        invite = sipwire.request("INVITE", "sip:bob@example.com", caller.address, cseq=number + 1)
+        caller.send(invite, balancer(bed))
+        final = caller.final_reply()
+        # 500: a proxy's tm turns a 503 it relays into 500 (RFC 3261 16.7)
+        assert final is not None and sipwire.status_of(final) in (500, 503)
+        caller.send(ack_of(invite, final), balancer(bed))
+    # No failover: each call reached the callee through one proxy (its top Record-Route).
+    paths = {
+        (sipwire.header(r, "Call-ID")[0], sipwire.header(r, "Record-Route")[0])
+        for r in callee.of_method("INVITE")
+    }
+    assert len(paths) == calls
+    assert not any(sipwire.header(m, "X-CP-Load") for m in caller.received)
+    rows = processes.wait_for(
+        lambda: (
+            (r := bed.rows_published())
+            and sum(
+                row["totals"]["requests_ok"] + row["totals"]["requests_failed"]
+                for row in r.values()
+            )
+            == 0
+            and r
+        ),
+        5,
+        "the published rows",
+    )
+    for row in rows.values():
+        assert row["state"] in ("up", "slowstart") and row["consecutive_failures"] == 0
+        assert (row["utilisation"] or 0) < 0.5  # the proxies' own load, not the callee's 100 %
+    callee.close()
+
+
+def ack_of(invite: bytes, final: bytes) -> bytes:
+    """The hop-by-hop ACK of a negative final reply (same branch, the reply's To)."""
+    lines = []
+    for line in invite.split(b"\r\n"):
+        if line.startswith(b"INVITE "):
+            line = b"ACK " + line.split(b" ", 1)[1]
+        elif line.lower().startswith(b"to:"):
+            line = b"To: " + sipwire.header(final, "To")[0]
+        elif line.lower().startswith(b"cseq:"):
+            line = line.replace(b"INVITE", b"ACK")
+        lines.append(line)
+    return b"\r\n".join(lines)
+
+
+def test_load_header_with_a_non_utf8_byte_leaves_nothing_in_flight(bed: Bed) -> None:
+    ds = one_proxy_pool(bed)
+    # "\udcff" is byte 0xFF on the command line (surrogate escape): kamcmd passes it on.
+    testbed.kamcmd(ds.ctl, "cfg.set_now_string", "cpdemo", "load_hdr", "workers=2;active=\udcff")
+    result = bed.caller(calls=5, rate=10).wait(30)
+    assert result.successful == 5, result.output[-2000:]
+    processes.wait_for(
+        lambda: bed.rows_published().get(ds.uri, {}).get("totals", {}).get("requests_ok") == 5,
+        5,
+        "five calls counted",
+    )
+    assert bed.rows_published()[ds.uri]["inflight"] == 0
+    counters = edge_counters(bed)
+    assert counters.get("not_utf8", 0) >= 5
+    assert not [name for name in counters if name.startswith("error_")]
+
+
+def test_in_flight_count_of_an_epoch_no_attempt_can_still_be_in_is_dropped(bed: Bed) -> None:
+    ds = one_proxy_pool(bed)
+    ctl = processes.ctl_socket(bed.run_dir / "balancer")
+    # As if 7 outcomes were lost 400 s ago (the test and Kamailio share the monotonic clock).
+    current, _ = attempts.live_epochs(clock.monotonic_ms())
+    stale = (current - 2) % attempts.EPOCHS
+    testbed.kamcmd(ctl, "htable.seti", "cpinf", f"{ds.uri} {stale}", "7")
+    processes.wait_for(
+        lambda: edge_counters(bed).get("inflight_corrected") == 7, 5, "the drift dropped"
+    )
+    assert f"{ds.uri} {stale}" not in testbed.kamcmd(ctl, "htable.dump", "cpinf")
+    good_call_succeeds(bed)
+    assert bed.rows_published()[ds.uri]["inflight"] == 0
+
+
+# --- flood protection -------------------------------------------------------------------------
+
+
+def test_flood_from_one_source_is_cut_off_before_redis_while_others_call(bed: Bed) -> None:
+    one_proxy_pool(bed)
+    flooder = sipwire.Peer("127.0.0.2")
+    limit = bed.settings.flood_registers_per_s
+    before = bed.counters("cploc").get("lookups", 0)
+
+    def burst(count: int) -> None:
+        for number in range(count):
+            method = "REGISTER" if number % 2 else "OPTIONS"
+            ruri = "sip:example.com" if method == "REGISTER" else f"sip:u{number}@example.com"
+            flooder.send(
+                sipwire.request(method, ruri, flooder.address, user=f"u{number}"), balancer(bed)
+            )
+            if number % 500 == 499:
+                time.sleep(0.05)  # keep the socket buffers from overflowing: every packet counts
+
+    def read_all() -> int:
+        """Requests the balancer read once the flood is over (what the kernel did not drop
+        when the machine was busy)."""
+        counts = [bed.received_requests()]
+
+        def still() -> bool:
+            counts.append(bed.received_requests())
+            return counts[-1] == counts[-2]
+
+        processes.wait_for(still, 20, "the balancer to read the flood", step_s=0.5)
+        return counts[-1]
+
+    received = bed.received_requests()
+    burst(5000)
+    received = read_all() - received
+    counters = edge_counters(bed)
+    assert received > 4000 and counters.get("banned") == 1
+    admitted = received - counters["dropped_banned"]
+    # The REGISTERs up to the limit and the OPTIONS between them; twice that if the first
+    # burst straddled two 1 s windows.
+    assert admitted <= 4 * limit + 2
+    lookups = bed.counters("cploc").get("lookups", 0) - before
+    assert lookups <= admitted
+    good_call_succeeds(bed)  # another source, meanwhile
+    dropped = edge_counters(bed)["dropped_banned"]
+    lookups = bed.counters("cploc").get("lookups", 0)
+    received = bed.received_requests()
+    burst(1000)
+    received = read_all() - received
+    # Every one dropped (a retransmission from the good call's caller may be counted too).
+    assert received > 800 and edge_counters(bed)["dropped_banned"] - dropped >= received - 5
+    assert bed.counters("cploc").get("lookups", 0) == lookups  # no lookup while banned
+    listing = processes.wait_for(
+        lambda: "banned 1" in (out := bed.cli("proxy", "list").stdout) and out, 5, "proxy list"
+    )
+    assert f"node {bed.settings.node_name()} edge: " in listing
+
+
+def test_long_call_ids_are_routed_but_never_recorded(bed: Bed) -> None:
+    one_proxy_pool(bed)
+    call_id = "x" * bed.settings.record_call_id_max_chars + "%u-%p"  # SIPp's own call number
+    result = bed.caller(calls=1, rate=1, extra=("-cid_str", call_id)).wait(30)
+    assert result.successful == 1, result.output[-2000:]
+    assert bed.counters("cploc").get("too_long", 0) >= 1
+    assert bed.counters("cploc").get("dialogs", 0) == 0
+
+
+def test_replies_name_no_server_unless_configured(bed: Bed) -> None:
+    one_proxy_pool(bed)
+    asker = sipwire.Peer()
+    asker.send(
+        sipwire.request("OPTIONS", f"sip:127.0.0.1:{bed.balancer_port}", asker.address),
+        balancer(bed),
+    )
+    answer = asker.final_reply()
+    assert answer is not None and sipwire.header(answer, "Server") == []
+    bed.start_balancer(name="signed", sip_signature="edge-1")
+    asker.send(
+        sipwire.request("OPTIONS", f"sip:127.0.0.1:{bed.balancer_port}", asker.address),
+        balancer(bed),
+    )
+    answer = asker.final_reply()
+    assert answer is not None and sipwire.header(answer, "Server") == [b"edge-1"]
+
+
+def test_a_ban_ends_after_flood_ban_ms(bed: Bed) -> None:
+    one_proxy_pool(bed, flood_requests_per_s=5, flood_ban_ms=1000)
+    source = sipwire.Peer("127.0.0.4")
+    options = sipwire.request("OPTIONS", f"sip:127.0.0.1:{bed.balancer_port}", source.address)
+    started = time.monotonic()  # the ban starts after this
+    for _ in range(10):
+        source.send(options, balancer(bed))
+    answered = 0
+    while source.recv(0.3):
+        answered += 1
+    assert answered == 5  # the 6th broke the limit: banned, and nothing answered after
+
+    def served() -> bool:
+        source.send(options, balancer(bed))
+        return source.recv(0.2) is not None
+
+    processes.wait_for(served, 5, "the ban to end")
+    assert 1.0 <= time.monotonic() - started < 3.0

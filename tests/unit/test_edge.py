@@ -1,0 +1,75 @@
+"""The edge's pure trust rules (core/edge.py): direction, limits, record bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from counterpoise.core import edge
+
+PROXY = ("10.0.0.11", 5060)
+POOL = frozenset({PROXY, ("10.0.0.12", 5070)})
+CALLER = ("203.0.113.9", 5060)
+GATEWAY = ("198.51.100.1", 5060)
+
+
+@pytest.mark.parametrize(
+    ("uri", "hop"),
+    [
+        ("sip:10.0.0.11", ("10.0.0.11", 5060)),
+        ("sips:10.0.0.11", ("10.0.0.11", 5061)),
+        ("SIP:Proxy.Example.COM:5080;transport=udp", ("proxy.example.com", 5080)),
+        ("sip:+1900@198.51.100.1:5062;lr", ("198.51.100.1", 5062)),
+        ("sip:[2001:db8::1]:5060", ("2001:db8::1", 5060)),
+        ("tel:+1900", None),
+    ],
+)
+def test_uri_hop_is_the_host_and_port_a_request_goes_to(uri: str, hop: object) -> None:
+    assert edge.uri_hop(uri) == hop
+
+
+def test_pool_hops_resolve_names_once_and_keep_addresses_as_they_are() -> None:
+    asked: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        asked.append(host)
+        return ["10.0.0.20"]
+
+    hops = edge.pool_hops(["sip:10.0.0.11", "sip:px.example.com:5070", "garbage"], resolve)
+    assert hops["sip:10.0.0.11"] == {PROXY}
+    assert hops["sip:px.example.com:5070"] == {("px.example.com", 5070), ("10.0.0.20", 5070)}
+    assert hops["garbage"] == frozenset()
+    assert asked == ["px.example.com"]
+
+
+def test_outside_requests_go_only_to_pool_proxies() -> None:
+    assert edge.may_relay(CALLER, False, PROXY, POOL)
+    assert not edge.may_relay(CALLER, False, GATEWAY, POOL)
+    assert not edge.may_relay(CALLER, True, GATEWAY, POOL)
+    assert not edge.may_relay(CALLER, False, None, POOL)
+    assert not edge.may_relay(CALLER, False, ("10.0.0.11", 5061), POOL)  # same host, other port
+
+
+def test_pool_proxies_may_send_their_dialogs_anywhere() -> None:
+    assert edge.may_relay(PROXY, False, CALLER, POOL)
+    assert edge.may_relay(PROXY, False, GATEWAY, POOL)
+
+
+def test_over_a_connection_a_pool_proxy_is_known_by_its_address_alone() -> None:
+    ephemeral = ("10.0.0.11", 41234)  # a TCP connection the proxy opened
+    assert edge.from_pool(ephemeral, True, POOL)
+    assert not edge.from_pool(ephemeral, False, POOL)  # over UDP it sends from its socket
+    assert not edge.from_pool(("10.0.0.99", 5060), True, POOL)
+
+
+def test_rate_windows_and_limits() -> None:
+    assert edge.window_key("192.0.2.1", 12_345, 1000) == "192.0.2.1 12"
+    assert edge.window_key("192.0.2.1", 12_999, 1000, "R") == "R192.0.2.1 12"
+    assert edge.window_key("192.0.2.1", 13_000, 1000) != edge.window_key("192.0.2.1", 12_999, 1000)
+    assert not edge.over_limit(50, 50) and edge.over_limit(51, 50)
+    assert not edge.over_limit(10**6, 0)  # 0 = no limit
+
+
+def test_only_bounded_values_are_recorded() -> None:
+    assert edge.recordable("a" * 256, 256)
+    assert not edge.recordable("a" * 257, 256)
+    assert not edge.recordable("", 256)

@@ -1,0 +1,213 @@
+"""The edge's trust rules as the routes apply them (issue 10), run through the fake KSR:
+direction, signals only from the proxies, hostile bytes, flood limits, guarded hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
+
+from ..fakes.edge import CALLEE, Node
+from ..fakes.ksr import FakeKsr
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+GATEWAY = "sip:+19005550100@198.51.100.99:5060"
+S = Settings(location_server=False)
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, S)
+
+
+def edge_counters(ksr: FakeKsr) -> dict[str, int]:
+    from counterpoise.core.location import sum_counters
+    from counterpoise.kamailio.counters import EDGE_TABLE
+
+    return sum_counters(dict(ksr.htables[EDGE_TABLE]))
+
+
+# --- direction ---------------------------------------------------------------------------------
+
+
+def test_in_dialog_request_from_outside_to_an_outside_hop_is_refused(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    routes = {"Route": "<sip:192.0.2.1;lr>, <sip:198.51.100.99;lr>"}
+    node.route("INVITE", GATEWAY, to_tag="forged", headers=routes)
+    assert ksr.relays == [] and ksr.sl_replies == [(403, "Forbidden")]
+    node.route("INVITE", GATEWAY, to_tag="forged", headers={"Route": "<sip:192.0.2.1;lr>"})
+    assert ksr.relays == [] and ksr.sl_replies == [(403, "Forbidden")]
+    node.route("ACK", GATEWAY, to_tag="forged", headers={"Route": "<sip:192.0.2.1;lr>"})
+    assert ksr.relays == [] and ksr.sl_replies == []  # an ACK is never answered
+    assert edge_counters(ksr)["relay_denied"] == 3
+
+
+def test_in_dialog_request_from_a_pool_proxy_follows_its_route_set_outward(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    routes = {"Route": "<sip:192.0.2.1;lr>"}
+    node.route("BYE", "sip:alice@198.51.100.7:5062", to_tag="t", headers=routes,
+               source="10.0.0.1", source_port=5060)  # fmt: skip
+    assert len(ksr.relays) == 1 and ksr.sl_replies == []
+
+
+def test_a_pool_proxy_over_tcp_is_known_by_its_address_alone(node: Node, ksr: FakeKsr):
+    """A proxy opens its TCP connections from ephemeral ports: the callee's BYE it relays
+    must still go out to the caller. Over UDP it sends from its socket, port and all."""
+    node.pool(A)
+    bye = {"to_tag": "t", "headers": {"Route": "<sip:192.0.2.1;lr>"}, "source": "10.0.0.1"}
+    node.route("BYE", "sip:alice@198.51.100.7:5062", source_port=41234, proto="tcp", **bye)
+    assert len(ksr.relays) == 1
+    node.route("BYE", "sip:alice@198.51.100.7:5062", source_port=41234, proto="udp", **bye)
+    assert ksr.relays == [] and ksr.sl_replies == [(403, "Forbidden")]
+
+
+def test_same_host_other_port_is_not_the_pool_proxy(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("BYE", "sip:10.0.0.1:5999", to_tag="t", headers={"Route": "<sip:192.0.2.1;lr>"})
+    assert ksr.relays == [] and ksr.sl_replies == [(403, "Forbidden")]
+
+
+def test_dialog_record_naming_a_proxy_out_of_the_pool_is_not_followed(node: Node, ksr: FakeKsr):
+    from .test_kemi_routes import FakeLocation
+
+    node.pool(A)
+    node.app.location = FakeLocation(dialog_proxy="sip:198.51.100.99:5060")
+    node.route("INFO", to_tag="t")
+    assert ksr.relays == [] and ksr.sl_replies == [(404, "Not here")]
+
+
+def test_initial_request_from_outside_loses_its_preloaded_route(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE", headers={"Route": "<sip:192.0.2.1;lr>, <sip:198.51.100.99;lr>"})
+    assert ksr.relays[0]["duri"] == A
+    assert "Route" in ksr.removed_headers and "X-CP-Load" in ksr.removed_headers
+    node.route("INVITE", headers={"Route": "<sip:192.0.2.1;lr>"}, source="10.0.0.1")
+    assert "Route" not in ksr.removed_headers  # a pool proxy's route set is its own
+
+
+# --- signals only from the proxies ---------------------------------------------------------------
+
+
+def test_reply_from_another_address_counts_nothing_and_ends_the_attempt(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(180, after_ms=5, source=("198.51.100.66", 5060))
+    assert ksr.dropped  # a forged provisional reply goes no further
+    node.reply(200, after_ms=5, source=("198.51.100.66", 5060), headers={"X-CP-Load": "x"})
+    assert node.inflight(A) == 0
+    assert node.totals() == {}  # no latency, no success, no load header
+    assert edge_counters(ksr)["foreign_reply"] == 2
+
+
+def test_callee_503_after_ringing_is_neither_counted_nor_failed_over(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.route("INVITE")
+    first = node.tried[0]
+    node.reply(180, after_ms=5)
+    node.reply(503, after_ms=40)
+    node.fail(503)
+    assert node.tried == [first]
+    assert node.inflight(first) == 0
+    assert node.totals() == {}
+
+
+def test_stray_reply_is_dropped_and_counted(node: Node, ksr: FakeKsr):
+    ksr.request("INVITE", CALLEE)
+    assert node.app.ksr_reply_route(None) == 1  # t_check_trans: no transaction
+    assert ksr.dropped and "X-CP-Load" in ksr.removed_headers
+    assert edge_counters(ksr)["stray_reply"] == 1
+
+
+# --- hostile bytes and guarded hooks ------------------------------------------------------------
+
+
+def test_non_utf8_load_header_is_rejected_and_the_attempt_ends(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(200, after_ms=5, headers={"X-CP-Load": b"active=\xff;workers=2"})
+    assert node.inflight(A) == 0
+    assert node.totals() == {A: Tally(requests_ok=1, first_reply_ms_sum=5, final_reply_ms_sum=5,
+                                      load_headers_rejected=1)}  # fmt: skip
+    assert edge_counters(ksr)["not_utf8"] == 1
+
+
+def test_a_hook_that_raises_is_counted_logged_once_and_returns_1(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    ksr.returns["maxfwd.process_maxfwd"] = lambda limit: 1 / 0
+    for _ in range(3):
+        node.route("INVITE")
+    assert edge_counters(ksr)["error_request"] == 3
+    assert len([text for text in ksr.logged("err") if "request failed, carrying on" in text]) == 1
+
+
+def test_in_flight_comes_down_even_when_the_reply_route_fails(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    ksr.returns["hdr.is_present"] = lambda name: 1 / 0
+    node.reply(200, after_ms=5, headers={"X-CP-Load": b"\xff"})
+    assert node.inflight(A) == 0
+    assert edge_counters(ksr)["error_reply"] == 1
+
+
+# --- flood limits ---------------------------------------------------------------------------------
+
+
+def test_source_over_its_limit_is_banned_and_ignored(ksr: FakeKsr, monkeypatch):
+    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_requests_per_s=3))
+    node.pool(A)
+    for _ in range(3):
+        node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    assert len(node.tried) == 1  # each request is a new transaction in the fake
+    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    assert ksr.relays == [] and ksr.sl_replies == []  # banned: no reply at all
+    assert ksr.expiries[("cpban", "198.51.100.5")] == S.flood_ban_ms // 1000
+    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    node.clock.advance(1000)  # a new window, but the ban holds
+    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    assert ksr.relays == []
+    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.6")
+    assert len(ksr.relays) == 1  # another source is not affected
+    counts = edge_counters(ksr)
+    assert counts["banned"] == 1 and counts["dropped_banned"] == 2
+
+
+def test_registers_have_their_own_stricter_limit(ksr: FakeKsr, monkeypatch):
+    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_registers_per_s=2))
+    node.pool(A)
+    for _ in range(2):
+        node.route("REGISTER", "sip:example.com", to="sip:alice@example.com")
+    node.route("OPTIONS", "sip:carol@example.com")
+    assert len(ksr.relays) == 1
+    node.route("REGISTER", "sip:example.com", to="sip:alice@example.com")
+    assert ksr.relays == [] and edge_counters(ksr)["banned"] == 1
+
+
+def test_pool_proxies_are_never_limited(ksr: FakeKsr, monkeypatch):
+    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_requests_per_s=1))
+    node.pool(A)
+    for _ in range(5):
+        node.route("BYE", to_tag="t", headers={"Route": "<sip:192.0.2.1;lr>"}, source="10.0.0.1")
+        assert len(ksr.relays) == 1
+    assert "banned" not in edge_counters(ksr)
+
+
+# --- in-flight drift ------------------------------------------------------------------------------
+
+
+def test_counts_of_an_epoch_no_attempt_can_still_be_in_are_dropped(node: Node, ksr: FakeKsr):
+    from counterpoise.core import attempts
+
+    node.pool(A)
+    node.route("INVITE")  # in flight now, and stays so: its outcome is never counted
+    assert node.inflight(A) == 1
+    node.tick(attempts.INFLIGHT_EPOCH_MS)
+    assert node.inflight(A) == 1  # the previous epoch is still live
+    node.tick(attempts.INFLIGHT_EPOCH_MS)
+    assert node.inflight(A) == 0
+    assert edge_counters(ksr)["inflight_corrected"] == 1
+    assert any("counted in flight for over 200 s" in line for line in node.logs)
