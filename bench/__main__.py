@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import capacity, drive, plots, report, scenarios
+from bench import capacity, drive, overhead, plots, report, scenarios
 from bench.contenders import BY_NAME, CONTENDERS, Contender
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
@@ -139,6 +139,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--load", type=float, help="fraction of the pool's capacity (0.7)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the capacity sweep")
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead bench")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="run only the overhead bench of issue 15 (CPU per call at 100, 300, 1000 calls/s "
+        f"against alg 4; --contenders of: {','.join(BY_NAME)})",
+    )
+    parser.add_argument("--rounds", type=int, default=overhead.ROUNDS, help="overhead rounds")
+    parser.add_argument("--step-s", type=float, default=overhead.STEP_S, help="s per rate")
+    parser.add_argument(
+        "--no-sustained", action="store_true", help="overhead: skip the sustained-rate ramp"
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="overhead: a Counterpoise setting for its contenders (e.g. a metrics switch)",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/...)")
     parser.add_argument(
         "--publish", type=Path, help="also copy report.md and the plots to this folder"
@@ -157,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         render(args.render, args.publish)
         return 0
+    if args.overhead:
+        return run_overhead(args)
     mode = MODES[args.mode]
     load = args.load if args.load is not None else mode.load
     names = args.contenders.split(",") if args.contenders else list(mode.contenders)
@@ -223,6 +243,83 @@ def main(argv: list[str] | None = None) -> int:
     progress.say(f"{results['elapsed_s'] / 60:.1f} min")
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    """``--overhead``: the overhead bench alone, its own results.json and report.md."""
+    names = args.contenders.split(",") if args.contenders else list(overhead.CONTENDERS)
+    unknown = [name for name in names if name not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")
+    extra = tuple((name, value) for name, _, value in (s.partition("=") for s in args.setting))
+    for name in names:
+        if extra and not BY_NAME[name].native:
+            BY_NAME[name] = dataclasses.replace(
+                BY_NAME[name], settings=(*BY_NAME[name].settings, *extra)
+            )
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = args.out or BENCH_DIR / "results" / f"{stamp}-overhead"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="counterpoise-overhead-"))
+    header = {
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "loadavg_start": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "settings": [f"{name}={value}" for name, value in extra],
+    }
+    print(f"overhead bench: results in {out}, logs in {work}", flush=True)
+    redis = processes.start_redis(processes.free_port(), work / "redis")
+    pool = Pool(work)
+    started = time.monotonic()
+
+    def keep(result: dict) -> None:
+        save(out, {**header, **result})
+
+    try:
+        pool.start_uas()
+        result = overhead.run(
+            work,
+            redis_url_of(redis),
+            pool.uas_uri,
+            names,
+            args.rounds,
+            args.step_s,
+            not args.no_sustained,
+            keep,
+        )
+    finally:
+        pool.stop()
+        redis.stop()
+    keep({**result, "loadavg_end": os.getloadavg(), "elapsed_s": time.monotonic() - started})
+    render_overhead(out, args.publish)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def render_overhead(out: Path, publish_to: Path | None) -> None:
+    results = json.loads((out / "results.json").read_text())
+    head = (
+        f"# Counterpoise overhead bench\n\nStarted {results['started_utc']} UTC, "
+        f"{results.get('elapsed_s', 0) / 60:.1f} min, {results['cpus']} CPUs; load average "
+        f"(1/5/15 min) at start {'/'.join(f'{v:.2f}' for v in results['loadavg_start'])}"
+        + (
+            f", at end {'/'.join(f'{v:.2f}' for v in results['loadavg_end'])}"
+            if "loadavg_end" in results
+            else ""
+        )
+        + (
+            f". Counterpoise settings: {', '.join(results['settings'])}"
+            if results["settings"]
+            else ""
+        )
+        + ".\n\n"
+    )
+    (out / "report.md").write_text(head + overhead.render(results))
+    print(f"report: {out / 'report.md'}", flush=True)
+    if publish_to:
+        publish_to.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "report.md", publish_to / "overhead.md")
+        print(f"published to {publish_to / 'overhead.md'}", flush=True)
 
 
 def redis_url_of(redis: processes.Process) -> str:

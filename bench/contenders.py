@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bench.pool import Target
@@ -20,6 +20,9 @@ from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 
 DISPATCHER_CFG = Path(__file__).resolve().parent / "dispatcher.cfg"
+KEMI_RELAY_CFG = Path(__file__).resolve().parent / "kemi_relay.cfg"
+"""The same relay as ``dispatcher.cfg`` written as a minimal Python KEMI script
+(``kemi_relay.py``): what any Python KEMI balancer pays before doing anything of its own."""
 
 BALANCER_WORKERS = 4
 """SIP worker processes of every balancer, Counterpoise's default (``counterpoise up``)."""
@@ -93,6 +96,10 @@ class Contender:
     attrs: Callable[[str, float, float], str] = lambda name, capacity, total: ""
     """Destination attributes from the proxy's name, its capacity and the pool's total."""
     priority: int = 0
+    cfg: Path = DISPATCHER_CFG
+    """Kamailio config of a dispatcher contender."""
+    settings: tuple[tuple[str, object], ...] = ()
+    """Counterpoise settings other than the defaults (``Settings`` field, value)."""
 
     @property
     def native(self) -> bool:
@@ -112,7 +119,7 @@ class Contender:
         if self.native:
             running = self._start_dispatcher(targets, run_dir)
         else:
-            running = start_counterpoise(targets, run_dir, redis_url)
+            running = start_counterpoise(targets, run_dir, redis_url, dict(self.settings))
         if probed:
             running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
@@ -136,8 +143,10 @@ class Contender:
             "DS_CTL": f"unixs:{ctl}",
             "DS_FR_TIMER_MS": Settings().fr_timer_ms,
         }
+        if self.cfg == KEMI_RELAY_CFG:
+            defines["DS_KEMI_SCRIPT"] = str(KEMI_RELAY_CFG.with_suffix(".py"))
         argv = processes.kamailio_argv(
-            DISPATCHER_CFG, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
+            self.cfg, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
         )
         argv += ["-m", str(SHM_MB)]
         if self.alg == 10:
@@ -159,10 +168,15 @@ def dispatcher_active(ctl: Path, proxies: int) -> bool:
     return listing.count("FLAGS: A") == proxies
 
 
-def start_counterpoise(targets: Sequence[Target], run_dir: Path, redis_url: str) -> Running:
-    """The shipped balancer (kamailio.cfg + kemi/) with its default settings, the pool
-    entered in Redis with equal base weights, as an operator who does not know the
-    capacities would."""
+def start_counterpoise(
+    targets: Sequence[Target],
+    run_dir: Path,
+    redis_url: str,
+    overrides: Mapping[str, object] | None = None,
+) -> Running:
+    """The shipped balancer (kamailio.cfg + kemi/) with its default settings (but
+    ``overrides``), the pool entered in Redis with equal base weights, as an operator who
+    does not know the capacities would."""
     client = connect(redis_url, 1000)
     client.flushdb()
     port = processes.free_port()
@@ -175,6 +189,7 @@ def start_counterpoise(targets: Sequence[Target], run_dir: Path, redis_url: str)
         workers=BALANCER_WORKERS,
         shm_mb=SHM_MB,
         flood_requests_per_s=BENCH_SOURCE_LIMIT,
+        **(overrides or {}),
     )
     store = PoolStore(client, settings.key_prefix)
     for target in targets:
@@ -220,4 +235,13 @@ CONTENDERS = (
 )
 """Every contender, in the order of the report. ``oracle`` is a reference no operator has."""
 
-BY_NAME = {contender.name: contender for contender in CONTENDERS}
+OVERHEAD_ONLY = (
+    Contender("kemi4", "minimal Python KEMI relay, dispatcher alg 4", 4, cfg=KEMI_RELAY_CFG),
+    Contender(
+        "cp-noloc", "Counterpoise, location server off", settings=(("location_server", False),)
+    ),
+)
+"""Contenders of the overhead bench only: the Python KEMI floor, and Counterpoise without
+its location server."""
+
+BY_NAME = {contender.name: contender for contender in (*CONTENDERS, *OVERHEAD_ONLY)}

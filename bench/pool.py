@@ -60,10 +60,15 @@ class Pool:
         """Proxies stopped or killed on purpose: not queried (a SIGSTOPped Kamailio would
         leave kamcmd waiting)."""
 
-    def start(self) -> Pool:
+    def start_uas(self) -> Pool:
+        """Only the UAS (the overhead bench's one downstream)."""
         uas_port = processes.free_port()
         self.uas = testbed.start_uas(uas_port, self.run_dir)
         self.uas_uri = f"sip:127.0.0.1:{uas_port}"
+        return self
+
+    def start(self) -> Pool:
+        self.start_uas()
         for name, workers in POOL_WORKERS:
             ds = testbed.Downstream(
                 name, processes.free_port(), workers, self.uas_uri, self.run_dir, False

@@ -1,0 +1,324 @@
+"""The overhead bench (issue 15): CPU per call of one balancer relaying to one downstream
+(the SIPp UAS: INVITE with a user in the R-URI, 200, ACK, BYE, 200) at the rates people
+run, every process the balancer needs counted (Kamailio and, for Counterpoise, its Redis),
+against the same relay in plain Kamailio with dispatcher alg 4 on the same machine.
+
+Rounds alternate the contenders (the order rotates each round) so slow changes of the
+machine's other load spread over all of them; each round starts each contender fresh,
+measures it idle (its fixed cost per second), then at each rate. The report gives medians
+over rounds. Then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench import capacity, drive
+from bench.contenders import BY_NAME, Contender, Running
+from bench.pool import Target
+
+RATES = (100, 300, 1000)
+"""Calls/s: most deployments run tens to a few hundred per node (issue 15)."""
+CONTENDERS = ("ds4", "kemi4", "counterpoise", "cp-noloc")
+"""Native alg 4 (the reference), the minimal Python KEMI relay (the floor of any Python
+KEMI balancer), Counterpoise with and without its location server."""
+REFERENCE = "ds4"
+ROUNDS = 3
+STEP_S = 8.0
+"""Seconds of calls per rate: 800 to 8000 calls, enough that a 10 ms clock tick of /proc
+CPU times is under 1 % of a step's CPU."""
+IDLE_S = 4.0
+"""Seconds measured with no calls: the fixed cost per second (timers, probes, Redis)."""
+HOLD_MS = 1000
+"""How long each call stays up after its 200: long enough that the BYE is a separate
+moment, short enough that every step ends soon after its last call."""
+SUSTAINED_RATES = (1000, 1500, 2000, 2500, 3000)
+SUSTAINED_STEP_S = 4.0
+SUSTAINED_CONTENDERS = ("counterpoise", "ds4")
+
+
+def idle_cpu(running: Running, seconds: float) -> dict:
+    """CPU seconds of the balancer (and its store) over ``seconds`` without calls."""
+    cpu, store = running.cpu_seconds(), running.extra_cpu()
+    time.sleep(seconds)  # the measured window itself: nothing to wait for
+    return {
+        "rate": 0,
+        "window_s": seconds,
+        "cpu_s": running.cpu_seconds() - cpu,
+        "store_cpu_s": running.extra_cpu() - store,
+    }
+
+
+def one_round(
+    index: int,
+    contenders: Sequence[Contender],
+    uas: Target,
+    work: Path,
+    redis_url: str,
+    rates: Sequence[float],
+    step_s: float,
+    say: Callable[[str], None],
+) -> dict:
+    """Each contender in turn (order rotated by ``index``): idle, then each rate."""
+    order = [contenders[(index + i) % len(contenders)] for i in range(len(contenders))]
+    record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
+    for contender in order:
+        run_dir = work / f"round{index + 1}-{contender.name}"
+        running = contender.start([uas], run_dir, redis_url)
+        try:
+            step = idle_cpu(running, IDLE_S)
+            record["steps"].append({"contender": contender.name, **step, "calls": 0})
+            for rate in rates:
+                load = drive.Load(rate, HOLD_MS)
+                m = drive.measure(running, None, None, run_dir / f"rate-{rate:g}", load, step_s)
+                per_call = 1000 * (m.cpu_s + m.store_cpu_s) / max(1, m.sipp.attempted)
+                record["steps"].append(
+                    {
+                        "contender": contender.name,
+                        "rate": rate,
+                        "calls": m.sipp.attempted,
+                        "failed": m.sipp.failed,
+                        "cpu_s": m.cpu_s,
+                        "store_cpu_s": m.store_cpu_s,
+                        "machine_busy": m.machine_busy,
+                    }
+                )
+                say(
+                    f"      round {index + 1} {contender.name:13s} {rate:5g} calls/s: "
+                    f"{m.sipp.failed} failed, {per_call:.3f} ms CPU/call "
+                    f"({1000 * m.store_cpu_s / max(1, m.sipp.attempted):.3f} Redis)"
+                )
+        finally:
+            running.stop()
+    record["loadavg_end"] = os.getloadavg()
+    return record
+
+
+def run(
+    work: Path,
+    redis_url: str,
+    uas_uri: str,
+    names: Sequence[str],
+    rounds: int,
+    step_s: float,
+    sustained: bool,
+    save: Callable[[dict], None],
+    say: Callable[[str], None] = print,
+) -> dict:
+    contenders = [BY_NAME[name] for name in names]
+    uas = Target("uas", uas_uri, 0.0)
+    result: dict = {
+        "rates": list(RATES),
+        "contenders": {c.name: c.label for c in contenders},
+        "reference": REFERENCE,
+        "step_s": step_s,
+        "idle_s": IDLE_S,
+        "hold_ms": HOLD_MS,
+        "rounds": [],
+        "sustained": [],
+    }
+    for index in range(rounds):
+        say(f"overhead round {index + 1}/{rounds}, load average {os.getloadavg()}")
+        result["rounds"].append(
+            one_round(index, contenders, uas, work, redis_url, RATES, step_s, say)
+        )
+        save(result)
+    if sustained:
+        loads = [drive.Load(rate, HOLD_MS) for rate in SUSTAINED_RATES]
+        for name in SUSTAINED_CONTENDERS:
+            say(f"sustained rate: {name} {SUSTAINED_RATES}")
+            result["sustained"].append(
+                capacity.ramp(
+                    BY_NAME[name],
+                    [uas],
+                    None,
+                    work / f"sustained-{name}",
+                    redis_url,
+                    loads,
+                    SUSTAINED_STEP_S,
+                    say,
+                )
+            )
+            save(result)
+    return result
+
+
+# --- the arithmetic of the report ----------------------------------------------------------
+
+
+def per_call_ms(step: dict) -> float:
+    """Balancer plus store CPU per call, ms."""
+    return 1000 * (step["cpu_s"] + step["store_cpu_s"]) / max(1, step["calls"])
+
+
+def _steps(result: dict, contender: str, rate: float) -> list[dict]:
+    return [
+        step
+        for record in result["rounds"]
+        for step in record["steps"]
+        if step["contender"] == contender and step["rate"] == rate
+    ]
+
+
+def median_per_call(result: dict, contender: str, rate: float) -> float | None:
+    values = [per_call_ms(step) for step in _steps(result, contender, rate)]
+    return statistics.median(values) if values else None
+
+
+def median_store_per_call(result: dict, contender: str, rate: float) -> float | None:
+    values = [1000 * s["store_cpu_s"] / max(1, s["calls"]) for s in _steps(result, contender, rate)]
+    return statistics.median(values) if values else None
+
+
+def median_idle_ms_per_s(result: dict, contender: str) -> float | None:
+    """Fixed cost: CPU ms per second with no calls, balancer plus store."""
+    values = [
+        1000 * (s["cpu_s"] + s["store_cpu_s"]) / s["window_s"] for s in _steps(result, contender, 0)
+    ]
+    return statistics.median(values) if values else None
+
+
+def median_marginal(result: dict, contender: str, low: float, high: float) -> float | None:
+    """CPU ms per extra call between two rates, per round, median over rounds."""
+    values = []
+    for record in result["rounds"]:
+        steps = {s["rate"]: s for s in record["steps"] if s["contender"] == contender}
+        if low in steps and high in steps:
+            a, b = steps[low], steps[high]
+            extra_calls = b["calls"] - a["calls"]
+            cpu = (b["cpu_s"] + b["store_cpu_s"]) - (a["cpu_s"] + a["store_cpu_s"])
+            if extra_calls > 0:
+                values.append(1000 * cpu / extra_calls)
+    return statistics.median(values) if values else None
+
+
+def failed(result: dict, contender: str) -> int:
+    return sum(
+        step.get("failed", 0)
+        for record in result["rounds"]
+        for step in record["steps"]
+        if step["contender"] == contender
+    )
+
+
+def sustained_rate(result: dict, contender: str) -> float | None:
+    for ramp in result["sustained"]:
+        if ramp["contender"] == contender:
+            return float(ramp["highest_sustained"])
+    return None
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def _ms(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+TARGETS = (("counterpoise", 1.3), ("cp-noloc", 1.15))
+"""Issue 15: CPU per call at most 1.3x alg 4 at 300 and 1000 calls/s with the location
+server on, 1.15x with it off."""
+TARGET_RATES = (300, 1000)
+SUSTAINED_TARGET = 0.9
+
+
+def render(result: dict) -> str:
+    ref = result["reference"]
+    rates = result["rates"]
+    names = list(result["contenders"])
+    loads = [record["loadavg_start"][0] for record in result["rounds"]]
+    lines = [
+        "## Overhead: CPU per call (issue 15)",
+        "",
+        f"One balancer relaying to one downstream (the SIPp UAS: INVITE with a user in the "
+        f"R-URI, 200, ACK, BYE, 200; calls held {result['hold_ms']} ms), "
+        f"{len(result['rounds'])} rounds alternating the contenders, each started fresh, "
+        f"{result['step_s']:g} s of calls per rate. CPU is user + system from `/proc` of every "
+        f"process the balancer needs: its Kamailio processes and, for Counterpoise, its Redis "
+        f"(in brackets). Medians over the rounds. 1-minute load average at the start of each "
+        f"round: {', '.join(f'{load:.2f}' for load in loads)} (2 cores; other work on the "
+        f"machine shows in these figures).",
+        "",
+        "| contender | fixed ms CPU/s idle | "
+        + " | ".join(f"{rate:g}/s ms/call (Redis)" for rate in rates)
+        + " | "
+        + " | ".join(f"{rate:g}/s vs {ref}" for rate in rates)
+        + " | failed calls |",
+        "|---" * (3 + 2 * len(rates)) + "|",
+    ]
+    for name in names:
+        per_rate = [median_per_call(result, name, rate) for rate in rates]
+        stores = [median_store_per_call(result, name, rate) for rate in rates]
+        refs = [median_per_call(result, ref, rate) for rate in rates]
+        cells = [
+            f"{_ms(value)} ({_ms(store)})" if store else _ms(value)
+            for value, store in zip(per_rate, stores, strict=True)
+        ]
+        ratios = [_ratio(v, r) for v, r in zip(per_rate, refs, strict=True)]
+        idle = _ms(median_idle_ms_per_s(result, name), 1)
+        lines.append(
+            f"| {name} | {idle} | {' | '.join(cells)} | {' | '.join(ratios)} | "
+            f"{failed(result, name)} |"
+        )
+    lines += [
+        "",
+        "Marginal cost: CPU ms per extra call between two rates (per round, median), "
+        "which the fixed costs do not touch:",
+        "",
+        "| contender | "
+        + " | ".join(f"{a:g} -> {b:g}/s" for a, b in itertools.pairwise(rates))
+        + " | "
+        + " | ".join(f"vs {ref}" for _ in rates[1:])
+        + " |",
+        "|---" * (1 + 2 * (len(rates) - 1)) + "|",
+    ]
+    pairs = list(itertools.pairwise(rates))
+    for name in names:
+        values = [median_marginal(result, name, a, b) for a, b in pairs]
+        refs = [median_marginal(result, ref, a, b) for a, b in pairs]
+        lines.append(
+            f"| {name} | {' | '.join(_ms(v) for v in values)} | "
+            f"{' | '.join(_ratio(v, r) for v, r in zip(values, refs, strict=True))} |"
+        )
+    lines += ["", *render_targets(result)]
+    return "\n".join(lines) + "\n"
+
+
+def render_targets(result: dict) -> list[str]:
+    ref = result["reference"]
+    lines = ["| target (issue 15) | measured | verdict |", "|---|---|---|"]
+    for name, limit in TARGETS:
+        if name not in result["contenders"]:
+            continue
+        for rate in TARGET_RATES:
+            value = median_per_call(result, name, rate)
+            reference = median_per_call(result, ref, rate)
+            if value is None or not reference:
+                continue
+            ratio = value / reference
+            verdict = "met" if ratio <= limit else f"missed: {ratio:.2f}x instead of <= {limit}x"
+            lines.append(
+                f"| {name} CPU per call at most {limit}x {ref} at {rate:g}/s | "
+                f"{value:.3f} vs {reference:.3f} ms/call: {ratio:.2f}x | {verdict} |"
+            )
+    ours, theirs = sustained_rate(result, "counterpoise"), sustained_rate(result, ref)
+    if ours is not None and theirs:
+        ratio = ours / theirs
+        tried = max(SUSTAINED_RATES)
+        bound = f" (both sustained every rate tried, up to {tried}: a lower bound)" * (
+            ours == theirs == tried
+        )
+        verdict = "met" if ratio >= SUSTAINED_TARGET else f"missed: {ratio:.2f}x"
+        lines.append(
+            f"| sustained rate at least {SUSTAINED_TARGET}x {ref} | "
+            f"{ours:g} vs {theirs:g} calls/s: {ratio:.2f}x{bound} | {verdict} |"
+        )
+    return lines
