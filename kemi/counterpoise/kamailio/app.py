@@ -84,9 +84,6 @@ class KemiApp:
             KSR.set_drop()
         return 1
 
-    def ksr_onsend_route(self, msg: object) -> int:
-        return 1
-
     # --- requests ----------------------------------------------------------------------------
 
     @hook("request")
