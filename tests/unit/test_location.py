@@ -183,3 +183,22 @@ def test_queue_over_its_byte_cap_drops_the_oldest_entries() -> None:
     assert location.over_bytes(queued, 3 * 17) == []
     assert location.over_bytes(queued, 2 * 17) == [("00001 1", "a" * 10)]
     assert location.over_bytes(queued, 0) == sorted(queued)
+
+
+@pytest.mark.parametrize(
+    "holder", [Holder(A, location.REGISTRATION), Holder(B, location.PIN), None], ids=str
+)
+def test_cached_holder_round_trips_while_fresh(holder):
+    entry = location.CachedHolder(holder, until_ms=5000).encode()
+    assert location.CachedHolder.decode(entry, now_ms=4999) == location.CachedHolder(holder, 5000)
+
+
+@pytest.mark.parametrize("now_ms", [5000, 6000])
+def test_cached_holder_is_a_miss_once_stale(now_ms):
+    entry = location.CachedHolder(Holder(A, location.REGISTRATION), 5000).encode()
+    assert location.CachedHolder.decode(entry, now_ms) is None
+
+
+@pytest.mark.parametrize("garbled", ["", "soon", "-5", "9999 registration", "9999 "])
+def test_cached_holder_garbled_entry_is_a_miss(garbled):
+    assert location.CachedHolder.decode(garbled, now_ms=0) is None

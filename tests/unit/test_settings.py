@@ -129,6 +129,8 @@ def test_node_name_defaults_to_host_name():
         ("LOCATION_FALLBACK", "404"),
         ("DIALOG_RECORD_TTL_MS", "-1"),
         ("LOCATION_REDIS_TIMEOUT_MS", "0"),
+        ("LOCATION_CACHE_MS", "-1"),
+        ("LOCATION_CACHE_MS", "10001"),
         ("FR_TIMER_MS", "-5"),
         ("SLOW_START_FLOOR", "1.5"),
         ("KEY_PREFIX", ""),

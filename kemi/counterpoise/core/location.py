@@ -208,6 +208,32 @@ class Holder:
     source: str  # PIN, REGISTRATION or DOMAIN
 
 
+@dataclasses.dataclass(frozen=True)
+class CachedHolder:
+    """A lookup's answer kept in the node's shared memory until ``until_ms`` (monotonic ms,
+    one clock for every process of the machine): ``holder`` None = no record."""
+
+    holder: Holder | None
+    until_ms: int
+
+    def encode(self) -> str:
+        if self.holder is None:
+            return str(self.until_ms)
+        return f"{self.until_ms} {self.holder.source} {self.holder.proxy}"
+
+    @classmethod
+    def decode(cls, text: str, now_ms: int) -> CachedHolder | None:
+        """The entry while it is fresh; None when it is stale or garbled (look up again)."""
+        parts = text.split(" ", 2)
+        if not parts[0].isdigit() or int(parts[0]) <= now_ms:
+            return None
+        if len(parts) == 1:
+            return cls(None, int(parts[0]))
+        if len(parts) == 3 and all(parts[1:]):
+            return cls(Holder(parts[2], parts[1]), int(parts[0]))
+        return None
+
+
 def holder(pin: Record | None, registration: Record | None, domain: Record | None) -> Holder | None:
     """The proxy the records send a request to, or None: AOR pin, registration, domain pin."""
     for record, source in ((pin, PIN), (registration, REGISTRATION), (domain, DOMAIN)):

@@ -371,6 +371,16 @@ class Settings:
     its own requests (probes). Empty (default): neither is sent (``server_signature=no``),
     since a product and version string tells a scanner which exploits to try."""
 
+    # --- Cost per call (issue 15) -------------------------------------------------------------
+    location_cache_ms: int = 1000
+    """How long a node keeps a location lookup's answer (holder or none) in its shared memory,
+    so further calls to that user cost no Redis round trip. A registration, unregistration or
+    pin made through another node or the CLI is followed within this long; this node's own
+    REGISTERs at once (their 2xx drops the entry). 1 s: users re-register every few minutes
+    to an hour, so the lag is nothing next to that, and a user called once a second or more
+    costs one lookup a second. 0 turns the cache off; at most 10 000 (kamailio.cfg expires the
+    entries of htable ``cplocc`` after 10 s)."""
+
     def __post_init__(self) -> None:
         """Check every value; raise ``SettingError`` naming the first bad one."""
         for field in dataclasses.fields(self):
@@ -389,6 +399,10 @@ class Settings:
                 raise SettingError(field.name, value, "expected HOST:PORT or empty")
             if field.name in HEADER_VALUES and not HEADER_VALUE.fullmatch(value):
                 raise SettingError(field.name, value, "printable ASCII without quotes")
+        if self.location_cache_ms > LOCATION_CACHE_MAX_MS:
+            raise SettingError(
+                "location_cache_ms", self.location_cache_ms, f"must be <= {LOCATION_CACHE_MAX_MS}"
+            )
         self._check_sockets()
 
     def _check_sockets(self) -> None:
@@ -581,9 +595,14 @@ NOT_NEGATIVE = (
     "saturated_memory_ms",
     "flood_requests_per_s",
     "flood_registers_per_s",
+    "location_cache_ms",
 )
 """Settings where 0 means "none" (no ramp, no blackout, no dialog records, no retry floor,
-every return through slow start, no proxy counted saturated, no flood limit)."""
+every return through slow start, no proxy counted saturated, no flood limit, no location
+cache)."""
+LOCATION_CACHE_MAX_MS = 10_000
+"""The htable ``cplocc`` (kamailio.cfg) drops its entries after 10 s: a longer cache would
+be cut short by it."""
 FRACTIONS = (
     "slow_start_floor",
     "load_headroom_floor",

@@ -13,6 +13,10 @@ again. Without Redis, initial requests are routed by weight and counted as ``red
 Counters go to the htable ``cploc`` as ``"<name> <pid>"`` -> int (one writer per key):
 ``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
 
+Lookups of initial requests other than REGISTER are kept in the node's htable ``cplocc`` for
+``location_cache_ms`` (holder or none), so a user already called costs no Redis round trip;
+a REGISTER 2xx through this node drops its AOR's entry.
+
 Dialog records are written behind, off the SIP path: the worker handling the 2xx (or the BYE)
 puts the record into the node's htable ``cpdlg`` (seen at once by every worker of the node:
 the ACK right after a 200 finds it) and queues the Redis write in htable ``cplocq``; the timer
@@ -42,6 +46,8 @@ from counterpoise.store.location import LocationStore
 TABLE = shared.LOCATION_COUNTS
 DIALOGS = "cpdlg"
 """Call-ID -> dialog record JSON, this node's copy (htable autoexpire: kamailio.cfg)."""
+CACHE = "cplocc"
+"""AOR -> ``location.CachedHolder``: lookups answered without Redis (``location_cache_ms``)."""
 QUEUE = "cplocq"
 """``"<monotonic ns> <pid>"`` -> ``location.PendingWrite``: dialog writes for the timer."""
 
@@ -116,11 +122,11 @@ class LocationRouting:
             return location.Decision()
         if is_register:
             avps.set_aor(name)
-        ok, records = self._call(lambda store: store.lookup(name, host.lower()))
+        # A REGISTER always reads Redis: its 2xx is what changes the records.
+        ok, found = self._holder(name, host, cached=not is_register)
         if not ok:
             decision = location.Decision(outcome="redis_skipped")
         else:
-            found = location.holder(*records)
             holder_usable = found is not None and usable(found.proxy)
             decision = location.decide(
                 found, holder_usable, is_register, self._settings.location_fallback
@@ -131,6 +137,25 @@ class LocationRouting:
         self.count("lookups")
         self.count(decision.outcome)
         return decision
+
+    def _holder(self, name: str, host: str, cached: bool) -> tuple[bool, location.Holder | None]:
+        """The holder of AOR ``name`` from this node's cache when fresh, else from Redis
+        (kept in the cache); False when Redis could not be asked."""
+        now = clock.monotonic_ms()
+        ttl = self._settings.location_cache_ms
+        if cached and ttl:
+            entry = KSR.htable.sht_get(CACHE, name)
+            hit = location.CachedHolder.decode(entry, now) if isinstance(entry, str) else None
+            if hit is not None:
+                self.count("cache_hits")
+                return True, hit.holder
+        ok, records = self._call(lambda store: store.lookup(name, host.lower()))
+        if not ok:
+            return False, None
+        found = location.holder(*records)
+        if cached and ttl:
+            KSR.htable.sht_sets(CACHE, name, location.CachedHolder(found, now + ttl).encode())
+        return True, found
 
     def keeps_to_holder(self) -> bool:
         """Whether a failed request must not fail over by weight (failure route)."""
@@ -170,6 +195,7 @@ class LocationRouting:
         else:
             ok, _ = self._call(lambda store: store.delete(AOR, name))
             self.count("unregistered" if ok else "write_failed")
+        KSR.htable.sht_rm(CACHE, name)  # this node follows its own REGISTERs at once
 
     def _dialog_started(self, proxy: str) -> None:
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
