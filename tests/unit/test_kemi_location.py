@@ -61,8 +61,38 @@ def test_register_records_its_proxy_and_requests_follow_it(node: Node, ksr: Fake
         assert node.tried == [proxy]
     assert counters(node) | {"lookup_us": 0, "write_us": 0} == {
         "lookups": 11, "none": 1, "registration": 10, "registered": 1, "writes": 1,
-        "lookup_us": 0, "write_us": 0,
+        "cache_hits": 9, "lookup_us": 0, "write_us": 0,
     }  # fmt: skip
+
+
+def test_lookups_are_cached_for_location_cache_ms_and_dropped_by_a_register_here(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A, B)
+    hold(node, A)
+    node.route("INVITE", ALICE)
+    hold(node, B)  # moved through another node (or the CLI)
+    node.clock.advance(S.location_cache_ms - 1)
+    node.route("INVITE", ALICE)
+    assert node.tried == [A]  # still the cached answer: no Redis round trip
+    node.clock.advance(1)
+    node.route("INVITE", ALICE)
+    assert node.tried == [B]  # followed within location_cache_ms
+    assert counters(node)["cache_hits"] == 1
+
+    proxy = register(node, expires_s=600)  # a REGISTER through this node drops the entry
+    node.route("INVITE", ALICE)
+    assert node.tried == [proxy] and counters(node)["cache_hits"] == 1
+
+
+def test_no_cache_with_location_cache_ms_0(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch):
+    node = Node(ksr, monkeypatch, Settings(location_cache_ms=0))
+    node.pool(A, B)
+    hold(node, A)
+    node.route("INVITE", ALICE)
+    hold(node, B)
+    node.route("INVITE", ALICE)
+    assert node.tried == [B] and "cache_hits" not in counters(node)
 
 
 def test_register_with_expires_0_removes_the_record(node: Node, ksr: FakeKsr):
