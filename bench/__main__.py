@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import capacity, drive, overhead, plots, report, scenarios
-from bench.contenders import BY_NAME, CONTENDERS, Contender
+from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
 from counterpoise import processes
@@ -151,6 +151,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-sustained", action="store_true", help="overhead: skip the sustained-rate ramp"
     )
     parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=TREE",
+        help="overhead: also Counterpoise from source tree TREE (e.g. a git worktree of an "
+        "older commit), as NAME and NAME-noloc",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_overhead(args: argparse.Namespace) -> int:
     """``--overhead``: the overhead bench alone, its own results.json and report.md."""
     names = args.contenders.split(",") if args.contenders else list(overhead.CONTENDERS)
+    for name, _, tree in (text.partition("=") for text in args.compare):
+        for contender in other_version(name, Path(tree).resolve()):
+            BY_NAME[contender.name] = contender
+            names.append(contender.name)
     unknown = [name for name in names if name not in BY_NAME]
     if unknown:
         raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")

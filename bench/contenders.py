@@ -100,6 +100,9 @@ class Contender:
     """Kamailio config of a dispatcher contender."""
     settings: tuple[tuple[str, object], ...] = ()
     """Counterpoise settings other than the defaults (``Settings`` field, value)."""
+    tree: Path = processes.REPO
+    """The source tree whose kamailio.cfg and kemi/ a Counterpoise contender runs: another
+    version of Counterpoise (a git worktree of an older commit) to measure a change."""
 
     @property
     def native(self) -> bool:
@@ -119,7 +122,9 @@ class Contender:
         if self.native:
             running = self._start_dispatcher(targets, run_dir)
         else:
-            running = start_counterpoise(targets, run_dir, redis_url, dict(self.settings))
+            running = start_counterpoise(
+                targets, run_dir, redis_url, dict(self.settings), self.tree
+            )
         if probed:
             running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
@@ -173,6 +178,7 @@ def start_counterpoise(
     run_dir: Path,
     redis_url: str,
     overrides: Mapping[str, object] | None = None,
+    tree: Path = processes.REPO,
 ) -> Running:
     """The shipped balancer (kamailio.cfg + kemi/) with its default settings (but
     ``overrides``), the pool entered in Redis with equal base weights, as an operator who
@@ -195,7 +201,11 @@ def start_counterpoise(
     for target in targets:
         store.add(target.uri, 1.0)
     proc = processes.start_balancer(
-        settings, run_dir / "run", log_path=run_dir / "balancer.log", timeout_s=READY_TIMEOUT_S
+        settings,
+        run_dir / "run",
+        log_path=run_dir / "balancer.log",
+        timeout_s=READY_TIMEOUT_S,
+        repo=tree,
     )
 
     def all_usable() -> bool:
@@ -240,8 +250,28 @@ OVERHEAD_ONLY = (
     Contender(
         "cp-noloc", "Counterpoise, location server off", settings=(("location_server", False),)
     ),
+    Contender(
+        "cp-nocache",
+        "Counterpoise, location lookups not cached",
+        settings=(("location_cache_ms", 0),),
+    ),
 )
-"""Contenders of the overhead bench only: the Python KEMI floor, and Counterpoise without
-its location server."""
+"""Contenders of the overhead bench only: the Python KEMI floor, Counterpoise without its
+location server, and without its lookup cache."""
+
+
+def other_version(name: str, tree: Path) -> tuple[Contender, Contender]:
+    """Counterpoise from another source tree, location server on and off (``--compare``)."""
+    label = f"Counterpoise from {tree}"
+    return (
+        Contender(name, label, tree=tree),
+        Contender(
+            f"{name}-noloc",
+            f"{label}, location server off",
+            settings=(("location_server", False),),
+            tree=tree,
+        ),
+    )
+
 
 BY_NAME = {contender.name: contender for contender in (*CONTENDERS, *OVERHEAD_ONLY)}

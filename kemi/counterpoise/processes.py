@@ -330,11 +330,11 @@ def rpc_socket(run_dir: Path) -> Path:
     return run_dir / "kamailio_rpc.sock"
 
 
-def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
+def balancer_argv(settings: Settings, run_dir: Path, repo: Path = REPO) -> list[str]:
     """Kamailio's command line for a balancer with ``settings`` (sockets, workers, memory,
     user, TLS)."""
     defines: dict[str, str | int] = {
-        "CP_KEMI_SCRIPT": str(KEMI_SCRIPT),
+        "CP_KEMI_SCRIPT": str(repo / KEMI_SCRIPT.relative_to(REPO)),
         "CP_CTL_SOCKET": f"unixs:{ctl_socket(run_dir)}",
         "CP_RPC_SOCKET": str(rpc_socket(run_dir)),
         "CP_FR_TIMER_MS": settings.fr_timer_ms,
@@ -347,7 +347,8 @@ def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
         write_tls_config(tls_config, Path(settings.tls_certificate), Path(settings.tls_private_key))
         defines["CP_TLS_CONFIG"] = str(tls_config)
     listen = [sip.kamailio(settings.advertise) for sip in settings.listen_sockets()]
-    argv = kamailio_argv(KAMAILIO_CFG, listen, settings.workers, run_dir, defines)
+    cfg = repo / KAMAILIO_CFG.relative_to(REPO)
+    argv = kamailio_argv(cfg, listen, settings.workers, run_dir, defines)
     argv += ["-m", str(settings.shm_mb)]
     if settings.user:
         argv += ["-u", settings.user]
@@ -357,10 +358,15 @@ def balancer_argv(settings: Settings, run_dir: Path) -> list[str]:
 
 
 def start_balancer(
-    settings: Settings, run_dir: Path, log_path: Path | None = None, timeout_s: float = 20.0
+    settings: Settings,
+    run_dir: Path,
+    log_path: Path | None = None,
+    timeout_s: float = 20.0,
+    repo: Path = REPO,
 ) -> Process:
     """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS on its
-    first socket. Its log goes to ``log_path`` (None: this process's stderr)."""
+    first socket. Its log goes to ``log_path`` (None: this process's stderr); ``repo`` is the
+    source tree whose kamailio.cfg and kemi/ run (the benchmark compares versions)."""
     sockets = settings.listen_sockets()
     for sip in sockets:
         check_free(sip)
@@ -374,7 +380,7 @@ def start_balancer(
         contact = sockets[0].uri("counterpoise")
         settings = dataclasses.replace(settings, probe_contact_uri=contact)
     env = {**to_environ(settings), **interpreter.environ()}
-    argv = balancer_argv(settings, run_dir)  # writes the tls module's file into run_dir
+    argv = balancer_argv(settings, run_dir, repo)  # writes the tls module's file into run_dir
     if settings.user:
         # Last, once up has written its files: Kamailio writes its pid file and control
         # sockets here after dropping root.
