@@ -267,6 +267,11 @@ def render(result: dict) -> str:
         f"round: {', '.join(f'{load:.2f}' for load in loads)} (2 cores; other work on the "
         f"machine shows in these figures).",
         "",
+        "Contenders: "
+        + "; ".join(f"`{name}` {label}" for name, label in result["contenders"].items())
+        + ". Fixed cost: CPU per second with no calls (timers, probes, Redis), "
+        f"measured over {result['idle_s']:g} s (10 ms clock ticks: 2.5 ms/s resolution).",
+        "",
         "| contender | fixed ms CPU/s idle | "
         + " | ".join(f"{rate:g}/s ms/call (Redis)" for rate in rates)
         + " | "
