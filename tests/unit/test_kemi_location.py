@@ -224,8 +224,9 @@ def test_sync_tick_dialog_flush_and_lookup_fail_independently(
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(node.locations, "lookup", deep)
-    node.route("INVITE", call_id="call-2@198.51.100.7")
-    node.route("INVITE", call_id="call-3@198.51.100.7")
+    # Another callee: the first INVITE's lookup is in the node's cache.
+    node.route("INVITE", ALICE, call_id="call-2@198.51.100.7")
+    node.route("INVITE", ALICE, call_id="call-3@198.51.100.7")
     assert len(node.tried) == 1  # routed by weight
     errors = ksr.logged("err")
     assert sum("sync tick failed" in e for e in errors) == 1
