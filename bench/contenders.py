@@ -103,6 +103,8 @@ class Contender:
     tree: Path = processes.REPO
     """The source tree whose kamailio.cfg and kemi/ a Counterpoise contender runs: another
     version of Counterpoise (a git worktree of an older commit) to measure a change."""
+    metrics: bool = False
+    """Counterpoise with its Prometheus endpoint on (``metrics_listen``, a free port)."""
 
     @property
     def native(self) -> bool:
@@ -122,9 +124,10 @@ class Contender:
         if self.native:
             running = self._start_dispatcher(targets, run_dir)
         else:
-            running = start_counterpoise(
-                targets, run_dir, redis_url, dict(self.settings), self.tree
-            )
+            settings = dict(self.settings)
+            if self.metrics:
+                settings["metrics_listen"] = f"127.0.0.1:{processes.free_port()}"
+            running = start_counterpoise(targets, run_dir, redis_url, settings, self.tree)
         if probed:
             running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
@@ -255,9 +258,10 @@ OVERHEAD_ONLY = (
         "Counterpoise, location lookups not cached",
         settings=(("location_cache_ms", 0),),
     ),
+    Contender("cp-metrics", "Counterpoise, metrics endpoint on (not scraped)", metrics=True),
 )
 """Contenders of the overhead bench only: the Python KEMI floor, Counterpoise without its
-location server, and without its lookup cache."""
+location server, without its lookup cache, and with its metrics endpoint on."""
 
 
 def other_version(name: str, tree: Path) -> tuple[Contender, Contender]:
