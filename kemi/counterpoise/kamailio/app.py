@@ -201,14 +201,14 @@ class KemiApp:
         if self.location is None:
             return location.Decision()
         try:
-            return self.location.route_initial(self.view.refresh().__contains__)
+            return self.location.route_initial(self.view.picker.__contains__)
         except Exception as error:  # whatever a lookup hits, the request is routed by weight
             guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
     def _pick(self) -> str | None:
-        picker = self.view.refresh()
-        return picker.pick(self.rng.random, shared.inflight)
+        """A proxy by weight, from the table the request route refreshed on entry."""
+        return self.view.picker.pick(self.rng.random, shared.inflight)
 
     def _next_hop(self) -> edge.Address | None:
         """Where the request goes after ``loose_route``: ``$du`` if set, else the R-URI."""
@@ -381,27 +381,21 @@ class KemiApp:
             if self.location is not None and self.settings.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
+        sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
-        try:
-            self.sync.tick()
-        except Exception as error:  # caught broadly: see above
-            guard.failed("sync tick", error)
-        if self.dialog_writes is not None:
-            try:
-                self.dialog_writes.flush()
-            except Exception as error:  # caught broadly: see above
-                guard.failed("dialog flush", error)
-        try:
-            self.node_view.update(self.sync, clock.monotonic_ms(), clock.wall_ms())
-        except Exception as error:  # caught broadly: see above
-            guard.failed("node view", error)
-        if self.metrics is not None:
-            dialog_errors = self.dialog_writes.errors if self.dialog_writes is not None else 0
-            try:
-                self.metrics.after_tick(self.sync, clock.monotonic_s() - started_s, dialog_errors)
-            except Exception as error:  # caught broadly: see above
-                guard.failed("metrics", error)
+        guard.isolated("sync tick", sync.tick)
+        if writes is not None:
+            guard.isolated("dialog flush", writes.flush)
+        guard.isolated(
+            "node view", lambda: self.node_view.update(sync, clock.monotonic_ms(), clock.wall_ms())
+        )
+        if endpoint is not None:
+            dialog_errors = writes.errors if writes is not None else 0
+            guard.isolated(
+                "metrics",
+                lambda: endpoint.after_tick(sync, clock.monotonic_s() - started_s, dialog_errors),
+            )
         return 1
 
     def _follow_settings(self) -> None:

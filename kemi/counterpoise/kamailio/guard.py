@@ -37,6 +37,15 @@ def hook(kind: str) -> Callable[[Hook], Hook]:
     return wrap
 
 
+def isolated(what: str, action: Callable[[], object]) -> None:
+    """Run one step of a hook (``what``: "sync tick"...) so that its failure, counted and
+    logged by ``failed``, does not stop the steps after it."""
+    try:
+        action()
+    except Exception as error:  # caught broadly: any failure is this step's alone
+        failed(what, error)
+
+
 def failed(what: str, error: Exception) -> None:
     """Count an unexpected failure of ``what`` (a hook, or one step of one: "sync tick") and
     log it once per process and kind of error: it would repeat every tick or request."""
