@@ -167,6 +167,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/...)")
     parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the logs folder (every balancer's log, SIPp's error files) after the run",
+    )
+    parser.add_argument(
         "--publish", type=Path, help="also copy report.md and the plots to this folder"
     )
     parser.add_argument(
@@ -249,8 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     save(out, results)
     render(out, args.publish)
     progress.say(f"{results['elapsed_s'] / 60:.1f} min")
-    shutil.rmtree(work, ignore_errors=True)
+    clean_up(work, args.keep_logs)
     return 0
+
+
+def clean_up(work: Path, keep: bool) -> None:
+    """Remove the logs folder, unless ``--keep-logs`` asked to keep it for a post-mortem."""
+    if keep:
+        print(f"logs kept in {work}", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_overhead(args: argparse.Namespace) -> int:
@@ -304,7 +317,7 @@ def run_overhead(args: argparse.Namespace) -> int:
         redis.stop()
     keep({**result, "loadavg_end": os.getloadavg(), "elapsed_s": time.monotonic() - started})
     render_overhead(out, args.publish)
-    shutil.rmtree(work, ignore_errors=True)
+    clean_up(work, args.keep_logs)
     return 0
 
 
