@@ -1,9 +1,12 @@
 """Overload is not death, end to end (issue 14): a proxy whose requests time out because it
-is saturated, while it still answers, stays in the pool."""
+is saturated, while it still answers, stays in the pool; a frozen one is set aside at once,
+without being marked down for its silence alone."""
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import pytest
 
@@ -56,3 +59,37 @@ def test_a_saturated_proxy_that_times_out_requests_is_not_marked_down(bed: Bed) 
     assert totals["requests_failed"] >= 3  # it did time out, more than a down streak's worth
     assert states and "down" not in states
     assert record["state"] != "down"
+
+
+def test_a_frozen_proxy_is_set_aside_at_once_and_not_marked_down_for_it(bed: Bed) -> None:
+    a, b = bed.start_downstream("a", workers=4), bed.start_downstream("b", workers=4)
+    # Weights published every 200 ms, so the short time between b's silence and its
+    # failure streak (from fr_timer_ms on) is seen.
+    bed.start_balancer(publish_interval_ms=200)
+    bed.add_pool((a, 1), (b, 1))
+    caller = bed.caller(calls=160, rate=20, hold_ms=100)
+    processes.wait_for(lambda: b.counts().get("invite", 0) >= 10, 15, "b to take calls")
+    b.proc.signal(signal.SIGSTOP)  # frozen: no reply, no probe answer
+    stopped = time.monotonic()
+    try:
+        record = processes.wait_for(
+            lambda: (r := bed.rows_published().get(b.uri)) and r["silent"] and r,
+            5,
+            "b to be set aside for its silence",
+        )
+        seen_after = time.monotonic() - stopped
+    finally:
+        b.proc.signal(signal.SIGCONT)
+    print(f"b set aside {seen_after:.2f} s after SIGSTOP: {record['silence_ms']} ms silent, "
+          f"{record['consecutive_failures']} failures in a row")  # fmt: skip
+    assert record["weight"] == 0 and record["share"] == 0
+    assert record["state"] in ("up", "slowstart")  # set aside, not ejected
+    assert record["silence_ms"] >= bed.settings.silent_after_ms
+    # Its first replies after SIGCONT give it its weight back.
+    processes.wait_for(
+        lambda: (r := bed.rows_published().get(b.uri)) and not r["silent"] and r["weight"] > 0,
+        10,
+        "b back in the pool after SIGCONT",
+    )
+    result = caller.wait(60)
+    assert result.failed == 0, result.output[-2000:]

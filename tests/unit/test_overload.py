@@ -226,20 +226,85 @@ def test_any_reply_heard_is_a_sign_of_life():
 
 def test_silence_with_new_requests_counts_as_latency():
     # a answers (heard) at 9 000 with 3 in flight; then new requests go to it and nothing
-    # comes back: at 9 600 it weighs as if 600 ms slow, before any request timed out.
+    # comes back: at 9 200 it weighs as if 200 ms slow, before any request timed out.
     a = observe(up_at(100), ok(1, 100), 9_000, S, heard=True, inflight=3)
-    frozen = feed(a, [])
-    for now in (9_200, 9_400, 9_600):
-        frozen = observe(frozen, Tally(), now, S, inflight=3 + (now - 9_000) // 100)
-    assert frozen.silence_ms(9_600) == 600
+    frozen = observe(a, Tally(), 9_200, S, inflight=5)
+    assert frozen.silence_ms(9_200) == 200
+    assert not frozen.silent(9_200, S)
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": frozen, "sip:b": up_at(100)},
-                    9_600, S)  # fmt: skip
-    assert weights["sip:a"].weight == pytest.approx(110 / 610)
+                    9_200, S)  # fmt: skip
+    assert weights["sip:a"].weight == pytest.approx(110 / 210)
     # A proxy whose calls all ring says nothing for long, but nothing new went to it.
     ringing = a
     for now in (9_200, 9_400, 9_600):
         ringing = observe(ringing, Tally(), now, S, inflight=3)
     assert ringing.silence_ms(9_600) == 0
+
+
+def frozen_since(life_ms: int, until_ms: int) -> Health:
+    """Heard at ``life_ms`` with 3 in flight, then sent a request every 100 ms and silent,
+    observed every 200 ms up to ``until_ms``."""
+    health = observe(up_at(100), ok(1, 100), life_ms, S, heard=True, inflight=3)
+    for now in range(life_ms + 200, until_ms + 1, 200):
+        health = observe(health, Tally(), now, S, inflight=3 + (now - life_ms) // 100)
+    return health
+
+
+def test_a_silent_proxy_is_set_aside_not_marked_down():
+    # From silent_after_ms (300) of silence with new requests it gets nothing while another
+    # proxy is heard, however long the others' queues: the rest of the pool queueing for
+    # seconds made its 400 ms of silence look short, and a third of the calls kept going to
+    # a frozen proxy until its first timeout.
+    frozen = frozen_since(9_000, 9_400)
+    assert frozen.silence_ms(9_400) == 400
+    queued = observe(up_at(100), ok(1, 3000), 9_400, S, heard=True)
+    health = {"sip:a": frozen, "sip:b": queued}
+    weights = weigh({"sip:a": 4.0, "sip:b": 1.0}, set(), health, 9_400, S)
+    assert weights["sip:a"].weight == 0.0
+    assert weights["sip:a"].silent and weights["sip:a"].state == State.UP
+    assert weights["sip:b"].weight > 0 and not weights["sip:b"].silent
+    # Still silent once its requests time out and fewer are in flight: set aside until it
+    # answers, not sent a new batch each time its count falls.
+    fewer = observe(frozen, Tally(), 9_600, S, inflight=1)
+    assert fewer.silent(9_600, S)
+    # Its first reply of any kind brings it back at once, with its estimate.
+    back = observe(fewer, Tally(), 9_800, S, heard=True, inflight=1)
+    assert not back.silent(9_800, S)
+    assert weigh({"sip:a": 4.0, "sip:b": 1.0}, set(), {"sip:a": back, "sip:b": queued},
+                 9_800, S)["sip:a"].weight > 0  # fmt: skip
+
+
+def test_silence_sets_nothing_aside_when_every_proxy_is_silent_or_when_off():
+    both = {"sip:a": frozen_since(9_000, 9_400), "sip:b": frozen_since(9_000, 9_400)}
+    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), both, 9_400, S)
+    assert all(w.weight > 0 and not w.silent for w in weights.values())
+    off = Settings(silent_after_ms=0)
+    health = {"sip:a": frozen_since(9_000, 9_400), "sip:b": up_at(100)}
+    assert weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), health, 9_400, off)["sip:a"].weight > 0
+
+
+def test_throughput_counts_only_windows_with_a_sign_of_life():
+    # 25 completions a second, then frozen (or dead) for 5 s: what it completes meanwhile
+    # says nothing of its capacity, so it comes back with its estimate, not with ~0 (which
+    # made 3 requests in flight look like a 3 s queue and kept it at a tenth of its share).
+    busy = up_at(100)
+    for i in range(25):
+        busy = observe(busy, ok(5, 100), 9_000 + 200 * i, S, inflight=3)
+    before = busy.throughput_per_s
+    assert before == pytest.approx(25, rel=0.1)
+    frozen = busy
+    for i in range(25):
+        frozen = observe(frozen, failed(1) if i % 5 == 0 else Tally(), 14_000 + 200 * i, S,
+                         inflight=3)  # fmt: skip
+    assert frozen.throughput_per_s == pytest.approx(before)
+    back = observe(frozen, ok(5, 100), 19_000, S, heard=True, inflight=3)
+    assert back.throughput_per_s == pytest.approx(before, rel=0.1)
+    # An idle proxy that answers its probes is alive: its estimate decays as it completes
+    # nothing.
+    idle = busy
+    for i in range(25):
+        idle = observe(idle, probes(1), 14_000 + 200 * i, S, inflight=0)
+    assert idle.throughput_per_s < 0.1 * before
 
 
 def test_a_queue_weighs_by_what_it_would_make_a_new_request_wait():

@@ -18,8 +18,11 @@ Per proxy the policy keeps a ``Health``: a latency estimate, a failure streak an
   ``slowstart``, ``up`` again once ``slow_start_ms`` has passed. New proxies start in
   ``slowstart``.
 * **Silence** counts as latency: a proxy sent new requests since its last sign of life,
-  and silent for ``S`` ms since, weighs as if its estimate were at least ``S``, so a frozen
-  proxy loses its share within a few hundred ms, before its first request times out.
+  and silent for ``S`` ms since, weighs as if its estimate were at least ``S``; from
+  ``silent_after_ms`` on it weighs 0 while another usable proxy is not silent, so a frozen
+  proxy loses its share within a few hundred ms, before its first request times out, even
+  when the rest of the pool queues for longer than it has been silent. It stays ``up``: its
+  first reply of any kind gives it its weight back.
 * **Queue wait** counts as latency too, while a proxy is queueing: in flight divided by
   completed per second (Little's law), the queue as it stands rather than as the requests
   that left it saw it, so two saturated proxies of unequal capacity get unequal weights.
@@ -111,6 +114,10 @@ class Health:
     inflight_at_life: int = 0
     """``inflight`` when it last showed a sign of life: more in flight since, and nothing
     heard, is a silence that counts as latency (``silence_ms``)."""
+    asked_since_life: bool = False
+    """New requests went to it since its last sign of life (``inflight`` rose above
+    ``inflight_at_life`` at some window): its silence lasts until it answers, even once
+    those requests time out and it has fewer in flight again."""
 
     throughput_per_s: float = 0.0
     """Requests it completed per second (answered, in time or late), a moving average over
@@ -133,9 +140,13 @@ class Health:
         answers a new request at once (100 Trying), so this is a stall or a death showing
         before any request times out. 0 when nothing new went to it (a proxy whose calls all
         ring says nothing for long, and that is no silence)."""
-        if self.last_life_ms is None or self.inflight <= self.inflight_at_life:
+        if self.last_life_ms is None or not self.asked_since_life:
             return 0
         return now_ms - self.last_life_ms
+
+    def silent(self, now_ms: int, settings: Settings) -> bool:
+        """Silent for ``silent_after_ms`` or more: frozen or dead, not saturated."""
+        return settings.silent_after_ms > 0 and self.silence_ms(now_ms) >= settings.silent_after_ms
 
     down_by_probes: bool = False
     """Down with missed probes (dead), as opposed to down for failed requests alone."""
@@ -179,19 +190,29 @@ def observe(
     ``heard``: the proxy sent a reply that is not a failure (any 1xx, a late reply to a
     request already given up on, a probe's answer) since the previous window, as the
     workers' core reply route saw it: a sign of life even when no request completed."""
-    health = _count_throughput(health, window, now_ms, settings)
+    health = _count_throughput(health, window, now_ms, settings, heard)
     if inflight is not None:
         health = dataclasses.replace(health, inflight=inflight)
     if window.samples > 0 or window.late_replies > 0 or heard:
         health = _fold_samples(health, window, now_ms, settings, heard)
+    if health.inflight > health.inflight_at_life and not health.asked_since_life:
+        health = dataclasses.replace(health, asked_since_life=True)
     if health.state == State.SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
         health = dataclasses.replace(health, state=State.UP, since_ms=now_ms)
     return health
 
 
-def _count_throughput(health: Health, window: Tally, now_ms: int, settings: Settings) -> Health:
+def _count_throughput(
+    health: Health, window: Tally, now_ms: int, settings: Settings, heard: bool
+) -> Health:
+    """Only windows with a sign of life count: a frozen or dead proxy completes nothing
+    because it is not there, which says nothing of its capacity, and an estimate decayed
+    to 0 meanwhile made a proxy back from a 5 s death look like a 3 s queue (its in-flight
+    count over a throughput of 1/s) and kept it at a tenth of its share for 2 s while the
+    rest of the pool was drowning."""
     completed = window.requests_ok + window.late_replies
-    if health.observed_ms is None or now_ms <= health.observed_ms:
+    alive = heard or window.signs_of_life > 0
+    if health.observed_ms is None or now_ms <= health.observed_ms or not alive:
         return dataclasses.replace(health, observed_ms=now_ms)
     dt = now_ms - health.observed_ms
     rate = completed * 1000 / dt
@@ -258,6 +279,7 @@ def _fold_samples(
         last_life_ms=last_life,
         inflight=health.inflight,
         inflight_at_life=health.inflight if alive else health.inflight_at_life,
+        asked_since_life=health.asked_since_life and not alive,
         throughput_per_s=health.throughput_per_s,
         observed_ms=health.observed_ms,
         down_by_probes=down_by_probes,
@@ -328,6 +350,8 @@ class Weighting:
     """``H / H_max`` (1 when no proxy reports its load)."""
     fr_timer_ms: int = 0
     """How long a request relayed to it waits for a first reply (``first_reply_timeout_ms``)."""
+    silent: bool = False
+    """Set aside for its silence (``silent_after_ms``): weight 0 while another is heard."""
 
 
 def queueing(health: Health, now_ms: int, settings: Settings) -> bool:
@@ -384,6 +408,8 @@ def weigh(
 
     usable = {uri for uri in active if health[uri].state != State.DOWN}
     saturated = {uri for uri in usable if health[uri].saturated(now_ms, settings)}
+    silent = {uri for uri in usable if health[uri].silent(now_ms, settings)}
+    set_aside = silent if usable - silent else set()
 
     result: dict[str, Weighting] = {}
     for uri, base in base_weights.items():
@@ -401,6 +427,8 @@ def weigh(
         elif h.state == State.DOWN:
             weight = base * settings.slow_start_floor if panic else 0.0
             state = State.DOWN
+        elif uri in set_aside:
+            weight, state = 0.0, h.state
         else:
             weight = base * latency_factor * load_factors.get(uri, 1.0) * ramp
             state = h.state
@@ -415,6 +443,7 @@ def weigh(
             utilisation=loads.get(uri),
             load_factor=load_factors.get(uri, 1.0),
             fr_timer_ms=first_reply_timeout_ms(h, now_ms, settings),
+            silent=uri in set_aside,
         )
     return result
 

@@ -330,6 +330,18 @@ class Settings:
     slow start gets its full weight at once, since ramping it would only leave the others
     overloaded longer. 2 s: two probe periods."""
 
+    silent_after_ms: int = 300
+    """A proxy that has said nothing at all (no reply, no probe answer) for this long while
+    new requests went to it gets no new requests while another usable proxy is heard: a
+    live proxy answers a new request within milliseconds (100 Trying), and a saturated one
+    still answers the requests it takes up, so 300 ms of silence (a sync tick and a half)
+    is a freeze or a death. Weighing it by its silence alone kept a third of the calls going
+    to a frozen proxy that held half the pool (its silence was no longer than the others'
+    queues) for the whole 1.5 s until its first timeout, and each of those calls waited
+    that long before its retry joined the queues. Not ``down``: no failure is counted and no
+    ejection, its in-flight requests keep their timer, and its first reply of any kind
+    brings it back with its estimate. 0: off (silence only counts as latency)."""
+
     # --- The untrusted edge (issue 10) -----------------------------------------------------
     flood_requests_per_s: int = 1000
     """Requests one source IP may send per second (fixed 1 s windows) before it is banned;
@@ -593,13 +605,14 @@ NOT_NEGATIVE = (
     "retry_budget_floor_per_s",
     "slow_start_after_down_ms",
     "saturated_memory_ms",
+    "silent_after_ms",
     "flood_requests_per_s",
     "flood_registers_per_s",
     "location_cache_ms",
 )
 """Settings where 0 means "none" (no ramp, no blackout, no dialog records, no retry floor,
-every return through slow start, no proxy counted saturated, no flood limit, no location
-cache)."""
+every return through slow start, no proxy counted saturated, no silent proxy set aside, no
+flood limit, no location cache)."""
 LOCATION_CACHE_MAX_MS = 10_000
 """The htable ``cplocc`` (kamailio.cfg) drops its entries after 10 s: a longer cache would
 be cut short by it."""

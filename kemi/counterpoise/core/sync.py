@@ -327,6 +327,7 @@ class SyncLoop:
             "saturated": health.saturated(now, self.settings),
             "fr_timer_ms": weighting.fr_timer_ms,
             "silence_ms": health.silence_ms(now),
+            "silent": weighting.silent,
             "queue_wait_ms": round(health.queue_wait_ms(now, self.settings)),
             "throughput_per_s": round(health.throughput_per_s, 2),
             "ejection_refused": health.ejection_refused,
