@@ -112,8 +112,8 @@ class Health:
     inflight: int = 0
     """Requests in flight to it from this node, at the latest window."""
     inflight_at_life: int = 0
-    """``inflight`` when it last showed a sign of life: more in flight since, and nothing
-    heard, is a silence that counts as latency (``silence_ms``)."""
+    """``inflight`` when it last showed a sign of life: more in flight at a later window, and
+    nothing heard, sets ``asked_since_life``."""
     asked_since_life: bool = False
     """New requests went to it since its last sign of life (``inflight`` rose above
     ``inflight_at_life`` at some window): its silence lasts until it answers, even once
@@ -202,6 +202,12 @@ def observe(
     return health
 
 
+def showed_life(window: Tally, heard: bool) -> bool:
+    """A success, a late reply or an answered probe in the window, or any reply that is not a
+    failure heard by the workers (``heard``)."""
+    return window.signs_of_life > 0 or heard
+
+
 def _count_throughput(
     health: Health, window: Tally, now_ms: int, settings: Settings, heard: bool
 ) -> Health:
@@ -211,7 +217,7 @@ def _count_throughput(
     count over a throughput of 1/s) and kept it at a tenth of its share for 2 s while the
     rest of the pool was drowning."""
     completed = window.requests_ok + window.late_replies
-    alive = heard or window.signs_of_life > 0
+    alive = showed_life(window, heard)
     if health.observed_ms is None or now_ms <= health.observed_ms or not alive:
         return dataclasses.replace(health, observed_ms=now_ms)
     dt = now_ms - health.observed_ms
@@ -240,7 +246,7 @@ def _fold_samples(
 
     # A sign of life (a success, a late reply) ends a failure streak: a saturated proxy
     # still answers. One failure ends a probe streak.
-    alive = window.signs_of_life > 0 or heard
+    alive = showed_life(window, heard)
     streak_failures = 0 if alive else health.consecutive_failures + window.failures
     streak_probes = 0 if alive else health.streak_probe_failures + window.probes_failed
     before_streak = health.latency_before_streak_ms
