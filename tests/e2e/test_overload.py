@@ -93,3 +93,23 @@ def test_a_frozen_proxy_is_set_aside_at_once_and_not_marked_down_for_it(bed: Bed
     )
     result = caller.wait(60)
     assert result.failed == 0, result.output[-2000:]
+
+
+def test_calls_beyond_the_pools_capacity_wait_at_the_balancer_and_are_all_answered(
+    bed: Bed,
+) -> None:
+    a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
+    bed.start_balancer()
+    bed.add_pool((a, 1), (b, 1))
+    # One worker each, 200 ms per INVITE: 10 calls/s for the pool. Offered 15 calls/s for
+    # 6 s, both proxies queue past hold_queue_ms and the calls beyond their limits are
+    # held at the balancer (a backlog of about 30 calls, drained in order).
+    a.set_delay_ms(200)
+    b.set_delay_ms(200)
+    result = bed.caller(calls=90, rate=15, hold_ms=100).wait(90)
+    held = bed.counters("cpstat")
+    print(f"held {held.get('held', 0)}, overdue {held.get('held_overdue', 0)}; "
+          f"failed {result.failed} of 90")  # fmt: skip
+    assert held.get("held", 0) > 0
+    # Held calls were relayed with their Record-Route: every one completed, BYE included.
+    assert result.failed == 0, result.output[-2000:]

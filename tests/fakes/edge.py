@@ -45,6 +45,7 @@ class Node:
         self.logs: list[str] = []
         self.app = KemiApp(settings)
         self.app.rng.seed(2)
+        ksr.routes["ksr_route_release"] = self.app.ksr_route_release
         loop = SyncLoop(
             settings=settings,
             node="lb1",
@@ -73,6 +74,11 @@ class Node:
     def route(self, method: str = "INVITE", ruri: str = CALLEE, **kwargs: Any) -> None:
         self.ksr.request(method, ruri, **kwargs)
         assert self.app.ksr_request_route(None) == 1
+
+    def release(self, advance_ms: int = 0) -> None:
+        """One tick of the release timer (held requests)."""
+        self.clock.advance(advance_ms)
+        assert self.app.ksr_release_tick(None) == 1
 
     def reply(self, status: int, after_ms: int = 0, branch: int | None = None, **kw: Any) -> None:
         self.clock.advance(after_ms)

@@ -58,6 +58,8 @@ Value = int | str | bytes
 KAMAILIO_CFG = Path(__file__).resolve().parents[2] / "kamailio.cfg"
 MYSELF = "192.0.2.1"
 """The balancer's own address (``is_myself_ruri``)."""
+BLIND_BRANCH: dict[str, Any] = {"ruri": None, "duri": None, "blind": True}
+"""What ``relays`` holds for tm's branch of no destination of a resumed transaction."""
 HT_NO_INT_VALUE = -255
 """What ``sht_inc``/``sht_dec`` return on a missing key of a table without an initial value
 (htable.c ``KSR_HT_KEMI_NOINTVAL``): they do not create it."""
@@ -66,7 +68,8 @@ MESSAGE_PVS = frozenset(
     {
         "$ru", "$rU", "$rd", "$du", "$rm", "$si", "$sp", "$pr", "$ci", "$cs", "$ft", "$tt",
         "$tU", "$td",
-        "$rs", "$T_branch_idx", "$T_reply_code", "$(ct{tobody.uri})",
+        "$rs", "$T_branch_idx", "$T_reply_code", "$(ct{tobody.uri})", "$T(id_index)",
+        "$T(id_label)",
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
@@ -329,10 +332,49 @@ class Tm(_Api):
         return 1 if self.ksr.canceled else -1
 
     @_kemi
+    def t_reply(self, code: int, reason: str) -> int:
+        self.ksr.t_replies.append((code, reason))
+        return 1
+
+    @_kemi
     def t_uac_send(
         self, method: str, ruri: str, nexthop: str, socket: str, headers: str, body: str
     ) -> int:
         self.ksr.uac_sent.append({"method": method, "ruri": ruri, "nexthop": nexthop})
+        return 1
+
+
+class Tmx(_Api):
+    """Suspending a transaction and resuming it, as ``tmx`` and tm's ``t_suspend.c`` do: the
+    transaction (its message's pseudo-variables, headers, AVPs) is kept; ``t_continue`` makes
+    it current again and runs the named route (``FakeKsr.routes``) at once, with tm's
+    branch of no destination as branch 0 (``BLIND_BRANCH`` in ``relays``)."""
+
+    prefix = "tmx."
+
+    @_kemi
+    def t_suspend(self) -> int:
+        ksr = self.ksr
+        index, label = len(ksr.suspended) + 1, 1000 + len(ksr.suspended)
+        ksr.pvs |= {"$T(id_index)": index, "$T(id_label)": label}
+        ksr.suspended[(index, label)] = (
+            dict(ksr.pvs),
+            dict(ksr.headers),
+            {key: list(stack) for key, stack in ksr.avps.items()},
+            list(ksr.inserted_headers),
+        )
+        return 1
+
+    @_kemi
+    def t_continue(self, index: int, label: int, route: str) -> int:
+        ksr = self.ksr
+        kept = ksr.suspended.pop((index, label), None)
+        if kept is None:
+            return -1
+        ksr._new_transaction()
+        ksr.pvs, ksr.headers, ksr.avps, ksr.inserted_headers = kept
+        ksr.relays.append(BLIND_BRANCH)
+        ksr.routes[route](None, "tmx:continue")
         return 1
 
 
@@ -524,13 +566,17 @@ class FakeKsr:
         self.uac_req: dict[str, Value] = {}
         self.uac_sent: list[dict[str, Value]] = []
         self.logs: list[tuple[str, str]] = []
+        self.suspended: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self.routes: dict[str, Callable[[object, str], int]] = {}
+        """The routes ``t_continue`` may run, by name (``Node`` registers the app's)."""
         self._new_transaction()
         self.module = types.ModuleType("KSR", "Fake of Kamailio's KSR (tests/fakes/ksr.py)")
         core = Core(self)
         for name in dir(core):
             if getattr(getattr(core, name), "kemi", False):
                 setattr(self.module, name, getattr(core, name))
-        for api in (Pv, Hdr, Tm, Sl, Rr, Htable, Textops, Siputils, Maxfwd, Sanity, Corex, Uac):
+        apis = (Pv, Hdr, Tm, Tmx, Sl, Rr, Htable, Textops, Siputils, Maxfwd, Sanity, Corex, Uac)
+        for api in apis:
             setattr(self.module, api.prefix.rstrip("."), api(self))
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -549,6 +595,7 @@ class FakeKsr:
         self.inserted_headers: list[str] = []
         self.relays: list[dict[str, Any]] = []
         self.sl_replies: list[tuple[int, str]] = []
+        self.t_replies: list[tuple[int, str]] = []
         self.record_routed = False
         self.fr_timers: tuple[int, int] | None = None
         self.on_reply: str | None = None

@@ -54,7 +54,7 @@ class FakeShared:
     def inflight(self, uri: str) -> int:
         return self.inflight_counts.get(uri, 0)
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
+    def publish_table(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
         self.tables.append(list(entries))
 
     def read_load_rejections(self) -> Mapping[str, str]:
@@ -81,7 +81,7 @@ class FakeShared:
     @property
     def table(self) -> dict[str, float]:
         """The weights the SIP workers route with now."""
-        return {uri: weight for uri, weight, _ in self.tables[-1]} if self.tables else {}
+        return {uri: weight for uri, weight, *_ in self.tables[-1]} if self.tables else {}
 
     @property
     def queueing(self) -> dict[str, bool]:

@@ -43,7 +43,7 @@ def test_a_queueing_proxy_gets_the_long_first_reply_timeout(node: Node, ksr: Fak
     assert ksr.relays[-1]["fr_timers"] == (S.fr_inv_timer_ms, S.fr_timer_ms)
     # The sync loop found A queueing: the table says so, and the next request waits longer.
     table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, 1]])
+    table["table"] = json.dumps([[A, 1.0, 1, 0]])
     table["version"] += 1
     node.route("INVITE")
     assert ksr.relays[-1]["fr_timers"] == (S.fr_inv_timer_ms, S.saturated_fr_timer_ms)

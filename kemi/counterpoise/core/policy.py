@@ -70,6 +70,7 @@ import enum
 import math
 from collections.abc import Mapping
 
+from counterpoise.core import hold
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 
@@ -358,6 +359,8 @@ class Weighting:
     """How long a request relayed to it waits for a first reply (``first_reply_timeout_ms``)."""
     silent: bool = False
     """Set aside for its silence (``silent_after_ms``): weight 0 while another is heard."""
+    inflight_limit: int = 0
+    """Its in-flight limit for holding requests at the balancer (``hold.inflight_limit``)."""
 
 
 def queueing(health: Health, now_ms: int, settings: Settings) -> bool:
@@ -450,6 +453,7 @@ def weigh(
             load_factor=load_factors.get(uri, 1.0),
             fr_timer_ms=first_reply_timeout_ms(h, now_ms, settings),
             silent=uri in set_aside,
+            inflight_limit=hold.inflight_limit(h.throughput_per_s, settings.hold_queue_ms),
         )
     return result
 

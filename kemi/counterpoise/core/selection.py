@@ -47,6 +47,11 @@ class WeightedPicker:
         return uri in self._weight
 
     @property
+    def uris(self) -> tuple[str, ...]:
+        """The proxies with a weight, in table order."""
+        return tuple(self._uris)
+
+    @property
     def total_weight(self) -> float:
         return self._prefix[-1] if self._prefix else 0.0
 

@@ -342,6 +342,24 @@ class Settings:
     ejection, its in-flight requests keep their timer, and its first reply of any kind
     brings it back with its estimate. 0: off (silence only counts as latency)."""
 
+    hold_queue_ms: int = 1000
+    """When every proxy with a weight is queueing this long (its in-flight count over its
+    completed requests per second: its limit is ``throughput * hold_queue_ms``), new
+    requests wait at the balancer, in order, instead of in the proxies' socket queues, and
+    each goes to the first proxy with room (``core.hold``; HAProxy's ``maxconn`` with a
+    queue). Sent on arrival, the calls beyond the pool's capacity sat in the queues they
+    were sent to while a proxy back from a stall or a restart was idle, and the callee's
+    200s and the BYEs' answers queued behind them. 1000 ms: past what steady load reaches
+    by chance at 95 % of capacity (the benchmark's queues stay under 0.5 s), short enough
+    that a BYE sent to the proxy of its dialog is answered well before its 4 s timer.
+    0: off (every request is relayed on arrival)."""
+
+    hold_max_ms: int = 4000
+    """A request held this long is relayed to the proxy with the least in flight per unit of
+    weight, room or not: holding must never cost a call. 4 s: longer than the backlog of
+    the benchmark's biggest-proxy kill takes to drain once it is back (about 2 s), well
+    within a caller's patience (SIPp's 10 s, Timer B's 32 s)."""
+
     # --- The untrusted edge (issue 10) -----------------------------------------------------
     flood_requests_per_s: int = 1000
     """Requests one source IP may send per second (fixed 1 s windows) before it is banned;
@@ -591,6 +609,7 @@ POSITIVE = (
     "shm_mb",
     "retry_budget_window_ms",
     "saturated_fr_timer_ms",
+    "hold_max_ms",
     "flood_ban_ms",
     "record_call_id_max_chars",
     "record_tag_max_chars",
@@ -606,13 +625,14 @@ NOT_NEGATIVE = (
     "slow_start_after_down_ms",
     "saturated_memory_ms",
     "silent_after_ms",
+    "hold_queue_ms",
     "flood_requests_per_s",
     "flood_registers_per_s",
     "location_cache_ms",
 )
 """Settings where 0 means "none" (no ramp, no blackout, no dialog records, no retry floor,
 every return through slow start, no proxy counted saturated, no silent proxy set aside, no
-flood limit, no location cache)."""
+request held, no flood limit, no location cache)."""
 LOCATION_CACHE_MAX_MS = 10_000
 """The htable ``cplocc`` (kamailio.cfg) drops its entries after 10 s: a longer cache would
 be cut short by it."""

@@ -56,10 +56,11 @@ class SharedState(Protocol):
         """Location records the SIP workers rejected since they started, and the latest
         reason (``"<key>: <why>"``; empty if none)."""
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
-        """Make ``(uri, weight, queueing)`` the table every SIP worker routes with; queueing
-        (1 or 0) says which first-reply timeout its requests get (``saturated_fr_timer_ms``
-        or ``fr_timer_ms``, as the worker's settings have them now)."""
+    def publish_table(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
+        """Make ``(uri, weight, queueing, limit)`` the table every SIP worker routes with;
+        queueing (1 or 0) says which first-reply timeout its requests get
+        (``saturated_fr_timer_ms`` or ``fr_timer_ms``, as the worker's settings have them
+        now) and whether its in-flight ``limit`` holds new requests back (``core.hold``)."""
 
     def read_heard(self) -> Mapping[str, int]:
         """``"<worker> <proxy uri>"`` -> stamp of the latest reply that is not a failure that
@@ -143,7 +144,7 @@ class SyncLoop:
         self.weights: dict[str, policy.Weighting] = {}
         self.totals: dict[str, Tally] = {}
         self._previous: dict[str, Tally] = {}
-        self._table: list[tuple[str, float, int]] | None = None
+        self._table: list[tuple[str, float, int, int]] | None = None
         self._next_probe_ms = 0
         self._next_publish_ms = 0
         self._redis_synced_ms: int | None = None
@@ -328,6 +329,7 @@ class SyncLoop:
             "fr_timer_ms": weighting.fr_timer_ms,
             "silence_ms": health.silence_ms(now),
             "silent": weighting.silent,
+            "inflight_limit": weighting.inflight_limit,
             "queue_wait_ms": round(health.queue_wait_ms(now, self.settings)),
             "throughput_per_s": round(health.throughput_per_s, 2),
             "ejection_refused": health.ejection_refused,
@@ -371,7 +373,12 @@ class SyncLoop:
 
     def _publish_table(self) -> None:
         table = sorted(
-            (uri, round(w.weight, 6), int(w.fr_timer_ms != self.settings.fr_timer_ms))
+            (
+                uri,
+                round(w.weight, 6),
+                int(w.fr_timer_ms != self.settings.fr_timer_ms),
+                w.inflight_limit,
+            )
             for uri, w in self.weights.items()
         )
         if table != self._table:

@@ -16,10 +16,10 @@ import time
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, edge, location
+from counterpoise.core import attempts, edge, hold, location
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, guard, metrics, probes, read, shared
+from counterpoise.kamailio import avps, guard, holding, metrics, probes, read, shared
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
@@ -188,6 +188,14 @@ class KemiApp:
             metrics.count(metrics.node.NO_PROXY)
             KSR.sl.sl_send_reply(503, "No Proxy Available")
             return
+        if held.proxy is None and self.settings.hold_queue_ms:
+            placed = hold.admit(
+                uri, self.view.picker.uris, self.view.limits, shared.inflight, holding.count()
+            )
+            if placed is None and holding.hold(self.settings.hold_max_ms):
+                metrics.count(metrics.node.HELD)
+                return
+            uri = placed or uri
         if self._relay(uri, tried=[]):
             metrics.routed(uri, by_location=held.proxy is not None, attempt=1)
             if self.route_timer is not None:
@@ -225,7 +233,7 @@ class KemiApp:
             KSR.pv.sets("$ru", ruri)
         KSR.setdsturi(uri)
         avps.set_tried([*tried, uri])
-        attempt = avps.Attempt(len(tried))
+        attempt = avps.Attempt.nth(len(tried))
         sent = attempts.stamp(clock.monotonic_ms())
         attempt.start(uri, sent)
         timeout_ms = self.settings.fr_timer_ms
@@ -241,6 +249,45 @@ class KemiApp:
             self.view.count_request(uri, failed=True, first_ms=0, final_ms=0)
             return False
         return True
+
+    @hook("release_route")
+    def ksr_route_release(self, msg: object, evname: str = "") -> int:
+        """A held request, resumed by the release tick (``tmx.t_continue``): to the proxy with
+        the most room under its limit, or, held ``hold_max_ms``, the least loaded one."""
+        if KSR.tm.t_is_canceled() > 0:  # its caller gave up while it was held
+            KSR.tm.t_reply(487, "Request Terminated")
+            return 1
+        avps.set_resumed()
+        picker = self.view.refresh()
+        uri = hold.roomiest(
+            picker.uris, self.view.limits, shared.inflight, releasing=True
+        ) or picker.least_loaded(shared.inflight)
+        if uri is None:
+            metrics.count(metrics.node.NO_PROXY)
+            KSR.tm.t_reply(503, "No Proxy Available")
+        elif self._relay(uri, tried=[]):
+            metrics.routed(uri, by_location=False, attempt=1)
+        else:
+            KSR.tm.t_reply(500, "Server Internal Error")
+        return 1
+
+    @hook("release")
+    def ksr_release_tick(self, msg: object, evname: str = "") -> int:
+        """rtimer callback (``CP_RELEASE_TIMER``, every 20 ms), in a timer process of its own:
+        the held requests in order, each while a proxy has room or once it is overdue."""
+        self._follow_settings()
+        picker = self.view.refresh()
+        now_ms = clock.monotonic_ms()
+        for held in holding.waiting():
+            overdue = hold.overdue(now_ms - held.held_ms, self.settings.hold_max_ms)
+            if not overdue and not hold.roomiest(
+                picker.uris, self.view.limits, shared.inflight, releasing=True
+            ):
+                break
+            if overdue:
+                metrics.count(metrics.node.HELD_OVERDUE)
+            holding.release(held)
+        return 1
 
     # --- replies ------------------------------------------------------------------------------
 
@@ -295,7 +342,7 @@ class KemiApp:
         untried proxy with the most room."""
         self._follow_settings()
         tried = avps.tried()
-        attempt = avps.Attempt(len(tried) - 1)
+        attempt = avps.Attempt.nth(len(tried) - 1)
         status = read.number("$T_reply_code")
         failure = attempts.Failure(
             timed_out=KSR.tm.t_branch_timeout() > 0,

@@ -2,8 +2,12 @@
 them.
 
 tm keeps AVPs with the transaction, so the reply and failure routes see them in whichever
-worker handles the reply. Attempt ``i`` (0-based) of a request is tm branch ``i`` (the
-balancer never forks) and its AVPs are suffixed with ``i``:
+worker handles the reply. Attempt ``k`` (0-based) of a request is tm branch ``k`` (the
+balancer never forks), or ``k + 1`` for a request that was held (tm gave the suspended
+transaction a branch of no destination, branch 0), and its AVPs are suffixed with that
+branch index ``i``:
+
+``cpb``       1 when the request was held (``Attempt.nth``), else unset.
 
 ``cp_tried``  the proxies tried so far, in order, comma-separated.
 ``cpu<i>``    proxy of attempt i; ``cpt<i>`` ``attempts.stamp()`` of its relay;
@@ -22,6 +26,7 @@ import KSR
 from counterpoise.kamailio import read
 
 TRIED = "$avp(cp_tried)"
+FIRST_BRANCH = "$avp(cpb)"
 AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
 TIMED_OUT = 2
@@ -33,6 +38,11 @@ class Attempt:
 
     def __init__(self, index: int) -> None:
         self.index = index
+
+    @classmethod
+    def nth(cls, attempt: int) -> Attempt:
+        """Attempt ``attempt`` (0-based) of the request being handled."""
+        return cls(attempt + (read.number(FIRST_BRANCH) or 0))
 
     @classmethod
     def of_reply(cls) -> Attempt | None:
@@ -90,6 +100,11 @@ def set_tried(proxies: list[str]) -> None:
 
 def aor() -> str:
     return read.text(AOR) or ""
+
+
+def set_resumed() -> None:
+    """The request being handled was held: tm's branch 0 is the suspended transaction's."""
+    KSR.pv.seti(FIRST_BRANCH, 1)
 
 
 def set_aor(name: str) -> None:

@@ -5,11 +5,11 @@ The routing tables are declared in ``kamailio.cfg``; their names are only here a
 node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
 ``kamailio.view``):
 
-``cp``       ``table`` -> JSON list of ``[uri, weight, queueing (1 or 0)]``, ``version``
-             -> int: the routing table the sync loop publishes and every SIP worker routes
-             with; ``settings`` -> JSON object of runtime settings changed since start-up,
-             ``settings_version`` -> int: written by ``counterpoise up`` over JSON-RPC
-             (``htable.sets``/``seti``) on SIGHUP.
+``cp``       ``table`` -> JSON list of ``[uri, weight, queueing (1 or 0), in-flight limit]``,
+             ``version`` -> int: the routing table the sync loop publishes and every SIP
+             worker routes with; ``settings`` -> JSON object of runtime settings changed
+             since start-up, ``settings_version`` -> int: written by ``counterpoise up``
+             over JSON-RPC (``htable.sets``/``seti``) on SIGHUP.
 ``cpinf``    ``"<proxy uri> <epoch>"`` -> requests in flight to it from this node, relayed in
              that epoch (``attempts.INFLIGHT_EPOCH_MS``; ``sht_inc``/``sht_dec``, atomic
              across workers; the sync loop drops past epochs' counts as drift).
@@ -39,6 +39,7 @@ import KSR
 from counterpoise import clock
 from counterpoise.core import attempts, edge
 from counterpoise.core.attempts import stamp
+from counterpoise.core.hold import Limit
 from counterpoise.core.load import header_utilisation
 from counterpoise.core.location import sum_counters
 from counterpoise.core.reports import BadReport, parse_load_header
@@ -152,7 +153,7 @@ class SharedTable:
         """The edge's counters summed over the processes (``cpedge``)."""
         return sum_counters({key: _number(value) for key, value in items(EDGE_TABLE)})
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int]]) -> None:
+    def publish_table(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
         KSR.htable.sht_sets(TABLE, "table", json.dumps(entries))
         version = KSR.htable.sht_get(TABLE, "version")
         KSR.htable.sht_seti(TABLE, "version", (version if isinstance(version, int) else 0) + 1)
@@ -192,6 +193,8 @@ class WorkerView:
         self.queueing: dict[str, bool] = {}
         """Per proxy of the table, whether it is queueing: its requests then get
         ``saturated_fr_timer_ms`` for their first reply instead of ``fr_timer_ms``."""
+        self.limits: dict[str, Limit] = {}
+        """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)."""
         self.hops: dict[str, frozenset[edge.Address]] = {}
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
@@ -206,8 +209,9 @@ class WorkerView:
         if version != self._version:
             raw = KSR.htable.sht_get(TABLE, "table")
             entries = json.loads(raw) if isinstance(raw, str) else []
-            self.picker = WeightedPicker([(uri, float(weight)) for uri, weight, _ in entries])
-            self.queueing = {uri: bool(queueing) for uri, _, queueing in entries}
+            self.picker = WeightedPicker([(uri, float(weight)) for uri, weight, _, _ in entries])
+            self.queueing = {uri: bool(queueing) for uri, _, queueing, _ in entries}
+            self.limits = {uri: Limit(int(limit), bool(q)) for uri, _, q, limit in entries}
             self._version = version
             uris = [entry[0] for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change

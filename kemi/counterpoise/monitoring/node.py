@@ -35,6 +35,8 @@ ROUTED_BY_WEIGHT = "routed_weight"
 ROUTED_BY_LOCATION = "routed_location"
 REJECTED = "rejected"
 NO_PROXY = "no_proxy"
+HELD = "held"
+HELD_OVERDUE = "held_overdue"
 IN_DIALOG_RECORD_ROUTE = "in_dialog_record_route"
 IN_DIALOG_DIALOG_RECORD = "in_dialog_dialog_record"
 FAILOVER = "failover"
@@ -43,6 +45,8 @@ NODE_COUNTERS = (
     ROUTED_BY_LOCATION,
     REJECTED,
     NO_PROXY,
+    HELD,
+    HELD_OVERDUE,
     IN_DIALOG_RECORD_ROUTE,
     IN_DIALOG_DIALOG_RECORD,
 )
@@ -239,6 +243,10 @@ def node_families(view: NodeView) -> list[Metric]:
          counters.get(REJECTED, 0)),
         ("requests_no_proxy", 'Initial requests answered 503 "No Proxy Available".',
          counters.get(NO_PROXY, 0)),
+        ("requests_held", "Initial requests held at the balancer (hold_queue_ms).",
+         counters.get(HELD, 0)),
+        ("requests_held_overdue", "Held requests relayed room or not (hold_max_ms).",
+         counters.get(HELD_OVERDUE, 0)),
         ("ejections_refused", "Proxies kept in by max_ejected_fraction.",
          sync.ejections_refused),
     )  # fmt: skip

@@ -1,0 +1,102 @@
+"""Holding requests at the balancer while every proxy is queueing: when to, and whom to release.
+
+Pure arithmetic: no Kamailio, no Redis; in-flight counts and ages are passed in.
+
+Why hold: a request sent on arrival to a proxy that is already queueing waits in that
+proxy's socket queue, where nothing can move it, even when another proxy frees up or comes
+back a second later; and the proxy's replies to its earlier calls (the callee's 200, a
+BYE's answer) queue behind it. Held at the balancer instead, the calls beyond the pool's
+capacity wait in one queue, in order, and each goes to the first proxy with room: a proxy
+back from a stall or a restart takes the backlog at once, where otherwise it sat in the
+others' queues for seconds. It is HAProxy's ``maxconn`` per server with a queue in front.
+
+The rule:
+
+* A proxy's **limit** is the in-flight count at which its queue wait (in flight over
+  completed per second, as ``policy.Health.queue_wait_ms``) reaches ``hold_queue_ms``:
+  ``max(HOLD_MIN_INFLIGHT, ceil(throughput_per_s * hold_queue_ms / 1000))``.
+* A new request is **held** when requests are already held (it joins the back of the queue)
+  or when the proxy it drew and every other proxy with a weight is queueing and at its limit.
+  A proxy that is not queueing always has room for a new request: its in-flight requests
+  may be ringing calls, not a queue.
+* Each release tick takes held requests in order, each to the proxy with the most room
+  under its limit (queueing or not: a proxy back from a death gets its backlog at the pace
+  its limit allows, not all at once), and stops at the first that finds none, unless it was
+  held ``hold_max_ms``: then it goes to the least loaded proxy anyway (a hold never loses a
+  call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+
+HOLD_MIN_INFLIGHT = 2
+"""The smallest limit: a proxy whose throughput estimate is still small (new, or barely
+used) may always have 2 requests in flight, so a hold never starves it of the requests that
+would show its capacity."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """What the routing table says of one proxy for holding."""
+
+    inflight: int
+    """Its limit; 0 when holding is off (``hold_queue_ms = 0``)."""
+    queueing: bool
+    """Queueing now (``policy.queueing``): only then does the limit hold new requests back."""
+
+
+def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:
+    """The in-flight count at which a proxy completing ``throughput_per_s`` requests a second
+    has a queue of ``hold_queue_ms``; 0 (no limit) when holding is off."""
+    if hold_queue_ms <= 0:
+        return 0
+    return max(HOLD_MIN_INFLIGHT, math.ceil(throughput_per_s * hold_queue_ms / 1000))
+
+
+def room(limit: Limit | None, inflight: int, releasing: bool) -> float:
+    """How much room a proxy has, as the fraction of its limit still free (``inf`` when no
+    limit applies): a new request (``releasing`` False) is limited only by a queueing
+    proxy's limit, a released one by any proxy's."""
+    if limit is None or limit.inflight <= 0 or not (limit.queueing or releasing):
+        return math.inf
+    return (limit.inflight - inflight) / limit.inflight
+
+
+def roomiest(
+    uris: Iterable[str],
+    limits: dict[str, Limit],
+    inflight: Callable[[str], int],
+    releasing: bool,
+) -> str | None:
+    """Of ``uris``, the proxy with the most room left, or None when none has any."""
+    best, best_room = None, 0.0
+    for uri in uris:
+        free = room(limits.get(uri), inflight(uri), releasing)
+        if free > best_room:
+            best, best_room = uri, free
+    return best
+
+
+def admit(
+    picked: str,
+    uris: Iterable[str],
+    limits: dict[str, Limit],
+    inflight: Callable[[str], int],
+    held: int,
+) -> str | None:
+    """Where a new request goes now: ``picked`` (the weighted draw) if it has room, else the
+    proxy with the most room; None to hold it (``held`` requests wait already, or no proxy
+    has room)."""
+    if held > 0:
+        return None
+    if room(limits.get(picked), inflight(picked), releasing=False) > 0:
+        return picked
+    return roomiest(uris, limits, inflight, releasing=False)
+
+
+def overdue(held_ms: int, hold_max_ms: int) -> bool:
+    """Held long enough: it goes to a proxy now, room or not."""
+    return held_ms >= hold_max_ms

@@ -1,0 +1,92 @@
+"""The node's queue of held requests (``core.hold``), in shared memory.
+
+A held request is a tm transaction suspended (``tmx.t_suspend``: the caller has its 100
+Trying, and tm absorbs its retransmissions); the release timer resumes it with
+``tmx.t_continue``, which runs ``ksr_route_release`` on it. The queue is the htable
+``cphold`` (``kamailio.cfg``):
+
+``tail``   the sequence number of the latest request held (``sht_inc``: atomic across the
+           workers that hold requests);
+``head``   the sequence number of the latest one released (written by the release timer
+           alone);
+``<seq>``  ``"<tindex> <tlabel> <held at, monotonic ms>"`` of a request still held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import KSR
+
+from counterpoise import clock
+from counterpoise.kamailio import read
+
+HELD = "cphold"
+HEAD = "head"
+TAIL = "tail"
+HOLD_QUEUE_MAX = 5000
+"""Requests held at once, at most: beyond it a request is relayed at once, as with holding
+off. 5000 is 100 s of a 50 calls/s pool's backlog, far past any caller's patience, and a few
+hundred kB of shared memory."""
+RELEASE_ROUTE = "ksr_route_release"
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+    seq: int
+    index: int
+    label: int
+    held_ms: int
+    """When it was held (``clock.monotonic_ms``: one clock for every process)."""
+
+
+def _get(key: str) -> int:
+    value = KSR.htable.sht_get(HELD, key)
+    return value if isinstance(value, int) else 0
+
+
+def count() -> int:
+    """Requests held now (two shared-memory reads)."""
+    return max(_get(TAIL) - _get(HEAD), 0)
+
+
+def hold(hold_max_ms: int) -> bool:
+    """Suspend the request being routed and queue it; False when it cannot be (the queue is
+    full, or tm refused), and the caller relays it at once instead."""
+    if count() >= HOLD_QUEUE_MAX:
+        return False
+    # tm keeps a suspended transaction with a branch of no destination, timed by the
+    # first-reply timer: it must outlast the hold, or tm answers 408 before the release.
+    timeout_ms = hold_max_ms + 1000
+    KSR.tm.t_set_fr(timeout_ms, timeout_ms)
+    if KSR.tmx.t_suspend() < 0:
+        return False
+    index, label = read.number("$T(id_index)"), read.number("$T(id_label)")
+    if index is None or label is None:
+        return False
+    seq = KSR.htable.sht_inc(HELD, TAIL)
+    KSR.htable.sht_sets(HELD, str(seq), f"{index} {label} {clock.monotonic_ms()}")
+    return True
+
+
+def waiting() -> Iterator[Held]:
+    """The held requests in order, oldest first; it stops at one not written yet (a worker
+    between its ``sht_inc`` and ``sht_sets``) or not readable."""
+    head, tail = _get(HEAD), _get(TAIL)
+    for seq in range(head + 1, tail + 1):
+        value = KSR.htable.sht_get(HELD, str(seq))
+        fields = value.split() if isinstance(value, str) else []
+        if len(fields) != 3 or not all(field.isdigit() for field in fields):
+            return
+        index, label, held_ms = (int(field) for field in fields)
+        yield Held(seq, index, label, held_ms)
+
+
+def release(held: Held) -> None:
+    """Take ``held`` off the queue and resume it: ``ksr_route_release`` runs now, in this
+    process. If tm no longer has it (its caller cancelled and tm answered, or its timer
+    fired), ``t_continue`` does nothing but say so in the log."""
+    KSR.htable.sht_seti(HELD, HEAD, held.seq)
+    KSR.htable.sht_rm(HELD, str(held.seq))
+    KSR.tmx.t_continue(held.index, held.label, RELEASE_ROUTE)

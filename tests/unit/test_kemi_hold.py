@@ -1,0 +1,133 @@
+"""Holding requests at the balancer through the fake KSR: suspended while every proxy is
+queueing at its limit, resumed in order by the release timer, counted on tm's right branch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from counterpoise.core.settings import Settings
+
+from ..fakes.edge import Node
+from ..fakes.ksr import BLIND_BRANCH, FakeKsr
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+S = Settings(location_server=False)
+LIMIT = 2
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, S)
+
+
+def queueing_pool(node: Node, ksr: FakeKsr, queueing: int = 1) -> None:
+    """A and B in the table, queueing, each with an in-flight limit of ``LIMIT``."""
+    node.pool(A, B)
+    table = ksr.htables["cp"]
+    table["table"] = json.dumps([[A, 1.0, queueing, LIMIT], [B, 1.0, queueing, LIMIT]])
+    table["version"] += 1
+
+
+def fill(node: Node) -> None:
+    for _ in range(2 * LIMIT):
+        node.route("INVITE")
+    assert (node.inflight(A), node.inflight(B)) == (LIMIT, LIMIT)
+
+
+def test_a_request_is_held_when_every_proxy_is_queueing_at_its_limit(node: Node, ksr: FakeKsr):
+    queueing_pool(node, ksr)
+    fill(node)
+    node.route("INVITE", call_id="held-1")
+    assert ksr.relays == []  # suspended: nothing relayed, nothing answered by the route
+    assert ksr.sl_replies == []
+    assert ksr.called("tmx.t_suspend") == [()]
+    assert ksr.fr_timers == (S.hold_max_ms + 1000, S.hold_max_ms + 1000)  # outlasts the hold
+    assert ksr.htables["cpstat"]["held"] == 1
+    # Released once a proxy has room (the sync loop found A completing more), to it, as
+    # attempt 1 on tm's branch 1 (branch 0 is the suspended transaction's).
+    node.release(10)
+    assert ksr.called("tmx.t_continue") == []
+    table = ksr.htables["cp"]
+    table["table"] = json.dumps([[A, 1.0, 1, LIMIT + 1], [B, 1.0, 1, LIMIT]])
+    table["version"] += 1
+    node.release(10)
+    assert ksr.relays[0] is BLIND_BRANCH
+    assert ksr.relays[1]["duri"] == A
+    assert ksr.pvs["$ci"] == "held-1"
+    assert ksr.relays[1]["on_failure"] == "ksr_route_failure"
+    assert node.inflight(A) == LIMIT + 1
+    node.reply(200, branch=1)  # counted on its own branch: its in-flight count comes down
+    assert node.inflight(A) == LIMIT
+
+
+def test_held_requests_are_released_in_order_and_new_ones_queue_behind(node: Node, ksr: FakeKsr):
+    queueing_pool(node, ksr)
+    fill(node)
+    node.route("INVITE", call_id="first")
+    # The table now says A is not queueing: A has room for a new request, but one is held
+    # already, and a new request queues behind it.
+    table = ksr.htables["cp"]
+    table["table"] = json.dumps([[A, 1.0, 0, LIMIT + 2], [B, 1.0, 1, LIMIT]])
+    table["version"] += 1
+    node.route("INVITE", call_id="second")
+    assert ksr.relays == []
+    released = []
+    ksr.routes["ksr_route_release"] = lambda msg, ev: (
+        released.append(ksr.pvs["$ci"]),
+        node.app.ksr_route_release(msg, ev),
+    )[1]
+    node.release(20)
+    assert released == ["first", "second"]  # A's two free slots, in the order held
+    assert node.inflight(A) == LIMIT + 2
+
+
+def test_a_request_held_hold_max_ms_goes_to_the_least_loaded_proxy(node: Node, ksr: FakeKsr):
+    queueing_pool(node, ksr)
+    fill(node)
+    node.route("INVITE")
+    node.release(S.hold_max_ms - 1)
+    assert ksr.called("tmx.t_continue") == []
+    node.release(1)
+    assert len(ksr.relays) == 2 and ksr.relays[1]["duri"] in (A, B)
+    assert ksr.htables["cpstat"]["held_overdue"] == 1
+
+
+def test_a_request_cancelled_while_held_is_answered_487(node: Node, ksr: FakeKsr):
+    queueing_pool(node, ksr)
+    fill(node)
+    node.route("INVITE")
+    ksr.returns["tm.t_is_canceled"] = 1
+    node.release(S.hold_max_ms)
+    assert ksr.t_replies == [(487, "Request Terminated")]
+    assert ksr.relays == [BLIND_BRANCH]
+
+
+def test_a_resumed_request_fails_over_from_its_own_branch(node: Node, ksr: FakeKsr):
+    queueing_pool(node, ksr)
+    fill(node)
+    node.route("INVITE")
+    node.release(S.hold_max_ms)
+    first = ksr.relays[1]["duri"]
+    node.fail(408, after_ms=S.saturated_fr_timer_ms, timeout=True, replied=False)
+    assert ksr.relays[2]["duri"] == ({A, B} - {first}).pop()
+    assert node.inflight(first) == LIMIT  # the timed-out attempt came out of flight
+
+
+def test_with_holding_off_no_request_is_held(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch):
+    node = Node(ksr, monkeypatch, Settings(location_server=False, hold_queue_ms=0))
+    queueing_pool(node, ksr)
+    fill(node)
+    node.route("INVITE")
+    assert len(ksr.relays) == 1
+    assert ksr.called("tmx.t_suspend") == []
+
+
+def test_a_refused_suspend_relays_at_once(node: Node, ksr: FakeKsr):
+    queueing_pool(node, ksr)
+    fill(node)
+    ksr.returns["tmx.t_suspend"] = -1
+    node.route("INVITE")
+    assert len(ksr.relays) == 1
+    assert ksr.htables["cphold"].get("tail", 0) == 0
