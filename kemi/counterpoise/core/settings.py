@@ -342,17 +342,18 @@ class Settings:
     ejection, its in-flight requests keep their timer, and its first reply of any kind
     brings it back with its estimate. 0: off (silence only counts as latency)."""
 
-    hold_queue_ms: int = 1000
+    hold_queue_ms: int = 500
     """When every proxy with a weight is queueing this long (its in-flight count over its
     completed requests per second: its limit is ``throughput * hold_queue_ms``), new
     requests wait at the balancer, in order, instead of in the proxies' socket queues, and
     each goes to the first proxy with room (``core.hold``; HAProxy's ``maxconn`` with a
     queue). Sent on arrival, the calls beyond the pool's capacity sat in the queues they
     were sent to while a proxy back from a stall or a restart was idle, and the callee's
-    200s and the BYEs' answers queued behind them. 1000 ms: past what steady load reaches
-    by chance at 95 % of capacity (the benchmark's queues stay under 0.5 s), short enough
-    that a BYE sent to the proxy of its dialog is answered well before its 4 s timer.
-    0: off (every request is relayed on arrival)."""
+    200s and the BYEs' answers queued behind them. 500 ms: in development runs of the
+    benchmark's biggest-proxy stall and kill, p99* 2.0-2.2 s and 2.5 s, against 2.4-3.1 s
+    and 3.4-3.7 s with 1000 ms; at 95 % of capacity a few requests are held (35 of 998 in
+    one run) with p99 unchanged, and steady load at 70 % holds none. 0: off (every request
+    is relayed on arrival)."""
 
     hold_max_ms: int = 4000
     """A request held this long is relayed to the proxy with the least in flight per unit of
