@@ -4,6 +4,7 @@ downstream Kamailio proxies and raw UDP sockets, then a good call still succeeds
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,17 @@ balancer relays before it answers, so anything relayed is long there by then."""
 
 def balancer(bed: Bed) -> sipwire.Address:
     return ("127.0.0.1", bed.balancer_port)
+
+
+def udp_socket(port: int) -> tuple[int, int]:
+    """The receive queue (bytes) and the kernel's drop count of the UDP socket bound to
+    127.0.0.1:``port`` (``/proc/net/udp``)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            return int(fields[4].split(":")[1], 16), int(fields[-1])
+    raise LookupError(f"no UDP socket on 127.0.0.1:{port}")
 
 
 def edge_counters(bed: Bed) -> dict[str, int]:
@@ -246,27 +258,27 @@ def test_flood_from_one_source_is_cut_off_before_redis_while_others_call(bed: Be
             if number % 500 == 499:
                 time.sleep(0.05)  # keep the socket buffers from overflowing: every packet counts
 
-    def read_all() -> int:
-        """Requests the balancer read once the flood is over (what the kernel did not drop
-        when the machine was busy)."""
-        counts = [bed.received_requests()]
+    def read_all(sent: int) -> int:
+        """Of ``sent`` flood packets, how many the balancer read: it has read every one the
+        kernel kept once its socket's queue is empty, and the kernel's drop count says how
+        many it did not keep (a busy machine). Counted at the socket: Kamailio's own count
+        of received requests also moves with its timer routes, 55 a second at times."""
+        drops = udp_socket(bed.balancer_port)[1]
+        processes.wait_for(
+            lambda: udp_socket(bed.balancer_port)[0] == 0, 20, "the balancer to read the flood"
+        )
+        return sent - (udp_socket(bed.balancer_port)[1] - drops)
 
-        def still() -> bool:
-            counts.append(bed.received_requests())
-            return counts[-1] == counts[-2]
-
-        processes.wait_for(still, 20, "the balancer to read the flood", step_s=0.5)
-        return counts[-1]
-
-    received = bed.received_requests()
     burst(5000)
-    received = read_all() - received
+    received = read_all(5000)
     counters = edge_counters(bed)
     assert received > 4000 and counters.get("banned") == 1
     admitted = received - counters["dropped_banned"]
-    # The REGISTERs up to the limit and the OPTIONS between them; twice that if the first
-    # burst straddled two 1 s windows.
-    assert admitted <= 4 * limit + 2
+    # The REGISTERs up to the limit and the OPTIONS between them, per 1 s window of the
+    # balancer's clock: each admitted one costs a location lookup, so on a busy machine
+    # they may be handled over two or three windows (up to 281 measured). Cut off all the
+    # same: over nine in ten of the burst refused.
+    assert admitted <= 6 * limit + 2 and admitted < received / 10
     lookups = bed.counters("cploc").get("lookups", 0) - before
     assert lookups <= admitted
     good_call_succeeds(bed)  # another source, meanwhile
@@ -275,13 +287,10 @@ def test_flood_from_one_source_is_cut_off_before_redis_while_others_call(bed: Be
     dropped = edge_counters(bed)["dropped_banned"]
     lookups = bed.counters("cploc").get("lookups", 0)
     registers = ds.counts().get("register", 0)
-    received = bed.received_requests()
     burst(1000)
-    received = read_all() - received
-    # Every one dropped: counted as such, none answered, none relayed, no lookup. (The
-    # node's read count is not compared with the drops one for one: the good call's caller
-    # may still retransmit, and that is counted too.)
-    assert received > 800 and edge_counters(bed)["dropped_banned"] - dropped > 800
+    received = read_all(1000)
+    # Every one dropped: counted as such, none answered, none relayed, no lookup.
+    assert received > 800 and edge_counters(bed)["dropped_banned"] - dropped == received
     assert flooder.recv(0.5) is None
     assert ds.counts().get("register", 0) == registers
     assert bed.counters("cploc").get("lookups", 0) == lookups  # no lookup while banned

@@ -173,7 +173,21 @@ def test_source_over_its_limit_is_banned_and_ignored(ksr: FakeKsr, monkeypatch):
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.6")
     assert len(ksr.relays) == 1  # another source is not affected
     counts = edge_counters(ksr)
-    assert counts["banned"] == 1 and counts["dropped_banned"] == 2
+    assert counts["banned"] == 1 and counts["dropped_banned"] == 3  # the one that broke it too
+
+
+def test_workers_racing_past_the_limit_all_refuse_and_one_counts_the_ban(ksr: FakeKsr, monkeypatch):
+    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_requests_per_s=3))
+    node.pool(A)
+    for _ in range(3):
+        node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    # Another worker's request broke the limit too before this one's ban was seen.
+    window = next(key for key in ksr.htables["cprate"] if "198.51.100.5" in key)
+    ksr.htables["cprate"][window] += 1
+    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    assert ksr.relays == []
+    counts = edge_counters(ksr)
+    assert counts.get("banned", 0) == 0 and counts["dropped_banned"] == 1
 
 
 def test_registers_have_their_own_stricter_limit(ksr: FakeKsr, monkeypatch):

@@ -38,21 +38,26 @@ class FloodGuard:
             EDGE.count("dropped_banned")
             return False
         now_ms = clock.wall_ms()
-        broken = self._breaks("", ip, now_ms, self._all_per_s)
+        broken, first = self._breaks("", ip, now_ms, self._all_per_s)
         if is_register and not broken:
-            broken = self._breaks(REGISTER, ip, now_ms, self._registers_per_s)
+            broken, first = self._breaks(REGISTER, ip, now_ms, self._registers_per_s)
         if not broken:
             return True
         KSR.htable.sht_setxi(BANNED, ip, 1, self._ban_s)
-        EDGE.count("banned")
-        KSR.notice(f"counterpoise: {ip} banned for {self._ban_s} s ({broken} limit)\n")
+        EDGE.count("dropped_banned")  # refused like every later request of the banned source
+        if first:  # workers racing past the limit before the ban is seen all refuse; one counts
+            EDGE.count("banned")
+            KSR.notice(f"counterpoise: {ip} banned for {self._ban_s} s ({broken} limit)\n")
         return False
 
-    def _breaks(self, kind: str, ip: str, now_ms: int, limit: int) -> str:
-        """The name of the limit this request breaks, or ""."""
+    def _breaks(self, kind: str, ip: str, now_ms: int, limit: int) -> tuple[str, bool]:
+        """The name of the limit this request breaks ("" if none), and whether it is the
+        first request to break it in its window (``sht_inc`` is atomic: one worker gets the
+        count just past the limit)."""
         if not limit:
-            return ""
+            return "", False
         count = KSR.htable.sht_inc(RATES, edge.window_key(ip, now_ms, WINDOW_MS, kind))
-        if not edge.over_limit(count if isinstance(count, int) else 0, limit):
-            return ""
-        return "REGISTER" if kind == REGISTER else "request"
+        count = count if isinstance(count, int) else 0
+        if not edge.over_limit(count, limit):
+            return "", False
+        return ("REGISTER" if kind == REGISTER else "request"), count == limit + 1
