@@ -131,3 +131,17 @@ def test_a_refused_suspend_relays_at_once(node: Node, ksr: FakeKsr):
     node.route("INVITE")
     assert len(ksr.relays) == 1
     assert ksr.htables["cphold"].get("tail", 0) == 0
+
+
+def test_an_entry_its_worker_never_wrote_is_skipped_after_a_grace(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio import holding
+
+    queueing_pool(node, ksr)
+    fill(node)
+    ksr.htables["cphold"]["tail"] = 1  # a worker took a number and died before writing
+    node.route("INVITE", call_id="behind")
+    node.release(S.hold_max_ms)  # overdue, yet the hole before it stops the reading
+    assert ksr.called("tmx.t_continue") == []
+    node.release(holding.UNWRITTEN_GRACE_MS)
+    assert ksr.pvs["$ci"] == "behind" and ksr.relays[1]["duri"] in (A, B)
+    assert holding.count() == 0

@@ -55,6 +55,7 @@ class KemiApp:
         self.dialog_writes: DialogWriteBehind | None = None
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
+        self.waiting = holding.Waiting()
         # Timing each routed request is part of the metrics: off with the endpoint.
         self.route_timer = metrics.RouteTimer() if settings.metrics_listen else None
         self._route_started_ns = 0
@@ -278,7 +279,7 @@ class KemiApp:
         self._follow_settings()
         picker = self.view.refresh()
         now_ms = clock.monotonic_ms()
-        for held in holding.waiting():
+        for held in self.waiting(now_ms):
             overdue = hold.overdue(now_ms - held.held_ms, self.settings.hold_max_ms)
             if not overdue and not hold.roomiest(
                 picker.uris, self.view.limits, shared.inflight, releasing=True

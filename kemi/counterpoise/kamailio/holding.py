@@ -30,6 +30,10 @@ HOLD_QUEUE_MAX = 5000
 off. 5000 is 100 s of a 50 calls/s pool's backlog, far past any caller's patience, and a few
 hundred kB of shared memory."""
 RELEASE_ROUTE = "ksr_route_release"
+UNWRITTEN_GRACE_MS = 1000
+"""How long an entry may stay missing or unreadable before the release timer skips it: its
+worker writes it microseconds after taking its number, so 1 s (50 release ticks) only
+passes when that worker died in between."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,17 +74,32 @@ def hold(hold_max_ms: int) -> bool:
     return True
 
 
-def waiting() -> Iterator[Held]:
-    """The held requests in order, oldest first; it stops at one not written yet (a worker
-    between its ``sht_inc`` and ``sht_sets``) or not readable."""
-    head, tail = _get(HEAD), _get(TAIL)
-    for seq in range(head + 1, tail + 1):
-        value = KSR.htable.sht_get(HELD, str(seq))
-        fields = value.split() if isinstance(value, str) else []
-        if len(fields) != 3 or not all(field.isdigit() for field in fields):
-            return
-        index, label, held_ms = (int(field) for field in fields)
-        yield Held(seq, index, label, held_ms)
+class Waiting:
+    """The release timer's reading of the queue. An entry not written yet (a worker between
+    its ``sht_inc`` and ``sht_sets``, microseconds apart) stops the reading until the next
+    tick; one still missing or unreadable ``UNWRITTEN_GRACE_MS`` later (its worker died
+    between the two) is skipped, so it cannot block the queue behind it for good."""
+
+    def __init__(self) -> None:
+        self._missing: tuple[int, int] | None = None
+        """The entry found missing, and when it was first."""
+
+    def __call__(self, now_ms: int) -> Iterator[Held]:
+        """The held requests in order, oldest first."""
+        head, tail = _get(HEAD), _get(TAIL)
+        for seq in range(head + 1, tail + 1):
+            value = KSR.htable.sht_get(HELD, str(seq))
+            fields = value.split() if isinstance(value, str) else []
+            if len(fields) == 3 and all(field.isdigit() for field in fields):
+                index, label, held_ms = (int(field) for field in fields)
+                yield Held(seq, index, label, held_ms)
+                continue
+            if self._missing is None or self._missing[0] != seq:
+                self._missing = (seq, now_ms)
+            if now_ms - self._missing[1] < UNWRITTEN_GRACE_MS:
+                return
+            KSR.htable.sht_seti(HELD, HEAD, seq)
+            KSR.htable.sht_rm(HELD, str(seq))
 
 
 def release(held: Held) -> None:
