@@ -431,6 +431,25 @@ def test_probe_outcomes_are_counted(node: Node, ksr: FakeKsr):
     assert node.totals() == {A: Tally(probes_ok=2, probes_failed=2, probe_ms_sum=14)}
 
 
+def test_a_probe_timing_out_after_a_later_one_was_answered_is_not_a_failure(
+    node: Node, ksr: FakeKsr
+):
+    """A restarted proxy answers its new probes while those sent before the restart time out:
+    they must not end the run of answers that brings it back."""
+    node.pool(A)
+    lost = node.clock.now
+    node.clock.advance(200)
+    answered = node.clock.now
+    node.clock.advance(5)
+    probe_outcome(node, ksr, answered, evtype=1, evcode=200)
+    node.clock.advance(1300)
+    probe_outcome(node, ksr, lost, evtype=2, evcode=408)
+    assert node.totals() == {A: Tally(probes_ok=1, probe_ms_sum=5)}
+    node.clock.advance(200)
+    probe_outcome(node, ksr, node.clock.now - 1500, evtype=2, evcode=408)  # sent after: counts
+    assert node.totals()[A].probes_failed == 1
+
+
 def test_answered_invite_probe_is_hung_up_through_the_proxy(node: Node, ksr: FakeKsr):
     node.pool(A)
     ksr.request("INVITE", A.replace("sip:", "sip:probe@"))

@@ -322,6 +322,23 @@ def test_probe_interval_with_ticks_that_do_not_divide_it(harness: Harness, store
     assert len(times) == 3  # at 0, 1200, 2400
 
 
+def test_a_down_proxy_is_probed_every_down_interval(harness: Harness, store: MemoryStore):
+    store.add(A)
+    store.add(B)
+    harness.run(S.slow_start_ms + 100)
+    failures = Tally()
+    for _ in range(S.down_after_failures):
+        failures += Tally(probes_failed=1)
+        harness.shared.tallies["101 " + A] = failures
+        harness.tick(100)
+    assert harness.loop.weights[A].state == "down"
+    down_at = harness.clock.now
+    harness.run(2000, step_ms=100)
+    gaps = [b - a for a, b in itertools.pairwise(t for t in harness.probes.times(A) if t > down_at)]
+    assert gaps and max(gaps) <= S.down_probe_interval_ms
+    assert len([t for t in harness.probes.times(B) if t > down_at]) <= 2  # B: every second
+
+
 def test_a_proxy_the_workers_hear_from_is_not_marked_down(harness: Harness, store: MemoryStore):
     store.add(A)
     store.add(B)

@@ -363,6 +363,14 @@ class Weighting:
     """Its in-flight limit for holding requests at the balancer (``hold.inflight_limit``)."""
 
 
+def probe_timeout_counts(sent_ms: int, latest_answered_sent_ms: int) -> bool:
+    """A probe left unanswered is a failure, unless a probe sent after it was answered: a
+    restarted proxy answers its new probes while those sent to it before the restart time out
+    ``fr_timer_ms`` later, and each of them would otherwise end the run of answers that
+    brings it back (with probes every 200 ms while down, seven of them)."""
+    return sent_ms >= latest_answered_sent_ms
+
+
 def queueing(health: Health, now_ms: int, settings: Settings) -> bool:
     """Answering, but slowly: it answered something within ``fr_timer_ms``, and it timed out
     requests lately (``saturated``) or its latency estimate is past half the failure penalty

@@ -148,6 +148,14 @@ class Settings:
     """Every proxy, up or down, is sent an OPTIONS this often; a proxy that stopped answering is
     marked down within ``down_after_failures`` probe periods even with no traffic."""
 
+    down_probe_interval_ms: int = 200
+    """A proxy that is down is probed this often instead (Envoy's ``unhealthy_interval``): a
+    restarted proxy is back ``up_after_probes`` answers later, 0.4 s, instead of 2 s, while
+    the rest of the pool may be carrying its load beyond capacity (a 5 s death of the
+    biggest proxy left a backlog that grew by 19 calls each second it stayed out). The sync
+    loop sends probes on its ticks (200 ms), so shorter is the same; 5 OPTIONS a second to
+    a proxy that is not answering cost nothing."""
+
     probe_from_uri: str = "sip:counterpoise@localhost"
     """From URI of probe requests."""
 
@@ -603,6 +611,7 @@ POSITIVE = (
     "down_after_failures",
     "up_after_probes",
     "probe_interval_ms",
+    "down_probe_interval_ms",
     "load_expiry_ms",
     "load_smoothing_tau_ms",
     "location_redis_timeout_ms",
@@ -661,6 +670,7 @@ RUNTIME = (
     "slow_start_floor",
     "load_headroom_floor",
     "probe_interval_ms",
+    "down_probe_interval_ms",
     "publish_interval_ms",
     "node_ttl_ms",
 )

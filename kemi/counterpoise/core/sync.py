@@ -146,6 +146,7 @@ class SyncLoop:
         self._previous: dict[str, Tally] = {}
         self._table: list[tuple[str, float, int, int]] | None = None
         self._next_probe_ms = 0
+        self._next_down_probe_ms = 0
         self._next_publish_ms = 0
         self._redis_synced_ms: int | None = None
         self._started_ms = monotonic_ms()
@@ -192,16 +193,27 @@ class SyncLoop:
             {uri: self.loads.utilisation(uri, now) for uri in self.pool},
         )
         self._publish_table()
-        if now >= self._next_probe_ms:
-            self._next_probe_ms = now + self.settings.probe_interval_ms
-            for uri in self.pool:
-                self._probes.send(uri, now)
+        self._send_probes(now)
         if now >= self._next_publish_ms:
             self._next_publish_ms = now + self.settings.publish_interval_ms
             self._redis.call(now, self._publish_weights)
             drift = self._shared.drop_stale_inflight(now)
             if drift:
                 self._log(f"{drift} requests counted in flight for over 200 s: dropped")
+
+    def _send_probes(self, now: int) -> None:
+        """Every proxy each ``probe_interval_ms``; a down one also each
+        ``down_probe_interval_ms``, so a restarted proxy is found back soon."""
+        every = now >= self._next_probe_ms
+        if every:
+            self._next_probe_ms = now + self.settings.probe_interval_ms
+        down = now >= self._next_down_probe_ms
+        if down:
+            self._next_down_probe_ms = now + self.settings.down_probe_interval_ms
+        for uri in self.pool:
+            health = self.health.get(uri)
+            if every or (down and health is not None and health.state == policy.State.DOWN):
+                self._probes.send(uri, now)
 
     def _observe(self, windows: Mapping[str, Tally], now: int) -> None:
         """Fold the windows into every proxy's health, with the ejection cap."""

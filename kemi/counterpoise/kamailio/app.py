@@ -16,7 +16,7 @@ import time
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, edge, hold, location
+from counterpoise.core import attempts, edge, hold, location, policy
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
 from counterpoise.kamailio import avps, guard, holding, metrics, probes, read, shared
@@ -403,6 +403,10 @@ class KemiApp:
         code = read.number("$uac_req(evcode)")
         answered = read.number("$uac_req(evtype)") == 1 and code is not None
         if answered and not self._from_proxy(uri):
+            return 1
+        if answered:
+            self.view.note_probe_answered(uri, int(sent))
+        elif not policy.probe_timeout_counts(int(sent), self.view.probe_answered_ms(uri)):
             return 1
         failed = not answered or attempts.is_proxy_failure(code)
         self.view.count_probe(uri, failed, clock.monotonic_ms() - int(sent))

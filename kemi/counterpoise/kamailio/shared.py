@@ -22,6 +22,9 @@ node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
 ``cpheard``  ``"<pid> <uri>"`` -> ``attempts.stamp()`` of the latest reply that is not a failure
              that worker got from that proxy, written at most every ``HEARD_EVERY_MS``: the
              proxy's signs of life, late replies included (``policy``).
+``cpprobe``  proxy URI -> the sync loop's send time (``clock.monotonic_ms``) of its latest
+             answered probe: a probe timing out after it says nothing new
+             (``policy.probe_timeout_counts``).
 ``cpretry``  the node's retry budget: ``tokens`` (retries the workers may spend until the
              sync loop's next tick, which rewrites it), ``spent`` and ``refused`` (counts
              since the node started, incremented atomically by the workers).
@@ -55,6 +58,7 @@ TALLIES = "cptally"
 LOADS = "cpload"
 RETRIES = "cpretry"
 HEARD = "cpheard"
+PROBES = "cpprobe"
 HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
 tick sees it, at no more than 10 shared-memory writes a second per proxy and worker."""
@@ -240,6 +244,15 @@ class WorkerView:
 
     def count_probe(self, uri: str, failed: bool, rtt_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_probe(failed, rtt_ms))
+
+    def note_probe_answered(self, uri: str, sent_ms: int) -> None:
+        if sent_ms > self.probe_answered_ms(uri):
+            KSR.htable.sht_seti(PROBES, uri, sent_ms)
+
+    def probe_answered_ms(self, uri: str) -> int:
+        """Send time of ``uri``'s latest answered probe, as far as any worker has seen; 0 if
+        none."""
+        return _int(PROBES, uri)
 
     def note_load_header(self, uri: str, value: str) -> None:
         """Count the load a proxy's reply stated, or count why it could not be used."""
