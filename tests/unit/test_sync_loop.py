@@ -203,6 +203,10 @@ def test_failing_proxy_goes_down_and_leaves_the_table(harness: Harness, store: M
         harness.tick(100)
     assert harness.loop.weights[A].state == "down"
     assert harness.shared.table == {A: 0.0, B: 1.0}
+    assert [line for line in harness.logs if line.startswith(A)] == [
+        f"{A} up: slow start over",
+        f"{A} down: 3 failures in a row (missed probes)",
+    ]
 
 
 # --- publishing ----------------------------------------------------------------------------
@@ -337,6 +341,11 @@ def test_a_down_proxy_is_probed_every_down_interval(harness: Harness, store: Mem
     gaps = [b - a for a, b in itertools.pairwise(t for t in harness.probes.times(A) if t > down_at)]
     assert gaps and max(gaps) <= S.down_probe_interval_ms
     assert len([t for t in harness.probes.times(B) if t > down_at]) <= 2  # B: every second
+    # Two answered probes bring it back (up: it was down briefly), in the log too.
+    harness.shared.tallies["101 " + A] = failures + Tally(probes_ok=2, probe_ms_sum=4)
+    harness.tick(100)
+    assert harness.loop.weights[A].state == "up"
+    assert harness.logs[-1] == f"{A} up after {harness.clock.now - down_at} ms down"
 
 
 def test_a_proxy_the_workers_hear_from_is_not_marked_down(harness: Harness, store: MemoryStore):

@@ -236,6 +236,10 @@ class SyncLoop:
                 f"kept in despite failures (max_ejected_fraction "
                 f"{self.settings.max_ejected_fraction:g} of the pool down): {', '.join(kept)}"
             )
+        for uri, health in seen.health.items():
+            before = self.health.get(uri)
+            if before is not None and health.state != before.state:
+                self._log(_state_change(uri, before, health, now))
         self.health = seen.health
 
     # --- Redis -----------------------------------------------------------------------------
@@ -400,6 +404,18 @@ class SyncLoop:
 
 def _mean(total: int, count: int) -> float | None:
     return round(total / count, 2) if count else None
+
+
+def _state_change(uri: str, before: policy.Health, after: policy.Health, now_ms: int) -> str:
+    """The log line of a proxy's move from one state to another (an operator's journal)."""
+    if after.state == policy.State.DOWN:
+        why = "missed probes" if after.down_by_probes else "no probe missed yet"
+        return f"{uri} down: {after.consecutive_failures} failures in a row ({why})"
+    if before.state == policy.State.DOWN:
+        return f"{uri} {after.state} after {now_ms - before.since_ms} ms down"
+    if before.state == policy.State.SLOW_START and after.state == policy.State.UP:
+        return f"{uri} up: slow start over"
+    return f"{uri} {after.state}"
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
