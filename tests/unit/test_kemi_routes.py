@@ -283,6 +283,33 @@ def test_failover_on_a_timeout_after_only_100_trying(node: Node, ksr: FakeKsr):
     assert node.totals()[first].requests_failed == 0
 
 
+def test_progress_timeout_shortens_the_wait_after_100_until_the_callee_rings(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """A proxy that took a call (100 Trying) and then died would hold it for fr_inv_timer_ms:
+    with progress_timeout_ms tm gives up on it sooner and the call fails over."""
+    settings = dataclasses.replace(S, progress_timeout_ms=5000)
+    node = Node(ksr, monkeypatch, settings)
+    node.pool(A, B)
+    node.route("INVITE")
+    node.reply(100, after_ms=5)
+    assert ksr.fr_timers == (5000, 0)  # the branch now waits 5 s for a ringing reply
+    node.fail(408, after_ms=5000, timeout=True, replied=True)
+    assert len(node.tried) == 2
+    node.reply(100, after_ms=5)
+    node.reply(180, after_ms=40)
+    assert ksr.fr_timers == (S.fr_inv_timer_ms, 0)  # ringing: the full time again
+
+
+def test_without_progress_timeout_100_leaves_the_timers_alone(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    relayed = ksr.fr_timers
+    node.reply(100, after_ms=5)
+    node.reply(180, after_ms=40)
+    assert ksr.fr_timers == relayed == (S.fr_inv_timer_ms, S.fr_timer_ms)
+
+
 def test_no_failover_on_a_callee_reply(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.route("INVITE")

@@ -99,6 +99,16 @@ class Settings:
     """After a provisional reply, how long an INVITE may ring before it times out: 2 minutes,
     the usual ringing limit; a ringing call is not a failed proxy."""
 
+    progress_timeout_ms: int = 0
+    """After a proxy's 100 Trying, how long an INVITE may wait for a ringing (18x) or final
+    reply before it is cancelled there and retried on another proxy; the first 18x gives it
+    ``fr_inv_timer_ms`` again. 0 (default): off, as in Kamailio, because a callee path with a
+    long post-dial delay (a PSTN gateway behind the proxy, 5-10 s before its 183) would be
+    cancelled and called again through another proxy. On, it saves the calls a proxy took
+    (100 Trying) and then lost by dying: otherwise tm waits ``fr_inv_timer_ms`` for them
+    (Kamailio 5.6 cannot end one branch early from outside: a CANCEL to a dead proxy still
+    waits for its 487). 5000 saved them in the biggest proxy's kill (README Benchmarks)."""
+
     in_dialog_fr_timer_ms: int = 30_000
     """How long an in-dialog request (BYE, re-INVITE...) waits for the proxy in its route set
     before the balancer answers 408. There is no other proxy to try, so the short failover
@@ -635,6 +645,7 @@ NOT_NEGATIVE = (
     "slow_start_after_down_ms",
     "saturated_memory_ms",
     "silent_after_ms",
+    "progress_timeout_ms",
     "hold_queue_ms",
     "flood_requests_per_s",
     "flood_registers_per_s",
@@ -642,7 +653,7 @@ NOT_NEGATIVE = (
 )
 """Settings where 0 means "none" (no ramp, no blackout, no dialog records, no retry floor,
 every return through slow start, no proxy counted saturated, no silent proxy set aside, no
-request held, no flood limit, no location cache)."""
+progress timeout, no request held, no flood limit, no location cache)."""
 LOCATION_CACHE_MAX_MS = 10_000
 """The htable ``cplocc`` (kamailio.cfg) drops its entries after 10 s: a longer cache would
 be cut short by it."""
@@ -658,6 +669,7 @@ NOT_EMPTY = ("redis_url", "key_prefix")
 RUNTIME = (
     "fr_timer_ms",
     "fr_inv_timer_ms",
+    "progress_timeout_ms",
     "in_dialog_fr_timer_ms",
     "max_attempts",
     "failure_penalty_ms",

@@ -312,10 +312,15 @@ class KemiApp:
                 KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
                 return 1
             self._note_load_header(uri)
+            progress_ms = self.settings.progress_timeout_ms
             if status == 100 and attempt.trying_ms is None:
                 attempt.set_trying_ms(elapsed)
+                if progress_ms and attempt.first_reply_ms is None:
+                    KSR.tm.t_set_fr(progress_ms, 0)  # tm restarts the branch's timer after this
             elif attempts.marks_first_reply(status, attempt.first_reply_ms is not None):
                 attempt.set_first_reply_ms(elapsed)
+                if progress_ms:
+                    KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, 0)  # ringing: its full time
             return 1
         result = attempts.Outcome.NOT_THE_PROXY
         try:
