@@ -62,6 +62,26 @@ def test_a_request_is_held_when_every_proxy_is_queueing_at_its_limit(node: Node,
     assert node.inflight(A) == LIMIT
 
 
+def test_ringing_calls_leave_the_proxys_queue_and_hold_nothing(node: Node, ksr: FakeKsr):
+    """The limit is on requests a proxy is still working on (no reply but 100 Trying): with
+    calls ringing for seconds, in flight as they are, a new request still goes."""
+    from counterpoise.kamailio import shared
+
+    queueing_pool(node, ksr)
+    for _ in range(2 * LIMIT):
+        node.route("INVITE")
+        node.reply(100, after_ms=5)
+        assert shared.awaiting(node.tried[-1]) >= 1  # 100 Trying: still the proxy's work
+        node.reply(180, after_ms=20)
+    assert (node.inflight(A), node.inflight(B)) == (LIMIT, LIMIT)
+    assert (shared.awaiting(A), shared.awaiting(B)) == (0, 0)
+    node.route("INVITE", call_id="new")
+    assert ksr.called("tmx.t_suspend") == []
+    assert [relay["duri"] in (A, B) for relay in ksr.relays] == [True]  # relayed at once
+    node.reply(486, after_ms=10)  # a final reply with no provisional before it
+    assert shared.awaiting(node.tried[-1]) == 0
+
+
 def test_held_requests_are_released_in_order_and_new_ones_queue_behind(node: Node, ksr: FakeKsr):
     queueing_pool(node, ksr)
     fill(node)

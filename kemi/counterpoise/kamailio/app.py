@@ -191,7 +191,7 @@ class KemiApp:
             return
         if held.proxy is None and self.settings.hold_queue_ms:
             placed = hold.admit(
-                uri, self.view.picker.uris, self.view.limits, shared.inflight, holding.count()
+                uri, self.view.picker.uris, self.view.limits, shared.awaiting, holding.count()
             )
             if placed is None and holding.hold(self.settings.hold_max_ms):
                 metrics.count(metrics.node.HELD)
@@ -237,15 +237,18 @@ class KemiApp:
         attempt = avps.Attempt.nth(len(tried))
         sent = attempts.stamp(clock.monotonic_ms())
         attempt.start(uri, sent)
+        limit = self.view.limits.get(uri)
         timeout_ms = self.settings.fr_timer_ms
-        if self.view.queueing.get(uri):
+        if limit is not None and limit.queueing:
             timeout_ms = self.settings.saturated_fr_timer_ms
         KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
         shared.inflight_add(uri, +1, sent)
+        shared.awaiting_add(uri, +1, sent)
         if KSR.tm.t_relay() < 0:
             shared.inflight_add(uri, -1, sent)
+            shared.awaiting_add(uri, -1, sent)
             attempt.mark_counted()
             self.view.count_request(uri, failed=True, first_ms=0, final_ms=0)
             return False
@@ -261,7 +264,7 @@ class KemiApp:
         avps.set_resumed()
         picker = self.view.refresh()
         uri = hold.roomiest(
-            picker.uris, self.view.limits, shared.inflight, releasing=True
+            picker.uris, self.view.limits, shared.awaiting, releasing=True
         ) or picker.least_loaded(shared.inflight)
         if uri is None:
             metrics.count(metrics.node.NO_PROXY)
@@ -282,7 +285,7 @@ class KemiApp:
         for held in self.waiting(now_ms):
             overdue = hold.overdue(now_ms - held.held_ms, self.settings.hold_max_ms)
             if not overdue and not hold.roomiest(
-                picker.uris, self.view.limits, shared.inflight, releasing=True
+                picker.uris, self.view.limits, shared.awaiting, releasing=True
             ):
                 break
             if overdue:
@@ -319,6 +322,7 @@ class KemiApp:
                     KSR.tm.t_set_fr(progress_ms, 0)  # tm restarts the branch's timer after this
             elif attempts.marks_first_reply(status, attempt.first_reply_ms is not None):
                 attempt.set_first_reply_ms(elapsed)
+                shared.awaiting_add(uri, -1, _sent(attempt))  # ringing: the proxy's work is done
                 if progress_ms:
                     KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, 0)  # ringing: its full time
             return 1
@@ -384,8 +388,10 @@ class KemiApp:
         elapsed: int,
         timed_out: bool = False,
     ) -> None:
-        sent = attempt.sent_stamp
-        shared.inflight_add(uri, -1, attempts.stamp(clock.monotonic_ms()) if sent is None else sent)
+        sent = _sent(attempt)
+        shared.inflight_add(uri, -1, sent)
+        if attempt.first_reply_ms is None:
+            shared.awaiting_add(uri, -1, sent)
         attempt.mark_counted(timed_out)
         if timed_out:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
@@ -494,6 +500,12 @@ class KemiApp:
             wall_ms=clock.wall_ms,
             log=_notice,
         )
+
+
+def _sent(attempt: avps.Attempt) -> int:
+    """The attempt's relay stamp, which names the epoch of its counts (now if it has none)."""
+    sent = attempt.sent_stamp
+    return attempts.stamp(clock.monotonic_ms()) if sent is None else sent
 
 
 def _source() -> edge.Address:

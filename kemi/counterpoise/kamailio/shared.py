@@ -13,6 +13,9 @@ node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
 ``cpinf``    ``"<proxy uri> <epoch>"`` -> requests in flight to it from this node, relayed in
              that epoch (``attempts.INFLIGHT_EPOCH_MS``; ``sht_inc``/``sht_dec``, atomic
              across workers; the sync loop drops past epochs' counts as drift).
+``cpwait``   the same keys -> requests relayed in that epoch that the proxy has not answered
+             yet but for its 100 Trying (queued or in its workers' hands), which holding
+             limits (``core.hold``); a ringing call has left it.
 ``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
              has a single writer, so no lock is taken.
 ``cpload``   proxy URI -> the latest reason an ``X-CP-Load`` of that proxy was rejected (the
@@ -54,6 +57,7 @@ TABLE = "cp"
 SETTINGS = "settings"
 SETTINGS_VERSION = "settings_version"
 INFLIGHT = "cpinf"
+AWAITING = "cpwait"
 TALLIES = "cptally"
 LOADS = "cpload"
 RETRIES = "cpretry"
@@ -76,21 +80,43 @@ def _int(table: str, key: str) -> int:
 
 
 def inflight(uri: str) -> int:
-    """Requests in flight to ``uri`` from this node: the counts of the live epochs."""
-    total = 0
-    for epoch in attempts.live_epochs(clock.monotonic_ms()):
-        value = KSR.htable.sht_get(INFLIGHT, f"{uri} {epoch}")
-        total += value if isinstance(value, int) else 0
-    return max(total, 0)
+    """Requests in flight to ``uri`` from this node, ringing calls included."""
+    return _live_count(INFLIGHT, uri)
 
 
 def inflight_add(uri: str, delta: int, sent_stamp: int) -> None:
     """Count an attempt relayed at ``sent_stamp`` in (+1) or out (-1) of flight."""
+    _epoch_add(INFLIGHT, uri, delta, sent_stamp)
+
+
+def awaiting(uri: str) -> int:
+    """Requests of this node that ``uri`` has not answered yet but for its 100 Trying: in its
+    queue or in its workers' hands, what holding limits. A ringing call has left it (its
+    ringing time is the callee's, and it would fill the limit for seconds)."""
+    return _live_count(AWAITING, uri)
+
+
+def awaiting_add(uri: str, delta: int, sent_stamp: int) -> None:
+    """Count an attempt relayed at ``sent_stamp`` in (+1) or out (-1, its first reply other
+    than 100 Trying, or its end) of the proxy's work."""
+    _epoch_add(AWAITING, uri, delta, sent_stamp)
+
+
+def _live_count(table: str, uri: str) -> int:
+    """The counts of ``uri`` in ``table`` over the live epochs."""
+    total = 0
+    for epoch in attempts.live_epochs(clock.monotonic_ms()):
+        value = KSR.htable.sht_get(table, f"{uri} {epoch}")
+        total += value if isinstance(value, int) else 0
+    return max(total, 0)
+
+
+def _epoch_add(table: str, uri: str, delta: int, sent_stamp: int) -> None:
     key = f"{uri} {attempts.epoch(sent_stamp)}"
     if delta > 0:
-        KSR.htable.sht_inc(INFLIGHT, key)
+        KSR.htable.sht_inc(table, key)
     else:
-        KSR.htable.sht_dec(INFLIGHT, key)
+        KSR.htable.sht_dec(table, key)
 
 
 def take_retry_token() -> bool:
@@ -144,11 +170,12 @@ class SharedTable:
         KSR.htable.sht_seti(RETRIES, "tokens", tokens)
 
     def drop_stale_inflight(self, now_ms: int) -> int:
-        counts = dict(items(INFLIGHT))
         drift = 0
-        for key in attempts.stale_inflight(counts, now_ms):
-            KSR.htable.sht_rm(INFLIGHT, key)
-            drift += max(_number(counts[key]), 0)
+        for table in (INFLIGHT, AWAITING):
+            counts = dict(items(table))
+            for key in attempts.stale_inflight(counts, now_ms):
+                KSR.htable.sht_rm(table, key)
+                drift += max(_number(counts[key]), 0) if table == INFLIGHT else 0
         if drift:
             EDGE.count("inflight_corrected", drift)
         return drift
@@ -194,11 +221,10 @@ class WorkerView:
     def __init__(self) -> None:
         self._version: object = None
         self.picker = WeightedPicker([])
-        self.queueing: dict[str, bool] = {}
-        """Per proxy of the table, whether it is queueing: its requests then get
-        ``saturated_fr_timer_ms`` for their first reply instead of ``fr_timer_ms``."""
         self.limits: dict[str, Limit] = {}
-        """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)."""
+        """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)
+        and whether it is queueing: its requests then get ``saturated_fr_timer_ms`` for
+        their first reply instead of ``fr_timer_ms``."""
         self.hops: dict[str, frozenset[edge.Address]] = {}
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
@@ -214,7 +240,6 @@ class WorkerView:
             raw = KSR.htable.sht_get(TABLE, "table")
             entries = json.loads(raw) if isinstance(raw, str) else []
             self.picker = WeightedPicker([(uri, float(weight)) for uri, weight, _, _ in entries])
-            self.queueing = {uri: bool(queueing) for uri, _, queueing, _ in entries}
             self.limits = {uri: Limit(int(limit), bool(q)) for uri, _, q, limit in entries}
             self._version = version
             uris = [entry[0] for entry in entries]
@@ -232,7 +257,7 @@ class WorkerView:
     def note_heard(self, uri: str, now_ms: int) -> None:
         """A reply that is not a failure came from ``uri``; ignored unless it is a proxy of the
         table."""
-        if uri not in self.queueing or now_ms - self._heard_written.get(uri, -HEARD_EVERY_MS) < (
+        if uri not in self.limits or now_ms - self._heard_written.get(uri, -HEARD_EVERY_MS) < (
             HEARD_EVERY_MS
         ):
             return
