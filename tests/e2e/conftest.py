@@ -49,11 +49,13 @@ class Bed:
 
     # --- processes -------------------------------------------------------------------------
 
-    def start_uas(self, port: int | None = None, scenario: str = "uas.xml") -> str:
+    def start_uas(
+        self, port: int | None = None, scenario: str = "uas.xml", ring_ms: int = 0
+    ) -> str:
         """A SIPp UAS; on ``port`` to answer for users registered with that Contact port;
-        ``scenario`` another one of ``sipp-scenarios/``."""
+        ``scenario`` another one of ``sipp-scenarios/``; its phone rings ``ring_ms``."""
         port = port or processes.free_port()
-        self._procs.append(testbed.start_uas(port, self.run_dir, scenario))
+        self._procs.append(testbed.start_uas(port, self.run_dir, scenario, ring_ms))
         uri = f"sip:127.0.0.1:{port}"
         self.uas_uri = self.uas_uri or uri
         return uri

@@ -135,13 +135,16 @@ class Downstream:
         }
 
 
-def start_uas(port: int, run_dir: Path, scenario: str = "uas.xml") -> processes.Process:
-    """A SIPp UAS answering every call (sipp-scenarios/uas.xml), or playing ``scenario``."""
+def start_uas(
+    port: int, run_dir: Path, scenario: str = "uas.xml", ring_ms: int = 0
+) -> processes.Process:
+    """A SIPp UAS answering every call (sipp-scenarios/uas.xml) after ringing ``ring_ms``,
+    or playing ``scenario``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         "sipp", "-sf", str(processes.SIPP_SCENARIOS / scenario),
         "-i", "127.0.0.1", "-p", str(port), "-nostdin",
-        "-max_socket", "2048",
+        "-max_socket", "2048", "-d", str(ring_ms),
     ]  # fmt: skip
     proc = processes.Process("sipp uas", argv, run_dir / f"uas-{port}.log", cwd=run_dir)
     proc.ensure_started(lambda: _udp_bound(port), 10.0, f"SIPp UAS on port {port}")
