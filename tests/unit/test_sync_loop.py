@@ -192,7 +192,9 @@ def test_tallies_of_proxies_not_in_the_pool_are_ignored(harness: Harness, store:
     assert set(harness.shared.table) == {A}
 
 
-def test_failing_proxy_goes_down_and_leaves_the_table(harness: Harness, store: MemoryStore):
+def pool_with_a_down(harness: Harness, store: MemoryStore) -> Tally:
+    """A and B past slow start, then A missing ``down_after_failures`` probes in a row; its
+    worker's tally so far."""
     store.add(A)
     store.add(B)
     harness.run(S.slow_start_ms + 100)
@@ -201,6 +203,11 @@ def test_failing_proxy_goes_down_and_leaves_the_table(harness: Harness, store: M
         failures += Tally(probes_failed=1)
         harness.shared.tallies["101 " + A] = failures
         harness.tick(100)
+    return failures
+
+
+def test_failing_proxy_goes_down_and_leaves_the_table(harness: Harness, store: MemoryStore):
+    pool_with_a_down(harness, store)
     assert harness.loop.weights[A].state == "down"
     assert harness.shared.table == {A: 0.0, B: 1.0}
     assert [line for line in harness.logs if line.startswith(A)] == [
@@ -327,14 +334,7 @@ def test_probe_interval_with_ticks_that_do_not_divide_it(harness: Harness, store
 
 
 def test_a_down_proxy_is_probed_every_down_interval(harness: Harness, store: MemoryStore):
-    store.add(A)
-    store.add(B)
-    harness.run(S.slow_start_ms + 100)
-    failures = Tally()
-    for _ in range(S.down_after_failures):
-        failures += Tally(probes_failed=1)
-        harness.shared.tallies["101 " + A] = failures
-        harness.tick(100)
+    failures = pool_with_a_down(harness, store)
     assert harness.loop.weights[A].state == "down"
     down_at = harness.clock.now
     harness.run(2000, step_ms=100)

@@ -175,7 +175,8 @@ class SharedTable:
             counts = dict(items(table))
             for key in attempts.stale_inflight(counts, now_ms):
                 KSR.htable.sht_rm(table, key)
-                drift += max(_number(counts[key]), 0) if table == INFLIGHT else 0
+                if table == INFLIGHT:  # AWAITING's drift is the same attempts': counted once
+                    drift += max(_number(counts[key]), 0)
         if drift:
             EDGE.count("inflight_corrected", drift)
         return drift
