@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,6 +36,10 @@ SIPP_SCENARIOS = assets.path("sipp-scenarios")
 STDERR_FD = 2
 """Where a process started without a log file writes: this process's own stderr (for
 ``counterpoise up``, the terminal or the journal)."""
+
+PROC_NET_UDP = "/proc/net/udp"
+"""Linux's table of IPv4 UDP sockets; each line's second field is ``ADDR:PORT`` in hex, the
+address as the kernel's native-order integer."""
 
 STOP_GRACE_S = 5.0
 """How long a process gets to exit after SIGTERM before it is killed."""
@@ -85,8 +90,18 @@ def check_free(sip: ListenSocket, what: str = "SIP address") -> None:
             raise StartError(f"{what} {sip} is not available: {error.strerror}") from None
 
 
-def check_udp_free(host: str, port: int) -> None:
-    check_free(ListenSocket("udp", host, port))
+def udp_bound(host: str, port: int) -> bool:
+    """Whether some socket is bound to UDP ``host:port`` (IPv4, or the wildcard address on
+    that port), read from /proc/net/udp.
+
+    Probing by binding the port would race the process being waited for: a SIPp that
+    tries to bind while the probe holds the port exits with EADDRINUSE (status 254)."""
+    wanted = {
+        f"{int.from_bytes(socket.inet_aton(address), sys.byteorder):08X}:{port:04X}"
+        for address in (host, "0.0.0.0")
+    }
+    lines = Path(PROC_NET_UDP).read_text().splitlines()[1:]
+    return any(line.split()[1] in wanted for line in lines if line.strip())
 
 
 def check_tcp_free(host: str, port: int) -> None:

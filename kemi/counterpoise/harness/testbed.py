@@ -147,7 +147,9 @@ def start_uas(
         "-max_socket", "2048", "-d", str(ring_ms),
     ]  # fmt: skip
     proc = processes.Process("sipp uas", argv, run_dir / f"uas-{port}.log", cwd=run_dir)
-    proc.ensure_started(lambda: _udp_bound(port), 10.0, f"SIPp UAS on port {port}")
+    proc.ensure_started(
+        lambda: processes.udp_bound("127.0.0.1", port), 10.0, f"SIPp UAS on port {port}"
+    )
     return proc
 
 
@@ -168,14 +170,6 @@ def start_agent(
     if capacity is not None:
         argv += ["--capacity", str(capacity)]
     return processes.Process(f"agent {ds.name}", argv, ds.run_dir / "agent.log", env=env)
-
-
-def _udp_bound(port: int) -> bool:
-    try:
-        processes.check_udp_free("127.0.0.1", port)
-    except processes.StartError:
-        return True
-    return False
 
 
 @dataclasses.dataclass
