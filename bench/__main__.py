@@ -20,6 +20,7 @@ from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
 from counterpoise import processes
+from counterpoise.core.settings import SettingError, Settings, parse_value
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_LOAD = 0.7
@@ -163,7 +164,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="overhead: a Counterpoise setting for its contenders (e.g. a metrics switch)",
+        help="a Counterpoise setting for every Counterpoise contender, other than its "
+        "default (e.g. load_headroom_floor=1); repeat for more",
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/...)")
     parser.add_argument(
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in BY_NAME]
     if unknown:
         raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")
+    settings = with_settings(names, args.setting)
     contenders = [BY_NAME[name] for name in names]
     catalogue = scenarios.build(mode.timing)
     wanted = args.scenarios.split(",") if args.scenarios else list(catalogue)
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "timing": dataclasses.asdict(mode.timing),
         "scenarios": {name: catalogue[name].description for name in wanted},
         "contenders": {c.name: c.label for c in contenders},
+        "settings": settings,
         "runs": [],
         "sweep": [],
         "overhead": [],
@@ -258,6 +262,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def with_settings(names: list[str], pairs: list[str]) -> list[str]:
+    """Give every Counterpoise contender among ``names`` the ``NAME=VALUE`` settings of
+    ``--setting`` (the native ones have none); returns them as given, for the report."""
+    fields = {field.name: type(field.default) for field in dataclasses.fields(Settings)}
+    extra = []
+    for name, _, text in (pair.partition("=") for pair in pairs):
+        if name not in fields:
+            raise SystemExit(f"bench: --setting {name}: no such Counterpoise setting")
+        try:
+            extra.append((name, parse_value(name, fields[name], text, f"--setting {name}")))
+        except SettingError as error:
+            raise SystemExit(f"bench: {error}") from None
+    for name in names:
+        if extra and not BY_NAME[name].native:
+            BY_NAME[name] = dataclasses.replace(
+                BY_NAME[name], settings=(*BY_NAME[name].settings, *extra)
+            )
+    return list(pairs)
+
+
 def clean_up(work: Path, keep: bool) -> None:
     """Remove the logs folder, unless ``--keep-logs`` asked to keep it for a post-mortem."""
     if keep:
@@ -276,12 +300,7 @@ def run_overhead(args: argparse.Namespace) -> int:
     unknown = [name for name in names if name not in BY_NAME]
     if unknown:
         raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")
-    extra = tuple((name, value) for name, _, value in (s.partition("=") for s in args.setting))
-    for name in names:
-        if extra and not BY_NAME[name].native:
-            BY_NAME[name] = dataclasses.replace(
-                BY_NAME[name], settings=(*BY_NAME[name].settings, *extra)
-            )
+    settings = with_settings(names, args.setting)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = args.out or BENCH_DIR / "results" / f"{stamp}-overhead"
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +309,7 @@ def run_overhead(args: argparse.Namespace) -> int:
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "loadavg_start": os.getloadavg(),
         "cpus": os.cpu_count(),
-        "settings": [f"{name}={value}" for name, value in extra],
+        "settings": settings,
     }
     print(f"overhead bench: results in {out}, logs in {work}", flush=True)
     redis = processes.start_redis(processes.free_port(), work / "redis")

@@ -431,7 +431,12 @@ def render(data: dict, images: list[Path]) -> str:
         "",
         "Contenders: "
         + "; ".join(f"`{name}` {label}" for name, label in data["contenders"].items())
-        + ".",
+        + "."
+        + (
+            f" Counterpoise settings other than the defaults: {', '.join(data['settings'])}."
+            if data.get("settings")
+            else ""
+        ),
         "",
         "Scenarios: " + "; ".join(f"**{n}**: {d}" for n, d in data["scenarios"].items()) + ".",
         "",
