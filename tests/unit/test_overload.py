@@ -12,6 +12,9 @@ from counterpoise.core.tally import Tally
 from tests.unit.test_policy import failed, feed, ok, probe_failed, probes, up_at
 
 S = Settings()
+WARM_WINDOWS = 5 * S.load_smoothing_tau_ms // 200
+"""200 ms windows that bring a moving average over ``load_smoothing_tau_ms`` within 1 % of a
+steady input (five time constants)."""
 LATE = Tally(late_replies=1)
 """A reply to a request the balancer had already given up on."""
 
@@ -288,22 +291,23 @@ def test_throughput_counts_only_windows_with_a_sign_of_life():
     # says nothing of its capacity, so it comes back with its estimate, not with ~0 (which
     # made 3 requests in flight look like a 3 s queue and kept it at a tenth of its share).
     busy = up_at(100)
-    for i in range(25):
+    for i in range(WARM_WINDOWS):
         busy = observe(busy, ok(5, 100), 9_000 + 200 * i, S, inflight=3)
     before = busy.throughput_per_s
     assert before == pytest.approx(25, rel=0.1)
+    start = 9_000 + 200 * WARM_WINDOWS
     frozen = busy
     for i in range(25):
-        frozen = observe(frozen, failed(1) if i % 5 == 0 else Tally(), 14_000 + 200 * i, S,
+        frozen = observe(frozen, failed(1) if i % 5 == 0 else Tally(), start + 200 * i, S,
                          inflight=3)  # fmt: skip
     assert frozen.throughput_per_s == pytest.approx(before)
-    back = observe(frozen, ok(5, 100), 19_000, S, heard=True, inflight=3)
+    back = observe(frozen, ok(5, 100), start + 5_000, S, heard=True, inflight=3)
     assert back.throughput_per_s == pytest.approx(before, rel=0.1)
     # An idle proxy that answers its probes is alive: its estimate decays as it completes
     # nothing.
     idle = busy
-    for i in range(25):
-        idle = observe(idle, probes(1), 14_000 + 200 * i, S, inflight=0)
+    for i in range(WARM_WINDOWS):
+        idle = observe(idle, probes(1), start + 200 * i, S, inflight=0)
     assert idle.throughput_per_s < 0.1 * before
 
 
@@ -312,13 +316,13 @@ def test_a_queue_weighs_by_what_it_would_make_a_new_request_wait():
     # 20 requests a second, the other 10: a new request would wait 3 s and 6 s.
     def saturated(per_tick: int) -> Health:
         health = up_at(100)
-        for i in range(25):  # 5 s of 200 ms windows
+        for i in range(WARM_WINDOWS):
             window = failed(1) + Tally(late_replies=per_tick)
             health = observe(health, window, 9_000 + 200 * i, S, inflight=60)
         return health
 
     fast, slow = saturated(4), saturated(2)
-    now = 9_000 + 200 * 24
+    now = 9_000 + 200 * (WARM_WINDOWS - 1)
     assert fast.throughput_per_s == pytest.approx(20, rel=0.05)
     assert fast.queue_wait_ms(now, S) == pytest.approx(3000, rel=0.05)
     assert slow.queue_wait_ms(now, S) == pytest.approx(6000, rel=0.05)

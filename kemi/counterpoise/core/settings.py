@@ -195,10 +195,14 @@ class Settings:
     blackout: a dead agent cannot freeze a weight. Three agent intervals, the agent's own key
     expiry, so one late report does not drop a live proxy's load."""
 
-    load_smoothing_tau_ms: int = 1000
-    """Time constant of the moving average of each load source. A report is a point sample of
-    small integers (1 of 2 workers busy reads 50 %, the next 0 %); 1 s averages about five sync
-    ticks of ``X-CP-Load`` and reaches 63 % of a step in 1 s, 95 % in 3 s."""
+    load_smoothing_tau_ms: int = 3000
+    """Time constant of the moving average of each load source (and of each proxy's completed
+    requests per second). A report is a point sample of small integers (1 of 2 workers busy
+    reads 50 %, the next 0 %), and the load steers the split only slowly: the in-flight
+    comparison and the latency estimate react within the second. 3 s reaches 63 % of a step in
+    3 s. At 1 s the load and the split chased each other (a proxy's load fell, its share
+    rose, its queue grew, its load rose): steady p99 was 380-676 ms over six alternating runs
+    against 384-424 ms at 3 s (oracle 364-380; README Benchmarks)."""
 
     load_headroom_floor: float = 0.05
     """Smallest headroom (1 - utilisation) the policy uses. A proxy reporting 100 % keeps 5 % of
