@@ -96,7 +96,7 @@ def test_a_frozen_proxy_is_set_aside_at_once_and_not_marked_down_for_it(bed: Bed
 
 
 RINGING_FAILURES_MAX = 4
-"""Calls of 90 that may fail with the callee ringing: 5 %, under the 10-18 of the callee
+"""Calls of 90 that may fail with the callee ringing (4.4 %): under the 10-18 of the callee
 that aborted calls on a retransmitted INVITE and the 46 of holding that counted ringing."""
 
 
