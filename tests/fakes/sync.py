@@ -39,7 +39,7 @@ class FakeShared:
     def __init__(self) -> None:
         self.tallies: dict[str, Tally] = {}
         self.inflight_counts: dict[str, int] = {}
-        self.tables: list[list[tuple[str, float, int]]] = []
+        self.tables: list[list[tuple[str, float, int, int, int]]] = []
         self.header_reasons: dict[str, str] = {}
         self.location_rejections = (0, "")
         self.retries_spent = 0
@@ -54,7 +54,7 @@ class FakeShared:
     def inflight(self, uri: str) -> int:
         return self.inflight_counts.get(uri, 0)
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
+    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
         self.tables.append(list(entries))
 
     def read_load_rejections(self) -> Mapping[str, str]:
@@ -82,11 +82,6 @@ class FakeShared:
     def table(self) -> dict[str, float]:
         """The weights the SIP workers route with now."""
         return {uri: weight for uri, weight, *_ in self.tables[-1]} if self.tables else {}
-
-    @property
-    def queueing(self) -> dict[str, bool]:
-        """Which proxies the SIP workers give the long first-reply timeout now."""
-        return {uri: bool(flag) for uri, _, flag in self.tables[-1]} if self.tables else {}
 
 
 class FakeProbes:

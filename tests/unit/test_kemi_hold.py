@@ -15,6 +15,8 @@ from ..fakes.ksr import BLIND_BRANCH, FakeKsr
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 S = Settings(location_server=False)
 LIMIT = 2
+LONG_WAIT = 1
+"""The table's flag for a proxy whose requests get ``saturated_fr_timer_ms``."""
 
 
 @pytest.fixture
@@ -26,7 +28,9 @@ def queueing_pool(node: Node, ksr: FakeKsr, queueing: int = 1) -> None:
     """A and B in the table, queueing, each with an in-flight limit of ``LIMIT``."""
     node.pool(A, B)
     table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, queueing, LIMIT], [B, 1.0, queueing, LIMIT]])
+    table["table"] = json.dumps(
+        [[A, 1.0, queueing, LIMIT, LONG_WAIT], [B, 1.0, queueing, LIMIT, LONG_WAIT]]
+    )
     table["version"] += 1
 
 
@@ -50,7 +54,7 @@ def test_a_request_is_held_when_every_proxy_is_queueing_at_its_limit(node: Node,
     node.release(10)
     assert ksr.called("tmx.t_continue") == []
     table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, 1, LIMIT + 1], [B, 1.0, 1, LIMIT]])
+    table["table"] = json.dumps([[A, 1.0, 1, LIMIT + 1, LONG_WAIT], [B, 1.0, 1, LIMIT, LONG_WAIT]])
     table["version"] += 1
     node.release(10)
     assert ksr.relays[0] is BLIND_BRANCH
@@ -89,7 +93,7 @@ def test_held_requests_are_released_in_order_and_new_ones_queue_behind(node: Nod
     # The table now says A is not queueing: A has room for a new request, but one is held
     # already, and a new request queues behind it.
     table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, 0, LIMIT + 2], [B, 1.0, 1, LIMIT]])
+    table["table"] = json.dumps([[A, 1.0, 0, LIMIT + 2, LONG_WAIT], [B, 1.0, 1, LIMIT, LONG_WAIT]])
     table["version"] += 1
     node.route("INVITE", call_id="second")
     assert ksr.relays == []

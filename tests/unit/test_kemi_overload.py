@@ -37,13 +37,13 @@ def test_a_timeout_beyond_the_retry_budget_is_answered_not_retried(node: Node, k
     assert any("retry budget spent" in text for text in ksr.logged("info"))
 
 
-def test_a_queueing_proxy_gets_the_long_first_reply_timeout(node: Node, ksr: FakeKsr):
+def test_a_request_waits_for_a_first_reply_as_long_as_the_table_says(node: Node, ksr: FakeKsr):
     node.pool(A)
     node.route("INVITE")
     assert ksr.relays[-1]["fr_timers"] == (S.fr_inv_timer_ms, S.fr_timer_ms)
-    # The sync loop found A queueing: the table says so, and the next request waits longer.
+    # The sync loop found A's queue long: the table says so, and the next request waits longer.
     table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, 1, 0]])
+    table["table"] = json.dumps([[A, 1.0, 1, 0, 1]])
     table["version"] += 1
     node.route("INVITE")
     assert ksr.relays[-1]["fr_timers"] == (S.fr_inv_timer_ms, S.saturated_fr_timer_ms)

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from counterpoise.core import policy
-from counterpoise.core.policy import Health, State, new_health, observe, observe_pool, weigh
+from counterpoise.core.policy import (
+    LONG_WAIT_FRACTION,
+    Health,
+    State,
+    new_health,
+    observe,
+    observe_pool,
+    weigh,
+)
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 from tests.unit.test_policy import failed, feed, ok, probe_failed, probes, up_at
@@ -183,12 +191,25 @@ def test_a_saturated_proxy_that_answers_is_given_longer_to_answer():
     assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
 
 
-def test_a_queue_gets_the_long_timeout_before_the_first_timeout():
-    # Answers in time but 300 ms late (half the failure penalty is 250): a queue is forming.
-    slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 300)) for i in range(10)])
-    assert slow.latency_ms > S.failure_penalty_ms / 2
+def test_a_long_queue_gets_the_long_timeout_before_the_first_timeout():
+    # Answers in time but 600 ms late (past a third of fr_timer_ms): its queue could reach
+    # the short timer by chance.
+    slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 600)) for i in range(10)])
+    assert slow.latency_ms > S.fr_timer_ms * LONG_WAIT_FRACTION
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
     assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+    assert weights["sip:a"].queueing
+
+
+def test_a_short_queue_keeps_the_short_timeout():
+    # 300 ms late: queueing (past half the failure penalty, 250 ms), so holding may limit
+    # it, but three such waits still fit in fr_timer_ms: silence that long is a death, and
+    # its calls fail over after 1.5 s rather than 6.
+    slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 300)) for i in range(10)])
+    assert S.failure_penalty_ms / 2 < slow.latency_ms < S.fr_timer_ms * LONG_WAIT_FRACTION
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
+    assert weights["sip:a"].queueing
+    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
 
 
 def test_late_replies_bring_a_down_proxy_back_before_its_probes_do():

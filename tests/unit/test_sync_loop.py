@@ -93,6 +93,30 @@ def test_table_is_only_republished_on_change(harness: Harness, store: MemoryStor
     assert harness.shared.table == {A: 1.0}
 
 
+def test_the_table_says_apart_which_proxy_queues_and_which_waits_long(
+    harness: Harness, store: MemoryStore
+):
+    store.add(A)
+    latency_ms = 300
+
+    def worker_counts() -> None:
+        key = f"101 {A}"
+        before = harness.shared.tallies.get(key, Tally())
+        harness.shared.tallies[key] = before + requests(5, latency_ms)
+
+    # Answering in 300 ms: queueing (past half the failure penalty), so holding may limit
+    # it, but with the short first-reply timeout (under a third of fr_timer_ms).
+    harness.run(3000, each=worker_counts)
+    ((uri, _, queueing, _, long_wait),) = harness.shared.tables[-1]
+    assert (uri, queueing, long_wait) == (A, 1, 0)
+    # In 800 ms: the long timeout too.
+    latency_ms = 800
+    harness.run(3000, each=worker_counts)
+    ((_, _, queueing, _, long_wait),) = harness.shared.tables[-1]
+    assert (queueing, long_wait) == (1, 1)
+    assert harness.loop.weights[A].fr_timer_ms == S.saturated_fr_timer_ms
+
+
 # --- agents' reports -----------------------------------------------------------------------
 
 

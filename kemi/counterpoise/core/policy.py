@@ -357,6 +357,8 @@ class Weighting:
     """``H / H_max`` (1 when no proxy reports its load)."""
     fr_timer_ms: int = 0
     """How long a request relayed to it waits for a first reply (``first_reply_timeout_ms``)."""
+    queueing: bool = False
+    """Queueing now (``queueing``): its ``inflight_limit`` holds new requests back."""
     silent: bool = False
     """Set aside for its silence (``silent_after_ms``): weight 0 while another is heard."""
     inflight_limit: int = 0
@@ -380,11 +382,27 @@ def queueing(health: Health, now_ms: int, settings: Settings) -> bool:
     return heard and (slow or health.saturated(now_ms, settings))
 
 
+LONG_WAIT_FRACTION = 1 / 3
+"""A queueing proxy whose expected first reply (its latency estimate or its queue wait, the
+longer) is past this fraction of ``fr_timer_ms`` gets ``saturated_fr_timer_ms``: a third,
+500 ms of the default 1.5 s, as a retransmission timer waits a few round trips before it
+gives up (TCP's RTO is the mean plus four deviations)."""
+
+
 def first_reply_timeout_ms(health: Health, now_ms: int, settings: Settings) -> int:
-    """``saturated_fr_timer_ms`` for a queueing proxy (its queue delays it: waiting beats
-    retrying on a proxy as busy while the first one still does the work), else
-    ``fr_timer_ms`` (a silent proxy may be dead: fail over soon)."""
-    if queueing(health, now_ms, settings):
+    """``saturated_fr_timer_ms`` for a queueing proxy that timed out requests lately or whose
+    expected first reply is past ``LONG_WAIT_FRACTION`` of ``fr_timer_ms``: its queue, not
+    death, may delay it past ``fr_timer_ms``, and waiting beats retrying on a proxy as busy
+    while the first one still does the work. Else ``fr_timer_ms``: a proxy that answers in a
+    third of that (a one-worker proxy at 70 % load answers in 200-400 ms, and counts as
+    queueing) and then stays silent for all of it is dead or frozen more likely than queued,
+    so its calls fail over after 1.5 s, not 6 (the small proxy's kill: the calls relayed to
+    it in the half second before its silence set it aside took 6.1 s)."""
+    if not queueing(health, now_ms, settings):
+        return settings.fr_timer_ms
+    expected_ms = max(health.latency_ms or 0.0, health.queue_wait_ms(now_ms, settings))
+    long_wait = expected_ms >= settings.fr_timer_ms * LONG_WAIT_FRACTION
+    if long_wait or health.saturated(now_ms, settings):
         return settings.saturated_fr_timer_ms
     return settings.fr_timer_ms
 
@@ -460,6 +478,7 @@ def weigh(
             utilisation=loads.get(uri),
             load_factor=load_factors.get(uri, 1.0),
             fr_timer_ms=first_reply_timeout_ms(h, now_ms, settings),
+            queueing=queueing(h, now_ms, settings),
             silent=uri in set_aside,
             inflight_limit=hold.inflight_limit(h.throughput_per_s, settings.hold_queue_ms),
         )

@@ -334,17 +334,18 @@ class Settings:
     produce, short enough that a proxy restarted after maintenance ramps."""
 
     saturated_fr_timer_ms: int = 6000
-    """``fr_timer_ms`` of requests relayed to a queueing proxy (it answered something within
-    ``fr_timer_ms``, and timed out requests within ``saturated_memory_ms`` or has a latency
-    estimate past half of ``failure_penalty_ms``): its queue, not death, delays its first
-    reply, and giving up at 1.5 s would only retry the request on a proxy as busy while the
-    first one still does the work (a retry storm wastes what capacity is left). 6 s: above
+    """``fr_timer_ms`` of requests relayed to a proxy with a long queue (it answered something
+    within ``fr_timer_ms``, and timed out requests within ``saturated_memory_ms`` or its
+    expected first reply is past a third of ``fr_timer_ms``: ``policy.first_reply_timeout_ms``):
+    its queue, not death, delays its first reply, and giving up at 1.5 s would only retry
+    the request on a proxy as busy while the first one still does the work (a retry storm
+    wastes what capacity is left). 6 s: above
     the 4-5 s queue the benchmark's biggest-proxy kill (5 s) builds on the rest of the pool
     (with 4 s its smallest proxy timed out its queue and the retries ran over budget),
     below a caller's patience (SIPp's 10 s, RFC 3261's Timer B 32 s); callers do not
-    retransmit meanwhile, since the balancer answers 100 Trying at once. A queueing proxy
-    that dies keeps its requests waiting up to this, but its silence gives its new requests
-    the short timer at once."""
+    retransmit meanwhile, since the balancer answers 100 Trying at once. A proxy with a long
+    queue that dies keeps its requests waiting up to this, but its silence gives its new
+    requests the short timer at once."""
 
     saturated_memory_ms: int = 2000
     """A proxy whose request failed within this long (a timeout, while it still answers

@@ -56,11 +56,12 @@ class SharedState(Protocol):
         """Location records the SIP workers rejected since they started, and the latest
         reason (``"<key>: <why>"``; empty if none)."""
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
-        """Make ``(uri, weight, queueing, limit)`` the table every SIP worker routes with;
-        queueing (1 or 0) says which first-reply timeout its requests get
-        (``saturated_fr_timer_ms`` or ``fr_timer_ms``, as the worker's settings have them
-        now) and whether its in-flight ``limit`` holds new requests back (``core.hold``)."""
+    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
+        """Make ``(uri, weight, queueing, limit, long_wait)`` the table every SIP worker
+        routes with: queueing (1 or 0) says whether its in-flight ``limit`` holds new
+        requests back (``core.hold``), long_wait (1 or 0) which first-reply timeout its
+        requests get (``policy.first_reply_timeout_ms``: ``saturated_fr_timer_ms`` or
+        ``fr_timer_ms``, as the worker's settings have them now)."""
 
     def read_heard(self) -> Mapping[str, int]:
         """``"<worker> <proxy uri>"`` -> stamp of the latest reply that is not a failure that
@@ -144,7 +145,7 @@ class SyncLoop:
         self.weights: dict[str, policy.Weighting] = {}
         self.totals: dict[str, Tally] = {}
         self._previous: dict[str, Tally] = {}
-        self._table: list[tuple[str, float, int, int]] | None = None
+        self._table: list[tuple[str, float, int, int, int]] | None = None
         self._next_probe_ms = 0
         self._next_down_probe_ms = 0
         self._next_publish_ms = 0
@@ -392,8 +393,9 @@ class SyncLoop:
             (
                 uri,
                 round(w.weight, 6),
-                int(w.fr_timer_ms != self.settings.fr_timer_ms),
+                int(w.queueing),
                 w.inflight_limit,
+                int(w.fr_timer_ms != self.settings.fr_timer_ms),
             )
             for uri, w in self.weights.items()
         )

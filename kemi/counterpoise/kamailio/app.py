@@ -237,9 +237,8 @@ class KemiApp:
         attempt = avps.Attempt.nth(len(tried))
         sent = attempts.stamp(clock.monotonic_ms())
         attempt.start(uri, sent)
-        limit = self.view.limits.get(uri)
         timeout_ms = self.settings.fr_timer_ms
-        if limit is not None and limit.queueing:
+        if uri in self.view.long_wait:
             timeout_ms = self.settings.saturated_fr_timer_ms
         KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")

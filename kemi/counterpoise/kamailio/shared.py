@@ -5,7 +5,8 @@ The routing tables are declared in ``kamailio.cfg``; their names are only here a
 node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
 ``kamailio.view``):
 
-``cp``       ``table`` -> JSON list of ``[uri, weight, queueing (1 or 0), in-flight limit]``,
+``cp``       ``table`` -> JSON list of ``[uri, weight, queueing (1 or 0), in-flight limit,
+             long wait (1 or 0: ``saturated_fr_timer_ms`` for a first reply)]``,
              ``version`` -> int: the routing table the sync loop publishes and every SIP
              worker routes with; ``settings`` -> JSON object of runtime settings changed
              since start-up, ``settings_version`` -> int: written by ``counterpoise up``
@@ -185,7 +186,7 @@ class SharedTable:
         """The edge's counters summed over the processes (``cpedge``)."""
         return sum_counters({key: _number(value) for key, value in items(EDGE_TABLE)})
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
+    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
         KSR.htable.sht_sets(TABLE, "table", json.dumps(entries))
         version = KSR.htable.sht_get(TABLE, "version")
         KSR.htable.sht_seti(TABLE, "version", (version if isinstance(version, int) else 0) + 1)
@@ -224,8 +225,10 @@ class WorkerView:
         self.picker = WeightedPicker([])
         self.limits: dict[str, Limit] = {}
         """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)
-        and whether it is queueing: its requests then get ``saturated_fr_timer_ms`` for
-        their first reply instead of ``fr_timer_ms``."""
+        and whether it is queueing."""
+        self.long_wait: frozenset[str] = frozenset()
+        """The proxies of the table whose requests get ``saturated_fr_timer_ms`` for a first
+        reply instead of ``fr_timer_ms`` (``policy.first_reply_timeout_ms``)."""
         self.hops: dict[str, frozenset[edge.Address]] = {}
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
@@ -240,8 +243,9 @@ class WorkerView:
         if version != self._version:
             raw = KSR.htable.sht_get(TABLE, "table")
             entries = json.loads(raw) if isinstance(raw, str) else []
-            self.picker = WeightedPicker([(uri, float(weight)) for uri, weight, _, _ in entries])
-            self.limits = {uri: Limit(int(limit), bool(q)) for uri, _, q, limit in entries}
+            self.picker = WeightedPicker([(uri, float(w)) for uri, w, _, _, _ in entries])
+            self.limits = {uri: Limit(int(limit), bool(q)) for uri, _, q, limit, _ in entries}
+            self.long_wait = frozenset(uri for uri, _, _, _, long in entries if long)
             self._version = version
             uris = [entry[0] for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
