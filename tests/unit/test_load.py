@@ -27,29 +27,60 @@ def up(latency_ms: float) -> Health:
 # --- tracks --------------------------------------------------------------------------------
 
 
+def step(track: load.Track | None, value: float, now_ms: int) -> load.Track:
+    """``track`` after ``value`` arrived at ``now_ms``, with the default settings."""
+    return renew(track, value, now_ms, S.load_blackout_ms, S.load_expiry_ms, TAU)
+
+
 def test_a_track_counts_only_after_the_blackout():
-    track = renew(None, 0.5, 1000, S.load_expiry_ms, TAU)
+    track = step(None, 0.5, 1000)
     assert counted(track, 1000, S.load_blackout_ms, S.load_expiry_ms) is None
-    for now in range(2000, 1000 + S.load_blackout_ms + 1, 1000):
-        track = renew(track, 0.5, now, S.load_expiry_ms, TAU)
+    for now in range(2000, 1000 + S.load_blackout_ms, 1000):
+        track = step(track, 0.5, now)
+    # The blackout is over, but nothing has arrived since: nothing to count yet.
+    assert counted(track, 1000 + S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) is None
+    track = step(track, 0.5, 1000 + S.load_blackout_ms)
     assert counted(track, 1000 + S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.5
 
 
 def test_a_track_not_renewed_expires_and_its_next_value_starts_a_new_blackout():
-    track = renew(None, 0.9, 0, S.load_expiry_ms, TAU)
-    track = renew(track, 0.9, S.load_blackout_ms, S.load_expiry_ms, TAU)
+    track = step(None, 0.9, 0)
+    track = step(track, 0.9, S.load_blackout_ms)
     last = S.load_blackout_ms
     assert counted(track, last + S.load_expiry_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.9
     assert counted(track, last + S.load_expiry_ms + 1, S.load_blackout_ms, S.load_expiry_ms) is None
-    again = renew(track, 0.2, last + S.load_expiry_ms + 1, S.load_expiry_ms, TAU)
+    again = step(track, 0.2, last + S.load_expiry_ms + 1)
     assert again.since_ms == last + S.load_expiry_ms + 1
     assert counted(again, again.since_ms, S.load_blackout_ms, S.load_expiry_ms) is None
 
 
-def test_values_are_smoothed_with_the_time_constant():
-    track = renew(None, 0.0, 0, S.load_expiry_ms, TAU)
-    track = renew(track, 1.0, TAU, S.load_expiry_ms, TAU)
-    assert track.utilisation == pytest.approx(1 - math.exp(-1))
+def test_values_in_the_blackout_are_not_averaged():
+    # A restarted Kamailio says 0 (its tmx statistics not yet refreshed), then 0.8.
+    track = step(None, 0.0, 0)
+    for now in range(200, S.load_blackout_ms, 200):
+        track = step(track, 0.0 if now < 1800 else 0.8, now)
+    assert track.utilisation == 0.8 and track.values == 0  # shown, not counted
+    track = step(track, 0.8, S.load_blackout_ms)
+    assert counted(track, S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.8
+
+
+def test_after_the_blackout_the_average_is_the_mean_then_moves_with_the_time_constant():
+    start = S.load_blackout_ms
+    track = step(step(None, 0.8, 0), 0.8, start)
+    for i in range(1, 10):
+        track = step(track, 0.8 if i % 2 else 0.4, start + 200 * i)
+    assert track.utilisation == pytest.approx((6 * 0.8 + 4 * 0.4) / 10)  # the mean of ten
+    # A time constant later each value weighs what the moving average gives it.
+    for i in range(10, 40):
+        track = step(track, 0.8, start + 200 * i)
+    alpha = 1 - math.exp(-200 / TAU)
+    before = track.utilisation
+    track = step(track, 0.0, start + 200 * 40)
+    assert track.utilisation == pytest.approx(before * (1 - alpha))
+    # With a long gap between values (an agent's second value, a time constant later), the
+    # moving average weighs the new one more than the mean of two would.
+    sparse = step(step(step(None, 0.0, 0), 0.0, start), 1.0, start + TAU)
+    assert sparse.utilisation == pytest.approx(1 - math.exp(-1))
 
 
 def test_report_utilisation_is_the_higher_of_cpu_and_transactions_over_capacity():

@@ -31,31 +31,52 @@ from counterpoise.core.untrusted import BadRecord
 @dataclasses.dataclass(frozen=True)
 class Track:
     utilisation: float
-    """The smoothed value, in [0, 1]: a moving average of what arrived, since a report is a
-    point sample of small integers (2 of 4 workers busy) that jumps at every reading."""
+    """The average of the values received since the blackout ended, in [0, 1] (the latest
+    value while in blackout, shown but not counted): a report is a point sample of small
+    integers (2 of 4 workers busy) that jumps at every reading."""
     since_ms: int
     """Start of the current unbroken run of updates (gRPC's ``non_empty_since``)."""
     updated_ms: int
     """When the latest value was received."""
+    values: int = 0
+    """Values averaged in ``utilisation``: those received after the blackout."""
 
 
 def renew(
-    previous: Track | None, utilisation: float, now_ms: int, expiry_ms: int, tau_ms: float
+    previous: Track | None,
+    utilisation: float,
+    now_ms: int,
+    blackout_ms: int,
+    expiry_ms: int,
+    tau_ms: float,
 ) -> Track:
-    """The track after a new value arrived at ``now_ms``: an exponentially weighted average
-    with time constant ``tau_ms``, restarted from the value itself after a gap."""
+    """The track after a new value arrived at ``now_ms``; a new run after a gap.
+
+    Values that arrive in the blackout are not averaged: the first ones after a start are
+    the least settled (a Kamailio's tmx statistics, which ``X-CP-Load`` reads, are 0 for its
+    first 2 s and then refreshed every 2 s per process). After it, the average is the plain
+    mean of the values until an exponentially weighted average with time constant ``tau_ms``
+    would weigh a new value less (about one time constant), then that average. An average
+    started from a run's first values takes several time constants to forget them: the
+    small proxy back from its kill counted 0.0, then 0.39, when it was about 0.8 busy, looked
+    the least loaded of the pool and was sent twice what it could answer (2 s queues)."""
     if previous is None or now_ms - previous.updated_ms > expiry_ms:
-        return Track(utilisation, now_ms, now_ms)
+        previous = Track(utilisation, now_ms, now_ms)
+    if now_ms - previous.since_ms < blackout_ms:
+        return Track(utilisation, previous.since_ms, now_ms)
+    values = previous.values + 1
     alpha = 1.0 - math.exp(-max(now_ms - previous.updated_ms, 0) / tau_ms)
+    alpha = max(alpha, 1.0 / values)
     smoothed = previous.utilisation + (utilisation - previous.utilisation) * alpha
-    return Track(smoothed, previous.since_ms, now_ms)
+    return Track(smoothed, previous.since_ms, now_ms, values)
 
 
 def counted(track: Track | None, now_ms: int, blackout_ms: int, expiry_ms: int) -> float | None:
-    """The utilisation to use now, or None while in blackout, expired, or never received."""
+    """The utilisation to use now, or None while in blackout (or no value since), expired,
+    or never received."""
     if track is None or now_ms - track.updated_ms > expiry_ms:
         return None
-    if now_ms - track.since_ms < blackout_ms:
+    if now_ms - track.since_ms < blackout_ms or track.values == 0:
         return None
     return track.utilisation
 
@@ -204,6 +225,7 @@ class LoadBook:
             self._tracks.get(key),
             utilisation,
             now_ms,
+            settings.load_blackout_ms,
             settings.load_expiry_ms,
             settings.load_smoothing_tau_ms,
         )
