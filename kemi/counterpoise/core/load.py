@@ -56,10 +56,8 @@ def renew(
     the least settled (a Kamailio's tmx statistics, which ``X-CP-Load`` reads, are 0 for its
     first 2 s and then refreshed every 2 s per process). After it, the average is the plain
     mean of the values until an exponentially weighted average with time constant ``tau_ms``
-    would weigh a new value less (about one time constant), then that average. An average
-    started from a run's first values takes several time constants to forget them: the
-    small proxy back from its kill counted 0.0, then 0.39, when it was about 0.8 busy, looked
-    the least loaded of the pool and was sent twice what it could answer (2 s queues)."""
+    would weigh a new value less (about one time constant), then that average: an average
+    started from a run's first values takes several time constants to forget them."""
     if previous is None or now_ms - previous.updated_ms > expiry_ms:
         previous = Track(utilisation, now_ms, now_ms)
     if now_ms - previous.since_ms < blackout_ms:
