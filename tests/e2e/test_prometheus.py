@@ -130,7 +130,14 @@ def test_prometheus_series_match_proxy_list_and_alerts_fire(bed: Bed) -> None:
     for ds in (a, b):
         ds.set_fail_code(503)
     assert wait_alert(prom, "CounterpoiseFailoverRateHigh") == {"pending"}  # for: 1m
-    assert prom.query(f'counterpoise_proxy_failovers_total{{proxy="{b.uri}"}} > 0')
+    # Each proxy's own counter: the failovers of the one drawn first can raise the alert
+    # before a scrape has any of the other's (b's fail_code is set a moment after a's).
+    processes.wait_for(
+        lambda: prom.query(f'counterpoise_proxy_failovers_total{{proxy="{b.uri}"}} > 0'),
+        10 * SCRAPE_INTERVAL_S,
+        "b's failovers scraped",
+        step_s=0.5,
+    )
     for ds in (a, b):
         ds.set_fail_code(0)
     for ds in (a, b):
