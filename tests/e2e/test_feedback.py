@@ -101,6 +101,35 @@ def test_proxy_whose_replies_carry_a_high_load_header_loses_share(bed: Bed) -> N
     assert share_b < 0.2
 
 
+def test_real_load_header_says_how_busy_a_one_worker_proxy_is_over_time(bed: Bed) -> None:
+    # One worker sleeping 50 ms per INVITE, 10 calls/s: busy half the time. Its own
+    # transaction is active in every reply it relays, so active / workers would read 100 %.
+    a = bed.start_downstream("a", workers=1)
+    a.set_delay_ms(50)
+    bed.start_balancer()
+    bed.add_pool((a, 1))
+    bed.wait_state(a.uri, ("up",))
+    caller = bed.caller(calls=300, rate=10, hold_ms=100)
+
+    def header_load() -> dict:
+        return record(bed, a.uri)["load"].get("header", {})
+
+    # The idle proxy's replies to probes said 0 % before the calls: the average starts there.
+    processes.wait_for(
+        lambda: header_load().get("counts") and header_load()["utilisation"] >= 0.4,
+        30,
+        "a's X-CP-Load average to reach 40 %",
+    )
+    readings = []
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        readings.append(header_load()["utilisation"])
+        processes.wait_for(lambda: header_load()["utilisation"] != readings[-1], 5, "a new value")
+    caller.stop()
+    print(f"X-CP-Load of a one-worker proxy busy 50 %: {', '.join(map(str, readings))}")
+    assert all(0.4 <= u <= 0.7 for u in readings), readings
+
+
 def test_bad_load_headers_are_counted_and_change_no_weight(bed: Bed) -> None:
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     bed.start_balancer()

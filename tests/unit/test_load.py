@@ -103,6 +103,15 @@ def test_header_utilisation_is_active_over_workers():
         load.header_utilisation(HeaderLoad(tx=3))
 
 
+def test_header_utilisation_prefers_the_busy_time_average():
+    # A one-worker proxy whose transaction is active at the reply's instant, busy 40 % of
+    # the last second: 40 %, not 100 %.
+    assert load.header_utilisation(HeaderLoad(tx=9, workers=1, active=1, busy=400)) == 0.4
+    assert load.header_utilisation(HeaderLoad(busy=0)) == 0.0
+    # A request that ends its window counts whole in it: more than 1000 is capped.
+    assert load.header_utilisation(HeaderLoad(workers=2, active=0, busy=1300)) == 1.0
+
+
 # --- the policy's load factor --------------------------------------------------------------
 
 

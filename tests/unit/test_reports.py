@@ -144,6 +144,7 @@ def test_constructor_checks_too_and_cuts_long_errors() -> None:
 
 def test_header_as_downstream_proxy_sends_it() -> None:
     assert parse_load_header("tx=12;workers=4;active=3") == HeaderLoad(12, 4, 3)
+    assert parse_load_header("workers=1;busy=640") == HeaderLoad(workers=1, busy=640)
     assert parse_load_header(" tx = 0 ; workers=1 ") == HeaderLoad(tx=0, workers=1)
     assert parse_load_header("active=5") == HeaderLoad(active=5)
 
@@ -180,8 +181,11 @@ def test_header_format_and_back() -> None:
     assert format_load_header(12, 4, 3) == "tx=12;workers=4;active=3"
     assert format_load_header(tx=7) == "tx=7"
     assert format_load_header(workers=2, active=0) == "workers=2;active=0"
-    for load in (HeaderLoad(1, 2, 3), HeaderLoad(tx=0), HeaderLoad(None, 4, None)):
-        assert parse_load_header(format_load_header(load.tx, load.workers, load.active)) == load
+    assert format_load_header(1, 2, 0, 640) == "tx=1;workers=2;active=0;busy=640"
+    loads = (HeaderLoad(1, 2, 3), HeaderLoad(tx=0), HeaderLoad(None, 4, None), HeaderLoad(busy=5))
+    for load in loads:
+        text = format_load_header(load.tx, load.workers, load.active, load.busy)
+        assert parse_load_header(text) == load
 
 
 @pytest.mark.parametrize("args", [(), (None, None, None), (-1,), (1.5,), (True,)])

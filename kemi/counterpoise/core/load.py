@@ -5,8 +5,9 @@ Pure (no Kamailio, no Redis, clocks passed in). Two sources say how loaded a pro
 * its **agent** (``counterpoise-agent``, a ``reports.LoadReport`` in Redis): the utilisation
   is the larger of the CPU utilisation of the proxy's processes and, when the agent was given
   a capacity, transactions in progress over that capacity;
-* its **replies** (``X-CP-Load``, parsed by ``reports.parse_load_header``): ``active``
-  transactions over ``workers``, capped at 1.
+* its **replies** (``X-CP-Load``, parsed by ``reports.parse_load_header``): ``busy`` (the
+  workers' time spent on requests over the latest second, per mille), or from a proxy that
+  does not send it ``active`` transactions over ``workers``; capped at 1.
 
 Each source of each proxy has a ``Track`` that says whether it may count now, the way gRPC's
 weighted round robin treats its backend metrics: a source counts once it has been renewed
@@ -90,9 +91,16 @@ def report_utilisation(report: LoadReport) -> float | None:
 
 
 def header_utilisation(header: HeaderLoad) -> float:
-    """``active / workers`` of an ``X-CP-Load`` header; ``BadReport`` if it lacks them."""
+    """``busy / 1000`` of an ``X-CP-Load`` header, else ``active / workers``; ``BadReport`` if
+    it has neither.
+
+    ``busy`` is preferred: it is a time average of what the workers did, where ``active`` is
+    one read of a count that tmx refreshes at most every 2 s, that reads 0 for 2 s after a
+    start, and that counts a ringing call as load for as long as it rings."""
+    if header.busy is not None:
+        return min(1.0, header.busy / 1000)
     if header.active is None or header.workers is None:
-        raise BadReport("X-CP-Load: needs active= and workers=")
+        raise BadReport("X-CP-Load: needs busy=, or active= and workers=")
     if header.workers == 0:
         raise BadReport("X-CP-Load: workers=0")
     return min(1.0, header.active / header.workers)

@@ -67,10 +67,11 @@ mixed units (50 meaning 50 %), and the report is refused."""
 MAX_HEADER_CHARS = 256
 """Longest ``X-CP-Load`` value parsed; ours is about 30 characters."""
 
-HEADER_KEYS = ("tx", "workers", "active")
-"""Keys of ``X-CP-Load`` understood (downstream/proxy.cfg, route LOADVAL): ``tx`` transactions
-in tm's table (including those in the 5 s wait state), ``workers`` SIP worker processes,
-``active`` transactions really in progress. Other keys are ignored, so a proxy may add some."""
+HEADER_KEYS = ("tx", "workers", "active", "busy")
+"""Keys of ``X-CP-Load`` understood (downstream/x-cp-load.cfg): ``tx`` transactions in tm's
+table (including those in the 5 s wait state), ``workers`` SIP worker processes, ``active``
+transactions really in progress, ``busy`` the workers' time spent on requests over the latest
+second, per mille. Other keys are ignored, so a proxy may add some."""
 
 
 class BadReport(BadRecord):
@@ -224,10 +225,11 @@ class HeaderLoad:
     tx: int | None = None
     workers: int | None = None
     active: int | None = None
+    busy: int | None = None
 
 
 def parse_load_header(value: str) -> HeaderLoad:
-    """``tx=12;workers=4;active=3`` -> ``HeaderLoad(12, 4, 3)``.
+    """``tx=12;workers=4;active=3;busy=640`` -> ``HeaderLoad(12, 4, 3, 640)``.
 
     Parts are ``key=value`` separated by ``;`` (spaces around them allowed). Known keys
     (``HEADER_KEYS``) need an integer >= 0 and may appear once; unknown keys are ignored
@@ -257,12 +259,15 @@ def parse_load_header(value: str) -> HeaderLoad:
 
 
 def format_load_header(
-    tx: int | None = None, workers: int | None = None, active: int | None = None
+    tx: int | None = None,
+    workers: int | None = None,
+    active: int | None = None,
+    busy: int | None = None,
 ) -> str:
     """The ``X-CP-Load`` value for the given counts, in ``HEADER_KEYS`` order, None ones left
     out: ``format_load_header(12, 4, 3) == "tx=12;workers=4;active=3"``."""
     parts = []
-    for key, count in zip(HEADER_KEYS, (tx, workers, active), strict=True):
+    for key, count in zip(HEADER_KEYS, (tx, workers, active, busy), strict=True):
         if count is None:
             continue
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
