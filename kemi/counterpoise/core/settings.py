@@ -202,7 +202,8 @@ class Settings:
     comparison and the latency estimate react within the second. 3 s reaches 63 % of a step in
     3 s. At 1 s the load and the split chased each other (a proxy's load fell, its share
     rose, its queue grew, its load rose): steady p99 was 380-676 ms over six alternating runs
-    against 384-424 ms at 3 s (oracle 364-380; README Benchmarks)."""
+    against 384-424 ms at 3 s (oracle 364-380; README Benchmarks). Those runs read
+    ``X-CP-Load``'s ``active``; its ``busy``, a 1 s average itself, was measured at 3 s only."""
 
     load_headroom_floor: float = 0.05
     """Smallest headroom (1 - utilisation) the policy uses. A proxy reporting 100 % keeps 5 % of
