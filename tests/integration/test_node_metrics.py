@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from counterpoise import processes
-from counterpoise.core.policy import State
+from counterpoise.core.policy.health import State
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 from counterpoise.monitoring import node

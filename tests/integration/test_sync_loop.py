@@ -44,7 +44,7 @@ def test_removed_proxy_leaves_the_table_after_one_tick(harness: Harness, operato
     operator.remove(A)
     harness.tick(100)
     assert set(harness.shared.table) == {B}
-    assert A not in harness.loop.health
+    assert A not in harness.loop.observed
     assert A not in harness.loop.totals
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from counterpoise.core import hold, policy
+from counterpoise.core import hold
 from counterpoise.core.hold import Limit
+from counterpoise.core.policy.capacity import Throughput
+from counterpoise.core.policy.health import Health, State
+from counterpoise.core.policy.latency import Average
+from counterpoise.core.policy.observed import Observed
+from counterpoise.core.policy.weights import weigh
 from counterpoise.core.settings import Settings
 
 A, B = "sip:a", "sip:b"
@@ -68,9 +73,9 @@ def test_a_request_held_hold_max_ms_is_overdue():
 def test_the_policy_gives_each_proxy_the_limit_of_its_throughput():
     settings = Settings(hold_queue_ms=500)
     health = {
-        A: policy.Health(policy.State.UP, 0, latency_ms=5.0, throughput_per_s=30.0),
-        B: policy.Health(policy.State.UP, 0, latency_ms=5.0, throughput_per_s=0.5),
+        A: Observed(Health(State.UP, 0), Average(5.0), throughput=Throughput(30.0)),
+        B: Observed(Health(State.UP, 0), Average(5.0), throughput=Throughput(0.5)),
     }
-    weights = policy.weigh({A: 1.0, B: 1.0}, set(), health, 1000, settings)
+    weights = weigh({A: 1.0, B: 1.0}, set(), health, 1000, settings)
     assert weights[A].inflight_limit == 15
     assert weights[B].inflight_limit == hold.HOLD_MIN_INFLIGHT

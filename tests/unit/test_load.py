@@ -10,7 +10,10 @@ import pytest
 
 from counterpoise.core import load, reports
 from counterpoise.core.load import LoadBook, counted, renew
-from counterpoise.core.policy import Health, State, weigh
+from counterpoise.core.policy.health import Health, State
+from counterpoise.core.policy.latency import Average
+from counterpoise.core.policy.observed import Observed
+from counterpoise.core.policy.weights import weigh
 from counterpoise.core.reports import BadReport, HeaderLoad, LoadReport
 from counterpoise.core.settings import Settings
 
@@ -20,8 +23,8 @@ A, B, C = "sip:a", "sip:b", "sip:c"
 WALL = 1_700_000_000_000
 
 
-def up(latency_ms: float) -> Health:
-    return Health(state=State.UP, since_ms=0, latency_ms=latency_ms, last_sample_ms=0)
+def up(latency_ms: float) -> Observed:
+    return Observed(Health(state=State.UP, since_ms=0), Average(latency_ms, sampled_ms=0))
 
 
 # --- tracks --------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_pool_change_is_applied_at_the_next_tick(harness: Harness, store: Memory
     assert set(harness.shared.table) == {A}  # nothing changes between ticks
     harness.tick(100)
     assert harness.shared.table == {B: pytest.approx(2.0 * S.slow_start_floor)}
-    assert A not in harness.loop.health and A not in harness.loop.totals
+    assert A not in harness.loop.observed and A not in harness.loop.totals
     assert any(B in line and "version 3" in line for line in harness.logs)
     # The list is read again only when its version changed.
     harness.run(1000)
@@ -171,18 +171,18 @@ def test_high_latency_of_one_proxy_makes_its_weight_drop(harness: Harness, store
 
     harness.run(S.slow_start_ms + 100, each=workers_count)
     assert harness.shared.table == {A: 1.0, B: 1.0}
-    assert harness.loop.health[B].latency_ms == pytest.approx(5.0)
+    assert harness.loop.observed[B].latency.estimate_ms == pytest.approx(5.0)
     latency[B] = 200
     harness.run(1000, each=workers_count)
     # Rise tau 300 ms: after 1 s B's estimate is 5 + 195 * (1 - e^(-1000/300)) = 193.0 ms.
     expected = 5 + 195 * (1 - math.exp(-1000 / S.latency_rise_tau_ms))
-    assert harness.loop.health[B].latency_ms == pytest.approx(expected)
+    assert harness.loop.observed[B].latency.estimate_ms == pytest.approx(expected)
     weight_b = harness.shared.table[B]
     assert weight_b == pytest.approx(15 / (expected + 10), abs=1e-6)
     assert weight_b < 0.1 * harness.shared.table[A]
     assert harness.shared.table[A] == 1.0
     # The window is the sum over both workers.
-    assert harness.loop.health[A].last_window == requests(10, 5)
+    assert harness.loop.observed[A].last_window == requests(10, 5)
     assert harness.loop.totals[A].requests_ok == 2 * counts[A]
 
 
@@ -196,15 +196,15 @@ def test_worker_restart_is_not_counted_negative(harness: Harness, store: MemoryS
     harness.shared.tallies["101 " + A] = requests(2, 10)
     harness.shared.tallies["102 " + A] = requests(13, 10)
     harness.tick(100)
-    window = harness.loop.health[A].last_window
+    window = harness.loop.observed[A].last_window
     assert window == requests(2 + 3, 10)
     assert min(getattr(window, f) for f in window.__dataclass_fields__) >= 0
     assert harness.loop.totals[A] == requests(65, 10)
-    assert harness.loop.health[A].latency_ms == pytest.approx(10.0)
+    assert harness.loop.observed[A].latency.estimate_ms == pytest.approx(10.0)
     # Then it counts on from its new start.
     harness.shared.tallies["101 " + A] = requests(4, 10)
     harness.tick(100)
-    assert harness.loop.health[A].last_window == requests(2, 10)
+    assert harness.loop.observed[A].last_window == requests(2, 10)
     assert harness.loop.totals[A] == requests(67, 10)
 
 
@@ -384,5 +384,5 @@ def test_a_proxy_the_workers_hear_from_is_not_marked_down(harness: Harness, stor
         harness.shared.heard["101 " + A] = tick  # a new stamp each tick
         harness.clock.advance(200)
         harness.tick()
-    assert harness.loop.health[A].state != "down"
-    assert harness.loop.health[B].state == "down"
+    assert harness.loop.observed[A].health.state != "down"
+    assert harness.loop.observed[B].health.state == "down"

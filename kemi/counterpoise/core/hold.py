@@ -13,7 +13,7 @@ others' queues for seconds. It is HAProxy's ``maxconn`` per server with a queue 
 The rule:
 
 * A proxy's **limit** is the in-flight count at which its queue wait (in flight over
-  completed per second, as ``policy.Health.queue_wait_ms``) reaches ``hold_queue_ms``:
+  completed per second, as ``policy.latency.queue_wait_ms``) reaches ``hold_queue_ms``:
   ``max(HOLD_MIN_INFLIGHT, ceil(throughput_per_s * hold_queue_ms / 1000))``.
 * A new request is **held** when requests are already held (it joins the back of the queue)
   or when the proxy it drew and every other proxy with a weight is queueing and at its limit.
@@ -45,7 +45,7 @@ class Limit:
     inflight: int
     """Its limit; 0 when holding is off (``hold_queue_ms = 0``)."""
     queueing: bool
-    """Queueing now (``policy.queueing``): only then does the limit hold new requests back."""
+    """Queueing now (``policy.timers.queueing``): only then does its limit hold new requests."""
 
 
 def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:

@@ -8,8 +8,8 @@ One process per balancer node runs it (rtimer, every ``CP_SYNC_TIMER`` of ``kama
    unreachable); reports announced for proxies not in the pool are rejected;
 2. merges what every SIP worker counted since the last tick (``Tally`` deltas), the
    latest ``X-CP-Load`` of each proxy's replies, and which proxies replied at all;
-3. folds those windows into each proxy's health and recomputes the weights (``policy``,
-   with the fresh reported loads from ``load.LoadBook``);
+3. folds those windows into what it observed of each proxy and recomputes the weights
+   (``policy``, with the fresh reported loads from ``load.LoadBook``);
 4. hands the new table to the SIP workers through shared memory;
 5. sends the probes that are due;
 6. every ``publish_interval_ms``, writes the weights and their inputs to Redis, and the
@@ -30,9 +30,12 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from counterpoise.core import load, policy
+from counterpoise.core import load
 from counterpoise.core.attempts import RetryBudget
 from counterpoise.core.backoff import Guarded
+from counterpoise.core.policy.health import Health, State
+from counterpoise.core.policy.observed import Observed, new_observed, observe_pool
+from counterpoise.core.policy.weights import Weighting, weigh
 from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
@@ -60,7 +63,7 @@ class SharedState(Protocol):
         """Make ``(uri, weight, queueing, limit, long_wait)`` the table every SIP worker
         routes with: queueing (1 or 0) says whether its in-flight ``limit`` holds new
         requests back (``core.hold``), long_wait (1 or 0) which first-reply timeout its
-        requests get (``policy.first_reply_timeout_ms``: ``saturated_fr_timer_ms`` or
+        requests get (``policy.timers.first_reply_timeout_ms``: ``saturated_fr_timer_ms`` or
         ``fr_timer_ms``, as the worker's settings have them now)."""
 
     def read_heard(self) -> Mapping[str, int]:
@@ -141,8 +144,8 @@ class SyncLoop:
         self._location_rejects = 0
         self.loads = load.LoadBook(settings, log)
         self.pool: dict[str, ProxyConfig] = {}
-        self.health: dict[str, policy.Health] = {}
-        self.weights: dict[str, policy.Weighting] = {}
+        self.observed: dict[str, Observed] = {}
+        self.weights: dict[str, Weighting] = {}
         self.totals: dict[str, Tally] = {}
         self._previous: dict[str, Tally] = {}
         self._table: list[tuple[str, float, int, int, int]] | None = None
@@ -185,10 +188,10 @@ class SyncLoop:
         self.retries_spent, self.retries_refused = self._shared.retry_counts()
         tokens = self._retry_budget.tokens(now, attempts, self.retries_spent)
         self._shared.set_retry_tokens(tokens)
-        self.weights = policy.weigh(
+        self.weights = weigh(
             {uri: c.base_weight for uri, c in self.pool.items()},
             {uri for uri, c in self.pool.items() if c.admin == Admin.DRAINED},
-            self.health,
+            self.observed,
             now,
             self.settings,
             {uri: self.loads.utilisation(uri, now) for uri in self.pool},
@@ -212,36 +215,34 @@ class SyncLoop:
         if down:
             self._next_down_probe_ms = now + self.settings.down_probe_interval_ms
         for uri in self.pool:
-            health = self.health.get(uri)
-            if every or (down and health is not None and health.state == policy.State.DOWN):
+            observed = self.observed.get(uri)
+            if every or (down and observed is not None and observed.health.state == State.DOWN):
                 self._probes.send(uri, now)
 
     def _observe(self, windows: Mapping[str, Tally], now: int) -> None:
-        """Fold the windows into every proxy's health, with the ejection cap."""
+        """Fold the windows into what is observed of every proxy, with the ejection cap."""
         active = {uri: c.base_weight for uri, c in self.pool.items() if c.admin != Admin.DRAINED}
         heard = self._shared.read_heard()
         changed = {key.split(" ", 1)[-1] for key, at in heard.items() if self._heard.get(key) != at}
         self._heard = heard
         inflight = {uri: self._shared.inflight(uri) for uri in self.pool}
-        seen = policy.observe_pool(
-            self.health, windows, active, now, self.settings, changed, inflight
-        )
+        seen = observe_pool(self.observed, windows, active, now, self.settings, changed, inflight)
         if seen.ejections_refused:
             self.ejections_refused += seen.ejections_refused
             kept = [
                 uri
-                for uri, h in seen.health.items()
-                if h.ejection_refused and not self.health[uri].ejection_refused
+                for uri, o in seen.observed.items()
+                if o.health.ejection_refused and not self.observed[uri].health.ejection_refused
             ]
             self._log(
                 f"kept in despite failures (max_ejected_fraction "
                 f"{self.settings.max_ejected_fraction:g} of the pool down): {', '.join(kept)}"
             )
-        for uri, health in seen.health.items():
-            before = self.health.get(uri)
-            if before is not None and health.state != before.state:
-                self._log(_state_change(uri, before, health, now))
-        self.health = seen.health
+        for uri, observed in seen.observed.items():
+            before = self.observed.get(uri)
+            if before is not None and observed.health.state != before.health.state:
+                self._log(_state_change(uri, before.health, observed.health, now))
+        self.observed = seen.observed
 
     # --- Redis -----------------------------------------------------------------------------
 
@@ -288,10 +289,10 @@ class SyncLoop:
 
     def _apply_pool(self, version: int | None, pool: dict[str, ProxyConfig], now: int) -> None:
         for uri in pool:
-            if uri not in self.health:
-                self.health[uri] = policy.new_health(now)
-        for uri in set(self.health) - set(pool):
-            del self.health[uri]
+            if uri not in self.observed:
+                self.observed[uri] = new_observed(now)
+        for uri in set(self.observed) - set(pool):
+            del self.observed[uri]
             self.totals.pop(uri, None)
             self.loads.forget(uri)
         if set(pool) != set(self.pool):
@@ -327,8 +328,8 @@ class SyncLoop:
     def record(self, uri: str, total_weight: float, now: int, wall: int) -> dict[str, object]:
         """What Redis shows of one proxy: its weight, its share and every input of both."""
         weighting = self.weights[uri]
-        health = self.health[uri]
-        window = health.last_window
+        observed = self.observed[uri]
+        window = observed.last_window
         return {
             "weight": round(weighting.weight, 4),
             "share": round(weighting.weight / total_weight, 4) if total_weight else 0.0,
@@ -341,20 +342,20 @@ class SyncLoop:
             "load": self.loads.describe(uri, now),
             "ramp": round(weighting.ramp, 4),
             "panic": weighting.panic,
-            "consecutive_failures": health.consecutive_failures,
-            "saturated": health.saturated(now, self.settings),
+            "consecutive_failures": observed.health.consecutive_failures,
+            "saturated": observed.saturated(now, self.settings),
             "fr_timer_ms": weighting.fr_timer_ms,
-            "silence_ms": health.silence_ms(now),
+            "silence_ms": observed.silence_ms(now),
             "silent": weighting.silent,
             "inflight_limit": weighting.inflight_limit,
-            "queue_wait_ms": round(health.queue_wait_ms(now, self.settings)),
-            "throughput_per_s": round(health.throughput_per_s, 2),
-            "ejection_refused": health.ejection_refused,
+            "queue_wait_ms": round(observed.queue_wait_ms(now, self.settings)),
+            "throughput_per_s": round(observed.throughput.per_s, 2),
+            "ejection_refused": observed.health.ejection_refused,
             "inflight": self._shared.inflight(uri),
             "window": dataclasses.asdict(window),
             "first_reply_ms": _mean(window.first_reply_ms_sum, window.requests_ok),
             "final_reply_ms": _mean(window.final_reply_ms_sum, window.requests_ok),
-            "probe_ms": _round(health.probe_ms),
+            "probe_ms": _round(observed.probe_ms),
             "totals": dataclasses.asdict(self.totals.get(uri, Tally())),
             "updated_ms": wall,
         }
@@ -408,14 +409,14 @@ def _mean(total: int, count: int) -> float | None:
     return round(total / count, 2) if count else None
 
 
-def _state_change(uri: str, before: policy.Health, after: policy.Health, now_ms: int) -> str:
+def _state_change(uri: str, before: Health, after: Health, now_ms: int) -> str:
     """The log line of a proxy's move from one state to another (an operator's journal)."""
-    if after.state == policy.State.DOWN:
+    if after.state == State.DOWN:
         why = "missed probes" if after.down_by_probes else "no probe missed yet"
         return f"{uri} down: {after.consecutive_failures} failures in a row ({why})"
-    if before.state == policy.State.DOWN:
+    if before.state == State.DOWN:
         return f"{uri} {after.state} after {now_ms - before.since_ms} ms down"
-    if before.state == policy.State.SLOW_START and after.state == policy.State.UP:
+    if before.state == State.SLOW_START and after.state == State.UP:
         return f"{uri} up: slow start over"
     return f"{uri} {after.state}"
 

@@ -16,7 +16,8 @@ import time
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, edge, hold, location, policy
+from counterpoise.core import attempts, edge, hold, location
+from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
 from counterpoise.kamailio import avps, guard, holding, metrics, probes, read, shared
@@ -416,7 +417,7 @@ class KemiApp:
             return 1
         if answered:
             self.view.note_probe_answered(uri, int(sent))
-        elif not policy.probe_timeout_counts(int(sent), self.view.probe_answered_ms(uri)):
+        elif not probe_timeout_counts(int(sent), self.view.probe_answered_ms(uri)):
             return 1
         failed = not answered or attempts.is_proxy_failure(code)
         self.view.count_probe(uri, failed, clock.monotonic_ms() - int(sent))

@@ -23,7 +23,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from counterpoise.core import load
-from counterpoise.core.policy import State
+from counterpoise.core.policy.health import State
 from counterpoise.core.sync import SyncLoop
 from counterpoise.core.tally import Tally
 from counterpoise.monitoring.histogram import Histogram
@@ -147,8 +147,8 @@ def proxy_families(view: NodeView) -> list[Metric]:
     final = _summary("proxy_final_reply_seconds", "Time to the final reply, per request.")
     total_weight = sum(w.weight for w in sync.weights.values())
     for uri in sorted(sync.pool):
-        weighting, health = sync.weights.get(uri), sync.health.get(uri)
-        if weighting is None or health is None:
+        weighting, observed = sync.weights.get(uri), sync.observed.get(uri)
+        if weighting is None or observed is None:
             continue  # in the pool since this tick: weighed next tick
         labels = [sync.node, uri]
         weight.add_metric(labels, weighting.weight)
@@ -161,9 +161,9 @@ def proxy_families(view: NodeView) -> list[Metric]:
         latency_factor.add_metric(labels, weighting.latency_factor)
         load_factor.add_metric(labels, weighting.load_factor)
         ramp.add_metric(labels, weighting.ramp)
-        consecutive.add_metric(labels, health.consecutive_failures)
-        if health.probe_ms is not None:
-            probe_rtt.add_metric(labels, health.probe_ms / 1000)
+        consecutive.add_metric(labels, observed.health.consecutive_failures)
+        if observed.probe_ms is not None:
+            probe_rtt.add_metric(labels, observed.probe_ms / 1000)
         for source, described in sync.loads.describe(uri, view.now_ms).items():
             utilisation.add_metric([*labels, source], described["utilisation"])
         if weighting.utilisation is not None:

@@ -1,0 +1,77 @@
+"""The timers: how long a request relayed to a proxy waits for its first reply, and how many
+requests may be in flight to it before new ones are held at the balancer.
+
+Both turn on whether the proxy is **queueing** (``queueing``): answering, but slowly. It
+answered something within ``fr_timer_ms``, and it timed out requests lately (saturated) or
+its latency estimate is past half the failure penalty (a queue builds up before the first
+timeout).
+
+* **First-reply timeout** (``first_reply_timeout_ms``): ``saturated_fr_timer_ms`` for a
+  queueing proxy that is saturated or whose expected first reply is past
+  ``LONG_WAIT_FRACTION`` of ``fr_timer_ms``: its queue, not death, may delay it, and
+  waiting beats retrying on a proxy as busy while the first one still does the work. Else
+  ``fr_timer_ms``: a proxy that answers in a third of that and then stays silent for all of
+  it is dead or frozen more likely than queued, so its calls fail over after ``fr_timer_ms``.
+* **Hold limit** (``inflight_limit``): the in-flight count at which a proxy's queue wait
+  reaches ``hold_queue_ms`` (``core.hold``); it holds new requests back only while the
+  proxy is queueing.
+
+Pure: times are passed in.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from counterpoise.core import hold
+
+
+class TimerSettings(Protocol):
+    """The settings the timers read."""
+
+    @property
+    def fr_timer_ms(self) -> int: ...
+    @property
+    def saturated_fr_timer_ms(self) -> int: ...
+    @property
+    def failure_penalty_ms(self) -> float: ...
+    @property
+    def hold_queue_ms(self) -> int: ...
+
+
+LONG_WAIT_FRACTION = 1 / 3
+"""A queueing proxy whose expected first reply is past this fraction of ``fr_timer_ms`` gets
+``saturated_fr_timer_ms``: a third, 500 ms of the default 1.5 s, as a retransmission timer
+waits a few round trips before it gives up (TCP's RTO is the mean plus four deviations)."""
+
+
+def queueing(
+    latency_ms: float | None,
+    last_life_ms: int | None,
+    saturated: bool,
+    now_ms: int,
+    settings: TimerSettings,
+) -> bool:
+    """Answering, but slowly: a sign of life (``last_life_ms``) within ``fr_timer_ms``, and
+    ``saturated`` or a latency estimate past half the failure penalty."""
+    heard = last_life_ms is not None and now_ms - last_life_ms < settings.fr_timer_ms
+    slow = latency_ms is not None and latency_ms >= settings.failure_penalty_ms / 2
+    return heard and (slow or saturated)
+
+
+def first_reply_timeout_ms(
+    queueing: bool, expected_ms: float, saturated: bool, settings: TimerSettings
+) -> int:
+    """The first-reply timeout of a request relayed now; ``expected_ms``: its expected first
+    reply (the latency estimate or the queue wait, the longer)."""
+    if not queueing:
+        return settings.fr_timer_ms
+    long_wait = expected_ms >= settings.fr_timer_ms * LONG_WAIT_FRACTION
+    if long_wait or saturated:
+        return settings.saturated_fr_timer_ms
+    return settings.fr_timer_ms
+
+
+def inflight_limit(throughput_per_s: float, settings: TimerSettings) -> int:
+    """The in-flight count at which new requests are held, while the proxy is queueing."""
+    return hold.inflight_limit(throughput_per_s, settings.hold_queue_ms)
