@@ -28,7 +28,6 @@ class Rules:
 
     down_after_failures: int = 3
     up_after_probes: int = 2
-    fr_timer_ms: int = 1500
     slow_start_ms: int = 8000
     slow_start_floor: float = 0.1
     slow_start_after_down_ms: int = 30_000
@@ -42,8 +41,6 @@ FAILED = Tally(requests_failed=1)
 ANSWERED = Tally(requests_ok=1, first_reply_ms_sum=5)
 PROBE_OK = Tally(probes_ok=1, probe_ms_sum=1)
 PROBE_MISSED = Tally(probes_failed=1)
-LIFE_LONG_AGO = 0
-"""A last sign of life far more than ``fr_timer_ms`` before the windows below."""
 
 
 def up() -> Health:
@@ -51,7 +48,7 @@ def up() -> Health:
 
 
 def fail(health: Health, now_ms: int, window: Tally = FAILED, latency_ms: float = 5.0) -> Health:
-    return observe(health, window, False, LIFE_LONG_AGO, latency_ms, now_ms, R)
+    return observe(health, window, False, False, latency_ms, now_ms, R)
 
 
 def down(now_ms: int = 10_000, window: Tally = FAILED) -> Health:
@@ -63,46 +60,46 @@ def down(now_ms: int = 10_000, window: Tally = FAILED) -> Health:
 
 
 def answer(health: Health, now_ms: int, window: Tally = PROBE_OK) -> Health:
-    return observe(health, window, False, now_ms, 500.0, now_ms, R)
+    return observe(health, window, False, True, 500.0, now_ms, R)
 
 
 def test_a_new_proxy_is_in_slow_start_until_slow_start_ms_has_passed():
     health = new_health(1000)
     assert health == Health(State.SLOW_START, 1000)
-    assert observe(health, Tally(), False, None, None, 8999, R).state == State.SLOW_START
-    later = observe(health, Tally(), False, None, None, 9000, R)
+    assert observe(health, Tally(), False, False, None, 8999, R).state == State.SLOW_START
+    later = observe(health, Tally(), False, False, None, 9000, R)
     assert (later.state, later.since_ms) == (State.UP, 9000)
 
 
-def test_failures_in_a_row_and_silence_for_fr_timer_ms_mark_it_down():
+def test_failures_in_a_row_with_no_answer_lately_mark_it_down():
     health = fail(fail(up(), 9000), 9100)
     assert (health.state, health.consecutive_failures) == (State.UP, 2)
     health = fail(health, 9200, PROBE_MISSED)
     assert (health.state, health.since_ms, health.down_by_probes) == (State.DOWN, 9200, True)
 
 
-def test_a_proxy_heard_within_fr_timer_ms_is_not_marked_down():
+def test_a_proxy_that_answered_lately_is_not_marked_down():
     health = up()
     for now in (9000, 9100, 9200, 9300):
-        health = observe(health, FAILED, False, 8000, 5.0, now, R)
+        health = observe(health, FAILED, False, True, 5.0, now, R)
     assert (health.state, health.consecutive_failures) == (State.UP, 4)
-    # Silent for fr_timer_ms since: down at the next failure, for failed requests alone.
-    health = observe(health, FAILED, False, 8000, 5.0, 9500, R)
+    # Its last answer is no longer recent: down at the next failure, for failed requests alone.
+    health = observe(health, FAILED, False, False, 5.0, 9500, R)
     assert (health.state, health.down_by_probes) == (State.DOWN, False)
 
 
 def test_a_sign_of_life_ends_the_streak():
     health = fail(fail(up(), 9000), 9100)
     assert answer(health, 9200).consecutive_failures == 0
-    late = observe(health, Tally(late_replies=1), False, 9200, 5.0, 9200, R)
+    late = observe(health, Tally(late_replies=1), False, True, 5.0, 9200, R)
     assert late.consecutive_failures == 0
-    heard = observe(health, Tally(), True, 9200, 5.0, 9200, R)
+    heard = observe(health, Tally(), True, True, 5.0, 9200, R)
     assert heard.consecutive_failures == 0
 
 
 def test_a_window_with_no_news_changes_nothing_but_time():
     health = fail(up(), 9000)
-    assert observe(health, Tally(), False, None, 5.0, 9200, R) == health
+    assert observe(health, Tally(), False, False, 5.0, 9200, R) == health
 
 
 def test_a_proxy_down_briefly_returns_up_with_its_estimate_before_the_streak():

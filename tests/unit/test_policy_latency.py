@@ -13,6 +13,7 @@ from counterpoise.core.policy.latency import (
     Silence,
     latency_factor,
     queue_wait_ms,
+    slow,
     window_latency_ms,
 )
 from counterpoise.core.tally import Tally
@@ -97,6 +98,12 @@ def test_queue_wait_is_littles_law():
     assert queue_wait_ms(60, 10.0) == pytest.approx(6000)
     # A throughput below 1/s counts as 1/s.
     assert queue_wait_ms(3, 0.0) == pytest.approx(3000)
+
+
+def test_slow_from_half_the_failure_penalty():
+    assert slow(R.failure_penalty_ms / 2, R)
+    assert not slow(R.failure_penalty_ms / 2 - 1, R)
+    assert not slow(None, R)
 
 
 def test_the_latency_factor_of_the_worked_example():

@@ -8,6 +8,7 @@ import dataclasses
 from counterpoise.core import hold
 from counterpoise.core.policy.timers import (
     LONG_WAIT_FRACTION,
+    answered_lately,
     first_reply_timeout_ms,
     inflight_limit,
     queueing,
@@ -20,7 +21,6 @@ class Rules:
 
     fr_timer_ms: int = 1500
     saturated_fr_timer_ms: int = 6000
-    failure_penalty_ms: float = 500.0
     hold_queue_ms: int = 500
 
 
@@ -29,16 +29,18 @@ NOW = 10_000
 LONG_WAIT_MS = R.fr_timer_ms * LONG_WAIT_FRACTION
 
 
-def test_queueing_needs_a_recent_sign_of_life_and_slowness_or_saturation():
-    heard = NOW - R.fr_timer_ms + 1
-    slow = R.failure_penalty_ms / 2
-    assert queueing(slow, heard, False, NOW, R)
-    assert queueing(5.0, heard, True, NOW, R)
-    assert not queueing(slow - 1, heard, False, NOW, R)
-    assert not queueing(None, heard, False, NOW, R)
+def test_answered_lately_is_a_sign_of_life_within_fr_timer_ms():
+    assert answered_lately(NOW - R.fr_timer_ms + 1, NOW, R)
+    assert not answered_lately(NOW - R.fr_timer_ms, NOW, R)
+    assert not answered_lately(None, NOW, R)
+
+
+def test_queueing_needs_an_answer_lately_and_slowness_or_saturation():
+    assert queueing(answered_lately=True, slow=True, saturated=False)
+    assert queueing(answered_lately=True, slow=False, saturated=True)
+    assert not queueing(answered_lately=True, slow=False, saturated=False)
     # Silent for fr_timer_ms: dead or frozen, not queueing, however slow or saturated.
-    assert not queueing(slow, NOW - R.fr_timer_ms, True, NOW, R)
-    assert not queueing(slow, None, True, NOW, R)
+    assert not queueing(answered_lately=False, slow=True, saturated=True)
 
 
 def test_the_long_timeout_goes_to_a_queueing_proxy_with_a_long_wait_or_saturated():

@@ -8,9 +8,9 @@ States (``State``):
   ``up``; at once when every other usable proxy is saturated (failed a request within
   ``saturated_memory_ms``), since ramping would only keep them overloaded.
 * ``up``/``slowstart`` -> ``down``: after ``down_after_failures`` failures in a row with no
-  sign of life between them (a success, a late reply, any reply heard) and none for
-  ``fr_timer_ms``. A saturated proxy that still answers something is slow, not dead: it
-  stays in, and the latency estimate charges it.
+  sign of life between them (a success, a late reply, any reply heard) and none within
+  ``fr_timer_ms`` (``timers.answered_lately``). A saturated proxy that still answers
+  something is slow, not dead: it stays in, and the latency estimate charges it.
 * ``down`` -> back: after ``up_after_probes`` answered probes in a row (late replies count
   like answers: a frozen proxy that resumes answers its backlog at once). Down for less than
   ``slow_start_after_down_ms`` it is ``up`` at once, with the latency estimate it had
@@ -45,8 +45,6 @@ class HealthSettings(Protocol):
     def down_after_failures(self) -> int: ...
     @property
     def up_after_probes(self) -> int: ...
-    @property
-    def fr_timer_ms(self) -> int: ...
     @property
     def slow_start_ms(self) -> int: ...
     @property
@@ -123,17 +121,18 @@ def observe(
     health: Health,
     window: Tally,
     heard: bool,
-    last_life_ms: int | None,
+    answered_lately: bool,
     latency_ms: float | None,
     now_ms: int,
     settings: HealthSettings,
 ) -> Health:
     """Fold one window into the state, then apply time-driven changes. ``heard``: a reply
-    that is not a failure came since the previous window; ``last_life_ms``: the latest sign
-    of life, this window's included; ``latency_ms``: the latency estimate before this
-    window (remembered when a failure streak begins)."""
+    that is not a failure came since the previous window; ``answered_lately``: a sign of
+    life within ``fr_timer_ms``, this window's included (``timers.answered_lately``);
+    ``latency_ms``: the latency estimate before this window (remembered when a failure
+    streak begins)."""
     if has_news(window, heard):
-        health = _fold(health, window, heard, last_life_ms, latency_ms, now_ms, settings)
+        health = _fold(health, window, heard, answered_lately, latency_ms, now_ms, settings)
     if health.state == State.SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
         health = dataclasses.replace(health, state=State.UP, since_ms=now_ms)
     return health
@@ -143,7 +142,7 @@ def _fold(
     health: Health,
     window: Tally,
     heard: bool,
-    last_life_ms: int | None,
+    answered_lately: bool,
     latency_ms: float | None,
     now_ms: int,
     settings: HealthSettings,
@@ -159,8 +158,7 @@ def _fold(
     probe_streak = 0 if window.failures else health.probe_streak + window.signs_of_life + heard
 
     state, since, down_by_probes = health.state, health.since_ms, health.down_by_probes
-    silent = last_life_ms is None or now_ms - last_life_ms >= settings.fr_timer_ms
-    if state != State.DOWN and failures >= settings.down_after_failures and silent:
+    if state != State.DOWN and failures >= settings.down_after_failures and not answered_lately:
         state, since, probe_streak = State.DOWN, now_ms, 0
         down_by_probes = probe_failures > 0
     elif state == State.DOWN and probe_streak >= settings.up_after_probes:

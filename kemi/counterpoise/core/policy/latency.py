@@ -129,6 +129,12 @@ def queue_wait_ms(inflight: int, throughput_per_s: float) -> float:
     return 1000 * inflight / max(throughput_per_s, 1.0)
 
 
+def slow(estimate_ms: float | None, settings: LatencySettings) -> bool:
+    """An estimate past half the failure penalty: a queue builds up before the first timeout,
+    and a proxy this slow is taken as queueing (``timers.queueing``) before it times out."""
+    return estimate_ms is not None and estimate_ms >= settings.failure_penalty_ms / 2
+
+
 def latency_factor(expected_ms: float, reference_ms: float, settings: LatencySettings) -> float:
     """``(L_min + offset) / (expected + offset)``: 1 for the fastest proxy, smaller for the
     slower ones; ``reference_ms`` is ``L_min``."""

@@ -19,7 +19,13 @@ from typing import Protocol
 from counterpoise.core.policy import health, timers
 from counterpoise.core.policy.capacity import CapacitySettings, Throughput
 from counterpoise.core.policy.health import Health, HealthSettings
-from counterpoise.core.policy.latency import Average, LatencySettings, Silence, queue_wait_ms
+from counterpoise.core.policy.latency import (
+    Average,
+    LatencySettings,
+    Silence,
+    queue_wait_ms,
+    slow,
+)
 from counterpoise.core.policy.timers import TimerSettings
 from counterpoise.core.tally import Tally
 
@@ -47,11 +53,9 @@ class Observed:
 
     def queueing(self, now_ms: int, settings: PolicySettings) -> bool:
         return timers.queueing(
-            self.latency.estimate_ms,
-            self.silence.last_life_ms,
+            timers.answered_lately(self.silence.last_life_ms, now_ms, settings),
+            slow(self.latency.estimate_ms, settings),
             self.saturated(now_ms, settings),
-            now_ms,
-            settings,
         )
 
     def queue_wait_ms(self, now_ms: int, settings: PolicySettings) -> float:
@@ -87,7 +91,7 @@ def observe(
         observed.health,
         window,
         heard,
-        silence.last_life_ms,
+        timers.answered_lately(silence.last_life_ms, now_ms, settings),
         observed.latency.estimate_ms,
         now_ms,
         settings,

@@ -2,9 +2,8 @@
 requests may be in flight to it before new ones are held at the balancer.
 
 Both turn on whether the proxy is **queueing** (``queueing``): answering, but slowly. It
-answered something within ``fr_timer_ms``, and it timed out requests lately (saturated) or
-its latency estimate is past half the failure penalty (a queue builds up before the first
-timeout).
+answered something within ``fr_timer_ms`` (``answered_lately``), and it timed out requests
+lately (saturated) or its latency estimate is slow (``latency.slow``).
 
 * **First-reply timeout** (``first_reply_timeout_ms``): ``saturated_fr_timer_ms`` for a
   queueing proxy that is saturated or whose expected first reply is past
@@ -34,8 +33,6 @@ class TimerSettings(Protocol):
     @property
     def saturated_fr_timer_ms(self) -> int: ...
     @property
-    def failure_penalty_ms(self) -> float: ...
-    @property
     def hold_queue_ms(self) -> int: ...
 
 
@@ -45,18 +42,17 @@ LONG_WAIT_FRACTION = 1 / 3
 waits a few round trips before it gives up (TCP's RTO is the mean plus four deviations)."""
 
 
-def queueing(
-    latency_ms: float | None,
-    last_life_ms: int | None,
-    saturated: bool,
-    now_ms: int,
-    settings: TimerSettings,
-) -> bool:
-    """Answering, but slowly: a sign of life (``last_life_ms``) within ``fr_timer_ms``, and
-    ``saturated`` or a latency estimate past half the failure penalty."""
-    heard = last_life_ms is not None and now_ms - last_life_ms < settings.fr_timer_ms
-    slow = latency_ms is not None and latency_ms >= settings.failure_penalty_ms / 2
-    return heard and (slow or saturated)
+def answered_lately(last_life_ms: int | None, now_ms: int, settings: TimerSettings) -> bool:
+    """A sign of life (``last_life_ms``) within ``fr_timer_ms``: as long as a request is given
+    to answer, so a proxy silent for less may be queueing, and one silent for more is dead
+    or frozen more likely than queued."""
+    return last_life_ms is not None and now_ms - last_life_ms < settings.fr_timer_ms
+
+
+def queueing(answered_lately: bool, slow: bool, saturated: bool) -> bool:
+    """Answering, but slowly: it ``answered_lately``, and it is ``slow`` (``latency.slow``)
+    or ``saturated`` (``health.Health.saturated``)."""
+    return answered_lately and (slow or saturated)
 
 
 def first_reply_timeout_ms(
