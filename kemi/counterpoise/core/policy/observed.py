@@ -4,7 +4,7 @@ samples updates each part.
 Each part keeps its own state and is folded by its own module: the latency average and the
 silence (``latency``), the throughput (``capacity``), the state machine (``health``). This
 module only hands each part the inputs it needs, in order: a window's signs of life update
-the silence before the state machine asks how long the proxy has said nothing, and a proxy
+the silence before the state machine asks whether the proxy answered lately, and a proxy
 back from a brief outage resumes with the latency estimate the state machine remembered.
 
 Pure: times are passed in.
@@ -31,7 +31,7 @@ from counterpoise.core.tally import Tally
 
 
 class PolicySettings(LatencySettings, CapacitySettings, HealthSettings, TimerSettings, Protocol):
-    """Every setting the policy's parts read."""
+    """Every setting the policy's parts read: each part takes only its own protocol."""
 
 
 @dataclasses.dataclass(frozen=True)
