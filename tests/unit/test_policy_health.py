@@ -31,7 +31,6 @@ class Rules:
     slow_start_ms: int = 8000
     slow_start_floor: float = 0.1
     slow_start_after_down_ms: int = 30_000
-    saturated_memory_ms: int = 2000
     silent_after_ms: int = 300
     max_ejected_fraction: float = 0.5
 
@@ -127,11 +126,10 @@ def test_a_failure_breaks_the_probe_streak_and_late_replies_count_as_answers():
     assert resumed.state == State.UP
 
 
-def test_saturated_while_failures_are_recent_and_it_is_not_down():
+def test_the_last_failure_is_remembered():
     health = fail(up(), 9000)
-    assert health.saturated(9000 + R.saturated_memory_ms - 1, R)
-    assert not health.saturated(9000 + R.saturated_memory_ms, R)
-    assert not down(9000).saturated(9000, R)
+    assert answer(health, 9200).last_failure_ms == 9000
+    assert down(9500).last_failure_ms == 9500
 
 
 def test_the_cap_refuses_an_ejection_beyond_max_ejected_fraction_once_per_streak():

@@ -5,8 +5,8 @@ States (``State``):
 
 * ``slowstart`` -> ``up``: a new proxy, or one back from a long outage, ramps from
   ``slow_start_floor`` of its weight to all of it over ``slow_start_ms`` (``ramp``), then is
-  ``up``; at once when every other usable proxy is saturated (failed a request within
-  ``saturated_memory_ms``), since ramping would only keep them overloaded.
+  ``up``; at once when every other usable proxy is saturated (``timers.saturated``), since
+  ramping would only keep them overloaded.
 * ``up``/``slowstart`` -> ``down``: after ``down_after_failures`` failures in a row with no
   sign of life between them (a success, a late reply, any reply heard) and none within
   ``fr_timer_ms`` (``timers.answered_lately``). A saturated proxy that still answers
@@ -52,8 +52,6 @@ class HealthSettings(Protocol):
     @property
     def slow_start_after_down_ms(self) -> int: ...
     @property
-    def saturated_memory_ms(self) -> int: ...
-    @property
     def silent_after_ms(self) -> int: ...
     @property
     def max_ejected_fraction(self) -> float: ...
@@ -83,7 +81,7 @@ class Health:
     probe_streak: int = 0
     """Answered probes (and late replies) in a row while down."""
     last_failure_ms: int | None = None
-    """When a window last had a failure (``saturated``)."""
+    """When a window last had a failure (``timers.saturated``)."""
     latency_before_streak_ms: float | None = None
     """The latency estimate when the current failure streak began: what the proxy returns
     with after a brief outage."""
@@ -91,14 +89,6 @@ class Health:
     """Down with missed probes (dead), as opposed to down for failed requests alone."""
     ejection_refused: bool = False
     """The current streak's ejection was refused by the cap (counted once per streak)."""
-
-    def saturated(self, now_ms: int, settings: HealthSettings) -> bool:
-        """Failing requests lately while not down: overloaded, or about to be found dead."""
-        return (
-            self.state != State.DOWN
-            and self.last_failure_ms is not None
-            and now_ms - self.last_failure_ms < settings.saturated_memory_ms
-        )
 
 
 def new_health(now_ms: int) -> Health:

@@ -31,7 +31,11 @@ from counterpoise.core.tally import Tally
 
 
 class PolicySettings(LatencySettings, CapacitySettings, HealthSettings, TimerSettings, Protocol):
-    """Every setting the policy's parts read: each part takes only its own protocol."""
+    """Every setting the policy reads: each part takes only its own protocol, and the
+    composition reads ``fr_timer_ms`` (which the timers lengthen) itself."""
+
+    @property
+    def fr_timer_ms(self) -> int: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +49,15 @@ class Observed:
     last_window: Tally = dataclasses.field(default_factory=Tally)
     """The latest window with news, kept to show rates and inputs."""
 
-    def saturated(self, now_ms: int, settings: HealthSettings) -> bool:
-        return self.health.saturated(now_ms, settings)
+    def saturated(self, now_ms: int, settings: TimerSettings) -> bool:
+        return timers.saturated(self.health, now_ms, settings)
 
     def silence_ms(self, now_ms: int) -> int:
         return self.silence.silence_ms(now_ms)
 
     def queueing(self, now_ms: int, settings: PolicySettings) -> bool:
         return timers.queueing(
-            timers.answered_lately(self.silence.last_life_ms, now_ms, settings),
+            timers.answered_lately(self.silence.last_life_ms, now_ms, settings.fr_timer_ms),
             slow(self.latency.estimate_ms, settings),
             self.saturated(now_ms, settings),
         )
@@ -91,7 +95,7 @@ def observe(
         observed.health,
         window,
         heard,
-        timers.answered_lately(silence.last_life_ms, now_ms, settings),
+        timers.answered_lately(silence.last_life_ms, now_ms, settings.fr_timer_ms),
         observed.latency.estimate_ms,
         now_ms,
         settings,

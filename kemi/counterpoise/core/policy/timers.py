@@ -2,8 +2,11 @@
 requests may be in flight to it before new ones are held at the balancer.
 
 Both turn on whether the proxy is **queueing** (``queueing``): answering, but slowly. It
-answered something within ``fr_timer_ms`` (``answered_lately``), and it timed out requests
-lately (saturated) or its latency estimate is slow (``latency.slow``).
+answered something within ``fr_timer_ms`` (``answered_lately``), and it is **saturated**
+(``saturated``: failed a request within ``saturated_memory_ms`` and is not down) or its
+latency estimate is slow (``latency.slow``).
+
+``fr_timer_ms`` is the failover setting these timers lengthen: it is passed in, not read.
 
 * **First-reply timeout** (``first_reply_timeout_ms``): ``saturated_fr_timer_ms`` for a
   queueing proxy that is saturated or whose expected first reply is past
@@ -23,15 +26,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from counterpoise.core import hold
+from counterpoise.core.policy.health import Health, State
 
 
 class TimerSettings(Protocol):
     """The settings the timers read."""
 
     @property
-    def fr_timer_ms(self) -> int: ...
-    @property
     def saturated_fr_timer_ms(self) -> int: ...
+    @property
+    def saturated_memory_ms(self) -> int: ...
     @property
     def hold_queue_ms(self) -> int: ...
 
@@ -42,30 +46,44 @@ LONG_WAIT_FRACTION = 1 / 3
 waits a few round trips before it gives up (TCP's RTO is the mean plus four deviations)."""
 
 
-def answered_lately(last_life_ms: int | None, now_ms: int, settings: TimerSettings) -> bool:
+def answered_lately(last_life_ms: int | None, now_ms: int, fr_timer_ms: int) -> bool:
     """A sign of life (``last_life_ms``) within ``fr_timer_ms``: as long as a request is given
     to answer, so a proxy silent for less may be queueing, and one silent for more is dead
     or frozen more likely than queued."""
-    return last_life_ms is not None and now_ms - last_life_ms < settings.fr_timer_ms
+    return last_life_ms is not None and now_ms - last_life_ms < fr_timer_ms
+
+
+def saturated(health: Health, now_ms: int, settings: TimerSettings) -> bool:
+    """Failing requests lately while not down: overloaded, or about to be found dead."""
+    return (
+        health.state != State.DOWN
+        and health.last_failure_ms is not None
+        and now_ms - health.last_failure_ms < settings.saturated_memory_ms
+    )
 
 
 def queueing(answered_lately: bool, slow: bool, saturated: bool) -> bool:
     """Answering, but slowly: it ``answered_lately``, and it is ``slow`` (``latency.slow``)
-    or ``saturated`` (``health.Health.saturated``)."""
+    or ``saturated``."""
     return answered_lately and (slow or saturated)
 
 
 def first_reply_timeout_ms(
-    queueing: bool, expected_ms: float, saturated: bool, settings: TimerSettings
+    queueing: bool,
+    expected_ms: float,
+    saturated: bool,
+    fr_timer_ms: int,
+    settings: TimerSettings,
 ) -> int:
-    """The first-reply timeout of a request relayed now; ``expected_ms``: its expected first
-    reply (the latency estimate or the queue wait, the longer)."""
+    """The first-reply timeout of a request relayed now, ``fr_timer_ms`` or
+    ``saturated_fr_timer_ms``; ``expected_ms``: its expected first reply (the latency
+    estimate or the queue wait, the longer)."""
     if not queueing:
-        return settings.fr_timer_ms
-    long_wait = expected_ms >= settings.fr_timer_ms * LONG_WAIT_FRACTION
+        return fr_timer_ms
+    long_wait = expected_ms >= fr_timer_ms * LONG_WAIT_FRACTION
     if long_wait or saturated:
         return settings.saturated_fr_timer_ms
-    return settings.fr_timer_ms
+    return fr_timer_ms
 
 
 def inflight_limit(throughput_per_s: float, settings: TimerSettings) -> int:

@@ -124,7 +124,11 @@ def weigh(
             utilisation=loads.get(uri),
             load_factor=load_factors.get(uri, 1.0),
             fr_timer_ms=timers.first_reply_timeout_ms(
-                queueing, first_reply_ms, o.saturated(now_ms, settings), settings
+                queueing,
+                first_reply_ms,
+                o.saturated(now_ms, settings),
+                settings.fr_timer_ms,
+                settings,
             ),
             queueing=queueing,
             silent=uri in set_aside,
