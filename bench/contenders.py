@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from harness import testbed
+
 from bench.pool import Target
 from counterpoise import processes
 from counterpoise.cli import table
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 

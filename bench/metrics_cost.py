@@ -18,10 +18,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness import testbed
+
 from bench.contenders import group_cpu_seconds
 from counterpoise import processes
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.monitoring.read import scrape, value
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore

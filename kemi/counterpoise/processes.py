@@ -18,12 +18,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from counterpoise import assets, interpreter
+from counterpoise import assets, clock, interpreter
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.core.sockets import ListenSocket
 
@@ -31,7 +30,6 @@ REPO = assets.SOURCE_TREE
 KAMAILIO_CFG = assets.path("kamailio.cfg")
 KEMI_SCRIPT = assets.path("counterpoise_ksr.py")
 REDIS_CONF = assets.path("redis.conf")
-SIPP_SCENARIOS = assets.path("sipp-scenarios")
 
 STDERR_FD = 2
 """Where a process started without a log file writes: this process's own stderr (for
@@ -51,14 +49,14 @@ class StartError(RuntimeError):
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.05):
     """Poll ``condition`` until it returns a true value, or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic_s() + timeout_s
     while True:
         value = condition()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        if clock.monotonic_s() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.1f} s waiting for {what}")
-        time.sleep(step_s)
+        clock.sleep_s(step_s)
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
 from counterpoise.cli import table
 from counterpoise.core import location
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 

@@ -9,9 +9,9 @@ import signal
 import time
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
-from counterpoise.harness import testbed
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 
 pytestmark = pytest.mark.e2e

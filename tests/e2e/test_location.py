@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
 from counterpoise.core import location
-from counterpoise.harness import testbed
 from counterpoise.store.keys import AOR, DIALOG
 from counterpoise.store.location import LocationStore
 from tests.e2e.conftest import Bed

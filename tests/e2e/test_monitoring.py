@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from harness import REPO, testbed
 
 from counterpoise import control, processes
-from counterpoise.harness import testbed
 from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed
 
@@ -164,10 +164,10 @@ def test_demo_prints_where_its_metrics_are(tmp_path) -> None:
     redis_url = f"redis://127.0.0.1:{processes.free_port(socket.SOCK_STREAM)}/0"
     listen = f"127.0.0.1:{processes.free_port()}"
     result = subprocess.run(
-        [sys.executable, "-m", "counterpoise.cli", "demo", "--listen", listen,
+        [sys.executable, "-m", "harness.demo", "--listen", listen,
          "--rate", "10", "--duration", "6"],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
-        env={**os.environ, "COUNTERPOISE_REDIS_URL": redis_url},
+        env={**os.environ, "COUNTERPOISE_REDIS_URL": redis_url, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     urls = re.findall(r"(balancer|agent \w+) (http://127\.0\.0\.1:\d+/metrics)", result.stdout)

@@ -15,10 +15,10 @@ import re
 import time
 
 import pytest
+from harness import testbed
+from harness.prometheus import SCRAPE_INTERVAL_S, Prometheus
 
 from counterpoise import processes
-from counterpoise.harness import testbed
-from counterpoise.harness.prometheus import SCRAPE_INTERVAL_S, Prometheus
 from counterpoise.monitoring.read import scrape
 from tests.e2e.conftest import Bed
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import clock, processes
 from counterpoise.core import attempts
-from counterpoise.harness import testbed
 from tests.e2e import sipwire
 from tests.e2e.conftest import Bed
 

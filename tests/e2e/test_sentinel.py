@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
 from counterpoise.core.reports import decode
-from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 
 from .conftest import Bed, invite_counts

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.metrics:
         # Loaded only when asked for: the agent runs without prometheus_client otherwise.
-        from counterpoise.monitoring import agent as agent_metrics
+        from counterpoise.agent import metrics as agent_metrics
 
         try:
             agent_metrics.serve(args.metrics, agent, clock.wall_ms)

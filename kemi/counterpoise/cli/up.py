@@ -7,11 +7,10 @@ import dataclasses
 import os
 import signal
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
-from counterpoise import interpreter, processes
+from counterpoise import clock, interpreter, processes
 from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.cli.reload import Reloader
@@ -159,7 +158,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         balancer = started[-1]
         while balancer.alive():
             reloader.reload_if_requested()
-            time.sleep(0.2)
+            clock.sleep_s(0.2)
         raise CliError(f"Kamailio exited with status {balancer.popen.returncode}")
     except KeyboardInterrupt:
         return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 import KSR
 
@@ -66,7 +65,7 @@ class KemiApp:
 
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
-        self.rng.seed(os.getpid() ^ time.monotonic_ns())
+        self.rng.seed(os.getpid() ^ clock.monotonic_ns())
         return 0
 
     @hook("core_reply")

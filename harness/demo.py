@@ -1,4 +1,5 @@
-"""``counterpoise demo``: the embedded default, end to end, on this host.
+"""The demo, ``scripts/demo.sh`` (``python -m harness.demo`` from a clone): the embedded
+default, end to end, on this host.
 
 Starts the embedded Redis, a balancer, a SIPp UAS and three downstream Kamailio proxies of
 unequal capacity, each with its load agent (capacity = its workers), enters the proxies in
@@ -6,6 +7,10 @@ Redis with equal base weights, sends SIPp calls through the balancer and shows t
 table: the weights find the capacities by themselves. The balancer and each agent serve
 Prometheus metrics on free local ports, printed under the table. Ctrl-C (or SIGTERM, or
 ``--duration``) stops everything it started.
+
+    python -m harness.demo [--listen PROTO:HOST:PORT] [--rate N] [--duration S] [--users N]
+
+Errors print one line on stderr and exit with status 1, as ``counterpoise``'s do.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import argparse
 import dataclasses
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from counterpoise import processes
 from counterpoise.cli import table, up
-from counterpoise.cli.common import open_admin_store, open_store
+from counterpoise.cli.common import CliError, open_admin_store, open_store
 from counterpoise.cli.users import make_agent_user
-from counterpoise.core.settings import Settings
-from counterpoise.harness import location_demo, testbed
+from counterpoise.core.settings import Settings, load_settings
+from harness import location_demo, testbed
 
 DEMO_POOL = (("big", 4), ("medium", 2), ("small", 1))
 """Name and worker count of each demo proxy."""
@@ -32,6 +38,31 @@ capacity comes from sleeping, not from the two CPU cores, so the demo runs on a 
 
 DEMO_HOLD_MS = 2000
 """How long each demo call stays up."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="demo", description="embedded default: Redis, balancer, demo pool, calls"
+    )
+    parser.add_argument("--listen", help="balancer SIP address (default: the listen setting)")
+    parser.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")
+    parser.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="registrar proxies; N users register through the balancer and are called",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(load_settings(), args)
+    except (CliError, ValueError, processes.StartError) as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -107,3 +138,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             ds.stop()
         for proc in reversed(started):
             proc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
