@@ -4,27 +4,22 @@ files ``counterpoise up`` starts Kamailio and Redis with, and none of the demo's
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from counterpoise import assets
+from tests.source_copy import copy_source
 
 PRODUCTION_FILES = {"kamailio.cfg", "counterpoise_ksr.py", "redis.conf", "users.acl"}
 TEST_BED = {"harness", "downstream", "sipp-scenarios"}
 
 
 def build_wheel(tmp_path: Path) -> list[str]:
-    """The names in a wheel built from a copy of the source (pip writes ``build/`` beside
-    it), with Debian's setuptools, so nothing is downloaded."""
-    source = tmp_path / "source"
-    shutil.copytree(
-        assets.SOURCE_TREE,
-        source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"),
-    )
+    """The names in a wheel built from a copy of the source with Debian's setuptools, so
+    nothing is downloaded."""
+    source = copy_source(tmp_path / "source")
     out = tmp_path / "wheel"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -42,5 +37,5 @@ def test_the_wheel_holds_the_product_and_not_the_test_bed(tmp_path: Path) -> Non
     assert {top for top in tops if not top.endswith(".dist-info")} == {"counterpoise"}
     assert not [name for name in names if TEST_BED & set(name.split("/"))]
     shipped = {name.removeprefix("counterpoise/_assets/") for name in names}
-    assert PRODUCTION_FILES <= shipped
+    assert shipped >= PRODUCTION_FILES
     assert set(assets.SHIPPED) == PRODUCTION_FILES
