@@ -42,7 +42,7 @@ DEMO_HOLD_MS = 2000
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="demo", description="embedded default: Redis, balancer, demo pool, calls"
+        prog="scripts/demo.sh", description="embedded default: Redis, balancer, demo pool, calls"
     )
     parser.add_argument("--listen", help="balancer SIP address (default: the listen setting)")
     parser.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")

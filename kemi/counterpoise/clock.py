@@ -1,6 +1,6 @@
 """The one module of ``kemi/`` that touches the clocks, to read them or to sleep on them
-(``tests/unit/test_layers.py`` holds every other module to it). Code that tests run on a
-fake clock is given a time, or one of these functions, instead of calling them itself."""
+(``tests/unit/test_layers.py`` holds every other module to it). Everything else calls these,
+or is given a time or one of these functions, so that tests can run it on a fake clock."""
 
 from __future__ import annotations
 
