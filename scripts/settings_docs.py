@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from counterpoise.core.settings import ENV_PREFIX, Settings, spec_of, text
+from counterpoise.core.settings import ENV_PREFIX, Settings, as_text, spec_of
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "configuration.md"
@@ -94,7 +94,7 @@ def page() -> str:
         parts.append("\n|---|---|---|---|---|---|---|---|")
         for field in dataclasses.fields(group):
             spec = spec_of(field)
-            default = text(field.default)
+            default = as_text(field.default)
             row = (
                 f"`{field.name}`",
                 f"`{ENV_PREFIX}{field.name.upper()}`",

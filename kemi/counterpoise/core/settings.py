@@ -892,11 +892,11 @@ def to_environ(settings: Settings) -> dict[str, str]:
     no config file: they hold every value)."""
     return {
         CONFIG_ENV: "",
-        **{ENV_PREFIX + name.upper(): text(settings.value(name)) for name in FIELDS},
+        **{ENV_PREFIX + name.upper(): as_text(settings.value(name)) for name in FIELDS},
     }
 
 
-def text(value: object) -> str:
+def as_text(value: object) -> str:
     """A setting's value as written in the environment."""
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -907,14 +907,14 @@ def runtime_changes(old: Settings, new: Settings) -> tuple[dict[str, str], list[
     """What differs from ``old`` to ``new``: the ``RUNTIME`` settings with their new values as
     text (``with_runtime`` takes them), and the names of the others (they need a restart)."""
     changed = [name for name in FIELDS if old.value(name) != new.value(name)]
-    runtime = {name: text(new.value(name)) for name in changed if name in RUNTIME}
+    runtime = {name: as_text(new.value(name)) for name in changed if name in RUNTIME}
     return runtime, [name for name in changed if name not in RUNTIME]
 
 
 def runtime_values(settings: Settings) -> dict[str, str]:
     """Every ``RUNTIME`` setting of ``settings`` as text: what ``up`` pushes on SIGHUP (all of
     them, so a value set back to its start-up one is pushed too)."""
-    return {name: text(settings.value(name)) for name in FIELDS if name in RUNTIME}
+    return {name: as_text(settings.value(name)) for name in FIELDS if name in RUNTIME}
 
 
 def with_runtime(settings: Settings, changes: Mapping[str, str]) -> Settings:
