@@ -261,6 +261,8 @@ def test_a_named_config_file_must_exist(tmp_path: Path):
 def test_a_tls_socket_needs_a_certificate():
     with pytest.raises(SettingError, match="tls_certificate"):
         Settings.of(listen="tls:127.0.0.1:5061")
+    with pytest.raises(SettingError, match=r"^tls_certificate='': a tls socket needs"):
+        load_settings({CONFIG_ENV: "", "COUNTERPOISE_LISTEN": "tls:127.0.0.1:5061"})
 
 
 def test_the_example_config_file_lists_every_setting_at_its_default(tmp_path: Path):

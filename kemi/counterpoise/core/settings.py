@@ -807,6 +807,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         return Settings.of(**{field: value for field, (_, value) in given.items()})
     except SettingError as error:
+        if error.name not in given:  # a default that another given value does not fit
+            raise
         where, value = given[error.name]
         raise SettingError(where, value, error.reason) from None
 
