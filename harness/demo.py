@@ -16,7 +16,6 @@ Errors print one line on stderr and exit with status 1, as ``counterpoise``'s do
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -72,17 +71,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     caller: testbed.Caller | None = None
     up.stop_on_sigterm()
     if args.listen:
-        settings = dataclasses.replace(settings, listen=args.listen)
+        settings = settings.with_values(listen=args.listen)
     try:
-        if not settings.redis_data_dir:  # a demo's pool is throwaway: not the operator's
-            settings = dataclasses.replace(settings, redis_data_dir=str(run_dir / "redis"))
+        if not settings.redis.redis_data_dir:  # a demo's pool is throwaway: not the operator's
+            settings = settings.with_values(redis_data_dir=str(run_dir / "redis"))
         operator = settings
-        metrics = settings.metrics_listen or f"127.0.0.1:{processes.free_port()}"
-        settings = dataclasses.replace(settings, metrics_listen=metrics)
+        metrics = settings.node.metrics_listen or f"127.0.0.1:{processes.free_port()}"
+        settings = settings.with_values(metrics_listen=metrics)
         settings = up.start_node(settings, None, run_dir, started, run_dir / "balancer.log")
         store = open_store(operator, None)  # the embedded Redis's operator
         admin = open_admin_store(operator, None)
-        redis_port = up.redis_port(settings.redis_url)
+        redis_port = up.redis_port(settings.redis.redis_url)
         metrics_urls = [f"balancer http://{metrics}/metrics"]
         uas_port = processes.free_port()
         if not args.users:  # with users, the UAS takes their Contact port after they register
@@ -106,7 +105,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             agent_env = {"COUNTERPOISE_REDIS_PASSWORD_FILE": str(password_file)}
             started.append(testbed.start_agent(ds, agent_url, agent_source, workers, agent_env))
             print(f"demo proxy {name}: {ds.uri}, {workers} workers x {DEMO_DELAY_MS} ms")
-        first = settings.listen_sockets()[0]
+        first = settings.node.listen_sockets()[0]
         host, port = first.host, first.port
         calls = int(args.rate * args.duration) if args.duration else 10_000_000
         users: dict = {}
@@ -123,8 +122,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return (
                 f"SIPp: {args.rate:g} calls/s through sip:{host}:{port}; capacities: {capacities}"
                 f"\nPrometheus metrics: {', '.join(metrics_urls)}"
-                f"\nlogs in {run_dir}; try `COUNTERPOISE_REDIS_DATA_DIR={operator.redis_data_dir}"
-                " counterpoise proxy drain URI` in another terminal; Ctrl-C stops the demo"
+                f"\nlogs in {run_dir}; try"
+                f" `COUNTERPOISE_REDIS_DATA_DIR={operator.redis.redis_data_dir} counterpoise"
+                " proxy drain URI` in another terminal; Ctrl-C stops the demo"
             ) + ("\n" + location_demo.footer(store, settings, pool) if args.users else "")
 
         screen = sys.stdout.isatty()

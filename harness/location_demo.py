@@ -47,7 +47,7 @@ def register(
 
 
 def footer(store: PoolStore, settings: Settings, pool: list[testbed.Downstream]) -> str:
-    records = LocationStore(store.client, settings.key_prefix).scan((AOR,))
+    records = LocationStore(store.client, settings.redis.key_prefix).scan((AOR,))
     held: dict[str, int] = {}
     for entry in records:
         if entry.record is not None:

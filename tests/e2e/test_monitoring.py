@@ -35,7 +35,7 @@ def test_node_metrics_count_calls_and_show_a_killed_proxy_down(bed: Bed) -> None
     port = processes.free_port()
     bed.start_balancer(metrics_listen=f"127.0.0.1:{port}")
     bed.add_pool((a, 1), (b, 3))
-    node = bed.settings.node_name()
+    node = bed.settings.node.node_name()
 
     result = bed.caller(calls=40, rate=20, hold_ms=100).wait(60)
     assert result.failed == 0
@@ -74,9 +74,9 @@ def test_node_metrics_count_calls_and_show_a_killed_proxy_down(bed: Bed) -> None
 def test_node_view_over_kamcmd_proxy_show_watch_once_and_debug_route_log(bed: Bed) -> None:
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     bed.start_balancer()
-    first = bed.settings.node_name()
+    first = bed.settings.node.node_name()
     bed.start_balancer(name="second")
-    second = bed.settings.node_name()
+    second = bed.settings.node.node_name()
     bed.add_pool((a, 1), (b, 2))
     ctl = processes.ctl_socket(bed.run_dir / "second")
 

@@ -66,7 +66,7 @@ def test_a_request_held_hold_max_ms_is_overdue():
 
 
 def test_the_policy_gives_each_proxy_the_limit_of_its_throughput():
-    settings = Settings(hold_queue_ms=500)
+    settings = Settings.of(hold_queue_ms=500)
     health = {
         A: policy.Health(policy.State.UP, 0, latency_ms=5.0, throughput_per_s=30.0),
         B: policy.Health(policy.State.UP, 0, latency_ms=5.0, throughput_per_s=0.5),

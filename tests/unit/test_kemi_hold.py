@@ -13,7 +13,7 @@ from ..fakes.edge import Node
 from ..fakes.ksr import BLIND_BRANCH, FakeKsr
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
-S = Settings(location_server=False)
+S = Settings.of(location_server=False)
 LIMIT = 2
 LONG_WAIT = 1
 """The table's flag for a proxy whose requests get ``saturated_fr_timer_ms``."""
@@ -47,7 +47,10 @@ def test_a_request_is_held_when_every_proxy_is_queueing_at_its_limit(node: Node,
     assert ksr.relays == []  # suspended: nothing relayed, nothing answered by the route
     assert ksr.sl_replies == []
     assert ksr.called("tmx.t_suspend") == [()]
-    assert ksr.fr_timers == (S.hold_max_ms + 1000, S.hold_max_ms + 1000)  # outlasts the hold
+    assert ksr.fr_timers == (
+        S.timers.hold_max_ms + 1000,
+        S.timers.hold_max_ms + 1000,
+    )  # outlasts the hold
     assert ksr.htables["cpstat"]["held"] == 1
     # Released once a proxy has room (the sync loop found A completing more), to it, as
     # attempt 1 on tm's branch 1 (branch 0 is the suspended transaction's).
@@ -111,7 +114,7 @@ def test_a_request_held_hold_max_ms_goes_to_the_least_loaded_proxy(node: Node, k
     queueing_pool(node, ksr)
     fill(node)
     node.route("INVITE")
-    node.release(S.hold_max_ms - 1)
+    node.release(S.timers.hold_max_ms - 1)
     assert ksr.called("tmx.t_continue") == []
     node.release(1)
     assert len(ksr.relays) == 2 and ksr.relays[1]["duri"] in (A, B)
@@ -123,7 +126,7 @@ def test_a_request_cancelled_while_held_is_answered_487(node: Node, ksr: FakeKsr
     fill(node)
     node.route("INVITE")
     ksr.returns["tm.t_is_canceled"] = 1
-    node.release(S.hold_max_ms)
+    node.release(S.timers.hold_max_ms)
     assert ksr.t_replies == [(487, "Request Terminated")]
     assert ksr.relays == [BLIND_BRANCH]
 
@@ -132,15 +135,15 @@ def test_a_resumed_request_fails_over_from_its_own_branch(node: Node, ksr: FakeK
     queueing_pool(node, ksr)
     fill(node)
     node.route("INVITE")
-    node.release(S.hold_max_ms)
+    node.release(S.timers.hold_max_ms)
     first = ksr.relays[1]["duri"]
-    node.fail(408, after_ms=S.saturated_fr_timer_ms, timeout=True, replied=False)
+    node.fail(408, after_ms=S.timers.saturated_fr_timer_ms, timeout=True, replied=False)
     assert ksr.relays[2]["duri"] == ({A, B} - {first}).pop()
     assert node.inflight(first) == LIMIT  # the timed-out attempt came out of flight
 
 
 def test_with_holding_off_no_request_is_held(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch):
-    node = Node(ksr, monkeypatch, Settings(location_server=False, hold_queue_ms=0))
+    node = Node(ksr, monkeypatch, Settings.of(location_server=False, hold_queue_ms=0))
     queueing_pool(node, ksr)
     fill(node)
     node.route("INVITE")
@@ -164,7 +167,7 @@ def test_an_entry_its_worker_never_wrote_is_skipped_after_a_grace(node: Node, ks
     fill(node)
     ksr.htables["cphold"]["tail"] = 1  # a worker took a number and died before writing
     node.route("INVITE", call_id="behind")
-    node.release(S.hold_max_ms)  # overdue, yet the hole before it stops the reading
+    node.release(S.timers.hold_max_ms)  # overdue, yet the hole before it stops the reading
     assert ksr.called("tmx.t_continue") == []
     node.release(holding.UNWRITTEN_GRACE_MS)
     assert ksr.pvs["$ci"] == "behind" and ksr.relays[1]["duri"] in (A, B)

@@ -16,7 +16,7 @@ from ..fakes.edge import Node
 from ..fakes.ksr import FakeKsr
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
-S = Settings(location_server=False)
+S = Settings.of(location_server=False)
 
 
 def test_routed_requests_failovers_and_503s_are_counted_and_logged(ksr: FakeKsr, monkeypatch):
@@ -48,14 +48,14 @@ def test_the_timer_keeps_each_proxys_record_and_the_nodes_in_cpview(ksr: FakeKsr
     assert json.loads(view["node"])["proxies"] == [A, B]
 
     node.store.remove(B)
-    node.tick(S.publish_interval_ms)
+    node.tick(S.redis.publish_interval_ms)
     assert set(view) == {A, "node"}
 
 
 def test_the_endpoint_answers_between_ticks_with_the_routes_counts(ksr: FakeKsr, monkeypatch):
     port = processes.free_port(socket.SOCK_STREAM)
     node = Node(
-        ksr, monkeypatch, Settings(location_server=False, metrics_listen=f"127.0.0.1:{port}")
+        ksr, monkeypatch, Settings.of(location_server=False, metrics_listen=f"127.0.0.1:{port}")
     )
     node.pool(A)
     node.route("INVITE")

@@ -20,7 +20,7 @@ from counterpoise.core.tally import Tally
 from tests.unit.test_policy import failed, feed, ok, probe_failed, probes, up_at
 
 S = Settings()
-WARM_WINDOWS = 5 * S.load_smoothing_tau_ms // 200
+WARM_WINDOWS = 5 * S.load.load_smoothing_tau_ms // 200
 """200 ms windows that bring a moving average over ``load_smoothing_tau_ms`` within 1 % of a
 steady input (five time constants)."""
 LATE = Tally(late_replies=1)
@@ -73,10 +73,10 @@ def test_failures_between_sparse_signs_of_life_do_not_mark_it_down():
         assert health.state == State.UP
     # Then it falls silent: down once fr_timer_ms has passed since its last answer.
     last = 9_000 + 200 * 18  # its last late reply
-    quiet = range(1, S.fr_timer_ms // 200)  # failures only, for less than fr_timer_ms
+    quiet = range(1, S.failover.fr_timer_ms // 200)  # failures only, for less than fr_timer_ms
     health = feed(health, [(last + 200 * i, failed(1)) for i in quiet])
     assert health.state == State.UP
-    health = observe(health, failed(1), last + S.fr_timer_ms, S)
+    health = observe(health, failed(1), last + S.failover.fr_timer_ms, S)
     assert health.state == State.DOWN
 
 
@@ -109,7 +109,7 @@ def test_the_cap_refuses_an_ejection_beyond_max_ejected_fraction():
     # A sign of life ends the streak; a new streak that is refused is counted again.
     alive = observe_pool(again.health, {"sip:b": ok(1, 100)}, BASE, 9_600, S)
     assert not alive.health["sip:b"].ejection_refused
-    later = 9_600 + S.fr_timer_ms
+    later = 9_600 + S.failover.fr_timer_ms
     assert observe_pool(alive.health, {"sip:b": failed(3)}, BASE, later, S).ejections_refused == 1
 
 
@@ -125,7 +125,7 @@ def test_the_first_ejection_is_always_allowed_and_dead_proxies_are_not_capped():
 
 
 def test_a_cap_of_one_never_refuses_and_drained_proxies_do_not_count():
-    settings = Settings(max_ejected_fraction=1.0)
+    settings = Settings.of(max_ejected_fraction=1.0)
     a = feed(up_at(100), [(9_000, failed(3))])
     health = pool(a=a, b=up_at(100), c=up_at(100))
     seen = observe_pool(health, {"sip:b": failed(3)}, BASE, 9_200, settings)
@@ -157,7 +157,7 @@ def test_a_new_proxy_ramps_unless_the_rest_is_saturated():
     new = feed(new_health(10_000), [(10_000, probes(1))])
     calm = pool(a=up_at(100), n=new)
     weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), calm, 10_000, S)
-    assert weights["sip:n"].ramp == pytest.approx(S.slow_start_floor)
+    assert weights["sip:n"].ramp == pytest.approx(S.health.slow_start_floor)
     # a times out requests while answering others: saturated; the new proxy gets all of its
     # weight at once.
     busy = pool(a=timeouts_with(LATE, 9_000, 3), n=new)
@@ -165,7 +165,7 @@ def test_a_new_proxy_ramps_unless_the_rest_is_saturated():
     weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), busy, 10_000, S)
     assert weights["sip:n"].ramp == 1.0
     # Saturation is remembered saturated_memory_ms, then the ramp applies again.
-    later = 9_400 + S.saturated_memory_ms
+    later = 9_400 + S.timers.saturated_memory_ms
     weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), busy, later, S)
     assert weights["sip:n"].ramp < 1.0
 
@@ -180,24 +180,24 @@ def test_observe_pool_is_observe_when_nothing_is_capped():
 
 def test_a_saturated_proxy_that_answers_is_given_longer_to_answer():
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": up_at(100)}, 9_000, S)
-    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.failover.fr_timer_ms
     # Timing out requests while late replies come back: its queue delays it.
     busy = timeouts_with(LATE, 10_000, 3)
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400, S)
-    assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.timers.saturated_fr_timer_ms
     # Silent for fr_timer_ms (dead or frozen, not yet down): back to the short timeout, so
     # its requests fail over soon.
-    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400 + S.fr_timer_ms, S)
-    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400 + S.failover.fr_timer_ms, S)
+    assert weights["sip:a"].fr_timer_ms == S.failover.fr_timer_ms
 
 
 def test_a_long_queue_gets_the_long_timeout_before_the_first_timeout():
     # Answers in time but 600 ms late (past a third of fr_timer_ms): its queue could reach
     # the short timer by chance.
     slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 600)) for i in range(10)])
-    assert slow.latency_ms > S.fr_timer_ms * LONG_WAIT_FRACTION
+    assert slow.latency_ms > S.failover.fr_timer_ms * LONG_WAIT_FRACTION
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
-    assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.timers.saturated_fr_timer_ms
     assert weights["sip:a"].queueing
 
 
@@ -206,10 +206,14 @@ def test_a_short_queue_keeps_the_short_timeout():
     # it, but three such waits still fit in fr_timer_ms: silence that long is a death, and
     # its calls fail over after 1.5 s rather than 6.
     slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 300)) for i in range(10)])
-    assert S.failure_penalty_ms / 2 < slow.latency_ms < S.fr_timer_ms * LONG_WAIT_FRACTION
+    assert (
+        S.latency.failure_penalty_ms / 2
+        < slow.latency_ms
+        < S.failover.fr_timer_ms * LONG_WAIT_FRACTION
+    )
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
     assert weights["sip:a"].queueing
-    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.failover.fr_timer_ms
 
 
 def test_late_replies_bring_a_down_proxy_back_before_its_probes_do():
@@ -302,7 +306,7 @@ def test_silence_sets_nothing_aside_when_every_proxy_is_silent_or_when_off():
     both = {"sip:a": frozen_since(9_000, 9_400), "sip:b": frozen_since(9_000, 9_400)}
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), both, 9_400, S)
     assert all(w.weight > 0 and not w.silent for w in weights.values())
-    off = Settings(silent_after_ms=0)
+    off = Settings.of(silent_after_ms=0)
     health = {"sip:a": frozen_since(9_000, 9_400), "sip:b": up_at(100)}
     assert weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), health, 9_400, off)["sip:a"].weight > 0
 

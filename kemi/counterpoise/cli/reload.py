@@ -14,8 +14,9 @@ from counterpoise.core.settings import Settings, runtime_changes, runtime_values
 
 class Reloader:
     """On SIGHUP: re-read the config file (and the environment), push the runtime settings
-    (``settings.RUNTIME``) to the node's processes over JSON-RPC, and name the changed ones
-    that need a restart. A bad file is refused and the node keeps its settings."""
+    (``settings.RUNTIME``, declared ``runtime=True``) to the node's processes over JSON-RPC,
+    and name the changed ones that need a restart. A bad file is refused and the node keeps
+    its settings."""
 
     def __init__(self, load: Callable[[], Settings], settings: Settings, rpc_socket: Path) -> None:
         """``load`` reads the settings afresh (file, environment, ``up``'s options);

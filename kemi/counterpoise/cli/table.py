@@ -64,7 +64,7 @@ def disagreements(rows: list[dict]) -> list[str]:
 
 def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
     pool = store.pool()
-    published = store.node_weights(now_ms, settings.node_ttl_ms)
+    published = store.node_weights(now_ms, settings.redis.node_ttl_ms)
     rows = []
     for uri, config in sorted(pool.items()):
         records = [by_uri[uri] for by_uri in published.values() if uri in by_uri]
@@ -108,7 +108,7 @@ def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[s
     headers, pool records, location records; and one per node whose edge refused or could
     not read something (README "Security")."""
     lines = []
-    for node, counts in sorted(store.node_rejects(now_ms, settings.node_ttl_ms).items()):
+    for node, counts in sorted(store.node_rejects(now_ms, settings.redis.node_ttl_ms).items()):
         parts = [
             f"{source} {counts[source]} (last: {counts.get(source + ':last', '?')})"
             for source in REJECT_SOURCES

@@ -147,7 +147,10 @@ class Health:
 
     def silent(self, now_ms: int, settings: Settings) -> bool:
         """Silent for ``silent_after_ms`` or more: frozen or dead, not saturated."""
-        return settings.silent_after_ms > 0 and self.silence_ms(now_ms) >= settings.silent_after_ms
+        return (
+            settings.health.silent_after_ms > 0
+            and self.silence_ms(now_ms) >= settings.health.silent_after_ms
+        )
 
     down_by_probes: bool = False
     """Down with missed probes (dead), as opposed to down for failed requests alone."""
@@ -159,7 +162,7 @@ class Health:
         return (
             self.state != State.DOWN
             and self.last_failure_ms is not None
-            and now_ms - self.last_failure_ms < settings.saturated_memory_ms
+            and now_ms - self.last_failure_ms < settings.timers.saturated_memory_ms
         )
 
 
@@ -173,7 +176,7 @@ def window_latency_ms(window: Tally, settings: Settings) -> float:
     total = (
         window.first_reply_ms_sum
         + window.probe_ms_sum
-        + settings.failure_penalty_ms * window.failures
+        + settings.latency.failure_penalty_ms * window.failures
         + window.timeout_excess_ms_sum
     )
     return total / window.samples
@@ -198,7 +201,10 @@ def observe(
         health = _fold_samples(health, window, now_ms, settings, heard)
     if health.inflight > health.inflight_at_life and not health.asked_since_life:
         health = dataclasses.replace(health, asked_since_life=True)
-    if health.state == State.SLOW_START and now_ms - health.since_ms >= settings.slow_start_ms:
+    if (
+        health.state == State.SLOW_START
+        and now_ms - health.since_ms >= settings.health.slow_start_ms
+    ):
         health = dataclasses.replace(health, state=State.UP, since_ms=now_ms)
     return health
 
@@ -223,7 +229,7 @@ def _count_throughput(
         return dataclasses.replace(health, observed_ms=now_ms)
     dt = now_ms - health.observed_ms
     rate = completed * 1000 / dt
-    alpha = 1.0 - math.exp(-dt / settings.load_smoothing_tau_ms)
+    alpha = 1.0 - math.exp(-dt / settings.load.load_smoothing_tau_ms)
     throughput = health.throughput_per_s + (rate - health.throughput_per_s) * alpha
     return dataclasses.replace(health, observed_ms=now_ms, throughput_per_s=throughput)
 
@@ -233,7 +239,11 @@ def _fold_latency(health: Health, window: Tally, now_ms: int, settings: Settings
     latency = health.latency_ms
     if latency is None or health.last_sample_ms is None:
         return sample
-    tau = settings.latency_rise_tau_ms if sample > latency else settings.latency_fall_tau_ms
+    tau = (
+        settings.latency.latency_rise_tau_ms
+        if sample > latency
+        else settings.latency.latency_fall_tau_ms
+    )
     dt = max(now_ms - health.last_sample_ms, 0)
     return latency + (sample - latency) * (1.0 - math.exp(-dt / tau))
 
@@ -259,12 +269,12 @@ def _fold_samples(
 
     state, since, down_by_probes = health.state, health.since_ms, health.down_by_probes
     last_life = now_ms if alive else health.last_life_ms
-    silent = last_life is None or now_ms - last_life >= settings.fr_timer_ms
-    if state != State.DOWN and streak_failures >= settings.down_after_failures and silent:
+    silent = last_life is None or now_ms - last_life >= settings.failover.fr_timer_ms
+    if state != State.DOWN and streak_failures >= settings.health.down_after_failures and silent:
         state, since, probe_streak = State.DOWN, now_ms, 0
         down_by_probes = streak_probes > 0
-    elif state == State.DOWN and probe_streak >= settings.up_after_probes:
-        brief = now_ms - since < settings.slow_start_after_down_ms
+    elif state == State.DOWN and probe_streak >= settings.health.up_after_probes:
+        brief = now_ms - since < settings.health.slow_start_after_down_ms
         state, since, streak_failures, streak_probes = State.SLOW_START, now_ms, 0, 0
         if brief:
             state = State.UP
@@ -316,7 +326,7 @@ def observe_pool(
     one that also missed its probes (dead) does not, and neither does the first ejection.
     ``heard``: the proxies that sent a reply that is not a failure since the last call;
     ``inflight``: the requests in flight to each proxy now."""
-    room = settings.max_ejected_fraction * sum(active.values())
+    room = settings.health.max_ejected_fraction * sum(active.values())
     capped = sum(
         base
         for uri, base in active.items()
@@ -377,8 +387,14 @@ def queueing(health: Health, now_ms: int, settings: Settings) -> bool:
     """Answering, but slowly: it answered something within ``fr_timer_ms``, and it timed out
     requests lately (``saturated``) or its latency estimate is past half the failure penalty
     (a queue builds up before the first timeout)."""
-    heard = health.last_life_ms is not None and now_ms - health.last_life_ms < settings.fr_timer_ms
-    slow = health.latency_ms is not None and health.latency_ms >= settings.failure_penalty_ms / 2
+    heard = (
+        health.last_life_ms is not None
+        and now_ms - health.last_life_ms < settings.failover.fr_timer_ms
+    )
+    slow = (
+        health.latency_ms is not None
+        and health.latency_ms >= settings.latency.failure_penalty_ms / 2
+    )
     return heard and (slow or health.saturated(now_ms, settings))
 
 
@@ -399,12 +415,12 @@ def first_reply_timeout_ms(health: Health, now_ms: int, settings: Settings) -> i
     so its calls fail over after 1.5 s, not 6 (the small proxy's kill: the calls relayed to
     it in the half second before its silence set it aside took 6.1 s)."""
     if not queueing(health, now_ms, settings):
-        return settings.fr_timer_ms
+        return settings.failover.fr_timer_ms
     expected_ms = max(health.latency_ms or 0.0, health.queue_wait_ms(now_ms, settings))
-    long_wait = expected_ms >= settings.fr_timer_ms * LONG_WAIT_FRACTION
+    long_wait = expected_ms >= settings.failover.fr_timer_ms * LONG_WAIT_FRACTION
     if long_wait or health.saturated(now_ms, settings):
-        return settings.saturated_fr_timer_ms
-    return settings.fr_timer_ms
+        return settings.timers.saturated_fr_timer_ms
+    return settings.failover.fr_timer_ms
 
 
 def ramp_factor(
@@ -414,8 +430,8 @@ def ramp_factor(
     proxy is saturated: a returning proxy is needed at once)."""
     if health.state != State.SLOW_START or rest_saturated:
         return 1.0
-    progress = min(max(now_ms - health.since_ms, 0) / settings.slow_start_ms, 1.0)
-    return settings.slow_start_floor + (1.0 - settings.slow_start_floor) * progress
+    progress = min(max(now_ms - health.since_ms, 0) / settings.health.slow_start_ms, 1.0)
+    return settings.health.slow_start_floor + (1.0 - settings.health.slow_start_floor) * progress
 
 
 def weigh(
@@ -453,14 +469,14 @@ def weigh(
         rest_saturated = others > 0 and len(saturated) - (uri in saturated) == others
         latency_factor = 1.0
         if reference is not None and h.latency_ms is not None and h.state != State.DOWN:
-            offset = settings.latency_offset_ms
+            offset = settings.latency.latency_offset_ms
             latency = max(h.latency_ms, h.silence_ms(now_ms), h.queue_wait_ms(now_ms, settings))
             latency_factor = (reference + offset) / (latency + offset)
         ramp = ramp_factor(h, now_ms, settings, rest_saturated)
         if uri in drained:
             weight, state = 0.0, State.DRAINED
         elif h.state == State.DOWN:
-            weight = base * settings.slow_start_floor if panic else 0.0
+            weight = base * settings.health.slow_start_floor if panic else 0.0
             state = State.DOWN
         elif uri in set_aside:
             weight, state = 0.0, h.state
@@ -480,7 +496,7 @@ def weigh(
             fr_timer_ms=first_reply_timeout_ms(h, now_ms, settings),
             queueing=queueing(h, now_ms, settings),
             silent=uri in set_aside,
-            inflight_limit=hold.inflight_limit(h.throughput_per_s, settings.hold_queue_ms),
+            inflight_limit=hold.inflight_limit(h.throughput_per_s, settings.timers.hold_queue_ms),
         )
     return result
 
@@ -488,7 +504,9 @@ def weigh(
 def _load_factors(loads: Mapping[str, float | None], settings: Settings) -> dict[str, float]:
     """``H / H_max`` per proxy; proxies without a report get the mean headroom."""
     headroom = {
-        uri: max(1.0 - u, settings.load_headroom_floor) for uri, u in loads.items() if u is not None
+        uri: max(1.0 - u, settings.load.load_headroom_floor)
+        for uri, u in loads.items()
+        if u is not None
     }
     if not headroom:
         return {}

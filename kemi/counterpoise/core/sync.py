@@ -196,7 +196,7 @@ class SyncLoop:
         self._publish_table()
         self._send_probes(now)
         if now >= self._next_publish_ms:
-            self._next_publish_ms = now + self.settings.publish_interval_ms
+            self._next_publish_ms = now + self.settings.redis.publish_interval_ms
             self._redis.call(now, self._publish_weights)
             drift = self._shared.drop_stale_inflight(now)
             if drift:
@@ -207,10 +207,10 @@ class SyncLoop:
         ``down_probe_interval_ms``, so a restarted proxy is found back soon."""
         every = now >= self._next_probe_ms
         if every:
-            self._next_probe_ms = now + self.settings.probe_interval_ms
+            self._next_probe_ms = now + self.settings.probes.probe_interval_ms
         down = now >= self._next_down_probe_ms
         if down:
-            self._next_down_probe_ms = now + self.settings.down_probe_interval_ms
+            self._next_down_probe_ms = now + self.settings.probes.down_probe_interval_ms
         for uri in self.pool:
             health = self.health.get(uri)
             if every or (down and health is not None and health.state == policy.State.DOWN):
@@ -233,9 +233,10 @@ class SyncLoop:
                 for uri, h in seen.health.items()
                 if h.ejection_refused and not self.health[uri].ejection_refused
             ]
+            fraction = self.settings.health.max_ejected_fraction
             self._log(
                 f"kept in despite failures (max_ejected_fraction "
-                f"{self.settings.max_ejected_fraction:g} of the pool down): {', '.join(kept)}"
+                f"{fraction:g} of the pool down): {', '.join(kept)}"
             )
         for uri, health in seen.health.items():
             before = self.health.get(uri)
@@ -314,7 +315,9 @@ class SyncLoop:
         }
         counters = self._shared.read_counters()
         rejects |= {EDGE_COUNTER_PREFIX + name: count for name, count in counters.items()}
-        self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
+        self._store.publish_weights(
+            self.node, records, self.settings.redis.node_ttl_ms, wall, rejects
+        )
 
     def _take_location_rejections(self) -> None:
         """Bring the workers' count of rejected location records into ``cp:rejects``."""
@@ -395,7 +398,7 @@ class SyncLoop:
                 round(w.weight, 6),
                 int(w.queueing),
                 w.inflight_limit,
-                int(w.fr_timer_ms != self.settings.fr_timer_ms),
+                int(w.fr_timer_ms != self.settings.failover.fr_timer_ms),
             )
             for uri, w in self.weights.items()
         )

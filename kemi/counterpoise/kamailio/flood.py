@@ -28,9 +28,9 @@ REGISTER = "R"
 
 class FloodGuard:
     def __init__(self, settings: Settings) -> None:
-        self._all_per_s = settings.flood_requests_per_s
-        self._registers_per_s = settings.flood_registers_per_s
-        self._ban_s = max(1, math.ceil(settings.flood_ban_ms / 1000))
+        self._all_per_s = settings.edge.flood_requests_per_s
+        self._registers_per_s = settings.edge.flood_registers_per_s
+        self._ban_s = max(1, math.ceil(settings.edge.flood_ban_ms / 1000))
 
     def admits(self, ip: str, is_register: bool) -> bool:
         """False when ``ip`` is banned, or breaks a limit with this request (and is banned)."""

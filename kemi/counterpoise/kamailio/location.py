@@ -74,7 +74,7 @@ class LocationRouting:
         if self._store is None or self._pid != os.getpid():
             # First use in this process: a connection of its own, never one made before fork.
             self._pid = os.getpid()
-            self._store = _open(self._settings, self._settings.location_redis_timeout_ms)
+            self._store = _open(self._settings, self._settings.location.location_redis_timeout_ms)
             self._store.on_reject = self._rejected
         return self._store
 
@@ -98,8 +98,8 @@ class LocationRouting:
     def _recordable(self, call_id: str, *tags: str) -> bool:
         """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
         settings = self._settings
-        if edge.recordable(call_id, settings.record_call_id_max_chars) and all(
-            len(tag) <= settings.record_tag_max_chars for tag in tags
+        if edge.recordable(call_id, settings.location.record_call_id_max_chars) and all(
+            len(tag) <= settings.location.record_tag_max_chars for tag in tags
         ):
             return True
         self.count("too_long")
@@ -116,7 +116,7 @@ class LocationRouting:
         if not user or not host:
             return location.Decision()
         name = location.aor(user, host)
-        if not edge.recordable(name, self._settings.record_aor_max_chars):
+        if not edge.recordable(name, self._settings.location.record_aor_max_chars):
             self.count("too_long")
             return location.Decision()
         if is_register:
@@ -128,7 +128,7 @@ class LocationRouting:
         else:
             holder_usable = found is not None and usable(found.proxy)
             decision = location.decide(
-                found, holder_usable, is_register, self._settings.location_fallback
+                found, holder_usable, is_register, self._settings.location.location_fallback
             )
             if decision.proxy and not is_register:
                 avps.set_held()
@@ -141,7 +141,7 @@ class LocationRouting:
         """The holder of AOR ``name`` from this node's cache when fresh, else from Redis
         (kept in the cache); False when Redis could not be asked."""
         now = clock.monotonic_ms()
-        ttl = self._settings.location_cache_ms
+        ttl = self._settings.location.location_cache_ms
         if cached and ttl:
             entry = KSR.htable.sht_get(CACHE, name)
             hit = location.CachedHolder.decode(entry, now) if isinstance(entry, str) else None
@@ -158,7 +158,7 @@ class LocationRouting:
 
     def keeps_to_holder(self) -> bool:
         """Whether a failed request must not fail over by weight (failure route)."""
-        return self._settings.location_fallback == Fallback.REJECT and avps.held()
+        return self._settings.location.location_fallback == Fallback.REJECT and avps.held()
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -171,7 +171,7 @@ class LocationRouting:
             if not name:
                 return
             self._registered(name, proxy)
-        elif method == "INVITE" and self._settings.dialog_record_ttl_ms:
+        elif method == "INVITE" and self._settings.location.dialog_record_ttl_ms:
             self._dialog_started(proxy)
         else:
             return
@@ -200,7 +200,7 @@ class LocationRouting:
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
         if not self._recordable(call_id, from_tag, to_tag):
             return
-        ttl = self._settings.dialog_record_ttl_ms
+        ttl = self._settings.location.dialog_record_ttl_ms
         now = clock.wall_ms()
         record = location.Record(proxy, now, now + ttl, from_tag, to_tag).to_json()
         KSR.htable.sht_sets(DIALOGS, call_id, record)
@@ -214,7 +214,7 @@ class LocationRouting:
 
     def route_dialog(self) -> str | None:
         """The proxy holding this request's dialog by its record, or None."""
-        if not self._settings.dialog_record_ttl_ms:
+        if not self._settings.location.dialog_record_ttl_ms:
             return None
         call_id = _text("$ci")
         if not self._recordable(call_id):
@@ -242,10 +242,10 @@ class LocationRouting:
 
     def dialog_ended(self) -> None:
         """A BYE: the dialog record is no longer needed."""
-        if not self._settings.dialog_record_ttl_ms:
+        if not self._settings.location.dialog_record_ttl_ms:
             return
         call_id = _text("$ci")
-        if edge.recordable(call_id, self._settings.record_call_id_max_chars):
+        if edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
             KSR.htable.sht_rm(DIALOGS, call_id)
             self._queue(location.PendingWrite(call_id))
 
@@ -272,7 +272,7 @@ class DialogWriteBehind:
         queued = shared.items(QUEUE)
         if not queued:
             return
-        oldest = location.over_bytes(queued, self._settings.dialog_queue_max_bytes)
+        oldest = location.over_bytes(queued, self._settings.location.dialog_queue_max_bytes)
         if oldest:
             for key, _ in oldest:
                 KSR.htable.sht_rm(QUEUE, key)
@@ -287,11 +287,14 @@ class DialogWriteBehind:
 
     def _redis(self) -> LocationStore:
         if self._store is None:
-            self._store = _open(self._settings, self._settings.redis_timeout_ms)
+            self._store = _open(self._settings, self._settings.redis.redis_timeout_ms)
         return self._store
 
 
 def _open(settings: Settings, timeout_ms: int) -> LocationStore:
     return LocationStore.open(
-        settings.redis_url, settings.key_prefix, timeout_ms, settings.redis_password_file
+        settings.redis.redis_url,
+        settings.redis.key_prefix,
+        timeout_ms,
+        settings.redis.redis_password_file,
     )

@@ -88,17 +88,17 @@ def _int_items(table: str) -> dict[str, int]:
 
 class Endpoint:
     """The timer process's metrics: tick durations, and the scrapes it answers after each
-    tick when ``settings.metrics_listen`` is set."""
+    tick when ``settings.node.metrics_listen`` is set."""
 
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self.ticks = node.TickStats()
         self._created: set[str] = set()
         self._create(node.NODE_COUNTERS)
         self._server: ScrapeServer | None = None
-        if settings.metrics_listen:
+        if settings.node.metrics_listen:
             try:
-                self._server = ScrapeServer(settings.metrics_listen)
-                log(f"Prometheus metrics on http://{settings.metrics_listen}/metrics")
+                self._server = ScrapeServer(settings.node.metrics_listen)
+                log(f"Prometheus metrics on http://{settings.node.metrics_listen}/metrics")
             except ListenError as error:
                 log(f"no metrics endpoint: {error}")
 

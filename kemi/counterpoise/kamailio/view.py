@@ -33,7 +33,7 @@ class NodeViewTable:
     def update(self, sync: SyncLoop, now_ms: int, wall_ms: int) -> None:
         if now_ms < self._next_ms:
             return
-        self._next_ms = now_ms + sync.settings.publish_interval_ms
+        self._next_ms = now_ms + sync.settings.redis.publish_interval_ms
         total = sum(w.weight for w in sync.weights.values())
         shown = {uri for uri in sync.pool if uri in sync.weights}
         for uri in shown:
