@@ -21,11 +21,15 @@ import dataclasses
 class Htable:
     name: str
     size: int
-    """Its number of slots, as a power of two (htable's ``size``): about the keys it holds at
-    once, more than that costs lookups a longer chain."""
+    """It has ``2 ** size`` slots: about the keys it holds at once (more make a lookup walk a
+    longer chain)."""
     key: str
+    """The shape of its keys."""
     value: str
+    """What a key holds."""
     writers: tuple[str, ...]
+    """The code that writes it: paths under ``counterpoise``, of a module or of a class,
+    function or name in one."""
     readers: tuple[str, ...]
     autoexpire_s: int = 0
     """Each entry is dropped this long after its latest write; 0: never."""
