@@ -158,7 +158,7 @@ PROBES = Htable(
     writers=("kamailio.shared.WorkerView.note_probe_answered",),
     readers=("kamailio.shared.WorkerView.probe_answered_ms",),
 )
-"""A probe timing out after an answered one sent later says nothing new
+"""A probe left unanswered is no failure when one sent after it was answered
 (``policy.probe_timeout_counts``)."""
 
 RETRY_TOKENS = "tokens"
