@@ -7,6 +7,7 @@ import pytest
 
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
+from counterpoise.kamailio import htables
 
 from ..fakes.edge import CALLEE, Node
 from ..fakes.ksr import FakeKsr
@@ -23,9 +24,8 @@ def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
 
 def edge_counters(ksr: FakeKsr) -> dict[str, int]:
     from counterpoise.core.location import sum_counters
-    from counterpoise.kamailio.counters import EDGE_TABLE
 
-    return sum_counters(dict(ksr.htables[EDGE_TABLE]))
+    return sum_counters(dict(ksr.htables[htables.EDGE_COUNTERS.name]))
 
 
 # --- direction ---------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_source_over_its_limit_is_banned_and_ignored(ksr: FakeKsr, monkeypatch):
     assert len(node.tried) == 1  # each request is a new transaction in the fake
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     assert ksr.relays == [] and ksr.sl_replies == []  # banned: no reply at all
-    assert ksr.expiries[("cpban", "198.51.100.5")] == S.edge.flood_ban_ms // 1000
+    assert ksr.expiries[(htables.BANS.name, "198.51.100.5")] == S.edge.flood_ban_ms // 1000
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     node.clock.advance(1000)  # a new window, but the ban holds
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
@@ -180,8 +180,9 @@ def test_workers_racing_past_the_limit_all_refuse_and_one_counts_the_ban(ksr: Fa
     for _ in range(3):
         node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     # Another worker's request broke the limit too before this one's ban was seen.
-    window = next(key for key in ksr.htables["cprate"] if "198.51.100.5" in key)
-    ksr.htables["cprate"][window] += 1
+    rates = ksr.htables[htables.RATES.name]
+    window = next(key for key in rates if "198.51.100.5" in key)
+    rates[window] += 1
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     assert ksr.relays == []
     counts = edge_counters(ksr)

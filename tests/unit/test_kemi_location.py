@@ -11,6 +11,7 @@ from counterpoise.core import location
 from counterpoise.core.location import Record
 from counterpoise.core.pool import Admin
 from counterpoise.core.settings import Fallback, Settings
+from counterpoise.kamailio import htables
 from counterpoise.store.keys import AOR, DIALOG
 
 from ..fakes.edge import Node
@@ -21,6 +22,7 @@ A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 ALICE = "sip:alice@example.com"
 S = Settings()
 CALL_ID = "call-1@198.51.100.7"
+DIALOGS, QUEUE = htables.DIALOGS.name, htables.DIALOG_WRITES.name
 
 
 @pytest.fixture
@@ -29,9 +31,8 @@ def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
 
 
 def counters(node: Node) -> dict[str, int]:
-    from counterpoise.kamailio.location import TABLE
 
-    return location.sum_counters(dict(node.ksr.htables[TABLE]))
+    return location.sum_counters(dict(node.ksr.htables[htables.LOCATION_COUNTERS.name]))
 
 
 def register(node: Node, expires_s: int) -> str:
@@ -127,7 +128,6 @@ def test_unusable_holder_under_reject_gets_480_and_a_held_request_is_not_retried
 def test_dialog_record_is_written_behind_and_routes_requests_without_a_route_set(
     node: Node, ksr: FakeKsr
 ):
-    from counterpoise.kamailio.location import DIALOGS, QUEUE
 
     node.pool(A, B)
     node.route("INVITE")
@@ -168,7 +168,6 @@ def test_dialog_record_with_other_tags_is_not_used(node: Node, ksr: FakeKsr):
 
 
 def test_without_redis_requests_go_by_weight_and_dialog_writes_wait(node: Node, ksr: FakeKsr):
-    from counterpoise.kamailio.location import QUEUE
 
     node.pool(A, B)
     hold(node, B)
@@ -188,7 +187,6 @@ def test_without_redis_requests_go_by_weight_and_dialog_writes_wait(node: Node, 
 def test_full_dialog_queue_drops_its_oldest_writes(
     node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
 ):
-    from counterpoise.kamailio.location import QUEUE
 
     node.pool(A)
     node.locations.fail()
@@ -236,7 +234,6 @@ def test_sync_tick_dialog_flush_and_lookup_fail_independently(
 
 
 def test_values_too_long_to_record_are_routed_but_never_recorded(node: Node, ksr: FakeKsr):
-    from counterpoise.kamailio.location import DIALOGS, QUEUE
 
     node.pool(A)
     long_call_id = "c" * (S.location.record_call_id_max_chars + 1)

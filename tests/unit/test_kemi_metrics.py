@@ -10,6 +10,7 @@ import urllib.request
 
 from counterpoise import processes
 from counterpoise.core.settings import Settings
+from counterpoise.kamailio import htables
 from counterpoise.monitoring.read import parse, value
 
 from ..fakes.edge import Node
@@ -23,14 +24,14 @@ def test_routed_requests_failovers_and_503s_are_counted_and_logged(ksr: FakeKsr,
     node = Node(ksr, monkeypatch, S)
     node.tick()  # the timer creates the node's counters at 0 (sht_inc does not create keys)
     node.route("INVITE")
-    assert ksr.htables["cpstat"]["no_proxy"] == 1
+    assert ksr.htables[htables.NODE_COUNTERS.name]["no_proxy"] == 1
 
     node.pool(A, B)
     node.route("INVITE")
     first = node.tried[0]
     node.fail(503)
     second = node.tried[1]
-    counters = ksr.htables["cpstat"]
+    counters = ksr.htables[htables.NODE_COUNTERS.name]
     assert counters["routed_weight"] == 1  # the first attempt only
     assert counters[f"failover {first}"] == 1 and counters[f"failover {second}"] == 0
     assert ksr.logged("dbg") == [
@@ -42,7 +43,7 @@ def test_routed_requests_failovers_and_503s_are_counted_and_logged(ksr: FakeKsr,
 def test_the_timer_keeps_each_proxys_record_and_the_nodes_in_cpview(ksr: FakeKsr, monkeypatch):
     node = Node(ksr, monkeypatch, S)
     node.pool(A, B, **{B: 3.0})
-    view = ksr.htables["cpview"]
+    view = ksr.htables[htables.PROXY_VIEW.name]
     assert json.loads(view[B])["base_weight"] == 3.0
     assert {"weight", "share", "state", "ramp", "load_factor"} <= set(json.loads(view[A]))
     assert json.loads(view["node"])["proxies"] == [A, B]

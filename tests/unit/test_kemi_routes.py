@@ -19,6 +19,7 @@ from counterpoise.core import location
 from counterpoise.core.pool import Admin
 from counterpoise.core.settings import Fallback, Settings, runtime_values
 from counterpoise.core.tally import Tally
+from counterpoise.kamailio import htables
 
 from ..fakes.edge import CALLEE, Node
 from ..fakes.ksr import MYSELF, FakeKsr
@@ -499,9 +500,9 @@ def test_probe_event_without_a_proxy_is_ignored(node: Node, ksr: FakeKsr):
 
 def push_settings(node: Node, version: int, values: dict[str, str]) -> None:
     """What ``up`` writes over JSON-RPC: the runtime settings as text, then a new version."""
-    table = node.ksr.htables[node.shared.TABLE]
-    table[node.shared.SETTINGS] = json.dumps(values)
-    table[node.shared.SETTINGS_VERSION] = version
+    table = node.ksr.htables[htables.ROUTING.name]
+    table[htables.RUNTIME_SETTINGS] = json.dumps(values)
+    table[htables.RUNTIME_SETTINGS_VERSION] = version
 
 
 def runtime(**values: object) -> dict[str, str]:

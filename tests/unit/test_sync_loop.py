@@ -107,13 +107,13 @@ def test_the_table_says_apart_which_proxy_queues_and_which_waits_long(
     # Answering in 300 ms: queueing (past half the failure penalty), so holding may limit
     # it, but with the short first-reply timeout (under a third of fr_timer_ms).
     harness.run(3000, each=worker_counts)
-    ((uri, _, queueing, _, long_wait),) = harness.shared.tables[-1]
-    assert (uri, queueing, long_wait) == (A, 1, 0)
+    (entry,) = harness.shared.tables[-1]
+    assert (entry.uri, entry.queueing, entry.long_wait) == (A, True, False)
     # In 800 ms: the long timeout too.
     latency_ms = 800
     harness.run(3000, each=worker_counts)
-    ((_, _, queueing, _, long_wait),) = harness.shared.tables[-1]
-    assert (queueing, long_wait) == (1, 1)
+    (entry,) = harness.shared.tables[-1]
+    assert (entry.queueing, entry.long_wait) == (True, True)
     assert harness.loop.weights[A].fr_timer_ms == S.timers.saturated_fr_timer_ms
 
 

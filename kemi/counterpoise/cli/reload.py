@@ -10,6 +10,7 @@ from pathlib import Path
 
 from counterpoise import control
 from counterpoise.core.settings import Settings, runtime_changes, runtime_values, with_runtime
+from counterpoise.kamailio import htables
 
 
 class Reloader:
@@ -48,11 +49,11 @@ class Reloader:
             print("counterpoise: config reloaded, no runtime setting changed")
             return
         self.version += 1
-        # The keys kamailio/shared.py's SettingsFeed reads, the values before their version.
-        try:
-            control.call(self.rpc_socket, "htable.sets", "cp", "settings",
-                         json.dumps(runtime_values(fresh)))  # fmt: skip
-            control.call(self.rpc_socket, "htable.seti", "cp", "settings_version", self.version)
+        table = htables.ROUTING.name
+        values, version_key = json.dumps(runtime_values(fresh)), htables.RUNTIME_SETTINGS_VERSION
+        try:  # the values before their version: a process that sees the version finds them
+            control.call(self.rpc_socket, "htable.sets", table, htables.RUNTIME_SETTINGS, values)
+            control.call(self.rpc_socket, "htable.seti", table, version_key, self.version)
         except control.RpcError as error:
             print(f"counterpoise: settings not pushed to Kamailio: {error}", file=sys.stderr)
             return

@@ -34,6 +34,7 @@ from counterpoise.core import load, policy
 from counterpoise.core.attempts import RetryBudget
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.pool import Admin, ProxyConfig
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 
@@ -56,12 +57,8 @@ class SharedState(Protocol):
         """Location records the SIP workers rejected since they started, and the latest
         reason (``"<key>: <why>"``; empty if none)."""
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
-        """Make ``(uri, weight, queueing, limit, long_wait)`` the table every SIP worker
-        routes with: queueing (1 or 0) says whether its in-flight ``limit`` holds new
-        requests back (``core.hold``), long_wait (1 or 0) which first-reply timeout its
-        requests get (``policy.first_reply_timeout_ms``: ``saturated_fr_timer_ms`` or
-        ``fr_timer_ms``, as the worker's settings have them now)."""
+    def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
+        """Make ``entries`` the table every SIP worker routes with."""
 
     def read_heard(self) -> Mapping[str, int]:
         """``"<worker> <proxy uri>"`` -> stamp of the latest reply that is not a failure that
@@ -145,7 +142,7 @@ class SyncLoop:
         self.weights: dict[str, policy.Weighting] = {}
         self.totals: dict[str, Tally] = {}
         self._previous: dict[str, Tally] = {}
-        self._table: list[tuple[str, float, int, int, int]] | None = None
+        self._table: list[RoutingEntry] | None = None
         self._next_probe_ms = 0
         self._next_down_probe_ms = 0
         self._next_publish_ms = 0
@@ -392,16 +389,16 @@ class SyncLoop:
                 self.loads.reject(load.HEADER, uri, reason, window.load_headers_rejected)
 
     def _publish_table(self) -> None:
-        table = sorted(
-            (
-                uri,
-                round(w.weight, 6),
-                int(w.queueing),
-                w.inflight_limit,
-                int(w.fr_timer_ms != self.settings.failover.fr_timer_ms),
+        table = [
+            RoutingEntry(
+                uri=uri,
+                weight=round(w.weight, 6),
+                queueing=w.queueing,
+                inflight_limit=w.inflight_limit,
+                long_wait=w.fr_timer_ms != self.settings.failover.fr_timer_ms,
             )
-            for uri, w in self.weights.items()
-        )
+            for uri, w in sorted(self.weights.items())
+        ]
         if table != self._table:
             self._shared.publish_table(table)
             self._table = table

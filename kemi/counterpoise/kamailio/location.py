@@ -10,16 +10,17 @@ with a socket timeout of ``location_redis_timeout_ms``; calls go through ``backo
 so a dead Redis costs one bounded wait and then nothing until the backoff lets one call try
 again. Without Redis, initial requests are routed by weight and counted as ``redis_skipped``.
 
-Counters go to the htable ``cploc`` as ``"<name> <pid>"`` -> int (one writer per key):
-``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
+Counters go to ``htables.LOCATION_COUNTERS`` as ``"<name> <pid>"`` -> int (one writer per
+key): ``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the
+workers.
 
-Lookups of initial requests other than REGISTER are kept in the node's htable ``cplocc`` for
+Lookups of initial requests other than REGISTER are kept in ``htables.LOCATION_CACHE`` for
 ``location_cache_ms`` (holder or none), so a user already called costs no Redis round trip;
 a REGISTER 2xx through this node drops its AOR's entry.
 
 Dialog records are written behind, off the SIP path: the worker handling the 2xx (or the BYE)
-puts the record into the node's htable ``cpdlg`` (seen at once by every worker of the node:
-the ACK right after a 200 finds it) and queues the Redis write in htable ``cplocq``; the timer
+puts the record into ``htables.DIALOGS`` (seen at once by every worker of the node: the ACK
+right after a 200 finds it) and queues the Redis write in ``htables.DIALOG_WRITES``; the timer
 process sends the queue to Redis in one pipeline per tick (``DialogWriteBehind``), so a call
 costs its SIP worker no Redis round trip for its dialog record.
 """
@@ -36,19 +37,11 @@ from counterpoise.core import edge, location
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
 from counterpoise.core.untrusted import BadRecord
-from counterpoise.kamailio import avps, read, shared
+from counterpoise.kamailio import avps, htables, read, shared
 from counterpoise.kamailio.counters import Counters
 from counterpoise.store.client import ERRORS
 from counterpoise.store.keys import AOR, DIALOG
 from counterpoise.store.location import LocationStore
-
-TABLE = shared.LOCATION_COUNTS
-DIALOGS = "cpdlg"
-"""Call-ID -> dialog record JSON, this node's copy (htable autoexpire: kamailio.cfg)."""
-CACHE = "cplocc"
-"""AOR -> ``location.CachedHolder``: lookups answered without Redis (``location_cache_ms``)."""
-QUEUE = "cplocq"
-"""``"<monotonic ns> <pid>"`` -> ``location.PendingWrite``: dialog writes for the timer."""
 
 
 def _text(spec: str) -> str:
@@ -61,7 +54,7 @@ class LocationRouting:
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
-        self._counters = Counters(TABLE)
+        self._counters = Counters(htables.LOCATION_COUNTERS)
         self._guard = Guarded.with_backoff_of(
             settings,
             ERRORS,
@@ -81,8 +74,8 @@ class LocationRouting:
     def _rejected(self, key: str, reason: str) -> None:
         """A location record that is unusable reads as absent; the timer process brings the
         count and the reason into ``cp:rejects:<node>`` and logs it once."""
-        self.count(shared.REJECTED_RECORDS)
-        KSR.htable.sht_sets(shared.LOADS, shared.LOCATION_REJECT, f"{key}: {reason}")
+        self.count(htables.REJECTED_RECORDS)
+        KSR.htable.sht_sets(htables.REJECTIONS.name, htables.LOCATION_REJECT, f"{key}: {reason}")
 
     def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
         results: list[object] = []
@@ -143,7 +136,7 @@ class LocationRouting:
         now = clock.monotonic_ms()
         ttl = self._settings.location.location_cache_ms
         if cached and ttl:
-            entry = KSR.htable.sht_get(CACHE, name)
+            entry = KSR.htable.sht_get(htables.LOCATION_CACHE.name, name)
             hit = location.CachedHolder.decode(entry, now) if isinstance(entry, str) else None
             if hit is not None:
                 self.count("cache_hits")
@@ -153,7 +146,8 @@ class LocationRouting:
             return False, None
         found = location.holder(*records)
         if cached and ttl:
-            KSR.htable.sht_sets(CACHE, name, location.CachedHolder(found, now + ttl).encode())
+            cached = location.CachedHolder(found, now + ttl).encode()
+            KSR.htable.sht_sets(htables.LOCATION_CACHE.name, name, cached)
         return True, found
 
     def keeps_to_holder(self) -> bool:
@@ -194,7 +188,8 @@ class LocationRouting:
         else:
             ok, _ = self._call(lambda store: store.delete(AOR, name))
             self.count("unregistered" if ok else "write_failed")
-        KSR.htable.sht_rm(CACHE, name)  # this node follows its own REGISTERs at once
+        # This node follows its own REGISTERs at once.
+        KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
 
     def _dialog_started(self, proxy: str) -> None:
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
@@ -203,12 +198,13 @@ class LocationRouting:
         ttl = self._settings.location.dialog_record_ttl_ms
         now = clock.wall_ms()
         record = location.Record(proxy, now, now + ttl, from_tag, to_tag).to_json()
-        KSR.htable.sht_sets(DIALOGS, call_id, record)
+        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
         self._queue(location.PendingWrite(call_id, record, ttl))
         self.count("dialogs")
 
     def _queue(self, write: location.PendingWrite) -> None:
-        KSR.htable.sht_sets(QUEUE, f"{clock.monotonic_ns():020d} {os.getpid()}", write.encode())
+        key = f"{clock.monotonic_ns():020d} {os.getpid()}"
+        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, write.encode())
 
     # --- in-dialog requests --------------------------------------------------------------------
 
@@ -219,7 +215,7 @@ class LocationRouting:
         call_id = _text("$ci")
         if not self._recordable(call_id):
             return None
-        local = KSR.htable.sht_get(DIALOGS, call_id)
+        local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
         if isinstance(local, str):
             try:
                 record = location.Record.from_json(local)
@@ -246,7 +242,7 @@ class LocationRouting:
             return
         call_id = _text("$ci")
         if edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
-            KSR.htable.sht_rm(DIALOGS, call_id)
+            KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
             self._queue(location.PendingWrite(call_id))
 
 
@@ -269,13 +265,13 @@ class DialogWriteBehind:
         return self._guard.errors
 
     def flush(self) -> None:
-        queued = shared.items(QUEUE)
+        queued = shared.items(htables.DIALOG_WRITES)
         if not queued:
             return
         oldest = location.over_bytes(queued, self._settings.location.dialog_queue_max_bytes)
         if oldest:
             for key, _ in oldest:
-                KSR.htable.sht_rm(QUEUE, key)
+                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
             self.dropped += len(oldest)
             self._log(f"dropped {len(oldest)} queued dialog writes ({self.dropped} in all)")
             dropped = set(oldest)
@@ -283,7 +279,7 @@ class DialogWriteBehind:
         writes = location.coalesce(queued)
         if self._guard.call(clock.monotonic_ms(), lambda: self._redis().apply(DIALOG, writes)):
             for key, _ in queued:
-                KSR.htable.sht_rm(QUEUE, key)
+                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
 
     def _redis(self) -> LocationStore:
         if self._store is None:
