@@ -1,7 +1,7 @@
 """Build step pyproject.toml cannot say: copy the files ``counterpoise up`` starts Kamailio
-and Redis with (``kamailio.cfg``, the KEMI entry script, ``redis/redis.conf``; and the demo's
-``downstream/`` and ``sipp-scenarios/``) into the package, so a wheel works from any folder while the repository keeps them at the top
-(``counterpoise/assets.py`` finds them in either place)."""
+and Redis with (``kamailio.cfg``, the KEMI entry script, ``redis/redis.conf``,
+``redis/users.acl``) into the package, so a wheel works from any folder while the repository
+keeps them at the top (``counterpoise/assets.py`` finds them in either place)."""
 
 import shutil
 import sys
@@ -20,11 +20,7 @@ class BuildWithAssets(build_py):
         target = Path(self.build_lib) / "counterpoise" / "_assets"
         target.mkdir(parents=True, exist_ok=True)
         for name, source in SHIPPED.items():
-            origin = Path(__file__).parent / source
-            if origin.is_dir():
-                shutil.copytree(origin, target / name, dirs_exist_ok=True)
-            else:
-                shutil.copyfile(origin, target / name)
+            shutil.copyfile(Path(__file__).parent / source, target / name)
 
 
 setup(cmdclass={"build_py": BuildWithAssets})

@@ -20,7 +20,7 @@ from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
 from counterpoise import processes
-from counterpoise.core.settings import SettingError, Settings, parse_value
+from counterpoise.core.settings import FIELDS, SettingError, kind_of, parse_value
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_LOAD = 0.7
@@ -265,13 +265,12 @@ def main(argv: list[str] | None = None) -> int:
 def with_settings(names: list[str], pairs: list[str]) -> list[str]:
     """Give every Counterpoise contender among ``names`` the ``NAME=VALUE`` settings of
     ``--setting`` (the native ones have none); returns them as given, for the report."""
-    fields = {field.name: type(field.default) for field in dataclasses.fields(Settings)}
     extra = []
     for name, _, text in (pair.partition("=") for pair in pairs):
-        if name not in fields:
+        if name not in FIELDS:
             raise SystemExit(f"bench: --setting {name}: no such Counterpoise setting")
         try:
-            extra.append((name, parse_value(name, fields[name], text, f"--setting {name}")))
+            extra.append((name, parse_value(name, kind_of(name), text, f"--setting {name}")))
         except SettingError as error:
             raise SystemExit(f"bench: {error}") from None
     for name in names:

@@ -17,7 +17,7 @@ from counterpoise.core.selection import WeightedPicker
 
 SUSTAINED_P99_MS = 1500.0
 """A step is sustained when no call failed and its p99 INVITE-to-200 stayed within 1.5 s,
-the failover timer (``Settings.fr_timer_ms``): a slower answer means requests are already
+the failover timer (``fr_timer_ms``): a slower answer means requests are already
 being given up on and retried."""
 
 PICK_POOL_SIZES = (10, 100, 1000)

@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from harness import testbed
+
 from bench.pool import Target
 from counterpoise import processes
 from counterpoise.cli import table
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 
@@ -149,7 +150,7 @@ class Contender:
             "DS_LIST": str(ds_list),
             "DS_ALG": int(self.alg or 0),
             "DS_CTL": f"unixs:{ctl}",
-            "DS_FR_TIMER_MS": Settings().fr_timer_ms,
+            "DS_FR_TIMER_MS": Settings().failover.fr_timer_ms,
         }
         if self.cfg == KEMI_RELAY_CFG:
             defines["DS_KEMI_SCRIPT"] = str(KEMI_RELAY_CFG.with_suffix(".py"))
@@ -191,7 +192,7 @@ def start_counterpoise(
     port = processes.free_port()
     # One SIPp sends every call from 127.0.0.1: the per-source limit is kept (its cost is part
     # of what the bench measures) but far above the bench's rates.
-    settings = Settings(
+    settings = Settings.of(
         redis_url=redis_url,
         node_id=f"bench:{port}",
         listen=f"udp:127.0.0.1:{port}",
@@ -200,7 +201,7 @@ def start_counterpoise(
         flood_requests_per_s=BENCH_SOURCE_LIMIT,
         **(overrides or {}),
     )
-    store = PoolStore(client, settings.key_prefix)
+    store = PoolStore(client, settings.redis.key_prefix)
     for target in targets:
         store.add(target.uri, 1.0)
     proc = processes.start_balancer(

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from harness import testbed
+
 from bench.contenders import Running
 from bench.metrics import SIPP_TRACE_ARGS, SippResult, read_sipp
 from bench.pool import InviteSample, Pool
-from counterpoise.harness import testbed
 
 SAMPLE_INTERVAL_S = 0.5
 """Period of reading the INVITE counts: 2 points per second for the share plots. Reading

@@ -18,10 +18,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from harness import testbed
+
 from bench.contenders import group_cpu_seconds
 from counterpoise import processes
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.monitoring.read import scrape, value
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
@@ -36,14 +37,14 @@ def one_run(run_dir: Path, redis_url: str, uas_uri: str, metrics: bool) -> float
     """CPU milliseconds per call of one run."""
     port = processes.free_port()
     listen = f"127.0.0.1:{processes.free_port()}" if metrics else ""
-    settings = Settings(
+    settings = Settings.of(
         redis_url=redis_url,
         node_id=f"bench:{port}",
         metrics_listen=listen,
         listen=f"udp:127.0.0.1:{port}",
         workers=WORKERS,
     )
-    store = PoolStore(connect(redis_url, 1000), settings.key_prefix)
+    store = PoolStore(connect(redis_url, 1000), settings.redis.key_prefix)
     store.client.flushdb()
     store.add(uas_uri, 1)
     name = f"{'on' if metrics else 'off'}-{port}"

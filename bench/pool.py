@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import testbed
+
 from counterpoise import processes
-from counterpoise.harness import testbed
 
 POOL_WORKERS = (("big", 4), ("medium", 2), ("small", 1))
 """Name and worker count of each proxy: capacities 4:2:1, as in the demo pool."""

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --dev
-.venv/bin/ruff check kemi tests bench
-.venv/bin/ruff format --check kemi tests bench
+.venv/bin/ruff check kemi harness tests bench
+.venv/bin/ruff format --check kemi harness tests bench
 exec .venv/bin/pytest "$@"

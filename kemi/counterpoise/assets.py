@@ -19,14 +19,13 @@ SHIPPED = {
     "counterpoise_ksr.py": "kemi/counterpoise_ksr.py",
     "redis.conf": "redis/redis.conf",
     "users.acl": "redis/users.acl",
-    # `counterpoise demo` from an installed package: the demo proxies and SIPp's scenarios.
-    "downstream": "downstream",
-    "sipp-scenarios": "sipp-scenarios",
 }
-"""Name in ``_assets`` -> path in the source tree, of every file or folder a wheel carries."""
+"""Name in ``_assets`` -> path in the source tree, of every file a wheel carries: only what
+``counterpoise up`` runs. The demo's test bed (``harness/``, ``downstream/``,
+``sipp-scenarios/``) stays in the repository."""
 
 
 def path(name: str) -> Path:
-    """The file or folder ``name`` of ``SHIPPED``, installed or in the source tree."""
+    """The file ``name`` of ``SHIPPED``, installed or in the source tree."""
     installed = INSTALLED / name
     return installed if installed.exists() else SOURCE_TREE / SHIPPED[name]

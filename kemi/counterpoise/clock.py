@@ -1,5 +1,6 @@
-"""The one place that reads the clocks. Everything else is given a time, or a function
-returning one, so that tests can run it on a fake clock."""
+"""The one module of ``kemi/`` that touches the clocks, to read them or to sleep on them
+(``tests/unit/test_layers.py`` holds every other module to it). Everything else calls these,
+or is given a time or one of these functions, so that tests can run it on a fake clock."""
 
 from __future__ import annotations
 
@@ -21,6 +22,22 @@ def monotonic_s() -> float:
     return time.monotonic()
 
 
+def monotonic_ns() -> int:
+    """Nanoseconds of the monotonic clock: an order within this host (a queue's keys), or a
+    value that differs between processes started apart (a seed)."""
+    return time.monotonic_ns()
+
+
 def perf_ns() -> int:
     """Nanoseconds of the highest-resolution monotonic clock: time spent in a route."""
     return time.perf_counter_ns()
+
+
+def local_time_of_day() -> str:
+    """The local wall time as ``HH:MM:SS``: what an operator reads on a live table."""
+    return time.strftime("%H:%M:%S")
+
+
+def sleep_s(seconds: float) -> None:
+    """Wait ``seconds`` on the monotonic clock."""
+    time.sleep(seconds)

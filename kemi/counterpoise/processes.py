@@ -8,7 +8,6 @@ wait has a deadline.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import grp
 import os
 import pwd
@@ -18,12 +17,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from counterpoise import assets, interpreter
+from counterpoise import assets, clock, interpreter
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.core.sockets import ListenSocket
 
@@ -31,7 +29,6 @@ REPO = assets.SOURCE_TREE
 KAMAILIO_CFG = assets.path("kamailio.cfg")
 KEMI_SCRIPT = assets.path("counterpoise_ksr.py")
 REDIS_CONF = assets.path("redis.conf")
-SIPP_SCENARIOS = assets.path("sipp-scenarios")
 
 STDERR_FD = 2
 """Where a process started without a log file writes: this process's own stderr (for
@@ -51,14 +48,14 @@ class StartError(RuntimeError):
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.05):
     """Poll ``condition`` until it returns a true value, or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic_s() + timeout_s
     while True:
         value = condition()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        if clock.monotonic_s() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.1f} s waiting for {what}")
-        time.sleep(step_s)
+        clock.sleep_s(step_s)
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -352,23 +349,25 @@ def balancer_argv(settings: Settings, run_dir: Path, repo: Path = REPO) -> list[
         "CP_KEMI_SCRIPT": str(repo / KEMI_SCRIPT.relative_to(REPO)),
         "CP_CTL_SOCKET": f"unixs:{ctl_socket(run_dir)}",
         "CP_RPC_SOCKET": str(rpc_socket(run_dir)),
-        "CP_FR_TIMER_MS": settings.fr_timer_ms,
+        "CP_FR_TIMER_MS": settings.failover.fr_timer_ms,
     }
-    if settings.sip_signature:  # else kamailio.cfg sends neither header
-        defines["CP_SERVER_HEADER"] = f"Server: {settings.sip_signature}"
-        defines["CP_USER_AGENT_HEADER"] = f"User-Agent: {settings.sip_signature}"
-    if settings.tls_certificate:
+    if settings.edge.sip_signature:  # else kamailio.cfg sends neither header
+        defines["CP_SERVER_HEADER"] = f"Server: {settings.edge.sip_signature}"
+        defines["CP_USER_AGENT_HEADER"] = f"User-Agent: {settings.edge.sip_signature}"
+    if settings.node.tls_certificate:
         tls_config = run_dir / "tls.cfg"
-        write_tls_config(tls_config, Path(settings.tls_certificate), Path(settings.tls_private_key))
+        write_tls_config(
+            tls_config, Path(settings.node.tls_certificate), Path(settings.node.tls_private_key)
+        )
         defines["CP_TLS_CONFIG"] = str(tls_config)
-    listen = [sip.kamailio(settings.advertise) for sip in settings.listen_sockets()]
+    listen = [sip.kamailio(settings.node.advertise) for sip in settings.node.listen_sockets()]
     cfg = repo / KAMAILIO_CFG.relative_to(REPO)
-    argv = kamailio_argv(cfg, listen, settings.workers, run_dir, defines)
-    argv += ["-m", str(settings.shm_mb)]
-    if settings.user:
-        argv += ["-u", settings.user]
-    if settings.group:
-        argv += ["-g", settings.group]
+    argv = kamailio_argv(cfg, listen, settings.node.workers, run_dir, defines)
+    argv += ["-m", str(settings.node.shm_mb)]
+    if settings.node.user:
+        argv += ["-u", settings.node.user]
+    if settings.node.group:
+        argv += ["-g", settings.node.group]
     return argv
 
 
@@ -382,24 +381,26 @@ def start_balancer(
     """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS on its
     first socket. Its log goes to ``log_path`` (None: this process's stderr); ``repo`` is the
     source tree whose kamailio.cfg and kemi/ run (the benchmark compares versions)."""
-    sockets = settings.listen_sockets()
+    sockets = settings.node.listen_sockets()
     for sip in sockets:
         check_free(sip)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if settings.user:
-        check_user(settings.user, settings.group)
-        if settings.redis_password_file:
-            password = hand_over(Path(settings.redis_password_file), run_dir, settings.user)
-            settings = dataclasses.replace(settings, redis_password_file=str(password))
-    if not settings.probe_contact_uri:
+    if settings.node.user:
+        check_user(settings.node.user, settings.node.group)
+        if settings.redis.redis_password_file:
+            password = hand_over(
+                Path(settings.redis.redis_password_file), run_dir, settings.node.user
+            )
+            settings = settings.with_values(redis_password_file=str(password))
+    if not settings.probes.probe_contact_uri:
         contact = sockets[0].uri("counterpoise")
-        settings = dataclasses.replace(settings, probe_contact_uri=contact)
+        settings = settings.with_values(probe_contact_uri=contact)
     env = {**to_environ(settings), **interpreter.environ()}
     argv = balancer_argv(settings, run_dir, repo)  # writes the tls module's file into run_dir
-    if settings.user:
+    if settings.node.user:
         # Last, once up has written its files: Kamailio writes its pid file and control
         # sockets here after dropping root.
-        shutil.chown(run_dir, settings.user, settings.group or None)
+        shutil.chown(run_dir, settings.node.user, settings.node.group or None)
     proc = Process("kamailio", argv, log_path, env=env)
     first = sockets[0]
     proc.ensure_started(

@@ -3,7 +3,6 @@ proxies), real SIPp, on free local ports, all stopped when the test ends, pass o
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import time
@@ -11,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
 from counterpoise.cli import table
 from counterpoise.core import location
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 
@@ -44,8 +43,8 @@ class Bed:
     def use_redis(self, redis_url: str) -> None:
         """Point the balancer (started after this call), the store and the CLI at a Redis."""
         self.redis_url = redis_url
-        self.settings = Settings(redis_url=redis_url)
-        self.store = PoolStore(connect(redis_url, 1000), self.settings.key_prefix)
+        self.settings = Settings.of(redis_url=redis_url)
+        self.store = PoolStore(connect(redis_url, 1000), self.settings.redis.key_prefix)
 
     # --- processes -------------------------------------------------------------------------
 
@@ -97,8 +96,7 @@ class Bed:
         """Start a balancer node (another ``name`` for a second node on the same Redis) on the
         sockets ``listen`` (``{port}``: a free port); the callers made after it call it."""
         self.balancer_port = processes.free_port()
-        self.settings = dataclasses.replace(
-            self.settings,
+        self.settings = self.settings.with_values(
             node_id=f"test:{self.balancer_port}",
             listen=listen.format(port=self.balancer_port),
             workers=workers,
@@ -164,8 +162,8 @@ class Bed:
     def rows_published(self) -> dict[str, dict]:
         """This test's balancer's own record of each proxy (``cp:weights:<node>``)."""
         now_ms = int(time.time() * 1000)
-        published = self.store.node_weights(now_ms, self.settings.node_ttl_ms)
-        return published.get(self.settings.node_name(), {})
+        published = self.store.node_weights(now_ms, self.settings.redis.node_ttl_ms)
+        return published.get(self.settings.node.node_name(), {})
 
     def wait_state(self, uri: str, states: tuple[str, ...], timeout_s: float = 15.0) -> dict:
         return processes.wait_for(

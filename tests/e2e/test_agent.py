@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from harness import testbed
 
 from counterpoise.agent.loop import Agent
 from counterpoise.agent.sources import KamailioSource
 from counterpoise.agent.usage import ProcessSet
 from counterpoise.core.reports import LoadReport, decode
-from counterpoise.harness import testbed
 from counterpoise.processes import free_port, wait_for
 from counterpoise.store.pool import PoolStore
 

@@ -52,7 +52,7 @@ def test_bad_records_leave_routing_and_drains_working(bed: Bed) -> None:
     caller = bed.caller(calls=300, rate=20, hold_ms=100)
     processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 10, 20, "calls flowing")
 
-    for command in bad_records(bed.settings.key_prefix):
+    for command in bad_records(bed.settings.redis.key_prefix):
         redis_cli(bed.redis_url, *command)
     before = invite_counts([a, b])
     processes.wait_for(
@@ -70,7 +70,7 @@ def test_bad_records_leave_routing_and_drains_working(bed: Bed) -> None:
     assert result.failed == 0, result.output[-2000:]
     assert a.counts()["invite"] == at_drain, "the drain did not take effect within 1 s"
     rejects = bed.store.client.hgetall(
-        f"{bed.settings.key_prefix}rejects:{bed.settings.node_name()}"
+        f"{bed.settings.redis.key_prefix}rejects:{bed.settings.node.node_name()}"
     )
     # 6 pool records and the version; the two location records at least once each.
     assert int(rejects["pool"]) >= 7, rejects

@@ -9,9 +9,9 @@ import signal
 import time
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
-from counterpoise.harness import testbed
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,7 @@ def test_agent_reporting_high_load_loses_share_until_its_report_expires(bed: Bed
     caller.stop()
     print(
         f"agent load: weight share below 20 % {reacted:.1f} s after the agents started "
-        f"(blackout {bed.settings.load_blackout_ms} ms), calls to b {loaded_share:.1%}; "
+        f"(blackout {bed.settings.load.load_blackout_ms} ms), calls to b {loaded_share:.1%}; "
         f"back above 35 % {restored:.1f} s after its agent stopped"
     )
     # headroom 0.1 vs 0.9: b's weight is 1/9 of a's, about 10 % of calls (P2C moves a little).
@@ -135,7 +135,7 @@ def test_bad_load_headers_are_counted_and_change_no_weight(bed: Bed) -> None:
     bed.start_balancer()
     bed.add_pool((a, 1), (b, 1))
     b.set_load_header("junk")  # probes bring replies every second, traffic or not
-    node = bed.settings.node_name()
+    node = bed.settings.node.node_name()
     processes.wait_for(
         lambda: int(bed.store.client.hget(bed.store.keys.rejects(node), "header") or 0) >= 3,
         15,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from harness import testbed
 
 from counterpoise import processes
-from counterpoise.harness import testbed
 from tests.e2e import sipwire
 from tests.e2e.conftest import Bed
 

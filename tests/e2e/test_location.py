@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
 from counterpoise.core import location
-from counterpoise.harness import testbed
 from counterpoise.store.keys import AOR, DIALOG
 from counterpoise.store.location import LocationStore
 from tests.e2e.conftest import Bed
@@ -74,7 +74,7 @@ class Users:
 
 
 def location_store(bed: Bed) -> LocationStore:
-    return LocationStore(bed.store.client, bed.settings.key_prefix)
+    return LocationStore(bed.store.client, bed.settings.redis.key_prefix)
 
 
 def holders(bed: Bed, users: list[str]) -> dict[str, str]:
@@ -457,7 +457,10 @@ def test_hung_redis_costs_a_bounded_wait_then_routing_by_weight(bed: Bed, tmp_pa
     assert result.successful + result.failed == len(USERS)
     assert delta["redis_skipped"] == delta["lookups"] == len(USERS)
     # Each worker waits at most one timeout per backoff period: the mean stays far below it.
-    assert delta["lookup_us"] / delta["lookups"] < bed.settings.location_redis_timeout_ms * 1000
+    assert (
+        delta["lookup_us"] / delta["lookups"]
+        < bed.settings.location.location_redis_timeout_ms * 1000
+    )
 
     # Redis back: within the backoff's maximum every call goes to its registrar again.
     processes.wait_for(

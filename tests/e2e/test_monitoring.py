@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from harness import REPO, testbed
 
 from counterpoise import control, processes
-from counterpoise.harness import testbed
 from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed
 
@@ -35,7 +35,7 @@ def test_node_metrics_count_calls_and_show_a_killed_proxy_down(bed: Bed) -> None
     port = processes.free_port()
     bed.start_balancer(metrics_listen=f"127.0.0.1:{port}")
     bed.add_pool((a, 1), (b, 3))
-    node = bed.settings.node_name()
+    node = bed.settings.node.node_name()
 
     result = bed.caller(calls=40, rate=20, hold_ms=100).wait(60)
     assert result.failed == 0
@@ -74,9 +74,9 @@ def test_node_metrics_count_calls_and_show_a_killed_proxy_down(bed: Bed) -> None
 def test_node_view_over_kamcmd_proxy_show_watch_once_and_debug_route_log(bed: Bed) -> None:
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     bed.start_balancer()
-    first = bed.settings.node_name()
+    first = bed.settings.node.node_name()
     bed.start_balancer(name="second")
-    second = bed.settings.node_name()
+    second = bed.settings.node.node_name()
     bed.add_pool((a, 1), (b, 2))
     ctl = processes.ctl_socket(bed.run_dir / "second")
 
@@ -164,10 +164,10 @@ def test_demo_prints_where_its_metrics_are(tmp_path) -> None:
     redis_url = f"redis://127.0.0.1:{processes.free_port(socket.SOCK_STREAM)}/0"
     listen = f"127.0.0.1:{processes.free_port()}"
     result = subprocess.run(
-        [sys.executable, "-m", "counterpoise.cli", "demo", "--listen", listen,
+        [sys.executable, "-m", "harness.demo", "--listen", listen,
          "--rate", "10", "--duration", "6"],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
-        env={**os.environ, "COUNTERPOISE_REDIS_URL": redis_url},
+        env={**os.environ, "COUNTERPOISE_REDIS_URL": redis_url, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     urls = re.findall(r"(balancer|agent \w+) (http://127\.0\.0\.1:\d+/metrics)", result.stdout)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 def node_requests(bed: Bed, node: str) -> dict[str, int]:
     """Requests each proxy got from ``node``, as that node published them."""
-    published = bed.store.node_weights(int(time.time() * 1000), bed.settings.node_ttl_ms)
+    published = bed.store.node_weights(int(time.time() * 1000), bed.settings.redis.node_ttl_ms)
     return {
         uri: record["totals"]["requests_ok"] + record["totals"]["requests_failed"]
         for uri, record in published.get(node, {}).items()
@@ -28,11 +28,11 @@ def node_requests(bed: Bed, node: str) -> dict[str, int]:
 def test_two_nodes_split_alike_and_a_drain_reaches_both(bed: Bed) -> None:
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     bed.start_balancer(name="lb1")
-    first = bed.settings.node_name()
+    first = bed.settings.node.node_name()
     bed.add_pool((a, 3), (b, 1))
     callers = [bed.caller(calls=900, rate=30, hold_ms=100)]
     bed.start_balancer(name="lb2")
-    second = bed.settings.node_name()
+    second = bed.settings.node.node_name()
     processes.wait_for(
         lambda: all(
             bed.rows_published().get(ds.uri, {}).get("state") in ("up", "slowstart")

@@ -84,7 +84,7 @@ def test_a_frozen_proxy_is_set_aside_at_once_and_not_marked_down_for_it(bed: Bed
           f"{record['consecutive_failures']} failures in a row")  # fmt: skip
     assert record["weight"] == 0 and record["share"] == 0
     assert record["state"] in ("up", "slowstart")  # set aside, not ejected
-    assert record["silence_ms"] >= bed.settings.silent_after_ms
+    assert record["silence_ms"] >= bed.settings.health.silent_after_ms
     # Its first replies after SIGCONT give it its weight back.
     processes.wait_for(
         lambda: (r := bed.rows_published().get(b.uri)) and not r["silent"] and r["weight"] > 0,

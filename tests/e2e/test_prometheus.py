@@ -15,10 +15,10 @@ import re
 import time
 
 import pytest
+from harness import testbed
+from harness.prometheus import SCRAPE_INTERVAL_S, Prometheus
 
 from counterpoise import processes
-from counterpoise.harness import testbed
-from counterpoise.harness.prometheus import SCRAPE_INTERVAL_S, Prometheus
 from counterpoise.monitoring.read import scrape
 from tests.e2e.conftest import Bed
 
@@ -75,7 +75,7 @@ def test_prometheus_series_match_proxy_list_and_alerts_fire(bed: Bed) -> None:
         },
     )
     bed.adopt(prom.proc)
-    node = bed.settings.node_name()
+    node = bed.settings.node.node_name()
 
     # --- under load, then settled: Prometheus shows what `proxy list --json` shows --------
     for ds in (a, b):

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import clock, processes
 from counterpoise.core import attempts
-from counterpoise.harness import testbed
 from tests.e2e import sipwire
 from tests.e2e.conftest import Bed
 
@@ -245,7 +245,7 @@ def test_in_flight_count_of_an_epoch_no_attempt_can_still_be_in_is_dropped(bed: 
 def test_flood_from_one_source_is_cut_off_before_redis_while_others_call(bed: Bed) -> None:
     ds = one_proxy_pool(bed)
     flooder = sipwire.Peer("127.0.0.2")
-    limit = bed.settings.flood_registers_per_s
+    limit = bed.settings.edge.flood_registers_per_s
     before = bed.counters("cploc").get("lookups", 0)
 
     def burst(count: int) -> None:
@@ -297,12 +297,14 @@ def test_flood_from_one_source_is_cut_off_before_redis_while_others_call(bed: Be
     listing = processes.wait_for(
         lambda: "banned 1" in (out := bed.cli("proxy", "list").stdout) and out, 5, "proxy list"
     )
-    assert f"node {bed.settings.node_name()} edge: " in listing
+    assert f"node {bed.settings.node.node_name()} edge: " in listing
 
 
 def test_long_call_ids_are_routed_but_never_recorded(bed: Bed) -> None:
     one_proxy_pool(bed)
-    call_id = "x" * bed.settings.record_call_id_max_chars + "%u-%p"  # SIPp's own call number
+    call_id = (
+        "x" * bed.settings.location.record_call_id_max_chars + "%u-%p"
+    )  # SIPp's own call number
     result = bed.caller(calls=1, rate=1, extra=("-cid_str", call_id)).wait(30)
     assert result.successful == 1, result.output[-2000:]
     assert bed.counters("cploc").get("too_long", 0) >= 1

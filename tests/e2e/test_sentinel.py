@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import testbed
 
 from counterpoise import processes
 from counterpoise.core.reports import decode
-from counterpoise.harness import testbed
 from counterpoise.store.client import connect
 
 from .conftest import Bed, invite_counts
@@ -99,11 +99,11 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
     )
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     first_port = bed.start_balancer(name="lb1")
-    nodes = [bed.settings.node_name()]
+    nodes = [bed.settings.node.node_name()]
     bed.add_pool((a, 1), (b, 1))
     caller = bed.caller(calls=500, rate=25, hold_ms=100)  # through lb1, for 20 s
     bed.start_balancer(name="lb2")
-    nodes.append(bed.settings.node_name())
+    nodes.append(bed.settings.node.node_name())
     bed.adopt(testbed.start_agent(a, sentinels.url, []))
     processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 10, 20, "calls flowing")
 
@@ -121,7 +121,7 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
         followed_ms.append(
             processes.wait_for(
                 lambda n=node: (
-                    (s := replica.zscore(f"{bed.settings.key_prefix}nodes", n))
+                    (s := replica.zscore(f"{bed.settings.redis.key_prefix}nodes", n))
                     and s > killed_ms
                     and s
                 ),
@@ -130,7 +130,7 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
             )
         )
     raw = connect(f"redis://127.0.0.1:{sentinels.replica}/0", 500, decode=False)
-    report_key = f"{bed.settings.key_prefix}report:{a.uri}"
+    report_key = f"{bed.settings.redis.key_prefix}report:{a.uri}"
     agent_ms = processes.wait_for(
         lambda: (
             (r := raw.get(report_key)) and (t := decode(r, 2**62).timestamp_ms) > killed_ms and t

@@ -18,6 +18,7 @@ import pytest
 
 from counterpoise import assets, processes
 from tests.e2e.conftest import Bed, calls_complete
+from tests.source_copy import copy_source
 
 pytestmark = pytest.mark.e2e
 
@@ -196,12 +197,7 @@ def test_a_runtime_setting_changes_on_sighup_without_a_failed_call(
 def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_path: Path) -> None:
     # A copy of the source (pip writes build/ beside it), installed non-editable into a
     # fresh venv that sees Debian's packages, so nothing is downloaded.
-    source = tmp_path / "source"
-    shutil.copytree(
-        assets.SOURCE_TREE,
-        source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__", "bench"),
-    )
+    source = copy_source(tmp_path / "source")
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
                    check=True)  # fmt: skip

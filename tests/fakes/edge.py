@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from counterpoise import clock
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import SyncLoop
 from counterpoise.core.tally import Tally
+from counterpoise.kamailio import htables
 
 from .ksr import FakeKsr
 from .sync import FakeClock, FakeProbes, MemoryLocationStore, MemoryStore
@@ -29,7 +31,7 @@ class Node:
         from counterpoise.kamailio.app import KemiApp
 
         # The edge's counters are one per process; each test is a fresh node.
-        monkeypatch.setattr(counters, "EDGE", counters.Counters(counters.EDGE_TABLE))
+        monkeypatch.setattr(counters, "EDGE", counters.Counters(htables.EDGE_COUNTERS))
         for module in ("app", "flood", "guard", "read", "shared"):
             monkeypatch.setattr(f"counterpoise.kamailio.{module}.EDGE", counters.EDGE)
         monkeypatch.setattr(guard, "_logged", set())  # what a fresh process has logged
@@ -66,6 +68,10 @@ class Node:
         for uri in proxies:
             self.store.add(uri, weights.get(uri, 1.0))
         self.tick()
+
+    def publish(self, *entries: RoutingEntry) -> None:
+        """Make ``entries`` the routing table, as the sync loop would."""
+        self.shared.SharedTable().publish_table(entries)
 
     def tick(self, advance_ms: int = 0) -> None:
         self.clock.advance(advance_ms)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.pool import Admin, ProxyConfig
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import StateStore, SyncLoop
 from counterpoise.core.tally import Tally
@@ -39,7 +40,7 @@ class FakeShared:
     def __init__(self) -> None:
         self.tallies: dict[str, Tally] = {}
         self.inflight_counts: dict[str, int] = {}
-        self.tables: list[list[tuple[str, float, int, int, int]]] = []
+        self.tables: list[list[RoutingEntry]] = []
         self.header_reasons: dict[str, str] = {}
         self.location_rejections = (0, "")
         self.retries_spent = 0
@@ -54,7 +55,7 @@ class FakeShared:
     def inflight(self, uri: str) -> int:
         return self.inflight_counts.get(uri, 0)
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
+    def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
         self.tables.append(list(entries))
 
     def read_load_rejections(self) -> Mapping[str, str]:
@@ -81,7 +82,7 @@ class FakeShared:
     @property
     def table(self) -> dict[str, float]:
         """The weights the SIP workers route with now."""
-        return {uri: weight for uri, weight, *_ in self.tables[-1]} if self.tables else {}
+        return {entry.uri: entry.weight for entry in self.tables[-1]} if self.tables else {}
 
 
 class FakeProbes:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from counterpoise import processes
 from counterpoise.agent.loop import Agent
+from counterpoise.agent.metrics import AgentCollector
 from counterpoise.agent.usage import ProcessSet
-from counterpoise.monitoring.agent import AgentCollector
 from counterpoise.monitoring.read import scrape, value
 from counterpoise.store.pool import PoolStore
 

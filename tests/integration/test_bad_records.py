@@ -15,7 +15,7 @@ from ..fakes.sync import WALL_EPOCH_MS, Harness
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 S = Settings()
-POOL = f"{S.key_prefix}pool"
+POOL = f"{S.redis.key_prefix}pool"
 
 BAD_POOL_ENTRIES = {
     "overflow": ("sip:10.0.0.9:5060", '{"weight": 1, "added_ms": 1e999}'),
@@ -28,7 +28,7 @@ BAD_POOL_ENTRIES = {
 
 
 def rejects(operator: PoolStore) -> dict[str, str]:
-    return operator.client.hgetall(f"{S.key_prefix}rejects:lb1")
+    return operator.client.hgetall(f"{S.redis.key_prefix}rejects:lb1")
 
 
 @pytest.mark.parametrize("case", BAD_POOL_ENTRIES)
@@ -39,7 +39,7 @@ def test_bad_pool_record_is_left_out_counted_once_and_a_drain_still_applies(
     operator.add(B)
     uri, record = BAD_POOL_ENTRIES[case]
     operator.client.hset(POOL, uri, record)
-    operator.client.incr(f"{S.key_prefix}pool:version")
+    operator.client.incr(f"{S.redis.key_prefix}pool:version")
     for _ in range(10):
         harness.tick(200)
     assert set(harness.shared.table) == {A, B}
@@ -57,7 +57,7 @@ def test_non_integer_pool_version_reloads_every_tick_and_the_cli_still_writes(
     operator.add(A)
     operator.add(B)
     harness.tick(200)
-    operator.client.set(f"{S.key_prefix}pool:version", "not a number")
+    operator.client.set(f"{S.redis.key_prefix}pool:version", "not a number")
     harness.tick(200)
     assert set(harness.shared.table) == {A, B}
     operator.set_admin(A, Admin.DRAINED)  # INCR fails; the record is written all the same
@@ -90,6 +90,6 @@ def test_replayed_report_is_rejected(harness: Harness, operator: PoolStore):
 
 def test_location_rejections_of_the_workers_reach_cp_rejects(harness: Harness, operator: PoolStore):
     harness.shared.location_rejections = (3, "cp:loc:pin:a@b: proxy: not a string")
-    harness.tick(S.publish_interval_ms)
+    harness.tick(S.redis.publish_interval_ms)
     assert rejects(operator)["location"] == "3"
     assert "cp:loc:pin:a@b" in rejects(operator)["location:last"]

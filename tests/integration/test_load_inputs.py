@@ -24,7 +24,7 @@ AGENT_TTL_MS = 3000
 
 @pytest.fixture
 def pool(redis_client) -> PoolStore:
-    store = PoolStore(redis_client, S.key_prefix)
+    store = PoolStore(redis_client, S.redis.key_prefix)
     store.add(A)
     store.add(B)
     return store
@@ -46,7 +46,7 @@ def both_up_and_equal(harness: Harness) -> None:
             now = harness.shared.tallies.get(key, Tally())
             harness.shared.tallies[key] = now + Tally(requests_ok=1, first_reply_ms_sum=5)
 
-    harness.run(S.slow_start_ms + 1000, each=traffic)
+    harness.run(S.health.slow_start_ms + 1000, each=traffic)
     assert harness.shared.table[A] == pytest.approx(harness.shared.table[B])
 
 
@@ -72,20 +72,20 @@ def test_high_reported_load_loses_share_and_regains_it_when_reports_expire(
     harness: Harness, pool: PoolStore
 ):
     both_up_and_equal(harness)
-    feed_reports(harness, pool, {A: 0.1, B: 0.9}, S.load_blackout_ms + 2000)
+    feed_reports(harness, pool, {A: 0.1, B: 0.9}, S.load.load_blackout_ms + 2000)
     # headroom 0.1 vs 0.9: B weighs 1/9 of A.
     assert share(harness, B) == pytest.approx(0.1, abs=0.01)
     record = json.loads(pool.client.hget(f"cp:weights:{harness.loop.node}", B))
     assert record["utilisation"] == 0.9
     assert record["load"]["report"]["counts"] is True
     # The agents stop: within load_expiry_ms the split is latency alone again.
-    harness.run(S.load_expiry_ms + 200)
+    harness.run(S.load.load_expiry_ms + 200)
     assert share(harness, B) == pytest.approx(0.5, abs=0.01)
 
 
 def test_reports_in_blackout_do_not_count_yet(harness: Harness, pool: PoolStore):
     both_up_and_equal(harness)
-    feed_reports(harness, pool, {A: 0.1, B: 0.9}, S.load_blackout_ms - 500)
+    feed_reports(harness, pool, {A: 0.1, B: 0.9}, S.load.load_blackout_ms - 500)
     assert share(harness, B) == pytest.approx(0.5, abs=0.01)
 
 
@@ -101,7 +101,7 @@ def test_high_load_header_loses_share(harness: Harness, pool: PoolStore):
                 tally = tally.with_load_sample(value)
             harness.shared.tallies[key] = tally
 
-    harness.run(S.load_blackout_ms + 500, each=replies)
+    harness.run(S.load.load_blackout_ms + 500, each=replies)
     assert share(harness, B) == pytest.approx(0.2, abs=0.01)
 
 
@@ -128,7 +128,7 @@ def test_bad_report_is_rejected_counted_and_changes_no_weight(
     both_up_and_equal(harness)
     before = dict(harness.shared.table)
     pool.put_report(B, raw, AGENT_TTL_MS)
-    harness.run(S.load_blackout_ms + 1000)
+    harness.run(S.load.load_blackout_ms + 1000)
     assert harness.shared.table == before
     assert harness.loop.loads.rejected["report"] == 1
     assert sum(B in line and "rejected report" in line for line in harness.logs) == 1

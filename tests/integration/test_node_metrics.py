@@ -43,10 +43,10 @@ def view(harness: Harness, counters: dict[str, int] | None = None) -> node.NodeV
 
 
 def started(server: RedisServer) -> Harness:
-    operator = PoolStore(connect(server.url, 2000), S.key_prefix)
+    operator = PoolStore(connect(server.url, 2000), S.redis.key_prefix)
     operator.add(A, 1)
     operator.add(B, 3)
-    harness = Harness(PoolStore.open(server.url, S.key_prefix, S.redis_timeout_ms), S)
+    harness = Harness(PoolStore.open(server.url, S.redis.key_prefix, S.redis.redis_timeout_ms), S)
     harness.tick()
     harness.shared.tallies["7 " + A] = Tally(
         requests_ok=8, requests_failed=2, first_reply_ms_sum=80

@@ -23,11 +23,11 @@ from ..fakes.sync import Harness
 A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
 S = Settings()
 STEP_MS = 50
-TICK_BOUND_S = 2 * S.redis_timeout_ms / 1000
+TICK_BOUND_S = 2 * S.redis.redis_timeout_ms / 1000
 
 
 def operator(server: RedisServer) -> PoolStore:
-    return PoolStore(connect(server.url, 2000), S.key_prefix)
+    return PoolStore(connect(server.url, 2000), S.redis.key_prefix)
 
 
 def timed_ticks(harness: Harness, duration_ms: int) -> list[float]:
@@ -50,7 +50,7 @@ def expected_attempts(first: int, until: int) -> list[int]:
     times, delay, t = [], 0, first
     while t <= until:
         times.append(t)
-        delay = min(max(2 * delay, S.redis_backoff_initial_ms), S.redis_backoff_max_ms)
+        delay = min(max(2 * delay, S.redis.redis_backoff_initial_ms), S.redis.redis_backoff_max_ms)
         t += delay
     return times
 
@@ -59,7 +59,7 @@ def start_loop(server: RedisServer) -> tuple[Harness, PoolStore]:
     op = operator(server)
     op.add(A)
     op.add(B)
-    harness = Harness(PoolStore.open(server.url, S.key_prefix, S.redis_timeout_ms), S)
+    harness = Harness(PoolStore.open(server.url, S.redis.key_prefix, S.redis.redis_timeout_ms), S)
     harness.tick()
     assert set(harness.shared.table) == {A, B}
     assert harness.loop.redis_ok
@@ -96,7 +96,7 @@ def test_dead_redis_keeps_the_table_backs_off_and_recovers(own_redis: RedisServe
     assert set(op.pool()) == {A, B}  # the pool survived the restart
     op.remove(B)
     op.add(C)
-    next_try = attempts[-1] + S.redis_backoff_max_ms
+    next_try = attempts[-1] + S.redis.redis_backoff_max_ms
     while harness.clock.now < next_try - STEP_MS:
         harness.tick(STEP_MS)
         assert set(harness.shared.table) == {A, B}  # not retried before the backoff ends
@@ -108,7 +108,7 @@ def test_dead_redis_keeps_the_table_backs_off_and_recovers(own_redis: RedisServe
     assert any("reachable again" in line for line in harness.logs)
 
     # Publishing resumes within one publish interval.
-    harness.run(S.publish_interval_ms, step_ms=STEP_MS)
+    harness.run(S.redis.publish_interval_ms, step_ms=STEP_MS)
     published = op.client.hgetall("cp:weights:lb1")
     assert set(published) == {A, C}
     assert json.loads(published[C])["state"] == "slowstart"
@@ -129,12 +129,12 @@ def test_hung_redis_costs_at_most_one_timeout_per_tick(own_redis: RedisServer):
     assert max(durations) < TICK_BOUND_S, durations
     # The ticks that tried really waited on the hung server (so the bound above was tested),
     # and the others did not touch Redis at all.
-    slow = [d for d in durations if d >= 0.8 * S.redis_timeout_ms / 1000]
+    slow = [d for d in durations if d >= 0.8 * S.redis.redis_timeout_ms / 1000]
     assert len(slow) == len(attempts)
     assert set(harness.shared.table) == {A, B}
 
     op.add(C)
-    deadline = attempts[-1] + S.redis_backoff_max_ms
+    deadline = attempts[-1] + S.redis.redis_backoff_max_ms
     while C not in harness.shared.table:
         assert harness.clock.now <= deadline, "pool change not seen after the backoff"
         harness.tick(STEP_MS)
@@ -148,18 +148,20 @@ def test_loop_started_while_redis_is_down_routes_nothing_then_loads(
     op = operator(own_redis)
     op.add(A)
     own_redis.stop()
-    harness = Harness(PoolStore.open(own_redis.url, S.key_prefix, S.redis_timeout_ms), S)
+    harness = Harness(
+        PoolStore.open(own_redis.url, S.redis.key_prefix, S.redis.redis_timeout_ms), S
+    )
     started = time.monotonic()
     harness.tick(advance_ms)
     assert time.monotonic() - started < TICK_BOUND_S
     assert harness.shared.table == {}
     assert harness.probes.sent == []
     own_redis.start()
-    deadline = harness.clock.now + S.redis_backoff_initial_ms
+    deadline = harness.clock.now + S.redis.redis_backoff_initial_ms
     while A not in harness.shared.table:
         assert harness.clock.now <= deadline
         harness.tick(STEP_MS)
     loaded_at = harness.clock.now
-    harness.run(S.probe_interval_ms, step_ms=STEP_MS)
+    harness.run(S.probes.probe_interval_ms, step_ms=STEP_MS)
     assert len(harness.probes.times(A)) == 1
-    assert harness.probes.times(A)[0] - loaded_at <= S.probe_interval_ms
+    assert harness.probes.times(A)[0] - loaded_at <= S.probes.probe_interval_ms

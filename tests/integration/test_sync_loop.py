@@ -28,11 +28,11 @@ def test_added_proxy_is_in_the_table_after_one_tick(harness: Harness, operator: 
     operator.add(A)
     harness.tick(100)
     # New proxies start in slow start at the floor of the ramp.
-    assert harness.shared.table == {A: pytest.approx(S.slow_start_floor)}
+    assert harness.shared.table == {A: pytest.approx(S.health.slow_start_floor)}
     operator.add(B, 2.0)
     harness.tick(100)
     assert set(harness.shared.table) == {A, B}
-    assert harness.shared.table[B] == pytest.approx(2.0 * S.slow_start_floor)
+    assert harness.shared.table[B] == pytest.approx(2.0 * S.health.slow_start_floor)
     assert any(B in line for line in harness.logs)
 
 
@@ -79,7 +79,9 @@ def test_weights_and_inputs_are_published_every_interval(
     assert record["updated_ms"] == WALL_EPOCH_MS + published_at
     assert record["state"] == "slowstart"
     assert record["base_weight"] == 1.0
-    ramp = S.slow_start_floor + (1 - S.slow_start_floor) * 2000 / S.slow_start_ms
+    ramp = (
+        S.health.slow_start_floor + (1 - S.health.slow_start_floor) * 2000 / S.health.slow_start_ms
+    )
     assert record["ramp"] == pytest.approx(ramp, abs=1e-4)
     assert record["weight"] == pytest.approx(ramp * record["latency_factor"], abs=1e-4)
     assert record["latency_ms"] == pytest.approx((80 + 2) / 5)
@@ -113,8 +115,8 @@ def test_weights_and_inputs_are_published_every_interval(
     )
     # The node is listed, its key expires, and the store reads it back.
     assert redis_client.zscore("cp:nodes", "lb1") == WALL_EPOCH_MS + published_at
-    assert 0 < redis_client.pttl("cp:weights:lb1") <= S.node_ttl_ms
-    node_weights = operator.node_weights(WALL_EPOCH_MS + published_at, S.node_ttl_ms)
+    assert 0 < redis_client.pttl("cp:weights:lb1") <= S.redis.node_ttl_ms
+    node_weights = operator.node_weights(WALL_EPOCH_MS + published_at, S.redis.node_ttl_ms)
     assert node_weights == {"lb1": {A: record, B: b}}
 
 
@@ -124,13 +126,13 @@ def test_the_retry_budget_is_handed_to_the_workers_and_its_counters_published(
     operator.add(A)
     harness.tick()
     # Nothing relayed yet: the floor alone, over the budget's window.
-    floor = int(S.retry_budget_floor_per_s * S.retry_budget_window_ms / 1000)
+    floor = int(S.failover.retry_budget_floor_per_s * S.failover.retry_budget_window_ms / 1000)
     assert harness.shared.retry_tokens == floor
     # 100 attempts completed, 10 of them retries the workers spent: 90 requests.
     harness.shared.tallies["101 " + A] = requests(100, 20)
     harness.shared.retries_spent, harness.shared.retries_refused = 10, 3
     harness.tick()
-    assert harness.shared.retry_tokens == int(floor + S.retry_budget_fraction * 90) - 10
+    assert harness.shared.retry_tokens == int(floor + S.failover.retry_budget_fraction * 90) - 10
     harness.run(1100, step_ms=100)
     rejects = redis_client.hgetall("cp:rejects:lb1")
     assert (rejects["retries_spent"], rejects["retries_refused"]) == ("10", "3")

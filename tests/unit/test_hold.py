@@ -71,7 +71,7 @@ def test_a_request_held_hold_max_ms_is_overdue():
 
 
 def test_the_policy_gives_each_proxy_the_limit_of_its_throughput():
-    settings = Settings(hold_queue_ms=500)
+    settings = Settings.of(hold_queue_ms=500)
     health = {
         A: Observed(Health(State.UP, 0), Average(5.0), throughput=Throughput(30.0)),
         B: Observed(Health(State.UP, 0), Average(5.0), throughput=Throughput(0.5)),

@@ -3,19 +3,18 @@ direction, signals only from the proxies, hostile bytes, flood limits, guarded h
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
+from counterpoise.kamailio import htables
 
 from ..fakes.edge import CALLEE, Node
 from ..fakes.ksr import FakeKsr
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 GATEWAY = "sip:+19005550100@198.51.100.99:5060"
-S = Settings(location_server=False)
+S = Settings.of(location_server=False)
 
 
 @pytest.fixture
@@ -25,9 +24,8 @@ def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
 
 def edge_counters(ksr: FakeKsr) -> dict[str, int]:
     from counterpoise.core.location import sum_counters
-    from counterpoise.kamailio.counters import EDGE_TABLE
 
-    return sum_counters(dict(ksr.htables[EDGE_TABLE]))
+    return sum_counters(dict(ksr.htables[htables.EDGE_COUNTERS.name]))
 
 
 # --- direction ---------------------------------------------------------------------------------
@@ -158,14 +156,14 @@ def test_in_flight_comes_down_even_when_the_reply_route_fails(node: Node, ksr: F
 
 
 def test_source_over_its_limit_is_banned_and_ignored(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_requests_per_s=3))
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3))
     node.pool(A)
     for _ in range(3):
         node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     assert len(node.tried) == 1  # each request is a new transaction in the fake
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     assert ksr.relays == [] and ksr.sl_replies == []  # banned: no reply at all
-    assert ksr.expiries[("cpban", "198.51.100.5")] == S.flood_ban_ms // 1000
+    assert ksr.expiries[(htables.BANS.name, "198.51.100.5")] == S.edge.flood_ban_ms // 1000
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     node.clock.advance(1000)  # a new window, but the ban holds
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
@@ -177,13 +175,14 @@ def test_source_over_its_limit_is_banned_and_ignored(ksr: FakeKsr, monkeypatch):
 
 
 def test_workers_racing_past_the_limit_all_refuse_and_one_counts_the_ban(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_requests_per_s=3))
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3))
     node.pool(A)
     for _ in range(3):
         node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     # Another worker's request broke the limit too before this one's ban was seen.
-    window = next(key for key in ksr.htables["cprate"] if "198.51.100.5" in key)
-    ksr.htables["cprate"][window] += 1
+    rates = ksr.htables[htables.RATES.name]
+    window = next(key for key in rates if "198.51.100.5" in key)
+    rates[window] += 1
     node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
     assert ksr.relays == []
     counts = edge_counters(ksr)
@@ -191,7 +190,7 @@ def test_workers_racing_past_the_limit_all_refuse_and_one_counts_the_ban(ksr: Fa
 
 
 def test_registers_have_their_own_stricter_limit(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_registers_per_s=2))
+    node = Node(ksr, monkeypatch, S.with_values(flood_registers_per_s=2))
     node.pool(A)
     for _ in range(2):
         node.route("REGISTER", "sip:example.com", to="sip:alice@example.com")
@@ -202,7 +201,7 @@ def test_registers_have_their_own_stricter_limit(ksr: FakeKsr, monkeypatch):
 
 
 def test_pool_proxies_are_never_limited(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, dataclasses.replace(S, flood_requests_per_s=1))
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=1))
     node.pool(A)
     for _ in range(5):
         node.route("BYE", to_tag="t", headers={"Route": "<sip:192.0.2.1;lr>"}, source="10.0.0.1")

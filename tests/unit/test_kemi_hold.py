@@ -3,20 +3,18 @@ queueing at its limit, resumed in order by the release timer, counted on tm's ri
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
+from counterpoise.kamailio import htables
 
 from ..fakes.edge import Node
 from ..fakes.ksr import BLIND_BRANCH, FakeKsr
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
-S = Settings(location_server=False)
+S = Settings.of(location_server=False)
 LIMIT = 2
-LONG_WAIT = 1
-"""The table's flag for a proxy whose requests get ``saturated_fr_timer_ms``."""
 
 
 @pytest.fixture
@@ -24,14 +22,15 @@ def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
     return Node(ksr, monkeypatch, S)
 
 
-def queueing_pool(node: Node, ksr: FakeKsr, queueing: int = 1) -> None:
+def entry(uri: str, queueing: bool = True, limit: int = LIMIT) -> RoutingEntry:
+    """``uri`` in the table, its requests waiting ``saturated_fr_timer_ms`` for a first reply."""
+    return RoutingEntry(uri, 1.0, queueing, limit, long_wait=True)
+
+
+def queueing_pool(node: Node, ksr: FakeKsr) -> None:
     """A and B in the table, queueing, each with an in-flight limit of ``LIMIT``."""
     node.pool(A, B)
-    table = ksr.htables["cp"]
-    table["table"] = json.dumps(
-        [[A, 1.0, queueing, LIMIT, LONG_WAIT], [B, 1.0, queueing, LIMIT, LONG_WAIT]]
-    )
-    table["version"] += 1
+    node.publish(entry(A), entry(B))
 
 
 def fill(node: Node) -> None:
@@ -47,15 +46,16 @@ def test_a_request_is_held_when_every_proxy_is_queueing_at_its_limit(node: Node,
     assert ksr.relays == []  # suspended: nothing relayed, nothing answered by the route
     assert ksr.sl_replies == []
     assert ksr.called("tmx.t_suspend") == [()]
-    assert ksr.fr_timers == (S.hold_max_ms + 1000, S.hold_max_ms + 1000)  # outlasts the hold
-    assert ksr.htables["cpstat"]["held"] == 1
+    assert ksr.fr_timers == (
+        S.timers.hold_max_ms + 1000,
+        S.timers.hold_max_ms + 1000,
+    )  # outlasts the hold
+    assert ksr.htables[htables.NODE_COUNTERS.name]["held"] == 1
     # Released once a proxy has room (the sync loop found A completing more), to it, as
     # attempt 1 on tm's branch 1 (branch 0 is the suspended transaction's).
     node.release(10)
     assert ksr.called("tmx.t_continue") == []
-    table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, 1, LIMIT + 1, LONG_WAIT], [B, 1.0, 1, LIMIT, LONG_WAIT]])
-    table["version"] += 1
+    node.publish(entry(A, limit=LIMIT + 1), entry(B))
     node.release(10)
     assert ksr.relays[0] is BLIND_BRANCH
     assert ksr.relays[1]["duri"] == A
@@ -92,9 +92,7 @@ def test_held_requests_are_released_in_order_and_new_ones_queue_behind(node: Nod
     node.route("INVITE", call_id="first")
     # The table now says A is not queueing: A has room for a new request, but one is held
     # already, and a new request queues behind it.
-    table = ksr.htables["cp"]
-    table["table"] = json.dumps([[A, 1.0, 0, LIMIT + 2, LONG_WAIT], [B, 1.0, 1, LIMIT, LONG_WAIT]])
-    table["version"] += 1
+    node.publish(entry(A, queueing=False, limit=LIMIT + 2), entry(B))
     node.route("INVITE", call_id="second")
     assert ksr.relays == []
     released = []
@@ -111,11 +109,11 @@ def test_a_request_held_hold_max_ms_goes_to_the_least_loaded_proxy(node: Node, k
     queueing_pool(node, ksr)
     fill(node)
     node.route("INVITE")
-    node.release(S.hold_max_ms - 1)
+    node.release(S.timers.hold_max_ms - 1)
     assert ksr.called("tmx.t_continue") == []
     node.release(1)
     assert len(ksr.relays) == 2 and ksr.relays[1]["duri"] in (A, B)
-    assert ksr.htables["cpstat"]["held_overdue"] == 1
+    assert ksr.htables[htables.NODE_COUNTERS.name]["held_overdue"] == 1
 
 
 def test_a_request_cancelled_while_held_is_answered_487(node: Node, ksr: FakeKsr):
@@ -123,7 +121,7 @@ def test_a_request_cancelled_while_held_is_answered_487(node: Node, ksr: FakeKsr
     fill(node)
     node.route("INVITE")
     ksr.returns["tm.t_is_canceled"] = 1
-    node.release(S.hold_max_ms)
+    node.release(S.timers.hold_max_ms)
     assert ksr.t_replies == [(487, "Request Terminated")]
     assert ksr.relays == [BLIND_BRANCH]
 
@@ -132,15 +130,15 @@ def test_a_resumed_request_fails_over_from_its_own_branch(node: Node, ksr: FakeK
     queueing_pool(node, ksr)
     fill(node)
     node.route("INVITE")
-    node.release(S.hold_max_ms)
+    node.release(S.timers.hold_max_ms)
     first = ksr.relays[1]["duri"]
-    node.fail(408, after_ms=S.saturated_fr_timer_ms, timeout=True, replied=False)
+    node.fail(408, after_ms=S.timers.saturated_fr_timer_ms, timeout=True, replied=False)
     assert ksr.relays[2]["duri"] == ({A, B} - {first}).pop()
     assert node.inflight(first) == LIMIT  # the timed-out attempt came out of flight
 
 
 def test_with_holding_off_no_request_is_held(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch):
-    node = Node(ksr, monkeypatch, Settings(location_server=False, hold_queue_ms=0))
+    node = Node(ksr, monkeypatch, Settings.of(location_server=False, hold_queue_ms=0))
     queueing_pool(node, ksr)
     fill(node)
     node.route("INVITE")
@@ -154,7 +152,7 @@ def test_a_refused_suspend_relays_at_once(node: Node, ksr: FakeKsr):
     ksr.returns["tmx.t_suspend"] = -1
     node.route("INVITE")
     assert len(ksr.relays) == 1
-    assert ksr.htables["cphold"].get("tail", 0) == 0
+    assert ksr.htables[htables.HELD.name].get(htables.HELD_TAIL, 0) == 0
 
 
 def test_an_entry_its_worker_never_wrote_is_skipped_after_a_grace(node: Node, ksr: FakeKsr):
@@ -162,9 +160,10 @@ def test_an_entry_its_worker_never_wrote_is_skipped_after_a_grace(node: Node, ks
 
     queueing_pool(node, ksr)
     fill(node)
-    ksr.htables["cphold"]["tail"] = 1  # a worker took a number and died before writing
+    # A worker took a number and died before writing.
+    ksr.htables[htables.HELD.name][htables.HELD_TAIL] = 1
     node.route("INVITE", call_id="behind")
-    node.release(S.hold_max_ms)  # overdue, yet the hole before it stops the reading
+    node.release(S.timers.hold_max_ms)  # overdue, yet the hole before it stops the reading
     assert ksr.called("tmx.t_continue") == []
     node.release(holding.UNWRITTEN_GRACE_MS)
     assert ksr.pvs["$ci"] == "behind" and ksr.relays[1]["duri"] in (A, B)

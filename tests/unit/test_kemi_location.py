@@ -5,14 +5,13 @@ its Redis (here ``MemoryLocationStore``) down."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from counterpoise.core import location
 from counterpoise.core.location import Record
 from counterpoise.core.pool import Admin
 from counterpoise.core.settings import Fallback, Settings
+from counterpoise.kamailio import htables
 from counterpoise.store.keys import AOR, DIALOG
 
 from ..fakes.edge import Node
@@ -23,6 +22,7 @@ A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 ALICE = "sip:alice@example.com"
 S = Settings()
 CALL_ID = "call-1@198.51.100.7"
+DIALOGS, QUEUE = htables.DIALOGS.name, htables.DIALOG_WRITES.name
 
 
 @pytest.fixture
@@ -31,9 +31,8 @@ def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
 
 
 def counters(node: Node) -> dict[str, int]:
-    from counterpoise.kamailio.location import TABLE
 
-    return location.sum_counters(dict(node.ksr.htables[TABLE]))
+    return location.sum_counters(dict(node.ksr.htables[htables.LOCATION_COUNTERS.name]))
 
 
 def register(node: Node, expires_s: int) -> str:
@@ -72,7 +71,7 @@ def test_lookups_are_cached_for_location_cache_ms_and_dropped_by_a_register_here
     hold(node, A)
     node.route("INVITE", ALICE)
     hold(node, B)  # moved through another node (or the CLI)
-    node.clock.advance(S.location_cache_ms - 1)
+    node.clock.advance(S.location.location_cache_ms - 1)
     node.route("INVITE", ALICE)
     assert node.tried == [A]  # still the cached answer: no Redis round trip
     node.clock.advance(1)
@@ -86,7 +85,7 @@ def test_lookups_are_cached_for_location_cache_ms_and_dropped_by_a_register_here
 
 
 def test_no_cache_with_location_cache_ms_0(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch):
-    node = Node(ksr, monkeypatch, Settings(location_cache_ms=0))
+    node = Node(ksr, monkeypatch, Settings.of(location_cache_ms=0))
     node.pool(A, B)
     hold(node, A)
     node.route("INVITE", ALICE)
@@ -112,12 +111,12 @@ def test_request_without_a_user_is_not_looked_up(node: Node, ksr: FakeKsr):
 def test_unusable_holder_under_reject_gets_480_and_a_held_request_is_not_retried(
     ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
 ):
-    node = Node(ksr, monkeypatch, Settings(location_fallback=Fallback.REJECT))
+    node = Node(ksr, monkeypatch, Settings.of(location_fallback=Fallback.REJECT))
     node.pool(A, B)
     hold(node, B)
     node.route("INVITE", ALICE)
     assert node.tried == [B]
-    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    node.fail(408, after_ms=S.failover.fr_timer_ms, timeout=True, replied=False)
     assert node.tried == [B]  # bound to its holder: no other proxy
     node.store.set_admin(B, Admin.DRAINED)
     node.tick(100)
@@ -129,7 +128,6 @@ def test_unusable_holder_under_reject_gets_480_and_a_held_request_is_not_retried
 def test_dialog_record_is_written_behind_and_routes_requests_without_a_route_set(
     node: Node, ksr: FakeKsr
 ):
-    from counterpoise.kamailio.location import DIALOGS, QUEUE
 
     node.pool(A, B)
     node.route("INVITE")
@@ -139,7 +137,11 @@ def test_dialog_record_is_written_behind_and_routes_requests_without_a_route_set
     assert node.locations.records == {}  # no Redis round trip on the SIP path
     node.tick(100)
     record, ttl_ms = node.locations.records[(DIALOG, CALL_ID)]
-    assert (record.proxy, record.to_tag, ttl_ms) == (proxy, "callee-tag", S.dialog_record_ttl_ms)
+    assert (record.proxy, record.to_tag, ttl_ms) == (
+        proxy,
+        "callee-tag",
+        S.location.dialog_record_ttl_ms,
+    )
     assert ksr.htables[QUEUE] == {}
 
     # The callee's INFO, tags swapped, without the route set: to the dialog's proxy.
@@ -166,7 +168,6 @@ def test_dialog_record_with_other_tags_is_not_used(node: Node, ksr: FakeKsr):
 
 
 def test_without_redis_requests_go_by_weight_and_dialog_writes_wait(node: Node, ksr: FakeKsr):
-    from counterpoise.kamailio.location import QUEUE
 
     node.pool(A, B)
     hold(node, B)
@@ -179,14 +180,13 @@ def test_without_redis_requests_go_by_weight_and_dialog_writes_wait(node: Node, 
     assert len(ksr.htables[QUEUE]) == 1
     assert sum("Redis (dialog records) unreachable" in t for t in ksr.logged("notice")) == 1
     node.locations.recover()
-    node.tick(S.redis_backoff_initial_ms)
+    node.tick(S.redis.redis_backoff_initial_ms)
     assert ksr.htables[QUEUE] == {} and (DIALOG, CALL_ID) in node.locations.records
 
 
 def test_full_dialog_queue_drops_its_oldest_writes(
     node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
 ):
-    from counterpoise.kamailio.location import QUEUE
 
     node.pool(A)
     node.locations.fail()
@@ -195,7 +195,7 @@ def test_full_dialog_queue_drops_its_oldest_writes(
         node.reply(200, to_tag="callee-tag")
     two_newest = sorted(ksr.htables[QUEUE].items())[1:]
     cap = sum(len(key) + len(str(value)) for key, value in two_newest)
-    settings = dataclasses.replace(S, dialog_queue_max_bytes=cap)
+    settings = S.with_values(dialog_queue_max_bytes=cap)
     node.tick()  # makes the timer process's writer; then its cap is lowered
     monkeypatch.setattr(node.app.dialog_writes, "_settings", settings)
     node.tick(100)
@@ -203,7 +203,7 @@ def test_full_dialog_queue_drops_its_oldest_writes(
     assert node.app.dialog_writes.dropped == 1
     assert any("dropped 1 queued dialog writes" in text for text in ksr.logged("notice"))
     node.locations.recover()
-    node.tick(S.redis_backoff_initial_ms)
+    node.tick(S.redis.redis_backoff_initial_ms)
     assert {name for _, name in node.locations.records} == {"call-1", "call-2"}
 
 
@@ -234,16 +234,15 @@ def test_sync_tick_dialog_flush_and_lookup_fail_independently(
 
 
 def test_values_too_long_to_record_are_routed_but_never_recorded(node: Node, ksr: FakeKsr):
-    from counterpoise.kamailio.location import DIALOGS, QUEUE
 
     node.pool(A)
-    long_call_id = "c" * (S.record_call_id_max_chars + 1)
+    long_call_id = "c" * (S.location.record_call_id_max_chars + 1)
     node.route("INVITE", call_id=long_call_id)
     node.reply(200, to_tag="callee-tag")
-    node.route("INVITE", from_tag="f" * (S.record_tag_max_chars + 1))
+    node.route("INVITE", from_tag="f" * (S.location.record_tag_max_chars + 1))
     node.reply(200, to_tag="callee-tag")
     assert ksr.htables[DIALOGS] == {} and ksr.htables[QUEUE] == {}
-    long_user = "u" * S.record_aor_max_chars
+    long_user = "u" * S.location.record_aor_max_chars
     node.route("REGISTER", "sip:example.com", to=f"sip:{long_user}@example.com")
     assert len(node.tried) == 1 and counters(node)["lookups"] == 2  # the INVITEs' alone
     assert counters(node)["too_long"] == 3

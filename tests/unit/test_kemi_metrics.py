@@ -10,27 +10,28 @@ import urllib.request
 
 from counterpoise import processes
 from counterpoise.core.settings import Settings
+from counterpoise.kamailio import htables
 from counterpoise.monitoring.read import parse, value
 
 from ..fakes.edge import Node
 from ..fakes.ksr import FakeKsr
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
-S = Settings(location_server=False)
+S = Settings.of(location_server=False)
 
 
 def test_routed_requests_failovers_and_503s_are_counted_and_logged(ksr: FakeKsr, monkeypatch):
     node = Node(ksr, monkeypatch, S)
     node.tick()  # the timer creates the node's counters at 0 (sht_inc does not create keys)
     node.route("INVITE")
-    assert ksr.htables["cpstat"]["no_proxy"] == 1
+    assert ksr.htables[htables.NODE_COUNTERS.name]["no_proxy"] == 1
 
     node.pool(A, B)
     node.route("INVITE")
     first = node.tried[0]
     node.fail(503)
     second = node.tried[1]
-    counters = ksr.htables["cpstat"]
+    counters = ksr.htables[htables.NODE_COUNTERS.name]
     assert counters["routed_weight"] == 1  # the first attempt only
     assert counters[f"failover {first}"] == 1 and counters[f"failover {second}"] == 0
     assert ksr.logged("dbg") == [
@@ -42,20 +43,20 @@ def test_routed_requests_failovers_and_503s_are_counted_and_logged(ksr: FakeKsr,
 def test_the_timer_keeps_each_proxys_record_and_the_nodes_in_cpview(ksr: FakeKsr, monkeypatch):
     node = Node(ksr, monkeypatch, S)
     node.pool(A, B, **{B: 3.0})
-    view = ksr.htables["cpview"]
+    view = ksr.htables[htables.PROXY_VIEW.name]
     assert json.loads(view[B])["base_weight"] == 3.0
     assert {"weight", "share", "state", "ramp", "load_factor"} <= set(json.loads(view[A]))
     assert json.loads(view["node"])["proxies"] == [A, B]
 
     node.store.remove(B)
-    node.tick(S.publish_interval_ms)
+    node.tick(S.redis.publish_interval_ms)
     assert set(view) == {A, "node"}
 
 
 def test_the_endpoint_answers_between_ticks_with_the_routes_counts(ksr: FakeKsr, monkeypatch):
     port = processes.free_port(socket.SOCK_STREAM)
     node = Node(
-        ksr, monkeypatch, Settings(location_server=False, metrics_listen=f"127.0.0.1:{port}")
+        ksr, monkeypatch, Settings.of(location_server=False, metrics_listen=f"127.0.0.1:{port}")
     )
     node.pool(A)
     node.route("INVITE")

@@ -10,7 +10,6 @@ routes pick from and summing what they counted. The test plays Kamailio: a reque
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 from collections.abc import Callable
 
@@ -20,12 +19,13 @@ from counterpoise.core import location
 from counterpoise.core.pool import Admin
 from counterpoise.core.settings import Fallback, Settings, runtime_values
 from counterpoise.core.tally import Tally
+from counterpoise.kamailio import htables
 
 from ..fakes.edge import CALLEE, Node
 from ..fakes.ksr import MYSELF, FakeKsr
 
 A, B, C, D = (f"sip:10.0.0.{i}:5060" for i in (1, 2, 3, 4))
-S = Settings(location_server=False)
+S = Settings.of(location_server=False)
 
 
 class FakeLocation:
@@ -96,7 +96,7 @@ def test_in_dialog_request_with_a_route_set_is_relayed(node: Node, ksr: FakeKsr)
     node.app.location = FakeLocation(dialog_proxy=B)
     node.route("BYE", to_tag="callee-tag", headers={"Route": f"<sip:lb.example;lr>, <{A};lr>"})
     assert len(ksr.relays) == 1
-    assert ksr.relays[0]["fr_timers"] == (0, S.in_dialog_fr_timer_ms)
+    assert ksr.relays[0]["fr_timers"] == (0, S.failover.in_dialog_fr_timer_ms)
     assert ksr.relays[0]["duri"] == A  # the route set (loose_route), not the balancer
     assert node.app.location.dialogs_ended == 1
     assert ksr.avps == {}  # not an attempt: nothing counted, no failover
@@ -109,7 +109,7 @@ def test_in_dialog_request_without_a_route_set_follows_its_dialog_record(node: N
     node.route("INFO", to_tag="callee-tag")
     assert [relay["duri"] for relay in ksr.relays] == [B]
     assert ksr.relays[0]["routes"] == [f"Route: <{B};lr>\r\n"]
-    assert ksr.relays[0]["fr_timers"] == (0, S.in_dialog_fr_timer_ms)
+    assert ksr.relays[0]["fr_timers"] == (0, S.failover.in_dialog_fr_timer_ms)
 
 
 def test_in_dialog_request_without_a_route_set_or_record_gets_404(node: Node, ksr: FakeKsr):
@@ -157,7 +157,7 @@ def test_initial_request_is_relayed_as_an_attempt(node: Node, ksr: FakeKsr):
     assert ksr.record_routed
     (relay,) = ksr.relays
     assert relay["duri"] == A and relay["ruri"] == CALLEE
-    assert relay["fr_timers"] == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert relay["fr_timers"] == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
     assert (relay["on_reply"], relay["on_failure"]) == ("ksr_route_reply", "ksr_route_failure")
     assert ksr.module.pv.get("$avp(cp_tried)") == A
     assert node.inflight(A) == 1
@@ -249,11 +249,11 @@ def test_failover_on_a_silent_timeout(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.route("INVITE")
     first = node.tried[0]
-    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    node.fail(408, after_ms=S.failover.fr_timer_ms, timeout=True, replied=False)
     assert len(node.tried) == 2 and node.tried[1] != first
     assert node.inflight(first) == 0
     # A timeout is charged what it waited beyond the failure penalty (issue 14).
-    waited = int(S.fr_timer_ms - S.failure_penalty_ms)
+    waited = int(S.failover.fr_timer_ms - S.latency.failure_penalty_ms)
     assert node.totals() == {first: Tally(requests_failed=1, timeout_excess_ms_sum=waited)}
 
 
@@ -264,7 +264,7 @@ def test_no_failover_after_a_provisional_reply(node: Node, ksr: FakeKsr, status:
     first = node.tried[0]
     node.reply(100, after_ms=5)
     node.reply(status, after_ms=40)
-    node.fail(408, after_ms=S.fr_inv_timer_ms, timeout=True, replied=True)
+    node.fail(408, after_ms=S.failover.fr_inv_timer_ms, timeout=True, replied=True)
     assert node.tried == [first]
     # The callee did not answer: nothing is counted for or against the proxy (issue 10).
     assert node.inflight(first) == 0
@@ -278,7 +278,7 @@ def test_failover_on_a_timeout_after_only_100_trying(node: Node, ksr: FakeKsr):
     node.route("INVITE")
     first = node.tried[0]
     node.reply(100, after_ms=5)
-    node.fail(408, after_ms=S.fr_inv_timer_ms, timeout=True, replied=True)
+    node.fail(408, after_ms=S.failover.fr_inv_timer_ms, timeout=True, replied=True)
     assert len(node.tried) == 2
     assert node.totals()[first].requests_failed == 0
 
@@ -288,7 +288,7 @@ def test_progress_timeout_shortens_the_wait_after_100_until_the_callee_rings(
 ):
     """A proxy that took a call (100 Trying) and then died would hold it for fr_inv_timer_ms:
     with progress_timeout_ms tm gives up on it sooner and the call fails over."""
-    settings = dataclasses.replace(S, progress_timeout_ms=5000)
+    settings = S.with_values(progress_timeout_ms=5000)
     node = Node(ksr, monkeypatch, settings)
     node.pool(A, B)
     node.route("INVITE")
@@ -298,7 +298,7 @@ def test_progress_timeout_shortens_the_wait_after_100_until_the_callee_rings(
     assert len(node.tried) == 2
     node.reply(100, after_ms=5)
     node.reply(180, after_ms=40)
-    assert ksr.fr_timers == (S.fr_inv_timer_ms, 0)  # ringing: the full time again
+    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, 0)  # ringing: the full time again
 
 
 def test_without_progress_timeout_100_leaves_the_timers_alone(node: Node, ksr: FakeKsr):
@@ -307,7 +307,7 @@ def test_without_progress_timeout_100_leaves_the_timers_alone(node: Node, ksr: F
     relayed = ksr.fr_timers
     node.reply(100, after_ms=5)
     node.reply(180, after_ms=40)
-    assert ksr.fr_timers == relayed == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert ksr.fr_timers == relayed == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
 
 
 def test_no_failover_on_a_callee_reply(node: Node, ksr: FakeKsr):
@@ -324,10 +324,10 @@ def test_no_failover_on_a_callee_reply(node: Node, ksr: FakeKsr):
 def test_no_failover_beyond_max_attempts(node: Node, ksr: FakeKsr):
     node.pool(A, B, C, D)
     node.route("INVITE")
-    for _ in range(S.max_attempts):
+    for _ in range(S.failover.max_attempts):
         node.reply(503, after_ms=10)
         node.fail(503)
-    assert len(node.tried) == S.max_attempts == len(set(node.tried))
+    assert len(node.tried) == S.failover.max_attempts == len(set(node.tried))
     totals = node.totals()
     assert set(totals) == set(node.tried)
     assert all(tally == failed_once() for tally in totals.values())
@@ -337,7 +337,7 @@ def test_no_failover_when_every_proxy_was_tried(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.route("INVITE")
     for _ in range(2):
-        node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+        node.fail(408, after_ms=S.failover.fr_timer_ms, timeout=True, replied=False)
     assert sorted(node.tried) == [A, B]
     assert node.inflight(A) == node.inflight(B) == 0
 
@@ -354,7 +354,7 @@ def test_no_failover_from_a_holder_bound_request(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.app.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
     node.route("INVITE")
-    node.fail(408, after_ms=S.fr_timer_ms, timeout=True, replied=False)
+    node.fail(408, after_ms=S.failover.fr_timer_ms, timeout=True, replied=False)
     assert node.tried == [B]
 
 
@@ -386,7 +386,7 @@ def test_latency_sample_is_capped_at_the_failure_penalty(node: Node, ksr: FakeKs
     node.route("INVITE")
     node.reply(200, after_ms=30_000)
     tally = node.totals()[A]
-    assert tally.first_reply_ms_sum == S.failure_penalty_ms
+    assert tally.first_reply_ms_sum == S.latency.failure_penalty_ms
     assert tally.final_reply_ms_sum == 30_000
 
 
@@ -500,37 +500,37 @@ def test_probe_event_without_a_proxy_is_ignored(node: Node, ksr: FakeKsr):
 
 def push_settings(node: Node, version: int, values: dict[str, str]) -> None:
     """What ``up`` writes over JSON-RPC: the runtime settings as text, then a new version."""
-    table = node.ksr.htables[node.shared.TABLE]
-    table[node.shared.SETTINGS] = json.dumps(values)
-    table[node.shared.SETTINGS_VERSION] = version
+    table = node.ksr.htables[htables.ROUTING.name]
+    table[htables.RUNTIME_SETTINGS] = json.dumps(values)
+    table[htables.RUNTIME_SETTINGS_VERSION] = version
 
 
 def runtime(**values: object) -> dict[str, str]:
-    return runtime_values(dataclasses.replace(S, **values))
+    return runtime_values(S.with_values(**values))
 
 
 def test_runtime_settings_reach_the_workers_and_the_timer(node: Node, ksr: FakeKsr):
     node.pool(A)
     node.route("INVITE")
-    assert ksr.fr_timers == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
 
     push_settings(node, 1, runtime(fr_timer_ms=800, latency_offset_ms=50.0))
     node.route("INVITE")  # the worker takes them with its next request
-    assert ksr.fr_timers == (S.fr_inv_timer_ms, 800)
+    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, 800)
     node.tick()  # the timer with its next tick, and the sync loop's policy with it
-    assert node.app.sync.settings.latency_offset_ms == 50.0
+    assert node.app.sync.settings.latency.latency_offset_ms == 50.0
     assert any("settings changed at runtime" in text for text in ksr.logged("notice"))
 
     push_settings(node, 2, runtime())  # back to the start-up values
     node.route("INVITE")
-    assert ksr.fr_timers == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
 
 
 def test_a_bad_pushed_setting_is_refused_and_the_old_ones_kept(node: Node, ksr: FakeKsr):
     node.pool(A)
     push_settings(node, 1, {"fr_timer_ms": "-1"})
     node.route("INVITE")
-    assert ksr.fr_timers == (S.fr_inv_timer_ms, S.fr_timer_ms)
+    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
     assert any("runtime settings refused" in text for text in ksr.logged("err"))
 
 

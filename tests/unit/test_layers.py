@@ -1,6 +1,8 @@
-"""The layers of ``kemi/`` hold, read from the source with ``ast`` (every import counts, those
-inside functions too): Kamailio is touched only in ``kamailio/``, Redis only in ``store/``,
-``core/`` is pure, and no module imports itself back through others."""
+"""The layers of ``kemi/`` and the test bed (``harness/``) hold, read from the source with
+``ast`` (every import counts, those inside functions too): Kamailio is touched only in
+``kamailio/``, Redis only in ``store/``, ``core/`` is pure, the clocks are read only in
+``clock.py``, the product never imports the test bed, and neither modules nor packages import
+themselves back through others."""
 
 from __future__ import annotations
 
@@ -10,20 +12,25 @@ from pathlib import Path
 
 import pytest
 
-KEMI = Path(__file__).resolve().parents[2] / "kemi"
+REPO = Path(__file__).resolve().parents[2]
+KEMI = REPO / "kemi"
+ROOTS = {KEMI: "", REPO / "harness": "harness"}
+"""Each folder read, with the package name its files are under."""
 PACKAGE = "counterpoise"
+TEST_BED = "harness"
 ENTRY_SCRIPT = "counterpoise_ksr"
 """The file Kamailio loads; it imports the edge, so it may import KSR too."""
-NOT_IN_CORE = ("kamailio", "store", "cli", "agent", "harness", "processes", "clock")
+NOT_IN_CORE = ("kamailio", "store", "cli", "agent", "monitoring", "processes", "clock")
+CLOCK = f"{PACKAGE}.clock"
 CLOCK_MODULES = {"time", "datetime"}
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(KEMI).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def module_name(path: Path, root: Path) -> str:
+    parts = (ROOTS[root], *path.relative_to(root).with_suffix("").parts)
+    return ".".join(part for part in (parts[:-1] if parts[-1] == "__init__" else parts) if part)
 
 
-MODULES = {module_name(path): path for path in sorted(KEMI.rglob("*.py"))}
+MODULES = {module_name(path, root): path for root in ROOTS for path in sorted(root.rglob("*.py"))}
 PACKAGES = {name for name, path in MODULES.items() if path.name == "__init__.py"}
 
 
@@ -58,7 +65,7 @@ def violations(allowed: Callable[[str], bool], banned: Callable[[str], bool]) ->
     """``file:line imports target`` for every import of a ``banned`` target by a module not
     ``allowed`` to."""
     return [
-        f"{MODULES[name].relative_to(KEMI)}:{line} imports {target}"
+        f"{MODULES[name].relative_to(REPO)}:{line} imports {target}"
         for name in MODULES
         if not allowed(name)
         for target, line in imports(name)
@@ -92,17 +99,50 @@ def test_core_imports_no_outer_layer(layer: str):
     assert violations(lambda name: not in_package(name, "core"), outer) == []
 
 
-def test_core_reads_no_clock():
+def test_only_clock_py_reads_the_clocks():
+    """Reading or sleeping on a clock goes through ``clock.py``, so a test can give any
+    module a fake clock; ``core/`` is also kept from importing ``clock.py`` above."""
+
     def clock(target: str) -> bool:
         return top(target) in CLOCK_MODULES
 
-    assert violations(lambda name: not in_package(name, "core"), clock) == []
+    def kemi(name: str) -> bool:
+        return MODULES[name].is_relative_to(KEMI)
+
+    assert violations(lambda name: name == CLOCK or not kemi(name), clock) == []
 
 
-def cycles() -> list[list[str]]:
-    """Every strongly connected component of more than one module (Tarjan), and the modules
-    importing themselves."""
-    graph = {name: {t for t, _ in imports(name) if t in MODULES and t != name} for name in MODULES}
+def test_the_product_never_imports_the_test_bed():
+    """The wheel carries ``counterpoise`` without ``harness/``: an import of it would fail
+    on an installed node."""
+
+    def test_bed(target: str) -> bool:
+        return top(target) == TEST_BED
+
+    assert violations(lambda name: top(name) == TEST_BED, test_bed) == []
+
+
+def package(module: str) -> str:
+    """The package a module belongs to: ``counterpoise.cli`` for ``counterpoise.cli.up``, a
+    module directly in ``counterpoise/`` (``clock``, ``processes``) its own, and the test bed
+    and the entry script one each."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == PACKAGE else parts[0]
+
+
+def module_graph() -> dict[str, set[str]]:
+    return {name: {t for t, _ in imports(name) if t in MODULES and t != name} for name in MODULES}
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {package(name): set() for name in MODULES}
+    for name, targets in module_graph().items():
+        graph[package(name)] |= {package(t) for t in targets} - {package(name)}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one node (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -133,5 +173,22 @@ def cycles() -> list[list[str]]:
     return found
 
 
-def test_no_import_cycles():
-    assert cycles() == []
+def test_cycles_are_found():
+    """The search below sees a cycle of three (else it would pass vacuously)."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_package_graph_is_read():
+    graph = package_graph()
+    assert {"counterpoise.cli", "counterpoise.core", TEST_BED, ENTRY_SCRIPT} <= set(graph)
+    assert {"counterpoise.core", "counterpoise.store"} <= graph["counterpoise.cli"]
+
+
+def test_no_module_import_cycles():
+    assert cycles(module_graph()) == []
+
+
+def test_no_package_import_cycles():
+    """A package imports another only if the other never imports it back, through any path
+    and any import, those inside functions too: the packages are layers."""
+    assert cycles(package_graph()) == []

@@ -18,7 +18,7 @@ from counterpoise.core.reports import BadReport, HeaderLoad, LoadReport
 from counterpoise.core.settings import Settings
 
 S = Settings()
-TAU = S.load_smoothing_tau_ms
+TAU = S.load.load_smoothing_tau_ms
 A, B, C = "sip:a", "sip:b", "sip:c"
 WALL = 1_700_000_000_000
 
@@ -32,43 +32,64 @@ def up(latency_ms: float) -> Observed:
 
 def step(track: load.Track | None, value: float, now_ms: int) -> load.Track:
     """``track`` after ``value`` arrived at ``now_ms``, with the default settings."""
-    return renew(track, value, now_ms, S.load_blackout_ms, S.load_expiry_ms, TAU)
+    return renew(track, value, now_ms, S.load.load_blackout_ms, S.load.load_expiry_ms, TAU)
 
 
 def test_a_track_counts_only_after_the_blackout():
     track = step(None, 0.5, 1000)
-    assert counted(track, 1000, S.load_blackout_ms, S.load_expiry_ms) is None
-    for now in range(2000, 1000 + S.load_blackout_ms, 1000):
+    assert counted(track, 1000, S.load.load_blackout_ms, S.load.load_expiry_ms) is None
+    for now in range(2000, 1000 + S.load.load_blackout_ms, 1000):
         track = step(track, 0.5, now)
     # The blackout is over, but nothing has arrived since: nothing to count yet.
-    assert counted(track, 1000 + S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) is None
-    track = step(track, 0.5, 1000 + S.load_blackout_ms)
-    assert counted(track, 1000 + S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.5
+    assert (
+        counted(
+            track, 1000 + S.load.load_blackout_ms, S.load.load_blackout_ms, S.load.load_expiry_ms
+        )
+        is None
+    )
+    track = step(track, 0.5, 1000 + S.load.load_blackout_ms)
+    assert (
+        counted(
+            track, 1000 + S.load.load_blackout_ms, S.load.load_blackout_ms, S.load.load_expiry_ms
+        )
+        == 0.5
+    )
 
 
 def test_a_track_not_renewed_expires_and_its_next_value_starts_a_new_blackout():
     track = step(None, 0.9, 0)
-    track = step(track, 0.9, S.load_blackout_ms)
-    last = S.load_blackout_ms
-    assert counted(track, last + S.load_expiry_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.9
-    assert counted(track, last + S.load_expiry_ms + 1, S.load_blackout_ms, S.load_expiry_ms) is None
-    again = step(track, 0.2, last + S.load_expiry_ms + 1)
-    assert again.since_ms == last + S.load_expiry_ms + 1
-    assert counted(again, again.since_ms, S.load_blackout_ms, S.load_expiry_ms) is None
+    track = step(track, 0.9, S.load.load_blackout_ms)
+    last = S.load.load_blackout_ms
+    assert (
+        counted(track, last + S.load.load_expiry_ms, S.load.load_blackout_ms, S.load.load_expiry_ms)
+        == 0.9
+    )
+    assert (
+        counted(
+            track, last + S.load.load_expiry_ms + 1, S.load.load_blackout_ms, S.load.load_expiry_ms
+        )
+        is None
+    )
+    again = step(track, 0.2, last + S.load.load_expiry_ms + 1)
+    assert again.since_ms == last + S.load.load_expiry_ms + 1
+    assert counted(again, again.since_ms, S.load.load_blackout_ms, S.load.load_expiry_ms) is None
 
 
 def test_values_in_the_blackout_are_not_averaged():
     # A restarted Kamailio says 0 (its tmx statistics not yet refreshed), then 0.8.
     track = step(None, 0.0, 0)
-    for now in range(200, S.load_blackout_ms, 200):
+    for now in range(200, S.load.load_blackout_ms, 200):
         track = step(track, 0.0 if now < 1800 else 0.8, now)
     assert track.utilisation == 0.8 and track.values == 0  # shown, not counted
-    track = step(track, 0.8, S.load_blackout_ms)
-    assert counted(track, S.load_blackout_ms, S.load_blackout_ms, S.load_expiry_ms) == 0.8
+    track = step(track, 0.8, S.load.load_blackout_ms)
+    assert (
+        counted(track, S.load.load_blackout_ms, S.load.load_blackout_ms, S.load.load_expiry_ms)
+        == 0.8
+    )
 
 
 def test_after_the_blackout_the_average_is_the_mean_then_moves_with_the_time_constant():
-    start = S.load_blackout_ms
+    start = S.load.load_blackout_ms
     track = step(step(None, 0.8, 0), 0.8, start)
     for i in range(1, 10):
         track = step(track, 0.8 if i % 2 else 0.4, start + 200 * i)
@@ -120,7 +141,7 @@ def test_header_utilisation_prefers_the_busy_time_average():
 
 def test_worked_example_with_load_of_the_policy_docstring():
     health = {A: up(2), B: up(2)}
-    weights = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S, {A: 0.3, B: 0.9})
+    weights = weigh({A: 1.0, B: 1.0}, set(), health, S.health.slow_start_ms, S, {A: 0.3, B: 0.9})
     assert weights[A].weight == pytest.approx(1.0)
     assert weights[B].load_factor == pytest.approx(0.1 / 0.7)
     share = weights[B].weight / (weights[A].weight + weights[B].weight)
@@ -130,15 +151,15 @@ def test_worked_example_with_load_of_the_policy_docstring():
 
 def test_without_reports_weights_are_latency_alone():
     health = {A: up(2), B: up(2)}
-    plain = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S)
-    empty = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S, {A: None, B: None})
+    plain = weigh({A: 1.0, B: 1.0}, set(), health, S.health.slow_start_ms, S)
+    empty = weigh({A: 1.0, B: 1.0}, set(), health, S.health.slow_start_ms, S, {A: None, B: None})
     assert plain == empty
     assert {w.load_factor for w in plain.values()} == {1.0}
 
 
 def test_a_proxy_without_report_gets_the_mean_headroom():
     health = {A: up(2), B: up(2), C: up(2)}
-    weights = weigh({A: 1, B: 1, C: 1}, set(), health, S.slow_start_ms, S, {A: 0.2, B: 0.6})
+    weights = weigh({A: 1, B: 1, C: 1}, set(), health, S.health.slow_start_ms, S, {A: 0.2, B: 0.6})
     # headrooms 0.8 and 0.4, mean 0.6 for C; normalised by 0.8
     assert weights[C].load_factor == pytest.approx(0.6 / 0.8)
     assert weights[B].load_factor == pytest.approx(0.4 / 0.8)
@@ -146,8 +167,8 @@ def test_a_proxy_without_report_gets_the_mean_headroom():
 
 def test_a_saturated_proxy_keeps_the_headroom_floor():
     health = {A: up(2), B: up(2)}
-    weights = weigh({A: 1.0, B: 1.0}, set(), health, S.slow_start_ms, S, {A: 0.0, B: 1.0})
-    assert weights[B].load_factor == pytest.approx(S.load_headroom_floor)
+    weights = weigh({A: 1.0, B: 1.0}, set(), health, S.health.slow_start_ms, S, {A: 0.0, B: 1.0})
+    assert weights[B].load_factor == pytest.approx(S.load.load_headroom_floor)
 
 
 # --- the LoadBook ----------------------------------------------------------------------------
@@ -175,8 +196,8 @@ def fed_book(logs: list[str]) -> LoadBook:
 def test_the_same_report_read_again_does_not_renew_the_track():
     book = fed_book([])
     same = report(seq=3, cpu_utilisation=0.5)
-    book.take_report(A, same, 3000 + S.load_expiry_ms, WALL)
-    assert book.utilisation(A, 3000 + S.load_expiry_ms + 1) is None
+    book.take_report(A, same, 3000 + S.load.load_expiry_ms, WALL)
+    assert book.utilisation(A, 3000 + S.load.load_expiry_ms + 1) is None
 
 
 @pytest.mark.parametrize(
@@ -204,10 +225,10 @@ def test_bad_reports_are_counted_logged_once_and_change_nothing(raw: bytes, reas
 def test_header_values_count_after_the_blackout_and_rejections_do_not_touch_them():
     logs: list[str] = []
     book = LoadBook(S, logs.append)
-    for now in range(0, S.load_blackout_ms + 1, 500):
+    for now in range(0, S.load.load_blackout_ms + 1, 500):
         book.take_header(B, now, 0.8)
-    assert book.utilisation(B, S.load_blackout_ms) == 0.8
+    assert book.utilisation(B, S.load.load_blackout_ms) == 0.8
     book.reject(load.HEADER, B, "X-CP-Load: 'junk' is not key=value", 5)
     assert book.rejected[load.HEADER] == 5
-    assert book.utilisation(B, S.load_blackout_ms) == 0.8
-    assert book.describe(B, S.load_blackout_ms)["header"]["counts"] is True
+    assert book.utilisation(B, S.load.load_blackout_ms) == 0.8
+    assert book.describe(B, S.load.load_blackout_ms)["header"]["counts"] is True

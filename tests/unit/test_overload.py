@@ -15,7 +15,7 @@ from counterpoise.core.tally import Tally
 from tests.unit.test_policy import failed, feed, ok, probe_failed, probes, up_at
 
 S = Settings()
-WARM_WINDOWS = 5 * S.load_smoothing_tau_ms // 200
+WARM_WINDOWS = 5 * S.load.load_smoothing_tau_ms // 200
 """200 ms windows that bring a moving average over ``load_smoothing_tau_ms`` within 1 % of a
 steady input (five time constants)."""
 LATE = Tally(late_replies=1)
@@ -68,10 +68,10 @@ def test_failures_between_sparse_signs_of_life_do_not_mark_it_down():
         assert proxy.health.state == State.UP
     # Then it falls silent: down once fr_timer_ms has passed since its last answer.
     last = 9_000 + 200 * 18  # its last late reply
-    quiet = range(1, S.fr_timer_ms // 200)  # failures only, for less than fr_timer_ms
+    quiet = range(1, S.failover.fr_timer_ms // 200)  # failures only, for less than fr_timer_ms
     proxy = feed(proxy, [(last + 200 * i, failed(1)) for i in quiet])
     assert proxy.health.state == State.UP
-    proxy = observe(proxy, failed(1), last + S.fr_timer_ms, S)
+    proxy = observe(proxy, failed(1), last + S.failover.fr_timer_ms, S)
     assert proxy.health.state == State.DOWN
 
 
@@ -104,7 +104,7 @@ def test_the_cap_refuses_an_ejection_beyond_max_ejected_fraction():
     # A sign of life ends the streak; a new streak that is refused is counted again.
     alive = observe_pool(again.observed, {"sip:b": ok(1, 100)}, BASE, 9_600, S)
     assert not alive.observed["sip:b"].health.ejection_refused
-    later = 9_600 + S.fr_timer_ms
+    later = 9_600 + S.failover.fr_timer_ms
     assert observe_pool(alive.observed, {"sip:b": failed(3)}, BASE, later, S).ejections_refused == 1
 
 
@@ -120,7 +120,7 @@ def test_the_first_ejection_is_always_allowed_and_dead_proxies_are_not_capped():
 
 
 def test_a_cap_of_one_never_refuses_and_drained_proxies_do_not_count():
-    settings = Settings(max_ejected_fraction=1.0)
+    settings = Settings.of(max_ejected_fraction=1.0)
     a = feed(up_at(100), [(9_000, failed(3))])
     proxy = pool(a=a, b=up_at(100), c=up_at(100))
     seen = observe_pool(proxy, {"sip:b": failed(3)}, BASE, 9_200, settings)
@@ -152,7 +152,7 @@ def test_a_new_proxy_ramps_unless_the_rest_is_saturated():
     new = feed(new_observed(10_000), [(10_000, probes(1))])
     calm = pool(a=up_at(100), n=new)
     weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), calm, 10_000, S)
-    assert weights["sip:n"].ramp == pytest.approx(S.slow_start_floor)
+    assert weights["sip:n"].ramp == pytest.approx(S.health.slow_start_floor)
     # a times out requests while answering others: saturated; the new proxy gets all of its
     # weight at once.
     busy = pool(a=timeouts_with(LATE, 9_000, 3), n=new)
@@ -160,7 +160,7 @@ def test_a_new_proxy_ramps_unless_the_rest_is_saturated():
     weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), busy, 10_000, S)
     assert weights["sip:n"].ramp == 1.0
     # Saturation is remembered saturated_memory_ms, then the ramp applies again.
-    later = 9_400 + S.saturated_memory_ms
+    later = 9_400 + S.timers.saturated_memory_ms
     weights = weigh({"sip:a": 1.0, "sip:n": 1.0}, set(), busy, later, S)
     assert weights["sip:n"].ramp < 1.0
 
@@ -175,24 +175,24 @@ def test_observe_pool_is_observe_when_nothing_is_capped():
 
 def test_a_saturated_proxy_that_answers_is_given_longer_to_answer():
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": up_at(100)}, 9_000, S)
-    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.failover.fr_timer_ms
     # Timing out requests while late replies come back: its queue delays it.
     busy = timeouts_with(LATE, 10_000, 3)
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400, S)
-    assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.timers.saturated_fr_timer_ms
     # Silent for fr_timer_ms (dead or frozen, not yet down): back to the short timeout, so
     # its requests fail over soon.
-    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400 + S.fr_timer_ms, S)
-    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    weights = weigh({"sip:a": 1.0}, set(), {"sip:a": busy}, 10_400 + S.failover.fr_timer_ms, S)
+    assert weights["sip:a"].fr_timer_ms == S.failover.fr_timer_ms
 
 
 def test_a_long_queue_gets_the_long_timeout_before_the_first_timeout():
     # Answers in time but 600 ms late (past a third of fr_timer_ms): its queue could reach
     # the short timer by chance.
     slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 600)) for i in range(10)])
-    assert slow.latency.estimate_ms > S.fr_timer_ms * LONG_WAIT_FRACTION
+    assert slow.latency.estimate_ms > S.failover.fr_timer_ms * LONG_WAIT_FRACTION
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
-    assert weights["sip:a"].fr_timer_ms == S.saturated_fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.timers.saturated_fr_timer_ms
     assert weights["sip:a"].queueing
 
 
@@ -201,10 +201,14 @@ def test_a_short_queue_keeps_the_short_timeout():
     # it, but three such waits still fit in fr_timer_ms: silence that long is a death, and
     # its calls fail over after 1.5 s rather than 6.
     slow = feed(up_at(100), [(9_000 + 200 * i, ok(2, 300)) for i in range(10)])
-    assert S.failure_penalty_ms / 2 < slow.latency.estimate_ms < S.fr_timer_ms * LONG_WAIT_FRACTION
+    assert (
+        S.latency.failure_penalty_ms / 2
+        < slow.latency.estimate_ms
+        < S.failover.fr_timer_ms * LONG_WAIT_FRACTION
+    )
     weights = weigh({"sip:a": 1.0}, set(), {"sip:a": slow}, 11_000, S)
     assert weights["sip:a"].queueing
-    assert weights["sip:a"].fr_timer_ms == S.fr_timer_ms
+    assert weights["sip:a"].fr_timer_ms == S.failover.fr_timer_ms
 
 
 def test_late_replies_bring_a_down_proxy_back_before_its_probes_do():
@@ -221,8 +225,8 @@ def test_a_long_queue_weighs_more_than_a_short_one():
     # the smaller weight.
     long_wait = Tally().with_timeout(4000, 500).with_timeout(4000, 500)
     short_wait = Tally().with_timeout(1500, 500).with_timeout(1500, 500)
-    assert window_latency_ms(long_wait, S) == 4000
-    assert window_latency_ms(short_wait, S) == 1500
+    assert window_latency_ms(long_wait, S.latency) == 4000
+    assert window_latency_ms(short_wait, S.latency) == 1500
     a = feed(up_at(100), [(9_000 + 200 * i, long_wait + LATE) for i in range(5)])
     b = feed(up_at(100), [(9_000 + 200 * i, short_wait + LATE) for i in range(5)])
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": a, "sip:b": b}, 10_000, S)
@@ -249,7 +253,7 @@ def test_silence_with_new_requests_counts_as_latency():
     a = observe(up_at(100), ok(1, 100), 9_000, S, heard=True, inflight=3)
     frozen = observe(a, Tally(), 9_200, S, inflight=5)
     assert frozen.silence_ms(9_200) == 200
-    assert not silent(frozen.silence_ms(9_200), S)
+    assert not silent(frozen.silence_ms(9_200), S.health)
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), {"sip:a": frozen, "sip:b": up_at(100)},
                     9_200, S)  # fmt: skip
     assert weights["sip:a"].weight == pytest.approx(110 / 210)
@@ -285,10 +289,10 @@ def test_a_silent_proxy_is_set_aside_not_marked_down():
     # Still silent once its requests time out and fewer are in flight: set aside until it
     # answers, not sent a new batch each time its count falls.
     fewer = observe(frozen, Tally(), 9_600, S, inflight=1)
-    assert silent(fewer.silence_ms(9_600), S)
+    assert silent(fewer.silence_ms(9_600), S.health)
     # Its first reply of any kind brings it back at once, with its estimate.
     back = observe(fewer, Tally(), 9_800, S, heard=True, inflight=1)
-    assert not silent(back.silence_ms(9_800), S)
+    assert not silent(back.silence_ms(9_800), S.health)
     assert weigh({"sip:a": 4.0, "sip:b": 1.0}, set(), {"sip:a": back, "sip:b": queued},
                  9_800, S)["sip:a"].weight > 0  # fmt: skip
 
@@ -297,7 +301,7 @@ def test_silence_sets_nothing_aside_when_every_proxy_is_silent_or_when_off():
     both = {"sip:a": frozen_since(9_000, 9_400), "sip:b": frozen_since(9_000, 9_400)}
     weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), both, 9_400, S)
     assert all(w.weight > 0 and not w.silent for w in weights.values())
-    off = Settings(silent_after_ms=0)
+    off = Settings.of(silent_after_ms=0)
     proxy = {"sip:a": frozen_since(9_000, 9_400), "sip:b": up_at(100)}
     assert weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), proxy, 9_400, off)["sip:a"].weight > 0
 

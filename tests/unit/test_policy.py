@@ -40,7 +40,7 @@ def feed(proxy: Observed, windows: list[tuple[int, Tally]]) -> Observed:
     return proxy
 
 
-def up_at(latency_ms: int, now: int = S.slow_start_ms) -> Observed:
+def up_at(latency_ms: int, now: int = S.health.slow_start_ms) -> Observed:
     """A proxy with one sample of ``latency_ms`` at 0, out of slow start at ``now``."""
     proxy = feed(new_observed(0), [(0, ok(1, latency_ms)), (now, Tally())])
     assert proxy.health.state == State.UP
@@ -48,11 +48,11 @@ def up_at(latency_ms: int, now: int = S.slow_start_ms) -> Observed:
 
 
 def test_defaults_used_by_these_tests():
-    assert (S.latency_rise_tau_ms, S.latency_fall_tau_ms) == (300, 2000)
-    assert S.latency_offset_ms == 10.0
-    assert S.failure_penalty_ms == 500.0
-    assert (S.down_after_failures, S.up_after_probes) == (3, 2)
-    assert (S.slow_start_ms, S.slow_start_floor) == (8000, 0.1)
+    assert (S.latency.latency_rise_tau_ms, S.latency.latency_fall_tau_ms) == (300, 2000)
+    assert S.latency.latency_offset_ms == 10.0
+    assert S.latency.failure_penalty_ms == 500.0
+    assert (S.health.down_after_failures, S.health.up_after_probes) == (3, 2)
+    assert (S.health.slow_start_ms, S.health.slow_start_floor) == (8000, 0.1)
 
 
 def test_first_sample_sets_the_estimate():
@@ -101,13 +101,13 @@ def test_window_mean_mixes_requests_probes_and_failures():
         requests_ok=2, first_reply_ms_sum=20, final_reply_ms_sum=900, probes_ok=1, probe_ms_sum=4
     ) + failed(1)
     # (20 + 4 + 500) / 4; the final-reply time is not part of the estimate.
-    assert window_latency_ms(window, S) == pytest.approx(131.0)
+    assert window_latency_ms(window, S.latency) == pytest.approx(131.0)
 
 
 def test_worked_example_of_the_docstring():
     # A at 2 ms, B at 150 ms, base 1: A weighs 12/12 = 1, B 12/160 = 0.075, B's share 7 %.
     proxy = {"sip:a": up_at(2), "sip:b": up_at(150)}
-    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), proxy, S.slow_start_ms, S)
+    weights = weigh({"sip:a": 1.0, "sip:b": 1.0}, set(), proxy, S.health.slow_start_ms, S)
     assert weights["sip:a"].weight == pytest.approx(1.0)
     assert weights["sip:b"].weight == pytest.approx(0.075)
     assert weights["sip:b"].latency_factor == pytest.approx(12 / 160)
@@ -118,19 +118,19 @@ def test_worked_example_of_the_docstring():
 
 def test_base_weight_multiplies():
     proxy = {"sip:a": up_at(5), "sip:b": up_at(5)}
-    weights = weigh({"sip:a": 3.0, "sip:b": 1.0}, set(), proxy, S.slow_start_ms, S)
+    weights = weigh({"sip:a": 3.0, "sip:b": 1.0}, set(), proxy, S.health.slow_start_ms, S)
     assert (weights["sip:a"].weight, weights["sip:b"].weight) == (3.0, 1.0)
 
 
 def test_failure_is_charged_the_failure_penalty():
     proxy = observe(new_observed(0), failed(1), 0, S)
-    assert proxy.latency.estimate_ms == S.failure_penalty_ms
+    assert proxy.latency.estimate_ms == S.latency.failure_penalty_ms
     assert proxy.health.consecutive_failures == 1
     # 9 answered in 2 ms and 1 failure: (18 + 500) / 10 = 51.8 ms (the settings' "~52 ms").
     proxy = observe(new_observed(0), ok(9, 2) + failed(1), 0, S)
     assert proxy.latency.estimate_ms == pytest.approx(51.8)
     assert proxy.health.consecutive_failures == 0
-    assert window_latency_ms(probe_failed(1), S) == S.failure_penalty_ms
+    assert window_latency_ms(probe_failed(1), S.latency) == S.latency.failure_penalty_ms
 
 
 def test_fast_503s_do_not_make_a_proxy_look_fastest():
@@ -175,7 +175,7 @@ def test_consecutive_failures_mark_the_proxy_down():
 
 
 def test_enough_failures_in_one_window_mark_the_proxy_down():
-    proxy = observe(up_at(5), failed(S.down_after_failures), 9000, S)
+    proxy = observe(up_at(5), failed(S.health.down_after_failures), 9000, S)
     assert proxy.health.state == State.DOWN
 
 
@@ -198,7 +198,7 @@ def down_at(now: int) -> Observed:
     return proxy
 
 
-LONG = S.slow_start_after_down_ms
+LONG = S.health.slow_start_after_down_ms
 """An outage this long ends in slow start."""
 
 
@@ -232,25 +232,25 @@ def test_slow_start_ramps_from_the_floor_to_full_then_up():
 
     first = weight_at(start, proxy)
     assert first.state == State.SLOW_START
-    assert first.ramp == pytest.approx(S.slow_start_floor)
+    assert first.ramp == pytest.approx(S.health.slow_start_floor)
     assert first.weight == pytest.approx(0.1)
-    quarter = weight_at(start + S.slow_start_ms // 4, proxy)
+    quarter = weight_at(start + S.health.slow_start_ms // 4, proxy)
     assert quarter.weight == pytest.approx(0.1 + 0.9 * 0.25)
-    half = weight_at(start + S.slow_start_ms // 2, proxy)
+    half = weight_at(start + S.health.slow_start_ms // 2, proxy)
     assert half.weight == pytest.approx(0.55)
-    proxy = observe(proxy, Tally(), start + S.slow_start_ms - 1, S)
+    proxy = observe(proxy, Tally(), start + S.health.slow_start_ms - 1, S)
     assert proxy.health.state == State.SLOW_START
-    proxy = observe(proxy, Tally(), start + S.slow_start_ms, S)
+    proxy = observe(proxy, Tally(), start + S.health.slow_start_ms, S)
     assert proxy.health.state == State.UP
-    assert proxy.health.since_ms == start + S.slow_start_ms
-    done = weight_at(start + S.slow_start_ms, proxy)
+    assert proxy.health.since_ms == start + S.health.slow_start_ms
+    done = weight_at(start + S.health.slow_start_ms, proxy)
     assert (done.state, done.ramp, done.weight) == (State.UP, 1.0, 1.0)
 
 
 def test_ramp_multiplies_the_latency_factor_and_base():
     slow = feed(new_observed(1000), [(1000, ok(1, 50))])
     weights = weigh({"sip:a": 1.0, "sip:b": 2.0}, set(), {"sip:a": up_at(10), "sip:b": slow},
-                    1000 + S.slow_start_ms // 2, S)  # fmt: skip
+                    1000 + S.health.slow_start_ms // 2, S)  # fmt: skip
     assert weights["sip:b"].ramp == pytest.approx(0.55)
     assert weights["sip:b"].weight == pytest.approx(2.0 * (20 / 60) * 0.55)
 
@@ -260,7 +260,7 @@ def test_new_proxy_starts_in_slow_start_at_the_floor():
     assert proxy.health.state == State.SLOW_START
     weighting = weigh({"sip:a": 2.0}, set(), {"sip:a": proxy}, 500, S)["sip:a"]
     assert weighting.latency_ms is None
-    assert weighting.weight == pytest.approx(2.0 * S.slow_start_floor)
+    assert weighting.weight == pytest.approx(2.0 * S.health.slow_start_floor)
 
 
 def test_drained_proxy_weighs_zero():
@@ -277,8 +277,8 @@ def test_drained_proxy_weighs_zero():
 def test_all_active_proxies_down_is_panic_mode():
     proxy = {"sip:a": down_at(9000), "sip:b": down_at(9000), "sip:c": up_at(5)}
     weights = weigh({"sip:a": 1.0, "sip:b": 3.0, "sip:c": 1.0}, {"sip:c"}, proxy, 9000, S)
-    assert weights["sip:a"].weight == pytest.approx(1.0 * S.slow_start_floor)
-    assert weights["sip:b"].weight == pytest.approx(3.0 * S.slow_start_floor)
+    assert weights["sip:a"].weight == pytest.approx(1.0 * S.health.slow_start_floor)
+    assert weights["sip:b"].weight == pytest.approx(3.0 * S.health.slow_start_floor)
     assert weights["sip:a"].panic and weights["sip:b"].panic
     assert weights["sip:a"].state == weights["sip:b"].state == State.DOWN
     assert (weights["sip:c"].weight, weights["sip:c"].state, weights["sip:c"].panic) == (

@@ -56,7 +56,7 @@ def test_a_retry_that_is_not_due_spends_no_token(failure: Failure):
 
 
 def test_budget_is_the_floor_plus_a_fraction_of_the_window_requests():
-    settings = Settings(retry_budget_fraction=0.2, retry_budget_floor_per_s=1.0)
+    settings = Settings.of(retry_budget_fraction=0.2, retry_budget_floor_per_s=1.0)
     budget = RetryBudget(settings)
     floor = 10  # 1/s over the 10 s window
     assert budget.tokens(0, attempts=0, retries_total=0) == floor
@@ -81,7 +81,7 @@ def test_a_retry_storm_is_bounded():
         retries = min(tokens, 10)
         spent += retries
         tokens = budget.tokens(tick * 200, attempts=10 + retries, retries_total=spent)
-    per_window = S.retry_budget_floor_per_s * 10 + S.retry_budget_fraction * 500
+    per_window = S.failover.retry_budget_floor_per_s * 10 + S.failover.retry_budget_fraction * 500
     assert spent <= 2 * per_window
     assert spent >= per_window  # the budget is spent, not withheld
 
@@ -89,7 +89,7 @@ def test_a_retry_storm_is_bounded():
 def test_a_node_restart_of_the_counter_does_not_make_negative_spending():
     budget = RetryBudget(S)
     budget.tokens(0, 0, 50)
-    assert budget.tokens(200, 0, 0) == int(S.retry_budget_floor_per_s * 10)
+    assert budget.tokens(200, 0, 0) == int(S.failover.retry_budget_floor_per_s * 10)
 
 
 def test_a_retry_goes_to_the_untried_proxy_with_the_most_room():

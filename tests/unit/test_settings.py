@@ -14,6 +14,9 @@ import pytest
 from counterpoise.core.settings import (
     CONFIG_ENV,
     ENV_PREFIX,
+    FIELDS,
+    GROUP_OF,
+    GROUPS,
     RUNTIME,
     Fallback,
     ProbeMethod,
@@ -22,6 +25,7 @@ from counterpoise.core.settings import (
     load_settings,
     runtime_changes,
     runtime_values,
+    spec_of,
     to_environ,
     with_runtime,
 )
@@ -30,22 +34,44 @@ from counterpoise.core.settings import (
 def test_defaults():
     settings = load_settings({})
     assert settings == Settings()
-    assert settings.redis_url == "redis://127.0.0.1:6479/0"
-    assert settings.key_prefix == "cp:"
-    assert settings.fr_timer_ms == 1500
-    assert settings.redis_timeout_ms == 250
-    assert (settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms) == (250, 2000)
-    assert settings.publish_interval_ms == 1000
-    assert settings.node_ttl_ms == 10_000
-    assert settings.max_attempts == 3
-    assert settings.latency_offset_ms == 10.0
-    assert settings.probe_interval_ms == 1000
+    assert settings.redis.redis_url == "redis://127.0.0.1:6479/0"
+    assert settings.redis.key_prefix == "cp:"
+    assert settings.failover.fr_timer_ms == 1500
+    assert settings.redis.redis_timeout_ms == 250
+    assert (settings.redis.redis_backoff_initial_ms, settings.redis.redis_backoff_max_ms) == (
+        250,
+        2000,
+    )
+    assert settings.redis.publish_interval_ms == 1000
+    assert settings.redis.node_ttl_ms == 10_000
+    assert settings.failover.max_attempts == 3
+    assert settings.latency.latency_offset_ms == 10.0
+    assert settings.probes.probe_interval_ms == 1000
 
 
 def test_every_field_has_a_default_of_a_parseable_type():
-    for field in dataclasses.fields(Settings):
+    for name, field in FIELDS.items():
         kind = type(field.default)
-        assert kind in (int, float, str, bool) or issubclass(kind, enum.Enum), field.name
+        assert kind in (int, float, str, bool) or issubclass(kind, enum.Enum), name
+
+
+def test_every_setting_has_one_name_in_one_group_with_its_docs():
+    groups = [getattr(Settings(), group.name) for group in dataclasses.fields(Settings)]
+    names = [field.name for group in groups for field in dataclasses.fields(group)]
+    assert len(names) == len(set(names)) == len(FIELDS)
+    for name, field in FIELDS.items():
+        spec = spec_of(field)
+        assert spec.meaning.endswith(".") and spec.why.endswith("."), name
+        assert GROUP_OF[name] in GROUPS
+
+
+def test_grouped_access_and_flat_names_agree():
+    settings = Settings.of(fr_timer_ms=800, listen="udp:127.0.0.1:5070")
+    assert settings.failover.fr_timer_ms == settings.value("fr_timer_ms") == 800
+    assert settings.node.listen == "udp:127.0.0.1:5070"
+    assert settings.with_values(fr_timer_ms=1500) == Settings.of(listen="udp:127.0.0.1:5070")
+    with pytest.raises(SettingError, match="fr_timer=800: unknown setting"):
+        Settings.of(fr_timer=800)
 
 
 def test_environment_overrides():
@@ -59,20 +85,20 @@ def test_environment_overrides():
         "COUNTERPOISE_CONFIG": "",  # no file
     }
     settings = load_settings(env)
-    assert settings.fr_timer_ms == 800
-    assert isinstance(settings.fr_timer_ms, int)
-    assert settings.slow_start_floor == 0.25
-    assert settings.node_id == "lb1:5060"
-    assert settings.node_name() == "lb1:5060"
-    assert settings.redis_url == "redis://10.0.0.1:6379/3"
-    assert settings.latency_offset_ms == 5.0
-    assert isinstance(settings.latency_offset_ms, float)
-    assert settings.max_attempts == Settings().max_attempts
+    assert settings.failover.fr_timer_ms == 800
+    assert isinstance(settings.failover.fr_timer_ms, int)
+    assert settings.health.slow_start_floor == 0.25
+    assert settings.node.node_id == "lb1:5060"
+    assert settings.node.node_name() == "lb1:5060"
+    assert settings.redis.redis_url == "redis://10.0.0.1:6379/3"
+    assert settings.latency.latency_offset_ms == 5.0
+    assert isinstance(settings.latency.latency_offset_ms, float)
+    assert settings.failover.max_attempts == Settings().failover.max_attempts
 
 
 def test_process_environment_is_the_default_source(monkeypatch):
     monkeypatch.setenv("COUNTERPOISE_MAX_ATTEMPTS", "5")
-    assert load_settings().max_attempts == 5
+    assert load_settings().failover.max_attempts == 5
 
 
 @pytest.mark.parametrize(
@@ -92,7 +118,7 @@ def test_bad_value_raises_naming_the_variable(name, value):
 
 def test_to_environ_round_trips_defaults():
     env = to_environ(Settings())
-    names = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    names = {ENV_PREFIX + name.upper() for name in FIELDS}
     assert set(env) == names | {CONFIG_ENV}
     assert env[CONFIG_ENV] == ""  # every value is in the environment: no file
     assert all(isinstance(v, str) for v in env.values())
@@ -100,7 +126,7 @@ def test_to_environ_round_trips_defaults():
 
 
 def test_to_environ_round_trips_custom_settings():
-    settings = Settings(
+    settings = Settings.of(
         redis_url="redis://127.0.0.1:7000/2",
         key_prefix="test:",
         node_id="node-a",
@@ -116,7 +142,7 @@ def test_to_environ_round_trips_custom_settings():
 
 
 def test_node_name_defaults_to_host_name():
-    assert Settings().node_name() == os.uname().nodename
+    assert Settings().node.node_name() == os.uname().nodename
 
 
 @pytest.mark.parametrize(
@@ -149,7 +175,7 @@ def test_out_of_range_settings_are_refused_naming_the_variable(name: str, value:
 
 def test_settings_made_in_code_are_checked_too():
     with pytest.raises(SettingError, match=r"^max_attempts=0: must be > 0$"):
-        Settings(max_attempts=0)
+        Settings.of(max_attempts=0)
 
 
 def test_enums_and_booleans_parse_as_an_operator_writes_them():
@@ -159,9 +185,9 @@ def test_enums_and_booleans_parse_as_an_operator_writes_them():
         "COUNTERPOISE_LOCATION_SERVER": "off",
     }
     settings = load_settings(env)
-    assert settings.probe_method is ProbeMethod.INVITE
-    assert settings.location_fallback is Fallback.REJECT
-    assert settings.location_server is False
+    assert settings.probes.probe_method is ProbeMethod.INVITE
+    assert settings.location.location_fallback is Fallback.REJECT
+    assert settings.location.location_server is False
     assert to_environ(settings)["COUNTERPOISE_LOCATION_SERVER"] == "off"
     assert load_settings(to_environ(settings)) == settings
 
@@ -187,12 +213,17 @@ def test_the_config_file_sets_values_and_the_environment_wins(tmp_path: Path):
         "max_attempts = 2\n",
     )
     settings = load_settings({**env, "COUNTERPOISE_MAX_ATTEMPTS": "4"})
-    assert settings.fr_timer_ms == 800
-    assert settings.latency_offset_ms == 5.0 and isinstance(settings.latency_offset_ms, float)
-    assert settings.location_server is False
-    assert settings.probe_method == ProbeMethod.INVITE
-    assert [str(s) for s in settings.listen_sockets()] == ["udp:127.0.0.1:5070", "tcp:[::1]:5070"]
-    assert settings.max_attempts == 4
+    assert settings.failover.fr_timer_ms == 800
+    assert settings.latency.latency_offset_ms == 5.0 and isinstance(
+        settings.latency.latency_offset_ms, float
+    )
+    assert settings.location.location_server is False
+    assert settings.probes.probe_method == ProbeMethod.INVITE
+    assert [str(s) for s in settings.node.listen_sockets()] == [
+        "udp:127.0.0.1:5070",
+        "tcp:[::1]:5070",
+    ]
+    assert settings.failover.max_attempts == 4
 
 
 @pytest.mark.parametrize(
@@ -214,6 +245,14 @@ def test_a_bad_config_file_is_refused_naming_the_file(tmp_path: Path, text: str,
     assert env[CONFIG_ENV] in str(error.value) and message in str(error.value)
 
 
+def test_the_config_file_may_group_settings_in_tables(tmp_path: Path):
+    env = write_config(tmp_path, "max_attempts = 2\n[failover]\nfr_timer_ms = 800\n")
+    assert load_settings(env) == Settings.of(max_attempts=2, fr_timer_ms=800)
+    env = write_config(tmp_path, "[failover]\nlisten = 'udp:127.0.0.1:5070'\n")
+    with pytest.raises(SettingError, match=r"failover\.listen='listen': unknown setting"):
+        load_settings(env)
+
+
 def test_a_named_config_file_must_exist(tmp_path: Path):
     with pytest.raises(SettingError, match="no such file"):
         load_settings({CONFIG_ENV: str(tmp_path / "missing.toml")})
@@ -221,25 +260,32 @@ def test_a_named_config_file_must_exist(tmp_path: Path):
 
 def test_a_tls_socket_needs_a_certificate():
     with pytest.raises(SettingError, match="tls_certificate"):
-        Settings(listen="tls:127.0.0.1:5061")
+        Settings.of(listen="tls:127.0.0.1:5061")
+    with pytest.raises(SettingError, match=r"^tls_certificate='': a tls socket needs"):
+        load_settings({CONFIG_ENV: "", "COUNTERPOISE_LISTEN": "tls:127.0.0.1:5061"})
 
 
 def test_the_example_config_file_lists_every_setting_at_its_default(tmp_path: Path):
     example = Path(__file__).parents[2] / "deploy" / "counterpoise.toml"
     uncommented = re.sub(r"^# (\w+ = )", r"\1", example.read_text(), flags=re.MULTILINE)
     env = write_config(tmp_path, uncommented)
-    assert set(tomllib.loads(uncommented)) == {f.name for f in dataclasses.fields(Settings)}
+    assert set(tomllib.loads(uncommented)) == set(FIELDS)
     assert load_settings(env) == Settings()
 
 
 def test_runtime_changes_split_what_applies_now_from_what_needs_a_restart():
     old = Settings()
-    new = dataclasses.replace(old, max_attempts=2, latency_offset_ms=5.0, redis_url="redis://x/0")
+    new = old.with_values(max_attempts=2, latency_offset_ms=5.0, redis_url="redis://x/0")
     changed, restart = runtime_changes(old, new)
     assert changed == {"max_attempts": "2", "latency_offset_ms": "5.0"}
     assert restart == ["redis_url"]
-    assert with_runtime(old, changed) == dataclasses.replace(new, redis_url=old.redis_url)
+    assert with_runtime(old, changed) == new.with_values(redis_url=old.redis.redis_url)
     assert set(runtime_values(old)) == set(RUNTIME)
+
+
+def test_runtime_is_declared_with_each_field():
+    assert "fr_timer_ms" in RUNTIME and "redis_url" not in RUNTIME
+    assert {name for name, field in FIELDS.items() if spec_of(field).runtime} == RUNTIME
 
 
 def test_with_runtime_refuses_other_settings_and_bad_values():

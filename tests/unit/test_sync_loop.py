@@ -57,12 +57,12 @@ def test_empty_pool_publishes_an_empty_table(harness: Harness):
 def test_pool_change_is_applied_at_the_next_tick(harness: Harness, store: MemoryStore):
     store.add(A)
     harness.tick()
-    assert harness.shared.table == {A: pytest.approx(S.slow_start_floor)}
+    assert harness.shared.table == {A: pytest.approx(S.health.slow_start_floor)}
     store.add(B, 2.0)
     store.remove(A)
     assert set(harness.shared.table) == {A}  # nothing changes between ticks
     harness.tick(100)
-    assert harness.shared.table == {B: pytest.approx(2.0 * S.slow_start_floor)}
+    assert harness.shared.table == {B: pytest.approx(2.0 * S.health.slow_start_floor)}
     assert A not in harness.loop.observed and A not in harness.loop.totals
     assert any(B in line and "version 3" in line for line in harness.logs)
     # The list is read again only when its version changed.
@@ -73,7 +73,7 @@ def test_pool_change_is_applied_at_the_next_tick(harness: Harness, store: Memory
 def test_drained_proxy_weighs_zero_and_comes_back(harness: Harness, store: MemoryStore):
     store.add(A)
     store.add(B)
-    harness.run(S.slow_start_ms + 100)
+    harness.run(S.health.slow_start_ms + 100)
     assert harness.shared.table == {A: 1.0, B: 1.0}
     store.set_admin(A, Admin.DRAINED)
     harness.tick(100)
@@ -86,7 +86,7 @@ def test_drained_proxy_weighs_zero_and_comes_back(harness: Harness, store: Memor
 
 def test_table_is_only_republished_on_change(harness: Harness, store: MemoryStore):
     store.add(A)
-    harness.run(S.slow_start_ms + 100)
+    harness.run(S.health.slow_start_ms + 100)
     count = len(harness.shared.tables)
     harness.run(1000)
     assert len(harness.shared.tables) == count
@@ -107,14 +107,14 @@ def test_the_table_says_apart_which_proxy_queues_and_which_waits_long(
     # Answering in 300 ms: queueing (past half the failure penalty), so holding may limit
     # it, but with the short first-reply timeout (under a third of fr_timer_ms).
     harness.run(3000, each=worker_counts)
-    ((uri, _, queueing, _, long_wait),) = harness.shared.tables[-1]
-    assert (uri, queueing, long_wait) == (A, 1, 0)
+    (entry,) = harness.shared.tables[-1]
+    assert (entry.uri, entry.queueing, entry.long_wait) == (A, True, False)
     # In 800 ms: the long timeout too.
     latency_ms = 800
     harness.run(3000, each=worker_counts)
-    ((_, _, queueing, _, long_wait),) = harness.shared.tables[-1]
-    assert (queueing, long_wait) == (1, 1)
-    assert harness.loop.weights[A].fr_timer_ms == S.saturated_fr_timer_ms
+    (entry,) = harness.shared.tables[-1]
+    assert (entry.queueing, entry.long_wait) == (True, True)
+    assert harness.loop.weights[A].fr_timer_ms == S.timers.saturated_fr_timer_ms
 
 
 # --- agents' reports -----------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_report_for_a_proxy_not_in_the_pool_is_rejected_and_counted(
     harness: Harness, store: MemoryStore
 ):
     store.add(A)
-    harness.run(S.slow_start_ms + 100)  # subscribed to the announcements, A at full weight
+    harness.run(S.health.slow_start_ms + 100)  # subscribed to the announcements, A at full weight
     before = dict(harness.shared.table)
     store.put_report(C, report(harness, C))
     harness.tick(100)
@@ -134,7 +134,7 @@ def test_report_for_a_proxy_not_in_the_pool_is_rejected_and_counted(
     assert sum(C in line and "rejected report" in line for line in harness.logs) == 1
     assert harness.shared.table == before
     # The count and the reason are published with the weights.
-    harness.run(S.publish_interval_ms)
+    harness.run(S.redis.publish_interval_ms)
     assert store.rejects["lb1"]["report"] == "1"
     assert store.rejects["lb1"]["report:last"].startswith(C)
 
@@ -169,13 +169,13 @@ def test_high_latency_of_one_proxy_makes_its_weight_drop(harness: Harness, store
                 before = harness.shared.tallies.get(key, Tally())
                 harness.shared.tallies[key] = before + requests(5, latency[uri])
 
-    harness.run(S.slow_start_ms + 100, each=workers_count)
+    harness.run(S.health.slow_start_ms + 100, each=workers_count)
     assert harness.shared.table == {A: 1.0, B: 1.0}
     assert harness.loop.observed[B].latency.estimate_ms == pytest.approx(5.0)
     latency[B] = 200
     harness.run(1000, each=workers_count)
     # Rise tau 300 ms: after 1 s B's estimate is 5 + 195 * (1 - e^(-1000/300)) = 193.0 ms.
-    expected = 5 + 195 * (1 - math.exp(-1000 / S.latency_rise_tau_ms))
+    expected = 5 + 195 * (1 - math.exp(-1000 / S.latency.latency_rise_tau_ms))
     assert harness.loop.observed[B].latency.estimate_ms == pytest.approx(expected)
     weight_b = harness.shared.table[B]
     assert weight_b == pytest.approx(15 / (expected + 10), abs=1e-6)
@@ -221,9 +221,9 @@ def pool_with_a_down(harness: Harness, store: MemoryStore) -> Tally:
     worker's tally so far."""
     store.add(A)
     store.add(B)
-    harness.run(S.slow_start_ms + 100)
+    harness.run(S.health.slow_start_ms + 100)
     failures = Tally()
-    for _ in range(S.down_after_failures):
+    for _ in range(S.health.down_after_failures):
         failures += Tally(probes_failed=1)
         harness.shared.tallies["101 " + A] = failures
         harness.tick(100)
@@ -257,7 +257,9 @@ def test_weights_and_their_inputs_are_published_every_interval(
     published_at = WALL_EPOCH_MS + start + 2000
     assert store.nodes == {"lb1": published_at}
     a, b = store.weights["lb1"][A], store.weights["lb1"][B]
-    ramp = S.slow_start_floor + (1 - S.slow_start_floor) * 2000 / S.slow_start_ms
+    ramp = (
+        S.health.slow_start_floor + (1 - S.health.slow_start_floor) * 2000 / S.health.slow_start_ms
+    )
     assert (a["state"], a["updated_ms"], a["inflight"]) == ("slowstart", published_at, 4)
     assert a["ramp"] == pytest.approx(ramp, abs=1e-4)
     assert a["weight"] == pytest.approx(ramp * a["latency_factor"], abs=1e-4)
@@ -285,7 +287,7 @@ def test_failing_store_keeps_the_table_backs_off_and_recovers(harness: Harness, 
     assert set(harness.shared.table) == {A, B}
     assert harness.shared.table[A] > table[A]
     assert not harness.loop.redis_ok
-    assert len(harness.probes.times(A)) == 1 + 4000 // S.probe_interval_ms
+    assert len(harness.probes.times(A)) == 1 + 4000 // S.probes.probe_interval_ms
     # Backoff: 250, 500, 1000, 2000 ms between attempts; one log line for the outage.
     first = outage_start + 50
     attempts = [t for _, t in harness.store.calls[calls_before:]]
@@ -297,7 +299,7 @@ def test_failing_store_keeps_the_table_backs_off_and_recovers(harness: Harness, 
     store.remove(B)
     store.add(C)
     store.put_report(STRANGER, report(harness, STRANGER))
-    next_try = attempts[-1] + S.redis_backoff_max_ms
+    next_try = attempts[-1] + S.redis.redis_backoff_max_ms
     harness.run(next_try - harness.clock.now - 50, step_ms=50)
     assert set(harness.shared.table) == {A, B}  # not retried before the backoff ends
     harness.tick(50)
@@ -309,7 +311,7 @@ def test_failing_store_keeps_the_table_backs_off_and_recovers(harness: Harness, 
     store.put_report(STRANGER, report(harness, STRANGER))
     harness.tick(50)
     assert harness.loop.loads.rejected["report"] == 1
-    harness.run(S.publish_interval_ms, step_ms=50)
+    harness.run(S.redis.publish_interval_ms, step_ms=50)
     assert set(store.weights["lb1"]) == {A, C}
 
 
@@ -321,13 +323,13 @@ def test_loop_started_while_the_store_is_down_routes_nothing_then_loads(
     harness.tick()
     assert harness.shared.table == {} and harness.probes.sent == []
     store.recover()
-    harness.run(S.redis_backoff_initial_ms, step_ms=50)
+    harness.run(S.redis.redis_backoff_initial_ms, step_ms=50)
     assert set(harness.shared.table) == {A}
     loaded_at = harness.clock.now
     # Probed in the next round, within one interval of the first tick.
-    harness.run(S.probe_interval_ms, step_ms=50)
+    harness.run(S.probes.probe_interval_ms, step_ms=50)
     assert len(harness.probes.times(A)) == 1
-    assert harness.probes.times(A)[0] - loaded_at <= S.probe_interval_ms
+    assert harness.probes.times(A)[0] - loaded_at <= S.probes.probe_interval_ms
 
 
 # --- probes ----------------------------------------------------------------------------------
@@ -339,7 +341,7 @@ def test_probes_are_sent_once_per_interval(harness: Harness, store: MemoryStore)
     start = harness.clock.now
     harness.tick()
     harness.run(3050, step_ms=50)
-    expected = [start + i * S.probe_interval_ms for i in range(4)]
+    expected = [start + i * S.probes.probe_interval_ms for i in range(4)]
     assert harness.probes.times(A) == expected
     assert harness.probes.times(B) == expected
     assert len(harness.probes.sent) == 8
@@ -353,7 +355,7 @@ def test_probe_interval_with_ticks_that_do_not_divide_it(harness: Harness, store
     times = harness.probes.times(A)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert times[0] == start
-    assert all(S.probe_interval_ms <= gap < S.probe_interval_ms + 300 for gap in gaps)
+    assert all(S.probes.probe_interval_ms <= gap < S.probes.probe_interval_ms + 300 for gap in gaps)
     assert len(times) == 3  # at 0, 1200, 2400
 
 
@@ -363,7 +365,7 @@ def test_a_down_proxy_is_probed_every_down_interval(harness: Harness, store: Mem
     down_at = harness.clock.now
     harness.run(2000, step_ms=100)
     gaps = [b - a for a, b in itertools.pairwise(t for t in harness.probes.times(A) if t > down_at)]
-    assert gaps and max(gaps) <= S.down_probe_interval_ms
+    assert gaps and max(gaps) <= S.probes.down_probe_interval_ms
     assert len([t for t in harness.probes.times(B) if t > down_at]) <= 2  # B: every second
     # Two answered probes bring it back (up: it was down briefly), in the log too.
     harness.shared.tallies["101 " + A] = failures + Tally(probes_ok=2, probe_ms_sum=4)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from counterpoise import clock
@@ -57,7 +56,7 @@ class Agent:
         capacity: float | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
         backoff: Backoff | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = clock.monotonic_s,
     ) -> None:
         self.proxy = proxy
         self.store = store
@@ -147,7 +146,7 @@ def run_loop(
     interval_ms: int,
     stop: threading.Event,
     wall_ms: Callable[[], int] = clock.wall_ms,
-    monotonic: Callable[[], float] = time.monotonic,
+    monotonic: Callable[[], float] = clock.monotonic_s,
 ) -> None:
     """Tick every ``interval_ms`` (on a fixed schedule; a late tick does not shift the next
     ones, missed ones are skipped) until ``stop`` is set."""

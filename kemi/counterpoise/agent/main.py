@@ -34,7 +34,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--proxy", required=True, help="the proxy's URI as in the pool")
     parser.add_argument(
         "--redis",
-        default=os.environ.get("COUNTERPOISE_REDIS_URL", settings.redis_url),
+        default=os.environ.get("COUNTERPOISE_REDIS_URL", settings.redis.redis_url),
         help="Redis URL (default: COUNTERPOISE_REDIS_URL, else the embedded Redis)",
     )
     parser.add_argument("--interval-ms", type=int, default=DEFAULT_INTERVAL_MS)
@@ -97,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     agent = Agent(
         proxy,
         PoolStore.open(
-            args.redis, settings.key_prefix, settings.redis_timeout_ms, settings.redis_password_file
+            args.redis,
+            settings.redis.key_prefix,
+            settings.redis.redis_timeout_ms,
+            settings.redis.redis_password_file,
         ),
         ProcessSet(pidfile=args.pidfile, name=args.process_name),
         source=source,
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.metrics:
         # Loaded only when asked for: the agent runs without prometheus_client otherwise.
-        from counterpoise.monitoring import agent as agent_metrics
+        from counterpoise.agent import metrics as agent_metrics
 
         try:
             agent_metrics.serve(args.metrics, agent, clock.wall_ms)

@@ -23,7 +23,7 @@ class CliError(Exception):
 
 
 def open_store(settings: Settings, url: str | None) -> PoolStore:
-    """The pool store on ``url`` (default ``settings.redis_url``), checked to answer."""
+    """The pool store on ``url`` (default ``settings.redis.redis_url``), checked to answer."""
     return _open(PoolStore, settings, url)
 
 
@@ -34,20 +34,22 @@ def open_admin_store(settings: Settings, url: str | None) -> PoolStore:
 
 
 def open_location_store(settings: Settings, url: str | None) -> LocationStore:
-    """The location store on ``url`` (default ``settings.redis_url``), checked to answer."""
+    """The location store on ``url`` (default ``settings.redis.redis_url``), checked to answer."""
     return _open(LocationStore, settings, url)
 
 
 def _open(
     kind: type[AnyStore], settings: Settings, url: str | None, role: str = "operator"
 ) -> AnyStore:
-    """``kind`` of store on ``url``; without one, on ``settings.redis_url``, as ``role`` when
+    """``kind`` of store on ``url``; without one, on ``settings.redis.redis_url``, as ``role`` when
     that is the embedded Redis and its password file is readable (``embedded.as_role``)."""
     if url is None:
         settings = embedded.as_role(settings, embedded.data_dir(settings), role)
-    url = url or settings.redis_url
-    timeout_ms = max(settings.redis_timeout_ms, CLI_REDIS_TIMEOUT_MS)
-    store = kind.open(url, settings.key_prefix, timeout_ms, settings.redis_password_file)
+    url = url or settings.redis.redis_url
+    timeout_ms = max(settings.redis.redis_timeout_ms, CLI_REDIS_TIMEOUT_MS)
+    store = kind.open(
+        url, settings.redis.key_prefix, timeout_ms, settings.redis.redis_password_file
+    )
     try:
         store.ping()
     except ERRORS as error:

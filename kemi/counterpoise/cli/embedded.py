@@ -9,7 +9,6 @@ there when no URL and no password file was given; no password is ever a process 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import urllib.parse
@@ -26,10 +25,10 @@ PASSWORD_BYTES = 24
 
 
 def data_dir(settings: Settings) -> Path:
-    """The embedded Redis's one fixed folder (``Settings.redis_data_dir``): the same at every
+    """The embedded Redis's one fixed folder (``redis_data_dir``): the same at every
     start, so the operator's pool survives a restart."""
-    if settings.redis_data_dir:
-        return Path(settings.redis_data_dir)
+    if settings.redis.redis_data_dir:
+        return Path(settings.redis.redis_data_dir)
     if os.geteuid() == 0:
         return Path("/var/lib/counterpoise/redis")
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -66,19 +65,19 @@ def as_role(settings: Settings, data_dir: Path, role: str) -> Settings:
     """``settings`` connecting to the embedded Redis as ``role``: when their URL is a local
     ``redis://`` one naming no user, they name no password file of their own, and this user
     may read that role's password file (the one ``counterpoise up`` made)."""
-    parts = urllib.parse.urlsplit(settings.redis_url)
+    parts = urllib.parse.urlsplit(settings.redis.redis_url)
     path = password_file(data_dir, role)
     if (
         parts.scheme != "redis"
         or parts.hostname not in LOCAL_HOSTS
         or parts.username
         or parts.password
-        or settings.redis_password_file
+        or settings.redis.redis_password_file
         or not os.access(path, os.R_OK)
     ):
         return settings
     url = parts._replace(netloc=f"{role}@{parts.netloc}").geturl()
-    return dataclasses.replace(settings, redis_url=url, redis_password_file=str(path))
+    return settings.with_values(redis_url=url, redis_password_file=str(path))
 
 
 def write_private(path: Path, text: str) -> None:

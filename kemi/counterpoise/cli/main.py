@@ -6,7 +6,6 @@
     counterpoise watch             live table of the pool
     counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)
     counterpoise agent-user URI --password-file PATH   a Redis user for one agent (cli/users.py)
-    counterpoise demo              the embedded default: Redis, balancer, demo pool, calls
 
 Every subcommand takes ``--redis URL`` (default: ``COUNTERPOISE_REDIS_URL`` or the embedded
 Redis). Errors print one line on stderr and exit with status 1.
@@ -25,14 +24,7 @@ from counterpoise.cli import users
 from counterpoise.cli.common import CliError
 from counterpoise.cli.pool import cmd_proxy, cmd_watch
 from counterpoise.cli.up import add_node_options, cmd_up
-from counterpoise.core.settings import Settings, load_settings
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    # The demo's harness (test bed, SIPp) is loaded only for this subcommand.
-    from counterpoise.harness import demo
-
-    return demo.run(settings, args)
+from counterpoise.core.settings import load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,17 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     location_cli.add_parser(sub, common)
     users.add_parser(sub, common)
 
-    demo = sub.add_parser("demo", help="embedded default: Redis, balancer, demo pool, calls")
-    demo.add_argument("--listen", help="balancer SIP address (default: the listen setting)")
-    demo.add_argument("--rate", type=float, default=30.0, help="calls per second (default 30)")
-    demo.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
-    demo.add_argument(
-        "--users",
-        type=int,
-        default=0,
-        help="registrar proxies; N users register through the balancer and are called",
-    )
-    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -59,7 +59,7 @@ def print_show(store: PoolStore, settings: Settings, uri: str, as_json: bool) ->
     config = store.pool().get(uri)
     if config is None:
         raise UnknownProxy(uri)
-    published = store.node_weights(clock.wall_ms(), settings.node_ttl_ms)
+    published = store.node_weights(clock.wall_ms(), settings.redis.node_ttl_ms)
     records = {node: by_uri[uri] for node, by_uri in sorted(published.items()) if uri in by_uri}
     if as_json:
         shown = {"uri": uri, "admin": config.admin, "base_weight": config.base_weight}

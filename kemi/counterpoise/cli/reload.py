@@ -10,12 +10,14 @@ from pathlib import Path
 
 from counterpoise import control
 from counterpoise.core.settings import Settings, runtime_changes, runtime_values, with_runtime
+from counterpoise.kamailio import htables
 
 
 class Reloader:
     """On SIGHUP: re-read the config file (and the environment), push the runtime settings
-    (``settings.RUNTIME``) to the node's processes over JSON-RPC, and name the changed ones
-    that need a restart. A bad file is refused and the node keeps its settings."""
+    (``settings.RUNTIME``, declared ``runtime=True``) to the node's processes over JSON-RPC,
+    and name the changed ones that need a restart. A bad file is refused and the node keeps
+    its settings."""
 
     def __init__(self, load: Callable[[], Settings], settings: Settings, rpc_socket: Path) -> None:
         """``load`` reads the settings afresh (file, environment, ``up``'s options);
@@ -47,11 +49,11 @@ class Reloader:
             print("counterpoise: config reloaded, no runtime setting changed")
             return
         self.version += 1
-        # The keys kamailio/shared.py's SettingsFeed reads, the values before their version.
-        try:
-            control.call(self.rpc_socket, "htable.sets", "cp", "settings",
-                         json.dumps(runtime_values(fresh)))  # fmt: skip
-            control.call(self.rpc_socket, "htable.seti", "cp", "settings_version", self.version)
+        table = htables.ROUTING.name
+        values, version_key = json.dumps(runtime_values(fresh)), htables.RUNTIME_SETTINGS_VERSION
+        try:  # the values before their version: a process that sees the version finds them
+            control.call(self.rpc_socket, "htable.sets", table, htables.RUNTIME_SETTINGS, values)
+            control.call(self.rpc_socket, "htable.seti", table, version_key, self.version)
         except control.RpcError as error:
             print(f"counterpoise: settings not pushed to Kamailio: {error}", file=sys.stderr)
             return

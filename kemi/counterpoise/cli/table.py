@@ -9,7 +9,6 @@ weight and share, and ``disagreements`` names the proxies the nodes see differen
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 from counterpoise import clock
@@ -65,7 +64,7 @@ def disagreements(rows: list[dict]) -> list[str]:
 
 def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
     pool = store.pool()
-    published = store.node_weights(now_ms, settings.node_ttl_ms)
+    published = store.node_weights(now_ms, settings.redis.node_ttl_ms)
     rows = []
     for uri, config in sorted(pool.items()):
         records = [by_uri[uri] for by_uri in published.values() if uri in by_uri]
@@ -109,7 +108,7 @@ def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[s
     headers, pool records, location records; and one per node whose edge refused or could
     not read something (README "Security")."""
     lines = []
-    for node, counts in sorted(store.node_rejects(now_ms, settings.node_ttl_ms).items()):
+    for node, counts in sorted(store.node_rejects(now_ms, settings.redis.node_ttl_ms).items()):
         parts = [
             f"{source} {counts[source]} (last: {counts.get(source + ':last', '?')})"
             for source in REJECT_SOURCES
@@ -163,23 +162,22 @@ def watch(
     """Redraw the table every ``interval_s`` until Ctrl-C, or for ``duration_s`` if set, or
     once. ``screen``: clear the terminal before each table (only on a terminal: a pipe or a
     file gets the tables one after the other); ``as_json``: one JSON line per refresh."""
-    end = time.monotonic() + duration_s if duration_s > 0 else float("inf")
+    end = clock.monotonic_s() + duration_s if duration_s > 0 else float("inf")
     try:
-        while time.monotonic() < end:
+        while clock.monotonic_s() < end:
             now_ms = clock.wall_ms()
             if as_json:
                 text = json.dumps({"time_ms": now_ms, "rows": pool_rows(store, settings, now_ms)})
             else:
-                text = time.strftime("%H:%M:%S  counterpoise pool\n") + report(
-                    store, settings, now_ms
-                )
+                heading = f"{clock.local_time_of_day()}  counterpoise pool\n"
+                text = heading + report(store, settings, now_ms)
                 if footer:
                     text += "\n\n" + footer()
                 text = ("\033[2J\033[H" if screen else "") + text + ("" if screen else "\n")
             print(text, flush=True)
             if once:
                 break
-            time.sleep(interval_s)
+            clock.sleep_s(interval_s)
     except KeyboardInterrupt:
         pass
     return 0

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
-from counterpoise import interpreter, processes
+from counterpoise import clock, interpreter, processes
 from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.cli.reload import Reloader
@@ -31,9 +29,9 @@ NODE_OPTIONS = (
     "tls_private_key",
     "metrics_listen",
 )
-"""Settings of the "Running the node" block that ``up`` also takes as options
-(``--shm-mb`` for ``shm_mb``), and ``metrics_listen`` (``--metrics``); an option given wins
-over the file and the environment."""
+"""Settings of the ``node`` group that ``up`` also takes as options (``--shm-mb`` for
+``shm_mb``, ``--metrics`` for ``metrics_listen``); an option given wins over the file and the
+environment."""
 
 
 def add_node_options(up: argparse.ArgumentParser) -> None:
@@ -65,8 +63,8 @@ def node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     given = {name: getattr(args, name) for name in NODE_OPTIONS}
     if given["listen"] is not None:
         given["listen"] = ",".join(given["listen"])
-    return dataclasses.replace(
-        settings, **{name: value for name, value in given.items() if value is not None}
+    return settings.with_values(
+        **{name: value for name, value in given.items() if value is not None}
     )
 
 
@@ -92,36 +90,36 @@ def start_node(
 ) -> Settings:
     """Start the embedded Redis (when ``redis_url`` is None) and a balancer; every process
     started is appended to ``started`` for the caller to stop. Returns the node's settings."""
-    sockets = settings.listen_sockets()
+    sockets = settings.node.listen_sockets()
     for sip in sockets:
         processes.check_free(sip)
-    if settings.metrics_listen:
-        processes.check_tcp_free(*metrics_address(settings.metrics_listen))
-    if settings.user:
-        processes.check_user(settings.user, settings.group)
+    if settings.node.metrics_listen:
+        processes.check_tcp_free(*metrics_address(settings.node.metrics_listen))
+    if settings.node.user:
+        processes.check_user(settings.node.user, settings.node.group)
     try:
         interpreter.check_imports()
     except interpreter.EmbeddingError as error:
         raise CliError(str(error)) from None
     if redis_url is None:
-        redis_url = settings.redis_url
+        redis_url = settings.redis.redis_url
         embedded_port = redis_port(redis_url)
         data_dir = embedded.data_dir(settings)
-        acl = embedded.prepare(data_dir, settings.key_prefix)
+        acl = embedded.prepare(data_dir, settings.redis.key_prefix)
         print(f"starting the embedded Redis on 127.0.0.1:{embedded_port} (data in {data_dir})")
         started.append(processes.start_redis(embedded_port, data_dir, aclfile=acl))
         settings = embedded.as_role(settings, data_dir, "balancer")
-        redis_url = settings.redis_url
-    node_id = settings.node_id or f"{os.uname().nodename}:{sockets[0].port}"
-    settings = dataclasses.replace(settings, redis_url=redis_url, node_id=node_id)
+        redis_url = settings.redis.redis_url
+    node_id = settings.node.node_id or f"{os.uname().nodename}:{sockets[0].port}"
+    settings = settings.with_values(redis_url=redis_url, node_id=node_id)
     open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable
     print(f"starting Kamailio on {', '.join(map(str, sockets))}, Redis {redact(redis_url)}")
     started.append(processes.start_balancer(settings, run_dir, log_path))
     ctl, rpc = processes.ctl_socket(run_dir), processes.rpc_socket(run_dir)
     print(f"control socket: unixs:{ctl} (kamcmd -s unixs:{ctl}), JSON-RPC: {rpc}")
     print(f"balancer ready on {', '.join(sip.uri() for sip in sockets)} (node {node_id})")
-    if settings.metrics_listen:
-        print(f"Prometheus metrics on http://{settings.metrics_listen}/metrics")
+    if settings.node.metrics_listen:
+        print(f"Prometheus metrics on http://{settings.node.metrics_listen}/metrics")
     return settings
 
 
@@ -144,8 +142,8 @@ def stop_on_sigterm() -> None:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
     settings = node_settings(settings, args)
-    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
-    log_path = Path(settings.log_file) if settings.log_file else None
+    run_dir = Path(settings.node.run_dir) if settings.node.run_dir else default_run_dir()
+    log_path = Path(settings.node.log_file) if settings.node.log_file else None
     started: list[processes.Process] = []
     stop_on_sigterm()
     # Before anything starts: a SIGHUP during the start is kept for after it, not fatal.
@@ -159,7 +157,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         balancer = started[-1]
         while balancer.alive():
             reloader.reload_if_requested()
-            time.sleep(0.2)
+            clock.sleep_s(0.2)
         raise CliError(f"Kamailio exited with status {balancer.popen.returncode}")
     except KeyboardInterrupt:
         return 0

@@ -209,13 +209,13 @@ class RetryBudget:
         self._ticks.append((now_ms, requests, spent))
         self._requests += requests
         self._retries += spent
-        window = self._settings.retry_budget_window_ms
+        window = self._settings.failover.retry_budget_window_ms
         while self._ticks and self._ticks[0][0] <= now_ms - window:
             _, old_requests, old_retries = self._ticks.popleft()
             self._requests -= old_requests
             self._retries -= old_retries
         allowed = (
-            self._settings.retry_budget_floor_per_s * window / 1000
-            + self._settings.retry_budget_fraction * self._requests
+            self._settings.failover.retry_budget_floor_per_s * window / 1000
+            + self._settings.failover.retry_budget_fraction * self._requests
         )
         return max(int(allowed) - self._retries, 0)

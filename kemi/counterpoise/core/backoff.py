@@ -37,8 +37,8 @@ class Backoff:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Backoff:
-        """The backoff ``settings.redis_backoff_*`` describe."""
-        return cls(settings.redis_backoff_initial_ms, settings.redis_backoff_max_ms)
+        """The backoff ``settings.redis.redis_backoff_*`` describe."""
+        return cls(settings.redis.redis_backoff_initial_ms, settings.redis.redis_backoff_max_ms)
 
 
 class Guarded:
@@ -92,5 +92,5 @@ class Guarded:
         name: str,
         while_down: str,
     ) -> Guarded:
-        """A guard backing off as ``settings.redis_backoff_*`` say."""
+        """A guard backing off as ``settings.redis.redis_backoff_*`` say."""
         return cls(Backoff.from_settings(settings), errors, log, name, while_down)

@@ -220,8 +220,8 @@ class LoadBook:
         return counted(
             self._tracks.get((source, uri)),
             now_ms,
-            self._settings.load_blackout_ms,
-            self._settings.load_expiry_ms,
+            self._settings.load.load_blackout_ms,
+            self._settings.load.load_expiry_ms,
         )
 
     def _renew(self, source: str, uri: str, utilisation: float, now_ms: int) -> None:
@@ -231,9 +231,9 @@ class LoadBook:
             self._tracks.get(key),
             utilisation,
             now_ms,
-            settings.load_blackout_ms,
-            settings.load_expiry_ms,
-            settings.load_smoothing_tau_ms,
+            settings.load.load_blackout_ms,
+            settings.load.load_expiry_ms,
+            settings.load.load_smoothing_tau_ms,
         )
 
     def accept(self, source: str, uri: str) -> None:

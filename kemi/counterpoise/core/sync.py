@@ -37,6 +37,7 @@ from counterpoise.core.policy.health import Health, State
 from counterpoise.core.policy.observed import Observed, new_observed, observe_pool
 from counterpoise.core.policy.weights import Weighting, weigh
 from counterpoise.core.pool import Admin, ProxyConfig
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 
@@ -59,12 +60,8 @@ class SharedState(Protocol):
         """Location records the SIP workers rejected since they started, and the latest
         reason (``"<key>: <why>"``; empty if none)."""
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
-        """Make ``(uri, weight, queueing, limit, long_wait)`` the table every SIP worker
-        routes with: queueing (1 or 0) says whether its in-flight ``limit`` holds new
-        requests back (``core.hold``), long_wait (1 or 0) which first-reply timeout its
-        requests get (``policy.timers.first_reply_timeout_ms``: ``saturated_fr_timer_ms`` or
-        ``fr_timer_ms``, as the worker's settings have them now)."""
+    def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
+        """Make ``entries`` the table every SIP worker routes with."""
 
     def read_heard(self) -> Mapping[str, int]:
         """``"<worker> <proxy uri>"`` -> stamp of the latest reply that is not a failure that
@@ -148,7 +145,7 @@ class SyncLoop:
         self.weights: dict[str, Weighting] = {}
         self.totals: dict[str, Tally] = {}
         self._previous: dict[str, Tally] = {}
-        self._table: list[tuple[str, float, int, int, int]] | None = None
+        self._table: list[RoutingEntry] | None = None
         self._next_probe_ms = 0
         self._next_down_probe_ms = 0
         self._next_publish_ms = 0
@@ -199,7 +196,7 @@ class SyncLoop:
         self._publish_table()
         self._send_probes(now)
         if now >= self._next_publish_ms:
-            self._next_publish_ms = now + self.settings.publish_interval_ms
+            self._next_publish_ms = now + self.settings.redis.publish_interval_ms
             self._redis.call(now, self._publish_weights)
             drift = self._shared.drop_stale_inflight(now)
             if drift:
@@ -210,10 +207,10 @@ class SyncLoop:
         ``down_probe_interval_ms``, so a restarted proxy is found back soon."""
         every = now >= self._next_probe_ms
         if every:
-            self._next_probe_ms = now + self.settings.probe_interval_ms
+            self._next_probe_ms = now + self.settings.probes.probe_interval_ms
         down = now >= self._next_down_probe_ms
         if down:
-            self._next_down_probe_ms = now + self.settings.down_probe_interval_ms
+            self._next_down_probe_ms = now + self.settings.probes.down_probe_interval_ms
         for uri in self.pool:
             observed = self.observed.get(uri)
             if every or (down and observed is not None and observed.health.state == State.DOWN):
@@ -234,9 +231,10 @@ class SyncLoop:
                 for uri, o in seen.observed.items()
                 if o.health.ejection_refused and not self.observed[uri].health.ejection_refused
             ]
+            fraction = self.settings.health.max_ejected_fraction
             self._log(
                 f"kept in despite failures (max_ejected_fraction "
-                f"{self.settings.max_ejected_fraction:g} of the pool down): {', '.join(kept)}"
+                f"{fraction:g} of the pool down): {', '.join(kept)}"
             )
         for uri, observed in seen.observed.items():
             before = self.observed.get(uri)
@@ -315,7 +313,9 @@ class SyncLoop:
         }
         counters = self._shared.read_counters()
         rejects |= {EDGE_COUNTER_PREFIX + name: count for name, count in counters.items()}
-        self._store.publish_weights(self.node, records, self.settings.node_ttl_ms, wall, rejects)
+        self._store.publish_weights(
+            self.node, records, self.settings.redis.node_ttl_ms, wall, rejects
+        )
 
     def _take_location_rejections(self) -> None:
         """Bring the workers' count of rejected location records into ``cp:rejects``."""
@@ -390,16 +390,16 @@ class SyncLoop:
                 self.loads.reject(load.HEADER, uri, reason, window.load_headers_rejected)
 
     def _publish_table(self) -> None:
-        table = sorted(
-            (
-                uri,
-                round(w.weight, 6),
-                int(w.queueing),
-                w.inflight_limit,
-                int(w.fr_timer_ms != self.settings.fr_timer_ms),
+        table = [
+            RoutingEntry(
+                uri=uri,
+                weight=round(w.weight, 6),
+                queueing=w.queueing,
+                inflight_limit=w.inflight_limit,
+                long_wait=w.fr_timer_ms != self.settings.failover.fr_timer_ms,
             )
-            for uri, w in self.weights.items()
-        )
+            for uri, w in sorted(self.weights.items())
+        ]
         if table != self._table:
             self._shared.publish_table(table)
             self._table = table

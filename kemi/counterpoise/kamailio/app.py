@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 import KSR
 
@@ -50,7 +49,7 @@ class KemiApp:
         self.settings_feed = shared.SettingsFeed()
         self.rng = random.Random()
         self.sync: SyncLoop | None = None
-        self._max_sample_ms = int(settings.failure_penalty_ms)
+        self._max_sample_ms = int(settings.latency.failure_penalty_ms)
         self.location: LocationRouting | None = None
         self.flood = FloodGuard(settings)
         self.dialog_writes: DialogWriteBehind | None = None
@@ -58,16 +57,16 @@ class KemiApp:
         self.node_view = NodeViewTable()
         self.waiting = holding.Waiting()
         # Timing each routed request is part of the metrics: off with the endpoint.
-        self.route_timer = metrics.RouteTimer() if settings.metrics_listen else None
+        self.route_timer = metrics.RouteTimer() if settings.node.metrics_listen else None
         self._route_started_ns = 0
-        if settings.location_server:
+        if settings.location.location_server:
             self.location = LocationRouting(settings, _notice)
 
     # --- hooks app_python3 requires ------------------------------------------------------
 
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
-        self.rng.seed(os.getpid() ^ time.monotonic_ns())
+        self.rng.seed(os.getpid() ^ clock.monotonic_ns())
         return 0
 
     @hook("core_reply")
@@ -141,7 +140,7 @@ class KemiApp:
                 return
             if self.location is not None and KSR.is_BYE():
                 self.location.dialog_ended()
-            KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
+            KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
             if KSR.tm.t_relay() >= 0:
                 metrics.count(metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
@@ -163,7 +162,7 @@ class KemiApp:
             return False
         KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
         KSR.setdsturi(proxy)
-        KSR.tm.t_set_fr(0, self.settings.in_dialog_fr_timer_ms)
+        KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
         if KSR.tm.t_relay() >= 0:
             metrics.count(metrics.node.IN_DIALOG_DIALOG_RECORD)
         elif not KSR.is_ACK():
@@ -190,11 +189,11 @@ class KemiApp:
             metrics.count(metrics.node.NO_PROXY)
             KSR.sl.sl_send_reply(503, "No Proxy Available")
             return
-        if held.proxy is None and self.settings.hold_queue_ms:
+        if held.proxy is None and self.settings.timers.hold_queue_ms:
             placed = hold.admit(
                 uri, self.view.picker.uris, self.view.limits, shared.awaiting, holding.count()
             )
-            if placed is None and holding.hold(self.settings.hold_max_ms):
+            if placed is None and holding.hold(self.settings.timers.hold_max_ms):
                 metrics.count(metrics.node.HELD)
                 return
             uri = placed or uri
@@ -238,10 +237,10 @@ class KemiApp:
         attempt = avps.Attempt.nth(len(tried))
         sent = attempts.stamp(clock.monotonic_ms())
         attempt.start(uri, sent)
-        timeout_ms = self.settings.fr_timer_ms
+        timeout_ms = self.settings.failover.fr_timer_ms
         if uri in self.view.long_wait:
-            timeout_ms = self.settings.saturated_fr_timer_ms
-        KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, timeout_ms)
+            timeout_ms = self.settings.timers.saturated_fr_timer_ms
+        KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
         shared.inflight_add(uri, +1, sent)
@@ -283,7 +282,7 @@ class KemiApp:
         picker = self.view.refresh()
         now_ms = clock.monotonic_ms()
         for held in self.waiting(now_ms):
-            overdue = hold.overdue(now_ms - held.held_ms, self.settings.hold_max_ms)
+            overdue = hold.overdue(now_ms - held.held_ms, self.settings.timers.hold_max_ms)
             if not overdue and not hold.roomiest(
                 picker.uris, self.view.limits, shared.awaiting, releasing=True
             ):
@@ -315,7 +314,7 @@ class KemiApp:
                 KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
                 return 1
             self._note_load_header(uri)
-            progress_ms = self.settings.progress_timeout_ms
+            progress_ms = self.settings.failover.progress_timeout_ms
             if status == 100 and attempt.trying_ms is None:
                 attempt.set_trying_ms(elapsed)
                 if progress_ms and attempt.first_reply_ms is None:
@@ -324,7 +323,9 @@ class KemiApp:
                 attempt.set_first_reply_ms(elapsed)
                 shared.awaiting_add(uri, -1, _sent(attempt))  # ringing: the proxy's work is done
                 if progress_ms:
-                    KSR.tm.t_set_fr(self.settings.fr_inv_timer_ms, 0)  # ringing: its full time
+                    KSR.tm.t_set_fr(
+                        self.settings.failover.fr_inv_timer_ms, 0
+                    )  # ringing: its full time
             return 1
         result = attempts.Outcome.NOT_THE_PROXY
         try:
@@ -368,7 +369,9 @@ class KemiApp:
             silent = failure.proxy_silent
             result = attempts.timeout_outcome(silent, failure.rang)
             self._count_outcome(attempt, tried[-1], result, elapsed, timed_out=silent)
-        verdict = attempts.fails_over(failure, self.settings.max_attempts, shared.take_retry_token)
+        verdict = attempts.fails_over(
+            failure, self.settings.failover.max_attempts, shared.take_retry_token
+        )
         if verdict == attempts.Verdict.OVER_BUDGET:
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retry budget spent\n")
         if verdict != attempts.Verdict.RETRY:
@@ -441,7 +444,7 @@ class KemiApp:
         self._follow_settings()
         if self.sync is None:
             self.sync = self._make_sync_loop()
-            if self.location is not None and self.settings.dialog_record_ttl_ms:
+            if self.location is not None and self.settings.location.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
@@ -471,29 +474,29 @@ class KemiApp:
         except SettingError as error:  # up checked them; keep running on the old ones
             KSR.err(f"counterpoise: runtime settings refused: {error}\n")
             return
-        self._max_sample_ms = int(self.settings.failure_penalty_ms)
+        self._max_sample_ms = int(self.settings.latency.failure_penalty_ms)
         if self.sync is not None:  # the timer process: says it once for the node
             self.sync.settings = self.settings
             _notice(f"settings changed at runtime: {changes}")
 
     def _make_sync_loop(self) -> SyncLoop:
-        node = self.settings.node_name()
+        node = self.settings.node.node_name()
         store = PoolStore.open(
-            self.settings.redis_url,
-            self.settings.key_prefix,
-            self.settings.redis_timeout_ms,
-            self.settings.redis_password_file,
+            self.settings.redis.redis_url,
+            self.settings.redis.key_prefix,
+            self.settings.redis.redis_timeout_ms,
+            self.settings.redis.redis_password_file,
         )
-        KSR.info(f"counterpoise: node {node}, Redis {redact(self.settings.redis_url)}\n")
+        KSR.info(f"counterpoise: node {node}, Redis {redact(self.settings.redis.redis_url)}\n")
         return SyncLoop(
             settings=self.settings,
             node=node,
             shared=shared.SharedTable(),
             probes=probes.UacProbeSender(
-                self.settings.probe_from_uri,
-                self.settings.probe_contact_uri,
-                self.settings.probe_method,
-                self.settings.probe_invite_user,
+                self.settings.probes.probe_from_uri,
+                self.settings.probes.probe_contact_uri,
+                self.settings.probes.probe_method,
+                self.settings.probes.probe_invite_user,
             ),
             store=store,
             monotonic_ms=clock.monotonic_ms,

@@ -2,8 +2,9 @@
 
 Each process keeps its own totals and writes them whole (``sht_seti``), so no lock is taken
 and ``kamcmd htable.dump <table>`` shows every worker's count; ``core.location.sum_counters``
-adds them up. Two tables use it: ``cploc`` (the location server) and ``cpedge`` (the edge's
-trust rules, README "Security"), which the sync loop also publishes to ``cp:rejects:<node>``.
+adds them up. Two tables use it: ``htables.LOCATION_COUNTERS`` (the location server) and
+``htables.EDGE_COUNTERS`` (the edge's trust rules), which the sync loop also publishes to
+``cp:rejects:<node>``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import os
 
 import KSR
 
-EDGE_TABLE = "cpedge"
+from counterpoise.kamailio import htables
+from counterpoise.kamailio.htables import Htable
 
 
 class Counters:
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: Htable) -> None:
         self.table = table
         self._pid = 0
         self._counts: dict[str, int] = {}
@@ -27,9 +29,9 @@ class Counters:
             self._pid, self._counts = pid, {}
         value = self._counts.get(name, 0) + amount
         self._counts[name] = value
-        KSR.htable.sht_seti(self.table, f"{name} {pid}", value)
+        KSR.htable.sht_seti(self.table.name, f"{name} {pid}", value)
 
 
-EDGE = Counters(EDGE_TABLE)
+EDGE = Counters(htables.EDGE_COUNTERS)
 """What the edge refused or could not read: ``banned``, ``dropped_banned``, ``relay_denied``,
 ``stray_reply``, ``foreign_reply``, ``not_utf8``, ``error_<what>``, ``inflight_corrected``."""

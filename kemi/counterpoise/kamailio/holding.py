@@ -3,13 +3,7 @@
 A held request is a tm transaction suspended (``tmx.t_suspend``: the caller has its 100
 Trying, and tm absorbs its retransmissions); the release timer resumes it with
 ``tmx.t_continue``, which runs ``ksr_route_release`` on it. The queue is the htable
-``cphold`` (``kamailio.cfg``):
-
-``tail``   the sequence number of the latest request held (``sht_inc``: atomic across the
-           workers that hold requests);
-``head``   the sequence number of the latest one released (written by the release timer
-           alone);
-``<seq>``  ``"<tindex> <tlabel> <held at, monotonic ms>"`` of a request still held.
+``htables.HELD``: the requests from ``head`` (excluded) to ``tail`` are held.
 """
 
 from __future__ import annotations
@@ -20,11 +14,8 @@ from collections.abc import Iterator
 import KSR
 
 from counterpoise import clock
-from counterpoise.kamailio import read
+from counterpoise.kamailio import htables, read
 
-HELD = "cphold"
-HEAD = "head"
-TAIL = "tail"
 HOLD_QUEUE_MAX = 5000
 """Requests held at once, at most: beyond it a request is relayed at once, as with holding
 off. 5000 is 100 s of a 50 calls/s pool's backlog, far past any caller's patience, and a few
@@ -46,13 +37,13 @@ class Held:
 
 
 def _get(key: str) -> int:
-    value = KSR.htable.sht_get(HELD, key)
+    value = KSR.htable.sht_get(htables.HELD.name, key)
     return value if isinstance(value, int) else 0
 
 
 def count() -> int:
     """Requests held now (two shared-memory reads)."""
-    return max(_get(TAIL) - _get(HEAD), 0)
+    return max(_get(htables.HELD_TAIL) - _get(htables.HELD_HEAD), 0)
 
 
 def hold(hold_max_ms: int) -> bool:
@@ -69,8 +60,8 @@ def hold(hold_max_ms: int) -> bool:
     index, label = read.number("$T(id_index)"), read.number("$T(id_label)")
     if index is None or label is None:
         return False
-    seq = KSR.htable.sht_inc(HELD, TAIL)
-    KSR.htable.sht_sets(HELD, str(seq), f"{index} {label} {clock.monotonic_ms()}")
+    seq = KSR.htable.sht_inc(htables.HELD.name, htables.HELD_TAIL)
+    KSR.htable.sht_sets(htables.HELD.name, str(seq), f"{index} {label} {clock.monotonic_ms()}")
     return True
 
 
@@ -86,9 +77,9 @@ class Waiting:
 
     def __call__(self, now_ms: int) -> Iterator[Held]:
         """The held requests in order, oldest first."""
-        head, tail = _get(HEAD), _get(TAIL)
+        head, tail = _get(htables.HELD_HEAD), _get(htables.HELD_TAIL)
         for seq in range(head + 1, tail + 1):
-            value = KSR.htable.sht_get(HELD, str(seq))
+            value = KSR.htable.sht_get(htables.HELD.name, str(seq))
             fields = value.split() if isinstance(value, str) else []
             if len(fields) == 3 and all(field.isdigit() for field in fields):
                 index, label, held_ms = (int(field) for field in fields)
@@ -98,14 +89,14 @@ class Waiting:
                 self._missing = (seq, now_ms)
             if now_ms - self._missing[1] < UNWRITTEN_GRACE_MS:
                 return
-            KSR.htable.sht_seti(HELD, HEAD, seq)
-            KSR.htable.sht_rm(HELD, str(seq))
+            KSR.htable.sht_seti(htables.HELD.name, htables.HELD_HEAD, seq)
+            KSR.htable.sht_rm(htables.HELD.name, str(seq))
 
 
 def release(held: Held) -> None:
     """Take ``held`` off the queue and resume it: ``ksr_route_release`` runs now, in this
     process. If tm no longer has it (its caller cancelled and tm answered, or its timer
     fired), ``t_continue`` does nothing but say so in the log."""
-    KSR.htable.sht_seti(HELD, HEAD, held.seq)
-    KSR.htable.sht_rm(HELD, str(held.seq))
+    KSR.htable.sht_seti(htables.HELD.name, htables.HELD_HEAD, held.seq)
+    KSR.htable.sht_rm(htables.HELD.name, str(held.seq))
     KSR.tmx.t_continue(held.index, held.label, RELEASE_ROUTE)

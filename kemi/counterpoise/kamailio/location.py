@@ -10,16 +10,17 @@ with a socket timeout of ``location_redis_timeout_ms``; calls go through ``backo
 so a dead Redis costs one bounded wait and then nothing until the backoff lets one call try
 again. Without Redis, initial requests are routed by weight and counted as ``redis_skipped``.
 
-Counters go to the htable ``cploc`` as ``"<name> <pid>"`` -> int (one writer per key):
-``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
+Counters go to ``htables.LOCATION_COUNTERS`` as ``"<name> <pid>"`` -> int (one writer per
+key): ``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the
+workers.
 
-Lookups of initial requests other than REGISTER are kept in the node's htable ``cplocc`` for
+Lookups of initial requests other than REGISTER are kept in ``htables.LOCATION_CACHE`` for
 ``location_cache_ms`` (holder or none), so a user already called costs no Redis round trip;
 a REGISTER 2xx through this node drops its AOR's entry.
 
 Dialog records are written behind, off the SIP path: the worker handling the 2xx (or the BYE)
-puts the record into the node's htable ``cpdlg`` (seen at once by every worker of the node:
-the ACK right after a 200 finds it) and queues the Redis write in htable ``cplocq``; the timer
+puts the record into ``htables.DIALOGS`` (seen at once by every worker of the node: the ACK
+right after a 200 finds it) and queues the Redis write in ``htables.DIALOG_WRITES``; the timer
 process sends the queue to Redis in one pipeline per tick (``DialogWriteBehind``), so a call
 costs its SIP worker no Redis round trip for its dialog record.
 """
@@ -27,7 +28,6 @@ costs its SIP worker no Redis round trip for its dialog record.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 
 import KSR
@@ -37,19 +37,11 @@ from counterpoise.core import edge, location
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
 from counterpoise.core.untrusted import BadRecord
-from counterpoise.kamailio import avps, read, shared
+from counterpoise.kamailio import avps, htables, read, shared
 from counterpoise.kamailio.counters import Counters
 from counterpoise.store.client import ERRORS
 from counterpoise.store.keys import AOR, DIALOG
 from counterpoise.store.location import LocationStore
-
-TABLE = shared.LOCATION_COUNTS
-DIALOGS = "cpdlg"
-"""Call-ID -> dialog record JSON, this node's copy (htable autoexpire: kamailio.cfg)."""
-CACHE = "cplocc"
-"""AOR -> ``location.CachedHolder``: lookups answered without Redis (``location_cache_ms``)."""
-QUEUE = "cplocq"
-"""``"<monotonic ns> <pid>"`` -> ``location.PendingWrite``: dialog writes for the timer."""
 
 
 def _text(spec: str) -> str:
@@ -62,7 +54,7 @@ class LocationRouting:
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
-        self._counters = Counters(TABLE)
+        self._counters = Counters(htables.LOCATION_COUNTERS)
         self._guard = Guarded.with_backoff_of(
             settings,
             ERRORS,
@@ -75,15 +67,15 @@ class LocationRouting:
         if self._store is None or self._pid != os.getpid():
             # First use in this process: a connection of its own, never one made before fork.
             self._pid = os.getpid()
-            self._store = _open(self._settings, self._settings.location_redis_timeout_ms)
+            self._store = _open(self._settings, self._settings.location.location_redis_timeout_ms)
             self._store.on_reject = self._rejected
         return self._store
 
     def _rejected(self, key: str, reason: str) -> None:
         """A location record that is unusable reads as absent; the timer process brings the
         count and the reason into ``cp:rejects:<node>`` and logs it once."""
-        self.count(shared.REJECTED_RECORDS)
-        KSR.htable.sht_sets(shared.LOADS, shared.LOCATION_REJECT, f"{key}: {reason}")
+        self.count(htables.REJECTED_RECORDS)
+        KSR.htable.sht_sets(htables.REJECTIONS.name, htables.LOCATION_REJECT, f"{key}: {reason}")
 
     def _call(self, action: Callable[[LocationStore], object]) -> tuple[bool, object]:
         results: list[object] = []
@@ -99,8 +91,8 @@ class LocationRouting:
     def _recordable(self, call_id: str, *tags: str) -> bool:
         """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
         settings = self._settings
-        if edge.recordable(call_id, settings.record_call_id_max_chars) and all(
-            len(tag) <= settings.record_tag_max_chars for tag in tags
+        if edge.recordable(call_id, settings.location.record_call_id_max_chars) and all(
+            len(tag) <= settings.location.record_tag_max_chars for tag in tags
         ):
             return True
         self.count("too_long")
@@ -111,13 +103,13 @@ class LocationRouting:
     def route_initial(self, usable: Callable[[str], bool]) -> location.Decision:
         """Where the records send this initial request. Only REGISTER (AOR from To) and
         requests with a user in the R-URI are looked up; the rest cost nothing."""
-        started = time.perf_counter_ns()
+        started = clock.perf_ns()
         is_register = KSR.is_REGISTER()
         user, host = (_text("$tU"), _text("$td")) if is_register else (_text("$rU"), _text("$rd"))
         if not user or not host:
             return location.Decision()
         name = location.aor(user, host)
-        if not edge.recordable(name, self._settings.record_aor_max_chars):
+        if not edge.recordable(name, self._settings.location.record_aor_max_chars):
             self.count("too_long")
             return location.Decision()
         if is_register:
@@ -129,11 +121,11 @@ class LocationRouting:
         else:
             holder_usable = found is not None and usable(found.proxy)
             decision = location.decide(
-                found, holder_usable, is_register, self._settings.location_fallback
+                found, holder_usable, is_register, self._settings.location.location_fallback
             )
             if decision.proxy and not is_register:
                 avps.set_held()
-        self.count("lookup_us", (time.perf_counter_ns() - started) // 1000)
+        self.count("lookup_us", (clock.perf_ns() - started) // 1000)
         self.count("lookups")
         self.count(decision.outcome)
         return decision
@@ -142,9 +134,9 @@ class LocationRouting:
         """The holder of AOR ``name`` from this node's cache when fresh, else from Redis
         (kept in the cache); False when Redis could not be asked."""
         now = clock.monotonic_ms()
-        ttl = self._settings.location_cache_ms
+        ttl = self._settings.location.location_cache_ms
         if cached and ttl:
-            entry = KSR.htable.sht_get(CACHE, name)
+            entry = KSR.htable.sht_get(htables.LOCATION_CACHE.name, name)
             hit = location.CachedHolder.decode(entry, now) if isinstance(entry, str) else None
             if hit is not None:
                 self.count("cache_hits")
@@ -154,25 +146,26 @@ class LocationRouting:
             return False, None
         found = location.holder(*records)
         if cached and ttl:
-            KSR.htable.sht_sets(CACHE, name, location.CachedHolder(found, now + ttl).encode())
+            cached = location.CachedHolder(found, now + ttl).encode()
+            KSR.htable.sht_sets(htables.LOCATION_CACHE.name, name, cached)
         return True, found
 
     def keeps_to_holder(self) -> bool:
         """Whether a failed request must not fail over by weight (failure route)."""
-        return self._settings.location_fallback == Fallback.REJECT and avps.held()
+        return self._settings.location.location_fallback == Fallback.REJECT and avps.held()
 
     # --- replies -------------------------------------------------------------------------------
 
     def on_2xx(self, proxy: str) -> None:
         """A 2xx from ``proxy`` (tm onreply route): record a registration or a dialog."""
-        started = time.perf_counter_ns()
+        started = clock.perf_ns()
         method = _text("$rm")
         if method == "REGISTER":
             name = avps.aor()
             if not name:
                 return
             self._registered(name, proxy)
-        elif method == "INVITE" and self._settings.dialog_record_ttl_ms:
+        elif method == "INVITE" and self._settings.location.dialog_record_ttl_ms:
             self._dialog_started(proxy)
         else:
             return
@@ -180,7 +173,7 @@ class LocationRouting:
 
     def _count_write(self, started_ns: int) -> None:
         """Time spent writing records on the way of a reply or a BYE."""
-        self.count("write_us", (time.perf_counter_ns() - started_ns) // 1000)
+        self.count("write_us", (clock.perf_ns() - started_ns) // 1000)
         self.count("writes")
 
     def _registered(self, name: str, proxy: str) -> None:
@@ -195,32 +188,34 @@ class LocationRouting:
         else:
             ok, _ = self._call(lambda store: store.delete(AOR, name))
             self.count("unregistered" if ok else "write_failed")
-        KSR.htable.sht_rm(CACHE, name)  # this node follows its own REGISTERs at once
+        # This node follows its own REGISTERs at once.
+        KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
 
     def _dialog_started(self, proxy: str) -> None:
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
         if not self._recordable(call_id, from_tag, to_tag):
             return
-        ttl = self._settings.dialog_record_ttl_ms
+        ttl = self._settings.location.dialog_record_ttl_ms
         now = clock.wall_ms()
         record = location.Record(proxy, now, now + ttl, from_tag, to_tag).to_json()
-        KSR.htable.sht_sets(DIALOGS, call_id, record)
+        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
         self._queue(location.PendingWrite(call_id, record, ttl))
         self.count("dialogs")
 
     def _queue(self, write: location.PendingWrite) -> None:
-        KSR.htable.sht_sets(QUEUE, f"{time.monotonic_ns():020d} {os.getpid()}", write.encode())
+        key = f"{clock.monotonic_ns():020d} {os.getpid()}"
+        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, write.encode())
 
     # --- in-dialog requests --------------------------------------------------------------------
 
     def route_dialog(self) -> str | None:
         """The proxy holding this request's dialog by its record, or None."""
-        if not self._settings.dialog_record_ttl_ms:
+        if not self._settings.location.dialog_record_ttl_ms:
             return None
         call_id = _text("$ci")
         if not self._recordable(call_id):
             return None
-        local = KSR.htable.sht_get(DIALOGS, call_id)
+        local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
         if isinstance(local, str):
             try:
                 record = location.Record.from_json(local)
@@ -243,11 +238,11 @@ class LocationRouting:
 
     def dialog_ended(self) -> None:
         """A BYE: the dialog record is no longer needed."""
-        if not self._settings.dialog_record_ttl_ms:
+        if not self._settings.location.dialog_record_ttl_ms:
             return
         call_id = _text("$ci")
-        if edge.recordable(call_id, self._settings.record_call_id_max_chars):
-            KSR.htable.sht_rm(DIALOGS, call_id)
+        if edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
+            KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
             self._queue(location.PendingWrite(call_id))
 
 
@@ -270,13 +265,13 @@ class DialogWriteBehind:
         return self._guard.errors
 
     def flush(self) -> None:
-        queued = shared.items(QUEUE)
+        queued = shared.items(htables.DIALOG_WRITES)
         if not queued:
             return
-        oldest = location.over_bytes(queued, self._settings.dialog_queue_max_bytes)
+        oldest = location.over_bytes(queued, self._settings.location.dialog_queue_max_bytes)
         if oldest:
             for key, _ in oldest:
-                KSR.htable.sht_rm(QUEUE, key)
+                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
             self.dropped += len(oldest)
             self._log(f"dropped {len(oldest)} queued dialog writes ({self.dropped} in all)")
             dropped = set(oldest)
@@ -284,15 +279,18 @@ class DialogWriteBehind:
         writes = location.coalesce(queued)
         if self._guard.call(clock.monotonic_ms(), lambda: self._redis().apply(DIALOG, writes)):
             for key, _ in queued:
-                KSR.htable.sht_rm(QUEUE, key)
+                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
 
     def _redis(self) -> LocationStore:
         if self._store is None:
-            self._store = _open(self._settings, self._settings.redis_timeout_ms)
+            self._store = _open(self._settings, self._settings.redis.redis_timeout_ms)
         return self._store
 
 
 def _open(settings: Settings, timeout_ms: int) -> LocationStore:
     return LocationStore.open(
-        settings.redis_url, settings.key_prefix, timeout_ms, settings.redis_password_file
+        settings.redis.redis_url,
+        settings.redis.key_prefix,
+        timeout_ms,
+        settings.redis.redis_password_file,
     )

@@ -1,6 +1,6 @@
 """The node's metrics inside Kamailio: the counters SIP workers bump, the timer's endpoint.
 
-SIP workers count into the htable ``cpstat`` (``kamailio.cfg``) with ``sht_inc``: one atomic
+SIP workers count into ``htables.NODE_COUNTERS`` with ``sht_inc``: one atomic
 shared-memory increment per counted event, no Python state to flush. Keys are the names in
 ``monitoring.node`` (``"failover <uri>"`` per proxy). ``sht_inc`` does not create a missing
 key, so the timer process creates each at 0: the node's at its first tick (before it there
@@ -21,19 +21,14 @@ from counterpoise import clock
 from counterpoise.core.location import sum_counters
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import shared
-from counterpoise.kamailio.location import TABLE as LOCATION_COUNTERS
+from counterpoise.kamailio import htables, shared
 from counterpoise.monitoring import node
 from counterpoise.monitoring.histogram import Histogram
 from counterpoise.monitoring.scrape import ListenError, ScrapeServer
 
-STATS = "cpstat"
-ROUTE_TIMES = "cproute"
-"""``"<pid>"`` -> that worker's ``Histogram`` of route times (one writer per key)."""
-
 
 def count(name: str) -> None:
-    KSR.htable.sht_inc(STATS, name)
+    KSR.htable.sht_inc(htables.NODE_COUNTERS.name, name)
 
 
 def routed(uri: str, by_location: bool, attempt: int) -> None:
@@ -57,13 +52,13 @@ class RouteTimer:
         if self._pid != os.getpid():  # forked after mod_init: each worker counts its own
             self._pid, self._histogram = os.getpid(), Histogram()
         self._histogram.observe_ns(clock.perf_ns() - started_ns)
-        KSR.htable.sht_sets(ROUTE_TIMES, str(self._pid), self._histogram.encode())
+        KSR.htable.sht_sets(htables.ROUTE_TIMES.name, str(self._pid), self._histogram.encode())
 
 
 def route_times() -> Histogram:
     """Every worker's route-time histogram, summed (timer process)."""
     total = Histogram()
-    for _, text in shared.items(ROUTE_TIMES):
+    for _, text in shared.items(htables.ROUTE_TIMES):
         try:
             total.add(Histogram.decode(text))
         except ValueError:
@@ -76,7 +71,7 @@ def failed_over(uri: str) -> None:
     count(f"{node.FAILOVER} {uri}")
 
 
-def _int_items(table: str) -> dict[str, int]:
+def _int_items(table: htables.Htable) -> dict[str, int]:
     values = {}
     for key, value in shared.items(table):
         try:
@@ -88,25 +83,25 @@ def _int_items(table: str) -> dict[str, int]:
 
 class Endpoint:
     """The timer process's metrics: tick durations, and the scrapes it answers after each
-    tick when ``settings.metrics_listen`` is set."""
+    tick when ``settings.node.metrics_listen`` is set."""
 
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self.ticks = node.TickStats()
         self._created: set[str] = set()
         self._create(node.NODE_COUNTERS)
         self._server: ScrapeServer | None = None
-        if settings.metrics_listen:
+        if settings.node.metrics_listen:
             try:
-                self._server = ScrapeServer(settings.metrics_listen)
-                log(f"Prometheus metrics on http://{settings.metrics_listen}/metrics")
+                self._server = ScrapeServer(settings.node.metrics_listen)
+                log(f"Prometheus metrics on http://{settings.node.metrics_listen}/metrics")
             except ListenError as error:
                 log(f"no metrics endpoint: {error}")
 
     def _create(self, names: Iterable[str]) -> None:
         for name in names:
             if name not in self._created:
-                if KSR.htable.sht_is_null(STATS, name) > 0:
-                    KSR.htable.sht_seti(STATS, name, 0)
+                if KSR.htable.sht_is_null(htables.NODE_COUNTERS.name, name) > 0:
+                    KSR.htable.sht_seti(htables.NODE_COUNTERS.name, name, 0)
                 self._created.add(name)
 
     def after_tick(self, sync: SyncLoop, tick_s: float, other_redis_errors: int) -> None:
@@ -119,8 +114,8 @@ class Endpoint:
         return node.NodeView(
             sync=sync,
             now_ms=clock.monotonic_ms(),
-            counters=_int_items(STATS),
-            location_counters=sum_counters(_int_items(LOCATION_COUNTERS)),
+            counters=_int_items(htables.NODE_COUNTERS),
+            location_counters=sum_counters(_int_items(htables.LOCATION_COUNTERS)),
             inflight={uri: shared.inflight(uri) for uri in sync.pool},
             ticks=self.ticks,
             redis_errors=sync.redis_errors + other_redis_errors,

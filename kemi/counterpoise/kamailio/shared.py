@@ -1,37 +1,6 @@
-"""Kamailio shared memory (htable), for the processes of one node.
-
-The routing tables are declared in ``kamailio.cfg``; their names are only here and there
-(the location server's ``cploc``, ``cpdlg`` and ``cplocq`` in ``kamailio.location``; the
-node counters ``cpstat`` in ``kamailio.metrics``; the node view ``cpview`` in
-``kamailio.view``):
-
-``cp``       ``table`` -> JSON list of ``[uri, weight, queueing (1 or 0), in-flight limit,
-             long wait (1 or 0: ``saturated_fr_timer_ms`` for a first reply)]``,
-             ``version`` -> int: the routing table the sync loop publishes and every SIP
-             worker routes with; ``settings`` -> JSON object of runtime settings changed
-             since start-up, ``settings_version`` -> int: written by ``counterpoise up``
-             over JSON-RPC (``htable.sets``/``seti``) on SIGHUP.
-``cpinf``    ``"<proxy uri> <epoch>"`` -> requests in flight to it from this node, relayed in
-             that epoch (``attempts.INFLIGHT_EPOCH_MS``; ``sht_inc``/``sht_dec``, atomic
-             across workers; the sync loop drops past epochs' counts as drift).
-``cpwait``   the same keys -> requests relayed in that epoch that the proxy has not answered
-             yet but for its 100 Trying (queued or in its workers' hands), which holding
-             limits (``core.hold``); a ringing call has left it.
-``cptally``  ``"<pid> <uri>"`` -> that worker's cumulative ``Tally`` of that proxy; each key
-             has a single writer, so no lock is taken.
-``cpload``   proxy URI -> the latest reason an ``X-CP-Load`` of that proxy was rejected (the
-             usable ones are summed into the workers' tallies); ``LOCATION_REJECT`` -> the
-             latest location record a worker rejected, ``"<key>: <why>"`` (its count is the
-             workers' ``rejected_records`` in ``cploc``).
-``cpheard``  ``"<pid> <uri>"`` -> ``attempts.stamp()`` of the latest reply that is not a failure
-             that worker got from that proxy, written at most every ``HEARD_EVERY_MS``: the
-             proxy's signs of life, late replies included (``policy``).
-``cpprobe``  proxy URI -> the sync loop's send time (``clock.monotonic_ms``) of its latest
-             answered probe: a probe timing out after it says nothing new
-             (``policy.probe_timeout_counts``).
-``cpretry``  the node's retry budget: ``tokens`` (retries the workers may spend until the
-             sync loop's next tick, which rewrites it), ``spent`` and ``refused`` (counts
-             since the node started, incremented atomically by the workers).
+"""The SIP workers' and the sync loop's side of a node's shared memory: the routing table,
+in-flight counts, tallies, signs of life, probes, the retry budget, the runtime settings
+(the tables are declared, with their keys and values, in ``kamailio.htables``).
 """
 
 from __future__ import annotations
@@ -44,92 +13,80 @@ from collections.abc import Mapping, Sequence
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, edge
+from counterpoise.core import attempts, edge, routing_table
 from counterpoise.core.attempts import stamp
 from counterpoise.core.hold import Limit
 from counterpoise.core.load import header_utilisation
 from counterpoise.core.location import sum_counters
 from counterpoise.core.reports import BadReport, parse_load_header
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.selection import WeightedPicker
 from counterpoise.core.tally import Tally
-from counterpoise.kamailio.counters import EDGE, EDGE_TABLE
+from counterpoise.kamailio import htables
+from counterpoise.kamailio.counters import EDGE
+from counterpoise.kamailio.htables import Htable
 
-TABLE = "cp"
-SETTINGS = "settings"
-SETTINGS_VERSION = "settings_version"
-INFLIGHT = "cpinf"
-AWAITING = "cpwait"
-TALLIES = "cptally"
-LOADS = "cpload"
-RETRIES = "cpretry"
-HEARD = "cpheard"
-PROBES = "cpprobe"
 HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
 tick sees it, at no more than 10 shared-memory writes a second per proxy and worker."""
 _ITERATOR = "cpit"
-LOCATION_REJECT = "location record"
-"""Key in ``cpload`` of the latest rejected location record (never a proxy URI: a space)."""
-LOCATION_COUNTS = "cploc"
-REJECTED_RECORDS = "rejected_records"
-"""The workers' counter (``"<name> <pid>"`` in ``cploc``) of rejected location records."""
 
 
-def _int(table: str, key: str) -> int:
-    value = KSR.htable.sht_get(table, key)
+def _int(table: Htable, key: str) -> int:
+    value = KSR.htable.sht_get(table.name, key)
     return value if isinstance(value, int) and value > 0 else 0
 
 
 def inflight(uri: str) -> int:
     """Requests in flight to ``uri`` from this node, ringing calls included."""
-    return _live_count(INFLIGHT, uri)
+    return _live_count(htables.INFLIGHT, uri)
 
 
 def inflight_add(uri: str, delta: int, sent_stamp: int) -> None:
     """Count an attempt relayed at ``sent_stamp`` in (+1) or out (-1) of flight."""
-    _epoch_add(INFLIGHT, uri, delta, sent_stamp)
+    _epoch_add(htables.INFLIGHT, uri, delta, sent_stamp)
 
 
 def awaiting(uri: str) -> int:
     """Requests of this node that ``uri`` has not answered yet but for its 100 Trying: in its
     queue or in its workers' hands, what holding limits. A ringing call has left it (its
     ringing time is the callee's, and it would fill the limit for seconds)."""
-    return _live_count(AWAITING, uri)
+    return _live_count(htables.AWAITING, uri)
 
 
 def awaiting_add(uri: str, delta: int, sent_stamp: int) -> None:
     """Count an attempt relayed at ``sent_stamp`` in (+1) or out (-1, its first reply other
     than 100 Trying, or its end) of the proxy's work."""
-    _epoch_add(AWAITING, uri, delta, sent_stamp)
+    _epoch_add(htables.AWAITING, uri, delta, sent_stamp)
 
 
-def _live_count(table: str, uri: str) -> int:
+def _live_count(table: Htable, uri: str) -> int:
     """The counts of ``uri`` in ``table`` over the live epochs."""
     total = 0
     for epoch in attempts.live_epochs(clock.monotonic_ms()):
-        value = KSR.htable.sht_get(table, f"{uri} {epoch}")
+        value = KSR.htable.sht_get(table.name, f"{uri} {epoch}")
         total += value if isinstance(value, int) else 0
     return max(total, 0)
 
 
-def _epoch_add(table: str, uri: str, delta: int, sent_stamp: int) -> None:
+def _epoch_add(table: Htable, uri: str, delta: int, sent_stamp: int) -> None:
     key = f"{uri} {attempts.epoch(sent_stamp)}"
     if delta > 0:
-        KSR.htable.sht_inc(table, key)
+        KSR.htable.sht_inc(table.name, key)
     else:
-        KSR.htable.sht_dec(table, key)
+        KSR.htable.sht_dec(table.name, key)
 
 
 def take_retry_token() -> bool:
     """Spend one of the node's retry tokens, or count a refusal when none is left. Read and
     decrement are two steps: workers racing for the last token may overspend by at most
     one each, until the next tick rewrites the count."""
-    tokens = KSR.htable.sht_get(RETRIES, "tokens")
+    tokens = KSR.htable.sht_get(htables.RETRY_BUDGET.name, htables.RETRY_TOKENS)
     if isinstance(tokens, int) and tokens > 0:
-        KSR.htable.sht_dec(RETRIES, "tokens")
-        KSR.htable.sht_inc(RETRIES, "spent")
+        KSR.htable.sht_dec(htables.RETRY_BUDGET.name, htables.RETRY_TOKENS)
+        KSR.htable.sht_inc(htables.RETRY_BUDGET.name, htables.RETRIES_SPENT)
         return True
-    KSR.htable.sht_inc(RETRIES, "refused")
+    KSR.htable.sht_inc(htables.RETRY_BUDGET.name, htables.RETRIES_REFUSED)
     return False
 
 
@@ -138,7 +95,7 @@ class SharedTable:
 
     def read_tallies(self) -> dict[str, Tally]:
         tallies = {}
-        for key, value in items(TALLIES):
+        for key, value in items(htables.TALLIES):
             try:
                 tallies[key] = Tally.decode(value)
             except ValueError:
@@ -146,37 +103,43 @@ class SharedTable:
         return tallies
 
     def read_load_rejections(self) -> Mapping[str, str]:
-        return dict(items(LOADS))
+        return dict(items(htables.REJECTIONS))
 
     def read_location_rejections(self) -> tuple[int, str]:
         counts = sum_counters(
-            {k: int(v) for k, v in items(LOCATION_COUNTS) if k.startswith(REJECTED_RECORDS + " ")}
+            {
+                k: int(v)
+                for k, v in items(htables.LOCATION_COUNTERS)
+                if k.startswith(htables.REJECTED_RECORDS + " ")
+            }
         )
-        last = KSR.htable.sht_get(LOADS, LOCATION_REJECT)
-        return counts.get(REJECTED_RECORDS, 0), last if isinstance(last, str) else ""
+        last = KSR.htable.sht_get(htables.REJECTIONS.name, htables.LOCATION_REJECT)
+        return counts.get(htables.REJECTED_RECORDS, 0), last if isinstance(last, str) else ""
 
     def inflight(self, uri: str) -> int:
         return inflight(uri)
 
     def read_heard(self) -> Mapping[str, int]:
-        return {key: int(value) for key, value in items(HEARD) if str(value).isdigit()}
+        return {key: int(value) for key, value in items(htables.HEARD) if str(value).isdigit()}
 
     def retry_counts(self) -> tuple[int, int]:
-        return _int(RETRIES, "spent"), _int(RETRIES, "refused")
+        budget = htables.RETRY_BUDGET
+        return _int(budget, htables.RETRIES_SPENT), _int(budget, htables.RETRIES_REFUSED)
 
     def set_retry_tokens(self, tokens: int) -> None:
-        for counter in ("spent", "refused"):
-            if KSR.htable.sht_is_null(RETRIES, counter) > 0:
-                KSR.htable.sht_seti(RETRIES, counter, 0)
-        KSR.htable.sht_seti(RETRIES, "tokens", tokens)
+        budget = htables.RETRY_BUDGET.name
+        for counter in (htables.RETRIES_SPENT, htables.RETRIES_REFUSED):
+            if KSR.htable.sht_is_null(budget, counter) > 0:
+                KSR.htable.sht_seti(budget, counter, 0)
+        KSR.htable.sht_seti(budget, htables.RETRY_TOKENS, tokens)
 
     def drop_stale_inflight(self, now_ms: int) -> int:
         drift = 0
-        for table in (INFLIGHT, AWAITING):
+        for table in (htables.INFLIGHT, htables.AWAITING):
             counts = dict(items(table))
             for key in attempts.stale_inflight(counts, now_ms):
-                KSR.htable.sht_rm(table, key)
-                if table == INFLIGHT:  # AWAITING's drift is the same attempts': counted once
+                KSR.htable.sht_rm(table.name, key)
+                if table == htables.INFLIGHT:  # AWAITING's drift is the same attempts': once
                     drift += max(_number(counts[key]), 0)
         if drift:
             EDGE.count("inflight_corrected", drift)
@@ -184,12 +147,14 @@ class SharedTable:
 
     def read_counters(self) -> Mapping[str, int]:
         """The edge's counters summed over the processes (``cpedge``)."""
-        return sum_counters({key: _number(value) for key, value in items(EDGE_TABLE)})
+        return sum_counters({key: _number(value) for key, value in items(htables.EDGE_COUNTERS)})
 
-    def publish_table(self, entries: Sequence[tuple[str, float, int, int, int]]) -> None:
-        KSR.htable.sht_sets(TABLE, "table", json.dumps(entries))
-        version = KSR.htable.sht_get(TABLE, "version")
-        KSR.htable.sht_seti(TABLE, "version", (version if isinstance(version, int) else 0) + 1)
+    def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
+        table = htables.ROUTING.name
+        KSR.htable.sht_sets(table, htables.ROUTING_TABLE, routing_table.encode(entries))
+        version = KSR.htable.sht_get(table, htables.ROUTING_VERSION)
+        next_version = (version if isinstance(version, int) else 0) + 1
+        KSR.htable.sht_seti(table, htables.ROUTING_VERSION, next_version)
 
 
 class SettingsFeed:
@@ -201,11 +166,11 @@ class SettingsFeed:
     def changes(self) -> dict[str, str] | None:
         """The changed settings (name -> text) when they were pushed again since the last
         call, else None: one shared-memory read per call, a parse only on change."""
-        version = KSR.htable.sht_get(TABLE, SETTINGS_VERSION)
+        version = KSR.htable.sht_get(htables.ROUTING.name, htables.RUNTIME_SETTINGS_VERSION)
         if version == self._version:
             return None
         self._version = version
-        raw = KSR.htable.sht_get(TABLE, SETTINGS)
+        raw = KSR.htable.sht_get(htables.ROUTING.name, htables.RUNTIME_SETTINGS)
         return json.loads(raw) if isinstance(raw, str) else None
 
 
@@ -228,7 +193,7 @@ class WorkerView:
         and whether it is queueing."""
         self.long_wait: frozenset[str] = frozenset()
         """The proxies of the table whose requests get ``saturated_fr_timer_ms`` for a first
-        reply instead of ``fr_timer_ms`` (``policy.first_reply_timeout_ms``)."""
+        reply instead of ``fr_timer_ms`` (``policy.timers.first_reply_timeout_ms``)."""
         self.hops: dict[str, frozenset[edge.Address]] = {}
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
@@ -239,15 +204,15 @@ class WorkerView:
 
     def refresh(self) -> WeightedPicker:
         """The current table: one shared-memory read per request, a parse only on change."""
-        version = KSR.htable.sht_get(TABLE, "version")
+        version = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_VERSION)
         if version != self._version:
-            raw = KSR.htable.sht_get(TABLE, "table")
-            entries = json.loads(raw) if isinstance(raw, str) else []
-            self.picker = WeightedPicker([(uri, float(w)) for uri, w, _, _, _ in entries])
-            self.limits = {uri: Limit(int(limit), bool(q)) for uri, _, q, limit, _ in entries}
-            self.long_wait = frozenset(uri for uri, _, _, _, long in entries if long)
+            raw = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_TABLE)
+            entries = routing_table.decode(raw) if isinstance(raw, str) else []
+            self.picker = WeightedPicker([(entry.uri, entry.weight) for entry in entries])
+            self.limits = {e.uri: Limit(e.inflight_limit, e.queueing) for e in entries}
+            self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self._version = version
-            uris = [entry[0] for entry in entries]
+            uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
                 self.hops = edge.pool_hops(uris, resolve)
                 self.pool = frozenset().union(*self.hops.values())
@@ -267,7 +232,7 @@ class WorkerView:
         ):
             return
         self._heard_written[uri] = now_ms
-        KSR.htable.sht_seti(HEARD, f"{self._pid} {uri}", stamp(now_ms))
+        KSR.htable.sht_seti(htables.HEARD.name, f"{self._pid} {uri}", stamp(now_ms))
 
     def count_late_reply(self, uri: str) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_late_reply())
@@ -277,12 +242,12 @@ class WorkerView:
 
     def note_probe_answered(self, uri: str, sent_ms: int) -> None:
         if sent_ms > self.probe_answered_ms(uri):
-            KSR.htable.sht_seti(PROBES, uri, sent_ms)
+            KSR.htable.sht_seti(htables.PROBES.name, uri, sent_ms)
 
     def probe_answered_ms(self, uri: str) -> int:
         """Send time of ``uri``'s latest answered probe, as far as any worker has seen; 0 if
         none."""
-        return _int(PROBES, uri)
+        return _int(htables.PROBES, uri)
 
     def note_load_header(self, uri: str, value: str) -> None:
         """Count the load a proxy's reply stated, or count why it could not be used."""
@@ -290,14 +255,14 @@ class WorkerView:
         try:
             utilisation = header_utilisation(parse_load_header(value))
         except BadReport as error:
-            KSR.htable.sht_sets(LOADS, uri, str(error))
+            KSR.htable.sht_sets(htables.REJECTIONS.name, uri, str(error))
             self._store(uri, tally.with_load_header_rejected())
             return
         self._store(uri, tally.with_load_sample(utilisation))
 
     def _store(self, uri: str, tally: Tally) -> None:
         self._tallies[uri] = tally
-        KSR.htable.sht_sets(TALLIES, f"{self._pid} {uri}", tally.encode())
+        KSR.htable.sht_sets(htables.TALLIES.name, f"{self._pid} {uri}", tally.encode())
 
 
 def _number(value: object) -> int:
@@ -308,10 +273,10 @@ def _number(value: object) -> int:
         return 0
 
 
-def items(table: str) -> list[tuple[str, str]]:
+def items(table: Htable) -> list[tuple[str, str]]:
     """Every key and value of a hash table (values as strings)."""
     items = []
-    if KSR.htable.sht_iterator_start(_ITERATOR, table) < 0:
+    if KSR.htable.sht_iterator_start(_ITERATOR, table.name) < 0:
         return items
     try:
         while KSR.htable.sht_iterator_next(_ITERATOR) > 0:

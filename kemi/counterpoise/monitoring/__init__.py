@@ -1,6 +1,7 @@
-"""Prometheus metrics of a balancer node and of the load agent (README "Monitoring").
+"""Prometheus metrics of a balancer node (README "Monitoring").
 
 No KSR and no redis here: ``node`` turns the sync loop's state and the node's counters into
-metric families, ``agent`` does the same for the agent, ``scrape`` serves them over HTTP
-without threads (Kamailio's timer process polls it once per tick).
+metric families, ``scrape`` serves them over HTTP without threads (Kamailio's timer process
+polls it once per tick). The load agent's own metrics are the agent's (``agent/metrics.py``):
+this package imports nothing of the agent, so the two never import each other.
 """

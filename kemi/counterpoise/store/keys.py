@@ -1,4 +1,4 @@
-"""Every Redis key and channel name, from one prefix (``Settings.key_prefix``, ``cp:``).
+"""Every Redis key and channel name, from one prefix (``key_prefix``, ``cp:``).
 
 README "Redis layout" documents the same schema:
 

@@ -14,28 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Protocol
 
 from counterpoise.core.policy import health, timers
-from counterpoise.core.policy.capacity import CapacitySettings, Throughput
-from counterpoise.core.policy.health import Health, HealthSettings
-from counterpoise.core.policy.latency import (
-    Average,
-    LatencySettings,
-    Silence,
-    queue_wait_ms,
-    slow,
-)
-from counterpoise.core.policy.timers import TimerSettings
+from counterpoise.core.policy.capacity import Throughput
+from counterpoise.core.policy.health import Health
+from counterpoise.core.policy.latency import Average, Silence, queue_wait_ms, slow
+from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
-
-
-class PolicySettings(LatencySettings, CapacitySettings, HealthSettings, TimerSettings, Protocol):
-    """Every setting the policy reads: each part takes only its own protocol, and the
-    composition reads ``fr_timer_ms`` (which the timers lengthen) itself."""
-
-    @property
-    def fr_timer_ms(self) -> int: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +34,22 @@ class Observed:
     last_window: Tally = dataclasses.field(default_factory=Tally)
     """The latest window with news, kept to show rates and inputs."""
 
-    def saturated(self, now_ms: int, settings: TimerSettings) -> bool:
-        return timers.saturated(self.health, now_ms, settings)
+    def saturated(self, now_ms: int, settings: Settings) -> bool:
+        return timers.saturated(self.health, now_ms, settings.timers)
 
     def silence_ms(self, now_ms: int) -> int:
         return self.silence.silence_ms(now_ms)
 
-    def queueing(self, now_ms: int, settings: PolicySettings) -> bool:
+    def queueing(self, now_ms: int, settings: Settings) -> bool:
         return timers.queueing(
-            timers.answered_lately(self.silence.last_life_ms, now_ms, settings.fr_timer_ms),
-            slow(self.latency.estimate_ms, settings),
+            timers.answered_lately(
+                self.silence.last_life_ms, now_ms, settings.failover.fr_timer_ms
+            ),
+            slow(self.latency.estimate_ms, settings.latency),
             self.saturated(now_ms, settings),
         )
 
-    def queue_wait_ms(self, now_ms: int, settings: PolicySettings) -> float:
+    def queue_wait_ms(self, now_ms: int, settings: Settings) -> float:
         """The queue wait (``latency.queue_wait_ms``) while queueing, else 0: in-flight
         requests to a proxy that is not queueing may be ringing calls, not a queue."""
         if not self.queueing(now_ms, settings):
@@ -79,7 +66,7 @@ def observe(
     observed: Observed,
     window: Tally,
     now_ms: int,
-    settings: PolicySettings,
+    settings: Settings,
     heard: bool = False,
     inflight: int | None = None,
 ) -> Observed:
@@ -89,18 +76,18 @@ def observe(
     ``inflight``: the requests in flight to it now (None: unknown)."""
     alive = health.showed_life(window, heard)
     completed = window.requests_ok + window.late_replies
-    throughput = observed.throughput.count(completed, alive, now_ms, settings)
+    throughput = observed.throughput.count(completed, alive, now_ms, settings.load)
     silence = observed.silence.observe(alive, now_ms, inflight)
     state = health.observe(
         observed.health,
         window,
         heard,
-        timers.answered_lately(silence.last_life_ms, now_ms, settings.fr_timer_ms),
+        timers.answered_lately(silence.last_life_ms, now_ms, settings.failover.fr_timer_ms),
         observed.latency.estimate_ms,
         now_ms,
-        settings,
+        settings.health,
     )
-    latency = observed.latency.fold(window, now_ms, settings)
+    latency = observed.latency.fold(window, now_ms, settings.latency)
     returning_ms = health.returning_latency_ms(observed.health, state)
     if returning_ms is not None:
         latency = dataclasses.replace(latency, estimate_ms=returning_ms)
@@ -124,7 +111,7 @@ def observe_pool(
     windows: Mapping[str, Tally],
     active: Mapping[str, float],
     now_ms: int,
-    settings: PolicySettings,
+    settings: Settings,
     heard: frozenset[str] | set[str] = frozenset(),
     inflight: Mapping[str, int] | None = None,
 ) -> PoolObserved:
@@ -146,7 +133,7 @@ def observe_pool(
         {uri: o.health for uri, o in observed.items()},
         {uri: o.health for uri, o in after.items()},
         active,
-        settings,
+        settings.health,
     )
     result = {uri: dataclasses.replace(o, health=capped[uri]) for uri, o in after.items()}
     return PoolObserved(result, refused)

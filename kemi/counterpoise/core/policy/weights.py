@@ -31,7 +31,8 @@ from collections.abc import Mapping
 
 from counterpoise.core.policy import capacity, health, latency, timers
 from counterpoise.core.policy.health import State
-from counterpoise.core.policy.observed import Observed, PolicySettings
+from counterpoise.core.policy.observed import Observed
+from counterpoise.core.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,7 @@ def weigh(
     drained: frozenset[str] | set[str],
     observed: Mapping[str, Observed],
     now_ms: int,
-    settings: PolicySettings,
+    settings: Settings,
     loads: Mapping[str, float | None] | None = None,
 ) -> dict[str, Weighting]:
     """Weights of every proxy in ``base_weights`` (the operator's list), by the formula of
@@ -83,10 +84,12 @@ def weigh(
     known = [estimate for estimate in estimates if estimate is not None]
     reference = min(known) if known else None
     load_factors = capacity.load_factors(
-        {uri: loads.get(uri) for uri in active if uri in usable}, settings
+        {uri: loads.get(uri) for uri in active if uri in usable}, settings.load
     )
     saturated = {uri for uri in usable if observed[uri].saturated(now_ms, settings)}
-    silent = {uri for uri in usable if health.silent(observed[uri].silence_ms(now_ms), settings)}
+    silent = {
+        uri for uri in usable if health.silent(observed[uri].silence_ms(now_ms), settings.health)
+    }
     set_aside = health.set_aside(usable, silent)
 
     result: dict[str, Weighting] = {}
@@ -99,12 +102,12 @@ def weigh(
         latency_factor = 1.0
         if reference is not None and estimate is not None and o.health.state != State.DOWN:
             expected_ms = max(estimate, o.silence_ms(now_ms), queue_wait_ms)
-            latency_factor = latency.latency_factor(expected_ms, reference, settings)
-        ramp = health.ramp(o.health, now_ms, settings, rest_saturated)
+            latency_factor = latency.latency_factor(expected_ms, reference, settings.latency)
+        ramp = health.ramp(o.health, now_ms, settings.health, rest_saturated)
         if uri in drained:
             weight, state = 0.0, State.DRAINED
         elif o.health.state == State.DOWN:
-            weight = base * settings.slow_start_floor if panic else 0.0
+            weight = base * settings.health.slow_start_floor if panic else 0.0
             state = State.DOWN
         elif uri in set_aside:
             weight, state = 0.0, o.health.state
@@ -127,11 +130,11 @@ def weigh(
                 queueing,
                 first_reply_ms,
                 o.saturated(now_ms, settings),
-                settings.fr_timer_ms,
-                settings,
+                settings.failover.fr_timer_ms,
+                settings.timers,
             ),
             queueing=queueing,
             silent=uri in set_aside,
-            inflight_limit=timers.inflight_limit(o.throughput.per_s, settings),
+            inflight_limit=timers.inflight_limit(o.throughput.per_s, settings.timers),
         )
     return result

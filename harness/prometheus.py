@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from counterpoise import processes
+from harness import REPO
 
-RULES = processes.REPO / "deploy" / "prometheus" / "counterpoise.rules.yml"
+RULES = REPO / "deploy" / "prometheus" / "counterpoise.rules.yml"
 SCRAPE_INTERVAL_S = 1
 """Short, so a test sees a change within a second or two; a real one scrapes every 15 s."""
 

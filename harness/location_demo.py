@@ -1,4 +1,4 @@
-"""``counterpoise demo --users N``: the location server in the demo.
+"""``scripts/demo.sh --users N``: the location server in the demo.
 
 The demo proxies become registrars (each its own location table); N users register through
 the balancer, which records each one's proxy in Redis; then the demo's calls go to those
@@ -14,10 +14,10 @@ from pathlib import Path
 from counterpoise import clock, processes
 from counterpoise.cli import table
 from counterpoise.core.settings import Settings
-from counterpoise.harness import testbed
 from counterpoise.store.keys import AOR
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
+from harness import testbed
 
 
 def register(
@@ -47,7 +47,7 @@ def register(
 
 
 def footer(store: PoolStore, settings: Settings, pool: list[testbed.Downstream]) -> str:
-    records = LocationStore(store.client, settings.key_prefix).scan((AOR,))
+    records = LocationStore(store.client, settings.redis.key_prefix).scan((AOR,))
     held: dict[str, int] = {}
     for entry in records:
         if entry.record is not None:

@@ -1,9 +1,9 @@
 """The demo pool: downstream Kamailio proxies in front of a SIPp UAS, and SIPp callers.
 
-Shared by ``counterpoise demo``, the end-to-end tests and the benchmarks, so all three run
-the same real processes. The downstream proxy is ``downstream/proxy.cfg`` (see its README):
-its capacity comes from workers sleeping ``cpdemo.delay_ms`` per INVITE, changeable at run
-time over its control socket.
+Shared by the demo (``harness/demo.py``), the end-to-end tests and the benchmarks, so all
+three run the same real processes. The downstream proxy is ``downstream/proxy.cfg`` (see its
+README): its capacity comes from workers sleeping ``cpdemo.delay_ms`` per INVITE, changeable
+at run time over its control socket.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from counterpoise import assets, processes
+from counterpoise import processes
+from harness import REPO
 
-DOWNSTREAM_CFG = assets.path("downstream") / "proxy.cfg"
+DOWNSTREAM_CFG = REPO / "downstream" / "proxy.cfg"
+SIPP_SCENARIOS = REPO / "sipp-scenarios"
 
 
 def kamcmd(ctl_socket: Path, *args: str, timeout_s: float = 5.0) -> str:
@@ -142,7 +144,7 @@ def start_uas(
     or playing ``scenario``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        "sipp", "-sf", str(processes.SIPP_SCENARIOS / scenario),
+        "sipp", "-sf", str(SIPP_SCENARIOS / scenario),
         "-i", "127.0.0.1", "-p", str(port), "-nostdin",
         "-max_socket", "2048", "-d", str(ring_ms),
     ]  # fmt: skip
@@ -205,7 +207,7 @@ class Caller:
         self.log = run_dir / f"uac-{self.port}.log"
         self.error_file = run_dir / f"uac-{self.port}.err"
         argv = [
-            "sipp", target, "-sf", str(processes.SIPP_SCENARIOS / scenario),
+            "sipp", target, "-sf", str(SIPP_SCENARIOS / scenario),
             "-i", local_ip, "-p", str(self.port),
             "-m", str(calls), "-r", str(rate), "-d", str(hold_ms),
             "-nostdin", "-timeout", f"{int(calls / rate) + 60}s",
@@ -252,7 +254,7 @@ def derived_scenario(run_dir: Path, base: str, replacements: dict[str, str]) -> 
     """A copy of a scenario of ``sipp-scenarios/`` with keywords replaced: ``uac.xml`` with
     ``[service]`` -> ``[field0]`` calls the users of an injection file, with ``[routes]`` -> ""
     its ACK and BYE carry no route set. One source for every variant, no near-copies."""
-    text = (processes.SIPP_SCENARIOS / base).read_text()
+    text = (SIPP_SCENARIOS / base).read_text()
     for old, new in replacements.items():
         if old not in text:
             raise ValueError(f"{base} has no {old!r}")

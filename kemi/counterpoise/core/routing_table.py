@@ -1,0 +1,46 @@
+"""The routing table: what the sync loop tells every SIP worker of each proxy with a weight.
+
+The sync loop encodes it into the node's shared memory when it changes; each SIP worker
+decodes it once per change and routes with it until the next. It is JSON objects with named
+fields, so ``kamcmd htable.get cp table`` reads as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingEntry:
+    """One proxy of the routing table."""
+
+    uri: str
+    weight: float
+    """Its share of new requests (``policy``)."""
+    queueing: bool
+    """Whether its ``inflight_limit`` holds new requests back (``core.hold``)."""
+    inflight_limit: int
+    """Requests in flight to it at which new ones are held while it is queueing; 0 when
+    holding is off."""
+    long_wait: bool
+    """Whether its requests wait ``saturated_fr_timer_ms`` for a first reply instead of
+    ``fr_timer_ms`` (``policy.timers.first_reply_timeout_ms``; the worker's settings give both)."""
+
+
+def encode(entries: Sequence[RoutingEntry]) -> str:
+    return json.dumps([dataclasses.asdict(entry) for entry in entries])
+
+
+def decode(text: str) -> list[RoutingEntry]:
+    return [
+        RoutingEntry(
+            uri=str(fields["uri"]),
+            weight=float(fields["weight"]),
+            queueing=bool(fields["queueing"]),
+            inflight_limit=int(fields["inflight_limit"]),
+            long_wait=bool(fields["long_wait"]),
+        )
+        for fields in json.loads(text)
+    ]

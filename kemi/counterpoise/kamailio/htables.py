@@ -1,0 +1,351 @@
+"""Every hash table (htable) of a node's shared memory: its name, its size, the shape of its
+keys and values, and the code that writes and reads it.
+
+A node's Kamailio processes share nothing else: the SIP workers, the timer process that runs
+the sync loop, and the release timer of held requests. ``kamailio.cfg`` creates the tables
+with ``modparam("htable", "htable", ...)`` lines equal to ``Htable.definition``
+(``tests/unit/test_htables.py`` keeps the two in step); every module touching a table takes
+its name, and its fixed keys, from here. Writers and readers are named by their path under
+``counterpoise``; the same test checks that the modules they name are those that use it.
+
+This module imports nothing of Kamailio, so the CLI, which writes the runtime settings over
+JSON-RPC, uses it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Htable:
+    name: str
+    size: int
+    """It has ``2 ** size`` slots: about the keys it holds at once (more make a lookup walk a
+    longer chain)."""
+    key: str
+    """The shape of its keys."""
+    value: str
+    """What a key holds."""
+    writers: tuple[str, ...]
+    """The code that writes it: paths under ``counterpoise``, of a module or of a class,
+    function or name in one."""
+    readers: tuple[str, ...]
+    autoexpire_s: int = 0
+    """Each entry is dropped this long after its latest write; 0: never."""
+    initval: int | None = None
+    """What ``sht_inc`` starts a missing key from; None: it does not create the key."""
+    operators: str = ""
+    """What an operator reads of it with ``kamcmd``."""
+
+    def definition(self) -> str:
+        """The table as ``kamailio.cfg``'s ``modparam("htable", "htable", ...)`` gives it."""
+        text = f"{self.name}=>size={self.size};"
+        if self.autoexpire_s:
+            text += f"autoexpire={self.autoexpire_s};"
+        if self.initval is not None:
+            text += f"initval={self.initval};"
+        return text
+
+
+def _fixed(*keys: str) -> str:
+    return "the fixed keys " + ", ".join(f"``{key}``" for key in keys)
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+ROUTING_TABLE = "table"
+ROUTING_VERSION = "version"
+RUNTIME_SETTINGS = "settings"
+RUNTIME_SETTINGS_VERSION = "settings_version"
+ROUTING = Htable(
+    name="cp",
+    size=2,
+    key=_fixed(ROUTING_TABLE, ROUTING_VERSION, RUNTIME_SETTINGS, RUNTIME_SETTINGS_VERSION),
+    value=(
+        "the routing table (``core.routing_table``) and its version, bumped on each change; "
+        "the runtime settings changed since start-up (JSON object, name -> text) and their "
+        "version, bumped on each push"
+    ),
+    writers=(
+        "kamailio.shared.SharedTable.publish_table",
+        "cli.reload.Reloader.reload_if_requested",
+    ),
+    readers=("kamailio.shared.WorkerView.refresh", "kamailio.shared.SettingsFeed.changes"),
+)
+"""The sync loop publishes the table every SIP worker routes with; ``counterpoise up`` pushes
+the settings on SIGHUP, over JSON-RPC (``htable.sets``/``seti``), value before version, so a
+process that sees the new version reads the new value."""
+
+INFLIGHT = Htable(
+    name="cpinf",
+    size=8,
+    initval=0,
+    key='``"<proxy uri> <epoch>"`` (``attempts.epoch`` of the attempt\'s send stamp)',
+    value="int: requests in flight to that proxy from this node, relayed in that epoch",
+    writers=("kamailio.shared.inflight_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
+    readers=("kamailio.shared.inflight",),
+)
+"""Counted in and out with ``sht_inc``/``sht_dec`` (atomic across workers; ``initval`` lets
+the first create the key); the sync loop drops the counts of past epochs as drift."""
+
+AWAITING = Htable(
+    name="cpwait",
+    size=8,
+    initval=0,
+    key=INFLIGHT.key,
+    value=(
+        "int: requests relayed in that epoch that the proxy has not answered yet but for its "
+        "100 Trying (in its queue or its workers' hands): what holding limits (``core.hold``)"
+    ),
+    writers=("kamailio.shared.awaiting_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
+    readers=("kamailio.shared.awaiting",),
+)
+"""A ringing call has left it: its ringing time is the callee's."""
+
+# --- feedback from the SIP workers to the sync loop ------------------------------------------
+
+TALLIES = Htable(
+    name="cptally",
+    size=8,
+    key='``"<pid> <proxy uri>"``',
+    value="that worker's cumulative ``core.tally.Tally`` of that proxy (``Tally.encode``)",
+    writers=("kamailio.shared.WorkerView",),
+    readers=("kamailio.shared.SharedTable.read_tallies",),
+)
+"""Each key has a single writer, so no lock is taken."""
+
+LOCATION_REJECT = "location record"
+"""The key of the latest rejected location record (never a proxy URI: it has a space)."""
+REJECTIONS = Htable(
+    name="cpload",
+    size=8,
+    key=f"proxy URI; ``{LOCATION_REJECT}``",
+    value=(
+        "the latest reason an ``X-CP-Load`` of that proxy's replies was rejected; the latest "
+        'location record a worker rejected, ``"<key>: <why>"``'
+    ),
+    writers=(
+        "kamailio.shared.WorkerView.note_load_header",
+        "kamailio.location.LocationRouting",
+    ),
+    readers=(
+        "kamailio.shared.SharedTable.read_load_rejections",
+        "kamailio.shared.SharedTable.read_location_rejections",
+    ),
+)
+"""Only the reasons: the counts are in the workers' tallies (``X-CP-Load``) and in
+``LOCATION_COUNTERS`` (``REJECTED_RECORDS``)."""
+
+HEARD = Htable(
+    name="cpheard",
+    size=8,
+    key='``"<pid> <proxy uri>"``',
+    value=(
+        "``attempts.stamp()`` of the latest reply that is not a failure that worker got from "
+        "that proxy, late replies included: its signs of life (``policy``)"
+    ),
+    writers=("kamailio.shared.WorkerView.note_heard",),
+    readers=("kamailio.shared.SharedTable.read_heard",),
+)
+"""Written at most every ``shared.HEARD_EVERY_MS``."""
+
+PROBES = Htable(
+    name="cpprobe",
+    size=4,
+    key="proxy URI",
+    value="send time (``clock.monotonic_ms``) of its latest answered probe",
+    writers=("kamailio.shared.WorkerView.note_probe_answered",),
+    readers=("kamailio.shared.WorkerView.probe_answered_ms",),
+)
+"""A probe left unanswered is no failure when one sent after it was answered
+(``policy.health.probe_timeout_counts``)."""
+
+RETRY_TOKENS = "tokens"
+RETRIES_SPENT = "spent"
+RETRIES_REFUSED = "refused"
+RETRY_BUDGET = Htable(
+    name="cpretry",
+    size=2,
+    key=_fixed(RETRY_TOKENS, RETRIES_SPENT, RETRIES_REFUSED),
+    value=(
+        "int: retries the workers may spend until the sync loop's next tick, which rewrites "
+        "it; retries spent and refused since the node started"
+    ),
+    writers=("kamailio.shared.take_retry_token", "kamailio.shared.SharedTable.set_retry_tokens"),
+    readers=("kamailio.shared.take_retry_token", "kamailio.shared.SharedTable.retry_counts"),
+)
+"""The node's retry budget (``attempts.RetryBudget``); the workers count with ``sht_inc`` and
+``sht_dec``, atomic."""
+
+# --- held requests ---------------------------------------------------------------------------
+
+HELD_HEAD = "head"
+HELD_TAIL = "tail"
+HELD = Htable(
+    name="cphold",
+    size=8,
+    initval=0,
+    key=f"{_fixed(HELD_TAIL, HELD_HEAD)}; ``<seq>``",
+    value=(
+        "int: the sequence number of the latest request held (``sht_inc``: atomic across the "
+        "workers that hold requests); int: the sequence number of the latest one released "
+        '(the release timer alone writes it); ``"<tindex> <tlabel> <held at, monotonic ms>"`` '
+        "of a request still held"
+    ),
+    writers=("kamailio.holding.hold", "kamailio.holding.Waiting", "kamailio.holding.release"),
+    readers=("kamailio.holding.count", "kamailio.holding.Waiting"),
+)
+"""The node's queue of requests held while every proxy is queueing (``kamailio.holding``);
+``initval`` lets ``sht_inc`` create the tail."""
+
+# --- the location server ---------------------------------------------------------------------
+
+REJECTED_RECORDS = "rejected_records"
+"""The workers' counter of rejected location records."""
+LOCATION_COUNTERS = Htable(
+    name="cploc",
+    size=6,
+    key=f'``"<name> <pid>"``, ``{REJECTED_RECORDS}`` among the names',
+    value="int: that worker's count (``kamailio.counters``)",
+    writers=("kamailio.location.LocationRouting",),
+    readers=("kamailio.shared.SharedTable.read_location_rejections", "kamailio.metrics.Endpoint"),
+    operators="``htable.dump cploc``: every worker's count",
+)
+"""The location server's counters; ``core.location.sum_counters`` sums them over the
+workers."""
+
+DIALOGS = Htable(
+    name="cpdlg",
+    size=10,
+    autoexpire_s=60,
+    key="Call-ID",
+    value="the dialog's record (``core.location.Record.to_json``), this node's copy",
+    writers=("kamailio.location.LocationRouting",),
+    readers=("kamailio.location.LocationRouting.route_dialog",),
+)
+"""Seen at once by every worker of the node: the ACK right after a 200 finds it. Redis gets
+the record from the timer process within a tick, so 60 s covers any in-dialog request that
+comes before that."""
+
+DIALOG_WRITES = Htable(
+    name="cplocq",
+    size=10,
+    key='``"<monotonic ns> <pid>"``: in order of queueing, one writer per key',
+    value="a dialog record's Redis write (``core.location.PendingWrite.encode``)",
+    writers=("kamailio.location.LocationRouting._queue",),
+    readers=("kamailio.location.DialogWriteBehind.flush",),
+)
+"""The queue of dialog writes the timer process sends to Redis, one pipeline per tick, so a
+call costs its SIP worker no Redis round trip; the timer removes what Redis took."""
+
+LOCATION_CACHE = Htable(
+    name="cplocc",
+    size=10,
+    autoexpire_s=10,
+    key="AOR",
+    value="its holder or none, with an expiry (``core.location.CachedHolder``)",
+    writers=("kamailio.location.LocationRouting",),
+    readers=("kamailio.location.LocationRouting._holder",),
+)
+"""Location lookups answered from this node's memory for ``location_cache_ms``; the entries
+are dropped after 10 s, the setting's bound."""
+
+# --- the edge's trust rules ------------------------------------------------------------------
+
+RATES = Htable(
+    name="cprate",
+    size=12,
+    autoexpire_s=2,
+    initval=0,
+    key="``edge.window_key``: source IP, 1 s window and kind (all requests or REGISTER)",
+    value="int: requests of that source in that window",
+    writers=("kamailio.flood.FloodGuard._breaks",),
+    readers=("kamailio.flood.FloodGuard._breaks",),
+)
+"""A window's keys expire after two windows (``flood.WINDOW_MS``); ``initval`` lets
+``sht_inc`` create a key."""
+
+BANS = Htable(
+    name="cpban",
+    size=10,
+    autoexpire_s=3600,
+    key="source IP",
+    value="1",
+    writers=("kamailio.flood.FloodGuard.admits",),
+    readers=("kamailio.flood.FloodGuard.admits",),
+)
+"""Banned sources, each written with its own expiry (``flood_ban_ms``, ``sht_setxi``): the
+table's ``autoexpire`` only turns expiry on."""
+
+EDGE_COUNTERS = Htable(
+    name="cpedge",
+    size=6,
+    key='``"<name> <pid>"``',
+    value="int: that process's count (``kamailio.counters``)",
+    writers=("kamailio.counters.EDGE",),
+    readers=("kamailio.shared.SharedTable.read_counters",),
+    operators="``htable.dump cpedge``: every process's count",
+)
+"""What the edge refused or could not read; the sync loop publishes the sums to Redis."""
+
+# --- the node's metrics and view -------------------------------------------------------------
+
+NODE_COUNTERS = Htable(
+    name="cpstat",
+    size=6,
+    key='the names in ``monitoring.node`` (``"failover <proxy uri>"`` per proxy)',
+    value="int: the node's count",
+    writers=("kamailio.metrics.count", "kamailio.metrics.Endpoint"),
+    readers=("kamailio.metrics.Endpoint",),
+)
+"""The SIP workers count with ``sht_inc`` (one atomic write per event); it does not create a
+missing key, so the timer process creates each at 0."""
+
+ROUTE_TIMES = Htable(
+    name="cproute",
+    size=4,
+    key='``"<pid>"``',
+    value="that worker's histogram of route times (``monitoring.histogram.Histogram``)",
+    writers=("kamailio.metrics.RouteTimer.observe",),
+    readers=("kamailio.metrics.route_times",),
+)
+"""Written only with the metrics endpoint on."""
+
+VIEW_NODE = "node"
+PROXY_VIEW = Htable(
+    name="cpview",
+    size=6,
+    key=f"proxy URI; ``{VIEW_NODE}``",
+    value=(
+        "JSON: the record the timer process publishes of that proxy; the node's name, Redis "
+        "reachability and sync age, and panic"
+    ),
+    writers=("kamailio.view.NodeViewTable.update",),
+    readers=(),
+    operators="``htable.get cpview <proxy uri>``, ``htable.dump cpview``",
+)
+"""The node's own view of its proxies, for ``kamcmd`` (app_python3 cannot register RPC
+commands of its own)."""
+
+ALL = (
+    ROUTING,
+    INFLIGHT,
+    AWAITING,
+    TALLIES,
+    REJECTIONS,
+    HEARD,
+    PROBES,
+    RETRY_BUDGET,
+    HELD,
+    LOCATION_COUNTERS,
+    DIALOGS,
+    DIALOG_WRITES,
+    LOCATION_CACHE,
+    RATES,
+    BANS,
+    EDGE_COUNTERS,
+    NODE_COUNTERS,
+    ROUTE_TIMES,
+    PROXY_VIEW,
+)
