@@ -1,6 +1,6 @@
 """Feedback from the proxies themselves, end to end: agent reports, X-CP-Load in replies,
 probes with no traffic, INVITE probes. Each test prints how long the balancer took to react
-(the figures in the README come from ``bash scripts/test.sh -s -k feedback``)."""
+(the reaction times in docs/routing.md come from ``bash scripts/test.sh -s -k feedback``)."""
 
 from __future__ import annotations
 

@@ -125,6 +125,6 @@ def test_calls_beyond_the_pools_capacity_wait_at_the_balancer_and_are_all_answer
     # deadline (hold_max_ms, 4 s).
     assert held.get("held_overdue", 0) <= held["held"] // 4
     # Held calls were relayed with their Record-Route: every one completed, BYE included.
-    # Ringing, a few may still get a test proxy's own 408 (README, "Holding at the
-    # balancer": 0 in four runs, 2 in a fifth); counting ringing calls as work cost 46.
+    # Ringing, a few may still get a test proxy's own 408 (docs/routing.md, "Holding at the
+    # balancer"); counting ringing calls as work cost 46.
     assert result.failed <= (RINGING_FAILURES_MAX if ring_ms else 0), result.output[-2000:]

@@ -106,7 +106,7 @@ def pool_rows(store: PoolStore, settings: Settings, now_ms: int) -> list[dict]:
 def rejected_inputs(store: PoolStore, settings: Settings, now_ms: int) -> list[str]:
     """One line per node that rejected inputs (``cp:rejects:<node>``): load reports and
     headers, pool records, location records; and one per node whose edge refused or could
-    not read something (README "Security")."""
+    not read something (docs/security.md)."""
     lines = []
     for node, counts in sorted(store.node_rejects(now_ms, settings.redis.node_ttl_ms).items()):
         parts = [

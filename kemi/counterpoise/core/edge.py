@@ -1,7 +1,7 @@
 """The edge's trust rules: who may make the balancer send what where, and how much.
 
 Pure: the Kamailio edge reads the source address, the next hop and the counters, and asks
-these functions what they mean (README, "Security").
+these functions what they mean (docs/security.md).
 
 The trust model in one sentence: the pool's proxies are trusted, everything else is not. A
 request from outside may go only to a pool proxy; a request from a pool proxy may follow

@@ -38,7 +38,7 @@ one is answered 400 by the module itself and goes no further."""
 SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
-"""Hop by hop: only a pool proxy's reply to the balancer may carry it (README "Security")."""
+"""Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
 
 
 class KemiApp:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a balancer node (README "Monitoring").
+"""Prometheus metrics of a balancer node (docs/monitoring.md).
 
 No KSR and no redis here: ``node`` turns the sync loop's state and the node's counters into
 metric families, ``scrape`` serves them over HTTP without threads (Kamailio's timer process

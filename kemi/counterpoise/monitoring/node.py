@@ -4,7 +4,7 @@ Built on demand for a scrape, in the timer process (the only one holding the pol
 state): nothing is added to the per-request path except the node counters the SIP workers
 already keep in shared memory (``kamailio.metrics``). Names follow Prometheus' conventions:
 ``counterpoise_`` prefix, base units (seconds, ratios 0..1), ``_total`` on counters, labels
-``node`` and ``proxy``. Every metric is listed with its meaning in README "Monitoring".
+``node`` and ``proxy``. Every metric is listed with its meaning in docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class NodeView:
     route_times: Histogram = dataclasses.field(default_factory=Histogram)
     """Time initial requests spent in the balancer's route, summed over the workers."""
     edge_counters: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    """The edge's counters (``cpedge``, README "Security"), summed over the processes."""
+    """The edge's counters (``cpedge``, docs/security.md), summed over the processes."""
 
 
 def render(view: NodeView) -> bytes:
@@ -227,7 +227,7 @@ def node_families(view: NodeView) -> list[Metric]:
         ),
         (
             "edge_events",
-            'What the untrusted edge refused or could not read, by event (README "Security").',
+            'What the untrusted edge refused or could not read, by event (docs/security.md).',
             "event",
             dict(view.edge_counters),
         ),

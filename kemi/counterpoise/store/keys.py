@@ -1,6 +1,6 @@
 """Every Redis key and channel name, from one prefix (``key_prefix``, ``cp:``).
 
-README "Redis layout" documents the same schema:
+docs/redis.md documents the same schema:
 
 ``cp:pool``                HASH  proxy URI -> JSON ``core.pool.ProxyConfig``; no expiry.
 ``cp:pool:version``        STRING integer, incremented by every change of ``cp:pool``.
