@@ -16,7 +16,7 @@ from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 
 from .ksr import FakeKsr
-from .sync import FakeClock, FakeProbes, MemoryLocationStore, MemoryStore
+from .sync import FakeClock, FakeProbes, MemoryDialogKeyStore, MemoryLocationStore, MemoryStore
 
 CALLEE = "sip:bob@example.com"
 
@@ -48,6 +48,12 @@ class Node:
         self.app = KemiApp(settings)
         self.app.rng.seed(2)
         ksr.routes["ksr_route_release"] = self.app.ksr_route_release
+        ksr.routes["ksr_route_branch"] = self.app.ksr_route_branch
+        self.dialog_keys = MemoryDialogKeyStore()
+        monkeypatch.setattr(
+            "counterpoise.kamailio.dialog_keys.DialogKeyStore.open",
+            lambda *args: self.dialog_keys,
+        )
         loop = SyncLoop(
             settings=settings,
             node="lb1",

@@ -15,11 +15,11 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, edge, hold, location
+from counterpoise.core import attempts, dialog_seal, edge, hold, location
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, guard, holding, metrics, probes, read, shared
+from counterpoise.kamailio import avps, dialog_keys, guard, holding, metrics, probes, read, shared
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
@@ -53,6 +53,7 @@ class KemiApp:
         self.location: LocationRouting | None = None
         self.flood = FloodGuard(settings)
         self.dialog_writes: DialogWriteBehind | None = None
+        self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
         self.waiting = holding.Waiting()
@@ -130,29 +131,54 @@ class KemiApp:
         return True
 
     def ksr_route_withindlg(self, source: edge.Address, stream: bool) -> None:
-        """In-dialog requests follow the Record-Route set their dialog built; without a usable
-        one, their dialog record (location server). From outside, only towards a pool proxy."""
-        if KSR.rr.loose_route() > 0:
-            if not edge.may_relay(source, stream, self._next_hop(), self.view.pool):
-                EDGE.count("relay_denied")
-                if not KSR.is_ACK():
-                    KSR.sl.sl_send_reply(403, "Forbidden")
+        """In-dialog requests pass only in a dialog the balancer made: its top Route is the
+        balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
+        without a route set, from outside the pool, by its dialog record (location server).
+        Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
+        if KSR.is_ACK() and KSR.tm.t_check_trans() == 0:
+            return  # the ACK of a negative reply: tm absorbed it
+        if KSR.hdr.is_present("Route") > 0:
+            hop = self._sealed_hop(source, stream)
+            if hop is None or KSR.rr.loose_route() < 0:
+                self._deny_in_dialog()
                 return
             if self.location is not None and KSR.is_BYE():
                 self.location.dialog_ended()
-            KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
-            if KSR.tm.t_relay() >= 0:
-                metrics.count(metrics.node.IN_DIALOG_RECORD_ROUTE)
+            self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
-        if KSR.is_ACK():
-            matched = KSR.tm.t_check_trans()
-            if matched > 0:
-                KSR.tm.t_relay()
-            if matched >= 0:  # relayed, or the ACK of a negative reply tm absorbed (0)
-                return
-        if self.ksr_route_dialog_record() or KSR.is_ACK():
-            return
-        KSR.sl.sl_send_reply(404, "Not here")
+        if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
+            self._deny_in_dialog()
+
+    def _sealed_hop(self, source: edge.Address, stream: bool) -> dialog_seal.Hop | None:
+        """Where the seal of the top Route sends this request; None when it may go nowhere."""
+        route, call_id = read.text("$route_uri"), read.text("$ci")
+        if route is None or call_id is None:
+            return None
+        request = dialog_seal.Request(
+            route, call_id, read.text("$ft"), read.text("$tt"), source, stream
+        )
+        return dialog_seal.admit(request, dialog_keys.secret, self.view.pool, self._addresses)
+
+    def _addresses(self, proxy: dialog_seal.Hop) -> frozenset[edge.Address]:
+        """Where the pool proxy a seal names may be seen (its name resolved)."""
+        for uri, addresses in self.view.hops.items():
+            if dialog_seal.proxy_hop(uri) == proxy:
+                return addresses
+        return frozenset()
+
+    def _deny_in_dialog(self) -> None:
+        EDGE.count("relay_denied")
+        if not KSR.is_ACK():
+            KSR.sl.sl_send_reply(403, "Forbidden")
+
+    def _relay_in_dialog(self, destination: str, counter: str) -> bool:
+        """Send an in-dialog request to ``destination`` (``$du``); False if tm could not."""
+        KSR.setdsturi(destination)
+        KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
+        if KSR.tm.t_relay() < 0:
+            return False
+        metrics.count(counter)
+        return True
 
     def ksr_route_dialog_record(self) -> bool:
         """Relay an in-dialog request to the proxy its dialog record names, with that proxy
@@ -161,11 +187,8 @@ class KemiApp:
         if proxy is None or proxy not in self.view.hops:
             return False
         KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
-        KSR.setdsturi(proxy)
-        KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
-        if KSR.tm.t_relay() >= 0:
-            metrics.count(metrics.node.IN_DIALOG_DIALOG_RECORD)
-        elif not KSR.is_ACK():
+        relayed = self._relay_in_dialog(proxy, metrics.node.IN_DIALOG_DIALOG_RECORD)
+        if not relayed and not KSR.is_ACK():
             KSR.sl.sl_reply_error()
         return True
 
@@ -177,8 +200,8 @@ class KemiApp:
         return True
 
     def ksr_route_dispatch(self) -> None:
-        if KSR.is_method_in("IS") or KSR.is_REFER():  # INVITE, SUBSCRIBE, REFER
-            KSR.rr.record_route()
+        if _forms_dialog() and not self._sealable():
+            return
         held = self.ksr_route_location()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
@@ -215,14 +238,39 @@ class KemiApp:
             guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
+    def _sealable(self) -> bool:
+        """Whether this dialog-forming request's Record-Route can be sealed; if not, it is
+        answered here: a dialog whose in-dialog requests would all be refused is no call."""
+        if not read.text("$ft"):
+            KSR.sl.sl_send_reply(400, "Missing From Tag")
+            return False
+        if dialog_keys.signing() is None:  # no key loaded yet: Redis not reached since start
+            EDGE.count("no_dialog_key")
+            KSR.sl.sl_send_reply(503, "Service Unavailable")
+            return False
+        return True
+
+    @hook("branch")
+    def ksr_route_branch(self, msg: object) -> int:
+        """tm branch route of every relayed initial request: a dialog-forming one records
+        the route, sealed with THIS branch's proxy (failover sends another branch elsewhere)."""
+        if not _forms_dialog():
+            return 1
+        key = dialog_keys.signing()
+        proxy = dialog_seal.proxy_hop(read.text("$du") or "")
+        caller = dialog_seal.caller_hop(read.text("$pr") or "", *_source())
+        call_id, from_tag = read.text("$ci"), read.text("$ft")
+        if key is None or proxy is None or caller is None or not call_id or not from_tag:
+            EDGE.count("unsealed")  # its in-dialog requests will be refused
+            KSR.rr.record_route()
+            return 1
+        seal = dialog_seal.Seal(call_id, from_tag, proxy, caller)
+        KSR.rr.record_route_params(dialog_seal.record_route_params(*key, seal))
+        return 1
+
     def _pick(self) -> str | None:
         """A proxy by weight, from the table the request route refreshed on entry."""
         return self.view.picker.pick(self.rng.random, shared.inflight)
-
-    def _next_hop(self) -> edge.Address | None:
-        """Where the request goes after ``loose_route``: ``$du`` if set, else the R-URI."""
-        host, port = read.text("$nh(d)"), read.value("$nh(p)")
-        return edge.hop(host, port if isinstance(port, int | str) else None) if host else None
 
     def _relay(self, uri: str, tried: list[str]) -> bool:
         if tried:
@@ -243,6 +291,7 @@ class KemiApp:
         KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
+        KSR.tm.t_on_branch("ksr_route_branch")
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
         if KSR.tm.t_relay() < 0:
@@ -447,10 +496,13 @@ class KemiApp:
             if self.location is not None and self.settings.location.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
+            self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
         guard.isolated("sync tick", sync.tick)
+        if self.dialog_keys is not None:
+            guard.isolated("dialog keys", self.dialog_keys.load)
         if writes is not None:
             guard.isolated("dialog flush", writes.flush)
         guard.isolated(
@@ -509,6 +561,10 @@ def _sent(attempt: avps.Attempt) -> int:
     """The attempt's relay stamp, which names the epoch of its counts (now if it has none)."""
     sent = attempt.sent_stamp
     return attempts.stamp(clock.monotonic_ms()) if sent is None else sent
+
+
+def _forms_dialog() -> bool:
+    return KSR.is_method_in("IS") > 0 or KSR.is_REFER() > 0  # INVITE, SUBSCRIBE, REFER
 
 
 def _source() -> edge.Address:
