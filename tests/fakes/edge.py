@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from counterpoise import clock
+from counterpoise.core import dialog_seal
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import SyncLoop
@@ -68,6 +69,25 @@ class Node:
         # store is this one.
         monkeypatch.setattr(self.app, "_make_sync_loop", lambda: loop)
         self.shared = shared
+
+    def sealed_route(
+        self,
+        proxy: str,
+        caller: tuple[str, int] = ("198.51.100.7", 5060),
+        call_id: str = "call-1@198.51.100.7",
+        from_tag: str = "from-tag-1",
+        host: str = "192.0.2.1",
+    ) -> str:
+        """The Route a dialog through ``proxy`` carries back to the balancer at ``host``,
+        sealed with the node's current key, as its Record-Route was."""
+        key = dialog_seal.signing_key(self.dialog_keys.ring()[0], self.clock.wall_ms())
+        assert key is not None, "no dialog key yet: tick first"
+        sealed_proxy = dialog_seal.proxy_hop(proxy)
+        sealed_caller = dialog_seal.caller_hop("udp", *caller)
+        assert sealed_proxy is not None and sealed_caller is not None
+        seal = dialog_seal.Seal(call_id, from_tag, sealed_proxy, sealed_caller)
+        params = dialog_seal.record_route_params(key.key_id, key.secret, seal)
+        return f"<sip:{host};lr;ftag={from_tag}{params}>"
 
     def pool(self, *proxies: str, **weights: float) -> None:
         """Put ``proxies`` in the pool and publish the table (one sync tick)."""

@@ -263,9 +263,12 @@ def parse_key(key_id: str, value: str) -> DialogKey:
 
 
 def signing_key(ring: Mapping[str, DialogKey], now_wall_ms: int) -> DialogKey | None:
-    """The newest key already active (the first key is active at once)."""
+    """The newest key already active (the first key is active at once); when none is yet
+    (rotations faster than the activation delay dropped the active one), the oldest."""
     active = [key for key in ring.values() if key.active_from_ms <= now_wall_ms]
-    return max(active, key=lambda key: int(key.key_id), default=None)
+    if active:
+        return max(active, key=lambda key: int(key.key_id))
+    return min(ring.values(), key=lambda key: int(key.key_id), default=None)
 
 
 def rotated(

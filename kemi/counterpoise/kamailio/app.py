@@ -146,8 +146,9 @@ class KemiApp:
                 self.location.dialog_ended()
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
-        if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
-            self._deny_in_dialog()
+        from_pool = edge.from_pool(source, stream, self.view.pool)
+        if (from_pool or not self.ksr_route_dialog_record()) and not KSR.is_ACK():
+            KSR.sl.sl_send_reply(404, "Not here")  # no route set, no dialog record: unknown
 
     def _sealed_hop(self, source: edge.Address, stream: bool) -> dialog_seal.Hop | None:
         """Where the seal of the top Route sends this request; None when it may go nowhere."""
