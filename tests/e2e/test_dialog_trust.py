@@ -214,6 +214,21 @@ def test_a_call_ends_after_its_node_restarted(bed: Bed) -> None:
     proxy.close()
 
 
+def test_a_second_node_checks_the_first_nodes_dialogs(bed: Bed) -> None:
+    """The seal binds the dialog, not the node: behind an address both nodes advertise, the
+    other node takes the dialog (here its own address is put in the Route, as that would)."""
+    first = bed.start_balancer(name="lb1")
+    proxy = scripted_proxy(bed)
+    dialog = call(bed)
+    second = bed.start_balancer(name="lb2")
+    processes.wait_for(lambda: proxy.uri in bed.rows_published(), 15, "the second node")
+    dialog.routes = [r.replace(f":{first};", f":{second};") for r in dialog.routes]
+    assert status_of_request(dialog, bed) == 200
+    assert len(proxy.of_method("BYE")) == 1
+    assert sorted(bed.counters("cpedge", "lb1")) == sorted(bed.counters("cpedge", "lb2")) == []
+    proxy.close()
+
+
 def test_calls_survive_a_key_rotation_and_the_oldest_key_expires(bed: Bed) -> None:
     bed.start_balancer()
     proxy = scripted_proxy(bed)

@@ -68,6 +68,15 @@ def test_the_callees_requests_come_from_the_sealed_proxy_and_go_to_the_caller() 
 def test_a_callers_request_from_the_pool_is_refused() -> None:
     """A route set bounced through a pool proxy comes back from the pool as the caller's."""
     assert admit(route(), source=("10.0.0.11", 5060)) is None
+    assert admit(route(), source=("10.0.0.11", 40000), stream=True) is None
+
+
+def test_a_caller_on_a_proxys_host_is_still_the_caller() -> None:
+    """Over TCP a proxy is known by its host alone; the caller's own address is the caller."""
+    on_proxy_host = dialog_seal.caller_hop("tcp", "10.0.0.11", 40000)
+    seal = Seal("call-1", "ftag-1", PROXY, on_proxy_host)  # type: ignore[arg-type]
+    assert admit(route(seal), source=("10.0.0.11", 40000), stream=True) == PROXY
+    assert admit(route(seal), source=("10.0.0.11", 40001), stream=True) is None
 
 
 @pytest.mark.parametrize(
@@ -185,7 +194,7 @@ def test_fuzzed_in_dialog_requests_go_only_where_a_valid_seal_says() -> None:
         assert dialog_seal.read_seal(uri, "call-1", KEYS.get) == SEAL
         assert request["call_id"] == "call-1"
         if hop == PROXY:
-            assert request["from_tag"] == "ftag-1" and source not in POOL
+            assert request["from_tag"] == "ftag-1" and source[0] not in {h for h, _ in POOL}
         else:
             assert hop == CALLER and request["to_tag"] == "ftag-1"
             assert source[0] == "10.0.0.11"

@@ -9,7 +9,8 @@ and send the request on to where the seal says, never to where the rest of the r
 points:
 
 - from the caller's side (its From tag is the sealed one): to the sealed proxy, on its
-  transport and scheme; never from a pool proxy (the caller side is outside the pool);
+  transport and scheme; never from a pool proxy's address (the caller side is outside the
+  pool), unless from the caller's own;
 - from the callee's side (its To tag is the sealed one): only from the sealed proxy's
   address, to the address the caller sent its dialog-forming request from.
 
@@ -225,8 +226,12 @@ def admit(
         return None
     way = direction(seal, request.from_tag, request.to_tag)
     if way == Direction.TO_CALLEE:
+        # From the pool it is a route set bounced through a proxy's loose_route, unless it
+        # comes from the very address the caller called from (a caller on a proxy's host,
+        # over TCP, where a proxy is known by its host alone).
+        caller = request.source == seal.caller.address
         from_pool = edge.from_pool(request.source, request.stream, pool)
-        return None if from_pool else seal.proxy
+        return seal.proxy if caller or not from_pool else None
     if way == Direction.TO_CALLER:
         proxy = addresses_of(seal.proxy) | {seal.proxy.address}
         return seal.caller if edge.from_pool(request.source, request.stream, proxy) else None
