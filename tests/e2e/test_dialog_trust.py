@@ -166,6 +166,7 @@ def test_a_call_ends_from_either_side_and_its_record_route_is_sealed(bed: Bed) -
     proxy.peer.send(bye, balancer(bed))
     received = dialog.caller.recv(5.0)
     assert received is not None and sipwire.method_of(received) == "BYE"
+    processes.wait_for(lambda: proxy.of_method("ACK"), 5, "the ACK at the proxy")
     methods = sorted(sipwire.method_of(r) for r in proxy.requests)
     assert [m for m in methods if m != "OPTIONS"] == ["ACK", "INFO", "INVITE"]
     proxy.close()
@@ -179,6 +180,34 @@ def test_sipp_calls_through_a_real_proxy_complete_with_ack_and_bye(bed: Bed) -> 
     assert (result.successful, result.failed) == (10, 0), result.output[-2000:]
     counts = ds.counts()
     assert counts["ack"] == counts["bye"] == counts["invite"] == 10, counts
+
+
+def test_the_callee_behind_a_real_proxy_hangs_up_through_the_balancer(bed: Bed) -> None:
+    """The callee's BYE follows the route set a real proxy (``downstream/proxy.cfg``) and the
+    balancer recorded: the proxy's loose_route hands it to the balancer, which sends it to
+    the caller."""
+    callee = sipwire.Responder(answer_as_callee)
+    bed.uas_uri = callee.uri
+    ds = bed.start_downstream("ds1")
+    bed.start_balancer()
+    bed.add_pool((ds, 1.0))
+    dialog = call(bed)
+    (invite,) = callee.of_method("INVITE")
+    routes = record_routes(invite)  # the proxy's, then the balancer's
+    assert len(routes) == 2 and "cpd=" in routes[1]
+    bye = sipwire.request(
+        "BYE",
+        f"sip:alice@{dialog.caller.address[0]}:{dialog.caller.address[1]}",
+        callee.peer.address,
+        to_tag=dialog.from_tag,
+        from_tag=CALLEE_TAG,
+        call_id=dialog.call_id,
+        extra=[f"Route: {route}" for route in routes],
+    )
+    callee.peer.send(bye, ("127.0.0.1", ds.port))
+    received = dialog.caller.recv(5.0)
+    assert received is not None and sipwire.method_of(received) == "BYE"
+    callee.close()
 
 
 def test_failover_seals_the_proxy_that_took_the_call(bed: Bed) -> None:

@@ -253,10 +253,8 @@ class KemiApp:
 
     @hook("branch")
     def ksr_route_branch(self, msg: object) -> int:
-        """tm branch route of every relayed initial request: a dialog-forming one records
-        the route, sealed with THIS branch's proxy (failover sends another branch elsewhere)."""
-        if not _forms_dialog():
-            return 1
+        """tm branch route of each branch of a dialog-forming request: records the route,
+        sealed with THIS branch's proxy (failover sends another branch elsewhere)."""
         key = dialog_keys.signing()
         proxy = dialog_seal.proxy_hop(read.text("$du") or "")
         caller = dialog_seal.caller_hop(read.text("$pr") or "", *_source())
@@ -292,7 +290,8 @@ class KemiApp:
         KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply("ksr_route_reply")
         KSR.tm.t_on_failure("ksr_route_failure")
-        KSR.tm.t_on_branch("ksr_route_branch")
+        if _forms_dialog():  # only these record the route: no branch route for the rest
+            KSR.tm.t_on_branch("ksr_route_branch")
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
         if KSR.tm.t_relay() < 0:
