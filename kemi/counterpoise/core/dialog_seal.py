@@ -41,11 +41,12 @@ FROM_TAG_PARAM = "ftag"
 MAC_BYTES = 16
 """128 bits of HMAC-SHA256: beyond guessing for the lifetime of any key."""
 SECRET_BYTES = 32
+"""A key is 256 random bits, SHA-256's block of security."""
 KEPT_KEYS = 3
+"""A rotation keeps the two keys before the new one valid: a dialog outlives two rotations."""
 ACTIVATION_DELAY_MS = 10_000
 """A rotated key seals nothing before this: ten reloads of the ring on every node (each
 second), and room for the nodes' clocks to differ by a few seconds."""
-"""A rotation keeps the two keys before the new one valid: a dialog outlives two rotations."""
 TRANSPORTS = frozenset({"udp", "tcp", "tls", "sctp", "ws", "wss"})
 _MAX_PARAM_CHARS = 300
 _HOP = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
