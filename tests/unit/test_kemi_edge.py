@@ -81,6 +81,7 @@ def test_dialog_record_naming_a_proxy_out_of_the_pool_is_not_followed(node: Node
     node.app.location = FakeLocation(dialog_proxy="sip:198.51.100.99:5060")
     node.route("INFO", to_tag="t")
     assert ksr.relays == [] and ksr.sl_replies == [(404, "Not here")]
+    assert edge_counters(ksr)["relay_denied"] == 1
 
 
 def test_initial_request_from_outside_loses_its_preloaded_route(node: Node, ksr: FakeKsr):

@@ -146,9 +146,8 @@ class KemiApp:
                 self.location.dialog_ended()
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
-        from_pool = edge.from_pool(source, stream, self.view.pool)
-        if (from_pool or not self.ksr_route_dialog_record()) and not KSR.is_ACK():
-            KSR.sl.sl_send_reply(404, "Not here")  # no route set, no dialog record: unknown
+        if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
+            self._deny_in_dialog(404, "Not here")  # no route set, no dialog record: unknown
 
     def _sealed_hop(self, source: edge.Address, stream: bool) -> dialog_seal.Hop | None:
         """Where the seal of the top Route sends this request; None when it may go nowhere."""
@@ -167,10 +166,10 @@ class KemiApp:
                 return addresses
         return frozenset()
 
-    def _deny_in_dialog(self) -> None:
+    def _deny_in_dialog(self, status: int = 403, reason: str = "Forbidden") -> None:
         EDGE.count("relay_denied")
         if not KSR.is_ACK():
-            KSR.sl.sl_send_reply(403, "Forbidden")
+            KSR.sl.sl_send_reply(status, reason)
 
     def _relay_in_dialog(self, destination: str, counter: str) -> bool:
         """Send an in-dialog request to ``destination`` (``$du``); False if tm could not."""
