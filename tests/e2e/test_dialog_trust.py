@@ -61,7 +61,7 @@ class Dialog:
     call_id: str
     from_tag: str
     routes: list[str]
-    """The route set the caller uses: the 200's Record-Route entries, in order."""
+    """The route set the caller uses: the 200's Record-Route entries, last first."""
     cseq: int = 1
 
     def request(self, method: str) -> bytes:
@@ -102,7 +102,7 @@ def call(bed: Bed, caller: sipwire.Peer | None = None) -> Dialog:
     caller.send(invite, balancer(bed))
     answer = caller.final_reply()
     assert answer is not None and sipwire.status_of(answer) == 200, answer
-    dialog.routes = record_routes(answer)
+    dialog.routes = record_routes(answer)[::-1]  # a caller's route set: the 200's, reversed
     caller.send(dialog.request("ACK"), balancer(bed))
     return dialog
 
@@ -208,6 +208,21 @@ def test_the_callee_behind_a_real_proxy_hangs_up_through_the_balancer(bed: Bed) 
     received = dialog.caller.recv(5.0)
     assert received is not None and sipwire.method_of(received) == "BYE"
     callee.close()
+
+
+def test_both_record_routes_of_a_transport_change_carry_the_seal(bed: Bed) -> None:
+    """UDP caller, TCP proxy: the balancer records itself twice (``enable_double_rr``), each
+    entry sealed alike with the proxy's transport; the caller's BYE passes by either."""
+    bed.start_balancer(listen="udp:127.0.0.1:{port},tcp:127.0.0.1:{port}")
+    ds = bed.start_downstream("tcp", transport="tcp")
+    bed.add_pool((ds, 1.0))
+    dialog = call(bed)
+    ours = [route for route in dialog.routes if "cpd=" in route]
+    assert len(ours) == 2 and "transport=tcp" in ours[1] and "transport=tcp" not in ours[0]
+    assert seal_of(ours[0]) == seal_of(ours[1])
+    assert seal_of(ours[0])["cpp"] == f"sip:tcp:127.0.0.1:{ds.port}"
+    assert status_of_request(dialog, bed) == 200
+    assert ds.counts()["bye"] == 1
 
 
 def test_failover_seals_the_proxy_that_took_the_call(bed: Bed) -> None:
