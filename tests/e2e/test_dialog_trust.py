@@ -107,6 +107,19 @@ def call(bed: Bed, caller: sipwire.Peer | None = None) -> Dialog:
     return dialog
 
 
+def callee_bye(dialog: Dialog, sender: sipwire.Peer, routes: list[str]) -> bytes:
+    """The callee's BYE, from ``sender``, to the caller's Contact, by ``routes``."""
+    return sipwire.request(
+        "BYE",
+        f"sip:alice@{dialog.caller.address[0]}:{dialog.caller.address[1]}",
+        sender.address,
+        to_tag=dialog.from_tag,
+        from_tag=CALLEE_TAG,
+        call_id=dialog.call_id,
+        extra=[f"Route: {route}" for route in routes],
+    )
+
+
 def status_of_request(dialog: Dialog, bed: Bed, method: str = "BYE") -> int | None:
     dialog.caller.send(dialog.request(method), balancer(bed))
     return sipwire.status_of(dialog.caller.final_reply() or b"")
@@ -154,16 +167,7 @@ def test_a_call_ends_from_either_side_and_its_record_route_is_sealed(bed: Bed) -
     assert status_of_request(dialog, bed, "INFO") == 200
     # The callee hangs up: its proxy sends the BYE to the balancer, which sends it to the
     # address the caller called from.
-    bye = sipwire.request(
-        "BYE",
-        f"sip:alice@{dialog.caller.address[0]}:{dialog.caller.address[1]}",
-        proxy.peer.address,
-        to_tag=dialog.from_tag,
-        from_tag=CALLEE_TAG,
-        call_id=dialog.call_id,
-        extra=[f"Route: {route}"],
-    )
-    proxy.peer.send(bye, balancer(bed))
+    proxy.peer.send(callee_bye(dialog, proxy.peer, [route]), balancer(bed))
     received = dialog.caller.recv(5.0)
     assert received is not None and sipwire.method_of(received) == "BYE"
     processes.wait_for(lambda: proxy.of_method("ACK"), 5, "the ACK at the proxy")
@@ -195,16 +199,7 @@ def test_the_callee_behind_a_real_proxy_hangs_up_through_the_balancer(bed: Bed) 
     (invite,) = callee.of_method("INVITE")
     routes = record_routes(invite)  # the proxy's, then the balancer's
     assert len(routes) == 2 and "cpd=" in routes[1]
-    bye = sipwire.request(
-        "BYE",
-        f"sip:alice@{dialog.caller.address[0]}:{dialog.caller.address[1]}",
-        callee.peer.address,
-        to_tag=dialog.from_tag,
-        from_tag=CALLEE_TAG,
-        call_id=dialog.call_id,
-        extra=[f"Route: {route}" for route in routes],
-    )
-    callee.peer.send(bye, ("127.0.0.1", ds.port))
+    callee.peer.send(callee_bye(dialog, callee.peer, routes), ("127.0.0.1", ds.port))
     received = dialog.caller.recv(5.0)
     assert received is not None and sipwire.method_of(received) == "BYE"
     callee.close()
