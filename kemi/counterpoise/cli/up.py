@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import time
 import urllib.parse
@@ -14,7 +14,9 @@ from pathlib import Path
 from counterpoise import interpreter, processes
 from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
+from counterpoise.cli.leftover import clear_leftover
 from counterpoise.cli.reload import Reloader
+from counterpoise.cli.shutdown import Shutdown
 from counterpoise.core.settings import Settings, host_port, load_settings
 from counterpoise.store.client import redact
 
@@ -93,6 +95,7 @@ def start_node(
     """Start the embedded Redis (when ``redis_url`` is None) and a balancer; every process
     started is appended to ``started`` for the caller to stop. Returns the node's settings."""
     sockets = settings.listen_sockets()
+    clear_leftover(run_dir)  # before the port checks: a leftover Kamailio holds its port
     for sip in sockets:
         processes.check_free(sip)
     if settings.metrics_listen:
@@ -132,22 +135,13 @@ def metrics_address(text: str) -> tuple[str, int]:
     return address
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM end the foreground command the way Ctrl-C does."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
     settings = node_settings(settings, args)
     run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
     log_path = Path(settings.log_file) if settings.log_file else None
     started: list[processes.Process] = []
-    stop_on_sigterm()
+    shutdown = Shutdown()
     # Before anything starts: a SIGHUP during the start is kept for after it, not fatal.
     reloader = Reloader(
         lambda: node_settings(load_settings(), args), settings, processes.rpc_socket(run_dir)
@@ -164,5 +158,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        shutdown.begin()
         for proc in reversed(started):
+            with contextlib.suppress(OSError):  # a closed stdout must not skip a stop
+                print(f"stopping {proc.name} (pid {proc.pid})")
             proc.stop()
