@@ -77,6 +77,16 @@ class Up:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def embedded_redis_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an ``up`` that starts its own Redis, on a free port, its data in
+    ``tmp_path``."""
+    return {
+        **os.environ,
+        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
+        "COUNTERPOISE_REDIS_DATA_DIR": str(tmp_path / "redis-data"),
+    }
+
+
 @pytest.fixture
 def up(bed: Bed) -> Iterator[list[Up]]:
     runs: list[Up] = []
@@ -143,11 +153,7 @@ def test_as_a_user_on_the_embedded_redis_with_its_password(
 ) -> None:
     # The balancer's password file is root's (0600); Kamailio's processes, as nobody, read the
     # copy up hands them, or the node could not read the pool nor publish.
-    env = {
-        **os.environ,
-        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
-        "COUNTERPOISE_REDIS_DATA_DIR": str(tmp_path / "redis-data"),
-    }
+    env = embedded_redis_env(tmp_path)
     run = Up(bed, COUNTERPOISE, "--user", "nobody", embedded_redis=True, env=env)
     up.append(run)
     run.wait_ready()
@@ -241,11 +247,7 @@ def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_
 def test_a_second_sigterm_during_the_cleanup_leaves_nothing_running(
     bed: Bed, up: list[Up], tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
-        "COUNTERPOISE_REDIS_DATA_DIR": str(tmp_path / "redis-data"),
-    }
+    env = embedded_redis_env(tmp_path)
     run = Up(bed, COUNTERPOISE, embedded_redis=True, env=env)
     up.append(run)
     run.wait_ready()
