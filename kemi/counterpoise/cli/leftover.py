@@ -35,7 +35,13 @@ def clear_leftover(run_dir: Path) -> None:
             f" `counterpoise up` (pid {owner}): stop that one, or give this one another --run-dir"
         )
     print(f"stopping Kamailio (pid {kamailio.pid}) left running in {run_dir} by an earlier up")
-    processes.stop_group(kamailio)
+    try:
+        processes.stop_group(kamailio)
+    except PermissionError:
+        raise CliError(
+            f"the Kamailio (pid {kamailio.pid}) left running in {run_dir} by an earlier up is"
+            " not this user's to stop: stop it as its user or root, then start again"
+        ) from None
     pid_file.unlink(missing_ok=True)
 
 
