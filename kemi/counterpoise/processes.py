@@ -354,22 +354,26 @@ def running(pid: int) -> psutil.Process | None:
         return None
 
 
-def stop_group(leader: psutil.Process, grace_s: float = STOP_GRACE_S) -> None:
-    """Stop a process group this process did not start (so cannot wait for): SIGTERM its
-    leader's group, SIGKILL it after ``grace_s``, and wait until every member is gone."""
-    members = [leader, *leader.children(recursive=True)]
+def stop_tree(root: psutil.Process, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a process this process did not start (so cannot wait for) and its descendants:
+    SIGTERM, SIGKILL after ``grace_s``, then wait until every one is gone. psutil.AccessDenied
+    if they are another user's."""
+    members = [root, *root.children(recursive=True)]
 
     def gone() -> bool:
         return not any(running(member.pid) for member in members)
 
-    what = f"process group {leader.pid} to exit"
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(leader.pid, signal.SIGTERM)
+    def send(signum: int) -> None:
+        for member in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signum)
+
+    what = f"process {root.pid} and its children to exit"
+    send(signal.SIGTERM)
     try:
         wait_for(gone, grace_s, what)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(leader.pid, signal.SIGKILL)
+        send(signal.SIGKILL)
         wait_for(gone, grace_s, what)
 
 

@@ -23,9 +23,9 @@ def clear_leftover(run_dir: Path) -> None:
         text = pid_file.read_text().strip()
     except FileNotFoundError:
         return
-    kamailio = _kamailio(int(text) if text.isdigit() else 0)
+    kamailio = _kamailio(int(text) if text.isdigit() else 0, pid_file)
     if kamailio is None:
-        print(f"removing the stale pid file {pid_file} (no Kamailio runs as pid {text})")
+        print(f"removing the stale pid file {pid_file} (pid {text} is no Kamailio of it)")
         pid_file.unlink(missing_ok=True)
         return
     owner = _owning_up(kamailio)
@@ -36,8 +36,8 @@ def clear_leftover(run_dir: Path) -> None:
         )
     print(f"stopping Kamailio (pid {kamailio.pid}) left running in {run_dir} by an earlier up")
     try:
-        processes.stop_group(kamailio)
-    except PermissionError:
+        processes.stop_tree(kamailio)
+    except psutil.AccessDenied:
         raise CliError(
             f"the Kamailio (pid {kamailio.pid}) left running in {run_dir} by an earlier up is"
             " not this user's to stop: stop it as its user or root, then start again"
@@ -45,12 +45,17 @@ def clear_leftover(run_dir: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _kamailio(pid: int) -> psutil.Process | None:
-    """Process ``pid`` if it is a running Kamailio (not another process that reuses the pid)."""
+def _kamailio(pid: int, pid_file: Path) -> psutil.Process | None:
+    """Process ``pid`` if it is a running Kamailio that writes ``pid_file``: not another
+    process, nor another Kamailio, that took the pid over."""
     proc = processes.running(pid) if pid > 0 else None
+    if proc is None:
+        return None
     try:
-        return proc if proc is not None and proc.name() == "kamailio" else None
-    except psutil.NoSuchProcess:
+        argv = proc.cmdline()
+        written = Path(proc.cwd()) / argv[argv.index("-P") + 1]
+        return proc if proc.name() == "kamailio" and written.samefile(pid_file) else None
+    except (psutil.Error, ValueError, IndexError, OSError):
         return None
 
 

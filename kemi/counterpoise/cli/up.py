@@ -138,7 +138,8 @@ def metrics_address(text: str) -> tuple[str, int]:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
     settings = node_settings(settings, args)
-    run_dir = Path(settings.run_dir) if settings.run_dir else default_run_dir()
+    # Absolute: Kamailio is given its pid file's path, by which a later up finds it again.
+    run_dir = (Path(settings.run_dir) if settings.run_dir else default_run_dir()).absolute()
     log_path = Path(settings.log_file) if settings.log_file else None
     started: list[processes.Process] = []
     shutdown = Shutdown()
