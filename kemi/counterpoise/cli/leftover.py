@@ -66,5 +66,6 @@ def _owning_up(kamailio: psutil.Process) -> int | None:
         argv = parent.cmdline() if parent is not None else []
     except psutil.Error:
         return None
-    is_up = "up" in argv and any(Path(arg).name == "counterpoise" for arg in argv)
+    command = {"counterpoise", "counterpoise.cli"}  # the console script, or python -m
+    is_up = "up" in argv and any(Path(arg).name in command for arg in argv)
     return parent.pid if is_up and parent is not None else None
