@@ -188,18 +188,27 @@ def _parse_record(text: str | bytes) -> Record:
     proxy = data.get("proxy")
     if not isinstance(proxy, str):
         raise BadRecord("proxy: not a string")
-    fields: dict[str, object] = {"proxy": check_proxy_uri(proxy)}
-    for name in ("since_ms", "expires_ms"):
-        value = data.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
-            raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
-        fields[name] = value
-    for name in ("from_tag", "to_tag"):
-        value = data.get(name, "")
-        if not isinstance(value, str) or len(value) > MAX_TAG_CHARS:
-            raise BadRecord(f"{name}: not a string of at most {MAX_TAG_CHARS} characters")
-        fields[name] = value
-    return Record(**fields)
+    return Record(
+        proxy=check_proxy_uri(proxy),
+        since_ms=_epoch_ms(data, "since_ms"),
+        expires_ms=_epoch_ms(data, "expires_ms"),
+        from_tag=_tag(data, "from_tag"),
+        to_tag=_tag(data, "to_tag"),
+    )
+
+
+def _epoch_ms(data: dict[str, object], name: str) -> int:
+    value = data.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
+        raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
+    return value
+
+
+def _tag(data: dict[str, object], name: str) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str) or len(value) > MAX_TAG_CHARS:
+        raise BadRecord(f"{name}: not a string of at most {MAX_TAG_CHARS} characters")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
