@@ -326,6 +326,11 @@ class Tm(_Api):
         return -1
 
     @_kemi
+    def t_lookup_request(self) -> int:
+        """-1: the request is no retransmission of a transaction (set ``returns``: 1)."""
+        return -1
+
+    @_kemi
     def t_branch_timeout(self) -> int:
         return 1 if self.ksr.branch_timed_out else -1
 

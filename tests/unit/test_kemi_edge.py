@@ -185,17 +185,21 @@ def test_source_over_its_limit_is_shed_with_503_and_admitted_again_next_window(
 def test_requests_of_calls_in_progress_pass_up_to_twice_the_limit(ksr: FakeKsr, monkeypatch):
     """Over the limit a new call is refused but the calls the source has can end: their ACK,
     CANCEL and in-dialog requests pass, up to the ceiling; past it nothing is answered."""
-    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=4))
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=5))
     node.pool(A)
     routes = {"Route": "<sip:192.0.2.1;lr>, <sip:10.0.0.1;lr>"}
-    options(node, 5)  # the 5th is shed
+    options(node, 6)  # the 6th is shed
     node.route("BYE", to_tag="t", headers=routes, source=FLOODER)
     assert len(ksr.relays) == 1
     node.route("ACK", to_tag="t", headers=routes, source=FLOODER)
     assert len(ksr.relays) == 1
-    node.route("CANCEL", source=FLOODER)  # the 8th, at the ceiling
+    ksr.returns["tm.t_lookup_request"] = lambda: 1
+    node.route("INVITE", source=FLOODER)  # the retransmission of an admitted INVITE
+    assert ksr.sl_replies == []
+    del ksr.returns["tm.t_lookup_request"]
+    node.route("CANCEL", source=FLOODER)  # the 10th, at the ceiling
     assert ksr.sl_replies == [] and "dropped_flood" not in edge_counters(ksr)
-    node.route("BYE", to_tag="t", headers=routes, source=FLOODER)  # the 9th: past 2 x 4
+    node.route("BYE", to_tag="t", headers=routes, source=FLOODER)  # the 11th: past 2 x 5
     node.route("INVITE", source=FLOODER)
     assert ksr.relays == [] and ksr.sl_replies == []
     counts = edge_counters(ksr)

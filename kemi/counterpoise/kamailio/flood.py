@@ -96,5 +96,8 @@ class FloodGuard:
 
 def _starts_work() -> bool:
     """Whether the request begins a dialog or a transaction of its own: neither an ACK nor a
-    CANCEL (they belong to an INVITE's transaction) nor a request with a To tag."""
-    return not (KSR.is_ACK() or KSR.is_CANCEL() or KSR.siputils.has_totag() > 0)
+    CANCEL (they belong to an INVITE's transaction), nor a request with a To tag, nor the
+    retransmission of a request admitted before (a 503 to it would end an admitted call)."""
+    if KSR.is_ACK() or KSR.is_CANCEL() or KSR.siputils.has_totag() > 0:
+        return False
+    return KSR.tm.t_lookup_request() < 0
