@@ -229,23 +229,21 @@ def test_source_past_twice_its_limit_windows_in_a_row_is_banned_and_ignored(
     assert any(FLOODER in text and "banned" in text for text in ksr.logged("notice"))
 
 
-def test_a_window_under_the_ceiling_starts_the_count_of_flooding_windows_again(
-    ksr: FakeKsr, monkeypatch
+@pytest.mark.parametrize(
+    ("ban_windows", "sent_per_window"),
+    [
+        (2, (7, 5, 7, 6, 7)),  # past the ceiling every other window only: the count starts again
+        (0, (50,) * 5),  # 0: never banned
+    ],
+)
+def test_no_ban_without_enough_flooding_windows_in_a_row(
+    ksr: FakeKsr, monkeypatch, ban_windows: int, sent_per_window: tuple[int, ...]
 ):
-    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3, flood_ban_windows=2))
+    settings = S.with_values(flood_requests_per_s=3, flood_ban_windows=ban_windows)
+    node = Node(ksr, monkeypatch, settings)
     node.pool(A)
-    for sent in (7, 5, 7, 6, 7):  # past the ceiling every other window only
+    for sent in sent_per_window:
         options(node, sent)
-        node.clock.advance(1000)
-    options(node, 1)
-    assert len(ksr.relays) == 1 and "banned" not in edge_counters(ksr)
-
-
-def test_no_ban_when_flood_ban_windows_is_0(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3, flood_ban_windows=0))
-    node.pool(A)
-    for _ in range(5):
-        options(node, 50)
         node.clock.advance(1000)
     options(node, 1)
     assert len(ksr.relays) == 1 and "banned" not in edge_counters(ksr)
