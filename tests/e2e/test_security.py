@@ -353,9 +353,16 @@ def test_a_source_over_its_limit_is_shed_then_banned_and_the_ban_ends_after_floo
     assert sorted(sipwire.status_of(answer) for answer in answers) == [200] * 5 + [503] * 5
     shed = [answer for answer in answers if sipwire.status_of(answer) == 503]
     assert {tuple(sipwire.header(answer, "Retry-After")) for answer in shed} == {(b"1",)}
+
+    def unanswered() -> int:
+        counters = edge_counters(bed)
+        return counters.get("dropped_flood", 0) + counters.get("dropped_banned", 0)
+
+    # The unanswered ones may still be in the balancer's queue; workers racing past the
+    # ceiling before the ban is seen drop theirs as past the ceiling, not as banned.
+    processes.wait_for(lambda: unanswered() == 10, 5, "the balancer to handle all 20")
     counters = edge_counters(bed)
-    assert counters["shed"] == 5 and counters["dropped_flood"] == 1 and counters["banned"] == 1
-    assert counters["dropped_banned"] == 9
+    assert counters["shed"] == 5 and counters["dropped_flood"] >= 1 and counters["banned"] == 1
 
     def served() -> bool:
         source.send(options, balancer(bed))
