@@ -21,6 +21,9 @@ LIMIT_PER_S = 1500
 SHM_MB = 256
 """At 1000 calls/s the transactions outgrow Kamailio's default 64 MB (answered 500)."""
 TRUSTED, UNTRUSTED, OPEN = "127.0.0.5", "127.0.0.6", "127.0.0.7"
+FLOOD_COUNTERS = {"shed", "dropped_flood", "banned", "dropped_banned"}
+"""The edge's counts of requests the flood guard refused (a busy machine adds others, such as
+the callee's late retransmissions counted as ``stray_reply``)."""
 
 
 def full_rate(bed: Bed, source: str) -> testbed.Caller:
@@ -65,7 +68,7 @@ def test_one_upstream_at_1000_calls_per_s_trusted_or_shed_never_banned(bed: Bed)
     # As with the limits off: every call the machine carries is answered, none refused.
     assert answered.successful >= baseline.successful - CALLS // 100, answered.output[-2000:]
     assert 503 not in trusted.error_codes()
-    assert bed.counters("cpedge", "guarded") == {}
+    assert not FLOOD_COUNTERS & bed.counters("cpedge", "guarded").keys()
 
     untrusted = full_rate(bed, UNTRUSTED)
     shed = untrusted.wait(120)
@@ -75,9 +78,10 @@ def test_one_upstream_at_1000_calls_per_s_trusted_or_shed_never_banned(bed: Bed)
         f"answered with limits off {baseline.successful}, trusted {answered.successful},"
         f" untrusted {shed.successful} (503: {refused}); edge {counters}"
     )
-    # Only the excess is lost: each call is answered or refused with 503, at the INVITE.
-    assert set(refused) == {503} and abs(refused[503] - counters["shed"]) <= CALLS // 100
-    assert shed.successful + refused[503] >= baseline.successful - CALLS // 100
+    # Only the excess is lost: each call the machine carries with the limits off is answered
+    # or refused with 503, at its INVITE.
+    assert counters["shed"] > 0 and abs(refused.get(503, 0) - counters["shed"]) <= CALLS // 100
+    assert shed.successful + counters["shed"] >= baseline.successful - CALLS // 100
     # Each window admits its limit, at least: a third of it in whole calls.
     assert shed.successful >= min(baseline.successful, LIMIT_PER_S // 3 * SECONDS) * 0.9
     assert "banned" not in counters and "dropped_banned" not in counters
