@@ -30,10 +30,13 @@ NODE_OPTIONS = (
     "tls_certificate",
     "tls_private_key",
     "metrics_listen",
+    "trusted_upstreams",
 )
-"""Settings of the ``node`` group that ``up`` also takes as options (``--shm-mb`` for
-``shm_mb``, ``--metrics`` for ``metrics_listen``); an option given wins over the file and the
-environment."""
+"""Settings of the ``node`` group, and the trusted upstreams, that ``up`` also takes as
+options (``--shm-mb`` for ``shm_mb``, ``--metrics`` for ``metrics_listen``, ``--trust`` for
+``trusted_upstreams``); an option given wins over the file and the environment."""
+REPEATED_OPTIONS = ("listen", "trusted_upstreams")
+"""Options given once per value, joined with commas as their setting is written."""
 
 
 def add_node_options(up: argparse.ArgumentParser) -> None:
@@ -58,13 +61,22 @@ def add_node_options(up: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
     )
+    up.add_argument(
+        "--trust",
+        dest="trusted_upstreams",
+        action="append",
+        metavar="CIDR",
+        help="an upstream (SBC, trunk) exempt from the flood limits: an address or a CIDR"
+        " network; repeat for more (default: the trusted_upstreams setting, none)",
+    )
 
 
 def node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     """``settings`` with the node options given on the command line."""
     given = {name: getattr(args, name) for name in NODE_OPTIONS}
-    if given["listen"] is not None:
-        given["listen"] = ",".join(given["listen"])
+    for name in REPEATED_OPTIONS:
+        if given[name] is not None:
+            given[name] = ",".join(given[name])
     return settings.with_values(
         **{name: value for name, value in given.items() if value is not None}
     )

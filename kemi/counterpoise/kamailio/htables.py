@@ -258,13 +258,21 @@ RATES = Htable(
     size=12,
     autoexpire_s=2,
     initval=0,
-    key="``edge.window_key``: source IP, 1 s window and kind (all requests or REGISTER)",
-    value="int: requests of that source in that window",
-    writers=("kamailio.flood.FloodGuard._breaks",),
-    readers=("kamailio.flood.FloodGuard._breaks",),
+    key="``edge.window_key``: source IP, 1 s window and kind (all requests, REGISTER, or"
+    " flooding windows in a row of either)",
+    value="int: requests of that source in that window; or the windows in a row, up to that"
+    " one, in which it sent more than twice its limit",
+    writers=(
+        "kamailio.flood.FloodGuard._verdict",
+        "kamailio.flood.FloodGuard._note_flooding_window",
+    ),
+    readers=(
+        "kamailio.flood.FloodGuard._verdict",
+        "kamailio.flood.FloodGuard._note_flooding_window",
+    ),
 )
-"""A window's keys expire after two windows (``flood.WINDOW_MS``); ``initval`` lets
-``sht_inc`` create a key."""
+"""A window's keys expire after two windows (``flood.WINDOW_MS``): the next window still reads
+how many flooding windows led to it. ``initval`` lets ``sht_inc`` create a key."""
 
 BANS = Htable(
     name="cpban",
@@ -272,7 +280,7 @@ BANS = Htable(
     autoexpire_s=3600,
     key="source IP",
     value="1",
-    writers=("kamailio.flood.FloodGuard.admits",),
+    writers=("kamailio.flood.FloodGuard._note_flooding_window",),
     readers=("kamailio.flood.FloodGuard.admits",),
 )
 """Banned sources, each written with its own expiry (``flood_ban_ms``, ``sht_setxi``): the
