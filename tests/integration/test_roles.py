@@ -14,7 +14,7 @@ from counterpoise import processes
 from counterpoise.cli import embedded
 from counterpoise.cli.main import main as cli_main
 from counterpoise.core import reports
-from counterpoise.core.location import Record
+from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.pool import Admin
 from counterpoise.core.reports import LoadReport
 from counterpoise.core.settings import Settings
@@ -79,7 +79,9 @@ def test_balancer_runs_the_sync_loop_and_location_but_cannot_change_the_pool(
     assert harness.store.store.node_weights(harness.clock.wall_ms(), 10_000)["lb1"].keys() == {A, B}
     locations = LocationStore(server.client("balancer"), PREFIX)
     locations.put(AOR, "u@h", Record(A, 1))
-    locations.apply(DIALOG, [])
+    dialog = Record(A, 1, 0, "f", "t", "198.51.100.7")
+    locations.apply_dialogs([PendingWrite("c@h", dialog.to_json(), 60_000)], 1, 10)
+    assert locations.get(DIALOG, "c@h") == dialog
     assert locations.lookup("u@h", "h")[1] == Record(A, 1)
     balancer = server.client("balancer")
     for write in (
