@@ -31,9 +31,7 @@ not fit the default Redis timeout on a loaded host, a bounded one changes nothin
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    server = AclRedis(tmp_path_factory.mktemp("bounds"))
-    yield server
-    server.proc.stop()
+    yield from AclRedis.serve(tmp_path_factory.mktemp("bounds"))
 
 
 @pytest.fixture

@@ -44,12 +44,17 @@ class AclRedis:
         path = str(embedded.password_file(self.folder, role))
         return connect(self.url(role), 2000, decode=decode, password_file=path)
 
+    @classmethod
+    def serve(cls, folder: Path) -> Iterator[AclRedis]:
+        """A fixture's life: started in ``folder``, stopped after."""
+        server = cls(folder)
+        yield server
+        server.proc.stop()
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    server = AclRedis(tmp_path_factory.mktemp("acl"))
-    yield server
-    server.proc.stop()
+    yield from AclRedis.serve(tmp_path_factory.mktemp("acl"))
 
 
 @pytest.fixture
