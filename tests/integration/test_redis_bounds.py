@@ -85,6 +85,23 @@ def test_agent_cannot_store_a_large_value_nor_evict_a_record(
     records.put(AOR, "after@h", Record(B, 1), 600_000)  # the balancer still writes
 
 
+def test_agent_cannot_hoard_memory_in_a_transaction(
+    server: AclRedis, admin: redis.Redis, agent: PoolStore
+) -> None:
+    """Commands queued after MULTI are held until EXEC: 90 MB of them pass every size limit
+    one by one, and ``maxmemory-clients`` disconnects the client that holds them."""
+    records = location_records(server)
+    almost_1_mb = b"x" * (900 * 1024)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        with agent.client.pipeline(transaction=True) as pipe:
+            for _ in range(100):
+                pipe.set(f"{PREFIX}report:{A}", almost_1_mb)
+            pipe.execute()
+    assert admin.info("stats")["evicted_clients"] >= 1
+    assert admin.info("stats")["evicted_keys"] == 0
+    assert len(list(records.scan())) == 2 * RECORDS
+
+
 def test_a_large_report_costs_the_tick_a_few_kilobytes(
     server: AclRedis, admin: redis.Redis, agent: PoolStore, harness: Harness
 ) -> None:

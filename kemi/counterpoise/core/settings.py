@@ -646,7 +646,7 @@ class LocationSettings(Group):
         meaning="Most dialog records one caller address (an IPv6 /64) holds in Redis; the"
         " calls beyond it go on by their route set, unrecorded, and are counted.",
         why="A phone holds a few calls, a busy SBC a few thousand; a caller that never hangs"
-        " up fills at most about 12 MB of Redis (docs/location.md).",
+        " up fills at most about 13 MB of Redis (docs/location.md).",
     )
     location_cache_ms: int = setting(
         1000,
