@@ -92,11 +92,13 @@ def test_agent_cannot_hoard_memory_in_a_transaction(
     one by one, and ``maxmemory-clients`` disconnects the client that holds them."""
     records = location_records(server)
     almost_1_mb = b"x" * (900 * 1024)
-    with pytest.raises(redis.exceptions.ConnectionError):
-        with agent.client.pipeline(transaction=True) as pipe:
-            for _ in range(100):
-                pipe.set(f"{PREFIX}report:{A}", almost_1_mb)
-            pipe.execute()
+    with (
+        pytest.raises(redis.exceptions.ConnectionError),
+        agent.client.pipeline(transaction=True) as pipe,
+    ):
+        for _ in range(100):
+            pipe.set(f"{PREFIX}report:{A}", almost_1_mb)
+        pipe.execute()
     assert admin.info("stats")["evicted_clients"] >= 1
     assert admin.info("stats")["evicted_keys"] == 0
     assert len(list(records.scan())) == 2 * RECORDS
