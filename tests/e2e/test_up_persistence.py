@@ -74,8 +74,13 @@ def test_pool_survives_a_restart_of_up(tmp_path: Path) -> None:
         admin = connect(
             env["COUNTERPOISE_REDIS_URL"], 2000, password_file=str(data_dir / "default.password")
         )
-        others = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
-        assert others and {c["user"] for c in others} == {"balancer"}, others
+        # Kamailio answers OPTIONS before its sync loop's first tick connects to Redis.
+        others = processes.wait_for(
+            lambda: [c for c in admin.client_list() if c["id"] != str(admin.client_id())],
+            5,
+            "the balancer to connect to Redis",
+        )
+        assert {c["user"] for c in others} == {"balancer"}, others
         secret = tmp_path / "agent.password"
         made = cli("agent-user", "sip:127.0.0.1:7001", "--password-file", str(secret))
         assert made.returncode == 0, made.stderr

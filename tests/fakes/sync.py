@@ -183,7 +183,7 @@ class MemoryStore:
         records: Mapping[str, Mapping[str, object]],
         ttl_ms: int,
         now_ms: int,
-        rejects: Mapping[str, object] | None = None,
+        rejects: Mapping[str, int | str] | None = None,
     ) -> None:
         self._check()
         self.weights[node] = {uri: json.loads(json.dumps(r)) for uri, r in records.items()}

@@ -213,19 +213,28 @@ def _parse_record(text: str | bytes) -> Record:
     proxy = data.get("proxy")
     if not isinstance(proxy, str):
         raise BadRecord("proxy: not a string")
-    fields: dict[str, object] = {"proxy": check_proxy_uri(proxy)}
-    for name in ("since_ms", "expires_ms"):
-        value = data.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
-            raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
-        fields[name] = value
-    strings = (("from_tag", MAX_TAG_CHARS), ("to_tag", MAX_TAG_CHARS), ("source", MAX_SOURCE_CHARS))
-    for name, longest in strings:
-        value = data.get(name, "")
-        if not isinstance(value, str) or len(value) > longest:
-            raise BadRecord(f"{name}: not a string of at most {longest} characters")
-        fields[name] = value
-    return Record(**fields)
+    return Record(
+        proxy=check_proxy_uri(proxy),
+        since_ms=_epoch_ms(data, "since_ms"),
+        expires_ms=_epoch_ms(data, "expires_ms"),
+        from_tag=_text(data, "from_tag", MAX_TAG_CHARS),
+        to_tag=_text(data, "to_tag", MAX_TAG_CHARS),
+        source=_text(data, "source", MAX_SOURCE_CHARS),
+    )
+
+
+def _epoch_ms(data: dict[str, object], name: str) -> int:
+    value = data.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
+        raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
+    return value
+
+
+def _text(data: dict[str, object], name: str, longest: int) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str) or len(value) > longest:
+        raise BadRecord(f"{name}: not a string of at most {longest} characters")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -174,7 +174,8 @@ def encode(report: LoadReport) -> bytes:
     data: dict[str, object] = {"v": FORMAT_VERSION}
     for field, key in _KEYS.items():
         data[key] = getattr(report, field)
-    return msgpack.packb(data, use_bin_type=True)
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes, now_ms: int) -> LoadReport:

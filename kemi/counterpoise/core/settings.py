@@ -507,7 +507,8 @@ class TimerSettings(Group):
         NOT_NEGATIVE,
         meaning="A proxy that timed out a request this recently while still answering counts as"
         " saturated; 0: none does (ms).",
-        why="Two probe periods.",
+        why="Two probe periods: a proxy that stays saturated times out again within them, so"
+        " the mark holds between probes instead of flapping.",
     )
     hold_queue_ms: int = setting(
         500,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis
 
@@ -31,7 +33,7 @@ class UnknownProxy(LookupError):
 class PoolStore(Store):
     errors = ERRORS
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis[Any], prefix: str) -> None:
         super().__init__(client, prefix)
         self._announcements: redis.client.PubSub | None = None
 
@@ -170,7 +172,7 @@ class PoolStore(Store):
         records: Mapping[str, Mapping[str, object]],
         ttl_ms: int,
         now_ms: int,
-        rejects: Mapping[str, object] | None = None,
+        rejects: Mapping[str, int | str] | None = None,
     ) -> None:
         key = self.keys.weights(node)
         with self.client.pipeline(transaction=True) as pipe:
@@ -181,7 +183,9 @@ class PoolStore(Store):
                 )
                 pipe.pexpire(key, ttl_ms)
             if rejects:
-                pipe.hset(self.keys.rejects(node), mapping=rejects)
+                # A copy typed as redis-py's stubs take it (str | bytes keys).
+                mapping: dict[str | bytes, int | str] = dict(rejects.items())
+                pipe.hset(self.keys.rejects(node), mapping=mapping)
                 pipe.pexpire(self.keys.rejects(node), ttl_ms)
             pipe.zadd(self.keys.nodes, {node: now_ms})
             pipe.zremrangebyscore(self.keys.nodes, 0, now_ms - ttl_ms)
@@ -192,20 +196,20 @@ class PoolStore(Store):
         nodes = self.client.zrangebyscore(self.keys.nodes, now_ms - ttl_ms, "+inf")
         return {node: self.client.hgetall(self.keys.rejects(node)) for node in nodes}
 
-    def node_weights(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, dict]]:
+    def node_weights(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, dict[str, object]]]:
         """Per live node, the weights it published: node -> proxy URI -> record."""
         nodes = self.client.zrangebyscore(self.keys.nodes, now_ms - ttl_ms, "+inf")
-        result = {}
+        result: dict[str, dict[str, dict[str, object]]] = {}
         for node in nodes:
             raw = self.client.hgetall(self.keys.weights(node))
             result[node] = {}
             for uri, text in raw.items():
                 with contextlib.suppress(BadRecord):  # another node's garbage: not shown
-                    result[node][uri] = untrusted(lambda t=text: _json_object(t))
+                    result[node][uri] = untrusted(functools.partial(_json_object, text))
         return result
 
 
-def _json_object(text: str) -> dict:
+def _json_object(text: str) -> dict[str, object]:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise BadRecord("not a JSON object")
