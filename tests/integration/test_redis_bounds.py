@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from counterpoise import clock, processes
-from counterpoise.core.location import Record
+from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.settings import Settings
 from counterpoise.store.acl import add_agent_user
 from counterpoise.store.client import connect
@@ -175,3 +175,33 @@ def test_the_embedded_redis_runs_with_the_limits(admin: redis.Redis) -> None:
     assert int(config["client-query-buffer-limit"]) == 1024 * 1024
     assert config["client-output-buffer-limit"].split("pubsub ")[1] == "1048576 262144 10"
     assert int(config["maxmemory-clients"]) == 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("call_id_chars", "tag_chars", "source", "most_bytes"),
+    [(40, 10, "198.51.100.7", 700), (256, 128, "2001:db8:1:2::/64", 1400)],
+    ids=["typical", "longest"],
+)
+def test_one_source_holds_its_cap_in_keys_and_bytes(
+    server: AclRedis,
+    admin: redis.Redis,
+    call_id_chars: int,
+    tag_chars: int,
+    source: str,
+    most_bytes: int,
+) -> None:
+    """docs/location.md's worst case per source: ``cap`` + 1 keys (the records and the
+    source's ZSET), and the bytes each record costs Redis (``used_memory``); more calls from
+    that source are refused."""
+    cap, now_ms, ttl_ms = 2000, 1_765_000_000_000, 7_200_000
+    store = LocationStore(server.client("balancer"), PREFIX)
+    record = Record(A, now_ms, now_ms + ttl_ms, "f" * tag_chars, "t" * tag_chars, source)
+    names = [(f"{n:08d}" + "c" * call_id_chars)[:call_id_chars] for n in range(cap + 10)]
+    writes = [PendingWrite(name, record.to_json(), ttl_ms) for name in names]
+    before = admin.info("memory")["used_memory"]
+    flushed = [store.apply_dialogs(writes[n : n + 500], now_ms, cap) for n in range(0, cap, 500)]
+    per_record = (admin.info("memory")["used_memory"] - before) / cap
+    assert sum(f.written for f in flushed) == cap and admin.dbsize() == cap + 1
+    assert store.apply_dialogs(writes[cap:], now_ms, cap).capped == 10
+    print(f"{call_id_chars}-character Call-ID, {tag_chars}-character tags: {per_record:.0f} B")
+    assert per_record < most_bytes
