@@ -182,6 +182,7 @@ class Process:
         log_path: Path | None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        umask: int = -1,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -198,6 +199,7 @@ class Process:
                 env={**os.environ, **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
+                umask=umask,
             )
         finally:
             if output:
@@ -262,11 +264,15 @@ def start_redis(
 ) -> Process:
     """redis-server with ``redis/redis.conf`` on ``port``, its data in ``data_dir``; with
     ``aclfile``, its users from that file (``cli/embedded.py``)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     argv = ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir)]
     if aclfile is not None:
         argv += ["--aclfile", str(aclfile)]
-    proc = Process("redis-server", argv, data_dir / "redis.log")
+    log = data_dir / "redis.log"
+    log.touch(mode=0o600)
+    # Every file Redis writes (append-only files, the aclfile ACL SAVE rewrites) is 0600.
+    proc = Process("redis-server", argv, log, umask=0o077)
 
     def pong() -> bool:
         try:

@@ -16,6 +16,8 @@ import redis
 from counterpoise import processes
 from counterpoise.store.client import connect
 
+from ..integration.test_roles import private
+
 pytestmark = pytest.mark.e2e
 
 
@@ -84,6 +86,9 @@ def test_pool_survives_a_restart_of_up(tmp_path: Path) -> None:
         assert made.returncode == 0, made.stderr
         assert secret.stat().st_mode & 0o777 == 0o600
         assert secret.read_text().strip() not in made.stdout
+        # ACL SAVE rewrote users.acl: it and every append-only file stay private.
+        assert "user agent-sip-127.0.0.1-7001" in (data_dir / "users.acl").read_text()
+        assert private(data_dir) == {}
         agent = connect(
             f"redis://agent-sip-127.0.0.1-7001@{env['COUNTERPOISE_REDIS_URL'][8:]}",
             2000,

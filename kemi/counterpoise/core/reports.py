@@ -190,7 +190,7 @@ def _decode(data: bytes, now_ms: int) -> LoadReport:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadReport(f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_REPORT_BYTES:
-        raise BadReport(f"{len(data)} bytes is larger than a report ({MAX_REPORT_BYTES} max)")
+        raise BadReport(f"larger than a report ({MAX_REPORT_BYTES} bytes max)")
     try:
         raw = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as error:

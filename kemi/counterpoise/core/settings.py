@@ -656,6 +656,15 @@ class LocationSettings(Group):
         " records (ms).",
         why="Two hours outlast nearly every call, and the records of lost BYEs do not pile up.",
     )
+    dialog_records_per_source: int = setting(
+        10_000,
+        POSITIVE,
+        at_most(1_000_000),
+        meaning="Most dialog records one caller address (an IPv6 /64) holds in Redis; the"
+        " calls beyond it go on by their route set, unrecorded, and are counted.",
+        why="A phone holds a few calls, a busy SBC a few thousand; a caller that never hangs"
+        " up fills at most about 13 MB of Redis (docs/location.md).",
+    )
     location_cache_ms: int = setting(
         1000,
         NOT_NEGATIVE,

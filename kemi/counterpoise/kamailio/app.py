@@ -132,6 +132,8 @@ class KemiApp:
     def ksr_route_withindlg(self, source: edge.Address, stream: bool) -> None:
         """In-dialog requests follow the Record-Route set their dialog built; without a usable
         one, their dialog record (location server). From outside, only towards a pool proxy."""
+        if self.location is not None and KSR.is_ACK():
+            self.location.dialog_confirmed()  # the dialog's record goes to Redis
         if KSR.rr.loose_route() > 0:
             if not edge.may_relay(source, stream, self._next_hop(), self.view.pool):
                 EDGE.count("relay_denied")

@@ -220,13 +220,18 @@ DIALOGS = Htable(
     size=10,
     autoexpire_s=60,
     key="Call-ID",
-    value="the dialog's record (``core.location.Record.to_json``), this node's copy",
+    value="the dialog's record (``core.location.Record.to_json``), this node's copy; its"
+    " ``source`` is empty until the ACK confirms the dialog",
     writers=("kamailio.location.LocationRouting",),
-    readers=("kamailio.location.LocationRouting.route_dialog",),
+    readers=(
+        "kamailio.location.LocationRouting.route_dialog",
+        "kamailio.location.LocationRouting.dialog_confirmed",
+        "kamailio.location.LocationRouting.dialog_ended",
+    ),
 )
-"""Seen at once by every worker of the node: the ACK right after a 200 finds it. Redis gets
-the record from the timer process within a tick, so 60 s covers any in-dialog request that
-comes before that."""
+"""Seen at once by every worker of the node: the ACK right after a 200 finds it, and confirms
+it. Redis gets the record from the timer process within a tick of the ACK, so 60 s covers any
+in-dialog request that comes before that; a 200 never ACKed lives here only, 60 s."""
 
 DIALOG_WRITES = Htable(
     name="cplocq",

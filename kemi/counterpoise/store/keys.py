@@ -11,6 +11,8 @@ docs/redis.md documents the same schema:
 ``cp:report:<proxy uri>``  STRING msgpack load report of the proxy's agent, ``PX`` expiry.
 ``cp:reports``             channel the agent publishes the proxy URI on after each report.
 ``cp:loc:<kind>:<name>``   STRING JSON ``core.location.Record``; kinds in ``LOCATION_KINDS``.
+``cp:loc:src:<source>``    ZSET  Call-ID -> expiry (epoch ms) of the dialog records that
+                                 caller address holds (``dialog_records_per_source``).
 """
 
 from __future__ import annotations
@@ -43,3 +45,6 @@ class Keys:
 
     def location(self, kind: str, name: str) -> str:
         return f"{self._location}{kind}:{name}"
+
+    def dialog_source(self, source: str) -> str:
+        return f"{self._location}src:{source}"
