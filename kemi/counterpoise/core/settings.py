@@ -267,10 +267,11 @@ class NodeSettings(Group):
         " run; raise it with the cores.",
     )
     shm_mb: int = setting(
-        64,
+        256,
         POSITIVE,
         meaning="Kamailio's shared memory, for transactions and htables (`-m`, MB).",
-        why="Kamailio's own default; several hundred calls a second need more.",
+        why="One SBC at 1000 calls/s holds thousands of transactions: Kamailio's own 64 MB ran"
+        " out there (`tests/e2e/test_flood.py`).",
     )
     run_dir: str = setting(
         "",
