@@ -212,17 +212,28 @@ def running(
 
 
 def register(
-    kamailio: StockKamailio, run_dir: Path, user: str, password: str, port: int
+    kamailio: StockKamailio,
+    run_dir: Path,
+    user: str,
+    password: str,
+    port: int,
+    contact_ip: str = "",
 ) -> testbed.CallResult:
     """REGISTER ``user`` from SIPp on 127.0.0.1:``port`` (her Contact: start the UAS there
     afterwards to take her calls), answering the config's digest challenge with
-    ``password`` (register-auth.xml), or unchallenged where it authenticates no one."""
+    ``password`` (register-auth.xml), or unchallenged where it authenticates no one.
+    ``contact_ip``: the address her Contact names instead (a private one: she is behind NAT,
+    reachable only at the address her REGISTER came from)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     extra: tuple[str, ...]
     if kamailio.config.authenticates():
         scenario, extra = "register-auth.xml", ("-s", user, "-au", user, "-ap", password)
     else:
         users = testbed.users_csv(run_dir / f"register-{user}.csv", [user], 3600)
         scenario, extra = "register.xml", ("-inf", str(users))
+    if contact_ip:
+        contact = {"@[local_ip]:[local_port]>": f"@{contact_ip}:[local_port]>"}
+        scenario = str(testbed.derived_scenario(run_dir, scenario, contact))
     caller = testbed.Caller(
         kamailio.target, run_dir, 1, 1, scenario=scenario, port=port, extra=extra
     )
