@@ -130,6 +130,10 @@ class MariaDB:
                 timeout=TOOL_TIMEOUT_S,
                 check=False,
             )
+        except FileNotFoundError:
+            raise processes.StartError(
+                f"{argv[0]} is not installed (run `bash scripts/install.sh --dev`)"
+            ) from None
         except (OSError, subprocess.TimeoutExpired) as error:
             raise processes.StartError(f"{argv[0]}: {error}") from None
         if result.returncode != 0:

@@ -91,10 +91,11 @@ def kemi_local_cfg(run_dir: Path) -> str:
     """The operator's kamailio-local.cfg beside the KEMI example (which imports it first):
 
     - the script's load path is a string in the file: a substitution points it at the copy;
-    - Kamailio calls the script's ``ksr_onsend_route`` after each relay by default, and the
-      shipped script has none: app_python3 leaves the AttributeError set, and the next KSR
-      call in that process fails (SystemError), aborting a later request unanswered. The
-      maintainers' answer (kamailio/kamailio#2671) is to define it or to name no callback.
+    - Kamailio calls the script's ``ksr_onsend_route`` for each request it forwards, by
+      default, and the shipped script has none: app_python3 leaves the AttributeError set,
+      and the next KSR call in that process fails (SystemError), aborting a later request
+      unanswered. The maintainers' answer (kamailio/kamailio#2671) is to define it or to
+      name no callback.
     """
     folder = f"{run_dir.resolve()}/"
     return f'#!subst "!{SHIPPED_SCRIPT_FOLDER}!{folder}!"\nkemi.onsend_route_callback=""\n'

@@ -7,6 +7,7 @@ challenges, IP authorisation). The ground the embedding tests stand on."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,6 +201,16 @@ def test_a_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
         stock.running(stock.KEMI_PYTHON, tmp_path, SUBSCRIBERS, [broken]),
     ):
         pass
+    assert started_here(tmp_path) == []
+
+
+def test_a_server_that_cannot_listen_is_reported_and_gone(tmp_path: Path) -> None:
+    server = mariadb.MariaDB(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        with pytest.raises(processes.StartError, match="mariadbd exited at start-up"):
+            server.start()
     assert started_here(tmp_path) == []
 
 
