@@ -192,6 +192,27 @@ def test_an_address_of_the_address_table_calls_unchallenged(proxy: stock.StockKa
         testbed.kamcmd(ctl, "permissions.addressReload")
 
 
+def test_a_flooding_source_is_banned(proxy: stock.StockKamailio) -> None:
+    """WITH_ANTIFLOOD: pike bans a source sending more than 16 requests in 2 s; its later
+    requests go unanswered. (Sources the config counts as itself, such as its own 127.0.0.1,
+    are exempt: the load tests' callers.)"""
+    if "WITH_ANTIFLOOD" not in proxy.config.defines():
+        pytest.skip(f"{proxy.config.name} has no flood detection")
+    peer = sipwire.Peer("127.0.0.3")
+    try:
+        replies = 0
+        for _ in range(40):
+            peer.send(
+                sipwire.request("OPTIONS", f"sip:{proxy.target}", peer.address), proxy.address
+            )
+            replies += peer.final_reply(0.2) is not None
+        assert 0 < replies < 40
+        peer.send(sipwire.request("OPTIONS", f"sip:{proxy.target}", peer.address), proxy.address)
+        assert peer.final_reply(1.0) is None
+    finally:
+        peer.close()
+
+
 def test_a_failed_start_leaves_nothing_running(tmp_path: Path) -> None:
     """Kamailio dies at start-up (a patch breaks its config) after its MariaDB started:
     the error names it, and neither is left running."""
