@@ -13,8 +13,11 @@ packages=(kamailio kamailio-python3-modules kamailio-extra-modules kamailio-util
           python3-venv python3-redis python3-msgpack python3-psutil
           python3-prometheus-client)
 # --dev: what only the tests run: a real Prometheus and promtool on the alert rules, Redis
-# Sentinel (failover, sentinel URLs), sipvicious and sipsak as attackers, ps.
-[ "${1:-}" = "--dev" ] && packages+=(prometheus redis-sentinel sipvicious sipsak procps)
+# Sentinel (failover, sentinel URLs), sipvicious and sipsak as attackers, ps; MariaDB, Kamailio's
+# MySQL driver and patch to run Kamailio's own example configs as operators do (the tests start
+# a private mariadbd of their own, never the system service).
+[ "${1:-}" = "--dev" ] && packages+=(prometheus redis-sentinel sipvicious sipsak procps
+                                    mariadb-server kamailio-mysql-modules patch)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -27,9 +30,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian enables services on install; the balancer starts its own Redis and Kamailio.
-for svc in kamailio redis-server redis-sentinel prometheus; do
+for svc in kamailio redis-server redis-sentinel prometheus mariadb; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
-    echo "note: the system $svc service is running; Counterpoise does not need it"
+    echo "note: the system $svc service is running; Counterpoise and its tests do not need it"
   fi
 done
 

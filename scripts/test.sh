@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tests, in two lanes, after installing what is missing (scripts/install.sh --dev:
-# Kamailio, Redis, SIPp, Prometheus, pytest, ruff, mypy):
+# Kamailio, Redis, SIPp, Prometheus, MariaDB, pytest, ruff, mypy):
 #   fast lane: ruff check, ruff format --check, mypy --strict on kemi/counterpoise/core and
 #              kemi/counterpoise/store, the unit tests;
 #   slow lane: the integration tests (a real Redis) and the end-to-end tests (real Kamailio,
