@@ -24,6 +24,7 @@ from pathlib import Path
 from counterpoise import processes
 from counterpoise.cli import table, up
 from counterpoise.cli.common import CliError, open_admin_store, open_store
+from counterpoise.cli.shutdown import Shutdown
 from counterpoise.cli.users import make_agent_user
 from counterpoise.core.settings import Settings, load_settings
 from harness import location_demo, testbed
@@ -69,7 +70,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     started: list[processes.Process] = []
     pool: list[testbed.Downstream] = []
     caller: testbed.Caller | None = None
-    up.stop_on_sigterm()
+    shutdown = Shutdown()
     if args.listen:
         settings = settings.with_values(listen=args.listen)
     try:
@@ -132,6 +133,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        shutdown.begin()
         if caller:
             caller.stop()
         for ds in pool:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Counterpoise needs on Debian bookworm, idempotently:
 # Debian's packages (Kamailio 5.6 with app_python3, Redis, SIPp, the Python libraries of the
-# interpreter Kamailio embeds; --dev: Prometheus), then a venv in .venv with the
+# interpreter Kamailio embeds; --dev: what the tests run besides), then a venv in .venv with the
 # `counterpoise` command.
-# Usage: scripts/install.sh [--dev]   (--dev adds pytest and ruff)
+# Usage: scripts/install.sh [--dev]   (--dev adds pytest, ruff and mypy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +12,12 @@ packages=(kamailio kamailio-python3-modules kamailio-extra-modules kamailio-util
           kamailio-tls-modules openssl
           python3-venv python3-redis python3-msgpack python3-psutil
           python3-prometheus-client)
-# --dev: the tests also start a real Prometheus and run promtool on the alert rules, and
-# attack the balancer with sipvicious and sipsak (issue 10).
-[ "${1:-}" = "--dev" ] && packages+=(prometheus sipvicious sipsak)
+# --dev: what only the tests run: a real Prometheus and promtool on the alert rules, Redis
+# Sentinel (failover, sentinel URLs), sipvicious and sipsak as attackers, ps; MariaDB, Kamailio's
+# MySQL driver and patch to run Kamailio's own example configs as operators do (the tests start
+# a private mariadbd of their own, never the system service).
+[ "${1:-}" = "--dev" ] && packages+=(prometheus redis-sentinel sipvicious sipsak procps
+                                    mariadb-server kamailio-mysql-modules patch)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -27,9 +30,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian enables services on install; the balancer starts its own Redis and Kamailio.
-for svc in kamailio redis-server prometheus; do
+for svc in kamailio redis-server redis-sentinel prometheus mariadb; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
-    echo "note: the system $svc service is running; Counterpoise does not need it"
+    echo "note: the system $svc service is running; Counterpoise and its tests do not need it"
   fi
 done
 

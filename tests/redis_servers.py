@@ -1,8 +1,9 @@
 """Redis servers the tests start themselves: TLS with a CA made here (openssl) and a unix
-socket, both behind a password."""
+socket, both behind a password; a master, its replica and three sentinels."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -77,3 +78,73 @@ class Servers:
     @property
     def unix_url(self) -> str:
         return f"unix://:{PASSWORD}@{self.socket}?db=0"
+
+
+SERVICE = "cpmaster"
+DOWN_AFTER_MS = 1000
+"""Sentinels call the master down after this long without an answer (production: 5000)."""
+
+
+def pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class SentinelSet:
+    """One master, one replica and three sentinels (Debian's ``redis-sentinel``, or the
+    ``sentinel_command`` given) on free ports. If one of them fails to start, those already
+    started are stopped before the error goes up: no caller holds them yet."""
+
+    def __init__(self, folder: Path, sentinel_command: str = "redis-sentinel") -> None:
+        self.procs: dict[str, processes.Process] = {}
+        self.sentinels: list[int] = []
+        try:
+            self._start_all(folder, sentinel_command)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, folder: Path, sentinel_command: str) -> None:
+        self.master = processes.free_port(socket.SOCK_STREAM)
+        self.replica = processes.free_port(socket.SOCK_STREAM)
+        for name, port, extra in (
+            ("master", self.master, []),
+            ("replica", self.replica, ["--replicaof", "127.0.0.1", str(self.master)]),
+        ):
+            data = folder / name
+            data.mkdir(parents=True)
+            argv = ["redis-server", "--port", str(port), "--dir", str(data), "--save", "",
+                    "--appendonly", "no", *extra]  # fmt: skip
+            self._start(name, argv, data / "redis.log", port)
+        for index in range(3):
+            port = processes.free_port(socket.SOCK_STREAM)
+            conf = folder / f"sentinel-{index}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {SERVICE} 10000\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+            self._start(
+                f"sentinel-{index}", [sentinel_command, str(conf)], folder / f"s{index}.log", port
+            )
+            self.sentinels.append(port)
+
+    def _start(self, name: str, argv: list[str], log: Path, port: int) -> None:
+        proc = processes.Process(name, argv, log)
+        self.procs[name] = proc
+        proc.ensure_started(lambda: pong(port), 10, f"{name} on {port}")
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()

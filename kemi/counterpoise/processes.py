@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
+
 from counterpoise import assets, clock, interpreter
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.core.sockets import ListenSocket
@@ -180,6 +182,7 @@ class Process:
         log_path: Path | None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        umask: int = -1,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -196,6 +199,7 @@ class Process:
                 env={**os.environ, **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
+                umask=umask,
             )
         finally:
             if output:
@@ -245,6 +249,9 @@ class Process:
         except TimeoutError as error:
             self.stop()
             raise StartError(f"{self.name}: {error}\n{self.log_tail()}") from None
+        except BaseException:  # interrupted (Ctrl-C): the caller never gets it to stop
+            self.stop()
+            raise
         if not self.alive():
             status = self.popen.returncode
             raise StartError(
@@ -257,11 +264,15 @@ def start_redis(
 ) -> Process:
     """redis-server with ``redis/redis.conf`` on ``port``, its data in ``data_dir``; with
     ``aclfile``, its users from that file (``cli/embedded.py``)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     argv = ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir)]
     if aclfile is not None:
         argv += ["--aclfile", str(aclfile)]
-    proc = Process("redis-server", argv, data_dir / "redis.log")
+    log = data_dir / "redis.log"
+    log.touch(mode=0o600)
+    # Every file Redis writes (append-only files, the aclfile ACL SAVE rewrites) is 0600.
+    proc = Process("redis-server", argv, log, umask=0o077)
 
     def pong() -> bool:
         try:
@@ -287,7 +298,7 @@ def kamailio_argv(
     argv = ["kamailio", "-f", str(cfg), "-DD", "-E"]
     for sip in listen:
         argv += ["-l", sip]
-    argv += ["-n", str(workers), "-Y", str(run_dir), "-P", str(run_dir / "kamailio.pid")]
+    argv += ["-n", str(workers), "-Y", str(run_dir), "-P", str(pid_file(run_dir))]
     for name, value in defines.items():
         text = f'"{value}"' if isinstance(value, str) else str(value)
         argv += ["-A", f"{name}={text}"]
@@ -330,6 +341,43 @@ def hand_over(password_file: Path, run_dir: Path, user: str) -> Path:
         out.write(password_file.read_text())
     shutil.chown(copy, user)
     return copy
+
+
+def pid_file(run_dir: Path) -> Path:
+    """Where Kamailio writes its main process's pid (and removes it when it exits cleanly)."""
+    return run_dir / "kamailio.pid"
+
+
+def running(pid: int) -> psutil.Process | None:
+    """The process ``pid`` if it runs (a zombie has exited: it holds no port or file)."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except (psutil.NoSuchProcess, ValueError):
+        return None
+
+
+def stop_tree(root: psutil.Process, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a process this process did not start (so cannot wait for) and its descendants:
+    SIGTERM, SIGKILL after ``grace_s``, then wait until every one is gone. psutil.AccessDenied
+    if they are another user's."""
+    members = [root, *root.children(recursive=True)]
+
+    def gone() -> bool:
+        return not any(running(member.pid) for member in members)
+
+    def send(signum: int) -> None:
+        for member in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signum)
+
+    what = f"process {root.pid} and its children to exit"
+    send(signal.SIGTERM)
+    try:
+        wait_for(gone, grace_s, what)
+    except TimeoutError:
+        send(signal.SIGKILL)
+        wait_for(gone, grace_s, what)
 
 
 def ctl_socket(run_dir: Path) -> Path:

@@ -3,6 +3,7 @@ proxies), real SIPp, on free local ports, all stopped when the test ends, pass o
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -118,12 +119,13 @@ class Bed:
         return caller
 
     def close(self) -> None:
-        for caller in self._callers:
-            caller.stop()
-        for ds in self._downstreams:
-            ds.stop()
-        for proc in reversed(self._procs):
-            proc.stop()
+        """Stop the callers, then the downstreams, then the other processes, newest first;
+        every stop runs even if one before it raised."""
+        with contextlib.ExitStack() as stops:  # runs its callbacks last in, first out
+            for proc in self._procs:
+                stops.callback(proc.stop)
+            for stoppable in [*self._downstreams, *self._callers]:
+                stops.callback(stoppable.stop)
 
     def received_requests(self, name: str = "balancer") -> int:
         """Requests a balancer has read and parsed (Kamailio's ``core:rcv_requests``)."""

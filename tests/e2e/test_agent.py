@@ -10,6 +10,7 @@ a Redis of its own (``own_redis``) since some stop it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -49,17 +50,13 @@ def now_ms() -> int:
 def downstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[testbed.Downstream]:
     run_dir = tmp_path_factory.mktemp("agent-ds")
     uas_port = free_port()
-    uas = testbed.start_uas(uas_port, run_dir)
-    ds = None
-    try:
+    with contextlib.ExitStack() as stops:
+        stops.callback(testbed.start_uas(uas_port, run_dir).stop)
         ds = testbed.Downstream(
             "ds1", free_port(), WORKERS, f"sip:127.0.0.1:{uas_port}", run_dir, registrar=False
-        ).start()
-        yield ds
-    finally:
-        if ds is not None:
-            ds.stop()
-        uas.stop()
+        )
+        stops.callback(ds.stop)  # before start(): a start that fails halfway is stopped too
+        yield ds.start()
 
 
 def raw_client(server: RedisServer) -> redis.Redis:

@@ -6,7 +6,6 @@ failover a ``proxy drain`` and a new registration reach both nodes."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,68 +17,11 @@ from counterpoise import processes
 from counterpoise.core.reports import decode
 from counterpoise.store.client import connect
 
+from ..redis_servers import SERVICE, SentinelSet
 from .conftest import Bed, invite_counts
 from .test_location import USERS, Users, holders, invites
 
 pytestmark = pytest.mark.e2e
-
-SERVICE = "cpmaster"
-DOWN_AFTER_MS = 1000
-"""Sentinels call the master down after this long without an answer (production: 5000)."""
-
-
-def pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class SentinelSet:
-    def __init__(self, folder: Path) -> None:
-        self.procs: dict[str, processes.Process] = {}
-        self.master = processes.free_port(socket.SOCK_STREAM)
-        self.replica = processes.free_port(socket.SOCK_STREAM)
-        for name, port, extra in (
-            ("master", self.master, []),
-            ("replica", self.replica, ["--replicaof", "127.0.0.1", str(self.master)]),
-        ):
-            data = folder / name
-            data.mkdir(parents=True)
-            argv = ["redis-server", "--port", str(port), "--dir", str(data), "--save", "",
-                    "--appendonly", "no", *extra]  # fmt: skip
-            self._start(name, argv, data / "redis.log", port)
-        self.sentinels = []
-        for index in range(3):
-            port = processes.free_port(socket.SOCK_STREAM)
-            conf = folder / f"sentinel-{index}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-                f"sentinel failover-timeout {SERVICE} 10000\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
-            )
-            self._start(
-                f"sentinel-{index}", ["redis-sentinel", str(conf)], folder / f"s{index}.log", port
-            )
-            self.sentinels.append(port)
-
-    def _start(self, name: str, argv: list[str], log: Path, port: int) -> None:
-        proc = processes.Process(name, argv, log)
-        self.procs[name] = proc
-        proc.ensure_started(lambda: pong(port), 10, f"{name} on {port}")
-
-    @property
-    def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """``counterpoise up`` run as an operator runs it: its log, a foreign ``python3`` first on
-PATH, a non-root user, and a non-editable install used from another folder."""
+PATH, a non-root user, a non-editable install used from another folder; stopped by repeated
+signals, and started after an earlier ``up`` was killed outright."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from counterpoise import assets, processes
+from counterpoise.core.sockets import ListenSocket
 from tests.e2e.conftest import Bed, calls_complete
 from tests.source_copy import copy_source
 
@@ -31,13 +33,23 @@ class Up:
     """``counterpoise up`` in the background, its output in ``up.log``."""
 
     def __init__(
-        self, bed: Bed, command: Path, *args: str, embedded_redis: bool = False, **popen: object
+        self,
+        bed: Bed,
+        command: Path,
+        *args: str,
+        embedded_redis: bool = False,
+        port: int | None = None,
+        run_dir: Path | None = None,
+        **popen: object,
     ) -> None:
         """``embedded_redis``: no ``--redis``, so ``up`` starts its own (as configured by the
-        environment given in ``popen``); else the test's Redis."""
-        self.port = processes.free_port()
-        self.run_dir = Path(tempfile.mkdtemp(prefix="cp-up-"))  # /tmp: reachable by nobody
-        self.log = bed.run_dir / "up.log"
+        environment given in ``popen``); else the test's Redis. ``port`` and ``run_dir``: those
+        of an earlier run (default: new ones)."""
+        self.port = port or processes.free_port()
+        # /tmp: reachable by nobody
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="cp-up-"))
+        with tempfile.NamedTemporaryFile(dir=bed.run_dir, suffix=".log", delete=False) as log:
+            self.log = Path(log.name)  # one per run: a second run on the same bed has its own
         argv = [str(command), "up", "--listen", f"udp:127.0.0.1:{self.port}"]
         argv += ["--run-dir", str(self.run_dir), "--workers", "2"]
         if not embedded_redis:
@@ -64,6 +76,16 @@ class Up:
     def close(self) -> None:
         self.proc.stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def embedded_redis_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an ``up`` that starts its own Redis, on a free port, its data in
+    ``tmp_path``."""
+    return {
+        **os.environ,
+        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
+        "COUNTERPOISE_REDIS_DATA_DIR": str(tmp_path / "redis-data"),
+    }
 
 
 @pytest.fixture
@@ -132,11 +154,7 @@ def test_as_a_user_on_the_embedded_redis_with_its_password(
 ) -> None:
     # The balancer's password file is root's (0600); Kamailio's processes, as nobody, read the
     # copy up hands them, or the node could not read the pool nor publish.
-    env = {
-        **os.environ,
-        "COUNTERPOISE_REDIS_URL": f"redis://127.0.0.1:{processes.free_port()}/0",
-        "COUNTERPOISE_REDIS_DATA_DIR": str(tmp_path / "redis-data"),
-    }
+    env = embedded_redis_env(tmp_path)
     run = Up(bed, COUNTERPOISE, "--user", "nobody", embedded_redis=True, env=env)
     up.append(run)
     run.wait_ready()
@@ -222,3 +240,64 @@ def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_
     up.append(run)
     run.wait_ready()
     calls_complete(bed, bed.start_downstream("a"))
+
+
+def test_a_second_sigterm_during_the_cleanup_leaves_nothing_running(
+    bed: Bed, up: list[Up], tmp_path: Path
+) -> None:
+    env = embedded_redis_env(tmp_path)
+    run = Up(bed, COUNTERPOISE, embedded_redis=True, env=env)
+    up.append(run)
+    run.wait_ready()
+    started = psutil.Process(run.proc.pid).children(recursive=True)
+    assert {proc.name() for proc in started} == {"kamailio", "redis-server"}
+    # A paused Kamailio cannot act on up's SIGTERM: the cleanup waits out its grace period,
+    # and the next signals arrive while it runs.
+    os.kill(run.kamailio_pids()[0], signal.SIGSTOP)
+    run.proc.popen.send_signal(signal.SIGTERM)
+    processes.wait_for(lambda: "stopping kamailio" in run.output(), 10, "up to stop Kamailio")
+    run.proc.popen.send_signal(signal.SIGTERM)
+    run.proc.popen.send_signal(signal.SIGINT)
+    assert run.proc.popen.wait(30) == 0, run.output()[-3000:]
+    assert "SIGTERM ignored, already stopping" in run.output()
+    assert [proc for proc in started if processes.running(proc.pid)] == []
+    processes.check_free(ListenSocket("udp", "127.0.0.1", run.port))
+
+
+def test_up_stops_the_kamailio_a_killed_up_left_running(bed: Bed, up: list[Up]) -> None:
+    first = Up(bed, COUNTERPOISE)
+    up.append(first)
+    first.wait_ready()
+    orphans = [psutil.Process(pid) for pid in first.kamailio_pids()]
+    first.proc.popen.send_signal(signal.SIGKILL)  # up cannot clean up: Kamailio outlives it
+    first.proc.popen.wait(10)
+    assert processes.sip_options("127.0.0.1", first.port) == 200
+
+    second = Up(bed, COUNTERPOISE, port=first.port, run_dir=first.run_dir)
+    up.append(second)
+    second.wait_ready()
+    assert f"stopping Kamailio (pid {orphans[0].pid}) left running" in second.output()
+    assert [proc for proc in orphans if processes.running(proc.pid)] == []
+    assert processes.sip_options("127.0.0.1", second.port) == 200
+
+
+def test_up_removes_a_stale_pid_file(bed: Bed, up: list[Up], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # A pid that runs, but no Kamailio: the pid was reused after a crash. It is left alone.
+    processes.pid_file(run_dir).write_text(f"{os.getpid()}\n")
+    run = Up(bed, COUNTERPOISE, run_dir=run_dir)
+    up.append(run)
+    run.wait_ready()
+    assert f"removing the stale pid file {processes.pid_file(run_dir)}" in run.output()
+
+
+def test_a_running_up_keeps_its_run_folder(bed: Bed, up: list[Up]) -> None:
+    first = Up(bed, COUNTERPOISE)
+    up.append(first)
+    first.wait_ready()
+    second = Up(bed, COUNTERPOISE, run_dir=first.run_dir)
+    up.append(second)
+    assert second.proc.popen.wait(30) == 1
+    assert f"of a running `counterpoise up` (pid {first.proc.pid})" in second.output()
+    assert first.proc.alive() and processes.sip_options("127.0.0.1", first.port) == 200

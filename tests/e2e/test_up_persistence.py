@@ -16,6 +16,8 @@ import redis
 from counterpoise import processes
 from counterpoise.store.client import connect
 
+from ..integration.test_roles import private
+
 pytestmark = pytest.mark.e2e
 
 
@@ -72,13 +74,21 @@ def test_pool_survives_a_restart_of_up(tmp_path: Path) -> None:
         admin = connect(
             env["COUNTERPOISE_REDIS_URL"], 2000, password_file=str(data_dir / "default.password")
         )
-        others = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
-        assert others and {c["user"] for c in others} == {"balancer"}, others
+        # Kamailio answers OPTIONS before its sync loop's first tick connects to Redis.
+        others = processes.wait_for(
+            lambda: [c for c in admin.client_list() if c["id"] != str(admin.client_id())],
+            5,
+            "the balancer to connect to Redis",
+        )
+        assert {c["user"] for c in others} == {"balancer"}, others
         secret = tmp_path / "agent.password"
         made = cli("agent-user", "sip:127.0.0.1:7001", "--password-file", str(secret))
         assert made.returncode == 0, made.stderr
         assert secret.stat().st_mode & 0o777 == 0o600
         assert secret.read_text().strip() not in made.stdout
+        # ACL SAVE rewrote users.acl: it and every append-only file stay private.
+        assert "user agent-sip-127.0.0.1-7001" in (data_dir / "users.acl").read_text()
+        assert private(data_dir) == {}
         agent = connect(
             f"redis://agent-sip-127.0.0.1-7001@{env['COUNTERPOISE_REDIS_URL'][8:]}",
             2000,

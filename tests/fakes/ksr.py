@@ -283,6 +283,12 @@ class Hdr(_Api):
         self.ksr.inserted_headers.append(_text(text))
         return 1
 
+    @_kemi
+    def append_to_reply(self, text: str) -> int:
+        """A header line (CRLF and all) for the reply the route sends next."""
+        self.ksr.reply_headers.append(_text(text))
+        return 1
+
 
 class Tm(_Api):
     prefix = "tm."
@@ -330,6 +336,11 @@ class Tm(_Api):
     def t_check_trans(self) -> int:
         """-1: no transaction matched (set ``returns`` for a CANCEL of a known INVITE: 1, or
         an ACK tm absorbed: 0)."""
+        return -1
+
+    @_kemi
+    def t_lookup_request(self) -> int:
+        """-1: the request is no retransmission of a transaction (set ``returns``: 1)."""
         return -1
 
     @_kemi
@@ -613,6 +624,7 @@ class FakeKsr:
         self.headers: dict[str, str] = {}
         self.avps: dict[str, list[Value]] = {}
         self.inserted_headers: list[str] = []
+        self.reply_headers: list[str] = []
         self.relays: list[dict[str, Any]] = []
         self.sl_replies: list[tuple[int, str]] = []
         self.t_replies: list[tuple[int, str]] = []

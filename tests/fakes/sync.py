@@ -9,14 +9,15 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 
 from counterpoise.core.dialog_seal import DialogKey
-from counterpoise.core.location import PendingWrite, Record
+from counterpoise.core.location import PendingWrite, Record, within_cap
 from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import StateStore, SyncLoop
 from counterpoise.core.tally import Tally
 from counterpoise.store.dialog_keys import parse_ring
-from counterpoise.store.keys import AOR, DOMAIN, PIN
+from counterpoise.store.keys import AOR, DIALOG, DOMAIN, PIN
+from counterpoise.store.location import DialogFlush
 
 WALL_EPOCH_MS = 1_700_000_000_000
 
@@ -184,7 +185,7 @@ class MemoryStore:
         records: Mapping[str, Mapping[str, object]],
         ttl_ms: int,
         now_ms: int,
-        rejects: Mapping[str, object] | None = None,
+        rejects: Mapping[str, int | str] | None = None,
     ) -> None:
         self._check()
         self.weights[node] = {uri: json.loads(json.dumps(r)) for uri, r in records.items()}
@@ -201,6 +202,8 @@ class MemoryLocationStore:
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], tuple[Record, int]] = {}
+        self.sources: dict[str, dict[str, int]] = {}
+        """Source -> Call-ID -> expiry (epoch ms) of the dialog records it holds."""
         self._failure: StoreDown | None = None
 
     def fail(self, reason: str = "store unreachable") -> None:
@@ -233,13 +236,30 @@ class MemoryLocationStore:
         self._check()
         return self.records.pop((kind, name), None) is not None
 
-    def apply(self, kind: str, writes: Sequence[PendingWrite]) -> None:
+    def apply_dialogs(
+        self, writes: Sequence[PendingWrite], now_ms: int, per_source: int
+    ) -> DialogFlush:
         self._check()
+        for calls in self.sources.values():
+            for call_id in [c for c, expiry_ms in calls.items() if expiry_ms <= now_ms]:
+                del calls[call_id]
+        deleted = forged = 0
         for write in writes:
-            if write.record is None:
-                self.records.pop((kind, write.name), None)
-            else:
-                self.records[(kind, write.name)] = (Record.from_json(write.record), write.ttl_ms)
+            record = self._record(DIALOG, write.name) if write.record is None else None
+            if write.deletes(record):
+                assert record is not None
+                del self.records[(DIALOG, write.name)]
+                self.sources.get(record.source, {}).pop(write.name, None)
+                deleted += 1
+            elif record is not None:
+                forged += 1
+        held = {source: len(calls) for source, calls in self.sources.items()}
+        sets = [write for write in writes if write.record is not None]
+        written, capped = within_cap(sets, held, per_source)
+        for write in written:
+            self.records[(DIALOG, write.name)] = (Record.from_json(write.record), write.ttl_ms)
+            self.sources.setdefault(write.source, {})[write.name] = now_ms + write.ttl_ms
+        return DialogFlush(len(written), len(capped), deleted, forged)
 
 
 class RecordingStore:

@@ -98,7 +98,9 @@ def test_queued_dialog_writes_apply_in_one_pipeline(redis_client):
     store = LocationStore(redis_client, "cp:")
     store.put(DIALOG, "old@h", Record(A, 1))
     record = Record(B, 2, 3, "f", "t").to_json()
-    store.apply(DIALOG, [PendingWrite("new@h", record, 60_000), PendingWrite("old@h")])
+    store.put(DIALOG, "old@h", Record(A, 1, 0, "of", "ot", "src"))
+    writes = [PendingWrite("new@h", record, 60_000), PendingWrite("old@h", tags=("of", "ot"))]
+    store.apply_dialogs(writes, 1, 10)
     assert redis_client.get("cp:loc:dlg:new@h") == record
     assert 59_000 < redis_client.pttl("cp:loc:dlg:new@h") <= 60_000
     assert redis_client.exists("cp:loc:dlg:old@h") == 0

@@ -12,8 +12,9 @@ import redis
 
 from counterpoise import processes
 from counterpoise.cli import embedded
+from counterpoise.cli.main import main as cli_main
 from counterpoise.core import reports
-from counterpoise.core.location import Record
+from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.pool import Admin
 from counterpoise.core.reports import LoadReport
 from counterpoise.core.settings import Settings
@@ -44,12 +45,17 @@ class AclRedis:
         path = str(embedded.password_file(self.folder, role))
         return connect(self.url(role), 2000, decode=decode, password_file=path)
 
+    @classmethod
+    def serve(cls, folder: Path) -> Iterator[AclRedis]:
+        """A fixture's life: started in ``folder``, stopped after."""
+        server = cls(folder)
+        yield server
+        server.proc.stop()
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    server = AclRedis(tmp_path_factory.mktemp("acl"))
-    yield server
-    server.proc.stop()
+    yield from AclRedis.serve(tmp_path_factory.mktemp("acl"))
 
 
 @pytest.fixture
@@ -79,7 +85,9 @@ def test_balancer_runs_the_sync_loop_and_location_but_cannot_change_the_pool(
     assert harness.store.store.node_weights(harness.clock.wall_ms(), 10_000)["lb1"].keys() == {A, B}
     locations = LocationStore(server.client("balancer"), PREFIX)
     locations.put(AOR, "u@h", Record(A, 1))
-    locations.apply(DIALOG, [])
+    dialog = Record(A, 1, 0, "f", "t", "198.51.100.7")
+    locations.apply_dialogs([PendingWrite("c@h", dialog.to_json(), 60_000)], 1, 10)
+    assert locations.get(DIALOG, "c@h") == dialog
     assert locations.lookup("u@h", "h")[1] == Record(A, 1)
     balancer = server.client("balancer")
     for write in (
@@ -162,3 +170,42 @@ def test_prepare_keeps_passwords_and_agent_users_across_starts(tmp_path: Path) -
     embedded.prepare(tmp_path, PREFIX)
     assert embedded.password_file(tmp_path, "operator").read_text() == first
     assert "user agent-sip-x" in acl.read_text()
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    """Mode bits of the folder and of everything in it, by path relative to the folder."""
+    paths = [folder, *folder.rglob("*")]
+    return {str(path.relative_to(folder)): path.stat().st_mode & 0o777 for path in paths}
+
+
+def private(folder: Path) -> dict[str, int]:
+    """What in ``folder`` is not private: folders other than 0700, files other than 0600."""
+    return {
+        name: mode
+        for name, mode in _modes(folder).items()
+        if mode != (0o700 if (folder / name).is_dir() else 0o600)
+    }
+
+
+def test_data_folder_stays_private_after_agent_user_rewrites_the_acl(
+    server: AclRedis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``counterpoise agent-user`` makes Redis rewrite ``users.acl`` (ACL SAVE): the Redis
+    process's umask keeps it, and every append-only file, readable by its owner only."""
+    monkeypatch.setenv("COUNTERPOISE_REDIS_URL", f"redis://127.0.0.1:{server.port}/0")
+    monkeypatch.setenv("COUNTERPOISE_REDIS_DATA_DIR", str(server.folder))
+    before = server.acl.stat().st_ino
+    assert cli_main(["agent-user", B, "--password-file", str(tmp_path / "agent.password")]) == 0
+    assert server.acl.stat().st_ino != before  # rewritten by Redis, not by the test
+    assert "user agent-sip-10.0.0.2-5060" in server.acl.read_text()
+    assert (server.folder / "appendonlydir").is_dir()
+    assert private(server.folder) == {}
+
+
+def test_prepare_closes_a_folder_left_readable(tmp_path: Path) -> None:
+    (tmp_path / "appendonlydir").mkdir(mode=0o755)
+    (tmp_path / "appendonlydir" / "appendonly.aof.1.incr.aof").write_text("")
+    (tmp_path / "appendonlydir" / "appendonly.aof.1.incr.aof").chmod(0o644)
+    tmp_path.chmod(0o755)
+    embedded.prepare(tmp_path, PREFIX)
+    assert private(tmp_path) == {}

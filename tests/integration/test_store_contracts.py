@@ -14,13 +14,14 @@ from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.pool import Admin
 from counterpoise.core.sync import StateStore
 from counterpoise.store.keys import AOR, DIALOG, DOMAIN, PIN
-from counterpoise.store.location import LocationStore
+from counterpoise.store.location import DialogFlush, LocationStore
 from counterpoise.store.pool import PoolStore
 
 from ..fakes.sync import MemoryLocationStore, MemoryStore
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 TTL_MS = 60_000
+NOW_MS = 1_700_000_000_000
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -136,14 +137,37 @@ def test_lookup_returns_pin_registration_and_domain_pin(locations):
 
 
 def test_queued_dialog_writes_apply_in_order(locations):
-    first, second = Record(A, 1, 0, "f", "t"), Record(B, 2, 0, "f", "t")
-    locations.apply(
-        DIALOG,
-        [
-            PendingWrite("c1", first.to_json(), TTL_MS),
-            PendingWrite("c2", second.to_json(), TTL_MS),
-            PendingWrite("c1"),
-        ],
-    )
+    first, second = Record(A, 1, 0, "f", "t", "src"), Record(B, 2, 0, "f", "t", "src")
+    sets = [
+        PendingWrite("c1", first.to_json(), TTL_MS),
+        PendingWrite("c2", second.to_json(), TTL_MS),
+    ]
+    assert locations.apply_dialogs(sets, NOW_MS, 10) == DialogFlush(written=2)
+    assert locations.apply_dialogs(
+        [PendingWrite("c1", tags=("t", "f"))], NOW_MS, 10
+    ) == DialogFlush(deleted=1)
     assert locations.get(DIALOG, "c1") is None
     assert locations.get(DIALOG, "c2") == second
+
+
+def test_a_dialog_record_is_deleted_only_with_its_tags(locations):
+    record = Record(A, 1, 0, "caller", "callee", "src")
+    locations.apply_dialogs([PendingWrite("c1", record.to_json(), TTL_MS)], NOW_MS, 10)
+    forged = [PendingWrite("c1", tags=("caller", "guessed")), PendingWrite("gone", tags=("a", "b"))]
+    assert locations.apply_dialogs(forged, NOW_MS, 10) == DialogFlush(forged=1)
+    assert locations.get(DIALOG, "c1") == record
+
+
+def test_a_source_holds_at_most_its_cap_until_its_records_expire(locations):
+    def sets(*names: str, source: str = "203.0.113.9") -> list[PendingWrite]:
+        record = Record(A, 1, 0, "f", "t", source).to_json()
+        return [PendingWrite(name, record, TTL_MS) for name in names]
+
+    assert locations.apply_dialogs(sets("a", "b", "c"), NOW_MS, 2) == DialogFlush(2, capped=1)
+    assert locations.apply_dialogs(sets("d"), NOW_MS, 2) == DialogFlush(capped=1)
+    assert locations.apply_dialogs(sets("e", source="other"), NOW_MS, 2) == DialogFlush(1)
+    ended = [PendingWrite("a", tags=("f", "t")), *sets("d")]  # a call ends, the next fits
+    assert locations.apply_dialogs(ended, NOW_MS, 2) == DialogFlush(1, deleted=1)
+    # Redis expired b and d by now: their entries in the count are dropped with them.
+    later_ms = NOW_MS + TTL_MS + 1
+    assert locations.apply_dialogs(sets("f", "g", "h"), later_ms, 2) == DialogFlush(2, capped=1)

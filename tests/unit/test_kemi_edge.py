@@ -160,49 +160,139 @@ def test_in_flight_comes_down_even_when_the_reply_route_fails(node: Node, ksr: F
 # --- flood limits ---------------------------------------------------------------------------------
 
 
-def test_source_over_its_limit_is_banned_and_ignored(ksr: FakeKsr, monkeypatch):
+FLOODER = "198.51.100.5"
+
+
+def options(node: Node, count: int, source: str = FLOODER) -> None:
+    for _ in range(count):
+        node.route("OPTIONS", "sip:carol@example.com", source=source)
+
+
+def test_source_over_its_limit_is_shed_with_503_and_admitted_again_next_window(
+    ksr: FakeKsr, monkeypatch
+):
     node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3))
     node.pool(A)
-    for _ in range(3):
-        node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    options(node, 3)
     assert len(node.tried) == 1  # each request is a new transaction in the fake
-    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    options(node, 1)
+    assert ksr.relays == [] and ksr.sl_replies == [(503, "Over Rate Limit")]
+    assert ksr.reply_headers == ["Retry-After: 1\r\n"]
+    options(node, 1, source="198.51.100.6")
+    assert len(ksr.relays) == 1  # another source is not affected
+    node.clock.advance(1000)  # the next window admits the source again
+    options(node, 3)
+    assert len(ksr.relays) == 1
+    counts = edge_counters(ksr)
+    assert counts["shed"] == 1 and "banned" not in counts and "dropped_banned" not in counts
+
+
+def test_requests_of_calls_in_progress_pass_up_to_twice_the_limit(ksr: FakeKsr, monkeypatch):
+    """Over the limit a new call is refused but the calls the source has can end: their ACK,
+    CANCEL and in-dialog requests pass, up to the ceiling; past it nothing is answered."""
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=5))
+    node.pool(A)
+    routes = {"Route": f"{node.sealed_route(A)}, <sip:10.0.0.1;lr>"}
+    options(node, 6)  # the 6th is shed
+    node.route("BYE", to_tag="t", headers=routes, source=FLOODER)
+    assert len(ksr.relays) == 1
+    node.route("ACK", to_tag="t", headers=routes, source=FLOODER)
+    assert len(ksr.relays) == 1
+    ksr.returns["tm.t_lookup_request"] = lambda: 1
+    node.route("INVITE", source=FLOODER)  # the retransmission of an admitted INVITE
+    assert ksr.sl_replies == []
+    del ksr.returns["tm.t_lookup_request"]
+    node.route("CANCEL", source=FLOODER)  # the 10th, at the ceiling
+    assert ksr.sl_replies == [] and "dropped_flood" not in edge_counters(ksr)
+    node.route("BYE", to_tag="t", headers=routes, source=FLOODER)  # the 11th: past 2 x 5
+    node.route("INVITE", source=FLOODER)
+    assert ksr.relays == [] and ksr.sl_replies == []
+    counts = edge_counters(ksr)
+    assert counts["shed"] == 1 and counts["dropped_flood"] == 2 and "banned" not in counts
+
+
+def test_source_past_twice_its_limit_windows_in_a_row_is_banned_and_ignored(
+    ksr: FakeKsr, monkeypatch
+):
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3, flood_ban_windows=2))
+    node.pool(A)
+    options(node, 7)  # the 7th is past the ceiling: one flooding window
+    assert ksr.sl_replies == [] and "banned" not in edge_counters(ksr)
+    node.clock.advance(1000)
+    options(node, 7)  # two in a row
     assert ksr.relays == [] and ksr.sl_replies == []  # banned: no reply at all
-    assert ksr.expiries[(htables.BANS.name, "198.51.100.5")] == S.edge.flood_ban_ms // 1000
-    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
+    assert ksr.expiries[(htables.BANS.name, FLOODER)] == S.edge.flood_ban_ms // 1000
+    options(node, 1)
     node.clock.advance(1000)  # a new window, but the ban holds
-    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
-    assert ksr.relays == []
-    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.6")
+    options(node, 1)
+    assert ksr.relays == [] and ksr.sl_replies == []
+    options(node, 1, source="198.51.100.6")
     assert len(ksr.relays) == 1  # another source is not affected
     counts = edge_counters(ksr)
-    assert counts["banned"] == 1 and counts["dropped_banned"] == 3  # the one that broke it too
+    assert counts["banned"] == 1 and counts["dropped_banned"] == 2
+    assert counts["shed"] == 6 and counts["dropped_flood"] == 2
+    assert any(FLOODER in text and "banned" in text for text in ksr.logged("notice"))
 
 
-def test_workers_racing_past_the_limit_all_refuse_and_one_counts_the_ban(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3))
+@pytest.mark.parametrize(
+    ("ban_windows", "sent_per_window"),
+    [
+        (2, (7, 5, 7, 6, 7)),  # past the ceiling every other window only: the count starts again
+        (0, (50,) * 5),  # 0: never banned
+    ],
+)
+def test_no_ban_without_enough_flooding_windows_in_a_row(
+    ksr: FakeKsr, monkeypatch, ban_windows: int, sent_per_window: tuple[int, ...]
+):
+    settings = S.with_values(flood_requests_per_s=3, flood_ban_windows=ban_windows)
+    node = Node(ksr, monkeypatch, settings)
     node.pool(A)
-    for _ in range(3):
-        node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
-    # Another worker's request broke the limit too before this one's ban was seen.
+    for sent in sent_per_window:
+        options(node, sent)
+        node.clock.advance(1000)
+    options(node, 1)
+    assert len(ksr.relays) == 1 and "banned" not in edge_counters(ksr)
+
+
+def test_workers_racing_past_the_ceiling_count_one_flooding_window(ksr: FakeKsr, monkeypatch):
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=3, flood_ban_windows=1))
+    node.pool(A)
+    options(node, 6)
+    # Another worker's request broke the ceiling too before this one's ban was seen.
     rates = ksr.htables[htables.RATES.name]
-    window = next(key for key in rates if "198.51.100.5" in key)
+    window = next(key for key in rates if key.startswith(FLOODER))
     rates[window] += 1
-    node.route("OPTIONS", "sip:carol@example.com", source="198.51.100.5")
-    assert ksr.relays == []
+    options(node, 1)
+    assert ksr.relays == [] and ksr.sl_replies == []
     counts = edge_counters(ksr)
-    assert counts.get("banned", 0) == 0 and counts["dropped_banned"] == 1
+    assert counts.get("banned", 0) == 0 and counts["dropped_flood"] == 1
 
 
 def test_registers_have_their_own_stricter_limit(ksr: FakeKsr, monkeypatch):
-    node = Node(ksr, monkeypatch, S.with_values(flood_registers_per_s=2))
+    node = Node(ksr, monkeypatch, S.with_values(flood_registers_per_s=2, flood_ban_windows=1))
     node.pool(A)
     for _ in range(2):
         node.route("REGISTER", "sip:example.com", to="sip:alice@example.com")
     node.route("OPTIONS", "sip:carol@example.com")
     assert len(ksr.relays) == 1
+    node.route("REGISTER", "sip:example.com", to="sip:alice@example.com", to_tag="t")
+    assert ksr.relays == [] and ksr.sl_replies == [(503, "Over Rate Limit")]
     node.route("REGISTER", "sip:example.com", to="sip:alice@example.com")
-    assert ksr.relays == [] and edge_counters(ksr)["banned"] == 1
+    node.route("REGISTER", "sip:example.com", to="sip:alice@example.com")
+    assert ksr.relays == [] and ksr.sl_replies == [] and edge_counters(ksr)["banned"] == 1
+
+
+@pytest.mark.parametrize("source", ["192.0.2.7", "10.0.0.200", "2001:db8::9", "::ffff:10.0.0.9"])
+def test_trusted_upstreams_are_never_limited(ksr: FakeKsr, monkeypatch, source: str):
+    trusted = "10.0.0.0/24,192.0.2.7,2001:db8::/32"
+    node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=1, trusted_upstreams=trusted))
+    node.pool(A)
+    for _ in range(5):
+        options(node, 1, source=source)
+        assert len(ksr.relays) == 1
+    options(node, 2, source="192.0.2.8")  # the next address is not trusted
+    assert ksr.sl_replies == [(503, "Over Rate Limit")]
+    assert ksr.htables[htables.RATES.name].keys() == {f"192.0.2.8 {node.clock.wall_ms() // 1000}"}
 
 
 def test_pool_proxies_are_never_limited(ksr: FakeKsr, monkeypatch):

@@ -45,6 +45,14 @@ def register(node: Node, expires_s: int) -> str:
     return node.tried[0]
 
 
+def ack(node: Node, proxy: str, **kwargs: object) -> None:
+    """The caller's ACK of the 200, along the route set the INVITE built (the balancer, then
+    ``proxy``): it confirms the dialog."""
+    sealed = node.sealed_route(proxy, call_id=str(kwargs.get("call_id", CALL_ID)))
+    routes = {"Route": f"{sealed}, <{proxy};lr>"}
+    node.route("ACK", to_tag="callee-tag", headers=routes, **kwargs)  # type: ignore[arg-type]
+
+
 def hold(node: Node, proxy: str) -> None:
     node.locations.put(AOR, "alice@example.com", Record(proxy))
 
@@ -133,15 +141,14 @@ def test_dialog_record_is_written_behind_and_routes_requests_without_a_route_set
     node.route("INVITE")
     proxy = node.tried[0]
     node.reply(200, after_ms=5, to_tag="callee-tag")
-    assert set(ksr.htables[DIALOGS]) == {CALL_ID} and len(ksr.htables[QUEUE]) == 1
+    assert set(ksr.htables[DIALOGS]) == {CALL_ID} and ksr.htables[QUEUE] == {}
+    ack(node, proxy)  # confirmed: queued for Redis
+    assert len(ksr.htables[QUEUE]) == 1
     assert node.locations.records == {}  # no Redis round trip on the SIP path
     node.tick(100)
     record, ttl_ms = node.locations.records[(DIALOG, CALL_ID)]
-    assert (record.proxy, record.to_tag, ttl_ms) == (
-        proxy,
-        "callee-tag",
-        S.location.dialog_record_ttl_ms,
-    )
+    assert (record.proxy, record.to_tag, record.source) == (proxy, "callee-tag", "198.51.100.7")
+    assert S.location.dialog_record_ttl_ms - 10 <= ttl_ms <= S.location.dialog_record_ttl_ms
     assert ksr.htables[QUEUE] == {}
 
     # The callee's INFO, tags swapped, without the route set: to the dialog's proxy.
@@ -176,6 +183,7 @@ def test_without_redis_requests_go_by_weight_and_dialog_writes_wait(node: Node, 
     assert len(node.tried) == 1  # by weight, whichever it is
     assert counters(node)["redis_skipped"] == counters(node)["redis_errors"] == 1
     node.reply(200, to_tag="callee-tag")
+    ack(node, node.tried[0])
     node.tick(100)  # the timer's write fails: kept
     assert len(ksr.htables[QUEUE]) == 1
     assert sum("Redis (dialog records) unreachable" in t for t in ksr.logged("notice")) == 1
@@ -193,6 +201,7 @@ def test_full_dialog_queue_drops_its_oldest_writes(
     for call in range(3):
         node.route("INVITE", call_id=f"call-{call}")
         node.reply(200, to_tag="callee-tag")
+        ack(node, A, call_id=f"call-{call}")
     two_newest = sorted(ksr.htables[QUEUE].items())[1:]
     cap = sum(len(key) + len(str(value)) for key, value in two_newest)
     settings = S.with_values(dialog_queue_max_bytes=cap)
@@ -215,6 +224,7 @@ def test_sync_tick_dialog_flush_and_lookup_fail_independently(
     node.pool(A, B)
     node.route("INVITE")
     node.reply(200, to_tag="callee-tag")
+    ack(node, node.tried[0])
     monkeypatch.setattr(node.app.sync, "tick", lambda: 1 / 0)
     node.tick(100)
     node.tick(100)
@@ -246,3 +256,76 @@ def test_values_too_long_to_record_are_routed_but_never_recorded(node: Node, ksr
     node.route("REGISTER", "sip:example.com", to=f"sip:{long_user}@example.com")
     assert len(node.tried) == 1 and counters(node)["lookups"] == 2  # the INVITEs' alone
     assert counters(node)["too_long"] == 3
+
+
+def edge_counters(ksr: FakeKsr) -> dict[str, int]:
+    return location.sum_counters(dict(ksr.htables[htables.EDGE_COUNTERS.name]))
+
+
+def test_a_200_never_acked_costs_redis_nothing(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    for call in range(20):
+        node.route("INVITE", call_id=f"call-{call}")
+        node.reply(200, to_tag="callee-tag")
+    node.tick(100)
+    assert ksr.htables[QUEUE] == {} and node.locations.records == {}
+    assert len(ksr.htables[DIALOGS]) == 20  # this node's copies: 60 s in shared memory
+
+
+def test_retransmitted_acks_queue_the_record_once(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(200, to_tag="callee-tag")
+    for _ in range(3):
+        ack(node, A)
+    assert len(ksr.htables[QUEUE]) == 1 and counters(node)["confirmed"] == 1
+    ack(node, A, from_tag="someone-else")  # not this dialog's ACK: nothing more
+    assert len(ksr.htables[QUEUE]) == 1
+
+
+def test_a_forged_bye_leaves_the_record_and_is_counted(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(200, to_tag="callee-tag")
+    ack(node, A)
+    node.tick(100)
+    record = node.locations.records[(DIALOG, CALL_ID)]
+    routes = {"Route": f"{node.sealed_route(A)}, <{A};lr>"}
+    # On this node: its copy's tags refuse the BYE at once.
+    node.route("BYE", to_tag="guessed", headers=routes, source="203.0.113.9")
+    assert CALL_ID in ksr.htables[DIALOGS] and ksr.htables[QUEUE] == {}
+    # On another node (no copy): the timer process finds other tags in Redis.
+    del ksr.htables[DIALOGS][CALL_ID]
+    node.route("BYE", to_tag="guessed", headers=routes, source="203.0.113.9")
+    node.tick(100)
+    assert node.locations.records[(DIALOG, CALL_ID)] == record
+    assert edge_counters(ksr)["forged_bye"] == 2
+    # The dialog's own BYE, from the callee (tags swapped) through its proxy, deletes it.
+    node.route("BYE", from_tag="callee-tag", to_tag="from-tag-1", headers=routes,
+               source="10.0.0.1", source_port=5060)  # fmt: skip
+    node.tick(100)
+    assert node.locations.records == {} and node.locations.sources["198.51.100.7"] == {}
+
+
+def test_a_source_holds_at_most_dialog_records_per_source(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    node = Node(ksr, monkeypatch, Settings.of(dialog_records_per_source=2))
+    node.pool(A)
+
+    def call(call_id: str, source: str) -> None:
+        node.route("INVITE", call_id=call_id, source=source)
+        node.reply(200, to_tag="callee-tag")
+        ack(node, A, call_id=call_id, source=source)
+
+    for number in range(3):
+        call(f"greedy-{number}", "203.0.113.9")
+    call("other", "198.51.100.7")
+    node.tick(100)
+    assert {name for _, name in node.locations.records} == {"greedy-0", "greedy-1", "other"}
+    assert edge_counters(ksr)["dialog_record_capped"] == 1
+    routes = {"Route": f"{node.sealed_route(A, call_id='greedy-0')}, <{A};lr>"}
+    node.route("BYE", call_id="greedy-0", to_tag="callee-tag", headers=routes)
+    call("greedy-3", "203.0.113.9")  # room again
+    node.tick(100)
+    assert {name for _, name in node.locations.records} == {"greedy-1", "greedy-3", "other"}

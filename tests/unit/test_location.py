@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from counterpoise.cli import main as cli
@@ -202,3 +204,32 @@ def test_cached_holder_is_a_miss_once_stale(now_ms):
 @pytest.mark.parametrize("garbled", ["", "soon", "-5", "9999 registration", "9999 "])
 def test_cached_holder_garbled_entry_is_a_miss(garbled):
     assert location.CachedHolder.decode(garbled, now_ms=0) is None
+
+
+def test_a_source_is_an_ipv4_address_or_the_ipv6_64_around_one():
+    assert location.source_of("198.51.100.7") == "198.51.100.7"
+    assert location.source_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert location.source_of("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    record = Record(A, 1, 2, "f", "t", "2001:db8:1:2::/64")
+    assert Record.from_json(record.to_json()) == record
+    with pytest.raises(BadRecord):
+        Record.from_json(json.dumps({"proxy": A, "source": "x" * 65}))
+
+
+def test_a_delete_removes_only_the_record_of_its_own_tags():
+    record = Record(A, 1, 2, "caller", "callee", "198.51.100.7")
+    assert location.PendingWrite("c", tags=("callee", "caller")).deletes(record)
+    assert not location.PendingWrite("c", tags=("caller", "forged")).deletes(record)
+    assert not location.PendingWrite("c", tags=("caller", "callee")).deletes(None)
+    delete = location.PendingWrite("c", tags=("caller", "callee"))
+    assert location.PendingWrite.decode(delete.encode()) == delete
+
+
+def test_records_within_the_cap_of_their_source():
+    def write(name: str, source: str) -> location.PendingWrite:
+        return location.PendingWrite(name, Record(A, source=source).to_json(), 1000)
+
+    writes = [write("1", "a"), write("2", "a"), write("3", "b"), write("4", "a")]
+    written, refused = location.within_cap(writes, {"a": 1}, cap=2)
+    assert [w.name for w in written] == ["1", "3"]
+    assert [w.name for w in refused] == ["2", "4"]

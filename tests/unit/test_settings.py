@@ -162,6 +162,10 @@ def test_node_name_defaults_to_host_name():
         ("KEY_PREFIX", ""),
         ("FLOOD_REQUESTS_PER_S", "-1"),
         ("FLOOD_BAN_MS", "0"),
+        ("FLOOD_BAN_WINDOWS", "61"),
+        ("TRUSTED_UPSTREAMS", "10.0.0.0/24,10.0.0.300"),
+        ("TRUSTED_UPSTREAMS", "10.0.0.5/24"),  # host bits: a typo for a host or a network
+        ("TRUSTED_UPSTREAMS", "sbc.example.com"),  # matched per request: no name to resolve
         ("RECORD_CALL_ID_MAX_CHARS", "0"),
         ("DIALOG_QUEUE_MAX_BYTES", "0"),
         ("SIP_SIGNATURE", "edge\r\nX-Injected: 1"),  # would add a header to every reply
@@ -293,3 +297,15 @@ def test_with_runtime_refuses_other_settings_and_bad_values():
         with_runtime(Settings(), {"redis_url": "redis://x/0"})
     with pytest.raises(SettingError, match="must be > 0"):
         with_runtime(Settings(), {"fr_timer_ms": "0"})
+
+
+def test_up_takes_trusted_upstreams_as_repeated_options():
+    from counterpoise.cli.main import build_parser
+    from counterpoise.cli.up import node_settings
+
+    args = build_parser().parse_args(["up", "--trust", "10.0.0.0/24", "--trust", "2001:db8::7"])
+    settings = node_settings(Settings(), args)
+    assert settings.edge.trusted_upstreams == "10.0.0.0/24,2001:db8::7"
+    bad = build_parser().parse_args(["up", "--trust", "10.0.0.5/24"])
+    with pytest.raises(SettingError, match=r"^trusted_upstreams='10\.0\.0\.5/24': expected IP"):
+        node_settings(Settings(), bad)

@@ -5,6 +5,7 @@ command.
 password per role, generated once into ``<redis_data_dir>/<role>.password`` (mode 0600, so
 only the user running Counterpoise and root read them). Commands find the file of their role
 there when no URL and no password file was given; no password is ever a process argument.
+The folder is 0700 and every file in it 0600, also those Redis rewrites (``make_private``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def password_file(data_dir: Path, role: str) -> Path:
 def prepare(data_dir: Path, prefix: str) -> Path:
     """Make the passwords that do not exist yet and write the ACL file the embedded Redis
     loads; keeps the agent users ``counterpoise agent-user`` saved into it. Returns its path."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(data_dir)
     passwords = {}
     for role in ROLES:
         path = password_file(data_dir, role)
@@ -78,6 +80,17 @@ def as_role(settings: Settings, data_dir: Path, role: str) -> Settings:
         return settings
     url = parts._replace(netloc=f"{role}@{parts.netloc}").geturl()
     return settings.with_values(redis_url=url, redis_password_file=str(path))
+
+
+def make_private(folder: Path) -> None:
+    """``folder`` and every folder in it 0700, every file 0600: the append-only files hold the
+    pool, the registrations and the Call-IDs, ``users.acl`` the roles' password hashes. The
+    Redis process runs with umask 077 (``processes.start_redis``), so what it writes later is
+    private too; this also closes a folder an older version left readable."""
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import signal
 import sys
 import urllib.parse
 from pathlib import Path
@@ -12,7 +12,9 @@ from pathlib import Path
 from counterpoise import clock, interpreter, processes
 from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
+from counterpoise.cli.leftover import clear_leftover
 from counterpoise.cli.reload import Reloader
+from counterpoise.cli.shutdown import Shutdown
 from counterpoise.core.settings import Settings, host_port, load_settings
 from counterpoise.store.client import redact
 
@@ -28,10 +30,13 @@ NODE_OPTIONS = (
     "tls_certificate",
     "tls_private_key",
     "metrics_listen",
+    "trusted_upstreams",
 )
-"""Settings of the ``node`` group that ``up`` also takes as options (``--shm-mb`` for
-``shm_mb``, ``--metrics`` for ``metrics_listen``); an option given wins over the file and the
-environment."""
+"""Settings of the ``node`` group, and the trusted upstreams, that ``up`` also takes as
+options (``--shm-mb`` for ``shm_mb``, ``--metrics`` for ``metrics_listen``, ``--trust`` for
+``trusted_upstreams``); an option given wins over the file and the environment."""
+REPEATED_OPTIONS = ("listen", "trusted_upstreams")
+"""Options given once per value, joined with commas as their setting is written."""
 
 
 def add_node_options(up: argparse.ArgumentParser) -> None:
@@ -56,13 +61,22 @@ def add_node_options(up: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
     )
+    up.add_argument(
+        "--trust",
+        dest="trusted_upstreams",
+        action="append",
+        metavar="CIDR",
+        help="an upstream (SBC, trunk) exempt from the flood limits: an address or a CIDR"
+        " network; repeat for more (default: the trusted_upstreams setting, none)",
+    )
 
 
 def node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     """``settings`` with the node options given on the command line."""
     given = {name: getattr(args, name) for name in NODE_OPTIONS}
-    if given["listen"] is not None:
-        given["listen"] = ",".join(given["listen"])
+    for name in REPEATED_OPTIONS:
+        if given[name] is not None:
+            given[name] = ",".join(given[name])
     return settings.with_values(
         **{name: value for name, value in given.items() if value is not None}
     )
@@ -91,6 +105,7 @@ def start_node(
     """Start the embedded Redis (when ``redis_url`` is None) and a balancer; every process
     started is appended to ``started`` for the caller to stop. Returns the node's settings."""
     sockets = settings.node.listen_sockets()
+    clear_leftover(run_dir)  # before the port checks: a leftover Kamailio holds its port
     for sip in sockets:
         processes.check_free(sip)
     if settings.node.metrics_listen:
@@ -130,22 +145,16 @@ def metrics_address(text: str) -> tuple[str, int]:
     return address
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM end the foreground command the way Ctrl-C does."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
     settings = node_settings(settings, args)
-    run_dir = Path(settings.node.run_dir) if settings.node.run_dir else default_run_dir()
+    # Absolute: Kamailio is given its pid file's path, by which a later up finds it again.
+    run_dir = (
+        Path(settings.node.run_dir) if settings.node.run_dir else default_run_dir()
+    ).absolute()
     log_path = Path(settings.node.log_file) if settings.node.log_file else None
     started: list[processes.Process] = []
-    stop_on_sigterm()
+    shutdown = Shutdown()
     # Before anything starts: a SIGHUP during the start is kept for after it, not fatal.
     reloader = Reloader(
         lambda: node_settings(load_settings(), args), settings, processes.rpc_socket(run_dir)
@@ -162,5 +171,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        shutdown.begin()
         for proc in reversed(started):
+            with contextlib.suppress(OSError):  # a closed stdout must not skip a stop
+                print(f"stopping {proc.name} (pid {proc.pid})")
             proc.stop()

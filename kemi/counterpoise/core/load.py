@@ -192,9 +192,9 @@ class LoadBook:
         ]
         return max(values) if values else None
 
-    def describe(self, uri: str, now_ms: int) -> dict[str, object]:
+    def describe(self, uri: str, now_ms: int) -> dict[str, dict[str, object]]:
         """Each source's latest value, its age and whether it counts, for Redis."""
-        described: dict[str, object] = {}
+        described: dict[str, dict[str, object]] = {}
         for source in (REPORT, HEADER):
             track = self._tracks.get((source, uri))
             if track is None:

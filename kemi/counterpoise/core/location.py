@@ -8,6 +8,9 @@ What a record is and what the balancer does with it:
   it lives as long as the longest binding that 2xx granted;
 * an **AOR pin** and a **domain pin** are the operator's records, without expiry;
 * a **dialog record** maps a Call-ID (and its two tags) to the proxy that answered the INVITE.
+  It is written once the dialog is confirmed (the ACK of its 2xx), deleted only by a BYE with
+  the dialog's own tags, and at most ``dialog_records_per_source`` are held for one caller
+  address (``source_of``).
 
 Precedence of the records of one request: AOR pin, then registration, then domain pin; the
 first one found names the *holder*. The holder takes the request when it is usable (has a
@@ -19,9 +22,10 @@ request follows ``location_fallback``: by weight, or rejected with 480.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from counterpoise.core.pool import MAX_EPOCH_MS, check_proxy_uri
 from counterpoise.core.settings import Fallback
@@ -146,6 +150,9 @@ class Record:
     from_tag: str = ""
     to_tag: str = ""
     """Dialog records only."""
+    source: str = ""
+    """Dialog records only: the caller's address (``source_of``) whose ACK confirmed the
+    dialog; empty while it is unconfirmed (this node's copy only)."""
 
     def to_json(self) -> str:
         data = {"proxy": self.proxy, "since_ms": self.since_ms}
@@ -153,6 +160,8 @@ class Record:
             data["expires_ms"] = self.expires_ms
         if self.from_tag or self.to_tag:
             data["from_tag"], data["to_tag"] = self.from_tag, self.to_tag
+        if self.source:
+            data["source"] = self.source
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -179,6 +188,22 @@ MAX_TAG_CHARS = 256
 8 to 64 characters)."""
 
 
+MAX_SOURCE_CHARS = 64
+"""Longest source in a dialog record: an IPv6 /64 is at most 43 characters."""
+
+
+def source_of(address: str) -> str:
+    """The source a caller's dialog records count against: its IPv4 address, or the /64 an
+    IPv6 address is in (one host gets a whole /64, and would otherwise be 2**64 sources)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:MAX_SOURCE_CHARS]
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def _parse_record(text: str | bytes) -> Record:
     if len(text) > MAX_RECORD_BYTES:
         raise BadRecord(f"{len(text)} bytes, more than {MAX_RECORD_BYTES}")
@@ -188,18 +213,28 @@ def _parse_record(text: str | bytes) -> Record:
     proxy = data.get("proxy")
     if not isinstance(proxy, str):
         raise BadRecord("proxy: not a string")
-    fields: dict[str, object] = {"proxy": check_proxy_uri(proxy)}
-    for name in ("since_ms", "expires_ms"):
-        value = data.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
-            raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
-        fields[name] = value
-    for name in ("from_tag", "to_tag"):
-        value = data.get(name, "")
-        if not isinstance(value, str) or len(value) > MAX_TAG_CHARS:
-            raise BadRecord(f"{name}: not a string of at most {MAX_TAG_CHARS} characters")
-        fields[name] = value
-    return Record(**fields)
+    return Record(
+        proxy=check_proxy_uri(proxy),
+        since_ms=_epoch_ms(data, "since_ms"),
+        expires_ms=_epoch_ms(data, "expires_ms"),
+        from_tag=_text(data, "from_tag", MAX_TAG_CHARS),
+        to_tag=_text(data, "to_tag", MAX_TAG_CHARS),
+        source=_text(data, "source", MAX_SOURCE_CHARS),
+    )
+
+
+def _epoch_ms(data: dict[str, object], name: str) -> int:
+    value = data.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EPOCH_MS:
+        raise BadRecord(f"{name}: {value!r} is not an integer in 0..{MAX_EPOCH_MS}")
+    return value
+
+
+def _text(data: dict[str, object], name: str, longest: int) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str) or len(value) > longest:
+        raise BadRecord(f"{name}: not a string of at most {longest} characters")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,30 +315,50 @@ def sum_counters(dump: dict[str, int]) -> dict[str, int]:
 @dataclasses.dataclass(frozen=True)
 class PendingWrite:
     """A dialog record write a SIP worker queued for the timer process: set ``record`` (JSON)
-    under Call-ID ``name`` for ``ttl_ms``, or delete it when ``record`` is None."""
+    under Call-ID ``name`` for ``ttl_ms``, or, when ``record`` is None, delete it if its tags
+    are ``tags`` (a BYE's From and To tags, in either order)."""
 
     name: str
     record: str | None = None
     ttl_ms: int = 0
+    tags: tuple[str, str] = ("", "")
 
     def encode(self) -> str:
-        return json.dumps([self.name, self.record, self.ttl_ms])
+        return json.dumps([self.name, self.record, self.ttl_ms, *self.tags])
 
     @classmethod
     def decode(cls, text: str) -> PendingWrite:
         try:
-            name, record, ttl_ms = json.loads(text)
+            name, record, ttl_ms, from_tag, to_tag = json.loads(text)
         except (ValueError, TypeError) as error:
             raise ValueError(f"not a pending write: {text[:80]!r}") from error
-        if not isinstance(name, str) or not (record is None or isinstance(record, str)):
+        fields = (name, from_tag, to_tag)
+        if not all(isinstance(f, str) for f in fields) or not (
+            record is None or isinstance(record, str)
+        ):
             raise ValueError(f"not a pending write: {text[:80]!r}")
-        return cls(name, record, int(ttl_ms))
+        return cls(name, record, int(ttl_ms), (from_tag, to_tag))
+
+    @property
+    def source(self) -> str:
+        """The source a set counts against (its record's ``source``; "" for none)."""
+        try:
+            record = Record.from_json(self.record)
+        except BadRecord:
+            return ""
+        return record.source if record is not None else ""
+
+    def deletes(self, record: Record | None) -> bool:
+        """Whether this delete may remove ``record``: only its own dialog's BYE may."""
+        return record is not None and record.matches_tags(*self.tags)
 
 
 def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
     """The writes to send for queue entries ``(key, encoded write)``: keys sort in queue order
     (monotonic ns first), and only the last write per Call-ID matters (a call shorter than one
-    flush period costs Redis one DEL, or nothing). Entries that do not decode are skipped."""
+    flush period costs Redis one DEL, or nothing: a delete queued after a set passed the SIP
+    worker's check of its tags against that set's record). Entries that do not decode are
+    skipped."""
     latest: dict[str, PendingWrite] = {}
     for _, text in sorted(queued):
         try:
@@ -313,6 +368,24 @@ def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
         latest.pop(write.name, None)
         latest[write.name] = write
     return list(latest.values())
+
+
+def within_cap(
+    sets: Iterable[PendingWrite], held: Mapping[str, int], cap: int
+) -> tuple[list[PendingWrite], list[PendingWrite]]:
+    """The dialog records to write and those refused: a source (the record's ``source``)
+    that holds ``held[source]`` records gets at most ``cap`` in all."""
+    room = dict(held)
+    written: list[PendingWrite] = []
+    refused: list[PendingWrite] = []
+    for write in sets:
+        source = write.source
+        if room.get(source, 0) < cap:
+            room[source] = room.get(source, 0) + 1
+            written.append(write)
+        else:
+            refused.append(write)
+    return written, refused
 
 
 def over_bytes(queued: Iterable[tuple[str, str]], max_bytes: int) -> list[tuple[str, str]]:

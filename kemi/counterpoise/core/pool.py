@@ -93,7 +93,7 @@ def parse_version(raw: object) -> int | None:
 
 
 def parse_pool(
-    records: Mapping[str | bytes, str | bytes],
+    records: Mapping[str, str] | Mapping[bytes, bytes],
 ) -> tuple[dict[str, ProxyConfig], dict[str, str]]:
     """The operator's list from the ``cp:pool`` hash, and the records left out: proxy URI (as
     far as it decodes) -> why. One bad record never stops the rest from being used."""

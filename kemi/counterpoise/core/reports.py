@@ -174,7 +174,8 @@ def encode(report: LoadReport) -> bytes:
     data: dict[str, object] = {"v": FORMAT_VERSION}
     for field, key in _KEYS.items():
         data[key] = getattr(report, field)
-    return msgpack.packb(data, use_bin_type=True)
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes, now_ms: int) -> LoadReport:
@@ -189,7 +190,7 @@ def _decode(data: bytes, now_ms: int) -> LoadReport:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BadReport(f"expected bytes, got {type(data).__name__}")
     if len(data) > MAX_REPORT_BYTES:
-        raise BadReport(f"{len(data)} bytes is larger than a report ({MAX_REPORT_BYTES} max)")
+        raise BadReport(f"larger than a report ({MAX_REPORT_BYTES} bytes max)")
     try:
         raw = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as error:

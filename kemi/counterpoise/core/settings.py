@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from counterpoise.core import sockets
+from counterpoise.core import edge, sockets
 
 ENV_PREFIX = "COUNTERPOISE_"
 
@@ -105,6 +105,22 @@ HEADER_VALUE = Rule(
     "printable ASCII without quotes",
     lambda value: HEADER_TEXT.fullmatch(value) is not None,
 )
+
+
+def _parses_as_networks(text: str) -> bool:
+    try:
+        edge.parse_networks(text)
+    except ValueError:
+        return False
+    return True
+
+
+UPSTREAMS = Rule(
+    "IP addresses and CIDR networks, comma-separated, or empty",
+    "expected IP addresses and CIDR networks (no host bits set), comma-separated",
+    _parses_as_networks,
+)
+
 
 LOCATION_CACHE_MAX_MS = 10_000
 """kamailio.cfg's htable ``cplocc`` drops its entries after 10 s: a longer cache is cut short."""
@@ -251,10 +267,11 @@ class NodeSettings(Group):
         " run; raise it with the cores.",
     )
     shm_mb: int = setting(
-        64,
+        256,
         POSITIVE,
         meaning="Kamailio's shared memory, for transactions and htables (`-m`, MB).",
-        why="Kamailio's own default; several hundred calls a second need more.",
+        why="One SBC at 1000 calls/s holds thousands of transactions: Kamailio's own 64 MB ran"
+        " out there (`tests/e2e/test_flood.py`).",
     )
     run_dir: str = setting(
         "",
@@ -507,7 +524,8 @@ class TimerSettings(Group):
         NOT_NEGATIVE,
         meaning="A proxy that timed out a request this recently while still answering counts as"
         " saturated; 0: none does (ms).",
-        why="Two probe periods.",
+        why="Two probe periods: a proxy that stays saturated times out again within them, so"
+        " the mark holds between probes instead of flapping.",
     )
     hold_queue_ms: int = setting(
         500,
@@ -639,6 +657,15 @@ class LocationSettings(Group):
         " records (ms).",
         why="Two hours outlast nearly every call, and the records of lost BYEs do not pile up.",
     )
+    dialog_records_per_source: int = setting(
+        10_000,
+        POSITIVE,
+        at_most(1_000_000),
+        meaning="Most dialog records one caller address (an IPv6 /64) holds in Redis; the"
+        " calls beyond it go on by their route set, unrecorded, and are counted.",
+        why="A phone holds a few calls, a busy SBC a few thousand; a caller that never hangs"
+        " up fills at most about 13 MB of Redis (docs/location.md).",
+    )
     location_cache_ms: int = setting(
         1000,
         NOT_NEGATIVE,
@@ -681,26 +708,48 @@ class LocationSettings(Group):
 class EdgeSettings(Group):
     """What the balancer accepts from, and tells, the untrusted side."""
 
+    trusted_upstreams: str = setting(
+        "",
+        UPSTREAMS,
+        meaning="Sources exempt from the flood limits, as the pool's proxies are: IP addresses"
+        " and CIDR networks, comma-separated (`10.0.0.0/24,192.0.2.7,2001:db8::/32`). They"
+        " are routed as any outside source; only the limits do not apply.",
+        why="An SBC or a trunk relays the calls of thousands of users from one address: no"
+        " per-source limit fits it and a stranger at once.",
+    )
     flood_requests_per_s: int = setting(
-        1000,
+        4000,
         NOT_NEGATIVE,
-        meaning="Requests one source IP may send per second before it is banned; 0: no limit."
-        " The pool's proxies are never limited.",
-        why="A phone sends under one a second; 1000 lets one SBC relay about 300 calls/s.",
+        meaning="Requests one untrusted source IP may send per second; past it, a request that"
+        " starts a dialog or transaction is answered 503 (Retry-After: 1), and one of a call in"
+        " progress still passes up to twice the limit; 0: no limit.",
+        why="An SBC relaying 1000 calls/s sends 3000 (INVITE, ACK, BYE) plus retransmissions"
+        " and keepalives, and stays under it; a phone sends under one a second.",
     )
     flood_registers_per_s: int = setting(
         50,
         NOT_NEGATIVE,
-        meaning="REGISTERs one source IP may send per second before it is banned; 0: no limit.",
+        meaning="REGISTERs one untrusted source IP may send per second; past it they are"
+        " answered 503 (Retry-After: 1); 0: no limit.",
         why="Each costs a Redis round trip and scanners guess with them; 1000 phones behind one"
         " NAT send 17/s.",
+    )
+    flood_ban_windows: int = setting(
+        3,
+        NOT_NEGATIVE,
+        at_most(60),
+        meaning="Seconds in a row in which a source sends more than twice a limit before it is"
+        " banned; 0: never banned, only shed.",
+        why="Past twice its limit a source has ignored its 503s and even its calls in progress"
+        " are refused: three such seconds in a row is a flood, not a busy client trimmed to its"
+        " limit, which is shed but never banned.",
     )
     flood_ban_ms: int = setting(
         60_000,
         POSITIVE,
-        meaning="How long a source that broke a limit is ignored: no reply, no work (ms).",
-        why="A flood costs two shared-memory lookups a packet; a phone that burst by mistake is"
-        " back within a minute.",
+        meaning="How long a banned source is ignored: no reply, no work (ms).",
+        why="A flood costs two shared-memory lookups a packet; a source that crossed the line"
+        " by mistake is back within a minute.",
     )
     sip_signature: str = setting(
         "",

@@ -109,7 +109,7 @@ class StateStore(Protocol):
         records: Mapping[str, Mapping[str, object]],
         ttl_ms: int,
         now_ms: int,
-        rejects: Mapping[str, object] | None = None,
+        rejects: Mapping[str, int | str] | None = None,
     ) -> None: ...
 
 
@@ -304,7 +304,7 @@ class SyncLoop:
         self._take_location_rejections()
         total_weight = sum(w.weight for w in self.weights.values())
         records = {uri: self.record(uri, total_weight, now, wall) for uri in self.pool}
-        rejects: dict[str, object] = dict(self.loads.rejected)
+        rejects: dict[str, int | str] = dict(self.loads.rejected)
         rejects |= {f"{source}:last": text for source, text in self.loads.last_reason.items()}
         rejects |= {
             "retries_spent": self.retries_spent,

@@ -135,6 +135,8 @@ class KemiApp:
         balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
         without a route set, from outside the pool, by its dialog record (location server).
         Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
+        if self.location is not None and KSR.is_ACK():
+            self.location.dialog_confirmed()  # the dialog's record goes to Redis
         if KSR.is_ACK() and KSR.tm.t_check_trans() == 0:
             return  # the ACK of a negative reply: tm absorbed it
         if KSR.hdr.is_present("Route") > 0:

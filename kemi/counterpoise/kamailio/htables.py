@@ -220,13 +220,18 @@ DIALOGS = Htable(
     size=10,
     autoexpire_s=60,
     key="Call-ID",
-    value="the dialog's record (``core.location.Record.to_json``), this node's copy",
+    value="the dialog's record (``core.location.Record.to_json``), this node's copy; its"
+    " ``source`` is empty until the ACK confirms the dialog",
     writers=("kamailio.location.LocationRouting",),
-    readers=("kamailio.location.LocationRouting.route_dialog",),
+    readers=(
+        "kamailio.location.LocationRouting.route_dialog",
+        "kamailio.location.LocationRouting.dialog_confirmed",
+        "kamailio.location.LocationRouting.dialog_ended",
+    ),
 )
-"""Seen at once by every worker of the node: the ACK right after a 200 finds it. Redis gets
-the record from the timer process within a tick, so 60 s covers any in-dialog request that
-comes before that."""
+"""Seen at once by every worker of the node: the ACK right after a 200 finds it, and confirms
+it. Redis gets the record from the timer process within a tick of the ACK, so 60 s covers any
+in-dialog request that comes before that; a 200 never ACKed lives here only, 60 s."""
 
 DIALOG_WRITES = Htable(
     name="cplocq",
@@ -258,13 +263,21 @@ RATES = Htable(
     size=12,
     autoexpire_s=2,
     initval=0,
-    key="``edge.window_key``: source IP, 1 s window and kind (all requests or REGISTER)",
-    value="int: requests of that source in that window",
-    writers=("kamailio.flood.FloodGuard._breaks",),
-    readers=("kamailio.flood.FloodGuard._breaks",),
+    key="``edge.window_key``: source IP, 1 s window and kind (all requests, REGISTER, or"
+    " flooding windows in a row of either)",
+    value="int: requests of that source in that window; or the windows in a row, up to that"
+    " one, in which it sent more than twice its limit",
+    writers=(
+        "kamailio.flood.FloodGuard._verdict",
+        "kamailio.flood.FloodGuard._note_flooding_window",
+    ),
+    readers=(
+        "kamailio.flood.FloodGuard._verdict",
+        "kamailio.flood.FloodGuard._note_flooding_window",
+    ),
 )
-"""A window's keys expire after two windows (``flood.WINDOW_MS``); ``initval`` lets
-``sht_inc`` create a key."""
+"""A window's keys expire after two windows (``flood.WINDOW_MS``): the next window still reads
+how many flooding windows led to it. ``initval`` lets ``sht_inc`` create a key."""
 
 BANS = Htable(
     name="cpban",
@@ -272,7 +285,7 @@ BANS = Htable(
     autoexpire_s=3600,
     key="source IP",
     value="1",
-    writers=("kamailio.flood.FloodGuard.admits",),
+    writers=("kamailio.flood.FloodGuard._note_flooding_window",),
     readers=("kamailio.flood.FloodGuard.admits",),
 )
 """Banned sources, each written with its own expiry (``flood_ban_ms``, ``sht_setxi``): the

@@ -1,9 +1,9 @@
 """The location server inside Kamailio: per-worker Redis, lookups, record writes, counters.
 
-Thin glue between KSR and the pure ``location`` module; ``kemi_app`` calls it at four points:
+Thin glue between KSR and the pure ``location`` module; ``kemi_app`` calls it at five points:
 an initial request (``route_initial``), a 2xx reply to a relayed request (``on_2xx``), an
-in-dialog request whose route set does not route it (``route_dialog``) and a BYE
-(``dialog_ended``).
+ACK (``dialog_confirmed``), an in-dialog request whose route set does not route it
+(``route_dialog``) and a BYE (``dialog_ended``).
 
 Every SIP worker has its own Redis connection, made on first use after Kamailio forked it,
 with a socket timeout of ``location_redis_timeout_ms``; calls go through ``backoff.Guarded``,
@@ -18,15 +18,19 @@ Lookups of initial requests other than REGISTER are kept in ``htables.LOCATION_C
 ``location_cache_ms`` (holder or none), so a user already called costs no Redis round trip;
 a REGISTER 2xx through this node drops its AOR's entry.
 
-Dialog records are written behind, off the SIP path: the worker handling the 2xx (or the BYE)
-puts the record into ``htables.DIALOGS`` (seen at once by every worker of the node: the ACK
-right after a 200 finds it) and queues the Redis write in ``htables.DIALOG_WRITES``; the timer
-process sends the queue to Redis in one pipeline per tick (``DialogWriteBehind``), so a call
-costs its SIP worker no Redis round trip for its dialog record.
+Dialog records are written behind, off the SIP path: the worker handling the 2xx puts the
+record into ``htables.DIALOGS`` (seen at once by every worker of the node: the ACK right after
+a 200 finds it); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the
+Redis write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the
+delete. The timer process sends the queue to Redis in two pipelined round trips per tick
+(``DialogWriteBehind``): a call costs its SIP worker no Redis round trip for its dialog
+record. A 200 never ACKed costs Redis nothing, and a caller address holds at most
+``dialog_records_per_source`` records (counted in Redis by the timer process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -38,10 +42,17 @@ from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
 from counterpoise.core.untrusted import BadRecord
 from counterpoise.kamailio import avps, htables, read, shared
-from counterpoise.kamailio.counters import Counters
+from counterpoise.kamailio.counters import EDGE, Counters
 from counterpoise.store.client import ERRORS
 from counterpoise.store.keys import AOR, DIALOG
-from counterpoise.store.location import LocationStore
+from counterpoise.store.location import DialogFlush, LocationStore
+
+FORGED_BYE = "forged_bye"
+"""Edge counter: a BYE whose tags were not those of the dialog record of its Call-ID; the
+record is left as it was."""
+CAPPED_DIALOG = "dialog_record_capped"
+"""Edge counter: a confirmed dialog not recorded in Redis because its caller's address held
+``dialog_records_per_source`` records (the dialog itself goes on by its route set)."""
 
 
 def _text(spec: str) -> str:
@@ -192,14 +203,14 @@ class LocationRouting:
         KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
 
     def _dialog_started(self, proxy: str) -> None:
+        """This node's copy of the record, unconfirmed: Redis gets it with the ACK."""
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
         if not self._recordable(call_id, from_tag, to_tag):
             return
-        ttl = self._settings.location.dialog_record_ttl_ms
         now = clock.wall_ms()
-        record = location.Record(proxy, now, now + ttl, from_tag, to_tag).to_json()
+        expires = now + self._settings.location.dialog_record_ttl_ms
+        record = location.Record(proxy, now, expires, from_tag, to_tag).to_json()
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
-        self._queue(location.PendingWrite(call_id, record, ttl))
         self.count("dialogs")
 
     def _queue(self, write: location.PendingWrite) -> None:
@@ -236,14 +247,50 @@ class LocationRouting:
             self.dialog_ended()
         return record.proxy
 
-    def dialog_ended(self) -> None:
-        """A BYE: the dialog record is no longer needed."""
+    def _local_dialog(self) -> tuple[str, tuple[str, str], location.Record | None] | None:
+        """This request's Call-ID, its tags and this node's copy of its dialog record (None:
+        no copy); None when dialogs are not recorded or the Call-ID is too long for one."""
         if not self._settings.location.dialog_record_ttl_ms:
-            return
+            return None
         call_id = _text("$ci")
-        if edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
-            KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
-            self._queue(location.PendingWrite(call_id))
+        if not edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
+            return None
+        local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
+        try:
+            record = location.Record.from_json(local) if isinstance(local, str) else None
+        except BadRecord:
+            record = None
+        return call_id, (_text("$ft"), _text("$tt")), record
+
+    def dialog_confirmed(self) -> None:
+        """An ACK: the first one with the tags of a dialog whose 2xx passed this node queues
+        its record for Redis, counted against the caller's address (``$si``)."""
+        found = self._local_dialog()
+        if found is None:
+            return
+        call_id, tags, record = found
+        if record is None or record.source or not record.matches_tags(*tags):
+            return  # not a dialog of this node's, or confirmed already
+        confirmed = dataclasses.replace(record, source=location.source_of(_text("$si")))
+        text = confirmed.to_json()
+        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, text)
+        ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
+        self._queue(location.PendingWrite(call_id, text, ttl))
+        self.count("confirmed")
+
+    def dialog_ended(self) -> None:
+        """A BYE: its dialog's record is no longer needed. Only a BYE with the dialog's own
+        tags deletes it: this node's copy is checked here, the one in Redis by the timer
+        process (``DialogWriteBehind``); a BYE with other tags is counted as forged."""
+        found = self._local_dialog()
+        if found is None:
+            return
+        call_id, tags, record = found
+        if record is not None and not record.matches_tags(*tags):
+            EDGE.count(FORGED_BYE)
+            return
+        KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
+        self._queue(location.PendingWrite(call_id, tags=tags))
 
 
 class DialogWriteBehind:
@@ -277,9 +324,18 @@ class DialogWriteBehind:
             dropped = set(oldest)
             queued = [item for item in queued if item not in dropped]
         writes = location.coalesce(queued)
-        if self._guard.call(clock.monotonic_ms(), lambda: self._redis().apply(DIALOG, writes)):
+        cap = self._settings.location.dialog_records_per_source
+        outcomes: list[DialogFlush] = []
+        if self._guard.call(
+            clock.monotonic_ms(),
+            lambda: outcomes.append(self._redis().apply_dialogs(writes, clock.wall_ms(), cap)),
+        ):
             for key, _ in queued:
                 KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
+            if outcomes[0].capped:
+                EDGE.count(CAPPED_DIALOG, outcomes[0].capped)
+            if outcomes[0].forged:
+                EDGE.count(FORGED_BYE, outcomes[0].forged)
 
     def _redis(self) -> LocationStore:
         if self._store is None:

@@ -15,7 +15,7 @@ same query parameters as ``rediss://``.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Self
+from typing import Any, Self
 
 import redis
 import redis.sentinel
@@ -30,14 +30,16 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """Sentinel URL schemes, and whether the master is reached over TLS."""
 
 
-def connect(url: str, timeout_ms: int, decode: bool = True, password_file: str = "") -> redis.Redis:
+def connect(
+    url: str, timeout_ms: int, decode: bool = True, password_file: str = ""
+) -> redis.Redis[Any]:
     """A client whose every call returns or fails within ``timeout_ms`` (connect and read).
     ``decode=False`` returns bytes (msgpack reports, records checked before decoding).
     ``password_file``'s first line is the password when the URL has none (so it is never a
     process argument)."""
     password = read_password(password_file)
     seconds = timeout_ms / 1000.0
-    options = {
+    options: dict[str, Any] = {
         "socket_timeout": seconds,
         "socket_connect_timeout": seconds,
         "decode_responses": decode,
@@ -50,7 +52,8 @@ def connect(url: str, timeout_ms: int, decode: bool = True, password_file: str =
         return _sentinel_master(url, SENTINEL_SCHEMES[scheme], password, options)
     if password and not urllib.parse.urlsplit(url).password:
         options["password"] = password
-    return redis.Redis.from_url(url, **options)
+    client: redis.Redis[Any] = redis.Redis.from_url(url, **options)
+    return client
 
 
 def read_password(path: str) -> str:
@@ -61,7 +64,9 @@ def read_password(path: str) -> str:
         return file.readline().strip()
 
 
-def _sentinel_master(url: str, tls: bool, password: str, options: dict) -> redis.Redis:
+def _sentinel_master(
+    url: str, tls: bool, password: str, options: dict[str, Any]
+) -> redis.Redis[Any]:
     # By hand: urllib refuses a host list with an IPv6 address in it.
     rest, _, query = url.partition("://")[2].partition("?")
     netloc, _, path_text = rest.partition("/")
@@ -100,12 +105,13 @@ def _host_port(text: str, url: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def bytes_twin(client: redis.Redis) -> redis.Redis:
+def bytes_twin(client: redis.Redis[Any]) -> redis.Redis[bytes]:
     """A client that returns bytes, connected exactly as ``client`` is (same connection class:
     TLS, unix socket, Sentinel; same credentials and timeouts)."""
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     kwargs |= {"decode_responses": False, "connection_class": pool.connection_class}
+    twin: redis.ConnectionPool
     if isinstance(pool, redis.sentinel.SentinelConnectionPool):
         twin = redis.sentinel.SentinelConnectionPool(
             pool.service_name, pool.sentinel_manager, is_master=pool.is_master, **kwargs
@@ -136,7 +142,7 @@ def redact(url: str) -> str:
 class Store:
     """Base of the stores: one client, its bytes twin, one key schema, opened one way."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis[Any], prefix: str) -> None:
         self.client = client
         self.raw = bytes_twin(client)
         """Reads of records that are checked before they are decoded (``core.untrusted``):

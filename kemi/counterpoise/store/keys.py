@@ -11,6 +11,8 @@ docs/redis.md documents the same schema:
 ``cp:report:<proxy uri>``  STRING msgpack load report of the proxy's agent, ``PX`` expiry.
 ``cp:reports``             channel the agent publishes the proxy URI on after each report.
 ``cp:loc:<kind>:<name>``   STRING JSON ``core.location.Record``; kinds in ``LOCATION_KINDS``.
+``cp:loc:src:<source>``    ZSET  Call-ID -> expiry (epoch ms) of the dialog records that
+                                 caller address holds (``dialog_records_per_source``).
 ``secret:cp:dialog-keys``  HASH  key id -> ``<active from, epoch ms> <secret hex>``: the keys
                                  that seal the balancer's Record-Routes
                                  (``core.dialog_seal``); no expiry. Outside the prefix on
@@ -50,3 +52,6 @@ class Keys:
 
     def location(self, kind: str, name: str) -> str:
         return f"{self._location}{kind}:{name}"
+
+    def dialog_source(self, source: str) -> str:
+        return f"{self._location}src:{source}"

@@ -3,8 +3,10 @@
 Every value is a JSON ``core.location.Record``, readable with ``redis-cli get``:
 ``cp:loc:aor:<user@host>`` (a registration, ``PX`` = the expiry its 2xx granted),
 ``cp:loc:pin:<user@host>`` and ``cp:loc:domain:<host>`` (operator pins, no expiry),
-``cp:loc:dlg:<call-id>`` (a dialog; deleted by the BYE, else ``dialog_record_ttl_ms``).
+``cp:loc:dlg:<call-id>`` (a dialog; deleted by its own BYE, else ``dialog_record_ttl_ms``).
 A lookup for an initial request is one ``MGET`` of the first three: one round trip.
+``cp:loc:src:<source>`` is a ZSET of the Call-IDs whose records a caller address holds,
+scored by their expiry (epoch ms): what ``dialog_records_per_source`` is counted on.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
-from counterpoise.core.location import PendingWrite, Record
+from counterpoise.core.location import PendingWrite, Record, within_cap
 from counterpoise.core.untrusted import BadRecord
 from counterpoise.store.client import Store
-from counterpoise.store.keys import AOR, DOMAIN, LOCATION_KINDS, PIN
+from counterpoise.store.keys import AOR, DIALOG, DOMAIN, LOCATION_KINDS, PIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,18 @@ class Entry:
     name: str
     record: Record | None
     ttl_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogFlush:
+    """What one flush of queued dialog writes did."""
+
+    written: int = 0
+    capped: int = 0
+    """Sets refused: their source held ``dialog_records_per_source`` records."""
+    deleted: int = 0
+    forged: int = 0
+    """Deletes refused: the BYE's tags were not those of the record of its Call-ID."""
 
 
 class LocationStore(Store):
@@ -65,16 +79,46 @@ class LocationStore(Store):
     def delete(self, kind: str, name: str) -> bool:
         return bool(self.client.delete(self.key(kind, name)))
 
-    def apply(self, kind: str, writes: Sequence[PendingWrite]) -> None:
-        """Queued writes of one kind, in one pipelined round trip."""
+    def apply_dialogs(
+        self, writes: Sequence[PendingWrite], now_ms: int, per_source: int
+    ) -> DialogFlush:
+        """Queued dialog writes, in two pipelined round trips: first what each source holds
+        (its expired entries dropped) and the records the deletes name, then the sets that
+        fit ``per_source`` and the deletes whose tags are their record's."""
+        sets = [write for write in writes if write.record is not None]
+        deletes = [write for write in writes if write.record is None]
+        sources = sorted({write.source for write in sets})
+        with self.raw.pipeline(transaction=False) as pipe:
+            for source in sources:
+                pipe.zremrangebyscore(self.keys.dialog_source(source), "-inf", now_ms)
+                pipe.zcard(self.keys.dialog_source(source))
+            for write in deletes:
+                pipe.get(self.key(DIALOG, write.name))
+            found = pipe.execute()
+        held = dict(zip(sources, found[1 : 2 * len(sources) : 2], strict=True))
+        records = [
+            self._record(self.key(DIALOG, write.name), raw)
+            for write, raw in zip(deletes, found[2 * len(sources) :], strict=True)
+        ]
+        owned = [(w, r) for w, r in zip(deletes, records, strict=True) if w.deletes(r)]
+        for _, record in owned:  # a call that ended makes room for the next one
+            if record is not None and record.source in held:
+                held[record.source] -= 1
+        written, capped = within_cap(sets, held, per_source)
         with self.client.pipeline(transaction=False) as pipe:
-            for write in writes:
-                key = self.key(kind, write.name)
-                if write.record is None:
-                    pipe.delete(key)
-                else:
-                    pipe.set(key, write.record, px=write.ttl_ms if write.ttl_ms > 0 else None)
+            for write in written:
+                assert write.record is not None
+                pipe.set(self.key(DIALOG, write.name), write.record, px=write.ttl_ms)
+                source = self.keys.dialog_source(write.source)
+                pipe.zadd(source, {write.name: now_ms + write.ttl_ms})
+                pipe.pexpire(source, write.ttl_ms)
+            for write, record in owned:
+                assert record is not None
+                pipe.delete(self.key(DIALOG, write.name))
+                pipe.zrem(self.keys.dialog_source(record.source), write.name)
             pipe.execute()
+        forged = sum(record is not None for record in records) - len(owned)
+        return DialogFlush(len(written), len(capped), len(owned), forged)
 
     # --- the operator's side -----------------------------------------------------------------
 

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import redis
 
 from counterpoise import clock
 from counterpoise.core.pool import Admin, ProxyConfig, parse_pool, parse_version
+from counterpoise.core.reports import MAX_REPORT_BYTES
 from counterpoise.core.untrusted import BadRecord, untrusted
 from counterpoise.store.client import ERRORS, Store
+
+MAX_ANNOUNCEMENTS_PER_TICK = 1000
+"""Announcements one sync tick reads at most. Every agent announces each report (a few a
+second), so a pool of a hundred proxies sends well under this per tick; more is a flood."""
 
 
 class UnknownProxy(LookupError):
@@ -26,7 +33,7 @@ class UnknownProxy(LookupError):
 class PoolStore(Store):
     errors = ERRORS
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis[Any], prefix: str) -> None:
         super().__init__(client, prefix)
         self._announcements: redis.client.PubSub | None = None
 
@@ -92,24 +99,42 @@ class PoolStore(Store):
 
     def poll(self, uris: Sequence[str]) -> tuple[int | None, list[bytes | None]]:
         """The pool's version (None: not an integer) and the agents' reports of ``uris``, in
-        one round trip."""
+        one round trip. A report is read with its size bounded before the transfer: at most
+        one byte more than ``MAX_REPORT_BYTES`` (``GETRANGE``), so an agent that wrote a large
+        value costs every node a few KB per tick, and the report is refused as too large. A
+        missing key, an empty value or a key that is no string reads as no report."""
         with self.raw.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.pool_version)
-            if uris:
-                pipe.mget([self.keys.report(uri) for uri in uris])
-            results = pipe.execute()
-        return parse_version(results[0]), (list(results[1]) if uris else [])
+            for uri in uris:
+                pipe.getrange(self.keys.report(uri), 0, MAX_REPORT_BYTES)
+            version, *reports = pipe.execute(raise_on_error=False)
+        if isinstance(version, Exception):
+            raise version
+        return parse_version(version), [r if isinstance(r, bytes) and r else None for r in reports]
 
     def announced_reports(self) -> list[str]:
         """Proxy URIs agents announced a report for since the last call (subscribing on the
-        first call). Reading already-buffered messages costs no round trip."""
-        if self._announcements is None:
-            self._announcements = self.client.pubsub(ignore_subscribe_messages=True)
-            self._announcements.subscribe(self.keys.reports_channel)
-        uris = []
-        while (message := self._announcements.get_message(timeout=0)) is not None:
-            if isinstance(message.get("data"), str):
-                uris.append(message["data"])
+        first call). Reading already-buffered messages costs no round trip.
+
+        At most ``MAX_ANNOUNCEMENTS_PER_TICK`` are read: beyond that the subscription is
+        dropped, so Redis discards the rest, and made anew at the next call. A subscription
+        Redis cut (its ``client-output-buffer-limit pubsub``) is made anew the same way; either
+        way only announcements are lost, never the poll: an agent flooding the channel costs
+        the balancer one bounded read and one reconnection per tick."""
+        uris: list[str] = []
+        try:
+            if self._announcements is None:
+                self._announcements = self.client.pubsub(ignore_subscribe_messages=True)
+                self._announcements.subscribe(self.keys.reports_channel)
+            for _ in range(MAX_ANNOUNCEMENTS_PER_TICK):
+                message = self._announcements.get_message(timeout=0)
+                if message is None:
+                    return uris
+                if isinstance(message.get("data"), str):
+                    uris.append(message["data"])
+        except ERRORS:
+            pass
+        self.drop_announcements()
         return uris
 
     def drop_announcements(self) -> None:
@@ -147,7 +172,7 @@ class PoolStore(Store):
         records: Mapping[str, Mapping[str, object]],
         ttl_ms: int,
         now_ms: int,
-        rejects: Mapping[str, object] | None = None,
+        rejects: Mapping[str, int | str] | None = None,
     ) -> None:
         key = self.keys.weights(node)
         with self.client.pipeline(transaction=True) as pipe:
@@ -158,7 +183,9 @@ class PoolStore(Store):
                 )
                 pipe.pexpire(key, ttl_ms)
             if rejects:
-                pipe.hset(self.keys.rejects(node), mapping=rejects)
+                # A copy typed as redis-py's stubs take it (str | bytes keys).
+                mapping: dict[str | bytes, int | str] = dict(rejects.items())
+                pipe.hset(self.keys.rejects(node), mapping=mapping)
                 pipe.pexpire(self.keys.rejects(node), ttl_ms)
             pipe.zadd(self.keys.nodes, {node: now_ms})
             pipe.zremrangebyscore(self.keys.nodes, 0, now_ms - ttl_ms)
@@ -169,20 +196,20 @@ class PoolStore(Store):
         nodes = self.client.zrangebyscore(self.keys.nodes, now_ms - ttl_ms, "+inf")
         return {node: self.client.hgetall(self.keys.rejects(node)) for node in nodes}
 
-    def node_weights(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, dict]]:
+    def node_weights(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, dict[str, object]]]:
         """Per live node, the weights it published: node -> proxy URI -> record."""
         nodes = self.client.zrangebyscore(self.keys.nodes, now_ms - ttl_ms, "+inf")
-        result = {}
+        result: dict[str, dict[str, dict[str, object]]] = {}
         for node in nodes:
             raw = self.client.hgetall(self.keys.weights(node))
             result[node] = {}
             for uri, text in raw.items():
                 with contextlib.suppress(BadRecord):  # another node's garbage: not shown
-                    result[node][uri] = untrusted(lambda t=text: _json_object(t))
+                    result[node][uri] = untrusted(functools.partial(_json_object, text))
         return result
 
 
-def _json_object(text: str) -> dict:
+def _json_object(text: str) -> dict[str, object]:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise BadRecord("not a JSON object")
