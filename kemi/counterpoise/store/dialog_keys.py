@@ -8,6 +8,8 @@ role and the administrator may read it (``redis/users.acl``).
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from counterpoise.core import dialog_seal
@@ -35,7 +37,9 @@ class DialogKeyStore(Store):
         in one transaction that fails if another rotation got there first."""
         with self.client.pipeline() as pipe:
             pipe.watch(self.keys.dialog_keys)
-            ring, _ = parse_ring(pipe.hgetall(self.keys.dialog_keys))
+            # After WATCH a pipeline runs each command at once and returns its reply.
+            current = cast(dict[str, str], pipe.hgetall(self.keys.dialog_keys))
+            ring, _ = parse_ring(current)
             new, dropped = dialog_seal.rotated(ring, secret, active_from_ms)
             pipe.multi()
             pipe.hset(self.keys.dialog_keys, new.key_id, new.encode())
