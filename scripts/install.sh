@@ -15,9 +15,11 @@ packages=(kamailio kamailio-python3-modules kamailio-extra-modules kamailio-util
 # --dev: what only the tests run: a real Prometheus and promtool on the alert rules, Redis
 # Sentinel (failover, sentinel URLs), sipvicious and sipsak as attackers, ps; MariaDB, Kamailio's
 # MySQL driver and patch to run Kamailio's own example configs as operators do (the tests start
-# a private mariadbd of their own, never the system service).
+# a private mariadbd of their own, never the system service); setuptools and wheel to build
+# the package offline, as the wheel and install tests do.
 [ "${1:-}" = "--dev" ] && packages+=(prometheus redis-sentinel sipvicious sipsak procps
-                                    mariadb-server kamailio-mysql-modules patch)
+                                    mariadb-server kamailio-mysql-modules patch
+                                    python3-setuptools python3-wheel)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
