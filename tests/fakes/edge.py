@@ -46,7 +46,8 @@ class Node:
         monkeypatch.setattr(location, "_open", lambda settings, timeout_ms: self.locations)
         self.logs: list[str] = []
         self.app = KemiApp(settings)
-        self.app.rng.seed(2)
+        self.balancer = self.app.balancer
+        self.balancer.rng.seed(2)
         ksr.routes["ksr_route_release"] = self.app.ksr_route_release
         loop = SyncLoop(
             settings=settings,
@@ -60,7 +61,7 @@ class Node:
         )
         # The first ksr_sync_tick makes the timer process's objects as in Kamailio; only its
         # store is this one.
-        monkeypatch.setattr(self.app, "_make_sync_loop", lambda: loop)
+        monkeypatch.setattr(self.balancer, "_make_sync_loop", lambda: loop)
         self.shared = shared
 
     def pool(self, *proxies: str, **weights: float) -> None:
@@ -106,4 +107,4 @@ class Node:
     def totals(self) -> dict[str, Tally]:
         """What the workers counted per proxy, as the sync loop sums it."""
         self.tick()
-        return {uri: t for uri, t in self.app.sync.totals.items() if t != Tally()}
+        return {uri: t for uri, t in self.balancer.sync.totals.items() if t != Tally()}
