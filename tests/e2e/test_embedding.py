@@ -149,3 +149,36 @@ def test_its_own_replies_hold(bed: Bed, embedded: stock.StockKamailio) -> None:
         reply = invite(embedded)
         assert reply is not None and sipwire.status_of(reply) == 407, reply
     assert processes.sip_options(*embedded.address, 1.0) == 200
+
+
+MINIMAL = stock.StockConfig("minimal", PATCHES / "minimal.cfg")
+"""The docs' config of one's own around Counterpoise."""
+
+
+def test_the_docs_show_the_minimal_config_as_tested() -> None:
+    docs = (PATCHES.parent / "embedding.md").read_text()
+    assert MINIMAL.cfg.read_text() in docs
+
+
+def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_path: Path) -> None:
+    """Its in-dialog requests go through ``cp_in_dialog``, its replies through
+    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE."""
+    operator = stock.Operator(
+        files=(INCLUDE,),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
+        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+    )
+    with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
+        bed.balancer_port = kamailio.port
+        bed.settings = bed.settings.with_values(node_id=NODE)
+        a, b = bed.start_downstream("a"), bed.start_downstream("b")
+        bed.add_pool((a, 3), (b, 1))
+
+        result = bed.caller(calls=200, rate=40, hold_ms=100).wait(60)
+
+        assert result.failed == 0, result.output[-2000:]
+        assert invite_shares([a, b], {})["a"] == pytest.approx(0.75, abs=0.1)
+        for ds in (a, b):
+            count = ds.counts()
+            assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
+        assert "Traceback" not in kamailio.log()
