@@ -17,6 +17,7 @@ from harness import stock, testbed
 
 from counterpoise import assets, processes
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
+from tests.e2e.test_balancer import _wait_share as wait_share
 
 from . import sipwire
 from .test_stock_configs import invite, options
@@ -134,6 +135,32 @@ def test_a_drained_proxy_gets_no_new_calls(bed: Bed, embedded: stock.StockKamail
     final = a.counts()
     assert final["invite"] == at_drain["invite"], "a drained proxy received new calls"
     assert final["bye"] == final["invite"], "calls in progress on the drained proxy did not end"
+
+
+def test_a_slowed_proxy_loses_share(bed: Bed, embedded: stock.StockKamailio) -> None:
+    a = bed.start_downstream("a", workers=4)
+    b = bed.start_downstream("b", workers=4)
+    bed.add_pool((a, 1), (b, 1))
+    calls = caller(bed, embedded, calls=1200, rate=40, hold_ms=100)
+    processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+
+    a.set_delay_ms(250)  # capacity 4 workers / 0.25 s = 16 calls/s, of the 40 offered
+    wait_share(a, [a, b], lambda share: share < 0.2, 15, "slow proxy's share below 20 %")
+    calls.stop()
+
+
+def test_a_pinned_user_reaches_her_proxy(bed: Bed, embedded: stock.StockKamailio) -> None:
+    """The location server's record of the callee (an operator's pin here) wins over the
+    weights."""
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.add_pool((a, 3), (b, 1))
+    pinned = bed.cli("location", "pin", f"service@{embedded.address[0]}", b.uri)
+    assert pinned.returncode == 0, pinned.stderr
+
+    result = caller(bed, embedded, calls=20, rate=20, hold_ms=100).wait(60)
+
+    assert result.failed == 0, result.output[-2000:]
+    assert invite_counts([a, b]) == {"a": 0, "b": 20}
 
 
 def test_its_own_replies_hold(bed: Bed, embedded: stock.StockKamailio) -> None:
