@@ -18,6 +18,7 @@ from harness import stock, testbed
 from counterpoise import assets, processes
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 from tests.e2e.test_balancer import _wait_share as wait_share
+from tests.e2e.test_location import holders
 
 from . import sipwire
 from .test_stock_configs import invite, options
@@ -34,6 +35,7 @@ PATCH_OF = {
 """The documented lines, per config."""
 CALLER = ("alice", "alice-secret")
 """The subscriber the calls come from, where the config authenticates."""
+BOB = ("bob", "bob-secret")
 NODE = "embedded"
 
 
@@ -66,7 +68,7 @@ def embedded(
         env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
     )
     patch = PATCH_OF[config.name].read_text()
-    with stock.running(config, tmp_path, [CALLER], [patch], operator) as kamailio:
+    with stock.running(config, tmp_path, [CALLER, BOB], [patch], operator) as kamailio:
         bed.balancer_port = kamailio.port
         bed.settings = bed.settings.with_values(node_id=NODE)
         yield kamailio
@@ -161,6 +163,28 @@ def test_a_pinned_user_reaches_her_proxy(bed: Bed, embedded: stock.StockKamailio
 
     assert result.failed == 0, result.output[-2000:]
     assert invite_counts([a, b]) == {"a": 0, "b": 20}
+
+
+def test_a_registered_user_is_called_through_the_registrar_that_holds_her(
+    bed: Bed, embedded: stock.StockKamailio, tmp_path: Path
+) -> None:
+    """Bob's REGISTER goes to a registrar of the pool picked by weight (its 2xx records
+    him); Alice's calls to him all reach that one."""
+    pool = [bed.start_downstream(name, registrar=True) for name in ("a", "b")]
+    bed.add_pool(*((ds, 1) for ds in pool))
+    bob_port = processes.free_port()
+    registered = stock.register(embedded, tmp_path, "bob", BOB[1], bob_port)
+    assert registered.successful == 1, registered.output[-2000:]
+    (holder,) = holders(bed, ["bob"]).values()
+    bed.adopt(testbed.start_uas(bob_port, tmp_path))
+
+    for _ in range(4):
+        result = stock.call(embedded, tmp_path, *CALLER, "bob", processes.free_port())
+        assert result.successful == 1, result.output[-2000:]
+
+    assert {ds.uri: ds.counts().get("invite", 0) for ds in pool} == {
+        ds.uri: 4 if ds.uri == holder else 0 for ds in pool
+    }
 
 
 def test_its_own_replies_hold(bed: Bed, embedded: stock.StockKamailio) -> None:
