@@ -9,6 +9,7 @@ its defaults."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 from harness import stock, testbed
 
 from counterpoise import assets, processes
+from counterpoise.core.settings import Settings, runtime_values
+from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 from tests.e2e.test_balancer import _wait_share as wait_share
 from tests.e2e.test_location import holders
@@ -233,3 +236,47 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
             count = ds.counts()
             assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
         assert "Traceback" not in kamailio.log()
+
+
+def test_metrics_and_runtime_settings_in_a_native_config(bed: Bed, tmp_path: Path) -> None:
+    """The node's Prometheus endpoint counts the calls the config routed through
+    Counterpoise; settings pushed into its shared memory over the config's own RPC, as
+    ``up`` pushes them on SIGHUP, are taken at runtime."""
+    metrics_port = processes.free_port()
+    operator = stock.Operator(
+        files=(INCLUDE,),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
+        env={
+            "COUNTERPOISE_REDIS_URL": bed.redis_url,
+            "COUNTERPOISE_NODE_ID": NODE,
+            "COUNTERPOISE_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        },
+    )
+    patch = PATCH_OF[stock.NATIVE.name].read_text()
+    with stock.running(stock.NATIVE, tmp_path, patches=[patch], operator=operator) as native:
+        bed.balancer_port = native.port
+        a = bed.start_downstream("a")
+        bed.add_pool((a, 1))
+
+        result = bed.caller(calls=20, rate=20, hold_ms=100).wait(60)
+        assert result.failed == 0, result.output[-2000:]
+
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        processes.wait_for(
+            lambda: (
+                value(scrape(url), "counterpoise_requests_routed_total", node=NODE, reason="weight")
+                == 20
+            ),
+            10,
+            "20 calls in the metrics",
+        )
+        assert value(scrape(url), "counterpoise_route_seconds_count", node=NODE) == 20
+
+        pushed = json.dumps(runtime_values(Settings.of(fr_timer_ms=800)))
+        ctl = native.run_dir / "kamailio_ctl"
+        testbed.kamcmd(ctl, "htable.sets", "cp", "settings", pushed)
+        testbed.kamcmd(ctl, "htable.seti", "cp", "settings_version", "1")
+        processes.wait_for(
+            lambda: "settings changed at runtime" in native.log(), 5, "the settings taken"
+        )
+        assert "'fr_timer_ms': '800'" in native.log()
