@@ -133,8 +133,9 @@ class Contender:
             settings = dict(self.settings)
             if self.metrics:
                 settings["metrics_listen"] = f"127.0.0.1:{processes.free_port()}"
-            start = start_embedded if self.embedded else start_counterpoise
-            running = start(targets, run_dir, redis_url, settings, self.tree)
+            running = start_counterpoise(
+                targets, run_dir, redis_url, settings, self.tree, self.embedded
+            )
         if probed:
             running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
@@ -189,35 +190,32 @@ def start_counterpoise(
     redis_url: str,
     overrides: Mapping[str, object] | None = None,
     tree: Path = processes.REPO,
+    embedded: bool = False,
 ) -> Running:
-    """The shipped balancer (kamailio.cfg + kemi/) with its default settings (but
-    ``overrides``), the pool entered in Redis with equal base weights, as an operator who
-    does not know the capacities would."""
+    """The shipped balancer (kamailio.cfg + kemi/; ``embedded``: embedded in
+    ``embedded.cfg``) with its default settings (but ``overrides``), the pool entered in
+    Redis with equal base weights, as an operator who does not know the capacities would."""
     port = processes.free_port()
     settings = _bench_settings(redis_url, port, overrides)
     store = _equal_pool(targets, redis_url, settings)
-    proc = processes.start_balancer(
-        settings,
-        run_dir / "run",
-        log_path=run_dir / "balancer.log",
-        timeout_s=READY_TIMEOUT_S,
-        repo=tree,
-    )
+    if embedded:
+        proc = _start_embedded(settings, run_dir, port, overrides)
+    else:
+        proc = processes.start_balancer(
+            settings,
+            run_dir / "run",
+            log_path=run_dir / "balancer.log",
+            timeout_s=READY_TIMEOUT_S,
+            repo=tree,
+        )
     return _when_usable(port, proc, store, settings, len(targets))
 
 
-def start_embedded(
-    targets: Sequence[Target],
-    run_dir: Path,
-    redis_url: str,
-    overrides: Mapping[str, object] | None = None,
-    tree: Path = processes.REPO,
-) -> Running:
-    """Counterpoise embedded in ``embedded.cfg`` (native), its settings in Kamailio's
-    environment as an operator gives them, the pool as ``start_counterpoise``'s."""
-    port = processes.free_port()
-    settings = _bench_settings(redis_url, port, overrides)
-    store = _equal_pool(targets, redis_url, settings)
+def _start_embedded(
+    settings: Settings, run_dir: Path, port: int, overrides: Mapping[str, object] | None
+) -> processes.Process:
+    """Kamailio on ``embedded.cfg`` with the include beside it, Counterpoise's settings in
+    its environment as an operator gives them."""
     shutil.copyfile(EMBEDDED_CFG, run_dir / EMBEDDED_CFG.name)
     shutil.copyfile(assets.path("counterpoise.cfg"), run_dir / "counterpoise.cfg")
     defines: dict[str, str | int] = {
@@ -228,15 +226,18 @@ def start_embedded(
     argv = processes.kamailio_argv(
         run_dir / EMBEDDED_CFG.name, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
     )
-    given = {"redis_url": redis_url, "node_id": settings.node.node_id, **(overrides or {})}
+    given: dict[str, object] = {
+        "redis_url": settings.redis.redis_url,
+        "node_id": settings.node.node_id,
+    }
+    given |= overrides or {}
     env = {f"COUNTERPOISE_{name.upper()}": as_text(value) for name, value in given.items()}
-    proc = processes.Process(
+    return processes.Process(
         "counterpoise embedded",
         [*argv, "-m", str(SHM_MB)],
         run_dir / "balancer.log",
         env={**interpreter.environ(), **env},
     )
-    return _when_usable(port, proc, store, settings, len(targets))
 
 
 def _bench_settings(redis_url: str, port: int, overrides: Mapping[str, object] | None) -> Settings:

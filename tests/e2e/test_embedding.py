@@ -102,6 +102,12 @@ def test_base_weights_split_calls_three_to_one(bed: Bed, embedded: stock.StockKa
         count = ds.counts()
         assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
     assert "Traceback" not in embedded.log()
+    # The probes' replies reach Counterpoise (the include's uac event route or callback).
+    processes.wait_for(
+        lambda: all(bed.rows()[ds.uri]["probe_ms"] is not None for ds in (a, b)),
+        10,
+        "probe answers counted",
+    )
 
 
 def test_a_killed_proxy_costs_no_new_call(bed: Bed, embedded: stock.StockKamailio) -> None:
