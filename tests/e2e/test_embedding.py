@@ -139,6 +139,9 @@ def test_a_drained_proxy_gets_no_new_calls(bed: Bed, embedded: stock.StockKamail
     drained = bed.cli("proxy", "drain", a.uri)
     assert drained.returncode == 0, drained.stderr
     bed.wait_state(a.uri, ("drained",), timeout_s=5)
+    watched = bed.cli("watch", "--once", "--json")
+    assert watched.returncode == 0, watched.stderr
+    assert f'"{a.uri}"' in watched.stdout and f'"{NODE}"' in watched.stdout, watched.stdout
     at_drain = a.counts()
     result = calls.wait(90)
 
