@@ -199,6 +199,26 @@ def test_a_registered_user_is_called_through_the_registrar_that_holds_her(
     }
 
 
+def test_calls_beyond_the_pools_capacity_are_held_and_all_answered(
+    bed: Bed, embedded: stock.StockKamailio
+) -> None:
+    """``select`` holds them (0: the config's route stops); the release timer resumes each
+    in the include's release route (native) or the inherited method (KEMI), which relays it
+    with the config's Record-Route."""
+    a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
+    bed.add_pool((a, 1), (b, 1))
+    # One worker each, 200 ms per INVITE: 10 calls/s for the pool, offered 15 calls/s.
+    a.set_delay_ms(200)
+    b.set_delay_ms(200)
+
+    result = caller(bed, embedded, calls=90, rate=15, hold_ms=100).wait(90)
+
+    held = bed.counters("cpstat", name=embedded.config.name)
+    assert held.get("held", 0) > 0, held
+    assert result.failed == 0, result.output[-2000:]
+    assert "Traceback" not in embedded.log()
+
+
 def test_its_own_replies_hold(bed: Bed, embedded: stock.StockKamailio) -> None:
     """Max-Forwards, sanity, the digest challenge and the keepalive answer are the
     config's own, before Counterpoise is asked."""

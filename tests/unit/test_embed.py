@@ -97,6 +97,22 @@ def test_a_failure_of_a_request_it_did_not_route_is_left_to_tm(node: Node, ksr: 
     assert cp.counterpoise.failover() == -1 and ksr.relays == []
 
 
+def test_a_native_release_tick_hands_each_held_request_to_the_config(node: Node, ksr: FakeKsr):
+    """tmx's KEMI ``t_continue`` runs KEMI functions only: the include's release tick resumes
+    each request with the cfg ``t_continue``, from the variables ``cp_release_next`` sets."""
+    from counterpoise.kamailio import holding
+
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert holding.hold(4000)
+    suspended = (ksr.pvs["$T(id_index)"], ksr.pvs["$T(id_label)"])
+    assert cp.cp_release_next(None) == 1
+    assert (ksr.pvs["$var(cp_index)"], ksr.pvs["$var(cp_label)"]) == suspended
+    assert holding.count() == 0 and ksr.called("tmx.t_continue") == []
+    assert cp.cp_release_next(None) == -1
+
+
 def test_kemi_routes_are_methods_of_the_class_an_operator_inherits():
     from counterpoise.kamailio.embed import KEMI_ROUTES, Embedded
 

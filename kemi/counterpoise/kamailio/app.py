@@ -301,7 +301,15 @@ class Balancer:
     @hook("release")
     def release_tick(self) -> int:
         """rtimer callback (every 20 ms), in a timer process of its own: the held requests in
-        order, each while a proxy has room or once it is overdue."""
+        order, each while a proxy has room or once it is overdue, resumed in the release
+        route (a KEMI config's; a native one resumes each ``next_release`` itself)."""
+        while (held := self.next_release()) is not None:
+            holding.resume(held, self.routes.release)
+        return TRUE
+
+    def next_release(self) -> holding.Held | None:
+        """The oldest held request if a proxy has room for it or it is overdue, taken off the
+        queue; None when there is none to resume now."""
         self.follow_settings()
         picker = self.view.refresh()
         now_ms = clock.monotonic_ms()
@@ -310,11 +318,12 @@ class Balancer:
             if not overdue and not hold.roomiest(
                 picker.uris, self.view.limits, shared.awaiting, releasing=True
             ):
-                break
+                return None
             if overdue:
                 metrics.count(metrics.node.HELD_OVERDUE)
-            holding.release(held, self.routes.release)
-        return TRUE
+            holding.take(held)
+            return held
+        return None
 
     # --- replies ------------------------------------------------------------------------------
 

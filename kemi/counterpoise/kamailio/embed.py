@@ -10,8 +10,11 @@ method is one ``Balancer`` operation, and returns what it does (1 true, -1 false
 
 from __future__ import annotations
 
+import KSR
+
 from counterpoise.core.settings import Settings, load_settings
-from counterpoise.kamailio.app import TRUE, Balancer, RouteNames
+from counterpoise.kamailio.app import FALSE, TRUE, Balancer, RouteNames
+from counterpoise.kamailio.guard import hook
 
 NATIVE_ROUTES = RouteNames(reply="CP_REPLY", failure="CP_FAILURE", release="CP_RELEASE")
 """The route blocks of ``embed/counterpoise.cfg``."""
@@ -66,6 +69,17 @@ class Embedded:
 
     def cp_release_tick(self, msg: object, evname: str = "") -> int:
         return self.counterpoise.release_tick()
+
+    @hook("release")
+    def cp_release_next(self, msg: object) -> int:
+        """A native config's release tick: the next held request to resume now, in
+        ``$var(cp_index)`` and ``$var(cp_label)`` for its ``t_continue`` (1), or none (-1)."""
+        held = self.counterpoise.next_release()
+        if held is None:
+            return FALSE
+        KSR.pv.seti("$var(cp_index)", held.index)
+        KSR.pv.seti("$var(cp_label)", held.label)
+        return TRUE
 
     def cp_sync_tick(self, msg: object, evname: str = "") -> int:
         return self.counterpoise.sync_tick()

@@ -93,11 +93,15 @@ class Waiting:
             KSR.htable.sht_rm(htables.HELD.name, str(seq))
 
 
-def release(held: Held, route: str) -> None:
-    """Take ``held`` off the queue and resume it: ``route`` (a KEMI method's name, or a native
-    route's) runs now, in this
-    process. If tm no longer has it (its caller cancelled and tm answered, or its timer
-    fired), ``t_continue`` does nothing but say so in the log."""
+def take(held: Held) -> None:
+    """Take ``held`` off the queue, to be resumed now."""
     KSR.htable.sht_seti(htables.HELD.name, htables.HELD_HEAD, held.seq)
     KSR.htable.sht_rm(htables.HELD.name, str(held.seq))
-    KSR.tmx.t_continue(held.index, held.label, route)
+
+
+def resume(held: Held, function: str) -> None:
+    """Resume ``held`` (taken): the KEMI ``function`` runs now, in this process. If tm no
+    longer has it (its caller cancelled and tm answered, or its timer fired), ``t_continue``
+    does nothing but say so in the log. (tmx's KEMI ``t_continue`` runs a KEMI function
+    only: a native config resumes it with its own ``t_continue`` and route block.)"""
+    KSR.tmx.t_continue(held.index, held.label, function)
