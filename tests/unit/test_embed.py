@@ -113,6 +113,15 @@ def test_a_native_release_tick_hands_each_held_request_to_the_config(node: Node,
     assert cp.cp_release_next(None) == -1
 
 
+def test_a_failing_release_step_ends_the_native_tick(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """The include loops while ``cp_release_next`` is true: an error must read as false."""
+    cp = embedded(native=True)
+    monkeypatch.setattr(cp.counterpoise, "next_release", lambda: 1 / 0)
+    assert cp.cp_release_next(None) == -1
+
+
 def test_kemi_routes_are_methods_of_the_class_an_operator_inherits():
     from counterpoise.kamailio.embed import KEMI_ROUTES, Embedded
 

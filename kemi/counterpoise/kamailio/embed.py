@@ -70,7 +70,7 @@ class Embedded:
     def cp_release_tick(self, msg: object, evname: str = "") -> int:
         return self.counterpoise.release_tick()
 
-    @hook("release")
+    @hook("release", fallback=FALSE)  # true would loop the native tick on the error
     def cp_release_next(self, msg: object) -> int:
         """A native config's release tick: the next held request to resume now, in
         ``$var(cp_index)`` and ``$var(cp_label)`` for its ``t_continue`` (1), or none (-1)."""
