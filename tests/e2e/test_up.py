@@ -174,6 +174,8 @@ def test_as_a_user_on_the_embedded_redis_with_its_password(
     result = bed.caller(10, 10).wait(60)
     assert (result.successful, result.failed) == (10, 0), result.output[-2000:]
     assert (run.run_dir / "redis.password").stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    rotated = cli("dialog-key", "rotate")  # finds the administrator's password by itself
+    assert rotated.returncode == 0 and "dialog key 2 made" in rotated.stdout, rotated.stderr
 
 
 def test_an_unknown_setting_is_refused(bed: Bed) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from counterpoise import clock
+from counterpoise.core import dialog_seal
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import SyncLoop
@@ -16,7 +17,7 @@ from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 
 from .ksr import FakeKsr
-from .sync import FakeClock, FakeProbes, MemoryLocationStore, MemoryStore
+from .sync import FakeClock, FakeProbes, MemoryDialogKeyStore, MemoryLocationStore, MemoryStore
 
 CALLEE = "sip:bob@example.com"
 
@@ -49,6 +50,12 @@ class Node:
         self.balancer = self.app.balancer
         self.balancer.rng.seed(2)
         ksr.routes["ksr_route_release"] = self.app.ksr_route_release
+        ksr.routes["ksr_route_branch"] = self.app.ksr_route_branch
+        self.dialog_keys = MemoryDialogKeyStore()
+        monkeypatch.setattr(
+            "counterpoise.kamailio.dialog_keys.DialogKeyStore.open",
+            lambda *args: self.dialog_keys,
+        )
         loop = SyncLoop(
             settings=settings,
             node="lb1",
@@ -63,6 +70,25 @@ class Node:
         # store is this one.
         monkeypatch.setattr(self.balancer, "_make_sync_loop", lambda: loop)
         self.shared = shared
+
+    def sealed_route(
+        self,
+        proxy: str,
+        caller: tuple[str, int] = ("198.51.100.7", 5060),
+        call_id: str = "call-1@198.51.100.7",
+        from_tag: str = "from-tag-1",
+        host: str = "192.0.2.1",
+    ) -> str:
+        """The Route a dialog through ``proxy`` carries back to the balancer at ``host``,
+        sealed with the node's current key, as its Record-Route was."""
+        key = dialog_seal.signing_key(self.dialog_keys.ring()[0], self.clock.wall_ms())
+        assert key is not None, "no dialog key yet: tick first"
+        sealed_proxy = dialog_seal.proxy_hop(proxy)
+        sealed_caller = dialog_seal.caller_hop("udp", *caller)
+        assert sealed_proxy is not None and sealed_caller is not None
+        seal = dialog_seal.Seal(call_id, from_tag, sealed_proxy, sealed_caller)
+        params = dialog_seal.record_route_params(key.key_id, key.secret, seal)
+        return f"<sip:{host};lr;ftag={from_tag}{params}>"
 
     def pool(self, *proxies: str, **weights: float) -> None:
         """Put ``proxies`` in the pool and publish the table (one sync tick)."""

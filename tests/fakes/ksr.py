@@ -69,7 +69,7 @@ MESSAGE_PVS = frozenset(
         "$ru", "$rU", "$rd", "$du", "$rm", "$si", "$sp", "$pr", "$ci", "$cs", "$ft", "$tt",
         "$tU", "$td",
         "$rs", "$T_branch_idx", "$T_reply_code", "$(ct{tobody.uri})", "$T(id_index)",
-        "$T(id_label)",
+        "$T(id_label)", "$route_uri",
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
@@ -191,6 +191,9 @@ class Pv(_Api):
         every = _ALL_HEADERS.match(spec)  # $(hdr(Name)[*]): the fake has one value a header
         if every:
             spec = f"$hdr({every.group(1)})"
+        if spec == "$route_uri":  # rr's: the URI of the top Route
+            top = re.match(r"\s*<([^>]*)>", self.ksr.header("Route") or "")
+            return ({spec: top.group(1)} if top else {}), spec
         match = _SLOT.match(spec)
         if match is None:
             if spec not in MESSAGE_PVS | SCRIPT_VARS:
@@ -294,6 +297,10 @@ class Tm(_Api):
 
     @_kemi
     def t_relay(self) -> int:
+        """Runs the branch route (``t_on_branch``), then records what was sent."""
+        self.ksr.record_route_params = None
+        if self.ksr.on_branch is not None:
+            self.ksr.routes[self.ksr.on_branch](None)
         self.ksr.relays.append(
             {
                 "ruri": self.ksr.pvs.get("$ru"),
@@ -302,6 +309,7 @@ class Tm(_Api):
                 "fr_timers": self.ksr.fr_timers,
                 "on_reply": self.ksr.on_reply,
                 "on_failure": self.ksr.on_failure,
+                "record_route_params": self.ksr.record_route_params,
             }
         )
         return 1
@@ -319,6 +327,11 @@ class Tm(_Api):
     @_kemi
     def t_on_failure(self, name: str) -> int:
         self.ksr.on_failure = name
+        return 1
+
+    @_kemi
+    def t_on_branch(self, name: str) -> int:
+        self.ksr.on_branch = name
         return 1
 
     @_kemi
@@ -424,6 +437,12 @@ class Rr(_Api):
     @_kemi
     def record_route(self) -> int:
         self.ksr.record_routed = True
+        return 1
+
+    @_kemi
+    def record_route_params(self, params: str) -> int:
+        self.ksr.record_routed = True
+        self.ksr.record_route_params = _text(params)
         return 1
 
 
@@ -580,8 +599,9 @@ class FakeKsr:
         self.uac_sent: list[dict[str, Value]] = []
         self.logs: list[tuple[str, str]] = []
         self.suspended: dict[tuple[int, int], tuple[Any, ...]] = {}
-        self.routes: dict[str, Callable[[object, str], int]] = {}
-        """The routes ``t_continue`` may run, by name (``Node`` registers the app's)."""
+        self.routes: dict[str, Callable[..., int]] = {}
+        """The routes ``t_continue`` and ``t_relay`` (a branch route) may run, by name
+        (``Node`` registers the app's)."""
         self._new_transaction()
         self.module = types.ModuleType("KSR", "Fake of Kamailio's KSR (tests/fakes/ksr.py)")
         core = Core(self)
@@ -611,6 +631,8 @@ class FakeKsr:
         self.sl_replies: list[tuple[int, str]] = []
         self.t_replies: list[tuple[int, str]] = []
         self.record_routed = False
+        self.record_route_params: str | None = None
+        self.on_branch: str | None = None
         self.fr_timers: tuple[int, int] | None = None
         self.on_reply: str | None = None
         self.on_failure: str | None = None

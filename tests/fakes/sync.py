@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 
+from counterpoise.core.dialog_seal import DialogKey
 from counterpoise.core.location import PendingWrite, Record, within_cap
 from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import StateStore, SyncLoop
 from counterpoise.core.tally import Tally
+from counterpoise.store.dialog_keys import parse_ring
 from counterpoise.store.keys import AOR, DIALOG, DOMAIN, PIN
 from counterpoise.store.location import DialogFlush
 
@@ -326,3 +328,20 @@ class Harness:
             if each is not None:
                 each()
             self.loop.tick()
+
+
+class MemoryDialogKeyStore:
+    """The dialog key ring in a dict (what ``kamailio.dialog_keys`` uses of
+    ``store.dialog_keys.DialogKeyStore``): field -> value, as in the Redis hash."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+
+    def ring(self) -> tuple[dict[str, DialogKey], dict[str, str]]:
+        return parse_ring(self.fields)
+
+    def create_first(self, secret: bytes) -> bool:
+        if self.fields:
+            return False
+        self.fields["1"] = DialogKey("1", 0, secret).encode()
+        return True

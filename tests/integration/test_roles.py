@@ -20,6 +20,7 @@ from counterpoise.core.reports import LoadReport
 from counterpoise.core.settings import Settings
 from counterpoise.store.acl import add_agent_user
 from counterpoise.store.client import connect
+from counterpoise.store.dialog_keys import DialogKeyStore
 from counterpoise.store.keys import AOR, DIALOG, PIN
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
@@ -119,6 +120,27 @@ def test_agent_writes_its_own_report_only(server: AclRedis, operator: PoolStore)
         with pytest.raises(redis.exceptions.NoPermissionError):
             write()
     assert f"user {user}" in server.acl.read_text()  # ACL SAVE: it survives a restart
+
+
+def test_only_the_balancer_and_the_administrator_reach_the_dialog_keys(
+    server: AclRedis, operator: PoolStore
+) -> None:
+    balancer = DialogKeyStore(server.client("balancer"), PREFIX)
+    assert balancer.create_first(bytes(32)) and not balancer.create_first(bytes(range(32)))
+    assert balancer.ring()[0]["1"].secret == bytes(32)
+    admin = DialogKeyStore(server.client("default"), PREFIX)
+    key, dropped = admin.rotate(bytes(range(32)), 1000)
+    assert key.key_id == "2" and dropped == [] and set(balancer.ring()[0]) == {"1", "2"}
+    agent_user = add_agent_user(server.client("default"), A, PREFIX, "agent-secret")
+    agent = connect(f"redis://{agent_user}:agent-secret@127.0.0.1:{server.port}/0", 2000)
+    name = balancer.keys.dialog_keys
+    for role in (operator.client, server.client("viewer"), agent):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            role.hgetall(name)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            role.hset(name, "9", "0 " + "00" * 32)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            role.delete(name)
 
 
 def test_viewer_reads_and_cannot_write_anything(server: AclRedis, operator: PoolStore) -> None:

@@ -43,19 +43,6 @@ def test_pool_hops_resolve_names_once_and_keep_addresses_as_they_are() -> None:
     assert asked == ["px.example.com"]
 
 
-def test_outside_requests_go_only_to_pool_proxies() -> None:
-    assert edge.may_relay(CALLER, False, PROXY, POOL)
-    assert not edge.may_relay(CALLER, False, GATEWAY, POOL)
-    assert not edge.may_relay(CALLER, True, GATEWAY, POOL)
-    assert not edge.may_relay(CALLER, False, None, POOL)
-    assert not edge.may_relay(CALLER, False, ("10.0.0.11", 5061), POOL)  # same host, other port
-
-
-def test_pool_proxies_may_send_their_dialogs_anywhere() -> None:
-    assert edge.may_relay(PROXY, False, CALLER, POOL)
-    assert edge.may_relay(PROXY, False, GATEWAY, POOL)
-
-
 def test_over_a_connection_a_pool_proxy_is_known_by_its_address_alone() -> None:
     ephemeral = ("10.0.0.11", 41234)  # a TCP connection the proxy opened
     assert edge.from_pool(ephemeral, True, POOL)

@@ -122,6 +122,27 @@ def test_a_failing_release_step_ends_the_native_tick(
     assert cp.cp_release_next(None) == -1
 
 
+def test_seal_arms_the_branch_route_that_seals_each_branch(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    cp = embedded(native=False)
+    ksr.routes["cp_on_branch"] = cp.cp_on_branch
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_seal(None) == 1 and cp.cp_select(None) == 1
+    assert ksr.on_branch == "cp_on_branch"
+    assert config_relays() == 1 and ksr.relays[-1]["record_route_params"]
+    ksr.failure(503)
+    assert cp.cp_failure(None) == 1
+    assert ksr.relays[-1]["record_route_params"]  # the failover's branch sealed too
+
+
+def test_without_seal_the_config_keeps_its_branch_route(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    assert ksr.called("tm.t_on_branch") == []
+
+
 def test_kemi_routes_are_methods_of_the_class_an_operator_inherits():
     from counterpoise.kamailio.embed import KEMI_ROUTES, Embedded
 

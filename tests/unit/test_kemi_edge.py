@@ -43,24 +43,28 @@ def test_in_dialog_request_from_outside_to_an_outside_hop_is_refused(node: Node,
     assert edge_counters(ksr)["relay_denied"] == 3
 
 
-def test_in_dialog_request_from_a_pool_proxy_follows_its_route_set_outward(
-    node: Node, ksr: FakeKsr
-):
+CALLER_HOP = "sip:198.51.100.7:5060;transport=udp"
+"""Where the callee's requests go: the address the caller called from (``sealed_route``)."""
+
+
+def test_in_dialog_request_from_a_pool_proxy_goes_to_the_sealed_caller(node: Node, ksr: FakeKsr):
     node.pool(A)
-    routes = {"Route": "<sip:192.0.2.1;lr>"}
-    node.route("BYE", "sip:alice@198.51.100.7:5062", to_tag="t", headers=routes,
-               source="10.0.0.1", source_port=5060)  # fmt: skip
-    assert len(ksr.relays) == 1 and ksr.sl_replies == []
+    routes = {"Route": node.sealed_route(A)}
+    node.route("BYE", "sip:alice@198.51.100.99:5062", to_tag="from-tag-1", from_tag="t",
+               headers=routes, source="10.0.0.1", source_port=5060)  # fmt: skip
+    assert [relay["duri"] for relay in ksr.relays] == [CALLER_HOP] and ksr.sl_replies == []
 
 
 def test_a_pool_proxy_over_tcp_is_known_by_its_address_alone(node: Node, ksr: FakeKsr):
     """A proxy opens its TCP connections from ephemeral ports: the callee's BYE it relays
     must still go out to the caller. Over UDP it sends from its socket, port and all."""
     node.pool(A)
-    bye = {"to_tag": "t", "headers": {"Route": "<sip:192.0.2.1;lr>"}, "source": "10.0.0.1"}
-    node.route("BYE", "sip:alice@198.51.100.7:5062", source_port=41234, proto="tcp", **bye)
+    bye = {"to_tag": "from-tag-1", "from_tag": "t", "headers": {"Route": node.sealed_route(A)}}
+    node.route("BYE", "sip:alice@198.51.100.7:5062", source="10.0.0.1", source_port=41234,
+               proto="tcp", **bye)  # fmt: skip
     assert len(ksr.relays) == 1
-    node.route("BYE", "sip:alice@198.51.100.7:5062", source_port=41234, proto="udp", **bye)
+    node.route("BYE", "sip:alice@198.51.100.7:5062", source="10.0.0.1", source_port=41234,
+               proto="udp", **bye)  # fmt: skip
     assert ksr.relays == [] and ksr.sl_replies == [(403, "Forbidden")]
 
 
@@ -77,6 +81,7 @@ def test_dialog_record_naming_a_proxy_out_of_the_pool_is_not_followed(node: Node
     node.balancer.location = FakeLocation(dialog_proxy="sip:198.51.100.99:5060")
     node.route("INFO", to_tag="t")
     assert ksr.relays == [] and ksr.sl_replies == [(404, "Not here")]
+    assert edge_counters(ksr)["relay_denied"] == 1
 
 
 def test_initial_request_from_outside_loses_its_preloaded_route(node: Node, ksr: FakeKsr):
@@ -187,7 +192,7 @@ def test_requests_of_calls_in_progress_pass_up_to_twice_the_limit(ksr: FakeKsr, 
     CANCEL and in-dialog requests pass, up to the ceiling; past it nothing is answered."""
     node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=5))
     node.pool(A)
-    routes = {"Route": "<sip:192.0.2.1;lr>, <sip:10.0.0.1;lr>"}
+    routes = {"Route": f"{node.sealed_route(A)}, <sip:10.0.0.1;lr>"}
     options(node, 6)  # the 6th is shed
     node.route("BYE", to_tag="t", headers=routes, source=FLOODER)
     assert len(ksr.relays) == 1
@@ -294,7 +299,8 @@ def test_pool_proxies_are_never_limited(ksr: FakeKsr, monkeypatch):
     node = Node(ksr, monkeypatch, S.with_values(flood_requests_per_s=1))
     node.pool(A)
     for _ in range(5):
-        node.route("BYE", to_tag="t", headers={"Route": "<sip:192.0.2.1;lr>"}, source="10.0.0.1")
+        node.route("BYE", to_tag="from-tag-1", from_tag="t",
+                   headers={"Route": node.sealed_route(A)}, source="10.0.0.1")  # fmt: skip
         assert len(ksr.relays) == 1
     assert "banned" not in edge_counters(ksr)
 

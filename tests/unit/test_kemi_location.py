@@ -48,7 +48,8 @@ def register(node: Node, expires_s: int) -> str:
 def ack(node: Node, proxy: str, **kwargs: object) -> None:
     """The caller's ACK of the 200, along the route set the INVITE built (the balancer, then
     ``proxy``): it confirms the dialog."""
-    routes = {"Route": f"<sip:192.0.2.1;lr>, <{proxy};lr>"}
+    sealed = node.sealed_route(proxy, call_id=str(kwargs.get("call_id", CALL_ID)))
+    routes = {"Route": f"{sealed}, <{proxy};lr>"}
     node.route("ACK", to_tag="callee-tag", headers=routes, **kwargs)  # type: ignore[arg-type]
 
 
@@ -289,7 +290,7 @@ def test_a_forged_bye_leaves_the_record_and_is_counted(node: Node, ksr: FakeKsr)
     ack(node, A)
     node.tick(100)
     record = node.locations.records[(DIALOG, CALL_ID)]
-    routes = {"Route": f"<sip:192.0.2.1;lr>, <{A};lr>"}
+    routes = {"Route": f"{node.sealed_route(A)}, <{A};lr>"}
     # On this node: its copy's tags refuse the BYE at once.
     node.route("BYE", to_tag="guessed", headers=routes, source="203.0.113.9")
     assert CALL_ID in ksr.htables[DIALOGS] and ksr.htables[QUEUE] == {}
@@ -299,8 +300,9 @@ def test_a_forged_bye_leaves_the_record_and_is_counted(node: Node, ksr: FakeKsr)
     node.tick(100)
     assert node.locations.records[(DIALOG, CALL_ID)] == record
     assert edge_counters(ksr)["forged_bye"] == 2
-    # The dialog's own BYE, from the callee (tags swapped), deletes it.
-    node.route("BYE", from_tag="callee-tag", to_tag="from-tag-1", headers=routes)
+    # The dialog's own BYE, from the callee (tags swapped) through its proxy, deletes it.
+    node.route("BYE", from_tag="callee-tag", to_tag="from-tag-1", headers=routes,
+               source="10.0.0.1", source_port=5060)  # fmt: skip
     node.tick(100)
     assert node.locations.records == {} and node.locations.sources["198.51.100.7"] == {}
 
@@ -322,7 +324,7 @@ def test_a_source_holds_at_most_dialog_records_per_source(
     node.tick(100)
     assert {name for _, name in node.locations.records} == {"greedy-0", "greedy-1", "other"}
     assert edge_counters(ksr)["dialog_record_capped"] == 1
-    routes = {"Route": f"<sip:192.0.2.1;lr>, <{A};lr>"}
+    routes = {"Route": f"{node.sealed_route(A, call_id='greedy-0')}, <{A};lr>"}
     node.route("BYE", call_id="greedy-0", to_tag="callee-tag", headers=routes)
     call("greedy-3", "203.0.113.9")  # room again
     node.tick(100)

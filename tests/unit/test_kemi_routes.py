@@ -94,10 +94,11 @@ def test_cancel_follows_its_transaction(node: Node, ksr: FakeKsr):
 def test_in_dialog_request_with_a_route_set_is_relayed(node: Node, ksr: FakeKsr):
     node.pool(A)
     node.balancer.location = FakeLocation(dialog_proxy=B)
-    node.route("BYE", to_tag="callee-tag", headers={"Route": f"<sip:lb.example;lr>, <{A};lr>"})
+    route = node.sealed_route(A, host="lb.example")
+    node.route("BYE", to_tag="callee-tag", headers={"Route": f"{route}, <{A};lr>"})
     assert len(ksr.relays) == 1
     assert ksr.relays[0]["fr_timers"] == (0, S.failover.in_dialog_fr_timer_ms)
-    assert ksr.relays[0]["duri"] == A  # the route set (loose_route), not the balancer
+    assert ksr.relays[0]["duri"] == f"{A};transport=udp"  # the sealed proxy, not the balancer
     assert node.balancer.location.dialogs_ended == 1
     assert ksr.avps == {}  # not an attempt: nothing counted, no failover
     assert ksr.sl_replies == []
@@ -416,9 +417,11 @@ def test_reply_without_the_proxy_avp_is_ignored(node: Node, ksr: FakeKsr):
 
 def test_in_dialog_ack_matching_a_transaction_is_relayed_or_absorbed(node: Node, ksr: FakeKsr):
     node.pool(A)
-    ksr.returns["tm.t_check_trans"] = 1  # the ACK of a 2xx tm still holds: relayed
-    node.route("ACK", to_tag="callee-tag")
+    ksr.returns["tm.t_check_trans"] = 1  # the ACK of a 2xx tm still holds: by its seal
+    node.route("ACK", to_tag="callee-tag", headers={"Route": node.sealed_route(A)})
     assert len(ksr.relays) == 1 and ksr.sl_replies == []
+    node.route("ACK", to_tag="callee-tag")  # no route set: it could go anywhere, it goes nowhere
+    assert ksr.relays == [] and ksr.sl_replies == []
     ksr.returns["tm.t_check_trans"] = 0  # the ACK of a negative reply: tm absorbed it
     node.route("ACK", to_tag="callee-tag")
     assert ksr.relays == [] and ksr.sl_replies == []

@@ -6,6 +6,7 @@
     counterpoise watch             live table of the pool
     counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)
     counterpoise agent-user URI --password-file PATH   a Redis user for one agent (cli/users.py)
+    counterpoise dialog-key rotate  a new key sealing the dialogs (cli/dialog_key.py)
 
 Every subcommand takes ``--redis URL`` (default: ``COUNTERPOISE_REDIS_URL`` or the embedded
 Redis). Errors print one line on stderr and exit with status 1.
@@ -19,8 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from counterpoise import processes
+from counterpoise.cli import dialog_key, users
 from counterpoise.cli import location as location_cli
-from counterpoise.cli import users
 from counterpoise.cli.common import CliError
 from counterpoise.cli.pool import cmd_proxy, cmd_watch
 from counterpoise.cli.up import add_node_options, cmd_up
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     location_cli.add_parser(sub, common)
     users.add_parser(sub, common)
+    dialog_key.add_parser(sub, common)
 
     return parser
 

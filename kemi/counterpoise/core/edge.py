@@ -3,10 +3,10 @@
 Pure: the Kamailio edge reads the source address, the next hop and the counters, and asks
 these functions what they mean (docs/security.md).
 
-The trust model in one sentence: the pool's proxies are trusted, everything else is not. A
-request from outside may go only to a pool proxy; a request from a pool proxy may follow
-its route set anywhere (it is the proxy's job to authenticate users, the balancer only
-carries its dialogs back out).
+The trust model in one sentence: the pool's proxies are trusted, everything else is not. An
+initial request from outside goes only to the pool proxy the balancer picks; an in-dialog
+request only where the seal of the balancer's own Record-Route says (``dialog_seal``): to
+its dialog's proxy, or, from that proxy, back to the dialog's caller.
 """
 
 from __future__ import annotations
@@ -77,14 +77,6 @@ def from_pool(source: Address, stream: bool, pool: frozenset[Address]) -> bool:
     connection (``stream``: TCP, TLS), from its address alone, since a proxy opens its
     connections from ephemeral ports (over UDP it sends from its listening socket)."""
     return source in pool or (stream and any(source[0] == host for host, _ in pool))
-
-
-def may_relay(
-    source: Address, stream: bool, next_hop: Address | None, pool: frozenset[Address]
-) -> bool:
-    """Whether a request from ``source`` may be sent to ``next_hop``: a pool proxy may send
-    its requests anywhere (its dialogs going back out), anyone else only to a pool proxy."""
-    return from_pool(source, stream, pool) or (next_hop is not None and next_hop in pool)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

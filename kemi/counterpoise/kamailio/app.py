@@ -19,11 +19,11 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, edge, hold, location
+from counterpoise.core import attempts, dialog_seal, edge, hold, location
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, guard, holding, metrics, probes, read, shared
+from counterpoise.kamailio import avps, dialog_keys, guard, holding, metrics, probes, read, shared
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
@@ -60,9 +60,14 @@ class RouteNames:
     """tm failure route, calling ``Balancer.failover`` (and relaying when it says so)."""
     release: str
     """Route a held request resumes in (``tmx.t_continue``), calling ``release_route``."""
+    branch: str
+    """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
+    balancer's sealed Record-Route)."""
 
 
-KEMI_ROUTES = RouteNames("ksr_route_reply", "ksr_route_failure", "ksr_route_release")
+KEMI_ROUTES = RouteNames(
+    "ksr_route_reply", "ksr_route_failure", "ksr_route_release", branch="ksr_route_branch"
+)
 """``KemiApp``'s own methods."""
 
 
@@ -83,6 +88,7 @@ class Balancer:
         self._max_sample_ms = int(settings.latency.failure_penalty_ms)
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
+        self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
         self.waiting = holding.Waiting()
@@ -134,31 +140,56 @@ class Balancer:
         return STOP
 
     def ksr_route_withindlg(self, source: edge.Address, stream: bool) -> None:
-        """In-dialog requests follow the Record-Route set their dialog built; without a usable
-        one, their dialog record (location server). From outside, only towards a pool proxy."""
+        """In-dialog requests pass only in a dialog the balancer made: its top Route is the
+        balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
+        without a route set, from outside the pool, by its dialog record (location server).
+        Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
         if self.location is not None and KSR.is_ACK():
             self.location.dialog_confirmed()  # the dialog's record goes to Redis
-        if KSR.rr.loose_route() > 0:
-            if not edge.may_relay(source, stream, self._next_hop(), self.view.pool):
-                EDGE.count("relay_denied")
-                if not KSR.is_ACK():
-                    KSR.sl.sl_send_reply(403, "Forbidden")
+        if KSR.is_ACK() and KSR.tm.t_check_trans() == 0:
+            return  # the ACK of a negative reply: tm absorbed it
+        if KSR.hdr.is_present("Route") > 0:
+            hop = self._sealed_hop(source, stream)
+            if hop is None or KSR.rr.loose_route() < 0:
+                self._deny_in_dialog()
                 return
             if self.location is not None and KSR.is_BYE():
                 self.location.dialog_ended()
-            KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
-            if KSR.tm.t_relay() >= 0:
-                metrics.count(metrics.node.IN_DIALOG_RECORD_ROUTE)
+            self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
-        if KSR.is_ACK():
-            matched = KSR.tm.t_check_trans()
-            if matched > 0:
-                KSR.tm.t_relay()
-            if matched >= 0:  # relayed, or the ACK of a negative reply tm absorbed (0)
-                return
-        if self.ksr_route_dialog_record() or KSR.is_ACK():
-            return
-        KSR.sl.sl_send_reply(404, "Not here")
+        if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
+            self._deny_in_dialog(404, "Not here")  # no route set, no dialog record: unknown
+
+    def _sealed_hop(self, source: edge.Address, stream: bool) -> dialog_seal.Hop | None:
+        """Where the seal of the top Route sends this request; None when it may go nowhere."""
+        route, call_id = read.text("$route_uri"), read.text("$ci")
+        if route is None or call_id is None:
+            return None
+        request = dialog_seal.Request(
+            route, call_id, read.text("$ft"), read.text("$tt"), source, stream
+        )
+        return dialog_seal.admit(request, dialog_keys.secret, self.view.pool, self._addresses)
+
+    def _addresses(self, proxy: dialog_seal.Hop) -> frozenset[edge.Address]:
+        """Where the pool proxy a seal names may be seen (its name resolved)."""
+        for uri, addresses in self.view.hops.items():
+            if dialog_seal.proxy_hop(uri) == proxy:
+                return addresses
+        return frozenset()
+
+    def _deny_in_dialog(self, status: int = 403, reason: str = "Forbidden") -> None:
+        EDGE.count("relay_denied")
+        if not KSR.is_ACK():
+            KSR.sl.sl_send_reply(status, reason)
+
+    def _relay_in_dialog(self, destination: str, counter: str) -> bool:
+        """Send an in-dialog request to ``destination`` (``$du``); False if tm could not."""
+        KSR.setdsturi(destination)
+        KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
+        if KSR.tm.t_relay() < 0:
+            return False
+        metrics.count(counter)
+        return True
 
     def ksr_route_dialog_record(self) -> bool:
         """Relay an in-dialog request to the proxy its dialog record names, with that proxy
@@ -167,11 +198,8 @@ class Balancer:
         if proxy is None or proxy not in self.view.hops:
             return False
         KSR.hdr.insert(f"Route: <{proxy};lr>\r\n")
-        KSR.setdsturi(proxy)
-        KSR.tm.t_set_fr(0, self.settings.failover.in_dialog_fr_timer_ms)
-        if KSR.tm.t_relay() >= 0:
-            metrics.count(metrics.node.IN_DIALOG_DIALOG_RECORD)
-        elif not KSR.is_ACK():
+        relayed = self._relay_in_dialog(proxy, metrics.node.IN_DIALOG_DIALOG_RECORD)
+        if not relayed and not KSR.is_ACK():
             KSR.sl.sl_reply_error()
         return True
 
@@ -234,14 +262,44 @@ class Balancer:
             guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
+    @hook("seal", fallback=FALSE)
+    def seal(self) -> int:
+        """Record the route of this dialog-forming request with the balancer's seal (each
+        branch, in ``on_branch``), instead of the config's own ``record_route``: the dialogs
+        whose in-dialog requests ``in_dialog`` admits. ``TRUE``; ``STOP`` when answered here
+        (no From tag: 400; no dialog key loaded from Redis yet: 503): a dialog whose
+        in-dialog requests would all be refused is no call."""
+        if not read.text("$ft"):
+            KSR.sl.sl_send_reply(400, "Missing From Tag")
+            return STOP
+        if dialog_keys.signing() is None:
+            EDGE.count("no_dialog_key")
+            KSR.sl.sl_send_reply(503, "Service Unavailable")
+            return STOP
+        avps.set_sealed()
+        KSR.tm.t_on_branch(self.routes.branch)
+        return TRUE
+
+    @hook("branch")
+    def on_branch(self) -> int:
+        """tm branch route of each branch of a dialog-forming request (armed when
+        ``routes.branch`` names one): records the route, sealed with THIS branch's proxy
+        (failover sends another branch elsewhere), which ``in_dialog`` requires."""
+        key = dialog_keys.signing()
+        proxy = dialog_seal.proxy_hop(read.text("$du") or "")
+        caller = dialog_seal.caller_hop(read.text("$pr") or "", *_source())
+        call_id, from_tag = read.text("$ci"), read.text("$ft")
+        if key is None or proxy is None or caller is None or not call_id or not from_tag:
+            EDGE.count("unsealed")  # its in-dialog requests will be refused
+            KSR.rr.record_route()
+            return 1
+        seal = dialog_seal.Seal(call_id, from_tag, proxy, caller)
+        KSR.rr.record_route_params(dialog_seal.record_route_params(*key, seal))
+        return 1
+
     def _pick(self) -> str | None:
         """A proxy by weight, from the table the request route refreshed on entry."""
         return self.view.picker.pick(self.rng.random, shared.inflight)
-
-    def _next_hop(self) -> edge.Address | None:
-        """Where the request goes after ``loose_route``: ``$du`` if set, else the R-URI."""
-        host, port = read.text("$nh(d)"), read.value("$nh(p)")
-        return edge.hop(host, port if isinstance(port, int | str) else None) if host else None
 
     def _arm(self, uri: str, tried: list[str]) -> bool:
         """Make ``uri`` the request's next attempt: ``$du``, its timers, the routes, its
@@ -264,6 +322,8 @@ class Balancer:
         KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply(self.routes.reply)
         KSR.tm.t_on_failure(self.routes.failure)
+        if avps.sealed():  # each branch records the route sealed with its own proxy
+            KSR.tm.t_on_branch(self.routes.branch)
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
         return True
@@ -485,10 +545,13 @@ class Balancer:
             if self.location is not None and self.settings.location.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
+            self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
         guard.isolated("sync tick", sync.tick)
+        if self.dialog_keys is not None:
+            guard.isolated("dialog keys", self.dialog_keys.load)
         if writes is not None:
             guard.isolated("dialog flush", writes.flush)
         guard.isolated(
@@ -547,6 +610,10 @@ def _sent(attempt: avps.Attempt) -> int:
     """The attempt's relay stamp, which names the epoch of its counts (now if it has none)."""
     sent = attempt.sent_stamp
     return attempts.stamp(clock.monotonic_ms()) if sent is None else sent
+
+
+def _forms_dialog() -> bool:
+    return KSR.is_method_in("IS") > 0 or KSR.is_REFER() > 0  # INVITE, SUBSCRIBE, REFER
 
 
 def _source() -> edge.Address:
@@ -612,8 +679,8 @@ class KemiApp:
             return 1
         if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
             KSR.textops.remove_hf("Route")
-        if KSR.is_method_in("IS") or KSR.is_REFER():  # INVITE, SUBSCRIBE, REFER
-            KSR.rr.record_route()
+        if _forms_dialog() and balancer.seal() == STOP:
+            return 1
         selected = balancer.select(started_ns)
         if selected == FALSE:
             KSR.sl.sl_send_reply(503, "No Proxy Available")
@@ -639,6 +706,9 @@ class KemiApp:
         return True
 
     # --- the Balancer's routes ------------------------------------------------------------
+
+    def ksr_route_branch(self, msg: object) -> int:
+        return self.balancer.on_branch()
 
     def ksr_route_release(self, msg: object, evname: str = "") -> int:
         self.balancer.release_route()

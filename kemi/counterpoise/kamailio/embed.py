@@ -16,9 +16,9 @@ from counterpoise.core.settings import Settings, load_settings
 from counterpoise.kamailio.app import FALSE, TRUE, Balancer, RouteNames
 from counterpoise.kamailio.guard import hook
 
-NATIVE_ROUTES = RouteNames(reply="CP_REPLY", failure="CP_FAILURE", release="CP_RELEASE")
+NATIVE_ROUTES = RouteNames("CP_REPLY", "CP_FAILURE", "CP_RELEASE", "CP_BRANCH")
 """The route blocks of ``embed/counterpoise.cfg``."""
-KEMI_ROUTES = RouteNames(reply="cp_on_reply", failure="cp_failure", release="cp_release_route")
+KEMI_ROUTES = RouteNames("cp_on_reply", "cp_failure", "cp_release_route", "cp_on_branch")
 """``Embedded``'s own methods, in a KEMI config whose class inherits it."""
 
 
@@ -46,6 +46,9 @@ class Embedded:
     def cp_relay_failed(self, msg: object) -> int:
         return self.counterpoise.relay_failed()
 
+    def cp_seal(self, msg: object) -> int:
+        return self.counterpoise.seal()
+
     def cp_in_dialog(self, msg: object) -> int:
         return self.counterpoise.in_dialog()
 
@@ -56,6 +59,9 @@ class Embedded:
 
     def cp_on_reply(self, msg: object) -> int:
         return self.counterpoise.on_reply()
+
+    def cp_on_branch(self, msg: object) -> int:
+        return self.counterpoise.on_branch()
 
     def cp_failure(self, msg: object) -> int:
         """The failure route: the next proxy within the retry budget, relayed; else tm

@@ -302,6 +302,22 @@ EDGE_COUNTERS = Htable(
 )
 """What the edge refused or could not read; the sync loop publishes the sums to Redis."""
 
+DIALOG_SIGNING_KEY = "signing"
+DIALOG_KEYS = Htable(
+    name="cpkey",
+    size=2,
+    key=f"a key id of the ring; ``{DIALOG_SIGNING_KEY}``",
+    value=(
+        "``<active from, epoch ms> <secret hex>`` (``core.dialog_seal.DialogKey``); the id "
+        "of the key new Record-Routes are sealed with"
+    ),
+    writers=("kamailio.dialog_keys.publish",),
+    readers=("kamailio.dialog_keys.publish", "kamailio.dialog_keys.secret"),
+    operators="``htable.dump cpkey`` shows the secrets: the control socket is the admin's",
+)
+"""The Redis key ring (``store.dialog_keys``), copied by the timer process each second, so a
+SIP worker seals and checks a Record-Route with no Redis round trip."""
+
 # --- the node's metrics and view -------------------------------------------------------------
 
 NODE_COUNTERS = Htable(
@@ -358,6 +374,7 @@ ALL = (
     RATES,
     BANS,
     EDGE_COUNTERS,
+    DIALOG_KEYS,
     NODE_COUNTERS,
     ROUTE_TIMES,
     PROXY_VIEW,

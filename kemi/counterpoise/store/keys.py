@@ -13,6 +13,11 @@ docs/redis.md documents the same schema:
 ``cp:loc:<kind>:<name>``   STRING JSON ``core.location.Record``; kinds in ``LOCATION_KINDS``.
 ``cp:loc:src:<source>``    ZSET  Call-ID -> expiry (epoch ms) of the dialog records that
                                  caller address holds (``dialog_records_per_source``).
+``secret:cp:dialog-keys``  HASH  key id -> ``<active from, epoch ms> <secret hex>``: the keys
+                                 that seal the balancer's Record-Routes
+                                 (``core.dialog_seal``); no expiry. Outside the prefix on
+                                 purpose: the operator's and viewer's ``cp:*`` rights do not
+                                 reach it, only the balancer's and the administrator's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 AOR, PIN, DOMAIN, DIALOG = "aor", "pin", "domain", "dlg"
 """Kinds of location record: a registration, an AOR pin, a domain pin, a dialog."""
 LOCATION_KINDS = (PIN, AOR, DOMAIN, DIALOG)
+DIALOG_KEYS_NAMESPACE = "secret:"
 
 
 class Keys:
@@ -33,6 +39,7 @@ class Keys:
         self._rejects = f"{prefix}rejects:"
         self._report = f"{prefix}report:"
         self._location = f"{prefix}loc:"
+        self.dialog_keys = f"{DIALOG_KEYS_NAMESPACE}{prefix}dialog-keys"
 
     def weights(self, node: str) -> str:
         return self._weights + node

@@ -1,0 +1,286 @@
+"""Which in-dialog requests belong to a dialog the balancer made, told from the request alone.
+
+When the balancer relays a dialog-forming request to a proxy, its Record-Route carries a seal:
+the proxy that branch went to, the address the caller sent from, and a keyed signature
+(HMAC-SHA256, cut to ``MAC_BYTES``) over them, the Call-ID and the caller's From tag (rr's
+``ftag``). Every node holds the same keys (Redis, ``store.dialog_keys``), so any node, also
+after a restart, can check that a Route entry was put there by this pool for this dialog,
+and send the request on to where the seal says, never to where the rest of the route set
+points:
+
+- from the caller's side (its From tag is the sealed one): to the sealed proxy, on its
+  transport and scheme; never from a pool proxy's address (the caller side is outside the
+  pool), unless from the caller's own;
+- from the callee's side (its To tag is the sealed one): only from the sealed proxy's
+  address, to the address the caller sent its dialog-forming request from.
+
+Pure: hmac and hashlib only; the edge reads the Route, tags and source and asks ``admit``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping
+
+from counterpoise.core import edge
+from counterpoise.core.untrusted import BadRecord, untrusted
+
+SEAL_PARAM = "cpd"
+"""``<key id>.<signature>``."""
+PROXY_PARAM = "cpp"
+"""The sealed proxy: ``<scheme>:<transport>:<host>:<port>``."""
+CALLER_PARAM = "cpc"
+"""The caller's source: ``<transport>:<host>:<port>``."""
+FROM_TAG_PARAM = "ftag"
+"""rr's own parameter (``append_fromtag``): the From tag of the dialog-forming request."""
+MAC_BYTES = 16
+"""128 bits of HMAC-SHA256: beyond guessing for the lifetime of any key."""
+SECRET_BYTES = 32
+"""A key is 256 random bits, SHA-256's block of security."""
+KEPT_KEYS = 3
+"""A rotation keeps the two keys before the new one valid: a dialog outlives two rotations."""
+ACTIVATION_DELAY_MS = 10_000
+"""A rotated key seals nothing before this: ten reloads of the ring on every node (each
+second), and room for the nodes' clocks to differ by a few seconds."""
+TRANSPORTS = frozenset({"udp", "tcp", "tls", "sctp", "ws", "wss"})
+_MAX_PARAM_CHARS = 300
+_HOP = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
+_KEY_ID = re.compile(r"^[0-9]{1,9}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hop:
+    """Where a request goes or came from: scheme, transport, host (IPv6 unbracketed), port."""
+
+    scheme: str
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> edge.Address:
+        return self.host, self.port
+
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def sealed(self) -> str:
+        """The form in the seal (a URI parameter value: no ``;``, ``=`` or ``,``)."""
+        return f"{self.scheme}:{self.transport}:{self.hostport()}"
+
+    def uri(self) -> str:
+        """A destination URI (``$du``) that sends on exactly this transport and scheme."""
+        return f"{self.scheme}:{self.hostport()};transport={self.transport}"
+
+
+def hop(scheme: str, transport: str, host: str, port: int | str | None) -> Hop | None:
+    """A normalised ``Hop``, or None for an unknown scheme or transport or a bad port."""
+    scheme, transport = scheme.lower(), transport.lower()
+    if scheme not in edge.DEFAULT_PORTS or transport not in TRANSPORTS:
+        return None
+    host_text, number = edge.hop(host, port, scheme)
+    if not host_text or not 0 < number < 65536:
+        return None
+    return Hop(scheme, transport, host_text, number)
+
+
+def proxy_hop(uri: str) -> Hop | None:
+    """Where a proxy URI of the pool sends: its transport parameter, else UDP for ``sip``
+    and TLS for ``sips`` (RFC 3263's defaults without NAPTR)."""
+    named = edge.uri_hop(uri)
+    if named is None:
+        return None
+    scheme = uri.strip().split(":", 1)[0].lower()
+    transport = _uri_params(uri).get("transport", "tls" if scheme == "sips" else "udp")
+    return hop(scheme, transport, *named)
+
+
+def caller_hop(transport: str, host: str, port: int | None) -> Hop | None:
+    """The caller's source as the balancer saw it (``$pr``, ``$si``, ``$sp``)."""
+    return hop("sip", transport, host, port)
+
+
+def _parse_hop(text: str, with_scheme: bool) -> Hop | None:
+    parts = text.split(":", 2 if with_scheme else 1)
+    if len(parts) != (3 if with_scheme else 2):
+        return None
+    scheme = parts[0] if with_scheme else "sip"
+    match = _HOP.match(parts[-1])
+    if match is None:
+        return None
+    return hop(scheme, parts[-2], match.group("host"), match.group("port"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Seal:
+    """What a signature binds: one dialog, the proxy its branch went to, and its caller."""
+
+    call_id: str
+    from_tag: str
+    proxy: Hop
+    caller: Hop
+
+    def message(self) -> bytes:
+        """Length-prefixed fields: no two different seals sign the same bytes."""
+        fields = (self.call_id, self.from_tag, self.proxy.sealed(), self.caller.sealed())
+        return b"cpd1" + b"".join(
+            len(data).to_bytes(4, "big") + data for data in (f.encode() for f in fields)
+        )
+
+
+def signature(secret: bytes, seal: Seal) -> str:
+    mac = hmac.new(secret, seal.message(), hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def record_route_params(key_id: str, secret: bytes, seal: Seal) -> str:
+    """The parameters the balancer adds to its Record-Route (rr adds ``ftag`` itself)."""
+    return (
+        f";{PROXY_PARAM}={seal.proxy.sealed()};{CALLER_PARAM}={seal.caller.transport}:"
+        f"{seal.caller.hostport()};{SEAL_PARAM}={key_id}.{signature(secret, seal)}"
+    )
+
+
+def _uri_params(uri: str) -> dict[str, str]:
+    """A SIP URI's parameters (before any ``?`` headers or ``>``), names lower-cased; the
+    first of a repeated name counts."""
+    body = uri.strip().strip("<>").split("?", 1)[0].split(">", 1)[0]
+    params: dict[str, str] = {}
+    for item in body.split(";")[1:]:
+        name, _, value = item.partition("=")
+        params.setdefault(name.strip().lower(), value.strip())
+    return params
+
+
+SecretOf = Callable[[str], bytes | None]
+"""A key id's secret, None when the ring has no such key."""
+
+
+def read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
+    """The seal of a Route URI when its signature is valid under the key it names, else
+    None. Whatever a hostile Route holds, the answer is a Seal or None."""
+    try:
+        return untrusted(lambda: _read_seal(route_uri, call_id, secret_of))
+    except BadRecord:
+        return None
+
+
+def _read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
+    params = _uri_params(route_uri)
+    values = [params.get(name, "") for name in (SEAL_PARAM, PROXY_PARAM, CALLER_PARAM)]
+    from_tag = params.get(FROM_TAG_PARAM, "")
+    if not all(values) or not from_tag or any(len(v) > _MAX_PARAM_CHARS for v in values):
+        return None
+    key_id, _, mac = values[0].partition(".")
+    secret = secret_of(key_id) if _KEY_ID.match(key_id) else None
+    proxy, caller = _parse_hop(values[1], True), _parse_hop(values[2], False)
+    if secret is None or proxy is None or caller is None:
+        return None
+    seal = Seal(call_id, from_tag, proxy, caller)
+    return seal if hmac.compare_digest(mac, signature(secret, seal)) else None
+
+
+class Direction(enum.Enum):
+    TO_CALLEE = "to_callee"
+    TO_CALLER = "to_caller"
+
+
+def direction(seal: Seal, from_tag: str | None, to_tag: str | None) -> Direction | None:
+    """Which way a request of the sealed dialog goes, by whose tag is the sealed one."""
+    if from_tag == seal.from_tag:
+        return Direction.TO_CALLEE
+    if to_tag == seal.from_tag:
+        return Direction.TO_CALLER
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What the edge reads of an in-dialog request to judge it."""
+
+    route_uri: str
+    call_id: str
+    from_tag: str | None
+    to_tag: str | None
+    source: edge.Address
+    stream: bool
+
+
+def admit(
+    request: Request,
+    secret_of: SecretOf,
+    pool: frozenset[edge.Address],
+    addresses_of: Callable[[Hop], frozenset[edge.Address]],
+) -> Hop | None:
+    """Where an in-dialog request whose top Route is ``route_uri`` goes, or None: refused.
+
+    ``pool``: every pool proxy's address; ``addresses_of``: where the sealed proxy may be
+    seen (its URI's address and those its name resolves to)."""
+    seal = read_seal(request.route_uri, request.call_id, secret_of)
+    if seal is None:
+        return None
+    way = direction(seal, request.from_tag, request.to_tag)
+    if way == Direction.TO_CALLEE:
+        # From the pool it is a route set bounced through a proxy's loose_route, unless it
+        # comes from the very address the caller called from (a caller on a proxy's host,
+        # over TCP, where a proxy is known by its host alone).
+        caller = request.source == seal.caller.address
+        from_pool = edge.from_pool(request.source, request.stream, pool)
+        return seal.proxy if caller or not from_pool else None
+    if way == Direction.TO_CALLER:
+        proxy = addresses_of(seal.proxy) | {seal.proxy.address}
+        return seal.caller if edge.from_pool(request.source, request.stream, proxy) else None
+    return None
+
+
+# --- the key ring -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogKey:
+    key_id: str
+    active_from_ms: int
+    """Wall-clock ms from which nodes sign with it: every node has loaded it by then."""
+    secret: bytes
+
+    def encode(self) -> str:
+        return f"{self.active_from_ms} {self.secret.hex()}"
+
+
+def parse_key(key_id: str, value: str) -> DialogKey:
+    """One field of the key ring's hash; raises ``BadRecord``."""
+
+    def parse() -> DialogKey:
+        if not _KEY_ID.match(key_id):
+            raise BadRecord(f"key id {key_id!r} is not a number")
+        active, _, secret = value.partition(" ")
+        key = DialogKey(key_id, int(active), bytes.fromhex(secret))
+        if len(key.secret) < SECRET_BYTES:
+            raise BadRecord(f"key {key_id} is shorter than {SECRET_BYTES} bytes")
+        return key
+
+    return untrusted(parse)
+
+
+def signing_key(ring: Mapping[str, DialogKey], now_wall_ms: int) -> DialogKey | None:
+    """The newest key already active (the first key is active at once); when none is yet
+    (rotations faster than the activation delay dropped the active one), the oldest."""
+    active = [key for key in ring.values() if key.active_from_ms <= now_wall_ms]
+    if active:
+        return max(active, key=lambda key: int(key.key_id))
+    return min(ring.values(), key=lambda key: int(key.key_id), default=None)
+
+
+def rotated(
+    ring: Mapping[str, DialogKey], secret: bytes, active_from_ms: int
+) -> tuple[DialogKey, list[str]]:
+    """The next key, and the ids a rotation drops (all but the ``KEPT_KEYS - 1`` newest)."""
+    ids = sorted((int(key_id) for key_id in ring), reverse=True)
+    new = DialogKey(str((ids[0] if ids else 0) + 1), active_from_ms, secret)
+    return new, [str(key_id) for key_id in ids[KEPT_KEYS - 1 :]]

@@ -1,0 +1,416 @@
+"""Only the balancer's own dialogs pass: in-dialog requests against a real balancer, real or
+scripted pool proxies and raw sockets. The attacks (a route set bounced through a pool
+proxy, a fake dialog aimed at a drained proxy, a transport swapped in the Route) relay
+nothing; real calls end in both directions, across failover, a node's restart and a key
+rotation."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from counterpoise import processes
+from counterpoise.core import dialog_seal
+from tests.e2e import sipwire
+from tests.e2e.conftest import Bed
+
+pytestmark = pytest.mark.e2e
+
+QUIET_S = 1.0
+"""How long a listener that must receive nothing is watched after the balancer answered."""
+CALLEE_TAG = "callee"
+
+
+def balancer(bed: Bed) -> sipwire.Address:
+    return ("127.0.0.1", bed.balancer_port)
+
+
+def answer_as_callee(request: bytes) -> list[bytes | float]:
+    """A scripted pool proxy with its callee: 200 to probes, INVITEs and in-dialog requests."""
+    method = sipwire.method_of(request)
+    if method == "ACK":
+        return []
+    return [sipwire.reply(request, 200, "OK", tag=CALLEE_TAG if method == "INVITE" else "")]
+
+
+def answer_503(request: bytes) -> list[bytes | float]:
+    """A scripted pool proxy that cannot take calls (probes still answered)."""
+    if sipwire.method_of(request) == "INVITE":
+        return [sipwire.reply(request, 503, "Service Unavailable", tag="p")]
+    return answer_as_callee(request)
+
+
+def scripted_proxy(bed: Bed, answer=answer_as_callee, weight: float = 1.0) -> sipwire.Responder:
+    proxy = sipwire.Responder(answer)
+    bed.store.add(proxy.uri, weight)
+    bed.wait_state(proxy.uri, ("up", "slowstart"))
+    return proxy
+
+
+@dataclasses.dataclass
+class Dialog:
+    caller: sipwire.Peer
+    call_id: str
+    from_tag: str
+    routes: list[str]
+    """The route set the caller uses: the 200's Record-Route entries, last first."""
+    cseq: int = 1
+
+    def request(self, method: str) -> bytes:
+        """The next request of the caller (an ACK has the INVITE's CSeq)."""
+        if method != "ACK":
+            self.cseq += 1
+        return sipwire.request(
+            method,
+            "sip:bob@127.0.0.1:9",
+            self.caller.address,
+            to_tag=CALLEE_TAG,
+            from_tag=self.from_tag,
+            call_id=self.call_id,
+            cseq=1 if method == "ACK" else self.cseq,
+            extra=[f"Route: {route}" for route in self.routes],
+        )
+
+
+def record_routes(reply: bytes) -> list[str]:
+    return [
+        part.strip()
+        for line in sipwire.header(reply, "Record-Route")
+        for part in line.decode().split(",")
+    ]
+
+
+def call(bed: Bed, caller: sipwire.Peer | None = None) -> Dialog:
+    """A call through the balancer from a raw caller, answered and ACKed."""
+    caller = caller or sipwire.Peer()
+    dialog = Dialog(caller, uuid.uuid4().hex, uuid.uuid4().hex[:10], [])
+    invite = sipwire.request(
+        "INVITE",
+        "sip:bob@example.com",
+        caller.address,
+        from_tag=dialog.from_tag,
+        call_id=dialog.call_id,
+    )
+    caller.send(invite, balancer(bed))
+    answer = caller.final_reply()
+    assert answer is not None and sipwire.status_of(answer) == 200, answer
+    dialog.routes = record_routes(answer)[::-1]  # a caller's route set: the 200's, reversed
+    caller.send(dialog.request("ACK"), balancer(bed))
+    return dialog
+
+
+def callee_bye(dialog: Dialog, sender: sipwire.Peer, routes: list[str]) -> bytes:
+    """The callee's BYE, from ``sender``, to the caller's Contact, by ``routes``."""
+    return sipwire.request(
+        "BYE",
+        f"sip:alice@{dialog.caller.address[0]}:{dialog.caller.address[1]}",
+        sender.address,
+        to_tag=dialog.from_tag,
+        from_tag=CALLEE_TAG,
+        call_id=dialog.call_id,
+        extra=[f"Route: {route}" for route in routes],
+    )
+
+
+def status_of_request(dialog: Dialog, bed: Bed, method: str = "BYE") -> int | None:
+    dialog.caller.send(dialog.request(method), balancer(bed))
+    return sipwire.status_of(dialog.caller.final_reply() or b"")
+
+
+def seal_of(route: str) -> dict[str, str]:
+    return dict(re.findall(r";(cp[dpc])=([^;>]+)", route))
+
+
+@contextlib.contextmanager
+def tcp_listener(port: int) -> Iterator[socket.socket]:
+    """A TCP socket listening on 127.0.0.1:``port`` (beside a UDP proxy on the same port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(8)
+    sock.settimeout(QUIET_S)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def accepts(listener: socket.socket) -> bool:
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:
+        return False
+    conn.close()
+    return True
+
+
+# --- real calls --------------------------------------------------------------------------------
+
+
+def test_a_call_ends_from_either_side_and_its_record_route_is_sealed(bed: Bed) -> None:
+    bed.start_balancer()
+    proxy = scripted_proxy(bed)
+    dialog = call(bed)
+    (route,) = dialog.routes
+    sealed = seal_of(route)
+    assert sealed["cpp"] == f"sip:udp:{proxy.peer.address[0]}:{proxy.peer.address[1]}"
+    assert sealed["cpc"] == f"udp:{dialog.caller.address[0]}:{dialog.caller.address[1]}"
+    assert re.fullmatch(r"1\.[A-Za-z0-9_-]{22}", sealed["cpd"])
+    assert status_of_request(dialog, bed, "INFO") == 200
+    # The callee hangs up: its proxy sends the BYE to the balancer, which sends it to the
+    # address the caller called from.
+    proxy.peer.send(callee_bye(dialog, proxy.peer, [route]), balancer(bed))
+    received = dialog.caller.recv(5.0)
+    assert received is not None and sipwire.method_of(received) == "BYE"
+    processes.wait_for(lambda: proxy.of_method("ACK"), 5, "the ACK at the proxy")
+    methods = sorted(sipwire.method_of(r) for r in proxy.requests)
+    assert [m for m in methods if m != "OPTIONS"] == ["ACK", "INFO", "INVITE"]
+    proxy.close()
+
+
+def test_sipp_calls_through_a_real_proxy_complete_with_ack_and_bye(bed: Bed) -> None:
+    ds = bed.start_downstream("ds1")
+    bed.start_balancer()
+    bed.add_pool((ds, 1.0))
+    result = bed.caller(calls=10, rate=10).wait(30)
+    assert (result.successful, result.failed) == (10, 0), result.output[-2000:]
+    counts = ds.counts()
+    assert counts["ack"] == counts["bye"] == counts["invite"] == 10, counts
+
+
+def test_the_callee_behind_a_real_proxy_hangs_up_through_the_balancer(bed: Bed) -> None:
+    """The callee's BYE follows the route set a real proxy (``downstream/proxy.cfg``) and the
+    balancer recorded: the proxy's loose_route hands it to the balancer, which sends it to
+    the caller."""
+    callee = sipwire.Responder(answer_as_callee)
+    bed.uas_uri = callee.uri
+    ds = bed.start_downstream("ds1")
+    bed.start_balancer()
+    bed.add_pool((ds, 1.0))
+    dialog = call(bed)
+    (invite,) = callee.of_method("INVITE")
+    routes = record_routes(invite)  # the proxy's, then the balancer's
+    assert len(routes) == 2 and "cpd=" in routes[1]
+    callee.peer.send(callee_bye(dialog, callee.peer, routes), ("127.0.0.1", ds.port))
+    received = dialog.caller.recv(5.0)
+    assert received is not None and sipwire.method_of(received) == "BYE"
+    callee.close()
+
+
+def test_both_record_routes_of_a_transport_change_carry_the_seal(bed: Bed) -> None:
+    """UDP caller, TCP proxy: the balancer records itself twice (``enable_double_rr``), each
+    entry sealed alike with the proxy's transport; the caller's BYE passes by either."""
+    bed.start_balancer(listen="udp:127.0.0.1:{port},tcp:127.0.0.1:{port}")
+    ds = bed.start_downstream("tcp", transport="tcp")
+    bed.add_pool((ds, 1.0))
+    dialog = call(bed)
+    ours = [route for route in dialog.routes if "cpd=" in route]
+    assert len(ours) == 2 and "transport=tcp" in ours[1] and "transport=tcp" not in ours[0]
+    assert seal_of(ours[0]) == seal_of(ours[1])
+    assert seal_of(ours[0])["cpp"] == f"sip:tcp:127.0.0.1:{ds.port}"
+    assert status_of_request(dialog, bed) == 200
+    assert ds.counts()["bye"] == 1
+
+
+def test_failover_seals_the_proxy_that_took_the_call(bed: Bed) -> None:
+    bed.start_balancer()
+    failing = scripted_proxy(bed, answer_503, weight=1000.0)
+    taking = scripted_proxy(bed, weight=0.001)
+    dialog = call(bed)
+    first, second = failing.of_method("INVITE"), taking.of_method("INVITE")
+    assert len(first) == 1 and len(second) == 1
+    (first_route,) = record_routes(first[0])
+    (second_route,) = record_routes(second[0])  # one Record-Route of the balancer's, not two
+    assert seal_of(first_route)["cpp"].endswith(f":{failing.peer.address[1]}")
+    assert seal_of(second_route)["cpp"].endswith(f":{taking.peer.address[1]}")
+    assert dialog.routes == [second_route]
+    assert status_of_request(dialog, bed) == 200
+    assert len(taking.of_method("BYE")) == 1 and failing.of_method("BYE") == []
+    failing.close()
+    taking.close()
+
+
+def test_a_call_ends_after_its_node_restarted(bed: Bed) -> None:
+    bed.start_balancer()
+    node = bed._procs[-1]
+    proxy = scripted_proxy(bed)
+    dialog = call(bed)
+    port = bed.balancer_port
+    node.stop()
+    bed.start_balancer(listen=f"udp:127.0.0.1:{port}")
+    bed.balancer_port = port
+    processes.wait_for(lambda: proxy.uri in bed.rows_published(), 15, "the restarted node")
+    assert status_of_request(dialog, bed) == 200
+    assert len(proxy.of_method("BYE")) == 1
+    proxy.close()
+
+
+def test_a_second_node_checks_the_first_nodes_dialogs(bed: Bed) -> None:
+    """The seal binds the dialog, not the node: behind an address both nodes advertise, the
+    other node takes the dialog (here its own address is put in the Route, as that would)."""
+    first = bed.start_balancer(name="lb1")
+    proxy = scripted_proxy(bed)
+    dialog = call(bed)
+    second = bed.start_balancer(name="lb2")
+    processes.wait_for(lambda: proxy.uri in bed.rows_published(), 15, "the second node")
+    dialog.routes = [r.replace(f":{first};", f":{second};") for r in dialog.routes]
+    assert status_of_request(dialog, bed) == 200
+    assert len(proxy.of_method("BYE")) == 1
+    assert sorted(bed.counters("cpedge", "lb1")) == sorted(bed.counters("cpedge", "lb2")) == []
+    proxy.close()
+
+
+def test_calls_survive_a_key_rotation_and_the_oldest_key_expires(bed: Bed) -> None:
+    bed.start_balancer()
+    proxy = scripted_proxy(bed)
+    before = call(bed)
+    rotated = bed.cli("dialog-key", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    time.sleep(dialog_seal.ACTIVATION_DELAY_MS / 1000 + 1.5)
+    after = call(bed)
+    assert seal_of(before.routes[0])["cpd"].startswith("1.")
+    assert seal_of(after.routes[0])["cpd"].startswith("2.")
+    assert status_of_request(before, bed) == 200
+    assert status_of_request(after, bed) == 200
+    for _ in range(2):  # the third rotation drops key 1
+        assert bed.cli("dialog-key", "rotate").returncode == 0
+    time.sleep(1.5)  # every node reloads the ring each second
+    assert status_of_request(before, bed, "INFO") == 403
+    assert status_of_request(after, bed, "INFO") == 200
+    proxy.close()
+
+
+# --- attacks -----------------------------------------------------------------------------------
+
+
+def test_route_set_bounced_through_a_pool_proxy_reaches_nothing(bed: Bed) -> None:
+    ds = bed.start_downstream("ds1")
+    bed.start_balancer()
+    bed.add_pool((ds, 1.0))
+    sink, attacker = sipwire.Peer(), sipwire.Peer()
+    lb = f"<sip:127.0.0.1:{bed.balancer_port};lr>"
+    bounce = [lb, f"<{ds.uri};lr>", lb, f"<{sink.uri};lr>"]
+    forged = sipwire.request(
+        "INVITE", sink.uri, attacker.address, to_tag="x", extra=[f"Route: {r}" for r in bounce]
+    )
+    attacker.send(forged, balancer(bed))
+    assert sipwire.status_of(attacker.final_reply() or b"") == 403
+    # With the seal of the attacker's own call: the balancer sends it to that call's proxy,
+    # whose loose_route hands it back; from the pool, a caller's request goes nowhere.
+    dialog = call(bed, attacker)
+    ours = next(route for route in dialog.routes if "cpd=" in route)
+    dialog.routes = [ours, f"<{ds.uri};lr>", ours, f"<{sink.uri};lr>"]
+    assert status_of_request(dialog, bed, "INVITE") == 403
+    assert sink.recv(QUIET_S) is None
+    assert bed.counters("cpedge").get("relay_denied", 0) >= 2
+
+
+def test_fake_dialog_aimed_at_a_drained_proxy_reaches_nothing(bed: Bed) -> None:
+    bed.start_balancer()
+    drained = scripted_proxy(bed)
+    assert bed.cli("proxy", "drain", drained.uri).returncode == 0
+    attacker = sipwire.Peer()
+    lb = f"sip:127.0.0.1:{bed.balancer_port}"
+    for routes in ([drained.uri], [lb, drained.uri], [drained.uri]):
+        fake = sipwire.request("INVITE", drained.uri, attacker.address, to_tag="made-up",
+                               routes=routes)  # fmt: skip
+        attacker.send(fake, balancer(bed))
+        assert sipwire.status_of(attacker.final_reply() or b"") == 403
+    time.sleep(QUIET_S)
+    assert drained.of_method("INVITE") == []
+    drained.close()
+
+
+def test_transport_swapped_in_the_route_opens_no_connection(bed: Bed) -> None:
+    bed.start_balancer()
+    proxy = scripted_proxy(bed)
+    host, port = proxy.peer.address
+    swapped = f"<sip:{host}:{port};transport=tcp;lr>"
+    with tcp_listener(port) as listener:
+        attacker = sipwire.Peer()
+        forged = sipwire.request(
+            "INVITE", f"sip:x@{host}:{port}", attacker.address, to_tag="x",
+            extra=[f"Route: <sip:127.0.0.1:{bed.balancer_port};lr>", f"Route: {swapped}"],
+        )  # fmt: skip
+        attacker.send(forged, balancer(bed))
+        assert sipwire.status_of(attacker.final_reply() or b"") == 403
+        # A sealed Route sends on the proxy's own transport, whatever follows it.
+        dialog = call(bed, attacker)
+        dialog.routes = [*dialog.routes, swapped]
+        assert status_of_request(dialog, bed) == 200
+        assert not accepts(listener)
+    assert len(proxy.of_method("BYE")) == 1
+    proxy.close()
+
+
+FUZZ_REQUESTS = 400
+SEED = 20261206
+
+
+def test_fuzzed_in_dialog_requests_reach_no_host_outside_the_pool(bed: Bed) -> None:
+    """Random route sets, tags, transports, schemes and Call-IDs, some carrying a real call's
+    seal cut, spliced or replayed: nothing reaches the sink (UDP or TCP), and the proxy gets
+    only requests of the real dialog."""
+    bed.start_balancer(flood_requests_per_s=0)
+    proxy = scripted_proxy(bed)
+    sink = sipwire.Peer()
+    attacker = sipwire.Peer("127.0.0.5")
+    dialog = call(bed, attacker)
+    real = dialog.routes[0]
+    lb = f"127.0.0.1:{bed.balancer_port}"
+    rng = random.Random(SEED)
+    with tcp_listener(sink.address[1]) as listener:
+        for number in range(FUZZ_REQUESTS):
+            route = _fuzzed_route(rng, real, lb, sink.uri, proxy.uri)
+            call_id = rng.choice([dialog.call_id, uuid.uuid4().hex, dialog.call_id + "x"])
+            tags = [dialog.from_tag, CALLEE_TAG, "t" + str(rng.randrange(99))]
+            method = rng.choice(["INVITE", "BYE", "ACK", "INFO", "UPDATE", "NOTIFY", "REFER"])
+            forged = sipwire.request(
+                method, rng.choice([sink.uri, proxy.uri, f"sip:{lb}"]), attacker.address,
+                to_tag=rng.choice(tags), from_tag=rng.choice(tags), call_id=call_id,
+                extra=[f"Route: {part}" for part in route], cseq=number + 10,
+            )  # fmt: skip
+            attacker.send(forged, balancer(bed))
+            if number % 20 == 19:
+                time.sleep(0.05)
+        time.sleep(QUIET_S)
+        assert sink.recv(QUIET_S) is None
+        assert not accepts(listener)
+    for request in proxy.requests:
+        if sipwire.method_of(request) != "OPTIONS":
+            assert dialog.call_id.encode() in request and dialog.from_tag.encode() in request
+    proxy.close()
+
+
+def _fuzzed_route(rng: random.Random, real: str, lb: str, sink: str, proxy: str) -> list[str]:
+    sealed = real.strip("<>")
+    mutations = [
+        lambda: sealed,
+        lambda: sealed.replace("cpp=sip:udp", "cpp=sip:tcp"),
+        lambda: sealed.replace("cpp=sip:", "cpp=sips:"),
+        lambda: re.sub(r"cpp=[^;>]+", f"cpp=sip:udp:{sink.split(':', 1)[1]}", sealed),
+        lambda: re.sub(r"cpc=[^;>]+", f"cpc=udp:{sink.split(':', 1)[1]}", sealed),
+        lambda: re.sub(r"cpd=1\.[^;>]", "cpd=1.A", sealed),
+        lambda: re.sub(r"ftag=[^;>]+", "ftag=t1", sealed),
+        lambda: f"sip:{lb};lr",
+        lambda: f"sips:{lb};lr",
+    ]
+    hops = [
+        lambda: f"{sink};lr",
+        lambda: f"{sink};transport={rng.choice(['tcp', 'tls', 'udp', 'sctp'])};lr",
+        lambda: f"{proxy};transport=tcp;lr",
+        lambda: f"{proxy};lr",
+        lambda: sink.replace("sip:", "sips:") + ";lr",
+    ]
+    route = [rng.choice(mutations)()]
+    for _ in range(rng.randrange(4)):
+        route.append(rng.choice(mutations + hops)())
+    return [f"<{part}>" for part in route]

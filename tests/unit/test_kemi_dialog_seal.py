@@ -1,0 +1,86 @@
+"""The edge's side of the seal: each branch of a dialog-forming request records the route
+sealed with that branch's proxy; the key ring reaches the workers through shared memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from counterpoise.core import dialog_seal
+from counterpoise.core.dialog_seal import DialogKey
+from counterpoise.core.settings import Settings
+from counterpoise.kamailio import htables
+
+from ..fakes.edge import Node
+from ..fakes.ksr import FakeKsr
+from .test_kemi_edge import edge_counters
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060;transport=tcp"
+RELOAD_MS = 1000
+"""``kamailio.dialog_keys.RELOAD_MS`` (imported only once the fake KSR is installed)."""
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, Settings.of(location_server=False))
+
+
+def seal_of(node: Node, params: str | None) -> dialog_seal.Seal | None:
+    assert params is not None
+    secrets = {key_id: key.secret for key_id, key in node.dialog_keys.ring()[0].items()}
+    return dialog_seal.read_seal(f"sip:lb;lr;ftag=from-tag-1{params}", "call-1@x", secrets.get)
+
+
+def test_each_branch_is_sealed_with_its_own_proxy(node: Node, ksr: FakeKsr):
+    node.pool(A, B, **{A: 1000.0, B: 0.001})
+    node.route("INVITE", call_id="call-1@x", source="198.51.100.7", source_port=5062)
+    node.reply(503, after_ms=10)
+    node.fail(503)
+    first, second = (seal_of(node, relay["record_route_params"]) for relay in ksr.relays)
+    caller = dialog_seal.caller_hop("udp", "198.51.100.7", 5062)
+    assert first == dialog_seal.Seal("call-1@x", "from-tag-1", dialog_seal.proxy_hop(A), caller)  # type: ignore[arg-type]
+    assert second is not None and second.proxy == dialog_seal.proxy_hop(B)
+    assert second.proxy.uri() == "sip:10.0.0.2:5060;transport=tcp"
+
+
+@pytest.mark.parametrize("method", ["SUBSCRIBE", "REFER"])
+def test_every_dialog_forming_request_is_sealed(node: Node, ksr: FakeKsr, method: str):
+    node.pool(A)
+    node.route(method, call_id="call-1@x")
+    assert seal_of(node, ksr.relays[0]["record_route_params"]) is not None
+
+
+def test_other_requests_record_no_route(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("MESSAGE")
+    assert len(ksr.relays) == 1 and not ksr.record_routed
+
+
+def test_without_a_from_tag_or_a_key_no_dialog_is_made(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE", from_tag="")
+    assert ksr.relays == [] and ksr.sl_replies == [(400, "Missing From Tag")]
+    ksr.htables[htables.DIALOG_KEYS.name].clear()  # no key loaded yet
+    node.route("INVITE")
+    assert ksr.relays == [] and ksr.sl_replies == [(503, "Service Unavailable")]
+    assert edge_counters(ksr)["no_dialog_key"] == 1
+    node.route("MESSAGE")  # no dialog: routed as ever
+    assert len(ksr.relays) == 1
+
+
+def test_the_first_node_creates_the_first_key_and_rotations_reach_the_workers(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    table = ksr.htables[htables.DIALOG_KEYS.name]
+    assert set(node.dialog_keys.fields) == {"1"} and table[htables.DIALOG_SIGNING_KEY] == "1"
+    soon = node.clock.wall_ms() + dialog_seal.ACTIVATION_DELAY_MS
+    node.dialog_keys.fields["2"] = DialogKey("2", soon, bytes(range(32))).encode()
+    node.tick(RELOAD_MS)
+    assert "2" in table and table[htables.DIALOG_SIGNING_KEY] == "1"  # loaded, not yet active
+    node.tick(dialog_seal.ACTIVATION_DELAY_MS)
+    assert table[htables.DIALOG_SIGNING_KEY] == "2"
+    del node.dialog_keys.fields["1"]
+    node.dialog_keys.fields["3"] = "not a key"
+    node.tick(RELOAD_MS)
+    assert "1" not in table and "3" not in table
+    assert any("dialog key 3 left out" in line for line in node.logs + ksr.logged("notice"))
