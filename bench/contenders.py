@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 from harness import testbed
 
 from bench.pool import Target
-from counterpoise import processes
+from counterpoise import assets, interpreter, processes
 from counterpoise.cli import table
-from counterpoise.core.settings import Settings
+from counterpoise.core.settings import Settings, as_text
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
 
@@ -24,6 +25,8 @@ DISPATCHER_CFG = Path(__file__).resolve().parent / "dispatcher.cfg"
 KEMI_RELAY_CFG = Path(__file__).resolve().parent / "kemi_relay.cfg"
 """The same relay as ``dispatcher.cfg`` written as a minimal Python KEMI script
 (``kemi_relay.py``): what any Python KEMI balancer pays before doing anything of its own."""
+EMBEDDED_CFG = Path(__file__).resolve().parent / "embedded.cfg"
+"""``dispatcher.cfg``'s relay calling Counterpoise embedded in it (docs/embedding.md)."""
 
 BALANCER_WORKERS = 4
 """SIP worker processes of every balancer, Counterpoise's default (``counterpoise up``)."""
@@ -106,6 +109,8 @@ class Contender:
     version of Counterpoise (a git worktree of an older commit) to measure a change."""
     metrics: bool = False
     """Counterpoise with its Prometheus endpoint on (``metrics_listen``, a free port)."""
+    embedded: bool = False
+    """Counterpoise embedded in a native config (``embedded.cfg``), not ``up``'s own."""
 
     @property
     def native(self) -> bool:
@@ -128,7 +133,9 @@ class Contender:
             settings = dict(self.settings)
             if self.metrics:
                 settings["metrics_listen"] = f"127.0.0.1:{processes.free_port()}"
-            running = start_counterpoise(targets, run_dir, redis_url, settings, self.tree)
+            running = start_counterpoise(
+                targets, run_dir, redis_url, settings, self.tree, self.embedded
+            )
         if probed:
             running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
@@ -183,16 +190,60 @@ def start_counterpoise(
     redis_url: str,
     overrides: Mapping[str, object] | None = None,
     tree: Path = processes.REPO,
+    embedded: bool = False,
 ) -> Running:
-    """The shipped balancer (kamailio.cfg + kemi/) with its default settings (but
-    ``overrides``), the pool entered in Redis with equal base weights, as an operator who
-    does not know the capacities would."""
-    client = connect(redis_url, 1000)
-    client.flushdb()
+    """The shipped balancer (kamailio.cfg + kemi/; ``embedded``: embedded in
+    ``embedded.cfg``) with its default settings (but ``overrides``), the pool entered in
+    Redis with equal base weights, as an operator who does not know the capacities would."""
     port = processes.free_port()
+    settings = _bench_settings(redis_url, port, overrides)
+    store = _equal_pool(targets, redis_url, settings)
+    if embedded:
+        proc = _start_embedded(settings, run_dir, port, overrides)
+    else:
+        proc = processes.start_balancer(
+            settings,
+            run_dir / "run",
+            log_path=run_dir / "balancer.log",
+            timeout_s=READY_TIMEOUT_S,
+            repo=tree,
+        )
+    return _when_usable(port, proc, store, settings, len(targets))
+
+
+def _start_embedded(
+    settings: Settings, run_dir: Path, port: int, overrides: Mapping[str, object] | None
+) -> processes.Process:
+    """Kamailio on ``embedded.cfg`` with the include beside it, Counterpoise's settings in
+    its environment as an operator gives them."""
+    shutil.copyfile(EMBEDDED_CFG, run_dir / EMBEDDED_CFG.name)
+    shutil.copyfile(assets.path("counterpoise.cfg"), run_dir / "counterpoise.cfg")
+    defines: dict[str, str | int] = {
+        "CP_SCRIPT": str(assets.path("counterpoise_native.py")),
+        "DS_CTL": f"unixs:{run_dir / 'ctl.sock'}",
+        "DS_FR_TIMER_MS": settings.failover.fr_timer_ms,
+    }
+    argv = processes.kamailio_argv(
+        run_dir / EMBEDDED_CFG.name, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
+    )
+    given: dict[str, object] = {
+        "redis_url": settings.redis.redis_url,
+        "node_id": settings.node.node_id,
+    }
+    given |= overrides or {}
+    env = {f"COUNTERPOISE_{name.upper()}": as_text(value) for name, value in given.items()}
+    return processes.Process(
+        "counterpoise embedded",
+        [*argv, "-m", str(SHM_MB)],
+        run_dir / "balancer.log",
+        env={**interpreter.environ(), **env},
+    )
+
+
+def _bench_settings(redis_url: str, port: int, overrides: Mapping[str, object] | None) -> Settings:
     # One SIPp sends every call from 127.0.0.1: the per-source limit is kept (its cost is part
     # of what the bench measures) but far above the bench's rates.
-    settings = Settings.of(
+    return Settings.of(
         redis_url=redis_url,
         node_id=f"bench:{port}",
         listen=f"udp:127.0.0.1:{port}",
@@ -201,25 +252,29 @@ def start_counterpoise(
         flood_requests_per_s=BENCH_SOURCE_LIMIT,
         **(overrides or {}),
     )
+
+
+def _equal_pool(targets: Sequence[Target], redis_url: str, settings: Settings) -> PoolStore:
+    """A Redis holding only the pool: ``targets``, equal base weights."""
+    client = connect(redis_url, 1000)
+    client.flushdb()
     store = PoolStore(client, settings.redis.key_prefix)
     for target in targets:
         store.add(target.uri, 1.0)
-    proc = processes.start_balancer(
-        settings,
-        run_dir / "run",
-        log_path=run_dir / "balancer.log",
-        timeout_s=READY_TIMEOUT_S,
-        repo=tree,
-    )
+    return store
+
+
+def _when_usable(
+    port: int, proc: processes.Process, store: PoolStore, settings: Settings, proxies: int
+) -> Running:
+    """``proc`` once its node sees every proxy usable; its Redis's CPU measured beside it."""
 
     def all_usable() -> bool:
         rows = table.pool_rows(store, settings, int(time.time() * 1000))
-        return len(rows) == len(targets) and all(
-            row["state"] in ("up", "slowstart") for row in rows
-        )
+        return len(rows) == proxies and all(row["state"] in ("up", "slowstart") for row in rows)
 
     proc.ensure_started(all_usable, READY_TIMEOUT_S, "Counterpoise to see every proxy up")
-    redis_pid = int(client.info("server")["process_id"])
+    redis_pid = int(store.client.info("server")["process_id"])
     return Running(port, proc, lambda: group_cpu_seconds(redis_pid))
 
 
@@ -260,9 +315,12 @@ OVERHEAD_ONLY = (
         settings=(("location_cache_ms", 0),),
     ),
     Contender("cp-metrics", "Counterpoise, metrics endpoint on (not scraped)", metrics=True),
+    Contender("cp-native", "Counterpoise embedded in a native config", embedded=True),
 )
 """Contenders of the overhead bench only: the Python KEMI floor, Counterpoise without its
-location server, without its lookup cache, and with its metrics endpoint on."""
+location server, without its lookup cache, with its metrics endpoint on, and embedded in a
+native config (its KEMI form is ``counterpoise``: ``up``'s own config is a KEMI user of the
+same ``Balancer``)."""
 
 
 def other_version(name: str, tree: Path) -> tuple[Contender, Contender]:

@@ -127,16 +127,32 @@ def apply_patch(folder: Path, diff: str) -> None:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    """What an operator gives the copy besides patches: ``files`` copied beside it (an
+    include it imports), ``defines`` on Kamailio's command line (``-A``), ``env`` in
+    Kamailio's environment."""
+
+    files: tuple[Path, ...] = ()
+    defines: dict[str, str | int] = dataclasses.field(default_factory=dict)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
 class StockKamailio:
     """A copy of one stock config in ``run_dir``, run by Kamailio on a free UDP port of
     127.0.0.1, pointed at ``db`` (``-A DBURL``) when it uses a database."""
 
     def __init__(
-        self, config: StockConfig, run_dir: Path, db: mariadb.MariaDB | None = None
+        self,
+        config: StockConfig,
+        run_dir: Path,
+        db: mariadb.MariaDB | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.db = db
+        self.operator = operator or Operator()
         self.port = processes.free_port()
         self.cfg = run_dir / config.cfg.name
         self.proc: processes.Process | None = None
@@ -145,6 +161,8 @@ class StockKamailio:
         if config.script is not None:
             shutil.copyfile(config.script, run_dir / config.script.name)
             (run_dir / LOCAL_CFG).write_text(kemi_local_cfg(run_dir))
+        for file in self.operator.files:
+            shutil.copyfile(file, run_dir / file.name)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -161,6 +179,7 @@ class StockKamailio:
 
     def argv(self) -> list[str]:
         defines: dict[str, str | int] = {"DBURL": self.db.url} if self.db else {}
+        defines.update(self.operator.defines)
         listen = [f"udp:127.0.0.1:{self.port}"]
         argv = processes.kamailio_argv(self.cfg, listen, WORKERS, self.run_dir, defines)
         for feature in self.config.features:
@@ -171,7 +190,10 @@ class StockKamailio:
         """Start it and wait until it answers OPTIONS (its keepalive reply); StartError with
         the end of its log if it does not."""
         self.proc = processes.Process(
-            f"kamailio {self.config.name}", self.argv(), self.log_path, env=interpreter.environ()
+            f"kamailio {self.config.name}",
+            self.argv(),
+            self.log_path,
+            env={**interpreter.environ(), **self.operator.env},
         )
         self.proc.ensure_started(
             lambda: processes.sip_options(*self.address, 0.3) == 200,
@@ -194,10 +216,12 @@ def running(
     folder: Path,
     subscribers: Sequence[tuple[str, str]] = (),
     patches: Sequence[str] = (),
+    operator: Operator | None = None,
 ) -> Iterator[StockKamailio]:
     """``config`` running in ``folder``: when it uses a database, on a MariaDB of its own
     with Kamailio's schema, the ACCDB columns its comments ask for and ``subscribers`` (user,
-    password); its copy changed by ``patches`` (unified diffs) first. Everything started is
+    password); its copy changed by ``patches`` (unified diffs) first, given what
+    ``operator`` adds. Everything started is
     stopped on leaving, and on any failure (a patch that does not apply included)."""
     with contextlib.ExitStack() as stops:
         db = None
@@ -205,7 +229,7 @@ def running(
             db = stops.enter_context(mariadb.running(folder / "mariadb", subscribers))
             if accdb_sql := config.accdb_sql():
                 db.sql(accdb_sql)
-        kamailio = StockKamailio(config, folder / config.name, db)
+        kamailio = StockKamailio(config, folder / config.name, db, operator)
         for diff in patches:
             apply_patch(kamailio.run_dir, diff)
         stops.callback(kamailio.stop)

@@ -47,7 +47,8 @@ class Node:
         monkeypatch.setattr(location, "_open", lambda settings, timeout_ms: self.locations)
         self.logs: list[str] = []
         self.app = KemiApp(settings)
-        self.app.rng.seed(2)
+        self.balancer = self.app.balancer
+        self.balancer.rng.seed(2)
         ksr.routes["ksr_route_release"] = self.app.ksr_route_release
         ksr.routes["ksr_route_branch"] = self.app.ksr_route_branch
         self.dialog_keys = MemoryDialogKeyStore()
@@ -67,7 +68,7 @@ class Node:
         )
         # The first ksr_sync_tick makes the timer process's objects as in Kamailio; only its
         # store is this one.
-        monkeypatch.setattr(self.app, "_make_sync_loop", lambda: loop)
+        monkeypatch.setattr(self.balancer, "_make_sync_loop", lambda: loop)
         self.shared = shared
 
     def sealed_route(
@@ -132,4 +133,4 @@ class Node:
     def totals(self) -> dict[str, Tally]:
         """What the workers counted per proxy, as the sync loop sums it."""
         self.tick()
-        return {uri: t for uri, t in self.app.sync.totals.items() if t != Tally()}
+        return {uri: t for uri, t in self.balancer.sync.totals.items() if t != Tally()}

@@ -73,7 +73,9 @@ MESSAGE_PVS = frozenset(
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
-WRITABLE_PVS = frozenset({"$ru", "$du"})
+SCRIPT_VARS = frozenset({"$var(cp_index)", "$var(cp_label)"})
+"""A native config's script variables the edge sets (kept in ``pvs`` too)."""
+WRITABLE_PVS = frozenset({"$ru", "$du", *SCRIPT_VARS})
 _SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval|hdr|nh)\(([^)]+)\)$")
 _ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
@@ -194,7 +196,7 @@ class Pv(_Api):
             return ({spec: top.group(1)} if top else {}), spec
         match = _SLOT.match(spec)
         if match is None:
-            if spec not in MESSAGE_PVS:
+            if spec not in MESSAGE_PVS | SCRIPT_VARS:
                 raise KeyError(f"the fake KSR does not know {spec}: add it to MESSAGE_PVS")
             return self.ksr.pvs, spec
         kind, key = match.groups()

@@ -1,5 +1,6 @@
 """The wheel holds only what a running balancer uses: the ``counterpoise`` package with the
-files ``counterpoise up`` starts Kamailio and Redis with, and none of the demo's test bed
+files ``counterpoise up`` starts Kamailio and Redis with and those an operator's own
+Kamailio config embeds, and none of the demo's test bed
 (``harness/``, ``downstream/``, ``sipp-scenarios/``), which stays in the repository."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from counterpoise import assets
 from tests.source_copy import copy_source
 
 PRODUCTION_FILES = {"kamailio.cfg", "counterpoise_ksr.py", "redis.conf", "users.acl"}
+EMBEDDING_FILES = {"counterpoise.cfg", "counterpoise_native.py"}
+"""What an operator's own Kamailio config imports (docs/embedding.md)."""
 TEST_BED = {"harness", "downstream", "sipp-scenarios"}
 
 
@@ -37,5 +40,5 @@ def test_the_wheel_holds_the_product_and_not_the_test_bed(tmp_path: Path) -> Non
     assert {top for top in tops if not top.endswith(".dist-info")} == {"counterpoise"}
     assert not [name for name in names if TEST_BED & set(name.split("/"))]
     shipped = {name.removeprefix("counterpoise/_assets/") for name in names}
-    assert shipped >= PRODUCTION_FILES
-    assert set(assets.SHIPPED) == PRODUCTION_FILES
+    assert shipped >= PRODUCTION_FILES | EMBEDDING_FILES
+    assert set(assets.SHIPPED) == PRODUCTION_FILES | EMBEDDING_FILES

@@ -61,8 +61,13 @@ def users(constant: str) -> set[str]:
     }
 
 
-def test_kamailio_cfg_creates_the_declared_tables_as_declared_in_their_order():
-    assert cfg_definitions(KAMAILIO_CFG) == [table.definition() for table in htables.ALL]
+EMBED_CFG = KEMI.parent / "embed" / "counterpoise.cfg"
+"""The include an operator's own config imports (docs/embedding.md)."""
+
+
+@pytest.mark.parametrize("cfg", [KAMAILIO_CFG, EMBED_CFG], ids=lambda cfg: cfg.name)
+def test_a_cfg_creates_the_declared_tables_as_declared_in_their_order(cfg: Path):
+    assert cfg_definitions(cfg) == [table.definition() for table in htables.ALL]
 
 
 def test_every_declared_table_is_listed_once_under_its_own_name():

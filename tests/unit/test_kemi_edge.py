@@ -78,7 +78,7 @@ def test_dialog_record_naming_a_proxy_out_of_the_pool_is_not_followed(node: Node
     from .test_kemi_routes import FakeLocation
 
     node.pool(A)
-    node.app.location = FakeLocation(dialog_proxy="sip:198.51.100.99:5060")
+    node.balancer.location = FakeLocation(dialog_proxy="sip:198.51.100.99:5060")
     node.route("INFO", to_tag="t")
     assert ksr.relays == [] and ksr.sl_replies == [(404, "Not here")]
     assert edge_counters(ksr)["relay_denied"] == 1

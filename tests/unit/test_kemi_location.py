@@ -206,10 +206,10 @@ def test_full_dialog_queue_drops_its_oldest_writes(
     cap = sum(len(key) + len(str(value)) for key, value in two_newest)
     settings = S.with_values(dialog_queue_max_bytes=cap)
     node.tick()  # makes the timer process's writer; then its cap is lowered
-    monkeypatch.setattr(node.app.dialog_writes, "_settings", settings)
+    monkeypatch.setattr(node.balancer.dialog_writes, "_settings", settings)
     node.tick(100)
     assert len(ksr.htables[QUEUE]) == 2
-    assert node.app.dialog_writes.dropped == 1
+    assert node.balancer.dialog_writes.dropped == 1
     assert any("dropped 1 queued dialog writes" in text for text in ksr.logged("notice"))
     node.locations.recover()
     node.tick(S.redis.redis_backoff_initial_ms)
@@ -225,7 +225,7 @@ def test_sync_tick_dialog_flush_and_lookup_fail_independently(
     node.route("INVITE")
     node.reply(200, to_tag="callee-tag")
     ack(node, node.tried[0])
-    monkeypatch.setattr(node.app.sync, "tick", lambda: 1 / 0)
+    monkeypatch.setattr(node.balancer.sync, "tick", lambda: 1 / 0)
     node.tick(100)
     node.tick(100)
     assert (DIALOG, CALL_ID) in node.locations.records  # flushed while the tick fails

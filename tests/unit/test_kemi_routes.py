@@ -93,20 +93,20 @@ def test_cancel_follows_its_transaction(node: Node, ksr: FakeKsr):
 
 def test_in_dialog_request_with_a_route_set_is_relayed(node: Node, ksr: FakeKsr):
     node.pool(A)
-    node.app.location = FakeLocation(dialog_proxy=B)
+    node.balancer.location = FakeLocation(dialog_proxy=B)
     route = node.sealed_route(A, host="lb.example")
     node.route("BYE", to_tag="callee-tag", headers={"Route": f"{route}, <{A};lr>"})
     assert len(ksr.relays) == 1
     assert ksr.relays[0]["fr_timers"] == (0, S.failover.in_dialog_fr_timer_ms)
     assert ksr.relays[0]["duri"] == f"{A};transport=udp"  # the sealed proxy, not the balancer
-    assert node.app.location.dialogs_ended == 1
+    assert node.balancer.location.dialogs_ended == 1
     assert ksr.avps == {}  # not an attempt: nothing counted, no failover
     assert ksr.sl_replies == []
 
 
 def test_in_dialog_request_without_a_route_set_follows_its_dialog_record(node: Node, ksr: FakeKsr):
     node.pool(A, B)
-    node.app.location = FakeLocation(dialog_proxy=B)
+    node.balancer.location = FakeLocation(dialog_proxy=B)
     node.route("INFO", to_tag="callee-tag")
     assert [relay["duri"] for relay in ksr.relays] == [B]
     assert ksr.relays[0]["routes"] == [f"Route: <{B};lr>\r\n"]
@@ -117,7 +117,7 @@ def test_in_dialog_request_without_a_route_set_or_record_gets_404(node: Node, ks
     node.pool(A)
     node.route("INFO", to_tag="callee-tag")
     assert ksr.sl_replies == [(404, "Not here")] and ksr.relays == []
-    node.app.location = FakeLocation(dialog_proxy=None)
+    node.balancer.location = FakeLocation(dialog_proxy=None)
     node.route("INFO", to_tag="callee-tag")
     assert ksr.sl_replies == [(404, "Not here")] and ksr.relays == []
     # An ACK is never answered: without a transaction or a record it is dropped.
@@ -182,22 +182,22 @@ def test_dispatch_follows_the_weights(node: Node, ksr: FakeKsr):
 
 def test_dispatch_to_the_location_holder(node: Node, ksr: FakeKsr):
     node.pool(A, B, C)
-    node.app.location = FakeLocation(holder=B)
+    node.balancer.location = FakeLocation(holder=B)
     for _ in range(20):
         node.route("INVITE")
         assert node.tried == [B]
     node.reply(200)
-    assert node.app.location.answered == [B]
+    assert node.balancer.location.answered == [B]
 
 
 def test_unusable_holder_falls_back_to_weight_or_is_rejected(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.store.set_admin(B, Admin.DRAINED)
     node.tick(100)
-    node.app.location = FakeLocation(holder=B, fallback=Fallback.WEIGHT)
+    node.balancer.location = FakeLocation(holder=B, fallback=Fallback.WEIGHT)
     node.route("INVITE")
     assert node.tried == [A]
-    node.app.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
+    node.balancer.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
     node.route("INVITE")
     assert ksr.relays == []
     assert ksr.sl_replies == [(location.REJECT_CODE, location.REJECT_REASON)]
@@ -353,7 +353,7 @@ def test_no_failover_when_the_caller_cancelled(node: Node, ksr: FakeKsr):
 
 def test_no_failover_from_a_holder_bound_request(node: Node, ksr: FakeKsr):
     node.pool(A, B)
-    node.app.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
+    node.balancer.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
     node.route("INVITE")
     node.fail(408, after_ms=S.failover.fr_timer_ms, timeout=True, replied=False)
     assert node.tried == [B]
@@ -521,7 +521,7 @@ def test_runtime_settings_reach_the_workers_and_the_timer(node: Node, ksr: FakeK
     node.route("INVITE")  # the worker takes them with its next request
     assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, 800)
     node.tick()  # the timer with its next tick, and the sync loop's policy with it
-    assert node.app.sync.settings.latency.latency_offset_ms == 50.0
+    assert node.balancer.sync.settings.latency.latency_offset_ms == 50.0
     assert any("settings changed at runtime" in text for text in ksr.logged("notice"))
 
     push_settings(node, 2, runtime())  # back to the start-up values

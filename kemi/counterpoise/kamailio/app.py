@@ -1,14 +1,18 @@
-"""The KEMI routing object: what app_python3 calls for every SIP message and timer tick.
+"""Counterpoise inside Kamailio: the ``Balancer`` (every balancing decision, one object per
+process) and ``KemiApp``, the turnkey config's KEMI object, which uses it.
 
 Thin glue over the core: SIP mechanics here, decisions in ``core`` (``attempts`` for
 failover and timing, ``selection`` for the choice, ``location`` for the holder). Kamailio's
-conventions hold: a ``ksr_*`` method returns 1 to go on, and the numeric return codes of KSR
-functions (negative = false) never leave this package. Per-transaction data lives in AVPs
-(``avps``), because a reply may be handled by another worker than its request.
+conventions hold: a ``ksr_*`` method returns 1 to go on; a ``Balancer`` operation returns
+what a module function returns in a native config (1 true, -1 false, 0 stop: the request was
+answered or held here), so a native ``python_exec`` passes it on unchanged. Per-transaction
+data lives in AVPs (``avps``), because a reply may be handled by another worker than its
+request. docs/embedding.md documents each operation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -40,10 +44,42 @@ SANITY_URI_CHECKS = 7
 LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
 
+TRUE, FALSE, STOP = 1, -1, 0
+"""What an operation returns, as a module function does in a native config: ``STOP`` (the
+request was answered or held here) ends the native route that called it."""
 
-class KemiApp:
-    def __init__(self, settings: Settings) -> None:
+
+@dataclasses.dataclass(frozen=True)
+class RouteNames:
+    """What ``Balancer`` arms on a request it routes: in a KEMI config, methods of the
+    operator's KEMI object; in a native one, route blocks (``onreply_route[NAME]``...)."""
+
+    reply: str
+    """tm onreply route, calling ``Balancer.on_reply``."""
+    failure: str
+    """tm failure route, calling ``Balancer.failover`` (and relaying when it says so)."""
+    release: str
+    """Route a held request resumes in (``tmx.t_continue``), calling ``release_route``."""
+    branch: str
+    """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
+    balancer's sealed Record-Route)."""
+
+
+KEMI_ROUTES = RouteNames(
+    "ksr_route_reply", "ksr_route_failure", "ksr_route_release", branch="ksr_route_branch"
+)
+"""``KemiApp``'s own methods."""
+
+
+class Balancer:
+    """The balancing of one Kamailio process: the worker's view of the pool, the sync loop
+    (in the timer process), the location server's lookups, the hold queue and the metrics.
+    Made in ``mod_init`` (before Kamailio forks); ``child_init`` makes it per process."""
+
+    def __init__(self, settings: Settings | None = None, routes: RouteNames = KEMI_ROUTES) -> None:
+        settings = load_settings() if settings is None else settings
         self.settings = settings
+        self.routes = routes
         # mod_init runs before Kamailio forks: per-process state is made in child_init.
         self.view = shared.WorkerView()
         self.settings_feed = shared.SettingsFeed()
@@ -51,7 +87,6 @@ class KemiApp:
         self.sync: SyncLoop | None = None
         self._max_sample_ms = int(settings.latency.failure_penalty_ms)
         self.location: LocationRouting | None = None
-        self.flood = FloodGuard(settings)
         self.dialog_writes: DialogWriteBehind | None = None
         self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
         self.metrics: metrics.Endpoint | None = None
@@ -59,19 +94,27 @@ class KemiApp:
         self.waiting = holding.Waiting()
         # Timing each routed request is part of the metrics: off with the endpoint.
         self.route_timer = metrics.RouteTimer() if settings.node.metrics_listen else None
-        self._route_started_ns = 0
         if settings.location.location_server:
             self.location = LocationRouting(settings, _notice)
-
-    # --- hooks app_python3 requires ------------------------------------------------------
 
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
         self.rng.seed(os.getpid() ^ clock.monotonic_ns())
         return 0
 
+    def refresh(self) -> None:
+        """Take the runtime settings and routing table published since the last look: what
+        every request-route operation does first (``trusted`` needs it too)."""
+        self.follow_settings()
+        self.view.refresh()
+
+    def trusted(self) -> bool:
+        """Whether the request being handled comes from a pool proxy (its address and
+        transport): such requests pass the edge checks an operator keeps for strangers."""
+        return edge.from_pool(_source(), _stream(), self.view.pool)
+
     @hook("core_reply")
-    def ksr_reply_route(self, msg: object) -> int:
+    def on_core_reply(self) -> int:
         """Every reply the node receives, before tm matches it: a proxy's reply that is not a
         failure, however late, is a sign of life (``policy``: overload is not death); the
         load header never leaves; a reply that matches no transaction is dropped (stateless
@@ -84,51 +127,17 @@ class KemiApp:
         if KSR.tm.t_check_trans() < 0:
             EDGE.count("stray_reply")
             KSR.set_drop()
-        return 1
+        return TRUE
 
     # --- requests ----------------------------------------------------------------------------
 
-    @hook("request")
-    def ksr_request_route(self, msg: object) -> int:
-        if self.route_timer is not None:
-            self._route_started_ns = clock.perf_ns()
-        self._follow_settings()
-        source, stream = _source(), _stream()
-        self.view.refresh()
-        trusted = edge.from_pool(source, stream, self.view.pool)
-        if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
-            return 1
-        KSR.textops.remove_hf(LOAD_HEADER)
-        if not self.ksr_route_reqinit():
-            return 1
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            self.ksr_route_withindlg(source, stream)
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
-            return 1
-        KSR.tm.t_check_trans()
-        if self.ksr_route_local():
-            return 1
-        if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
-            KSR.textops.remove_hf("Route")
-        self.ksr_route_dispatch()
-        return 1
-
-    def ksr_route_reqinit(self) -> bool:
-        """Max-Forwards and well-formedness; False when the request was answered here."""
-        if KSR.maxfwd.process_maxfwd(MAX_FORWARDS_LIMIT) < 0:
-            KSR.sl.sl_send_reply(483, "Too Many Hops")
-            return False
-        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URI_CHECKS) < 0:
-            KSR.err(f"counterpoise: malformed request from {_source()[0]}, answered 400\n")
-            return False
-        return True
+    @hook("in_dialog")
+    def in_dialog(self) -> int:
+        """An in-dialog request (it has a To tag): relayed by its Record-Route set or its
+        dialog record, or answered; always ``STOP``."""
+        self.refresh()
+        self.ksr_route_withindlg(_source(), _stream())
+        return STOP
 
     def ksr_route_withindlg(self, source: edge.Address, stream: bool) -> None:
         """In-dialog requests pass only in a dialog the balancer made: its top Route is the
@@ -194,42 +203,55 @@ class KemiApp:
             KSR.sl.sl_reply_error()
         return True
 
-    def ksr_route_local(self) -> bool:
-        """Answer requests aimed at the balancer itself (an OPTIONS keepalive)."""
-        if not (KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0):
-            return False
-        KSR.sl.sl_send_reply(200, "OK")
-        return True
-
-    def ksr_route_dispatch(self) -> None:
-        if _forms_dialog() and not self._sealable():
-            return
-        held = self.ksr_route_location()
+    @hook("select", fallback=FALSE)
+    def select(self, started_ns: int | None = None) -> int:
+        """An initial request: its holder's proxy (location server) or one picked by weight,
+        in ``$du``, with the reply and failure routes armed; ``TRUE`` for the caller to relay
+        it (``t_relay``), ``FALSE`` when no proxy is available (the caller answers),
+        ``STOP`` when it was answered (the location policy's rejection) or held here.
+        ``started_ns``: when the request route began, for its timing (else now)."""
+        started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
+        self.refresh()
+        KSR.textops.remove_hf(LOAD_HEADER)
+        held = self._locate()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
             KSR.sl.sl_send_reply(location.REJECT_CODE, location.REJECT_REASON)
-            return
+            return STOP
         uri = held.proxy or self._pick()
         if uri is None:
             metrics.count(metrics.node.NO_PROXY)
-            KSR.sl.sl_send_reply(503, "No Proxy Available")
-            return
+            return FALSE
         if held.proxy is None and self.settings.timers.hold_queue_ms:
             placed = hold.admit(
                 uri, self.view.picker.uris, self.view.limits, shared.awaiting, holding.count()
             )
             if placed is None and holding.hold(self.settings.timers.hold_max_ms):
                 metrics.count(metrics.node.HELD)
-                return
+                return STOP
             uri = placed or uri
-        if self._relay(uri, tried=[]):
-            metrics.routed(uri, by_location=held.proxy is not None, attempt=1)
-            if self.route_timer is not None:
-                self.route_timer.observe(self._route_started_ns)
-        else:
-            KSR.sl.sl_reply_error()
+        self._arm(uri, tried=[])
+        metrics.routed(uri, by_location=held.proxy is not None, attempt=1)
+        if self.route_timer is not None and started_ns is not None:
+            self.route_timer.observe(started_ns)
+        return TRUE
 
-    def ksr_route_location(self) -> location.Decision:
+    @hook("relay_failed")
+    def relay_failed(self) -> int:
+        """The caller's ``t_relay`` of the attempt ``select``/``failover`` armed failed: count
+        it as the proxy's failure and out of flight."""
+        tried = avps.tried()
+        if not tried:
+            return FALSE
+        attempt = avps.Attempt.nth(len(tried) - 1)
+        sent = _sent(attempt)
+        shared.inflight_add(tried[-1], -1, sent)
+        shared.awaiting_add(tried[-1], -1, sent)
+        attempt.mark_counted()
+        self.view.count_request(tried[-1], failed=True, first_ms=0, final_ms=0)
+        return TRUE
+
+    def _locate(self) -> location.Decision:
         """What the location records say of this initial request: its holder's proxy, a
         rejection (``location_fallback = "reject"``), or nothing (choose by weight)."""
         if self.location is None:
@@ -240,22 +262,29 @@ class KemiApp:
             guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")
 
-    def _sealable(self) -> bool:
-        """Whether this dialog-forming request's Record-Route can be sealed; if not, it is
-        answered here: a dialog whose in-dialog requests would all be refused is no call."""
+    @hook("seal", fallback=FALSE)
+    def seal(self) -> int:
+        """Record the route of this dialog-forming request with the balancer's seal (each
+        branch, in ``on_branch``), instead of the config's own ``record_route``: the dialogs
+        whose in-dialog requests ``in_dialog`` admits. ``TRUE``; ``STOP`` when answered here
+        (no From tag: 400; no dialog key loaded from Redis yet: 503): a dialog whose
+        in-dialog requests would all be refused is no call."""
         if not read.text("$ft"):
             KSR.sl.sl_send_reply(400, "Missing From Tag")
-            return False
-        if dialog_keys.signing() is None:  # no key loaded yet: Redis not reached since start
+            return STOP
+        if dialog_keys.signing() is None:
             EDGE.count("no_dialog_key")
             KSR.sl.sl_send_reply(503, "Service Unavailable")
-            return False
-        return True
+            return STOP
+        avps.set_sealed()
+        KSR.tm.t_on_branch(self.routes.branch)
+        return TRUE
 
     @hook("branch")
-    def ksr_route_branch(self, msg: object) -> int:
-        """tm branch route of each branch of a dialog-forming request: records the route,
-        sealed with THIS branch's proxy (failover sends another branch elsewhere)."""
+    def on_branch(self) -> int:
+        """tm branch route of each branch of a dialog-forming request (armed when
+        ``routes.branch`` names one): records the route, sealed with THIS branch's proxy
+        (failover sends another branch elsewhere), which ``in_dialog`` requires."""
         key = dialog_keys.signing()
         proxy = dialog_seal.proxy_hop(read.text("$du") or "")
         caller = dialog_seal.caller_hop(read.text("$pr") or "", *_source())
@@ -272,7 +301,9 @@ class KemiApp:
         """A proxy by weight, from the table the request route refreshed on entry."""
         return self.view.picker.pick(self.rng.random, shared.inflight)
 
-    def _relay(self, uri: str, tried: list[str]) -> bool:
+    def _arm(self, uri: str, tried: list[str]) -> bool:
+        """Make ``uri`` the request's next attempt: ``$du``, its timers, the routes, its
+        record in the AVPs and its in-flight counts; False when it cannot be."""
         if tried:
             # In a failure route tm treats the R-URI as consumed by the failed branch;
             # setting it again, unchanged, makes it a new branch to forward.
@@ -289,27 +320,28 @@ class KemiApp:
         if uri in self.view.long_wait:
             timeout_ms = self.settings.timers.saturated_fr_timer_ms
         KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
-        KSR.tm.t_on_reply("ksr_route_reply")
-        KSR.tm.t_on_failure("ksr_route_failure")
-        if _forms_dialog():  # only these record the route: no branch route for the rest
-            KSR.tm.t_on_branch("ksr_route_branch")
+        KSR.tm.t_on_reply(self.routes.reply)
+        KSR.tm.t_on_failure(self.routes.failure)
+        if avps.sealed():  # each branch records the route sealed with its own proxy
+            KSR.tm.t_on_branch(self.routes.branch)
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
-        if KSR.tm.t_relay() < 0:
-            shared.inflight_add(uri, -1, sent)
-            shared.awaiting_add(uri, -1, sent)
-            attempt.mark_counted()
-            self.view.count_request(uri, failed=True, first_ms=0, final_ms=0)
-            return False
         return True
 
+    def relay(self) -> bool:
+        """``t_relay`` the attempt armed; False (counted) when it failed here."""
+        if KSR.tm.t_relay() >= 0:
+            return True
+        self.relay_failed()
+        return False
+
     @hook("release_route")
-    def ksr_route_release(self, msg: object, evname: str = "") -> int:
+    def release_route(self) -> int:
         """A held request, resumed by the release tick (``tmx.t_continue``): to the proxy with
         the most room under its limit, or, held ``hold_max_ms``, the least loaded one."""
         if KSR.tm.t_is_canceled() > 0:  # its caller gave up while it was held
             KSR.tm.t_reply(487, "Request Terminated")
-            return 1
+            return STOP
         avps.set_resumed()
         picker = self.view.refresh()
         uri = hold.roomiest(
@@ -318,17 +350,27 @@ class KemiApp:
         if uri is None:
             metrics.count(metrics.node.NO_PROXY)
             KSR.tm.t_reply(503, "No Proxy Available")
-        elif self._relay(uri, tried=[]):
+            return STOP
+        self._arm(uri, tried=[])
+        if self.relay():
             metrics.routed(uri, by_location=False, attempt=1)
         else:
             KSR.tm.t_reply(500, "Server Internal Error")
-        return 1
+        return STOP
 
     @hook("release")
-    def ksr_release_tick(self, msg: object, evname: str = "") -> int:
-        """rtimer callback (``CP_RELEASE_TIMER``, every 20 ms), in a timer process of its own:
-        the held requests in order, each while a proxy has room or once it is overdue."""
-        self._follow_settings()
+    def release_tick(self) -> int:
+        """rtimer callback (every 20 ms), in a timer process of its own: the held requests in
+        order, each while a proxy has room or once it is overdue, resumed in the release
+        route (a KEMI config's; a native one resumes each ``next_release`` itself)."""
+        while (held := self.next_release()) is not None:
+            holding.resume(held, self.routes.release)
+        return TRUE
+
+    def next_release(self) -> holding.Held | None:
+        """The oldest held request if a proxy has room for it or it is overdue, taken off the
+        queue; None when there is none to resume now."""
+        self.follow_settings()
         picker = self.view.refresh()
         now_ms = clock.monotonic_ms()
         for held in self.waiting(now_ms):
@@ -336,33 +378,34 @@ class KemiApp:
             if not overdue and not hold.roomiest(
                 picker.uris, self.view.limits, shared.awaiting, releasing=True
             ):
-                break
+                return None
             if overdue:
                 metrics.count(metrics.node.HELD_OVERDUE)
-            holding.release(held)
-        return 1
+            holding.take(held)
+            return held
+        return None
 
     # --- replies ------------------------------------------------------------------------------
 
     @hook("reply")
-    def ksr_route_reply(self, msg: object) -> int:
+    def on_reply(self) -> int:
         """tm onreply route of a relayed initial request: time the proxy's replies. Only what
         comes from the proxy's own address counts (tm matches replies by Via branch alone)."""
         attempt = avps.Attempt.of_reply()
         uri = attempt.proxy if attempt is not None else None
         if attempt is None or uri is None:
-            return 1
+            return TRUE
         if attempt.counted:
             if attempt.timed_out:  # given up on, yet it answers: saturated, not dead
                 self.view.count_late_reply(uri)
-            return 1
+            return TRUE
         status = read.number("$rs") or 0
         from_proxy = self._from_proxy(uri)
         elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
         if status < 200:
             if not from_proxy:
                 KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
-                return 1
+                return TRUE
             self._note_load_header(uri)
             progress_ms = self.settings.failover.progress_timeout_ms
             if status == 100 and attempt.trying_ms is None:
@@ -376,7 +419,7 @@ class KemiApp:
                     KSR.tm.t_set_fr(
                         self.settings.failover.fr_inv_timer_ms, 0
                     )  # ringing: its full time
-            return 1
+            return TRUE
         result = attempts.Outcome.NOT_THE_PROXY
         try:
             result = attempts.outcome(status, attempt.first_reply_ms is not None, from_proxy)
@@ -386,7 +429,7 @@ class KemiApp:
             self._count_outcome(attempt, uri, result, elapsed)
         if self.location is not None and 200 <= status < 300 and from_proxy:
             self.location.on_2xx(uri)
-        return 1
+        return TRUE
 
     def _from_proxy(self, uri: str) -> bool:
         """Whether the message being handled came from ``uri``'s address; counted if not."""
@@ -396,13 +439,17 @@ class KemiApp:
         EDGE.count("foreign_reply")
         return False
 
-    @hook("failure")
-    def ksr_route_failure(self, msg: object) -> int:
+    @hook("failure", fallback=FALSE)
+    def failover(self) -> int:
         """tm failure route: count a silent proxy, then fail over on a proxy's 408, 5xx or
         timeout (not on the callee's after it rang), within the node's retry budget, to the
-        untried proxy with the most room."""
-        self._follow_settings()
+        untried proxy with the most room: ``TRUE`` with it in ``$du`` and the routes armed
+        (the caller relays), ``FALSE`` when there is none (tm answers the caller with the
+        failure)."""
+        self.follow_settings()
         tried = avps.tried()
+        if not tried:
+            return FALSE  # a transaction this balancer did not route
         attempt = avps.Attempt.nth(len(tried) - 1)
         status = read.number("$T_reply_code")
         failure = attempts.Failure(
@@ -425,13 +472,14 @@ class KemiApp:
         if verdict == attempts.Verdict.OVER_BUDGET:
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retry budget spent\n")
         if verdict != attempts.Verdict.RETRY:
-            return 1  # tm answers the caller with the failure
+            return FALSE  # tm answers the caller with the failure
         uri = self.view.refresh().least_loaded(shared.inflight, tried)
-        if uri is not None and self._relay(uri, tried):
-            metrics.failed_over(tried[-1])
-            metrics.routed(uri, by_location=False, attempt=len(tried) + 1)
-            KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
-        return 1
+        if uri is None or not self._arm(uri, tried):
+            return FALSE
+        metrics.failed_over(tried[-1])
+        metrics.routed(uri, by_location=False, attempt=len(tried) + 1)
+        KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retrying on {uri}\n")
+        return TRUE
 
     def _count_outcome(
         self,
@@ -459,26 +507,26 @@ class KemiApp:
     # --- probes and the sync timer -------------------------------------------------------------
 
     @hook("probe_reply")
-    def ksr_uac_reply(self, msg: object, evname: str) -> int:
+    def on_uac_reply(self) -> int:
         """The outcome of a probe: its reply (evtype 1) or a local timeout (evtype 2)."""
         sent, _, uri = (read.text("$uac_req(evparam)") or "").partition(" ")
         if not uri or not sent.isdigit():
-            return 1
+            return TRUE
         code = read.number("$uac_req(evcode)")
         answered = read.number("$uac_req(evtype)") == 1 and code is not None
         if answered and not self._from_proxy(uri):
-            return 1
+            return TRUE
         if answered:
             self.view.note_probe_answered(uri, int(sent))
         elif not probe_timeout_counts(int(sent), self.view.probe_answered_ms(uri)):
-            return 1
+            return TRUE
         failed = not answered or attempts.is_proxy_failure(code)
         self.view.count_probe(uri, failed, clock.monotonic_ms() - int(sent))
         if answered:
             self._note_load_header(uri)
             if 200 <= code < 300 and read.text("$rm") == "INVITE":
                 probes.hang_up(uri)
-        return 1
+        return TRUE
 
     def _note_load_header(self, uri: str) -> None:
         """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
@@ -489,9 +537,9 @@ class KemiApp:
             self.view.note_load_header(uri, value)
 
     @hook("sync")
-    def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
+    def sync_tick(self) -> int:
         """rtimer callback: one step of the sync loop, in the timer process."""
-        self._follow_settings()
+        self.follow_settings()
         if self.sync is None:
             self.sync = self._make_sync_loop()
             if self.location is not None and self.settings.location.dialog_record_ttl_ms:
@@ -515,9 +563,9 @@ class KemiApp:
                 "metrics",
                 lambda: endpoint.after_tick(sync, clock.monotonic_s() - started_s, dialog_errors),
             )
-        return 1
+        return TRUE
 
-    def _follow_settings(self) -> None:
+    def follow_settings(self) -> None:
         """Take the runtime settings ``counterpoise up`` pushed since the last look."""
         changes = self.settings_feed.changes()
         if not changes:
@@ -580,6 +628,109 @@ def _stream() -> bool:
 
 def _notice(text: str) -> None:
     KSR.notice(f"counterpoise: {text}\n")
+
+
+class KemiApp:
+    """The turnkey config's KEMI object (``counterpoise up``): the edge checks of a node in
+    front of a pool (flood limits, Max-Forwards, sanity, the balancer's own OPTIONS), then the
+    ``Balancer`` for every request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.balancer = Balancer(settings, KEMI_ROUTES)
+        self.flood = FloodGuard(settings)
+
+    # --- hooks app_python3 requires ------------------------------------------------------
+
+    def child_init(self, rank: int) -> int:
+        return self.balancer.child_init(rank)
+
+    @hook("core_reply")
+    def ksr_reply_route(self, msg: object) -> int:
+        self.balancer.on_core_reply()
+        return 1
+
+    # --- requests ----------------------------------------------------------------------------
+
+    @hook("request")
+    def ksr_request_route(self, msg: object) -> int:
+        balancer = self.balancer
+        started_ns = clock.perf_ns() if balancer.route_timer is not None else None
+        balancer.refresh()
+        source, stream = _source(), _stream()
+        trusted = balancer.trusted()
+        if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
+            return 1
+        KSR.textops.remove_hf(LOAD_HEADER)
+        if not self.ksr_route_reqinit():
+            return 1
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return 1
+        if KSR.siputils.has_totag() > 0:
+            balancer.ksr_route_withindlg(source, stream)
+            return 1
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return 1
+        KSR.tm.t_check_trans()
+        if self.ksr_route_local():
+            return 1
+        if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
+            KSR.textops.remove_hf("Route")
+        if _forms_dialog() and balancer.seal() == STOP:
+            return 1
+        selected = balancer.select(started_ns)
+        if selected == FALSE:
+            KSR.sl.sl_send_reply(503, "No Proxy Available")
+        elif selected == TRUE and not balancer.relay():
+            KSR.sl.sl_reply_error()
+        return 1
+
+    def ksr_route_reqinit(self) -> bool:
+        """Max-Forwards and well-formedness; False when the request was answered here."""
+        if KSR.maxfwd.process_maxfwd(MAX_FORWARDS_LIMIT) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return False
+        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URI_CHECKS) < 0:
+            KSR.err(f"counterpoise: malformed request from {_source()[0]}, answered 400\n")
+            return False
+        return True
+
+    def ksr_route_local(self) -> bool:
+        """Answer requests aimed at the balancer itself (an OPTIONS keepalive)."""
+        if not (KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0):
+            return False
+        KSR.sl.sl_send_reply(200, "OK")
+        return True
+
+    # --- the Balancer's routes ------------------------------------------------------------
+
+    def ksr_route_branch(self, msg: object) -> int:
+        return self.balancer.on_branch()
+
+    def ksr_route_release(self, msg: object, evname: str = "") -> int:
+        self.balancer.release_route()
+        return 1
+
+    def ksr_release_tick(self, msg: object, evname: str = "") -> int:
+        return self.balancer.release_tick()
+
+    def ksr_route_reply(self, msg: object) -> int:
+        return self.balancer.on_reply()
+
+    @hook("failure")
+    def ksr_route_failure(self, msg: object) -> int:
+        if self.balancer.failover() == TRUE:
+            self.balancer.relay()
+        return 1
+
+    def ksr_uac_reply(self, msg: object, evname: str) -> int:
+        return self.balancer.on_uac_reply()
+
+    def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
+        return self.balancer.sync_tick()
 
 
 def create() -> KemiApp:

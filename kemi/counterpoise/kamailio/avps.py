@@ -17,6 +17,7 @@ branch index ``i``:
               late: the proxy is alive), 1 otherwise.
 ``cpaor``     the AOR of a REGISTER, for the reply route (location server).
 ``cploc``     set on a request sent to its location holder (not a REGISTER).
+``cpseal``    set on a dialog-forming request whose Record-Route the balancer seals.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ TRIED = "$avp(cp_tried)"
 FIRST_BRANCH = "$avp(cpb)"
 AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
+SEALED = "$avp(cpseal)"
 TIMED_OUT = 2
 """``cpd<i>`` of an attempt counted as a silent timeout."""
 
@@ -117,3 +119,11 @@ def held() -> bool:
 
 def set_held() -> None:
     KSR.pv.seti(HELD, 1)
+
+
+def sealed() -> bool:
+    return not KSR.pv.is_null(SEALED)
+
+
+def set_sealed() -> None:
+    KSR.pv.seti(SEALED, 1)

@@ -1,4 +1,5 @@
-"""No exception leaves a route: every ``ksr_*`` hook runs behind ``hook``.
+"""No exception leaves a route: every ``ksr_*`` hook and every ``Balancer`` operation runs
+behind ``hook``.
 
 An exception that escaped into app_python3 would log a traceback per packet (hostile traffic
 would fill the log) and return an error to Kamailio mid-route. Instead it is counted
@@ -22,7 +23,10 @@ Hook = TypeVar("Hook", bound=Callable[..., int])
 _logged: set[tuple[str, str]] = set()
 
 
-def hook(kind: str) -> Callable[[Hook], Hook]:
+def hook(kind: str, fallback: int = 1) -> Callable[[Hook], Hook]:
+    """Guard a route or an operation: on an exception it returns ``fallback`` (an operation's
+    "no": ``-1``, where going on as if it had succeeded would be wrong)."""
+
     def wrap(method: Hook) -> Hook:
         @functools.wraps(method)
         def guarded(*args: object, **kwargs: object) -> int:
@@ -30,7 +34,7 @@ def hook(kind: str) -> Callable[[Hook], Hook]:
                 return method(*args, **kwargs)
             except Exception as error:
                 failed(kind, error)
-                return 1
+                return fallback
 
         return guarded  # type: ignore[return-value]
 

@@ -2,8 +2,9 @@
 
 A held request is a tm transaction suspended (``tmx.t_suspend``: the caller has its 100
 Trying, and tm absorbs its retransmissions); the release timer resumes it with
-``tmx.t_continue``, which runs ``ksr_route_release`` on it. The queue is the htable
-``htables.HELD``: the requests from ``head`` (excluded) to ``tail`` are held.
+``tmx.t_continue``, which runs the release route (``Balancer.release_route``) on it. The
+queue is the htable ``htables.HELD``: the requests from ``head`` (excluded) to ``tail`` are
+held.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ HOLD_QUEUE_MAX = 5000
 """Requests held at once, at most: beyond it a request is relayed at once, as with holding
 off. 5000 is 100 s of a 50 calls/s pool's backlog, far past any caller's patience, and a few
 hundred kB of shared memory."""
-RELEASE_ROUTE = "ksr_route_release"
 UNWRITTEN_GRACE_MS = 1000
 """How long an entry may stay missing or unreadable before the release timer skips it: its
 worker writes it microseconds after taking its number, so 1 s (50 release ticks) only
@@ -93,10 +93,15 @@ class Waiting:
             KSR.htable.sht_rm(htables.HELD.name, str(seq))
 
 
-def release(held: Held) -> None:
-    """Take ``held`` off the queue and resume it: ``ksr_route_release`` runs now, in this
-    process. If tm no longer has it (its caller cancelled and tm answered, or its timer
-    fired), ``t_continue`` does nothing but say so in the log."""
+def take(held: Held) -> None:
+    """Take ``held`` off the queue, to be resumed now."""
     KSR.htable.sht_seti(htables.HELD.name, htables.HELD_HEAD, held.seq)
     KSR.htable.sht_rm(htables.HELD.name, str(held.seq))
-    KSR.tmx.t_continue(held.index, held.label, RELEASE_ROUTE)
+
+
+def resume(held: Held, function: str) -> None:
+    """Resume ``held`` (taken): the KEMI ``function`` runs now, in this process. If tm no
+    longer has it (its caller cancelled and tm answered, or its timer fired), ``t_continue``
+    does nothing but say so in the log. (tmx's KEMI ``t_continue`` runs a KEMI function
+    only: a native config resumes it with its own ``t_continue`` and route block.)"""
+    KSR.tmx.t_continue(held.index, held.label, function)

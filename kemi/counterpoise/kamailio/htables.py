@@ -193,7 +193,7 @@ HELD = Htable(
         '(the release timer alone writes it); ``"<tindex> <tlabel> <held at, monotonic ms>"`` '
         "of a request still held"
     ),
-    writers=("kamailio.holding.hold", "kamailio.holding.Waiting", "kamailio.holding.release"),
+    writers=("kamailio.holding.hold", "kamailio.holding.Waiting", "kamailio.holding.take"),
     readers=("kamailio.holding.count", "kamailio.holding.Waiting"),
 )
 """The node's queue of requests held while every proxy is queueing (``kamailio.holding``);

@@ -1,0 +1,311 @@
+"""Counterpoise embedded in Kamailio's own example configs, as Debian ships them: each copy
+changed only by the lines docs/embedding.md tells an operator to add (applied as a patch,
+which fails loudly when Debian's file moves), routing calls over a pool by Counterpoise's
+weights while the config's own checks keep answering.
+
+The KEMI Python example runs with its MySQL-backed features on a MariaDB made by Kamailio's
+tools; its callers authenticate as the subscriber Alice. The native kamailio.cfg runs with
+its defaults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import stock, testbed
+
+from counterpoise import assets, processes
+from counterpoise.core.settings import Settings, runtime_values
+from counterpoise.monitoring.read import scrape, value
+from tests.e2e.conftest import Bed, invite_counts, invite_shares
+from tests.e2e.test_balancer import _wait_share as wait_share
+from tests.e2e.test_location import holders
+
+from . import sipwire
+from .test_stock_configs import invite, options
+
+pytestmark = pytest.mark.e2e
+
+PATCHES = assets.SOURCE_TREE / "docs" / "embedding"
+INCLUDE = assets.SOURCE_TREE / "embed" / "counterpoise.cfg"
+NATIVE_SCRIPT = assets.SOURCE_TREE / "kemi" / "counterpoise_native.py"
+PATCH_OF = {
+    stock.NATIVE.name: PATCHES / "kamailio.cfg.patch",
+    stock.KEMI_PYTHON.name: PATCHES / "kamailio-basic-kemi.patch",
+}
+"""The documented lines, per config."""
+CALLER = ("alice", "alice-secret")
+"""The subscriber the calls come from, where the config authenticates."""
+BOB = ("bob", "bob-secret")
+NODE = "embedded"
+
+
+def added_lines(patch: str) -> list[str]:
+    """The lines a patch adds (a changed line counts once), blank ones left out."""
+    return [
+        line[1:]
+        for line in patch.splitlines()
+        if line.startswith("+") and not line.startswith("+++") and line[1:].strip()
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(PATCH_OF))
+def test_a_patch_adds_at_most_15_lines(name: str) -> None:
+    lines = added_lines(PATCH_OF[name].read_text())
+    print(f"{name}: {len(lines)} lines")
+    assert len(lines) <= 15, lines
+
+
+@pytest.fixture(params=[stock.NATIVE, stock.KEMI_PYTHON], ids=lambda config: config.name)
+def embedded(
+    request: pytest.FixtureRequest, bed: Bed, tmp_path: Path
+) -> Iterator[stock.StockKamailio]:
+    """A stock config with the documented lines, the include beside it; the entry script
+    (native) and the pool's Redis given on the command line and in the environment."""
+    config: stock.StockConfig = request.param
+    operator = stock.Operator(
+        files=(INCLUDE,),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)} if config is stock.NATIVE else {},
+        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+    )
+    patch = PATCH_OF[config.name].read_text()
+    with stock.running(config, tmp_path, [CALLER, BOB], [patch], operator) as kamailio:
+        bed.balancer_port = kamailio.port
+        bed.settings = bed.settings.with_values(node_id=NODE)
+        yield kamailio
+
+
+def caller(
+    bed: Bed, kamailio: stock.StockKamailio, calls: int, rate: float, hold_ms: int
+) -> testbed.Caller:
+    """SIPp calling through ``kamailio``: as Alice answering its challenges where it
+    authenticates."""
+    if not kamailio.config.authenticates():
+        return bed.caller(calls, rate, hold_ms)
+    user, password = CALLER
+    auth = ("-key", "caller", user, "-au", user, "-ap", password)
+    return bed.caller(calls, rate, hold_ms, scenario="uac-auth.xml", extra=auth)
+
+
+def test_base_weights_split_calls_three_to_one(bed: Bed, embedded: stock.StockKamailio) -> None:
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.add_pool((a, 3), (b, 1))
+
+    result = caller(bed, embedded, calls=400, rate=50, hold_ms=100).wait(90)
+
+    assert result.failed == 0, result.output[-2000:]
+    shares = invite_shares([a, b], {})
+    assert shares["a"] == pytest.approx(0.75, abs=0.07), shares
+    for ds in (a, b):  # ACK and BYE by the config's own Record-Route set
+        count = ds.counts()
+        assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
+    assert "Traceback" not in embedded.log()
+    # The probes' replies reach Counterpoise (the include's uac event route or callback).
+    processes.wait_for(
+        lambda: all(bed.rows()[ds.uri]["probe_ms"] is not None for ds in (a, b)),
+        10,
+        "probe answers counted",
+    )
+
+
+def test_a_killed_proxy_costs_no_new_call(bed: Bed, embedded: stock.StockKamailio) -> None:
+    """Its calls time out in Counterpoise's failure route, which fails them over; silent, it
+    is set aside. (Marking it down takes its probes' timeout: tm's fr_timer, these configs'
+    30 s.)"""
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.add_pool((a, 1), (b, 1))
+    calls = caller(bed, embedded, calls=300, rate=25, hold_ms=200)
+    processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+
+    before_kill = a.counts()
+    a.kill()
+    # Dialogs established through a cannot end: their BYE follows the Record-Route set to
+    # the dead proxy. Every other call must succeed.
+    open_on_a = before_kill.get("invite", 0) - before_kill.get("bye", 0)
+    result = calls.wait(90)
+
+    assert result.failed <= open_on_a + 1, result.output[-2000:]
+    assert "retrying on" in embedded.log()
+
+
+def test_a_drained_proxy_gets_no_new_calls(bed: Bed, embedded: stock.StockKamailio) -> None:
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.add_pool((a, 1), (b, 1))
+    calls = caller(bed, embedded, calls=160, rate=20, hold_ms=2000)
+    processes.wait_for(lambda: a.counts().get("invite", 0) >= 20, 20, "calls on a")
+
+    drained = bed.cli("proxy", "drain", a.uri)
+    assert drained.returncode == 0, drained.stderr
+    bed.wait_state(a.uri, ("drained",), timeout_s=5)
+    watched = bed.cli("watch", "--once", "--json")
+    assert watched.returncode == 0, watched.stderr
+    assert f'"{a.uri}"' in watched.stdout and f'"{NODE}"' in watched.stdout, watched.stdout
+    at_drain = a.counts()
+    result = calls.wait(90)
+
+    assert result.failed == 0, result.output[-2000:]
+    final = a.counts()
+    assert final["invite"] == at_drain["invite"], "a drained proxy received new calls"
+    assert final["bye"] == final["invite"], "calls in progress on the drained proxy did not end"
+
+
+def test_a_slowed_proxy_loses_share(bed: Bed, embedded: stock.StockKamailio) -> None:
+    a = bed.start_downstream("a", workers=4)
+    b = bed.start_downstream("b", workers=4)
+    bed.add_pool((a, 1), (b, 1))
+    calls = caller(bed, embedded, calls=1200, rate=40, hold_ms=100)
+    processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
+
+    a.set_delay_ms(250)  # capacity 4 workers / 0.25 s = 16 calls/s, of the 40 offered
+    wait_share(a, [a, b], lambda share: share < 0.2, 15, "slow proxy's share below 20 %")
+    calls.stop()
+
+
+def test_a_pinned_user_reaches_her_proxy(bed: Bed, embedded: stock.StockKamailio) -> None:
+    """The location server's record of the callee (an operator's pin here) wins over the
+    weights."""
+    a, b = bed.start_downstream("a"), bed.start_downstream("b")
+    bed.add_pool((a, 3), (b, 1))
+    pinned = bed.cli("location", "pin", f"service@{embedded.address[0]}", b.uri)
+    assert pinned.returncode == 0, pinned.stderr
+
+    result = caller(bed, embedded, calls=20, rate=20, hold_ms=100).wait(60)
+
+    assert result.failed == 0, result.output[-2000:]
+    assert invite_counts([a, b]) == {"a": 0, "b": 20}
+
+
+def test_a_registered_user_is_called_through_the_registrar_that_holds_her(
+    bed: Bed, embedded: stock.StockKamailio, tmp_path: Path
+) -> None:
+    """Bob's REGISTER goes to a registrar of the pool picked by weight (its 2xx records
+    him); Alice's calls to him all reach that one."""
+    pool = [bed.start_downstream(name, registrar=True) for name in ("a", "b")]
+    bed.add_pool(*((ds, 1) for ds in pool))
+    bob_port = processes.free_port()
+    registered = stock.register(embedded, tmp_path, "bob", BOB[1], bob_port)
+    assert registered.successful == 1, registered.output[-2000:]
+    (holder,) = holders(bed, ["bob"]).values()
+    bed.adopt(testbed.start_uas(bob_port, tmp_path))
+
+    for _ in range(4):
+        result = stock.call(embedded, tmp_path, *CALLER, "bob", processes.free_port())
+        assert result.successful == 1, result.output[-2000:]
+
+    assert {ds.uri: ds.counts().get("invite", 0) for ds in pool} == {
+        ds.uri: 4 if ds.uri == holder else 0 for ds in pool
+    }
+
+
+def test_calls_beyond_the_pools_capacity_are_held_and_all_answered(
+    bed: Bed, embedded: stock.StockKamailio
+) -> None:
+    """``select`` holds them (0: the config's route stops); the release timer resumes each
+    in the include's release route (native) or the inherited method (KEMI), which relays it
+    with the config's Record-Route."""
+    a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
+    bed.add_pool((a, 1), (b, 1))
+    # One worker each, 200 ms per INVITE: 10 calls/s for the pool, offered 15 calls/s.
+    a.set_delay_ms(200)
+    b.set_delay_ms(200)
+
+    result = caller(bed, embedded, calls=90, rate=15, hold_ms=100).wait(90)
+
+    held = bed.counters("cpstat", name=embedded.config.name)
+    assert held.get("held", 0) > 0, held
+    assert result.failed == 0, result.output[-2000:]
+    assert "Traceback" not in embedded.log()
+
+
+def test_its_own_replies_hold(bed: Bed, embedded: stock.StockKamailio) -> None:
+    """Max-Forwards, sanity, the digest challenge and the keepalive answer are the
+    config's own, before Counterpoise is asked."""
+    a = bed.start_downstream("a")
+    bed.add_pool((a, 1))
+    reply = options(embedded, (b"Max-Forwards: 70", b"Max-Forwards: 0"))
+    assert reply is not None and sipwire.status_of(reply) == 483, reply
+    reply = options(embedded, (b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE"))
+    assert reply is not None and sipwire.status_of(reply) == 400, reply
+    if embedded.config.authenticates():
+        reply = invite(embedded)
+        assert reply is not None and sipwire.status_of(reply) == 407, reply
+    assert processes.sip_options(*embedded.address, 1.0) == 200
+
+
+MINIMAL = stock.StockConfig("minimal", PATCHES / "minimal.cfg")
+"""The docs' config of one's own around Counterpoise."""
+
+
+def test_the_docs_show_the_minimal_config_as_tested() -> None:
+    docs = (PATCHES.parent / "embedding.md").read_text()
+    assert MINIMAL.cfg.read_text() in docs
+
+
+def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_path: Path) -> None:
+    """Its in-dialog requests go through ``cp_in_dialog``, its replies through
+    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE."""
+    operator = stock.Operator(
+        files=(INCLUDE,),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
+        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+    )
+    with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
+        bed.balancer_port = kamailio.port
+        bed.settings = bed.settings.with_values(node_id=NODE)
+        a, b = bed.start_downstream("a"), bed.start_downstream("b")
+        bed.add_pool((a, 3), (b, 1))
+
+        result = bed.caller(calls=200, rate=40, hold_ms=100).wait(60)
+
+        assert result.failed == 0, result.output[-2000:]
+        assert invite_shares([a, b], {})["a"] == pytest.approx(0.75, abs=0.1)
+        for ds in (a, b):
+            count = ds.counts()
+            assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
+        assert "Traceback" not in kamailio.log()
+
+
+def test_metrics_and_runtime_settings_in_a_native_config(bed: Bed, tmp_path: Path) -> None:
+    """The node's Prometheus endpoint counts the calls the config routed through
+    Counterpoise; settings pushed into its shared memory over the config's own RPC, as
+    ``up`` pushes them on SIGHUP, are taken at runtime."""
+    metrics_port = processes.free_port()
+    operator = stock.Operator(
+        files=(INCLUDE,),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
+        env={
+            "COUNTERPOISE_REDIS_URL": bed.redis_url,
+            "COUNTERPOISE_NODE_ID": NODE,
+            "COUNTERPOISE_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        },
+    )
+    patch = PATCH_OF[stock.NATIVE.name].read_text()
+    with stock.running(stock.NATIVE, tmp_path, patches=[patch], operator=operator) as native:
+        bed.balancer_port = native.port
+        a = bed.start_downstream("a")
+        bed.add_pool((a, 1))
+
+        result = bed.caller(calls=20, rate=20, hold_ms=100).wait(60)
+        assert result.failed == 0, result.output[-2000:]
+
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        processes.wait_for(
+            lambda: (
+                value(scrape(url), "counterpoise_requests_routed_total", node=NODE, reason="weight")
+                == 20
+            ),
+            10,
+            "20 calls in the metrics",
+        )
+        assert value(scrape(url), "counterpoise_route_seconds_count", node=NODE) == 20
+
+        pushed = json.dumps(runtime_values(Settings.of(fr_timer_ms=800)))
+        ctl = native.run_dir / "kamailio_ctl"
+        testbed.kamcmd(ctl, "htable.sets", "cp", "settings", pushed)
+        testbed.kamcmd(ctl, "htable.seti", "cp", "settings_version", "1")
+        processes.wait_for(
+            lambda: "settings changed at runtime" in native.log(), 5, "the settings taken"
+        )
+        assert "'fr_timer_ms': '800'" in native.log()

@@ -1,0 +1,165 @@
+"""The embedding API (``kamailio/embed.py``) through the fake ``KSR``: what a native config's
+``python_exec`` and a KEMI Python config's class get, and that the routes it arms are the
+include's blocks or the class's own methods.
+
+A ``Node`` publishes the pool into the fake's shared memory (its sync loop); an ``Embedded``
+of the same settings routes from it, as another config's Python would in the same Kamailio.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
+
+from ..fakes.edge import CALLEE, Node
+from ..fakes.ksr import FakeKsr
+
+A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
+S = Settings.of(location_server=False, hold_queue_ms=0)
+INCLUDE = Path(__file__).resolve().parents[2] / "embed" / "counterpoise.cfg"
+
+
+@pytest.fixture
+def node(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return Node(ksr, monkeypatch, S)
+
+
+def embedded(native: bool):
+    from counterpoise.kamailio.embed import Embedded
+
+    routes = Embedded(S, native=native)
+    routes.counterpoise.rng.seed(2)
+    return routes
+
+
+def test_select_sets_du_and_arms_the_include_routes_without_relaying(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    assert ksr.pvs["$du"] == A and ksr.relays == [] and ksr.sl_replies == []
+    assert (ksr.on_reply, ksr.on_failure) == ("CP_REPLY", "CP_FAILURE")
+    assert node.inflight(A) == 1
+
+
+def test_select_without_a_proxy_is_false_and_answers_nothing(node: Node, ksr: FakeKsr):
+    node.tick()
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == -1
+    assert ksr.sl_replies == [] and ksr.relays == [] and "$du" not in ksr.pvs
+
+
+def test_a_failed_relay_is_the_proxy_failure(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    assert cp.cp_relay_failed(None) == 1
+    assert node.inflight(A) == 0
+    assert node.totals() == {A: Tally(requests_failed=1)}
+
+
+def test_the_failure_route_relays_to_the_next_proxy_with_the_routes_armed(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    cp = embedded(native=False)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    first = ksr.pvs["$du"]
+    assert ksr.called("tm.t_relay") == [] and config_relays() == 1
+    ksr.failure(503)
+    assert cp.cp_failure(None) == 1
+    second = ksr.relays[-1]["duri"]
+    assert {first, second} == {A, B}
+    assert (ksr.relays[-1]["on_reply"], ksr.relays[-1]["on_failure"]) == (
+        "cp_on_reply",
+        "cp_failure",
+    )
+
+
+def config_relays() -> int:
+    """The config's own ``t_relay`` after a true ``cp_select``."""
+    import KSR
+
+    return KSR.tm.t_relay()
+
+
+def test_a_failure_of_a_request_it_did_not_route_is_left_to_tm(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    ksr.failure(503)
+    assert cp.counterpoise.failover() == -1 and ksr.relays == []
+
+
+def test_a_native_release_tick_hands_each_held_request_to_the_config(node: Node, ksr: FakeKsr):
+    """tmx's KEMI ``t_continue`` runs KEMI functions only: the include's release tick resumes
+    each request with the cfg ``t_continue``, from the variables ``cp_release_next`` sets."""
+    from counterpoise.kamailio import holding
+
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert holding.hold(4000)
+    suspended = (ksr.pvs["$T(id_index)"], ksr.pvs["$T(id_label)"])
+    assert cp.cp_release_next(None) == 1
+    assert (ksr.pvs["$var(cp_index)"], ksr.pvs["$var(cp_label)"]) == suspended
+    assert holding.count() == 0 and ksr.called("tmx.t_continue") == []
+    assert cp.cp_release_next(None) == -1
+
+
+def test_a_failing_release_step_ends_the_native_tick(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """The include loops while ``cp_release_next`` is true: an error must read as false."""
+    cp = embedded(native=True)
+    monkeypatch.setattr(cp.counterpoise, "next_release", lambda: 1 / 0)
+    assert cp.cp_release_next(None) == -1
+
+
+def test_seal_arms_the_branch_route_that_seals_each_branch(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    cp = embedded(native=False)
+    ksr.routes["cp_on_branch"] = cp.cp_on_branch
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_seal(None) == 1 and cp.cp_select(None) == 1
+    assert ksr.on_branch == "cp_on_branch"
+    assert config_relays() == 1 and ksr.relays[-1]["record_route_params"]
+    ksr.failure(503)
+    assert cp.cp_failure(None) == 1
+    assert ksr.relays[-1]["record_route_params"]  # the failover's branch sealed too
+
+
+def test_without_seal_the_config_keeps_its_branch_route(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    assert ksr.called("tm.t_on_branch") == []
+
+
+def test_kemi_routes_are_methods_of_the_class_an_operator_inherits():
+    from counterpoise.kamailio.embed import KEMI_ROUTES, Embedded
+
+    for name in (KEMI_ROUTES.reply, KEMI_ROUTES.failure, KEMI_ROUTES.release):
+        assert callable(getattr(Embedded, name)), name
+
+
+def test_the_include_calls_and_names_only_what_exists():
+    """Every ``python_exec`` and KEMI callback of the include is a method of ``Embedded``;
+    every native route ``Embedded`` arms is a block of the include."""
+    from counterpoise.kamailio.embed import NATIVE_ROUTES, Embedded
+
+    text = INCLUDE.read_text()
+    called = set(re.findall(r'python_exec\("(\w+)"\)', text))
+    called |= set(re.findall(r"route=(cp_\w+)", text))
+    called |= set(re.findall(r'"event_callback", "(\w+)"', text))
+    assert called and all(callable(getattr(Embedded, name, None)) for name in called), called
+    blocks = set(re.findall(r"^\w*route\[(\w+)\]", text, re.M))
+    assert {NATIVE_ROUTES.reply, NATIVE_ROUTES.failure, NATIVE_ROUTES.release} <= blocks
+    assert {"CP_SYNC", "CP_RELEASE_TICK"} <= blocks
