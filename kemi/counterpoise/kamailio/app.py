@@ -32,7 +32,6 @@ from counterpoise.kamailio.view import NodeViewTable
 from counterpoise.store.client import redact
 from counterpoise.store.pool import PoolStore
 
-DIALOG_FORMING = "INVITE,SUBSCRIBE,REFER"
 MAX_FORWARDS_LIMIT = 70
 """Max-Forwards inserted when a request has none (RFC 3261 recommends 70)."""
 SANITY_CHECKS = 1511
