@@ -3,22 +3,16 @@ throughput, with only the settings it reads."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from counterpoise.core.policy.capacity import Throughput, load_factors
+from counterpoise.core.settings import LoadSettings
 
-
-@dataclasses.dataclass(frozen=True)
-class Rules:
-    """Exactly the fields ``CapacitySettings`` names: reading any other fails."""
-
-    load_headroom_floor: float = 0.05
-    load_smoothing_tau_ms: int = 3000
-
-
-R = Rules()
+R = LoadSettings(
+    load_headroom_floor=0.05,
+    load_smoothing_tau_ms=3000,
+)
+"""The settings this part reads, pinned here rather than taken from the defaults."""
 WINDOW_MS = 200
 
 

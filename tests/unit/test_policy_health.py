@@ -19,23 +19,19 @@ from counterpoise.core.policy.health import (
     set_aside,
     silent,
 )
+from counterpoise.core.settings import HealthSettings
 from counterpoise.core.tally import Tally
 
-
-@dataclasses.dataclass(frozen=True)
-class Rules:
-    """Exactly the fields ``HealthSettings`` names: reading any other fails."""
-
-    down_after_failures: int = 3
-    up_after_probes: int = 2
-    slow_start_ms: int = 8000
-    slow_start_floor: float = 0.1
-    slow_start_after_down_ms: int = 30_000
-    silent_after_ms: int = 300
-    max_ejected_fraction: float = 0.5
-
-
-R = Rules()
+R = HealthSettings(
+    down_after_failures=3,
+    up_after_probes=2,
+    slow_start_ms=8000,
+    slow_start_floor=0.1,
+    slow_start_after_down_ms=30_000,
+    silent_after_ms=300,
+    max_ejected_fraction=0.5,
+)
+"""The settings this part reads, pinned here rather than taken from the defaults."""
 FAILED = Tally(requests_failed=1)
 ANSWERED = Tally(requests_ok=1, first_reply_ms_sum=5)
 PROBE_OK = Tally(probes_ok=1, probe_ms_sum=1)

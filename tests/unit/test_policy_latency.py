@@ -3,7 +3,6 @@ with only the settings it reads."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -16,20 +15,16 @@ from counterpoise.core.policy.latency import (
     slow,
     window_latency_ms,
 )
+from counterpoise.core.settings import LatencySettings
 from counterpoise.core.tally import Tally
 
-
-@dataclasses.dataclass(frozen=True)
-class Rules:
-    """Exactly the fields ``LatencySettings`` names: reading any other fails."""
-
-    latency_rise_tau_ms: int = 300
-    latency_fall_tau_ms: int = 2000
-    latency_offset_ms: float = 10.0
-    failure_penalty_ms: float = 500.0
-
-
-R = Rules()
+R = LatencySettings(
+    latency_rise_tau_ms=300,
+    latency_fall_tau_ms=2000,
+    latency_offset_ms=10.0,
+    failure_penalty_ms=500.0,
+)
+"""The settings this part reads, pinned here rather than taken from the defaults."""
 
 
 def answered(ms: int, n: int = 1) -> Tally:

@@ -15,18 +15,14 @@ from counterpoise.core.policy.timers import (
     queueing,
     saturated,
 )
+from counterpoise.core.settings import TimerSettings
 
-
-@dataclasses.dataclass(frozen=True)
-class Rules:
-    """Exactly the fields ``TimerSettings`` names: reading any other fails."""
-
-    saturated_fr_timer_ms: int = 6000
-    saturated_memory_ms: int = 2000
-    hold_queue_ms: int = 500
-
-
-R = Rules()
+R = TimerSettings(
+    saturated_fr_timer_ms=6000,
+    saturated_memory_ms=2000,
+    hold_queue_ms=500,
+)
+"""The settings this part reads, pinned here rather than taken from the defaults."""
 FR_TIMER_MS = 1500
 """The failover setting the timers lengthen, passed in."""
 NOW = 10_000

@@ -22,20 +22,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Protocol
 
-
-class CapacitySettings(Protocol):
-    """The settings the load estimate reads."""
-
-    @property
-    def load_headroom_floor(self) -> float: ...
-    @property
-    def load_smoothing_tau_ms(self) -> int: ...
+from counterpoise.core.settings import LoadSettings
 
 
 def load_factors(
-    utilisation: Mapping[str, float | None], settings: CapacitySettings
+    utilisation: Mapping[str, float | None], settings: LoadSettings
 ) -> dict[str, float]:
     """``H / H_max`` of every proxy of ``utilisation`` (None: no fresh report, given the mean
     headroom); empty when none reports, so every load factor is 1."""
@@ -58,9 +50,7 @@ class Throughput:
     observed_ms: int | None = None
     """When the latest window was counted."""
 
-    def count(
-        self, completed: int, alive: bool, now_ms: int, settings: CapacitySettings
-    ) -> Throughput:
+    def count(self, completed: int, alive: bool, now_ms: int, settings: LoadSettings) -> Throughput:
         """After a window in which ``completed`` requests got an answer; ``alive``: it showed
         a sign of life. Only windows with a sign of life count: a frozen or dead proxy
         completes nothing because it is not there, which says nothing of its capacity, and

@@ -33,28 +33,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
-from typing import Protocol
 
+from counterpoise.core.settings import HealthSettings
 from counterpoise.core.tally import Tally
-
-
-class HealthSettings(Protocol):
-    """The settings the health state machine reads."""
-
-    @property
-    def down_after_failures(self) -> int: ...
-    @property
-    def up_after_probes(self) -> int: ...
-    @property
-    def slow_start_ms(self) -> int: ...
-    @property
-    def slow_start_floor(self) -> float: ...
-    @property
-    def slow_start_after_down_ms(self) -> int: ...
-    @property
-    def silent_after_ms(self) -> int: ...
-    @property
-    def max_ejected_fraction(self) -> float: ...
 
 
 class State(enum.StrEnum):

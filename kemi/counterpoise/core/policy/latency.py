@@ -34,22 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Protocol
 
+from counterpoise.core.settings import LatencySettings
 from counterpoise.core.tally import Tally
-
-
-class LatencySettings(Protocol):
-    """The settings the latency estimate reads."""
-
-    @property
-    def latency_rise_tau_ms(self) -> int: ...
-    @property
-    def latency_fall_tau_ms(self) -> int: ...
-    @property
-    def latency_offset_ms(self) -> float: ...
-    @property
-    def failure_penalty_ms(self) -> float: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,22 +23,9 @@ Pure: times are passed in.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from counterpoise.core import hold
 from counterpoise.core.policy.health import Health, State
-
-
-class TimerSettings(Protocol):
-    """The settings the timers read."""
-
-    @property
-    def saturated_fr_timer_ms(self) -> int: ...
-    @property
-    def saturated_memory_ms(self) -> int: ...
-    @property
-    def hold_queue_ms(self) -> int: ...
-
+from counterpoise.core.settings import TimerSettings
 
 LONG_WAIT_FRACTION = 1 / 3
 """A queueing proxy whose expected first reply is past this fraction of ``fr_timer_ms`` gets
