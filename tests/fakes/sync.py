@@ -125,6 +125,8 @@ class MemoryStore:
         self.rejects: dict[str, dict[str, str]] = {}
         self.nodes: dict[str, int] = {}
         """Per node, the wall time of its last publish."""
+        self.sends: dict[str, tuple[bytes, int]] = {}
+        """Per node, what it sends (``cp:sends:<node>``) and when that expires (wall ms)."""
         self._subscribed = False
         self._announced: list[str] = []
         self._failure: StoreDown | None = None
@@ -192,6 +194,15 @@ class MemoryStore:
         if rejects:
             self.rejects.setdefault(node, {}).update({k: str(v) for k, v in rejects.items()})
         self.nodes[node] = now_ms
+
+    def exchange_sends(
+        self, node: str, sends: str, ttl_ms: int, peers: Sequence[str], now_ms: int, live_ms: int
+    ) -> tuple[list[str], dict[str, bytes]]:
+        self._check()
+        self.sends[node] = (sends.encode(), now_ms + ttl_ms)
+        names = [n for n, at in self.nodes.items() if at >= now_ms - live_ms and n != node]
+        found = {p: self.sends[p][0] for p in peers if p in self.sends}
+        return names, {p: raw for p, raw in found.items() if self.sends[p][1] > now_ms}
 
 
 class MemoryLocationStore:
@@ -289,6 +300,10 @@ class RecordingStore:
     def publish_weights(self, node, records, ttl_ms, now_ms, rejects=None) -> None:
         self.calls.append(("publish_weights", self.clock.now))
         self.store.publish_weights(node, records, ttl_ms, now_ms, rejects)
+
+    def exchange_sends(self, node, sends, ttl_ms, peers, now_ms, live_ms):
+        self.calls.append(("exchange_sends", self.clock.now))
+        return self.store.exchange_sends(node, sends, ttl_ms, peers, now_ms, live_ms)
 
     def times(self, name: str) -> list[int]:
         return [t for n, t in self.calls if n == name]

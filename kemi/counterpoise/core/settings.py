@@ -222,6 +222,15 @@ class RedisSettings(Group):
         meaning="Expiry of a node's published weights (ms).",
         why="A stopped node's table disappears after ten missed publications.",
     )
+    share_ttl_ms: int = setting(
+        1000,
+        POSITIVE,
+        runtime=True,
+        meaning="Expiry of what a node sends to each proxy, written every sync tick for the"
+        " other nodes (ms).",
+        why="A dead node's part of the pool goes back to the live ones within about five"
+        " 200 ms ticks.",
+    )
     redis_data_dir: str = setting(
         "",
         meaning="Folder of the embedded Redis's data and log; empty: `/var/lib/counterpoise/redis`"

@@ -6,10 +6,14 @@ One process per balancer node runs it (rtimer, every ``CP_SYNC_TIMER`` of ``kama
 1. reads ``cp:pool:version`` and the agents' load reports in one round trip, and reloads the
    proxy list when the version changed (it keeps the last list it had while Redis is
    unreachable); reports announced for proxies not in the pool are rejected;
+   in the same Guarded call it writes what this node sends to each proxy
+   (``cp:sends:<node>``) and reads the other live nodes' (``policy.share``): a node that
+   cannot reach Redis keeps the peers it read last;
 2. merges what every SIP worker counted since the last tick (``Tally`` deltas), the
    latest ``X-CP-Load`` of each proxy's replies, and which proxies replied at all;
 3. folds those windows into what it observed of each proxy and recomputes the weights
-   (``policy``, with the fresh reported loads from ``load.LoadBook``);
+   (``policy``, with the fresh reported loads from ``load.LoadBook``) and the in-flight
+   limits (from this node's share of each proxy's throughput over every node);
 4. hands the new table to the SIP workers through shared memory;
 5. sends the probes that are due;
 6. every ``publish_interval_ms``, writes the weights and their inputs to Redis, and the
@@ -27,12 +31,14 @@ and counts what they held (``inflight_corrected``): drift heals within 400 s.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from counterpoise.core import load
 from counterpoise.core.attempts import RetryBudget
 from counterpoise.core.backoff import Guarded
+from counterpoise.core.policy import share
 from counterpoise.core.policy.health import Health, State
 from counterpoise.core.policy.observed import Observed, new_observed, observe_pool
 from counterpoise.core.policy.weights import Weighting, weigh
@@ -40,6 +46,7 @@ from counterpoise.core.pool import Admin, ProxyConfig
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
+from counterpoise.core.untrusted import BadRecord, untrusted
 
 EDGE_COUNTER_PREFIX = "edge:"
 """The edge's counters (``cpedge``) are published in ``cp:rejects:<node>`` under this prefix."""
@@ -112,6 +119,12 @@ class StateStore(Protocol):
         rejects: Mapping[str, int | str] | None = None,
     ) -> None: ...
 
+    def exchange_sends(
+        self, node: str, sends: str, ttl_ms: int, peers: Sequence[str], now_ms: int, live_ms: int
+    ) -> tuple[list[str], dict[str, bytes]]:
+        """Write what ``node`` sends; read the live nodes' names and the unexpired
+        publications of ``peers`` (``store.pool.PoolStore.exchange_sends``)."""
+
 
 class SyncLoop:
     def __init__(
@@ -153,6 +166,11 @@ class SyncLoop:
         self._started_ms = monotonic_ms()
         self._retry_budget = RetryBudget(settings)
         self._heard: Mapping[str, int] = {}
+        self._peer_names: list[str] = []
+        self._peers: dict[str, dict[str, share.Sends]] = {}
+        self._bad_peers: dict[str, str] = {}
+        self.share = share.Share(1.0, 1, {})
+        """This node's part of the pool (``policy.share``), from the latest peers read."""
         self.ejections_refused = 0
         """Ejections the cap (``max_ejected_fraction``) refused since the node started."""
         self.retries_spent = 0
@@ -185,6 +203,7 @@ class SyncLoop:
         self.retries_spent, self.retries_refused = self._shared.retry_counts()
         tokens = self._retry_budget.tokens(now, attempts, self.retries_spent)
         self._shared.set_retry_tokens(tokens)
+        self.share = share.node_share(self._own_sends(), self._peers)
         self.weights = weigh(
             {uri: c.base_weight for uri, c in self.pool.items()},
             {uri for uri, c in self.pool.items() if c.admin == Admin.DRAINED},
@@ -192,6 +211,7 @@ class SyncLoop:
             now,
             self.settings,
             {uri: self.loads.utilisation(uri, now) for uri in self.pool},
+            {uri: self.share.shared_per_s(uri) for uri in self.pool},
         )
         self._publish_table()
         self._send_probes(now)
@@ -259,12 +279,45 @@ class SyncLoop:
                     self.loads.take_report(uri, raw, now, wall)
             # After the reload: a proxy added this tick is not "unknown".
             self._check_announcements()
+            self._exchange_sends(wall)
 
         if self._redis.call(now, poll):
             self._redis_synced_ms = now
         else:
             # Subscribe again once Redis is back.
             self._store.drop_announcements()
+
+    def _own_sends(self) -> dict[str, share.Sends]:
+        return {
+            uri: share.Sends(self.observed[uri].throughput.per_s, self._shared.inflight(uri))
+            for uri in self.pool
+            if uri in self.observed
+        }
+
+    def _exchange_sends(self, wall_ms: int) -> None:
+        """Publish what this node sends and take the live peers' publications (``share``).
+        While Redis is unreachable this is not called: the last peers read stay."""
+        redis = self.settings.redis
+        names, raws = self._store.exchange_sends(
+            self.node,
+            share.encode(self._own_sends()),
+            redis.share_ttl_ms,
+            self._peer_names,
+            wall_ms,
+            redis.node_ttl_ms,
+        )
+        peers: dict[str, dict[str, share.Sends]] = {}
+        for peer, raw in raws.items():
+            try:
+                peers[peer] = untrusted(functools.partial(share.decode, raw))
+            except BadRecord as error:
+                if self._bad_peers.get(peer) != str(error):
+                    self._log(f"what node {peer} sends is unusable, left out: {error}")
+                self._bad_peers[peer] = str(error)
+        if set(peers) != set(self._peers):
+            self._log(f"nodes sharing the pool: {', '.join(sorted([self.node, *peers]))}")
+        self._peers = peers
+        self._peer_names = names
 
     def _check_announcements(self) -> None:
         """Reject reports announced for proxies that are not in the pool (a misconfigured
@@ -348,6 +401,9 @@ class SyncLoop:
             "silence_ms": observed.silence_ms(now),
             "silent": weighting.silent,
             "inflight_limit": weighting.inflight_limit,
+            "node_share": round(self.share.share, 4),
+            "nodes": self.share.nodes,
+            "pool_throughput_per_s": round(self.share.pool_per_s.get(uri, 0.0), 2),
             "queue_wait_ms": round(observed.queue_wait_ms(now, self.settings)),
             "throughput_per_s": round(observed.throughput.per_s, 2),
             "ejection_refused": observed.health.ejection_refused,

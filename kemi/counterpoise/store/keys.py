@@ -7,6 +7,9 @@ docs/redis.md documents the same schema:
 ``cp:weights:<node>``      HASH  proxy URI -> JSON of the weight that node routes with and
                                  every input of it; expires ``node_ttl_ms`` after its write.
 ``cp:nodes``               ZSET  node name -> epoch ms of its last publish.
+``cp:sends:<node>``        STRING JSON ``{proxy uri: [per_s, inflight]}``: what that node
+                                 sends to each proxy (``core.policy.share``); written every
+                                 sync tick, expires ``share_ttl_ms`` after its write.
 ``cp:rejects:<node>``      HASH  inputs that node rejected: counts and latest reasons.
 ``cp:report:<proxy uri>``  STRING msgpack load report of the proxy's agent, ``PX`` expiry.
 ``cp:reports``             channel the agent publishes the proxy URI on after each report.
@@ -37,6 +40,7 @@ class Keys:
         self.reports_channel = f"{prefix}reports"
         self._weights = f"{prefix}weights:"
         self._rejects = f"{prefix}rejects:"
+        self._sends = f"{prefix}sends:"
         self._report = f"{prefix}report:"
         self._location = f"{prefix}loc:"
         self.dialog_keys = f"{DIALOG_KEYS_NAMESPACE}{prefix}dialog-keys"
@@ -46,6 +50,9 @@ class Keys:
 
     def rejects(self, node: str) -> str:
         return self._rejects + node
+
+    def sends(self, node: str) -> str:
+        return self._sends + node
 
     def report(self, uri: str) -> str:
         return self._report + uri

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from counterpoise import clock
+from counterpoise.core.policy.share import MAX_SENDS_BYTES
 from counterpoise.core.pool import Admin, ProxyConfig, parse_pool, parse_version
 from counterpoise.core.reports import MAX_REPORT_BYTES
 from counterpoise.core.untrusted import BadRecord, untrusted
@@ -190,6 +191,27 @@ class PoolStore(Store):
             pipe.zadd(self.keys.nodes, {node: now_ms})
             pipe.zremrangebyscore(self.keys.nodes, 0, now_ms - ttl_ms)
             pipe.execute()
+
+    def exchange_sends(
+        self, node: str, sends: str, ttl_ms: int, peers: Sequence[str], now_ms: int, live_ms: int
+    ) -> tuple[list[str], dict[str, bytes]]:
+        """Write what ``node`` sends (``core.policy.share``, expiring after ``ttl_ms``) and
+        read, in the same round trip, the nodes that published within ``live_ms`` of
+        ``now_ms`` (``cp:nodes``) and the publications of ``peers`` that have not expired
+        (each read bounded to one byte more than ``MAX_SENDS_BYTES``). A node found in
+        ``cp:nodes`` is read from the next call on: it joins a tick late."""
+        with self.raw.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.sends(node), sends, px=ttl_ms)
+            pipe.zrangebyscore(self.keys.nodes, now_ms - live_ms, "+inf")
+            for peer in peers:
+                pipe.getrange(self.keys.sends(peer), 0, MAX_SENDS_BYTES)
+            written, nodes, *raws = pipe.execute(raise_on_error=False)
+        for result in (written, nodes):
+            if isinstance(result, Exception):
+                raise result
+        names = [name.decode(errors="replace") for name in nodes]
+        found = {peer: raw for peer, raw in zip(peers, raws, strict=True) if isinstance(raw, bytes)}
+        return [name for name in names if name != node], {p: r for p, r in found.items() if r}
 
     def node_rejects(self, now_ms: int, ttl_ms: int) -> dict[str, dict[str, str]]:
         """Per live node, what it rejected (``cp:rejects:<node>``)."""

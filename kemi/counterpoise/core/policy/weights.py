@@ -68,11 +68,15 @@ def weigh(
     now_ms: int,
     settings: Settings,
     loads: Mapping[str, float | None] | None = None,
+    shared_per_s: Mapping[str, float] | None = None,
 ) -> dict[str, Weighting]:
     """Weights of every proxy in ``base_weights`` (the operator's list), by the formula of
     this module's docstring; ``loads`` holds the fresh reported utilisation of the proxies
-    that have one (``core.load``)."""
+    that have one (``core.load``); ``shared_per_s`` this node's part of each proxy's
+    throughput over every node (``share``), which sets the in-flight limits (a proxy left out
+    is this node's alone: its own throughput)."""
     loads = loads or {}
+    shared_per_s = shared_per_s or {}
     active = [uri for uri in base_weights if uri not in drained]
     usable = {uri for uri in active if observed[uri].health.state != State.DOWN}
     panic = bool(active) and not usable
@@ -135,6 +139,8 @@ def weigh(
             ),
             queueing=queueing,
             silent=uri in set_aside,
-            inflight_limit=timers.inflight_limit(o.throughput.per_s, settings.timers),
+            inflight_limit=timers.inflight_limit(
+                shared_per_s.get(uri, o.throughput.per_s), settings.timers
+            ),
         )
     return result
