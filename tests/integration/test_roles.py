@@ -3,6 +3,7 @@ nothing more; ``default`` is off."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_balancer_runs_the_sync_loop_and_location_but_cannot_change_the_pool(
         harness.tick(200)
     assert harness.loop.redis_ok and set(harness.shared.table) == {A, B}
     assert harness.store.store.node_weights(harness.clock.wall_ms(), 10_000)["lb1"].keys() == {A, B}
+    assert json.loads(server.client("balancer").get(f"{PREFIX}sends:lb1")).keys() == {A, B}
     locations = LocationStore(server.client("balancer"), PREFIX)
     locations.put(AOR, "u@h", Record(A, 1))
     dialog = Record(A, 1, 0, "f", "t", "198.51.100.7")

@@ -6,6 +6,7 @@ these tests are about what it reads from and writes to Redis through ``PoolStore
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -137,3 +138,33 @@ def test_the_retry_budget_is_handed_to_the_workers_and_its_counters_published(
     rejects = redis_client.hgetall("cp:rejects:lb1")
     assert (rejects["retries_spent"], rejects["retries_refused"]) == ("10", "3")
     assert rejects["ejections_refused"] == "0"
+
+
+def test_nodes_exchange_what_they_send_and_a_dead_ones_expires(
+    harness: Harness, operator: PoolStore, redis_client
+):
+    operator.add(A)
+    lb2 = Harness(PoolStore(redis_client, S.redis.key_prefix), S, node="lb2")
+
+    def both(advance_ms: int) -> None:
+        for node, n in ((harness, 10), (lb2, 30)):
+            key = "101 " + A
+            node.shared.tallies[key] = node.shared.tallies.get(key, Tally()) + requests(n, 20)
+            node.shared.inflight_counts[A] = n // 10
+            node.tick(advance_ms)
+
+    for _ in range(50):
+        both(200)
+    written = json.loads(redis_client.get("cp:sends:lb2"))
+    assert written[A][1] == 3
+    assert 0 < redis_client.pttl("cp:sends:lb2") <= S.redis.share_ttl_ms
+    assert harness.loop.share.nodes == 2 and lb2.loop.share.nodes == 2
+    assert harness.loop.share.share == pytest.approx(0.25, abs=0.01)
+    # lb2 stops: Redis expires its publication after share_ttl_ms (real time), and lb1 has
+    # the pool again at its next tick.
+    deadline = time.monotonic() + 3 * S.redis.share_ttl_ms / 1000
+    while redis_client.exists("cp:sends:lb2") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not redis_client.exists("cp:sends:lb2")
+    harness.tick(200)
+    assert (harness.loop.share.share, harness.loop.share.nodes) == (1.0, 1)
