@@ -85,6 +85,14 @@ def test_names_follow_prometheus_conventions_and_values_are_the_loops(own_redis:
     assert value(samples, "counterpoise_redis_skipped_lookups_total", kind="lookup") == 4
     assert value(samples, "counterpoise_redis_up") == 1
     assert value(samples, "counterpoise_edge_events_total", event="dropped_banned") == 4800
+    # Alone on its Redis: the whole pool, and the limits of its own throughput.
+    assert value(samples, "counterpoise_pool_share") == 1.0
+    assert value(samples, "counterpoise_pool_nodes") == 1
+    for uri in (A, B):
+        limit = value(samples, "counterpoise_proxy_in_flight_limit", proxy=uri)
+        assert limit == weights[uri].inflight_limit
+        throughput = value(samples, "counterpoise_proxy_pool_throughput_per_second", proxy=uri)
+        assert throughput == harness.loop.observed[uri].throughput.per_s
 
 
 def test_metrics_go_on_while_redis_is_down(own_redis: RedisServer):

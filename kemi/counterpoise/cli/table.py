@@ -37,7 +37,7 @@ COLUMNS = (
 )
 
 
-PER_NODE = ("state", "weight", "share")
+PER_NODE = ("state", "weight", "share", "node_share", "nodes", "inflight_limit")
 SHARE_DISAGREEMENT = 0.10
 """Shares two nodes give a proxy that differ by more than this (10 points) are shown as a
 disagreement: nodes see the same proxies, and their own latency samples move a share by a
@@ -59,6 +59,26 @@ def disagreements(rows: list[dict]) -> list[str]:
                 for node, view in views.items()
             )
             lines.append(f"nodes disagree on {row['uri']}: {each}")
+    return lines
+
+
+def node_shares(rows: list[dict]) -> list[str]:
+    """One line per node: its share of the pool and its in-flight limits
+    (``core.policy.share``), from what it published of each proxy."""
+    by_node: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        for node, view in row.get("per_node", {}).items():
+            by_node.setdefault(node, {})[row["uri"]] = view
+    lines = []
+    for node, views in sorted(by_node.items()):
+        first = next(iter(views.values()))
+        if first.get("node_share") is None:
+            continue  # a node from before shares were published
+        limits = ", ".join(f"{uri} {view.get('inflight_limit')}" for uri, view in views.items())
+        lines.append(
+            f"node {node}: {first['node_share']:.1%} of the pool ({first.get('nodes')} nodes),"
+            f" in-flight limits {limits}"
+        )
     return lines
 
 
@@ -143,9 +163,11 @@ def render(rows: list[dict]) -> str:
 
 
 def report(store: PoolStore, settings: Settings, now_ms: int) -> str:
-    """The table, then the nodes' disagreements and rejected inputs, if any."""
+    """The table, each node's share and limits, then the nodes' disagreements and rejected
+    inputs, if any."""
     rows = pool_rows(store, settings, now_ms)
-    lines = [render(rows), *disagreements(rows), *rejected_inputs(store, settings, now_ms)]
+    lines = [render(rows), *node_shares(rows), *disagreements(rows)]
+    lines += rejected_inputs(store, settings, now_ms)
     return "\n".join(lines)
 
 

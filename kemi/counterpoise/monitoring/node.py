@@ -138,6 +138,14 @@ def proxy_families(view: NodeView) -> list[Metric]:
     )
     counted = _gauge("proxy_utilisation_counted", "Utilisation the weight used, 0..1.")
     inflight = _gauge("proxy_in_flight", "Requests relayed by this node awaiting a final reply.")
+    inflight_limit = _gauge(
+        "proxy_in_flight_limit",
+        "In flight at which this node holds new requests while the proxy queues (0: off).",
+    )
+    pool_throughput = _gauge(
+        "proxy_pool_throughput_per_second",
+        "Requests the proxy completes per second for every live node (this one's and its peers').",
+    )
     requests = _counter("proxy_requests", "Requests relayed that got an outcome.")
     failures = _counter("proxy_failures", "Requests that timed out or got 408 or 5xx.")
     failovers = _counter("proxy_failovers", "Requests that failed on the proxy and were retried.")
@@ -169,6 +177,8 @@ def proxy_families(view: NodeView) -> list[Metric]:
         if weighting.utilisation is not None:
             counted.add_metric(labels, weighting.utilisation)
         inflight.add_metric(labels, view.inflight.get(uri, 0))
+        inflight_limit.add_metric(labels, weighting.inflight_limit)
+        pool_throughput.add_metric(labels, sync.share.pool_per_s.get(uri, 0.0))
         totals = sync.totals.get(uri, Tally())
         requests.add_metric(labels, totals.requests_ok + totals.requests_failed)
         failures.add_metric(labels, totals.requests_failed)
@@ -179,8 +189,8 @@ def proxy_families(view: NodeView) -> list[Metric]:
         final.add_metric(labels, totals.requests_ok, totals.final_reply_ms_sum / 1000)
     return [
         weight, share, base, state, latency, latency_factor, load_factor, ramp, consecutive,
-        probe_rtt, utilisation, counted, inflight, requests, failures, failovers, probes,
-        probe_failures, first, final,
+        probe_rtt, utilisation, counted, inflight, inflight_limit, pool_throughput, requests,
+        failures, failovers, probes, probe_failures, first, final,
     ]  # fmt: skip
 
 
@@ -264,6 +274,12 @@ def node_families(view: NodeView) -> list[Metric]:
             float(any(w.panic for w in sync.weights.values())),
         ),
         ("proxies", "Proxies in the pool as this node last read it.", len(sync.pool)),
+        (
+            "pool_share",
+            "This node's share of every proxy's capacity, 0..1 (1 alone).",
+            sync.share.share,
+        ),
+        ("pool_nodes", "Live nodes sharing the pool, this one included.", sync.share.nodes),
     )
     for make, table in ((_counter, counted), (_gauge, gauges)):
         for name, doc, value in table:
