@@ -134,7 +134,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
     parser.add_argument(
         "--scenarios",
-        help="comma-separated, of: steady,step,stall,kill,bigstall,bigkill,load85,load95",
+        help="comma-separated, of: steady,step,stall,kill,bigstall,bigkill,load85,load95,"
+        "load110, and the multi-node load70x2,load95x2,load110x2 (x3 too),bigstallx2",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the scenarios this many times (paired runs for the multi-node p99 target: 3)",
     )
     parser.add_argument("--contenders", help=f"comma-separated, of: {','.join(ALL)}")
     parser.add_argument("--load", type=float, help="fraction of the pool's capacity (0.7)")
@@ -208,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or BENCH_DIR / "results" / f"{stamp}-{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="counterpoise-bench-"))
-    runs = len(contenders) * len(wanted)
+    runs = sum(
+        1 for c in contenders for name in wanted if catalogue[name].nodes == 1 or not c.native
+    )
     runs += 0 if args.no_sweep else len(contenders)
     runs += 0 if args.no_overhead else 2
     progress = Progress(runs)
@@ -242,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             f"offered {rate:g} calls/s ({load:.0%}); {len(contenders)} contenders x "
             f"{len(wanted)} scenarios"
         )
-        session.scenarios(contenders, [catalogue[name] for name in wanted], rate)
+        for repeat in range(args.repeat):
+            session.scenarios(contenders, [catalogue[name] for name in wanted], rate, repeat)
         if not args.no_sweep:
             session.sweep(contenders)
         if not args.no_overhead:
@@ -383,24 +393,30 @@ class Session:
     counter: drive.Counter | None = None
 
     def scenarios(
-        self, contenders: list[Contender], wanted: list[scenarios.Scenario], rate: float
+        self,
+        contenders: list[Contender],
+        wanted: list[scenarios.Scenario],
+        rate: float,
+        repeat: int = 0,
     ) -> None:
         """Scenario by scenario, every contender in turn (so slow changes of the machine's
         other load spread over all of them). ``rate`` is the offered load of the scenarios
-        that do not set their own."""
+        that do not set their own; ``repeat``: which pass of ``--repeat`` this is."""
         assert self.counter
         for scenario in wanted:
             scenario_rate = rate
             if scenario.load is not None:
                 scenario_rate = round(scenario.load * self.pool.total_capacity, 1)
             for contender in contenders:
+                if scenario.nodes > 1 and contender.native:
+                    continue  # dispatcher nodes share nothing: their one node is the comparison
                 self.progress.step(f"{contender.name} / {scenario.name}")
                 try:
                     result = scenarios.run(
                         contender,
                         scenario,
                         self.pool,
-                        self.work / f"{contender.name}-{scenario.name}",
+                        self.work / f"{contender.name}-{scenario.name}-{repeat + 1}",
                         self.redis_url,
                         drive.Load(scenario_rate, self.mode.hold_ms),
                         self.counter,

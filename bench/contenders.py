@@ -84,11 +84,41 @@ class Running:
     extra_cpu: Callable[[], float] = lambda: 0.0
     """CPU seconds of the state store it relies on (Counterpoise's Redis), reported apart."""
 
+    @property
+    def ports(self) -> list[int]:
+        """Where callers call it: one port, one caller."""
+        return [self.port]
+
     def cpu_seconds(self) -> float:
         return group_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+@dataclasses.dataclass
+class Cluster:
+    """Several started Counterpoise nodes on one Redis, each called by its own caller."""
+
+    nodes: list[Running]
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    def cpu_seconds(self) -> float:
+        return sum(node.cpu_seconds() for node in self.nodes)
+
+    def extra_cpu(self) -> float:
+        return self.nodes[0].extra_cpu()  # one Redis for all
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +169,35 @@ class Contender:
         if probed:
             running.proc.ensure_started(probed, READY_TIMEOUT_S, f"{self.name} to probe")
         return running
+
+    def start_nodes(
+        self,
+        nodes: int,
+        targets: Sequence[Target],
+        run_dir: Path,
+        redis_url: str,
+        probed: Callable[[], bool] | None = None,
+    ) -> Running | Cluster:
+        """``start``, or ``nodes`` Counterpoise nodes on the one Redis (the pool entered once,
+        by the first); each waits until it sees every proxy usable."""
+        first = self.start(targets, run_dir / "node1" if nodes > 1 else run_dir, redis_url, probed)
+        if nodes == 1:
+            return first
+        assert not self.native, "dispatcher nodes share nothing: one node is the comparison"
+        started = [first]
+        try:
+            for index in range(2, nodes + 1):
+                node_dir = run_dir / f"node{index}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                started.append(
+                    start_counterpoise(
+                        targets, node_dir, redis_url, dict(self.settings), self.tree, fresh=False
+                    )
+                )
+        except BaseException:
+            Cluster(started).stop()
+            raise
+        return Cluster(started)
 
     def dispatcher_list(self, targets: Sequence[Target]) -> str:
         total = sum(target.capacity for target in targets)
@@ -191,13 +250,18 @@ def start_counterpoise(
     overrides: Mapping[str, object] | None = None,
     tree: Path = processes.REPO,
     embedded: bool = False,
+    fresh: bool = True,
 ) -> Running:
     """The shipped balancer (kamailio.cfg + kemi/; ``embedded``: embedded in
     ``embedded.cfg``) with its default settings (but ``overrides``), the pool entered in
-    Redis with equal base weights, as an operator who does not know the capacities would."""
+    Redis with equal base weights, as an operator who does not know the capacities would;
+    ``fresh=False``: another node joining the pool already there."""
     port = processes.free_port()
     settings = _bench_settings(redis_url, port, overrides)
-    store = _equal_pool(targets, redis_url, settings)
+    if fresh:
+        store = _equal_pool(targets, redis_url, settings)
+    else:
+        store = PoolStore(connect(redis_url, 1000), settings.redis.key_prefix)
     if embedded:
         proc = _start_embedded(settings, run_dir, port, overrides)
     else:

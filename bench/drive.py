@@ -12,8 +12,8 @@ from pathlib import Path
 
 from harness import testbed
 
-from bench.contenders import Running
-from bench.metrics import SIPP_TRACE_ARGS, SippResult, read_sipp
+from bench.contenders import Cluster, Running
+from bench.metrics import SIPP_TRACE_ARGS, SippResult, merge_sipp, read_sipp
 from bench.pool import InviteSample, Pool
 
 SAMPLE_INTERVAL_S = 0.5
@@ -90,7 +90,7 @@ def machine_cpu() -> tuple[int, int]:
 
 
 def measure(
-    running: Running,
+    running: Running | Cluster,
     pool: Pool | None,
     counter: Counter | None,
     run_dir: Path,
@@ -100,8 +100,11 @@ def measure(
     say: Callable[[str], None] = print,
 ) -> Measurement:
     """Offer ``load`` for ``duration_s`` through ``running`` and wait for every call to end;
-    apply each event at its time."""
-    calls = max(1, round(load.rate * duration_s))
+    apply each event at its time. Several nodes each get their own caller and an equal part
+    of the load."""
+    ports = running.ports
+    rate = load.rate / len(ports)
+    calls = max(1, round(rate * duration_s))
     cpu_before, store_before = running.cpu_seconds(), running.extra_cpu()
     busy_before, total_before = machine_cpu()
     t0 = time.monotonic()
@@ -109,9 +112,12 @@ def measure(
     sampler = Sampler(counter, t0) if counter else None
     if sampler:
         sampler.start()
-    caller = testbed.Caller(
-        f"127.0.0.1:{running.port}", run_dir, calls, load.rate, load.hold_ms, extra=SIPP_TRACE_ARGS
-    )
+    callers = [
+        testbed.Caller(
+            f"127.0.0.1:{port}", run_dir, calls, rate, load.hold_ms, extra=SIPP_TRACE_ARGS
+        )
+        for port in ports
+    ]
     try:
         for event in sorted(events, key=lambda e: e.at_s):
             delay = t0 + event.at_s - time.monotonic()
@@ -121,20 +127,22 @@ def measure(
             event.apply(pool)
             say(f"      t={time.monotonic() - t0:5.1f} s  {event.what}")
         limit = duration_s + load.hold_ms / 1000 + 2 * UAC_TIMEOUT_S + WAIT_MARGIN_S
-        outcome = caller.wait(max(0.0, t0 + limit - time.monotonic()))
+        outcomes = [caller.wait(max(0.0, t0 + limit - time.monotonic())) for caller in callers]
     finally:
-        caller.stop()
+        for caller in callers:
+            caller.stop()
         if sampler:
             sampler.done.set()
             sampler.join()
     busy_after, total_after = machine_cpu()
-    if outcome.returncode not in (0, 1):
-        # 0: every call succeeded, 1: some failed; anything else is SIPp itself failing.
-        raise RuntimeError(f"SIPp exited {outcome.returncode}:\n{outcome.output[-2000:]}")
+    for outcome in outcomes:
+        if outcome.returncode not in (0, 1):
+            # 0: every call succeeded, 1: some failed; anything else is SIPp itself failing.
+            raise RuntimeError(f"SIPp exited {outcome.returncode}:\n{outcome.output[-2000:]}")
     return Measurement(
         rate=load.rate,
         duration_s=duration_s,
-        sipp=read_sipp(run_dir, caller.proc.pid),
+        sipp=merge_sipp([read_sipp(run_dir, caller.proc.pid) for caller in callers]),
         origin_epoch=origin,
         samples=sampler.samples if sampler else [],
         cpu_s=running.cpu_seconds() - cpu_before,

@@ -61,6 +61,19 @@ def read_sipp(run_dir: Path, pid: int) -> SippResult:
     )
 
 
+def merge_sipp(results: Sequence[SippResult]) -> SippResult:
+    """What several SIPp callers (one per balancer node) measured, as one caller's result."""
+    return SippResult(
+        start_epoch=min(r.start_epoch for r in results),
+        answered=sorted(call for r in results for call in r.answered),
+        attempted=sum(r.attempted for r in results),
+        successful=sum(r.successful for r in results),
+        failed=sum(r.failed for r in results),
+        retransmissions=sum(r.retransmissions for r in results),
+        failures=sorted(failure for r in results for failure in r.failures),
+    )
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..1) of a non-empty sequence."""
     ordered = sorted(values)

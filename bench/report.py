@@ -38,9 +38,13 @@ def p99_all(run: dict) -> float | None:
 class Results:
     def __init__(self, data: dict) -> None:
         self.data = data
-        self.runs = {(run["contender"], run["scenario"]): run for run in data["runs"]}
+        self.repeats: dict[tuple[str, str], list[dict]] = {}
+        for run in data["runs"]:
+            self.repeats.setdefault((run["contender"], run["scenario"]), []).append(run)
+        self.runs = {key: runs[-1] for key, runs in self.repeats.items()}
 
     def run(self, contender: str, scenario: str) -> dict | None:
+        """The latest run of ``contender`` through ``scenario`` (``--repeat`` makes several)."""
         return self.runs.get((contender, scenario))
 
     def natives(self) -> list[str]:
@@ -114,6 +118,7 @@ def target_rows(res: Results) -> list[tuple[str, str, str]]:
     else:
         rows.append(("stall: p99 lower than every native", "not run", "-"))
     rows += overload_targets(res)
+    rows += multi_node_targets(res)
     rows += overhead_targets(res.data)
     pick = res.data.get("pick_us", {})
     at_1000 = pick.get("1000", pick.get(1000))
@@ -211,6 +216,78 @@ def overload_targets(res: Results) -> list[tuple[str, str, str]]:
                 "load95: at least as many calls answered as the oracle",
                 f"{run['answered']} vs oracle {oracle['answered']} of {run['attempted']}",
                 "met" if run["answered"] >= oracle["answered"] else "missed",
+            )
+        )
+    return rows
+
+
+MULTI_NODE_TARGET_LOADS = (0.95, 1.1)
+"""The total loads at which several nodes must do as well as one (issue 29)."""
+P99_RATIO_MAX = 1.2
+PAIRED_RUNS_MIN = 3
+SPLIT_SLACK = 0.05
+"""The INVITE split of several nodes within 5 points of the proxies' capacity shares."""
+
+
+def multi_node_targets(res: Results) -> list[tuple[str, str, str]]:
+    """Issue 29's targets: several nodes at 95 % and 110 % of the pool's capacity against
+    one node at the same total load (its ``twin`` scenario): as many calls answered, p99 at
+    most 1.2x (median ratio of the paired runs, at least 3), the INVITE split near the
+    capacity shares."""
+    rows: list[tuple[str, str, str]] = []
+    capacities = res.data["capacities"]
+    total = sum(capacities.values())
+    for scenario in res.data["scenarios"]:
+        runs = res.repeats.get(("counterpoise", scenario), [])
+        if not runs or runs[0].get("nodes", 1) == 1 or not runs[0].get("twin"):
+            continue
+        twins = res.repeats.get(("counterpoise", runs[0]["twin"]), [])
+        if not twins:
+            continue
+        run, twin = runs[-1], twins[-1]
+        loaded = run["rate"] / total
+        if not any(abs(loaded - load) < 0.01 for load in MULTI_NODE_TARGET_LOADS):
+            continue
+        name = f"{scenario} vs {run['twin']}"
+        rows.append(
+            (
+                f"{name}: at least as many calls answered as one node",
+                f"{run['answered']} vs {twin['answered']} of {run['attempted']}",
+                "met" if run["answered"] >= twin["answered"] else "missed",
+            )
+        )
+        ratios = [
+            mine["latency_ms"]["p99"] / theirs["latency_ms"]["p99"]
+            for mine, theirs in zip(runs, twins, strict=False)
+            if mine["latency_ms"]["p99"] and theirs["latency_ms"]["p99"]
+        ]
+        median = sorted(ratios)[len(ratios) // 2] if ratios else None
+        if median is None:
+            verdict = "missed: no answered calls"
+        elif len(ratios) < PAIRED_RUNS_MIN:
+            verdict = f"open: {len(ratios)} paired run(s) of {PAIRED_RUNS_MIN} (--repeat)"
+        else:
+            verdict = "met" if median <= P99_RATIO_MAX else f"missed: {median:.2f}x"
+        rows.append(
+            (
+                f"{name}: p99 at most {P99_RATIO_MAX:g}x one node's (median of paired runs)",
+                "-" if median is None else f"{median:.2f}x over {len(ratios)} pair(s)",
+                verdict,
+            )
+        )
+        split = run["share_before"] or {}
+        gaps = {
+            proxy: abs(split.get(proxy, 0.0) - cap / total) for proxy, cap in capacities.items()
+        }
+        worst = max(gaps, key=gaps.__getitem__)
+        rows.append(
+            (
+                f"{name}: INVITE split within {SPLIT_SLACK * 100:g} points of the capacity shares",
+                " / ".join(f"{share_text(split, proxy)}" for proxy in capacities)
+                + " (capacity "
+                + " / ".join(f"{cap / total:.0%}" for cap in capacities.values())
+                + ")",
+                "met" if gaps[worst] <= SPLIT_SLACK else f"missed: {worst} {gaps[worst]:.0%} off",
             )
         )
     return rows
@@ -443,7 +520,8 @@ def render(data: dict, images: list[Path]) -> str:
         "## Targets",
         "",
         table(
-            ["target (issues 4 and 14)", "measured", "verdict"], [list(r) for r in target_rows(res)]
+            ["target (issues 4, 14 and 29)", "measured", "verdict"],
+            [list(r) for r in target_rows(res)],
         ),
         "",
         "## Summary",

@@ -1,6 +1,7 @@
 """The scenarios (steady, step, stall, kill, and issue 14's bigstall, bigkill, load85,
-load95), each the same for every contender, and what a run of one contender through one
-scenario yields."""
+load95; load110 and issue 29's multi-node ones), each the same for every contender (the
+multi-node ones for Counterpoise only), and what a run of one contender through one scenario
+yields."""
 
 from __future__ import annotations
 
@@ -34,6 +35,19 @@ time while it is gone (issue 14)."""
 HIGH_LOADS = (0.85, 0.95)
 """Offered loads, as fractions of the pool's capacity, of the scenarios in which nothing
 fails (issue 14): near capacity, queues form by chance alone."""
+
+OVERLOAD = 1.1
+"""Offered load, a fraction of the pool's capacity, of the overload scenario (load110):
+beyond capacity, so calls wait or fail whatever the balancer does; compared between one
+node and several (issue 29)."""
+
+MULTI_NODE_LOADS = (0.7, 0.95, OVERLOAD)
+NODE_COUNTS = (2, 3)
+"""Several Counterpoise nodes on one Redis, each called by its own caller with an equal part
+of the same total load as the single-node scenario of that load (issue 29)."""
+
+SINGLE_NODE_TWIN = {0.7: "steady", 0.95: "load95", OVERLOAD: "load110"}
+"""The single-node scenario each multi-node load is compared with."""
 
 RECOVERY_FACTOR = 2.0
 """After a disturbance, p99 counts as recovered once every later second of call starts has
@@ -91,6 +105,10 @@ class Scenario:
     """The proxies' capacities during the disturbance, from the normal ones."""
     load: float | None = None
     """Offered load as a fraction of the pool's capacity; None: the bench's (70 %)."""
+    nodes: int = 1
+    """Balancer nodes sharing the pool, each with its own caller (Counterpoise only)."""
+    twin: str | None = None
+    """The single-node scenario a multi-node one is compared with."""
 
 
 Action = tuple[str, Callable[[Pool], None]]
@@ -193,6 +211,30 @@ def build(timing: Timing) -> dict[str, Scenario]:
             )
             for load in HIGH_LOADS
         ),
+        Scenario(
+            f"load{round(100 * OVERLOAD)}",
+            f"nothing changes, offered load {OVERLOAD:.0%} of the pool's capacity",
+            timing.steady_s,
+            load=OVERLOAD,
+        ),
+        *(
+            Scenario(
+                f"load{round(100 * load)}x{nodes}",
+                f"{nodes} nodes on one Redis, each called at 1/{nodes} of an offered load of "
+                f"{load:.0%} of the pool's capacity",
+                timing.steady_s,
+                load=load,
+                nodes=nodes,
+                twin=SINGLE_NODE_TWIN[load],
+            )
+            for nodes in NODE_COUNTS
+            for load in MULTI_NODE_LOADS
+        ),
+        dataclasses.replace(
+            stalled("bigstallx2", BIG_PROXY, timing, timing.big_stall_s),
+            nodes=2,
+            twin="bigstall",
+        ),
     ]
     return {scenario.name: scenario for scenario in scenarios}
 
@@ -213,7 +255,7 @@ def run(
     of the report (JSON-serialisable)."""
     pool.reset()
     probed = pool.probe_watch()
-    running = contender.start(pool.targets(), run_dir, redis_url, probed)
+    running = contender.start_nodes(scenario.nodes, pool.targets(), run_dir, redis_url, probed)
     try:
         warmup = drive.measure(running, None, None, run_dir / "warmup", load, warmup_s)
         m = drive.measure(
@@ -237,6 +279,8 @@ def summarise(contender: Contender, scenario: Scenario, pool: Pool, m: drive.Mea
     result = {
         "contender": contender.name,
         "scenario": scenario.name,
+        "nodes": scenario.nodes,
+        "twin": scenario.twin,
         "rate": m.rate,
         "duration_s": m.duration_s,
         "attempted": m.sipp.attempted,

@@ -18,7 +18,13 @@ SMOKE_TIMEOUT_S = 300
 """The smoke mode takes about a minute and a half; three times that before the test calls
 it hung."""
 
-SCENARIOS = {"steady", "step", "stall", "kill", "bigstall", "bigkill", "load85", "load95"}
+SCENARIOS = {
+    "steady", "step", "stall", "kill", "bigstall", "bigkill", "load85", "load95", "load110"
+}  # fmt: skip
+MULTI_NODE = {
+    f"load{load}x{nodes}" for load in (70, 95, 110) for nodes in (2, 3)
+} | {"bigstallx2"}  # fmt: skip
+"""Several Counterpoise nodes: dispatcher nodes share nothing, so they have none."""
 
 
 def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None:
@@ -34,12 +40,12 @@ def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["errors"] == []
-    for contender in ("counterpoise", "ds4"):
+    for contender, scenarios in (("counterpoise", SCENARIOS | MULTI_NODE), ("ds4", SCENARIOS)):
         runs = [r for r in results["runs"] if r["contender"] == contender]
-        assert {r["scenario"] for r in runs} == SCENARIOS
+        assert {r["scenario"] for r in runs} == scenarios
         assert all(r["answered"] > 0 for r in runs), runs
     report = (out / "report.md").read_text()
-    for contender in ("counterpoise", "ds4"):
+    for contender, scenarios in (("counterpoise", SCENARIOS | MULTI_NODE), ("ds4", SCENARIOS)):
         rows = [
             [cell.strip() for cell in line.split("|")[1:-1]]
             for line in report.splitlines()
@@ -47,7 +53,7 @@ def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None
         ]
         # The scenario tables' rows: contender, calls, answered, ...
         scenario_rows = [cells for cells in rows if cells[1].isdigit() and cells[2].isdigit()]
-        assert len(scenario_rows) == len(SCENARIOS), report
+        assert len(scenario_rows) == len(scenarios), report
         assert all(int(cells[2]) > 0 for cells in scenario_rows), scenario_rows
     assert {p.name for p in out.glob("*.png")} >= {"steady.png", "step.png", "capacity.png"}
     assert [r["highest_sustained"] > 0 for r in results["overhead"]] == [True, True]
