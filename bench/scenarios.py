@@ -177,6 +177,15 @@ def killed(name: str, proxy: str, timing: Timing, length_s: float) -> Scenario:
     )
 
 
+def multi_node(scenario: Scenario, nodes: int, twin: str) -> Scenario:
+    """``scenario`` through ``nodes`` nodes on one Redis, each called at an equal part of the
+    load, compared with the single-node ``twin``."""
+    description = (
+        f"{nodes} nodes on one Redis, each called at 1/{nodes} of the load; " + scenario.description
+    )
+    return dataclasses.replace(scenario, description=description, nodes=nodes, twin=twin)
+
+
 def build(timing: Timing) -> dict[str, Scenario]:
     lead = timing.lead_s
     slow_ms = BASE_DELAY_MS * STEP_FACTOR
@@ -218,23 +227,20 @@ def build(timing: Timing) -> dict[str, Scenario]:
             load=OVERLOAD,
         ),
         *(
-            Scenario(
-                f"load{round(100 * load)}x{nodes}",
-                f"{nodes} nodes on one Redis, each called at 1/{nodes} of an offered load of "
-                f"{load:.0%} of the pool's capacity",
-                timing.steady_s,
-                load=load,
-                nodes=nodes,
-                twin=SINGLE_NODE_TWIN[load],
+            multi_node(
+                Scenario(
+                    f"load{round(100 * load)}x{nodes}",
+                    f"nothing changes, offered load {load:.0%} of the pool's capacity",
+                    timing.steady_s,
+                    load=load,
+                ),
+                nodes,
+                SINGLE_NODE_TWIN[load],
             )
             for nodes in NODE_COUNTS
             for load in MULTI_NODE_LOADS
         ),
-        dataclasses.replace(
-            stalled("bigstallx2", BIG_PROXY, timing, timing.big_stall_s),
-            nodes=2,
-            twin="bigstall",
-        ),
+        multi_node(stalled("bigstallx2", BIG_PROXY, timing, timing.big_stall_s), 2, "bigstall"),
     ]
     return {scenario.name: scenario for scenario in scenarios}
 
