@@ -53,9 +53,10 @@ def test_a_node_with_no_traffic_yet_keeps_a_floor():
     assert mine.share == pytest.approx(0.5 * MIN_SHARE_OF_EQUAL)
 
 
-def test_a_peers_proxy_that_is_not_in_this_nodes_pool_is_left_out_of_the_pool_rates():
-    mine = node_share({A: Sends(10.0, 1)}, {"lb2": {B: Sends(10.0, 1)}})
-    assert mine.pool_per_s == {A: 10.0}
+def test_a_peers_proxy_that_is_not_in_this_nodes_pool_is_left_out():
+    mine = node_share({A: Sends(10.0, 1)}, {"lb2": {A: Sends(10.0, 1), B: Sends(80.0, 1)}})
+    assert mine.pool_per_s == {A: 20.0}
+    assert mine.share == pytest.approx(0.5)
 
 
 def test_a_publication_reads_back():

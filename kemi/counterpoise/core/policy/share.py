@@ -10,11 +10,12 @@ there per second, and its in-flight count) and reads the other live nodes' publi
   there per second: the proxy's capacity while it is saturated, as one node alone measures
   it.
 * **Node share**: this node's requests per second over all proxies, divided by the sum over
-  the live nodes, at least ``MIN_SHARE_OF_EQUAL`` of an equal split; an equal split while no
-  node sends anything. It is taken over the whole pool, not per proxy: a node whose requests
-  to one proxy are held goes elsewhere with them, and a per-proxy share would shrink with
-  every hold until that node had none. What a node is asked to carry moves with its
-  callers, not with its own holds.
+  the live nodes (over the proxies of this node's pool: a peer still on an older pool does
+  not count what it sends elsewhere), at least ``MIN_SHARE_OF_EQUAL`` of an equal split; an
+  equal split while no node sends anything. It is taken over the whole pool, not per proxy:
+  a node whose requests to one proxy are held goes elsewhere with them, and a per-proxy
+  share would shrink with every hold until that node had none. What a node is asked to
+  carry moves with its callers, not with its own holds.
 * **Shared rate** of a proxy: its pool throughput times the node share. The in-flight limit
   (``timers.inflight_limit``) is derived from it, so the nodes' limits add up to what one
   node would allow, and the hold queue and admission follow the share.
@@ -79,7 +80,7 @@ def node_share(own: Mapping[str, Sends], peers: Mapping[str, Mapping[str, Sends]
             if uri in pool_per_s:
                 pool_per_s[uri] += sends.per_s
     own_per_s = sum(sends.per_s for sends in own.values())
-    total_per_s = own_per_s + sum(s.per_s for sent in peers.values() for s in sent.values())
+    total_per_s = sum(pool_per_s.values())
     equal = 1.0 / nodes
     share = own_per_s / total_per_s if total_per_s > 0 else equal
     return Share(max(share, equal * MIN_SHARE_OF_EQUAL), nodes, pool_per_s)
