@@ -543,6 +543,34 @@ class TimerSettings(Group):
         why="Holding must never cost a call: longer than a killed proxy's backlog takes to drain,"
         " well within a caller's patience.",
     )
+    shed_hold_ms: int = setting(
+        100,
+        NOT_NEGATIVE,
+        at_most(2000),
+        meaning="When every weighted proxy is queueing at its limit and the requests held already"
+        " take the pool this long to drain (held over the pool's completed requests per second),"
+        " a new initial request is answered 503 with `Retry-After` at once instead of held; 0:"
+        " never shed, hold as before (ms).",
+        why="Past the pool's capacity every held call waits, the admitted ones included: a tenth"
+        " of a second of backlog keeps every proxy fed (each also queues `hold_queue_ms`) while"
+        " the excess hears its 503 in the time of a round trip.",
+    )
+    shed_outage_grace_ms: int = setting(
+        10_000,
+        NOT_NEGATIVE,
+        meaning="A proxy out of the weighting (silent, down) that was heard from this recently may"
+        " come back: while one is, nothing is shed and requests are held as before (ms).",
+        why="A stalled or restarted proxy takes its backlog back within seconds, and holding"
+        " then answers every call; one silent for longer is gone and its capacity with it.",
+    )
+    shed_retry_after_s: int = setting(
+        1,
+        POSITIVE,
+        at_most(3600),
+        meaning="`Retry-After` of the 503 a shed request gets (s).",
+        why="An upstream that honours it stops sending to this node that long (RFC 3261 21.5.4):"
+        " the shortest, so a busy second costs at most one second of its traffic.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, dialog_seal, edge, hold, location
+from counterpoise.core import admission, attempts, dialog_seal, edge, hold, location
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
@@ -42,6 +42,9 @@ SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
+
+SHED_REASON = "Over Capacity"
+"""Reason phrase of the 503 a shed request gets (``core.admission``)."""
 
 TRUE, FALSE, STOP = 1, -1, 0
 """What an operation returns, as a module function does in a native config: ``STOP`` (the
@@ -222,9 +225,12 @@ class Balancer:
             metrics.count(metrics.node.NO_PROXY)
             return FALSE
         if held.proxy is None and self.settings.timers.hold_queue_ms:
+            waiting = holding.count()
             placed = hold.admit(
-                uri, self.view.picker.uris, self.view.limits, shared.awaiting, holding.count()
+                uri, self.view.picker.uris, self.view.limits, shared.awaiting, waiting
             )
+            if placed is None and self._sheds(waiting):
+                return STOP
             if placed is None and holding.hold(self.settings.timers.hold_max_ms):
                 metrics.count(metrics.node.HELD)
                 return STOP
@@ -234,6 +240,17 @@ class Balancer:
         if self.route_timer is not None and started_ns is not None:
             self.route_timer.observe(started_ns)
         return TRUE
+
+    def _sheds(self, held: int) -> bool:
+        """Answer 503 with Retry-After, at once, a new request the full pool cannot take
+        (``core.admission``); False when it is to be held."""
+        limits = [self.view.limits[uri] for uri in self.view.picker.uris if uri in self.view.limits]
+        if not admission.sheds(held, limits, self.view.returning, self.settings.timers):
+            return False
+        metrics.count(metrics.node.SHED)
+        KSR.hdr.append_to_reply(f"Retry-After: {self.settings.timers.shed_retry_after_s}\r\n")
+        KSR.sl.sl_send_reply(503, SHED_REASON)
+        return True
 
     @hook("relay_failed")
     def relay_failed(self) -> int:
