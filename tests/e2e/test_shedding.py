@@ -4,8 +4,8 @@ Retry-After, the calls admitted complete, and under capacity nothing is shed."""
 from __future__ import annotations
 
 import pytest
-
 from harness import sipp_messages
+
 from tests.e2e.conftest import Bed
 
 pytestmark = pytest.mark.e2e
