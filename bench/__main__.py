@@ -134,7 +134,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
     parser.add_argument(
         "--scenarios",
-        help="comma-separated, of: steady,step,stall,kill,bigstall,bigkill,load85,load95",
+        help="comma-separated, of: steady,step,stall,kill,bigstall,bigkill,load85,load95,"
+        "load110,load150",
     )
     parser.add_argument("--contenders", help=f"comma-separated, of: {','.join(ALL)}")
     parser.add_argument("--load", type=float, help="fraction of the pool's capacity (0.7)")
@@ -402,7 +403,11 @@ class Session:
                         self.pool,
                         self.work / f"{contender.name}-{scenario.name}",
                         self.redis_url,
-                        drive.Load(scenario_rate, self.mode.hold_ms),
+                        drive.Load(
+                            scenario_rate,
+                            self.mode.hold_ms,
+                            time_rejections=scenario.load is not None and scenario.load > 1,
+                        ),
                         self.counter,
                         self.mode.timing.warmup_s,
                         self.progress.say,

@@ -1,6 +1,6 @@
 """The scenarios (steady, step, stall, kill, and issue 14's bigstall, bigkill, load85,
-load95), each the same for every contender, and what a run of one contender through one
-scenario yields."""
+load95, and past capacity load110, load150), each the same for every contender, and what a
+run of one contender through one scenario yields."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ time while it is gone (issue 14)."""
 HIGH_LOADS = (0.85, 0.95)
 """Offered loads, as fractions of the pool's capacity, of the scenarios in which nothing
 fails (issue 14): near capacity, queues form by chance alone."""
+
+OVERLOADS = (1.1, 1.5)
+"""Offered loads past the pool's capacity: the excess cannot be answered, and what counts
+is the calls answered, how long they waited, and how fast the rest heard no."""
 
 RECOVERY_FACTOR = 2.0
 """After a disturbance, p99 counts as recovered once every later second of call starts has
@@ -193,6 +197,16 @@ def build(timing: Timing) -> dict[str, Scenario]:
             )
             for load in HIGH_LOADS
         ),
+        *(
+            Scenario(
+                f"load{round(100 * load)}",
+                f"nothing changes, offered load {load:.0%} of the pool's capacity: the excess"
+                " cannot be answered",
+                timing.steady_s,
+                load=load,
+            )
+            for load in OVERLOADS
+        ),
     ]
     return {scenario.name: scenario for scenario in scenarios}
 
@@ -250,6 +264,8 @@ def summarise(contender: Contender, scenario: Scenario, pool: Pool, m: drive.Mea
         "cpu_s_per_1000": 1000 * m.cpu_s / m.sipp.attempted if m.sipp.attempted else None,
         "machine_busy": m.machine_busy,
         "calls": [(round(start - m.origin_epoch, 3), rtt) for start, rtt in m.sipp.answered],
+        "rejected": len(m.rejections),
+        "rejected_ms": latency_summary([r.after_ms for r in m.rejections]),
         "failures": [(round(t - m.origin_epoch, 3), n) for t, n in m.sipp.failures if n],
         "shares": [(t, s) for t, s in windowed_shares(samples, SHARE_WINDOW_S)],
         "share_before": None,

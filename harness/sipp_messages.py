@@ -45,7 +45,7 @@ class Message:
 
 def trace_file(caller: testbed.Caller) -> Path:
     """The message trace of ``caller`` (started with ``TRACE_ARGS``)."""
-    return caller.log.parent / f"uac_{caller.proc.popen.pid}_messages.log"
+    return caller.log.parent / f"uac_{caller.proc.pid}_messages.log"
 
 
 def messages(path: Path) -> Iterator[Message]:
