@@ -52,3 +52,40 @@ def test_a_proxy_gone_longer_than_the_grace_a_drained_or_weighted_one_does_not()
     assert not admission.may_return(0.0, State.DOWN, None, 100_000, TIMERS)  # never heard
     assert not admission.may_return(0.0, State.DRAINED, 99_000, 100_000, TIMERS)
     assert not admission.may_return(0.4, State.UP, 99_000, 100_000, TIMERS)
+
+
+PROC_NET_UDP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  531: 0100007F:13C4 00000000:0000 07 00000000:00024000 00:00000000 00000000     0        0 1 2 0 0
+  532: 0200007F:13C4 00000000:0000 07 00000000:00000300 00:00000000 00000000     0        0 1 2 0 0
+  700: 00000000:0035 00000000:0000 07 00000000:00010000 00:00000000 00000000     0        0 1 2 0 0
+"""
+"""Two sockets on port 5060 (0x13C4) holding 0x24000 and 0x300 bytes, one on 53 (0x35)."""
+NODE = Settings.of(shed_node_backlog_kb=128).timers
+
+
+def test_the_backlog_is_what_our_ports_sockets_hold_unread():
+    assert admission.receive_backlog_bytes(PROC_NET_UDP, frozenset({5060})) == 0x24000 + 0x300
+    assert admission.receive_backlog_bytes(PROC_NET_UDP, frozenset({5070})) == 0
+    assert admission.receive_backlog_bytes("", frozenset({5060})) == 0
+
+
+def test_a_backlog_two_ticks_in_a_row_sheds_more_each_tick():
+    full = 128 * 1024
+    assert admission.next_node_shed_percent(0, [full], NODE) == 0  # one tick: a burst
+    assert admission.next_node_shed_percent(0, [full, full], NODE) == 10
+    assert admission.next_node_shed_percent(95, [full, full], NODE) == 100
+    assert admission.next_node_shed_percent(30, [full - 1, full], NODE) == 25
+
+
+def test_without_a_backlog_the_share_shrinks_to_nothing():
+    assert admission.next_node_shed_percent(30, [0, 0], NODE) == 25
+    assert admission.next_node_shed_percent(3, [0, 0], NODE) == 0
+    off = Settings.of(shed_node_backlog_kb=0).timers
+    assert admission.next_node_shed_percent(50, [10**9, 10**9], off) == 0
+
+
+def test_a_share_of_the_draws_is_shed():
+    assert not admission.node_sheds(0, 0.0)
+    assert admission.node_sheds(30, 0.29) and not admission.node_sheds(30, 0.3)
+    assert admission.node_sheds(100, 0.999)

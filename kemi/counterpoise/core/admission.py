@@ -22,11 +22,19 @@ The rule, for a new request that found no proxy with room (``hold.admit`` gave N
 So the hold queue keeps at most ``shed_hold_ms`` of the pool's work: enough to keep every
 proxy fed between two release ticks, and each admitted call waits at most that at the
 balancer on top of its proxy's own queue (``hold_queue_ms``).
+
+The node itself may be what is short: its SIP workers then leave datagrams unread in the
+kernel's receive queue of its UDP sockets, which the timer process reads each sync tick
+(``receive_backlog_bytes``, from ``/proc/net/udp``). While the backlog is past
+``shed_node_backlog_kb`` at two ticks in a row, the share of new initial requests answered
+503 on arrival grows by ``NODE_SHED_STEP_UP_PERCENT`` a tick; otherwise it shrinks by
+``NODE_SHED_STEP_DOWN_PERCENT`` (``next_node_shed_percent``): RFC 7339's loss algorithm, run
+by the node on itself, so a 503 that costs a worker little replaces a call it cannot carry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from counterpoise.core.hold import Limit
 from counterpoise.core.policy.health import State
@@ -54,3 +62,44 @@ def may_return(
         and last_life_ms is not None
         and now_ms - last_life_ms < settings.shed_outage_grace_ms
     )
+
+
+NODE_SHED_STEP_UP_PERCENT = 10
+"""A tick (200 ms) of backlog sheds 10 points more: half the new calls within a second."""
+NODE_SHED_STEP_DOWN_PERCENT = 5
+"""A tick without sheds 5 points less: slower down than up, so the share settles where the
+workers keep up instead of swinging between all and nothing."""
+
+
+def receive_backlog_bytes(proc_net_udp: str, ports: frozenset[int]) -> int:
+    """Bytes waiting unread in the receive queues of the sockets bound to ``ports``, from the
+    text of ``/proc/net/udp`` or ``/proc/net/udp6``."""
+    total = 0
+    for line in proc_net_udp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5 or ":" not in fields[1] or ":" not in fields[4]:
+            continue
+        try:
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            queued = int(fields[4].split(":", 1)[1], 16)
+        except ValueError:
+            continue
+        if port in ports:
+            total += queued
+    return total
+
+
+def next_node_shed_percent(percent: int, backlogs: Sequence[int], settings: TimerSettings) -> int:
+    """The share of new initial requests to shed after a tick, from the share before and the
+    backlog (``receive_backlog_bytes``) of the latest ticks, oldest first."""
+    if settings.shed_node_backlog_kb <= 0:
+        return 0
+    threshold = settings.shed_node_backlog_kb * 1024
+    if len(backlogs) >= 2 and min(backlogs[-2:]) >= threshold:
+        return min(100, percent + NODE_SHED_STEP_UP_PERCENT)
+    return max(0, percent - NODE_SHED_STEP_DOWN_PERCENT)
+
+
+def node_sheds(percent: int, draw: float) -> bool:
+    """Whether this request is one of the ``percent`` shed; ``draw`` uniform in [0, 1)."""
+    return draw * 100 < percent

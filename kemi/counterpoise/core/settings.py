@@ -509,7 +509,8 @@ class HealthSettings(Group):
 
 @dataclasses.dataclass(frozen=True)
 class TimerSettings(Group):
-    """The first-reply timeout of a queueing proxy, and holding requests at the balancer."""
+    """The first-reply timeout of a queueing proxy, holding requests at the balancer, and
+    shedding them past the pool's or the node's capacity."""
 
     saturated_fr_timer_ms: int = setting(
         6000,
@@ -562,6 +563,17 @@ class TimerSettings(Group):
         " come back: while one is, nothing is shed and requests are held as before (ms).",
         why="A stalled or restarted proxy takes its backlog back within seconds, and holding"
         " then answers every call; one silent for longer is gone and its capacity with it.",
+    )
+    shed_node_backlog_kb: int = setting(
+        128,
+        NOT_NEGATIVE,
+        meaning="When the node's UDP SIP sockets hold this much unread at two sync ticks in a"
+        " row, its SIP workers are short of CPU: a growing share of new initial requests is"
+        " answered 503 with `Retry-After` on arrival, shrinking again once they keep up; 0: off"
+        " (KiB).",
+        why="Linux's default receive buffer is 208 KiB: past 128 KiB the kernel is about to drop"
+        " what the workers cannot read, calls in progress included, and a 503 costs a worker far"
+        " less than a call; a node with room reads its queue empty between two ticks.",
     )
     shed_retry_after_s: int = setting(
         1,

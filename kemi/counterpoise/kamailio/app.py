@@ -23,7 +23,17 @@ from counterpoise.core import admission, attempts, dialog_seal, edge, hold, loca
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, dialog_keys, guard, holding, metrics, probes, read, shared
+from counterpoise.kamailio import (
+    avps,
+    dialog_keys,
+    guard,
+    holding,
+    metrics,
+    node_load,
+    probes,
+    read,
+    shared,
+)
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
@@ -91,6 +101,7 @@ class Balancer:
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
         self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
+        self.node_load: node_load.NodeLoad | None = None
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
         self.waiting = holding.Waiting()
@@ -215,6 +226,10 @@ class Balancer:
         started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         self.refresh()
         KSR.textops.remove_hf(LOAD_HEADER)
+        percent = node_load.shed_percent()
+        if percent and admission.node_sheds(percent, self.rng.random()):
+            self._shed(metrics.node.SHED_NODE)
+            return STOP
         held = self._locate()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
@@ -247,10 +262,14 @@ class Balancer:
         limits = [self.view.limits[uri] for uri in self.view.picker.uris if uri in self.view.limits]
         if not admission.sheds(held, limits, self.view.returning, self.settings.timers):
             return False
-        metrics.count(metrics.node.SHED)
+        self._shed(metrics.node.SHED)
+        return True
+
+    def _shed(self, counter: str) -> None:
+        """Answer the request 503 with Retry-After, counted as ``counter``."""
+        metrics.count(counter)
         KSR.hdr.append_to_reply(f"Retry-After: {self.settings.timers.shed_retry_after_s}\r\n")
         KSR.sl.sl_send_reply(503, SHED_REASON)
-        return True
 
     @hook("relay_failed")
     def relay_failed(self) -> int:
@@ -562,12 +581,16 @@ class Balancer:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
             self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
+            self.node_load = node_load.NodeLoad(self.settings)
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
         guard.isolated("sync tick", sync.tick)
         if self.dialog_keys is not None:
             guard.isolated("dialog keys", self.dialog_keys.load)
+        if self.node_load is not None:
+            load, settings = self.node_load, self.settings
+            guard.isolated("node load", lambda: load.tick(settings))
         if writes is not None:
             guard.isolated("dialog flush", writes.flush)
         guard.isolated(
