@@ -55,7 +55,7 @@ def test_a_proxy_gone_longer_than_the_grace_a_drained_or_weighted_one_does_not()
 
 
 PROC_NET_UDP = """\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout ...
   531: 0100007F:13C4 00000000:0000 07 00000000:00024000 00:00000000 00000000     0        0 1 2 0 0
   532: 0200007F:13C4 00000000:0000 07 00000000:00000300 00:00000000 00000000     0        0 1 2 0 0
   700: 00000000:0035 00000000:0000 07 00000000:00010000 00:00000000 00000000     0        0 1 2 0 0
