@@ -18,7 +18,18 @@ SMOKE_TIMEOUT_S = 300
 """The smoke mode takes about a minute and a half; three times that before the test calls
 it hung."""
 
-SCENARIOS = {"steady", "step", "stall", "kill", "bigstall", "bigkill", "load85", "load95"}
+SCENARIOS = {
+    "steady",
+    "step",
+    "stall",
+    "kill",
+    "bigstall",
+    "bigkill",
+    "load85",
+    "load95",
+    "load110",
+    "load150",
+}
 
 
 def test_smoke_mode_writes_a_report_with_every_contender(tmp_path: Path) -> None:
