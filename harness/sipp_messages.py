@@ -44,8 +44,11 @@ class Message:
 
 
 def trace_file(caller: testbed.Caller) -> Path:
-    """The message trace of ``caller`` (started with ``TRACE_ARGS``)."""
-    return caller.log.parent / f"uac_{caller.proc.pid}_messages.log"
+    """The message trace of ``caller`` (started with ``TRACE_ARGS``): SIPp names it after
+    its scenario file and its pid."""
+    argv = caller.proc.argv
+    scenario = Path(argv[argv.index("-sf") + 1]).stem
+    return caller.log.parent / f"{scenario}_{caller.proc.pid}_messages.log"
 
 
 def messages(path: Path) -> Iterator[Message]:
@@ -76,8 +79,10 @@ def _message(head: str, lines: list[str]) -> Message:
 
 
 def rejections(path: Path) -> list[Rejection]:
-    """Each INVITE answered with a final error (3xx-6xx), once per call."""
-    invited: dict[str, datetime.datetime] = {}
+    """Each call whose last INVITE was answered with a final error (3xx-6xx), timed from that
+    INVITE's first transmission: a digest challenge (401, 407) answered by a new INVITE
+    gives way to what that one got."""
+    invited: dict[tuple[str, str], datetime.datetime] = {}
     found: dict[str, Rejection] = {}
     for message in messages(path):
         call_id, cseq = message.header("Call-ID"), message.header("CSeq") or ""
@@ -85,18 +90,19 @@ def rejections(path: Path) -> list[Rejection]:
             continue
         first = message.lines[0]
         if message.sent and first.startswith("INVITE "):
-            invited.setdefault(call_id, message.at)
+            invited.setdefault((call_id, cseq), message.at)
+            found.pop(call_id, None)
             continue
         status = _status(first)
-        if message.sent or status is None or status < 300 or call_id not in invited:
+        sent_at = invited.get((call_id, cseq))
+        if message.sent or status is None or status < 300 or sent_at is None:
             continue
         if call_id not in found:
             retry_after = message.header("Retry-After")
-            after_ms = (message.at - invited[call_id]).total_seconds() * 1000
             found[call_id] = Rejection(
                 call_id,
                 status,
-                after_ms,
+                (message.at - sent_at).total_seconds() * 1000,
                 int(retry_after.split()[0]) if retry_after else None,
             )
     return list(found.values())
