@@ -135,7 +135,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         help="comma-separated, of: steady,step,stall,kill,bigstall,bigkill,load85,load95,"
-        "load110, and the multi-node load70x2,load95x2,load110x2 (x3 too),bigstallx2",
+        "load110,load150, and the multi-node load70x2,load95x2,load110x2 (x3 too),bigstallx2",
     )
     parser.add_argument(
         "--repeat",
@@ -418,7 +418,11 @@ class Session:
                         self.pool,
                         self.work / f"{contender.name}-{scenario.name}-{repeat + 1}",
                         self.redis_url,
-                        drive.Load(scenario_rate, self.mode.hold_ms),
+                        drive.Load(
+                            scenario_rate,
+                            self.mode.hold_ms,
+                            time_rejections=scenario.load is not None and scenario.load > 1,
+                        ),
                         self.counter,
                         self.mode.timing.warmup_s,
                         self.progress.say,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness import testbed
+from harness import sipp_messages, testbed
 
 from bench.contenders import Cluster, Running
 from bench.metrics import SIPP_TRACE_ARGS, SippResult, merge_sipp, read_sipp
@@ -36,6 +36,9 @@ class Load:
     rate: float
     """Calls/s offered."""
     hold_ms: int = HOLD_MS
+    time_rejections: bool = False
+    """Trace SIPp's messages to time each error reply to an INVITE (``sipp_messages``):
+    past the pool's capacity, how fast the excess heard its 503."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Measurement:
     store_cpu_s: float
     machine_busy: float
     """Fraction of the machine's CPU time (both cores) that was busy during the load."""
+    rejections: list[sipp_messages.Rejection] = dataclasses.field(default_factory=list)
+    """The INVITEs answered with an error, each with its delay (``Load.time_rejections``)."""
 
 
 Counter = Callable[[float], InviteSample]
@@ -112,10 +117,9 @@ def measure(
     sampler = Sampler(counter, t0) if counter else None
     if sampler:
         sampler.start()
+    extra = SIPP_TRACE_ARGS + (sipp_messages.TRACE_ARGS if load.time_rejections else ())
     callers = [
-        testbed.Caller(
-            f"127.0.0.1:{port}", run_dir, calls, rate, load.hold_ms, extra=SIPP_TRACE_ARGS
-        )
+        testbed.Caller(f"127.0.0.1:{port}", run_dir, calls, rate, load.hold_ms, extra=extra)
         for port in ports
     ]
     try:
@@ -148,4 +152,10 @@ def measure(
         cpu_s=running.cpu_seconds() - cpu_before,
         store_cpu_s=running.extra_cpu() - store_before,
         machine_busy=(busy_after - busy_before) / max(1, total_after - total_before),
+        rejections=[
+            rejection
+            for caller in callers
+            if load.time_rejections
+            for rejection in sipp_messages.rejections(sipp_messages.trace_file(caller))
+        ],
     )

@@ -1,7 +1,7 @@
 """The scenarios (steady, step, stall, kill, and issue 14's bigstall, bigkill, load85,
-load95; load110 and issue 29's multi-node ones), each the same for every contender (the
-multi-node ones for Counterpoise only), and what a run of one contender through one scenario
-yields."""
+load95; load110 and load150, past capacity; and issue 29's multi-node ones), each the same
+for every contender (the multi-node ones for Counterpoise only), and what a run of one
+contender through one scenario yields."""
 
 from __future__ import annotations
 
@@ -36,10 +36,12 @@ HIGH_LOADS = (0.85, 0.95)
 """Offered loads, as fractions of the pool's capacity, of the scenarios in which nothing
 fails (issue 14): near capacity, queues form by chance alone."""
 
-OVERLOAD = 1.1
-"""Offered load, a fraction of the pool's capacity, of the overload scenario (load110):
-beyond capacity, so calls wait or fail whatever the balancer does; compared between one
-node and several (issue 29)."""
+OVERLOADS = (1.1, 1.5)
+"""Offered loads past the pool's capacity: the excess cannot be answered, and what counts
+is the calls answered, how long they waited, and how fast the rest heard no."""
+
+OVERLOAD = OVERLOADS[0]
+"""The overload compared between one node and several (issue 29)."""
 
 MULTI_NODE_LOADS = (0.7, 0.95, OVERLOAD)
 NODE_COUNTS = (2, 3)
@@ -220,11 +222,15 @@ def build(timing: Timing) -> dict[str, Scenario]:
             )
             for load in HIGH_LOADS
         ),
-        Scenario(
-            f"load{round(100 * OVERLOAD)}",
-            f"nothing changes, offered load {OVERLOAD:.0%} of the pool's capacity",
-            timing.steady_s,
-            load=OVERLOAD,
+        *(
+            Scenario(
+                f"load{round(100 * load)}",
+                f"nothing changes, offered load {load:.0%} of the pool's capacity: the excess"
+                " cannot be answered",
+                timing.steady_s,
+                load=load,
+            )
+            for load in OVERLOADS
         ),
         *(
             multi_node(
@@ -300,6 +306,8 @@ def summarise(contender: Contender, scenario: Scenario, pool: Pool, m: drive.Mea
         "cpu_s_per_1000": 1000 * m.cpu_s / m.sipp.attempted if m.sipp.attempted else None,
         "machine_busy": m.machine_busy,
         "calls": [(round(start - m.origin_epoch, 3), rtt) for start, rtt in m.sipp.answered],
+        "rejected": len(m.rejections),
+        "rejected_ms": latency_summary([r.after_ms for r in m.rejections]),
         "failures": [(round(t - m.origin_epoch, 3), n) for t, n in m.sipp.failures if n],
         "shares": [(t, s) for t, s in windowed_shares(samples, SHARE_WINDOW_S)],
         "share_before": None,

@@ -19,7 +19,8 @@ SMOKE_TIMEOUT_S = 300
 it hung."""
 
 SCENARIOS = {
-    "steady", "step", "stall", "kill", "bigstall", "bigkill", "load85", "load95", "load110"
+    "steady", "step", "stall", "kill", "bigstall", "bigkill", "load85", "load95", "load110",
+    "load150",
 }  # fmt: skip
 MULTI_NODE = {
     f"load{load}x{nodes}" for load in (70, 95, 110) for nodes in (2, 3)

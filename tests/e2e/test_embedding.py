@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import stock, testbed
+from harness import sipp_messages, stock, testbed
 
 from counterpoise import assets, processes
 from counterpoise.core.settings import Settings, runtime_values
@@ -22,6 +22,7 @@ from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 from tests.e2e.test_balancer import _wait_share as wait_share
 from tests.e2e.test_location import holders
+from tests.e2e.test_shedding import SHED_REPLY_MAX_MS
 
 from . import sipwire
 from .test_stock_configs import invite, options
@@ -58,9 +59,16 @@ def test_a_patch_adds_at_most_15_lines(name: str) -> None:
     assert len(lines) <= 15, lines
 
 
+@pytest.fixture
+def operator_env() -> dict[str, str]:
+    """Settings of the embedded Counterpoise beside the Redis and the node name; a test
+    parametrizes it for others."""
+    return {}
+
+
 @pytest.fixture(params=[stock.NATIVE, stock.KEMI_PYTHON], ids=lambda config: config.name)
 def embedded(
-    request: pytest.FixtureRequest, bed: Bed, tmp_path: Path
+    request: pytest.FixtureRequest, bed: Bed, tmp_path: Path, operator_env: dict[str, str]
 ) -> Iterator[stock.StockKamailio]:
     """A stock config with the documented lines, the include beside it; the entry script
     (native) and the pool's Redis given on the command line and in the environment."""
@@ -68,7 +76,11 @@ def embedded(
     operator = stock.Operator(
         files=(INCLUDE,),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)} if config is stock.NATIVE else {},
-        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+        env={
+            "COUNTERPOISE_REDIS_URL": bed.redis_url,
+            "COUNTERPOISE_NODE_ID": NODE,
+            **operator_env,
+        },
     )
     patch = PATCH_OF[config.name].read_text()
     with stock.running(config, tmp_path, [CALLER, BOB], [patch], operator) as kamailio:
@@ -78,15 +90,20 @@ def embedded(
 
 
 def caller(
-    bed: Bed, kamailio: stock.StockKamailio, calls: int, rate: float, hold_ms: int
+    bed: Bed,
+    kamailio: stock.StockKamailio,
+    calls: int,
+    rate: float,
+    hold_ms: int,
+    extra: tuple[str, ...] = (),
 ) -> testbed.Caller:
     """SIPp calling through ``kamailio``: as Alice answering its challenges where it
     authenticates."""
     if not kamailio.config.authenticates():
-        return bed.caller(calls, rate, hold_ms)
+        return bed.caller(calls, rate, hold_ms, extra=extra)
     user, password = CALLER
     auth = ("-key", "caller", user, "-au", user, "-ap", password)
-    return bed.caller(calls, rate, hold_ms, scenario="uac-auth.xml", extra=auth)
+    return bed.caller(calls, rate, hold_ms, scenario="uac-auth.xml", extra=auth + extra)
 
 
 def test_base_weights_split_calls_three_to_one(bed: Bed, embedded: stock.StockKamailio) -> None:
@@ -199,12 +216,13 @@ def test_a_registered_user_is_called_through_the_registrar_that_holds_her(
     }
 
 
+@pytest.mark.parametrize("operator_env", [{"COUNTERPOISE_SHED_HOLD_MS": "0"}], ids=["no shed"])
 def test_calls_beyond_the_pools_capacity_are_held_and_all_answered(
     bed: Bed, embedded: stock.StockKamailio
 ) -> None:
     """``select`` holds them (0: the config's route stops); the release timer resumes each
     in the include's release route (native) or the inherited method (KEMI), which relays it
-    with the config's Record-Route."""
+    with the config's Record-Route. Holding alone: shedding is off."""
     a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
     bed.add_pool((a, 1), (b, 1))
     # One worker each, 200 ms per INVITE: 10 calls/s for the pool, offered 15 calls/s.
@@ -216,6 +234,29 @@ def test_calls_beyond_the_pools_capacity_are_held_and_all_answered(
     held = bed.counters("cpstat", name=embedded.config.name)
     assert held.get("held", 0) > 0, held
     assert result.failed == 0, result.output[-2000:]
+    assert "Traceback" not in embedded.log()
+
+
+def test_calls_far_beyond_the_pools_capacity_are_shed_with_a_fast_503(
+    bed: Bed, embedded: stock.StockKamailio
+) -> None:
+    """``select`` answers the excess 503 with Retry-After itself (0: the config's route
+    stops, answering nothing more); the calls it admits are all answered."""
+    a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
+    bed.add_pool((a, 1), (b, 1))
+    # One worker each, 200 ms per INVITE: 10 calls/s for the pool, offered 20 calls/s.
+    a.set_delay_ms(200)
+    b.set_delay_ms(200)
+
+    sipp = caller(bed, embedded, calls=120, rate=20, hold_ms=100, extra=sipp_messages.TRACE_ARGS)
+    result = sipp.wait(120)
+
+    shed = bed.counters("cpstat", name=embedded.config.name).get("shed", 0)
+    refused = sipp_messages.rejections(sipp_messages.trace_file(sipp))
+    assert shed > 0 and len(refused) == shed
+    assert all(r.status == 503 and r.retry_after == 1 for r in refused), refused
+    assert max(r.after_ms for r in refused) <= SHED_REPLY_MAX_MS
+    assert result.failed == shed, result.output[-2000:]
     assert "Traceback" not in embedded.log()
 
 

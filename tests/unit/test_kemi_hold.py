@@ -13,7 +13,8 @@ from ..fakes.edge import Node
 from ..fakes.ksr import BLIND_BRANCH, FakeKsr
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
-S = Settings.of(location_server=False)
+S = Settings.of(location_server=False, shed_hold_ms=0)
+"""Holding alone: shedding (``core.admission``) is tested in test_kemi_admission.py."""
 LIMIT = 2
 
 

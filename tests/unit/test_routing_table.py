@@ -14,7 +14,7 @@ A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 def test_a_table_reads_back_as_written():
     table = [
         RoutingEntry(A, 0.25, queueing=True, inflight_limit=7, long_wait=False),
-        RoutingEntry(B, 1.0, queueing=False, inflight_limit=0, long_wait=True),
+        RoutingEntry(B, 1.0, queueing=False, inflight_limit=0, long_wait=True, returning=True),
     ]
     assert decode(encode(table)) == table
     assert decode(encode([])) == []
@@ -28,6 +28,7 @@ def test_each_entry_names_its_fields_for_an_operator_reading_it():
         "queueing": True,
         "inflight_limit": 3,
         "long_wait": True,
+        "returning": False,
     }
 
 

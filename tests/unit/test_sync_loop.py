@@ -388,3 +388,20 @@ def test_a_proxy_the_workers_hear_from_is_not_marked_down(harness: Harness, stor
         harness.tick()
     assert harness.loop.observed[A].health.state != "down"
     assert harness.loop.observed[B].health.state == "down"
+
+
+def test_a_proxy_just_gone_down_may_return_until_the_grace_is_over(
+    harness: Harness, store: MemoryStore
+):
+    """While it may (``admission.may_return``), a full pool holds instead of shedding."""
+    failures = pool_with_a_down(harness, store)
+    harness.shared.tallies["101 " + A] = failures + requests(1, 5)  # a late answer: alive
+    harness.tick(100)
+    harness.shared.tallies["101 " + A] = failures + requests(1, 5) + Tally(probes_failed=3)
+    harness.tick(100)
+    assert harness.loop.weights[A].state == "down"
+    returning = {entry.uri: entry.returning for entry in harness.shared.tables[-1]}
+    assert returning == {A: True, B: False}
+    harness.tick(S.timers.shed_outage_grace_ms)
+    returning = {entry.uri: entry.returning for entry in harness.shared.tables[-1]}
+    assert returning == {A: False, B: False}

@@ -27,6 +27,9 @@ class RoutingEntry:
     long_wait: bool
     """Whether its requests wait ``saturated_fr_timer_ms`` for a first reply instead of
     ``fr_timer_ms`` (``policy.timers.first_reply_timeout_ms``; the worker's settings give both)."""
+    returning: bool = False
+    """Out of the weighting for a moment only (``admission.may_return``): while a proxy is,
+    a full pool holds new requests instead of shedding them."""
 
 
 def encode(entries: Sequence[RoutingEntry]) -> str:
@@ -41,6 +44,7 @@ def decode(text: str) -> list[RoutingEntry]:
             queueing=bool(fields["queueing"]),
             inflight_limit=int(fields["inflight_limit"]),
             long_wait=bool(fields["long_wait"]),
+            returning=bool(fields["returning"]),
         )
         for fields in json.loads(text)
     ]

@@ -518,7 +518,8 @@ class HealthSettings(Group):
 
 @dataclasses.dataclass(frozen=True)
 class TimerSettings(Group):
-    """The first-reply timeout of a queueing proxy, and holding requests at the balancer."""
+    """The first-reply timeout of a queueing proxy, holding requests at the balancer, and
+    shedding them past the pool's or the node's capacity."""
 
     saturated_fr_timer_ms: int = setting(
         6000,
@@ -551,6 +552,45 @@ class TimerSettings(Group):
         " weight, room or not (ms).",
         why="Holding must never cost a call: longer than a killed proxy's backlog takes to drain,"
         " well within a caller's patience.",
+    )
+    shed_hold_ms: int = setting(
+        100,
+        NOT_NEGATIVE,
+        at_most(2000),
+        meaning="When every weighted proxy is queueing at its limit and the requests held already"
+        " take the pool this long to drain (held over the pool's completed requests per second),"
+        " a new initial request is answered 503 with `Retry-After` at once instead of held; 0:"
+        " never shed, hold as before (ms).",
+        why="Past the pool's capacity every held call waits, the admitted ones included: a tenth"
+        " of a second of backlog keeps every proxy fed (each also queues `hold_queue_ms`) while"
+        " the excess hears its 503 in the time of a round trip.",
+    )
+    shed_outage_grace_ms: int = setting(
+        10_000,
+        NOT_NEGATIVE,
+        meaning="A proxy out of the weighting (silent, down) that was heard from this recently may"
+        " come back: while one is, nothing is shed and requests are held as before (ms).",
+        why="A stalled or restarted proxy takes its backlog back within seconds, and holding"
+        " then answers every call; one silent for longer is gone and its capacity with it.",
+    )
+    shed_node_backlog_kb: int = setting(
+        128,
+        NOT_NEGATIVE,
+        meaning="When the node's UDP SIP sockets hold this much unread at two sync ticks in a"
+        " row, its SIP workers are short of CPU: a growing share of new initial requests is"
+        " answered 503 with `Retry-After` on arrival, shrinking again once they keep up; 0: off"
+        " (KiB).",
+        why="Linux's default receive buffer is 208 KiB: past 128 KiB the kernel is about to drop"
+        " what the workers cannot read, calls in progress included, and a 503 costs a worker far"
+        " less than a call; a node with room reads its queue empty between two ticks.",
+    )
+    shed_retry_after_s: int = setting(
+        1,
+        POSITIVE,
+        at_most(3600),
+        meaning="`Retry-After` of the 503 a shed request gets (s).",
+        why="An upstream that honours it stops sending to this node that long (RFC 3261 21.5.4):"
+        " the shortest, so a busy second costs at most one second of its traffic.",
     )
 
 

@@ -35,7 +35,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from counterpoise.core import load
+from counterpoise.core import admission, load
 from counterpoise.core.attempts import RetryBudget
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.policy import share
@@ -213,7 +213,7 @@ class SyncLoop:
             {uri: self.loads.utilisation(uri, now) for uri in self.pool},
             {uri: self.share.shared_per_s(uri) for uri in self.pool},
         )
-        self._publish_table()
+        self._publish_table(now)
         self._send_probes(now)
         if now >= self._next_publish_ms:
             self._next_publish_ms = now + self.settings.redis.publish_interval_ms
@@ -445,7 +445,7 @@ class SyncLoop:
                 reason = reasons.get(uri, "unusable X-CP-Load")
                 self.loads.reject(load.HEADER, uri, reason, window.load_headers_rejected)
 
-    def _publish_table(self) -> None:
+    def _publish_table(self, now_ms: int) -> None:
         table = [
             RoutingEntry(
                 uri=uri,
@@ -453,6 +453,13 @@ class SyncLoop:
                 queueing=w.queueing,
                 inflight_limit=w.inflight_limit,
                 long_wait=w.fr_timer_ms != self.settings.failover.fr_timer_ms,
+                returning=admission.may_return(
+                    w.weight,
+                    w.state,
+                    self.observed[uri].silence.last_life_ms,
+                    now_ms,
+                    self.settings.timers,
+                ),
             )
             for uri, w in sorted(self.weights.items())
         ]

@@ -19,11 +19,21 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, dialog_seal, edge, hold, location
+from counterpoise.core import admission, attempts, dialog_seal, edge, hold, location
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
-from counterpoise.kamailio import avps, dialog_keys, guard, holding, metrics, probes, read, shared
+from counterpoise.kamailio import (
+    avps,
+    dialog_keys,
+    guard,
+    holding,
+    metrics,
+    node_load,
+    probes,
+    read,
+    shared,
+)
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
@@ -42,6 +52,9 @@ SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
+
+SHED_REASON = "Over Capacity"
+"""Reason phrase of the 503 a shed request gets (``core.admission``)."""
 
 TRUE, FALSE, STOP = 1, -1, 0
 """What an operation returns, as a module function does in a native config: ``STOP`` (the
@@ -88,6 +101,7 @@ class Balancer:
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
         self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
+        self.node_load: node_load.NodeLoad | None = None
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
         self.waiting = holding.Waiting()
@@ -212,6 +226,10 @@ class Balancer:
         started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         self.refresh()
         KSR.textops.remove_hf(LOAD_HEADER)
+        percent = node_load.shed_percent()
+        if percent and admission.node_sheds(percent, self.rng.random()):
+            self._shed(metrics.node.SHED_NODE)
+            return STOP
         held = self._locate()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
@@ -222,9 +240,12 @@ class Balancer:
             metrics.count(metrics.node.NO_PROXY)
             return FALSE
         if held.proxy is None and self.settings.timers.hold_queue_ms:
+            waiting = holding.count()
             placed = hold.admit(
-                uri, self.view.picker.uris, self.view.limits, shared.awaiting, holding.count()
+                uri, self.view.picker.uris, self.view.limits, shared.awaiting, waiting
             )
+            if placed is None and self._sheds(waiting):
+                return STOP
             if placed is None and holding.hold(self.settings.timers.hold_max_ms):
                 metrics.count(metrics.node.HELD)
                 return STOP
@@ -234,6 +255,21 @@ class Balancer:
         if self.route_timer is not None and started_ns is not None:
             self.route_timer.observe(started_ns)
         return TRUE
+
+    def _sheds(self, held: int) -> bool:
+        """Answer 503 with Retry-After, at once, a new request the full pool cannot take
+        (``core.admission``); False when it is to be held."""
+        limits = [self.view.limits[uri] for uri in self.view.picker.uris if uri in self.view.limits]
+        if not admission.sheds(held, limits, self.view.returning, self.settings.timers):
+            return False
+        self._shed(metrics.node.SHED)
+        return True
+
+    def _shed(self, counter: str) -> None:
+        """Answer the request 503 with Retry-After, counted as ``counter``."""
+        metrics.count(counter)
+        KSR.hdr.append_to_reply(f"Retry-After: {self.settings.timers.shed_retry_after_s}\r\n")
+        KSR.sl.sl_send_reply(503, SHED_REASON)
 
     @hook("relay_failed")
     def relay_failed(self) -> int:
@@ -545,12 +581,16 @@ class Balancer:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
             self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
+            self.node_load = node_load.NodeLoad(self.settings)
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
         guard.isolated("sync tick", sync.tick)
         if self.dialog_keys is not None:
             guard.isolated("dialog keys", self.dialog_keys.load)
+        if self.node_load is not None:
+            load, settings = self.node_load, self.settings
+            guard.isolated("node load", lambda: load.tick(settings))
         if writes is not None:
             guard.isolated("dialog flush", writes.flush)
         guard.isolated(

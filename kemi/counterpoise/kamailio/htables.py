@@ -58,20 +58,33 @@ ROUTING_TABLE = "table"
 ROUTING_VERSION = "version"
 RUNTIME_SETTINGS = "settings"
 RUNTIME_SETTINGS_VERSION = "settings_version"
+NODE_SHED_PERCENT = "node_shed"
 ROUTING = Htable(
     name="cp",
     size=2,
-    key=_fixed(ROUTING_TABLE, ROUTING_VERSION, RUNTIME_SETTINGS, RUNTIME_SETTINGS_VERSION),
+    key=_fixed(
+        ROUTING_TABLE,
+        ROUTING_VERSION,
+        RUNTIME_SETTINGS,
+        RUNTIME_SETTINGS_VERSION,
+        NODE_SHED_PERCENT,
+    ),
     value=(
         "the routing table (``core.routing_table``) and its version, bumped on each change; "
         "the runtime settings changed since start-up (JSON object, name -> text) and their "
-        "version, bumped on each push"
+        "version, bumped on each push; the share (%) of new initial requests the node sheds "
+        "for its own overload (``core.admission``)"
     ),
     writers=(
         "kamailio.shared.SharedTable.publish_table",
         "cli.reload.Reloader.reload_if_requested",
+        "kamailio.node_load.NodeLoad.tick",
     ),
-    readers=("kamailio.shared.WorkerView.refresh", "kamailio.shared.SettingsFeed.changes"),
+    readers=(
+        "kamailio.shared.WorkerView.refresh",
+        "kamailio.shared.SettingsFeed.changes",
+        "kamailio.node_load.shed_percent",
+    ),
 )
 """The sync loop publishes the table every SIP worker routes with; ``counterpoise up`` pushes
 the settings on SIGHUP, over JSON-RPC (``htable.sets``/``seti``), value before version, so a

@@ -191,6 +191,9 @@ class WorkerView:
         self.limits: dict[str, Limit] = {}
         """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)
         and whether it is queueing."""
+        self.returning = False
+        """Whether a proxy of the table out of the weighting may come back
+        (``admission.may_return``): a full pool then holds instead of shedding."""
         self.long_wait: frozenset[str] = frozenset()
         """The proxies of the table whose requests get ``saturated_fr_timer_ms`` for a first
         reply instead of ``fr_timer_ms`` (``policy.timers.first_reply_timeout_ms``)."""
@@ -211,6 +214,7 @@ class WorkerView:
             self.picker = WeightedPicker([(entry.uri, entry.weight) for entry in entries])
             self.limits = {e.uri: Limit(e.inflight_limit, e.queueing) for e in entries}
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
+            self.returning = any(entry.returning for entry in entries)
             self._version = version
             uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change

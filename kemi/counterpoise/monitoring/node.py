@@ -37,6 +37,8 @@ REJECTED = "rejected"
 NO_PROXY = "no_proxy"
 HELD = "held"
 HELD_OVERDUE = "held_overdue"
+SHED = "shed"
+SHED_NODE = "shed_node"
 IN_DIALOG_RECORD_ROUTE = "in_dialog_record_route"
 IN_DIALOG_DIALOG_RECORD = "in_dialog_dialog_record"
 FAILOVER = "failover"
@@ -47,6 +49,8 @@ NODE_COUNTERS = (
     NO_PROXY,
     HELD,
     HELD_OVERDUE,
+    SHED,
+    SHED_NODE,
     IN_DIALOG_RECORD_ROUTE,
     IN_DIALOG_DIALOG_RECORD,
 )
@@ -257,6 +261,10 @@ def node_families(view: NodeView) -> list[Metric]:
          counters.get(HELD, 0)),
         ("requests_held_overdue", "Held requests relayed room or not (hold_max_ms).",
          counters.get(HELD_OVERDUE, 0)),
+        ("requests_shed", "Initial requests answered 503 at once, the pool full (shed_hold_ms).",
+         counters.get(SHED, 0)),
+        ("requests_shed_node", "Initial requests answered 503 on arrival, the node short of CPU"
+         " (shed_node_backlog_kb).", counters.get(SHED_NODE, 0)),
         ("ejections_refused", "Proxies kept in by max_ejected_fraction.",
          sync.ejections_refused),
     )  # fmt: skip
