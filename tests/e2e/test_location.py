@@ -154,8 +154,9 @@ def test_without_the_location_server_the_same_calls_get_404s(bed: Bed) -> None:
     result = caller.wait(1)
     codes = caller.error_codes()
     print(f"location server off: {result.failed} of {len(USERS)} calls failed: {codes}")
-    # Each call picks a registrar by weight: about 2/3 of them miss the user's one.
-    assert result.failed >= 5, result.output[-2000:]
+    # Each call picks one of 3 equal registrars by weight, so 2/3 of 20, 13.3, are expected
+    # to miss the user's one (binomial sd 2.1); docs/location.md states at least 9 (2 sd).
+    assert result.failed >= 9, result.output[-2000:]
     assert codes.get(404, 0) == result.failed
 
 
