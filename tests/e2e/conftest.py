@@ -118,6 +118,15 @@ class Bed:
         self._callers.append(caller)
         return caller
 
+    def caller_to(
+        self, ds: testbed.Downstream, calls: int, rate: float, hold_ms: int = 200
+    ) -> testbed.Caller:
+        """A caller straight to ``ds``, past the balancer: a proxy made busy by traffic the
+        balancer never sees (another balancer's, a quiet night's on this one)."""
+        caller = testbed.Caller(f"127.0.0.1:{ds.port}", self.run_dir, calls, rate, hold_ms)
+        self._callers.append(caller)
+        return caller
+
     def close(self) -> None:
         """Stop the callers, then the downstreams, then the other processes, newest first;
         every stop runs even if one before it raised."""

@@ -28,6 +28,7 @@ def test_each_entry_names_its_fields_for_an_operator_reading_it():
         "queueing": True,
         "inflight_limit": 3,
         "long_wait": True,
+        "set_aside": False,
     }
 
 

@@ -27,6 +27,9 @@ class RoutingEntry:
     long_wait: bool
     """Whether its requests wait ``saturated_fr_timer_ms`` for a first reply instead of
     ``fr_timer_ms`` (``policy.timers.first_reply_timeout_ms``; the worker's settings give both)."""
+    set_aside: bool = False
+    """Whether it weighs 0 only for its silence (still ``up``): its location holders' requests
+    may still go to it (``location.decide``)."""
 
 
 def encode(entries: Sequence[RoutingEntry]) -> str:
@@ -41,6 +44,7 @@ def decode(text: str) -> list[RoutingEntry]:
             queueing=bool(fields["queueing"]),
             inflight_limit=int(fields["inflight_limit"]),
             long_wait=bool(fields["long_wait"]),
+            set_aside=bool(fields.get("set_aside", False)),
         )
         for fields in json.loads(text)
     ]

@@ -397,6 +397,7 @@ class SyncLoop:
                 queueing=w.queueing,
                 inflight_limit=w.inflight_limit,
                 long_wait=w.fr_timer_ms != self.settings.failover.fr_timer_ms,
+                set_aside=w.silent,
             )
             for uri, w in sorted(self.weights.items())
         ]

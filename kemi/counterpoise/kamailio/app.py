@@ -19,7 +19,7 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import attempts, dialog_seal, edge, hold, location
+from counterpoise.core import attempts, dialog_seal, edge, hold, location, reports
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
@@ -41,6 +41,7 @@ one is answered 400 by the module itself and goes no further."""
 SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
+LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
 
 TRUE, FALSE, STOP = 1, -1, 0
@@ -212,6 +213,7 @@ class Balancer:
         started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         self.refresh()
         KSR.textops.remove_hf(LOAD_HEADER)
+        KSR.hdr.append(LOAD_REQUEST)  # the proxy's replies then state its load
         held = self._locate()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
@@ -256,7 +258,10 @@ class Balancer:
         if self.location is None:
             return location.Decision()
         try:
-            return self.location.route_initial(self.view.picker.__contains__)
+            view = self.view
+            return self.location.route_initial(
+                view.picker.__contains__, view.set_aside.__contains__
+            )
         except Exception as error:  # whatever a lookup hits, the request is routed by weight
             guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")
