@@ -1,8 +1,8 @@
 """Feedback from the proxies themselves, end to end: agent reports, X-CP-Load in replies,
 probes with no traffic, INVITE probes. Each test prints how long the balancer took to react
 (the reaction times in docs/routing.md come from ``bash scripts/test.sh -s -k feedback``) and
-asserts it within twice the figure docs/routing.md quotes: noise passes, a slowed feedback
-loop does not."""
+asserts it within one and a half times the figure docs/routing.md quotes: noise passes, a
+feedback loop slowed by doubling its time constants does not."""
 
 from __future__ import annotations
 
@@ -18,15 +18,23 @@ from tests.e2e.conftest import Bed, invite_counts, invite_shares
 
 pytestmark = pytest.mark.e2e
 
-# Twice the reaction times docs/routing.md quotes ("Reaction times").
-AGENT_LOAD_BOUND_S = 6.0
-"""Agents start, one reporting u = 0.9: its share below 20 % (quoted 2.7-2.8 s)."""
-AGENT_GONE_BOUND_S = 6.0
-"""That agent stops: its share back above 35 % (quoted 3.0 s, the report's expiry)."""
-HEADER_LOAD_BOUND_S = 10.0
-"""Replies start saying the proxy is full: its share below 20 % (quoted 4.4-5.0 s)."""
-HEADER_GONE_BOUND_S = 6.0
-"""Replies say the real load again: its share back above 35 % (quoted 2.0-3.0 s)."""
+PUBLISH_MS = 200
+"""The balancer publishes its weights every tick, so a reaction is seen to the tick, not to
+the default publishing second."""
+
+# One and a half times the reaction times docs/routing.md quotes ("Reaction times"), so that
+# noise passes and a feedback loop slowed by doubling its time constants (smoothing, blackout,
+# expiry) fails: measured at 1.6-3.3 times the quoted figures.
+AGENT_LOAD_BOUND_S = 3.2
+"""Agents start, one reporting u = 0.9: its share below 20 % (quoted 2.0-2.1 s)."""
+AGENT_GONE_BOUND_S = 4.6
+"""That agent stops: its share back above 35 % (quoted 3.1 s, the report's expiry)."""
+HEADER_LOAD_BOUND_S = 6.0
+"""Replies start saying the proxy is full: its share below 20 % (quoted 4.3-4.4 s; 1.4 times
+it, as the doubled loop took 6.6 s)."""
+HEADER_GONE_BOUND_S = 3.0
+"""Replies say the real load again: its share back above 35 % (quoted 1.8-2.0 s)."""
+# Probes are counted, not smoothed: twice their quoted figures.
 PROBE_DOWN_BOUND_S = 10.0
 """No traffic, a proxy frozen: `down` (quoted 5.1 s)."""
 PROBE_UP_BOUND_S = 2.0
@@ -65,7 +73,7 @@ def calls_since(before: dict[str, int], pool: list[testbed.Downstream], calls: i
 
 def test_agent_reporting_high_load_loses_share_until_its_report_expires(bed: Bed) -> None:
     a, b = bed.start_downstream("a", workers=4), bed.start_downstream("b", workers=4)
-    bed.start_balancer()
+    bed.start_balancer(publish_interval_ms=PUBLISH_MS)
     bed.add_pool((a, 1), (b, 1))
     bed.wait_state(b.uri, ("up",))
     start_agent(bed, a, in_progress=1, capacity=10)  # u = 0.1
@@ -93,7 +101,7 @@ def test_agent_reporting_high_load_loses_share_until_its_report_expires(bed: Bed
 
 def test_proxy_whose_replies_carry_a_high_load_header_loses_share(bed: Bed) -> None:
     a, b = bed.start_downstream("a", workers=4), bed.start_downstream("b", workers=4)
-    bed.start_balancer()
+    bed.start_balancer(publish_interval_ms=PUBLISH_MS)
     bed.add_pool((a, 1), (b, 1))
     bed.wait_state(b.uri, ("up",))
     caller = bed.caller(calls=600, rate=30, hold_ms=100)
