@@ -41,8 +41,9 @@ one is answered 400 by the module itself and goes no further."""
 SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
-LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
+LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
+"""Added to every request relayed: the proxy states its load only to a request that asks."""
 
 TRUE, FALSE, STOP = 1, -1, 0
 """What an operation returns, as a module function does in a native config: ``STOP`` (the
