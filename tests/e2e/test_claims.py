@@ -20,10 +20,10 @@ from tests.e2e.conftest import Bed
 
 pytestmark = pytest.mark.e2e
 
-WEIGHT_MOVE_BOUND_S = 20.0
-"""How long a busier or slower proxy may take to lose its share: the slowest reaction
-docs/routing.md quotes (10 s for a load header, twice its figure) plus a probe-paced estimate's
-few samples."""
+WEIGHT_MOVE_BOUND_S = 10.0
+"""How long a busier or slower proxy may take to lose its share: about twice the slowest these
+tests measured (claim 4: 4.5-5.7 s to 20 %, claim 11: 4.3 s, claim 5: 2.1 s, claim 12:
+1.2 s, claim 10: 1.0-2.2 s), the load's smoothing and blackout being most of it."""
 
 
 def published(bed: Bed, uri: str) -> dict:
@@ -128,6 +128,8 @@ def test_claim_12_invite_probes_time_the_proxys_call_path(bed: Bed) -> None:
 
 
 def test_claim_4_requests_in_progress_in_the_replies_steer_the_weight(bed: Bed) -> None:
+    # b's averaged count reads about 0.75 of its workers: a headroom of a quarter of a's,
+    # about a fifth of the share, so below 25 % is a clear move from the even 50 %.
     # Every call rings 1 s: a request in progress that costs the proxy no work, so only the
     # count of requests in progress, which b states, tells them apart; a states busy (~0).
     bed.start_uas(ring_ms=1000)
@@ -138,7 +140,7 @@ def test_claim_4_requests_in_progress_in_the_replies_steer_the_weight(bed: Bed) 
     bed.wait_state(b.uri, ("up",))
     bed.caller(calls=900, rate=30, hold_ms=100)
     record, after_s = wait_published(
-        bed, b.uri, lambda r: r["share"] < 0.2, "b's share below 20 % (its active count)"
+        bed, b.uri, lambda r: r["share"] < 0.25, "b's share below 25 % (its active count)"
     )
     header = record["load"]["header"]
     print(f"b's share {record['share']} after {after_s:.1f} s; its X-CP-Load said {header}")
