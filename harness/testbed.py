@@ -57,9 +57,11 @@ class Downstream:
         registrar: bool,
         transport: str = "udp",
         tls: tuple[Path, Path] | None = None,
+        load_counts_only: bool = False,
     ) -> None:
         """``transport``: how the balancer reaches it (``tcp``, ``tls``: a socket of that kind
-        beside the UDP one, same port; ``tls`` needs ``tls``, the certificate and key)."""
+        beside the UDP one, same port; ``tls`` needs ``tls``, the certificate and key).
+        ``load_counts_only``: its ``X-CP-Load`` states requests in progress, no ``busy``."""
         self.name = name
         self.port = port
         self.transport = transport
@@ -68,6 +70,7 @@ class Downstream:
         self.uas_uri = uas_uri
         self.run_dir = run_dir / name
         self.registrar = registrar
+        self.load_counts_only = load_counts_only
         self.ctl = self.run_dir / "ctl.sock"
         self.rpc = self.run_dir / "kamailio_rpc.sock"
         self.proc: processes.Process | None = None
@@ -98,6 +101,8 @@ class Downstream:
         argv = processes.kamailio_argv(DOWNSTREAM_CFG, listen, self.workers, self.run_dir, defines)
         if self.registrar:
             argv += ["-A", "WITH_REGISTRAR"]
+        if self.load_counts_only:
+            argv += ["-A", "CP_LOAD_COUNTS_ONLY"]
         self.proc = processes.Process(
             f"downstream {self.name}", argv, self.run_dir / "kamailio.log"
         )
@@ -124,7 +129,8 @@ class Downstream:
         kamcmd(self.ctl, "cfg.set_now_int", "cpdemo", "fail_code", str(code))
 
     def set_load_header(self, value: str | None) -> None:
-        """Make every reply carry ``X-CP-Load: value`` (None: the real load again)."""
+        """Make every reply that states the load (to a request that asked) carry
+        ``X-CP-Load: value`` (None: the real load again)."""
         kamcmd(self.ctl, "cfg.set_now_string", "cpdemo", "load_hdr", value or "real")
 
     def counts(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -118,6 +118,15 @@ class Bed:
         self._callers.append(caller)
         return caller
 
+    def caller_to(
+        self, ds: testbed.Downstream, calls: int, rate: float, hold_ms: int = 200
+    ) -> testbed.Caller:
+        """A caller straight to ``ds``, past the balancer: a proxy made busy by traffic the
+        balancer never sees (another balancer's, a quiet night's on this one)."""
+        caller = testbed.Caller(f"127.0.0.1:{ds.port}", self.run_dir, calls, rate, hold_ms)
+        self._callers.append(caller)
+        return caller
+
     def close(self) -> None:
         """Stop the callers, then the downstreams, then the other processes, newest first;
         every stop runs even if one before it raised."""
@@ -166,6 +175,11 @@ class Bed:
         now_ms = int(time.time() * 1000)
         published = self.store.node_weights(now_ms, self.settings.redis.node_ttl_ms)
         return published.get(self.settings.node.node_name(), {})
+
+    def log_lines(self, name: str = "balancer") -> list[str]:
+        """What the balancer node ``name`` has logged so far (its sync loop journals every
+        proxy's state change there)."""
+        return (self.run_dir / f"{name}.log").read_text(errors="replace").splitlines()
 
     def wait_state(self, uri: str, states: tuple[str, ...], timeout_s: float = 15.0) -> dict:
         return processes.wait_for(
@@ -217,3 +231,27 @@ def calls_complete(bed: Bed, ds: testbed.Downstream, calls: int = 10, **caller: 
     after = ds.counts()
     for method in ("invite", "ack", "bye"):
         assert after.get(method, 0) - before.get(method, 0) == calls, (method, before, after)
+
+
+QUIET_POLL_S = 0.05
+"""How often ``settled_count`` reads its count: a tenth of the quiet time it waits for."""
+
+
+def settled_count(
+    count: Callable[[], int], within_s: float, what: str, quiet_s: float = 0.5
+) -> int:
+    """The value of ``count`` once it has stopped changing for ``quiet_s``, asserting that its
+    last change came at most ``within_s`` after the call (a drain's bound: the proxy's last
+    new call arrived within it). Waits on the count itself, not a fixed time; a count still
+    moving after ``within_s + quiet_s`` fails at once."""
+    started = time.monotonic()
+    value, changed = count(), started
+    while time.monotonic() - changed < quiet_s:
+        if time.monotonic() - started > within_s + quiet_s:
+            raise AssertionError(f"{what}: still changing {within_s + quiet_s:.1f} s on")
+        time.sleep(QUIET_POLL_S)
+        current = count()
+        if current != value:
+            value, changed = current, time.monotonic()
+    assert changed - started <= within_s, f"{what}: last change {changed - started:.2f} s on"
+    return value

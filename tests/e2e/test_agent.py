@@ -99,7 +99,9 @@ def test_report_in_redis_decodes_is_announced_and_expires(
     # main process + WORKERS UDP workers + timer, ctl, ... processes of Kamailio
     assert report.processes > WORKERS
     assert report.rss_bytes > report.processes * 1_000_000
-    assert report.cpu_utilisation is not None and 0 <= report.cpu_utilisation <= 1
+    # An idle proxy (no call in this test) spends a few ms of CPU a second on its timers:
+    # far under a fifth of the machine, on a 2-core box shared with other work.
+    assert report.cpu_utilisation is not None and report.cpu_utilisation < 0.2
     assert report.transactions == 0
     assert report.calls is None  # proxy.cfg loads no dialog module
     assert report.capacity == 80.0

@@ -19,9 +19,6 @@ from tests.e2e.conftest import Bed
 
 pytestmark = pytest.mark.e2e
 
-SETTLE_S = 1.0
-"""Several sync ticks: the timer process has flushed whatever was queued."""
-
 
 def answer_as_callee(request: bytes) -> list[bytes | float]:
     """A scripted pool proxy that answers its calls itself: 200 to OPTIONS, INVITE and BYE."""
@@ -94,10 +91,11 @@ def test_a_200_never_acked_leaves_nothing_in_redis(bed: Bed) -> None:
     dialogs = [Dialog(caller, balancer(bed), callee.uri) for _ in range(20)]
     for dialog in dialogs:
         dialog.invite()
-    time.sleep(SETTLE_S)
+    processes.wait_for(
+        lambda: bed.counters("cploc").get("dialogs", 0) == 20, 5, "the 20 dialogs counted"
+    )
     assert records(bed) == {}
-    counters = bed.counters("cploc")
-    assert counters.get("dialogs", 0) == 20 and counters.get("confirmed", 0) == 0
+    assert bed.counters("cploc").get("confirmed", 0) == 0
 
     dialogs[0].ack()  # its caller confirms one: that one is recorded
     found = processes.wait_for(lambda: records(bed), 5, "the confirmed dialog's record")
@@ -155,7 +153,12 @@ def test_one_caller_address_holds_at_most_its_cap_of_records(bed: Bed) -> None:
     for dialog in dialogs:
         dialog.invite()
         dialog.ack()
-    time.sleep(SETTLE_S)
+    # Each record written, or refused by the cap, is counted: wait for all six outcomes.
+    processes.wait_for(
+        lambda: len(records(bed)) + bed.counters("cpedge").get("dialog_record_capped", 0) >= 6,
+        5,
+        "the six confirmed dialogs recorded or capped",
+    )
     found = records(bed)
     sources = sorted(record.source for record in found.values() if record is not None)
     assert sources == ["127.0.0.23"] * 3 + ["127.0.0.24"]

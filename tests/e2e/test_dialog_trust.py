@@ -24,6 +24,8 @@ from tests.e2e.conftest import Bed
 
 pytestmark = pytest.mark.e2e
 
+RING_RELOAD_S = 1.5
+"""Every node reloads its key ring each second: a rotation is in force within this."""
 QUIET_S = 1.0
 """How long a listener that must receive nothing is watched after the balancer answered."""
 CALLEE_TAG = "callee"
@@ -274,16 +276,24 @@ def test_calls_survive_a_key_rotation_and_the_oldest_key_expires(bed: Bed) -> No
     before = call(bed)
     rotated = bed.cli("dialog-key", "rotate")
     assert rotated.returncode == 0, rotated.stderr
-    time.sleep(dialog_seal.ACTIVATION_DELAY_MS / 1000 + 1.5)
-    after = call(bed)
+    after = processes.wait_for(
+        lambda: (d := call(bed)) and seal_of(d.routes[0])["cpd"].startswith("2.") and d,
+        dialog_seal.ACTIVATION_DELAY_MS / 1000 + RING_RELOAD_S,
+        "a new call sealed with the new key",
+        step_s=0.25,
+    )
     assert seal_of(before.routes[0])["cpd"].startswith("1.")
     assert seal_of(after.routes[0])["cpd"].startswith("2.")
     assert status_of_request(before, bed) == 200
     assert status_of_request(after, bed) == 200
     for _ in range(2):  # the third rotation drops key 1
         assert bed.cli("dialog-key", "rotate").returncode == 0
-    time.sleep(1.5)  # every node reloads the ring each second
-    assert status_of_request(before, bed, "INFO") == 403
+    processes.wait_for(
+        lambda: status_of_request(before, bed, "INFO") == 403,
+        RING_RELOAD_S,
+        "the dialog sealed with the dropped key refused",
+        step_s=0.25,
+    )
     assert status_of_request(after, bed, "INFO") == 200
     proxy.close()
 

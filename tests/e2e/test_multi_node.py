@@ -11,7 +11,7 @@ import pytest
 
 from counterpoise import processes
 
-from .conftest import Bed
+from .conftest import Bed, settled_count
 
 pytestmark = pytest.mark.e2e
 
@@ -56,8 +56,7 @@ def test_two_nodes_split_alike_and_a_drain_reaches_both(bed: Bed) -> None:
 
     drained = bed.cli("proxy", "drain", a.uri)
     assert drained.returncode == 0, drained.stderr
-    time.sleep(1.0)  # the bound under test
-    at_drain = a.counts()["invite"]
+    at_drain = settled_count(lambda: a.counts()["invite"], 1.0, "new calls to drained a")
     results = [caller.wait(120) for caller in callers]
 
     assert [r.failed for r in results] == [0, 0], [r.output[-1000:] for r in results]

@@ -18,7 +18,7 @@ from counterpoise.core.reports import decode
 from counterpoise.store.client import connect
 
 from ..redis_servers import SERVICE, SentinelSet
-from .conftest import Bed, invite_counts
+from .conftest import Bed, invite_counts, settled_count
 from .test_location import USERS, Users, holders, invites
 
 pytestmark = pytest.mark.e2e
@@ -88,8 +88,7 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
 
     drained = bed.cli("proxy", "drain", a.uri)  # the CLI finds the new master by itself
     assert drained.returncode == 0, drained.stderr
-    time.sleep(1.0)
-    at_drain = a.counts()["invite"]
+    at_drain = settled_count(lambda: a.counts()["invite"], 1.0, "new calls to drained a")
     result = caller.wait(120)
     print(f"calls through the failover: {result.successful} successful, {result.failed} failed")
     assert result.failed == 0, result.output[-2000:]

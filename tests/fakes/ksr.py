@@ -17,7 +17,8 @@ Kamailio: ``ksr.request("INVITE", "sip:bob@lb")``, calls a route of ``KemiApp``,
 Return conventions are the real ones (app_python3 turns a function's ``SR_KEMIP_*`` return
 type into Python): BOOL -> ``True``/``False`` (``is_*``, ``setdsturi``, ``pv.sets``,
 ``pv.seti``, ``pv.is_null``); INT -> an int, negative for false (``tm``, ``sl``, ``rr``,
-``htable``, ``siputils``, ``maxfwd``, ``sanity``, ``corex``, ``uac``, ``hdr.insert``); XVAL ->
+``htable``, ``siputils``, ``maxfwd``, ``sanity``, ``corex``, ``uac``, ``hdr.insert``,
+``hdr.append``); XVAL ->
 int, str or None (``pv.get``, ``hdr.get``, ``htable.sht_get``; the ``gete`` variants give ""
 instead of None); NONE -> None (``dbg``, ``info``, ``notice``, ``err``).
 
@@ -283,6 +284,12 @@ class Hdr(_Api):
     @_kemi
     def insert(self, text: str) -> int:
         self.ksr.inserted_headers.append(_text(text))
+        return 1
+
+    @_kemi
+    def append(self, text: str) -> int:
+        """A header line (CRLF and all) added after the request's last header."""
+        self.ksr.appended_headers.append(_text(text))
         return 1
 
     @_kemi
@@ -626,6 +633,7 @@ class FakeKsr:
         self.headers: dict[str, str] = {}
         self.avps: dict[str, list[Value]] = {}
         self.inserted_headers: list[str] = []
+        self.appended_headers: list[str] = []
         self.reply_headers: list[str] = []
         self.relays: list[dict[str, Any]] = []
         self.sl_replies: list[tuple[int, str]] = []

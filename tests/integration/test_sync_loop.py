@@ -75,7 +75,6 @@ def test_weights_and_inputs_are_published_every_interval(
     raw = redis_client.hgetall("cp:weights:lb1")
     assert set(raw) == {A, B}
     record = json.loads(raw[A])
-    loop = harness.loop
     published_at = start + 2000
     assert record["updated_ms"] == WALL_EPOCH_MS + published_at
     assert record["state"] == "slowstart"
@@ -84,7 +83,10 @@ def test_weights_and_inputs_are_published_every_interval(
         S.health.slow_start_floor + (1 - S.health.slow_start_floor) * 2000 / S.health.slow_start_ms
     )
     assert record["ramp"] == pytest.approx(ramp, abs=1e-4)
-    assert record["weight"] == pytest.approx(ramp * record["latency_factor"], abs=1e-4)
+    # A is the only proxy with a latency estimate, so it is the reference (factor 1); no load
+    # reports, so no headroom factor: its weight is its base weight 1 times its ramp.
+    assert record["latency_factor"] == 1.0
+    assert record["weight"] == pytest.approx(ramp, abs=1e-4)
     assert record["latency_ms"] == pytest.approx((80 + 2) / 5)
     assert record["inflight"] == 4
     assert record["window"] == {
@@ -111,8 +113,11 @@ def test_weights_and_inputs_are_published_every_interval(
     assert b["base_weight"] == 3.0
     assert b["latency_ms"] is None
     assert record["share"] + b["share"] == pytest.approx(1.0, abs=1e-3)
-    assert b["share"] == pytest.approx(
-        loop.weights[B].weight / (loop.weights[A].weight + loop.weights[B].weight), abs=1e-4
+    # Both ramp alike and weigh by base weight alone (B has no estimate: factor 1), 1:3.
+    assert b["weight"] == pytest.approx(3 * ramp, abs=1e-4)
+    assert (record["share"], b["share"]) == (
+        pytest.approx(0.25, abs=1e-3),
+        pytest.approx(0.75, abs=1e-3),
     )
     # The node is listed, its key expires, and the store reads it back.
     assert redis_client.zscore("cp:nodes", "lb1") == WALL_EPOCH_MS + published_at

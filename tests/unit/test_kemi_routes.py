@@ -17,6 +17,7 @@ import pytest
 
 from counterpoise.core import location
 from counterpoise.core.pool import Admin
+from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Fallback, Settings, runtime_values
 from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
@@ -46,10 +47,13 @@ class FakeLocation:
         self.answered: list[str] = []
         self.dialogs_ended = 0
 
-    def route_initial(self, usable: Callable[[str], bool]) -> location.Decision:
+    def route_initial(
+        self, usable: Callable[[str], bool], set_aside: Callable[[str], bool]
+    ) -> location.Decision:
         found = location.Holder(self.holder, location.PIN) if self.holder else None
         held_usable = found is not None and usable(found.proxy)
-        decision = location.decide(found, held_usable, False, self.fallback)
+        held_aside = found is not None and set_aside(found.proxy)
+        decision = location.decide(found, held_usable, False, self.fallback, held_aside)
         self.decisions.append(decision)
         return decision
 
@@ -201,6 +205,25 @@ def test_unusable_holder_falls_back_to_weight_or_is_rejected(node: Node, ksr: Fa
     node.route("INVITE")
     assert ksr.relays == []
     assert ksr.sl_replies == [(location.REJECT_CODE, location.REJECT_REASON)]
+
+
+def test_a_holder_set_aside_for_its_silence_keeps_its_users_where_none_else_can_serve_them(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A, B)  # the node's first tick: its dialog key, then the table below
+    aside = RoutingEntry(B, 0.0, queueing=False, inflight_limit=0, long_wait=False, set_aside=True)
+    node.publish(RoutingEntry(A, 1.0, False, 0, False), aside)
+    node.balancer.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
+    node.route("INVITE")
+    assert node.tried == [B] and ksr.sl_replies == []  # waits on its stalled holder, no 480
+    node.balancer.location = FakeLocation(holder=B, fallback=Fallback.WEIGHT)
+    node.route("INVITE")
+    assert node.tried == [A]  # another proxy may serve the user: by weight, away from the stall
+    # Down (or drained): weight 0 and not set aside; the fallback applies.
+    node.publish(RoutingEntry(A, 1.0, False, 0, False), RoutingEntry(B, 0.0, False, 0, False))
+    node.balancer.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
+    node.route("INVITE")
+    assert ksr.relays == [] and ksr.sl_replies == [(location.REJECT_CODE, location.REJECT_REASON)]
 
 
 def test_no_proxy_gets_503(node: Node, ksr: FakeKsr):
@@ -391,6 +414,12 @@ def test_latency_sample_is_capped_at_the_failure_penalty(node: Node, ksr: FakeKs
     assert tally.final_reply_ms_sum == 30_000
 
 
+def test_a_relayed_request_asks_its_proxy_for_its_load(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    assert ksr.relays and ksr.appended_headers == ["X-CP-Load-Request: 1\r\n"]
+
+
 def test_load_header_of_a_reply_is_counted(node: Node, ksr: FakeKsr):
     node.pool(A)
     node.route("INVITE")
@@ -446,6 +475,7 @@ def test_probe_is_sent_with_the_uac_module(node: Node, ksr: FakeKsr):
     options, invite = ksr.uac_sent
     assert (options["method"], options["ruri"], options["evparam"]) == ("OPTIONS", A, f"1234 {A}")
     assert options["evroute"] == 1 and "Max-Forwards: 1" in options["hdrs"]
+    assert "X-CP-Load-Request: 1\r\n" in options["hdrs"]  # a probe asks for the load
     assert invite["ruri"] == B.replace("sip:", "sip:probe@")
     assert "Contact: <sip:cp@192.0.2.1:5060>" in invite["hdrs"]
 

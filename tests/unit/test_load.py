@@ -127,6 +127,16 @@ def test_header_utilisation_is_active_over_workers():
         load.header_utilisation(HeaderLoad(tx=3))
 
 
+def test_header_utilisation_falls_back_to_transactions_in_tm_over_workers():
+    # A proxy that reports no active count still weighs by the requests it holds.
+    assert load.header_utilisation(HeaderLoad(tx=3, workers=4)) == 0.75
+    assert load.header_utilisation(HeaderLoad(tx=12, workers=4)) == 1.0
+    # active, when present, wins over tx: tx also holds the ended transactions' 5 s wait.
+    assert load.header_utilisation(HeaderLoad(tx=8, workers=4, active=1)) == 0.25
+    with pytest.raises(BadReport, match="workers"):
+        load.header_utilisation(HeaderLoad(tx=3))
+
+
 def test_header_utilisation_prefers_the_busy_time_average():
     # A one-worker proxy whose transaction is active at the reply's instant, busy 40 % of
     # the last second: 40 %, not 100 %.

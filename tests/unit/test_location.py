@@ -151,6 +151,17 @@ def test_decide():
     assert (moved.proxy, moved.reject, moved.outcome) == (None, False, "fallback")
 
 
+def test_a_holder_set_aside_for_its_silence_keeps_its_users_only_where_none_else_can_serve():
+    found = Holder(A, location.REGISTRATION)
+    kept = location.decide(found, False, False, Fallback.REJECT, set_aside=True)
+    assert (kept.proxy, kept.reject, kept.outcome) == (A, False, "registration")
+    by_weight = location.decide(found, False, False, Fallback.WEIGHT, set_aside=True)
+    assert (by_weight.proxy, by_weight.reject, by_weight.outcome) == (None, False, "fallback")
+    # A REGISTER moves the user to a proxy that answers, stall or not.
+    moved = location.decide(found, False, True, Fallback.REJECT, set_aside=True)
+    assert (moved.proxy, moved.reject, moved.outcome) == (None, False, "fallback")
+
+
 def test_sum_counters_adds_the_workers():
     dump = {"lookups 11": 3, "lookups 12": 4, "fallback 12": 1}
     assert location.sum_counters(dump) == {"lookups": 7, "fallback": 1}

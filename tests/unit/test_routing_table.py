@@ -29,6 +29,7 @@ def test_each_entry_names_its_fields_for_an_operator_reading_it():
         "inflight_limit": 3,
         "long_wait": True,
         "returning": False,
+        "set_aside": False,
     }
 
 

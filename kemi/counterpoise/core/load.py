@@ -7,7 +7,8 @@ Pure (no Kamailio, no Redis, clocks passed in). Two sources say how loaded a pro
   a capacity, transactions in progress over that capacity;
 * its **replies** (``X-CP-Load``, parsed by ``reports.parse_load_header``): ``busy`` (the
   workers' time spent on requests over the latest second, per mille), or from a proxy that
-  does not send it ``active`` transactions over ``workers``; capped at 1.
+  does not send it the requests it has in progress (``active``, else ``tx``) over
+  ``workers``; capped at 1.
 
 Each source of each proxy has a ``Track`` that says whether it may count now, the way gRPC's
 weighted round robin treats its backend metrics: a source counts once it has been renewed
@@ -91,19 +92,23 @@ def report_utilisation(report: LoadReport) -> float | None:
 
 
 def header_utilisation(header: HeaderLoad) -> float:
-    """``busy / 1000`` of an ``X-CP-Load`` header, else ``active / workers``; ``BadReport`` if
-    it has neither.
+    """The utilisation an ``X-CP-Load`` header states, from the first of its fields present:
+    ``busy / 1000``, else ``active / workers``, else ``tx / workers``; capped at 1.
+    ``BadReport`` if it has none of them (or a count without ``workers``, or ``workers=0``).
 
-    ``busy`` is preferred: it is a time average of what the workers did, where ``active`` is
-    one read of a count that tmx refreshes at most every 2 s, that reads 0 for 2 s after a
-    start, and that counts a ringing call as load for as long as it rings."""
+    ``busy`` wins: it is a time average of what the workers did, where ``active`` is one read
+    of a count that tmx refreshes at most every 2 s, that reads 0 for 2 s after a start, and
+    that counts a ringing call as load for as long as it rings. ``active`` beats ``tx``, which
+    also counts the transactions tm keeps 5 s after their end. A proxy that cannot time its
+    workers still steers its weight by the requests it has in progress."""
     if header.busy is not None:
         return min(1.0, header.busy / 1000)
-    if header.active is None or header.workers is None:
-        raise BadReport("X-CP-Load: needs busy=, or active= and workers=")
+    in_progress = header.active if header.active is not None else header.tx
+    if in_progress is None or header.workers is None:
+        raise BadReport("X-CP-Load: needs busy=, or active= (or tx=) and workers=")
     if header.workers == 0:
         raise BadReport("X-CP-Load: workers=0")
-    return min(1.0, header.active / header.workers)
+    return min(1.0, in_progress / header.workers)
 
 
 REPORT = "report"

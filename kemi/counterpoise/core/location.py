@@ -288,12 +288,26 @@ class Decision:
     holder: Holder | None = None
 
 
-def decide(found: Holder | None, usable: bool, is_register: bool, fallback: Fallback) -> Decision:
+def decide(
+    found: Holder | None,
+    usable: bool,
+    is_register: bool,
+    fallback: Fallback,
+    set_aside: bool = False,
+) -> Decision:
     """The routing decision for an initial request whose records gave ``found``; ``usable``
-    says whether that proxy has a weight in this node's routing table right now."""
+    says whether that proxy has a weight in this node's routing table right now, ``set_aside``
+    whether it weighs 0 only for a silence of ``silent_after_ms`` (still ``up``).
+
+    A set-aside holder keeps its users' requests under ``Fallback.REJECT``: that fallback says
+    no other proxy can serve them, and a silence that short is a stall as often as a death, so
+    the request waits on the holder rather than failing at once with 480. A dead holder goes
+    ``down`` within ``fr_timer_ms`` of failures, and the fallback applies from then on. Under
+    ``Fallback.WEIGHT`` another proxy may serve the user, so the request goes by weight, and
+    a REGISTER always does (the user moves to a proxy that answers)."""
     if found is None:
         return Decision(outcome="none")
-    if usable:
+    if usable or (set_aside and not is_register and fallback == Fallback.REJECT):
         return Decision(proxy=found.proxy, outcome=found.source, holder=found)
     if is_register or fallback == Fallback.WEIGHT:
         return Decision(outcome="fallback", holder=found)

@@ -67,6 +67,11 @@ mixed units (50 meaning 50 %), and the report is refused."""
 MAX_HEADER_CHARS = 256
 """Longest ``X-CP-Load`` value parsed; ours is about 30 characters."""
 
+LOAD_REQUEST_HEADER = "X-CP-Load-Request"
+"""Header of a request asking the proxy for its ``X-CP-Load`` (value ``1``): on the balancer's
+probes and on every request it relays. A proxy states its load only in replies to requests
+that asked (``downstream/x-cp-load.cfg``), so nobody else learns it."""
+
 HEADER_KEYS = ("tx", "workers", "active", "busy")
 """Keys of ``X-CP-Load`` understood (downstream/x-cp-load.cfg): ``tx`` transactions in tm's
 table (including those in the 5 s wait state), ``workers`` SIP worker processes, ``active``

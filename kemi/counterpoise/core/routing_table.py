@@ -30,6 +30,9 @@ class RoutingEntry:
     returning: bool = False
     """Out of the weighting for a moment only (``admission.may_return``): while a proxy is,
     a full pool holds new requests instead of shedding them."""
+    set_aside: bool = False
+    """Whether it weighs 0 only for its silence (still ``up``): its location holders' requests
+    may still go to it (``location.decide``)."""
 
 
 def encode(entries: Sequence[RoutingEntry]) -> str:
@@ -45,6 +48,7 @@ def decode(text: str) -> list[RoutingEntry]:
             inflight_limit=int(fields["inflight_limit"]),
             long_wait=bool(fields["long_wait"]),
             returning=bool(fields["returning"]),
+            set_aside=bool(fields["set_aside"]),
         )
         for fields in json.loads(text)
     ]

@@ -460,6 +460,7 @@ class SyncLoop:
                     now_ms,
                     self.settings.timers,
                 ),
+                set_aside=w.silent,
             )
             for uri, w in sorted(self.weights.items())
         ]

@@ -19,7 +19,7 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import admission, attempts, dialog_seal, edge, hold, location
+from counterpoise.core import admission, attempts, dialog_seal, edge, hold, location, reports
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
@@ -52,6 +52,8 @@ SANITY_URI_CHECKS = 7
 """Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
+LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
+"""Added to every request relayed: the proxy states its load only to a request that asks."""
 
 SHED_REASON = "Over Capacity"
 """Reason phrase of the 503 a shed request gets (``core.admission``)."""
@@ -230,6 +232,7 @@ class Balancer:
         if percent and admission.node_sheds(percent, self.rng.random()):
             self._shed(metrics.node.SHED_NODE)
             return STOP
+        KSR.hdr.append(LOAD_REQUEST)  # the proxy's replies then state its load
         held = self._locate()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
@@ -292,7 +295,10 @@ class Balancer:
         if self.location is None:
             return location.Decision()
         try:
-            return self.location.route_initial(self.view.picker.__contains__)
+            view = self.view
+            return self.location.route_initial(
+                view.picker.__contains__, view.set_aside.__contains__
+            )
         except Exception as error:  # whatever a lookup hits, the request is routed by weight
             guard.failed("location lookup", error)
             return location.Decision(outcome="redis_skipped")

@@ -111,8 +111,11 @@ class LocationRouting:
 
     # --- initial requests --------------------------------------------------------------------
 
-    def route_initial(self, usable: Callable[[str], bool]) -> location.Decision:
-        """Where the records send this initial request. Only REGISTER (AOR from To) and
+    def route_initial(
+        self, usable: Callable[[str], bool], set_aside: Callable[[str], bool]
+    ) -> location.Decision:
+        """Where the records send this initial request (``usable``: a proxy has a weight;
+        ``set_aside``: it weighs 0 only for its silence). Only REGISTER (AOR from To) and
         requests with a user in the R-URI are looked up; the rest cost nothing."""
         started = clock.perf_ns()
         is_register = KSR.is_REGISTER()
@@ -132,7 +135,11 @@ class LocationRouting:
         else:
             holder_usable = found is not None and usable(found.proxy)
             decision = location.decide(
-                found, holder_usable, is_register, self._settings.location.location_fallback
+                found,
+                holder_usable,
+                is_register,
+                self._settings.location.location_fallback,
+                set_aside=found is not None and set_aside(found.proxy),
             )
             if decision.proxy and not is_register:
                 avps.set_held()

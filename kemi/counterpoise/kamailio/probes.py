@@ -1,10 +1,12 @@
 """Probes: an OPTIONS (or INVITE) to every proxy, sent by the sync loop with the uac module,
-and the BYE that ends an INVITE probe a proxy answered with 2xx."""
+asking for the proxy's load (``X-CP-Load-Request``), and the BYE that ends an INVITE probe a
+proxy answered with 2xx."""
 
 from __future__ import annotations
 
 import KSR
 
+from counterpoise.core.reports import LOAD_REQUEST_HEADER
 from counterpoise.core.settings import ProbeMethod
 from counterpoise.kamailio import read
 
@@ -27,7 +29,7 @@ class UacProbeSender:
 
     def send(self, uri: str, sent_ms: int) -> None:
         target = uri
-        headers = "Max-Forwards: 1\r\n"
+        headers = f"Max-Forwards: 1\r\n{LOAD_REQUEST_HEADER}: 1\r\n"
         if self._method == ProbeMethod.INVITE:
             target = uri.replace("sip:", f"sip:{self._invite_user}@", 1)
             headers += f"Contact: <{self._contact_uri}>\r\n"

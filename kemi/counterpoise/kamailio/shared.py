@@ -197,6 +197,8 @@ class WorkerView:
         self.long_wait: frozenset[str] = frozenset()
         """The proxies of the table whose requests get ``saturated_fr_timer_ms`` for a first
         reply instead of ``fr_timer_ms`` (``policy.timers.first_reply_timeout_ms``)."""
+        self.set_aside: frozenset[str] = frozenset()
+        """The proxies of the table weighing 0 only for their silence (still ``up``)."""
         self.hops: dict[str, frozenset[edge.Address]] = {}
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
@@ -215,6 +217,7 @@ class WorkerView:
             self.limits = {e.uri: Limit(e.inflight_limit, e.queueing) for e in entries}
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
+            self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
             self._version = version
             uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
