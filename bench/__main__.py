@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import capacity, drive, overhead, plots, report, scenarios
+from bench import capacity, drive, overhead, per_message, plots, report, scenarios
 from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
@@ -186,7 +186,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--per-message"]:
+        return per_message.main(argv[1:])
+    args = parse_args(argv)
     if args.render:
         render(args.render, args.publish)
         return 0
