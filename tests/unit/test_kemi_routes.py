@@ -166,6 +166,20 @@ def test_initial_request_is_relayed_as_an_attempt(node: Node, ksr: FakeKsr):
     assert not ksr.record_routed  # only dialog-forming requests stay on the path
 
 
+def test_a_request_reads_the_routing_table_version_once_and_a_reply_not_at_all(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    node.route("INVITE")  # the worker's first request: the table is read and parsed
+    versions = [(htables.ROUTING.name, htables.ROUTING_VERSION)]
+    ksr.calls.clear()
+    node.route("INVITE")
+    assert ksr.called("htable.sht_get").count(versions[0]) == 1
+    ksr.calls.clear()
+    node.reply(200)
+    assert ksr.called("htable.sht_get").count(versions[0]) == 0
+
+
 def test_dispatch_follows_the_weights(node: Node, ksr: FakeKsr):
     node.pool(A, B, C, **{B: 3.0})
     node.store.set_admin(C, Admin.DRAINED)

@@ -107,10 +107,13 @@ class Balancer:
         self.follow_settings()
         self.view.refresh()
 
-    def trusted(self) -> bool:
+    def trusted(self, source: edge.Address | None = None, stream: bool | None = None) -> bool:
         """Whether the request being handled comes from a pool proxy (its address and
-        transport): such requests pass the edge checks an operator keeps for strangers."""
-        return edge.from_pool(_source(), _stream(), self.view.pool)
+        transport): such requests pass the edge checks an operator keeps for strangers.
+        ``source`` and ``stream``: as the caller read them already (else read here)."""
+        source = _source() if source is None else source
+        stream = _stream() if stream is None else stream
+        return edge.from_pool(source, stream, self.view.pool)
 
     @hook("core_reply")
     def on_core_reply(self) -> int:
@@ -209,8 +212,14 @@ class Balancer:
         it (``t_relay``), ``FALSE`` when no proxy is available (the caller answers),
         ``STOP`` when it was answered (the location policy's rejection) or held here.
         ``started_ns``: when the request route began, for its timing (else now)."""
-        started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         self.refresh()
+        return self.select_refreshed(started_ns)
+
+    @hook("select", fallback=FALSE)
+    def select_refreshed(self, started_ns: int | None = None) -> int:
+        """``select`` in a request route that took the settings and table on entry
+        (``refresh``), as ``KemiApp``'s does: not twice per request."""
+        started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         KSR.textops.remove_hf(LOAD_HEADER)
         held = self._locate()
         if held.reject:
@@ -432,7 +441,8 @@ class Balancer:
 
     def _from_proxy(self, uri: str) -> bool:
         """Whether the message being handled came from ``uri``'s address; counted if not."""
-        self.view.refresh()  # a reply may reach a worker that has routed no request yet
+        if uri not in self.view.hops:  # a reply may reach a worker that routed no request yet
+            self.view.refresh()
         if edge.from_pool(_source(), _stream(), self.view.hops.get(uri, frozenset())):
             return True
         EDGE.count("foreign_reply")
@@ -656,7 +666,7 @@ class KemiApp:
         started_ns = clock.perf_ns() if balancer.route_timer is not None else None
         balancer.refresh()
         source, stream = _source(), _stream()
-        trusted = balancer.trusted()
+        trusted = balancer.trusted(source, stream)
         if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
             return 1
         KSR.textops.remove_hf(LOAD_HEADER)
@@ -680,7 +690,7 @@ class KemiApp:
             KSR.textops.remove_hf("Route")
         if _forms_dialog() and balancer.seal() == STOP:
             return 1
-        selected = balancer.select(started_ns)
+        selected = balancer.select_refreshed(started_ns)
         if selected == FALSE:
             KSR.sl.sl_send_reply(503, "No Proxy Available")
         elif selected == TRUE and not balancer.relay():
