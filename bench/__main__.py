@@ -152,6 +152,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-sustained", action="store_true", help="overhead: skip the sustained-rate ramp"
     )
     parser.add_argument(
+        "--saturation-rate",
+        type=float,
+        default=overhead.SATURATION_RATE,
+        help="overhead: calls/s offered in the saturation run, past the host's capacity "
+        "(0: no saturation run)",
+    )
+    parser.add_argument(
         "--compare",
         action="append",
         default=[],
@@ -295,10 +302,12 @@ def clean_up(work: Path, keep: bool) -> None:
 def run_overhead(args: argparse.Namespace) -> int:
     """``--overhead``: the overhead bench alone, its own results.json and report.md."""
     names = args.contenders.split(",") if args.contenders else list(overhead.CONTENDERS)
+    saturating = list(overhead.SATURATION_CONTENDERS)
     for name, _, tree in (text.partition("=") for text in args.compare):
         for contender in other_version(name, Path(tree).resolve()):
             BY_NAME[contender.name] = contender
             names.append(contender.name)
+            saturating.append(contender.name)
     unknown = [name for name in names if name not in BY_NAME]
     if unknown:
         raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")
@@ -332,6 +341,8 @@ def run_overhead(args: argparse.Namespace) -> int:
             args.step_s,
             not args.no_sustained,
             keep,
+            saturation_rate=args.saturation_rate,
+            saturating=saturating,
         )
     finally:
         pool.stop()

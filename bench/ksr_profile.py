@@ -43,7 +43,9 @@ Counts = defaultdict[str, defaultdict[str, int]]
 
 class Recorder:
     """One process's totals, per message kind: ``messages``, ``entries`` (hooks entered),
-    ``cpu_ns`` and ``wall_ns`` (outermost hooks), and one count per kind of KSR call."""
+    ``cpu_ns`` and ``wall_ns`` (outermost hooks), one count per kind of KSR call and per
+    function (``KSR.tm.t_relay``), and the wall time inside KSR calls (``ksr_wall_ns``, and
+    per function: ``ns KSR.tm.t_relay``)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -116,7 +118,13 @@ class CountingModule(types.ModuleType):
             recorder.add("ksr_calls")
             detail = f" {args[0]}" if module in ("pv", "htable") and args else ""
             recorder.add(full_name + detail)
-            return function(*args)
+            started_ns = time.perf_counter_ns()
+            try:
+                return function(*args)
+            finally:
+                elapsed_ns = time.perf_counter_ns() - started_ns
+                recorder.add("ksr_wall_ns", elapsed_ns)
+                recorder.add("ns " + full_name, elapsed_ns)
 
         return counted
 
@@ -137,7 +145,6 @@ def count_codecs(recorder: Recorder) -> None:
         return call
 
     routing_table.decode = counted(routing_table.decode, "decode")  # type: ignore[assignment]
-    shared.routing_table = routing_table
     json_loads = counted(json.loads, "decode")
     shared.json = types.SimpleNamespace(loads=json_loads)  # type: ignore[assignment]
     for cls in (Tally, Histogram, location.CachedHolder):

@@ -6,7 +6,9 @@ against the same relay in plain Kamailio with dispatcher alg 4 on the same machi
 Rounds alternate the contenders (the order rotates each round) so slow changes of the
 machine's other load spread over all of them; each round starts each contender fresh,
 measures it idle (its fixed cost per second), then at each rate. The report gives medians
-over rounds. Then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
+over rounds. Then the saturation run: each contender offered more calls than the host can
+take (``SATURATION_RATE``), in alternating rounds, its answered calls per second counted;
+then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ SUSTAINED_TRIES = 2
 """A rate counts as sustained if one of two tries passes: other helpers' tests share the
 two cores and one burst of theirs fails a step."""
 SUSTAINED_CONTENDERS = ("counterpoise", "ds4")
+SATURATION_RATE = 1500
+"""Calls/s offered in the saturation run: past what two cores sustain for SIPp's caller
+and callee and any of the balancers (the issue's host was past it at 700/s)."""
+SATURATION_S = 6.0
+SATURATION_HOLD_MS = 3000
+"""Calls held longer than in the rates above: more dialogs in flight, as on a loaded host."""
+SATURATION_CONTENDERS = ("ds4", "kemi4", "counterpoise", "cp-noloc")
+SATURATION_TARGET = 0.9
+"""Issue target: at saturation, answered calls/s at least 0.9x alg 4's."""
 
 
 def idle_cpu(running: Running, seconds: float) -> dict:
@@ -111,6 +122,50 @@ def one_round(
     return record
 
 
+def saturation_round(
+    index: int,
+    contenders: Sequence[Contender],
+    uas: Target,
+    work: Path,
+    redis_url: str,
+    rate: float,
+    say: Callable[[str], None],
+) -> dict:
+    """Each contender in turn (order rotated by ``index``) offered ``rate`` calls/s: how
+    many it answered. Every process on the machine competes for the same cores, as for a
+    user whose host is the bottleneck."""
+    order = [contenders[(index + i) % len(contenders)] for i in range(len(contenders))]
+    record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
+    for contender in order:
+        run_dir = work / f"saturation{index + 1}-{contender.name}"
+        running = contender.start([uas], run_dir, redis_url)
+        try:
+            drive.measure(running, None, None, run_dir / "warmup", drive.Load(100), WARMUP_S)
+            load = drive.Load(rate, SATURATION_HOLD_MS)
+            m = drive.measure(running, None, None, run_dir / "load", load, SATURATION_S)
+        finally:
+            running.stop()
+        answered = m.sipp.attempted - m.sipp.failed
+        record["steps"].append(
+            {
+                "contender": contender.name,
+                "rate": rate,
+                "calls": m.sipp.attempted,
+                "answered": answered,
+                "seconds": SATURATION_S,
+                "cpu_s": m.cpu_s,
+                "store_cpu_s": m.store_cpu_s,
+                "machine_busy": m.machine_busy,
+            }
+        )
+        say(
+            f"      saturation {index + 1} {contender.name:13s} {rate:5g} calls/s offered: "
+            f"{answered / SATURATION_S:.0f} answered/s ({answered}/{m.sipp.attempted}), "
+            f"machine {m.machine_busy:.0%} busy"
+        )
+    return record
+
+
 def run(
     work: Path,
     redis_url: str,
@@ -121,7 +176,11 @@ def run(
     sustained: bool,
     save: Callable[[dict], None],
     say: Callable[[str], None] = print,
+    saturation_rate: float = SATURATION_RATE,
+    saturating: Sequence[str] = SATURATION_CONTENDERS,
 ) -> dict:
+    """The rounds at ``RATES``, the saturation rounds at ``saturation_rate`` (0: none) of
+    the contenders of ``names`` that ``saturating`` lists, the sustained ramp."""
     contenders = [BY_NAME[name] for name in names]
     uas = Target("uas", uas_uri, 0.0)
     result: dict = {
@@ -132,12 +191,20 @@ def run(
         "idle_s": IDLE_S,
         "hold_ms": HOLD_MS,
         "rounds": [],
+        "saturation": [],
         "sustained": [],
     }
     for index in range(rounds):
         say(f"overhead round {index + 1}/{rounds}, load average {os.getloadavg()}")
         result["rounds"].append(
             one_round(index, contenders, uas, work, redis_url, RATES, step_s, say)
+        )
+        save(result)
+    saturated = [c for c in contenders if c.name in saturating]
+    for index in range(rounds if saturation_rate and saturated else 0):
+        say(f"saturation round {index + 1}/{rounds}, load average {os.getloadavg()}")
+        result["saturation"].append(
+            saturation_round(index, saturated, uas, work, redis_url, saturation_rate, say)
         )
         save(result)
     if sustained:
@@ -223,6 +290,48 @@ def failed(result: dict, contender: str) -> tuple[int, int]:
 def failed_text(result: dict, contender: str) -> str:
     calls, left_out = failed(result, contender)
     return f"{calls} ({left_out} steps left out)" if left_out else str(calls)
+
+
+def answered_per_s(result: dict, contender: str) -> float | None:
+    """Median over the saturation rounds of the calls/s ``contender`` answered."""
+    values = [
+        step["answered"] / step["seconds"]
+        for record in result.get("saturation", [])
+        for step in record["steps"]
+        if step["contender"] == contender
+    ]
+    return statistics.median(values) if values else None
+
+
+def render_saturation(result: dict) -> list[str]:
+    records = result.get("saturation", [])
+    if not records:
+        return []
+    ref = result["reference"]
+    names = list(dict.fromkeys(s["contender"] for r in records for s in r["steps"]))
+    rate = records[0]["steps"][0]["rate"]
+    lines = [
+        f"## Saturation: answered calls/s at {rate:g} calls/s offered",
+        "",
+        f"Each contender offered {rate:g} calls/s for {SATURATION_S:g} s (calls held "
+        f"{SATURATION_HOLD_MS} ms), past what the host takes with SIPp's caller and callee on "
+        f"the same cores; {len(records)} rounds alternating the contenders, medians. A call "
+        "counts as answered when SIPp's caller completed it (its 200 came before the caller's "
+        "timeout).",
+        "",
+        f"| contender | answered calls/s | answered | vs {ref} | machine busy |",
+        "|---|---|---|---|---|",
+    ]
+    reference = answered_per_s(result, ref)
+    for name in names:
+        steps = [s for r in records for s in r["steps"] if s["contender"] == name]
+        value = answered_per_s(result, name)
+        share = statistics.median(s["answered"] / max(1, s["calls"]) for s in steps)
+        busy = statistics.median(s["machine_busy"] for s in steps)
+        lines.append(
+            f"| {name} | {_ms(value, 0)} | {share:.0%} | {_ratio(value, reference)} | {busy:.0%} |"
+        )
+    return ["", *lines]
 
 
 def sustained_rate(result: dict, contender: str) -> float | None:
@@ -314,6 +423,7 @@ def render(result: dict) -> str:
             f"| {name} | {' | '.join(_ms(v) for v in values)} | "
             f"{' | '.join(_ratio(v, r) for v, r in zip(values, refs, strict=True))} |"
         )
+    lines += render_saturation(result)
     lines += ["", *render_targets(result)]
     return "\n".join(lines) + "\n"
 
@@ -334,6 +444,15 @@ def render_targets(result: dict) -> list[str]:
             lines.append(
                 f"| {name} CPU per call at most {limit}x {ref} at {rate:g}/s | "
                 f"{value:.3f} vs {reference:.3f} ms/call: {ratio:.2f}x | {verdict} |"
+            )
+    for name in ("counterpoise", "cp-noloc"):
+        ours, theirs = answered_per_s(result, name), answered_per_s(result, ref)
+        if ours is not None and theirs:
+            ratio = ours / theirs
+            verdict = "met" if ratio >= SATURATION_TARGET else f"missed: {ratio:.2f}x"
+            lines.append(
+                f"| {name} answered calls/s at saturation at least {SATURATION_TARGET}x {ref} | "
+                f"{ours:.0f} vs {theirs:.0f} calls/s: {ratio:.2f}x | {verdict} |"
             )
     ours, theirs = sustained_rate(result, "counterpoise"), sustained_rate(result, ref)
     if ours is not None and theirs:

@@ -178,12 +178,15 @@ def render(result: dict) -> str:
         f"{result['seconds']:g} s, calls held {HOLD_MS} ms. Counts per message come from a run "
         "with every KSR call counted; CPU and wall µs per message from a second run without "
         "the counting wrapper (CPU: the worker's own CPU time inside the hooks, Python and the "
-        "KSR calls it makes; wall: the same span on the clock). Messages: counted run / timed run.",
+        "KSR calls it makes; wall: the same span on the clock). In KSR, in t_relay: the share "
+        "of the hooks' wall time (counted run) spent inside KSR calls (Kamailio's native work), "
+        "and in `t_relay` alone (the relay itself, branch route included); the rest is Python. "
+        "Messages: counted run / timed run.",
         "",
         "| message | messages | "
         + " | ".join(label for _, label in COUNTED)
-        + " | CPU µs | wall µs |",
-        "|---" * (len(COUNTED) + 4) + "|",
+        + " | CPU µs | wall µs | in KSR | in t_relay |",
+        "|---" * (len(COUNTED) + 6) + "|",
     ]
     for kind in CALL_MESSAGES:
         lines.append(_kind_row(kind, counting.get(kind, {}), timing.get(kind, {})))
@@ -209,7 +212,11 @@ def _row(
     cells = [f"{_per(counting, what, counted):.1f}" for what, _ in COUNTED]
     cpu_us = _per(timing, "cpu_ns", timed) / 1000
     wall_us = _per(timing, "wall_ns", timed) / 1000
-    return f"| {label} | {counted} / {timed} | {' | '.join(cells)} | {cpu_us:.1f} | {wall_us:.1f} |"
+    hook_wall = counting.get("wall_ns", 0)
+    ksr_share = counting.get("ksr_wall_ns", 0) / hook_wall if hook_wall else 0.0
+    relay_share = counting.get("ns KSR.tm.t_relay", 0) / hook_wall if hook_wall else 0.0
+    times = f"{cpu_us:.1f} | {wall_us:.1f} | {ksr_share:.0%} | {relay_share:.0%}"
+    return f"| {label} | {counted} / {timed} | {' | '.join(cells)} | {times} |"
 
 
 def main(argv: list[str] | None = None) -> int:
