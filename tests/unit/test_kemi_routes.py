@@ -180,6 +180,18 @@ def test_a_request_reads_the_routing_table_version_once_and_a_reply_not_at_all(
     assert ksr.called("htable.sht_get").count(versions[0]) == 0
 
 
+def test_a_reply_reads_each_state_of_its_attempt_once(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(180, after_ms=5)
+    ksr.calls.clear()
+    node.reply(200, after_ms=10)
+    reads = [args[0] for args in ksr.called("pv.get") + ksr.called("pv.is_null")]
+    attempt_reads = [spec for spec in reads if spec.startswith("$avp(cp") and spec[-2] == "0"]
+    assert sorted(attempt_reads) == sorted(set(attempt_reads))
+    assert {"$avp(cpf0)", "$avp(cpt0)", "$avp(cpd0)"} <= set(attempt_reads)
+
+
 def test_dispatch_follows_the_weights(node: Node, ksr: FakeKsr):
     node.pool(A, B, C, **{B: 3.0})
     node.store.set_admin(C, Admin.DRAINED)
