@@ -31,6 +31,10 @@ FIRST_HOOKS = frozenset({"ksr_request_route", "ksr_reply_route"})
 """Each received request enters Python first in the request route, each reply in the core
 reply route: their entries count the messages."""
 REPLY_HOOKS = frozenset({"ksr_reply_route", "ksr_route_reply"})
+RESUMED = "(held, resumed)"
+RESUMED_HOOKS = frozenset({"ksr_route_release"})
+"""A held request resumed inside the release tick (``t_continue``): filed as its own message
+("INVITE (held, resumed)"), its time taken out of the tick's."""
 TIMER_HOOKS = {
     "ksr_sync_tick": "timer: sync tick",
     "ksr_release_tick": "timer: release tick",
@@ -172,6 +176,8 @@ def _message_kind(hook: str, real_ksr: types.ModuleType) -> str:
     if hook in TIMER_HOOKS:
         return TIMER_HOOKS[hook]
     method = real_ksr.pv.get("$rm")
+    if hook in RESUMED_HOOKS:
+        return f"{method} {RESUMED}"
     if hook in REPLY_HOOKS:
         return f"{real_ksr.pv.get('$rs')} {method}"
     return str(method)
@@ -200,9 +206,11 @@ class Profiled:
 
         def timed(*args: object) -> int:
             outer = recorder.depth == 0
-            if outer:
+            own = outer or name in RESUMED_HOOKS
+            enclosing = recorder.current
+            if own:
                 recorder.current = _message_kind(name, ksr)
-                if name in FIRST_HOOKS or name in TIMER_HOOKS:
+                if name in FIRST_HOOKS or name in TIMER_HOOKS or name in RESUMED_HOOKS:
                     recorder.add("messages")
             recorder.add("entries")
             recorder.depth += 1
@@ -217,10 +225,14 @@ class Profiled:
                 cpu_ns = time.thread_time_ns() - started_cpu_ns
                 wall_ns = time.perf_counter_ns() - started_ns
                 recorder.depth -= 1
-                if outer:
+                if own:
                     recorder.add("cpu_ns", cpu_ns)
                     recorder.add("wall_ns", wall_ns)
-                    recorder.current = "other"
+                    recorder.current = "other" if outer else enclosing
+                if own and not outer:  # the enclosing hook's time includes it: not twice
+                    for what in ("cpu_ns", "wall_ns", "ksr_wall_ns"):
+                        recorder.add(what, -(cpu_ns if what == "cpu_ns" else wall_ns))
+                if outer:
                     recorder.dump_if_due(time.perf_counter_ns())
 
         return timed

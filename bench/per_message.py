@@ -37,8 +37,18 @@ WARMUP_S = 3.0
 """Calls before the measured window: first allocations, first Redis connections."""
 HOLD_MS = 1000
 PROXY_WORKERS = 4
-CALL_MESSAGES = ("INVITE", "100 INVITE", "180 INVITE", "200 INVITE", "ACK", "BYE", "200 BYE")
-"""The messages of one call as the balancer receives them, in order."""
+CALL_MESSAGES = (
+    "INVITE",
+    "INVITE (held, resumed)",
+    "100 INVITE",
+    "180 INVITE",
+    "200 INVITE",
+    "ACK",
+    "BYE",
+    "200 BYE",
+)
+"""The messages of one call as the balancer receives them, in order; an INVITE held at the
+balancer (a proxy at its limit) is routed when the release tick resumes it."""
 COUNTED = (
     ("entries", "Python entries"),
     ("ksr_calls", "KSR calls"),
