@@ -62,7 +62,7 @@ class FakeLocation:
     def route_dialog(self) -> str | None:
         return self.dialog_proxy
 
-    def dialog_ended(self) -> None:
+    def dialog_ended(self, ids: object) -> None:
         self.dialogs_ended += 1
 
 

@@ -146,30 +146,31 @@ class Balancer:
         balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
         without a route set, from outside the pool, by its dialog record (location server).
         Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
-        if self.location is not None and KSR.is_ACK():
-            self.location.dialog_confirmed()  # the dialog's record goes to Redis
-        if KSR.is_ACK() and KSR.tm.t_check_trans() == 0:
+        ack, ids = KSR.is_ACK(), read.dialog_ids()
+        if self.location is not None and ack:
+            self.location.dialog_confirmed(ids)  # the dialog's record goes to Redis
+        if ack and KSR.tm.t_check_trans() == 0:
             return  # the ACK of a negative reply: tm absorbed it
         if KSR.hdr.is_present("Route") > 0:
-            hop = self._sealed_hop(source, stream)
+            hop = self._sealed_hop(source, stream, ids)
             if hop is None or KSR.rr.loose_route() < 0:
-                self._deny_in_dialog()
+                self._deny_in_dialog(ack)
                 return
             if self.location is not None and KSR.is_BYE():
-                self.location.dialog_ended()
+                self.location.dialog_ended(ids)
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
         if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
-            self._deny_in_dialog(404, "Not here")  # no route set, no dialog record: unknown
+            self._deny_in_dialog(ack, 404, "Not here")  # no route set, no dialog record: unknown
 
-    def _sealed_hop(self, source: edge.Address, stream: bool) -> dialog_seal.Hop | None:
+    def _sealed_hop(
+        self, source: edge.Address, stream: bool, ids: read.DialogIds
+    ) -> dialog_seal.Hop | None:
         """Where the seal of the top Route sends this request; None when it may go nowhere."""
-        route, call_id = read.text("$route_uri"), read.text("$ci")
+        route, (call_id, from_tag, to_tag) = read.text("$route_uri"), ids
         if route is None or call_id is None:
             return None
-        request = dialog_seal.Request(
-            route, call_id, read.text("$ft"), read.text("$tt"), source, stream
-        )
+        request = dialog_seal.Request(route, call_id, from_tag, to_tag, source, stream)
         return dialog_seal.admit(request, dialog_keys.secret, self.view.pool, self._addresses)
 
     def _addresses(self, proxy: dialog_seal.Hop) -> frozenset[edge.Address]:
@@ -179,9 +180,9 @@ class Balancer:
                 return addresses
         return frozenset()
 
-    def _deny_in_dialog(self, status: int = 403, reason: str = "Forbidden") -> None:
+    def _deny_in_dialog(self, ack: bool, status: int = 403, reason: str = "Forbidden") -> None:
         EDGE.count("relay_denied")
-        if not KSR.is_ACK():
+        if not ack:
             KSR.sl.sl_send_reply(status, reason)
 
     def _relay_in_dialog(self, destination: str, counter: str) -> bool:
