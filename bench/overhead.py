@@ -17,7 +17,7 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bench import capacity, drive
@@ -63,6 +63,10 @@ SATURATION_TARGET = 0.9
 """At saturation, Counterpoise answers at least this share of the calls/s alg 4 answers."""
 
 
+def warm_up(running: Running, run_dir: Path) -> None:
+    drive.measure(running, None, None, run_dir / "warmup", drive.Load(100, HOLD_MS), WARMUP_S)
+
+
 def idle_cpu(running: Running, seconds: float) -> dict:
     """CPU seconds of the balancer (and its store) over ``seconds`` without calls."""
     cpu, store = running.cpu_seconds(), running.extra_cpu()
@@ -73,6 +77,28 @@ def idle_cpu(running: Running, seconds: float) -> dict:
         "cpu_s": running.cpu_seconds() - cpu,
         "store_cpu_s": running.extra_cpu() - store,
     }
+
+
+def warm_turns(
+    contenders: Sequence[Contender],
+    index: int,
+    work: Path,
+    part: str,
+    uas: Target,
+    redis_url: str,
+) -> Iterator[tuple[Contender, Running, Path]]:
+    """Each contender's turn in round ``index`` (each round starts with the next one, so slow
+    changes of the machine's load spread over all of them): started fresh, warmed up, and
+    stopped once its turn is over."""
+    for i in range(len(contenders)):
+        contender = contenders[(index + i) % len(contenders)]
+        run_dir = work / f"{part}{index + 1}-{contender.name}"
+        running = contender.start([uas], run_dir, redis_url)
+        try:
+            warm_up(running, run_dir)
+            yield contender, running, run_dir
+        finally:
+            running.stop()
 
 
 def one_round(
@@ -86,38 +112,30 @@ def one_round(
     say: Callable[[str], None],
 ) -> dict:
     """Each contender in turn (order rotated by ``index``): idle, then each rate."""
-    order = [contenders[(index + i) % len(contenders)] for i in range(len(contenders))]
     record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
-    for contender in order:
-        run_dir = work / f"round{index + 1}-{contender.name}"
-        running = contender.start([uas], run_dir, redis_url)
-        try:
-            warm = drive.Load(100, HOLD_MS)
-            drive.measure(running, None, None, run_dir / "warmup", warm, WARMUP_S)
-            step = idle_cpu(running, IDLE_S)
-            record["steps"].append({"contender": contender.name, **step, "calls": 0})
-            for rate in rates:
-                load = drive.Load(rate, HOLD_MS)
-                m = drive.measure(running, None, None, run_dir / f"rate-{rate:g}", load, step_s)
-                per_call = 1000 * (m.cpu_s + m.store_cpu_s) / max(1, m.sipp.attempted)
-                record["steps"].append(
-                    {
-                        "contender": contender.name,
-                        "rate": rate,
-                        "calls": m.sipp.attempted,
-                        "failed": m.sipp.failed,
-                        "cpu_s": m.cpu_s,
-                        "store_cpu_s": m.store_cpu_s,
-                        "machine_busy": m.machine_busy,
-                    }
-                )
-                say(
-                    f"      round {index + 1} {contender.name:13s} {rate:5g} calls/s: "
-                    f"{m.sipp.failed} failed, {per_call:.3f} ms CPU/call "
-                    f"({1000 * m.store_cpu_s / max(1, m.sipp.attempted):.3f} Redis)"
-                )
-        finally:
-            running.stop()
+    for contender, running, run_dir in warm_turns(contenders, index, work, "round", uas, redis_url):
+        step = idle_cpu(running, IDLE_S)
+        record["steps"].append({"contender": contender.name, **step, "calls": 0})
+        for rate in rates:
+            load = drive.Load(rate, HOLD_MS)
+            m = drive.measure(running, None, None, run_dir / f"rate-{rate:g}", load, step_s)
+            per_call = 1000 * (m.cpu_s + m.store_cpu_s) / max(1, m.sipp.attempted)
+            record["steps"].append(
+                {
+                    "contender": contender.name,
+                    "rate": rate,
+                    "calls": m.sipp.attempted,
+                    "failed": m.sipp.failed,
+                    "cpu_s": m.cpu_s,
+                    "store_cpu_s": m.store_cpu_s,
+                    "machine_busy": m.machine_busy,
+                }
+            )
+            say(
+                f"      round {index + 1} {contender.name:13s} {rate:5g} calls/s: "
+                f"{m.sipp.failed} failed, {per_call:.3f} ms CPU/call "
+                f"({1000 * m.store_cpu_s / max(1, m.sipp.attempted):.3f} Redis)"
+            )
     record["loadavg_end"] = os.getloadavg()
     return record
 
@@ -134,17 +152,11 @@ def saturation_round(
     """Each contender in turn (order rotated by ``index``) offered ``rate`` calls/s: how
     many it answered. Every process on the machine competes for the same cores, as for a
     user whose host is the bottleneck."""
-    order = [contenders[(index + i) % len(contenders)] for i in range(len(contenders))]
     record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
-    for contender in order:
-        run_dir = work / f"saturation{index + 1}-{contender.name}"
-        running = contender.start([uas], run_dir, redis_url)
-        try:
-            drive.measure(running, None, None, run_dir / "warmup", drive.Load(100), WARMUP_S)
-            load = drive.Load(rate, SATURATION_HOLD_MS)
-            m = drive.measure(running, None, None, run_dir / "load", load, SATURATION_S)
-        finally:
-            running.stop()
+    turns = warm_turns(contenders, index, work, "saturation", uas, redis_url)
+    for contender, running, run_dir in turns:
+        load = drive.Load(rate, SATURATION_HOLD_MS)
+        m = drive.measure(running, None, None, run_dir / "load", load, SATURATION_S)
         answered = m.sipp.attempted - m.sipp.failed
         record["steps"].append(
             {
