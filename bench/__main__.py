@@ -146,6 +146,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run only the overhead bench of issue 15 (CPU per call at 100, 300, 1000 calls/s "
         f"against alg 4; --contenders of: {','.join(BY_NAME)})",
     )
+    parser.add_argument(
+        "--per-message",
+        action="store_true",
+        help="run only the per-message bench: where a call's CPU goes in Counterpoise "
+        "(its own options: --per-message --help)",
+    )
     parser.add_argument("--rounds", type=int, default=overhead.ROUNDS, help="overhead rounds")
     parser.add_argument("--step-s", type=float, default=overhead.STEP_S, help="s per rate")
     parser.add_argument(
@@ -194,8 +200,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--per-message"]:
-        return per_message.main(argv[1:])
+    if "--per-message" in argv:  # its own options (python -m bench --per-message --help)
+        return per_message.main([arg for arg in argv if arg != "--per-message"])
     args = parse_args(argv)
     if args.render:
         render(args.render, args.publish)
