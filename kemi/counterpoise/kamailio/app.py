@@ -213,16 +213,16 @@ class Balancer:
         it (``t_relay``), ``FALSE`` when no proxy is available (the caller answers),
         ``STOP`` when it was answered (the location policy's rejection) or held here.
         ``started_ns``: when the request route began, for its timing (else now)."""
+        started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         self.refresh()
         KSR.textops.remove_hf(LOAD_HEADER)
         return self.select_refreshed(started_ns)
 
     @hook("select", fallback=FALSE)
-    def select_refreshed(self, started_ns: int | None = None) -> int:
+    def select_refreshed(self, started_ns: int | None) -> int:
         """``select`` in a request route that took the settings and table on entry
         (``refresh``) and removed ``X-CP-Load``, as ``KemiApp``'s does: not twice per
-        request."""
-        started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
+        request. ``started_ns``: when that route began, None when nothing is timed."""
         held = self._locate()
         if held.reject:
             metrics.count(metrics.node.REJECTED)
