@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import capacity, drive, overhead, plots, report, scenarios
+from bench import capacity, drive, overhead, per_message, plots, report, scenarios
 from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
@@ -153,10 +153,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run only the overhead bench of issue 15 (CPU per call at 100, 300, 1000 calls/s "
         f"against alg 4; --contenders of: {','.join(BY_NAME)})",
     )
+    parser.add_argument(
+        "--per-message",
+        action="store_true",
+        help="run only the per-message bench: where a call's CPU goes in Counterpoise "
+        "(its own options: --per-message --help)",
+    )
     parser.add_argument("--rounds", type=int, default=overhead.ROUNDS, help="overhead rounds")
     parser.add_argument("--step-s", type=float, default=overhead.STEP_S, help="s per rate")
     parser.add_argument(
         "--no-sustained", action="store_true", help="overhead: skip the sustained-rate ramp"
+    )
+    parser.add_argument(
+        "--saturation-rate",
+        type=float,
+        default=overhead.SATURATION_RATE,
+        help="overhead: calls/s offered in the saturation run, past the host's capacity "
+        "(0: no saturation run)",
     )
     parser.add_argument(
         "--compare",
@@ -193,7 +206,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--per-message" in argv:  # its own options (python -m bench --per-message --help)
+        return per_message.main([arg for arg in argv if arg != "--per-message"])
+    args = parse_args(argv)
     if args.render:
         render(args.render, args.publish)
         return 0
@@ -302,10 +318,12 @@ def clean_up(work: Path, keep: bool) -> None:
 def run_overhead(args: argparse.Namespace) -> int:
     """``--overhead``: the overhead bench alone, its own results.json and report.md."""
     names = args.contenders.split(",") if args.contenders else list(overhead.CONTENDERS)
+    saturating = list(overhead.SATURATION_CONTENDERS)
     for name, _, tree in (text.partition("=") for text in args.compare):
         for contender in other_version(name, Path(tree).resolve()):
             BY_NAME[contender.name] = contender
             names.append(contender.name)
+            saturating.append(contender.name)
     unknown = [name for name in names if name not in BY_NAME]
     if unknown:
         raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")
@@ -339,6 +357,8 @@ def run_overhead(args: argparse.Namespace) -> int:
             args.step_s,
             not args.no_sustained,
             keep,
+            saturation_rate=args.saturation_rate,
+            saturating=saturating,
         )
     finally:
         pool.stop()

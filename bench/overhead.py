@@ -6,7 +6,9 @@ against the same relay in plain Kamailio with dispatcher alg 4 on the same machi
 Rounds alternate the contenders (the order rotates each round) so slow changes of the
 machine's other load spread over all of them; each round starts each contender fresh,
 measures it idle (its fixed cost per second), then at each rate. The report gives medians
-over rounds. Then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
+over rounds. Then the saturation run: each contender offered more calls than the host can
+take (``SATURATION_RATE``), in alternating rounds, its answered calls per second counted;
+then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bench import capacity, drive
@@ -50,6 +52,19 @@ SUSTAINED_TRIES = 2
 """A rate counts as sustained if one of two tries passes: other helpers' tests share the
 two cores and one burst of theirs fails a step."""
 SUSTAINED_CONTENDERS = ("counterpoise", "ds4")
+SATURATION_RATE = 1500
+"""Calls/s offered in the saturation run: past what two cores sustain for SIPp's caller
+and callee and any of the balancers, so that the host is the bottleneck."""
+SATURATION_S = 6.0
+SATURATION_HOLD_MS = 3000
+"""Calls held longer than in the rates above: more dialogs in flight, as on a loaded host."""
+SATURATION_CONTENDERS = ("ds4", "kemi4", "counterpoise", "cp-noloc")
+SATURATION_TARGET = 0.9
+"""At saturation, Counterpoise answers at least this share of the calls/s alg 4 answers."""
+
+
+def warm_up(running: Running, run_dir: Path) -> None:
+    drive.measure(running, None, None, run_dir / "warmup", drive.Load(100, HOLD_MS), WARMUP_S)
 
 
 def idle_cpu(running: Running, seconds: float) -> dict:
@@ -64,6 +79,28 @@ def idle_cpu(running: Running, seconds: float) -> dict:
     }
 
 
+def warm_turns(
+    contenders: Sequence[Contender],
+    index: int,
+    work: Path,
+    part: str,
+    uas: Target,
+    redis_url: str,
+) -> Iterator[tuple[Contender, Running, Path]]:
+    """Each contender's turn in round ``index`` (each round starts with the next one, so slow
+    changes of the machine's load spread over all of them): started fresh, warmed up, and
+    stopped once its turn is over."""
+    for i in range(len(contenders)):
+        contender = contenders[(index + i) % len(contenders)]
+        run_dir = work / f"{part}{index + 1}-{contender.name}"
+        running = contender.start([uas], run_dir, redis_url)
+        try:
+            warm_up(running, run_dir)
+            yield contender, running, run_dir
+        finally:
+            running.stop()
+
+
 def one_round(
     index: int,
     contenders: Sequence[Contender],
@@ -75,39 +112,69 @@ def one_round(
     say: Callable[[str], None],
 ) -> dict:
     """Each contender in turn (order rotated by ``index``): idle, then each rate."""
-    order = [contenders[(index + i) % len(contenders)] for i in range(len(contenders))]
     record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
-    for contender in order:
-        run_dir = work / f"round{index + 1}-{contender.name}"
-        running = contender.start([uas], run_dir, redis_url)
-        try:
-            warm = drive.Load(100, HOLD_MS)
-            drive.measure(running, None, None, run_dir / "warmup", warm, WARMUP_S)
-            step = idle_cpu(running, IDLE_S)
-            record["steps"].append({"contender": contender.name, **step, "calls": 0})
-            for rate in rates:
-                load = drive.Load(rate, HOLD_MS)
-                m = drive.measure(running, None, None, run_dir / f"rate-{rate:g}", load, step_s)
-                per_call = 1000 * (m.cpu_s + m.store_cpu_s) / max(1, m.sipp.attempted)
-                record["steps"].append(
-                    {
-                        "contender": contender.name,
-                        "rate": rate,
-                        "calls": m.sipp.attempted,
-                        "failed": m.sipp.failed,
-                        "cpu_s": m.cpu_s,
-                        "store_cpu_s": m.store_cpu_s,
-                        "machine_busy": m.machine_busy,
-                    }
-                )
-                say(
-                    f"      round {index + 1} {contender.name:13s} {rate:5g} calls/s: "
-                    f"{m.sipp.failed} failed, {per_call:.3f} ms CPU/call "
-                    f"({1000 * m.store_cpu_s / max(1, m.sipp.attempted):.3f} Redis)"
-                )
-        finally:
-            running.stop()
+    for contender, running, run_dir in warm_turns(contenders, index, work, "round", uas, redis_url):
+        step = idle_cpu(running, IDLE_S)
+        record["steps"].append({"contender": contender.name, **step, "calls": 0})
+        for rate in rates:
+            load = drive.Load(rate, HOLD_MS)
+            m = drive.measure(running, None, None, run_dir / f"rate-{rate:g}", load, step_s)
+            per_call = 1000 * (m.cpu_s + m.store_cpu_s) / max(1, m.sipp.attempted)
+            record["steps"].append(
+                {
+                    "contender": contender.name,
+                    "rate": rate,
+                    "calls": m.sipp.attempted,
+                    "failed": m.sipp.failed,
+                    "cpu_s": m.cpu_s,
+                    "store_cpu_s": m.store_cpu_s,
+                    "machine_busy": m.machine_busy,
+                }
+            )
+            say(
+                f"      round {index + 1} {contender.name:13s} {rate:5g} calls/s: "
+                f"{m.sipp.failed} failed, {per_call:.3f} ms CPU/call "
+                f"({1000 * m.store_cpu_s / max(1, m.sipp.attempted):.3f} Redis)"
+            )
     record["loadavg_end"] = os.getloadavg()
+    return record
+
+
+def saturation_round(
+    index: int,
+    contenders: Sequence[Contender],
+    uas: Target,
+    work: Path,
+    redis_url: str,
+    rate: float,
+    say: Callable[[str], None],
+) -> dict:
+    """Each contender in turn (order rotated by ``index``) offered ``rate`` calls/s: how
+    many it answered. Every process on the machine competes for the same cores, as for a
+    user whose host is the bottleneck."""
+    record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
+    turns = warm_turns(contenders, index, work, "saturation", uas, redis_url)
+    for contender, running, run_dir in turns:
+        load = drive.Load(rate, SATURATION_HOLD_MS)
+        m = drive.measure(running, None, None, run_dir / "load", load, SATURATION_S)
+        answered = m.sipp.attempted - m.sipp.failed
+        record["steps"].append(
+            {
+                "contender": contender.name,
+                "rate": rate,
+                "calls": m.sipp.attempted,
+                "answered": answered,
+                "seconds": SATURATION_S,
+                "cpu_s": m.cpu_s,
+                "store_cpu_s": m.store_cpu_s,
+                "machine_busy": m.machine_busy,
+            }
+        )
+        say(
+            f"      saturation {index + 1} {contender.name:13s} {rate:5g} calls/s offered: "
+            f"{answered / SATURATION_S:.0f} answered/s ({answered}/{m.sipp.attempted}), "
+            f"machine {m.machine_busy:.0%} busy"
+        )
     return record
 
 
@@ -121,7 +188,11 @@ def run(
     sustained: bool,
     save: Callable[[dict], None],
     say: Callable[[str], None] = print,
+    saturation_rate: float = SATURATION_RATE,
+    saturating: Sequence[str] = SATURATION_CONTENDERS,
 ) -> dict:
+    """The rounds at ``RATES``, the saturation rounds at ``saturation_rate`` (0: none) of
+    the contenders of ``names`` that ``saturating`` lists, the sustained ramp."""
     contenders = [BY_NAME[name] for name in names]
     uas = Target("uas", uas_uri, 0.0)
     result: dict = {
@@ -132,12 +203,20 @@ def run(
         "idle_s": IDLE_S,
         "hold_ms": HOLD_MS,
         "rounds": [],
+        "saturation": [],
         "sustained": [],
     }
     for index in range(rounds):
         say(f"overhead round {index + 1}/{rounds}, load average {os.getloadavg()}")
         result["rounds"].append(
             one_round(index, contenders, uas, work, redis_url, RATES, step_s, say)
+        )
+        save(result)
+    saturated = [c for c in contenders if c.name in saturating]
+    for index in range(rounds if saturation_rate and saturated else 0):
+        say(f"saturation round {index + 1}/{rounds}, load average {os.getloadavg()}")
+        result["saturation"].append(
+            saturation_round(index, saturated, uas, work, redis_url, saturation_rate, say)
         )
         save(result)
     if sustained:
@@ -223,6 +302,48 @@ def failed(result: dict, contender: str) -> tuple[int, int]:
 def failed_text(result: dict, contender: str) -> str:
     calls, left_out = failed(result, contender)
     return f"{calls} ({left_out} steps left out)" if left_out else str(calls)
+
+
+def answered_per_s(result: dict, contender: str) -> float | None:
+    """Median over the saturation rounds of the calls/s ``contender`` answered."""
+    values = [
+        step["answered"] / step["seconds"]
+        for record in result.get("saturation", [])
+        for step in record["steps"]
+        if step["contender"] == contender
+    ]
+    return statistics.median(values) if values else None
+
+
+def render_saturation(result: dict) -> list[str]:
+    records = result.get("saturation", [])
+    if not records:
+        return []
+    ref = result["reference"]
+    names = list(dict.fromkeys(s["contender"] for r in records for s in r["steps"]))
+    rate = records[0]["steps"][0]["rate"]
+    lines = [
+        f"## Saturation: answered calls/s at {rate:g} calls/s offered",
+        "",
+        f"Each contender offered {rate:g} calls/s for {SATURATION_S:g} s (calls held "
+        f"{SATURATION_HOLD_MS} ms), past what the host takes with SIPp's caller and callee on "
+        f"the same cores; {len(records)} rounds alternating the contenders, medians. A call "
+        "counts as answered when SIPp's caller completed it (its 200 came before the caller's "
+        "timeout).",
+        "",
+        f"| contender | answered calls/s | answered | vs {ref} | machine busy |",
+        "|---|---|---|---|---|",
+    ]
+    reference = answered_per_s(result, ref)
+    for name in names:
+        steps = [s for r in records for s in r["steps"] if s["contender"] == name]
+        value = answered_per_s(result, name)
+        share = statistics.median(s["answered"] / max(1, s["calls"]) for s in steps)
+        busy = statistics.median(s["machine_busy"] for s in steps)
+        lines.append(
+            f"| {name} | {_ms(value, 0)} | {share:.0%} | {_ratio(value, reference)} | {busy:.0%} |"
+        )
+    return ["", *lines]
 
 
 def sustained_rate(result: dict, contender: str) -> float | None:
@@ -314,13 +435,14 @@ def render(result: dict) -> str:
             f"| {name} | {' | '.join(_ms(v) for v in values)} | "
             f"{' | '.join(_ratio(v, r) for v, r in zip(values, refs, strict=True))} |"
         )
+    lines += render_saturation(result)
     lines += ["", *render_targets(result)]
     return "\n".join(lines) + "\n"
 
 
 def render_targets(result: dict) -> list[str]:
     ref = result["reference"]
-    lines = ["| target (issue 15) | measured | verdict |", "|---|---|---|"]
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
     for name, limit in TARGETS:
         if name not in result["contenders"]:
             continue
@@ -334,6 +456,15 @@ def render_targets(result: dict) -> list[str]:
             lines.append(
                 f"| {name} CPU per call at most {limit}x {ref} at {rate:g}/s | "
                 f"{value:.3f} vs {reference:.3f} ms/call: {ratio:.2f}x | {verdict} |"
+            )
+    for name in ("counterpoise", "cp-noloc"):
+        ours, theirs = answered_per_s(result, name), answered_per_s(result, ref)
+        if ours is not None and theirs:
+            ratio = ours / theirs
+            verdict = "met" if ratio >= SATURATION_TARGET else f"missed: {ratio:.2f}x"
+            lines.append(
+                f"| {name} answered calls/s at saturation at least {SATURATION_TARGET}x {ref} | "
+                f"{ours:.0f} vs {theirs:.0f} calls/s: {ratio:.2f}x | {verdict} |"
             )
     ours, theirs = sustained_rate(result, "counterpoise"), sustained_rate(result, ref)
     if ours is not None and theirs:

@@ -84,3 +84,18 @@ def test_the_first_node_creates_the_first_key_and_rotations_reach_the_workers(
     node.tick(RELOAD_MS)
     assert "1" not in table and "3" not in table
     assert any("dialog key 3 left out" in line for line in node.logs + ksr.logged("notice"))
+
+
+def test_a_key_is_parsed_anew_when_its_text_in_shared_memory_changes(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio import dialog_keys
+
+    table = ksr.htables[htables.DIALOG_KEYS.name]
+    table["7"] = DialogKey("7", 0, bytes(range(32))).encode()
+    assert dialog_keys.secret("7") == bytes(range(32))
+    assert dialog_keys.secret("7") == bytes(range(32))  # the parsed copy
+    table["7"] = DialogKey("7", 0, bytes(range(1, 33))).encode()
+    assert dialog_keys.secret("7") == bytes(range(1, 33))
+    table["7"] = "not a key"
+    assert dialog_keys.secret("7") is None
+    del table["7"]
+    assert dialog_keys.secret("7") is None

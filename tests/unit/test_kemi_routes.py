@@ -66,7 +66,7 @@ class FakeLocation:
     def route_dialog(self) -> str | None:
         return self.dialog_proxy
 
-    def dialog_ended(self) -> None:
+    def dialog_ended(self, ids: object) -> None:
         self.dialogs_ended += 1
 
 
@@ -168,6 +168,32 @@ def test_initial_request_is_relayed_as_an_attempt(node: Node, ksr: FakeKsr):
     assert node.inflight(A) == 1
     node.route("MESSAGE")
     assert not ksr.record_routed  # only dialog-forming requests stay on the path
+
+
+def test_a_request_reads_the_routing_table_version_once_and_a_reply_not_at_all(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    node.route("INVITE")  # the worker's first request: the table is read and parsed
+    versions = [(htables.ROUTING.name, htables.ROUTING_VERSION)]
+    ksr.calls.clear()
+    node.route("INVITE")
+    assert ksr.called("htable.sht_get").count(versions[0]) == 1
+    ksr.calls.clear()
+    node.reply(200)
+    assert ksr.called("htable.sht_get").count(versions[0]) == 0
+
+
+def test_a_reply_reads_each_state_of_its_attempt_once(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(180, after_ms=5)
+    ksr.calls.clear()
+    node.reply(200, after_ms=10)
+    reads = [args[0] for args in ksr.called("pv.get") + ksr.called("pv.is_null")]
+    attempt_reads = [spec for spec in reads if spec.startswith("$avp(cp") and spec[-2] == "0"]
+    assert sorted(attempt_reads) == sorted(set(attempt_reads))
+    assert {"$avp(cpf0)", "$avp(cpt0)", "$avp(cpd0)"} <= set(attempt_reads)
 
 
 def test_dispatch_follows_the_weights(node: Node, ksr: FakeKsr):

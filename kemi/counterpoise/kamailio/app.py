@@ -123,10 +123,13 @@ class Balancer:
         self.follow_settings()
         self.view.refresh()
 
-    def trusted(self) -> bool:
+    def trusted(self, source: edge.Address | None = None, stream: bool | None = None) -> bool:
         """Whether the request being handled comes from a pool proxy (its address and
-        transport): such requests pass the edge checks an operator keeps for strangers."""
-        return edge.from_pool(_source(), _stream(), self.view.pool)
+        transport): such requests pass the edge checks an operator keeps for strangers.
+        ``source`` and ``stream``: as the caller read them already (else read here)."""
+        source = _source() if source is None else source
+        stream = _stream() if stream is None else stream
+        return edge.from_pool(source, stream, self.view.pool)
 
     @hook("core_reply")
     def on_core_reply(self) -> int:
@@ -159,30 +162,31 @@ class Balancer:
         balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
         without a route set, from outside the pool, by its dialog record (location server).
         Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
-        if self.location is not None and KSR.is_ACK():
-            self.location.dialog_confirmed()  # the dialog's record goes to Redis
-        if KSR.is_ACK() and KSR.tm.t_check_trans() == 0:
+        ack, ids = KSR.is_ACK(), read.dialog_ids()
+        if self.location is not None and ack:
+            self.location.dialog_confirmed(ids)  # the dialog's record goes to Redis
+        if ack and KSR.tm.t_check_trans() == 0:
             return  # the ACK of a negative reply: tm absorbed it
         if KSR.hdr.is_present("Route") > 0:
-            hop = self._sealed_hop(source, stream)
+            hop = self._sealed_hop(source, stream, ids)
             if hop is None or KSR.rr.loose_route() < 0:
-                self._deny_in_dialog()
+                self._deny_in_dialog(ack)
                 return
             if self.location is not None and KSR.is_BYE():
-                self.location.dialog_ended()
+                self.location.dialog_ended(ids)
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
         if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
-            self._deny_in_dialog(404, "Not here")  # no route set, no dialog record: unknown
+            self._deny_in_dialog(ack, 404, "Not here")  # no route set, no dialog record: unknown
 
-    def _sealed_hop(self, source: edge.Address, stream: bool) -> dialog_seal.Hop | None:
+    def _sealed_hop(
+        self, source: edge.Address, stream: bool, ids: read.DialogIds
+    ) -> dialog_seal.Hop | None:
         """Where the seal of the top Route sends this request; None when it may go nowhere."""
-        route, call_id = read.text("$route_uri"), read.text("$ci")
+        route, (call_id, from_tag, to_tag) = read.text("$route_uri"), ids
         if route is None or call_id is None:
             return None
-        request = dialog_seal.Request(
-            route, call_id, read.text("$ft"), read.text("$tt"), source, stream
-        )
+        request = dialog_seal.Request(route, call_id, from_tag, to_tag, source, stream)
         return dialog_seal.admit(request, dialog_keys.secret, self.view.pool, self._addresses)
 
     def _addresses(self, proxy: dialog_seal.Hop) -> frozenset[edge.Address]:
@@ -192,9 +196,9 @@ class Balancer:
                 return addresses
         return frozenset()
 
-    def _deny_in_dialog(self, status: int = 403, reason: str = "Forbidden") -> None:
+    def _deny_in_dialog(self, ack: bool, status: int = 403, reason: str = "Forbidden") -> None:
         EDGE.count("relay_denied")
-        if not KSR.is_ACK():
+        if not ack:
             KSR.sl.sl_send_reply(status, reason)
 
     def _relay_in_dialog(self, destination: str, counter: str) -> bool:
@@ -228,6 +232,13 @@ class Balancer:
         started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
         self.refresh()
         KSR.textops.remove_hf(LOAD_HEADER)
+        return self.select_refreshed(started_ns)
+
+    @hook("select", fallback=FALSE)
+    def select_refreshed(self, started_ns: int | None) -> int:
+        """``select`` in a request route that took the settings and table on entry
+        (``refresh``) and removed ``X-CP-Load``, as ``KemiApp``'s does: not twice per
+        request. ``started_ns``: when that route began, None when nothing is timed."""
         percent = node_load.shed_percent()
         if percent and admission.node_sheds(percent, self.rng.random()):
             self._shed(metrics.node.SHED_NODE)
@@ -474,7 +485,8 @@ class Balancer:
 
     def _from_proxy(self, uri: str) -> bool:
         """Whether the message being handled came from ``uri``'s address; counted if not."""
-        self.view.refresh()  # a reply may reach a worker that has routed no request yet
+        if uri not in self.view.hops:  # a reply may reach a worker that routed no request yet
+            self.view.refresh()
         if edge.from_pool(_source(), _stream(), self.view.hops.get(uri, frozenset())):
             return True
         EDGE.count("foreign_reply")
@@ -702,7 +714,7 @@ class KemiApp:
         started_ns = clock.perf_ns() if balancer.route_timer is not None else None
         balancer.refresh()
         source, stream = _source(), _stream()
-        trusted = balancer.trusted()
+        trusted = balancer.trusted(source, stream)
         if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
             return 1
         KSR.textops.remove_hf(LOAD_HEADER)
@@ -726,7 +738,7 @@ class KemiApp:
             KSR.textops.remove_hf("Route")
         if _forms_dialog() and balancer.seal() == STOP:
             return 1
-        selected = balancer.select(started_ns)
+        selected = balancer.select_refreshed(started_ns)
         if selected == FALSE:
             KSR.sl.sl_send_reply(503, "No Proxy Available")
         elif selected == TRUE and not balancer.relay():

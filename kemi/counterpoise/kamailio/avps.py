@@ -36,10 +36,26 @@ TIMED_OUT = 2
 
 
 class Attempt:
-    """The AVPs of attempt ``index`` of the transaction being handled."""
+    """The AVPs of attempt ``index`` of the transaction being handled. Each is read once per
+    ``Attempt`` (one hook's look at the transaction), then from the copy it keeps, which its
+    own writes update: a reply's several questions about one AVP cost one KSR call."""
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self._values: dict[str, object] = {}
+
+    def _get(self, name: str) -> object:
+        if name not in self._values:
+            self._values[name] = read.value(f"$avp({name}{self.index})")
+        return self._values[name]
+
+    def _number(self, name: str) -> int | None:
+        found = self._get(name)
+        return found if isinstance(found, int) else None
+
+    def _seti(self, name: str, value: int) -> None:
+        KSR.pv.seti(f"$avp({name}{self.index})", value)
+        self._values[name] = value
 
     @classmethod
     def nth(cls, attempt: int) -> Attempt:
@@ -54,41 +70,43 @@ class Attempt:
 
     def start(self, proxy: str, sent_stamp: int) -> None:
         KSR.pv.sets(f"$avp(cpu{self.index})", proxy)
-        KSR.pv.seti(f"$avp(cpt{self.index})", sent_stamp)
+        self._values["cpu"] = proxy
+        self._seti("cpt", sent_stamp)
 
     @property
     def proxy(self) -> str | None:
-        return read.text(f"$avp(cpu{self.index})")
+        found = self._get("cpu")
+        return found if isinstance(found, str) else None
 
     @property
     def sent_stamp(self) -> int | None:
-        return read.number(f"$avp(cpt{self.index})")
+        return self._number("cpt")
 
     @property
     def first_reply_ms(self) -> int | None:
-        return read.number(f"$avp(cpf{self.index})")
+        return self._number("cpf")
 
     @property
     def trying_ms(self) -> int | None:
-        return read.number(f"$avp(cpq{self.index})")
+        return self._number("cpq")
 
     def set_trying_ms(self, elapsed_ms: int) -> None:
-        KSR.pv.seti(f"$avp(cpq{self.index})", elapsed_ms)
+        self._seti("cpq", elapsed_ms)
 
     def set_first_reply_ms(self, elapsed_ms: int) -> None:
-        KSR.pv.seti(f"$avp(cpf{self.index})", elapsed_ms)
+        self._seti("cpf", elapsed_ms)
 
     @property
     def counted(self) -> bool:
-        return not KSR.pv.is_null(f"$avp(cpd{self.index})")
+        return self._get("cpd") is not None
 
     def mark_counted(self, timed_out: bool = False) -> None:
-        KSR.pv.seti(f"$avp(cpd{self.index})", TIMED_OUT if timed_out else 1)
+        self._seti("cpd", TIMED_OUT if timed_out else 1)
 
     @property
     def timed_out(self) -> bool:
         """Counted as a timeout with no reply: any reply now is a late one."""
-        return read.number(f"$avp(cpd{self.index})") == TIMED_OUT
+        return self._number("cpd") == TIMED_OUT
 
 
 def tried() -> list[str]:

@@ -86,15 +86,26 @@ def publish(ring: dict[str, DialogKey], now_wall_ms: int) -> None:
         KSR.htable.sht_sets(table, htables.DIALOG_SIGNING_KEY, current.key_id)
 
 
+_parsed: dict[tuple[str, str], bytes | None] = {}
+"""This process's parsed keys, by id and shared-memory text: a key is parsed once, not at
+every seal and check (a rotated key has another id; a rewritten one, another text)."""
+PARSED_MAX = 16
+"""More than the keys a ring holds at once: the cache is emptied when it grows past this."""
+
+
 def secret(key_id: str) -> bytes | None:
     """The secret of key ``key_id`` of the ring, None if the node has no such key."""
     value = KSR.htable.sht_get(htables.DIALOG_KEYS.name, key_id)
     if not isinstance(value, str) or key_id == htables.DIALOG_SIGNING_KEY:
         return None
-    try:
-        return dialog_seal.parse_key(key_id, value).secret
-    except BadRecord:
-        return None
+    if (key_id, value) not in _parsed:
+        if len(_parsed) >= PARSED_MAX:
+            _parsed.clear()
+        try:
+            _parsed[key_id, value] = dialog_seal.parse_key(key_id, value).secret
+        except BadRecord:
+            _parsed[key_id, value] = None
+    return _parsed[key_id, value]
 
 
 def signing() -> tuple[str, bytes] | None:

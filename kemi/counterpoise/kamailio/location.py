@@ -230,7 +230,8 @@ class LocationRouting:
         """The proxy holding this request's dialog by its record, or None."""
         if not self._settings.location.dialog_record_ttl_ms:
             return None
-        call_id = _text("$ci")
+        ids = read.dialog_ids()
+        call_id = ids[0] or ""
         if not self._recordable(call_id):
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
@@ -245,21 +246,23 @@ class LocationRouting:
                 self.count("dialog_skipped")
                 return None
         if not isinstance(record, location.Record) or not record.matches_tags(
-            _text("$ft"), _text("$tt")
+            ids[1] or "", ids[2] or ""
         ):
             self.count("dialog_unknown")
             return None
         self.count("dialog_routed")
         if KSR.is_BYE():
-            self.dialog_ended()
+            self.dialog_ended(ids)
         return record.proxy
 
-    def _local_dialog(self) -> tuple[str, tuple[str, str], location.Record | None] | None:
+    def _local_dialog(
+        self, ids: read.DialogIds
+    ) -> tuple[str, tuple[str, str], location.Record | None] | None:
         """This request's Call-ID, its tags and this node's copy of its dialog record (None:
         no copy); None when dialogs are not recorded or the Call-ID is too long for one."""
         if not self._settings.location.dialog_record_ttl_ms:
             return None
-        call_id = _text("$ci")
+        call_id = ids[0] or ""
         if not edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
@@ -267,12 +270,13 @@ class LocationRouting:
             record = location.Record.from_json(local) if isinstance(local, str) else None
         except BadRecord:
             record = None
-        return call_id, (_text("$ft"), _text("$tt")), record
+        return call_id, (ids[1] or "", ids[2] or ""), record
 
-    def dialog_confirmed(self) -> None:
-        """An ACK: the first one with the tags of a dialog whose 2xx passed this node queues
-        its record for Redis, counted against the caller's address (``$si``)."""
-        found = self._local_dialog()
+    def dialog_confirmed(self, ids: read.DialogIds) -> None:
+        """An ACK (``ids``: its Call-ID and tags): the first one with the tags of a dialog
+        whose 2xx passed this node queues its record for Redis, counted against the caller's
+        address (``$si``)."""
+        found = self._local_dialog(ids)
         if found is None:
             return
         call_id, tags, record = found
@@ -285,11 +289,12 @@ class LocationRouting:
         self._queue(location.PendingWrite(call_id, text, ttl))
         self.count("confirmed")
 
-    def dialog_ended(self) -> None:
-        """A BYE: its dialog's record is no longer needed. Only a BYE with the dialog's own
-        tags deletes it: this node's copy is checked here, the one in Redis by the timer
-        process (``DialogWriteBehind``); a BYE with other tags is counted as forged."""
-        found = self._local_dialog()
+    def dialog_ended(self, ids: read.DialogIds) -> None:
+        """A BYE (``ids``: its Call-ID and tags): its dialog's record is no longer needed.
+        Only a BYE with the dialog's own tags deletes it: this node's copy is checked here,
+        the one in Redis by the timer process (``DialogWriteBehind``); a BYE with other tags
+        is counted as forged."""
+        found = self._local_dialog(ids)
         if found is None:
             return
         call_id, tags, record = found

@@ -30,3 +30,13 @@ def text(spec: str) -> str | None:
 def number(spec: str) -> int | None:
     found = value(spec)
     return found if isinstance(found, int) else None
+
+
+DialogIds = tuple[str | None, str | None, str | None]
+"""A message's Call-ID, From tag and To tag."""
+
+
+def dialog_ids() -> DialogIds:
+    """``$ci``, ``$ft``, ``$tt``: read once for an in-dialog request's seal check and its
+    dialog record."""
+    return text("$ci"), text("$ft"), text("$tt")
