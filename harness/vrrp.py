@@ -21,6 +21,16 @@ KEEPALIVED_DIR = REPO / "deploy" / "keepalived"
 TIMINGS = {"1s": "timing.conf", "subsecond": "timing-subsecond.conf"}
 """The advertisement timings shipped, by the name the test and the benchmark give them."""
 
+ADVERT_INTERVAL_S = {"1s": 1.0, "subsecond": 0.2}
+"""Each timing's ``$ADVERT_INT`` (``tests/e2e/test_node_pair.py`` reads it in the file)."""
+
+
+def master_down_s(timing: str, priority: int) -> float:
+    """How long a backup of ``priority`` waits without an advertisement before it takes the
+    address (RFC 5798's Master_Down_Interval: three intervals plus the skew time)."""
+    advert_s = ADVERT_INTERVAL_S[timing]
+    return 3 * advert_s + (256 - priority) * advert_s / 256
+
 
 def render(run_dir: Path, parameters: dict[str, str], timing: str = "1s") -> Path:
     """``keepalived.conf`` with the ``$NAME=`` lines of ``parameters`` replaced (each must
