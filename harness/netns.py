@@ -4,16 +4,20 @@ by a veth pair to a bridge in this namespace, which holds the LAN's first addres
 The node pair's test and benchmark run each balancer node in its own namespace, as its own
 host: its own addresses (the floating one among them), its own ARP, its own VRRP. Redis, the
 proxies and SIPp stay in this namespace, on the bridge's address. Every name carries this
-process's id, so runs never share one, and ``close`` removes everything made, whatever
-failed before.
+process's id and the LAN's number, so runs never share one, and ``close`` removes everything
+made, whatever failed before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 from collections.abc import Sequence
+
+_lans = itertools.count()
+"""Each LAN of this process gets its own names: one that failed to close never collides."""
 
 INSIDE_INTERFACE = "eth0"
 """The name of each host's link inside its namespace: the one ``deploy/keepalived`` names."""
@@ -55,7 +59,7 @@ class Lan:
     """A bridge at ``{prefix}.1/24`` and the hosts added to it (``{prefix}.{10 + n}``)."""
 
     def __init__(self, prefix: str = "10.231.77") -> None:
-        self.tag = str(os.getpid() % 100_000)
+        self.tag = f"{os.getpid() % 100_000}x{next(_lans)}y"  # y: no tag begins another
         self.prefix = prefix
         self.bridge = f"cpbr{self.tag}"
         self.address = f"{prefix}.1"

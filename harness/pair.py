@@ -44,7 +44,7 @@ class Node:
     def rpc(self) -> Path:
         return processes.rpc_socket(self.run_dir)
 
-    def processes(self) -> list[processes.Process]:
+    def started(self) -> list[processes.Process]:
         return [proc for proc in (self.keepalived, self.kamailio) if proc is not None]
 
 
@@ -128,7 +128,7 @@ class Pair:
         """The host dies: off the LAN, then its processes SIGKILLed."""
         node = self.nodes[name]
         node.host.set_link(up=False)
-        for proc in node.processes():
+        for proc in node.started():
             proc.kill()
 
     def revive(self, name: str, base: Settings) -> Node:
@@ -148,5 +148,5 @@ class Pair:
             if self.redis is not None:
                 stops.callback(self.redis.stop)
             for node in self.nodes.values():
-                for proc in node.processes():
+                for proc in node.started():
                     stops.callback(proc.stop)

@@ -94,6 +94,8 @@ def test_the_standby_takes_over_a_dead_node_and_gives_it_back_without_losing_a_c
     for uri, base_share in run.base_shares.items():
         # The survivor routes with the dead node's weights...
         assert run.weights_after[uri] == pytest.approx(run.weights_before[uri], abs=0.05)
-        # ... and both split the calls alike: 0.07 is about 3 binomial sd at ~400 calls each.
-        assert run.split_before[uri] == pytest.approx(base_share, abs=0.07), run.split_before
-        assert run.split_after[uri] == pytest.approx(base_share, abs=0.07), run.split_after
+        # ... and both split the calls alike: each node's ~400 calls spread around the base
+        # shares with an sd of about 0.035 in eight runs (the big proxy's share; binomial
+        # would be 0.025): 0.1 is about 3 sd.
+        assert run.split_before[uri] == pytest.approx(base_share, abs=0.1), run.split_before
+        assert run.split_after[uri] == pytest.approx(base_share, abs=0.1), run.split_after
