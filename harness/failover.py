@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 from counterpoise import clock, processes
@@ -24,6 +26,10 @@ POOL = (1.0, 1.0, 2.0)
 
 PUBLISHED_ANY_AGE_MS = 3_600_000
 """A dead node's last published record is read too: it is the split it routed with."""
+
+PINNED_USER = "pinned"
+"""A user the operator pinned to the first proxy (``counterpoise location pin``)."""
+PINNED_CALLS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,11 @@ class Failover:
     """Call-IDs whose INVITE reached the proxies as more than one transaction."""
     placed: int
     """Distinct Call-IDs the proxies saw."""
+    pinned_proxy: str
+    pinned_before: dict[str, int]
+    """Where the pinned user's calls went through the node that died, per proxy."""
+    pinned_after: dict[str, int]
+    """... and through the survivor."""
     sipp_tail: str
 
     def summary(self) -> dict:
@@ -99,6 +110,30 @@ def invites_at(pair: Pair, name: str) -> int:
     return testbed.statistics(ctl, "core:").get("core:rcv_requests_invite", 0)
 
 
+def call_pinned(pair: Pair, run_dir: Path, proxies: list[testbed.Downstream]) -> dict[str, int]:
+    """``PINNED_CALLS`` short calls to the pinned user through the floating address: how many
+    each proxy got (SIPp's Call-IDs carry its pid)."""
+    caller = testbed.Caller(
+        f"{pair.vip}:{pair.sip_port}", run_dir, PINNED_CALLS, 10, 100,
+        extra=("-s", PINNED_USER), local_ip=pair.lan.address,
+    )  # fmt: skip
+    result = caller.wait(30)
+    if result.failed or result.successful != PINNED_CALLS:
+        raise AssertionError(f"calls to the pinned user failed: {result.output[-2000:]}")
+    marker = f"-{caller.proc.pid}@"
+    counts = {ds.uri: sum(marker in cid for cid in ds.invite_call_ids()) for ds in proxies}
+    return {uri: count for uri, count in counts.items() if count}
+
+
+def pin(redis_url: str, name: str, proxy: str) -> None:
+    """The operator's command: ``counterpoise location pin``."""
+    subprocess.run(
+        [sys.executable, "-m", "counterpoise.cli", "location", "pin", name, proxy,
+         "--redis", redis_url],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+
+
 def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> Failover:
     """One failover run; every process, namespace and link is gone when it returns or raises."""
     pair = Pair(run_dir / "pair", timing)
@@ -130,6 +165,8 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
             15,
             "the pool up at node_a",
         )
+        pin(pair.redis_url, f"{PINNED_USER}@{pair.vip}", proxies[0].uri)
+        pinned_before = call_pinned(pair, run_dir, proxies)
         start_s = clock.monotonic_s()
         caller = testbed.Caller(
             f"{pair.vip}:{pair.sip_port}", run_dir, schedule.calls, schedule.rate_per_s,
@@ -149,6 +186,7 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
             lambda: invites_at(pair, "node_b") > invites_before, 10, "an INVITE at node_b", 0.01
         )
         outage_s = clock.monotonic_s() - killed_s
+        pinned_after = call_pinned(pair, run_dir, proxies)
 
         clock.sleep_s(schedule.revive_at_s - (clock.monotonic_s() - start_s))
         weights_after = published.weights("pair-node_b")
@@ -160,7 +198,9 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
         back_s = clock.monotonic_s() - revived_s
 
         result = caller.wait(schedule.run_s + schedule.hold_ms / 1000 + 60)
-        placed = collections.Counter(cid for ds in proxies for cid in ds.invite_call_ids())
+        placed = collections.Counter(
+            cid for ds in proxies for cid in ds.invite_call_ids() if f"-{caller.proc.pid}@" in cid
+        )
         return Failover(
             timing=timing,
             schedule=schedule,
@@ -177,5 +217,8 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
             error_codes=caller.error_codes(),
             placed_twice={cid: n for cid, n in placed.items() if n > 1},
             placed=len(placed),
+            pinned_proxy=proxies[0].uri,
+            pinned_before=pinned_before,
+            pinned_after=pinned_after,
             sipp_tail=result.output[-3000:],
         )

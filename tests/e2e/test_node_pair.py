@@ -91,6 +91,9 @@ def test_the_standby_takes_over_a_dead_node_and_gives_it_back_without_losing_a_c
     )
     assert run.placed_twice == {}
     assert run.placed == run.schedule.calls
+    # Location routing: the survivor sends a pinned user where the dead node did.
+    pinned = {run.pinned_proxy: failover.PINNED_CALLS}
+    assert (run.pinned_before, run.pinned_after) == (pinned, pinned)
     for uri, base_share in run.base_shares.items():
         # The survivor routes with the dead node's weights...
         assert run.weights_after[uri] == pytest.approx(run.weights_before[uri], abs=0.05)
