@@ -14,7 +14,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from counterpoise import clock, processes
+from counterpoise import processes
 from counterpoise.core.settings import Settings
 from harness import vrrp
 from harness.netns import INSIDE_INTERFACE, Host, Lan
@@ -116,27 +116,26 @@ class Pair:
         """The nodes whose link holds the floating address now."""
         return [name for name, node in self.nodes.items() if node.host.holds(self.vip)]
 
-    def wait_holder(self, name: str, timeout_s: float) -> float:
-        """Seconds until ``name`` alone holds the floating address."""
-        start_s = clock.monotonic_s()
+    def wait_holder(self, name: str, timeout_s: float) -> None:
+        """Until ``name`` alone holds the floating address (looked at every 10 ms)."""
         processes.wait_for(
             lambda: self.holders() == [name], timeout_s, f"{name} to hold {self.vip}", 0.01
         )
-        return clock.monotonic_s() - start_s
 
     def kill(self, name: str) -> None:
-        """The host dies: off the LAN, then its processes SIGKILLed."""
+        """The host dies: off the LAN, then its processes SIGKILLed. The floating address, if
+        keepalived had no time to drop it, goes too: a dead host holds nothing (``holders``),
+        and one that reboots comes back without it."""
         node = self.nodes[name]
         node.host.set_link(up=False)
         for proc in node.started():
             proc.kill()
-
-    def revive(self, name: str, base: Settings) -> Node:
-        """The host is back (its link up, the floating address it had when it died gone, as a
-        reboot leaves it) and its node starts again."""
-        node = self.nodes[name]
         if node.host.holds(self.vip):
             node.host.run("ip", "addr", "del", f"{self.vip}/24", "dev", INSIDE_INTERFACE)
+
+    def revive(self, name: str, base: Settings) -> Node:
+        """The host is back (its link up) and its node starts again."""
+        node = self.nodes[name]
         node.host.set_link(up=True)
         return self.start_node(name, base)
 
