@@ -1,4 +1,4 @@
-"""A node pair behind one floating address (issue 28): two balancer nodes, each in its own
+"""A node pair behind one floating address: two balancer nodes, each in its own
 network namespace with its own keepalived (unicast VRRP, ``deploy/keepalived/``), one Redis,
 three proxies; SIPp calls the floating address. The active node's host dies mid-run (its link
 cut, its Kamailio and keepalived SIGKILLed), the standby takes the address over, then the
