@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import capacity, drive, overhead, per_message, plots, report, scenarios
+from bench import capacity, drive, overhead, pair_failover, per_message, plots, report, scenarios
 from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
 from bench.tap import InviteTap, TapUnavailable
@@ -159,6 +159,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="run only the per-message bench: where a call's CPU goes in Counterpoise "
         "(its own options: --per-message --help)",
     )
+    parser.add_argument(
+        "--pair",
+        action="store_true",
+        help="run only the node pair's failover (root: network namespaces), once per VRRP "
+        "timing shipped in deploy/keepalived (1 s, 0.2 s)",
+    )
     parser.add_argument("--rounds", type=int, default=overhead.ROUNDS, help="overhead rounds")
     parser.add_argument("--step-s", type=float, default=overhead.STEP_S, help="s per rate")
     parser.add_argument(
@@ -215,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.overhead:
         return run_overhead(args)
+    if args.pair:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        out = args.out or BENCH_DIR / "results" / f"{stamp}-pair"
+        print(pair_failover.report(pair_failover.run(out)), flush=True)
+        return 0
     mode = MODES[args.mode]
     load = args.load if args.load is not None else mode.load
     names = args.contenders.split(",") if args.contenders else list(mode.contenders)

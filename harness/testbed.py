@@ -58,11 +58,17 @@ class Downstream:
         transport: str = "udp",
         tls: tuple[Path, Path] | None = None,
         load_counts_only: bool = False,
+        host: str = "127.0.0.1",
+        call_log: bool = False,
     ) -> None:
         """``transport``: how the balancer reaches it (``tcp``, ``tls``: a socket of that kind
-        beside the UDP one, same port; ``tls`` needs ``tls``, the certificate and key).
-        ``load_counts_only``: its ``X-CP-Load`` states requests in progress, no ``busy``."""
+        beside the UDP one, same port; ``tls`` needs ``tls``, the certificate and key);
+        ``load_counts_only``: its ``X-CP-Load`` states requests in progress, no ``busy``;
+        ``host``: the address it listens on (one balancers in other namespaces reach);
+        ``call_log``: log the Call-ID of each INVITE transaction it creates."""
         self.name = name
+        self.host = host
+        self.call_log = call_log
         self.port = port
         self.transport = transport
         self.tls = tls
@@ -78,8 +84,8 @@ class Downstream:
     @property
     def uri(self) -> str:
         if self.transport == "udp":
-            return f"sip:127.0.0.1:{self.port}"
-        return f"sip:127.0.0.1:{self.port};transport={self.transport}"
+            return f"sip:{self.host}:{self.port}"
+        return f"sip:{self.host}:{self.port};transport={self.transport}"
 
     def start(self, timeout_s: float = 20.0) -> Downstream:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,9 +95,9 @@ class Downstream:
             "CTL_PATH": str(self.ctl),
             "RPC_PATH": str(self.rpc),
         }
-        listen = [f"udp:127.0.0.1:{self.port}"]
+        listen = [f"udp:{self.host}:{self.port}"]
         if self.transport != "udp":
-            listen.append(f"{self.transport}:127.0.0.1:{self.port}")
+            listen.append(f"{self.transport}:{self.host}:{self.port}")
         if self.transport == "tcp":
             defines["WITH_TCP"] = 1
         if self.tls is not None:
@@ -103,13 +109,15 @@ class Downstream:
             argv += ["-A", "WITH_REGISTRAR"]
         if self.load_counts_only:
             argv += ["-A", "CP_LOAD_COUNTS_ONLY"]
+        if self.call_log:
+            argv += ["-A", "WITH_CALL_LOG"]
         self.proc = processes.Process(
             f"downstream {self.name}", argv, self.run_dir / "kamailio.log"
         )
         self.proc.ensure_started(
-            lambda: processes.sip_options("127.0.0.1", self.port, 0.3) == 200,
+            lambda: processes.sip_options(self.host, self.port, 0.3) == 200,
             timeout_s,
-            f"downstream {self.name} to answer OPTIONS on port {self.port}",
+            f"downstream {self.name} to answer OPTIONS on {self.host}:{self.port}",
         )
         return self
 
@@ -132,6 +140,12 @@ class Downstream:
         """Make every reply that states the load (to a request that asked) carry
         ``X-CP-Load: value`` (None: the real load again)."""
         kamcmd(self.ctl, "cfg.set_now_string", "cpdemo", "load_hdr", value or "real")
+
+    def invite_call_ids(self) -> list[str]:
+        """The Call-ID of every INVITE transaction it created (retransmissions it absorbed
+        are not there), with ``call_log``."""
+        log = (self.run_dir / "kamailio.log").read_text(errors="replace")
+        return _CALL_LOG.findall(log)
 
     def counts(self) -> dict[str, int]:
         """Requests received by method: invite, ack, bye, register, options, message."""
@@ -187,6 +201,9 @@ class CallResult:
     returncode: int
     output: str
 
+
+_CALL_LOG = re.compile(r"new INVITE call-id=(\S+)")
+"""The line ``downstream/proxy.cfg`` logs with ``WITH_CALL_LOG`` for each INVITE transaction."""
 
 _COUNTER = re.compile(r"^\s*(Successful call|Failed call)\s*\|\s*\d+\s*\|\s*(\d+)", re.MULTILINE)
 

@@ -16,10 +16,11 @@ packages=(kamailio kamailio-python3-modules kamailio-extra-modules kamailio-util
 # Sentinel (failover, sentinel URLs), sipvicious and sipsak as attackers, ps; MariaDB, Kamailio's
 # MySQL driver and patch to run Kamailio's own example configs as operators do (the tests start
 # a private mariadbd of their own, never the system service); setuptools and wheel to build
-# the package offline, as the wheel and install tests do.
+# the package offline, as the wheel and install tests do; keepalived and iproute2 for the
+# node pair's test (VRRP between network namespaces).
 [ "${1:-}" = "--dev" ] && packages+=(prometheus redis-sentinel sipvicious sipsak procps
                                     mariadb-server kamailio-mysql-modules patch
-                                    python3-setuptools python3-wheel)
+                                    python3-setuptools python3-wheel keepalived iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import ipaddress
 import os
 import pwd
 import shutil
@@ -123,9 +124,9 @@ def sip_options(
     try:
         with socket.socket(family, kind) as sock:
             sock.settimeout(timeout_s)
-            if proto == "udp":
+            if proto == "udp" and _is_loopback(address):
                 sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-            else:
+            else:  # the route picks the source address (another namespace's node)
                 sock.connect((address, port))
             local_host, local_port = sock.getsockname()[:2]
             local = f"[{local_host}]" if family == socket.AF_INET6 else local_host
@@ -148,6 +149,13 @@ def sip_options(
         return int(data.split(b" ", 2)[1])
     except (IndexError, ValueError):
         return None
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: resolved by the system, most often to loopback here
+        return True
 
 
 _UNCHECKED_TLS = ssl.create_default_context()
@@ -260,13 +268,20 @@ class Process:
 
 
 def start_redis(
-    port: int, data_dir: Path, timeout_s: float = 10.0, aclfile: Path | None = None
+    port: int,
+    data_dir: Path,
+    timeout_s: float = 10.0,
+    aclfile: Path | None = None,
+    also_bind: Sequence[str] = (),
 ) -> Process:
     """redis-server with ``redis/redis.conf`` on ``port``, its data in ``data_dir``; with
-    ``aclfile``, its users from that file (``cli/embedded.py``)."""
+    ``aclfile``, its users from that file (``cli/embedded.py``); listening on the addresses
+    ``also_bind`` besides 127.0.0.1 (nodes in other network namespaces reach it there)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     argv = ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data_dir)]
+    if also_bind:  # a test bed's private link: protected mode would refuse its passwordless peers
+        argv += ["--bind", "127.0.0.1", *also_bind, "--protected-mode", "no"]
     if aclfile is not None:
         argv += ["--aclfile", str(aclfile)]
     log = data_dir / "redis.log"
@@ -425,13 +440,16 @@ def start_balancer(
     log_path: Path | None = None,
     timeout_s: float = 20.0,
     repo: Path = REPO,
+    netns: str = "",
 ) -> Process:
     """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS on its
     first socket. Its log goes to ``log_path`` (None: this process's stderr); ``repo`` is the
-    source tree whose kamailio.cfg and kemi/ run (the benchmark compares versions)."""
+    source tree whose kamailio.cfg and kemi/ run (the benchmark compares versions); ``netns``
+    a network namespace (``ip netns``) to run it in, whose first socket this one reaches."""
     sockets = settings.node.listen_sockets()
-    for sip in sockets:
-        check_free(sip)
+    if not netns:  # a namespace's addresses cannot be bound from here: Kamailio says if taken
+        for sip in sockets:
+            check_free(sip)
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.node.user:
         check_user(settings.node.user, settings.node.group)
@@ -449,6 +467,8 @@ def start_balancer(
         # Last, once up has written its files: Kamailio writes its pid file and control
         # sockets here after dropping root.
         shutil.chown(run_dir, settings.node.user, settings.node.group or None)
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
     proc = Process("kamailio", argv, log_path, env=env)
     first = sockets[0]
     proc.ensure_started(

@@ -21,7 +21,7 @@ LIMIT_PER_S = 1500
 TRUSTED, UNTRUSTED, OPEN = "127.0.0.5", "127.0.0.6", "127.0.0.7"
 FLOOD_COUNTERS = {"shed", "dropped_flood", "banned", "dropped_banned"}
 """The edge's counts of requests the flood guard refused (a busy machine adds others, such as
-the callee's late retransmissions counted as ``stray_reply``)."""
+the callee's late retransmissions counted as ``stray_forwarded``)."""
 
 
 def full_rate(bed: Bed, source: str) -> testbed.Caller:

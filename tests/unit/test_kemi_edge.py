@@ -126,6 +126,15 @@ def test_stray_reply_is_dropped_and_counted(node: Node, ksr: FakeKsr):
     assert edge_counters(ksr)["stray_reply"] == 1
 
 
+def test_stray_reply_from_a_pool_proxy_is_forwarded_by_its_via(node: Node, ksr: FakeKsr):
+    """A pair's survivor gets the replies to what the dead node relayed: the proxy's."""
+    node.pool(A)
+    ksr.request("INVITE", CALLEE, source="10.0.0.1", source_port=5060)
+    assert node.app.ksr_reply_route(None) == 1  # t_check_trans: no transaction
+    assert not ksr.dropped and "X-CP-Load" in ksr.removed_headers
+    assert edge_counters(ksr) == {"stray_forwarded": 1}
+
+
 # --- hostile bytes and guarded hooks ------------------------------------------------------------
 
 

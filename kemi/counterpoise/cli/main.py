@@ -7,6 +7,7 @@
     counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)
     counterpoise agent-user URI --password-file PATH   a Redis user for one agent (cli/users.py)
     counterpoise dialog-key rotate  a new key sealing the dialogs (cli/dialog_key.py)
+    counterpoise health [--sip S] [--rpc PATH]  may this node hold a pair's address (cli/health.py)
 
 Every subcommand takes ``--redis URL`` (default: ``COUNTERPOISE_REDIS_URL`` or the embedded
 Redis). Errors print one line on stderr and exit with status 1.
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from counterpoise import processes
-from counterpoise.cli import dialog_key, users
+from counterpoise.cli import dialog_key, health, users
 from counterpoise.cli import location as location_cli
 from counterpoise.cli.common import CliError
 from counterpoise.cli.pool import cmd_proxy, cmd_watch
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     location_cli.add_parser(sub, common)
     users.add_parser(sub, common)
     dialog_key.add_parser(sub, common)
+    health.add_parser(sub, common)
 
     return parser
 

@@ -135,14 +135,21 @@ class Balancer:
     def on_core_reply(self) -> int:
         """Every reply the node receives, before tm matches it: a proxy's reply that is not a
         failure, however late, is a sign of life (``policy``: overload is not death); the
-        load header never leaves; a reply that matches no transaction is dropped (stateless
-        forwarding to its next Via would reflect it)."""
+        load header never leaves. A reply that matches no transaction is dropped (stateless
+        forwarding to its next Via would reflect it), unless a pool proxy sends it: then it
+        answers a request the other node of a pair relayed before it died (the floating
+        address moved here), and Kamailio forwards it by its next Via, so the call in set-up
+        completes (the 200's retransmissions) or ends (a final error)."""
         status = read.number("$rs")
         if status is not None and not attempts.is_proxy_failure(status):
             host, port = _source()
             self.view.note_heard(f"sip:{host}:{port}", clock.monotonic_ms())
         KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
         if KSR.tm.t_check_trans() < 0:
+            self.refresh()  # the pool as of now: a standby may have routed nothing yet
+            if self.trusted():
+                EDGE.count("stray_forwarded")
+                return TRUE
             EDGE.count("stray_reply")
             KSR.set_drop()
         return TRUE

@@ -364,7 +364,7 @@ PROXY_VIEW = Htable(
         "reachability and sync age, and panic"
     ),
     writers=("kamailio.view.NodeViewTable.update",),
-    readers=(),
+    readers=("cli.health.sync_stamp_ms",),
     operators="``htable.get cpview <proxy uri>``, ``htable.dump cpview``",
 )
 """The node's own view of its proxies, for ``kamcmd`` (app_python3 cannot register RPC
