@@ -261,14 +261,22 @@ class Caller:
     def error_codes(self) -> dict[int, int]:
         """How many calls ended on each unexpected final status (404, 480...), from SIPp's
         error trace."""
-        text = self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
         codes: dict[int, int] = {}
-        for code in _UNEXPECTED.findall(text):
-            codes[int(code)] = codes.get(int(code), 0) + 1
+        for status in self.error_statuses():
+            code = int(status[:3])
+            codes[code] = codes.get(code, 0) + 1
         return codes
 
+    def error_statuses(self) -> list[str]:
+        """The status line (code and reason) of each call ended by an unexpected final
+        status, from SIPp's error trace: which of the node's 503s it was."""
+        text = self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
+        return [status.strip() for status in _UNEXPECTED.findall(text)]
 
-_UNEXPECTED = re.compile(r"Aborting call on unexpected message[^\n]*?received 'SIP/2\.0 (\d{3})")
+
+_UNEXPECTED = re.compile(
+    r"Aborting call on unexpected message[^\n]*?received 'SIP/2\.0 (\d{3}[^\r\n]*)"
+)
 """The line SIPp writes once per call ended by an error reply (not the "Dead call" lines of
 retransmissions that arrive after it)."""
 
