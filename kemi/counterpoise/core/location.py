@@ -22,6 +22,7 @@ request follows ``location_fallback``: by weight, or rejected with 480.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import re
@@ -353,7 +354,7 @@ class PendingWrite:
             raise ValueError(f"not a pending write: {text[:80]!r}")
         return cls(name, record, int(ttl_ms), (from_tag, to_tag))
 
-    @property
+    @functools.cached_property
     def source(self) -> str:
         """The source a set counts against (its record's ``source``; "" for none)."""
         try:
