@@ -260,19 +260,26 @@ class WorkerView:
         none."""
         return _int(htables.PROBES, uri)
 
-    def note_load_header(self, uri: str, value: str) -> None:
-        """Count the load a proxy's reply stated, or count why it could not be used."""
+    def note_load_header(self, uri: str, value: str, write: bool = True) -> None:
+        """Count the load a proxy's reply stated, or count why it could not be used.
+        ``write=False``: the caller writes the tally next (``write_tally``, or another count
+        of the same reply), so the reply costs one shared-memory write, not two."""
         tally = self._tallies.get(uri, Tally())
         utilisation = _load_header_reading(value)
         if isinstance(utilisation, str):
             KSR.htable.sht_sets(htables.REJECTIONS.name, uri, utilisation)
-            self._store(uri, tally.with_load_header_rejected())
+            self._store(uri, tally.with_load_header_rejected(), write)
             return
-        self._store(uri, tally.with_load_sample(utilisation))
+        self._store(uri, tally.with_load_sample(utilisation), write)
 
-    def _store(self, uri: str, tally: Tally) -> None:
+    def write_tally(self, uri: str) -> None:
+        """Write ``uri``'s tally as it stands (after a count made with ``write=False``)."""
+        self._store(uri, self._tallies.get(uri, Tally()))
+
+    def _store(self, uri: str, tally: Tally, write: bool = True) -> None:
         self._tallies[uri] = tally
-        KSR.htable.sht_sets(htables.TALLIES.name, f"{self._pid} {uri}", tally.encode())
+        if write:
+            KSR.htable.sht_sets(htables.TALLIES.name, f"{self._pid} {uri}", tally.encode())
 
 
 @functools.lru_cache(maxsize=LOAD_HEADERS_MEMO)
