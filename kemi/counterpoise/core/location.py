@@ -193,6 +193,12 @@ MAX_SOURCE_CHARS = 64
 """Longest source in a dialog record: an IPv6 /64 is at most 43 characters."""
 
 
+SOURCES_MEMO = 4096
+"""Caller addresses a process remembers the source of: callers call again, and the ACK of
+each call asks; a flood of new ones only refills it."""
+
+
+@functools.lru_cache(maxsize=SOURCES_MEMO)
 def source_of(address: str) -> str:
     """The source a caller's dialog records count against: its IPv4 address, or the /64 an
     IPv6 address is in (one host gets a whole /64, and would otherwise be 2**64 sources)."""

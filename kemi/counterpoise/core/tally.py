@@ -9,6 +9,7 @@ happened since its last tick: ``Tally`` supports ``+`` and ``-`` for that.
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 _FIELDS = (
     "requests_ok",
@@ -24,6 +25,7 @@ _FIELDS = (
     "late_replies",
     "timeout_excess_ms_sum",
 )
+_VALUES = operator.attrgetter(*_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,7 @@ class Tally:
 
     def encode(self) -> str:
         """Space-separated integers: compact, and readable in ``kamcmd htable.dump``."""
-        return " ".join(str(getattr(self, f)) for f in _FIELDS)
+        return " ".join(map(str, _VALUES(self)))
 
     @classmethod
     def decode(cls, text: str) -> Tally:
