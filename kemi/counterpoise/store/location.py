@@ -92,13 +92,14 @@ class LocationStore(Store):
             for source in sources:
                 pipe.zremrangebyscore(self.keys.dialog_source(source), "-inf", now_ms)
                 pipe.zcard(self.keys.dialog_source(source))
-            for write in deletes:
-                pipe.get(self.key(DIALOG, write.name))
+            if deletes:  # one MGET for every record the deletes name
+                pipe.mget([self.key(DIALOG, write.name) for write in deletes])
             found = pipe.execute()
         held = dict(zip(sources, found[1 : 2 * len(sources) : 2], strict=True))
+        raws = found[-1] if deletes else []
         records = [
             self._record(self.key(DIALOG, write.name), raw)
-            for write, raw in zip(deletes, found[2 * len(sources) :], strict=True)
+            for write, raw in zip(deletes, raws, strict=True)
         ]
         owned = [(w, r) for w, r in zip(deletes, records, strict=True) if w.deletes(r)]
         for _, record in owned:  # a call that ended makes room for the next one
