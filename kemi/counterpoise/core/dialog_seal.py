@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import re
@@ -51,6 +52,9 @@ TRANSPORTS = frozenset({"udp", "tcp", "tls", "sctp", "ws", "wss"})
 _MAX_PARAM_CHARS = 300
 _HOP = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
 _KEY_ID = re.compile(r"^[0-9]{1,9}$")
+HOPS_MEMO = 1024
+"""Hops a process remembers the parse of: the pool's proxies and the callers of its current
+dialogs recur in every seal and check; a flood of new ones only refills the memo."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +94,7 @@ def hop(scheme: str, transport: str, host: str, port: int | str | None) -> Hop |
     return Hop(scheme, transport, host_text, number)
 
 
+@functools.lru_cache(maxsize=HOPS_MEMO)
 def proxy_hop(uri: str) -> Hop | None:
     """Where a proxy URI of the pool sends: its transport parameter, else UDP for ``sip``
     and TLS for ``sips`` (RFC 3263's defaults without NAPTR)."""
@@ -106,6 +111,7 @@ def caller_hop(transport: str, host: str, port: int | None) -> Hop | None:
     return hop("sip", transport, host, port)
 
 
+@functools.lru_cache(maxsize=HOPS_MEMO)
 def _parse_hop(text: str, with_scheme: bool) -> Hop | None:
     parts = text.split(":", 2 if with_scheme else 1)
     if len(parts) != (3 if with_scheme else 2):

@@ -12,6 +12,7 @@ its dialog's proxy, or, from that proxy, back to the dialog's caller.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -28,6 +29,12 @@ _URI = re.compile(
 )
 
 
+HOPS_MEMO = 4096
+"""Hops a process remembers the normal form of: every message reads its source, and the
+sources a node sees recur (its upstreams, the pool); a flood of new ones only refills it."""
+
+
+@functools.lru_cache(maxsize=HOPS_MEMO)
 def hop(host: str, port: int | str | None, scheme: str = "sip") -> Address:
     """One hop's address, normalised: brackets off an IPv6 address, lower case, the scheme's
     default port when there is none."""

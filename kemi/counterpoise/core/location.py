@@ -22,6 +22,7 @@ request follows ``location_fallback``: by weight, or rejected with 480.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import re
@@ -192,6 +193,12 @@ MAX_SOURCE_CHARS = 64
 """Longest source in a dialog record: an IPv6 /64 is at most 43 characters."""
 
 
+SOURCES_MEMO = 4096
+"""Caller addresses a process remembers the source of: callers call again, and the ACK of
+each call asks; a flood of new ones only refills it."""
+
+
+@functools.lru_cache(maxsize=SOURCES_MEMO)
 def source_of(address: str) -> str:
     """The source a caller's dialog records count against: its IPv4 address, or the /64 an
     IPv6 address is in (one host gets a whole /64, and would otherwise be 2**64 sources)."""
@@ -353,7 +360,7 @@ class PendingWrite:
             raise ValueError(f"not a pending write: {text[:80]!r}")
         return cls(name, record, int(ttl_ms), (from_tag, to_tag))
 
-    @property
+    @functools.cached_property
     def source(self) -> str:
         """The source a set counts against (its record's ``source``; "" for none)."""
         try:

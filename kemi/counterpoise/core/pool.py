@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -71,6 +72,12 @@ def check_base_weight(weight: object) -> float:
     return float(weight)
 
 
+PROXY_URIS_MEMO = 1024
+"""Proxy URIs whose check a process remembers: a pool has a few, and every location record
+names one of them, so a record costs a dict lookup, not a regular expression."""
+
+
+@functools.lru_cache(maxsize=PROXY_URIS_MEMO)
 def check_proxy_uri(uri: str) -> str:
     """A stored proxy URI must be one the CLI would have written: a valid SIP URI already in
     its normal form, so no comma (it would split the ``cp_tried`` list), CR or LF (it would be

@@ -335,8 +335,7 @@ class Balancer:
             EDGE.count("no_dialog_key")
             KSR.sl.sl_send_reply(503, "Service Unavailable")
             return STOP
-        avps.set_sealed()
-        KSR.tm.t_on_branch(self.routes.branch)
+        avps.set_sealed()  # every attempt armed from now on arms the branch route (``_arm``)
         return TRUE
 
     @hook("branch")
@@ -483,7 +482,7 @@ class Balancer:
         try:
             result = attempts.outcome(status, attempt.first_reply_ms is not None, from_proxy)
             if from_proxy:
-                self._note_load_header(uri)
+                self._note_load_header(uri, write=False)  # written with the outcome
         finally:  # whatever happened above, the attempt is over: its in-flight count comes down
             self._count_outcome(attempt, uri, result, elapsed)
         if self.location is not None and 200 <= status < 300 and from_proxy:
@@ -558,6 +557,7 @@ class Balancer:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
             return
         if result == attempts.Outcome.NOT_THE_PROXY:
+            self.view.write_tally(uri)  # the reply's load sample, if it brought one
             return
         sample = attempts.latency_sample_ms(
             attempt.first_reply_ms, elapsed, self._max_sample_ms, attempt.trying_ms
@@ -588,13 +588,14 @@ class Balancer:
                 probes.hang_up(uri)
         return TRUE
 
-    def _note_load_header(self, uri: str) -> None:
-        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
+    def _note_load_header(self, uri: str, write: bool = True) -> None:
+        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy
+        (``write``: as ``WorkerView.note_load_header``)."""
         value = read.value(f"$hdr({LOAD_HEADER})")
         if value is None and KSR.hdr.is_present(LOAD_HEADER) > 0:
             value = ""  # present but not UTF-8: a rejected header
         if isinstance(value, str):
-            self.view.note_load_header(uri, value)
+            self.view.note_load_header(uri, value, write)
 
     @hook("sync")
     def sync_tick(self) -> int:

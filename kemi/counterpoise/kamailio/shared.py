@@ -5,6 +5,7 @@ in-flight counts, tallies, signs of life, probes, the retry budget, the runtime 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -30,6 +31,9 @@ HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
 tick sees it, at no more than 10 shared-memory writes a second per proxy and worker."""
 _ITERATOR = "cpit"
+LOAD_HEADERS_MEMO = 256
+"""Distinct ``X-CP-Load`` values a worker remembers the reading of: a proxy states small
+counts, so its replies repeat a few values, and a reply costs a dict lookup, not a parse."""
 
 
 def _int(table: Htable, key: str) -> int:
@@ -256,20 +260,35 @@ class WorkerView:
         none."""
         return _int(htables.PROBES, uri)
 
-    def note_load_header(self, uri: str, value: str) -> None:
-        """Count the load a proxy's reply stated, or count why it could not be used."""
+    def note_load_header(self, uri: str, value: str, write: bool = True) -> None:
+        """Count the load a proxy's reply stated, or count why it could not be used.
+        ``write=False``: the caller writes the tally next (``write_tally``, or another count
+        of the same reply), so the reply costs one shared-memory write, not two."""
         tally = self._tallies.get(uri, Tally())
-        try:
-            utilisation = header_utilisation(parse_load_header(value))
-        except BadReport as error:
-            KSR.htable.sht_sets(htables.REJECTIONS.name, uri, str(error))
-            self._store(uri, tally.with_load_header_rejected())
+        utilisation = _load_header_reading(value)
+        if isinstance(utilisation, str):
+            KSR.htable.sht_sets(htables.REJECTIONS.name, uri, utilisation)
+            self._store(uri, tally.with_load_header_rejected(), write)
             return
-        self._store(uri, tally.with_load_sample(utilisation))
+        self._store(uri, tally.with_load_sample(utilisation), write)
 
-    def _store(self, uri: str, tally: Tally) -> None:
+    def write_tally(self, uri: str) -> None:
+        """Write ``uri``'s tally as it stands (after a count made with ``write=False``)."""
+        self._store(uri, self._tallies.get(uri, Tally()))
+
+    def _store(self, uri: str, tally: Tally, write: bool = True) -> None:
         self._tallies[uri] = tally
-        KSR.htable.sht_sets(htables.TALLIES.name, f"{self._pid} {uri}", tally.encode())
+        if write:
+            KSR.htable.sht_sets(htables.TALLIES.name, f"{self._pid} {uri}", tally.encode())
+
+
+@functools.lru_cache(maxsize=LOAD_HEADERS_MEMO)
+def _load_header_reading(value: str) -> float | str:
+    """The utilisation an ``X-CP-Load`` value states, or why it cannot be used."""
+    try:
+        return header_utilisation(parse_load_header(value))
+    except BadReport as error:
+        return str(error)
 
 
 def _number(value: object) -> int:

@@ -92,30 +92,39 @@ class LocationStore(Store):
             for source in sources:
                 pipe.zremrangebyscore(self.keys.dialog_source(source), "-inf", now_ms)
                 pipe.zcard(self.keys.dialog_source(source))
-            for write in deletes:
-                pipe.get(self.key(DIALOG, write.name))
+            if deletes:  # one MGET for every record the deletes name
+                pipe.mget([self.key(DIALOG, write.name) for write in deletes])
             found = pipe.execute()
         held = dict(zip(sources, found[1 : 2 * len(sources) : 2], strict=True))
+        raws = found[-1] if deletes else []
         records = [
             self._record(self.key(DIALOG, write.name), raw)
-            for write, raw in zip(deletes, found[2 * len(sources) :], strict=True)
+            for write, raw in zip(deletes, raws, strict=True)
         ]
         owned = [(w, r) for w, r in zip(deletes, records, strict=True) if w.deletes(r)]
         for _, record in owned:  # a call that ended makes room for the next one
             if record is not None and record.source in held:
                 held[record.source] -= 1
         written, capped = within_cap(sets, held, per_source)
+        # One ZADD, PEXPIRE and ZREM per source and one DEL per flush, not one per record.
+        added: dict[str, dict[str | bytes, int]] = {}
+        removed: dict[str, list[str]] = {}
         with self.client.pipeline(transaction=False) as pipe:
             for write in written:
                 assert write.record is not None
                 pipe.set(self.key(DIALOG, write.name), write.record, px=write.ttl_ms)
-                source = self.keys.dialog_source(write.source)
-                pipe.zadd(source, {write.name: now_ms + write.ttl_ms})
-                pipe.pexpire(source, write.ttl_ms)
+                added.setdefault(write.source, {})[write.name] = now_ms + write.ttl_ms
             for write, record in owned:
                 assert record is not None
-                pipe.delete(self.key(DIALOG, write.name))
-                pipe.zrem(self.keys.dialog_source(record.source), write.name)
+                removed.setdefault(record.source, []).append(write.name)
+            for source, expiries in added.items():
+                key = self.keys.dialog_source(source)
+                pipe.zadd(key, expiries)
+                pipe.pexpire(key, max(expiries.values()) - now_ms)  # its latest record's
+            for source, names in removed.items():
+                pipe.zrem(self.keys.dialog_source(source), *names)
+            if owned:
+                pipe.delete(*(self.key(DIALOG, write.name) for write, _ in owned))
             pipe.execute()
         forged = sum(record is not None for record in records) - len(owned)
         return DialogFlush(len(written), len(capped), len(owned), forged)
