@@ -706,6 +706,10 @@ def _stream() -> bool:
     return read.text("$pr") not in ("udp", None)
 
 
+_VIA_FIELDS = ("transport", "host", "port", "received", "rport", "branch")
+"""What of the next Via Kamailio forwards a reply by, in ``stray.reply_upstream``'s order."""
+
+
 def _sign_via(key: tuple[str, bytes], call_id: str, caller: dialog_seal.Hop) -> None:
     """The balancer's Via of this branch carries the signature by which any node of the pool
     may forward a reply that outlived its transaction (``core.stray``): the core's
@@ -731,10 +735,6 @@ def _stray_reply_verifies() -> bool:
         upstream,
         dialog_keys.secret,
     )
-
-
-_VIA_FIELDS = ("transport", "host", "port", "received", "rport", "branch")
-"""What of the next Via Kamailio forwards a reply by, in ``stray.reply_upstream``'s order."""
 
 
 def _notice(text: str) -> None:
