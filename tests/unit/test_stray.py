@@ -42,7 +42,8 @@ def test_another_next_hop_does_not_verify(other: stray.Upstream):
 
 
 @pytest.mark.parametrize(
-    "ids", [{"call_id": "call-2@x"}, {"cseq": "8"}, {"method": "BYE"}, {"cseq": "x"}]
+    "ids",
+    [{"call_id": "call-2@x"}, {"cseq": "8"}, {"method": "BYE"}, {"cseq": "x"}, {"cseq": "²"}],
 )
 def test_another_transaction_does_not_verify(ids: dict[str, str]):
     assert not verifies(signature(), **ids)
@@ -76,8 +77,16 @@ def test_the_next_via_is_read_as_kamailio_forwards_by_it():
     assert read("TLS", "[2001:DB8::1]", None, None, None, "b") == stray.Upstream(
         "tls", "2001:db8::1", 5061, "b"
     )
+    assert read("UDP", "198.51.100.7", "²", None, "²", "b") == stray.Upstream(
+        "udp", "198.51.100.7", 5060, "b"
+    )  # digits Python reads as digits, SIP does not: the default port
     assert read("UDP", None, "5060", None, None, "b") is None
     assert read("UDP", "198.51.100.7", "5060", None, None, None) is None
+
+
+def test_a_cseq_number_is_plain_digits():
+    assert stray.cseq_number("7") == 7
+    assert [stray.cseq_number(text) for text in (None, "", "x", "²", "1" * 11)] == [None] * 5
 
 
 def test_the_requests_upstream_is_its_source():

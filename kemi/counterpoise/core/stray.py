@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import re
 
 from counterpoise.core import dialog_seal
 
@@ -29,6 +30,9 @@ _PURPOSE = b"cps1"
 _DEFAULT_PORT = 5060
 _TLS_PORT = 5061
 _MAX_PARAM_CHARS = 64
+_PORT = re.compile(r"[0-9]{1,5}")
+_CSEQ = re.compile(r"[0-9]{1,10}")
+"""ASCII digits only: ``str.isdigit`` takes ``²``, which ``int`` refuses."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +75,18 @@ def reply_upstream(
     if not transport or not branch or not (received or host):
         return None
     default = _TLS_PORT if transport.lower() == "tls" else _DEFAULT_PORT
-    number = rport if rport and rport.isdigit() else port
-    to_port = int(number) if number and number.isdigit() else default
+    number = next((text for text in (rport, port) if text and _PORT.fullmatch(text)), None)
+    to_port = int(number) if number else default
     return request_upstream(transport, received or host or "", to_port, branch)
 
 
 def _cseq(number: int | str, method: str) -> str:
     return f"{number} {method.upper()}"
+
+
+def cseq_number(text: str | None) -> int | None:
+    """A CSeq number as read (``$cs``), None unless plain digits."""
+    return int(text) if text and _CSEQ.fullmatch(text) else None
 
 
 def signed(
@@ -100,7 +109,7 @@ def verifies(
     from ``upstream`` (its next Via's hop) with this Call-ID and CSeq."""
     if not param or len(param) > _MAX_PARAM_CHARS or upstream is None:
         return False
-    if not call_id or not cseq or not cseq.isdigit() or not method:
+    if not call_id or not cseq or not _CSEQ.fullmatch(cseq) or not method:
         return False
     key_id, _, mac = param.partition(".")
     secret = dialog_seal.named_secret(key_id, secret_of)

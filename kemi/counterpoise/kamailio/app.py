@@ -714,11 +714,12 @@ def _sign_via(key: tuple[str, bytes], call_id: str, caller: dialog_seal.Hop) -> 
     """The balancer's Via of this branch carries the signature by which any node of the pool
     may forward a reply that outlived its transaction (``core.stray``): the core's
     ``xavp_via_params`` names the xavp whose fields become Via parameters."""
-    branch, cseq, method = read.text("$sel(via[1].branch)"), read.text("$cs"), read.text("$rm")
+    branch, method = read.text("$sel(via[1].branch)"), read.text("$rm")
+    cseq = stray.cseq_number(read.text("$cs"))
     upstream = stray.request_upstream(caller.transport, caller.host, caller.port, branch or "")
-    if upstream is None or not cseq or not cseq.isdigit() or not method:
+    if upstream is None or cseq is None or not method:
         return
-    param = stray.signed(*key, call_id, int(cseq), method, upstream)
+    param = stray.signed(*key, call_id, cseq, method, upstream)
     KSR.pv.sets(f"$xavp({VIA_XAVP}=>{stray.STRAY_PARAM})", param)
     KSR.corex.via_add_xavp_params(1)
 
