@@ -668,6 +668,9 @@ class FakeKsr:
         self.canceled = False
         self.removed_headers: list[str] = []
         self.dropped = False
+        self.request_source: tuple[str, int] = ("", 0)
+        """Where the transaction's request came from: a failure route reads it (tm runs it on
+        the request), whatever reply came last."""
         self.vias: list[dict[str, str]] = []
         """The message's Vias, top first, each as its selects read it (``transport``,
         ``host``, ``port``, ``branch``, ``received``, ``rport``, ``params.NAME``)."""
@@ -701,6 +704,7 @@ class FakeKsr:
             **_uri_parts(ruri, "$rU", "$rd"), **_uri_parts(to or ruri, "$tU", "$td"),
         }  # fmt: skip
         self.headers = dict(headers or {})
+        self.request_source = (source, source_port)
         sent_by = {"host": source, "port": str(source_port)}
         self.vias = [{"transport": proto.upper(), **sent_by, "branch": via_branch}]
 
@@ -731,10 +735,11 @@ class FakeKsr:
     def failure(
         self, status: int, *, timeout: bool = False, replied: bool = True, canceled: bool = False
     ) -> None:
-        """The transaction's branch failed (the failure route runs next): tm's final
-        ``$T_reply_code`` (its own 408 on a timeout), whether the branch timed out, whether
-        it had any reply, whether the caller cancelled."""
+        """The transaction's branch failed (the failure route runs next, on the request: its
+        source again): tm's final ``$T_reply_code`` (its own 408 on a timeout), whether the
+        branch timed out, whether it had any reply, whether the caller cancelled."""
         self.pvs["$T_reply_code"] = status
+        self.pvs["$si"], self.pvs["$sp"] = self.request_source  # the failure route's message
         self.pvs.pop("$rs", None)
         self.pvs.pop("$T_branch_idx", None)
         self.branch_timed_out, self.branch_replied, self.canceled = timeout, replied, canceled

@@ -161,6 +161,18 @@ def test_stray_reply_from_a_pool_proxy_is_forwarded_by_its_via(node: Node, ksr: 
     assert edge_counters(ksr) == {"stray_forwarded": 1}
 
 
+def test_every_branch_of_a_dialog_forming_request_carries_the_signature(node: Node, ksr: FakeKsr):
+    """A failover's branch too: the dead node may have relayed either."""
+    node.pool(A, B, **{A: 1000.0, B: 0.001})
+    node.route("INVITE", call_id="call-1@x", source="198.51.100.7", source_port=5062)
+    node.reply(503, after_ms=10)
+    node.fail(503)
+    first, second = (relay["via_params"].get("cps") for relay in ksr.relays)
+    assert first and second == first  # the same request from the same hop: the same proof
+    node.route("MESSAGE")
+    assert ksr.relays[-1]["via_params"] == {}  # no dialog: nothing to forward late
+
+
 def test_stray_reply_goes_by_rport_and_received_as_the_request_came(node: Node, ksr: FakeKsr):
     route_invite(node)
     behind_nat = CALLER_VIA | {"host": "10.9.9.9", "port": "5099"}
