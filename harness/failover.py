@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from counterpoise import clock, processes
@@ -94,7 +95,7 @@ class Failover:
         return record
 
 
-def _shares(counts: dict[str, float]) -> dict[str, float]:
+def _shares(counts: Mapping[str, float]) -> dict[str, float]:
     total = sum(counts.values())
     return {uri: count / total if total else 0.0 for uri, count in counts.items()}
 
