@@ -163,7 +163,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--pair",
         action="store_true",
         help="run only the node pair's failover (root: network namespaces), once per VRRP "
-        "timing shipped in deploy/keepalived (1 s, 0.2 s)",
+        "timing shipped in deploy/keepalived (1 s, 0.2 s) and per balancer on the nodes "
+        "(Counterpoise, dispatcher)",
     )
     parser.add_argument("--rounds", type=int, default=overhead.ROUNDS, help="overhead rounds")
     parser.add_argument("--step-s", type=float, default=overhead.STEP_S, help="s per rate")

@@ -2,7 +2,8 @@
 (``python -m bench --pair``): SIPp calls the floating address at a steady rate with long
 calls, the active node's host dies mid-run, the standby takes the address over, the node
 comes back and takes it back. What it measures is returned; the test asserts on it, the
-benchmark reports it.
+benchmark reports it, beside the same run with Kamailio's dispatcher on the nodes
+(``harness.pair_dispatcher``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from counterpoise import clock, processes
 from counterpoise.core.settings import Settings
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
-from harness import testbed
-from harness.pair import Pair
+from harness import pair_dispatcher, testbed
+from harness.pair import Node, Pair
 
 POOL = (1.0, 1.0, 2.0)
 """The proxies' base weights."""
@@ -30,6 +32,11 @@ PUBLISHED_ANY_AGE_MS = 3_600_000
 PINNED_USER = "pinned"
 """A user the operator pinned to the first proxy (``counterpoise location pin``)."""
 PINNED_CALLS = 10
+
+COUNTERPOISE, DISPATCHER = "counterpoise", "dispatcher"
+BALANCERS = (COUNTERPOISE, DISPATCHER)
+"""What runs on the nodes: Counterpoise, or dispatcher (no shared state, no location
+routing: no weights published and no pinned user)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,7 @@ class Schedule:
 
 @dataclasses.dataclass
 class Failover:
+    balancer: str
     timing: str
     schedule: Schedule
     move_s: float
@@ -58,13 +66,15 @@ class Failover:
     """From the node's restart until it holds the address again."""
     base_shares: dict[str, float]
     weights_before: dict[str, float]
-    """The dead node's weight shares, as it last published them."""
+    """The dead node's weight shares, as it last published them (none with dispatcher)."""
     weights_after: dict[str, float]
     """The survivor's, before the node came back."""
     split_before: dict[str, float]
-    """The calls the dead node placed on each proxy, as shares."""
+    """The calls the dead node placed on each proxy, as shares (with dispatcher, which
+    publishes nothing: the calls the proxies got before the kill)."""
     split_after: dict[str, float]
-    """The calls the survivor placed while it held the address, as shares."""
+    """The calls the survivor placed while it held the address, as shares (with dispatcher:
+    the calls the proxies got from the kill until the node came back)."""
     successful: int
     failed: int
     error_codes: dict[int, int]
@@ -85,9 +95,25 @@ class Failover:
         return record
 
 
-def _shares(counts: dict[str, float]) -> dict[str, float]:
+def _shares(counts: Mapping[str, float]) -> dict[str, float]:
     total = sum(counts.values())
     return {uri: count / total if total else 0.0 for uri, count in counts.items()}
+
+
+def split_apart(run: Failover) -> float:
+    """How far apart the survivor's split and the dead node's are: the largest difference
+    of one proxy's share, in points."""
+    uris = run.split_before.keys() | run.split_after.keys()
+    return max(
+        (abs(run.split_after.get(uri, 0.0) - run.split_before.get(uri, 0.0)) * 100 for uri in uris),
+        default=0.0,
+    )
+
+
+def _calls_placed(proxies: list[testbed.Downstream], pid: int) -> dict[str, int]:
+    """The calls of SIPp ``pid`` each proxy has had so far (its Call-IDs carry the pid)."""
+    marker = f"-{pid}@"
+    return {ds.uri: sum(marker in cid for cid in ds.invite_call_ids()) for ds in proxies}
 
 
 class _Published:
@@ -120,8 +146,7 @@ def call_pinned(pair: Pair, run_dir: Path, proxies: list[testbed.Downstream]) ->
     result = caller.wait(30)
     if result.failed or result.successful != PINNED_CALLS:
         raise AssertionError(f"calls to the pinned user failed: {result.output[-2000:]}")
-    marker = f"-{caller.proc.pid}@"
-    counts = {ds.uri: sum(marker in cid for cid in ds.invite_call_ids()) for ds in proxies}
+    counts = _calls_placed(proxies, caller.proc.pid)
     return {uri: count for uri, count in counts.items() if count}
 
 
@@ -134,8 +159,15 @@ def pin(redis_url: str, name: str, proxy: str) -> None:
     )  # fmt: skip
 
 
-def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> Failover:
-    """One failover run; every process, namespace and link is gone when it returns or raises."""
+def run(
+    run_dir: Path,
+    timing: str = "1s",
+    schedule: Schedule = Schedule(),
+    balancer: str = COUNTERPOISE,
+) -> Failover:
+    """One failover run of ``balancer`` (one of ``BALANCERS``) on the nodes; every process,
+    namespace and link is gone when it returns or raises."""
+    counterpoise = balancer == COUNTERPOISE
     pair = Pair(run_dir / "pair", timing)
     with contextlib.ExitStack() as stops:
         stops.callback(pair.close)
@@ -151,22 +183,32 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
             )  # fmt: skip
             stops.callback(ds.stop)
             proxies.append(ds.start())
+        weighted = [(ds.uri, weight) for ds, weight in zip(proxies, POOL, strict=True)]
+
+        def start(name: str) -> Node:
+            if counterpoise:
+                return pair.start_node(name, settings)
+            return pair_dispatcher.start_node(pair, name, weighted)
+
         for name in ("node_a", "node_b"):
-            pair.start_node(name, settings)
+            start(name)
         pair.wait_holder("node_a", 15)
         published = _Published(pair.redis_url, settings)
-        for ds, weight in zip(proxies, POOL, strict=True):
-            published.store.add(ds.uri, weight)
-        processes.wait_for(
-            lambda: all(
-                published.records("pair-node_a").get(ds.uri, {}).get("state") in ("up", "slowstart")
-                for ds in proxies
-            ),
-            15,
-            "the pool up at node_a",
-        )
-        pin(pair.redis_url, f"{PINNED_USER}@{pair.vip}", proxies[0].uri)
-        pinned_before = call_pinned(pair, run_dir, proxies)
+        pinned_before: dict[str, int] = {}
+        if counterpoise:
+            for uri, weight in weighted:
+                published.store.add(uri, weight)
+            processes.wait_for(
+                lambda: all(
+                    published.records("pair-node_a").get(ds.uri, {}).get("state")
+                    in ("up", "slowstart")
+                    for ds in proxies
+                ),
+                15,
+                "the pool up at node_a",
+            )
+            pin(pair.redis_url, f"{PINNED_USER}@{pair.vip}", proxies[0].uri)
+            pinned_before = call_pinned(pair, run_dir, proxies)
         start_s = clock.monotonic_s()
         caller = testbed.Caller(
             f"{pair.vip}:{pair.sip_port}", run_dir, schedule.calls, schedule.rate_per_s,
@@ -177,6 +219,7 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
         weights_before = published.weights("pair-node_a")
         split_before = _shares(published.routed("pair-node_a"))
         routed_by_b = published.routed("pair-node_b")
+        placed_before = _calls_placed(proxies, caller.proc.pid)
 
         invites_before = invites_at(pair, "node_b")
         killed_s = clock.monotonic_s()  # the link goes first: the host is gone from here on
@@ -187,14 +230,20 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
             lambda: invites_at(pair, "node_b") > invites_before, 10, "an INVITE at node_b", 0.01
         )
         outage_s = clock.monotonic_s() - killed_s
-        pinned_after = call_pinned(pair, run_dir, proxies)
+        pinned_after = call_pinned(pair, run_dir, proxies) if counterpoise else {}
 
         clock.sleep_s(schedule.revive_at_s - (clock.monotonic_s() - start_s))
         weights_after = published.weights("pair-node_b")
         by_b = published.routed("pair-node_b")
         split_after = _shares({uri: by_b[uri] - routed_by_b.get(uri, 0) for uri in by_b})
+        if not counterpoise:
+            placed_after = _calls_placed(proxies, caller.proc.pid)
+            split_before = _shares(placed_before)
+            split_after = _shares(
+                {uri: placed_after[uri] - placed_before[uri] for uri in placed_after}
+            )
         revived_s = clock.monotonic_s()
-        pair.revive("node_a", settings)
+        pair.revive("node_a", start)
         pair.wait_holder("node_a", 15)
         back_s = clock.monotonic_s() - revived_s
 
@@ -203,12 +252,13 @@ def run(run_dir: Path, timing: str = "1s", schedule: Schedule = Schedule()) -> F
             cid for ds in proxies for cid in ds.invite_call_ids() if f"-{caller.proc.pid}@" in cid
         )
         return Failover(
+            balancer=balancer,
             timing=timing,
             schedule=schedule,
             move_s=move_s,
             outage_s=outage_s,
             back_s=back_s,
-            base_shares=_shares({ds.uri: w for ds, w in zip(proxies, POOL, strict=True)}),
+            base_shares=_shares(dict(weighted)),
             weights_before=weights_before,
             weights_after=weights_after,
             split_before=split_before,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from counterpoise import processes
@@ -39,6 +40,8 @@ class Node:
         self.run_dir = run_dir
         self.kamailio: processes.Process | None = None
         self.keepalived: processes.Process | None = None
+        self.check = ""
+        """keepalived's health check command; empty: Counterpoise's (``counterpoise health``)."""
 
     @property
     def rpc(self) -> Path:
@@ -90,21 +93,35 @@ class Pair:
         # The installed command, not ``python -m``: keepalived's script security runs a
         # symlink's target, and the venv's python is a symlink to the system's.
         command = Path(sys.executable).parent / "counterpoise"
-        check = f"{command} health --sip udp:${{SELF}}:{self.sip_port} --rpc {node.rpc}"
+        check = node.check or (
+            f"{command} health --sip udp:${{SELF}}:{self.sip_port} --rpc {node.rpc}"
+        )
         a, b = (self.nodes[n].host.address for n in NODES)
         parameters = {"VIP": f"{self.vip}/24", "NODE_A": a, "NODE_B": b, "CHECK": check}
         return vrrp.render(node.run_dir, parameters, self.timing)
 
     def start_node(self, name: str, base: Settings) -> Node:
-        """Kamailio in the node's namespace, then its keepalived (config-tested there)."""
-        node = self.nodes[name]
-        node.run_dir.mkdir(parents=True, exist_ok=True)
-        node.kamailio = processes.start_balancer(
-            self.settings(name, base),
+        """Counterpoise in the node's namespace, then its keepalived (config-tested there)."""
+        return self.start_node_with(name, lambda node: self._counterpoise(node, base))
+
+    def _counterpoise(self, node: Node, base: Settings) -> processes.Process:
+        return processes.start_balancer(
+            self.settings(node.name, base),
             node.run_dir,
             log_path=node.run_dir / "kamailio.log",
             netns=node.host.netns,
         )
+
+    def start_node_with(
+        self, name: str, kamailio: Callable[[Node], processes.Process], check: str = ""
+    ) -> Node:
+        """``kamailio(node)`` (a balancer started in the node's namespace, answering on its
+        own socket and on the floating address), then keepalived with the health check
+        ``check`` (empty: Counterpoise's)."""
+        node = self.nodes[name]
+        node.run_dir.mkdir(parents=True, exist_ok=True)
+        node.check = check
+        node.kamailio = kamailio(node)
         config = self.keepalived_config(name)
         tested = vrrp.config_test(node.host, config, name)
         if tested.returncode != 0:
@@ -133,11 +150,10 @@ class Pair:
         if node.host.holds(self.vip):
             node.host.run("ip", "addr", "del", f"{self.vip}/24", "dev", INSIDE_INTERFACE)
 
-    def revive(self, name: str, base: Settings) -> Node:
-        """The host is back (its link up) and its node starts again."""
-        node = self.nodes[name]
-        node.host.set_link(up=True)
-        return self.start_node(name, base)
+    def revive(self, name: str, start: Callable[[str], Node]) -> Node:
+        """The host is back (its link up) and its node starts again (``start(name)``)."""
+        self.nodes[name].host.set_link(up=True)
+        return start(name)
 
     def close(self) -> None:
         """Stop every process, newest first, then remove the LAN; each step runs even if one

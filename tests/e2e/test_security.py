@@ -3,6 +3,7 @@ downstream Kamailio proxies and raw UDP sockets, then a good call still succeeds
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -129,6 +130,61 @@ def test_stray_reply_is_not_reflected(bed: Bed) -> None:
     attacker.send(stray, balancer(bed))
     processes.wait_for(lambda: edge_counters(bed).get("stray_reply"), 5, "the stray reply count")
     assert victim.recv(QUIET_S) is None
+
+
+def test_stray_reply_from_a_pool_proxy_goes_only_where_its_request_came_from(bed: Bed) -> None:
+    """A callee answering after the proxy's transaction ended, the proxy bouncing its reply:
+    with a forged next Via it reaches nobody; with the request's own, the caller (as a pair's
+    survivor forwards the replies to what the dead node relayed)."""
+    proxy = sipwire.Responder(answer_as_proxy)
+    caller, victim = sipwire.Peer(), sipwire.Peer()
+    bed.start_balancer()
+    bed.store.add(proxy.uri, 1.0)
+    bed.wait_state(proxy.uri, ("up", "slowstart"))
+    invite = processes.wait_for(lambda: busy_call(bed, caller), 10, "a call the proxy answered")
+    late = late_reply(proxy.of_method("INVITE")[-1])
+    caller_via = sipwire.header(late, "Via")[1]
+    branch = re.search(rb";branch=[^;]+", caller_via)
+    assert branch is not None
+    to_victim = f"SIP/2.0/UDP {victim.address[0]}:{victim.address[1]}".encode() + branch.group()
+    received = f";received={victim.address[0]};rport={victim.address[1]}".encode()
+    for forged in (
+        late.replace(caller_via, to_victim),  # the victim's Via, the caller's branch
+        late.replace(caller_via, caller_via.split(b";rport")[0] + received),  # sent by caller
+    ):
+        proxy.peer.send(forged, balancer(bed))
+    processes.wait_for(lambda: edge_counters(bed).get("stray_reply") == 2, 5, "two dropped")
+    assert victim.recv(QUIET_S) is None
+    proxy.peer.send(late, balancer(bed))
+    assert answer_to(caller, 200, sipwire.header(invite, "Call-ID")[0]) is not None
+    assert edge_counters(bed).get("stray_forwarded") == 1
+    proxy.close()
+
+
+def busy_call(bed: Bed, caller: sipwire.Peer) -> bytes | None:
+    """An INVITE the proxy answered 486, None when the balancer answered it (503 until its
+    workers have the dialog key)."""
+    invite = sipwire.request("INVITE", "sip:bob@example.com", caller.address)
+    caller.send(invite, balancer(bed))
+    return invite if sipwire.status_of(caller.final_reply() or b"") == 486 else None
+
+
+def late_reply(relayed: bytes) -> bytes:
+    """A 200 to the INVITE a proxy got, sent after the balancer's transaction ended: the same
+    Vias, the balancer's branch changed so that no transaction of the balancer matches it."""
+    answer = sipwire.reply(relayed, 200, "OK", tag="late")
+    return answer.replace(b";branch=z9hG4bK", b";branch=z9hG4bKlate", 1)
+
+
+def answer_to(peer: sipwire.Peer, status: int, call_id: bytes) -> bytes | None:
+    """The first reply ``status`` of the call ``call_id`` ``peer`` receives within 5 s (the
+    486's retransmissions, never acknowledged here, come too)."""
+    deadline = time.monotonic() + 5.0
+    while (left := deadline - time.monotonic()) > 0:
+        data = peer.recv(left)
+        if data and sipwire.status_of(data) == status and call_id in data:
+            return data
+    return None
 
 
 # --- signals only from the proxies ------------------------------------------------------------

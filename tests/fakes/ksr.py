@@ -78,6 +78,10 @@ SCRIPT_VARS = frozenset({"$var(cp_index)", "$var(cp_label)"})
 """A native config's script variables the edge sets (kept in ``pvs`` too)."""
 WRITABLE_PVS = frozenset({"$ru", "$du", *SCRIPT_VARS})
 _SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval|hdr|nh)\(([^)]+)\)$")
+_VIA_SELECT = re.compile(r"^\$sel\(via\[(\d)\]\.([a-z.]+)\)$")
+"""``$sel(via[N].host)``, ``$sel(via[N].params.NAME)``: the Nth Via of ``FakeKsr.vias``."""
+_VIA_XAVP = re.compile(r"^\$xavp\(via=>([a-z]+)\)$")
+"""A field of the xavp the core's ``xavp_via_params`` names (``via``)."""
 _ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
 
@@ -192,6 +196,11 @@ class Pv(_Api):
         every = _ALL_HEADERS.match(spec)  # $(hdr(Name)[*]): the fake has one value a header
         if every:
             spec = f"$hdr({every.group(1)})"
+        via = _VIA_SELECT.match(spec)
+        if via:
+            index, field = int(via.group(1)) - 1, via.group(2)
+            found = self.ksr.vias[index] if index < len(self.ksr.vias) else {}
+            return found, field
         if spec == "$route_uri":  # rr's: the URI of the top Route
             top = re.match(r"\s*<([^>]*)>", self.ksr.header("Route") or "")
             return ({spec: top.group(1)} if top else {}), spec
@@ -226,6 +235,8 @@ class Pv(_Api):
             self.ksr.avps.setdefault(match.group(2), []).append(value)  # adds on top
         elif match and match.group(1) == "uac_req":
             self.ksr.uac_req[match.group(2)] = value
+        elif _VIA_XAVP.match(spec):
+            self.ksr.via_xavp[_VIA_XAVP.match(spec).group(1)] = _text(value)  # type: ignore[union-attr]
         elif spec in WRITABLE_PVS:
             self.ksr.pvs[spec] = value
             if spec == "$ru":
@@ -306,6 +317,7 @@ class Tm(_Api):
     def t_relay(self) -> int:
         """Runs the branch route (``t_on_branch``), then records what was sent."""
         self.ksr.record_route_params = None
+        self.ksr.via_xavp, self.ksr.via_xavp_added = {}, False
         if self.ksr.on_branch is not None:
             self.ksr.routes[self.ksr.on_branch](None)
         self.ksr.relays.append(
@@ -317,6 +329,7 @@ class Tm(_Api):
                 "on_reply": self.ksr.on_reply,
                 "on_failure": self.ksr.on_failure,
                 "record_route_params": self.ksr.record_route_params,
+                "via_params": dict(self.ksr.via_xavp) if self.ksr.via_xavp_added else {},
             }
         )
         return 1
@@ -580,6 +593,12 @@ class Corex(_Api):
     def has_ruri_user(self) -> int:
         return 1 if self.ksr.pvs.get("$rU") else -1
 
+    @_kemi
+    def via_add_xavp_params(self, flags: int) -> int:
+        """The Via of what is sent next carries the fields of ``$xavp(via)``."""
+        self.ksr.via_xavp_added = True
+        return 1
+
 
 class Uac(_Api):
     prefix = "uac."
@@ -649,6 +668,14 @@ class FakeKsr:
         self.canceled = False
         self.removed_headers: list[str] = []
         self.dropped = False
+        self.request_source: tuple[str, int] = ("", 0)
+        """Where the transaction's request came from: a failure route reads it (tm runs it on
+        the request), whatever reply came last."""
+        self.vias: list[dict[str, str]] = []
+        """The message's Vias, top first, each as its selects read it (``transport``,
+        ``host``, ``port``, ``branch``, ``received``, ``rport``, ``params.NAME``)."""
+        self.via_xavp: dict[str, str] = {}
+        self.via_xavp_added = False
 
     def request(
         self,
@@ -663,9 +690,11 @@ class FakeKsr:
         source_port: int = 5060,
         proto: str = "udp",
         call_id: str = "call-1@198.51.100.7",
+        via_branch: str = "z9hG4bK-caller-1",
     ) -> None:
-        """A new request arrives: its pseudo-variables (the To URI is ``to``, else the R-URI)
-        and headers; a new transaction (no AVPs, nothing relayed or answered yet)."""
+        """A new request arrives: its pseudo-variables (the To URI is ``to``, else the R-URI),
+        headers and Via (its source's, with ``via_branch``); a new transaction (no AVPs,
+        nothing relayed or answered yet)."""
         self._new_transaction()
         self.pvs = {
             "$rm": method, "$ru": ruri, "$si": source, "$sp": source_port, "$pr": proto,
@@ -675,6 +704,9 @@ class FakeKsr:
             **_uri_parts(ruri, "$rU", "$rd"), **_uri_parts(to or ruri, "$tU", "$td"),
         }  # fmt: skip
         self.headers = dict(headers or {})
+        self.request_source = (source, source_port)
+        sent_by = {"host": source, "port": str(source_port)}
+        self.vias = [{"transport": proto.upper(), **sent_by, "branch": via_branch}]
 
     def reply(
         self,
@@ -703,10 +735,11 @@ class FakeKsr:
     def failure(
         self, status: int, *, timeout: bool = False, replied: bool = True, canceled: bool = False
     ) -> None:
-        """The transaction's branch failed (the failure route runs next): tm's final
-        ``$T_reply_code`` (its own 408 on a timeout), whether the branch timed out, whether
-        it had any reply, whether the caller cancelled."""
+        """The transaction's branch failed (the failure route runs next, on the request: its
+        source again): tm's final ``$T_reply_code`` (its own 408 on a timeout), whether the
+        branch timed out, whether it had any reply, whether the caller cancelled."""
         self.pvs["$T_reply_code"] = status
+        self.pvs["$si"], self.pvs["$sp"] = self.request_source  # the failure route's message
         self.pvs.pop("$rs", None)
         self.pvs.pop("$T_branch_idx", None)
         self.branch_timed_out, self.branch_replied, self.canceled = timeout, replied, canceled

@@ -39,6 +39,7 @@ def test_each_branch_is_sealed_with_its_own_proxy(node: Node, ksr: FakeKsr):
     caller = dialog_seal.caller_hop("udp", "198.51.100.7", 5062)
     assert first == dialog_seal.Seal("call-1@x", "from-tag-1", dialog_seal.proxy_hop(A), caller)  # type: ignore[arg-type]
     assert second is not None and second.proxy == dialog_seal.proxy_hop(B)
+    assert second.caller == caller  # the failure route runs on the caller's request
     assert second.proxy.uri() == "sip:10.0.0.2:5060;transport=tcp"
 
 

@@ -126,13 +126,95 @@ def test_stray_reply_is_dropped_and_counted(node: Node, ksr: FakeKsr):
     assert edge_counters(ksr)["stray_reply"] == 1
 
 
+CALLER_VIA = {
+    "transport": "UDP",
+    "host": "198.51.100.7",
+    "port": "5062",
+    "branch": "z9hG4bK-caller-1",
+    "received": "",
+    "rport": "",
+}
+"""The caller's Via as the proxy's reply carries it back: sent from where it says."""
+
+
+def stray_reply(node: Node, ksr: FakeKsr, next_via: dict[str, str], **ids: str) -> None:
+    """A pool proxy's reply that matches no transaction, carrying the balancer's Via of the
+    INVITE relayed last (its signature) above ``next_via``; ``ids``: ``$ci``/``$cs`` changed."""
+    signature = ksr.relays[-1]["via_params"]["cps"]
+    ksr.pvs |= {"$si": "10.0.0.1", "$sp": 5060, "$rs": 200, **ids}
+    ksr.vias = [{"transport": "UDP", "host": "192.0.2.1", "params.cps": signature}, next_via]
+    ksr.dropped = False
+    assert node.app.ksr_reply_route(None) == 1  # t_check_trans: no transaction
+
+
+def route_invite(node: Node) -> None:
+    node.pool(A)
+    node.route("INVITE", call_id="call-1@x", source="198.51.100.7", source_port=5062)
+    assert len(node.ksr.relays) == 1 and node.ksr.relays[0]["via_params"]["cps"]
+
+
 def test_stray_reply_from_a_pool_proxy_is_forwarded_by_its_via(node: Node, ksr: FakeKsr):
     """A pair's survivor gets the replies to what the dead node relayed: the proxy's."""
+    route_invite(node)
+    stray_reply(node, ksr, CALLER_VIA)
+    assert not ksr.dropped and "X-CP-Load" in ksr.removed_headers
+    assert edge_counters(ksr) == {"stray_forwarded": 1}
+
+
+def test_every_branch_of_a_dialog_forming_request_carries_the_signature(node: Node, ksr: FakeKsr):
+    """A failover's branch too: the dead node may have relayed either."""
+    node.pool(A, B, **{A: 1000.0, B: 0.001})
+    node.route("INVITE", call_id="call-1@x", source="198.51.100.7", source_port=5062)
+    node.reply(503, after_ms=10)
+    node.fail(503)
+    first, second = (relay["via_params"].get("cps") for relay in ksr.relays)
+    assert first and second == first  # the same request from the same hop: the same proof
+    node.route("MESSAGE")
+    assert ksr.relays[-1]["via_params"] == {}  # no dialog: nothing to forward late
+
+
+def test_stray_reply_goes_by_rport_and_received_as_the_request_came(node: Node, ksr: FakeKsr):
+    route_invite(node)
+    behind_nat = CALLER_VIA | {"host": "10.9.9.9", "port": "5099"}
+    stray_reply(node, ksr, behind_nat | {"received": "198.51.100.7", "rport": "5062"})
+    assert not ksr.dropped and edge_counters(ksr) == {"stray_forwarded": 1}
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"received": "203.0.113.66"},
+        {"host": "203.0.113.66"},
+        {"rport": "5070"},
+        {"port": "5070"},
+        {"branch": "z9hG4bK-victim"},
+        {"transport": "TCP"},
+    ],
+)
+def test_stray_reply_to_another_next_via_than_the_requests_is_dropped(
+    node: Node, ksr: FakeKsr, forged: dict[str, str]
+):
+    """A callee answering late, the proxy bouncing it: a genuine signature over a forged
+    next Via sends nothing anywhere."""
+    route_invite(node)
+    stray_reply(node, ksr, CALLER_VIA | forged)
+    assert ksr.dropped and edge_counters(ksr) == {"stray_reply": 1}
+
+
+@pytest.mark.parametrize("ids", [{"$ci": "call-2@x"}, {"$cs": "2"}])
+def test_stray_reply_with_another_calls_signature_is_dropped(
+    node: Node, ksr: FakeKsr, ids: dict[str, str]
+):
+    route_invite(node)
+    stray_reply(node, ksr, CALLER_VIA, **ids)
+    assert ksr.dropped and edge_counters(ksr) == {"stray_reply": 1}
+
+
+def test_unsigned_stray_reply_from_a_pool_proxy_is_dropped(node: Node, ksr: FakeKsr):
     node.pool(A)
     ksr.request("INVITE", CALLEE, source="10.0.0.1", source_port=5060)
     assert node.app.ksr_reply_route(None) == 1  # t_check_trans: no transaction
-    assert not ksr.dropped and "X-CP-Load" in ksr.removed_headers
-    assert edge_counters(ksr) == {"stray_forwarded": 1}
+    assert ksr.dropped and edge_counters(ksr) == {"stray_reply": 1}
 
 
 # --- hostile bytes and guarded hooks ------------------------------------------------------------

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from counterpoise.core import edge
 from counterpoise.core.untrusted import BadRecord, untrusted
@@ -132,17 +132,23 @@ class Seal:
     proxy: Hop
     caller: Hop
 
-    def message(self) -> bytes:
-        """Length-prefixed fields: no two different seals sign the same bytes."""
-        fields = (self.call_id, self.from_tag, self.proxy.sealed(), self.caller.sealed())
-        return b"cpd1" + b"".join(
-            len(data).to_bytes(4, "big") + data for data in (f.encode() for f in fields)
-        )
+    def fields(self) -> tuple[str, ...]:
+        return self.call_id, self.from_tag, self.proxy.sealed(), self.caller.sealed()
+
+
+def keyed_mac(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
+    """HMAC-SHA256 over length-prefixed fields (no two different field lists sign the same
+    bytes) after ``purpose`` (a signature made for one use is no signature for another),
+    cut to ``MAC_BYTES``, URL-safe base64: a SIP parameter value."""
+    message = purpose + b"".join(
+        len(data).to_bytes(4, "big") + data for data in (field.encode() for field in fields)
+    )
+    mac = hmac.new(secret, message, hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def signature(secret: bytes, seal: Seal) -> str:
-    mac = hmac.new(secret, seal.message(), hashlib.sha256).digest()[:MAC_BYTES]
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return keyed_mac(secret, b"cpd1", seal.fields())
 
 
 def record_route_params(key_id: str, secret: bytes, seal: Seal) -> str:
@@ -168,6 +174,11 @@ SecretOf = Callable[[str], bytes | None]
 """A key id's secret, None when the ring has no such key."""
 
 
+def named_secret(key_id: str, secret_of: SecretOf) -> bytes | None:
+    """The secret of the key a hostile parameter names, None when it names none."""
+    return secret_of(key_id) if _KEY_ID.match(key_id) else None
+
+
 def read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
     """The seal of a Route URI when its signature is valid under the key it names, else
     None. Whatever a hostile Route holds, the answer is a Seal or None."""
@@ -184,7 +195,7 @@ def _read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None
     if not all(values) or not from_tag or any(len(v) > _MAX_PARAM_CHARS for v in values):
         return None
     key_id, _, mac = values[0].partition(".")
-    secret = secret_of(key_id) if _KEY_ID.match(key_id) else None
+    secret = named_secret(key_id, secret_of)
     proxy, caller = _parse_hop(values[1], True), _parse_hop(values[2], False)
     if secret is None or proxy is None or caller is None:
         return None

@@ -19,7 +19,16 @@ import random
 import KSR
 
 from counterpoise import clock
-from counterpoise.core import admission, attempts, dialog_seal, edge, hold, location, reports
+from counterpoise.core import (
+    admission,
+    attempts,
+    dialog_seal,
+    edge,
+    hold,
+    location,
+    reports,
+    stray,
+)
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.sync import SyncLoop
@@ -54,6 +63,10 @@ LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
 LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
 """Added to every request relayed: the proxy states its load only to a request that asks."""
+
+VIA_XAVP = "via"
+"""The xavp the core parameter ``xavp_via_params`` names in both configs (Kamailio's own
+example's name): its fields are added to the Via of the requests it marks."""
 
 SHED_REASON = "Over Capacity"
 """Reason phrase of the 503 a shed request gets (``core.admission``)."""
@@ -139,7 +152,9 @@ class Balancer:
         forwarding to its next Via would reflect it), unless a pool proxy sends it: then it
         answers a request the other node of a pair relayed before it died (the floating
         address moved here), and Kamailio forwards it by its next Via, so the call in set-up
-        completes (the 200's retransmissions) or ends (a final error)."""
+        completes (the 200's retransmissions) or ends (a final error); but only when the
+        signature in the balancer's Via proves that next Via is the one that request came
+        from (``core.stray``): a proxy bouncing a callee's forged reply reflects nothing."""
         status = read.number("$rs")
         if status is not None and not attempts.is_proxy_failure(status):
             host, port = _source()
@@ -147,7 +162,7 @@ class Balancer:
         KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
         if KSR.tm.t_check_trans() < 0:
             self.refresh()  # the pool as of now: a standby may have routed nothing yet
-            if self.trusted():
+            if self.trusted() and _stray_reply_verifies():
                 EDGE.count("stray_forwarded")
                 return TRUE
             EDGE.count("stray_reply")
@@ -353,6 +368,7 @@ class Balancer:
             return 1
         seal = dialog_seal.Seal(call_id, from_tag, proxy, caller)
         KSR.rr.record_route_params(dialog_seal.record_route_params(*key, seal))
+        _sign_via(key, call_id, caller)
         return 1
 
     def _pick(self) -> str | None:
@@ -689,6 +705,38 @@ def _source() -> edge.Address:
 def _stream() -> bool:
     """Whether the message being handled came over a connection (TCP, TLS), not UDP."""
     return read.text("$pr") not in ("udp", None)
+
+
+_VIA_FIELDS = ("transport", "host", "port", "received", "rport", "branch")
+"""What of the next Via Kamailio forwards a reply by, in ``stray.reply_upstream``'s order."""
+
+
+def _sign_via(key: tuple[str, bytes], call_id: str, caller: dialog_seal.Hop) -> None:
+    """The balancer's Via of this branch carries the signature by which any node of the pool
+    may forward a reply that outlived its transaction (``core.stray``): the core's
+    ``xavp_via_params`` names the xavp whose fields become Via parameters."""
+    branch, method = read.text("$sel(via[1].branch)"), read.text("$rm")
+    cseq = stray.cseq_number(read.text("$cs"))
+    upstream = stray.request_upstream(caller.transport, caller.host, caller.port, branch or "")
+    if upstream is None or cseq is None or not method:
+        return
+    param = stray.signed(*key, call_id, cseq, method, upstream)
+    KSR.pv.sets(f"$xavp({VIA_XAVP}=>{stray.STRAY_PARAM})", param)
+    KSR.corex.via_add_xavp_params(1)
+
+
+def _stray_reply_verifies() -> bool:
+    """Whether the reply being handled carries, in its top Via, the signature of the request
+    it answers, made for its next Via (``core.stray``)."""
+    upstream = stray.reply_upstream(*(read.text(f"$sel(via[2].{field})") for field in _VIA_FIELDS))
+    return stray.verifies(
+        read.text(f"$sel(via[1].params.{stray.STRAY_PARAM})"),
+        read.text("$ci"),
+        read.text("$cs"),
+        read.text("$rm"),
+        upstream,
+        dialog_keys.secret,
+    )
 
 
 def _notice(text: str) -> None:
