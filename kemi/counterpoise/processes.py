@@ -444,7 +444,8 @@ def start_balancer(
 ) -> Process:
     """Start Kamailio with the project's kamailio.cfg and wait until it answers OPTIONS on its
     first socket. Its log goes to ``log_path`` (None: this process's stderr); ``repo`` is the
-    source tree whose kamailio.cfg and kemi/ run (the benchmark compares versions); ``netns``
+    source tree whose kamailio.cfg and kemi/ run (the benchmark compares versions: another
+    tree is given only the settings that differ from the defaults); ``netns``
     a network namespace (``ip netns``) to run it in, whose first socket this one reaches."""
     sockets = settings.node.listen_sockets()
     if not netns:  # a namespace's addresses cannot be bound from here: Kamailio says if taken
@@ -461,7 +462,7 @@ def start_balancer(
     if not settings.probes.probe_contact_uri:
         contact = sockets[0].uri("counterpoise")
         settings = settings.with_values(probe_contact_uri=contact)
-    env = {**to_environ(settings), **interpreter.environ()}
+    env = {**to_environ(settings, changed_only=repo != REPO), **interpreter.environ()}
     argv = balancer_argv(settings, run_dir, repo)  # writes the tls module's file into run_dir
     if settings.node.user:
         # Last, once up has written its files: Kamailio writes its pid file and control

@@ -125,6 +125,17 @@ def test_to_environ_round_trips_defaults():
     assert load_settings(env) == Settings()
 
 
+def test_to_environ_for_another_version_holds_only_what_differs_from_the_defaults():
+    settings = Settings.of(node_id="node-a", fr_timer_ms=800)
+    env = to_environ(settings, changed_only=True)
+    assert env == {
+        CONFIG_ENV: "",
+        ENV_PREFIX + "NODE_ID": "node-a",
+        ENV_PREFIX + "FR_TIMER_MS": "800",
+    }
+    assert load_settings(env) == settings
+
+
 def test_to_environ_round_trips_custom_settings():
     settings = Settings.of(
         redis_url="redis://127.0.0.1:7000/2",

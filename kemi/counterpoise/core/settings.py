@@ -987,12 +987,18 @@ def _choices(kind: type[enum.Enum]) -> str:
     return " or ".join(str(member) for member in kind)
 
 
-def to_environ(settings: Settings) -> dict[str, str]:
+def to_environ(settings: Settings, changed_only: bool = False) -> dict[str, str]:
     """The ``COUNTERPOISE_*`` variables that reproduce ``settings`` in another process (with
-    no config file: they hold every value)."""
+    no config file: they hold every value). ``changed_only``: only those that differ from
+    the defaults, for another version of Counterpoise, which may not know every name."""
+    defaults = Settings()
     return {
         CONFIG_ENV: "",
-        **{ENV_PREFIX + name.upper(): as_text(settings.value(name)) for name in FIELDS},
+        **{
+            ENV_PREFIX + name.upper(): as_text(settings.value(name))
+            for name in FIELDS
+            if not changed_only or settings.value(name) != defaults.value(name)
+        },
     }
 
 
