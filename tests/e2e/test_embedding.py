@@ -216,13 +216,12 @@ def test_a_registered_user_is_called_through_the_registrar_that_holds_her(
     }
 
 
-@pytest.mark.parametrize("operator_env", [{"COUNTERPOISE_SHED_HOLD_MS": "0"}], ids=["no shed"])
 def test_calls_beyond_the_pools_capacity_are_held_and_all_answered(
     bed: Bed, embedded: stock.StockKamailio
 ) -> None:
     """``select`` holds them (0: the config's route stops); the release timer resumes each
     in the include's release route (native) or the inherited method (KEMI), which relays it
-    with the config's Record-Route. Holding alone: shedding is off."""
+    with the config's Record-Route. Holding alone: shedding is off, the default."""
     a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
     bed.add_pool((a, 1), (b, 1))
     # One worker each, 200 ms per INVITE: 10 calls/s for the pool, offered 15 calls/s.
@@ -237,6 +236,7 @@ def test_calls_beyond_the_pools_capacity_are_held_and_all_answered(
     assert "Traceback" not in embedded.log()
 
 
+@pytest.mark.parametrize("operator_env", [{"COUNTERPOISE_SHED_HOLD_MS": "100"}], ids=["shed"])
 def test_calls_far_beyond_the_pools_capacity_are_shed_with_a_fast_503(
     bed: Bed, embedded: stock.StockKamailio
 ) -> None:

@@ -96,7 +96,7 @@ def test_calls_beyond_the_pools_capacity_wait_at_the_balancer_and_are_all_answer
     hold_max_ms (67 of 67 in one run) and 46 of 90 calls got the test proxies' 408."""
     bed.start_uas(ring_ms=ring_ms)
     a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
-    bed.start_balancer(shed_hold_ms=0)  # holding alone: tests/e2e/test_shedding.py sheds
+    bed.start_balancer()  # holding alone (the default): tests/e2e/test_shedding.py sheds
     bed.add_pool((a, 1), (b, 1))
     # One worker each, 200 ms per INVITE: 10 calls/s for the pool. Offered 15 calls/s for
     # 6 s, both proxies queue past hold_queue_ms and the calls beyond their limits are

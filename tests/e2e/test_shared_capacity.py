@@ -29,9 +29,9 @@ def test_two_nodes_keep_one_proxys_requests_in_flight_within_its_limit(bed: Bed)
     a.set_delay_ms(DELAY_MS)
     nodes = []
     for name in ("lb1", "lb2"):
-        # Shedding off: the limits alone, holding every call, are what is measured here
-        # (tests/e2e/test_shedding.py turns the excess away).
-        bed.start_balancer(name=name, publish_interval_ms=200, shed_hold_ms=0)
+        # Shedding off (the default): the limits alone, holding every call, are what is
+        # measured here (tests/e2e/test_shedding.py turns the excess away).
+        bed.start_balancer(name=name, publish_interval_ms=200)
         nodes.append((bed.settings.node.node_name(), bed.balancer_port))
         if name == "lb1":
             bed.add_pool((a, 1))

@@ -18,7 +18,7 @@ def test_past_capacity_the_excess_gets_a_fast_503_and_the_admitted_calls_complet
     bed: Bed,
 ) -> None:
     a, b = bed.start_downstream("a", workers=1), bed.start_downstream("b", workers=1)
-    bed.start_balancer()
+    bed.start_balancer(shed_hold_ms=100)  # off by default
     bed.add_pool((a, 1), (b, 1))
     # One worker each, 200 ms per INVITE: 10 calls/s for the pool.
     a.set_delay_ms(200)

@@ -554,16 +554,18 @@ class TimerSettings(Group):
         " well within a caller's patience.",
     )
     shed_hold_ms: int = setting(
-        100,
+        0,
         NOT_NEGATIVE,
         at_most(2000),
         meaning="When every weighted proxy is queueing at its limit and the requests held already"
         " take the pool this long to drain (held over the pool's completed requests per second),"
         " a new initial request is answered 503 with `Retry-After` at once instead of held; 0:"
-        " never shed, hold as before (ms).",
-        why="Past the pool's capacity every held call waits, the admitted ones included: a tenth"
-        " of a second of backlog keeps every proxy fed (each also queues `hold_queue_ms`) while"
-        " the excess hears its 503 in the time of a round trip.",
+        " never shed, hold as before (ms). 100 is the value the benchmarks measure.",
+        why="Off by default: the limits follow each proxy's measured throughput, which lags a"
+        " sudden step in load, and an upstream stepping to 2000 calls/s on a fast pool had a"
+        " third of its calls shed that holding carried (`bash scripts/bench.sh --overhead`,"
+        " saturation run). Past a known capacity, 100 keeps every proxy fed while the excess"
+        " hears its 503 in the time of a round trip.",
     )
     shed_outage_grace_ms: int = setting(
         10_000,
