@@ -210,6 +210,38 @@ def test_stray_reply_with_another_calls_signature_is_dropped(
     assert ksr.dropped and edge_counters(ksr) == {"stray_reply": 1}
 
 
+def test_stray_reply_whose_check_fails_is_dropped(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """Fail closed: a check that raises is no proof, and the reply goes nowhere."""
+    route_invite(node)
+
+    def broken() -> bool:
+        raise ValueError("unreadable Via")
+
+    from counterpoise.kamailio import app  # imported with the fake KSR in place
+
+    monkeypatch.setattr(app, "_stray_reply_verifies", broken)
+    stray_reply(node, ksr, CALLER_VIA)
+    assert ksr.dropped
+    assert edge_counters(ksr) == {"stray_reply": 1, "error_stray_reply": 1}
+
+
+def test_stray_reply_is_dropped_when_the_sign_of_life_fails(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """Whatever fails before the transaction check, a stray reply is not forwarded."""
+
+    def broken(uri: str, now_ms: int) -> None:
+        raise RuntimeError("shared memory full")
+
+    monkeypatch.setattr(node.app.balancer.view, "note_heard", broken)
+    ksr.request("INVITE", CALLEE)
+    ksr.pvs |= {"$rs": 200}
+    assert node.app.ksr_reply_route(None) == 1
+    assert ksr.dropped and edge_counters(ksr)["stray_reply"] == 1
+
+
 def test_unsigned_stray_reply_from_a_pool_proxy_is_dropped(node: Node, ksr: FakeKsr):
     node.pool(A)
     ksr.request("INVITE", CALLEE, source="10.0.0.1", source_port=5060)

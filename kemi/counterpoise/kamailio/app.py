@@ -155,19 +155,31 @@ class Balancer:
         completes (the 200's retransmissions) or ends (a final error); but only when the
         signature in the balancer's Via proves that next Via is the one that request came
         from (``core.stray``): a proxy bouncing a callee's forged reply reflects nothing."""
-        status = read.number("$rs")
-        if status is not None and not attempts.is_proxy_failure(status):
-            host, port = _source()
-            self.view.note_heard(f"sip:{host}:{port}", clock.monotonic_ms())
-        KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
-        if KSR.tm.t_check_trans() < 0:
-            self.refresh()  # the pool as of now: a standby may have routed nothing yet
-            if self.trusted() and _stray_reply_verifies():
-                EDGE.count("stray_forwarded")
-                return TRUE
-            EDGE.count("stray_reply")
-            KSR.set_drop()
+        try:
+            status = read.number("$rs")
+            if status is not None and not attempts.is_proxy_failure(status):
+                host, port = _source()
+                self.view.note_heard(f"sip:{host}:{port}", clock.monotonic_ms())
+            KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
+        finally:  # whatever failed above, a stray reply goes on only when proven
+            if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
+                EDGE.count("stray_reply")
+                KSR.set_drop()
         return TRUE
+
+    def _forwards_stray(self) -> bool:
+        """Whether a reply that matches no transaction is forwarded by its next Via (counted):
+        only when a pool proxy sent it and it proves where its request came from. A failure
+        of that check, whatever it is, is no proof: it fails closed."""
+        try:
+            self.refresh()  # the pool as of now: a standby may have routed nothing yet
+            forwarded = self.trusted() and _stray_reply_verifies()
+        except Exception as error:  # caught broadly: an unproven reply is dropped
+            guard.failed("stray reply", error)
+            return False
+        if forwarded:
+            EDGE.count("stray_forwarded")
+        return forwarded
 
     # --- requests ----------------------------------------------------------------------------
 
