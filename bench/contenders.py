@@ -25,6 +25,9 @@ DISPATCHER_CFG = Path(__file__).resolve().parent / "dispatcher.cfg"
 KEMI_RELAY_CFG = Path(__file__).resolve().parent / "kemi_relay.cfg"
 """The same relay as ``dispatcher.cfg`` written as a minimal Python KEMI script
 (``kemi_relay.py``): what any Python KEMI balancer pays before doing anything of its own."""
+PY_PICK_SCRIPT = Path(__file__).resolve().parent / "py_pick.py"
+"""``dispatcher.cfg``'s relay deciding each initial request in Python (``DS_PY_SCRIPT``): the
+least a design that decides in Python per call pays."""
 EMBEDDED_CFG = Path(__file__).resolve().parent / "embedded.cfg"
 """``dispatcher.cfg``'s relay calling Counterpoise embedded in it (docs/embedding.md)."""
 
@@ -141,6 +144,9 @@ class Contender:
     """Counterpoise with its Prometheus endpoint on (``metrics_listen``, a free port)."""
     embedded: bool = False
     """Counterpoise embedded in a native config (``embedded.cfg``), not ``up``'s own."""
+    python_entries: int = 0
+    """A native dispatcher contender that enters Python (``py_pick.py``) this many times per
+    call: 1 for the pick of the initial request, 2 for the final reply as well."""
 
     @property
     def native(self) -> bool:
@@ -220,12 +226,16 @@ class Contender:
         }
         if self.cfg == KEMI_RELAY_CFG:
             defines["DS_KEMI_SCRIPT"] = str(KEMI_RELAY_CFG.with_suffix(".py"))
+        if self.python_entries:
+            defines["DS_PY_SCRIPT"] = str(PY_PICK_SCRIPT)
         argv = processes.kamailio_argv(
             self.cfg, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
         )
         argv += ["-m", str(SHM_MB)]
         if self.alg == 10:
             argv += ["-A", "WITH_CALL_LOAD"]
+        if self.python_entries > 1:
+            argv += ["-A", "DS_PY_FINAL"]
         proc = processes.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
         proc.ensure_started(
             lambda: dispatcher_active(ctl, len(targets)),
@@ -370,6 +380,13 @@ CONTENDERS = (
 
 OVERHEAD_ONLY = (
     Contender("kemi4", "minimal Python KEMI relay, dispatcher alg 4", 4, cfg=KEMI_RELAY_CFG),
+    Contender("py1", "native relay, alg 4 picked in Python (1 entry a call)", 4, python_entries=1),
+    Contender(
+        "py2",
+        "native relay, alg 4 picked in Python, final reply too (2 entries)",
+        4,
+        python_entries=2,
+    ),
     Contender(
         "cp-noloc", "Counterpoise, location server off", settings=(("location_server", False),)
     ),
@@ -381,7 +398,8 @@ OVERHEAD_ONLY = (
     Contender("cp-metrics", "Counterpoise, metrics endpoint on (not scraped)", metrics=True),
     Contender("cp-native", "Counterpoise embedded in a native config", embedded=True),
 )
-"""Contenders of the overhead bench only: the Python KEMI floor, Counterpoise without its
+"""Contenders of the overhead bench only: the Python KEMI floor, the floors of a native relay
+that enters Python once or twice a call, Counterpoise without its
 location server, without its lookup cache, with its metrics endpoint on, and embedded in a
 native config (its KEMI form is ``counterpoise``: ``up``'s own config is a KEMI user of the
 same ``Balancer``)."""
