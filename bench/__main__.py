@@ -179,6 +179,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(0: no saturation run)",
     )
     parser.add_argument(
+        "--saturation-cpus",
+        type=float,
+        default=overhead.SATURATION_CPUS,
+        help="overhead: CPUs the balancer (Kamailio and Redis) may use in the saturation run, "
+        "a CPU-quota cgroup (root; 0: unconfined)",
+    )
+    parser.add_argument(
         "--compare",
         action="append",
         default=[],
@@ -370,6 +377,7 @@ def run_overhead(args: argparse.Namespace) -> int:
             not args.no_sustained,
             keep,
             saturation_rate=args.saturation_rate,
+            saturation_cpus=args.saturation_cpus,
             saturating=saturating,
         )
     finally:

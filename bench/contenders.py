@@ -9,7 +9,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from harness import testbed
@@ -60,10 +60,10 @@ BENCH_SOURCE_LIMIT = 1_000_000
 """Requests per second one source may send the bench's balancer (``flood_requests_per_s``)."""
 
 
-def group_cpu_seconds(session_id: int) -> float:
-    """User plus system CPU seconds of the live processes of one session (a Kamailio and
-    the workers it forked: ``processes.Process`` starts each in its own session)."""
-    total = 0
+def _session_stats(session_id: int) -> Iterator[tuple[int, list[bytes]]]:
+    """Each live process of one session (a Kamailio and the workers it forked:
+    ``processes.Process`` starts each in its own session): its pid and the fields of its
+    /proc stat after the command (fields[0] is the state, field 3 of proc(5))."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -72,10 +72,15 @@ def group_cpu_seconds(session_id: int) -> float:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        # fields[0] is the state (field 3 of proc(5)); session is field 6, utime 14, stime 15.
-        if int(fields[3]) == session_id:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        if int(fields[3]) == session_id:  # field 6 of proc(5): the session
+            yield int(entry.name), fields
+
+
+def group_cpu_seconds(session_id: int) -> float:
+    """User plus system CPU seconds (fields 14 and 15 of proc(5)) of the live processes of
+    one session."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _session_stats(session_id))
+    return ticks / CLOCK_TICKS
 
 
 @dataclasses.dataclass
@@ -86,6 +91,8 @@ class Running:
     proc: processes.Process
     extra_cpu: Callable[[], float] = lambda: 0.0
     """CPU seconds of the state store it relies on (Counterpoise's Redis), reported apart."""
+    store_pid: int | None = None
+    """That store's process, confined with the balancer in the saturation run."""
 
     @property
     def ports(self) -> list[int]:
@@ -94,6 +101,11 @@ class Running:
 
     def cpu_seconds(self) -> float:
         return group_cpu_seconds(self.proc.pid)
+
+    def pids(self) -> list[int]:
+        """Every process the balancer needs: its Kamailio processes and its store."""
+        own = [pid for pid, _ in _session_stats(self.proc.pid)]
+        return own + ([self.store_pid] if self.store_pid is not None else [])
 
     def stop(self) -> None:
         self.proc.stop()
@@ -349,7 +361,7 @@ def _when_usable(
 
     proc.ensure_started(all_usable, READY_TIMEOUT_S, "Counterpoise to see every proxy up")
     redis_pid = int(store.client.info("server")["process_id"])
-    return Running(port, proc, lambda: group_cpu_seconds(redis_pid))
+    return Running(port, proc, lambda: group_cpu_seconds(redis_pid), redis_pid)
 
 
 def _rweight(value: int) -> Callable[[str, float, float], str]:

@@ -13,6 +13,7 @@ then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import statistics
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from bench import capacity, drive
+from bench import capacity, cpu_quota, drive
 from bench.contenders import BY_NAME, Contender, Running
 from bench.pool import Target
 
@@ -53,8 +54,12 @@ SUSTAINED_TRIES = 2
 two cores and one burst of theirs fails a step."""
 SUSTAINED_CONTENDERS = ("counterpoise", "ds4")
 SATURATION_RATE = 1500
-"""Calls/s offered in the saturation run: past what two cores sustain for SIPp's caller
-and callee and any of the balancers, so that the host is the bottleneck."""
+"""Calls/s offered in the saturation run: past what ``SATURATION_CPUS`` sustain for any of
+the balancers, and within what the rest of the cores sustain for SIPp's caller and callee."""
+SATURATION_CPUS = 0.5
+"""CPUs the balancer (its Kamailio and its Redis) may use in the saturation run
+(``cpu_quota``): a host it fills, where native alg 4 takes about 1000 calls/s, so the
+balancer is the bottleneck and not SIPp; 0 runs it unconfined."""
 SATURATION_S = 6.0
 SATURATION_HOLD_MS = 3000
 """Calls held longer than in the rates above: more dialogs in flight, as on a loaded host."""
@@ -148,15 +153,17 @@ def saturation_round(
     redis_url: str,
     rate: float,
     say: Callable[[str], None],
+    cpus: float = SATURATION_CPUS,
 ) -> dict:
     """Each contender in turn (order rotated by ``index``) offered ``rate`` calls/s: how
-    many it answered. Every process on the machine competes for the same cores, as for a
-    user whose host is the bottleneck."""
+    many it answered, its processes confined to ``cpus`` CPUs (0: not confined)."""
     record: dict = {"round": index + 1, "loadavg_start": os.getloadavg(), "steps": []}
     turns = warm_turns(contenders, index, work, "saturation", uas, redis_url)
     for contender, running, run_dir in turns:
         load = drive.Load(rate, SATURATION_HOLD_MS)
-        m = drive.measure(running, None, None, run_dir / "load", load, SATURATION_S)
+        quota = cpu_quota.confined(running.pids(), cpus) if cpus else contextlib.nullcontext()
+        with quota:
+            m = drive.measure(running, None, None, run_dir / "load", load, SATURATION_S)
         answered = m.sipp.attempted - m.sipp.failed
         record["steps"].append(
             {
@@ -168,6 +175,7 @@ def saturation_round(
                 "cpu_s": m.cpu_s,
                 "store_cpu_s": m.store_cpu_s,
                 "machine_busy": m.machine_busy,
+                "cpus": cpus,
             }
         )
         say(
@@ -190,6 +198,7 @@ def run(
     say: Callable[[str], None] = print,
     saturation_rate: float = SATURATION_RATE,
     saturating: Sequence[str] = SATURATION_CONTENDERS,
+    saturation_cpus: float = SATURATION_CPUS,
 ) -> dict:
     """The rounds at ``RATES``, the saturation rounds at ``saturation_rate`` (0: none) of
     the contenders of ``names`` that ``saturating`` lists, the sustained ramp."""
@@ -216,7 +225,9 @@ def run(
     for index in range(rounds if saturation_rate and saturated else 0):
         say(f"saturation round {index + 1}/{rounds}, load average {os.getloadavg()}")
         result["saturation"].append(
-            saturation_round(index, saturated, uas, work, redis_url, saturation_rate, say)
+            saturation_round(
+                index, saturated, uas, work, redis_url, saturation_rate, say, saturation_cpus
+            )
         )
         save(result)
     if sustained:
@@ -322,17 +333,25 @@ def render_saturation(result: dict) -> list[str]:
     ref = result["reference"]
     names = list(dict.fromkeys(s["contender"] for r in records for s in r["steps"]))
     rate = records[0]["steps"][0]["rate"]
+    cpus = records[0]["steps"][0].get("cpus", 0)
+    host = (
+        f"its Kamailio and Redis confined to {cpus:g} CPU by a CPU-quota cgroup "
+        "(bench/cpu_quota.py), SIPp's caller and callee on the rest of the cores, so the "
+        "balancer is the bottleneck"
+        if cpus
+        else "past what the host takes with SIPp's caller and callee on the same cores"
+    )
     lines = [
         f"## Saturation: answered calls/s at {rate:g} calls/s offered",
         "",
         f"Each contender offered {rate:g} calls/s for {SATURATION_S:g} s (calls held "
-        f"{SATURATION_HOLD_MS} ms), past what the host takes with SIPp's caller and callee on "
-        f"the same cores; {len(records)} rounds alternating the contenders, medians. A call "
-        "counts as answered when SIPp's caller completed it (its 200 came before the caller's "
-        "timeout).",
+        f"{SATURATION_HOLD_MS} ms), {host}; {len(records)} rounds alternating the contenders, "
+        "medians. A call counts as answered when SIPp's caller completed it (its 200 came "
+        "before the caller's timeout). Balancer CPU: the CPU seconds its processes used in the "
+        "step (the calls' holding time and the callers' last retransmissions included).",
         "",
-        f"| contender | answered calls/s | answered | vs {ref} | machine busy |",
-        "|---|---|---|---|---|",
+        f"| contender | answered calls/s | answered | vs {ref} | balancer CPU s | machine busy |",
+        "|---|---|---|---|---|---|",
     ]
     reference = answered_per_s(result, ref)
     for name in names:
@@ -340,8 +359,10 @@ def render_saturation(result: dict) -> list[str]:
         value = answered_per_s(result, name)
         share = statistics.median(s["answered"] / max(1, s["calls"]) for s in steps)
         busy = statistics.median(s["machine_busy"] for s in steps)
+        used = statistics.median(s["cpu_s"] + s["store_cpu_s"] for s in steps)
         lines.append(
-            f"| {name} | {_ms(value, 0)} | {share:.0%} | {_ratio(value, reference)} | {busy:.0%} |"
+            f"| {name} | {_ms(value, 0)} | {share:.0%} | {_ratio(value, reference)} "
+            f"| {used:.1f} | {busy:.0%} |"
         )
     return ["", *lines]
 
