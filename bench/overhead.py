@@ -27,9 +27,10 @@ from bench.pool import Target
 
 RATES = (100, 300, 1000)
 """Calls/s: most deployments run tens to a few hundred per node (issue 15)."""
-CONTENDERS = ("ds4", "kemi4", "counterpoise", "cp-noloc", "cp-metrics")
-"""Native alg 4 (the reference), the minimal Python KEMI relay (the floor of any Python
-KEMI balancer), Counterpoise with and without its location server, and with its metrics
+CONTENDERS = ("ds4", "kemi4", "py1", "py2", "counterpoise", "cp-noloc", "cp-metrics")
+"""Native alg 4 (the reference), the minimal Python KEMI relay (every message in Python),
+the native relay that enters Python once or twice a call (the floor of a design that decides
+in Python), Counterpoise with and without its location server, and with its metrics
 endpoint on (the others have it off, the default)."""
 REFERENCE = "ds4"
 ROUNDS = 3
