@@ -116,7 +116,7 @@ def _calls_placed(proxies: list[testbed.Downstream], pid: int) -> dict[str, int]
     return {ds.uri: sum(marker in cid for cid in ds.invite_call_ids()) for ds in proxies}
 
 
-class _Published:
+class Published:
     def __init__(self, redis_url: str, settings: Settings) -> None:
         self.store = PoolStore(connect(redis_url, 1000), settings.redis.key_prefix)
 
@@ -128,6 +128,11 @@ class _Published:
 
     def weights(self, node: str) -> dict[str, float]:
         return {uri: r["share"] for uri, r in self.records(node).items()}
+
+    def usable(self, node: str, uris: list[str]) -> bool:
+        """Whether ``node`` has published every one of ``uris`` up (or slowly starting)."""
+        records = self.records(node)
+        return all(records.get(uri, {}).get("state") in ("up", "slowstart") for uri in uris)
 
 
 def invites_at(pair: Pair, name: str) -> int:
@@ -159,6 +164,24 @@ def pin(redis_url: str, name: str, proxy: str) -> None:
     )  # fmt: skip
 
 
+def start_pool(
+    pair: Pair, run_dir: Path, size: int, uas_scenario: str, stops: contextlib.ExitStack
+) -> list[testbed.Downstream]:
+    """``size`` proxies on the pair's LAN address in front of one SIPp UAS playing
+    ``uas_scenario``, each logging the Call-IDs of its INVITEs; stopped by ``stops``."""
+    uas_port = processes.free_port()
+    stops.callback(testbed.start_uas(uas_port, run_dir, uas_scenario).stop)
+    proxies = []
+    for n in range(size):
+        ds = testbed.Downstream(
+            f"p{n + 1}", processes.free_port(), 2, f"sip:127.0.0.1:{uas_port}", run_dir,
+            registrar=False, host=pair.lan.address, call_log=True,
+        )  # fmt: skip
+        stops.callback(ds.stop)
+        proxies.append(ds.start())
+    return proxies
+
+
 def run(
     run_dir: Path,
     timing: str = "1s",
@@ -173,16 +196,7 @@ def run(
         stops.callback(pair.close)
         pair.open()
         settings = Settings.of(redis_url=pair.redis_url)
-        uas_port = processes.free_port()
-        stops.callback(testbed.start_uas(uas_port, run_dir).stop)
-        proxies = []
-        for n in range(len(POOL)):
-            ds = testbed.Downstream(
-                f"p{n + 1}", processes.free_port(), 2, f"sip:127.0.0.1:{uas_port}", run_dir,
-                registrar=False, host=pair.lan.address, call_log=True,
-            )  # fmt: skip
-            stops.callback(ds.stop)
-            proxies.append(ds.start())
+        proxies = start_pool(pair, run_dir, len(POOL), "uas.xml", stops)
         weighted = [(ds.uri, weight) for ds, weight in zip(proxies, POOL, strict=True)]
 
         def start(name: str) -> Node:
@@ -193,17 +207,13 @@ def run(
         for name in ("node_a", "node_b"):
             start(name)
         pair.wait_holder("node_a", 15)
-        published = _Published(pair.redis_url, settings)
+        published = Published(pair.redis_url, settings)
         pinned_before: dict[str, int] = {}
         if counterpoise:
             for uri, weight in weighted:
                 published.store.add(uri, weight)
             processes.wait_for(
-                lambda: all(
-                    published.records("pair-node_a").get(ds.uri, {}).get("state")
-                    in ("up", "slowstart")
-                    for ds in proxies
-                ),
+                lambda: published.usable("pair-node_a", [ds.uri for ds in proxies]),
                 15,
                 "the pool up at node_a",
             )

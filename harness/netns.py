@@ -58,7 +58,7 @@ class Host:
 class Lan:
     """A bridge at ``{prefix}.1/24`` and the hosts added to it (``{prefix}.{10 + n}``)."""
 
-    def __init__(self, prefix: str = "10.231.77") -> None:
+    def __init__(self, prefix: str) -> None:
         self.tag = f"{os.getpid() % 100_000}x{next(_lans)}y"  # y: no tag begins another
         self.prefix = prefix
         self.bridge = f"cpbr{self.tag}"

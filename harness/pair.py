@@ -27,6 +27,9 @@ NONLOCAL_BIND = "net.ipv4.ip_nonlocal_bind=1"
 """Both nodes listen on the floating address, the standby before it holds it: Kamailio then
 takes over without a restart."""
 
+LAN_PREFIX = "10.231.77"
+"""The LAN of the pair's test and benchmark (a private range no test host uses)."""
+
 FLOATING_HOST = 100
 """The floating address's last byte on the LAN."""
 
@@ -52,11 +55,15 @@ class Node:
 
 
 class Pair:
-    def __init__(self, run_dir: Path, timing: str = "1s", workers: int = 3) -> None:
+    def __init__(
+        self, run_dir: Path, timing: str = "1s", workers: int = 3, lan_prefix: str = LAN_PREFIX
+    ) -> None:
+        """``lan_prefix``: the LAN's first three bytes; two pairs on one machine at once need
+        two."""
         self.run_dir = run_dir
         self.timing = timing
         self.workers = workers
-        self.lan = Lan()
+        self.lan = Lan(lan_prefix)
         self.vip = f"{self.lan.prefix}.{FLOATING_HOST}"
         self.sip_port = processes.free_port()
         self.nodes: dict[str, Node] = {}

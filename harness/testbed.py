@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from counterpoise import processes
+from counterpoise.core import location
 from harness import REPO
 
 DOWNSTREAM_CFG = REPO / "downstream" / "proxy.cfg"
@@ -155,6 +156,19 @@ class Downstream:
             for key, value in stats.items()
             if key.startswith("core:rcv_requests_")
         }
+
+
+def counters(ctl_socket: Path, table: str) -> dict[str, int]:
+    """A node's per-process counters (``cploc``, ``cpedge``) summed over its processes."""
+    dump = {}
+    key = None
+    for line in kamcmd(ctl_socket, "htable.dump", table).splitlines():
+        line = line.strip()
+        if line.startswith("name:"):
+            key = line.removeprefix("name:").strip()
+        elif line.startswith("value:") and key is not None:
+            dump[key] = int(line.removeprefix("value:").strip())
+    return location.sum_counters(dump)
 
 
 def start_uas(

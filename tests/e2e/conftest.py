@@ -15,7 +15,6 @@ from harness import testbed
 
 from counterpoise import processes
 from counterpoise.cli import table
-from counterpoise.core import location
 from counterpoise.core.settings import Settings
 from counterpoise.store.client import connect
 from counterpoise.store.pool import PoolStore
@@ -143,16 +142,7 @@ class Bed:
 
     def counters(self, table: str, name: str = "balancer") -> dict[str, int]:
         """A balancer's per-process counters (``cploc``, ``cpedge``) summed over processes."""
-        out = testbed.kamcmd(processes.ctl_socket(self.run_dir / name), "htable.dump", table)
-        dump = {}
-        key = None
-        for line in out.splitlines():
-            line = line.strip()
-            if line.startswith("name:"):
-                key = line.removeprefix("name:").strip()
-            elif line.startswith("value:") and key is not None:
-                dump[key] = int(line.removeprefix("value:").strip())
-        return location.sum_counters(dump)
+        return testbed.counters(processes.ctl_socket(self.run_dir / name), table)
 
     # --- the pool as Redis shows it -------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from counterpoise import clock
-from counterpoise.core import dialog_seal
+from counterpoise.core import dialog_seal, location
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.settings import Settings
 from counterpoise.core.sync import SyncLoop
@@ -134,3 +134,8 @@ class Node:
         """What the workers counted per proxy, as the sync loop sums it."""
         self.tick()
         return {uri: t for uri, t in self.balancer.sync.totals.items() if t != Tally()}
+
+
+def edge_counters(ksr: FakeKsr) -> dict[str, int]:
+    """The edge counters (``cpedge``) summed over the processes that wrote them."""
+    return location.sum_counters(dict(ksr.htables[htables.EDGE_COUNTERS.name]))

@@ -172,6 +172,12 @@ class Core(_Api):
         return True
 
     @_kemi
+    def forward_uri(self, uri: str) -> int:
+        """Stateless forwarding of the request to ``uri`` (kemi.c sr_kemi_core_forward_uri)."""
+        self.ksr.forwards.append(_text(uri))
+        return 1
+
+    @_kemi
     def dbg(self, text: str) -> None:
         self.ksr.logs.append(("dbg", text))
 
@@ -655,6 +661,8 @@ class FakeKsr:
         self.appended_headers: list[str] = []
         self.reply_headers: list[str] = []
         self.relays: list[dict[str, Any]] = []
+        self.forwards: list[str] = []
+        """Where the request was forwarded statelessly (``forward_uri``), in order."""
         self.sl_replies: list[tuple[int, str]] = []
         self.t_replies: list[tuple[int, str]] = []
         self.record_routed = False

@@ -14,7 +14,7 @@ from counterpoise.core.settings import Fallback, Settings
 from counterpoise.kamailio import htables
 from counterpoise.store.keys import AOR, DIALOG
 
-from ..fakes.edge import Node
+from ..fakes.edge import Node, edge_counters
 from ..fakes.ksr import FakeKsr
 from ..fakes.sync import WALL_EPOCH_MS
 
@@ -256,10 +256,6 @@ def test_values_too_long_to_record_are_routed_but_never_recorded(node: Node, ksr
     node.route("REGISTER", "sip:example.com", to=f"sip:{long_user}@example.com")
     assert len(node.tried) == 1 and counters(node)["lookups"] == 2  # the INVITEs' alone
     assert counters(node)["too_long"] == 3
-
-
-def edge_counters(ksr: FakeKsr) -> dict[str, int]:
-    return location.sum_counters(dict(ksr.htables[htables.EDGE_COUNTERS.name]))
 
 
 def test_a_200_never_acked_costs_redis_nothing(node: Node, ksr: FakeKsr):

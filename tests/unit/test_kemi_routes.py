@@ -22,7 +22,7 @@ from counterpoise.core.settings import Fallback, Settings, runtime_values
 from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 
-from ..fakes.edge import CALLEE, Node
+from ..fakes.edge import CALLEE, Node, edge_counters
 from ..fakes.ksr import MYSELF, FakeKsr
 
 A, B, C, D = (f"sip:10.0.0.{i}:5060" for i in (1, 2, 3, 4))
@@ -92,7 +92,24 @@ def test_cancel_follows_its_transaction(node: Node, ksr: FakeKsr):
     assert ksr.sl_replies == []
     ksr.returns["tm.t_check_trans"] = -1
     node.route("CANCEL")
-    assert ksr.relays == [] and ksr.sl_replies == []  # no transaction: dropped
+    assert ksr.relays == [] and ksr.forwards == [A]  # no transaction: an orphan
+    assert ksr.sl_replies == [(200, "OK")]
+
+
+def test_an_orphan_goes_statelessly_to_every_proxy_and_only_from_outside_the_pool(
+    node: Node, ksr: FakeKsr
+):
+    """A CANCEL or an error reply's ACK matching no transaction here (a pair's dead node
+    relayed the INVITE): every proxy gets it once, the holder matches it by its branch."""
+    node.pool(A, B)
+    ksr.returns["tm.t_check_trans"] = -1
+    node.route("ACK", to_tag="callee-tag")  # no Route, no dialog record
+    assert sorted(ksr.forwards) == sorted([A, B]) and ksr.sl_replies == []
+    assert ksr.relays == []
+    node.route("CANCEL", source="10.0.0.1", source_port=5060)  # from proxy A's address
+    assert ksr.forwards == [] and ksr.sl_replies == []
+    counts = edge_counters(ksr)
+    assert counts["orphan_forwarded"] == 1 and counts["relay_denied"] == 1
 
 
 def test_in_dialog_request_with_a_route_set_is_relayed(node: Node, ksr: FakeKsr):

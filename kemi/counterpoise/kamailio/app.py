@@ -181,6 +181,30 @@ class Balancer:
             EDGE.count("stray_forwarded")
         return forwarded
 
+    @hook("orphan", fallback=STOP)
+    def forward_orphan(self) -> int:
+        """A CANCEL, or the ACK of an error reply, that matches no transaction of this node,
+        from outside the pool: its INVITE may have been relayed by the other node of a pair,
+        which died (the floating address moved here). Kamailio forwards a request statelessly
+        with the very Via branch its tm gave that INVITE's first branch (both hash the same
+        fields of the caller's request, and both nodes advertise the floating address), so
+        it goes to every proxy of the pool and the one that holds the INVITE matches it (the
+        others have no such transaction). A CANCEL is answered 200 here, as a stateful proxy
+        answers the CANCELs it takes (RFC 3261 16.10); the proxies' answers to it come back
+        to this node, match nothing and are dropped (``stray_reply``). Counted as
+        ``orphan_forwarded``; always ``STOP``."""
+        source, stream = _source(), _stream()
+        self.refresh()
+        if self.trusted(source, stream) or not self.view.hops:
+            EDGE.count("relay_denied")
+            return STOP
+        if KSR.is_CANCEL():
+            KSR.sl.sl_send_reply(200, "OK")
+        for uri in self.view.hops:
+            KSR.forward_uri(uri)
+        EDGE.count("orphan_forwarded")
+        return STOP
+
     # --- requests ----------------------------------------------------------------------------
 
     @hook("in_dialog")
@@ -194,12 +218,14 @@ class Balancer:
     def ksr_route_withindlg(self, source: edge.Address, stream: bool) -> None:
         """In-dialog requests pass only in a dialog the balancer made: its top Route is the
         balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
-        without a route set, from outside the pool, by its dialog record (location server).
+        without a route set, from outside the pool, by its dialog record (location server); an
+        ACK matching no transaction, without either, as an orphan (``forward_orphan``).
         Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
         ack, ids = KSR.is_ACK(), read.dialog_ids()
         if self.location is not None and ack:
             self.location.dialog_confirmed(ids)  # the dialog's record goes to Redis
-        if ack and KSR.tm.t_check_trans() == 0:
+        matched = KSR.tm.t_check_trans() if ack else 1
+        if matched == 0:
             return  # the ACK of a negative reply: tm absorbed it
         if KSR.hdr.is_present("Route") > 0:
             hop = self._sealed_hop(source, stream, ids)
@@ -210,8 +236,13 @@ class Balancer:
                 self.location.dialog_ended(ids)
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
-        if edge.from_pool(source, stream, self.view.pool) or not self.ksr_route_dialog_record():
-            self._deny_in_dialog(ack, 404, "Not here")  # no route set, no dialog record: unknown
+        if edge.from_pool(source, stream, self.view.pool):
+            self._deny_in_dialog(ack, 404, "Not here")
+        elif not self.ksr_route_dialog_record():  # no route set, no dialog record
+            if matched < 0:  # an error reply's ACK, its INVITE's transaction another node's
+                self.forward_orphan()
+            else:
+                self._deny_in_dialog(ack, 404, "Not here")
 
     def _sealed_hop(
         self, source: edge.Address, stream: bool, ids: read.DialogIds
@@ -791,6 +822,8 @@ class KemiApp:
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
+            else:
+                balancer.forward_orphan()
             return 1
         if KSR.siputils.has_totag() > 0:
             balancer.ksr_route_withindlg(source, stream)

@@ -52,6 +52,9 @@ class Embedded:
     def cp_in_dialog(self, msg: object) -> int:
         return self.counterpoise.in_dialog()
 
+    def cp_forward_orphan(self, msg: object) -> int:
+        return self.counterpoise.forward_orphan()
+
     def cp_on_core_reply(self, msg: object) -> int:
         return self.counterpoise.on_core_reply()
 
