@@ -238,9 +238,23 @@ def test_a_delete_removes_only_the_record_of_its_own_tags():
 
 def test_records_within_the_cap_of_their_source():
     def write(name: str, source: str) -> location.PendingWrite:
-        return location.PendingWrite(name, Record(A, source=source).to_json(), 1000)
+        return location.PendingWrite.setting(name, Record(A, source=source), 1000)
 
     writes = [write("1", "a"), write("2", "a"), write("3", "b"), write("4", "a")]
     written, refused = location.within_cap(writes, {"a": 1}, cap=2)
     assert [w.name for w in written] == ["1", "3"]
     assert [w.name for w in refused] == ["2", "4"]
+
+
+def test_a_local_dialog_copy_round_trips_and_anything_else_reads_as_none():
+    record = Record(A, 1, 2, "caller", "callee", "198.51.100.7")
+    assert Record.from_local(record.to_local()) == record
+    for garbled in ["", "[1, 2]", '{"proxy": "sip:p"}', "not json"]:
+        assert Record.from_local(garbled) is None
+
+
+def test_a_queued_set_carries_its_records_source():
+    record = Record(A, 1, 2, "caller", "callee", "198.51.100.7")
+    write = location.PendingWrite.setting("c", record, 1000)
+    assert (write.record, write.source) == (record.to_json(), "198.51.100.7")
+    assert location.PendingWrite.decode(write.encode()) == write

@@ -173,6 +173,23 @@ class Record:
             return None
         return untrusted(lambda: _parse_record(text))
 
+    def to_local(self) -> str:
+        """This node's own copy of a dialog record (``htables.DIALOGS``): a JSON list, which
+        ``from_local`` reads back without the checks of a record from Redis (only this node's
+        workers write that table)."""
+        return json.dumps(
+            [self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, self.source]
+        )
+
+    @classmethod
+    def from_local(cls, text: str) -> Record | None:
+        """The record ``to_local`` wrote; None for anything else."""
+        try:
+            proxy, since_ms, expires_ms, from_tag, to_tag, source = json.loads(text)
+        except (ValueError, TypeError):
+            return None
+        return cls(proxy, since_ms, expires_ms, from_tag, to_tag, source)
+
     def matches_tags(self, from_tag: str, to_tag: str) -> bool:
         """Whether an in-dialog request's tags are this dialog's, in either direction (the
         callee's requests carry the tags swapped)."""
@@ -336,38 +353,37 @@ def sum_counters(dump: dict[str, int]) -> dict[str, int]:
 @dataclasses.dataclass(frozen=True)
 class PendingWrite:
     """A dialog record write a SIP worker queued for the timer process: set ``record`` (JSON)
-    under Call-ID ``name`` for ``ttl_ms``, or, when ``record`` is None, delete it if its tags
-    are ``tags`` (a BYE's From and To tags, in either order)."""
+    under Call-ID ``name`` for ``ttl_ms``, counted against ``source`` (the record's), or, when
+    ``record`` is None, delete it if its tags are ``tags`` (a BYE's From and To tags, in
+    either order)."""
 
     name: str
     record: str | None = None
     ttl_ms: int = 0
     tags: tuple[str, str] = ("", "")
+    source: str = ""
+    """A set's record's ``source``, carried beside it: the timer never parses the record."""
+
+    @classmethod
+    def setting(cls, name: str, record: Record, ttl_ms: int) -> PendingWrite:
+        """The write that sets ``record`` under Call-ID ``name`` for ``ttl_ms``."""
+        return cls(name, record.to_json(), ttl_ms, source=record.source)
 
     def encode(self) -> str:
-        return json.dumps([self.name, self.record, self.ttl_ms, *self.tags])
+        return json.dumps([self.name, self.record, self.ttl_ms, *self.tags, self.source])
 
     @classmethod
     def decode(cls, text: str) -> PendingWrite:
         try:
-            name, record, ttl_ms, from_tag, to_tag = json.loads(text)
+            name, record, ttl_ms, from_tag, to_tag, source = json.loads(text)
         except (ValueError, TypeError) as error:
             raise ValueError(f"not a pending write: {text[:80]!r}") from error
-        fields = (name, from_tag, to_tag)
+        fields = (name, from_tag, to_tag, source)
         if not all(isinstance(f, str) for f in fields) or not (
             record is None or isinstance(record, str)
         ):
             raise ValueError(f"not a pending write: {text[:80]!r}")
-        return cls(name, record, int(ttl_ms), (from_tag, to_tag))
-
-    @functools.cached_property
-    def source(self) -> str:
-        """The source a set counts against (its record's ``source``; "" for none)."""
-        try:
-            record = Record.from_json(self.record)
-        except BadRecord:
-            return ""
-        return record.source if record is not None else ""
+        return cls(name, record, int(ttl_ms), (from_tag, to_tag), source)
 
     def deletes(self, record: Record | None) -> bool:
         """Whether this delete may remove ``record``: only its own dialog's BYE may."""

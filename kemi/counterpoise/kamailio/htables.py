@@ -233,7 +233,7 @@ DIALOGS = Htable(
     size=10,
     autoexpire_s=60,
     key="Call-ID",
-    value="the dialog's record (``core.location.Record.to_json``), this node's copy; its"
+    value="the dialog's record, this node's copy (``core.location.Record.to_local``); its"
     " ``source`` is empty until the ACK confirms the dialog",
     writers=("kamailio.location.LocationRouting",),
     readers=(

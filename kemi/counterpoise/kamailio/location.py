@@ -40,7 +40,6 @@ from counterpoise import clock
 from counterpoise.core import edge, location
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
-from counterpoise.core.untrusted import BadRecord
 from counterpoise.kamailio import avps, htables, read, shared
 from counterpoise.kamailio.counters import EDGE, Counters
 from counterpoise.store.client import ERRORS
@@ -216,7 +215,7 @@ class LocationRouting:
             return
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
-        record = location.Record(proxy, now, expires, from_tag, to_tag).to_json()
+        record = location.Record(proxy, now, expires, from_tag, to_tag).to_local()
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
         self.count("dialogs")
 
@@ -236,10 +235,7 @@ class LocationRouting:
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
         if isinstance(local, str):
-            try:
-                record = location.Record.from_json(local)
-            except BadRecord:
-                record = None
+            record = location.Record.from_local(local)
         else:
             ok, record = self._call(lambda store: store.get(DIALOG, call_id))
             if not ok:
@@ -266,10 +262,7 @@ class LocationRouting:
         if not edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
-        try:
-            record = location.Record.from_json(local) if isinstance(local, str) else None
-        except BadRecord:
-            record = None
+        record = location.Record.from_local(local) if isinstance(local, str) else None
         return call_id, (ids[1] or "", ids[2] or ""), record
 
     def dialog_confirmed(self, ids: read.DialogIds) -> None:
@@ -283,10 +276,9 @@ class LocationRouting:
         if record is None or record.source or not record.matches_tags(*tags):
             return  # not a dialog of this node's, or confirmed already
         confirmed = dataclasses.replace(record, source=location.source_of(_text("$si")))
-        text = confirmed.to_json()
-        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, text)
+        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
-        self._queue(location.PendingWrite(call_id, text, ttl))
+        self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))
         self.count("confirmed")
 
     def dialog_ended(self, ids: read.DialogIds) -> None:
