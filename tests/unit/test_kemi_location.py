@@ -199,6 +199,7 @@ def test_full_dialog_queue_drops_its_oldest_writes(
     node.pool(A)
     node.locations.fail()
     for call in range(3):
+        node.clock.advance(location.QUEUE_BATCH_MS)  # each call's write in a queue entry of its own
         node.route("INVITE", call_id=f"call-{call}")
         node.reply(200, to_tag="callee-tag")
         ack(node, A, call_id=f"call-{call}")

@@ -258,3 +258,25 @@ def test_a_queued_set_carries_its_records_source():
     write = location.PendingWrite.setting("c", record, 1000)
     assert (write.record, write.source) == (record.to_json(), "198.51.100.7")
     assert location.PendingWrite.decode(write.encode()) == write
+
+
+def test_the_timer_takes_only_the_batches_of_periods_before_the_previous_one():
+    queued = [
+        (location.batch_key(7, 11), "a"),
+        (location.batch_key(8, 11), "b"),
+        (location.batch_key(9, 12), "c"),
+        ("garbage", "d"),
+    ]
+    assert location.closed_batches(queued, current_period=9) == [queued[0], queued[3]]
+    assert location.closed_batches(queued, current_period=11) == queued
+
+
+def test_batched_writes_coalesce_in_period_then_queueing_order():
+    set_a = location.PendingWrite("a@h", '{"proxy": "sip:p"}', 1000)
+    delete_a = location.PendingWrite("a@h", tags=("f", "t"))
+    set_b = location.PendingWrite("b@h", "{}", 5)
+    later = "\n".join([location.batch_line(1, delete_a), location.batch_line(2, set_b)])
+    earlier = location.batch_line(900, set_a)  # a later clock reading, an earlier period
+    batches = [(location.batch_key(8, 11), later), (location.batch_key(7, 12), earlier)]
+    assert len(location.batched_writes(batches)) == 3
+    assert location.coalesce(location.batched_writes(batches)) == [delete_a, set_b]

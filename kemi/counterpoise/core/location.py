@@ -390,11 +390,57 @@ class PendingWrite:
         return record is not None and record.matches_tags(*self.tags)
 
 
+QUEUE_BATCH_MS = 50
+"""A worker's dialog writes of one such period share one entry of the queue
+(``kamailio.htables.DIALOG_WRITES``), rewritten whole with each: the timer process reads and
+removes one entry per worker and period, not one per write. It takes a period's entry once
+the next period is over too, so a record reaches Redis within a tick and two periods of its
+ACK. (A worker stalled a whole period between reading the clock and writing its entry would
+have that entry's writes sent twice, the second time after any later write of the same
+Call-ID.)"""
+
+
+def batch_key(period: int, pid: int) -> str:
+    """The queue key of the writes worker ``pid`` queued in ``period`` (monotonic ms divided
+    by the batch period): one writer per key, and keys sort by period."""
+    return f"{period:015d} {pid}"
+
+
+def batch_line(order_ns: int, write: PendingWrite) -> str:
+    """One write in a batch, after its place in the queue's order (monotonic ns); batches
+    join lines with newlines, which no encoded write holds (JSON escapes them)."""
+    return f"{order_ns:020d} {write.encode()}"
+
+
+def closed_batches(queued: Iterable[tuple[str, str]], current_period: int) -> list[tuple[str, str]]:
+    """The queue entries ``(key, batch)`` no worker writes any more: those of periods before
+    the previous one (a worker that read the clock at the end of a period may still write
+    its batch early in the next). A key that names no period is closed: nothing writes it."""
+    closed = []
+    for key, batch in queued:
+        period = key.partition(" ")[0]
+        if not period.isdigit() or int(period) < current_period - 1:
+            closed.append((key, batch))
+    return closed
+
+
+def batched_writes(batches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every write of the batches ``(key, batch)`` as ``(order key, encoded write)`` for
+    ``coalesce``: the batch's period, then the write's monotonic ns."""
+    lines = []
+    for key, batch in batches:
+        period = key.partition(" ")[0]
+        for line in str(batch).split("\n"):
+            order_ns, _, text = line.partition(" ")
+            lines.append((f"{period} {order_ns}", text))
+    return lines
+
+
 def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
-    """The writes to send for queue entries ``(key, encoded write)``: keys sort in queue order
-    (monotonic ns first), and only the last write per Call-ID matters (a call shorter than one
-    flush period costs Redis one DEL, or nothing: a delete queued after a set passed the SIP
-    worker's check of its tags against that set's record). Entries that do not decode are
+    """The writes to send for queue entries ``(key, encoded write)`` (``batched_writes``):
+    keys sort in queue order, and only the last write per Call-ID matters (a call shorter than
+    one flush period costs Redis one DEL, or nothing: a delete queued after a set passed the
+    SIP worker's check of its tags against that set's record). Entries that do not decode are
     skipped."""
     latest: dict[str, PendingWrite] = {}
     for _, text in sorted(queued):

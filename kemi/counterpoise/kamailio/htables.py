@@ -249,13 +249,20 @@ in-dialog request that comes before that; a 200 never ACKed lives here only, 60 
 DIALOG_WRITES = Htable(
     name="cplocq",
     size=10,
-    key='``"<monotonic ns> <pid>"``: in order of queueing, one writer per key',
-    value="a dialog record's Redis write (``core.location.PendingWrite.encode``)",
+    key=(
+        '``"<period> <pid>"`` (``core.location.batch_key``): a worker\'s writes of one period'
+        " of ``core.location.QUEUE_BATCH_MS``, one writer per key"
+    ),
+    value=(
+        "that worker's dialog record writes of that period, one a line (``core.location."
+        "batch_line``: its monotonic ns, then ``core.location.PendingWrite.encode``)"
+    ),
     writers=("kamailio.location.LocationRouting._queue",),
     readers=("kamailio.location.DialogWriteBehind.flush",),
 )
 """The queue of dialog writes the timer process sends to Redis, one pipeline per tick, so a
-call costs its SIP worker no Redis round trip; the timer removes what Redis took."""
+call costs its SIP worker no Redis round trip; batched per worker and period, so the timer
+reads and removes an entry per batch, not per write; it removes what Redis took."""
 
 LOCATION_CACHE = Htable(
     name="cplocc",

@@ -64,6 +64,9 @@ class LocationRouting:
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
+        self._batch_of = (0, 0)
+        """The period and process of ``_batch``: a fresh list in a new period or process."""
+        self._batch: list[str] = []
         self._counters = Counters(htables.LOCATION_COUNTERS)
         self._guard = Guarded.with_backoff_of(
             settings,
@@ -220,8 +223,14 @@ class LocationRouting:
         self.count("dialogs")
 
     def _queue(self, write: location.PendingWrite) -> None:
-        key = f"{clock.monotonic_ns():020d} {os.getpid()}"
-        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, write.encode())
+        """Add ``write`` to this worker's batch of the current period
+        (``location.QUEUE_BATCH_MS``)."""
+        batch_of = (clock.monotonic_ms() // location.QUEUE_BATCH_MS, os.getpid())
+        if batch_of != self._batch_of:
+            self._batch_of, self._batch = batch_of, []
+        self._batch.append(location.batch_line(clock.monotonic_ns(), write))
+        key = location.batch_key(*batch_of)
+        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
 
     # --- in-dialog requests --------------------------------------------------------------------
 
@@ -298,8 +307,9 @@ class LocationRouting:
 
 
 class DialogWriteBehind:
-    """The timer process's side: sends the queued dialog writes to Redis, one pipeline per
-    tick, and removes them from the queue once Redis took them (kept while it is down)."""
+    """The timer process's side: sends the queued dialog writes of the closed batches to
+    Redis, one pipeline per tick, and removes them from the queue once Redis took them (kept
+    while it is down)."""
 
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self._settings = settings
@@ -323,11 +333,15 @@ class DialogWriteBehind:
         if oldest:
             for key, _ in oldest:
                 KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
-            self.dropped += len(oldest)
-            self._log(f"dropped {len(oldest)} queued dialog writes ({self.dropped} in all)")
+            lost = len(location.batched_writes(oldest))
+            self.dropped += lost
+            self._log(f"dropped {lost} queued dialog writes ({self.dropped} in all)")
             dropped = set(oldest)
             queued = [item for item in queued if item not in dropped]
-        writes = location.coalesce(queued)
+        queued = location.closed_batches(queued, clock.monotonic_ms() // location.QUEUE_BATCH_MS)
+        if not queued:
+            return
+        writes = location.coalesce(location.batched_writes(queued))
         cap = self._settings.location.dialog_records_per_source
         outcomes: list[DialogFlush] = []
         if self._guard.call(
