@@ -20,12 +20,15 @@ a REGISTER 2xx through this node drops its AOR's entry.
 
 Dialog records are written behind, off the SIP path: the worker handling the 2xx puts the
 record into ``htables.DIALOGS`` (seen at once by every worker of the node: the ACK right after
-a 200 finds it); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the
-Redis write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the
-delete. The timer process sends the queue to Redis in two pipelined round trips per tick
+a 200 finds it; a node-private JSON list read back without the checks a record from Redis
+needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the Redis
+write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
+A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share one queue entry. The
+timer process sends the closed batches to Redis in two pipelined round trips per tick
 (``DialogWriteBehind``): a call costs its SIP worker no Redis round trip for its dialog
-record. A 200 never ACKed costs Redis nothing, and a caller address holds at most
-``dialog_records_per_source`` records (counted in Redis by the timer process).
+record, and the timer one queue entry per worker and period, not one per write. A 200 never
+ACKed costs Redis nothing, and a caller address holds at most ``dialog_records_per_source``
+records (counted in Redis by the timer process, against the source each queued set carries).
 """
 
 from __future__ import annotations
