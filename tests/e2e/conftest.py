@@ -144,14 +144,14 @@ class Bed:
     def counters(self, table: str, name: str = "balancer") -> dict[str, int]:
         """A balancer's per-process counters (``cploc``, ``cpedge``) summed over processes."""
         out = testbed.kamcmd(processes.ctl_socket(self.run_dir / name), "htable.dump", table)
-        dump = {}
+        dump: dict[str, str] = {}
         key = None
         for line in out.splitlines():
             line = line.strip()
             if line.startswith("name:"):
                 key = line.removeprefix("name:").strip()
             elif line.startswith("value:") and key is not None:
-                dump[key] = int(line.removeprefix("value:").strip())
+                dump[key] = line.removeprefix("value:").strip()
         return location.sum_counters(dump)
 
     # --- the pool as Redis shows it -------------------------------------------------------

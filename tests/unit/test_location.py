@@ -163,7 +163,11 @@ def test_a_holder_set_aside_for_its_silence_keeps_its_users_only_where_none_else
 
 
 def test_sum_counters_adds_the_workers():
-    dump = {"lookups 11": 3, "lookups 12": 4, "fallback 12": 1}
+    dump = {
+        "11": location.encode_counts({"lookups": 3}),
+        "12": location.encode_counts({"lookups": 4, "fallback": 1}),
+        "13": "garbled lookups=x =2",
+    }
     assert location.sum_counters(dump) == {"lookups": 7, "fallback": 1}
 
 

@@ -338,12 +338,25 @@ def decide(
     return Decision(reject=True, outcome="rejected", holder=found)
 
 
-def sum_counters(dump: dict[str, int]) -> dict[str, int]:
-    """Totals over every worker of the ``cploc`` htable's ``"<name> <pid>"`` -> int."""
+def encode_counts(counts: Mapping[str, int]) -> str:
+    """One process's counters as one shared-memory value (``kamailio.counters``):
+    ``"name=count name=count ..."``; names hold neither spaces nor ``=``."""
+    return " ".join(f"{name}={count}" for name, count in counts.items())
+
+
+def sum_counters(dump: Mapping[str, object]) -> dict[str, int]:
+    """Totals over every process of a counters htable (``cploc``, ``cpedge``): ``"<pid>"`` ->
+    ``encode_counts``. A part that is not ``name=integer`` is skipped."""
     totals: dict[str, int] = {}
-    for key, value in dump.items():
-        name = key.partition(" ")[0]
-        totals[name] = totals.get(name, 0) + value
+    for value in dump.values():
+        for part in str(value).split():
+            name, _, count = part.partition("=")
+            try:
+                amount = int(count)
+            except ValueError:
+                continue
+            if name:
+                totals[name] = totals.get(name, 0) + amount
     return totals
 
 

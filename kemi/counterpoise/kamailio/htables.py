@@ -219,8 +219,11 @@ REJECTED_RECORDS = "rejected_records"
 LOCATION_COUNTERS = Htable(
     name="cploc",
     size=6,
-    key=f'``"<name> <pid>"``, ``{REJECTED_RECORDS}`` among the names',
-    value="int: that worker's count (``kamailio.counters``)",
+    key='``"<pid>"``',
+    value=(
+        f'that worker\'s counts, ``"name=count ..."`` (``kamailio.counters``), '
+        f"``{REJECTED_RECORDS}`` among the names"
+    ),
     writers=("kamailio.location.LocationRouting",),
     readers=("kamailio.shared.SharedTable.read_location_rejections", "kamailio.metrics.Endpoint"),
     operators="``htable.dump cploc``: every worker's count",
@@ -314,8 +317,8 @@ table's ``autoexpire`` only turns expiry on."""
 EDGE_COUNTERS = Htable(
     name="cpedge",
     size=6,
-    key='``"<name> <pid>"``',
-    value="int: that process's count (``kamailio.counters``)",
+    key='``"<pid>"``',
+    value='that process\'s counts, ``"name=count ..."`` (``kamailio.counters``)',
     writers=("kamailio.counters.EDGE",),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",

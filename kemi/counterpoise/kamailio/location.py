@@ -10,9 +10,9 @@ with a socket timeout of ``location_redis_timeout_ms``; calls go through ``backo
 so a dead Redis costs one bounded wait and then nothing until the backoff lets one call try
 again. Without Redis, initial requests are routed by weight and counted as ``redis_skipped``.
 
-Counters go to ``htables.LOCATION_COUNTERS`` as ``"<name> <pid>"`` -> int (one writer per
-key): ``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the
-workers.
+Counters go to ``htables.LOCATION_COUNTERS``, one value per worker (``kamailio.counters``),
+once per event however many it counts (a lookup's four, a 2xx's three): ``kamcmd -s
+unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
 
 Lookups of initial requests other than REGISTER are kept in ``htables.LOCATION_CACHE`` for
 ``location_cache_ms`` (holder or none), so a user already called costs no Redis round trip;
@@ -134,7 +134,7 @@ class LocationRouting:
         if is_register:
             avps.set_aor(name)
         # A REGISTER always reads Redis: its 2xx is what changes the records.
-        ok, found = self._holder(name, host, cached=not is_register)
+        ok, found, from_cache = self._holder(name, host, cached=not is_register)
         if not ok:
             decision = location.Decision(outcome="redis_skipped")
         else:
@@ -148,30 +148,34 @@ class LocationRouting:
             )
             if decision.proxy and not is_register:
                 avps.set_held()
-        self.count("lookup_us", (clock.perf_ns() - started) // 1000)
-        self.count("lookups")
-        self.count(decision.outcome)
+        counts = {"lookups": 1, decision.outcome: 1}
+        if from_cache:
+            counts["cache_hits"] = 1
+        counts["lookup_us"] = (clock.perf_ns() - started) // 1000
+        self._counters.add(counts)  # one write for all the lookup's counters
         return decision
 
-    def _holder(self, name: str, host: str, cached: bool) -> tuple[bool, location.Holder | None]:
+    def _holder(
+        self, name: str, host: str, cached: bool
+    ) -> tuple[bool, location.Holder | None, bool]:
         """The holder of AOR ``name`` from this node's cache when fresh, else from Redis
-        (kept in the cache); False when Redis could not be asked."""
+        (kept in the cache); False when Redis could not be asked; then whether the cache
+        answered."""
         now = clock.monotonic_ms()
         ttl = self._settings.location.location_cache_ms
         if cached and ttl:
             entry = KSR.htable.sht_get(htables.LOCATION_CACHE.name, name)
             hit = location.CachedHolder.decode(entry, now) if isinstance(entry, str) else None
             if hit is not None:
-                self.count("cache_hits")
-                return True, hit.holder
+                return True, hit.holder, True
         ok, records = self._call(lambda store: store.lookup(name, host.lower()))
         if not ok:
-            return False, None
+            return False, None, False
         found = location.holder(*records)
         if cached and ttl:
             cached = location.CachedHolder(found, now + ttl).encode()
             KSR.htable.sht_sets(htables.LOCATION_CACHE.name, name, cached)
-        return True, found
+        return True, found, False
 
     def keeps_to_holder(self) -> bool:
         """Whether a failed request must not fail over by weight (failure route)."""
@@ -187,19 +191,19 @@ class LocationRouting:
             name = avps.aor()
             if not name:
                 return
-            self._registered(name, proxy)
+            outcome = self._registered(name, proxy)
         elif method == "INVITE" and self._settings.location.dialog_record_ttl_ms:
-            self._dialog_started(proxy)
+            outcome = self._dialog_started(proxy)
         else:
             return
-        self._count_write(started)
+        # The write's time, and what it did, in one write of the counters.
+        counts = {"writes": 1, "write_us": (clock.perf_ns() - started) // 1000}
+        if outcome:
+            counts[outcome] = 1
+        self._counters.add(counts)
 
-    def _count_write(self, started_ns: int) -> None:
-        """Time spent writing records on the way of a reply or a BYE."""
-        self.count("write_us", (clock.perf_ns() - started_ns) // 1000)
-        self.count("writes")
-
-    def _registered(self, name: str, proxy: str) -> None:
+    def _registered(self, name: str, proxy: str) -> str:
+        """Record or remove the registration; the counter of what it did."""
         contacts = _text("$(hdr(Contact)[*])")
         expires = _text("$hdr(Expires)") or None
         seconds = location.granted_expiry_s([contacts] if contacts else [], expires)
@@ -207,23 +211,25 @@ class LocationRouting:
             now = clock.wall_ms()
             record = location.Record(proxy, since_ms=now, expires_ms=now + seconds * 1000)
             ok, _ = self._call(lambda store: store.put(AOR, name, record, seconds * 1000))
-            self.count("registered" if ok else "write_failed")
+            outcome = "registered" if ok else "write_failed"
         else:
             ok, _ = self._call(lambda store: store.delete(AOR, name))
-            self.count("unregistered" if ok else "write_failed")
+            outcome = "unregistered" if ok else "write_failed"
         # This node follows its own REGISTERs at once.
         KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
+        return outcome
 
-    def _dialog_started(self, proxy: str) -> None:
-        """This node's copy of the record, unconfirmed: Redis gets it with the ACK."""
+    def _dialog_started(self, proxy: str) -> str | None:
+        """This node's copy of the record, unconfirmed: Redis gets it with the ACK;
+        ``dialogs``, the counter of it, or None when it is not recorded."""
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
         if not self._recordable(call_id, from_tag, to_tag):
-            return
+            return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
         record = location.Record(proxy, now, expires, from_tag, to_tag).to_local()
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
-        self.count("dialogs")
+        return "dialogs"
 
     def _queue(self, write: location.PendingWrite) -> None:
         """Add ``write`` to this worker's batch of the current period
