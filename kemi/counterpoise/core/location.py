@@ -412,11 +412,16 @@ ACK. (A worker stalled a whole period between reading the clock and writing its 
 have that entry's writes sent twice, the second time after any later write of the same
 Call-ID.)"""
 
+QUEUE_BATCH_WRITES = 20
+"""Most writes in one queue entry: past it the worker starts another entry of the same
+period, so a write costs a rewrite of at most this many (about 6 KB), whatever the rate."""
 
-def batch_key(period: int, pid: int) -> str:
-    """The queue key of the writes worker ``pid`` queued in ``period`` (monotonic ms divided
-    by the batch period): one writer per key, and keys sort by period."""
-    return f"{period:015d} {pid}"
+
+def batch_key(period: int, pid: int, part: int = 0) -> str:
+    """The queue key of the ``part``-th batch of writes worker ``pid`` queued in ``period``
+    (monotonic ms divided by the batch period): one writer per key, and keys sort by
+    period."""
+    return f"{period:015d} {pid} {part}"
 
 
 def batch_line(order_ns: int, write: PendingWrite) -> str:

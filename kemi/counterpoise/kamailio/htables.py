@@ -253,8 +253,9 @@ DIALOG_WRITES = Htable(
     name="cplocq",
     size=10,
     key=(
-        '``"<period> <pid>"`` (``core.location.batch_key``): a worker\'s writes of one period'
-        " of ``core.location.QUEUE_BATCH_MS``, one writer per key"
+        '``"<period> <pid> <part>"`` (``core.location.batch_key``): a worker\'s writes of one'
+        " period of ``core.location.QUEUE_BATCH_MS``, at most ``core.location."
+        "QUEUE_BATCH_WRITES`` a part, one writer per key"
     ),
     value=(
         "that worker's dialog record writes of that period, one a line (``core.location."

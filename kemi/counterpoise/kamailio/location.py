@@ -23,10 +23,11 @@ record into ``htables.DIALOGS`` (seen at once by every worker of the node: the A
 a 200 finds it; a node-private JSON list read back without the checks a record from Redis
 needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the Redis
 write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
-A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share one queue entry. The
-timer process sends the closed batches to Redis in two pipelined round trips per tick
-(``DialogWriteBehind``): a call costs its SIP worker no Redis round trip for its dialog
-record, and the timer one queue entry per worker and period, not one per write. A 200 never
+A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
+most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
+two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no
+Redis round trip for its dialog record, and the timer one queue entry per batch, not one per
+write. A 200 never
 ACKed costs Redis nothing, and a caller address holds at most ``dialog_records_per_source``
 records (counted in Redis by the timer process, against the source each queued set carries).
 """
@@ -67,8 +68,9 @@ class LocationRouting:
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
-        self._batch_of = (0, 0)
-        """The period and process of ``_batch``: a fresh list in a new period or process."""
+        self._batch_of = (0, 0, 0)
+        """The period, process and part of ``_batch`` (``location.batch_key``): a fresh list
+        in a new period or process, or once it holds ``location.QUEUE_BATCH_WRITES``."""
         self._batch: list[str] = []
         self._counters = Counters(htables.LOCATION_COUNTERS)
         self._guard = Guarded.with_backoff_of(
@@ -234,11 +236,14 @@ class LocationRouting:
     def _queue(self, write: location.PendingWrite) -> None:
         """Add ``write`` to this worker's batch of the current period
         (``location.QUEUE_BATCH_MS``)."""
-        batch_of = (clock.monotonic_ms() // location.QUEUE_BATCH_MS, os.getpid())
-        if batch_of != self._batch_of:
-            self._batch_of, self._batch = batch_of, []
+        period, pid, part = self._batch_of
+        now = (clock.monotonic_ms() // location.QUEUE_BATCH_MS, os.getpid())
+        if now != (period, pid):
+            self._batch_of, self._batch = (*now, 0), []
+        elif len(self._batch) >= location.QUEUE_BATCH_WRITES:
+            self._batch_of, self._batch = (period, pid, part + 1), []
         self._batch.append(location.batch_line(clock.monotonic_ns(), write))
-        key = location.batch_key(*batch_of)
+        key = location.batch_key(*self._batch_of)
         KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
 
     # --- in-dialog requests --------------------------------------------------------------------
