@@ -18,9 +18,9 @@ from pathlib import Path
 from bench import capacity, drive, overhead, pair_failover, per_message, plots, report, scenarios
 from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
 from bench.pool import Pool, Target
+from bench.setting_args import parse_settings
 from bench.tap import InviteTap, TapUnavailable
 from counterpoise import processes
-from counterpoise.core.settings import FIELDS, SettingError, kind_of, parse_value
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_LOAD = 0.7
@@ -310,14 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 def with_settings(names: list[str], pairs: list[str]) -> list[str]:
     """Give every Counterpoise contender among ``names`` the ``NAME=VALUE`` settings of
     ``--setting`` (the native ones have none); returns them as given, for the report."""
-    extra = []
-    for name, _, text in (pair.partition("=") for pair in pairs):
-        if name not in FIELDS:
-            raise SystemExit(f"bench: --setting {name}: no such Counterpoise setting")
-        try:
-            extra.append((name, parse_value(name, kind_of(name), text, f"--setting {name}")))
-        except SettingError as error:
-            raise SystemExit(f"bench: {error}") from None
+    extra = parse_settings(pairs)
     for name in names:
         if extra and not BY_NAME[name].native:
             BY_NAME[name] = dataclasses.replace(

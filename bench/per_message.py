@@ -28,6 +28,7 @@ from harness import testbed
 from bench import drive
 from bench.contenders import start_counterpoise
 from bench.pool import Target
+from bench.setting_args import parse_settings
 from counterpoise import processes
 
 RATE = 200
@@ -115,13 +116,19 @@ def difference(after: Totals, before: Totals) -> Totals:
 
 
 def one_run(
-    work: Path, redis_url: str, target: Target, counting: bool, python_profile: bool = False
+    work: Path,
+    redis_url: str,
+    target: Target,
+    counting: bool,
+    python_profile: bool = False,
+    overrides: Mapping[str, object] | None = None,
 ) -> Totals:
-    """The totals of the measured window of one profiled balancer."""
+    """The totals of the measured window of one profiled balancer (``overrides``: settings
+    other than the defaults)."""
     name = "cprofile" if python_profile else "counting" if counting else "timing"
     out = work / f"{name}-profile"
     tree = profiling_tree(work / f"{name}-tree", out, counting, python_profile)
-    running = start_counterpoise([target], work / name, redis_url, tree=tree)
+    running = start_counterpoise([target], work / name, redis_url, overrides, tree=tree)
     try:
         warm = drive.Load(RATE, HOLD_MS)
         drive.measure(running, None, None, work / name / "warmup", warm, WARMUP_S)
@@ -135,9 +142,14 @@ def one_run(
         running.stop()
 
 
-def run(work: Path, python_profile: Path | None = None) -> dict:
+def run(
+    work: Path,
+    python_profile: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> dict:
     """Both runs against one downstream proxy and the UAS behind it; with
-    ``python_profile``, a third under cProfile, its stats summed in that file."""
+    ``python_profile``, a third under cProfile, its stats summed in that file;
+    ``overrides``: Counterpoise settings other than the defaults, in every run."""
     redis = processes.start_redis(processes.free_port(), work / "redis")
     uas_port = processes.free_port()
     uas = testbed.start_uas(uas_port, work / "uas")
@@ -152,11 +164,12 @@ def run(work: Path, python_profile: Path | None = None) -> dict:
             "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "rate": RATE,
             "seconds": SECONDS,
-            "counting": one_run(work, redis_url, target, counting=True),
-            "timing": one_run(work, redis_url, target, counting=False),
+            "settings": {name: str(value) for name, value in (overrides or {}).items()},
+            "counting": one_run(work, redis_url, target, True, overrides=overrides),
+            "timing": one_run(work, redis_url, target, False, overrides=overrides),
         }
         if python_profile is not None:
-            one_run(work, redis_url, target, counting=False, python_profile=True)
+            one_run(work, redis_url, target, False, python_profile=True, overrides=overrides)
             merged = pstats.Stats(*map(str, (work / "cprofile-profile").glob("*.prof")))
             merged.dump_stats(python_profile)
         return result
@@ -180,10 +193,12 @@ def _summed(totals: Totals, kinds: tuple[str, ...]) -> dict[str, int]:
 
 def render(result: dict) -> str:
     counting, timing = result["counting"], result["timing"]
+    settings = ", ".join(f"`{name}={value}`" for name, value in result.get("settings", {}).items())
     lines = [
         "## Per-message cost of Counterpoise",
         "",
-        f"Started {result['started_utc']} UTC. One balancer (`up`'s config, default settings) "
+        f"Started {result['started_utc']} UTC. One balancer (`up`'s config, "
+        f"{'default settings but ' + settings if settings else 'default settings'}) "
         f"in front of one downstream Kamailio and the SIPp UAS, {result['rate']} calls/s for "
         f"{result['seconds']:g} s, calls held {HOLD_MS} ms. Counts per message come from a run "
         "with every KSR call counted; CPU and wall µs per message from a second run without "
@@ -239,13 +254,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a third run under cProfile (every worker, warm-up included): python.prof",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Counterpoise setting other than its default (e.g. location_server=false); "
+        "repeat for more",
+    )
     args = parser.parse_args(argv)
+    overrides = dict(parse_settings(args.setting))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = args.out or BENCH_DIR / "results" / f"{stamp}-per-message"
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="counterpoise-per-message-"))
     print(f"per-message bench: results in {out}, logs in {work}", flush=True)
-    result = run(work, out / "python.prof" if args.cprofile else None)
+    result = run(work, out / "python.prof" if args.cprofile else None, overrides)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "per-message.md").write_text(render(result))
     print((out / "per-message.md").read_text(), flush=True)

@@ -160,14 +160,14 @@ class Downstream:
 
 def counters(ctl_socket: Path, table: str) -> dict[str, int]:
     """A node's per-process counters (``cploc``, ``cpedge``) summed over its processes."""
-    dump = {}
+    dump: dict[str, str] = {}
     key = None
     for line in kamcmd(ctl_socket, "htable.dump", table).splitlines():
         line = line.strip()
         if line.startswith("name:"):
             key = line.removeprefix("name:").strip()
         elif line.startswith("value:") and key is not None:
-            dump[key] = int(line.removeprefix("value:").strip())
+            dump[key] = line.removeprefix("value:").strip()
     return location.sum_counters(dump)
 
 

@@ -197,7 +197,7 @@ def test_one_source_holds_its_cap_in_keys_and_bytes(
     store = LocationStore(server.client("balancer"), PREFIX)
     record = Record(A, now_ms, now_ms + ttl_ms, "f" * tag_chars, "t" * tag_chars, source)
     names = [(f"{n:08d}" + "c" * call_id_chars)[:call_id_chars] for n in range(cap + 10)]
-    writes = [PendingWrite(name, record.to_json(), ttl_ms) for name in names]
+    writes = [PendingWrite.setting(name, record, ttl_ms) for name in names]
     before = admin.info("memory")["used_memory"]
     flushed = [store.apply_dialogs(writes[n : n + 500], now_ms, cap) for n in range(0, cap, 500)]
     per_record = (admin.info("memory")["used_memory"] - before) / cap

@@ -88,7 +88,7 @@ def test_balancer_runs_the_sync_loop_and_location_but_cannot_change_the_pool(
     locations = LocationStore(server.client("balancer"), PREFIX)
     locations.put(AOR, "u@h", Record(A, 1))
     dialog = Record(A, 1, 0, "f", "t", "198.51.100.7")
-    locations.apply_dialogs([PendingWrite("c@h", dialog.to_json(), 60_000)], 1, 10)
+    locations.apply_dialogs([PendingWrite.setting("c@h", dialog, 60_000)], 1, 10)
     assert locations.get(DIALOG, "c@h") == dialog
     assert locations.lookup("u@h", "h")[1] == Record(A, 1)
     balancer = server.client("balancer")

@@ -139,8 +139,8 @@ def test_lookup_returns_pin_registration_and_domain_pin(locations):
 def test_queued_dialog_writes_apply_in_order(locations):
     first, second = Record(A, 1, 0, "f", "t", "src"), Record(B, 2, 0, "f", "t", "src")
     sets = [
-        PendingWrite("c1", first.to_json(), TTL_MS),
-        PendingWrite("c2", second.to_json(), TTL_MS),
+        PendingWrite.setting("c1", first, TTL_MS),
+        PendingWrite.setting("c2", second, TTL_MS),
     ]
     assert locations.apply_dialogs(sets, NOW_MS, 10) == DialogFlush(written=2)
     assert locations.apply_dialogs(
@@ -152,7 +152,7 @@ def test_queued_dialog_writes_apply_in_order(locations):
 
 def test_a_dialog_record_is_deleted_only_with_its_tags(locations):
     record = Record(A, 1, 0, "caller", "callee", "src")
-    locations.apply_dialogs([PendingWrite("c1", record.to_json(), TTL_MS)], NOW_MS, 10)
+    locations.apply_dialogs([PendingWrite.setting("c1", record, TTL_MS)], NOW_MS, 10)
     forged = [PendingWrite("c1", tags=("caller", "guessed")), PendingWrite("gone", tags=("a", "b"))]
     assert locations.apply_dialogs(forged, NOW_MS, 10) == DialogFlush(forged=1)
     assert locations.get(DIALOG, "c1") == record
@@ -160,8 +160,8 @@ def test_a_dialog_record_is_deleted_only_with_its_tags(locations):
 
 def test_a_source_holds_at_most_its_cap_until_its_records_expire(locations):
     def sets(*names: str, source: str = "203.0.113.9") -> list[PendingWrite]:
-        record = Record(A, 1, 0, "f", "t", source).to_json()
-        return [PendingWrite(name, record, TTL_MS) for name in names]
+        record = Record(A, 1, 0, "f", "t", source)
+        return [PendingWrite.setting(name, record, TTL_MS) for name in names]
 
     assert locations.apply_dialogs(sets("a", "b", "c"), NOW_MS, 2) == DialogFlush(2, capped=1)
     assert locations.apply_dialogs(sets("d"), NOW_MS, 2) == DialogFlush(capped=1)

@@ -199,6 +199,7 @@ def test_full_dialog_queue_drops_its_oldest_writes(
     node.pool(A)
     node.locations.fail()
     for call in range(3):
+        node.clock.advance(location.QUEUE_BATCH_MS)  # each call's write in a queue entry of its own
         node.route("INVITE", call_id=f"call-{call}")
         node.reply(200, to_tag="callee-tag")
         ack(node, A, call_id=f"call-{call}")
@@ -277,6 +278,25 @@ def test_retransmitted_acks_queue_the_record_once(node: Node, ksr: FakeKsr):
     assert len(ksr.htables[QUEUE]) == 1 and counters(node)["confirmed"] == 1
     ack(node, A, from_tag="someone-else")  # not this dialog's ACK: nothing more
     assert len(ksr.htables[QUEUE]) == 1
+    assert len(location.batched_writes(ksr.htables[QUEUE].items())) == 1  # one write in it
+
+
+def test_a_workers_writes_of_one_period_share_queue_entries_of_bounded_size(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    calls = 2 * location.QUEUE_BATCH_WRITES + 1
+    for call in range(calls):  # all in one batch period: the fake clock stands still
+        node.route("INVITE", call_id=f"call-{call}")
+        node.reply(200, to_tag="callee-tag")
+        ack(node, A, call_id=f"call-{call}")
+    assert len(ksr.htables[QUEUE]) == 3
+    assert len(location.batched_writes(ksr.htables[QUEUE].items())) == calls
+    node.tick(location.QUEUE_BATCH_MS)  # the period before the previous one only
+    assert len(ksr.htables[QUEUE]) == 3 and node.locations.records == {}
+    node.tick(location.QUEUE_BATCH_MS)
+    assert ksr.htables[QUEUE] == {}
+    assert {name for _, name in node.locations.records} == {f"call-{n}" for n in range(calls)}
 
 
 def test_a_forged_bye_leaves_the_record_and_is_counted(node: Node, ksr: FakeKsr):

@@ -163,7 +163,11 @@ def test_a_holder_set_aside_for_its_silence_keeps_its_users_only_where_none_else
 
 
 def test_sum_counters_adds_the_workers():
-    dump = {"lookups 11": 3, "lookups 12": 4, "fallback 12": 1}
+    dump = {
+        "11": location.encode_counts({"lookups": 3}),
+        "12": location.encode_counts({"lookups": 4, "fallback": 1}),
+        "13": "garbled lookups=x =2",
+    }
     assert location.sum_counters(dump) == {"lookups": 7, "fallback": 1}
 
 
@@ -238,9 +242,45 @@ def test_a_delete_removes_only_the_record_of_its_own_tags():
 
 def test_records_within_the_cap_of_their_source():
     def write(name: str, source: str) -> location.PendingWrite:
-        return location.PendingWrite(name, Record(A, source=source).to_json(), 1000)
+        return location.PendingWrite.setting(name, Record(A, source=source), 1000)
 
     writes = [write("1", "a"), write("2", "a"), write("3", "b"), write("4", "a")]
     written, refused = location.within_cap(writes, {"a": 1}, cap=2)
     assert [w.name for w in written] == ["1", "3"]
     assert [w.name for w in refused] == ["2", "4"]
+
+
+def test_a_local_dialog_copy_round_trips_and_anything_else_reads_as_none():
+    record = Record(A, 1, 2, "caller", "callee", "198.51.100.7")
+    assert Record.from_local(record.to_local()) == record
+    for garbled in ["", "[1, 2]", '{"proxy": "sip:p"}', "not json"]:
+        assert Record.from_local(garbled) is None
+
+
+def test_a_queued_set_carries_its_records_source():
+    record = Record(A, 1, 2, "caller", "callee", "198.51.100.7")
+    write = location.PendingWrite.setting("c", record, 1000)
+    assert (write.record, write.source) == (record.to_json(), "198.51.100.7")
+    assert location.PendingWrite.decode(write.encode()) == write
+
+
+def test_the_timer_takes_only_the_batches_of_periods_before_the_previous_one():
+    queued = [
+        (location.batch_key(7, 11), "a"),
+        (location.batch_key(8, 11), "b"),
+        (location.batch_key(9, 12), "c"),
+        ("garbage", "d"),
+    ]
+    assert location.closed_batches(queued, current_period=9) == [queued[0], queued[3]]
+    assert location.closed_batches(queued, current_period=11) == queued
+
+
+def test_batched_writes_coalesce_in_period_then_queueing_order():
+    set_a = location.PendingWrite("a@h", '{"proxy": "sip:p"}', 1000)
+    delete_a = location.PendingWrite("a@h", tags=("f", "t"))
+    set_b = location.PendingWrite("b@h", "{}", 5)
+    later = "\n".join([location.batch_line(1, delete_a), location.batch_line(2, set_b)])
+    earlier = location.batch_line(900, set_a)  # a later clock reading, an earlier period
+    batches = [(location.batch_key(8, 11), later), (location.batch_key(7, 12), earlier)]
+    assert len(location.batched_writes(batches)) == 3
+    assert location.coalesce(location.batched_writes(batches)) == [delete_a, set_b]

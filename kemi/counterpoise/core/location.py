@@ -173,6 +173,23 @@ class Record:
             return None
         return untrusted(lambda: _parse_record(text))
 
+    def to_local(self) -> str:
+        """This node's own copy of a dialog record (``htables.DIALOGS``): a JSON list, which
+        ``from_local`` reads back without the checks of a record from Redis (only this node's
+        workers write that table)."""
+        return json.dumps(
+            [self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, self.source]
+        )
+
+    @classmethod
+    def from_local(cls, text: str) -> Record | None:
+        """The record ``to_local`` wrote; None for anything else."""
+        try:
+            proxy, since_ms, expires_ms, from_tag, to_tag, source = json.loads(text)
+        except (ValueError, TypeError):
+            return None
+        return cls(proxy, since_ms, expires_ms, from_tag, to_tag, source)
+
     def matches_tags(self, from_tag: str, to_tag: str) -> bool:
         """Whether an in-dialog request's tags are this dialog's, in either direction (the
         callee's requests carry the tags swapped)."""
@@ -321,12 +338,25 @@ def decide(
     return Decision(reject=True, outcome="rejected", holder=found)
 
 
-def sum_counters(dump: dict[str, int]) -> dict[str, int]:
-    """Totals over every worker of the ``cploc`` htable's ``"<name> <pid>"`` -> int."""
+def encode_counts(counts: Mapping[str, int]) -> str:
+    """One process's counters as one shared-memory value (``kamailio.counters``):
+    ``"name=count name=count ..."``; names hold neither spaces nor ``=``."""
+    return " ".join(f"{name}={count}" for name, count in counts.items())
+
+
+def sum_counters(dump: Mapping[str, object]) -> dict[str, int]:
+    """Totals over every process of a counters htable (``cploc``, ``cpedge``): ``"<pid>"`` ->
+    ``encode_counts``. A part that is not ``name=integer`` is skipped."""
     totals: dict[str, int] = {}
-    for key, value in dump.items():
-        name = key.partition(" ")[0]
-        totals[name] = totals.get(name, 0) + value
+    for value in dump.values():
+        for part in str(value).split():
+            name, _, count = part.partition("=")
+            try:
+                amount = int(count)
+            except ValueError:
+                continue
+            if name:
+                totals[name] = totals.get(name, 0) + amount
     return totals
 
 
@@ -336,49 +366,99 @@ def sum_counters(dump: dict[str, int]) -> dict[str, int]:
 @dataclasses.dataclass(frozen=True)
 class PendingWrite:
     """A dialog record write a SIP worker queued for the timer process: set ``record`` (JSON)
-    under Call-ID ``name`` for ``ttl_ms``, or, when ``record`` is None, delete it if its tags
-    are ``tags`` (a BYE's From and To tags, in either order)."""
+    under Call-ID ``name`` for ``ttl_ms``, counted against ``source`` (the record's), or, when
+    ``record`` is None, delete it if its tags are ``tags`` (a BYE's From and To tags, in
+    either order)."""
 
     name: str
     record: str | None = None
     ttl_ms: int = 0
     tags: tuple[str, str] = ("", "")
+    source: str = ""
+    """A set's record's ``source``, carried beside it: the timer never parses the record."""
+
+    @classmethod
+    def setting(cls, name: str, record: Record, ttl_ms: int) -> PendingWrite:
+        """The write that sets ``record`` under Call-ID ``name`` for ``ttl_ms``."""
+        return cls(name, record.to_json(), ttl_ms, source=record.source)
 
     def encode(self) -> str:
-        return json.dumps([self.name, self.record, self.ttl_ms, *self.tags])
+        return json.dumps([self.name, self.record, self.ttl_ms, *self.tags, self.source])
 
     @classmethod
     def decode(cls, text: str) -> PendingWrite:
         try:
-            name, record, ttl_ms, from_tag, to_tag = json.loads(text)
+            name, record, ttl_ms, from_tag, to_tag, source = json.loads(text)
         except (ValueError, TypeError) as error:
             raise ValueError(f"not a pending write: {text[:80]!r}") from error
-        fields = (name, from_tag, to_tag)
+        fields = (name, from_tag, to_tag, source)
         if not all(isinstance(f, str) for f in fields) or not (
             record is None or isinstance(record, str)
         ):
             raise ValueError(f"not a pending write: {text[:80]!r}")
-        return cls(name, record, int(ttl_ms), (from_tag, to_tag))
-
-    @functools.cached_property
-    def source(self) -> str:
-        """The source a set counts against (its record's ``source``; "" for none)."""
-        try:
-            record = Record.from_json(self.record)
-        except BadRecord:
-            return ""
-        return record.source if record is not None else ""
+        return cls(name, record, int(ttl_ms), (from_tag, to_tag), source)
 
     def deletes(self, record: Record | None) -> bool:
         """Whether this delete may remove ``record``: only its own dialog's BYE may."""
         return record is not None and record.matches_tags(*self.tags)
 
 
+QUEUE_BATCH_MS = 50
+"""A worker's dialog writes of one such period share one entry of the queue
+(``kamailio.htables.DIALOG_WRITES``), rewritten whole with each: the timer process reads and
+removes one entry per worker and period, not one per write. It takes a period's entry once
+the next period is over too, so a record reaches Redis within a tick and two periods of its
+ACK. (A worker stalled a whole period between reading the clock and writing its entry would
+have that entry's writes sent twice, the second time after any later write of the same
+Call-ID.)"""
+
+QUEUE_BATCH_WRITES = 20
+"""Most writes in one queue entry: past it the worker starts another entry of the same
+period, so a write costs a rewrite of at most this many (about 6 KB), whatever the rate."""
+
+
+def batch_key(period: int, pid: int, part: int = 0) -> str:
+    """The queue key of the ``part``-th batch of writes worker ``pid`` queued in ``period``
+    (monotonic ms divided by the batch period): one writer per key, and keys sort by
+    period."""
+    return f"{period:015d} {pid} {part}"
+
+
+def batch_line(order_ns: int, write: PendingWrite) -> str:
+    """One write in a batch, after its place in the queue's order (monotonic ns); batches
+    join lines with newlines, which no encoded write holds (JSON escapes them)."""
+    return f"{order_ns:020d} {write.encode()}"
+
+
+def closed_batches(queued: Iterable[tuple[str, str]], current_period: int) -> list[tuple[str, str]]:
+    """The queue entries ``(key, batch)`` no worker writes any more: those of periods before
+    the previous one (a worker that read the clock at the end of a period may still write
+    its batch early in the next). A key that names no period is closed: nothing writes it."""
+    closed = []
+    for key, batch in queued:
+        period = key.partition(" ")[0]
+        if not period.isdigit() or int(period) < current_period - 1:
+            closed.append((key, batch))
+    return closed
+
+
+def batched_writes(batches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every write of the batches ``(key, batch)`` as ``(order key, encoded write)`` for
+    ``coalesce``: the batch's period, then the write's monotonic ns."""
+    lines = []
+    for key, batch in batches:
+        period = key.partition(" ")[0]
+        for line in str(batch).split("\n"):
+            order_ns, _, text = line.partition(" ")
+            lines.append((f"{period} {order_ns}", text))
+    return lines
+
+
 def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
-    """The writes to send for queue entries ``(key, encoded write)``: keys sort in queue order
-    (monotonic ns first), and only the last write per Call-ID matters (a call shorter than one
-    flush period costs Redis one DEL, or nothing: a delete queued after a set passed the SIP
-    worker's check of its tags against that set's record). Entries that do not decode are
+    """The writes to send for queue entries ``(key, encoded write)`` (``batched_writes``):
+    keys sort in queue order, and only the last write per Call-ID matters (a call shorter than
+    one flush period costs Redis one DEL, or nothing: a delete queued after a set passed the
+    SIP worker's check of its tags against that set's record). Entries that do not decode are
     skipped."""
     latest: dict[str, PendingWrite] = {}
     for _, text in sorted(queued):

@@ -1,8 +1,10 @@
-"""Per-node counters in shared memory: ``"<name> <pid>"`` -> int, one writer per key.
+"""Per-node counters in shared memory: one value per process, ``"<pid>"`` ->
+``"name=count name=count ..."`` (``core.location.encode_counts``), so no lock is taken and an
+event that counts several things costs one shared-memory write.
 
-Each process keeps its own totals and writes them whole (``sht_seti``), so no lock is taken
-and ``kamcmd htable.dump <table>`` shows every worker's count; ``core.location.sum_counters``
-adds them up. Two tables use it: ``htables.LOCATION_COUNTERS`` (the location server) and
+Each process keeps its own totals and writes them whole (``sht_sets``); ``kamcmd htable.dump
+<table>`` shows every process's counts and ``core.location.sum_counters`` adds them up. Two
+tables use it: ``htables.LOCATION_COUNTERS`` (the location server) and
 ``htables.EDGE_COUNTERS`` (the edge's trust rules), which the sync loop also publishes to
 ``cp:rejects:<node>``.
 """
@@ -10,9 +12,11 @@ adds them up. Two tables use it: ``htables.LOCATION_COUNTERS`` (the location ser
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import KSR
 
+from counterpoise.core.location import encode_counts
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.htables import Htable
 
@@ -24,12 +28,17 @@ class Counters:
         self._counts: dict[str, int] = {}
 
     def count(self, name: str, amount: int = 1) -> None:
+        self.add({name: amount})
+
+    def add(self, amounts: Mapping[str, int]) -> None:
+        """Count each name by its amount, in one write."""
         pid = os.getpid()
         if pid != self._pid:  # a fresh process after fork counts from zero
             self._pid, self._counts = pid, {}
-        value = self._counts.get(name, 0) + amount
-        self._counts[name] = value
-        KSR.htable.sht_seti(self.table.name, f"{name} {pid}", value)
+        counts = self._counts
+        for name, amount in amounts.items():
+            counts[name] = counts.get(name, 0) + amount
+        KSR.htable.sht_sets(self.table.name, str(pid), encode_counts(counts))
 
 
 EDGE = Counters(htables.EDGE_COUNTERS)

@@ -219,8 +219,11 @@ REJECTED_RECORDS = "rejected_records"
 LOCATION_COUNTERS = Htable(
     name="cploc",
     size=6,
-    key=f'``"<name> <pid>"``, ``{REJECTED_RECORDS}`` among the names',
-    value="int: that worker's count (``kamailio.counters``)",
+    key='``"<pid>"``',
+    value=(
+        f'that worker\'s counts, ``"name=count ..."`` (``kamailio.counters``), '
+        f"``{REJECTED_RECORDS}`` among the names"
+    ),
     writers=("kamailio.location.LocationRouting",),
     readers=("kamailio.shared.SharedTable.read_location_rejections", "kamailio.metrics.Endpoint"),
     operators="``htable.dump cploc``: every worker's count",
@@ -233,7 +236,7 @@ DIALOGS = Htable(
     size=10,
     autoexpire_s=60,
     key="Call-ID",
-    value="the dialog's record (``core.location.Record.to_json``), this node's copy; its"
+    value="the dialog's record, this node's copy (``core.location.Record.to_local``); its"
     " ``source`` is empty until the ACK confirms the dialog",
     writers=("kamailio.location.LocationRouting",),
     readers=(
@@ -249,13 +252,21 @@ in-dialog request that comes before that; a 200 never ACKed lives here only, 60 
 DIALOG_WRITES = Htable(
     name="cplocq",
     size=10,
-    key='``"<monotonic ns> <pid>"``: in order of queueing, one writer per key',
-    value="a dialog record's Redis write (``core.location.PendingWrite.encode``)",
+    key=(
+        '``"<period> <pid> <part>"`` (``core.location.batch_key``): a worker\'s writes of one'
+        " period of ``core.location.QUEUE_BATCH_MS``, at most ``core.location."
+        "QUEUE_BATCH_WRITES`` a part, one writer per key"
+    ),
+    value=(
+        "that worker's dialog record writes of that period, one a line (``core.location."
+        "batch_line``: its monotonic ns, then ``core.location.PendingWrite.encode``)"
+    ),
     writers=("kamailio.location.LocationRouting._queue",),
     readers=("kamailio.location.DialogWriteBehind.flush",),
 )
 """The queue of dialog writes the timer process sends to Redis, one pipeline per tick, so a
-call costs its SIP worker no Redis round trip; the timer removes what Redis took."""
+call costs its SIP worker no Redis round trip; batched per worker and period, so the timer
+reads and removes an entry per batch, not per write; it removes what Redis took."""
 
 LOCATION_CACHE = Htable(
     name="cplocc",
@@ -307,8 +318,8 @@ table's ``autoexpire`` only turns expiry on."""
 EDGE_COUNTERS = Htable(
     name="cpedge",
     size=6,
-    key='``"<name> <pid>"``',
-    value="int: that process's count (``kamailio.counters``)",
+    key='``"<pid>"``',
+    value='that process\'s counts, ``"name=count ..."`` (``kamailio.counters``)',
     writers=("kamailio.counters.EDGE",),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",

@@ -10,9 +10,9 @@ with a socket timeout of ``location_redis_timeout_ms``; calls go through ``backo
 so a dead Redis costs one bounded wait and then nothing until the backoff lets one call try
 again. Without Redis, initial requests are routed by weight and counted as ``redis_skipped``.
 
-Counters go to ``htables.LOCATION_COUNTERS`` as ``"<name> <pid>"`` -> int (one writer per
-key): ``kamcmd -s unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the
-workers.
+Counters go to ``htables.LOCATION_COUNTERS``, one value per worker (``kamailio.counters``),
+once per event however many it counts (a lookup's four, a 2xx's three): ``kamcmd -s
+unixs:CTL htable.dump cploc``; ``location.sum_counters`` sums them over the workers.
 
 Lookups of initial requests other than REGISTER are kept in ``htables.LOCATION_CACHE`` for
 ``location_cache_ms`` (holder or none), so a user already called costs no Redis round trip;
@@ -20,12 +20,16 @@ a REGISTER 2xx through this node drops its AOR's entry.
 
 Dialog records are written behind, off the SIP path: the worker handling the 2xx puts the
 record into ``htables.DIALOGS`` (seen at once by every worker of the node: the ACK right after
-a 200 finds it); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the
-Redis write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the
-delete. The timer process sends the queue to Redis in two pipelined round trips per tick
-(``DialogWriteBehind``): a call costs its SIP worker no Redis round trip for its dialog
-record. A 200 never ACKed costs Redis nothing, and a caller address holds at most
-``dialog_records_per_source`` records (counted in Redis by the timer process).
+a 200 finds it; a node-private JSON list read back without the checks a record from Redis
+needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the Redis
+write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
+A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
+most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
+two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no
+Redis round trip for its dialog record, and the timer one queue entry per batch, not one per
+write. A 200 never
+ACKed costs Redis nothing, and a caller address holds at most ``dialog_records_per_source``
+records (counted in Redis by the timer process, against the source each queued set carries).
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ from counterpoise import clock
 from counterpoise.core import edge, location
 from counterpoise.core.backoff import Guarded
 from counterpoise.core.settings import Fallback, Settings
-from counterpoise.core.untrusted import BadRecord
 from counterpoise.kamailio import avps, htables, read, shared
 from counterpoise.kamailio.counters import EDGE, Counters
 from counterpoise.store.client import ERRORS
@@ -65,6 +68,10 @@ class LocationRouting:
         self._settings = settings
         self._store: LocationStore | None = None
         self._pid = 0
+        self._batch_of = (0, 0, 0)
+        """The period, process and part of ``_batch`` (``location.batch_key``): a fresh list
+        in a new period or process, or once it holds ``location.QUEUE_BATCH_WRITES``."""
+        self._batch: list[str] = []
         self._counters = Counters(htables.LOCATION_COUNTERS)
         self._guard = Guarded.with_backoff_of(
             settings,
@@ -129,7 +136,7 @@ class LocationRouting:
         if is_register:
             avps.set_aor(name)
         # A REGISTER always reads Redis: its 2xx is what changes the records.
-        ok, found = self._holder(name, host, cached=not is_register)
+        ok, found, from_cache = self._holder(name, host, cached=not is_register)
         if not ok:
             decision = location.Decision(outcome="redis_skipped")
         else:
@@ -143,30 +150,34 @@ class LocationRouting:
             )
             if decision.proxy and not is_register:
                 avps.set_held()
-        self.count("lookup_us", (clock.perf_ns() - started) // 1000)
-        self.count("lookups")
-        self.count(decision.outcome)
+        counts = {"lookups": 1, decision.outcome: 1}
+        if from_cache:
+            counts["cache_hits"] = 1
+        counts["lookup_us"] = (clock.perf_ns() - started) // 1000
+        self._counters.add(counts)  # one write for all the lookup's counters
         return decision
 
-    def _holder(self, name: str, host: str, cached: bool) -> tuple[bool, location.Holder | None]:
+    def _holder(
+        self, name: str, host: str, cached: bool
+    ) -> tuple[bool, location.Holder | None, bool]:
         """The holder of AOR ``name`` from this node's cache when fresh, else from Redis
-        (kept in the cache); False when Redis could not be asked."""
+        (kept in the cache); False when Redis could not be asked; then whether the cache
+        answered."""
         now = clock.monotonic_ms()
         ttl = self._settings.location.location_cache_ms
         if cached and ttl:
             entry = KSR.htable.sht_get(htables.LOCATION_CACHE.name, name)
             hit = location.CachedHolder.decode(entry, now) if isinstance(entry, str) else None
             if hit is not None:
-                self.count("cache_hits")
-                return True, hit.holder
+                return True, hit.holder, True
         ok, records = self._call(lambda store: store.lookup(name, host.lower()))
         if not ok:
-            return False, None
+            return False, None, False
         found = location.holder(*records)
         if cached and ttl:
             cached = location.CachedHolder(found, now + ttl).encode()
             KSR.htable.sht_sets(htables.LOCATION_CACHE.name, name, cached)
-        return True, found
+        return True, found, False
 
     def keeps_to_holder(self) -> bool:
         """Whether a failed request must not fail over by weight (failure route)."""
@@ -182,19 +193,19 @@ class LocationRouting:
             name = avps.aor()
             if not name:
                 return
-            self._registered(name, proxy)
+            outcome = self._registered(name, proxy)
         elif method == "INVITE" and self._settings.location.dialog_record_ttl_ms:
-            self._dialog_started(proxy)
+            outcome = self._dialog_started(proxy)
         else:
             return
-        self._count_write(started)
+        # The write's time, and what it did, in one write of the counters.
+        counts = {"writes": 1, "write_us": (clock.perf_ns() - started) // 1000}
+        if outcome:
+            counts[outcome] = 1
+        self._counters.add(counts)
 
-    def _count_write(self, started_ns: int) -> None:
-        """Time spent writing records on the way of a reply or a BYE."""
-        self.count("write_us", (clock.perf_ns() - started_ns) // 1000)
-        self.count("writes")
-
-    def _registered(self, name: str, proxy: str) -> None:
+    def _registered(self, name: str, proxy: str) -> str:
+        """Record or remove the registration; the counter of what it did."""
         contacts = _text("$(hdr(Contact)[*])")
         expires = _text("$hdr(Expires)") or None
         seconds = location.granted_expiry_s([contacts] if contacts else [], expires)
@@ -202,27 +213,38 @@ class LocationRouting:
             now = clock.wall_ms()
             record = location.Record(proxy, since_ms=now, expires_ms=now + seconds * 1000)
             ok, _ = self._call(lambda store: store.put(AOR, name, record, seconds * 1000))
-            self.count("registered" if ok else "write_failed")
+            outcome = "registered" if ok else "write_failed"
         else:
             ok, _ = self._call(lambda store: store.delete(AOR, name))
-            self.count("unregistered" if ok else "write_failed")
+            outcome = "unregistered" if ok else "write_failed"
         # This node follows its own REGISTERs at once.
         KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
+        return outcome
 
-    def _dialog_started(self, proxy: str) -> None:
-        """This node's copy of the record, unconfirmed: Redis gets it with the ACK."""
+    def _dialog_started(self, proxy: str) -> str | None:
+        """This node's copy of the record, unconfirmed: Redis gets it with the ACK;
+        ``dialogs``, the counter of it, or None when it is not recorded."""
         call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
         if not self._recordable(call_id, from_tag, to_tag):
-            return
+            return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
-        record = location.Record(proxy, now, expires, from_tag, to_tag).to_json()
+        record = location.Record(proxy, now, expires, from_tag, to_tag).to_local()
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
-        self.count("dialogs")
+        return "dialogs"
 
     def _queue(self, write: location.PendingWrite) -> None:
-        key = f"{clock.monotonic_ns():020d} {os.getpid()}"
-        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, write.encode())
+        """Add ``write`` to this worker's batch of the current period
+        (``location.QUEUE_BATCH_MS``)."""
+        period, pid, part = self._batch_of
+        now = (clock.monotonic_ms() // location.QUEUE_BATCH_MS, os.getpid())
+        if now != (period, pid):
+            self._batch_of, self._batch = (*now, 0), []
+        elif len(self._batch) >= location.QUEUE_BATCH_WRITES:
+            self._batch_of, self._batch = (period, pid, part + 1), []
+        self._batch.append(location.batch_line(clock.monotonic_ns(), write))
+        key = location.batch_key(*self._batch_of)
+        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
 
     # --- in-dialog requests --------------------------------------------------------------------
 
@@ -236,10 +258,7 @@ class LocationRouting:
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
         if isinstance(local, str):
-            try:
-                record = location.Record.from_json(local)
-            except BadRecord:
-                record = None
+            record = location.Record.from_local(local)
         else:
             ok, record = self._call(lambda store: store.get(DIALOG, call_id))
             if not ok:
@@ -266,10 +285,7 @@ class LocationRouting:
         if not edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
-        try:
-            record = location.Record.from_json(local) if isinstance(local, str) else None
-        except BadRecord:
-            record = None
+        record = location.Record.from_local(local) if isinstance(local, str) else None
         return call_id, (ids[1] or "", ids[2] or ""), record
 
     def dialog_confirmed(self, ids: read.DialogIds) -> None:
@@ -283,10 +299,9 @@ class LocationRouting:
         if record is None or record.source or not record.matches_tags(*tags):
             return  # not a dialog of this node's, or confirmed already
         confirmed = dataclasses.replace(record, source=location.source_of(_text("$si")))
-        text = confirmed.to_json()
-        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, text)
+        KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
-        self._queue(location.PendingWrite(call_id, text, ttl))
+        self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))
         self.count("confirmed")
 
     def dialog_ended(self, ids: read.DialogIds) -> None:
@@ -306,8 +321,9 @@ class LocationRouting:
 
 
 class DialogWriteBehind:
-    """The timer process's side: sends the queued dialog writes to Redis, one pipeline per
-    tick, and removes them from the queue once Redis took them (kept while it is down)."""
+    """The timer process's side: sends the queued dialog writes of the closed batches to
+    Redis, one pipeline per tick, and removes them from the queue once Redis took them (kept
+    while it is down)."""
 
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self._settings = settings
@@ -331,11 +347,15 @@ class DialogWriteBehind:
         if oldest:
             for key, _ in oldest:
                 KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
-            self.dropped += len(oldest)
-            self._log(f"dropped {len(oldest)} queued dialog writes ({self.dropped} in all)")
+            lost = len(location.batched_writes(oldest))
+            self.dropped += lost
+            self._log(f"dropped {lost} queued dialog writes ({self.dropped} in all)")
             dropped = set(oldest)
             queued = [item for item in queued if item not in dropped]
-        writes = location.coalesce(queued)
+        queued = location.closed_batches(queued, clock.monotonic_ms() // location.QUEUE_BATCH_MS)
+        if not queued:
+            return
+        writes = location.coalesce(location.batched_writes(queued))
         cap = self._settings.location.dialog_records_per_source
         outcomes: list[DialogFlush] = []
         if self._guard.call(

@@ -115,7 +115,7 @@ class Endpoint:
             sync=sync,
             now_ms=clock.monotonic_ms(),
             counters=_int_items(htables.NODE_COUNTERS),
-            location_counters=sum_counters(_int_items(htables.LOCATION_COUNTERS)),
+            location_counters=sum_counters(dict(shared.items(htables.LOCATION_COUNTERS))),
             inflight={uri: shared.inflight(uri) for uri in sync.pool},
             ticks=self.ticks,
             redis_errors=sync.redis_errors + other_redis_errors,

@@ -110,13 +110,7 @@ class SharedTable:
         return dict(items(htables.REJECTIONS))
 
     def read_location_rejections(self) -> tuple[int, str]:
-        counts = sum_counters(
-            {
-                k: int(v)
-                for k, v in items(htables.LOCATION_COUNTERS)
-                if k.startswith(htables.REJECTED_RECORDS + " ")
-            }
-        )
+        counts = sum_counters(dict(items(htables.LOCATION_COUNTERS)))
         last = KSR.htable.sht_get(htables.REJECTIONS.name, htables.LOCATION_REJECT)
         return counts.get(htables.REJECTED_RECORDS, 0), last if isinstance(last, str) else ""
 
@@ -151,7 +145,7 @@ class SharedTable:
 
     def read_counters(self) -> Mapping[str, int]:
         """The edge's counters summed over the processes (``cpedge``)."""
-        return sum_counters({key: _number(value) for key, value in items(htables.EDGE_COUNTERS)})
+        return sum_counters(dict(items(htables.EDGE_COUNTERS)))
 
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
         table = htables.ROUTING.name
