@@ -22,6 +22,10 @@ T1_S = 0.5
 """SIP's retransmission interval: a request sent into the outage is sent again within it
 (SIPp's first retransmission) once the address has moved."""
 
+SPLIT_APART_MAX_POINTS = 5.0
+"""How far the survivor's split may be from the dead node's, in points of one proxy's share
+(``failover.split_apart``): the issue's bound."""
+
 POLL_SLACK_S = 0.3
 """The address is looked for every 10 ms, each look two ``ip netns exec``, slower on a busy
 host: the move is seen up to this late."""
@@ -103,3 +107,7 @@ def test_the_standby_takes_over_a_dead_node_and_gives_it_back_without_losing_a_c
         # would be 0.025): 0.1 is about 3 sd.
         assert run.split_before[uri] == pytest.approx(base_share, abs=0.1), run.split_before
         assert run.split_after[uri] == pytest.approx(base_share, abs=0.1), run.split_after
+    # The issue's bound: the survivor's split within 5 points of the dead node's, each proxy.
+    # Each worker's first draws follow the weights within a few calls (``core.spread``), so
+    # what is left apart is the weights' own drift with the latency estimates (about 1-3 points).
+    assert failover.split_apart(run) <= SPLIT_APART_MAX_POINTS, (run.split_before, run.split_after)
