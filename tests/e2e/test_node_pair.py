@@ -105,10 +105,10 @@ def test_the_standby_takes_over_a_dead_node_and_gives_it_back_without_losing_a_c
         # ... and both split the calls near the base shares: each worker's picks follow the
         # weights within a few calls (``core.spread``), so what is left is the weights' drift
         # with the latency estimates and the pinned user's 10 calls (2.5 points of the first
-        # proxy's share): up to 4 points in eleven runs; 0.1 leaves room for a busier host.
+        # proxy's share): up to 4 points in fifteen runs; 0.1 leaves room for a busier host.
         assert run.split_before[uri] == pytest.approx(base_share, abs=0.1), run.split_before
         assert run.split_after[uri] == pytest.approx(base_share, abs=0.1), run.split_after
     # The issue's bound: the survivor's split within 5 points of the dead node's, each proxy:
-    # apart only as far as the two nodes' weights drift apart (at most 2.7 points in eleven
+    # apart only as far as the two nodes' weights drift apart (at most 2.7 points in fifteen
     # runs; independent random picks alone would give the difference an sd of 3.5 points).
     assert failover.split_apart(run) <= SPLIT_APART_MAX_POINTS, (run.split_before, run.split_after)
