@@ -95,7 +95,7 @@ def pick_micro() -> dict[int, float]:
         picker = WeightedPicker([(uri, rng.uniform(0.5, 2.0)) for uri in uris])
         inflight = {uri: rng.randrange(6) for uri in uris}
         draw = random.Random(1).random
-        timer = timeit.Timer(lambda p=picker, r=draw, f=inflight.__getitem__: p.pick(r, f))
+        timer = timeit.Timer(lambda p=picker, r=draw, f=inflight.__getitem__: p.pick(r, r, f))
         best = min(timer.repeat(PICK_REPEATS, PICK_CALLS))
         results[size] = best / PICK_CALLS * 1e6
     return results

@@ -1,15 +1,15 @@
 """Choosing a proxy for one request: weighted power of two choices.
 
-Pure arithmetic: no Kamailio, no Redis. The random source and the in-flight counts are
-passed in, so the tests drive it with a seeded ``random.Random`` and a dict.
+Pure arithmetic: no Kamailio, no Redis. The uniform sources and the in-flight counts are
+passed in, so the tests drive it with seeded sources and a dict.
 
 The rule, per decision:
 
-1. Draw two proxies independently, each with probability ``w_i / sum(w)`` (prefix sums and
-   a binary search: O(log n), so the cost barely grows with the pool).
+1. Draw two proxies, each with probability ``w_i / sum(w)`` (prefix sums and a binary
+   search: O(log n), so the cost barely grows with the pool): the first by the ``first``
+   source, the second by the ``second``, independent of it.
 2. If both draws are the same proxy, take it. Otherwise take the one with the lower
-   ``inflight_i / w_i`` (requests in flight per unit of weight); on a tie, either one with
-   probability 1/2.
+   ``inflight_i / w_i`` (requests in flight per unit of weight); on a tie, the first.
 
 Why this split is right: with nothing in flight, proxy *i* is chosen with probability
 ``p_i^2 + sum_{j != i} p_i p_j = p_i``, exactly its weight share. Under load, a proxy whose
@@ -17,6 +17,14 @@ requests take longer accumulates more requests in flight (Little's law), loses t
 comparison more often, and its share drops at once, before the periodic weight update even
 sees its latency. With equal latencies, the comparisons balance around the weight ratio,
 so base weights of 3:1 still give a 3:1 split.
+
+Why a tie goes to the first: the two draws are alike, so taking the first on a tie is as
+fair as a coin, and it lets the first source alone decide every pick where nothing is in
+flight. The worker passes an evenly spread sequence there (``core.spread``) and its random
+generator as the second: its picks then follow the weights within a few requests, as a
+weighted cycle would, where independent draws stray by the square root of their number,
+and the second draw, still random, keeps the in-flight comparison as it was: a proxy that
+holds more requests in flight than another wins only when both draws land on it.
 """
 
 from __future__ import annotations
@@ -71,26 +79,26 @@ class WeightedPicker:
 
     def pick(
         self,
-        rand: Callable[[], float],
+        first_draw: Callable[[], float],
+        second_draw: Callable[[], float],
         inflight: Callable[[str], int],
         exclude: Collection[str] = (),
     ) -> str | None:
         """The proxy for the next request, or None when every proxy is excluded or the
-        snapshot is empty. ``rand`` returns floats in [0, 1); ``inflight(uri)`` returns the
-        requests in flight to that proxy right now."""
+        snapshot is empty. ``first_draw`` and ``second_draw`` return floats in [0, 1), each
+        source drawing one candidate; ``inflight(uri)`` returns the requests in flight to that
+        proxy right now."""
         if not self._uris:
             return None
-        first = self._draw_allowed(rand, exclude)
+        first = self._draw_allowed(first_draw, exclude)
         if first is None:
             return None
-        second = self._draw_allowed(rand, exclude)
+        second = self._draw_allowed(second_draw, exclude)
         if second is None or second == first:
             return first
         load_first = inflight(first) / self._weight[first]
         load_second = inflight(second) / self._weight[second]
-        if load_first == load_second:
-            return first if rand() < 0.5 else second
-        return first if load_first < load_second else second
+        return second if load_second < load_first else first
 
     def least_loaded(
         self, inflight: Callable[[str], int], exclude: Collection[str] = ()

@@ -31,6 +31,7 @@ from counterpoise.core import (
 )
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
+from counterpoise.core.spread import GoldenSpread
 from counterpoise.core.sync import SyncLoop
 from counterpoise.kamailio import (
     avps,
@@ -111,6 +112,7 @@ class Balancer:
         self.view = shared.WorkerView()
         self.settings_feed = shared.SettingsFeed()
         self.rng = random.Random()
+        self.spread = GoldenSpread(0.0)
         self.sync: SyncLoop | None = None
         self._max_sample_ms = int(settings.latency.failure_penalty_ms)
         self.location: LocationRouting | None = None
@@ -128,6 +130,7 @@ class Balancer:
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
         self.rng.seed(os.getpid() ^ clock.monotonic_ns())
+        self.spread = GoldenSpread(self.rng.random())  # each worker from its own point
         return 0
 
     def refresh(self) -> None:
@@ -415,8 +418,10 @@ class Balancer:
         return 1
 
     def _pick(self) -> str | None:
-        """A proxy by weight, from the table the request route refreshed on entry."""
-        return self.view.picker.pick(self.rng.random, shared.inflight)
+        """A proxy by weight, from the table the request route refreshed on entry: the first
+        candidate from the worker's evenly spread sequence, so its calls follow the weights
+        closely, the second from its random generator (``core.selection``)."""
+        return self.view.picker.pick(self.spread, self.rng.random, shared.inflight)
 
     def _arm(self, uri: str, tried: list[str]) -> bool:
         """Make ``uri`` the request's next attempt: ``$du``, its timers, the routes, its
