@@ -159,16 +159,25 @@ class Downstream:
 
 
 def counters(ctl_socket: Path, table: str) -> dict[str, int]:
-    """A node's per-process counters (``cploc``, ``cpedge``) summed over its processes."""
-    dump: dict[str, str] = {}
+    """A node's counters in ``table``, totalled: the per-process values of ``cploc`` and
+    ``cpedge`` (``"name=count ..."``, ``location.sum_counters``), or the node-wide integer of
+    each name in ``cpstat``."""
+    packed: dict[str, str] = {}
+    totals: dict[str, int] = {}
     key = None
     for line in kamcmd(ctl_socket, "htable.dump", table).splitlines():
         line = line.strip()
         if line.startswith("name:"):
             key = line.removeprefix("name:").strip()
         elif line.startswith("value:") and key is not None:
-            dump[key] = line.removeprefix("value:").strip()
-    return location.sum_counters(dump)
+            value = line.removeprefix("value:").strip()
+            if "=" in value:
+                packed[key] = value
+            else:
+                totals[key] = totals.get(key, 0) + int(value)
+    for name, count in location.sum_counters(packed).items():
+        totals[name] = totals.get(name, 0) + count
+    return totals
 
 
 def start_uas(
