@@ -12,7 +12,7 @@ from pathlib import Path
 from counterpoise import processes
 from counterpoise.core.settings import Settings
 from harness import testbed
-from harness.failover import Published, start_pool
+from harness.failover import Published, calls_placed, start_pool
 from harness.pair import Pair
 
 LAN_PREFIX = "10.231.78"
@@ -51,13 +51,8 @@ def run(run_dir: Path, timing: str = "subsecond") -> CancelRun:
         for name in ("node_a", "node_b"):
             pair.start_node(name, settings)
         pair.wait_holder("node_a", 15)
-        published = Published(pair.redis_url, settings)
-        for ds in proxies:
-            published.store.add(ds.uri, 1.0)
-        processes.wait_for(
-            lambda: published.usable("pair-node_a", [ds.uri for ds in proxies]),
-            15,
-            "the pool up at node_a",
+        Published(pair.redis_url, settings).enter_pool(
+            [(ds.uri, 1.0) for ds in proxies], "pair-node_a"
         )
         caller = testbed.Caller(
             f"{pair.vip}:{pair.sip_port}", run_dir, CALLS, RATE_PER_S, RING_MS,
@@ -66,8 +61,7 @@ def run(run_dir: Path, timing: str = "subsecond") -> CancelRun:
         stops.callback(caller.stop)
 
         def invites() -> int:
-            marker = f"-{caller.proc.pid}@"
-            return sum(marker in cid for ds in proxies for cid in ds.invite_call_ids())
+            return sum(calls_placed(proxies, caller.proc.pid).values())
 
         processes.wait_for(lambda: invites() == CALLS, 10, "every call ringing through node_a")
         pair.kill("node_a")

@@ -110,7 +110,7 @@ def split_apart(run: Failover) -> float:
     )
 
 
-def _calls_placed(proxies: list[testbed.Downstream], pid: int) -> dict[str, int]:
+def calls_placed(proxies: list[testbed.Downstream], pid: int) -> dict[str, int]:
     """The calls of SIPp ``pid`` each proxy has had so far (its Call-IDs carry the pid)."""
     marker = f"-{pid}@"
     return {ds.uri: sum(marker in cid for cid in ds.invite_call_ids()) for ds in proxies}
@@ -129,10 +129,19 @@ class Published:
     def weights(self, node: str) -> dict[str, float]:
         return {uri: r["share"] for uri, r in self.records(node).items()}
 
-    def usable(self, node: str, uris: list[str]) -> bool:
-        """Whether ``node`` has published every one of ``uris`` up (or slowly starting)."""
-        records = self.records(node)
-        return all(records.get(uri, {}).get("state") in ("up", "slowstart") for uri in uris)
+    def enter_pool(self, weighted: list[tuple[str, float]], node: str) -> None:
+        """The operator adds each proxy with its base weight; until ``node`` has published
+        every one of them up (or slowly starting)."""
+        for uri, weight in weighted:
+            self.store.add(uri, weight)
+
+        def usable() -> bool:
+            records = self.records(node)
+            return all(
+                records.get(uri, {}).get("state") in ("up", "slowstart") for uri, _ in weighted
+            )
+
+        processes.wait_for(usable, 15, f"the pool up at {node}")
 
 
 def invites_at(pair: Pair, name: str) -> int:
@@ -151,7 +160,7 @@ def call_pinned(pair: Pair, run_dir: Path, proxies: list[testbed.Downstream]) ->
     result = caller.wait(30)
     if result.failed or result.successful != PINNED_CALLS:
         raise AssertionError(f"calls to the pinned user failed: {result.output[-2000:]}")
-    counts = _calls_placed(proxies, caller.proc.pid)
+    counts = calls_placed(proxies, caller.proc.pid)
     return {uri: count for uri, count in counts.items() if count}
 
 
@@ -210,13 +219,7 @@ def run(
         published = Published(pair.redis_url, settings)
         pinned_before: dict[str, int] = {}
         if counterpoise:
-            for uri, weight in weighted:
-                published.store.add(uri, weight)
-            processes.wait_for(
-                lambda: published.usable("pair-node_a", [ds.uri for ds in proxies]),
-                15,
-                "the pool up at node_a",
-            )
+            published.enter_pool(weighted, "pair-node_a")
             pin(pair.redis_url, f"{PINNED_USER}@{pair.vip}", proxies[0].uri)
             pinned_before = call_pinned(pair, run_dir, proxies)
         start_s = clock.monotonic_s()
@@ -229,7 +232,7 @@ def run(
         weights_before = published.weights("pair-node_a")
         split_before = _shares(published.routed("pair-node_a"))
         routed_by_b = published.routed("pair-node_b")
-        placed_before = _calls_placed(proxies, caller.proc.pid)
+        placed_before = calls_placed(proxies, caller.proc.pid)
 
         invites_before = invites_at(pair, "node_b")
         killed_s = clock.monotonic_s()  # the link goes first: the host is gone from here on
@@ -247,7 +250,7 @@ def run(
         by_b = published.routed("pair-node_b")
         split_after = _shares({uri: by_b[uri] - routed_by_b.get(uri, 0) for uri in by_b})
         if not counterpoise:
-            placed_after = _calls_placed(proxies, caller.proc.pid)
+            placed_after = calls_placed(proxies, caller.proc.pid)
             split_before = _shares(placed_before)
             split_after = _shares(
                 {uri: placed_after[uri] - placed_before[uri] for uri in placed_after}

@@ -196,8 +196,13 @@ class Balancer:
         answers the CANCELs it takes (RFC 3261 16.10); the proxies' answers to it come back
         to this node, match nothing and are dropped (``stray_reply``). Counted as
         ``orphan_forwarded``; always ``STOP``."""
-        source, stream = _source(), _stream()
         self.refresh()
+        return self.ksr_route_orphan(_source(), _stream())
+
+    @hook("orphan", fallback=STOP)
+    def ksr_route_orphan(self, source: edge.Address, stream: bool) -> int:
+        """``forward_orphan`` in a request route that took the settings and table on entry
+        and read the request's source already (``KemiApp``'s, ``ksr_route_withindlg``)."""
         if self.trusted(source, stream) or not self.view.hops:
             EDGE.count("relay_denied")
             return STOP
@@ -243,7 +248,7 @@ class Balancer:
             self._deny_in_dialog(ack, 404, "Not here")
         elif not self.ksr_route_dialog_record():  # no route set, no dialog record
             if matched < 0:  # an error reply's ACK, its INVITE's transaction another node's
-                self.forward_orphan()
+                self.ksr_route_orphan(source, stream)
             else:
                 self._deny_in_dialog(ack, 404, "Not here")
 
@@ -828,7 +833,7 @@ class KemiApp:
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
             else:
-                balancer.forward_orphan()
+                balancer.ksr_route_orphan(source, stream)
             return 1
         if KSR.siputils.has_totag() > 0:
             balancer.ksr_route_withindlg(source, stream)
