@@ -132,6 +132,10 @@ class Core(_Api):
         return self._is("BYE")
 
     @_kemi
+    def is_INVITE(self) -> bool:
+        return self._is("INVITE")
+
+    @_kemi
     def is_CANCEL(self) -> bool:
         return self._is("CANCEL")
 
@@ -336,8 +340,15 @@ class Tm(_Api):
                 "on_failure": self.ksr.on_failure,
                 "record_route_params": self.ksr.record_route_params,
                 "via_params": dict(self.ksr.via_xavp) if self.ksr.via_xavp_added else {},
+                "auto_inv_100": self.ksr.auto_inv_100,
+                "replies_before": list(self.ksr.sl_replies),
             }
         )
+        return 1
+
+    @_kemi
+    def t_set_auto_inv_100(self, on: int) -> int:
+        self.ksr.auto_inv_100 = bool(on)
         return 1
 
     @_kemi
@@ -669,6 +680,8 @@ class FakeKsr:
         self.record_route_params: str | None = None
         self.on_branch: str | None = None
         self.fr_timers: tuple[int, int] | None = None
+        self.auto_inv_100 = True
+        """tm's own 100 Trying to an INVITE (``auto_inv_100``, on in the turnkey config)."""
         self.on_reply: str | None = None
         self.on_failure: str | None = None
         self.branch_timed_out = False

@@ -187,6 +187,19 @@ def test_initial_request_is_relayed_as_an_attempt(node: Node, ksr: FakeKsr):
     assert not ksr.record_routed  # only dialog-forming requests stay on the path
 
 
+def test_an_invite_hears_its_100_once_relayed_and_a_failover_sends_none(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    node.route("INVITE")
+    (relay,) = ksr.relays
+    assert not relay["auto_inv_100"] and relay["replies_before"] == []
+    assert ksr.sl_replies == [(100, "Trying")]
+    node.reply(503, after_ms=20)
+    node.fail(503)
+    assert len(ksr.relays) == 2 and ksr.sl_replies == [(100, "Trying")]
+    node.route("MESSAGE")
+    assert ksr.relays[0]["auto_inv_100"] and ksr.sl_replies == []
+
+
 def test_a_request_reads_the_routing_table_version_once_and_a_reply_not_at_all(
     node: Node, ksr: FakeKsr
 ):
@@ -258,7 +271,8 @@ def test_a_holder_set_aside_for_its_silence_keeps_its_users_where_none_else_can_
     node.publish(RoutingEntry(A, 1.0, False, 0, False), aside)
     node.balancer.location = FakeLocation(holder=B, fallback=Fallback.REJECT)
     node.route("INVITE")
-    assert node.tried == [B] and ksr.sl_replies == []  # waits on its stalled holder, no 480
+    # Relayed to its stalled holder to wait there: its 100, no 480.
+    assert node.tried == [B] and ksr.sl_replies == [(100, "Trying")]
     node.balancer.location = FakeLocation(holder=B, fallback=Fallback.WEIGHT)
     node.route("INVITE")
     assert node.tried == [A]  # another proxy may serve the user: by weight, away from the stall

@@ -462,6 +462,22 @@ class Balancer:
         self.relay_failed()
         return False
 
+    def relay_new(self) -> bool:
+        """``relay`` a request ``select`` just armed, an INVITE's 100 Trying sent once the
+        INVITE is on its way instead of before, as tm's own is (``auto_inv_100``): tm runs the
+        branch route, Python sealing the route, between the two. A node dying there would
+        leave its caller with a 100, so no retransmission to reach the standby, and no call.
+        Sent stateless: tm's own 100 would mark the transaction as answered by the script,
+        and a CANCEL before the proxy's first reply would then get no 487 (``t_cancel.c``)."""
+        invite = KSR.is_INVITE()
+        if invite:
+            KSR.tm.t_set_auto_inv_100(0)
+        if not self.relay():
+            return False
+        if invite:
+            KSR.sl.sl_send_reply(100, "Trying")
+        return True
+
     @hook("release_route")
     def release_route(self) -> int:
         """A held request, resumed by the release tick (``tmx.t_continue``): to the proxy with
@@ -842,7 +858,8 @@ class KemiApp:
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
             return 1
-        KSR.tm.t_check_trans()
+        if KSR.tm.t_check_trans() == 0:  # a retransmission: tm sent its last reply again
+            return 1
         if self.ksr_route_local():
             return 1
         if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
@@ -852,7 +869,7 @@ class KemiApp:
         selected = balancer.select_refreshed(started_ns)
         if selected == FALSE:
             KSR.sl.sl_send_reply(503, "No Proxy Available")
-        elif selected == TRUE and not balancer.relay():
+        elif selected == TRUE and not balancer.relay_new():
             KSR.sl.sl_reply_error()
         return 1
 
