@@ -45,7 +45,17 @@ class Limit:
     inflight: int
     """Its limit; 0 when holding is off (``hold_queue_ms = 0``)."""
     queueing: bool
-    """Queueing now (``policy.timers.queueing``): only then does its limit hold new requests."""
+    """Queueing now (``policy.timers.queueing``), or its queue wait stands while shedding
+    (``policy.shed_limit.standing``): only then does its limit hold new requests."""
+    hold_inflight: int = 0
+    """What it completes in ``hold_queue_ms`` (``inflight_limit``), when ``inflight`` is
+    tighter (``policy.shed_limit``); 0: ``inflight`` is that."""
+
+    @property
+    def drained_in_hold_queue_ms(self) -> int:
+        """Requests it completes in ``hold_queue_ms``: its part of the backlog a full pool
+        holds before it sheds (``admission.sheds``)."""
+        return self.hold_inflight or self.inflight
 
 
 def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:

@@ -401,6 +401,8 @@ class SyncLoop:
             "silence_ms": observed.silence_ms(now),
             "silent": weighting.silent,
             "inflight_limit": weighting.inflight_limit,
+            "service_ms": _round(observed.service.service_ms),
+            "queue_wait_at_proxy_ms": round(observed.service.wait_ms),
             "node_share": round(self.share.share, 4),
             "nodes": self.share.nodes,
             "pool_throughput_per_s": round(self.share.pool_per_s.get(uri, 0.0), 2),
@@ -450,7 +452,7 @@ class SyncLoop:
             RoutingEntry(
                 uri=uri,
                 weight=round(w.weight, 6),
-                queueing=w.queueing,
+                queueing=w.queueing or w.standing_queue,
                 inflight_limit=w.inflight_limit,
                 long_wait=w.fr_timer_ms != self.settings.failover.fr_timer_ms,
                 returning=admission.may_return(
@@ -461,6 +463,7 @@ class SyncLoop:
                     self.settings.timers,
                 ),
                 set_aside=w.silent,
+                hold_limit=w.hold_limit if w.hold_limit != w.inflight_limit else 0,
             )
             for uri, w in sorted(self.weights.items())
         ]

@@ -212,7 +212,9 @@ class WorkerView:
             raw = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_TABLE)
             entries = routing_table.decode(raw) if isinstance(raw, str) else []
             self.picker = WeightedPicker([(entry.uri, entry.weight) for entry in entries])
-            self.limits = {e.uri: Limit(e.inflight_limit, e.queueing) for e in entries}
+            self.limits = {
+                e.uri: Limit(e.inflight_limit, e.queueing, e.hold_limit) for e in entries
+            }
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
             self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
@@ -223,8 +225,11 @@ class WorkerView:
                 self.pool = frozenset().union(*self.hops.values())
         return self.picker
 
-    def count_request(self, uri: str, failed: bool, first_ms: int, final_ms: int) -> None:
-        self._store(uri, self._tallies.get(uri, Tally()).with_request(failed, first_ms, final_ms))
+    def count_request(
+        self, uri: str, failed: bool, first_ms: int, final_ms: int, trying_ms: int | None = None
+    ) -> None:
+        tally = self._tallies.get(uri, Tally())
+        self._store(uri, tally.with_request(failed, first_ms, final_ms, trying_ms))
 
     def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_timeout(waited_ms, penalty_ms))
