@@ -26,6 +26,7 @@ from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.htables import Htable
+from counterpoise.monitoring import node as node_metrics
 
 HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
@@ -146,6 +147,10 @@ class SharedTable:
     def read_counters(self) -> Mapping[str, int]:
         """The edge's counters summed over the processes (``cpedge``)."""
         return sum_counters(dict(items(htables.EDGE_COUNTERS)))
+
+    def shed_count(self) -> int:
+        """The node's ``shed`` counter (``monitoring.node.SHED``)."""
+        return _int(htables.NODE_COUNTERS, node_metrics.SHED)
 
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
         table = htables.ROUTING.name

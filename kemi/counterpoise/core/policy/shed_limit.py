@@ -16,11 +16,14 @@ its queue wait):
   1000))``, never above the hold limit (so with a small ``hold_queue_ms`` nothing changes):
   its concurrency ``throughput * S`` (Little's law), plus ``shed_queue_ms`` of its
   throughput queued behind;
-* the limit holds **new** requests back, not only released ones, while the queue wait ``W``
-  stands past ``STANDING_FRACTION`` of ``shed_queue_ms`` (``standing``): as in CoDel, a
-  queue is judged by the wait it causes, and a wait that persists past the target is a
-  standing queue, not a burst. Below the pool's capacity the queues drain between calls
-  and the limit holds nothing back;
+* the limit holds **new** requests back, not only released ones, while the pool is past its
+  capacity: the node shed a request within ``PAST_CAPACITY_MEMORY_MS`` (``PastCapacity``),
+  or, before the first shed, the proxy's queue wait ``W`` stands past ``STANDING_FRACTION``
+  of ``shed_queue_ms`` (``holds_new``): as in CoDel, a queue is judged by the wait it
+  causes, and a wait that persists past the target is a standing queue, not a burst. Below
+  the pool's capacity nothing is shed, the queues drain between calls, and the limit holds
+  no new request back, so a step in the offered load is not held to the throughput
+  measured before it;
 * without a service estimate yet, the hold limit applies, as with shedding off.
 
 Why it cannot starve a proxy: the limit is above the proxy's concurrency at its measured
@@ -36,6 +39,7 @@ Pure: the estimates are passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from counterpoise.core.hold import HOLD_MIN_INFLIGHT
@@ -66,7 +70,37 @@ def inflight_limit(
     return min(limit, hold_limit)
 
 
-def standing(service: Service, settings: TimerSettings) -> bool:
-    """Whether the proxy's queue wait stands past the target while shedding is on: its limit
-    then holds new requests back too."""
-    return shedding(settings) and service.wait_ms >= settings.shed_queue_ms * STANDING_FRACTION
+PAST_CAPACITY_MEMORY_MS = 2000
+"""How long after a shed the pool counts as past its capacity: past it by a tenth, a 70
+calls/s pool sheds a request every 140 ms, so ten sync ticks without one say the load came
+back under the capacity; and a limit that let new requests through between two sheds would
+let them fill the proxies' queues again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PastCapacity:
+    """The node's count of shed requests (the ``shed`` counter) as the latest tick read it,
+    and when it last grew."""
+
+    sheds: int = 0
+    last_shed_ms: int | None = None
+
+    def observe(self, sheds: int, now_ms: int) -> PastCapacity:
+        """After a tick that read ``sheds``."""
+        if sheds == self.sheds:
+            return self
+        return PastCapacity(sheds, now_ms)
+
+    def lately(self, now_ms: int) -> bool:
+        """A request was shed within ``PAST_CAPACITY_MEMORY_MS``."""
+        return self.last_shed_ms is not None and now_ms - self.last_shed_ms < (
+            PAST_CAPACITY_MEMORY_MS
+        )
+
+
+def holds_new(service: Service, past_capacity: bool, settings: TimerSettings) -> bool:
+    """Whether the proxy's limit holds new requests back while shedding is on: the pool is
+    ``past_capacity`` (``PastCapacity.lately``), or the proxy's queue wait stands past the
+    target."""
+    standing = service.wait_ms >= settings.shed_queue_ms * STANDING_FRACTION
+    return shedding(settings) and (past_capacity or standing)

@@ -64,8 +64,9 @@ class Weighting:
     """What it completes in ``hold_queue_ms`` (``timers.inflight_limit``): its part of the
     backlog a full pool holds before it sheds (``admission.sheds``)."""
     standing_queue: bool = False
-    """Its queue wait stands past the target while shedding is on (``shed_limit.standing``):
-    its ``inflight_limit`` holds new requests back, queueing or not."""
+    """While shedding is on, the pool is past its capacity or its queue wait stands
+    (``shed_limit.holds_new``): its ``inflight_limit`` holds new requests back, queueing or
+    not."""
 
 
 def weigh(
@@ -76,12 +77,14 @@ def weigh(
     settings: Settings,
     loads: Mapping[str, float | None] | None = None,
     shared_per_s: Mapping[str, float] | None = None,
+    past_capacity: bool = False,
 ) -> dict[str, Weighting]:
     """Weights of every proxy in ``base_weights`` (the operator's list), by the formula of
     this module's docstring; ``loads`` holds the fresh reported utilisation of the proxies
     that have one (``core.load``); ``shared_per_s`` this node's part of each proxy's
     throughput over every node (``share``), which sets the in-flight limits (a proxy left out
-    is this node's alone: its own throughput)."""
+    is this node's alone: its own throughput); ``past_capacity``: the node shed a request
+    lately (``shed_limit.PastCapacity``)."""
     loads = loads or {}
     shared_per_s = shared_per_s or {}
     active = [uri for uri in base_weights if uri not in drained]
@@ -152,6 +155,6 @@ def weigh(
                 throughput_per_s, o.service, hold_limit, settings.timers
             ),
             hold_limit=hold_limit,
-            standing_queue=shed_limit.standing(o.service, settings.timers),
+            standing_queue=shed_limit.holds_new(o.service, past_capacity, settings.timers),
         )
     return result
