@@ -34,8 +34,9 @@ class RoutingEntry:
     """Whether it weighs 0 only for its silence (still ``up``): its location holders' requests
     may still go to it (``location.decide``)."""
     hold_limit: int = 0
-    """What it completes in ``hold_queue_ms``, when ``inflight_limit`` is tighter (shedding
-    on, ``policy.shed_limit``): its part of the backlog held before shedding; 0: the same."""
+    """While shedding is on, what it completes in ``hold_queue_ms``: the limit of new requests
+    while it is not queueing (``inflight_limit`` being the tighter ``policy.shed_limit``),
+    and its part of the backlog held before shedding; 0: shedding is off."""
 
 
 def encode(entries: Sequence[RoutingEntry]) -> str:

@@ -470,7 +470,7 @@ class SyncLoop:
                     self.settings.timers,
                 ),
                 set_aside=w.silent,
-                hold_limit=w.hold_limit if w.hold_limit != w.inflight_limit else 0,
+                hold_limit=w.hold_limit if shed_limit.shedding(self.settings.timers) else 0,
             )
             for uri, w in sorted(self.weights.items())
         ]
