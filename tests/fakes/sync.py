@@ -51,6 +51,7 @@ class FakeShared:
         self.retry_tokens: int | None = None
         self.heard: dict[str, int] = {}
         self.counters: dict[str, int] = {}
+        self.sheds = 0
 
     def read_tallies(self) -> Mapping[str, Tally]:
         return dict(self.tallies)
@@ -81,6 +82,9 @@ class FakeShared:
 
     def read_counters(self) -> Mapping[str, int]:
         return dict(self.counters)
+
+    def shed_count(self) -> int:
+        return self.sheds
 
     @property
     def table(self) -> dict[str, float]:

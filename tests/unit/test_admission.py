@@ -89,3 +89,10 @@ def test_a_share_of_the_draws_is_shed():
     assert not admission.node_sheds(0, 0.0)
     assert admission.node_sheds(30, 0.29) and not admission.node_sheds(30, 0.3)
     assert admission.node_sheds(100, 0.999)
+
+
+def test_while_the_limits_are_tighter_the_bound_follows_the_hold_limits():
+    # Shedding's limits (8 and 2) gate; what the pool drains comes from the hold limits.
+    big, small = Limit(8, queueing=True, hold_inflight=20), Limit(2, queueing=True, hold_inflight=5)
+    assert not admission.sheds(4, [big, small], returning=False, settings=TIMERS)
+    assert admission.sheds(5, [big, small], returning=False, settings=TIMERS)

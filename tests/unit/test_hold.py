@@ -79,3 +79,13 @@ def test_the_policy_gives_each_proxy_the_limit_of_its_throughput():
     weights = weigh({A: 1.0, B: 1.0}, set(), health, 1000, settings)
     assert weights[A].inflight_limit == 15
     assert weights[B].inflight_limit == hold.HOLD_MIN_INFLIGHT
+
+
+def test_while_shedding_a_proxy_not_queueing_holds_new_requests_at_its_hold_limit():
+    # Its tighter limit (8) binds released requests, and new ones once it is queueing.
+    limits = {A: Limit(8, queueing=False, hold_inflight=20)}
+    assert hold.admit(A, (A,), limits, counts(a=19), held=0) == A
+    assert hold.admit(A, (A,), limits, counts(a=20), held=0) is None
+    assert hold.roomiest((A,), limits, counts(a=8), releasing=True) is None
+    queueing = {A: Limit(8, queueing=True, hold_inflight=20)}
+    assert hold.admit(A, (A,), queueing, counts(a=8), held=0) is None

@@ -459,7 +459,9 @@ def test_latency_is_timed_to_the_first_reply_other_than_100(node: Node, ksr: Fak
     node.reply(180, after_ms=28)
     node.reply(183, after_ms=100)
     node.reply(200, after_ms=300)
-    assert node.totals() == {A: Tally(requests_ok=1, first_reply_ms_sum=30, final_reply_ms_sum=430)}
+    assert node.totals() == {
+        A: Tally(requests_ok=1, first_reply_ms_sum=30, final_reply_ms_sum=430, trying_ms_sum=2)
+    }
 
 
 def test_latency_sample_is_capped_at_the_failure_penalty(node: Node, ksr: FakeKsr):

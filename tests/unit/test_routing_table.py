@@ -30,6 +30,7 @@ def test_each_entry_names_its_fields_for_an_operator_reading_it():
         "long_wait": True,
         "returning": False,
         "set_aside": False,
+        "hold_limit": 0,
     }
 
 

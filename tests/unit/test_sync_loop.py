@@ -117,6 +117,29 @@ def test_the_table_says_apart_which_proxy_queues_and_which_waits_long(
     assert harness.loop.weights[A].fr_timer_ms == S.timers.saturated_fr_timer_ms
 
 
+def test_while_the_node_sheds_the_table_holds_new_requests_at_shedding_limits(store: MemoryStore):
+    settings = Settings.of(hold_queue_ms=500, shed_hold_ms=100, shed_queue_ms=100)
+    harness = Harness(store, settings)
+    store.add(A)
+
+    def worker_counts() -> None:  # 10 a tick (50/s), 100 ms of work each, 100 Trying at once
+        key = f"101 {A}"
+        answered = Tally(requests_ok=10, first_reply_ms_sum=1000, trying_ms_sum=0)
+        harness.shared.tallies[key] = harness.shared.tallies.get(key, Tally()) + answered
+
+    harness.run(3000, each=worker_counts)
+    (entry,) = harness.shared.tables[-1]
+    assert not entry.queueing  # fast, no queue wait, nothing shed: new requests pass
+    assert 0 < entry.inflight_limit < entry.hold_limit  # 100 ms of work + 100 ms of queue
+    harness.shared.sheds = 1
+    harness.tick(200)
+    (entry,) = harness.shared.tables[-1]
+    assert entry.queueing  # past capacity: the shedding limit holds new requests too
+    harness.run(2000, each=worker_counts)
+    (entry,) = harness.shared.tables[-1]
+    assert not entry.queueing  # nothing shed for 2 s: under the capacity again
+
+
 # --- agents' reports -----------------------------------------------------------------------
 
 

@@ -22,12 +22,13 @@ FULL = Tally(
     load_milli_sum=2500,
     late_replies=6,
     timeout_excess_ms_sum=700,
+    trying_ms_sum=80,
 )
 
 
 def test_encode_is_space_separated_fields_in_order():
-    assert FULL.encode() == "10 2 123 4567 5 1 42 3 4 2500 6 700"
-    assert Tally().encode() == "0 0 0 0 0 0 0 0 0 0 0 0"
+    assert FULL.encode() == "10 2 123 4567 5 1 42 3 4 2500 6 700 80"
+    assert Tally().encode() == "0 0 0 0 0 0 0 0 0 0 0 0 0"
 
 
 @pytest.mark.parametrize("tally", [Tally(), FULL, Tally(probe_ms_sum=2**40)])
@@ -36,19 +37,19 @@ def test_encode_decode_round_trip(tally):
 
 
 def test_decode_tolerates_surrounding_whitespace():
-    assert Tally.decode("  10 2 123 4567 5 1 42 3 4 2500 6 700\n") == FULL
+    assert Tally.decode("  10 2 123 4567 5 1 42 3 4 2500 6 700 80\n") == FULL
 
 
 @pytest.mark.parametrize(
     "text",
     [
         "",
-        "1 2 3 4 5 6 7 8 9 10 11",  # too few fields
-        "1 2 3 4 5 6 7 8 9 10 11 12 13",  # too many
-        "1 2 3 4 5 6 7 8 9 10 11 -12",  # negative
-        "-1 0 0 0 0 0 0 0 0 0 0 0",
-        "1 2 3 4 5 6 7 8 9 10 11 x",  # not an integer
-        "1 2 3 4 5 6 7 8 9 10 11 12.5",
+        "1 2 3 4 5 6 7 8 9 10 11 12",  # too few fields
+        "1 2 3 4 5 6 7 8 9 10 11 12 13 14",  # too many
+        "1 2 3 4 5 6 7 8 9 10 11 12 -13",  # negative
+        "-1 0 0 0 0 0 0 0 0 0 0 0 0",
+        "1 2 3 4 5 6 7 8 9 10 11 12 x",  # not an integer
+        "1 2 3 4 5 6 7 8 9 10 11 12 13.5",
         "garbage",
         "1,2,3,4,5,6,7",
     ],
@@ -76,6 +77,12 @@ def test_derived_counts():
 def test_with_request_success_adds_latencies():
     tally = Tally().with_request(False, 7, 30).with_request(False, 3, 10)
     assert tally == Tally(requests_ok=2, first_reply_ms_sum=10, final_reply_ms_sum=40)
+
+
+def test_with_request_counts_the_wait_for_100_trying_within_the_first_reply():
+    tally = Tally().with_request(False, 120, 900, trying_ms=20).with_request(False, 100, 900)
+    assert tally.trying_ms_sum == 20 and tally.first_reply_ms_sum == 220
+    assert Tally().with_request(False, 50, 900, trying_ms=80).trying_ms_sum == 50
 
 
 def test_with_request_failure_counts_without_latency():

@@ -5,10 +5,13 @@ Pure arithmetic: no Kamailio, no Redis; the held count and the limits are passed
 
 Why shed: holding smooths a burst and carries the pool through a proxy's stall, but past the
 pool's capacity the queue only grows, and every call waits in it, the ones that will be
-answered too. The pool's capacity is already known: each proxy's in-flight limit is its
+answered too. The pool's capacity is already known: each proxy's hold limit is its
 completed requests per second times ``hold_queue_ms`` (``hold.inflight_limit``), so the
-limits of the weighted proxies add up to what the pool drains in ``hold_queue_ms``. Scaling
-the limits (a node's share of an active-active pool) scales admission with them.
+hold limits of the weighted proxies add up to what the pool drains in ``hold_queue_ms``.
+Scaling the limits (a node's share of an active-active pool) scales admission with them.
+While shedding is on, the limit that gates each proxy is tighter (``policy.shed_limit``:
+its workers' requests plus ``shed_queue_ms`` of queue), so the admitted calls wait at the
+balancer, where the excess is turned away, rather than in the proxies' queues.
 
 The rule, for a new request that found no proxy with room (``hold.admit`` gave None):
 
@@ -21,7 +24,7 @@ The rule, for a new request that found no proxy with room (``hold.admit`` gave N
 
 So the hold queue keeps at most ``shed_hold_ms`` of the pool's work: enough to keep every
 proxy fed between two release ticks, and each admitted call waits at most that at the
-balancer on top of its proxy's own queue (``hold_queue_ms``).
+balancer on top of its proxy's own queue (``shed_queue_ms``).
 
 The node itself may be what is short: its SIP workers then leave datagrams unread in the
 kernel's receive queue of its UDP sockets, which the timer process reads each sync tick
@@ -47,7 +50,7 @@ def sheds(held: int, limits: Iterable[Limit], returning: bool, settings: TimerSe
     says a proxy out of the weighting may come back."""
     if settings.shed_hold_ms <= 0 or settings.hold_queue_ms <= 0 or returning:
         return False
-    drained_in_hold_queue_ms = sum(limit.inflight for limit in limits)
+    drained_in_hold_queue_ms = sum(limit.drained_in_hold_queue_ms for limit in limits)
     return held * settings.hold_queue_ms >= drained_in_hold_queue_ms * settings.shed_hold_ms
 
 

@@ -17,8 +17,11 @@ The rule:
   ``max(HOLD_MIN_INFLIGHT, ceil(throughput_per_s * hold_queue_ms / 1000))``.
 * A new request is **held** when requests are already held (it joins the back of the queue)
   or when the proxy it drew and every other proxy with a weight is queueing and at its limit.
-  A proxy that is not queueing always has room for a new request: its in-flight requests
-  may be ringing calls, not a queue.
+  A proxy that is not queueing has room for a new request: its in-flight requests may be
+  calls its workers are busy with, not a queue. While shedding is on, the limit of a
+  proxy not queueing is its hold limit, and the limit of a queueing one the tighter
+  ``policy.shed_limit``: the excess is turned away at the balancer, so nothing is gained
+  by letting a proxy's queue grow before the limit applies.
 * Each release tick takes held requests in order, each to the proxy with the most room
   under its limit (queueing or not: a proxy back from a death gets its backlog at the pace
   its limit allows, not all at once), and stops at the first that finds none, unless it was
@@ -45,7 +48,18 @@ class Limit:
     inflight: int
     """Its limit; 0 when holding is off (``hold_queue_ms = 0``)."""
     queueing: bool
-    """Queueing now (``policy.timers.queueing``): only then does its limit hold new requests."""
+    """Queueing now (``policy.timers.queueing``), or its queue wait stands while shedding
+    (``policy.shed_limit.standing``): only then does its limit hold new requests."""
+    hold_inflight: int = 0
+    """While shedding is on, its hold limit (``inflight_limit``: what it completes in
+    ``hold_queue_ms``), which holds new requests even while it is not queueing, its
+    ``inflight`` being the tighter ``policy.shed_limit``; 0: shedding is off."""
+
+    @property
+    def drained_in_hold_queue_ms(self) -> int:
+        """Requests it completes in ``hold_queue_ms``: its part of the backlog a full pool
+        holds before it sheds (``admission.sheds``)."""
+        return self.hold_inflight or self.inflight
 
 
 def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:
@@ -58,11 +72,15 @@ def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:
 
 def room(limit: Limit | None, inflight: int, releasing: bool) -> float:
     """How much room a proxy has, as the fraction of its limit still free (``inf`` when no
-    limit applies): a new request (``releasing`` False) is limited only by a queueing
-    proxy's limit, a released one by any proxy's."""
-    if limit is None or limit.inflight <= 0 or not (limit.queueing or releasing):
+    limit applies): a released request is limited by any proxy's limit, a new one
+    (``releasing`` False) by a queueing proxy's, or else by its hold limit while shedding
+    is on (``Limit.hold_inflight``)."""
+    if limit is None or limit.inflight <= 0:
         return math.inf
-    return (limit.inflight - inflight) / limit.inflight
+    bound = limit.inflight if limit.queueing or releasing else limit.hold_inflight
+    if bound <= 0:
+        return math.inf
+    return (bound - inflight) / bound
 
 
 def roomiest(

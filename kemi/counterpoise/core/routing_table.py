@@ -33,6 +33,10 @@ class RoutingEntry:
     set_aside: bool = False
     """Whether it weighs 0 only for its silence (still ``up``): its location holders' requests
     may still go to it (``location.decide``)."""
+    hold_limit: int = 0
+    """While shedding is on, what it completes in ``hold_queue_ms``: the limit of new requests
+    while it is not queueing (``inflight_limit`` being the tighter ``policy.shed_limit``),
+    and its part of the backlog held before shedding; 0: shedding is off."""
 
 
 def encode(entries: Sequence[RoutingEntry]) -> str:
@@ -49,6 +53,7 @@ def decode(text: str) -> list[RoutingEntry]:
             long_wait=bool(fields["long_wait"]),
             returning=bool(fields["returning"]),
             set_aside=bool(fields["set_aside"]),
+            hold_limit=int(fields.get("hold_limit", 0)),
         )
         for fields in json.loads(text)
     ]

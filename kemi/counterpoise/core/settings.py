@@ -567,6 +567,19 @@ class TimerSettings(Group):
         " saturation run). Past a known capacity, 100 keeps every proxy fed while the excess"
         " hears its 503 in the time of a round trip.",
     )
+    shed_queue_ms: int = setting(
+        100,
+        POSITIVE,
+        at_most(2000),
+        meaning="While shedding is on (`shed_hold_ms` > 0), each proxy's in-flight limit is the"
+        " requests its workers are busy with (completed per second times its service time,"
+        " the 100 Trying to its first reply) plus this much queue, never more than"
+        " `hold_queue_ms` allows; a proxy whose queue wait stands past half of it holds new"
+        " requests at the balancer (ms).",
+        why="Past the pool's capacity a queue at a proxy only makes every admitted call wait"
+        " longer: 100 ms of queue is five release ticks, enough to keep every proxy busy, and"
+        " the limit never falls below what its workers take, so none is starved.",
+    )
     shed_outage_grace_ms: int = setting(
         10_000,
         NOT_NEGATIVE,

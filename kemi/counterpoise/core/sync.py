@@ -38,7 +38,7 @@ from typing import Protocol
 from counterpoise.core import admission, load
 from counterpoise.core.attempts import RetryBudget
 from counterpoise.core.backoff import Guarded
-from counterpoise.core.policy import share
+from counterpoise.core.policy import share, shed_limit
 from counterpoise.core.policy.health import Health, State
 from counterpoise.core.policy.observed import Observed, new_observed, observe_pool
 from counterpoise.core.policy.weights import Weighting, weigh
@@ -86,6 +86,9 @@ class SharedState(Protocol):
 
     def read_counters(self) -> Mapping[str, int]:
         """The edge's counters (refusals, unreadable input), summed over the processes."""
+
+    def shed_count(self) -> int:
+        """New initial requests the node shed past the pool's capacity since it started."""
 
 
 class ProbeSender(Protocol):
@@ -171,6 +174,8 @@ class SyncLoop:
         self._bad_peers: dict[str, str] = {}
         self.share = share.Share(1.0, 1, {})
         """This node's part of the pool (``policy.share``), from the latest peers read."""
+        self.past_capacity = shed_limit.PastCapacity()
+        """The node's sheds as the latest tick read them (``policy.shed_limit``)."""
         self.ejections_refused = 0
         """Ejections the cap (``max_ejected_fraction``) refused since the node started."""
         self.retries_spent = 0
@@ -204,6 +209,7 @@ class SyncLoop:
         tokens = self._retry_budget.tokens(now, attempts, self.retries_spent)
         self._shared.set_retry_tokens(tokens)
         self.share = share.node_share(self._own_sends(), self._peers)
+        self.past_capacity = self.past_capacity.observe(self._shared.shed_count(), now)
         self.weights = weigh(
             {uri: c.base_weight for uri, c in self.pool.items()},
             {uri for uri, c in self.pool.items() if c.admin == Admin.DRAINED},
@@ -212,6 +218,7 @@ class SyncLoop:
             self.settings,
             {uri: self.loads.utilisation(uri, now) for uri in self.pool},
             {uri: self.share.shared_per_s(uri) for uri in self.pool},
+            self.past_capacity.lately(now),
         )
         self._publish_table(now)
         self._send_probes(now)
@@ -401,6 +408,8 @@ class SyncLoop:
             "silence_ms": observed.silence_ms(now),
             "silent": weighting.silent,
             "inflight_limit": weighting.inflight_limit,
+            "service_ms": _round(observed.service.service_ms),
+            "queue_wait_at_proxy_ms": round(observed.service.wait_ms),
             "node_share": round(self.share.share, 4),
             "nodes": self.share.nodes,
             "pool_throughput_per_s": round(self.share.pool_per_s.get(uri, 0.0), 2),
@@ -450,7 +459,7 @@ class SyncLoop:
             RoutingEntry(
                 uri=uri,
                 weight=round(w.weight, 6),
-                queueing=w.queueing,
+                queueing=w.queueing or w.standing_queue,
                 inflight_limit=w.inflight_limit,
                 long_wait=w.fr_timer_ms != self.settings.failover.fr_timer_ms,
                 returning=admission.may_return(
@@ -461,6 +470,7 @@ class SyncLoop:
                     self.settings.timers,
                 ),
                 set_aside=w.silent,
+                hold_limit=w.hold_limit if shed_limit.shedding(self.settings.timers) else 0,
             )
             for uri, w in sorted(self.weights.items())
         ]

@@ -24,6 +24,7 @@ _FIELDS = (
     "load_milli_sum",
     "late_replies",
     "timeout_excess_ms_sum",
+    "trying_ms_sum",
 )
 _VALUES = operator.attrgetter(*_FIELDS)
 
@@ -63,6 +64,11 @@ class Tally:
     ``failure_penalty_ms``: a request given up on after 4 s says its proxy takes at least
     4 s, and two saturated proxies charged the same flat penalty would look alike however
     long their queues."""
+    trying_ms_sum: int = 0
+    """Sum over ``requests_ok`` of milliseconds from relaying to the proxy's 100 Trying, when
+    it came before the first reply counted in ``first_reply_ms_sum`` (0 otherwise): a proxy
+    answers 100 when a worker takes the request, so this is the wait in its queue, and the
+    rest of the first reply's time is the work itself (``policy.service``)."""
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
@@ -121,13 +127,19 @@ class Tally:
             raise ValueError(f"not a tally: {text!r}")
         return cls(*values)
 
-    def with_request(self, failed: bool, first_ms: int, final_ms: int) -> Tally:
+    def with_request(
+        self, failed: bool, first_ms: int, final_ms: int, trying_ms: int | None = None
+    ) -> Tally:
+        """A request's outcome; ``trying_ms``: when its 100 Trying came, if before the first
+        reply (at most ``first_ms``: the queue wait is part of the first reply's time)."""
         if failed:
             return self._plus(requests_failed=1)
+        first = max(first_ms, 0)
         return self._plus(
             requests_ok=1,
-            first_reply_ms_sum=max(first_ms, 0),
+            first_reply_ms_sum=first,
             final_reply_ms_sum=max(final_ms, 0),
+            trying_ms_sum=min(max(trying_ms or 0, 0), first),
         )
 
     def with_probe(self, failed: bool, rtt_ms: int) -> Tally:

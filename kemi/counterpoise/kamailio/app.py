@@ -647,7 +647,8 @@ class Balancer:
         sample = attempts.latency_sample_ms(
             attempt.first_reply_ms, elapsed, self._max_sample_ms, attempt.trying_ms
         )
-        self.view.count_request(uri, result == attempts.Outcome.PROXY_FAILED, sample, elapsed)
+        failed = result == attempts.Outcome.PROXY_FAILED
+        self.view.count_request(uri, failed, sample, elapsed, attempt.trying_ms)
 
     # --- probes and the sync timer -------------------------------------------------------------
 

@@ -350,7 +350,7 @@ NODE_COUNTERS = Htable(
     key='the names in ``monitoring.node`` (``"failover <proxy uri>"`` per proxy)',
     value="int: the node's count",
     writers=("kamailio.metrics.count", "kamailio.metrics.Endpoint"),
-    readers=("kamailio.metrics.Endpoint",),
+    readers=("kamailio.metrics.Endpoint", "kamailio.shared.SharedTable.shed_count"),
 )
 """The SIP workers count with ``sht_inc`` (one atomic write per event); it does not create a
 missing key, so the timer process creates each at 0."""

@@ -26,6 +26,7 @@ from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.htables import Htable
+from counterpoise.monitoring import node as node_metrics
 
 HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
@@ -147,6 +148,10 @@ class SharedTable:
         """The edge's counters summed over the processes (``cpedge``)."""
         return sum_counters(dict(items(htables.EDGE_COUNTERS)))
 
+    def shed_count(self) -> int:
+        """The node's ``shed`` counter (``monitoring.node.SHED``)."""
+        return _int(htables.NODE_COUNTERS, node_metrics.SHED)
+
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
         table = htables.ROUTING.name
         KSR.htable.sht_sets(table, htables.ROUTING_TABLE, routing_table.encode(entries))
@@ -212,7 +217,9 @@ class WorkerView:
             raw = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_TABLE)
             entries = routing_table.decode(raw) if isinstance(raw, str) else []
             self.picker = WeightedPicker([(entry.uri, entry.weight) for entry in entries])
-            self.limits = {e.uri: Limit(e.inflight_limit, e.queueing) for e in entries}
+            self.limits = {
+                e.uri: Limit(e.inflight_limit, e.queueing, e.hold_limit) for e in entries
+            }
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
             self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
@@ -223,8 +230,11 @@ class WorkerView:
                 self.pool = frozenset().union(*self.hops.values())
         return self.picker
 
-    def count_request(self, uri: str, failed: bool, first_ms: int, final_ms: int) -> None:
-        self._store(uri, self._tallies.get(uri, Tally()).with_request(failed, first_ms, final_ms))
+    def count_request(
+        self, uri: str, failed: bool, first_ms: int, final_ms: int, trying_ms: int | None = None
+    ) -> None:
+        tally = self._tallies.get(uri, Tally())
+        self._store(uri, tally.with_request(failed, first_ms, final_ms, trying_ms))
 
     def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_timeout(waited_ms, penalty_ms))

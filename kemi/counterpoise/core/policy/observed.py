@@ -19,6 +19,7 @@ from counterpoise.core.policy import health, timers
 from counterpoise.core.policy.capacity import Throughput
 from counterpoise.core.policy.health import Health
 from counterpoise.core.policy.latency import Average, Silence, queue_wait_ms, slow
+from counterpoise.core.policy.service import Service
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 
@@ -33,6 +34,8 @@ class Observed:
     """Mean round trip of the latest window's answered probes (shown, not weighed)."""
     last_window: Tally = dataclasses.field(default_factory=Tally)
     """The latest window with news, kept to show rates and inputs."""
+    service: Service = dataclasses.field(default_factory=Service)
+    """Its service time and queue wait (``service``), which size its limit while shedding."""
 
     def saturated(self, now_ms: int, settings: Settings) -> bool:
         return timers.saturated(self.health, now_ms, settings.timers)
@@ -96,7 +99,8 @@ def observe(
         last_window = window
         if window.probes_ok:
             probe_ms = window.probe_ms_sum / window.probes_ok
-    return Observed(state, latency, silence, throughput, probe_ms, last_window)
+    service = observed.service.fold(window, now_ms, settings.load)
+    return Observed(state, latency, silence, throughput, probe_ms, last_window, service)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ A proxy set aside for its silence (``health.set_aside``), a down one and a drain
 0. If every active proxy is down, they all get ``base_weight * slow_start_floor``
 ("panic mode", as Envoy does): trying a proxy that may have come back beats refusing every
 call. Each proxy's weighting also carries its timers (``timers``): the first-reply timeout
-of the requests relayed to it and its in-flight limit.
+of the requests relayed to it and its in-flight limit (``shed_limit`` while shedding).
 
 Worked example (offset 10 ms): proxies A, B with base 1, A at 2 ms, B at 150 ms, no load
 reports. ``L_min = 2``; A weighs 1 * 12/12 = 1, B weighs 1 * 12/160 = 0.075; B gets
@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from counterpoise.core.policy import capacity, health, latency, timers
+from counterpoise.core.policy import capacity, health, latency, shed_limit, timers
 from counterpoise.core.policy.health import State
 from counterpoise.core.policy.observed import Observed
 from counterpoise.core.settings import Settings
@@ -58,7 +58,15 @@ class Weighting:
     silent: bool = False
     """Set aside for its silence (``silent_after_ms``): weight 0 while another is heard."""
     inflight_limit: int = 0
-    """Its in-flight limit for holding requests at the balancer (``timers.inflight_limit``)."""
+    """Its in-flight limit for holding requests at the balancer: ``shed_limit.inflight_limit``,
+    the hold limit (``timers.inflight_limit``) unless shedding is on."""
+    hold_limit: int = 0
+    """What it completes in ``hold_queue_ms`` (``timers.inflight_limit``): its part of the
+    backlog a full pool holds before it sheds (``admission.sheds``)."""
+    standing_queue: bool = False
+    """While shedding is on, the pool is past its capacity or its queue wait stands
+    (``shed_limit.holds_new``): its ``inflight_limit`` holds new requests back, queueing or
+    not."""
 
 
 def weigh(
@@ -69,12 +77,14 @@ def weigh(
     settings: Settings,
     loads: Mapping[str, float | None] | None = None,
     shared_per_s: Mapping[str, float] | None = None,
+    past_capacity: bool = False,
 ) -> dict[str, Weighting]:
     """Weights of every proxy in ``base_weights`` (the operator's list), by the formula of
     this module's docstring; ``loads`` holds the fresh reported utilisation of the proxies
     that have one (``core.load``); ``shared_per_s`` this node's part of each proxy's
     throughput over every node (``share``), which sets the in-flight limits (a proxy left out
-    is this node's alone: its own throughput)."""
+    is this node's alone: its own throughput); ``past_capacity``: the node shed a request
+    lately (``shed_limit.PastCapacity``)."""
     loads = loads or {}
     shared_per_s = shared_per_s or {}
     active = [uri for uri in base_weights if uri not in drained]
@@ -120,6 +130,8 @@ def weigh(
             state = o.health.state
         queueing = o.queueing(now_ms, settings)
         first_reply_ms = max(estimate or 0.0, queue_wait_ms)
+        throughput_per_s = shared_per_s.get(uri, o.throughput.per_s)
+        hold_limit = timers.inflight_limit(throughput_per_s, settings.timers)
         result[uri] = Weighting(
             weight=weight,
             state=state,
@@ -139,8 +151,10 @@ def weigh(
             ),
             queueing=queueing,
             silent=uri in set_aside,
-            inflight_limit=timers.inflight_limit(
-                shared_per_s.get(uri, o.throughput.per_s), settings.timers
+            inflight_limit=shed_limit.inflight_limit(
+                throughput_per_s, o.service, hold_limit, settings.timers
             ),
+            hold_limit=hold_limit,
+            standing_queue=shed_limit.holds_new(o.service, past_capacity, settings.timers),
         )
     return result
