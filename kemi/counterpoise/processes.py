@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import ipaddress
 import os
 import pwd
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +24,9 @@ import psutil
 from counterpoise import assets, clock, interpreter
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.core.sockets import ListenSocket
+from counterpoise.errors import StartError
+from counterpoise.run_files import ctl_socket, rpc_socket
+from counterpoise.sip_probe import sip_options
 
 REPO = assets.SOURCE_TREE
 KAMAILIO_CFG = assets.path("kamailio.cfg")
@@ -43,10 +43,6 @@ address as the kernel's native-order integer."""
 
 STOP_GRACE_S = 5.0
 """How long a process gets to exit after SIGTERM before it is killed."""
-
-
-class StartError(RuntimeError):
-    """A process could not be started; the message is meant for the operator as is."""
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.05):
@@ -107,76 +103,6 @@ def udp_bound(host: str, port: int) -> bool:
 def check_tcp_free(host: str, port: int) -> None:
     """StartError unless the metrics endpoint's address can be bound now."""
     check_free(ListenSocket("tcp", host, port), "metrics address")
-
-
-def sip_options(
-    host: str,
-    port: int,
-    timeout_s: float = 0.5,
-    uri: str | None = None,
-    proto: str = "udp",
-) -> int | None:
-    """Send one OPTIONS over ``proto`` (udp, tcp or tls, the certificate unchecked) to
-    ``host`` (IPv6 bare or in brackets) and return the status code of the reply, or None."""
-    address = host.strip("[]")
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    try:
-        with socket.socket(family, kind) as sock:
-            sock.settimeout(timeout_s)
-            if proto == "udp" and _is_loopback(address):
-                sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-            else:  # the route picks the source address (another namespace's node)
-                sock.connect((address, port))
-            local_host, local_port = sock.getsockname()[:2]
-            local = f"[{local_host}]" if family == socket.AF_INET6 else local_host
-            remote = f"[{address}]" if family == socket.AF_INET6 else address
-            target = uri or f"sip:{remote}:{port}"
-            request = _options_request(target, proto, local, local_port)
-            if proto == "tls":
-                with _UNCHECKED_TLS.wrap_socket(sock) as tls:
-                    tls.sendall(request)
-                    data = tls.recv(65535)
-            elif proto == "tcp":
-                sock.sendall(request)
-                data = sock.recv(65535)
-            else:
-                sock.sendto(request, (address, port))
-                data = sock.recv(65535)
-    except OSError:
-        return None
-    try:
-        return int(data.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:  # a host name: resolved by the system, most often to loopback here
-        return True
-
-
-_UNCHECKED_TLS = ssl.create_default_context()
-_UNCHECKED_TLS.check_hostname = False
-_UNCHECKED_TLS.verify_mode = ssl.CERT_NONE
-"""A start-up check asks whether the balancer answers, not whether its certificate is
-trusted (a test's self-signed one is not)."""
-
-
-def _options_request(target: str, proto: str, local_host: str, local_port: int) -> bytes:
-    tag = uuid.uuid4().hex[:12]
-    return (
-        f"OPTIONS {target} SIP/2.0\r\n"
-        f"Via: SIP/2.0/{proto.upper()} {local_host}:{local_port};branch=z9hG4bK{tag}\r\n"
-        "Max-Forwards: 70\r\n"
-        f"From: <sip:check@{local_host}>;tag={tag}\r\n"
-        f"To: <{target}>\r\n"
-        f"Call-ID: {tag}@{local_host}\r\n"
-        "CSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
 
 
 class Process:
@@ -393,16 +319,6 @@ def stop_tree(root: psutil.Process, grace_s: float = STOP_GRACE_S) -> None:
     except TimeoutError:
         send(signal.SIGKILL)
         wait_for(gone, grace_s, what)
-
-
-def ctl_socket(run_dir: Path) -> Path:
-    """The balancer's control socket (``kamcmd -s unixs:PATH``) in its run folder."""
-    return run_dir / "kamailio_ctl"
-
-
-def rpc_socket(run_dir: Path) -> Path:
-    """The balancer's JSON-RPC socket (``control.call``) in its run folder."""
-    return run_dir / "kamailio_rpc.sock"
 
 
 def balancer_argv(settings: Settings, run_dir: Path, repo: Path = REPO) -> list[str]:

@@ -4,14 +4,19 @@ answers OPTIONS on the node's own socket and the sync loop wrote its view recent
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from counterpoise import clock, control, processes
+from counterpoise import clock, control, sip_probe
 from counterpoise.cli import health
-from counterpoise.cli.common import CliError
 from counterpoise.cli.main import build_parser
-from counterpoise.core.settings import Settings
+from counterpoise.core.settings import CONFIG_ENV, ENV_PREFIX, Settings
+from counterpoise.errors import CliError
 
 NOW_MS = 1_800_000_000_000
 
@@ -36,7 +41,7 @@ def check(
             raise view
         return view
 
-    monkeypatch.setattr(processes, "sip_options", sip_options)
+    monkeypatch.setattr(sip_probe, "sip_options", sip_options)
     monkeypatch.setattr(control, "call", call)
     monkeypatch.setattr(clock, "wall_ms", lambda: NOW_MS)
     args = build_parser().parse_args(["health", "--sip", "udp:192.0.2.11:5060", *extra])
@@ -72,3 +77,47 @@ def test_no_view_or_no_rpc_answer_is_unhealthy(monkeypatch: pytest.MonkeyPatch):
         check(monkeypatch, 200, {"item": {}})
     with pytest.raises(CliError, match="no answer"):
         check(monkeypatch, 200, control.RpcError("timed out"))
+
+
+NOT_FOR_THE_CHECK = ("redis", "psutil", "ssl", "counterpoise.processes", "counterpoise.store")
+"""What the check must not import: keepalived runs it every second on both nodes, and these
+(the Redis client, process control, TLS) made it cost a quarter of a core."""
+
+RUN_THE_CHECK = """
+import json, sys
+from counterpoise.cli.main import main
+status = main(["health", "--rpc", sys.argv[1]])
+print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_the_check_reads_the_config_file_but_imports_neither_redis_nor_process_control(
+    tmp_path: Path,
+):
+    # Bound, never listening: the OPTIONS over TCP is refused at once, the check answers 1.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        sip = f"tcp:127.0.0.1:{refusing.getsockname()[1]}"
+        config = tmp_path / "counterpoise.toml"
+        config.write_text(f'[node]\nlisten = "{sip}"\n')
+        environ = {
+            name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)
+        }
+        run = subprocess.run(
+            [sys.executable, "-c", RUN_THE_CHECK, str(tmp_path / "rpc.sock")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**environ, CONFIG_ENV: str(config)},
+        )
+    answer = json.loads(run.stdout)
+    assert answer["status"] == 1
+    assert f"{sip}: no 200 to OPTIONS (got None)" in run.stderr  # the socket of the file
+    modules = set(answer["modules"])
+    assert "counterpoise.cli.health" in modules
+    heavy = {
+        name
+        for name in modules
+        if any(name == top or name.startswith(f"{top}.") for top in NOT_FOR_THE_CHECK)
+    }
+    assert heavy == set()

@@ -1,4 +1,5 @@
-"""What every ``counterpoise`` subcommand shares: its error type and opening the stores."""
+"""What every ``counterpoise`` subcommand shares: its error type (``errors.CliError``) and
+opening the stores."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TypeVar
 from counterpoise.cli import embedded
 from counterpoise.core.roles import ADMIN
 from counterpoise.core.settings import Settings
+from counterpoise.errors import CliError
 from counterpoise.store.client import ERRORS, Store, redact
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
@@ -16,10 +18,6 @@ CLI_REDIS_TIMEOUT_MS = 1000
 being told Redis is unreachable; the timer process's 250 ms would fail on a busy link."""
 
 AnyStore = TypeVar("AnyStore", bound=Store)
-
-
-class CliError(Exception):
-    """An error for the operator: printed as one line, exit status 1."""
 
 
 def open_store(settings: Settings, url: str | None) -> PoolStore:

@@ -5,6 +5,10 @@ node hold the address, 1 gives it up. Healthy means Kamailio's SIP workers answe
 on the node's own socket (never the floating address: the standby must pass too, and that
 address may be the peer's) and the sync loop ticked recently: a node whose timer process is
 stuck routes on weights nobody updates. Redis being away is no reason: the node routes on.
+
+It runs every second on both nodes, so it imports only what it uses (no Redis client, no
+process control): ``cli/main.py`` dispatches it before the other subcommands are imported,
+and ``tests/unit/test_health.py`` holds it to that.
 """
 
 from __future__ import annotations
@@ -13,11 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from counterpoise import clock, control, processes
-from counterpoise.cli.common import CliError
-from counterpoise.cli.up import default_run_dir
+from counterpoise import clock, control, run_files, sip_probe
 from counterpoise.core.settings import Settings
 from counterpoise.core.sockets import parse_socket
+from counterpoise.errors import CliError
 from counterpoise.kamailio import htables
 
 OPTIONS_TIMEOUT_S = 0.5
@@ -30,10 +33,9 @@ stuck timer process, not a slow tick."""
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     sip = parse_socket(args.sip) if args.sip else settings.node.listen_sockets()[0]
-    run_dir = Path(settings.node.run_dir) if settings.node.run_dir else default_run_dir()
-    rpc = Path(args.rpc) if args.rpc else processes.rpc_socket(run_dir)
+    rpc = Path(args.rpc) if args.rpc else run_files.rpc_socket(run_files.node_run_dir(settings))
     max_age_ms = args.max_sync_age_ms or SYNC_TICKS_MISSED * settings.redis.publish_interval_ms
-    status = processes.sip_options(sip.host, sip.port, OPTIONS_TIMEOUT_S, proto=sip.proto)
+    status = sip_probe.sip_options(sip.host, sip.port, OPTIONS_TIMEOUT_S, proto=sip.proto)
     if status != 200:
         raise CliError(f"{sip}: no 200 to OPTIONS (got {status})")
     age_ms = clock.wall_ms() - sync_stamp_ms(rpc)

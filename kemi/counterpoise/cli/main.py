@@ -16,25 +16,28 @@ Redis). Errors print one line on stderr and exit with status 1.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from counterpoise import processes
-from counterpoise.cli import dialog_key, health, users
-from counterpoise.cli import location as location_cli
-from counterpoise.cli.common import CliError
-from counterpoise.cli.pool import cmd_proxy, cmd_watch
-from counterpoise.cli.up import add_node_options, cmd_up
+from counterpoise.cli import health
 from counterpoise.core.settings import load_settings
+from counterpoise.errors import CliError, StartError
+
+HEALTH = "health"
+"""keepalived runs ``counterpoise health`` every second on each node of a pair: it is parsed
+with its own subcommand only, so that none of the others (Redis client, process control) is
+imported for it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="counterpoise", description=__doc__.split("\n")[0])
+    """Every subcommand's parser; their modules are imported here, not for ``health``."""
+    from counterpoise.cli import dialog_key, users
+    from counterpoise.cli import location as location_cli
+    from counterpoise.cli.pool import cmd_proxy, cmd_watch
+    from counterpoise.cli.up import add_node_options, cmd_up
+
+    parser, sub, common = _skeleton()
     parser.add_argument("--version", action="version", version=f"counterpoise {version()}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--redis", help="Redis URL (default: COUNTERPOISE_REDIS_URL or embedded)")
-    sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", parents=[common], help="run the balancer in the foreground")
     add_node_options(up)
@@ -74,7 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def health_parser() -> argparse.ArgumentParser:
+    """The ``counterpoise`` parser knowing ``health`` alone (see HEALTH)."""
+    parser, sub, common = _skeleton()
+    health.add_parser(sub, common)
+    return parser
+
+
+def _skeleton() -> tuple[
+    argparse.ArgumentParser, argparse._SubParsersAction, argparse.ArgumentParser
+]:
+    """The top-level parser, its subcommands' slot, and the options every subcommand takes."""
+    parser = argparse.ArgumentParser(prog="counterpoise", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis", help="Redis URL (default: COUNTERPOISE_REDIS_URL or embedded)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    return parser, sub, common
+
+
 def version() -> str:
+    import importlib.metadata  # here, not at the top: costly, and only --version asks
+
     try:
         return importlib.metadata.version("counterpoise")
     except importlib.metadata.PackageNotFoundError:  # run from a clone without installing
@@ -82,10 +105,12 @@ def version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = health_parser() if argv[:1] == [HEALTH] else build_parser()
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
         return args.func(args, settings)
-    except (CliError, ValueError, processes.StartError) as error:
+    except (CliError, ValueError, StartError) as error:
         print(f"counterpoise: {error}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from counterpoise import clock, interpreter, processes
+from counterpoise import clock, interpreter, processes, run_files
 from counterpoise.cli import embedded
 from counterpoise.cli.common import CliError, open_store
 from counterpoise.cli.leftover import clear_leftover
@@ -82,15 +82,6 @@ def node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     )
 
 
-def default_run_dir() -> Path:
-    """``/run/counterpoise`` for root (systemd's RuntimeDirectory), else the user's runtime
-    folder."""
-    if os.geteuid() == 0:
-        return Path("/run/counterpoise")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) / "counterpoise" if runtime else Path(f"/tmp/counterpoise-{os.getuid()}")
-
-
 def redis_port(url: str) -> int:
     return urllib.parse.urlsplit(url).port or 6379
 
@@ -130,7 +121,7 @@ def start_node(
     open_store(settings, redis_url)  # fail early and clearly if Redis is unreachable
     print(f"starting Kamailio on {', '.join(map(str, sockets))}, Redis {redact(redis_url)}")
     started.append(processes.start_balancer(settings, run_dir, log_path))
-    ctl, rpc = processes.ctl_socket(run_dir), processes.rpc_socket(run_dir)
+    ctl, rpc = run_files.ctl_socket(run_dir), run_files.rpc_socket(run_dir)
     print(f"control socket: unixs:{ctl} (kamcmd -s unixs:{ctl}), JSON-RPC: {rpc}")
     print(f"balancer ready on {', '.join(sip.uri() for sip in sockets)} (node {node_id})")
     if settings.node.metrics_listen:
@@ -149,15 +140,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # in order with Kamailio's log on stderr
     settings = node_settings(settings, args)
     # Absolute: Kamailio is given its pid file's path, by which a later up finds it again.
-    run_dir = (
-        Path(settings.node.run_dir) if settings.node.run_dir else default_run_dir()
-    ).absolute()
+    run_dir = run_files.node_run_dir(settings).absolute()
     log_path = Path(settings.node.log_file) if settings.node.log_file else None
     started: list[processes.Process] = []
     shutdown = Shutdown()
     # Before anything starts: a SIGHUP during the start is kept for after it, not fatal.
     reloader = Reloader(
-        lambda: node_settings(load_settings(), args), settings, processes.rpc_socket(run_dir)
+        lambda: node_settings(load_settings(), args), settings, run_files.rpc_socket(run_dir)
     )
     try:
         start_node(settings, args.redis, run_dir, started, log_path)
