@@ -148,11 +148,22 @@ class SharedTable:
         return sum_counters(dict(items(htables.EDGE_COUNTERS)))
 
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
-        table = htables.ROUTING.name
-        KSR.htable.sht_sets(table, htables.ROUTING_TABLE, routing_table.encode(entries))
-        version = KSR.htable.sht_get(table, htables.ROUTING_VERSION)
-        next_version = (version if isinstance(version, int) else 0) + 1
-        KSR.htable.sht_seti(table, htables.ROUTING_VERSION, next_version)
+        KSR.htable.sht_sets(
+            htables.ROUTING.name, htables.ROUTING_TABLE, routing_table.encode(entries)
+        )
+        bump_version()
+
+
+def bump_version() -> None:
+    """Tell the workers that something the timer process publishes changed (the routing
+    table, the node's shed share, the dialog keys, the runtime settings): each reads the
+    version once per request and the rest only when it moved. Written after the value, by
+    the timer process alone, so the read and the write race with no other writer."""
+    table = htables.ROUTING.name
+    version = KSR.htable.sht_get(table, htables.ROUTING_VERSION)
+    KSR.htable.sht_seti(
+        table, htables.ROUTING_VERSION, (version if isinstance(version, int) else 0) + 1
+    )
 
 
 class SettingsFeed:
@@ -184,7 +195,8 @@ class WorkerView:
     """One SIP worker's cached copy of the routing table and its own tallies."""
 
     def __init__(self) -> None:
-        self._version: object = None
+        self.version: object = None
+        """The published version the copy is of (``bump_version``)."""
         self.picker = WeightedPicker([])
         self.limits: dict[str, Limit] = {}
         """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)
@@ -201,14 +213,19 @@ class WorkerView:
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
         self.pool: frozenset[edge.Address] = frozenset()
+        self.node_shed_percent = 0
+        """The share of new initial requests the node sheds for its own overload
+        (``node_load``)."""
         self._tallies: dict[str, Tally] = {}
         self._heard_written: dict[str, int] = {}
         self._pid = os.getpid()
 
     def refresh(self) -> WeightedPicker:
-        """The current table: one shared-memory read per request, a parse only on change."""
+        """The current table and shed share: one shared-memory read per request, the rest
+        read and parsed only when the version moved."""
         version = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_VERSION)
-        if version != self._version:
+        if version != self.version:
+            self.node_shed_percent = _int(htables.ROUTING, htables.NODE_SHED_PERCENT)
             raw = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_TABLE)
             entries = routing_table.decode(raw) if isinstance(raw, str) else []
             self.picker = WeightedPicker([(entry.uri, entry.weight) for entry in entries])
@@ -216,7 +233,7 @@ class WorkerView:
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
             self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
-            self._version = version
+            self.version = version
             uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
                 self.hops = edge.pool_hops(uris, resolve)
