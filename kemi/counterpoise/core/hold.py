@@ -29,6 +29,7 @@ The rule:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -56,13 +57,14 @@ def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:
     return max(HOLD_MIN_INFLIGHT, math.ceil(throughput_per_s * hold_queue_ms / 1000))
 
 
-def room(limit: Limit | None, inflight: int, releasing: bool) -> float:
+def room(limit: Limit | None, inflight: Callable[[], int], releasing: bool) -> float:
     """How much room a proxy has, as the fraction of its limit still free (``inf`` when no
     limit applies): a new request (``releasing`` False) is limited only by a queueing
-    proxy's limit, a released one by any proxy's."""
+    proxy's limit, a released one by any proxy's. ``inflight`` is asked only when a limit
+    applies: a proxy that is not queueing costs a new request no count read."""
     if limit is None or limit.inflight <= 0 or not (limit.queueing or releasing):
         return math.inf
-    return (limit.inflight - inflight) / limit.inflight
+    return (limit.inflight - inflight()) / limit.inflight
 
 
 def roomiest(
@@ -74,7 +76,7 @@ def roomiest(
     """Of ``uris``, the proxy with the most room left, or None when none has any."""
     best, best_room = None, 0.0
     for uri in uris:
-        free = room(limits.get(uri), inflight(uri), releasing)
+        free = room(limits.get(uri), functools.partial(inflight, uri), releasing)
         if free > best_room:
             best, best_room = uri, free
     return best
@@ -92,7 +94,7 @@ def admit(
     has room)."""
     if held > 0:
         return None
-    if room(limits.get(picked), inflight(picked), releasing=False) > 0:
+    if room(limits.get(picked), functools.partial(inflight, picked), releasing=False) > 0:
         return picked
     return roomiest(uris, limits, inflight, releasing=False)
 
