@@ -170,10 +170,11 @@ class Balancer:
         signature in the balancer's Via proves that next Via is the one that request came
         from (``core.stray``): a proxy bouncing a callee's forged reply reflects nothing."""
         try:
-            status = read.number("$rs")
+            now_ms = clock.monotonic_ms()
+            status = None if self.view.hears_nothing_new(now_ms) else read.number("$rs")
             if status is not None and not attempts.is_proxy_failure(status):
                 host, port = _source()
-                self.view.note_heard(f"sip:{host}:{port}", clock.monotonic_ms())
+                self.view.note_heard(f"sip:{host}:{port}", now_ms)
             KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
         finally:  # whatever failed above, a stray reply goes on only when proven
             if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
@@ -242,7 +243,7 @@ class Balancer:
         Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
         ack, ids = KSR.is_ACK(), read.dialog_ids()
         if self.location is not None and ack:
-            self.location.dialog_confirmed(ids)  # the dialog's record goes to Redis
+            self.location.dialog_confirmed(ids, source[0])  # the dialog's record goes to Redis
         matched = KSR.tm.t_check_trans() if ack else 1
         if matched == 0:
             return  # the ACK of a negative reply: tm absorbed it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -218,6 +219,9 @@ class WorkerView:
         (``node_load``)."""
         self._tallies: dict[str, Tally] = {}
         self._heard_written: dict[str, int] = {}
+        self._all_heard_until_ms = 0
+        """Until when every proxy of the table has a sign of life this worker wrote less than
+        ``HEARD_EVERY_MS`` before: no reply can add one then (``hears_nothing_new``)."""
         self._pid = os.getpid()
 
     def refresh(self) -> WeightedPicker:
@@ -233,6 +237,7 @@ class WorkerView:
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
             self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
+            self._all_heard_until_ms = 0  # a proxy new to the table was heard by no one yet
             self.version = version
             uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
@@ -246,6 +251,12 @@ class WorkerView:
     def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_timeout(waited_ms, penalty_ms))
 
+    def hears_nothing_new(self, now_ms: int) -> bool:
+        """Whether ``note_heard`` would write nothing now whatever proxy a reply came from:
+        every proxy of the table had its sign of life written within ``HEARD_EVERY_MS``, so
+        the reply's status and source need not be read."""
+        return now_ms < self._all_heard_until_ms
+
     def note_heard(self, uri: str, now_ms: int) -> None:
         """A reply that is not a failure came from ``uri``; ignored unless it is a proxy of the
         table."""
@@ -255,6 +266,9 @@ class WorkerView:
             return
         self._heard_written[uri] = now_ms
         KSR.htable.sht_seti(htables.HEARD.name, f"{self._pid} {uri}", stamp(now_ms))
+        written = self._heard_written
+        oldest_ms = min((written.get(proxy) for proxy in self.limits), key=_absent_first)
+        self._all_heard_until_ms = 0 if oldest_ms is None else oldest_ms + HEARD_EVERY_MS
 
     def count_late_reply(self, uri: str) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_late_reply())
@@ -300,6 +314,10 @@ def _load_header_reading(value: str) -> float | str:
         return header_utilisation(parse_load_header(value))
     except BadReport as error:
         return str(error)
+
+
+def _absent_first(written_ms: int | None) -> float:
+    return -math.inf if written_ms is None else written_ms
 
 
 def _number(value: object) -> int:
