@@ -252,7 +252,7 @@ class Balancer:
             if hop is None or KSR.rr.loose_route() < 0:
                 self._deny_in_dialog(ack)
                 return
-            if self.location is not None and KSR.is_BYE():
+            if self.location is not None and not ack and KSR.is_BYE():
                 self.location.dialog_ended(ids)
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
