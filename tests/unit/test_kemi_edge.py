@@ -224,6 +224,7 @@ def test_stray_reply_whose_check_fails_is_dropped(
 def test_a_reply_reads_its_status_and_source_only_while_a_proxy_may_need_a_sign_of_life(
     node: Node, ksr: FakeKsr
 ):
+    from counterpoise.kamailio import shared
     from counterpoise.kamailio.shared import HEARD_EVERY_MS
 
     node.pool(A, B)
@@ -244,6 +245,9 @@ def test_a_reply_reads_its_status_and_source_only_while_a_proxy_may_need_a_sign_
     assert len(heard) == 2
     node.clock.advance(HEARD_EVERY_MS - 1)
     assert core_reply("10.0.0.2") == []  # both heard within HEARD_EVERY_MS: nothing to read
+    shared.bump_version()  # the table published again, same proxies
+    node.app.balancer.refresh()
+    assert core_reply("10.0.0.2") == []
     node.clock.advance(1)
     assert "$si" in core_reply("10.0.0.2")  # A's and B's signs of life are due again
     assert [stamp for key, stamp in heard.items() if key.endswith(B)] == [node.clock.monotonic_ms()]

@@ -237,7 +237,7 @@ class WorkerView:
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
             self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
-            self._all_heard_until_ms = 0  # a proxy new to the table was heard by no one yet
+            self._note_all_heard()  # a proxy new to the table has no sign of life written yet
             self.version = version
             uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
@@ -266,8 +266,13 @@ class WorkerView:
             return
         self._heard_written[uri] = now_ms
         KSR.htable.sht_seti(htables.HEARD.name, f"{self._pid} {uri}", stamp(now_ms))
-        written = self._heard_written
-        oldest_ms = min((written.get(proxy) for proxy in self.limits), key=_absent_first)
+        self._note_all_heard()
+
+    def _note_all_heard(self) -> None:
+        """Until when every proxy of the table has a recent sign of life (``hears_nothing_new``):
+        after each write of one, and for each new table."""
+        written = [self._heard_written.get(uri) for uri in self.limits]
+        oldest_ms = min(written, key=_absent_first, default=None)
         self._all_heard_until_ms = 0 if oldest_ms is None else oldest_ms + HEARD_EVERY_MS
 
     def count_late_reply(self, uri: str) -> None:
