@@ -36,6 +36,21 @@ def test_a_proxy_that_is_not_queueing_is_never_full_for_a_new_request():
     assert hold.admit(A, (A, B), limits, counts(a=40, b=0), held=0) == A
 
 
+def test_a_new_request_reads_no_count_of_a_proxy_whose_limit_does_not_apply():
+    read: list[str] = []
+
+    def counted(uri: str) -> int:
+        read.append(uri)
+        return 0
+
+    limits = {A: Limit(4, queueing=False), B: Limit(0, queueing=True)}
+    assert hold.admit(A, (A, B), limits, counted, held=0) == A
+    assert hold.roomiest((A, B), limits, counted, releasing=False) == A
+    assert read == []
+    assert hold.roomiest((A, B), limits, counted, releasing=True) == B  # no limit: most room
+    assert read == [A]  # a release is limited by any proxy's limit; B has none (holding off)
+
+
 def test_a_full_draw_gives_way_to_the_proxy_with_the_most_room():
     limits = {A: Limit(4, queueing=True), B: Limit(10, queueing=True)}
     assert hold.admit(A, (A, B), limits, counts(a=4, b=6), held=0) == B

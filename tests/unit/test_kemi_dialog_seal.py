@@ -87,16 +87,47 @@ def test_the_first_node_creates_the_first_key_and_rotations_reach_the_workers(
     assert any("dialog key 3 left out" in line for line in node.logs + ksr.logged("notice"))
 
 
-def test_a_key_is_parsed_anew_when_its_text_in_shared_memory_changes(node: Node, ksr: FakeKsr):
-    from counterpoise.kamailio import dialog_keys
+def test_a_key_is_read_and_parsed_anew_only_when_the_published_version_moves(
+    node: Node, ksr: FakeKsr
+):
+    from counterpoise.kamailio import dialog_keys, shared
 
     table = ksr.htables[htables.DIALOG_KEYS.name]
+    keys = dialog_keys.WorkerKeys()
     table["7"] = DialogKey("7", 0, bytes(range(32))).encode()
-    assert dialog_keys.secret("7") == bytes(range(32))
-    assert dialog_keys.secret("7") == bytes(range(32))  # the parsed copy
+    keys.follow(1)
+    assert keys.secret("7") == bytes(range(32))
+    ksr.calls.clear()
+    assert keys.secret("7") == bytes(range(32))  # the parsed copy
+    assert ksr.called("htable.sht_get") == []
     table["7"] = DialogKey("7", 0, bytes(range(1, 33))).encode()
-    assert dialog_keys.secret("7") == bytes(range(1, 33))
+    keys.follow(2)
+    assert keys.secret("7") == bytes(range(1, 33))
     table["7"] = "not a key"
-    assert dialog_keys.secret("7") is None
-    del table["7"]
-    assert dialog_keys.secret("7") is None
+    keys.follow(3)
+    assert keys.secret("7") is None
+    table["7"] = DialogKey("7", 0, bytes(range(32))).encode()
+    view = shared.WorkerView()
+    view.refresh()
+    keys.follow(view.version)
+    assert keys.secret("7") == bytes(range(32))
+    del table["7"]  # a key removed from the ring stops verifying at the next request
+    shared.bump_version()  # what publish does after a change
+    view.refresh()
+    keys.follow(view.version)
+    assert keys.secret("7") is None
+
+
+def test_a_reload_that_changes_nothing_leaves_the_published_version_alone(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio import dialog_keys
+
+    routing = ksr.htables[htables.ROUTING.name]
+    ring = {"1": DialogKey("1", 0, bytes(range(32)))}
+    dialog_keys.publish(ring, node.clock.wall_ms())
+    version = routing[htables.ROUTING_VERSION]
+    dialog_keys.publish(ring, node.clock.wall_ms())  # the ring read again, as it was
+    assert routing[htables.ROUTING_VERSION] == version
+    ring["2"] = DialogKey("2", 0, bytes(range(1, 33)))
+    dialog_keys.publish(ring, node.clock.wall_ms())
+    assert routing[htables.ROUTING_VERSION] == version + 1
+    assert ksr.htables[htables.DIALOG_KEYS.name][htables.DIALOG_SIGNING_KEY] == "2"

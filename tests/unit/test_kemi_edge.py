@@ -221,6 +221,38 @@ def test_stray_reply_whose_check_fails_is_dropped(
     assert edge_counters(ksr) == {"stray_reply": 1, "error_stray_reply": 1}
 
 
+def test_a_reply_reads_its_status_and_source_only_while_a_proxy_may_need_a_sign_of_life(
+    node: Node, ksr: FakeKsr
+):
+    from counterpoise.kamailio import shared
+    from counterpoise.kamailio.shared import HEARD_EVERY_MS
+
+    node.pool(A, B)
+    node.route("INVITE")  # the worker's table: both proxies
+    ksr.returns["tm.t_check_trans"] = 1  # replies of a transaction: no stray's checks
+    heard = ksr.htables[htables.HEARD.name]
+
+    def core_reply(source: str) -> list[object]:
+        ksr.pvs |= {"$si": source, "$sp": 5060, "$rs": 180}
+        ksr.calls.clear()
+        assert node.app.ksr_reply_route(None) == 1
+        return [args[0] for args in ksr.called("pv.get")]
+
+    assert "$si" in core_reply("10.0.0.1")
+    assert len(heard) == 1
+    assert "$si" in core_reply("10.0.0.1")  # B was not heard: any reply may be its
+    assert "$si" in core_reply("10.0.0.2")
+    assert len(heard) == 2
+    node.clock.advance(HEARD_EVERY_MS - 1)
+    assert core_reply("10.0.0.2") == []  # both heard within HEARD_EVERY_MS: nothing to read
+    shared.bump_version()  # the table published again, same proxies
+    node.app.balancer.refresh()
+    assert core_reply("10.0.0.2") == []
+    node.clock.advance(1)
+    assert "$si" in core_reply("10.0.0.2")  # A's and B's signs of life are due again
+    assert [stamp for key, stamp in heard.items() if key.endswith(B)] == [node.clock.monotonic_ms()]
+
+
 def test_stray_reply_is_dropped_when_the_sign_of_life_fails(
     node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
 ):

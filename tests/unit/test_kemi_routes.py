@@ -607,13 +607,14 @@ def test_runtime_settings_reach_the_workers_and_the_timer(node: Node, ksr: FakeK
     assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
 
     push_settings(node, 1, runtime(fr_timer_ms=800, latency_offset_ms=50.0))
-    node.route("INVITE")  # the worker takes them with its next request
-    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, 800)
     node.tick()  # the timer with its next tick, and the sync loop's policy with it
     assert node.balancer.sync.settings.latency.latency_offset_ms == 50.0
     assert any("settings changed at runtime" in text for text in ksr.logged("notice"))
+    node.route("INVITE")  # the worker takes them with its next request after that tick
+    assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, 800)
 
     push_settings(node, 2, runtime())  # back to the start-up values
+    node.tick()
     node.route("INVITE")
     assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
 
@@ -621,6 +622,7 @@ def test_runtime_settings_reach_the_workers_and_the_timer(node: Node, ksr: FakeK
 def test_a_bad_pushed_setting_is_refused_and_the_old_ones_kept(node: Node, ksr: FakeKsr):
     node.pool(A)
     push_settings(node, 1, {"fr_timer_ms": "-1"})
+    node.tick()
     node.route("INVITE")
     assert ksr.fr_timers == (S.failover.fr_inv_timer_ms, S.failover.fr_timer_ms)
     assert any("runtime settings refused" in text for text in ksr.logged("err"))

@@ -32,6 +32,7 @@ The rule:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -70,17 +71,18 @@ def inflight_limit(throughput_per_s: float, hold_queue_ms: int) -> int:
     return max(HOLD_MIN_INFLIGHT, math.ceil(throughput_per_s * hold_queue_ms / 1000))
 
 
-def room(limit: Limit | None, inflight: int, releasing: bool) -> float:
+def room(limit: Limit | None, inflight: Callable[[], int], releasing: bool) -> float:
     """How much room a proxy has, as the fraction of its limit still free (``inf`` when no
     limit applies): a released request is limited by any proxy's limit, a new one
     (``releasing`` False) by a queueing proxy's, or else by its hold limit while shedding
-    is on (``Limit.hold_inflight``)."""
+    is on (``Limit.hold_inflight``). ``inflight`` is asked only when a limit applies: a
+    proxy that is not queueing costs a new request no count read while shedding is off."""
     if limit is None or limit.inflight <= 0:
         return math.inf
     bound = limit.inflight if limit.queueing or releasing else limit.hold_inflight
     if bound <= 0:
         return math.inf
-    return (bound - inflight) / bound
+    return (bound - inflight()) / bound
 
 
 def roomiest(
@@ -92,7 +94,7 @@ def roomiest(
     """Of ``uris``, the proxy with the most room left, or None when none has any."""
     best, best_room = None, 0.0
     for uri in uris:
-        free = room(limits.get(uri), inflight(uri), releasing)
+        free = room(limits.get(uri), functools.partial(inflight, uri), releasing)
         if free > best_room:
             best, best_room = uri, free
     return best
@@ -110,7 +112,7 @@ def admit(
     has room)."""
     if held > 0:
         return None
-    if room(limits.get(picked), inflight(picked), releasing=False) > 0:
+    if room(limits.get(picked), functools.partial(inflight, picked), releasing=False) > 0:
         return picked
     return roomiest(uris, limits, inflight, releasing=False)
 

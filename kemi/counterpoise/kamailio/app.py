@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from collections.abc import Callable
 
 import KSR
 
@@ -30,6 +31,7 @@ from counterpoise.core import (
     stray,
 )
 from counterpoise.core.policy.health import probe_timeout_counts
+from counterpoise.core.selection import WeightedPicker
 from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
 from counterpoise.core.spread import GoldenSpread
 from counterpoise.core.sync import SyncLoop
@@ -110,7 +112,10 @@ class Balancer:
         self.routes = routes
         # mod_init runs before Kamailio forks: per-process state is made in child_init.
         self.view = shared.WorkerView()
+        self.keys = dialog_keys.WorkerKeys()
         self.settings_feed = shared.SettingsFeed()
+        self._settings_seen: object = object()
+        """The published version at which this process last looked at the settings."""
         self.rng = random.Random()
         self.spread = GoldenSpread(0.0)
         self.sync: SyncLoop | None = None
@@ -129,15 +134,21 @@ class Balancer:
 
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
+        self.keys = dialog_keys.WorkerKeys()
         self.rng.seed(os.getpid() ^ clock.monotonic_ns())
         self.spread = GoldenSpread(self.rng.random())  # each worker from its own point
         return 0
 
-    def refresh(self) -> None:
-        """Take the runtime settings and routing table published since the last look: what
-        every request-route operation does first (``trusted`` needs it too)."""
-        self.follow_settings()
-        self.view.refresh()
+    def refresh(self) -> WeightedPicker:
+        """Take what the timer process published since the last look (routing table, shed
+        share, dialog keys, runtime settings): what every request-route operation does first
+        (``trusted`` needs it too). One shared-memory read when nothing moved."""
+        picker = self.view.refresh()
+        self.keys.follow(self.view.version)
+        if self.view.version != self._settings_seen:
+            self._settings_seen = self.view.version
+            self.follow_settings()
+        return picker
 
     def trusted(self, source: edge.Address | None = None, stream: bool | None = None) -> bool:
         """Whether the request being handled comes from a pool proxy (its address and
@@ -159,10 +170,11 @@ class Balancer:
         signature in the balancer's Via proves that next Via is the one that request came
         from (``core.stray``): a proxy bouncing a callee's forged reply reflects nothing."""
         try:
-            status = read.number("$rs")
+            now_ms = clock.monotonic_ms()
+            status = None if self.view.hears_nothing_new(now_ms) else read.number("$rs")
             if status is not None and not attempts.is_proxy_failure(status):
                 host, port = _source()
-                self.view.note_heard(f"sip:{host}:{port}", clock.monotonic_ms())
+                self.view.note_heard(f"sip:{host}:{port}", now_ms)
             KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
         finally:  # whatever failed above, a stray reply goes on only when proven
             if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
@@ -176,7 +188,7 @@ class Balancer:
         of that check, whatever it is, is no proof: it fails closed."""
         try:
             self.refresh()  # the pool as of now: a standby may have routed nothing yet
-            forwarded = self.trusted() and _stray_reply_verifies()
+            forwarded = self.trusted() and _stray_reply_verifies(self.keys.secret)
         except Exception as error:  # caught broadly: an unproven reply is dropped
             guard.failed("stray reply", error)
             return False
@@ -231,7 +243,7 @@ class Balancer:
         Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
         ack, ids = KSR.is_ACK(), read.dialog_ids()
         if self.location is not None and ack:
-            self.location.dialog_confirmed(ids)  # the dialog's record goes to Redis
+            self.location.dialog_confirmed(ids, source[0])  # the dialog's record goes to Redis
         matched = KSR.tm.t_check_trans() if ack else 1
         if matched == 0:
             return  # the ACK of a negative reply: tm absorbed it
@@ -240,7 +252,7 @@ class Balancer:
             if hop is None or KSR.rr.loose_route() < 0:
                 self._deny_in_dialog(ack)
                 return
-            if self.location is not None and KSR.is_BYE():
+            if self.location is not None and not ack and KSR.is_BYE():
                 self.location.dialog_ended(ids)
             self._relay_in_dialog(hop.uri(), metrics.node.IN_DIALOG_RECORD_ROUTE)
             return
@@ -260,7 +272,7 @@ class Balancer:
         if route is None or call_id is None:
             return None
         request = dialog_seal.Request(route, call_id, from_tag, to_tag, source, stream)
-        return dialog_seal.admit(request, dialog_keys.secret, self.view.pool, self._addresses)
+        return dialog_seal.admit(request, self.keys.secret, self.view.pool, self._addresses)
 
     def _addresses(self, proxy: dialog_seal.Hop) -> frozenset[edge.Address]:
         """Where the pool proxy a seal names may be seen (its name resolved)."""
@@ -312,7 +324,7 @@ class Balancer:
         """``select`` in a request route that took the settings and table on entry
         (``refresh``) and removed ``X-CP-Load``, as ``KemiApp``'s does: not twice per
         request. ``started_ns``: when that route began, None when nothing is timed."""
-        percent = node_load.shed_percent()
+        percent = self.view.node_shed_percent
         if percent and admission.node_sheds(percent, self.rng.random()):
             self._shed(metrics.node.SHED_NODE)
             return STOP
@@ -394,10 +406,17 @@ class Balancer:
         whose in-dialog requests ``in_dialog`` admits. ``TRUE``; ``STOP`` when answered here
         (no From tag: 400; no dialog key loaded from Redis yet: 503): a dialog whose
         in-dialog requests would all be refused is no call."""
+        self.refresh()
+        return self.seal_refreshed()
+
+    @hook("seal", fallback=FALSE)
+    def seal_refreshed(self) -> int:
+        """``seal`` in a request route that took what was published on entry (``refresh``),
+        as ``KemiApp``'s does."""
         if not read.text("$ft"):
             KSR.sl.sl_send_reply(400, "Missing From Tag")
             return STOP
-        if dialog_keys.signing() is None:
+        if self.keys.signing() is None:
             EDGE.count("no_dialog_key")
             KSR.sl.sl_send_reply(503, "Service Unavailable")
             return STOP
@@ -409,7 +428,7 @@ class Balancer:
         """tm branch route of each branch of a dialog-forming request (armed when
         ``routes.branch`` names one): records the route, sealed with THIS branch's proxy
         (failover sends another branch elsewhere), which ``in_dialog`` requires."""
-        key = dialog_keys.signing()
+        key = self.keys.signing()
         proxy = dialog_seal.proxy_hop(read.text("$du") or "")
         caller = dialog_seal.caller_hop(read.text("$pr") or "", *_source())
         call_id, from_tag = read.text("$ci"), read.text("$ft")
@@ -486,7 +505,7 @@ class Balancer:
             KSR.tm.t_reply(487, "Request Terminated")
             return STOP
         avps.set_resumed()
-        picker = self.view.refresh()
+        picker = self.refresh()
         uri = hold.roomiest(
             picker.uris, self.view.limits, shared.awaiting, releasing=True
         ) or picker.least_loaded(shared.inflight)
@@ -513,8 +532,7 @@ class Balancer:
     def next_release(self) -> holding.Held | None:
         """The oldest held request if a proxy has room for it or it is overdue, taken off the
         queue; None when there is none to resume now."""
-        self.follow_settings()
-        picker = self.view.refresh()
+        picker = self.refresh()
         now_ms = clock.monotonic_ms()
         for held in self.waiting(now_ms):
             overdue = hold.overdue(now_ms - held.held_ms, self.settings.timers.hold_max_ms)
@@ -590,7 +608,7 @@ class Balancer:
         untried proxy with the most room: ``TRUE`` with it in ``$du`` and the routes armed
         (the caller relays), ``FALSE`` when there is none (tm answers the caller with the
         failure)."""
-        self.follow_settings()
+        picker = self.refresh()
         tried = avps.tried()
         if not tried:
             return FALSE  # a transaction this balancer did not route
@@ -617,7 +635,7 @@ class Balancer:
             KSR.info(f"counterpoise: {tried[-1]} failed ({status}), retry budget spent\n")
         if verdict != attempts.Verdict.RETRY:
             return FALSE  # tm answers the caller with the failure
-        uri = self.view.refresh().least_loaded(shared.inflight, tried)
+        uri = picker.least_loaded(shared.inflight, tried)
         if uri is None or not self._arm(uri, tried):
             return FALSE
         metrics.failed_over(tried[-1])
@@ -686,7 +704,8 @@ class Balancer:
     @hook("sync")
     def sync_tick(self) -> int:
         """rtimer callback: one step of the sync loop, in the timer process."""
-        self.follow_settings()
+        if self.follow_settings():
+            shared.bump_version()  # the workers look at the settings at their next request
         if self.sync is None:
             self.sync = self._make_sync_loop()
             if self.location is not None and self.settings.location.dialog_record_ttl_ms:
@@ -716,20 +735,22 @@ class Balancer:
             )
         return TRUE
 
-    def follow_settings(self) -> None:
-        """Take the runtime settings ``counterpoise up`` pushed since the last look."""
+    def follow_settings(self) -> bool:
+        """Take the runtime settings ``counterpoise up`` pushed since the last look; whether
+        it pushed any since."""
         changes = self.settings_feed.changes()
         if not changes:
-            return
+            return changes is not None
         try:
             self.settings = with_runtime(self.settings, changes)
         except SettingError as error:  # up checked them; keep running on the old ones
             KSR.err(f"counterpoise: runtime settings refused: {error}\n")
-            return
+            return True
         self._max_sample_ms = int(self.settings.latency.failure_penalty_ms)
         if self.sync is not None:  # the timer process: says it once for the node
             self.sync.settings = self.settings
             _notice(f"settings changed at runtime: {changes}")
+        return True
 
     def _make_sync_loop(self) -> SyncLoop:
         node = self.settings.node.node_name()
@@ -795,7 +816,7 @@ def _sign_via(key: tuple[str, bytes], call_id: str, caller: dialog_seal.Hop) -> 
     KSR.corex.via_add_xavp_params(1)
 
 
-def _stray_reply_verifies() -> bool:
+def _stray_reply_verifies(secret: Callable[[str], bytes | None]) -> bool:
     """Whether the reply being handled carries, in its top Via, the signature of the request
     it answers, made for its next Via (``core.stray``)."""
     upstream = stray.reply_upstream(*(read.text(f"$sel(via[2].{field})") for field in _VIA_FIELDS))
@@ -805,7 +826,7 @@ def _stray_reply_verifies() -> bool:
         read.text("$cs"),
         read.text("$rm"),
         upstream,
-        dialog_keys.secret,
+        secret,
     )
 
 
@@ -865,7 +886,7 @@ class KemiApp:
             return 1
         if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
             KSR.textops.remove_hf("Route")
-        if _forms_dialog() and balancer.seal() == STOP:
+        if _forms_dialog() and balancer.seal_refreshed() == STOP:
             return 1
         selected = balancer.select_refreshed(started_ns)
         if selected == FALSE:

@@ -74,42 +74,71 @@ class DialogKeyLoader:
 
 
 def publish(ring: dict[str, DialogKey], now_wall_ms: int) -> None:
-    """Make ``ring`` the workers' keys; the signing key is the newest active one."""
+    """Make ``ring`` the workers' keys; the signing key is the newest active one. The
+    published version moves only when a key or the signing key changed: every worker then
+    reads the ring anew (``WorkerKeys``), so a removed key stops verifying at its next
+    request."""
     table = htables.DIALOG_KEYS.name
-    for key_id, key in ring.items():
-        KSR.htable.sht_sets(table, key_id, key.encode())
-    for key_id, _ in shared.items(htables.DIALOG_KEYS):
-        if key_id not in ring and key_id != htables.DIALOG_SIGNING_KEY:
-            KSR.htable.sht_rm(table, key_id)
+    shown = dict(shared.items(htables.DIALOG_KEYS))
+    wanted = {key_id: key.encode() for key_id, key in ring.items()}
     current = dialog_seal.signing_key(ring, now_wall_ms)
     if current is not None:
-        KSR.htable.sht_sets(table, htables.DIALOG_SIGNING_KEY, current.key_id)
+        wanted[htables.DIALOG_SIGNING_KEY] = current.key_id
+    elif htables.DIALOG_SIGNING_KEY in shown:  # kept: a ring with no active key seals as before
+        wanted[htables.DIALOG_SIGNING_KEY] = shown[htables.DIALOG_SIGNING_KEY]
+    if wanted == shown:
+        return
+    for key_id, text in wanted.items():
+        if shown.get(key_id) != text:
+            KSR.htable.sht_sets(table, key_id, text)
+    for key_id in shown.keys() - wanted.keys():
+        KSR.htable.sht_rm(table, key_id)
+    shared.bump_version()
 
 
-_parsed: dict[tuple[str, str], bytes | None] = {}
-"""This process's parsed keys, by id and shared-memory text: a key is parsed once, not at
-every seal and check (a rotated key has another id; a rewritten one, another text)."""
 PARSED_MAX = 16
-"""More than the keys a ring holds at once: the cache is emptied when it grows past this."""
+"""More than the keys a ring holds at once: the copy is emptied when it grows past this
+(ids nobody published cost a read each, never memory)."""
+_UNREAD = ("", b"")
 
 
-def secret(key_id: str) -> bytes | None:
-    """The secret of key ``key_id`` of the ring, None if the node has no such key."""
+class WorkerKeys:
+    """One process's copy of the keys it used, valid for one published version
+    (``shared.WorkerView.version``): a seal or a check costs no shared-memory read while the
+    ring is unchanged, and a key is parsed once per version."""
+
+    def __init__(self) -> None:
+        self._version: object = object()
+        self._secrets: dict[str, bytes | None] = {}
+        self._signing: tuple[str, bytes] | None = _UNREAD
+
+    def follow(self, version: object) -> None:
+        """Forget the copy when the published version moved (called with each refresh)."""
+        if version != self._version:
+            self._version, self._secrets, self._signing = version, {}, _UNREAD
+
+    def secret(self, key_id: str) -> bytes | None:
+        """The secret of key ``key_id`` of the ring, None if the node has no such key."""
+        if key_id not in self._secrets:
+            if len(self._secrets) >= PARSED_MAX:
+                self._secrets.clear()
+            self._secrets[key_id] = _read_secret(key_id)
+        return self._secrets[key_id]
+
+    def signing(self) -> tuple[str, bytes] | None:
+        """The id and secret new Record-Routes are sealed with; None before the first load."""
+        if self._signing is _UNREAD:
+            key_id = KSR.htable.sht_get(htables.DIALOG_KEYS.name, htables.DIALOG_SIGNING_KEY)
+            found = self.secret(key_id) if isinstance(key_id, str) else None
+            self._signing = None if found is None else (str(key_id), found)
+        return self._signing
+
+
+def _read_secret(key_id: str) -> bytes | None:
     value = KSR.htable.sht_get(htables.DIALOG_KEYS.name, key_id)
     if not isinstance(value, str) or key_id == htables.DIALOG_SIGNING_KEY:
         return None
-    if (key_id, value) not in _parsed:
-        if len(_parsed) >= PARSED_MAX:
-            _parsed.clear()
-        try:
-            _parsed[key_id, value] = dialog_seal.parse_key(key_id, value).secret
-        except BadRecord:
-            _parsed[key_id, value] = None
-    return _parsed[key_id, value]
-
-
-def signing() -> tuple[str, bytes] | None:
-    """The id and secret new Record-Routes are sealed with; None before the first load."""
-    key_id = KSR.htable.sht_get(htables.DIALOG_KEYS.name, htables.DIALOG_SIGNING_KEY)
-    found = secret(key_id) if isinstance(key_id, str) else None
-    return None if found is None else (key_id, found)  # type: ignore[return-value]
+    try:
+        return dialog_seal.parse_key(key_id, value).secret
+    except BadRecord:
+        return None

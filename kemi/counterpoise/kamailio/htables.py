@@ -70,25 +70,30 @@ ROUTING = Htable(
         NODE_SHED_PERCENT,
     ),
     value=(
-        "the routing table (``core.routing_table``) and its version, bumped on each change; "
-        "the runtime settings changed since start-up (JSON object, name -> text) and their "
-        "version, bumped on each push; the share (%) of new initial requests the node sheds "
-        "for its own overload (``core.admission``)"
+        "the routing table (``core.routing_table``); the version of everything the timer "
+        "process publishes (the table, the shed share, the dialog keys, the runtime "
+        "settings), bumped on each change of any; the runtime settings changed since "
+        "start-up (JSON object, name -> text) and their version, bumped on each push; the "
+        "share (%) of new initial requests the node sheds for its own overload "
+        "(``core.admission``)"
     ),
     writers=(
         "kamailio.shared.SharedTable.publish_table",
+        "kamailio.shared.bump_version",
         "cli.reload.Reloader.reload_if_requested",
         "kamailio.node_load.NodeLoad.tick",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
+        "kamailio.shared.bump_version",
         "kamailio.shared.SettingsFeed.changes",
-        "kamailio.node_load.shed_percent",
     ),
 )
 """The sync loop publishes the table every SIP worker routes with; ``counterpoise up`` pushes
 the settings on SIGHUP, over JSON-RPC (``htable.sets``/``seti``), value before version, so a
-process that sees the new version reads the new value."""
+process that sees the new version reads the new value. The timer process follows that
+version each tick and bumps the published one, so a worker reads one version per request
+and the settings only after a push (they reach it within a sync tick)."""
 
 INFLIGHT = Htable(
     name="cpinf",
@@ -336,7 +341,7 @@ DIALOG_KEYS = Htable(
         "of the key new Record-Routes are sealed with"
     ),
     writers=("kamailio.dialog_keys.publish",),
-    readers=("kamailio.dialog_keys.publish", "kamailio.dialog_keys.secret"),
+    readers=("kamailio.dialog_keys.publish", "kamailio.dialog_keys.WorkerKeys"),
     operators="``htable.dump cpkey`` shows the secrets: the control socket is the admin's",
 )
 """The Redis key ring (``store.dialog_keys``), copied by the timer process each second, so a

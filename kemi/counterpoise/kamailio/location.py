@@ -288,17 +288,18 @@ class LocationRouting:
         record = location.Record.from_local(local) if isinstance(local, str) else None
         return call_id, (ids[1] or "", ids[2] or ""), record
 
-    def dialog_confirmed(self, ids: read.DialogIds) -> None:
-        """An ACK (``ids``: its Call-ID and tags): the first one with the tags of a dialog
-        whose 2xx passed this node queues its record for Redis, counted against the caller's
-        address (``$si``)."""
+    def dialog_confirmed(self, ids: read.DialogIds, caller_host: str) -> None:
+        """An ACK (``ids``: its Call-ID and tags; ``caller_host``: the address it came from,
+        as the request route read it): the first one with the tags of a dialog whose 2xx
+        passed this node queues its record for Redis, counted against the caller's
+        address."""
         found = self._local_dialog(ids)
         if found is None:
             return
         call_id, tags, record = found
         if record is None or record.source or not record.matches_tags(*tags):
             return  # not a dialog of this node's, or confirmed already
-        confirmed = dataclasses.replace(record, source=location.source_of(_text("$si")))
+        confirmed = dataclasses.replace(record, source=location.source_of(caller_host))
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
         self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))

@@ -1,6 +1,6 @@
 """The node's own load: the timer process measures its UDP SIP sockets' receive backlog each
 sync tick and publishes the share of new initial requests to shed (``core.admission``); the
-SIP workers read that share, one shared-memory read per initial request, never /proc."""
+SIP workers read that share with the routing table (``shared.WorkerView``), never /proc."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import KSR
 
 from counterpoise.core import admission
 from counterpoise.core.settings import Settings
-from counterpoise.kamailio import htables
+from counterpoise.kamailio import htables, shared
 
 PROC_NET_UDP = ("/proc/net/udp", "/proc/net/udp6")
 BACKLOGS_KEPT = 2
@@ -36,15 +36,10 @@ class NodeLoad:
         percent = admission.next_node_shed_percent(self._percent, self._backlogs, settings.timers)
         if percent != self._percent:
             KSR.htable.sht_seti(htables.ROUTING.name, htables.NODE_SHED_PERCENT, percent)
+            shared.bump_version()
             if not self._percent or not percent:
                 KSR.notice(f"counterpoise: node overload shedding {percent} % of new calls\n")
         self._percent = percent
-
-
-def shed_percent() -> int:
-    """The share of new initial requests to shed now (a SIP worker's read)."""
-    value = KSR.htable.sht_get(htables.ROUTING.name, htables.NODE_SHED_PERCENT)
-    return value if isinstance(value, int) else 0
 
 
 def _read(path: str) -> str:

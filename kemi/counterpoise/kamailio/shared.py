@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -153,11 +154,22 @@ class SharedTable:
         return _int(htables.NODE_COUNTERS, node_metrics.SHED)
 
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
-        table = htables.ROUTING.name
-        KSR.htable.sht_sets(table, htables.ROUTING_TABLE, routing_table.encode(entries))
-        version = KSR.htable.sht_get(table, htables.ROUTING_VERSION)
-        next_version = (version if isinstance(version, int) else 0) + 1
-        KSR.htable.sht_seti(table, htables.ROUTING_VERSION, next_version)
+        KSR.htable.sht_sets(
+            htables.ROUTING.name, htables.ROUTING_TABLE, routing_table.encode(entries)
+        )
+        bump_version()
+
+
+def bump_version() -> None:
+    """Tell the workers that something the timer process publishes changed (the routing
+    table, the node's shed share, the dialog keys, the runtime settings): each reads the
+    version once per request and the rest only when it moved. Written after the value, by
+    the timer process alone, so the read and the write race with no other writer."""
+    table = htables.ROUTING.name
+    version = KSR.htable.sht_get(table, htables.ROUTING_VERSION)
+    KSR.htable.sht_seti(
+        table, htables.ROUTING_VERSION, (version if isinstance(version, int) else 0) + 1
+    )
 
 
 class SettingsFeed:
@@ -189,7 +201,8 @@ class WorkerView:
     """One SIP worker's cached copy of the routing table and its own tallies."""
 
     def __init__(self) -> None:
-        self._version: object = None
+        self.version: object = None
+        """The published version the copy is of (``bump_version``)."""
         self.picker = WeightedPicker([])
         self.limits: dict[str, Limit] = {}
         """Per proxy of the table, its in-flight limit for holding requests (``core.hold``)
@@ -206,14 +219,22 @@ class WorkerView:
         """Each pool proxy's addresses (``edge.pool_hops``): where its requests and replies
         come from, where requests from outside may go."""
         self.pool: frozenset[edge.Address] = frozenset()
+        self.node_shed_percent = 0
+        """The share of new initial requests the node sheds for its own overload
+        (``node_load``)."""
         self._tallies: dict[str, Tally] = {}
         self._heard_written: dict[str, int] = {}
+        self._all_heard_until_ms = 0
+        """Until when every proxy of the table has a sign of life this worker wrote less than
+        ``HEARD_EVERY_MS`` before: no reply can add one then (``hears_nothing_new``)."""
         self._pid = os.getpid()
 
     def refresh(self) -> WeightedPicker:
-        """The current table: one shared-memory read per request, a parse only on change."""
+        """The current table and shed share: one shared-memory read per request, the rest
+        read and parsed only when the version moved."""
         version = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_VERSION)
-        if version != self._version:
+        if version != self.version:
+            self.node_shed_percent = _int(htables.ROUTING, htables.NODE_SHED_PERCENT)
             raw = KSR.htable.sht_get(htables.ROUTING.name, htables.ROUTING_TABLE)
             entries = routing_table.decode(raw) if isinstance(raw, str) else []
             self.picker = WeightedPicker([(entry.uri, entry.weight) for entry in entries])
@@ -223,7 +244,8 @@ class WorkerView:
             self.long_wait = frozenset(entry.uri for entry in entries if entry.long_wait)
             self.returning = any(entry.returning for entry in entries)
             self.set_aside = frozenset(entry.uri for entry in entries if entry.set_aside)
-            self._version = version
+            self._note_all_heard()  # a proxy new to the table has no sign of life written yet
+            self.version = version
             uris = [entry.uri for entry in entries]
             if set(self.hops) != set(uris):  # resolve names only on change
                 self.hops = edge.pool_hops(uris, resolve)
@@ -239,6 +261,12 @@ class WorkerView:
     def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_timeout(waited_ms, penalty_ms))
 
+    def hears_nothing_new(self, now_ms: int) -> bool:
+        """Whether ``note_heard`` would write nothing now whatever proxy a reply came from:
+        every proxy of the table had its sign of life written within ``HEARD_EVERY_MS``, so
+        the reply's status and source need not be read."""
+        return now_ms < self._all_heard_until_ms
+
     def note_heard(self, uri: str, now_ms: int) -> None:
         """A reply that is not a failure came from ``uri``; ignored unless it is a proxy of the
         table."""
@@ -248,6 +276,14 @@ class WorkerView:
             return
         self._heard_written[uri] = now_ms
         KSR.htable.sht_seti(htables.HEARD.name, f"{self._pid} {uri}", stamp(now_ms))
+        self._note_all_heard()
+
+    def _note_all_heard(self) -> None:
+        """Until when every proxy of the table has a recent sign of life (``hears_nothing_new``):
+        after each write of one, and for each new table."""
+        written = [self._heard_written.get(uri) for uri in self.limits]
+        oldest_ms = min(written, key=_absent_first, default=None)
+        self._all_heard_until_ms = 0 if oldest_ms is None else oldest_ms + HEARD_EVERY_MS
 
     def count_late_reply(self, uri: str) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_late_reply())
@@ -293,6 +329,10 @@ def _load_header_reading(value: str) -> float | str:
         return header_utilisation(parse_load_header(value))
     except BadReport as error:
         return str(error)
+
+
+def _absent_first(written_ms: int | None) -> float:
+    return -math.inf if written_ms is None else written_ms
 
 
 def _number(value: object) -> int:
