@@ -94,6 +94,7 @@ def test_weights_and_inputs_are_published_every_interval(
         "requests_failed": 0,
         "first_reply_ms_sum": 80,
         "final_reply_ms_sum": 80,
+        "trying_ms_sum": 0,  # no 100 Trying came before the replies
         "probes_ok": 1,
         "probes_failed": 0,
         "probe_ms_sum": 2,
