@@ -50,7 +50,7 @@ class Limit:
     """Its limit; 0 when holding is off (``hold_queue_ms = 0``)."""
     queueing: bool
     """Queueing now (``policy.timers.queueing``), or its queue wait stands while shedding
-    (``policy.shed_limit.standing``): only then does its limit hold new requests."""
+    (``policy.shed_limit.holds_new``): only then does its limit hold new requests."""
     hold_inflight: int = 0
     """While shedding is on, its hold limit (``inflight_limit``: what it completes in
     ``hold_queue_ms``), which holds new requests even while it is not queueing, its

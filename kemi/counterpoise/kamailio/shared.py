@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -270,9 +269,7 @@ class WorkerView:
     def note_heard(self, uri: str, now_ms: int) -> None:
         """A reply that is not a failure came from ``uri``; ignored unless it is a proxy of the
         table."""
-        if uri not in self.limits or now_ms - self._heard_written.get(uri, -HEARD_EVERY_MS) < (
-            HEARD_EVERY_MS
-        ):
+        if uri not in self.limits or now_ms - self._written_ms(uri) < HEARD_EVERY_MS:
             return
         self._heard_written[uri] = now_ms
         KSR.htable.sht_seti(htables.HEARD.name, f"{self._pid} {uri}", stamp(now_ms))
@@ -281,9 +278,13 @@ class WorkerView:
     def _note_all_heard(self) -> None:
         """Until when every proxy of the table has a recent sign of life (``hears_nothing_new``):
         after each write of one, and for each new table."""
-        written = [self._heard_written.get(uri) for uri in self.limits]
-        oldest_ms = min(written, key=_absent_first, default=None)
-        self._all_heard_until_ms = 0 if oldest_ms is None else oldest_ms + HEARD_EVERY_MS
+        oldest_ms = min(map(self._written_ms, self.limits), default=-HEARD_EVERY_MS)
+        self._all_heard_until_ms = oldest_ms + HEARD_EVERY_MS
+
+    def _written_ms(self, uri: str) -> int:
+        """When this worker last wrote ``uri``'s sign of life; long enough ago that one is due
+        when it never did."""
+        return self._heard_written.get(uri, -HEARD_EVERY_MS)
 
     def count_late_reply(self, uri: str) -> None:
         self._store(uri, self._tallies.get(uri, Tally()).with_late_reply())
@@ -329,10 +330,6 @@ def _load_header_reading(value: str) -> float | str:
         return header_utilisation(parse_load_header(value))
     except BadReport as error:
         return str(error)
-
-
-def _absent_first(written_ms: int | None) -> float:
-    return -math.inf if written_ms is None else written_ms
 
 
 def _number(value: object) -> int:
