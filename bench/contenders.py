@@ -28,8 +28,9 @@ KEMI_RELAY_CFG = Path(__file__).resolve().parent / "kemi_relay.cfg"
 PY_PICK_SCRIPT = Path(__file__).resolve().parent / "py_pick.py"
 """``dispatcher.cfg``'s relay deciding each initial request in Python (``DS_PY_SCRIPT``): the
 least a design that decides in Python per call pays."""
-EMBEDDED_CFG = Path(__file__).resolve().parent / "embedded.cfg"
-"""``dispatcher.cfg``'s relay calling Counterpoise embedded in it (docs/embedding.md)."""
+EMBEDDED_CFG = Path(__file__).resolve().parents[1] / "docs" / "embedding" / "minimal.cfg"
+"""The native config docs/embedding.md gives operators, Counterpoise embedded in it: what an
+operator who copies it runs (it follows every change of the embedding API by itself)."""
 
 BALANCER_WORKERS = 4
 """SIP worker processes of every balancer, Counterpoise's default (``counterpoise up``)."""
@@ -155,7 +156,7 @@ class Contender:
     metrics: bool = False
     """Counterpoise with its Prometheus endpoint on (``metrics_listen``, a free port)."""
     embedded: bool = False
-    """Counterpoise embedded in a native config (``embedded.cfg``), not ``up``'s own."""
+    """Counterpoise embedded in a native config (``EMBEDDED_CFG``), not ``up``'s own."""
     python_entries: int = 0
     """A native dispatcher contender that enters Python (``py_pick.py``) this many times per
     call: 1 for the pick of the initial request, 2 for the final reply as well."""
@@ -275,7 +276,7 @@ def start_counterpoise(
     fresh: bool = True,
 ) -> Running:
     """The shipped balancer (kamailio.cfg + kemi/; ``embedded``: embedded in
-    ``embedded.cfg``) with its default settings (but ``overrides``), the pool entered in
+    ``EMBEDDED_CFG``) with its default settings (but ``overrides``), the pool entered in
     Redis with equal base weights, as an operator who does not know the capacities would;
     ``fresh=False``: another node joining the pool already there."""
     port = processes.free_port()
@@ -300,14 +301,12 @@ def start_counterpoise(
 def _start_embedded(
     settings: Settings, run_dir: Path, port: int, overrides: Mapping[str, object] | None
 ) -> processes.Process:
-    """Kamailio on ``embedded.cfg`` with the include beside it, Counterpoise's settings in
+    """Kamailio on ``EMBEDDED_CFG`` with the include beside it, Counterpoise's settings in
     its environment as an operator gives them."""
     shutil.copyfile(EMBEDDED_CFG, run_dir / EMBEDDED_CFG.name)
     shutil.copyfile(assets.path("counterpoise.cfg"), run_dir / "counterpoise.cfg")
     defines: dict[str, str | int] = {
         "CP_SCRIPT": str(assets.path("counterpoise_native.py")),
-        "DS_CTL": f"unixs:{run_dir / 'ctl.sock'}",
-        "DS_FR_TIMER_MS": settings.failover.fr_timer_ms,
     }
     argv = processes.kamailio_argv(
         run_dir / EMBEDDED_CFG.name, [f"udp:127.0.0.1:{port}"], BALANCER_WORKERS, run_dir, defines
