@@ -100,7 +100,7 @@ def test_a_seal_edited_or_signed_with_an_unknown_key_is_refused() -> None:
     assert admit(route(key_id="2")) is None
     assert admit(route(secret=OTHER_SECRET)) is None
     assert admit("sip:192.0.2.1;lr") is None
-    assert admit("sip:192.0.2.1;lr;ftag=ftag-1;cpd=1.x;cpp=sip:udp:10.0.0.11:5060") is None
+    assert admit("sip:192.0.2.1;lr;ftag=ftag-1;cpd2=1.x;cpp=sip:udp:10.0.0.11:5060") is None
 
 
 def test_direction_is_told_by_whose_tag_is_sealed() -> None:
