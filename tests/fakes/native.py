@@ -100,7 +100,7 @@ def seal(ksr: FakeKsr) -> int:
     proxy = (ksr.avps.get("cpsp") or [None])[-1]
     call_id, from_tag = ksr.pvs.get("$ci"), ksr.pvs.get("$ft")
     secret = _secret(ksr, str(key_id)) if key_id is not None else None
-    if secret is None or not isinstance(proxy, str) or not from_tag or not call_id:
+    if secret is None or not proxy or not isinstance(proxy, str) or not from_tag or not call_id:
         _count(ksr, "cpedge", "unsealed")
         ksr.record_routed = True
         return 1

@@ -491,9 +491,8 @@ class Balancer:
         KSR.tm.t_on_reply(self.routes.reply)
         KSR.tm.t_on_failure(self.routes.failure)
         if avps.sealed():  # each branch records the route sealed with its own proxy
-            proxy = dialog_seal.proxy_hop(uri)
-            if proxy is not None:
-                avps.set_seal_proxy(proxy.sealed())
+            proxy = dialog_seal.proxy_hop(uri)  # none: the branch is recorded unsealed
+            avps.set_seal_proxy(proxy.sealed() if proxy is not None else "")
             KSR.tm.t_on_branch(self.routes.branch)
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
