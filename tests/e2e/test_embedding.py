@@ -21,6 +21,7 @@ from counterpoise.core.settings import Settings, runtime_values
 from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 from tests.e2e.test_balancer import _wait_share as wait_share
+from tests.e2e.test_dialog_records import records
 from tests.e2e.test_location import holders
 from tests.e2e.test_shedding import SHED_REPLY_MAX_MS
 
@@ -287,8 +288,10 @@ def test_the_docs_show_the_minimal_config_as_tested() -> None:
 
 
 def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_path: Path) -> None:
-    """Its in-dialog requests go through ``cp_in_dialog``, its replies through
-    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE."""
+    """Its in-dialog requests go through ``CP_IN_DIALOG``, its replies through
+    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE, relayed
+    by the config's route, and the location server's records follow them (its ACK confirms
+    one, its BYE ends it)."""
     operator = stock.Operator(
         files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
@@ -307,6 +310,13 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
         for ds in (a, b):
             count = ds.counts()
             assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
+        ctl = processes.ctl_socket(kamailio.run_dir)
+        assert testbed.counters(ctl, "cpstat")["in_dialog_record_route"] >= 2 * 200
+        assert testbed.counters(ctl, "cploc")["confirmed"] == 200
+        assert "relay_denied" not in testbed.counters(ctl, "cpedge")
+        processes.wait_for(
+            lambda: records(bed) == {}, 5, "every call's dialog record ended by its BYE"
+        )
         assert "Traceback" not in kamailio.log()
 
 
