@@ -208,6 +208,24 @@ def test_the_callee_behind_a_real_proxy_hangs_up_through_the_balancer(bed: Bed) 
     callee.close()
 
 
+def test_the_callee_behind_a_tcp_proxy_hangs_up_from_the_proxys_own_port(bed: Bed) -> None:
+    """Over a connection a proxy is known by its host alone: its BYE comes from whatever
+    port its connection has, and the config's route admits it by its host."""
+    callee = sipwire.Responder(answer_as_callee)
+    bed.uas_uri = callee.uri
+    bed.start_balancer(listen="udp:127.0.0.1:{port},tcp:127.0.0.1:{port}")
+    ds = bed.start_downstream("tcp", transport="tcp")
+    bed.add_pool((ds, 1.0))
+    dialog = call(bed)
+    (invite,) = callee.of_method("INVITE")
+    routes = record_routes(invite)  # the proxy's two (UDP to the callee), the balancer's two
+    assert len(routes) == 4 and "transport=tcp" in routes[2] and "cpd2=" in routes[2]
+    callee.peer.send(callee_bye(dialog, callee.peer, routes), ("127.0.0.1", ds.port))
+    received = dialog.caller.recv(5.0)
+    assert received is not None and sipwire.method_of(received) == "BYE"
+    callee.close()
+
+
 def test_both_record_routes_of_a_transport_change_carry_the_seal(bed: Bed) -> None:
     """UDP caller, TCP proxy: the balancer records itself twice (``enable_double_rr``), each
     entry sealed alike with the proxy's transport; the caller's BYE passes by either."""
