@@ -21,6 +21,7 @@ from counterpoise.core.settings import Settings, runtime_values
 from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 from tests.e2e.test_balancer import _wait_share as wait_share
+from tests.e2e.test_dialog_records import records
 from tests.e2e.test_location import holders
 from tests.e2e.test_shedding import SHED_REPLY_MAX_MS
 
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.e2e
 
 PATCHES = assets.SOURCE_TREE / "docs" / "embedding"
 INCLUDE = assets.SOURCE_TREE / "embed" / "counterpoise.cfg"
+DIALOG_ROUTES = assets.SOURCE_TREE / "embed" / "counterpoise-dialog.cfg"
+"""What the include includes, beside it."""
 NATIVE_SCRIPT = assets.SOURCE_TREE / "kemi" / "counterpoise_native.py"
 PATCH_OF = {
     stock.NATIVE.name: PATCHES / "kamailio.cfg.patch",
@@ -74,7 +77,7 @@ def embedded(
     (native) and the pool's Redis given on the command line and in the environment."""
     config: stock.StockConfig = request.param
     operator = stock.Operator(
-        files=(INCLUDE,),
+        files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)} if config is stock.NATIVE else {},
         env={
             "COUNTERPOISE_REDIS_URL": bed.redis_url,
@@ -285,10 +288,12 @@ def test_the_docs_show_the_minimal_config_as_tested() -> None:
 
 
 def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_path: Path) -> None:
-    """Its in-dialog requests go through ``cp_in_dialog``, its replies through
-    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE."""
+    """Its in-dialog requests go through ``CP_IN_DIALOG``, its replies through
+    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE, relayed
+    by the config's route, and the location server's records follow them (its ACK confirms
+    one, its BYE ends it)."""
     operator = stock.Operator(
-        files=(INCLUDE,),
+        files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
         env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
     )
@@ -305,6 +310,13 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
         for ds in (a, b):
             count = ds.counts()
             assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
+        ctl = processes.ctl_socket(kamailio.run_dir)
+        assert testbed.counters(ctl, "cpstat")["in_dialog_record_route"] >= 2 * 200
+        assert testbed.counters(ctl, "cploc")["confirmed"] == 200
+        assert "relay_denied" not in testbed.counters(ctl, "cpedge")
+        processes.wait_for(
+            lambda: records(bed) == {}, 5, "every call's dialog record ended by its BYE"
+        )
         assert "Traceback" not in kamailio.log()
 
 
@@ -314,7 +326,7 @@ def test_metrics_and_runtime_settings_in_a_native_config(bed: Bed, tmp_path: Pat
     ``up`` pushes them on SIGHUP, are taken at runtime."""
     metrics_port = processes.free_port()
     operator = stock.Operator(
-        files=(INCLUDE,),
+        files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
         env={
             "COUNTERPOISE_REDIS_URL": bed.redis_url,

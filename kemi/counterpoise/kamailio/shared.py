@@ -145,8 +145,15 @@ class SharedTable:
         return drift
 
     def read_counters(self) -> Mapping[str, int]:
-        """The edge's counters summed over the processes (``cpedge``)."""
-        return sum_counters(dict(items(htables.EDGE_COUNTERS)))
+        """The edge's counters summed over the processes (``cpedge``), with those the
+        config's routes count under their own names (``htables.NATIVE_EDGE_COUNTERS``)."""
+        dump = dict(items(htables.EDGE_COUNTERS))
+        totals = sum_counters(dump)
+        for name in htables.NATIVE_EDGE_COUNTERS:
+            counted = _number(dump.get(name))
+            if counted:
+                totals[name] = totals.get(name, 0) + counted
+        return totals
 
     def shed_count(self) -> int:
         """The node's ``shed`` counter (``monitoring.node.SHED``)."""
