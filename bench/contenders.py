@@ -304,7 +304,8 @@ def _start_embedded(
     """Kamailio on ``EMBEDDED_CFG`` with the include beside it, Counterpoise's settings in
     its environment as an operator gives them."""
     shutil.copyfile(EMBEDDED_CFG, run_dir / EMBEDDED_CFG.name)
-    shutil.copyfile(assets.path("counterpoise.cfg"), run_dir / "counterpoise.cfg")
+    for include in ("counterpoise.cfg", "counterpoise-dialog.cfg"):
+        shutil.copyfile(assets.path(include), run_dir / include)
     defines: dict[str, str | int] = {
         "CP_SCRIPT": str(assets.path("counterpoise_native.py")),
     }
