@@ -93,6 +93,10 @@ class RouteNames:
     branch: str
     """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
     balancer's sealed Record-Route)."""
+    times_provisional: bool = False
+    """The reply route times the proxy's provisional replies itself, and calls ``on_reply``
+    for the rest (the native include's): each attempt then carries what it needs (its relay
+    on the script clock, the timers to re-arm)."""
 
 
 KEMI_ROUTES = RouteNames(
@@ -177,24 +181,24 @@ class Balancer:
                 self.view.note_heard(f"sip:{host}:{port}", now_ms)
             KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
         finally:  # whatever failed above, a stray reply goes on only when proven
-            if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
-                EDGE.count("stray_reply")
+            if KSR.tm.t_check_trans() < 0 and self.stray_reply() == FALSE:
                 KSR.set_drop()
         return TRUE
 
-    def _forwards_stray(self) -> bool:
-        """Whether a reply that matches no transaction is forwarded by its next Via (counted):
-        only when a pool proxy sent it and it proves where its request came from. A failure
-        of that check, whatever it is, is no proof: it fails closed."""
+    def stray_reply(self) -> int:
+        """A reply that matches no transaction (``on_core_reply`` says why it is dropped
+        unless proven): ``TRUE`` when Kamailio is to forward it by its next Via (counted as
+        ``stray_forwarded``), else ``FALSE`` (counted as ``stray_reply``) for the caller to
+        drop it. Only when a pool proxy sent it and it proves where its request came from;
+        a failure of that check, whatever it is, is no proof: it fails closed."""
         try:
             self.refresh()  # the pool as of now: a standby may have routed nothing yet
             forwarded = self.trusted() and _stray_reply_verifies(self.keys.secret)
         except Exception as error:  # caught broadly: an unproven reply is dropped
             guard.failed("stray reply", error)
-            return False
-        if forwarded:
-            EDGE.count("stray_forwarded")
-        return forwarded
+            forwarded = False
+        EDGE.count("stray_forwarded" if forwarded else "stray_reply")
+        return TRUE if forwarded else FALSE
 
     @hook("orphan", fallback=STOP)
     def forward_orphan(self) -> int:
@@ -461,7 +465,11 @@ class Balancer:
         avps.set_tried([*tried, uri])
         attempt = avps.Attempt.nth(len(tried))
         sent = attempts.stamp(clock.monotonic_ms())
-        attempt.start(uri, sent)
+        native = self.routes.times_provisional
+        attempt.start(uri, sent, clock.script_ms() if native else None)
+        failover = self.settings.failover
+        if native and failover.progress_timeout_ms:
+            avps.set_progress_timers(failover.progress_timeout_ms, failover.fr_inv_timer_ms)
         timeout_ms = self.settings.failover.fr_timer_ms
         if uri in self.view.long_wait:
             timeout_ms = self.settings.timers.saturated_fr_timer_ms
