@@ -9,6 +9,7 @@ its defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,15 +287,10 @@ def test_the_docs_show_the_minimal_config_as_tested() -> None:
 
 def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_path: Path) -> None:
     """Its in-dialog requests go through ``cp_in_dialog``, its replies through
-    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE."""
-    operator = stock.Operator(
-        files=(INCLUDE,),
-        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
-        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
-    )
-    with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
-        bed.balancer_port = kamailio.port
-        bed.settings = bed.settings.with_values(node_id=NODE)
+    ``CP_CORE_REPLY``: the ACK and BYE of every call reach the proxy of its INVITE. The
+    native reply routes keep the books Python keeps in a KEMI config: each proxy's signs of
+    life, and each ringing call out of its proxy's work (``cpwait`` back to 0)."""
+    with minimal(bed, tmp_path) as kamailio:
         a, b = bed.start_downstream("a"), bed.start_downstream("b")
         bed.add_pool((a, 3), (b, 1))
 
@@ -306,6 +302,61 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
             count = ds.counts()
             assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
         assert "Traceback" not in kamailio.log()
+        ctl = kamailio.run_dir / "kamailio_ctl"
+        assert set(htable(ctl, "cppool").values()) == {a.uri, b.uri}
+        heard = {key.split(" ", 1)[1] for key in htable(ctl, "cpheard")}
+        assert heard == {a.uri, b.uri}
+        awaiting = htable(ctl, "cpwait")
+        assert awaiting and all(int(count) == 0 for count in awaiting.values()), awaiting
+
+
+def test_a_ringing_call_leaves_its_proxys_work_in_the_native_reply_route(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """The 180 counts the call out of its proxy's work (``cpwait``) while it stays in
+    flight (``cpinf``): ``CP_PROVISIONAL``, not Python's final reply route, did it."""
+    bed.start_uas(ring_ms=4000)
+    with minimal(bed, tmp_path) as kamailio:
+        a = bed.start_downstream("a")
+        bed.add_pool((a, 1))
+        calls = bed.caller(calls=10, rate=10, hold_ms=100)
+        ctl = kamailio.run_dir / "kamailio_ctl"
+
+        def ringing() -> bool:
+            awaiting = sum(int(count) for count in htable(ctl, "cpwait").values())
+            inflight = sum(int(count) for count in htable(ctl, "cpinf").values())
+            return inflight >= 5 and awaiting == 0
+
+        processes.wait_for(ringing, 4, "calls ringing, in flight, out of the proxy's work")
+        result = calls.wait(60)
+        assert result.failed == 0, result.output[-2000:]
+
+
+@contextlib.contextmanager
+def minimal(bed: Bed, tmp_path: Path) -> Iterator[stock.StockKamailio]:
+    """The docs' minimal config, running with Counterpoise on this test's Redis."""
+    operator = stock.Operator(
+        files=(INCLUDE,),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
+        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+    )
+    with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
+        bed.balancer_port = kamailio.port
+        bed.settings = bed.settings.with_values(node_id=NODE)
+        yield kamailio
+
+
+def htable(ctl: Path, table: str) -> dict[str, str]:
+    """Every key and value of a running node's hash table (``htable.dump``)."""
+    found: dict[str, str] = {}
+    key = None
+    for line in testbed.kamcmd(ctl, "htable.dump", table).splitlines():
+        line = line.strip()
+        if line.startswith("name:"):
+            key = line.removeprefix("name:").strip()
+        elif line.startswith("value:") and key is not None:
+            found[key] = line.removeprefix("value:").strip()
+    return found
 
 
 def test_metrics_and_runtime_settings_in_a_native_config(bed: Bed, tmp_path: Path) -> None:
