@@ -252,3 +252,35 @@ def test_a_stray_reply_the_native_core_reply_route_asks_about_is_dropped_unless_
     assert cp.cp_stray_reply(None) == -1
     assert edge_counters(ksr) == {"stray_reply": 2}
     assert not ksr.dropped  # the route drops it, on -1
+
+
+FROM_A = ("10.0.0.1", 5060)
+
+
+def test_the_load_a_native_route_kept_from_provisional_replies_counts_with_the_outcome(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    # route[CP_PROVISIONAL]'s books of a 100 and a 180 from A (their X-CP-Load kept)
+    ksr.avps |= {"cpq0": [1], "cpf0": [4], "cpl0": ["tx=1;workers=4;active=1|junk"]}
+    ksr.reply(200, headers={"X-CP-Load": "tx=3;workers=4;active=3"}, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1
+    tally = node.totals()[A]
+    assert (tally.load_samples, tally.load_milli_sum, tally.load_headers_rejected) == (2, 1000, 1)
+    assert (tally.requests_ok, tally.first_reply_ms_sum) == (1, 4)
+
+
+def test_a_kemi_reply_route_counts_the_load_of_each_reply_as_it_comes(node: Node, ksr: FakeKsr):
+    node.pool(A)
+    cp = embedded(native=False)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    ksr.reply(180, headers={"X-CP-Load": "tx=1;workers=4;active=1"}, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1
+    ksr.reply(200, headers={"X-CP-Load": "tx=3;workers=4;active=3"}, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1
+    tally = node.totals()[A]
+    assert (tally.load_samples, tally.load_milli_sum) == (2, 1000)

@@ -664,6 +664,9 @@ class Balancer:
         if attempt.first_reply_ms is None:
             shared.awaiting_add(uri, -1, sent)
         attempt.mark_counted(timed_out)
+        if self.routes.times_provisional:  # the load its provisional replies stated
+            for value in attempt.load_headers:
+                self.view.note_load_header(uri, value, write=False)  # written with the outcome
         if timed_out:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
             return

@@ -14,6 +14,9 @@ branch index ``i``:
 ``cps<i>``    its relay on the script clock (``clock.script_ms``), for a reply route that
               times its provisional replies natively (``RouteNames.times_provisional``);
 ``cpq<i>``    ms to its 100 Trying (how long it waited in the proxy's queue);
+``cpl<i>``    the ``X-CP-Load`` values of its provisional replies, ``LOAD_SEPARATOR``-joined,
+              kept by a native reply route for the outcome to count (Python counts them
+              as they come);
 ``cpf<i>``    ms to its first reply other than 100 Trying; ``cpd<i>`` set once its outcome
               has been counted: 2 when it timed out with no reply (a reply after that is
               late: the proxy is alive), 1 otherwise.
@@ -39,6 +42,8 @@ SEALED = "$avp(cpseal)"
 PROGRESS_MS = "$avp(cpprog)"
 RINGING_MS = "$avp(cpring)"
 TIMED_OUT = 2
+LOAD_SEPARATOR = "|"
+"""Between the values of ``cpl<i>`` (``route[CP_PROVISIONAL]`` joins them with it)."""
 """``cpd<i>`` of an attempt counted as a silent timeout."""
 
 
@@ -106,6 +111,12 @@ class Attempt:
 
     def set_first_reply_ms(self, elapsed_ms: int) -> None:
         self._seti("cpf", elapsed_ms)
+
+    @property
+    def load_headers(self) -> list[str]:
+        """The ``X-CP-Load`` values of its provisional replies a native route kept."""
+        found = self._get("cpl")
+        return found.split(LOAD_SEPARATOR) if isinstance(found, str) else []
 
     @property
     def counted(self) -> bool:
