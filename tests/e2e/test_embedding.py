@@ -303,7 +303,7 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
             assert count["ack"] == count["invite"] == count["bye"], (ds.name, count)
         assert "Traceback" not in kamailio.log()
         ctl = kamailio.run_dir / "kamailio_ctl"
-        assert set(htable(ctl, "cppool").values()) == {a.uri, b.uri}
+        assert set(htable(ctl, "cpproxy").values()) == {a.uri, b.uri}
         heard = {key.split(" ", 1)[1] for key in htable(ctl, "cpheard")}
         assert heard == {a.uri, b.uri}
         awaiting = htable(ctl, "cpwait")

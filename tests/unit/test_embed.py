@@ -232,9 +232,9 @@ def test_the_pool_addresses_follow_the_proxies_of_the_table(node: Node, ksr: Fak
         return RoutingEntry(uri, 1.0, False, 0, long_wait=False)
 
     node.publish(entry(A), entry(B))
-    assert ksr.htables["cppool"] == {"10.0.0.1 5060": A, "10.0.0.2 5060": B}
+    assert ksr.htables["cpproxy"] == {"10.0.0.1 5060": A, "10.0.0.2 5060": B}
     node.publish(entry(B))
-    assert ksr.htables["cppool"] == {"10.0.0.2 5060": B}
+    assert ksr.htables["cpproxy"] == {"10.0.0.2 5060": B}
 
 
 def test_a_stray_reply_the_native_core_reply_route_asks_about_is_dropped_unless_proven(
@@ -284,3 +284,19 @@ def test_a_kemi_reply_route_counts_the_load_of_each_reply_as_it_comes(node: Node
     assert cp.cp_on_reply(None) == 1
     tally = node.totals()[A]
     assert (tally.load_samples, tally.load_milli_sum) == (2, 1000)
+
+
+def test_a_provisional_reply_not_from_the_proxy_is_for_the_native_route_to_drop(
+    node: Node, ksr: FakeKsr
+):
+    from ..fakes.edge import edge_counters
+
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    ksr.reply(180, source=("192.0.2.9", 5060))
+    assert cp.cp_on_reply(None) == -1
+    assert edge_counters(ksr) == {"foreign_reply": 1}
+    ksr.reply(180, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1

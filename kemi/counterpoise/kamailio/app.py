@@ -559,7 +559,10 @@ class Balancer:
     @hook("reply")
     def on_reply(self) -> int:
         """tm onreply route of a relayed initial request: time the proxy's replies. Only what
-        comes from the proxy's own address counts (tm matches replies by Via branch alone)."""
+        comes from the proxy's own address counts (tm matches replies by Via branch alone).
+        ``FALSE`` when the reply is dropped (a provisional one not from the proxy): a native
+        route drops it then (``KSR.set_drop`` inside ``python_exec`` reaches no native
+        route); else ``TRUE``."""
         attempt = avps.Attempt.of_reply()
         uri = attempt.proxy if attempt is not None else None
         if attempt is None or uri is None:
@@ -574,7 +577,7 @@ class Balancer:
         if status < 200:
             if not from_proxy:
                 KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
-                return TRUE
+                return FALSE
             self._note_load_header(uri)
             progress_ms = self.settings.failover.progress_timeout_ms
             if status == 100 and attempt.trying_ms is None:
@@ -936,7 +939,8 @@ class KemiApp:
         return self.balancer.release_tick()
 
     def ksr_route_reply(self, msg: object) -> int:
-        return self.balancer.on_reply()
+        self.balancer.on_reply()  # a reply it drops, it drops with KSR.set_drop
+        return 1
 
     @hook("failure")
     def ksr_route_failure(self, msg: object) -> int:

@@ -70,6 +70,7 @@ class Embedded:
     # --- the routes it arms, its timers and its probes --------------------------------------
 
     def cp_on_reply(self, msg: object) -> int:
+        """``Balancer.on_reply``: -1 for a reply to drop, which ``CP_PROVISIONAL`` drops."""
         return self.counterpoise.on_reply()
 
     def cp_on_branch(self, msg: object) -> int:

@@ -177,8 +177,8 @@ HEARD = Htable(
 key's value changed since its last look, so the two writers' clocks never meet: a worker
 runs one form of the core reply route."""
 
-POOL_ADDRESSES = Htable(
-    name="cppool",
+PROXY_BY_ADDRESS = Htable(
+    name="cpproxy",
     size=4,
     key='``"<address> <port>"`` (``edge.pool_hops``: an IP, lower case, no brackets)',
     value="the URI of the pool proxy seen at that address (the routing table's)",
@@ -415,7 +415,7 @@ ALL = (
     TALLIES,
     REJECTIONS,
     HEARD,
-    POOL_ADDRESSES,
+    PROXY_BY_ADDRESS,
     PROBES,
     RETRY_BUDGET,
     HELD,
