@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -330,6 +330,47 @@ def test_a_ringing_call_leaves_its_proxys_work_in_the_native_reply_route(
         processes.wait_for(ringing, 4, "calls ringing, in flight, out of the proxy's work")
         result = calls.wait(60)
         assert result.failed == 0, result.output[-2000:]
+
+
+def test_a_provisional_reply_not_from_the_proxy_goes_no_further(bed: Bed, tmp_path: Path) -> None:
+    """tm matches a reply by its Via branch alone: a 180 with the right branch from another
+    address is dropped (Python judges it; the native route drops it), the proxy's own
+    passes."""
+    proxy, caller, forger = (sipwire.Peer(f"127.0.0.{n}") for n in (31, 32, 33))
+    with minimal(bed, tmp_path) as kamailio:
+        bed.store.add(proxy.uri, 1.0)
+        bed.wait_state(proxy.uri, ("up", "slowstart"))
+        caller.send(
+            sipwire.request("INVITE", "sip:bob@example.com", caller.address), kamailio.address
+        )
+        relayed = processes.wait_for(
+            lambda: arrived(proxy, lambda m: sipwire.method_of(m) == "INVITE"),
+            5,
+            "the INVITE relayed to the proxy",
+        )
+        forger.send(sipwire.reply(relayed, 180, "Forged", tag="f"), kamailio.address)
+        proxy.send(sipwire.reply(relayed, 180, "Ringing", tag="p"), kamailio.address)
+        ringing = processes.wait_for(
+            lambda: arrived(caller, lambda m: sipwire.status_of(m) == 180),
+            5,
+            "a 180 at the caller",
+        )
+        assert b"Ringing" in ringing
+        ctl = kamailio.run_dir / "kamailio_ctl"
+        processes.wait_for(
+            lambda: testbed.counters(ctl, "cpedge").get("foreign_reply") == 1,
+            5,
+            "the forged 180 counted",
+        )
+        assert not any(b"Forged" in message for message in caller.received)
+    for peer in (proxy, caller, forger):
+        peer.close()
+
+
+def arrived(peer: sipwire.Peer, wanted: Callable[[bytes], bool]) -> bytes | None:
+    """The next message ``peer`` gets within 0.2 s, if it is one ``wanted``."""
+    message = peer.recv(0.2)
+    return message if message is not None and wanted(message) else None
 
 
 @contextlib.contextmanager
