@@ -42,9 +42,9 @@ SEALED = "$avp(cpseal)"
 PROGRESS_MS = "$avp(cpprog)"
 RINGING_MS = "$avp(cpring)"
 TIMED_OUT = 2
+"""``cpd<i>`` of an attempt counted as a silent timeout."""
 LOAD_SEPARATOR = "|"
 """Between the values of ``cpl<i>`` (``route[CP_PROVISIONAL]`` joins them with it)."""
-"""``cpd<i>`` of an attempt counted as a silent timeout."""
 
 
 class Attempt:
