@@ -165,6 +165,15 @@ def test_the_include_calls_and_names_only_what_exists():
     assert {"CP_SYNC", "CP_RELEASE_TICK"} <= blocks
 
 
+def selected(node: Node, ksr: FakeKsr, native: bool):
+    """An ``Embedded`` that routed an INVITE to A (the config relays it next)."""
+    node.pool(A)
+    cp = embedded(native)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    return cp
+
+
 def include_defines() -> dict[str, int]:
     return {
         name: int(value)
@@ -218,10 +227,7 @@ def test_a_native_reply_route_gets_the_relay_time_and_timers_it_times_against(
 
 
 def test_a_native_attempt_without_a_progress_timeout_carries_no_timers(node: Node, ksr: FakeKsr):
-    node.pool(A)
-    cp = embedded(native=True)
-    ksr.request("INVITE", CALLEE)
-    assert cp.cp_select(None) == 1
+    selected(node, ksr, native=True)
     assert "cps0" in ksr.avps and "cpprog" not in ksr.avps and "cpring" not in ksr.avps
 
 
@@ -242,10 +248,7 @@ def test_a_stray_reply_the_native_core_reply_route_asks_about_is_dropped_unless_
 ):
     from ..fakes.edge import edge_counters
 
-    node.pool(A)
-    cp = embedded(native=True)
-    ksr.request("INVITE", CALLEE)
-    assert cp.cp_select(None) == 1
+    cp = selected(node, ksr, native=True)
     ksr.reply(200, source=("10.0.0.1", 5060))  # no signature in its top Via: no proof
     assert cp.cp_stray_reply(None) == -1
     ksr.reply(200, source=("192.0.2.9", 5060))  # not from the pool
@@ -260,10 +263,7 @@ FROM_A = ("10.0.0.1", 5060)
 def test_the_load_a_native_route_kept_from_provisional_replies_counts_with_the_outcome(
     node: Node, ksr: FakeKsr
 ):
-    node.pool(A)
-    cp = embedded(native=True)
-    ksr.request("INVITE", CALLEE)
-    assert cp.cp_select(None) == 1
+    cp = selected(node, ksr, native=True)
     # route[CP_PROVISIONAL]'s books of a 100 and a 180 from A (their X-CP-Load kept)
     ksr.avps |= {"cpq0": [1], "cpf0": [4], "cpl0": ["tx=1;workers=4;active=1|junk"]}
     ksr.reply(200, headers={"X-CP-Load": "tx=3;workers=4;active=3"}, source=FROM_A)
@@ -274,10 +274,7 @@ def test_the_load_a_native_route_kept_from_provisional_replies_counts_with_the_o
 
 
 def test_a_kemi_reply_route_counts_the_load_of_each_reply_as_it_comes(node: Node, ksr: FakeKsr):
-    node.pool(A)
-    cp = embedded(native=False)
-    ksr.request("INVITE", CALLEE)
-    assert cp.cp_select(None) == 1
+    cp = selected(node, ksr, native=False)
     ksr.reply(180, headers={"X-CP-Load": "tx=1;workers=4;active=1"}, source=FROM_A)
     assert cp.cp_on_reply(None) == 1
     ksr.reply(200, headers={"X-CP-Load": "tx=3;workers=4;active=3"}, source=FROM_A)
@@ -291,10 +288,7 @@ def test_a_provisional_reply_not_from_the_proxy_is_for_the_native_route_to_drop(
 ):
     from ..fakes.edge import edge_counters
 
-    node.pool(A)
-    cp = embedded(native=True)
-    ksr.request("INVITE", CALLEE)
-    assert cp.cp_select(None) == 1
+    cp = selected(node, ksr, native=True)
     ksr.reply(180, source=("192.0.2.9", 5060))
     assert cp.cp_on_reply(None) == -1
     assert edge_counters(ksr) == {"foreign_reply": 1}
