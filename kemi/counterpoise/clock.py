@@ -17,6 +17,18 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+SCRIPT_CYCLE_MS = 1_000_000_000
+"""The script clock's cycle (11.6 days): its values fit the signed 32-bit integers of
+Kamailio's script arithmetic, which ``$TV(sn) * 1000`` would overflow."""
+
+
+def script_ms() -> int:
+    """The clock a native route reads (``route[CP_NOW]`` of ``embed/counterpoise.cfg``: the
+    wall clock, ``$TV(sn)`` and ``$TV(un)``, in ms modulo ``SCRIPT_CYCLE_MS``; Kamailio's
+    script has no monotonic one): what Python stamps for a native route to time against."""
+    return wall_ms() % SCRIPT_CYCLE_MS
+
+
 def monotonic_s() -> float:
     """Seconds of the monotonic clock at full resolution: short durations (a sync tick)."""
     return time.monotonic()

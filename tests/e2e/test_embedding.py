@@ -9,8 +9,9 @@ its defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -289,17 +290,12 @@ def test_the_docs_show_the_minimal_config_as_tested() -> None:
 
 def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_path: Path) -> None:
     """Its in-dialog requests go through ``CP_IN_DIALOG``, its replies through
-    ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE, relayed
+    ``CP_CORE_REPLY``: the ACK and BYE of every call reach the proxy of its INVITE, relayed
     by the config's route, and the location server's records follow them (its ACK confirms
-    one, its BYE ends it)."""
-    operator = stock.Operator(
-        files=(INCLUDE, DIALOG_ROUTES),
-        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
-        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
-    )
-    with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
-        bed.balancer_port = kamailio.port
-        bed.settings = bed.settings.with_values(node_id=NODE)
+    one, its BYE ends it). The native reply routes keep the books Python keeps in a KEMI
+    config: each proxy's signs of life, and each ringing call out of its proxy's work
+    (``cpwait`` back to 0)."""
+    with minimal(bed, tmp_path) as kamailio:
         a, b = bed.start_downstream("a"), bed.start_downstream("b")
         bed.add_pool((a, 3), (b, 1))
 
@@ -318,6 +314,101 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
             lambda: records(bed) == {}, 5, "every call's dialog record ended by its BYE"
         )
         assert "Traceback" not in kamailio.log()
+        assert set(htable(ctl, "cpproxy").values()) == {a.uri, b.uri}
+        heard = {key.split(" ", 1)[1] for key in htable(ctl, "cpheard")}
+        assert heard == {a.uri, b.uri}
+        awaiting = htable(ctl, "cpwait")
+        assert awaiting and all(int(count) == 0 for count in awaiting.values()), awaiting
+
+
+def test_a_ringing_call_leaves_its_proxys_work_in_the_native_reply_route(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """The 180 counts the call out of its proxy's work (``cpwait``) while it stays in
+    flight (``cpinf``): ``CP_PROVISIONAL``, not Python's final reply route, did it."""
+    bed.start_uas(ring_ms=4000)
+    with minimal(bed, tmp_path) as kamailio:
+        a = bed.start_downstream("a")
+        bed.add_pool((a, 1))
+        calls = bed.caller(calls=10, rate=10, hold_ms=100)
+        ctl = processes.ctl_socket(kamailio.run_dir)
+
+        def ringing() -> bool:
+            awaiting = sum(int(count) for count in htable(ctl, "cpwait").values())
+            inflight = sum(int(count) for count in htable(ctl, "cpinf").values())
+            return inflight >= 5 and awaiting == 0
+
+        processes.wait_for(ringing, 4, "calls ringing, in flight, out of the proxy's work")
+        result = calls.wait(60)
+        assert result.failed == 0, result.output[-2000:]
+
+
+def test_a_provisional_reply_not_from_the_proxy_goes_no_further(bed: Bed, tmp_path: Path) -> None:
+    """tm matches a reply by its Via branch alone: a 180 with the right branch from another
+    address is dropped (Python judges it; the native route drops it), the proxy's own
+    passes."""
+    proxy, caller, forger = (sipwire.Peer(f"127.0.0.{n}") for n in (31, 32, 33))
+    with minimal(bed, tmp_path) as kamailio:
+        bed.store.add(proxy.uri, 1.0)
+        bed.wait_state(proxy.uri, ("up", "slowstart"))
+        caller.send(
+            sipwire.request("INVITE", "sip:bob@example.com", caller.address), kamailio.address
+        )
+        relayed = processes.wait_for(
+            lambda: arrived(proxy, lambda m: sipwire.method_of(m) == "INVITE"),
+            5,
+            "the INVITE relayed to the proxy",
+        )
+        forger.send(sipwire.reply(relayed, 180, "Forged", tag="f"), kamailio.address)
+        proxy.send(sipwire.reply(relayed, 180, "Ringing", tag="p"), kamailio.address)
+        ringing = processes.wait_for(
+            lambda: arrived(caller, lambda m: sipwire.status_of(m) == 180),
+            5,
+            "a 180 at the caller",
+        )
+        assert b"Ringing" in ringing
+        ctl = processes.ctl_socket(kamailio.run_dir)
+        processes.wait_for(
+            lambda: testbed.counters(ctl, "cpedge").get("foreign_reply") == 1,
+            5,
+            "the forged 180 counted",
+        )
+        assert not any(b"Forged" in message for message in caller.received)
+    for peer in (proxy, caller, forger):
+        peer.close()
+
+
+def arrived(peer: sipwire.Peer, wanted: Callable[[bytes], bool]) -> bytes | None:
+    """The next message ``peer`` gets within 0.2 s, if it is one ``wanted``."""
+    message = peer.recv(0.2)
+    return message if message is not None and wanted(message) else None
+
+
+@contextlib.contextmanager
+def minimal(bed: Bed, tmp_path: Path) -> Iterator[stock.StockKamailio]:
+    """The docs' minimal config, running with Counterpoise on this test's Redis."""
+    operator = stock.Operator(
+        files=(INCLUDE, DIALOG_ROUTES),
+        defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
+        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+    )
+    with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
+        bed.balancer_port = kamailio.port
+        bed.settings = bed.settings.with_values(node_id=NODE)
+        yield kamailio
+
+
+def htable(ctl: Path, table: str) -> dict[str, str]:
+    """Every key and value of a running node's hash table (``htable.dump``)."""
+    found: dict[str, str] = {}
+    key = None
+    for line in testbed.kamcmd(ctl, "htable.dump", table).splitlines():
+        line = line.strip()
+        if line.startswith("name:"):
+            key = line.removeprefix("name:").strip()
+        elif line.startswith("value:") and key is not None:
+            found[key] = line.removeprefix("value:").strip()
+    return found
 
 
 def test_metrics_and_runtime_settings_in_a_native_config(bed: Bed, tmp_path: Path) -> None:

@@ -180,3 +180,134 @@ def test_both_configs_include_the_dialog_routes_from_where_a_wheel_ships_them():
     assert (turnkey.parent / included).resolve() == DIALOG_ROUTES.resolve()
     source = str(DIALOG_ROUTES.relative_to(assets.SOURCE_TREE))
     assert assets.SHIPPED[included] == assets.SHIPPED[DIALOG_ROUTES.name] == source
+
+
+def selected(node: Node, ksr: FakeKsr, native: bool):
+    """An ``Embedded`` that routed an INVITE to A (the config relays it next)."""
+    node.pool(A)
+    cp = embedded(native)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    return cp
+
+
+def include_defines() -> dict[str, int]:
+    return {
+        name: int(value)
+        for name, value in re.findall(r"^#!define (\w+) (\d+)$", INCLUDE.read_text(), re.M)
+    }
+
+
+def test_the_native_reply_routes_count_as_python_does():
+    from counterpoise import clock
+    from counterpoise.core import attempts
+    from counterpoise.kamailio import shared
+
+    defines = include_defines()
+    assert defines["CP_HEARD_EVERY_MS"] == shared.HEARD_EVERY_MS
+    assert defines["CP_INFLIGHT_EPOCH_MS"] == attempts.INFLIGHT_EPOCH_MS
+    assert defines["CP_SCRIPT_CYCLE_MS"] == clock.SCRIPT_CYCLE_MS < 2**31
+
+
+def test_the_script_clock_is_the_wall_clock_in_ms_as_a_native_route_computes_it(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from counterpoise import clock
+
+    seconds, micros = (
+        1_796_580_359,
+        329_871,
+    )  # route[CP_NOW]: ($TV(sn) mod 10^6) * 1000 + $TV(un) / 1000
+    monkeypatch.setattr(clock.time, "time_ns", lambda: seconds * 10**9 + micros * 1000 + 17)
+    assert clock.script_ms() == 580_359_329
+
+
+PROGRESS = Settings.of(location_server=False, hold_queue_ms=0, progress_timeout_ms=3000)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "kemi"])
+def test_a_native_reply_route_gets_the_relay_time_and_timers_it_times_against(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch, native: bool
+):
+    from counterpoise.kamailio.embed import Embedded
+
+    node = Node(ksr, monkeypatch, PROGRESS)
+    node.pool(A)
+    cp = Embedded(PROGRESS, native=native)
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_select(None) == 1
+    script_ms = node.clock.wall_ms() % 1_000_000_000
+    expected = {"cps0": [script_ms], "cpprog": [3000], "cpring": [120_000]} if native else {}
+    assert {
+        name: ksr.avps[name] for name in ("cps0", "cpprog", "cpring") if name in ksr.avps
+    } == expected
+
+
+def test_a_native_attempt_without_a_progress_timeout_carries_no_timers(node: Node, ksr: FakeKsr):
+    selected(node, ksr, native=True)
+    assert "cps0" in ksr.avps and "cpprog" not in ksr.avps and "cpring" not in ksr.avps
+
+
+def test_the_pool_addresses_follow_the_proxies_of_the_table(node: Node, ksr: FakeKsr):
+    from counterpoise.core.routing_table import RoutingEntry
+
+    def entry(uri: str) -> RoutingEntry:
+        return RoutingEntry(uri, 1.0, False, 0, long_wait=False)
+
+    node.publish(entry(A), entry(B))
+    assert ksr.htables["cpproxy"] == {"10.0.0.1 5060": A, "10.0.0.2 5060": B}
+    node.publish(entry(B))
+    assert ksr.htables["cpproxy"] == {"10.0.0.2 5060": B}
+
+
+def test_a_stray_reply_the_native_core_reply_route_asks_about_is_dropped_unless_proven(
+    node: Node, ksr: FakeKsr
+):
+    from ..fakes.edge import edge_counters
+
+    cp = selected(node, ksr, native=True)
+    ksr.reply(200, source=("10.0.0.1", 5060))  # no signature in its top Via: no proof
+    assert cp.cp_stray_reply(None) == -1
+    ksr.reply(200, source=("192.0.2.9", 5060))  # not from the pool
+    assert cp.cp_stray_reply(None) == -1
+    assert edge_counters(ksr) == {"stray_reply": 2}
+    assert not ksr.dropped  # the route drops it, on -1
+
+
+FROM_A = ("10.0.0.1", 5060)
+
+
+def test_the_load_a_native_route_kept_from_provisional_replies_counts_with_the_outcome(
+    node: Node, ksr: FakeKsr
+):
+    cp = selected(node, ksr, native=True)
+    # route[CP_PROVISIONAL]'s books of a 100 and a 180 from A (their X-CP-Load kept)
+    ksr.avps |= {"cpq0": [1], "cpf0": [4], "cpl0": ["tx=1;workers=4;active=1|junk"]}
+    ksr.reply(200, headers={"X-CP-Load": "tx=3;workers=4;active=3"}, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1
+    tally = node.totals()[A]
+    assert (tally.load_samples, tally.load_milli_sum, tally.load_headers_rejected) == (2, 1000, 1)
+    assert (tally.requests_ok, tally.first_reply_ms_sum) == (1, 4)
+
+
+def test_a_kemi_reply_route_counts_the_load_of_each_reply_as_it_comes(node: Node, ksr: FakeKsr):
+    cp = selected(node, ksr, native=False)
+    ksr.reply(180, headers={"X-CP-Load": "tx=1;workers=4;active=1"}, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1
+    ksr.reply(200, headers={"X-CP-Load": "tx=3;workers=4;active=3"}, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1
+    tally = node.totals()[A]
+    assert (tally.load_samples, tally.load_milli_sum) == (2, 1000)
+
+
+def test_a_provisional_reply_not_from_the_proxy_is_for_the_native_route_to_drop(
+    node: Node, ksr: FakeKsr
+):
+    from ..fakes.edge import edge_counters
+
+    cp = selected(node, ksr, native=True)
+    ksr.reply(180, source=("192.0.2.9", 5060))
+    assert cp.cp_on_reply(None) == -1
+    assert edge_counters(ksr) == {"foreign_reply": 1}
+    ksr.reply(180, source=FROM_A)
+    assert cp.cp_on_reply(None) == 1

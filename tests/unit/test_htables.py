@@ -80,8 +80,27 @@ def test_every_declared_table_is_listed_once_under_its_own_name():
 def test_a_table_is_used_by_the_modules_that_write_and_read_it(constant: str):
     table = DECLARED[constant]
     assert table.writers
-    assert table.readers or table.operators  # written for someone
+    assert table.readers or table.operators or table.native  # written for someone
     assert users(constant) == {module_of(path) for path in table.writers + table.readers}
+
+
+def native_blocks() -> dict[str, str]:
+    """The native include's route blocks, by name: their bodies."""
+    return dict(re.findall(r"^\w*route\[(\w+)\] \{\n(.*?)^\}", EMBED_CFG.read_text(), re.M | re.S))
+
+
+@pytest.mark.parametrize("constant", sorted(c for c, t in DECLARED.items() if t.native))
+def test_the_native_routes_a_table_names_use_it(constant: str):
+    table, blocks = DECLARED[constant], native_blocks()
+    for route in table.native:
+        assert re.search(rf"\$sht\w*\({table.name}=>", blocks[route]), route
+
+
+def test_a_table_the_native_routes_use_names_them():
+    blocks = native_blocks()
+    for table in htables.ALL:
+        using = {name for name, body in blocks.items() if f"({table.name}=>" in body}
+        assert using == set(table.native), table.name
 
 
 def test_no_table_is_named_outside_the_declaration():

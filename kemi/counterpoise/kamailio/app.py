@@ -98,6 +98,10 @@ class RouteNames:
     branch: str
     """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
     balancer's sealed Record-Route)."""
+    times_provisional: bool = False
+    """The reply route times the proxy's provisional replies itself, and calls ``on_reply``
+    for the rest (the native include's): each attempt then carries what it needs (its relay
+    on the script clock, the timers to re-arm)."""
 
 
 KEMI_ROUTES = RouteNames(
@@ -183,24 +187,24 @@ class Balancer:
                 self.view.note_heard(f"sip:{host}:{port}", now_ms)
             KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
         finally:  # whatever failed above, a stray reply goes on only when proven
-            if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
-                EDGE.count("stray_reply")
+            if KSR.tm.t_check_trans() < 0 and self.stray_reply() == FALSE:
                 KSR.set_drop()
         return TRUE
 
-    def _forwards_stray(self) -> bool:
-        """Whether a reply that matches no transaction is forwarded by its next Via (counted):
-        only when a pool proxy sent it and it proves where its request came from. A failure
-        of that check, whatever it is, is no proof: it fails closed."""
+    def stray_reply(self) -> int:
+        """A reply that matches no transaction (``on_core_reply`` says why it is dropped
+        unless proven): ``TRUE`` when Kamailio is to forward it by its next Via (counted as
+        ``stray_forwarded``), else ``FALSE`` (counted as ``stray_reply``) for the caller to
+        drop it. Only when a pool proxy sent it and it proves where its request came from;
+        a failure of that check, whatever it is, is no proof: it fails closed."""
         try:
             self.refresh()  # the pool as of now: a standby may have routed nothing yet
             forwarded = self.trusted() and _stray_reply_verifies(self.keys.secret)
         except Exception as error:  # caught broadly: an unproven reply is dropped
             guard.failed("stray reply", error)
-            return False
-        if forwarded:
-            EDGE.count("stray_forwarded")
-        return forwarded
+            forwarded = False
+        EDGE.count("stray_forwarded" if forwarded else "stray_reply")
+        return TRUE if forwarded else FALSE
 
     @hook("orphan", fallback=STOP)
     def forward_orphan(self) -> int:
@@ -483,7 +487,11 @@ class Balancer:
         avps.set_tried([*tried, uri])
         attempt = avps.Attempt.nth(len(tried))
         sent = attempts.stamp(clock.monotonic_ms())
-        attempt.start(uri, sent)
+        native = self.routes.times_provisional
+        attempt.start(uri, sent, clock.script_ms() if native else None)
+        failover = self.settings.failover
+        if native and failover.progress_timeout_ms:
+            avps.set_progress_timers(failover.progress_timeout_ms, failover.fr_inv_timer_ms)
         timeout_ms = self.settings.failover.fr_timer_ms
         if uri in self.view.long_wait:
             timeout_ms = self.settings.timers.saturated_fr_timer_ms
@@ -575,7 +583,10 @@ class Balancer:
     @hook("reply")
     def on_reply(self) -> int:
         """tm onreply route of a relayed initial request: time the proxy's replies. Only what
-        comes from the proxy's own address counts (tm matches replies by Via branch alone)."""
+        comes from the proxy's own address counts (tm matches replies by Via branch alone).
+        ``FALSE`` when the reply is dropped (a provisional one not from the proxy): a native
+        route drops it then (``KSR.set_drop`` inside ``python_exec`` reaches no native
+        route); else ``TRUE``."""
         attempt = avps.Attempt.of_reply()
         uri = attempt.proxy if attempt is not None else None
         if attempt is None or uri is None:
@@ -590,7 +601,7 @@ class Balancer:
         if status < 200:
             if not from_proxy:
                 KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
-                return TRUE
+                return FALSE
             self._note_load_header(uri)
             progress_ms = self.settings.failover.progress_timeout_ms
             if status == 100 and attempt.trying_ms is None:
@@ -680,6 +691,9 @@ class Balancer:
         if attempt.first_reply_ms is None:
             shared.awaiting_add(uri, -1, sent)
         attempt.mark_counted(timed_out)
+        if self.routes.times_provisional:  # the load its provisional replies stated
+            for value in attempt.load_headers:
+                self.view.note_load_header(uri, value, write=False)  # written with the outcome
         if timed_out:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
             return
@@ -947,7 +961,8 @@ class KemiApp:
         return self.balancer.release_tick()
 
     def ksr_route_reply(self, msg: object) -> int:
-        return self.balancer.on_reply()
+        self.balancer.on_reply()  # a reply it drops, it drops with KSR.set_drop
+        return 1
 
     @hook("failure")
     def ksr_route_failure(self, msg: object) -> int:

@@ -11,10 +11,18 @@ branch index ``i``:
 
 ``cp_tried``  the proxies tried so far, in order, comma-separated.
 ``cpu<i>``    proxy of attempt i; ``cpt<i>`` ``attempts.stamp()`` of its relay;
+``cps<i>``    its relay on the script clock (``clock.script_ms``), for a reply route that
+              times its provisional replies natively (``RouteNames.times_provisional``);
 ``cpq<i>``    ms to its 100 Trying (how long it waited in the proxy's queue);
+``cpl<i>``    the ``X-CP-Load`` values of its provisional replies, ``LOAD_SEPARATOR``-joined,
+              kept by a native reply route for the outcome to count (Python counts them
+              as they come);
 ``cpf<i>``    ms to its first reply other than 100 Trying; ``cpd<i>`` set once its outcome
               has been counted: 2 when it timed out with no reply (a reply after that is
               late: the proxy is alive), 1 otherwise.
+``cpprog``    ``progress_timeout_ms``, ``cpring`` ``fr_inv_timer_ms``: the timers a native
+              reply route re-arms after a 100 Trying and after the first other 1xx; unset
+              when the progress timeout is off (or the reply route is Python's).
 ``cpaor``     the AOR of a REGISTER, for the reply route (location server).
 ``cploc``     set on a request sent to its location holder (not a REGISTER).
 ``cpseal``    set on a dialog-forming request whose Record-Route the balancer seals.
@@ -34,8 +42,12 @@ AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
 SEALED = "$avp(cpseal)"
 SEAL_PROXY = "$avp(cpsp)"
+PROGRESS_MS = "$avp(cpprog)"
+RINGING_MS = "$avp(cpring)"
 TIMED_OUT = 2
 """``cpd<i>`` of an attempt counted as a silent timeout."""
+LOAD_SEPARATOR = "|"
+"""Between the values of ``cpl<i>`` (``route[CP_PROVISIONAL]`` joins them with it)."""
 
 
 class Attempt:
@@ -71,10 +83,14 @@ class Attempt:
         index = read.number("$T_branch_idx")
         return None if index is None else cls(index)
 
-    def start(self, proxy: str, sent_stamp: int) -> None:
+    def start(self, proxy: str, sent_stamp: int, script_ms: int | None = None) -> None:
+        """Record the attempt's relay: to ``proxy`` at ``sent_stamp``; ``script_ms``, that
+        time on the script clock, for a reply route that times it natively (None: none)."""
         KSR.pv.sets(f"$avp(cpu{self.index})", proxy)
         self._values["cpu"] = proxy
         self._seti("cpt", sent_stamp)
+        if script_ms is not None:
+            self._seti("cps", script_ms)
 
     @property
     def proxy(self) -> str | None:
@@ -100,6 +116,12 @@ class Attempt:
         self._seti("cpf", elapsed_ms)
 
     @property
+    def load_headers(self) -> list[str]:
+        """The ``X-CP-Load`` values of its provisional replies a native route kept."""
+        found = self._get("cpl")
+        return found.split(LOAD_SEPARATOR) if isinstance(found, str) else []
+
+    @property
     def counted(self) -> bool:
         return self._get("cpd") is not None
 
@@ -119,6 +141,13 @@ def tried() -> list[str]:
 
 def set_tried(proxies: list[str]) -> None:
     KSR.pv.sets(TRIED, ",".join(proxies))
+
+
+def set_progress_timers(progress_ms: int, ringing_ms: int) -> None:
+    """The timers a native reply route re-arms on the provisional replies (``cpprog``,
+    ``cpring``)."""
+    KSR.pv.seti(PROGRESS_MS, progress_ms)
+    KSR.pv.seti(RINGING_MS, ringing_ms)
 
 
 def aor() -> str:

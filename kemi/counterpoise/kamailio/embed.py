@@ -16,7 +16,9 @@ from counterpoise.core.settings import Settings, load_settings
 from counterpoise.kamailio.app import FALSE, TRUE, Balancer, RouteNames
 from counterpoise.kamailio.guard import hook
 
-NATIVE_ROUTES = RouteNames("CP_REPLY", "CP_FAILURE", "CP_RELEASE", "CP_BRANCH")
+NATIVE_ROUTES = RouteNames(
+    "CP_REPLY", "CP_FAILURE", "CP_RELEASE", "CP_BRANCH", times_provisional=True
+)
 """The route blocks of ``embed/counterpoise.cfg``."""
 KEMI_ROUTES = RouteNames("cp_on_reply", "cp_failure", "cp_release_route", "cp_on_branch")
 """``Embedded``'s own methods, in a KEMI config whose class inherits it."""
@@ -62,11 +64,19 @@ class Embedded:
         return self.counterpoise.forward_orphan()
 
     def cp_on_core_reply(self, msg: object) -> int:
+        """A KEMI config's core reply route (a native one calls ``route(CP_CORE_REPLY)``)."""
         return self.counterpoise.on_core_reply()
+
+    @hook("stray_reply", fallback=FALSE)  # unproven: dropped
+    def cp_stray_reply(self, msg: object) -> int:
+        """``route(CP_CORE_REPLY)``'s question on a reply matching no transaction: forward
+        it (1) or drop it (-1)."""
+        return self.counterpoise.stray_reply()
 
     # --- the routes it arms, its timers and its probes --------------------------------------
 
     def cp_on_reply(self, msg: object) -> int:
+        """``Balancer.on_reply``: -1 for a reply to drop, which ``CP_PROVISIONAL`` drops."""
         return self.counterpoise.on_reply()
 
     def cp_on_branch(self, msg: object) -> int:

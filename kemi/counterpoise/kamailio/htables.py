@@ -37,6 +37,9 @@ class Htable:
     """What ``sht_inc`` starts a missing key from; None: it does not create the key."""
     operators: str = ""
     """What an operator reads of it with ``kamcmd``."""
+    native: tuple[str, ...] = ()
+    """The route blocks of the native include (``embed/counterpoise.cfg``) that write or
+    read it: the native embedding's reply routes do without Python."""
 
     def definition(self) -> str:
         """The table as ``kamailio.cfg``'s ``modparam("htable", "htable", ...)`` gives it."""
@@ -125,8 +128,10 @@ AWAITING = Htable(
     ),
     writers=("kamailio.shared.awaiting_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
     readers=("kamailio.shared.awaiting",),
+    native=("CP_PROVISIONAL",),
 )
-"""A ringing call has left it: its ringing time is the callee's."""
+"""A ringing call has left it: its ringing time is the callee's (the native include's reply
+route counts it out with ``$shtdec``, on the same key)."""
 
 # --- feedback from the SIP workers to the sync loop ------------------------------------------
 
@@ -167,13 +172,30 @@ HEARD = Htable(
     size=8,
     key='``"<pid> <proxy uri>"``',
     value=(
-        "``attempts.stamp()`` of the latest reply that is not a failure that worker got from "
-        "that proxy, late replies included: its signs of life (``policy``)"
+        "int: when that worker last got, from that proxy, a reply that is not a failure, late "
+        "replies included: its signs of life (``policy``); in Python ``attempts.stamp()``, in "
+        "the native include's core reply route the script clock (``clock.script_ms``)"
     ),
     writers=("kamailio.shared.WorkerView.note_heard",),
     readers=("kamailio.shared.SharedTable.read_heard",),
+    native=("CP_HEARD",),
 )
-"""Written at most every ``shared.HEARD_EVERY_MS``."""
+"""Written at most every ``shared.HEARD_EVERY_MS`` per key. Its reader only asks whether a
+key's value changed since its last look, so the two writers' clocks never meet: a worker
+runs one form of the core reply route."""
+
+PROXY_BY_ADDRESS = Htable(
+    name="cpproxy",
+    size=4,
+    key='``"<address> <port>"`` (``edge.pool_hops``: an IP, lower case, no brackets)',
+    value="the URI of the pool proxy seen at that address (the routing table's)",
+    writers=("kamailio.shared.SharedTable",),
+    readers=(),
+    native=("CP_HEARD", "CP_PROVISIONAL"),
+)
+"""Rewritten by the timer process when the pool's proxies change: a native route finds the
+proxy a reply came from with one lookup of ``$si $sp``, as ``edge.from_pool`` does over UDP
+(a reply over a connection comes from an ephemeral port: Python judges it)."""
 
 PROBES = Htable(
     name="cpprobe",
@@ -426,6 +448,7 @@ ALL = (
     TALLIES,
     REJECTIONS,
     HEARD,
+    PROXY_BY_ADDRESS,
     PROBES,
     RETRY_BUDGET,
     HELD,

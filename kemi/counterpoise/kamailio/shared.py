@@ -159,11 +159,34 @@ class SharedTable:
         """The node's ``shed`` counter (``monitoring.node.SHED``)."""
         return _int(htables.NODE_COUNTERS, node_metrics.SHED)
 
+    def __init__(self) -> None:
+        self._pool_uris: frozenset[str] | None = None
+        """The proxies whose addresses ``PROXY_BY_ADDRESS`` holds (None: not written yet)."""
+
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
         KSR.htable.sht_sets(
             htables.ROUTING.name, htables.ROUTING_TABLE, routing_table.encode(entries)
         )
+        self._publish_proxy_addresses(frozenset(entry.uri for entry in entries))
         bump_version()
+
+    def _publish_proxy_addresses(self, uris: frozenset[str]) -> None:
+        """Where each proxy of the table may be seen, for the native routes: rewritten only
+        when the proxies change (names are resolved then, not per reply)."""
+        if uris == self._pool_uris:
+            return
+        self._pool_uris = uris
+        addresses = {
+            f"{host} {port}": uri
+            for uri, hops in edge.pool_hops(sorted(uris), resolve).items()
+            for host, port in hops
+        }
+        table = htables.PROXY_BY_ADDRESS.name
+        for key, _ in items(htables.PROXY_BY_ADDRESS):
+            if key not in addresses:
+                KSR.htable.sht_rm(table, key)
+        for key, uri in addresses.items():
+            KSR.htable.sht_sets(table, key, uri)
 
 
 def bump_version() -> None:
