@@ -82,6 +82,8 @@ _VIA_SELECT = re.compile(r"^\$sel\(via\[(\d)\]\.([a-z0-9.]+)\)$")
 """``$sel(via[N].host)``, ``$sel(via[N].params.NAME)``: the Nth Via of ``FakeKsr.vias``."""
 _VIA_XAVP = re.compile(r"^\$xavp\(via=>([a-z0-9]+)\)$")
 """A field of the xavp the core's ``xavp_via_params`` names (``via``)."""
+_SHT = re.compile(r"^\$sht\((\w+)=>(.*)\)$")
+"""``$sht(table=>key)``, the key a format: the message's pseudo-variables in it replaced."""
 _ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
 
@@ -219,6 +221,10 @@ class Pv(_Api):
             index, field = int(via.group(1)) - 1, via.group(2)
             found = self.ksr.vias[index] if index < len(self.ksr.vias) else {}
             return found, field
+        sht = _SHT.match(spec)
+        if sht:
+            table, key = sht.group(1), re.sub(r"\$\w+", self._formatted, sht.group(2))
+            return self.ksr.module.htable._table(table), key
         if spec == "$route_uri":  # rr's: the URI of the top Route
             top = re.match(r"\s*<([^>]*)>", self.ksr.header("Route") or "")
             return ({spec: top.group(1)} if top else {}), spec
@@ -246,6 +252,11 @@ class Pv(_Api):
         item = self.ksr.iterated.get(key)
         current = {} if item is None else {key: item[0 if kind == "shtitkey" else 1]}
         return current, key
+
+    def _formatted(self, name: re.Match[str]) -> str:
+        """A pseudo-variable in a format (``$si``): its value as text, ``<null>`` if none."""
+        value = self._slot(name.group(0))[0].get(name.group(0))
+        return "<null>" if value is None else str(value)
 
     def _set(self, spec: str, value: Value) -> bool:
         match = _SLOT.match(spec)

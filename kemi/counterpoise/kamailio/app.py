@@ -40,6 +40,7 @@ from counterpoise.kamailio import (
     dialog_keys,
     guard,
     holding,
+    htables,
     metrics,
     node_load,
     probes,
@@ -75,6 +76,9 @@ SEAL_ROUTE = "CP_SEAL"
 """The config's route that seals a branch's Record-Route and signs its Via."""
 ADMITTED = "$var(cp_admitted)"
 """1 once ``IN_DIALOG_ROUTE`` relayed the request it ended, 0 when it refused it."""
+
+PROXY_AT_SOURCE = f"$sht({htables.PROXY_BY_ADDRESS.name}=>$si $sp)"
+"""The pool proxy known at the message's source address and port, if any."""
 
 SHED_REASON = "Over Capacity"
 """Reason phrase of the 503 a shed request gets (``core.admission``)."""
@@ -337,10 +341,24 @@ class Balancer:
         return self.select_refreshed(started_ns)
 
     @hook("select", fallback=FALSE)
-    def select_refreshed(self, started_ns: int | None) -> int:
+    def seal_and_select(self) -> int:
+        """``seal``, then ``select``, in one entry for a dialog-forming request: what a
+        native config's two calls do, with one look at what was published and no read
+        back of the seal's mark. ``STOP`` when the seal answered the request."""
+        started_ns = clock.perf_ns() if self.route_timer else None
+        self.refresh()
+        sealed = self.seal_refreshed()
+        if sealed == STOP:
+            return STOP
+        KSR.textops.remove_hf(LOAD_HEADER)
+        return self.select_refreshed(started_ns, sealed=sealed == TRUE)
+
+    @hook("select", fallback=FALSE)
+    def select_refreshed(self, started_ns: int | None, sealed: bool | None = None) -> int:
         """``select`` in a request route that took the settings and table on entry
         (``refresh``) and removed ``X-CP-Load``, as ``KemiApp``'s does: not twice per
-        request. ``started_ns``: when that route began, None when nothing is timed."""
+        request. ``started_ns``: when that route began, None when nothing is timed;
+        ``sealed``: whether ``seal`` marked the request, when the caller knows (else read)."""
         percent = self.view.node_shed_percent
         if percent and admission.node_sheds(percent, self.rng.random()):
             self._shed(metrics.node.SHED_NODE)
@@ -366,7 +384,7 @@ class Balancer:
                 metrics.count(metrics.node.HELD)
                 return STOP
             uri = placed or uri
-        self._arm(uri, tried=[])
+        self._arm(uri, tried=[], first_branch=0, sealed=sealed)
         metrics.routed(uri, by_location=held.proxy is not None, attempt=1)
         if self.route_timer is not None and started_ns is not None:
             self.route_timer.observe(started_ns)
@@ -473,9 +491,17 @@ class Balancer:
         closely, the second from its random generator (``core.selection``)."""
         return self.view.picker.pick(self.spread, self.rng.random, shared.inflight)
 
-    def _arm(self, uri: str, tried: list[str]) -> bool:
+    def _arm(
+        self,
+        uri: str,
+        tried: list[str],
+        first_branch: int | None = None,
+        sealed: bool | None = None,
+    ) -> bool:
         """Make ``uri`` the request's next attempt: ``$du``, its timers, the routes, its
-        record in the AVPs and its in-flight counts; False when it cannot be."""
+        record in the AVPs and its in-flight counts; False when it cannot be. What the
+        caller knows already is not read again: ``first_branch``, tm's branch of the
+        request's first attempt (``Attempt.nth``); ``sealed``, whether ``seal`` marked it."""
         if tried:
             # In a failure route tm treats the R-URI as consumed by the failed branch;
             # setting it again, unchanged, makes it a new branch to forward.
@@ -485,7 +511,7 @@ class Balancer:
             KSR.pv.sets("$ru", ruri)
         KSR.setdsturi(uri)
         avps.set_tried([*tried, uri])
-        attempt = avps.Attempt.nth(len(tried))
+        attempt = avps.Attempt.nth(len(tried), first_branch)
         sent = attempts.stamp(clock.monotonic_ms())
         native = self.routes.times_provisional
         attempt.start(uri, sent, clock.script_ms() if native else None)
@@ -498,7 +524,7 @@ class Balancer:
         KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply(self.routes.reply)
         KSR.tm.t_on_failure(self.routes.failure)
-        if avps.sealed():  # each branch records the route sealed with its own proxy
+        if avps.sealed() if sealed is None else sealed:  # each branch sealed with its proxy
             proxy = dialog_seal.proxy_hop(uri)  # none: the branch is recorded unsealed
             avps.set_seal_proxy(proxy.sealed() if proxy is not None else "")
             KSR.tm.t_on_branch(self.routes.branch)
@@ -545,7 +571,7 @@ class Balancer:
             metrics.count(metrics.node.NO_PROXY)
             KSR.tm.t_reply(503, "No Proxy Available")
             return STOP
-        self._arm(uri, tried=[])
+        self._arm(uri, tried=[], first_branch=avps.RESUMED_BRANCH)
         if self.relay():
             metrics.routed(uri, by_location=False, attempt=1)
         else:
@@ -628,7 +654,11 @@ class Balancer:
         return TRUE
 
     def _from_proxy(self, uri: str) -> bool:
-        """Whether the message being handled came from ``uri``'s address; counted if not."""
+        """Whether the message being handled came from ``uri``'s address; counted if not.
+        One read when it came from the very address and port the proxy is known at (as
+        ``route[CP_PROVISIONAL]`` asks it); the source and transport read only otherwise."""
+        if read.text(PROXY_AT_SOURCE) == uri:
+            return True
         if uri not in self.view.hops:  # a reply may reach a worker that routed no request yet
             self.view.refresh()
         if edge.from_pool(_source(), _stream(), self.view.hops.get(uri, frozenset())):

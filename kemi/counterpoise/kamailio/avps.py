@@ -44,6 +44,8 @@ SEALED = "$avp(cpseal)"
 SEAL_PROXY = "$avp(cpsp)"
 PROGRESS_MS = "$avp(cpprog)"
 RINGING_MS = "$avp(cpring)"
+RESUMED_BRANCH = 1
+"""tm's branch of the first attempt of a request that was held (``cpb``)."""
 TIMED_OUT = 2
 """``cpd<i>`` of an attempt counted as a silent timeout."""
 LOAD_SEPARATOR = "|"
@@ -73,9 +75,12 @@ class Attempt:
         self._values[name] = value
 
     @classmethod
-    def nth(cls, attempt: int) -> Attempt:
-        """Attempt ``attempt`` (0-based) of the request being handled."""
-        return cls(attempt + (read.number(FIRST_BRANCH) or 0))
+    def nth(cls, attempt: int, first_branch: int | None = None) -> Attempt:
+        """Attempt ``attempt`` (0-based) of the request being handled; ``first_branch``, tm's
+        branch of its first attempt, when the caller knows it (else read: ``cpb``)."""
+        if first_branch is None:
+            first_branch = read.number(FIRST_BRANCH) or 0
+        return cls(attempt + first_branch)
 
     @classmethod
     def of_reply(cls) -> Attempt | None:
@@ -156,7 +161,7 @@ def aor() -> str:
 
 def set_resumed() -> None:
     """The request being handled was held: tm's branch 0 is the suspended transaction's."""
-    KSR.pv.seti(FIRST_BRANCH, 1)
+    KSR.pv.seti(FIRST_BRANCH, RESUMED_BRANCH)
 
 
 def set_aor(name: str) -> None:

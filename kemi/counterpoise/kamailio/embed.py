@@ -45,6 +45,11 @@ class Embedded:
         request answered or held here (0)."""
         return self.counterpoise.select()
 
+    def cp_seal_select(self, msg: object) -> int:
+        """``cp_seal`` then ``cp_select`` in one call, for a dialog-forming request
+        (``Balancer.seal_and_select``): 0 when either answered the request."""
+        return self.counterpoise.seal_and_select()
+
     def cp_relay_failed(self, msg: object) -> int:
         return self.counterpoise.relay_failed()
 

@@ -190,7 +190,7 @@ PROXY_BY_ADDRESS = Htable(
     key='``"<address> <port>"`` (``edge.pool_hops``: an IP, lower case, no brackets)',
     value="the URI of the pool proxy seen at that address (the routing table's)",
     writers=("kamailio.shared.SharedTable",),
-    readers=(),
+    readers=("kamailio.app.Balancer",),
     native=("CP_HEARD", "CP_PROVISIONAL"),
 )
 """Rewritten by the timer process when the pool's proxies change: a native route finds the
