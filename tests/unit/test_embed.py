@@ -311,3 +311,54 @@ def test_a_provisional_reply_not_from_the_proxy_is_for_the_native_route_to_drop(
     assert edge_counters(ksr) == {"foreign_reply": 1}
     ksr.reply(180, source=FROM_A)
     assert cp.cp_on_reply(None) == 1
+
+
+def test_seal_select_seals_each_branch_as_seal_then_select_do(node: Node, ksr: FakeKsr):
+    node.pool(A, B)
+    cp = embedded(native=False)
+    ksr.routes["cp_on_branch"] = cp.cp_on_branch
+    ksr.request("INVITE", CALLEE)
+    assert cp.cp_seal_select(None) == 1
+    assert ksr.on_branch == "cp_on_branch"
+    assert config_relays() == 1 and ksr.relays[-1]["record_route_params"]
+    ksr.failure(503)
+    assert cp.cp_failure(None) == 1
+    assert ksr.relays[-1]["record_route_params"]  # the failover's branch sealed too
+
+
+def test_seal_select_answers_a_request_without_a_from_tag_and_selects_nothing(
+    node: Node, ksr: FakeKsr
+):
+    node.pool(A)
+    cp = embedded(native=True)
+    ksr.request("INVITE", CALLEE, from_tag="")
+    assert cp.cp_seal_select(None) == 0
+    assert ksr.sl_replies == [(400, "Missing From Tag")] and "$du" not in ksr.pvs
+    assert node.inflight(A) == 0
+
+
+HOLDING = Settings.of(location_server=False, shed_hold_ms=0)
+
+
+def test_a_request_seal_select_held_is_sealed_when_released(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    from counterpoise.core.routing_table import RoutingEntry
+    from counterpoise.kamailio.embed import Embedded
+
+    def queueing(uri: str, limit: int) -> RoutingEntry:
+        return RoutingEntry(uri, 1.0, True, limit, long_wait=True)
+
+    node = Node(ksr, monkeypatch, HOLDING)
+    node.pool(A)
+    node.publish(queueing(A, 1))
+    cp = Embedded(HOLDING)
+    ksr.request("INVITE", CALLEE, call_id="first")
+    assert cp.cp_seal_select(None) == 1
+    ksr.request("INVITE", CALLEE, call_id="held")
+    assert cp.cp_seal_select(None) == 0
+    assert ksr.called("tmx.t_suspend") == [()]
+    node.publish(queueing(A, 2))
+    node.release(10)
+    assert ksr.pvs["$ci"] == "held" and ksr.relays[-1]["duri"] == A
+    assert ksr.relays[-1]["record_route_params"]

@@ -347,7 +347,7 @@ class Balancer:
         back of the seal's mark. ``STOP`` when the seal answered the request."""
         started_ns = clock.perf_ns() if self.route_timer else None
         self.refresh()
-        sealed = self.seal_refreshed()
+        sealed = self.seal_refreshed(mark=False)
         if sealed == STOP:
             return STOP
         KSR.textops.remove_hf(LOAD_HEADER)
@@ -380,6 +380,8 @@ class Balancer:
             )
             if placed is None and self._sheds(waiting):
                 return STOP
+            if placed is None and sealed:  # the release route arms it: it reads the mark
+                avps.set_sealed()
             if placed is None and holding.hold(self.settings.timers.hold_max_ms):
                 metrics.count(metrics.node.HELD)
                 return STOP
@@ -445,9 +447,10 @@ class Balancer:
         return self.seal_refreshed()
 
     @hook("seal", fallback=FALSE)
-    def seal_refreshed(self) -> int:
+    def seal_refreshed(self, mark: bool = True) -> int:
         """``seal`` in a request route that took what was published on entry (``refresh``),
-        as ``KemiApp``'s does."""
+        as ``KemiApp``'s does. ``mark``: leave the mark ``select`` reads (False: the caller
+        passes ``sealed`` to ``select_refreshed`` itself)."""
         if not read.text("$ft"):
             KSR.sl.sl_send_reply(400, "Missing From Tag")
             return STOP
@@ -455,7 +458,8 @@ class Balancer:
             EDGE.count("no_dialog_key")
             KSR.sl.sl_send_reply(503, "Service Unavailable")
             return STOP
-        avps.set_sealed()  # every attempt armed from now on arms the branch route (``_arm``)
+        if mark:  # every attempt armed from now on arms the branch route (``_arm``)
+            avps.set_sealed()
         return TRUE
 
     @hook("branch")
@@ -524,7 +528,7 @@ class Balancer:
         KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
         KSR.tm.t_on_reply(self.routes.reply)
         KSR.tm.t_on_failure(self.routes.failure)
-        if avps.sealed() if sealed is None else sealed:  # each branch sealed with its proxy
+        if avps.sealed(first=not tried) if sealed is None else sealed:  # its own proxy
             proxy = dialog_seal.proxy_hop(uri)  # none: the branch is recorded unsealed
             avps.set_seal_proxy(proxy.sealed() if proxy is not None else "")
             KSR.tm.t_on_branch(self.routes.branch)

@@ -25,7 +25,10 @@ branch index ``i``:
               when the progress timeout is off (or the reply route is Python's).
 ``cpaor``     the AOR of a REGISTER, for the reply route (location server).
 ``cploc``     set on a request sent to its location holder (not a REGISTER).
-``cpseal``    set on a dialog-forming request whose Record-Route the balancer seals.
+``cpseal``    set on a dialog-forming request whose Record-Route the balancer seals, for the
+              first attempt ``_arm`` arms when it was not told so (``cp_seal``, then
+              ``cp_select``; a held request's release); a later attempt is sealed when the
+              one before was (``cpsp``).
 ``cpsp``      the sealed form (``dialog_seal.Hop.sealed``) of the proxy its latest attempt
               goes to: the config's ``CP_SEAL`` route seals the branch with it.
 """
@@ -176,8 +179,10 @@ def set_held() -> None:
     KSR.pv.seti(HELD, 1)
 
 
-def sealed() -> bool:
-    return not KSR.pv.is_null(SEALED)
+def sealed(first: bool) -> bool:
+    """Whether the request's attempts are sealed: for its ``first`` attempt, ``seal``'s
+    mark; for a later one, whether the one before was (``cpsp`` set, even empty)."""
+    return not KSR.pv.is_null(SEALED if first else SEAL_PROXY)
 
 
 def set_sealed() -> None:
