@@ -300,7 +300,13 @@ def test_a_hook_that_raises_is_counted_logged_once_and_returns_1(node: Node, ksr
 def test_in_flight_comes_down_even_when_the_reply_route_fails(node: Node, ksr: FakeKsr):
     node.pool(A)
     node.route("INVITE")
-    ksr.returns["hdr.is_present"] = lambda name: 1 / 0
+
+    def load_header_read_fails(spec: str) -> object:
+        if spec == "$hdr(X-CP-Load)":
+            raise RuntimeError("the load header's read failed")
+        return ksr.module.pv._get(spec)
+
+    ksr.returns["pv.get"] = load_header_read_fails
     node.reply(200, after_ms=5, headers={"X-CP-Load": b"\xff"})
     assert node.inflight(A) == 0
     assert edge_counters(ksr)["error_reply"] == 1

@@ -767,10 +767,8 @@ class Balancer:
     def _note_load_header(self, uri: str, write: bool = True) -> None:
         """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy
         (``write``: as ``WorkerView.note_load_header``)."""
-        value = read.value(f"$hdr({LOAD_HEADER})")
-        if value is None and KSR.hdr.is_present(LOAD_HEADER) > 0:
-            value = ""  # present but not UTF-8: a rejected header
-        if isinstance(value, str):
+        value = read.header(LOAD_HEADER)  # "": present but not UTF-8, a rejected header
+        if value is not None:
             self.view.note_load_header(uri, value, write)
 
     @hook("sync")
