@@ -47,7 +47,6 @@ from counterpoise.kamailio import (
     shared,
 )
 from counterpoise.kamailio.counters import EDGE
-from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
 from counterpoise.kamailio.view import NodeViewTable
@@ -841,7 +840,6 @@ class KemiApp:
 
     def __init__(self, settings: Settings) -> None:
         self.balancer = Balancer(settings, KEMI_ROUTES)
-        self.flood = FloodGuard(settings)
 
     # --- hooks app_python3 requires ------------------------------------------------------
 
@@ -862,8 +860,6 @@ class KemiApp:
         balancer.refresh()
         source, stream = _source(), _stream()
         trusted = balancer.trusted(source, stream)
-        if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
-            return 1
         KSR.textops.remove_hf(LOAD_HEADER)
         if not self.ksr_route_reqinit():
             return 1

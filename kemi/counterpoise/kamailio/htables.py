@@ -296,17 +296,12 @@ RATES = Htable(
     " flooding windows in a row of either)",
     value="int: requests of that source in that window; or the windows in a row, up to that"
     " one, in which it sent more than twice its limit",
-    writers=(
-        "kamailio.flood.FloodGuard._verdict",
-        "kamailio.flood.FloodGuard._note_flooding_window",
-    ),
-    readers=(
-        "kamailio.flood.FloodGuard._verdict",
-        "kamailio.flood.FloodGuard._note_flooding_window",
-    ),
+    writers=("cfg:CP_FLOOD_WINDOW", "cfg:CP_FLOODING_WINDOW"),
+    readers=("cfg:CP_FLOOD_WINDOW", "cfg:CP_FLOODING_WINDOW"),
 )
-"""A window's keys expire after two windows (``flood.WINDOW_MS``): the next window still reads
-how many flooding windows led to it. ``initval`` lets ``sht_inc`` create a key."""
+"""The flood limits of ``kamailio.cfg`` (route ``CP_FLOOD``): a window's keys expire after two
+windows of 1 s, so the next window still reads how many flooding windows led to it.
+``initval`` lets ``$shtinc`` create a key."""
 
 BANS = Htable(
     name="cpban",
@@ -314,8 +309,8 @@ BANS = Htable(
     autoexpire_s=3600,
     key="source IP",
     value="1",
-    writers=("kamailio.flood.FloodGuard._note_flooding_window",),
-    readers=("kamailio.flood.FloodGuard.admits",),
+    writers=("cfg:CP_FLOODING_WINDOW",),
+    readers=("cfg:CP_FLOOD",),
 )
 """Banned sources, each written with its own expiry (``flood_ban_ms``, ``sht_setxi``): the
 table's ``autoexpire`` only turns expiry on."""
@@ -323,13 +318,18 @@ table's ``autoexpire`` only turns expiry on."""
 EDGE_COUNTERS = Htable(
     name="cpedge",
     size=6,
-    key='``"<pid>"``',
-    value='that process\'s counts, ``"name=count ..."`` (``kamailio.counters``)',
-    writers=("kamailio.counters.EDGE",),
+    initval=0,
+    key='``"<pid>"``; a counter name',
+    value=(
+        'that process\'s counts, ``"name=count ..."`` (``kamailio.counters``); int: the count'
+        " of that name the config's native routes made (``$shtinc``)"
+    ),
+    writers=("kamailio.counters.EDGE", "cfg:CP_FLOOD"),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",
 )
-"""What the edge refused or could not read; the sync loop publishes the sums to Redis."""
+"""What the edge refused or could not read; the sync loop publishes the sums to Redis.
+``initval`` lets a native route's ``$shtinc`` create its counter."""
 
 DIALOG_SIGNING_KEY = "signing"
 DIALOG_KEYS = Htable(
@@ -386,6 +386,19 @@ PROXY_VIEW = Htable(
 """The node's own view of its proxies, for ``kamcmd`` (app_python3 cannot register RPC
 commands of its own)."""
 
+POOL_ADDRESSES = Htable(
+    name="cppool",
+    size=4,
+    key='``"<host>:<port>"`` and ``"<host>"`` of every address a pool proxy may be seen at'
+    " (``edge.pool_hops``: a host name resolved)",
+    value="1",
+    writers=("kamailio.shared.SharedTable.publish_table",),
+    readers=("cfg:request_route",),
+)
+"""Whether a request comes from a pool proxy, in native routes (``edge.from_pool``: over UDP
+its address and port, over a connection its host alone). The timer process writes it with
+each routing table whose pool changed: new keys before the old ones go."""
+
 ALL = (
     ROUTING,
     INFLIGHT,
@@ -407,4 +420,5 @@ ALL = (
     NODE_COUNTERS,
     ROUTE_TIMES,
     PROXY_VIEW,
+    POOL_ADDRESSES,
 )
