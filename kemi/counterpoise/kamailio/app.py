@@ -167,19 +167,24 @@ class Balancer:
         address moved here), and Kamailio forwards it by its next Via, so the call in set-up
         completes (the 200's retransmissions) or ends (a final error); but only when the
         signature in the balancer's Via proves that next Via is the one that request came
-        from (``core.stray``): a proxy bouncing a callee's forged reply reflects nothing."""
-        try:
-            now_ms = clock.monotonic_ms()
-            status = None if self.view.hears_nothing_new(now_ms) else read.number("$rs")
-            if status is not None and not attempts.is_proxy_failure(status):
-                host, port = _source()
-                self.view.note_heard(f"sip:{host}:{port}", now_ms)
-            KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
-        finally:  # whatever failed above, a stray reply goes on only when proven
-            if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
-                EDGE.count("stray_reply")
-                KSR.set_drop()
+        from (``core.stray``): a proxy bouncing a callee's forged reply reflects nothing.
+        ``FALSE`` when the reply is dropped: a native reply route drops it then (``drop``:
+        the KEMI ``set_drop`` reaches no native route)."""
+        # Whatever fails in the bookkeeping, a stray reply goes on only when proven.
+        guard.isolated("core_reply", self._note_sign_of_life)
+        if KSR.tm.t_check_trans() < 0 and not self._forwards_stray():
+            EDGE.count("stray_reply")
+            KSR.set_drop()
+            return FALSE
         return TRUE
+
+    def _note_sign_of_life(self) -> None:
+        now_ms = clock.monotonic_ms()
+        status = None if self.view.hears_nothing_new(now_ms) else read.number("$rs")
+        if status is not None and not attempts.is_proxy_failure(status):
+            host, port = _source()
+            self.view.note_heard(f"sip:{host}:{port}", now_ms)
+        KSR.textops.remove_hf(LOAD_HEADER)  # tm's routes still read it: removal is a lump
 
     def _forwards_stray(self) -> bool:
         """Whether a reply that matches no transaction is forwarded by its next Via (counted):
