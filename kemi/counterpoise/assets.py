@@ -16,14 +16,13 @@ SOURCE_TREE = PACKAGE.parents[1]
 
 SHIPPED = {
     "kamailio.cfg": "kamailio.cfg",
-    "counterpoise_ksr.py": "kemi/counterpoise_ksr.py",
     "counterpoise.cfg": "embed/counterpoise.cfg",
     "counterpoise_native.py": "kemi/counterpoise_native.py",
     "redis.conf": "redis/redis.conf",
     "users.acl": "redis/users.acl",
 }
 """Name in ``_assets`` -> path in the source tree, of every file a wheel carries: only what
-``counterpoise up`` runs, and what an operator's own Kamailio config embeds
+``counterpoise up`` runs, which embeds Counterpoise as an operator's own Kamailio config does
 (docs/embedding.md). The demo's test bed (``harness/``, ``downstream/``, ``sipp-scenarios/``)
 stays in the repository."""
 

@@ -1,7 +1,8 @@
-"""The flood limits of ``kamailio.cfg`` (route ``CP_FLOOD``), request by request, against a
-real balancer: raw UDP requests from distinct loopback sources, answered by the balancer
-itself (its own OPTIONS, an orphan CANCEL, an in-dialog request it refuses) so that each
-answer or silence says whether the limit admitted the request."""
+"""The native edge checks of ``kamailio.cfg``'s request route, request by request, against a
+real balancer: Max-Forwards, sanity, and the flood limits (route ``CP_FLOOD``). Raw UDP
+requests from distinct loopback sources, answered by the balancer itself (its own OPTIONS,
+an orphan CANCEL, an in-dialog request it refuses) so that each answer or silence says
+whether the limit admitted the request."""
 
 from __future__ import annotations
 
@@ -71,6 +72,27 @@ class Source:
 
 def counters(bed: Bed) -> dict[str, int]:
     return edge_counters(bed)
+
+
+def test_too_many_hops_gets_483_and_goes_no_further(bed: Bed) -> None:
+    ds = one_proxy_pool(bed)
+    source = Source(bed)
+    looped = sipwire.request("INVITE", "sip:bob@127.0.0.1", source.peer.address)
+    source.peer.send(looped.replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), balancer(bed))
+    answer = source.peer.final_reply(ANSWER_S)
+    assert answer is not None and answer.startswith(b"SIP/2.0 483 Too Many Hops")
+    assert ds.counts().get("invite", 0) == 0
+
+
+def test_a_malformed_request_is_answered_400_logged_and_goes_no_further(bed: Bed) -> None:
+    ds = one_proxy_pool(bed)
+    source = Source(bed, OTHER)
+    invite = sipwire.request("INVITE", "sip:bob@127.0.0.1", source.peer.address)
+    source.peer.send(invite.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE"), balancer(bed))
+    answer = source.peer.final_reply(ANSWER_S)
+    assert answer is not None and answer.startswith(b"SIP/2.0 400 ")
+    assert any(f"malformed request from {OTHER}, answered 400" in line for line in bed.log_lines())
+    assert ds.counts().get("invite", 0) == 0
 
 
 def test_a_source_over_its_limit_is_shed_and_admitted_again_next_window(bed: Bed) -> None:
