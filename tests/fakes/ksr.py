@@ -10,7 +10,7 @@ the edge did (relays, stateless replies, probes, log lines).
 
 Use it through the ``ksr`` fixture (``tests/unit/conftest.py``), which installs the module as
 ``sys.modules["KSR"]`` and rebinds ``KSR`` in edge modules imported before. A test then plays
-Kamailio: ``ksr.request("INVITE", "sip:bob@lb")``, calls a route of ``KemiApp``, plays a reply
+Kamailio: ``ksr.request("INVITE", "sip:bob@lb")``, calls a route of ``Embedded``, plays a reply
 (``ksr.reply(180)``) or a failure (``ksr.failure(408, timeout=True)``), and reads
 ``ksr.relays``, ``ksr.sl_replies``, ``ksr.htables``, ``ksr.avps``, ``ksr.calls``.
 
