@@ -20,6 +20,7 @@ class BuildWithAssets(build_py):
         target = Path(self.build_lib) / "counterpoise" / "_assets"
         target.mkdir(parents=True, exist_ok=True)
         for name, source in SHIPPED.items():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(__file__).parent / source, target / name)
 
 

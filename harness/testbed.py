@@ -173,7 +173,7 @@ def counters(ctl_socket: Path, table: str) -> dict[str, int]:
             value = line.removeprefix("value:").strip()
             if "=" in value:
                 packed[key] = value
-            else:
+            elif int(value):  # the config's own counters exist from the start, at 0
                 totals[key] = totals.get(key, 0) + int(value)
     for name, count in location.sum_counters(packed).items():
         totals[name] = totals.get(name, 0) + count

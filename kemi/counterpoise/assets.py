@@ -17,14 +17,16 @@ SOURCE_TREE = PACKAGE.parents[1]
 SHIPPED = {
     "kamailio.cfg": "kamailio.cfg",
     "counterpoise.cfg": "embed/counterpoise.cfg",
+    "counterpoise-dialog.cfg": "embed/counterpoise-dialog.cfg",
     "counterpoise_native.py": "kemi/counterpoise_native.py",
     "redis.conf": "redis/redis.conf",
     "users.acl": "redis/users.acl",
 }
 """Name in ``_assets`` -> path in the source tree, of every file a wheel carries: only what
 ``counterpoise up`` runs, which embeds Counterpoise as an operator's own Kamailio config does
-(docs/embedding.md). The demo's test bed (``harness/``, ``downstream/``, ``sipp-scenarios/``)
-stays in the repository."""
+(docs/embedding.md; the include's dialog routes beside it, where Kamailio resolves an
+include of the including file). The demo's test bed (``harness/``, ``downstream/``,
+``sipp-scenarios/``) stays in the repository."""
 
 
 def path(name: str) -> Path:

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.e2e
 
 PATCHES = assets.SOURCE_TREE / "docs" / "embedding"
 INCLUDE = assets.SOURCE_TREE / "embed" / "counterpoise.cfg"
+DIALOG_ROUTES = assets.SOURCE_TREE / "embed" / "counterpoise-dialog.cfg"
+"""What the include includes, beside it."""
 NATIVE_SCRIPT = assets.SOURCE_TREE / "kemi" / "counterpoise_native.py"
 PATCH_OF = {
     stock.NATIVE.name: PATCHES / "kamailio.cfg.patch",
@@ -74,7 +76,7 @@ def embedded(
     (native) and the pool's Redis given on the command line and in the environment."""
     config: stock.StockConfig = request.param
     operator = stock.Operator(
-        files=(INCLUDE,),
+        files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)} if config is stock.NATIVE else {},
         env={
             "COUNTERPOISE_REDIS_URL": bed.redis_url,
@@ -288,7 +290,7 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
     """Its in-dialog requests go through ``cp_in_dialog``, its replies through
     ``cp_on_core_reply``: the ACK and BYE of every call reach the proxy of its INVITE."""
     operator = stock.Operator(
-        files=(INCLUDE,),
+        files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
         env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
     )
@@ -314,7 +316,7 @@ def test_metrics_and_runtime_settings_in_a_native_config(bed: Bed, tmp_path: Pat
     ``up`` pushes them on SIGHUP, are taken at runtime."""
     metrics_port = processes.free_port()
     operator = stock.Operator(
-        files=(INCLUDE,),
+        files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
         env={
             "COUNTERPOISE_REDIS_URL": bed.redis_url,

@@ -232,7 +232,7 @@ def test_installed_package_runs_from_another_folder(bed: Bed, up: list[Up], tmp_
     )
     assert version.stdout.startswith("counterpoise 0.")
     shipped = next(venv.glob("lib/python3*/site-packages/counterpoise/_assets"))
-    assert set(assets.SHIPPED) <= {p.name for p in shipped.iterdir()}
+    assert set(assets.SHIPPED) <= {str(p.relative_to(shipped)) for p in shipped.rglob("*")}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     clean = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

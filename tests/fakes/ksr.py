@@ -75,13 +75,13 @@ MESSAGE_PVS = frozenset(
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
-SCRIPT_VARS = frozenset({"$var(cp_index)", "$var(cp_label)"})
+SCRIPT_VARS = frozenset({"$var(cp_index)", "$var(cp_label)", "$var(cp_admitted)"})
 """A native config's script variables the edge sets (kept in ``pvs`` too)."""
 WRITABLE_PVS = frozenset({"$ru", "$du", *SCRIPT_VARS})
 _SLOT = re.compile(r"^\$(avp|uac_req|shtitkey|shtitval|hdr|nh)\(([^)]+)\)$")
-_VIA_SELECT = re.compile(r"^\$sel\(via\[(\d)\]\.([a-z.]+)\)$")
+_VIA_SELECT = re.compile(r"^\$sel\(via\[(\d)\]\.([a-z0-9.]+)\)$")
 """``$sel(via[N].host)``, ``$sel(via[N].params.NAME)``: the Nth Via of ``FakeKsr.vias``."""
-_VIA_XAVP = re.compile(r"^\$xavp\(via=>([a-z]+)\)$")
+_VIA_XAVP = re.compile(r"^\$xavp\(via=>([a-z0-9]+)\)$")
 """A field of the xavp the core's ``xavp_via_params`` names (``via``)."""
 _ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
@@ -165,6 +165,14 @@ class Core(_Api):
     @_kemi
     def is_myself_ruri(self) -> bool:
         return self.ksr.pvs.get("$rd") in self.ksr.myself
+
+    @_kemi
+    def route(self, name: str) -> int:
+        """Runs a native route of the config (``fakes.native``): what it returns, 0 when it
+        ended with ``exit``."""
+        from . import native
+
+        return native.ROUTES[name](self.ksr)
 
     @_kemi
     def set_drop(self) -> None:

@@ -3,6 +3,9 @@ to where the seal says, whatever a request's Route, tags, transport or Call-ID h
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import random
 
 import pytest
@@ -100,7 +103,7 @@ def test_a_seal_edited_or_signed_with_an_unknown_key_is_refused() -> None:
     assert admit(route(key_id="2")) is None
     assert admit(route(secret=OTHER_SECRET)) is None
     assert admit("sip:192.0.2.1;lr") is None
-    assert admit("sip:192.0.2.1;lr;ftag=ftag-1;cpd=1.x;cpp=sip:udp:10.0.0.11:5060") is None
+    assert admit("sip:192.0.2.1;lr;ftag=ftag-1;cpd2=1.x;cpp=sip:udp:10.0.0.11:5060") is None
 
 
 def test_direction_is_told_by_whose_tag_is_sealed() -> None:
@@ -113,6 +116,71 @@ def test_the_signature_covers_each_field_apart() -> None:
     """Length-prefixed: moving characters from one field to the next changes the MAC."""
     moved = Seal("call-1f", "tag-1", PROXY, CALLER)  # type: ignore[arg-type]
     assert dialog_seal.signature(SECRET, SEAL) != dialog_seal.signature(SECRET, moved)
+
+
+def test_the_seal_is_what_a_kamailio_config_computes() -> None:
+    """crypto_hmac_sha256 keyed with the secret's hex text, over ``<bytes>:<field>`` after
+    the purpose, as padless URL-safe base64 of the whole digest, cut to 22 characters."""
+    message = b"cpd2" + b"6:call-1" + b"6:ftag-1" + b"22:sip:udp:10.0.0.11:5060"
+    message += b"21:udp:198.51.100.7:5062"
+    digest = hmac.new(SECRET.hex().encode(), message, hashlib.sha256).digest()
+    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:22]
+    assert dialog_seal.signature(SECRET, SEAL) == expected
+    params = f";cpp=sip:udp:10.0.0.11:5060;cpc=udp:198.51.100.7:5062;cpd2=1.{expected}"
+    assert dialog_seal.record_route_params("1", SECRET, SEAL) == params
+    utf8 = dialog_seal.native_mac(SECRET, b"p", ["é"])  # the length counts bytes, as s.len
+    digest = hmac.new(SECRET.hex().encode(), b"p2:\xc3\xa9", hashlib.sha256).digest()
+    assert utf8 == base64.urlsafe_b64encode(digest).decode()[:22]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("call-1", "ftag-1:", "x"),
+        ("call-1", "ftag-1", "x", ""),
+        ("call-", "1ftag-1", "x"),
+        ("call-16:ftag-1", "x"),
+        ("", "call-1", "ftag-1", "x"),
+    ],
+)
+def test_fields_shifted_never_sign_the_same(fields: tuple[str, ...]) -> None:
+    """``<bytes>:<field>``: however characters move between fields (a colon or a digit
+    included), the message differs, so does the MAC."""
+    original = dialog_seal.native_mac(SECRET, b"cpd2", ("call-1", "ftag-1", "x"))
+    assert dialog_seal.native_mac(SECRET, b"cpd2", fields) != original
+
+
+def test_a_seal_of_the_version_before_still_verifies_and_is_never_made() -> None:
+    """A dialog sealed before an upgrade (``cpd``: the older MAC) ends on an upgraded node;
+    edited, it is refused as ever."""
+    fields = (b"call-1", b"ftag-1", b"sip:udp:10.0.0.11:5060", b"sip:udp:198.51.100.7:5062")
+    message = b"cpd1" + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+    mac = hmac.new(SECRET, message, hashlib.sha256).digest()[:16]
+    v1 = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    assert dialog_seal.signature_v1(SECRET, SEAL) == v1
+    old = "sip:192.0.2.1;lr;ftag=ftag-1;cpp=sip:udp:10.0.0.11:5060;cpc=udp:198.51.100.7:5062"
+    assert admit(f"{old};cpd=1.{v1}") == PROXY
+    assert admit(f"{old};cpd=1.{v1[:-1]}{'B' if v1.endswith('A') else 'A'}") is None
+    assert admit(f"{old.replace('5062', '5063')};cpd=1.{v1}") is None
+    assert "cpd=" not in route()
+    v2 = route()
+    assert admit(f"{v2};cpd=1.{v1}") == PROXY  # both: the current version is read alone
+    assert admit(v2.replace("cpd2=1.", "cpd2=1.A") + f";cpd=1.{v1}") is None
+
+
+def test_the_config_looks_sources_up_by_host_and_port_and_by_proxy() -> None:
+    hops = {
+        "sip:10.0.0.11:5060": frozenset({("10.0.0.11", 5060)}),
+        "sip:px.example;transport=tcp": frozenset({("px.example", 5060), ("2001:db8::1", 5060)}),
+    }
+    tcp = "sip:tcp:px.example:5060"
+    assert dialog_seal.source_keys(hops) == {
+        "10.0.0.11:5060", "10.0.0.11",
+        "sip:udp:10.0.0.11:5060|10.0.0.11:5060", "sip:udp:10.0.0.11:5060|10.0.0.11",
+        "px.example:5060", "px.example", "[2001:db8::1]:5060", "[2001:db8::1]",
+        f"{tcp}|px.example:5060", f"{tcp}|px.example",
+        f"{tcp}|[2001:db8::1]:5060", f"{tcp}|[2001:db8::1]",
+    }  # fmt: skip
 
 
 # --- the key ring -----------------------------------------------------------------------------

@@ -64,12 +64,6 @@ def test_a_bad_trusted_upstream_is_named(bad: str) -> None:
         edge.parse_networks(f"192.0.2.7,{bad}")
 
 
-def test_pool_keys_name_each_address_by_host_and_port_and_by_host() -> None:
-    keys = edge.pool_keys(frozenset({("10.0.0.11", 5060), ("2001:db8::5", 5070)}))
-    assert keys == {"10.0.0.11:5060", "10.0.0.11", "2001:db8::5:5070", "2001:db8::5"}
-    assert edge.pool_keys(frozenset()) == frozenset()
-
-
 def test_only_bounded_values_are_recorded() -> None:
     assert edge.recordable("a" * 256, 256)
     assert not edge.recordable("a" * 257, 256)

@@ -22,6 +22,7 @@ from ..fakes.ksr import FakeKsr
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060"
 S = Settings.of(location_server=False, hold_queue_ms=0)
 INCLUDE = Path(__file__).resolve().parents[2] / "embed" / "counterpoise.cfg"
+DIALOG_ROUTES = INCLUDE.with_name("counterpoise-dialog.cfg")
 
 
 @pytest.fixture
@@ -151,15 +152,35 @@ def test_kemi_routes_are_methods_of_the_class_an_operator_inherits():
 
 
 def test_the_include_calls_and_names_only_what_exists():
-    """Every ``python_exec`` and KEMI callback of the include is a method of ``Embedded``;
-    every native route ``Embedded`` arms is a block of the include."""
+    """Every ``python_exec`` and KEMI callback of the include (and of the dialog routes it
+    includes) is a method of ``Embedded``; every native route ``Embedded`` arms or the
+    ``Balancer`` calls is a block of the include."""
+    from counterpoise.kamailio.app import IN_DIALOG_ROUTE, SEAL_ROUTE
     from counterpoise.kamailio.embed import NATIVE_ROUTES, Embedded
 
-    text = INCLUDE.read_text()
+    assert f'include_file "{DIALOG_ROUTES.name}"' in INCLUDE.read_text()
+    text = INCLUDE.read_text() + DIALOG_ROUTES.read_text()
     called = set(re.findall(r'python_exec\("(\w+)"\)', text))
     called |= set(re.findall(r"route=(cp_\w+)", text))
     called |= set(re.findall(r'"event_callback", "(\w+)"', text))
     assert called and all(callable(getattr(Embedded, name, None)) for name in called), called
     blocks = set(re.findall(r"^\w*route\[(\w+)\]", text, re.M))
     assert {NATIVE_ROUTES.reply, NATIVE_ROUTES.failure, NATIVE_ROUTES.release} <= blocks
-    assert {"CP_SYNC", "CP_RELEASE_TICK"} <= blocks
+    assert {"CP_SYNC", "CP_RELEASE_TICK", IN_DIALOG_ROUTE, SEAL_ROUTE} <= blocks
+    assert {"cp_in_dialog", "cp_dialog_confirmed", "cp_dialog_ended"} <= called
+
+
+def test_the_configs_include_the_dialog_routes_from_where_a_wheel_ships_them():
+    """``up``'s config includes the include by its own folder's path, the include its dialog
+    routes beside itself: ``assets.SHIPPED`` puts the two side by side in ``_assets``, as they
+    are in the source tree."""
+    from counterpoise import assets
+
+    turnkey = assets.SOURCE_TREE / "kamailio.cfg"
+    (included,) = re.findall(r'^include_file "([^"]+)"', turnkey.read_text(), re.M)
+    assert (turnkey.parent / included).resolve() == INCLUDE.resolve()
+    (dialog,) = re.findall(r'^include_file "([^"]+)"', INCLUDE.read_text(), re.M)
+    assert (INCLUDE.parent / dialog).resolve() == DIALOG_ROUTES.resolve()
+    shipped = {name: assets.SOURCE_TREE / source for name, source in assets.SHIPPED.items()}
+    assert shipped[INCLUDE.name].resolve() == INCLUDE.resolve()
+    assert shipped[dialog].resolve() == DIALOG_ROUTES.resolve()

@@ -78,7 +78,8 @@ def test_the_turnkey_config_takes_its_tables_from_the_include():
 
 def cfg_routes() -> set[str]:
     """The route blocks of the native configs, by name (``request_route`` for the main one)."""
-    text = KAMAILIO_CFG.read_text() + EMBED_CFG.read_text()
+    configs = (KAMAILIO_CFG, EMBED_CFG, EMBED_CFG.with_name("counterpoise-dialog.cfg"))
+    text = "".join(cfg.read_text() for cfg in configs)
     named = set(re.findall(r"^(?:\w+_)?route\[(\w+)\]", text, re.M))
     return named | set(re.findall(r"^(\w+_route) \{", text, re.M))
 

@@ -131,3 +131,55 @@ def test_a_reload_that_changes_nothing_leaves_the_published_version_alone(node: 
     dialog_keys.publish(ring, node.clock.wall_ms())
     assert routing[htables.ROUTING_VERSION] == version + 1
     assert ksr.htables[htables.DIALOG_KEYS.name][htables.DIALOG_SIGNING_KEY] == "2"
+
+
+def test_the_timer_publishes_what_the_configs_dialog_routes_read(node: Node, ksr: FakeKsr):
+    """The pool's addresses (``dialog_seal.source_keys``), the in-dialog timer, the location
+    server's switch, and the edge counters those routes count, at 0 (``$shtinc`` creates
+    none); a proxy leaving the pool leaves the addresses."""
+    node.pool(A, B)
+    addresses = ksr.htables[htables.POOL_ADDRESSES.name]
+    both = {A: frozenset({("10.0.0.1", 5060)}), B: frozenset({("10.0.0.2", 5060)})}
+    assert set(addresses) == dialog_seal.source_keys(both)
+    assert "sip:tcp:10.0.0.2:5060|10.0.0.2" in addresses and "10.0.0.1:5060" in addresses
+    routing = ksr.htables[htables.ROUTING.name]
+    assert routing[htables.IN_DIALOG_FR_TIMER_MS] == 30_000
+    assert routing[htables.LOCATION_SERVER] == 0
+    edge = ksr.htables[htables.EDGE_COUNTERS.name]
+    assert {name: edge[name] for name in htables.NATIVE_EDGE_COUNTERS} == {
+        "relay_denied": 0,
+        "unsealed": 0,
+        "shed": 0,
+        "dropped_flood": 0,
+        "banned": 0,
+        "dropped_banned": 0,
+    }
+    node.store.remove(B)
+    node.tick(1000)
+    assert set(addresses) == dialog_seal.source_keys({A: both[A]})
+
+
+def test_the_edge_counters_add_what_the_config_counted(node: Node, ksr: FakeKsr):
+    from counterpoise.kamailio import shared
+
+    node.pool(A)
+    ksr.htables[htables.EDGE_COUNTERS.name]["relay_denied"] = 3
+    ksr.htables[htables.EDGE_COUNTERS.name]["4242"] = "relay_denied=2 stray_reply=1"
+    assert shared.SharedTable().read_counters() == {"relay_denied": 5, "stray_reply": 1}
+
+
+def test_a_bye_ends_its_dialog_record_only_once_the_config_relayed_it(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """Under KEMI the config's in-dialog route judges the seal; the Python that called it
+    ends the record of a BYE it relayed, never of one it refused."""
+    node = Node(ksr, monkeypatch, Settings.of(location_server=True))
+    node.pool(A)
+    ended: list[object] = []
+    assert node.balancer.location is not None
+    monkeypatch.setattr(node.balancer.location, "dialog_ended", ended.append)
+    route = node.sealed_route(A)
+    node.route("BYE", to_tag="callee", headers={"Route": route.replace("cpd2=1.", "cpd2=1.A")})
+    assert ksr.sl_replies == [(403, "Forbidden")] and ended == []
+    node.route("BYE", to_tag="callee", headers={"Route": route})
+    assert len(ksr.relays) == 1 and len(ended) == 1

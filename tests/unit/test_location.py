@@ -169,10 +169,6 @@ def test_sum_counters_adds_the_workers():
         "13": "garbled lookups=x =2",
     }
     assert location.sum_counters(dump) == {"lookups": 7, "fallback": 1}
-    # A native route's counter: its name is the key, its value an integer.
-    assert location.sum_counters({**dump, "fallback": 2, "shed": 5}) == {
-        "lookups": 7, "fallback": 3, "shed": 5
-    }  # fmt: skip
 
 
 def test_up_refuses_a_bad_location_setting_in_one_line(monkeypatch, capsys):

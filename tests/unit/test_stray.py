@@ -3,6 +3,10 @@ only to where the request it answers came from, by a signature of this pool's ke
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 import pytest
 
 from counterpoise.core import stray
@@ -93,3 +97,22 @@ def test_the_requests_upstream_is_its_source():
     assert stray.request_upstream("udp", "198.51.100.7", 5062, "z9hG4bK-caller-1") == CALLER
     assert stray.request_upstream("udp", "198.51.100.7", 5062, "") is None
     assert stray.request_upstream("udp", "198.51.100.7", 0, "b") is None
+
+
+def test_the_signature_is_what_a_kamailio_config_computes():
+    fields = [b"call-1@x", b"7 INVITE", b"udp", b"198.51.100.7", b"5062", b"z9hG4bK-caller-1"]
+    message = b"cps2" + b"".join(str(len(f)).encode() + b":" + f for f in fields)
+    digest = hmac.new(SECRET.hex().encode(), message, hashlib.sha256).digest()
+    assert signature() == "1." + base64.urlsafe_b64encode(digest).decode()[:22]
+
+
+def test_a_signature_of_the_version_before_still_verifies():
+    """A reply to a request an old node relayed during an upgrade (``cps``)."""
+    fields = [b"call-1@x", b"7 INVITE", b"udp", b"198.51.100.7", b"5062", b"z9hG4bK-caller-1"]
+    message = b"cps1" + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+    mac = hmac.new(SECRET, message, hashlib.sha256).digest()[:16]
+    old = "1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    check = ("call-1@x", "7", "INVITE", CALLER, KEYS.get)
+    assert stray.verifies(old, *check, v1=True)
+    assert not stray.verifies(old, *check)  # each version under its own name
+    assert not stray.verifies(signature(), *check, v1=True)

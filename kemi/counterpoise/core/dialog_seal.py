@@ -2,7 +2,7 @@
 
 When the balancer relays a dialog-forming request to a proxy, its Record-Route carries a seal:
 the proxy that branch went to, the address the caller sent from, and a keyed signature
-(HMAC-SHA256, cut to ``MAC_BYTES``) over them, the Call-ID and the caller's From tag (rr's
+(HMAC-SHA256, ``native_mac``) over them, the Call-ID and the caller's From tag (rr's
 ``ftag``). Every node holds the same keys (Redis, ``store.dialog_keys``), so any node, also
 after a restart, can check that a Route entry was put there by this pool for this dialog,
 and send the request on to where the seal says, never to where the rest of the route set
@@ -13,6 +13,12 @@ points:
   pool), unless from the caller's own;
 - from the callee's side (its To tag is the sealed one): only from the sealed proxy's
   address, to the address the caller sent its dialog-forming request from.
+
+Kamailio's own config makes and checks the seal (``embed/counterpoise-dialog.cfg``: crypto's
+HMAC and string operations, no Python per in-dialog request), so the signature is one that
+config can compute (``native_mac``). This module is its definition, which the tests hold that
+config to, and the check of the seal before it (``SEAL_PARAM_V1``): a dialog sealed before an
+upgrade still ends in the Python in-dialog route, no new one is sealed so.
 
 Pure: hmac and hashlib only; the edge reads the Route, tags and source and asks ``admit``.
 """
@@ -31,16 +37,23 @@ from collections.abc import Callable, Iterable, Mapping
 from counterpoise.core import edge
 from counterpoise.core.untrusted import BadRecord, untrusted
 
-SEAL_PARAM = "cpd"
-"""``<key id>.<signature>``."""
+SEAL_PARAM = "cpd2"
+"""``<key id>.<signature>`` (``signature``)."""
+SEAL_PARAM_V1 = "cpd"
+"""The seal before ``SEAL_PARAM`` (``signature_v1``): checked, never made, so that the dialogs
+of a rolling upgrade's old nodes end on the new ones. Nothing signs with it any more: it may
+go once no dialog sealed so can be alive (a dialog outlives two key rotations at most)."""
+PURPOSE = b"cpd2"
 PROXY_PARAM = "cpp"
 """The sealed proxy: ``<scheme>:<transport>:<host>:<port>``."""
 CALLER_PARAM = "cpc"
 """The caller's source: ``<transport>:<host>:<port>``."""
 FROM_TAG_PARAM = "ftag"
 """rr's own parameter (``append_fromtag``): the From tag of the dialog-forming request."""
-MAC_BYTES = 16
-"""128 bits of HMAC-SHA256: beyond guessing for the lifetime of any key."""
+MAC_CHARS = 22
+"""132 bits of HMAC-SHA256 (base64, 6 bits a character): beyond guessing for the lifetime of
+any key."""
+MAC_BYTES_V1 = 16
 SECRET_BYTES = 32
 """A key is 256 random bits, SHA-256's block of security."""
 KEPT_KEYS = 3
@@ -133,29 +146,56 @@ class Seal:
     caller: Hop
 
     def fields(self) -> tuple[str, ...]:
-        return self.call_id, self.from_tag, self.proxy.sealed(), self.caller.sealed()
+        """What ``signature`` signs: the Call-ID, the From tag and the two hop parameters as
+        they stand in the Record-Route."""
+        return self.call_id, self.from_tag, self.proxy.sealed(), caller_param(self.caller)
 
 
-def keyed_mac(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
-    """HMAC-SHA256 over length-prefixed fields (no two different field lists sign the same
-    bytes) after ``purpose`` (a signature made for one use is no signature for another),
-    cut to ``MAC_BYTES``, URL-safe base64: a SIP parameter value."""
+def caller_param(caller: Hop) -> str:
+    """The caller's source as ``CALLER_PARAM`` holds it."""
+    return f"{caller.transport}:{caller.hostport()}"
+
+
+def native_mac(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
+    """HMAC-SHA256 as a Kamailio config computes it (crypto's ``crypto_hmac_sha256``, which
+    gives the whole digest in URL-safe base64 without padding): the key is the secret's hex
+    text (the ring's own form in shared memory); the message is ``purpose`` (a signature made
+    for one use is no signature for another) then each field as ``<bytes>:<field>`` (no two
+    different field lists sign the same bytes, whatever they hold); the first ``MAC_CHARS``
+    characters: a SIP parameter value."""
+    message = purpose + b"".join(
+        str(len(data)).encode() + b":" + data for data in (field.encode() for field in fields)
+    )
+    digest = hmac.new(secret.hex().encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:MAC_CHARS]
+
+
+def keyed_mac_v1(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
+    """The signature before ``native_mac``: HMAC-SHA256 keyed with the secret's bytes, over
+    4-byte length-prefixed fields after ``purpose``, cut to ``MAC_BYTES_V1``, URL-safe base64
+    without padding. Only checked (``SEAL_PARAM_V1``, ``stray.STRAY_PARAM_V1``)."""
     message = purpose + b"".join(
         len(data).to_bytes(4, "big") + data for data in (field.encode() for field in fields)
     )
-    mac = hmac.new(secret, message, hashlib.sha256).digest()[:MAC_BYTES]
+    mac = hmac.new(secret, message, hashlib.sha256).digest()[:MAC_BYTES_V1]
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def signature(secret: bytes, seal: Seal) -> str:
-    return keyed_mac(secret, b"cpd1", seal.fields())
+    return native_mac(secret, PURPOSE, seal.fields())
+
+
+def signature_v1(secret: bytes, seal: Seal) -> str:
+    fields = (seal.call_id, seal.from_tag, seal.proxy.sealed(), seal.caller.sealed())
+    return keyed_mac_v1(secret, b"cpd1", fields)
 
 
 def record_route_params(key_id: str, secret: bytes, seal: Seal) -> str:
-    """The parameters the balancer adds to its Record-Route (rr adds ``ftag`` itself)."""
+    """The parameters the balancer adds to its Record-Route (rr adds ``ftag`` itself): what
+    the config's ``CP_SEAL`` route writes."""
     return (
-        f";{PROXY_PARAM}={seal.proxy.sealed()};{CALLER_PARAM}={seal.caller.transport}:"
-        f"{seal.caller.hostport()};{SEAL_PARAM}={key_id}.{signature(secret, seal)}"
+        f";{PROXY_PARAM}={seal.proxy.sealed()};{CALLER_PARAM}={caller_param(seal.caller)}"
+        f";{SEAL_PARAM}={key_id}.{signature(secret, seal)}"
     )
 
 
@@ -189,8 +229,11 @@ def read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
 
 
 def _read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
+    """A seal of either version; a Route carrying both is read as ``SEAL_PARAM`` alone."""
     params = _uri_params(route_uri)
-    values = [params.get(name, "") for name in (SEAL_PARAM, PROXY_PARAM, CALLER_PARAM)]
+    v1 = not params.get(SEAL_PARAM)
+    names = (SEAL_PARAM_V1 if v1 else SEAL_PARAM, PROXY_PARAM, CALLER_PARAM)
+    values = [params.get(name, "") for name in names]
     from_tag = params.get(FROM_TAG_PARAM, "")
     if not all(values) or not from_tag or any(len(v) > _MAX_PARAM_CHARS for v in values):
         return None
@@ -200,7 +243,11 @@ def _read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None
     if secret is None or proxy is None or caller is None:
         return None
     seal = Seal(call_id, from_tag, proxy, caller)
-    return seal if hmac.compare_digest(mac, signature(secret, seal)) else None
+    if v1:
+        return seal if hmac.compare_digest(mac, signature_v1(secret, seal)) else None
+    # The config checks the parameters as they stand: so does this definition of its check.
+    expected = native_mac(secret, PURPOSE, (call_id, from_tag, values[1], values[2]))
+    return seal if hmac.compare_digest(mac, expected) else None
 
 
 class Direction(enum.Enum):
@@ -254,6 +301,24 @@ def admit(
         proxy = addresses_of(seal.proxy) | {seal.proxy.address}
         return seal.caller if edge.from_pool(request.source, request.stream, proxy) else None
     return None
+
+
+def source_keys(hops: Mapping[str, frozenset[edge.Address]]) -> frozenset[str]:
+    """What the config's in-dialog route looks a source up by, given each pool proxy's
+    addresses (``edge.pool_hops``), host and port as ``Hop.hostport`` writes them: every pool
+    address (``<host>:<port>``) and its host (a proxy connects from any port); and, for the
+    sealed form of each proxy (``Hop.sealed``), ``<sealed>|<host>:<port>`` and
+    ``<sealed>|<host>`` of each of its addresses: ``admit``'s ``pool`` and ``addresses_of``."""
+    keys: set[str] = set()
+    for uri, addresses in hops.items():
+        proxy = proxy_hop(uri)
+        for host, port in addresses:
+            at = Hop("sip", "udp", host, port)
+            hostport, bare = at.hostport(), at.hostport().rpartition(":")[0]
+            keys.update((hostport, bare))
+            if proxy is not None:
+                keys.update((f"{proxy.sealed()}|{hostport}", f"{proxy.sealed()}|{bare}"))
+    return frozenset(keys)
 
 
 # --- the key ring -----------------------------------------------------------------------------

@@ -85,12 +85,6 @@ def from_pool(source: Address, stream: bool, pool: frozenset[Address]) -> bool:
     return source in pool or (stream and any(source[0] == host for host, _ in pool))
 
 
-def pool_keys(pool: frozenset[Address]) -> frozenset[str]:
-    """The keys by which native routes find a pool address (``from_pool``): ``host:port``
-    for a message over UDP, the host alone for one over a connection."""
-    return frozenset(key for host, port in pool for key in (f"{host}:{port}", host))
-
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

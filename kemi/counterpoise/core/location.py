@@ -346,13 +346,9 @@ def encode_counts(counts: Mapping[str, int]) -> str:
 
 def sum_counters(dump: Mapping[str, object]) -> dict[str, int]:
     """Totals over every process of a counters htable (``cploc``, ``cpedge``): ``"<pid>"`` ->
-    ``encode_counts``, and a native route's counter, name -> integer (``$shtinc``). A part
-    that is not ``name=integer`` is skipped."""
+    ``encode_counts``. A part that is not ``name=integer`` is skipped."""
     totals: dict[str, int] = {}
-    for key, value in dump.items():
-        if isinstance(value, int):
-            totals[key] = totals.get(key, 0) + value
-            continue
+    for value in dump.values():
         for part in str(value).split():
             name, _, count = part.partition("=")
             try:

@@ -24,9 +24,14 @@ import re
 
 from counterpoise.core import dialog_seal
 
-STRAY_PARAM = "cps"
-"""``<key id>.<signature>`` in the balancer's Via."""
-_PURPOSE = b"cps1"
+STRAY_PARAM = "cps2"
+"""``<key id>.<signature>`` in the balancer's Via (``dialog_seal.native_mac``): the config's
+``CP_SEAL`` route signs it, as ``signed`` defines."""
+STRAY_PARAM_V1 = "cps"
+"""The signature before ``STRAY_PARAM`` (``dialog_seal.keyed_mac_v1``): checked, never made,
+for the replies to requests a rolling upgrade's old node relayed."""
+PURPOSE = b"cps2"
+_PURPOSE_V1 = b"cps1"
 _DEFAULT_PORT = 5060
 _TLS_PORT = 5061
 _MAX_PARAM_CHARS = 64
@@ -90,11 +95,20 @@ def cseq_number(text: str | None) -> int | None:
 
 
 def signed(
-    key_id: str, secret: bytes, call_id: str, cseq: int, method: str, upstream: Upstream
+    key_id: str,
+    secret: bytes,
+    call_id: str,
+    cseq: int,
+    method: str,
+    upstream: Upstream,
+    v1: bool = False,
 ) -> str:
-    """The value of ``STRAY_PARAM`` for a request relayed from ``upstream``."""
+    """The value of ``STRAY_PARAM`` (``v1``: of ``STRAY_PARAM_V1``) for a request relayed from
+    ``upstream``."""
     fields = (call_id, _cseq(cseq, method), *upstream.fields())
-    return f"{key_id}.{dialog_seal.keyed_mac(secret, _PURPOSE, fields)}"
+    if v1:
+        return f"{key_id}.{dialog_seal.keyed_mac_v1(secret, _PURPOSE_V1, fields)}"
+    return f"{key_id}.{dialog_seal.native_mac(secret, PURPOSE, fields)}"
 
 
 def verifies(
@@ -104,9 +118,11 @@ def verifies(
     method: str | None,
     upstream: Upstream | None,
     secret_of: dialog_seal.SecretOf,
+    v1: bool = False,
 ) -> bool:
-    """Whether a reply whose top Via carries ``param`` answers a request this pool relayed
-    from ``upstream`` (its next Via's hop) with this Call-ID and CSeq."""
+    """Whether a reply whose top Via carries ``param`` (``STRAY_PARAM``; ``v1``:
+    ``STRAY_PARAM_V1``) answers a request this pool relayed from ``upstream`` (its next Via's
+    hop) with this Call-ID and CSeq."""
     if not param or len(param) > _MAX_PARAM_CHARS or upstream is None:
         return False
     if not call_id or not cseq or not _CSEQ.fullmatch(cseq) or not method:
@@ -115,5 +131,5 @@ def verifies(
     secret = dialog_seal.named_secret(key_id, secret_of)
     if secret is None:
         return False
-    expected = signed(key_id, secret, call_id, int(cseq), method, upstream)
+    expected = signed(key_id, secret, call_id, int(cseq), method, upstream, v1)
     return hmac.compare_digest(f"{key_id}.{mac}", expected)

@@ -50,6 +50,7 @@ from counterpoise.kamailio import (
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
+from counterpoise.kamailio.native_dialog import NativeDialogTable
 from counterpoise.kamailio.view import NodeViewTable
 from counterpoise.store.client import redact
 from counterpoise.store.pool import PoolStore
@@ -67,9 +68,13 @@ LOAD_HEADER = "X-CP-Load"
 LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
 """Added to every request relayed: the proxy states its load only to a request that asks."""
 
-VIA_XAVP = "via"
-"""The xavp the core parameter ``xavp_via_params`` names in both configs (Kamailio's own
-example's name): its fields are added to the Via of the requests it marks."""
+IN_DIALOG_ROUTE = "CP_IN_DIALOG"
+"""The config's route (``embed/counterpoise-dialog.cfg``) that relays or refuses an in-dialog
+request by its sealed Route, and returns -1 for what it leaves to ``in_dialog``."""
+SEAL_ROUTE = "CP_SEAL"
+"""The config's route that seals a branch's Record-Route and signs its Via."""
+ADMITTED = "$var(cp_admitted)"
+"""1 once ``IN_DIALOG_ROUTE`` relayed the request it ended, 0 when it refused it."""
 
 SHED_REASON = "Over Capacity"
 """Reason phrase of the 503 a shed request gets (``core.admission``)."""
@@ -93,6 +98,10 @@ class RouteNames:
     branch: str
     """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
     balancer's sealed Record-Route)."""
+    in_dialog_judged: bool = False
+    """Whether the config runs ``IN_DIALOG_ROUTE`` itself before ``in_dialog`` (a native
+    one): ``in_dialog`` then gets only what that route left to Python, and does not run it
+    again (it would hand the request back to Python)."""
 
 
 class Balancer:
@@ -117,6 +126,7 @@ class Balancer:
         self.dialog_writes: DialogWriteBehind | None = None
         self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
         self.node_load: node_load.NodeLoad | None = None
+        self.native_dialog = NativeDialogTable()
         self.metrics: metrics.Endpoint | None = None
         self.node_view = NodeViewTable()
         self.waiting = holding.Waiting()
@@ -238,13 +248,20 @@ class Balancer:
         balancer's, sealed (``core.dialog_seal``), and the request goes where the seal says;
         without a route set, from outside the pool, by its dialog record (location server); an
         ACK matching no transaction, without either, as an orphan (``forward_orphan``).
-        Anything else: 403 (an ACK is dropped), counted, nothing relayed."""
-        ack, ids = KSR.is_ACK(), read.dialog_ids()
-        if self.location is not None and ack:
-            self.location.dialog_confirmed(ids, source[0])  # the dialog's record goes to Redis
+        Anything else: 403 (an ACK is dropped), counted, nothing relayed. The config's own
+        route ``IN_DIALOG_ROUTE`` judges a sealed Route with no Python; a seal made before
+        it (``dialog_seal.SEAL_PARAM_V1``) is checked here."""
+        ack = KSR.is_ACK()
+        if self.location is not None and ack:  # the dialog's record goes to Redis
+            self.location.dialog_confirmed(read.dialog_ids(), source[0])
         matched = KSR.tm.t_check_trans() if ack else 1
         if matched == 0:
             return  # the ACK of a negative reply: tm absorbed it
+        if not self.routes.in_dialog_judged and KSR.route(IN_DIALOG_ROUTE) == 0:  # judged
+            if self.location is not None and not ack and KSR.is_BYE() and _admitted():
+                self.location.dialog_ended(read.dialog_ids())
+            return
+        ids = read.dialog_ids()
         if KSR.hdr.is_present("Route") > 0:
             hop = self._sealed_hop(source, stream, ids)
             if hop is None or KSR.rr.loose_route() < 0:
@@ -410,20 +427,29 @@ class Balancer:
     @hook("branch")
     def on_branch(self) -> int:
         """tm branch route of each branch of a dialog-forming request (armed when
-        ``routes.branch`` names one): records the route, sealed with THIS branch's proxy
-        (failover sends another branch elsewhere), which ``in_dialog`` requires."""
-        key = self.keys.signing()
-        proxy = dialog_seal.proxy_hop(read.text("$du") or "")
-        caller = dialog_seal.caller_hop(read.text("$pr") or "", *_source())
-        call_id, from_tag = read.text("$ci"), read.text("$ft")
-        if key is None or proxy is None or caller is None or not call_id or not from_tag:
-            EDGE.count("unsealed")  # its in-dialog requests will be refused
-            KSR.rr.record_route()
-            return 1
-        seal = dialog_seal.Seal(call_id, from_tag, proxy, caller)
-        KSR.rr.record_route_params(dialog_seal.record_route_params(*key, seal))
-        _sign_via(key, call_id, caller)
+        ``routes.branch`` names one): the config's ``SEAL_ROUTE`` records the route, sealed
+        with THIS branch's proxy (failover sends another branch elsewhere), which
+        ``in_dialog`` requires."""
+        KSR.route(SEAL_ROUTE)
         return 1
+
+    @hook("in_dialog")
+    def dialog_confirmed(self) -> int:
+        """A native config's in-dialog route, on an ACK of a sealed dialog, with the location
+        server on: its dialog record goes to Redis (as ``in_dialog`` does it)."""
+        if self.location is not None:
+            self.refresh()
+            self.location.dialog_confirmed(read.dialog_ids(), _source()[0])
+        return TRUE
+
+    @hook("in_dialog")
+    def dialog_ended(self) -> int:
+        """A native config's in-dialog route, on a BYE it relays by its seal, with the location
+        server on: its dialog record is no longer needed (as ``in_dialog`` does it)."""
+        if self.location is not None:
+            self.refresh()
+            self.location.dialog_ended(read.dialog_ids())
+        return TRUE
 
     def _pick(self) -> str | None:
         """A proxy by weight, from the table the request route refreshed on entry: the first
@@ -453,6 +479,9 @@ class Balancer:
         KSR.tm.t_on_reply(self.routes.reply)
         KSR.tm.t_on_failure(self.routes.failure)
         if avps.sealed():  # each branch records the route sealed with its own proxy
+            proxy = dialog_seal.proxy_hop(uri)
+            if proxy is not None:
+                avps.set_seal_proxy(proxy.sealed())
             KSR.tm.t_on_branch(self.routes.branch)
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
@@ -685,6 +714,7 @@ class Balancer:
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
         guard.isolated("sync tick", sync.tick)
+        guard.isolated("native dialog table", self._publish_native_dialog)
         if self.dialog_keys is not None:
             guard.isolated("dialog keys", self.dialog_keys.load)
         if self.node_load is not None:
@@ -702,6 +732,12 @@ class Balancer:
                 lambda: endpoint.after_tick(sync, clock.monotonic_s() - started_s, dialog_errors),
             )
         return TRUE
+
+    def _publish_native_dialog(self) -> None:
+        """The pool's addresses and settings the config's in-dialog route reads, from this
+        process's view of the table the tick published."""
+        self.view.refresh()
+        self.native_dialog.publish(self.view.hops, self.settings)
 
     def follow_settings(self) -> bool:
         """Take the runtime settings ``counterpoise up`` pushed since the last look; whether
@@ -766,35 +802,26 @@ def _stream() -> bool:
     return read.text("$pr") not in ("udp", None)
 
 
+def _admitted() -> bool:
+    """Whether ``IN_DIALOG_ROUTE`` relayed the request it just ended (not refused it)."""
+    return KSR.pv.get(ADMITTED) == 1
+
+
 _VIA_FIELDS = ("transport", "host", "port", "received", "rport", "branch")
 """What of the next Via Kamailio forwards a reply by, in ``stray.reply_upstream``'s order."""
 
 
-def _sign_via(key: tuple[str, bytes], call_id: str, caller: dialog_seal.Hop) -> None:
-    """The balancer's Via of this branch carries the signature by which any node of the pool
-    may forward a reply that outlived its transaction (``core.stray``): the core's
-    ``xavp_via_params`` names the xavp whose fields become Via parameters."""
-    branch, method = read.text("$sel(via[1].branch)"), read.text("$rm")
-    cseq = stray.cseq_number(read.text("$cs"))
-    upstream = stray.request_upstream(caller.transport, caller.host, caller.port, branch or "")
-    if upstream is None or cseq is None or not method:
-        return
-    param = stray.signed(*key, call_id, cseq, method, upstream)
-    KSR.pv.sets(f"$xavp({VIA_XAVP}=>{stray.STRAY_PARAM})", param)
-    KSR.corex.via_add_xavp_params(1)
-
-
 def _stray_reply_verifies(secret: Callable[[str], bytes | None]) -> bool:
     """Whether the reply being handled carries, in its top Via, the signature of the request
-    it answers, made for its next Via (``core.stray``)."""
+    it answers, made for its next Via (``core.stray``; the one made before it, for a request
+    an old node relayed during an upgrade)."""
+    param = read.text(f"$sel(via[1].params.{stray.STRAY_PARAM})")
+    v1 = param is None
+    if v1:
+        param = read.text(f"$sel(via[1].params.{stray.STRAY_PARAM_V1})")
     upstream = stray.reply_upstream(*(read.text(f"$sel(via[2].{field})") for field in _VIA_FIELDS))
     return stray.verifies(
-        read.text(f"$sel(via[1].params.{stray.STRAY_PARAM})"),
-        read.text("$ci"),
-        read.text("$cs"),
-        read.text("$rm"),
-        upstream,
-        secret,
+        param, read.text("$ci"), read.text("$cs"), read.text("$rm"), upstream, secret, v1
     )
 
 

@@ -18,6 +18,8 @@ branch index ``i``:
 ``cpaor``     the AOR of a REGISTER, for the reply route (location server).
 ``cploc``     set on a request sent to its location holder (not a REGISTER).
 ``cpseal``    set on a dialog-forming request whose Record-Route the balancer seals.
+``cpsp``      the sealed form (``dialog_seal.Hop.sealed``) of the proxy its latest attempt
+              goes to: the config's ``CP_SEAL`` route seals the branch with it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ FIRST_BRANCH = "$avp(cpb)"
 AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
 SEALED = "$avp(cpseal)"
+SEAL_PROXY = "$avp(cpsp)"
 TIMED_OUT = 2
 """``cpd<i>`` of an attempt counted as a silent timeout."""
 
@@ -145,3 +148,7 @@ def sealed() -> bool:
 
 def set_sealed() -> None:
     KSR.pv.seti(SEALED, 1)
+
+
+def set_seal_proxy(sealed: str) -> None:
+    KSR.pv.sets(SEAL_PROXY, sealed)

@@ -16,7 +16,9 @@ from counterpoise.core.settings import Settings, load_settings
 from counterpoise.kamailio.app import FALSE, TRUE, Balancer, RouteNames
 from counterpoise.kamailio.guard import hook
 
-NATIVE_ROUTES = RouteNames("CP_REPLY", "CP_FAILURE", "CP_RELEASE", "CP_BRANCH")
+NATIVE_ROUTES = RouteNames(
+    "CP_REPLY", "CP_FAILURE", "CP_RELEASE", "CP_BRANCH", in_dialog_judged=True
+)
 """The route blocks of ``embed/counterpoise.cfg``."""
 KEMI_ROUTES = RouteNames("cp_on_reply", "cp_failure", "cp_release_route", "cp_on_branch")
 """``Embedded``'s own methods, in a KEMI config whose class inherits it."""
@@ -51,6 +53,12 @@ class Embedded:
 
     def cp_in_dialog(self, msg: object) -> int:
         return self.counterpoise.in_dialog()
+
+    def cp_dialog_confirmed(self, msg: object) -> int:
+        return self.counterpoise.dialog_confirmed()
+
+    def cp_dialog_ended(self, msg: object) -> int:
+        return self.counterpoise.dialog_ended()
 
     def cp_forward_orphan(self, msg: object) -> int:
         return self.counterpoise.forward_orphan()

@@ -59,6 +59,8 @@ ROUTING_VERSION = "version"
 RUNTIME_SETTINGS = "settings"
 RUNTIME_SETTINGS_VERSION = "settings_version"
 NODE_SHED_PERCENT = "node_shed"
+IN_DIALOG_FR_TIMER_MS = "in_dialog_fr_timer_ms"
+LOCATION_SERVER = "location_server"
 ROUTING = Htable(
     name="cp",
     size=2,
@@ -68,6 +70,8 @@ ROUTING = Htable(
         RUNTIME_SETTINGS,
         RUNTIME_SETTINGS_VERSION,
         NODE_SHED_PERCENT,
+        IN_DIALOG_FR_TIMER_MS,
+        LOCATION_SERVER,
     ),
     value=(
         "the routing table (``core.routing_table``); the version of everything the timer "
@@ -75,13 +79,16 @@ ROUTING = Htable(
         "settings), bumped on each change of any; the runtime settings changed since "
         "start-up (JSON object, name -> text) and their version, bumped on each push; the "
         "share (%) of new initial requests the node sheds for its own overload "
-        "(``core.admission``)"
+        "(``core.admission``); for the config's in-dialog route "
+        "(``embed/counterpoise-dialog.cfg``), the ``in_dialog_fr_timer_ms`` setting and 1 "
+        "when the location server is on"
     ),
     writers=(
         "kamailio.shared.SharedTable.publish_table",
         "kamailio.shared.bump_version",
         "cli.reload.Reloader.reload_if_requested",
         "kamailio.node_load.NodeLoad.tick",
+        "kamailio.native_dialog.NativeDialogTable",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
@@ -315,21 +322,35 @@ BANS = Htable(
 """Banned sources, each written with its own expiry (``flood_ban_ms``, ``sht_setxi``): the
 table's ``autoexpire`` only turns expiry on."""
 
+NATIVE_EDGE_COUNTERS = (
+    "relay_denied",
+    "unsealed",
+    "shed",
+    "dropped_flood",
+    "banned",
+    "dropped_banned",
+)
+"""The edge counters the config's own routes count (``embed/counterpoise-dialog.cfg``, and
+``kamailio.cfg``'s flood limits, route ``CP_FLOOD``)."""
 EDGE_COUNTERS = Htable(
     name="cpedge",
     size=6,
-    initval=0,
-    key='``"<pid>"``; a counter name',
+    key='``"<pid>"``; each of ``NATIVE_EDGE_COUNTERS``',
     value=(
-        'that process\'s counts, ``"name=count ..."`` (``kamailio.counters``); int: the count'
-        " of that name the config's native routes made (``$shtinc``)"
+        'that process\'s counts, ``"name=count ..."`` (``kamailio.counters``); int: what the '
+        "config's routes counted (``$shtinc``)"
     ),
-    writers=("kamailio.counters.EDGE", "cfg:CP_FLOOD"),
+    writers=(
+        "kamailio.counters.EDGE",
+        "kamailio.native_dialog.NativeDialogTable",
+        "cfg:CP_FLOOD",
+    ),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",
 )
-"""What the edge refused or could not read; the sync loop publishes the sums to Redis.
-``initval`` lets a native route's ``$shtinc`` create its counter."""
+"""What the edge refused or could not read; the sync loop publishes the sums to Redis. A
+config route counts with ``$shtinc``, which creates no key: the timer process creates those
+at 0."""
 
 DIALOG_SIGNING_KEY = "signing"
 DIALOG_KEYS = Htable(
@@ -345,7 +366,27 @@ DIALOG_KEYS = Htable(
     operators="``htable.dump cpkey`` shows the secrets: the control socket is the admin's",
 )
 """The Redis key ring (``store.dialog_keys``), copied by the timer process each second, so a
-SIP worker seals and checks a Record-Route with no Redis round trip."""
+SIP worker seals and checks a Record-Route with no Redis round trip; the config's dialog
+routes read it too (``embed/counterpoise-dialog.cfg``)."""
+
+POOL_ADDRESSES = Htable(
+    name="cpaddr",
+    size=6,
+    key=(
+        "``core.dialog_seal.source_keys``: a pool address, or a proxy's sealed form and one of "
+        "its addresses"
+    ),
+    value="int: 1",
+    writers=("kamailio.native_dialog.NativeDialogTable",),
+    readers=("cfg:CP_IN_DIALOG", "cfg:request_route"),
+    operators=(
+        "read by ``embed/counterpoise-dialog.cfg``'s ``CP_IN_DIALOG``; ``htable.dump cpaddr``: "
+        "where it sees the pool"
+    ),
+)
+"""The pool's addresses as the timer process resolved them, for the config's in-dialog route
+(``embed/counterpoise-dialog.cfg``): who is a pool proxy, and where each may be seen; and for
+``kamailio.cfg``'s request route: a pool proxy is exempt from the flood limits."""
 
 # --- the node's metrics and view -------------------------------------------------------------
 
@@ -386,19 +427,6 @@ PROXY_VIEW = Htable(
 """The node's own view of its proxies, for ``kamcmd`` (app_python3 cannot register RPC
 commands of its own)."""
 
-POOL_ADDRESSES = Htable(
-    name="cppool",
-    size=4,
-    key='``"<host>:<port>"`` and ``"<host>"`` of every address a pool proxy may be seen at'
-    " (``edge.pool_hops``: a host name resolved)",
-    value="1",
-    writers=("kamailio.shared.SharedTable.publish_table",),
-    readers=("cfg:request_route",),
-)
-"""Whether a request comes from a pool proxy, in native routes (``edge.from_pool``: over UDP
-its address and port, over a connection its host alone). The timer process writes it with
-each routing table whose pool changed: new keys before the old ones go."""
-
 ALL = (
     ROUTING,
     INFLIGHT,
@@ -417,8 +445,8 @@ ALL = (
     BANS,
     EDGE_COUNTERS,
     DIALOG_KEYS,
+    POOL_ADDRESSES,
     NODE_COUNTERS,
     ROUTE_TIMES,
     PROXY_VIEW,
-    POOL_ADDRESSES,
 )

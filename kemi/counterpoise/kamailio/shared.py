@@ -98,10 +98,6 @@ def take_retry_token() -> bool:
 class SharedTable:
     """The sync loop's view of shared memory (implements ``sync.SharedState``)."""
 
-    def __init__(self) -> None:
-        self._pool_uris: frozenset[str] | None = None
-        self._pool_keys: frozenset[str] = frozenset()
-
     def read_tallies(self) -> dict[str, Tally]:
         tallies = {}
         for key, value in items(htables.TALLIES):
@@ -149,8 +145,15 @@ class SharedTable:
         return drift
 
     def read_counters(self) -> Mapping[str, int]:
-        """The edge's counters summed over the processes (``cpedge``)."""
-        return sum_counters(dict(items(htables.EDGE_COUNTERS)))
+        """The edge's counters summed over the processes (``cpedge``), with those the
+        config's routes count under their own names (``htables.NATIVE_EDGE_COUNTERS``)."""
+        dump = dict(items(htables.EDGE_COUNTERS))
+        totals = sum_counters(dump)
+        for name in htables.NATIVE_EDGE_COUNTERS:
+            counted = _number(dump.get(name))
+            if counted:
+                totals[name] = totals.get(name, 0) + counted
+        return totals
 
     def shed_count(self) -> int:
         """The node's ``shed`` counter (``monitoring.node.SHED``)."""
@@ -160,23 +163,7 @@ class SharedTable:
         KSR.htable.sht_sets(
             htables.ROUTING.name, htables.ROUTING_TABLE, routing_table.encode(entries)
         )
-        self._publish_pool(frozenset(entry.uri for entry in entries))
         bump_version()
-
-    def _publish_pool(self, uris: frozenset[str]) -> None:
-        """The pool's addresses for native routes (``htables.POOL_ADDRESSES``), when the pool
-        changed (names resolved only then): the new keys first, so that a proxy in both pools
-        is never missing."""
-        if uris == self._pool_uris:
-            return
-        hops = edge.pool_hops(sorted(uris), resolve)
-        keys = edge.pool_keys(frozenset().union(*hops.values()))
-        table = htables.POOL_ADDRESSES.name
-        for key in sorted(keys - self._pool_keys):
-            KSR.htable.sht_seti(table, key, 1)
-        for key in sorted(self._pool_keys - keys):
-            KSR.htable.sht_rm(table, key)
-        self._pool_uris, self._pool_keys = uris, keys
 
 
 def bump_version() -> None:
