@@ -55,14 +55,6 @@ from counterpoise.kamailio.view import NodeViewTable
 from counterpoise.store.client import redact
 from counterpoise.store.pool import PoolStore
 
-MAX_FORWARDS_LIMIT = 70
-"""Max-Forwards inserted when a request has none (RFC 3261 recommends 70)."""
-SANITY_CHECKS = 1511
-"""The sanity module's default checks (R-URI and Via SIP version, R-URI scheme, required
-headers, CSeq method and value, Content-Length, Expires, Proxy-Require): a request failing
-one is answered 400 by the module itself and goes no further."""
-SANITY_URI_CHECKS = 7
-"""Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
 LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
@@ -786,10 +778,6 @@ def _sent(attempt: avps.Attempt) -> int:
     """The attempt's relay stamp, which names the epoch of its counts (now if it has none)."""
     sent = attempt.sent_stamp
     return attempts.stamp(clock.monotonic_ms()) if sent is None else sent
-
-
-def _forms_dialog() -> bool:
-    return KSR.is_method_in("IS") > 0 or KSR.is_REFER() > 0  # INVITE, SUBSCRIBE, REFER
 
 
 def _source() -> edge.Address:
