@@ -208,7 +208,7 @@ def test_pool_proxies_are_never_limited(bed: Bed) -> None:
     pool = processes.ctl_socket(bed.run_dir / "balancer")
     key = f"{proxy.peer.address[0]}:{proxy.peer.address[1]}"
     processes.wait_for(
-        lambda: key in testbed.kamcmd(pool, "htable.dump", "cppool"),
+        lambda: key in testbed.kamcmd(pool, "htable.dump", "cpaddr"),
         10,
         "the timer process to publish the proxy's address",
     )
