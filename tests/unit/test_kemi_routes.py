@@ -1,9 +1,10 @@
 """The routing module's decisions (``kamailio/app.py``), run through the fake ``KSR``.
 
-The edge runs as in Kamailio but for the SIP stack: a real ``KemiApp`` with the real core,
-the real shared-memory glue (``kamailio.shared``) on the fake's hash tables, and the real
-sync loop (on an in-memory store, ticked through ``ksr_sync_tick``) publishing the table the
-routes pick from and summing what they counted. The test plays Kamailio: a request arrives
+The edge runs as in Kamailio but for the SIP stack: a real ``Embedded`` called as
+``kamailio.cfg``'s request route calls it, with the real core, the real shared-memory glue
+(``kamailio.shared``) on the fake's hash tables, and the real sync loop (on an in-memory
+store, ticked through ``cp_sync_tick``) publishing the table the routes pick from and
+summing what they counted. The test plays Kamailio: a request arrives
 (``ksr.request``), a route runs, replies and failures arrive on the transaction.
 """
 
@@ -30,7 +31,7 @@ S = Settings.of(location_server=False)
 
 
 class FakeLocation:
-    """``kamailio.location.LocationRouting`` as ``KemiApp`` sees it, without Redis: every
+    """``kamailio.location.LocationRouting`` as the ``Balancer`` sees it, without Redis: every
     initial request's AOR is held by ``holder``; in-dialog requests without a route set have
     a dialog record naming ``dialog_proxy``."""
 
@@ -509,7 +510,7 @@ def test_in_dialog_ack_matching_a_transaction_is_relayed_or_absorbed(node: Node,
 
 def probe_outcome(node: Node, ksr: FakeKsr, sent_ms: int, **event: object) -> None:
     """The uac module reports a probe's outcome: ``$uac_req(...)`` of the event, then
-    ``ksr_uac_reply`` in some SIP worker."""
+    ``cp_uac_reply`` in some SIP worker."""
     ksr.uac_req = {"evparam": f"{sent_ms} {A}", **event}
     ksr.pvs |= {"$si": "10.0.0.1", "$sp": 5060}  # the reply comes from the probed proxy
     assert node.app.cp_uac_reply(None, "uac:reply") == 1

@@ -4,8 +4,8 @@ turnkey ``kamailio.cfg``'s, or an operator's own.
 
 Thin glue over the core: SIP mechanics here, decisions in ``core`` (``attempts`` for
 failover and timing, ``selection`` for the choice, ``location`` for the holder). Kamailio's
-conventions hold: a ``ksr_*`` method returns 1 to go on; a ``Balancer`` operation returns
-what a module function returns in a native config (1 true, -1 false, 0 stop: the request was
+conventions hold: a ``Balancer`` operation returns what a module function returns in a
+native config (1 true, -1 false, 0 stop: the request was
 answered or held here), so a native ``python_exec`` passes it on unchanged. Per-transaction
 data lives in AVPs (``avps``), because a reply may be handled by another worker than its
 request. docs/embedding.md documents each operation.
