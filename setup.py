@@ -1,6 +1,6 @@
 """Build step pyproject.toml cannot say: copy the files ``counterpoise up`` starts Kamailio
-and Redis with (``kamailio.cfg``, the KEMI entry script, ``redis/redis.conf``,
-``redis/users.acl``) into the package, so a wheel works from any folder while the repository
+and Redis with (``kamailio.cfg``, the embedding include and its Python entry script,
+``redis/redis.conf``, ``redis/users.acl``) into the package, so a wheel works from any folder while the repository
 keeps them at the top (``counterpoise/assets.py`` finds them in either place)."""
 
 import shutil

@@ -2,8 +2,9 @@
 
 ``install`` puts a counting stand-in for the ``KSR`` module in ``sys.modules`` before
 Counterpoise is imported, so every ``KSR.x.y(...)`` of the balancer is counted by kind;
-``Profiled`` wraps the KEMI object app_python3 calls and times each hook (the process's
-CPU time, ``thread_time_ns``, and the wall clock), filed under the message being handled
+``Profiled`` wraps the object whose methods the config's ``python_exec`` calls and times each
+hook (the process's CPU time, ``thread_time_ns``, and the wall clock), filed under the message
+being handled
 ("INVITE", "180 INVITE", "200 BYE"...). Each process writes its totals to
 ``<out>/<pid>.json`` at most every ``DUMP_EVERY_NS``, after a hook, outside the timed part.
 The shipped entry script imports none of this: production pays nothing.
@@ -27,19 +28,19 @@ consistent in any one file: a message is filed whole, after its hook)."""
 
 HTABLE_READS = frozenset({"sht_get", "sht_is_null", "sht_iterator_start", "sht_iterator_next"})
 HTABLE_WRITES = frozenset({"sht_sets", "sht_seti", "sht_inc", "sht_dec", "sht_setxi", "sht_rm"})
-FIRST_HOOKS = frozenset({"ksr_request_route", "ksr_reply_route"})
-"""Each received request enters Python first in the request route, each reply in the core
-reply route: their entries count the messages."""
-REPLY_HOOKS = frozenset({"ksr_reply_route", "ksr_route_reply"})
+FIRST_HOOKS = frozenset({"cp_select", "cp_in_dialog", "cp_forward_orphan", "cp_on_core_reply"})
+"""Each request that enters Python for a decision enters one of these once (an INVITE enters
+``cp_seal`` first), each reply the core reply route: their entries count the messages."""
+REPLY_HOOKS = frozenset({"cp_on_core_reply", "cp_on_reply"})
 RESUMED = "(held, resumed)"
-RESUMED_HOOKS = frozenset({"ksr_route_release"})
-"""A held request resumed inside the release tick (``t_continue``): filed as its own message
-("INVITE (held, resumed)"), its time taken out of the tick's."""
+RESUMED_HOOKS = frozenset({"cp_release_route"})
+"""A held request resumed by the release tick (``t_continue``): filed as its own message
+("INVITE (held, resumed)")."""
 TIMER_HOOKS = {
-    "ksr_sync_tick": "timer: sync tick",
-    "ksr_release_tick": "timer: release tick",
-    "ksr_uac_reply": "probe reply",
-    "ksr_route_failure": "failure route",
+    "cp_sync_tick": "timer: sync tick",
+    "cp_release_next": "timer: release tick",
+    "cp_uac_reply": "probe reply",
+    "cp_failure": "failure route",
 }
 
 Counts = defaultdict[str, defaultdict[str, int]]
@@ -184,7 +185,8 @@ def _message_kind(hook: str, real_ksr: types.ModuleType) -> str:
 
 
 class Profiled:
-    """The KEMI object app_python3 calls: each ``ksr_*`` hook of ``app`` timed and filed."""
+    """The object the config's ``python_exec`` calls: each ``cp_*`` hook of ``app`` timed and
+    filed."""
 
     def __init__(self, app: object, recorder: Recorder) -> None:
         import KSR
@@ -195,7 +197,7 @@ class Profiled:
 
     def __getattr__(self, name: str) -> object:
         found = getattr(self._app, name)
-        if not name.startswith("ksr_") or not callable(found):
+        if not name.startswith("cp_") or not callable(found):
             return found
         timed = self._timed(found, name)
         setattr(self, name, timed)

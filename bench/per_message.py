@@ -3,8 +3,9 @@
 
 One balancer (``up``'s kamailio.cfg, default settings) in front of one downstream Kamailio
 proxy (which sends 100 Trying) and the SIPp UAS (180, 200, then the BYE's 200), calls at
-``RATE`` for ``SECONDS``. Its KEMI object is wrapped by ``bench/ksr_profile.py`` through an
-entry script of its own (the shipped one is untouched). Two runs: one counting every KSR call
+``RATE`` for ``SECONDS``. The object its ``python_exec`` calls (``Embedded``) is wrapped by
+``bench/ksr_profile.py`` through an entry script of its own (the shipped one is untouched).
+Only the messages that enter Python are filed. Two runs: one counting every KSR call
 by kind (Python entries, htable reads and writes, AVP and other pseudo-variable operations,
 decodes and encodes of shared values), one timing the hooks alone (no counting wrapper, so
 the figures are the balancer's own). The table gives, per message kind, the average per
@@ -38,9 +39,10 @@ WARMUP_S = 3.0
 """Calls before the measured window: first allocations, first Redis connections."""
 HOLD_MS = 1000
 PROXY_WORKERS = 4
+HELD_INVITE = "INVITE (held, resumed)"
 CALL_MESSAGES = (
     "INVITE",
-    "INVITE (held, resumed)",
+    HELD_INVITE,
     "100 INVITE",
     "180 INVITE",
     "200 INVITE",
@@ -62,7 +64,7 @@ COUNTED = (
     ("encode", "encodes"),
 )
 BENCH_DIR = Path(__file__).resolve().parent
-ENTRY = '''"""Bench-only KEMI entry: Counterpoise wrapped by bench/ksr_profile.py."""
+ENTRY = '''"""Bench-only entry script: Counterpoise wrapped by bench/ksr_profile.py."""
 import sys
 from pathlib import Path
 
@@ -72,21 +74,22 @@ from bench import ksr_profile
 _recorder = ksr_profile.install(Path({out!r}), {counting!r}, {python_profile!r})
 ksr_profile.count_codecs(_recorder) if {counting!r} else None
 
-from counterpoise.kamailio.app import create
+from counterpoise.kamailio.embed import Embedded
 
 
 def mod_init():
-    return ksr_profile.Profiled(create(), _recorder)
+    return ksr_profile.Profiled(Embedded(native=True), _recorder)
 '''
 
 Totals = dict[str, dict[str, int]]
 
 
 def profiling_tree(tree: Path, out: Path, counting: bool, python_profile: bool = False) -> Path:
-    """A source tree for ``start_counterpoise``: the repository's kamailio.cfg, and a KEMI
+    """A source tree for ``start_counterpoise``: the repository's kamailio.cfg and include, and
     entry script that wraps Counterpoise in the profiler writing to ``out``."""
     (tree / "kemi").mkdir(parents=True, exist_ok=True)
     (tree / "kamailio.cfg").symlink_to(processes.REPO / "kamailio.cfg")
+    (tree / "embed").symlink_to(processes.REPO / "embed")
     entry = ENTRY.format(
         kemi=str(processes.REPO / "kemi"),
         repo=str(processes.REPO),
@@ -94,7 +97,7 @@ def profiling_tree(tree: Path, out: Path, counting: bool, python_profile: bool =
         counting=counting,
         python_profile=python_profile,
     )
-    (tree / "kemi" / "counterpoise_ksr.py").write_text(entry)
+    (tree / "kemi" / "counterpoise_native.py").write_text(entry)
     return tree
 
 
@@ -206,17 +209,22 @@ def render(result: dict) -> str:
         "KSR calls it makes; wall: the same span on the clock). In KSR, in t_relay: the share "
         "of the hooks' wall time (counted run) spent inside KSR calls (Kamailio's native work), "
         "and in `t_relay` alone (the relay itself, branch route included); the rest is Python. "
-        "Messages: counted run / timed run.",
+        "Messages: counted run / timed run; each call brings one message of each kind, so a "
+        "kind's figures are per call, zero where the config's native routes handle it alone.",
         "",
         "| message | messages | "
         + " | ".join(label for _, label in COUNTED)
         + " | CPU µs | wall µs | in KSR | in t_relay |",
         "|---" * (len(COUNTED) + 6) + "|",
     ]
-    for kind in CALL_MESSAGES:
-        lines.append(_kind_row(kind, counting.get(kind, {}), timing.get(kind, {})))
     calls_counted = counting.get("INVITE", {}).get("messages", 0)
     calls_timed = timing.get("INVITE", {}).get("messages", 0)
+    for kind in CALL_MESSAGES:
+        kind_c, kind_t = counting.get(kind, {}), timing.get(kind, {})
+        if kind == HELD_INVITE:
+            lines.append(_kind_row(kind, kind_c, kind_t))
+        else:  # one per call, whether it enters Python or stays in the config's routes
+            lines.append(_row(kind, kind_c, kind_t, calls_counted, calls_timed))
     call_c, call_t = _summed(counting, CALL_MESSAGES), _summed(timing, CALL_MESSAGES)
     lines.append(_row("**per call**", call_c, call_t, calls_counted, calls_timed))
     for kind in sorted((set(counting) | set(timing)) - set(CALL_MESSAGES)):

@@ -16,19 +16,17 @@ SOURCE_TREE = PACKAGE.parents[1]
 
 SHIPPED = {
     "kamailio.cfg": "kamailio.cfg",
-    "counterpoise_ksr.py": "kemi/counterpoise_ksr.py",
     "counterpoise.cfg": "embed/counterpoise.cfg",
     "counterpoise-dialog.cfg": "embed/counterpoise-dialog.cfg",
-    "embed/counterpoise-dialog.cfg": "embed/counterpoise-dialog.cfg",
     "counterpoise_native.py": "kemi/counterpoise_native.py",
     "redis.conf": "redis/redis.conf",
     "users.acl": "redis/users.acl",
 }
 """Name in ``_assets`` -> path in the source tree, of every file a wheel carries: only what
-``counterpoise up`` runs, and what an operator's own Kamailio config embeds
-(docs/embedding.md); the dialog routes twice, where each of the two configs includes them
-from (Kamailio resolves an include beside the including file). The demo's test bed
-(``harness/``, ``downstream/``, ``sipp-scenarios/``) stays in the repository."""
+``counterpoise up`` runs, which embeds Counterpoise as an operator's own Kamailio config does
+(docs/embedding.md; the include's dialog routes beside it, where Kamailio resolves an
+include of the including file). The demo's test bed (``harness/``, ``downstream/``,
+``sipp-scenarios/``) stays in the repository."""
 
 
 def path(name: str) -> Path:

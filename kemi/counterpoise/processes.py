@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import math
 import os
 import pwd
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from counterpoise import assets, clock, interpreter
+from counterpoise.core import edge
 from counterpoise.core.settings import Settings, to_environ
 from counterpoise.core.sockets import ListenSocket
 from counterpoise.errors import StartError
@@ -30,7 +32,15 @@ from counterpoise.sip_probe import sip_options
 
 REPO = assets.SOURCE_TREE
 KAMAILIO_CFG = assets.path("kamailio.cfg")
-KEMI_SCRIPT = assets.path("counterpoise_ksr.py")
+EMBED_CFG = assets.path("counterpoise.cfg")
+EMBED_CFG_INCLUDED = "embed/counterpoise.cfg"
+"""The name ``kamailio.cfg`` includes the Counterpoise include by: relative, so that a
+``kamailio -f kamailio.cfg`` from the repository root runs too; ``up`` makes it the absolute
+path of the tree or the wheel it runs (``--subst``: Kamailio looks a relative name up in its
+working directory first)."""
+NATIVE_SCRIPT = assets.path("counterpoise_native.py")
+INCLUDE_NAME_MAX = 127
+"""The longest included file name Kamailio's parser takes (``cfg.lex``, 128 with its NUL)."""
 REDIS_CONF = assets.path("redis.conf")
 
 STDERR_FD = 2
@@ -325,10 +335,11 @@ def balancer_argv(settings: Settings, run_dir: Path, repo: Path = REPO) -> list[
     """Kamailio's command line for a balancer with ``settings`` (sockets, workers, memory,
     user, TLS)."""
     defines: dict[str, str | int] = {
-        "CP_KEMI_SCRIPT": str(repo / KEMI_SCRIPT.relative_to(REPO)),
+        "CP_SCRIPT": str(repo / NATIVE_SCRIPT.relative_to(REPO)),
         "CP_CTL_SOCKET": f"unixs:{ctl_socket(run_dir)}",
         "CP_RPC_SOCKET": str(rpc_socket(run_dir)),
         "CP_FR_TIMER_MS": settings.failover.fr_timer_ms,
+        **flood_defines(settings),
     }
     if settings.edge.sip_signature:  # else kamailio.cfg sends neither header
         defines["CP_SERVER_HEADER"] = f"Server: {settings.edge.sip_signature}"
@@ -342,12 +353,45 @@ def balancer_argv(settings: Settings, run_dir: Path, repo: Path = REPO) -> list[
     listen = [sip.kamailio(settings.node.advertise) for sip in settings.node.listen_sockets()]
     cfg = repo / KAMAILIO_CFG.relative_to(REPO)
     argv = kamailio_argv(cfg, listen, settings.node.workers, run_dir, defines)
+    include = included_name(repo / EMBED_CFG.relative_to(REPO), Path.cwd())
+    argv += [f'--subst=|^"{EMBED_CFG_INCLUDED}"$|"{include}"|']
     argv += ["-m", str(settings.node.shm_mb)]
     if settings.node.user:
         argv += ["-u", settings.node.user]
     if settings.node.group:
         argv += ["-g", settings.node.group]
     return argv
+
+
+def included_name(include: Path, cwd: Path) -> str:
+    """The name by which Kamailio, started in ``cwd``, finds ``include``: its absolute path, or
+    the path relative to ``cwd`` when that one is too long (Kamailio's parser takes an
+    included file's name up to ``INCLUDE_NAME_MAX`` characters, and looks a relative name
+    up in its working directory first)."""
+    names = [str(include), os.path.relpath(include, cwd)]
+    fitting = [name for name in names if len(name) + 2 <= INCLUDE_NAME_MAX]  # quoted
+    if not fitting:
+        raise StartError(
+            f"{include}: too long a path for Kamailio to include (at most {INCLUDE_NAME_MAX}"
+            " characters, quotes included): install Counterpoise in a shorter one"
+        )
+    return fitting[0]
+
+
+def flood_defines(settings: Settings) -> dict[str, str | int]:
+    """The flood limits, which ``kamailio.cfg`` checks natively (route ``CP_FLOOD``): settings
+    read at start-up only, so they are constants of the config."""
+    edge_settings = settings.edge
+    defines: dict[str, str | int] = {
+        "CP_FLOOD_REQUESTS_PER_S": edge_settings.flood_requests_per_s,
+        "CP_FLOOD_REGISTERS_PER_S": edge_settings.flood_registers_per_s,
+        "CP_FLOOD_BAN_WINDOWS": edge_settings.flood_ban_windows,
+        "CP_FLOOD_BAN_S": max(1, math.ceil(edge_settings.flood_ban_ms / 1000)),
+    }
+    networks = edge.parse_networks(edge_settings.trusted_upstreams)
+    if networks:
+        defines["CP_TRUSTED_UPSTREAMS"] = ",".join(str(network) for network in networks)
+    return defines
 
 
 def start_balancer(

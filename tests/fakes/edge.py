@@ -1,6 +1,8 @@
-"""One balancer node's edge run through the fake KSR: ``KemiApp`` with the real core, the
-real shared-memory glue on the fake's hash tables and the real sync loop on an in-memory
-store, one fake clock for all of them. The test plays Kamailio through ``Node``'s methods."""
+"""One balancer node's edge run through the fake KSR: ``kamailio.cfg``'s request route past
+its native edge checks (flood limits, Max-Forwards, sanity: tests/e2e), calling the embedding
+API (``Embedded``) as that route does, with the real core, the real shared-memory glue on the
+fake's hash tables and the real sync loop on an in-memory store, one fake clock for all of
+them. The test plays Kamailio through ``Node``'s methods."""
 
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ class Node:
         """The location server, when ``settings`` enable it, uses ``self.locations`` (in
         memory) for its Redis."""
         from counterpoise.kamailio import counters, guard, location, shared
-        from counterpoise.kamailio.app import KemiApp
+        from counterpoise.kamailio.embed import Embedded
 
         # The edge's counters are one per process; each test is a fresh node.
         monkeypatch.setattr(counters, "EDGE", counters.Counters(htables.EDGE_COUNTERS))
-        for module in ("app", "flood", "guard", "read", "shared"):
+        for module in ("app", "guard", "read", "shared"):
             monkeypatch.setattr(f"counterpoise.kamailio.{module}.EDGE", counters.EDGE)
         monkeypatch.setattr(guard, "_logged", set())  # what a fresh process has logged
 
@@ -46,11 +48,11 @@ class Node:
         self.locations = MemoryLocationStore()
         monkeypatch.setattr(location, "_open", lambda settings, timeout_ms: self.locations)
         self.logs: list[str] = []
-        self.app = KemiApp(settings)
-        self.balancer = self.app.balancer
+        self.app = Embedded(settings)
+        self.balancer = self.app.counterpoise
         self.balancer.rng.seed(2)
-        ksr.routes["ksr_route_release"] = self.app.ksr_route_release
-        ksr.routes["ksr_route_branch"] = self.app.ksr_route_branch
+        ksr.routes["cp_release_route"] = self.app.cp_release_route
+        ksr.routes["cp_on_branch"] = self.app.cp_on_branch
         self.dialog_keys = MemoryDialogKeyStore()
         monkeypatch.setattr(
             "counterpoise.kamailio.dialog_keys.DialogKeyStore.open",
@@ -66,7 +68,7 @@ class Node:
             wall_ms=self.clock.wall_ms,
             log=self.logs.append,
         )
-        # The first ksr_sync_tick makes the timer process's objects as in Kamailio; only its
+        # The first sync tick makes the timer process's objects as in Kamailio; only its
         # store is this one.
         monkeypatch.setattr(self.balancer, "_make_sync_loop", lambda: loop)
         self.shared = shared
@@ -102,26 +104,83 @@ class Node:
 
     def tick(self, advance_ms: int = 0) -> None:
         self.clock.advance(advance_ms)
-        assert self.app.ksr_sync_tick(None) == 1
+        assert self.app.cp_sync_tick(None) == 1
 
     def route(self, method: str = "INVITE", ruri: str = CALLEE, **kwargs: Any) -> None:
         self.ksr.request(method, ruri, **kwargs)
-        assert self.app.ksr_request_route(None) == 1
+        self.request_route()
+
+    def request_route(self) -> None:
+        """``kamailio.cfg``'s request route past its native edge checks, in its order."""
+        from counterpoise.kamailio.app import FALSE, LOAD_HEADER, STOP, TRUE
+
+        ksr, cp = self.ksr.module, self.app
+        ksr.textops.remove_hf(LOAD_HEADER)
+        if ksr.is_CANCEL():
+            if ksr.tm.t_check_trans() > 0:
+                ksr.tm.t_relay()
+            else:
+                cp.cp_forward_orphan(None)
+            return
+        if ksr.siputils.has_totag() > 0:
+            cp.cp_in_dialog(None)
+            return
+        if ksr.is_ACK():
+            if ksr.tm.t_check_trans() > 0:
+                ksr.tm.t_relay()
+            return
+        if ksr.tm.t_check_trans() == 0:  # a retransmission: tm sent its last reply again
+            return
+        if ksr.is_OPTIONS() and ksr.is_myself_ruri() and ksr.corex.has_ruri_user() < 0:
+            ksr.sl.sl_send_reply(200, "OK")
+            return
+        if not self.from_pool():
+            ksr.textops.remove_hf("Route")
+        forms_dialog = ksr.is_method_in("IS") > 0 or ksr.is_REFER() > 0
+        if forms_dialog and cp.cp_seal(None) == STOP:
+            return
+        selected = cp.cp_select(None)
+        if selected == FALSE:
+            ksr.sl.sl_send_reply(503, "No Proxy Available")
+        if selected != TRUE:
+            return
+        invite = ksr.is_INVITE()
+        if invite:
+            ksr.tm.t_set_auto_inv_100(0)
+        if ksr.tm.t_relay() < 0:
+            cp.cp_relay_failed(None)
+            ksr.sl.sl_reply_error()
+            return
+        if invite:
+            ksr.sl.sl_send_reply(100, "Trying")
+
+    def from_pool(self) -> bool:
+        """Whether the request comes from a pool proxy, as the native route reads
+        ``htables.POOL_ADDRESSES``."""
+        pool, pvs = self.ksr.htables[htables.POOL_ADDRESSES.name], self.ksr.pvs
+        return f"{pvs['$si']}:{pvs['$sp']}" in pool or (pvs["$pr"] != "udp" and pvs["$si"] in pool)
+
+    def core_reply(self) -> int:
+        """The core reply route, Python's form of ``route(CP_CORE_REPLY)``: 1, or -1 when
+        the reply is dropped."""
+        assert self.app.cp_on_core_reply(None) == 1
+        return -1 if self.ksr.dropped else 1
 
     def release(self, advance_ms: int = 0) -> None:
         """One tick of the release timer (held requests)."""
         self.clock.advance(advance_ms)
-        assert self.app.ksr_release_tick(None) == 1
+        assert self.app.cp_release_tick(None) == 1
 
     def reply(self, status: int, after_ms: int = 0, branch: int | None = None, **kw: Any) -> None:
         self.clock.advance(after_ms)
         self.ksr.reply(status, branch=len(self.ksr.relays) - 1 if branch is None else branch, **kw)
-        assert self.app.ksr_route_reply(None) == 1
+        # -1 tells a native reply route to drop: KEMI's set_drop reaches none
+        assert self.app.cp_on_reply(None) == (-1 if self.ksr.dropped else 1)
 
     def fail(self, status: int, after_ms: int = 0, **kwargs: Any) -> None:
         self.clock.advance(after_ms)
         self.ksr.failure(status, **kwargs)
-        assert self.app.ksr_route_failure(None) == 1
+        assert self.app.cp_failure(None) == 1
 
     @property
     def tried(self) -> list[str]:

@@ -10,7 +10,7 @@ the edge did (relays, stateless replies, probes, log lines).
 
 Use it through the ``ksr`` fixture (``tests/unit/conftest.py``), which installs the module as
 ``sys.modules["KSR"]`` and rebinds ``KSR`` in edge modules imported before. A test then plays
-Kamailio: ``ksr.request("INVITE", "sip:bob@lb")``, calls a route of ``KemiApp``, plays a reply
+Kamailio: ``ksr.request("INVITE", "sip:bob@lb")``, calls a route of ``Embedded``, plays a reply
 (``ksr.reply(180)``) or a failure (``ksr.failure(408, timeout=True)``), and reads
 ``ksr.relays``, ``ksr.sl_replies``, ``ksr.htables``, ``ksr.avps``, ``ksr.calls``.
 
@@ -56,7 +56,8 @@ import pytest
 
 Value = int | str | bytes
 """bytes: a message value that is not UTF-8 (reading it raises, as in app_python3)."""
-KAMAILIO_CFG = Path(__file__).resolve().parents[2] / "kamailio.cfg"
+EMBED_CFG = Path(__file__).resolve().parents[2] / "embed" / "counterpoise.cfg"
+"""The include that declares the node's hash tables, for ``kamailio.cfg`` and embedders."""
 MYSELF = "192.0.2.1"
 """The balancer's own address (``is_myself_ruri``)."""
 BLIND_BRANCH: dict[str, Any] = {"ruri": None, "duri": None, "blind": True}
@@ -88,7 +89,7 @@ _ALL_HEADERS = re.compile(r"^\$\(hdr\(([^)]+)\)\[\*\]\)$")
 _URI = re.compile(r"^sips?:(?:(?P<user>[^@;]+)@)?(?P<host>\[[^\]]+\]|[^:;>]+)")
 
 
-def declared_htables(cfg: Path = KAMAILIO_CFG) -> dict[str, int | None]:
+def declared_htables(cfg: Path = EMBED_CFG) -> dict[str, int | None]:
     """The hash tables ``cfg`` declares (``modparam("htable", "htable", "name=>...")``), with
     their ``initval`` (what ``sht_inc`` starts a missing key from; None: it does not)."""
     tables = re.findall(r'modparam\("htable",\s*"htable",\s*"(\w+)=>([^"]*)"', cfg.read_text())
@@ -648,7 +649,7 @@ class Uac(_Api):
 class FakeKsr:
     """The state behind the fake ``KSR`` module (``module``), and the test's controls."""
 
-    def __init__(self, cfg: Path = KAMAILIO_CFG) -> None:
+    def __init__(self, cfg: Path = EMBED_CFG) -> None:
         self.returns: dict[str, Any] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.myself = {MYSELF}

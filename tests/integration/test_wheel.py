@@ -13,15 +13,10 @@ from pathlib import Path
 from counterpoise import assets
 from tests.source_copy import copy_source
 
-PRODUCTION_FILES = {
-    "kamailio.cfg",
-    "embed/counterpoise-dialog.cfg",
-    "counterpoise_ksr.py",
-    "redis.conf",
-    "users.acl",
-}
+PRODUCTION_FILES = {"kamailio.cfg", "redis.conf", "users.acl"}
 EMBEDDING_FILES = {"counterpoise.cfg", "counterpoise-dialog.cfg", "counterpoise_native.py"}
-"""What an operator's own Kamailio config imports (docs/embedding.md)."""
+"""What an operator's own Kamailio config imports (docs/embedding.md), and ``kamailio.cfg``
+too."""
 TEST_BED = {"harness", "downstream", "sipp-scenarios"}
 
 

@@ -170,16 +170,20 @@ def test_the_include_calls_and_names_only_what_exists():
     assert {"cp_in_dialog", "cp_dialog_confirmed", "cp_dialog_ended"} <= called
 
 
-def test_both_configs_include_the_dialog_routes_from_where_a_wheel_ships_them():
-    """``up``'s config includes them by its own folder's path, the include beside itself:
-    ``assets.SHIPPED`` puts a copy at each place in ``_assets`` as in the source tree."""
+def test_the_configs_include_the_dialog_routes_from_where_a_wheel_ships_them():
+    """``up``'s config includes the include by its own folder's path, the include its dialog
+    routes beside itself: ``assets.SHIPPED`` puts the two side by side in ``_assets``, as they
+    are in the source tree."""
     from counterpoise import assets
 
     turnkey = assets.SOURCE_TREE / "kamailio.cfg"
     (included,) = re.findall(r'^include_file "([^"]+)"', turnkey.read_text(), re.M)
-    assert (turnkey.parent / included).resolve() == DIALOG_ROUTES.resolve()
-    source = str(DIALOG_ROUTES.relative_to(assets.SOURCE_TREE))
-    assert assets.SHIPPED[included] == assets.SHIPPED[DIALOG_ROUTES.name] == source
+    assert (turnkey.parent / included).resolve() == INCLUDE.resolve()
+    (dialog,) = re.findall(r'^include_file "([^"]+)"', INCLUDE.read_text(), re.M)
+    assert (INCLUDE.parent / dialog).resolve() == DIALOG_ROUTES.resolve()
+    shipped = {name: assets.SOURCE_TREE / source for name, source in assets.SHIPPED.items()}
+    assert shipped[INCLUDE.name].resolve() == INCLUDE.resolve()
+    assert shipped[dialog].resolve() == DIALOG_ROUTES.resolve()
 
 
 def selected(node: Node, ksr: FakeKsr, native: bool):

@@ -13,7 +13,7 @@ from counterpoise.core import settings
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.htables import Htable
 
-from ..fakes.ksr import KAMAILIO_CFG, FakeKsr
+from ..fakes.ksr import EMBED_CFG
 
 KEMI = Path(__file__).resolve().parents[2] / "kemi"
 PACKAGE = KEMI / "counterpoise"
@@ -61,13 +61,27 @@ def users(constant: str) -> set[str]:
     }
 
 
-EMBED_CFG = KEMI.parent / "embed" / "counterpoise.cfg"
-"""The include an operator's own config imports (docs/embedding.md)."""
+KAMAILIO_CFG = KEMI.parent / "kamailio.cfg"
+CFG_USER = "cfg:"
+"""A writer or reader that is a route of the native configs (``cfg:CP_FLOOD``), not Python."""
 
 
-@pytest.mark.parametrize("cfg", [KAMAILIO_CFG, EMBED_CFG], ids=lambda cfg: cfg.name)
-def test_a_cfg_creates_the_declared_tables_as_declared_in_their_order(cfg: Path):
-    assert cfg_definitions(cfg) == [table.definition() for table in htables.ALL]
+def test_the_include_creates_the_declared_tables_as_declared_in_their_order():
+    assert cfg_definitions(EMBED_CFG) == [table.definition() for table in htables.ALL]
+
+
+def test_the_turnkey_config_takes_its_tables_from_the_include():
+    text = KAMAILIO_CFG.read_text()
+    assert cfg_definitions(KAMAILIO_CFG) == []
+    assert re.search(r'^include_file "embed/counterpoise.cfg"$', text, re.M)
+
+
+def cfg_routes() -> set[str]:
+    """The route blocks of the native configs, by name (``request_route`` for the main one)."""
+    configs = (KAMAILIO_CFG, EMBED_CFG, EMBED_CFG.with_name("counterpoise-dialog.cfg"))
+    text = "".join(cfg.read_text() for cfg in configs)
+    named = set(re.findall(r"^(?:\w+_)?route\[(\w+)\]", text, re.M))
+    return named | set(re.findall(r"^(\w+_route) \{", text, re.M))
 
 
 def test_every_declared_table_is_listed_once_under_its_own_name():
@@ -81,7 +95,10 @@ def test_a_table_is_used_by_the_modules_that_write_and_read_it(constant: str):
     table = DECLARED[constant]
     assert table.writers
     assert table.readers or table.operators or table.native  # written for someone
-    assert users(constant) == {module_of(path) for path in table.writers + table.readers}
+    paths = table.writers + table.readers
+    python = [path for path in paths if not path.startswith(CFG_USER)]
+    assert users(constant) == {module_of(path) for path in python}
+    assert {path.removeprefix(CFG_USER) for path in paths if path not in python} <= cfg_routes()
 
 
 def native_blocks() -> dict[str, str]:
@@ -121,7 +138,7 @@ def test_the_location_cache_expires_at_the_bound_of_its_setting():
     assert htables.LOCATION_CACHE.autoexpire_s * 1000 == settings.LOCATION_CACHE_MAX_MS
 
 
-def test_a_rate_window_expires_two_windows_after_it_started(ksr: FakeKsr):
-    from counterpoise.kamailio import flood
-
-    assert htables.RATES.autoexpire_s * 1000 == 2 * flood.WINDOW_MS
+def test_a_rate_window_expires_two_windows_after_it_started():
+    """The flood route's windows are whole seconds of wall-clock time (``$TV(s)``)."""
+    assert "$var(cp_window) = $TV(s);" in KAMAILIO_CFG.read_text()
+    assert htables.RATES.autoexpire_s == 2

@@ -149,6 +149,10 @@ def test_the_timer_publishes_what_the_configs_dialog_routes_read(node: Node, ksr
     assert {name: edge[name] for name in htables.NATIVE_EDGE_COUNTERS} == {
         "relay_denied": 0,
         "unsealed": 0,
+        "shed": 0,
+        "dropped_flood": 0,
+        "banned": 0,
+        "dropped_banned": 0,
     }
     node.store.remove(B)
     node.tick(1000)

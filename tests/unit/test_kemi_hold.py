@@ -61,7 +61,7 @@ def test_a_request_is_held_when_every_proxy_is_queueing_at_its_limit(node: Node,
     assert ksr.relays[0] is BLIND_BRANCH
     assert ksr.relays[1]["duri"] == A
     assert ksr.pvs["$ci"] == "held-1"
-    assert ksr.relays[1]["on_failure"] == "ksr_route_failure"
+    assert ksr.relays[1]["on_failure"] == "cp_failure"
     assert node.inflight(A) == LIMIT + 1
     node.reply(200, branch=1)  # counted on its own branch: its in-flight count comes down
     assert node.inflight(A) == LIMIT
@@ -97,9 +97,9 @@ def test_held_requests_are_released_in_order_and_new_ones_queue_behind(node: Nod
     node.route("INVITE", call_id="second")
     assert ksr.relays == []
     released = []
-    ksr.routes["ksr_route_release"] = lambda msg, ev: (
+    ksr.routes["cp_release_route"] = lambda msg, ev: (
         released.append(ksr.pvs["$ci"]),
-        node.app.ksr_route_release(msg, ev),
+        node.app.cp_release_route(msg, ev),
     )[1]
     node.release(20)
     assert released == ["first", "second"]  # A's two free slots, in the order held

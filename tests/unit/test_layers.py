@@ -18,7 +18,7 @@ ROOTS = {KEMI: "", REPO / "harness": "harness"}
 """Each folder read, with the package name its files are under."""
 PACKAGE = "counterpoise"
 TEST_BED = "harness"
-ENTRY_SCRIPT = "counterpoise_ksr"
+ENTRY_SCRIPT = "counterpoise_native"
 """The file Kamailio loads; it imports the edge, so it may import KSR too."""
 NOT_IN_CORE = ("kamailio", "store", "cli", "agent", "monitoring", "processes", "clock")
 CLOCK = f"{PACKAGE}.clock"

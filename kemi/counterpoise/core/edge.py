@@ -11,7 +11,6 @@ its dialog's proxy, or, from that proxy, back to the dialog's caller.
 
 from __future__ import annotations
 
-import enum
 import functools
 import ipaddress
 import re
@@ -88,10 +87,6 @@ def from_pool(source: Address, stream: bool, pool: frozenset[Address]) -> bool:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-TRUST_MEMO_MAX = 4096
-"""Sources whose verdict a worker remembers: an upstream sends from a few addresses, so the
-per-request check is one dict lookup; a flood of spoofed sources only refills it."""
-
 
 def parse_networks(text: str) -> tuple[Network, ...]:
     """The addresses and CIDR networks of a comma-separated list (``10.0.0.0/24,192.0.2.7,
@@ -107,82 +102,6 @@ def parse_networks(text: str) -> tuple[Network, ...]:
         except ValueError as error:
             raise ValueError(f"{item!r}: {error}") from None
     return tuple(networks)
-
-
-class Upstreams:
-    """Sources trusted not to flood (``trusted_upstreams``): an SBC or a trunk relaying the
-    calls of many users from one address. Matched per request, from ``$si``."""
-
-    def __init__(self, networks: Iterable[Network]) -> None:
-        self._networks = tuple(networks)
-        self._verdicts: dict[str, bool] = {}
-
-    def trusts(self, source_ip: str) -> bool:
-        if not self._networks:
-            return False
-        verdict = self._verdicts.get(source_ip)
-        if verdict is None:
-            if len(self._verdicts) >= TRUST_MEMO_MAX:
-                self._verdicts.clear()
-            verdict = self._verdicts[source_ip] = self._matches(source_ip)
-        return verdict
-
-    def _matches(self, source_ip: str) -> bool:
-        """An IPv4 source seen on a dual-stack socket (``::ffff:10.0.0.5``) is its IPv4
-        address; an address of the other family is in no network."""
-        try:
-            address = ipaddress.ip_address(source_ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
-
-
-def window_key(source_ip: str, now_ms: int, window_ms: int, kind: str = "") -> str:
-    """The counter of one source's requests (of one ``kind``) in the current fixed window:
-    counters of past windows are never read again and expire from shared memory."""
-    return f"{kind}{source_ip} {now_ms // window_ms}"
-
-
-class Flood(enum.Enum):
-    """What a source's request gets, by its rank in its window (``flood_verdict``)."""
-
-    ADMIT = "admit"
-    SHED = "shed"
-    """Answered 503 with Retry-After: the source may call again in its next window."""
-    DROP = "drop"
-    """No reply: an ACK has none, and past the ceiling a reply would feed the flood."""
-
-
-CEILING_LIMITS = 2
-"""Past its limit, a source's requests of dialogs and transactions it already has (ACK,
-CANCEL, a To tag) still pass up to this many limits, so its admitted calls can end; past it
-nothing passes and the window counts towards a ban."""
-
-
-def flood_verdict(count: int, limit: int, starts_work: bool) -> Flood:
-    """What the ``count``-th request of a source's window gets under a limit of ``limit``
-    (0 = none). ``starts_work``: it begins a dialog or transaction (no To tag, neither ACK
-    nor CANCEL), which a 503 refuses cleanly; a request of a call in progress is instead
-    admitted up to the ceiling (refusing it would leave the call hanging)."""
-    if limit <= 0 or count <= limit:
-        return Flood.ADMIT
-    if count > CEILING_LIMITS * limit:
-        return Flood.DROP
-    return Flood.SHED if starts_work else Flood.ADMIT
-
-
-def breaks_ceiling(count: int, limit: int) -> bool:
-    """Whether the ``count``-th request of a window is the first past the ceiling: one per
-    source, kind and window (the counter is atomic), which counts the window as flooding."""
-    return limit > 0 and count == CEILING_LIMITS * limit + 1
-
-
-def ban_due(flooding_windows: int, ban_windows: int) -> bool:
-    """Whether a source whose last ``flooding_windows`` windows in a row each broke the
-    ceiling is banned (``flood_ban_windows``; 0 = never)."""
-    return ban_windows > 0 and flooding_windows >= ban_windows
 
 
 def recordable(value: str, max_chars: int) -> bool:

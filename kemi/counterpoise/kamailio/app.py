@@ -1,10 +1,11 @@
-"""Counterpoise inside Kamailio: the ``Balancer`` (every balancing decision, one object per
-process) and ``KemiApp``, the turnkey config's KEMI object, which uses it.
+"""Counterpoise inside Kamailio: the ``Balancer``, every balancing decision, one object per
+process, which the embedding API (``embed.Embedded``) calls from a config's routes: the
+turnkey ``kamailio.cfg``'s, or an operator's own.
 
 Thin glue over the core: SIP mechanics here, decisions in ``core`` (``attempts`` for
 failover and timing, ``selection`` for the choice, ``location`` for the holder). Kamailio's
-conventions hold: a ``ksr_*`` method returns 1 to go on; a ``Balancer`` operation returns
-what a module function returns in a native config (1 true, -1 false, 0 stop: the request was
+conventions hold: a ``Balancer`` operation returns what a module function returns in a
+native config (1 true, -1 false, 0 stop: the request was
 answered or held here), so a native ``python_exec`` passes it on unchanged. Per-transaction
 data lives in AVPs (``avps``), because a reply may be handled by another worker than its
 request. docs/embedding.md documents each operation.
@@ -32,7 +33,7 @@ from counterpoise.core import (
 )
 from counterpoise.core.policy.health import probe_timeout_counts
 from counterpoise.core.selection import WeightedPicker
-from counterpoise.core.settings import SettingError, Settings, load_settings, with_runtime
+from counterpoise.core.settings import SettingError, Settings, with_runtime
 from counterpoise.core.spread import GoldenSpread
 from counterpoise.core.sync import SyncLoop
 from counterpoise.kamailio import (
@@ -48,7 +49,6 @@ from counterpoise.kamailio import (
     shared,
 )
 from counterpoise.kamailio.counters import EDGE
-from counterpoise.kamailio.flood import FloodGuard
 from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
 from counterpoise.kamailio.native_dialog import NativeDialogTable
@@ -56,14 +56,6 @@ from counterpoise.kamailio.view import NodeViewTable
 from counterpoise.store.client import redact
 from counterpoise.store.pool import PoolStore
 
-MAX_FORWARDS_LIMIT = 70
-"""Max-Forwards inserted when a request has none (RFC 3261 recommends 70)."""
-SANITY_CHECKS = 1511
-"""The sanity module's default checks (R-URI and Via SIP version, R-URI scheme, required
-headers, CSeq method and value, Content-Length, Expires, Proxy-Require): a request failing
-one is answered 400 by the module itself and goes no further."""
-SANITY_URI_CHECKS = 7
-"""Parse the R-URI, From and To URIs too."""
 LOAD_HEADER = "X-CP-Load"
 """Hop by hop: only a pool proxy's reply to the balancer may carry it (docs/security.md)."""
 LOAD_REQUEST = f"{reports.LOAD_REQUEST_HEADER}: 1\r\n"
@@ -106,12 +98,10 @@ class RouteNames:
     """The reply route times the proxy's provisional replies itself, and calls ``on_reply``
     for the rest (the native include's): each attempt then carries what it needs (its relay
     on the script clock, the timers to re-arm)."""
-
-
-KEMI_ROUTES = RouteNames(
-    "ksr_route_reply", "ksr_route_failure", "ksr_route_release", branch="ksr_route_branch"
-)
-"""``KemiApp``'s own methods."""
+    in_dialog_judged: bool = False
+    """Whether the config runs ``IN_DIALOG_ROUTE`` itself before ``in_dialog`` (a native
+    one): ``in_dialog`` then gets only what that route left to Python, and does not run it
+    again (it would hand the request back to Python)."""
 
 
 class Balancer:
@@ -119,8 +109,7 @@ class Balancer:
     (in the timer process), the location server's lookups, the hold queue and the metrics.
     Made in ``mod_init`` (before Kamailio forks); ``child_init`` makes it per process."""
 
-    def __init__(self, settings: Settings | None = None, routes: RouteNames = KEMI_ROUTES) -> None:
-        settings = load_settings() if settings is None else settings
+    def __init__(self, settings: Settings, routes: RouteNames) -> None:
         self.settings = settings
         self.routes = routes
         # mod_init runs before Kamailio forks: per-process state is made in child_init.
@@ -228,7 +217,7 @@ class Balancer:
     @hook("orphan", fallback=STOP)
     def ksr_route_orphan(self, source: edge.Address, stream: bool) -> int:
         """``forward_orphan`` in a request route that took the settings and table on entry
-        and read the request's source already (``KemiApp``'s, ``ksr_route_withindlg``)."""
+        and read the request's source already (``ksr_route_withindlg``)."""
         if self.trusted(source, stream) or not self.view.hops:
             EDGE.count("relay_denied")
             return STOP
@@ -263,7 +252,7 @@ class Balancer:
         matched = KSR.tm.t_check_trans() if ack else 1
         if matched == 0:
             return  # the ACK of a negative reply: tm absorbed it
-        if KSR.route(IN_DIALOG_ROUTE) == 0:  # relayed or refused there
+        if not self.routes.in_dialog_judged and KSR.route(IN_DIALOG_ROUTE) == 0:  # judged
             if self.location is not None and not ack and KSR.is_BYE() and _admitted():
                 self.location.dialog_ended(read.dialog_ids())
             return
@@ -329,36 +318,34 @@ class Balancer:
         return True
 
     @hook("select", fallback=FALSE)
-    def select(self, started_ns: int | None = None) -> int:
+    def select(self) -> int:
         """An initial request: its holder's proxy (location server) or one picked by weight,
         in ``$du``, with the reply and failure routes armed; ``TRUE`` for the caller to relay
         it (``t_relay``), ``FALSE`` when no proxy is available (the caller answers),
-        ``STOP`` when it was answered (the location policy's rejection) or held here.
-        ``started_ns``: when the request route began, for its timing (else now)."""
-        started_ns = clock.perf_ns() if started_ns is None and self.route_timer else started_ns
+        ``STOP`` when it was answered (the location policy's rejection) or held here."""
+        started_ns = clock.perf_ns() if self.route_timer is not None else None
         self.refresh()
         KSR.textops.remove_hf(LOAD_HEADER)
-        return self.select_refreshed(started_ns)
+        return self._select(started_ns, sealed=None)
 
     @hook("select", fallback=FALSE)
     def seal_and_select(self) -> int:
         """``seal``, then ``select``, in one entry for a dialog-forming request: what a
         native config's two calls do, with one look at what was published and no read
         back of the seal's mark. ``STOP`` when the seal answered the request."""
-        started_ns = clock.perf_ns() if self.route_timer else None
+        started_ns = clock.perf_ns() if self.route_timer is not None else None
         self.refresh()
-        sealed = self.seal_refreshed(mark=False)
+        sealed = self._seal(mark=False)
         if sealed == STOP:
             return STOP
         KSR.textops.remove_hf(LOAD_HEADER)
-        return self.select_refreshed(started_ns, sealed=sealed == TRUE)
+        return self._select(started_ns, sealed=sealed == TRUE)
 
-    @hook("select", fallback=FALSE)
-    def select_refreshed(self, started_ns: int | None, sealed: bool | None = None) -> int:
-        """``select`` in a request route that took the settings and table on entry
-        (``refresh``) and removed ``X-CP-Load``, as ``KemiApp``'s does: not twice per
-        request. ``started_ns``: when that route began, None when nothing is timed;
-        ``sealed``: whether ``seal`` marked the request, when the caller knows (else read)."""
+    def _select(self, started_ns: int | None, sealed: bool | None) -> int:
+        """``select`` once the request route took what was published (``refresh``) and
+        removed ``X-CP-Load``. ``started_ns``: when the route began, None when nothing is
+        timed; ``sealed``: whether ``seal`` marked the request, when the caller knows
+        (None: read)."""
         percent = self.view.node_shed_percent
         if percent and admission.node_sheds(percent, self.rng.random()):
             self._shed(metrics.node.SHED_NODE)
@@ -444,13 +431,12 @@ class Balancer:
         (no From tag: 400; no dialog key loaded from Redis yet: 503): a dialog whose
         in-dialog requests would all be refused is no call."""
         self.refresh()
-        return self.seal_refreshed()
+        return self._seal(mark=True)
 
     @hook("seal", fallback=FALSE)
-    def seal_refreshed(self, mark: bool = True) -> int:
-        """``seal`` in a request route that took what was published on entry (``refresh``),
-        as ``KemiApp``'s does. ``mark``: leave the mark ``select`` reads (False: the caller
-        passes ``sealed`` to ``select_refreshed`` itself)."""
+    def _seal(self, mark: bool) -> int:
+        """``seal`` once the request route took what was published (``refresh``). ``mark``:
+        leave the mark ``select`` reads (False: the caller tells ``_select`` itself)."""
         if not read.text("$ft"):
             KSR.sl.sl_send_reply(400, "Missing From Tag")
             return STOP
@@ -542,22 +528,6 @@ class Balancer:
             return True
         self.relay_failed()
         return False
-
-    def relay_new(self) -> bool:
-        """``relay`` a request ``select`` just armed, an INVITE's 100 Trying sent once the
-        INVITE is on its way instead of before, as tm's own is (``auto_inv_100``): tm runs the
-        branch route, Python sealing the route, between the two. A node dying there would
-        leave its caller with a 100, so no retransmission to reach the standby, and no call.
-        Sent stateless: tm's own 100 would mark the transaction as answered by the script,
-        and a CANCEL before the proxy's first reply would then get no 487 (``t_cancel.c``)."""
-        invite = KSR.is_INVITE()
-        if invite:
-            KSR.tm.t_set_auto_inv_100(0)
-        if not self.relay():
-            return False
-        if invite:
-            KSR.sl.sl_send_reply(100, "Trying")
-        return True
 
     @hook("release_route")
     def release_route(self) -> int:
@@ -861,10 +831,6 @@ def _sent(attempt: avps.Attempt) -> int:
     return attempts.stamp(clock.monotonic_ms()) if sent is None else sent
 
 
-def _forms_dialog() -> bool:
-    return KSR.is_method_in("IS") > 0 or KSR.is_REFER() > 0  # INVITE, SUBSCRIBE, REFER
-
-
 def _source() -> edge.Address:
     """Where the message being handled came from (``$si``, ``$sp``)."""
     return edge.hop(read.text("$si") or "", read.number("$sp"))
@@ -900,114 +866,3 @@ def _stray_reply_verifies(secret: Callable[[str], bytes | None]) -> bool:
 
 def _notice(text: str) -> None:
     KSR.notice(f"counterpoise: {text}\n")
-
-
-class KemiApp:
-    """The turnkey config's KEMI object (``counterpoise up``): the edge checks of a node in
-    front of a pool (flood limits, Max-Forwards, sanity, the balancer's own OPTIONS), then the
-    ``Balancer`` for every request."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.balancer = Balancer(settings, KEMI_ROUTES)
-        self.flood = FloodGuard(settings)
-
-    # --- hooks app_python3 requires ------------------------------------------------------
-
-    def child_init(self, rank: int) -> int:
-        return self.balancer.child_init(rank)
-
-    @hook("core_reply")
-    def ksr_reply_route(self, msg: object) -> int:
-        self.balancer.on_core_reply()
-        return 1
-
-    # --- requests ----------------------------------------------------------------------------
-
-    @hook("request")
-    def ksr_request_route(self, msg: object) -> int:
-        balancer = self.balancer
-        started_ns = clock.perf_ns() if balancer.route_timer is not None else None
-        balancer.refresh()
-        source, stream = _source(), _stream()
-        trusted = balancer.trusted(source, stream)
-        if not trusted and not self.flood.admits(source[0], KSR.is_REGISTER()):
-            return 1
-        KSR.textops.remove_hf(LOAD_HEADER)
-        if not self.ksr_route_reqinit():
-            return 1
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
-            else:
-                balancer.ksr_route_orphan(source, stream)
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            balancer.ksr_route_withindlg(source, stream)
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
-            return 1
-        if KSR.tm.t_check_trans() == 0:  # a retransmission: tm sent its last reply again
-            return 1
-        if self.ksr_route_local():
-            return 1
-        if not trusted:  # the balancer picks the next hop: a preloaded route set goes no further
-            KSR.textops.remove_hf("Route")
-        if _forms_dialog() and balancer.seal_refreshed() == STOP:
-            return 1
-        selected = balancer.select_refreshed(started_ns)
-        if selected == FALSE:
-            KSR.sl.sl_send_reply(503, "No Proxy Available")
-        elif selected == TRUE and not balancer.relay_new():
-            KSR.sl.sl_reply_error()
-        return 1
-
-    def ksr_route_reqinit(self) -> bool:
-        """Max-Forwards and well-formedness; False when the request was answered here."""
-        if KSR.maxfwd.process_maxfwd(MAX_FORWARDS_LIMIT) < 0:
-            KSR.sl.sl_send_reply(483, "Too Many Hops")
-            return False
-        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URI_CHECKS) < 0:
-            KSR.err(f"counterpoise: malformed request from {_source()[0]}, answered 400\n")
-            return False
-        return True
-
-    def ksr_route_local(self) -> bool:
-        """Answer requests aimed at the balancer itself (an OPTIONS keepalive)."""
-        if not (KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0):
-            return False
-        KSR.sl.sl_send_reply(200, "OK")
-        return True
-
-    # --- the Balancer's routes ------------------------------------------------------------
-
-    def ksr_route_branch(self, msg: object) -> int:
-        return self.balancer.on_branch()
-
-    def ksr_route_release(self, msg: object, evname: str = "") -> int:
-        self.balancer.release_route()
-        return 1
-
-    def ksr_release_tick(self, msg: object, evname: str = "") -> int:
-        return self.balancer.release_tick()
-
-    def ksr_route_reply(self, msg: object) -> int:
-        self.balancer.on_reply()  # a reply it drops, it drops with KSR.set_drop
-        return 1
-
-    @hook("failure")
-    def ksr_route_failure(self, msg: object) -> int:
-        if self.balancer.failover() == TRUE:
-            self.balancer.relay()
-        return 1
-
-    def ksr_uac_reply(self, msg: object, evname: str) -> int:
-        return self.balancer.on_uac_reply()
-
-    def ksr_sync_tick(self, msg: object, evname: str = "") -> int:
-        return self.balancer.sync_tick()
-
-
-def create() -> KemiApp:
-    return KemiApp(load_settings())

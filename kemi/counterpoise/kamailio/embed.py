@@ -17,7 +17,12 @@ from counterpoise.kamailio.app import FALSE, TRUE, Balancer, RouteNames
 from counterpoise.kamailio.guard import hook
 
 NATIVE_ROUTES = RouteNames(
-    "CP_REPLY", "CP_FAILURE", "CP_RELEASE", "CP_BRANCH", times_provisional=True
+    "CP_REPLY",
+    "CP_FAILURE",
+    "CP_RELEASE",
+    "CP_BRANCH",
+    times_provisional=True,
+    in_dialog_judged=True,
 )
 """The route blocks of ``embed/counterpoise.cfg``."""
 KEMI_ROUTES = RouteNames("cp_on_reply", "cp_failure", "cp_release_route", "cp_on_branch")

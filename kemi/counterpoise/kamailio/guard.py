@@ -1,5 +1,5 @@
-"""No exception leaves a route: every ``ksr_*`` hook and every ``Balancer`` operation runs
-behind ``hook``.
+"""No exception leaves a route: every ``Balancer`` operation a config calls runs behind
+``hook``.
 
 An exception that escaped into app_python3 would log a traceback per packet (hostile traffic
 would fill the log) and return an error to Kamailio mid-route. Instead it is counted

@@ -325,17 +325,12 @@ RATES = Htable(
     " flooding windows in a row of either)",
     value="int: requests of that source in that window; or the windows in a row, up to that"
     " one, in which it sent more than twice its limit",
-    writers=(
-        "kamailio.flood.FloodGuard._verdict",
-        "kamailio.flood.FloodGuard._note_flooding_window",
-    ),
-    readers=(
-        "kamailio.flood.FloodGuard._verdict",
-        "kamailio.flood.FloodGuard._note_flooding_window",
-    ),
+    writers=("cfg:CP_FLOOD_WINDOW", "cfg:CP_FLOODING_WINDOW"),
+    readers=("cfg:CP_FLOOD_WINDOW", "cfg:CP_FLOODING_WINDOW"),
 )
-"""A window's keys expire after two windows (``flood.WINDOW_MS``): the next window still reads
-how many flooding windows led to it. ``initval`` lets ``sht_inc`` create a key."""
+"""The flood limits of ``kamailio.cfg`` (route ``CP_FLOOD``): a window's keys expire after two
+windows of 1 s, so the next window still reads how many flooding windows led to it.
+``initval`` lets ``$shtinc`` create a key."""
 
 BANS = Htable(
     name="cpban",
@@ -343,14 +338,22 @@ BANS = Htable(
     autoexpire_s=3600,
     key="source IP",
     value="1",
-    writers=("kamailio.flood.FloodGuard._note_flooding_window",),
-    readers=("kamailio.flood.FloodGuard.admits",),
+    writers=("cfg:CP_FLOODING_WINDOW",),
+    readers=("cfg:CP_FLOOD",),
 )
 """Banned sources, each written with its own expiry (``flood_ban_ms``, ``sht_setxi``): the
 table's ``autoexpire`` only turns expiry on."""
 
-NATIVE_EDGE_COUNTERS = ("relay_denied", "unsealed")
-"""The edge counters the config's own routes count (``embed/counterpoise-dialog.cfg``)."""
+NATIVE_EDGE_COUNTERS = (
+    "relay_denied",
+    "unsealed",
+    "shed",
+    "dropped_flood",
+    "banned",
+    "dropped_banned",
+)
+"""The edge counters the config's own routes count (``embed/counterpoise-dialog.cfg``, and
+``kamailio.cfg``'s flood limits, route ``CP_FLOOD``)."""
 EDGE_COUNTERS = Htable(
     name="cpedge",
     size=6,
@@ -359,7 +362,11 @@ EDGE_COUNTERS = Htable(
         'that process\'s counts, ``"name=count ..."`` (``kamailio.counters``); int: what the '
         "config's routes counted (``$shtinc``)"
     ),
-    writers=("kamailio.counters.EDGE", "kamailio.native_dialog.NativeDialogTable"),
+    writers=(
+        "kamailio.counters.EDGE",
+        "kamailio.native_dialog.NativeDialogTable",
+        "cfg:CP_FLOOD",
+    ),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",
 )
@@ -393,14 +400,15 @@ POOL_ADDRESSES = Htable(
     ),
     value="int: 1",
     writers=("kamailio.native_dialog.NativeDialogTable",),
-    readers=(),
+    readers=("cfg:CP_IN_DIALOG", "cfg:request_route"),
     operators=(
         "read by ``embed/counterpoise-dialog.cfg``'s ``CP_IN_DIALOG``; ``htable.dump cpaddr``: "
         "where it sees the pool"
     ),
 )
 """The pool's addresses as the timer process resolved them, for the config's in-dialog route
-(``embed/counterpoise-dialog.cfg``): who is a pool proxy, and where each may be seen."""
+(``embed/counterpoise-dialog.cfg``): who is a pool proxy, and where each may be seen; and for
+``kamailio.cfg``'s request route: a pool proxy is exempt from the flood limits."""
 
 # --- the node's metrics and view -------------------------------------------------------------
 

@@ -41,8 +41,9 @@ def routed(uri: str, by_location: bool, attempt: int) -> None:
 
 class RouteTimer:
     """One SIP worker's histogram of the time an initial request spends in the balancer's
-    route, from ``ksr_request_route`` to its relay (``counterpoise_route_seconds``): two
-    clock reads and one shared-memory write per request, only with the endpoint on."""
+    choice, from ``Balancer.select``'s entry to the attempt armed
+    (``counterpoise_route_seconds``): two clock reads and one shared-memory write per
+    request, only with the endpoint on."""
 
     def __init__(self) -> None:
         self._histogram = Histogram()

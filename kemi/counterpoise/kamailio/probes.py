@@ -14,7 +14,7 @@ from counterpoise.kamailio import read
 class UacProbeSender:
     """Sends a probe (OPTIONS, or INVITE to ``invite_user``) to a proxy with the uac module.
 
-    The reply, or a local 408 after ``fr_timer_ms``, comes back to ``ksr_uac_reply`` in some
+    The reply, or a local 408 after ``fr_timer_ms``, comes back to ``Balancer.on_uac_reply`` in some
     SIP worker, with the proxy and the send time in ``$uac_req(evparam)``. A 2xx to an INVITE
     probe is ended there with ``hang_up`` (tm sends the ACK of a locally sent INVITE itself).
     """
