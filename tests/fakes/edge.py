@@ -112,7 +112,7 @@ class Node:
 
     def request_route(self) -> None:
         """``kamailio.cfg``'s request route past its native edge checks, in its order."""
-        from counterpoise.kamailio.app import FALSE, LOAD_HEADER, STOP, TRUE
+        from counterpoise.kamailio.app import FALSE, LOAD_HEADER, TRUE
 
         ksr, cp = self.ksr.module, self.app
         ksr.textops.remove_hf(LOAD_HEADER)
@@ -137,9 +137,7 @@ class Node:
         if not self.from_pool():
             ksr.textops.remove_hf("Route")
         forms_dialog = ksr.is_method_in("IS") > 0 or ksr.is_REFER() > 0
-        if forms_dialog and cp.cp_seal(None) == STOP:
-            return
-        selected = cp.cp_select(None)
+        selected = cp.cp_seal_select(None) if forms_dialog else cp.cp_select(None)
         if selected == FALSE:
             ksr.sl.sl_send_reply(503, "No Proxy Available")
         if selected != TRUE:
