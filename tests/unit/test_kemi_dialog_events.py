@@ -5,6 +5,9 @@ records at the next tick as a worker's Python did."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from counterpoise.core import location
@@ -18,6 +21,7 @@ from ..fakes.ksr import FakeKsr
 A = "sip:10.0.0.1:5060"
 CALL_ID = "call-1@198.51.100.7"
 EVENTS, DIALOGS = htables.DIALOG_EVENTS.name, htables.DIALOGS.name
+DIALOG_ROUTES = Path(__file__).resolve().parents[2] / "embed" / "counterpoise-dialog.cfg"
 
 
 @pytest.fixture
@@ -83,3 +87,21 @@ def test_events_are_parsed_with_the_call_id_last():
     assert location.DialogEvent.parse("end f t") is None
     assert location.DialogEvent.parse("confirm  t 1.2.3.4 c") is None
     assert location.DialogEvent.parse("other f t c") is None
+
+
+def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
+    """Route CP_DIALOG_EVENT counts its slots, bounds them and writes its line under the
+    names the timer process creates and reads."""
+    (body,) = re.findall(r"^route\[CP_DIALOG_EVENT\] \{\n(.*?)^\}", DIALOG_ROUTES.read_text(),
+                         re.M | re.S)  # fmt: skip
+    read = set(re.findall(rf"\$sht\w*\({htables.ROUTING.name}=>(\w+)\)", body))
+    assert read == {
+        htables.DIALOG_EVENT_SEQ,
+        htables.DIALOG_EVENT_READ,
+        htables.DIALOG_EVENTS_MAX,
+        htables.DIALOG_EVENT_MAX_CHARS,
+    }
+    assert f"$shtinc({htables.ROUTING.name}=>{htables.DIALOG_EVENT_SEQ})" in body
+    assert f"$sht({EVENTS}=>$var(cp_slot)) = $var(cp_event);" in body
+    assert "$shtinc(cpedge=>dialog_events_dropped)" in body
+    assert "dialog_events_dropped" in htables.NATIVE_EDGE_COUNTERS
