@@ -105,3 +105,24 @@ def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
     assert f"$sht({EVENTS}=>$var(cp_slot)) = $var(cp_event);" in body
     assert "$shtinc(cpedge=>dialog_events_dropped)" in body
     assert "dialog_events_dropped" in htables.NATIVE_EDGE_COUNTERS
+
+
+def test_slots_are_read_in_order_across_the_counters_wrap(node: Node, ksr: FakeKsr):
+    """The route's slot counter wraps to negative; the slots past the last read still come
+    in the order they were written: here a confirm, then its BYE, which ends the record."""
+    from counterpoise.kamailio.dialog_events import DialogEvents
+
+    assert node.balancer.location is not None
+    events = DialogEvents(node.balancer.location)
+    last = 2**31 - 2
+    ksr.htables[EVENTS][str(last)] = "junk"
+    events.drain()  # a key that is no event: removed; the last read moves on
+    assert ksr.htables[htables.ROUTING.name][htables.DIALOG_EVENT_READ] == last
+    ksr.htables[EVENTS][str(-(2**31))] = f"end callee-tag from-tag-1 {CALL_ID}"
+    ksr.htables[EVENTS][str(2**31 - 1)] = f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}"
+    events.drain()
+    # Confirmed first (a BYE first would leave no record to confirm), then ended.
+    counts = location.sum_counters(dict(ksr.htables[htables.LOCATION_COUNTERS.name]))
+    assert counts["confirmed"] == 1
+    assert CALL_ID not in ksr.htables[DIALOGS] and ksr.htables[EVENTS] == {}
+    assert ksr.htables[htables.ROUTING.name][htables.DIALOG_EVENT_READ] == -(2**31)

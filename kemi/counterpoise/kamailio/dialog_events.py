@@ -13,20 +13,23 @@ from counterpoise.core import location
 from counterpoise.kamailio import htables, shared
 from counterpoise.kamailio.location import LocationRouting
 
+SLOT_SPAN = 2**32
+"""Slots are numbered by a Kamailio htable integer, which wraps (after weeks at 1000 calls/s):
+they are read in the order of their distance past the last slot read, modulo this span."""
+
 
 class DialogEvents:
     def __init__(self, routing: LocationRouting) -> None:
         self._routing = routing
+        self._read = 0
+        """The last slot read; the route's counter starts at 0 too (``NativeDialogTable``)."""
 
     def drain(self) -> None:
         queued = shared.items(htables.DIALOG_EVENTS)
         if not queued:
             return
-        slots = sorted(
-            ((_slot(key), key, str(line)) for key, line in queued),
-            key=lambda slot: (slot[0] is not None, slot[0] or 0),
-        )
-        for _, key, line in slots:
+        ordered = sorted((self._after(key), key, str(line)) for key, line in queued)
+        for _, key, line in ordered:
             KSR.htable.sht_rm(htables.DIALOG_EVENTS.name, key)
             event = location.DialogEvent.parse(line)
             if event is None:
@@ -36,12 +39,14 @@ class DialogEvents:
                 self._routing.dialog_confirmed(ids, event.source)
             else:
                 self._routing.dialog_ended(ids)
-        last = slots[-1][0]
-        if last is not None:  # the workers bound the queue against the last slot read
-            KSR.htable.sht_seti(htables.ROUTING.name, htables.DIALOG_EVENT_READ, last)
+        distance, key, _ = ordered[-1]
+        if distance >= 0:  # the workers bound the queue against the last slot read
+            self._read = int(key)
+            KSR.htable.sht_seti(htables.ROUTING.name, htables.DIALOG_EVENT_READ, self._read)
 
-
-def _slot(key: str) -> int | None:
-    """A queue key's slot number; None, sorting first, for a key that is none (it is
-    removed, unread)."""
-    return int(key) if key.lstrip("-").isdigit() else None
+    def _after(self, key: str) -> int:
+        """How far past the last slot read the slot ``key`` is; -1, read first and only
+        removed, for a key that is no slot."""
+        if not key.lstrip("-").isdigit():
+            return -1
+        return (int(key) - self._read) % SLOT_SPAN
