@@ -403,6 +403,52 @@ class PendingWrite:
         return record is not None and record.matches_tags(*self.tags)
 
 
+DIALOG_EVENTS_MAX = 4096
+"""Most sealed ACKs and BYEs a native config's in-dialog route queues for the timer process
+(``kamailio.htables.DIALOG_EVENTS``) past the last one it read: a tick's worth at 1000 calls/s
+is about 400; past it a flood's events are dropped and counted, its memory stays bounded."""
+
+_EVENT_FRAME_CHARS = 64
+"""An event line's word, spaces and source address (an IPv6 text is at most 45)."""
+
+
+def dialog_event_max_chars(call_id_max_chars: int, tag_max_chars: int) -> int:
+    """The longest event line that can name a recordable dialog: a longer one is not queued."""
+    return call_id_max_chars + 2 * tag_max_chars + _EVENT_FRAME_CHARS
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogEvent:
+    """A sealed ACK (``source``: the address it came from) or a relayed BYE (``source`` "")
+    of a native config's in-dialog route, as it queued it: ``"confirm <from tag> <to tag>
+    <source> <Call-ID>"``, ``"end <from tag> <to tag> <Call-ID>"``; the Call-ID last, as
+    the only part that may hold spaces."""
+
+    call_id: str
+    from_tag: str
+    to_tag: str
+    source: str = ""
+
+    @property
+    def confirms(self) -> bool:
+        return bool(self.source)
+
+    @classmethod
+    def parse(cls, text: str) -> DialogEvent | None:
+        """The event of a queued line; None when it is no event."""
+        word, _, rest = text.partition(" ")
+        fields = rest.split(" ", 3 if word == "confirm" else 2)
+        if word not in ("confirm", "end") or len(fields) != (4 if word == "confirm" else 3):
+            return None
+        if not all(fields):
+            return None
+        if word == "confirm":
+            from_tag, to_tag, source, call_id = fields
+            return cls(call_id, from_tag, to_tag, source)
+        from_tag, to_tag, call_id = fields
+        return cls(call_id, from_tag, to_tag)
+
+
 QUEUE_BATCH_MS = 50
 """A worker's dialog writes of one such period share one entry of the queue
 (``kamailio.htables.DIALOG_WRITES``), rewritten whole with each: the timer process reads and

@@ -49,6 +49,7 @@ from counterpoise.kamailio import (
     shared,
 )
 from counterpoise.kamailio.counters import EDGE
+from counterpoise.kamailio.dialog_events import DialogEvents
 from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
 from counterpoise.kamailio.native_dialog import NativeDialogTable
@@ -124,6 +125,7 @@ class Balancer:
         self._max_sample_ms = int(settings.latency.failure_penalty_ms)
         self.location: LocationRouting | None = None
         self.dialog_writes: DialogWriteBehind | None = None
+        self.dialog_events: DialogEvents | None = None
         self.dialog_keys: dialog_keys.DialogKeyLoader | None = None
         self.node_load: node_load.NodeLoad | None = None
         self.native_dialog = NativeDialogTable()
@@ -457,24 +459,6 @@ class Balancer:
         KSR.route(SEAL_ROUTE)
         return 1
 
-    @hook("in_dialog")
-    def dialog_confirmed(self) -> int:
-        """A native config's in-dialog route, on an ACK of a sealed dialog, with the location
-        server on: its dialog record goes to Redis (as ``in_dialog`` does it)."""
-        if self.location is not None:
-            self.refresh()
-            self.location.dialog_confirmed(read.dialog_ids(), _source()[0])
-        return TRUE
-
-    @hook("in_dialog")
-    def dialog_ended(self) -> int:
-        """A native config's in-dialog route, on a BYE it relays by its seal, with the location
-        server on: its dialog record is no longer needed (as ``in_dialog`` does it)."""
-        if self.location is not None:
-            self.refresh()
-            self.location.dialog_ended(read.dialog_ids())
-        return TRUE
-
     def _pick(self) -> str | None:
         """A proxy by weight, from the table the request route refreshed on entry: the first
         candidate from the worker's evenly spread sequence, so its calls follow the weights
@@ -748,6 +732,8 @@ class Balancer:
             shared.bump_version()  # the workers look at the settings at their next request
         if self.sync is None:
             self.sync = self._make_sync_loop()
+            if self.location is not None:
+                self.dialog_events = DialogEvents(self.location)
             if self.location is not None and self.settings.location.dialog_record_ttl_ms:
                 self.dialog_writes = DialogWriteBehind(self.settings, _notice)
             self.metrics = metrics.Endpoint(self.settings, _notice)
@@ -763,6 +749,8 @@ class Balancer:
         if self.node_load is not None:
             load, settings = self.node_load, self.settings
             guard.isolated("node load", lambda: load.tick(settings))
+        if self.dialog_events is not None:
+            guard.isolated("dialog events", self.dialog_events.drain)
         if writes is not None:
             guard.isolated("dialog flush", writes.flush)
         guard.isolated(

@@ -64,12 +64,6 @@ class Embedded:
     def cp_in_dialog(self, msg: object) -> int:
         return self.counterpoise.in_dialog()
 
-    def cp_dialog_confirmed(self, msg: object) -> int:
-        return self.counterpoise.dialog_confirmed()
-
-    def cp_dialog_ended(self, msg: object) -> int:
-        return self.counterpoise.dialog_ended()
-
     def cp_forward_orphan(self, msg: object) -> int:
         return self.counterpoise.forward_orphan()
 

@@ -64,6 +64,10 @@ RUNTIME_SETTINGS_VERSION = "settings_version"
 NODE_SHED_PERCENT = "node_shed"
 IN_DIALOG_FR_TIMER_MS = "in_dialog_fr_timer_ms"
 LOCATION_SERVER = "location_server"
+DIALOG_EVENT_SEQ = "dialog_event_seq"
+DIALOG_EVENT_READ = "dialog_event_read"
+DIALOG_EVENTS_MAX = "dialog_events_max"
+DIALOG_EVENT_MAX_CHARS = "dialog_event_max_chars"
 ROUTING = Htable(
     name="cp",
     size=2,
@@ -75,6 +79,10 @@ ROUTING = Htable(
         NODE_SHED_PERCENT,
         IN_DIALOG_FR_TIMER_MS,
         LOCATION_SERVER,
+        DIALOG_EVENT_SEQ,
+        DIALOG_EVENT_READ,
+        DIALOG_EVENTS_MAX,
+        DIALOG_EVENT_MAX_CHARS,
     ),
     value=(
         "the routing table (``core.routing_table``); the version of everything the timer "
@@ -83,8 +91,9 @@ ROUTING = Htable(
         "start-up (JSON object, name -> text) and their version, bumped on each push; the "
         "share (%) of new initial requests the node sheds for its own overload "
         "(``core.admission``); for the config's in-dialog route "
-        "(``embed/counterpoise-dialog.cfg``), the ``in_dialog_fr_timer_ms`` setting and 1 "
-        "when the location server is on"
+        "(``embed/counterpoise-dialog.cfg``), the ``in_dialog_fr_timer_ms`` setting, 1 "
+        "when the location server is on, and the bounds and slot numbers of its queue of "
+        "dialog events (``DIALOG_EVENTS``)"
     ),
     writers=(
         "kamailio.shared.SharedTable.publish_table",
@@ -92,6 +101,8 @@ ROUTING = Htable(
         "cli.reload.Reloader.reload_if_requested",
         "kamailio.node_load.NodeLoad.tick",
         "kamailio.native_dialog.NativeDialogTable",
+        "kamailio.dialog_events.DialogEvents.drain",
+        "cfg:CP_IN_DIALOG",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
@@ -302,6 +313,27 @@ DIALOG_WRITES = Htable(
 call costs its SIP worker no Redis round trip; batched per worker and period, so the timer
 reads and removes an entry per batch, not per write; it removes what Redis took."""
 
+DIALOG_EVENTS = Htable(
+    name="cpdlgev",
+    size=8,
+    key=(
+        f"a slot number, ``$shtinc`` of ``{DIALOG_EVENT_SEQ}`` in ``{ROUTING.name}``: one writer"
+        " per key"
+    ),
+    value=(
+        '``"confirm <from tag> <to tag> <source ip> <Call-ID>"`` (an ACK) or ``"end <from tag>'
+        ' <to tag> <Call-ID>"`` (a relayed BYE), of a request whose seal the config checked'
+    ),
+    writers=("cfg:CP_IN_DIALOG", "kamailio.dialog_events.DialogEvents.drain"),
+    readers=("kamailio.dialog_events.DialogEvents.drain",),
+)
+"""The sealed ACKs and BYEs of a native config's in-dialog route, for the timer process to
+confirm or end their dialog records (``LocationRouting.dialog_confirmed``, ``dialog_ended``)
+at its next tick: the SIP worker enters no Python for them. Bounded: a worker writes no slot
+more than ``dialog_events_max`` past the last one the timer read (the rest counted
+``dialog_events_dropped``), and no line longer than ``dialog_event_max_chars`` (it could
+name no recordable dialog)."""
+
 LOCATION_CACHE = Htable(
     name="cplocc",
     size=10,
@@ -351,6 +383,7 @@ NATIVE_EDGE_COUNTERS = (
     "dropped_flood",
     "banned",
     "dropped_banned",
+    "dialog_events_dropped",
 )
 """The edge counters the config's own routes count (``embed/counterpoise-dialog.cfg``, and
 ``kamailio.cfg``'s flood limits, route ``CP_FLOOD``)."""
@@ -463,6 +496,7 @@ ALL = (
     LOCATION_COUNTERS,
     DIALOGS,
     DIALOG_WRITES,
+    DIALOG_EVENTS,
     LOCATION_CACHE,
     RATES,
     BANS,

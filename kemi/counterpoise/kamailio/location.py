@@ -23,6 +23,8 @@ record into ``htables.DIALOGS`` (seen at once by every worker of the node: the A
 a 200 finds it; a node-private JSON list read back without the checks a record from Redis
 needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the Redis
 write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
+(In a native config the worker only queues the sealed ACK or BYE for the timer process, which
+calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``.)
 A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
 most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
 two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no
