@@ -28,9 +28,12 @@ consistent in any one file: a message is filed whole, after its hook)."""
 
 HTABLE_READS = frozenset({"sht_get", "sht_is_null", "sht_iterator_start", "sht_iterator_next"})
 HTABLE_WRITES = frozenset({"sht_sets", "sht_seti", "sht_inc", "sht_dec", "sht_setxi", "sht_rm"})
-FIRST_HOOKS = frozenset({"cp_seal_select", "cp_select", "cp_in_dialog", "cp_forward_orphan", "cp_on_core_reply"})
-"""Each request that enters Python for a decision enters one of these once (an INVITE enters
-``cp_seal`` first), each reply the core reply route: their entries count the messages."""
+FIRST_HOOKS = frozenset(
+    {"cp_seal_select", "cp_select", "cp_in_dialog", "cp_forward_orphan", "cp_on_core_reply"}
+)
+"""Each request that enters Python for a decision enters one of these once (an INVITE
+``cp_seal_select``, or ``cp_seal`` then ``cp_select``), each reply a KEMI config's core reply
+route: their entries count the messages."""
 REPLY_HOOKS = frozenset({"cp_on_core_reply", "cp_on_reply"})
 RESUMED = "(held, resumed)"
 RESUMED_HOOKS = frozenset({"cp_release_route"})
