@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import random
 import re
 import socket
@@ -144,6 +145,29 @@ def tcp_listener(port: int) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def udp_and_tcp_sink(tries: int = 20) -> Iterator[tuple[sipwire.Peer, socket.socket]]:
+    """A UDP peer and a TCP listener on the same port: the kernel picks the UDP port, which a
+    TCP socket of another process may hold already; then another port is taken."""
+    for _ in range(tries):
+        peer = sipwire.Peer()
+        try:
+            listening = tcp_listener(peer.address[1])
+            listener = listening.__enter__()
+        except OSError as error:
+            peer.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+            continue
+        try:
+            yield peer, listener
+        finally:
+            listening.__exit__(None, None, None)
+            peer.close()
+        return
+    raise RuntimeError(f"no port free for both UDP and TCP in {tries} tries")
 
 
 def accepts(listener: socket.socket) -> bool:
@@ -460,13 +484,12 @@ def test_fuzzed_in_dialog_requests_reach_no_host_outside_the_pool(bed: Bed) -> N
     only requests of the real dialog."""
     bed.start_balancer(flood_requests_per_s=0)
     proxy = scripted_proxy(bed)
-    sink = sipwire.Peer()
     attacker = sipwire.Peer("127.0.0.5")
     dialog = call(bed, attacker)
     real = dialog.routes[0]
     lb = f"127.0.0.1:{bed.balancer_port}"
     rng = random.Random(SEED)
-    with tcp_listener(sink.address[1]) as listener:
+    with udp_and_tcp_sink() as (sink, listener):
         for number in range(FUZZ_REQUESTS):
             route = _fuzzed_route(rng, real, lb, sink.uri, proxy.uri)
             call_id = rng.choice([dialog.call_id, uuid.uuid4().hex, dialog.call_id + "x"])
