@@ -160,6 +160,12 @@ class Contender:
     python_entries: int = 0
     """A native dispatcher contender that enters Python (``py_pick.py``) this many times per
     call: 1 for the pick of the initial request, 2 for the final reply as well."""
+    memory_manager: str = ""
+    """A native dispatcher contender's Kamailio allocator (``-x``); empty: Kamailio's default.
+    Counterpoise's is its ``memory_manager`` setting."""
+    sealed: bool = False
+    """A native dispatcher contender that seals each dialog's route and checks the seal of
+    each in-dialog request (``DS_SEAL``): the native floor of Counterpoise's dialog trust."""
 
     @property
     def native(self) -> bool:
@@ -249,6 +255,10 @@ class Contender:
             argv += ["-A", "WITH_CALL_LOAD"]
         if self.python_entries > 1:
             argv += ["-A", "DS_PY_FINAL"]
+        if self.sealed:
+            argv += ["-A", "DS_SEAL"]
+        if self.memory_manager:
+            argv += ["-x", self.memory_manager]
         proc = processes.Process(f"dispatcher alg {self.alg}", argv, run_dir / "balancer.log")
         proc.ensure_started(
             lambda: dispatcher_active(ctl, len(targets)),
@@ -398,6 +408,20 @@ OVERHEAD_ONLY = (
         "native relay, alg 4 picked in Python, final reply too (2 entries)",
         4,
         python_entries=2,
+    ),
+    Contender("seal4", "native relay, alg 4, dialogs sealed (2 HMACs a call)", 4, sealed=True),
+    Contender(
+        "seal-py2",
+        "native relay, dialogs sealed, alg 4 picked in Python, final reply too",
+        4,
+        python_entries=2,
+        sealed=True,
+    ),
+    Contender("ds4-tlsf", "dispatcher alg 4, Kamailio's tlsf allocator", 4, memory_manager="tlsf"),
+    Contender(
+        "cp-tlsf",
+        "Counterpoise, Kamailio's tlsf allocator",
+        settings=(("memory_manager", "tlsf"),),
     ),
     Contender(
         "cp-noloc", "Counterpoise, location server off", settings=(("location_server", False),)

@@ -355,7 +355,7 @@ def balancer_argv(settings: Settings, run_dir: Path, repo: Path = REPO) -> list[
     argv = kamailio_argv(cfg, listen, settings.node.workers, run_dir, defines)
     include = included_name(repo / EMBED_CFG.relative_to(REPO), Path.cwd())
     argv += [f'--subst=|^"{EMBED_CFG_INCLUDED}"$|"{include}"|']
-    argv += ["-m", str(settings.node.shm_mb)]
+    argv += ["-m", str(settings.node.shm_mb), "-x", str(settings.node.memory_manager)]
     if settings.node.user:
         argv += ["-u", settings.node.user]
     if settings.node.group:

@@ -57,6 +57,14 @@ class Fallback(enum.StrEnum):
     REJECT = "reject"
 
 
+class MemoryManager(enum.StrEnum):
+    """Kamailio's allocator for its shared and private memory (``-x``)."""
+
+    QM = "qm"
+    TLSF = "tlsf"
+    FM = "fm"
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """A bound on a setting's value: ``holds`` tells, ``reason`` is the error, ``text`` how
@@ -281,6 +289,13 @@ class NodeSettings(Group):
         meaning="Kamailio's shared memory, for transactions and htables (`-m`, MB).",
         why="One SBC at 1000 calls/s holds thousands of transactions: Kamailio's own 64 MB ran"
         " out there (`tests/e2e/test_flood.py`).",
+    )
+    memory_manager: MemoryManager = setting(
+        MemoryManager.QM,
+        meaning="Kamailio's allocator for its shared and private memory (`-x`): `qm`, `tlsf` or"
+        " `fm`.",
+        why="`qm` is Kamailio's own default, with its memory debugging; `tlsf` spends less CPU a"
+        " message (`docs/benchmarks.md`).",
     )
     run_dir: str = setting(
         "",
