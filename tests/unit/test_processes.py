@@ -74,3 +74,9 @@ def test_a_long_include_path_is_named_from_the_working_directory() -> None:
     assert processes.included_name(include, folder) == "counterpoise/_assets/counterpoise.cfg"
     with pytest.raises(StartError, match="too long a path"):
         processes.included_name(include, Path("/"))
+
+
+def test_the_memory_manager_is_kamailios_allocator_option() -> None:
+    for name in ("qm", "tlsf"):
+        argv = processes.balancer_argv(Settings.of(memory_manager=name), Path("/run/cp"))
+        assert argv[argv.index("-x") + 1] == name
