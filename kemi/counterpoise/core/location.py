@@ -493,11 +493,15 @@ def batched_writes(batches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     ``coalesce``: the batch's period, then the write's monotonic ns."""
     lines = []
     for key, batch in batches:
-        period = key.partition(" ")[0]
         for line in str(batch).split("\n"):
-            order_ns, _, text = line.partition(" ")
-            lines.append((f"{period} {order_ns}", text))
+            lines.append((order_key(key, line), line.partition(" ")[2]))
     return lines
+
+
+def order_key(batch: str, line: str) -> str:
+    """The place in the queue's order of a write of a batch (``batch_key``, ``batch_line``):
+    the batch's period, then the write's monotonic ns."""
+    return f"{batch.partition(' ')[0]} {line.partition(' ')[0]}"
 
 
 def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
@@ -506,15 +510,32 @@ def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
     one flush period costs Redis one DEL, or nothing: a delete queued after a set passed the
     SIP worker's check of its tags against that set's record). Entries that do not decode are
     skipped."""
-    latest: dict[str, PendingWrite] = {}
-    for _, text in sorted(queued):
+    return latest_writes(decoded(queued))
+
+
+def decoded(queued: Iterable[tuple[str, str]]) -> list[tuple[str, PendingWrite]]:
+    """The entries ``(key, encoded write)`` that decode, decoded; the rest left out."""
+    writes = []
+    for key, text in queued:
         try:
-            write = PendingWrite.decode(text)
+            writes.append((key, PendingWrite.decode(text)))
         except ValueError:
             continue
+    return writes
+
+
+def latest_writes(ordered: Iterable[tuple[str, PendingWrite]]) -> list[PendingWrite]:
+    """``coalesce`` of writes already decoded, each after its order key: the last per
+    Call-ID, in queue order."""
+    latest: dict[str, PendingWrite] = {}
+    for _, write in sorted(ordered, key=_order):
         latest.pop(write.name, None)
         latest[write.name] = write
     return list(latest.values())
+
+
+def _order(entry: tuple[str, PendingWrite]) -> str:
+    return entry[0]
 
 
 def within_cap(

@@ -733,9 +733,11 @@ class Balancer:
         if self.sync is None:
             self.sync = self._make_sync_loop()
             if self.location is not None:
-                self.dialog_events = DialogEvents(self.location)
-            if self.location is not None and self.settings.location.dialog_record_ttl_ms:
-                self.dialog_writes = DialogWriteBehind(self.settings, _notice)
+                drained = self.location
+                if self.settings.location.dialog_record_ttl_ms:
+                    self.dialog_writes = DialogWriteBehind(self.settings, _notice)
+                    drained = self.location.queueing_in(self.dialog_writes.own)
+                self.dialog_events = DialogEvents(drained)
             self.metrics = metrics.Endpoint(self.settings, _notice)
             self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
             self.node_load = node_load.NodeLoad(self.settings)

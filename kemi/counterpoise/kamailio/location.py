@@ -24,7 +24,8 @@ a 200 finds it; a node-private JSON list read back without the checks a record f
 needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the Redis
 write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
 (In a native config the worker only queues the sealed ACK or BYE for the timer process, which
-calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``.)
+calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``; it
+queues their writes in its own memory, ``OwnWrites``, flushed with the shared queue.)
 A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
 most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
 two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no
@@ -36,9 +37,10 @@ records (counted in Redis by the timer process, against the source each queued s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import KSR
 
@@ -68,13 +70,19 @@ def _text(spec: str) -> str:
 class LocationRouting:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self._settings = settings
+        self._log = log
         self._store: LocationStore | None = None
         self._pid = 0
         self._batch_of = (0, 0, 0)
         """The period, process and part of ``_batch`` (``location.batch_key``): a fresh list
         in a new period or process, or once it holds ``location.QUEUE_BATCH_WRITES``."""
         self._batch: list[str] = []
+        self._own_writes: OwnWrites | None = None
+        """Where the timer process queues the writes of the events it drains
+        (``queueing_in``); None in a SIP worker: shared memory."""
         self._counters = Counters(htables.LOCATION_COUNTERS)
+        self._held_counts: dict[str, int] | None = None
+        """The counts made inside ``counts_written_once``, written at its end."""
         self._guard = Guarded.with_backoff_of(
             settings,
             ERRORS,
@@ -106,7 +114,32 @@ class LocationRouting:
         return ok, (results[0] if ok else None)
 
     def count(self, name: str, amount: int = 1) -> None:
-        self._counters.count(name, amount)
+        held = self._held_counts
+        if held is None:
+            self._counters.count(name, amount)
+        else:
+            held[name] = held.get(name, 0) + amount
+
+    @contextlib.contextmanager
+    def counts_written_once(self) -> Iterator[None]:
+        """The counts made inside are written at its end, in one write: the timer process
+        handles a tick's dialog events at once, not one shared-memory write per event."""
+        self._held_counts = held = {}
+        try:
+            yield
+        finally:
+            self._held_counts = None
+            if held:
+                self._counters.add(held)
+
+    def queueing_in(self, own: OwnWrites) -> LocationRouting:
+        """For the timer process, which flushes the queue itself: this location server with
+        its counters, whose dialog writes (of the events the timer drains) are queued in
+        ``own``, not in shared memory."""
+        routing = LocationRouting(self._settings, self._log)
+        routing._counters = self._counters
+        routing._own_writes = own
+        return routing
 
     def _recordable(self, call_id: str, *tags: str) -> bool:
         """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
@@ -244,9 +277,13 @@ class LocationRouting:
             self._batch_of, self._batch = (*now, 0), []
         elif len(self._batch) >= location.QUEUE_BATCH_WRITES:
             self._batch_of, self._batch = (period, pid, part + 1), []
-        self._batch.append(location.batch_line(clock.monotonic_ns(), write))
+        line = location.batch_line(clock.monotonic_ns(), write)
+        self._batch.append(line)
         key = location.batch_key(*self._batch_of)
-        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
+        if self._own_writes is not None:
+            self._own_writes.add(key, line, write)
+        else:
+            KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
 
     # --- in-dialog requests --------------------------------------------------------------------
 
@@ -323,6 +360,33 @@ class LocationRouting:
         self._queue(location.PendingWrite(call_id, tags=tags))
 
 
+class OwnWrites:
+    """The timer process's own queue of dialog writes (those of the events it drains), in
+    its memory, in the batches a worker's would be in shared memory (key and lines), each
+    line kept beside its write: the flush treats them as the shared queue's, with no
+    shared-memory write per event and no decoding back."""
+
+    def __init__(self) -> None:
+        self._batches: dict[str, list[tuple[str, location.PendingWrite]]] = {}
+
+    def add(self, key: str, line: str, write: location.PendingWrite) -> None:
+        self._batches.setdefault(key, []).append((line, write))
+
+    def entries(self) -> list[tuple[str, str]]:
+        """The batches as the shared queue's entries ``(key, batch)``."""
+        return [(key, "\n".join(line for line, _ in lines)) for key, lines in self._batches.items()]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._batches
+
+    def writes(self, key: str) -> list[tuple[str, location.PendingWrite]]:
+        """The writes of batch ``key``, each after its order key (``location.order_key``)."""
+        return [(location.order_key(key, line), write) for line, write in self._batches[key]]
+
+    def remove(self, key: str) -> None:
+        del self._batches[key]
+
+
 class DialogWriteBehind:
     """The timer process's side: sends the queued dialog writes of the closed batches to
     Redis, one pipeline per tick, and removes them from the queue once Redis took them (kept
@@ -331,6 +395,8 @@ class DialogWriteBehind:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self._settings = settings
         self._log = log
+        self.own = OwnWrites()
+        """The writes of the dialog events this process drains (``LocationRouting.queueing_in``)."""
         self._store: LocationStore | None = None
         self._guard = Guarded.with_backoff_of(
             settings, ERRORS, log, "Redis (dialog records)", "dialog writes stay queued"
@@ -343,13 +409,13 @@ class DialogWriteBehind:
         return self._guard.errors
 
     def flush(self) -> None:
-        queued = shared.items(htables.DIALOG_WRITES)
+        queued = shared.items(htables.DIALOG_WRITES) + self.own.entries()
         if not queued:
             return
         oldest = location.over_bytes(queued, self._settings.location.dialog_queue_max_bytes)
         if oldest:
             for key, _ in oldest:
-                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
+                self._remove(key)
             lost = len(location.batched_writes(oldest))
             self.dropped += lost
             self._log(f"dropped {lost} queued dialog writes ({self.dropped} in all)")
@@ -358,7 +424,11 @@ class DialogWriteBehind:
         queued = location.closed_batches(queued, clock.monotonic_ms() // location.QUEUE_BATCH_MS)
         if not queued:
             return
-        writes = location.coalesce(location.batched_writes(queued))
+        own = self.own
+        writes = location.latest_writes(
+            location.decoded(location.batched_writes(e for e in queued if e[0] not in own))
+            + [write for key, _ in queued if key in own for write in own.writes(key)]
+        )
         cap = self._settings.location.dialog_records_per_source
         outcomes: list[DialogFlush] = []
         if self._guard.call(
@@ -366,11 +436,17 @@ class DialogWriteBehind:
             lambda: outcomes.append(self._redis().apply_dialogs(writes, clock.wall_ms(), cap)),
         ):
             for key, _ in queued:
-                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
+                self._remove(key)
             if outcomes[0].capped:
                 EDGE.count(CAPPED_DIALOG, outcomes[0].capped)
             if outcomes[0].forged:
                 EDGE.count(FORGED_BYE, outcomes[0].forged)
+
+    def _remove(self, key: str) -> None:
+        if key in self.own:
+            self.own.remove(key)
+        else:
+            KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
 
     def _redis(self) -> LocationStore:
         if self._store is None:

@@ -32,6 +32,7 @@ HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
 tick sees it, at no more than 10 shared-memory writes a second per proxy and worker."""
 _ITERATOR = "cpit"
+_ITEM_KEY, _ITEM_VALUE = f"$shtitkey({_ITERATOR})", f"$shtitval({_ITERATOR})"
 LOAD_HEADERS_MEMO = 256
 """Distinct ``X-CP-Load`` values a worker remembers the reading of: a proxy states small
 counts, so its replies repeat a few values, and a reply costs a dict lookup, not a parse."""
@@ -346,13 +347,13 @@ def _number(value: object) -> int:
 
 def items(table: Htable) -> list[tuple[str, str]]:
     """Every key and value of a hash table (values as strings)."""
-    items = []
-    if KSR.htable.sht_iterator_start(_ITERATOR, table.name) < 0:
+    items: list[tuple[str, str]] = []
+    htable, get = KSR.htable, KSR.pv.gete
+    if htable.sht_iterator_start(_ITERATOR, table.name) < 0:
         return items
     try:
-        while KSR.htable.sht_iterator_next(_ITERATOR) > 0:
-            key = KSR.pv.gete(f"$shtitkey({_ITERATOR})")
-            items.append((key, KSR.pv.gete(f"$shtitval({_ITERATOR})")))
+        while htable.sht_iterator_next(_ITERATOR) > 0:
+            items.append((get(_ITEM_KEY), get(_ITEM_VALUE)))
     finally:
-        KSR.htable.sht_iterator_end(_ITERATOR)
+        htable.sht_iterator_end(_ITERATOR)
     return items
