@@ -144,12 +144,27 @@ def test_the_timer_queues_the_writes_it_drains_in_its_own_memory_under_the_queue
         queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {call_id}")
         node.tick(location.QUEUE_BATCH_MS)  # each call's write in a batch of its own
     assert ksr.htables[htables.DIALOG_WRITES.name] == {}
-    two_newest = sorted(writes.own.entries())[1:]
+    two_newest = sorted(writes.own.entries(encoded=True))[1:]
     cap = sum(len(key) + len(text) for key, text in two_newest)
     monkeypatch.setattr(writes, "_settings", Settings.of(dialog_queue_max_bytes=cap))
     node.tick(100)
-    assert writes.dropped == 1 and len(writes.own.entries()) == 2
+    assert writes.dropped == 1 and len(writes.own.entries(encoded=False)) == 2
     node.locations.recover()
     node.tick(Settings().redis.redis_backoff_initial_ms)
     assert {name for _, name in node.locations.records} == {"call-2", "call-3"}
-    assert writes.own.entries() == [] and ksr.htables[htables.DIALOG_WRITES.name] == {}
+    assert writes.own.entries(encoded=False) == [] and ksr.htables[htables.DIALOG_WRITES.name] == {}
+
+
+def test_far_from_the_queues_bound_the_timers_writes_are_never_encoded(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    def no_encoding(write: location.PendingWrite) -> str:
+        raise AssertionError("encoded")
+
+    monkeypatch.setattr(location.PendingWrite, "encode", no_encoding)
+    queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}")
+    node.tick(100)
+    node.tick(100)
+    node.tick(100)
+    record, _ = node.locations.records[(DIALOG, CALL_ID)]
+    assert record.source == "198.51.100.7"

@@ -190,6 +190,14 @@ class Record:
             return None
         return cls(proxy, since_ms, expires_ms, from_tag, to_tag, source)
 
+    def confirmed_by(self, source: str) -> Record:
+        """This dialog record with ``source``, the caller's address its ACK came from: made
+        directly, as ``dataclasses.replace`` looks the fields up at each call, and the timer
+        process confirms every call."""
+        return Record(
+            self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, source
+        )
+
     def matches_tags(self, from_tag: str, to_tag: str) -> bool:
         """Whether an in-dialog request's tags are this dialog's, in either direction (the
         callee's requests carry the tags swapped)."""
@@ -473,7 +481,30 @@ def batch_key(period: int, pid: int, part: int = 0) -> str:
 def batch_line(order_ns: int, write: PendingWrite) -> str:
     """One write in a batch, after its place in the queue's order (monotonic ns); batches
     join lines with newlines, which no encoded write holds (JSON escapes them)."""
-    return f"{order_ns:020d} {write.encode()}"
+    return f"{order_text(order_ns)} {write.encode()}"
+
+
+def order_text(order_ns: int) -> str:
+    """A write's monotonic ns as its batch line starts with it: texts that sort as the
+    numbers do."""
+    return f"{order_ns:020d}"
+
+
+BATCH_LINE_FRAME_CHARS = 64
+"""What ``batch_line`` adds around a write's texts and TTL: its order, the JSON list's
+brackets, quotes, separators and a ``null`` (under 40)."""
+
+JSON_CHARS_PER_CHAR = 12
+"""The most ``json.dumps`` writes for one character: an astral one is two ``\\uXXXX``."""
+
+
+def batch_line_most_chars(write: PendingWrite) -> int:
+    """At most how long ``batch_line`` makes the line of ``write``, counted without encoding
+    it."""
+    texts = (write.name, write.record or "", *write.tags, write.source)
+    return (
+        BATCH_LINE_FRAME_CHARS + JSON_CHARS_PER_CHAR * sum(map(len, texts)) + len(str(write.ttl_ms))
+    )
 
 
 def closed_batches(queued: Iterable[tuple[str, str]], current_period: int) -> list[tuple[str, str]]:
@@ -494,14 +525,16 @@ def batched_writes(batches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     lines = []
     for key, batch in batches:
         for line in str(batch).split("\n"):
-            lines.append((order_key(key, line), line.partition(" ")[2]))
+            order, _, text = line.partition(" ")
+            lines.append((order_key(key, order), text))
     return lines
 
 
-def order_key(batch: str, line: str) -> str:
-    """The place in the queue's order of a write of a batch (``batch_key``, ``batch_line``):
-    the batch's period, then the write's monotonic ns."""
-    return f"{batch.partition(' ')[0]} {line.partition(' ')[0]}"
+def order_key(batch: str, order: str) -> str:
+    """The place in the queue's order of a write of batch ``batch`` (``batch_key``) whose
+    line starts with ``order`` (``order_text``): the batch's period, then the write's
+    monotonic ns."""
+    return f"{batch.partition(' ')[0]} {order}"
 
 
 def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
@@ -562,10 +595,15 @@ def over_bytes(queued: Iterable[tuple[str, str]], max_bytes: int) -> list[tuple[
     fill while Redis is away. A dropped record only matters to a request that arrives
     without its route set."""
     entries = sorted(queued)
-    size = sum(len(key) + len(text) for key, text in entries)
+    size = queue_bytes(entries)
     dropped = 0
     while size > max_bytes and dropped < len(entries):
         key, text = entries[dropped]
         size -= len(key) + len(text)
         dropped += 1
     return entries[:dropped]
+
+
+def queue_bytes(queued: Iterable[tuple[str, str]]) -> int:
+    """What queue entries ``(key, value)`` hold, as ``dialog_queue_max_bytes`` counts it."""
+    return sum(len(key) + len(text) for key, text in queued)

@@ -38,7 +38,6 @@ records (counted in Redis by the timer process, against the source each queued s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
@@ -277,12 +276,12 @@ class LocationRouting:
             self._batch_of, self._batch = (*now, 0), []
         elif len(self._batch) >= location.QUEUE_BATCH_WRITES:
             self._batch_of, self._batch = (period, pid, part + 1), []
-        line = location.batch_line(clock.monotonic_ns(), write)
-        self._batch.append(line)
-        key = location.batch_key(*self._batch_of)
+        order_ns, key = clock.monotonic_ns(), location.batch_key(*self._batch_of)
         if self._own_writes is not None:
-            self._own_writes.add(key, line, write)
+            self._batch.append("")  # counted only: the writes are kept as they are
+            self._own_writes.add(key, order_ns, write)
         else:
+            self._batch.append(location.batch_line(order_ns, write))
             KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
 
     # --- in-dialog requests --------------------------------------------------------------------
@@ -338,7 +337,7 @@ class LocationRouting:
         call_id, tags, record = found
         if record is None or record.source or not record.matches_tags(*tags):
             return  # not a dialog of this node's, or confirmed already
-        confirmed = dataclasses.replace(record, source=location.source_of(caller_host))
+        confirmed = record.confirmed_by(location.source_of(caller_host))
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
         self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))
@@ -362,29 +361,46 @@ class LocationRouting:
 
 class OwnWrites:
     """The timer process's own queue of dialog writes (those of the events it drains), in
-    its memory, in the batches a worker's would be in shared memory (key and lines), each
-    line kept beside its write: the flush treats them as the shared queue's, with no
-    shared-memory write per event and no decoding back."""
+    its memory, in the batches a worker's would be in shared memory, each write kept as it
+    is with its monotonic ns: the flush takes them with the shared queue's entries, with no
+    shared-memory write per event and no encoding or decoding, unless the queue may be near
+    its bound (``dialog_queue_max_bytes``: ``entries``)."""
 
     def __init__(self) -> None:
-        self._batches: dict[str, list[tuple[str, location.PendingWrite]]] = {}
+        self._batches: dict[str, list[tuple[int, location.PendingWrite]]] = {}
+        self._most_bytes: dict[str, int] = {}
+        """Per batch, at most what its entry holds encoded (``location.batch_line_most_chars``)."""
 
-    def add(self, key: str, line: str, write: location.PendingWrite) -> None:
-        self._batches.setdefault(key, []).append((line, write))
+    def add(self, key: str, order_ns: int, write: location.PendingWrite) -> None:
+        self._batches.setdefault(key, []).append((order_ns, write))
+        most = self._most_bytes.get(key, len(key))
+        self._most_bytes[key] = most + location.batch_line_most_chars(write) + 1
 
-    def entries(self) -> list[tuple[str, str]]:
-        """The batches as the shared queue's entries ``(key, batch)``."""
-        return [(key, "\n".join(line for line, _ in lines)) for key, lines in self._batches.items()]
+    def most_bytes(self) -> int:
+        """At most what ``entries(encoded=True)`` holds, keys and values."""
+        return sum(self._most_bytes.values())
+
+    def entries(self, encoded: bool) -> list[tuple[str, str]]:
+        """The batches as the shared queue's entries ``(key, batch)``; the batches empty
+        unless ``encoded`` (only their size is wanted: the flush takes the writes by key)."""
+        return [
+            (key, "\n".join(location.batch_line(ns, w) for ns, w in lines) if encoded else "")
+            for key, lines in self._batches.items()
+        ]
 
     def __contains__(self, key: str) -> bool:
         return key in self._batches
 
     def writes(self, key: str) -> list[tuple[str, location.PendingWrite]]:
         """The writes of batch ``key``, each after its order key (``location.order_key``)."""
-        return [(location.order_key(key, line), write) for line, write in self._batches[key]]
+        return [
+            (location.order_key(key, location.order_text(ns)), write)
+            for ns, write in self._batches[key]
+        ]
 
     def remove(self, key: str) -> None:
         del self._batches[key]
+        del self._most_bytes[key]
 
 
 class DialogWriteBehind:
@@ -409,10 +425,13 @@ class DialogWriteBehind:
         return self._guard.errors
 
     def flush(self) -> None:
-        queued = shared.items(htables.DIALOG_WRITES) + self.own.entries()
+        own, max_bytes = self.own, self._settings.location.dialog_queue_max_bytes
+        queued = shared.items(htables.DIALOG_WRITES)
+        near = location.queue_bytes(queued) + own.most_bytes() > max_bytes
+        queued += own.entries(encoded=near)
         if not queued:
             return
-        oldest = location.over_bytes(queued, self._settings.location.dialog_queue_max_bytes)
+        oldest = location.over_bytes(queued, max_bytes) if near else []
         if oldest:
             for key, _ in oldest:
                 self._remove(key)
@@ -424,7 +443,6 @@ class DialogWriteBehind:
         queued = location.closed_batches(queued, clock.monotonic_ms() // location.QUEUE_BATCH_MS)
         if not queued:
             return
-        own = self.own
         writes = location.latest_writes(
             location.decoded(location.batched_writes(e for e in queued if e[0] not in own))
             + [write for key, _ in queued if key in own for write in own.writes(key)]
