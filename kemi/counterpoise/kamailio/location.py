@@ -38,6 +38,7 @@ records (counted in Redis by the timer process, against the source each queued s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
@@ -359,34 +360,52 @@ class LocationRouting:
         self._queue(location.PendingWrite(call_id, tags=tags))
 
 
+@dataclasses.dataclass
+class _OwnWrite:
+    """One write of ``OwnWrites``: its line's length is bounded until it is encoded."""
+
+    order_ns: int
+    write: location.PendingWrite
+    chars: int
+    """At most its line's length (``location.batch_line_most_chars``), exact once encoded."""
+    line: str | None = None
+
+
 class OwnWrites:
     """The timer process's own queue of dialog writes (those of the events it drains), in
     its memory, in the batches a worker's would be in shared memory, each write kept as it
     is with its monotonic ns: the flush takes them with the shared queue's entries, with no
     shared-memory write per event and no encoding or decoding, unless the queue may be near
-    its bound (``dialog_queue_max_bytes``: ``entries``)."""
+    its bound (``dialog_queue_max_bytes``: ``entries``); each write is encoded once at most."""
 
     def __init__(self) -> None:
-        self._batches: dict[str, list[tuple[int, location.PendingWrite]]] = {}
-        self._most_bytes: dict[str, int] = {}
-        """Per batch, at most what its entry holds encoded (``location.batch_line_most_chars``)."""
+        self._batches: dict[str, list[_OwnWrite]] = {}
+        self._most_bytes = 0
+        """At most what ``entries(encoded=True)`` holds, keys and values (exact once all of
+        it was encoded)."""
 
     def add(self, key: str, order_ns: int, write: location.PendingWrite) -> None:
-        self._batches.setdefault(key, []).append((order_ns, write))
-        most = self._most_bytes.get(key, len(key))
-        self._most_bytes[key] = most + location.batch_line_most_chars(write) + 1
+        queued = _OwnWrite(order_ns, write, location.batch_line_most_chars(write))
+        batch = self._batches.setdefault(key, [])
+        self._most_bytes += queued.chars + (1 if batch else len(key))  # a newline, or the key
+        batch.append(queued)
 
     def most_bytes(self) -> int:
-        """At most what ``entries(encoded=True)`` holds, keys and values."""
-        return sum(self._most_bytes.values())
+        return self._most_bytes
 
     def entries(self, encoded: bool) -> list[tuple[str, str]]:
         """The batches as the shared queue's entries ``(key, batch)``; the batches empty
         unless ``encoded`` (only their size is wanted: the flush takes the writes by key)."""
-        return [
-            (key, "\n".join(location.batch_line(ns, w) for ns, w in lines) if encoded else "")
-            for key, lines in self._batches.items()
-        ]
+        if not encoded:
+            return [(key, "") for key in self._batches]
+        return [(key, "\n".join(map(self._line, batch))) for key, batch in self._batches.items()]
+
+    def _line(self, queued: _OwnWrite) -> str:
+        if queued.line is None:
+            queued.line = location.batch_line(queued.order_ns, queued.write)
+            self._most_bytes += len(queued.line) - queued.chars
+            queued.chars = len(queued.line)
+        return queued.line
 
     def __contains__(self, key: str) -> bool:
         return key in self._batches
@@ -394,13 +413,13 @@ class OwnWrites:
     def writes(self, key: str) -> list[tuple[str, location.PendingWrite]]:
         """The writes of batch ``key``, each after its order key (``location.order_key``)."""
         return [
-            (location.order_key(key, location.order_text(ns)), write)
-            for ns, write in self._batches[key]
+            (location.order_key(key, location.order_text(queued.order_ns)), queued.write)
+            for queued in self._batches[key]
         ]
 
     def remove(self, key: str) -> None:
-        del self._batches[key]
-        del self._most_bytes[key]
+        batch = self._batches.pop(key)
+        self._most_bytes -= len(key) + len(batch) - 1 + sum(queued.chars for queued in batch)
 
 
 class DialogWriteBehind:
