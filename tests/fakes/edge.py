@@ -72,6 +72,8 @@ class Node:
         # store is this one.
         monkeypatch.setattr(self.balancer, "_make_sync_loop", lambda: loop)
         self.shared = shared
+        self._publisher = shared.SharedTable()
+        """The writer of ``publish``'s tables (it remembers what it wrote, as the timer's)."""
 
     def sealed_route(
         self,
@@ -100,7 +102,7 @@ class Node:
 
     def publish(self, *entries: RoutingEntry) -> None:
         """Make ``entries`` the routing table, as the sync loop would."""
-        self.shared.SharedTable().publish_table(entries)
+        self._publisher.publish_table(entries)
 
     def tick(self, advance_ms: int = 0) -> None:
         self.clock.advance(advance_ms)

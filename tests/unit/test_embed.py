@@ -255,18 +255,6 @@ def test_a_native_attempt_without_a_progress_timeout_carries_no_timers(node: Nod
     assert "cps0" in ksr.avps and "cpprog" not in ksr.avps and "cpring" not in ksr.avps
 
 
-def test_the_pool_addresses_follow_the_proxies_of_the_table(node: Node, ksr: FakeKsr):
-    from counterpoise.core.routing_table import RoutingEntry
-
-    def entry(uri: str) -> RoutingEntry:
-        return RoutingEntry(uri, 1.0, False, 0, long_wait=False)
-
-    node.publish(entry(A), entry(B))
-    assert ksr.htables["cpproxy"] == {"10.0.0.1 5060": A, "10.0.0.2 5060": B}
-    node.publish(entry(B))
-    assert ksr.htables["cpproxy"] == {"10.0.0.2 5060": B}
-
-
 def test_a_stray_reply_the_native_core_reply_route_asks_about_is_dropped_unless_proven(
     node: Node, ksr: FakeKsr
 ):

@@ -126,3 +126,45 @@ def test_slots_are_read_in_order_across_the_counters_wrap(node: Node, ksr: FakeK
     assert counts["confirmed"] == 1
     assert CALL_ID not in ksr.htables[DIALOGS] and ksr.htables[EVENTS] == {}
     assert ksr.htables[htables.ROUTING.name][htables.DIALOG_EVENT_READ] == -(2**31)
+
+
+def test_the_timer_queues_the_writes_it_drains_in_its_own_memory_under_the_queues_bound(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """The writes of drained events cost no shared-memory write; with Redis down they wait,
+    and the oldest go first past ``dialog_queue_max_bytes``, as a worker's queued ones."""
+    node.tick()  # the timer's writer exists from the first tick
+    node.locations.fail()
+    writes = node.balancer.dialog_writes
+    assert writes is not None
+    for call in range(1, 4):
+        call_id = f"call-{call}"
+        node.route("INVITE", call_id=call_id)
+        node.reply(200, to_tag="callee-tag")
+        queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {call_id}")
+        node.tick(location.QUEUE_BATCH_MS)  # each call's write in a batch of its own
+    assert ksr.htables[htables.DIALOG_WRITES.name] == {}
+    two_newest = sorted(writes.own.entries(encoded=True))[1:]
+    cap = sum(len(key) + len(text) for key, text in two_newest)
+    monkeypatch.setattr(writes, "_settings", Settings.of(dialog_queue_max_bytes=cap))
+    node.tick(100)
+    assert writes.dropped == 1 and len(writes.own.entries(encoded=False)) == 2
+    node.locations.recover()
+    node.tick(Settings().redis.redis_backoff_initial_ms)
+    assert {name for _, name in node.locations.records} == {"call-2", "call-3"}
+    assert writes.own.entries(encoded=False) == [] and ksr.htables[htables.DIALOG_WRITES.name] == {}
+
+
+def test_far_from_the_queues_bound_the_timers_writes_are_never_encoded(
+    node: Node, ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    def no_encoding(write: location.PendingWrite) -> str:
+        raise AssertionError("encoded")
+
+    monkeypatch.setattr(location.PendingWrite, "encode", no_encoding)
+    queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}")
+    node.tick(100)
+    node.tick(100)
+    node.tick(100)
+    record, _ = node.locations.records[(DIALOG, CALL_ID)]
+    assert record.source == "198.51.100.7"

@@ -345,3 +345,36 @@ def test_a_source_holds_at_most_dialog_records_per_source(
     call("greedy-3", "203.0.113.9")  # room again
     node.tick(100)
     assert {name for _, name in node.locations.records} == {"greedy-1", "greedy-3", "other"}
+
+
+def test_the_timers_own_writes_bound_their_size_and_are_encoded_once(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    from counterpoise.kamailio.location import OwnWrites
+
+    encoded: list[str] = []
+    encode = location.PendingWrite.encode
+
+    def counted(write: location.PendingWrite) -> str:
+        encoded.append(write.name)
+        return encode(write)
+
+    monkeypatch.setattr(location.PendingWrite, "encode", counted)
+    own = OwnWrites()
+    record = Record(A, 1, 2, "f", "t", "198.51.100.7")
+    own.add("000000000000001 7 0", 10, location.PendingWrite.setting("c1", record, 1000))
+    own.add("000000000000001 7 0", 11, location.PendingWrite("c2", tags=("f", "t")))
+    own.add("000000000000002 7 0", 12, location.PendingWrite.setting("c3", record, 1000))
+    assert own.entries(encoded=False) == [("000000000000001 7 0", ""), ("000000000000002 7 0", "")]
+    assert encoded == [] and own.most_bytes() >= 3 * 40
+    entries = own.entries(encoded=True)
+    assert own.most_bytes() == location.queue_bytes(entries)
+    assert own.entries(encoded=True) == entries and encoded == ["c1", "c2", "c3"]
+    assert [write.name for _, write in own.writes(entries[0][0])] == ["c1", "c2"]
+    assert [key for key, _ in own.writes(entries[0][0])] == [
+        key for key, _ in location.batched_writes(entries[:1])
+    ]
+    own.remove(entries[0][0])
+    assert own.most_bytes() == location.queue_bytes(entries[1:])
+    own.remove(entries[1][0])
+    assert own.most_bytes() == 0 and own.entries(encoded=True) == []

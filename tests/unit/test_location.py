@@ -284,3 +284,21 @@ def test_batched_writes_coalesce_in_period_then_queueing_order():
     batches = [(location.batch_key(8, 11), later), (location.batch_key(7, 12), earlier)]
     assert len(location.batched_writes(batches)) == 3
     assert location.coalesce(location.batched_writes(batches)) == [delete_a, set_b]
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'quo"te\\back', "new\nline\x01", "é" * 30, "\U0001f600" * 40]
+)
+def test_a_batch_line_is_never_longer_than_its_bound(text: str):
+    setting = location.PendingWrite(text, json.dumps({"proxy": text}), 123_456, (text, text), text)
+    deleting = location.PendingWrite(text, tags=(text, ""))
+    for write in (setting, deleting):
+        line = location.batch_line(2**62, write)
+        assert len(line) <= location.batch_line_most_chars(write)
+
+
+def test_a_confirmed_record_is_the_same_record_with_its_source():
+    record = Record("sip:10.0.0.1:5060", 1, 2, "f", "t")
+    assert record.confirmed_by("192.0.2.7") == Record(
+        "sip:10.0.0.1:5060", 1, 2, "f", "t", "192.0.2.7"
+    )

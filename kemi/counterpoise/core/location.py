@@ -190,6 +190,14 @@ class Record:
             return None
         return cls(proxy, since_ms, expires_ms, from_tag, to_tag, source)
 
+    def confirmed_by(self, source: str) -> Record:
+        """This dialog record with ``source``, the caller's address its ACK came from: made
+        directly, as ``dataclasses.replace`` looks the fields up at each call, and the timer
+        process confirms every call."""
+        return Record(
+            self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, source
+        )
+
     def matches_tags(self, from_tag: str, to_tag: str) -> bool:
         """Whether an in-dialog request's tags are this dialog's, in either direction (the
         callee's requests carry the tags swapped)."""
@@ -473,7 +481,30 @@ def batch_key(period: int, pid: int, part: int = 0) -> str:
 def batch_line(order_ns: int, write: PendingWrite) -> str:
     """One write in a batch, after its place in the queue's order (monotonic ns); batches
     join lines with newlines, which no encoded write holds (JSON escapes them)."""
-    return f"{order_ns:020d} {write.encode()}"
+    return f"{order_text(order_ns)} {write.encode()}"
+
+
+def order_text(order_ns: int) -> str:
+    """A write's monotonic ns as its batch line starts with it: texts that sort as the
+    numbers do."""
+    return f"{order_ns:020d}"
+
+
+BATCH_LINE_FRAME_CHARS = 64
+"""What ``batch_line`` adds around a write's texts and TTL: its order, the JSON list's
+brackets, quotes, separators and a ``null`` (under 40)."""
+
+JSON_CHARS_PER_CHAR = 12
+"""The most ``json.dumps`` writes for one character: an astral one is two ``\\uXXXX``."""
+
+
+def batch_line_most_chars(write: PendingWrite) -> int:
+    """At most how long ``batch_line`` makes the line of ``write``, counted without encoding
+    it."""
+    texts = (write.name, write.record or "", *write.tags, write.source)
+    return (
+        BATCH_LINE_FRAME_CHARS + JSON_CHARS_PER_CHAR * sum(map(len, texts)) + len(str(write.ttl_ms))
+    )
 
 
 def closed_batches(queued: Iterable[tuple[str, str]], current_period: int) -> list[tuple[str, str]]:
@@ -493,11 +524,17 @@ def batched_writes(batches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     ``coalesce``: the batch's period, then the write's monotonic ns."""
     lines = []
     for key, batch in batches:
-        period = key.partition(" ")[0]
         for line in str(batch).split("\n"):
-            order_ns, _, text = line.partition(" ")
-            lines.append((f"{period} {order_ns}", text))
+            order, _, text = line.partition(" ")
+            lines.append((order_key(key, order), text))
     return lines
+
+
+def order_key(batch: str, order: str) -> str:
+    """The place in the queue's order of a write of batch ``batch`` (``batch_key``) whose
+    line starts with ``order`` (``order_text``): the batch's period, then the write's
+    monotonic ns."""
+    return f"{batch.partition(' ')[0]} {order}"
 
 
 def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
@@ -506,15 +543,32 @@ def coalesce(queued: Iterable[tuple[str, str]]) -> list[PendingWrite]:
     one flush period costs Redis one DEL, or nothing: a delete queued after a set passed the
     SIP worker's check of its tags against that set's record). Entries that do not decode are
     skipped."""
-    latest: dict[str, PendingWrite] = {}
-    for _, text in sorted(queued):
+    return latest_writes(decoded(queued))
+
+
+def decoded(queued: Iterable[tuple[str, str]]) -> list[tuple[str, PendingWrite]]:
+    """The entries ``(key, encoded write)`` that decode, decoded; the rest left out."""
+    writes = []
+    for key, text in queued:
         try:
-            write = PendingWrite.decode(text)
+            writes.append((key, PendingWrite.decode(text)))
         except ValueError:
             continue
+    return writes
+
+
+def latest_writes(ordered: Iterable[tuple[str, PendingWrite]]) -> list[PendingWrite]:
+    """``coalesce`` of writes already decoded, each after its order key: the last per
+    Call-ID, in queue order."""
+    latest: dict[str, PendingWrite] = {}
+    for _, write in sorted(ordered, key=_order):
         latest.pop(write.name, None)
         latest[write.name] = write
     return list(latest.values())
+
+
+def _order(entry: tuple[str, PendingWrite]) -> str:
+    return entry[0]
 
 
 def within_cap(
@@ -541,10 +595,15 @@ def over_bytes(queued: Iterable[tuple[str, str]], max_bytes: int) -> list[tuple[
     fill while Redis is away. A dropped record only matters to a request that arrives
     without its route set."""
     entries = sorted(queued)
-    size = sum(len(key) + len(text) for key, text in entries)
+    size = queue_bytes(entries)
     dropped = 0
     while size > max_bytes and dropped < len(entries):
         key, text = entries[dropped]
         size -= len(key) + len(text)
         dropped += 1
     return entries[:dropped]
+
+
+def queue_bytes(queued: Iterable[tuple[str, str]]) -> int:
+    """What queue entries ``(key, value)`` hold, as ``dialog_queue_max_bytes`` counts it."""
+    return sum(len(key) + len(text) for key, text in queued)

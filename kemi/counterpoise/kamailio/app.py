@@ -733,9 +733,11 @@ class Balancer:
         if self.sync is None:
             self.sync = self._make_sync_loop()
             if self.location is not None:
-                self.dialog_events = DialogEvents(self.location)
-            if self.location is not None and self.settings.location.dialog_record_ttl_ms:
-                self.dialog_writes = DialogWriteBehind(self.settings, _notice)
+                drained = self.location
+                if self.settings.location.dialog_record_ttl_ms:
+                    self.dialog_writes = DialogWriteBehind(self.settings, _notice)
+                    drained = self.location.queueing_in(self.dialog_writes.own)
+                self.dialog_events = DialogEvents(drained)
             self.metrics = metrics.Endpoint(self.settings, _notice)
             self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
             self.node_load = node_load.NodeLoad(self.settings)
@@ -743,7 +745,7 @@ class Balancer:
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
         guard.isolated("sync tick", sync.tick)
-        guard.isolated("native dialog table", self._publish_native_dialog)
+        guard.isolated("native dialog table", lambda: self.native_dialog.publish(self.settings))
         if self.dialog_keys is not None:
             guard.isolated("dialog keys", self.dialog_keys.load)
         if self.node_load is not None:
@@ -763,12 +765,6 @@ class Balancer:
                 lambda: endpoint.after_tick(sync, clock.monotonic_s() - started_s, dialog_errors),
             )
         return TRUE
-
-    def _publish_native_dialog(self) -> None:
-        """The pool's addresses and settings the config's in-dialog route reads, from this
-        process's view of the table the tick published."""
-        self.view.refresh()
-        self.native_dialog.publish(self.view.hops, self.settings)
 
     def follow_settings(self) -> bool:
         """Take the runtime settings ``counterpoise up`` pushed since the last look; whether

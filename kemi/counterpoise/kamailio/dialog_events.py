@@ -29,16 +29,18 @@ class DialogEvents:
         if not queued:
             return
         ordered = sorted((self._after(key), key, str(line)) for key, line in queued)
-        for _, key, line in ordered:
-            KSR.htable.sht_rm(htables.DIALOG_EVENTS.name, key)
-            event = location.DialogEvent.parse(line)
-            if event is None:
-                continue
-            ids = (event.call_id, event.from_tag, event.to_tag)
-            if event.confirms:
-                self._routing.dialog_confirmed(ids, event.source)
-            else:
-                self._routing.dialog_ended(ids)
+        routing, table = self._routing, htables.DIALOG_EVENTS.name
+        with routing.counts_written_once():
+            for _, key, line in ordered:
+                KSR.htable.sht_rm(table, key)
+                event = location.DialogEvent.parse(line)
+                if event is None:
+                    continue
+                ids = (event.call_id, event.from_tag, event.to_tag)
+                if event.confirms:
+                    routing.dialog_confirmed(ids, event.source)
+                else:
+                    routing.dialog_ended(ids)
         distance, key, _ = ordered[-1]
         if distance >= 0:  # the workers bound the queue against the last slot read
             self._read = int(key)

@@ -200,7 +200,7 @@ PROXY_BY_ADDRESS = Htable(
     size=4,
     key='``"<address> <port>"`` (``edge.pool_hops``: an IP, lower case, no brackets)',
     value="the URI of the pool proxy seen at that address (the routing table's)",
-    writers=("kamailio.shared.SharedTable",),
+    writers=("kamailio.pool_addresses.PoolAddresses",),
     readers=("kamailio.app.Balancer",),
     native=("CP_HEARD", "CP_PROVISIONAL"),
 )
@@ -432,7 +432,7 @@ POOL_ADDRESSES = Htable(
         "its addresses"
     ),
     value="int: 1",
-    writers=("kamailio.native_dialog.NativeDialogTable",),
+    writers=("kamailio.pool_addresses.PoolAddresses",),
     readers=("cfg:CP_IN_DIALOG", "cfg:request_route"),
     operators=(
         "read by ``embed/counterpoise-dialog.cfg``'s ``CP_IN_DIALOG``; ``htable.dump cpaddr``: "

@@ -24,7 +24,8 @@ a 200 finds it; a node-private JSON list read back without the checks a record f
 needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues the Redis
 write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
 (In a native config the worker only queues the sealed ACK or BYE for the timer process, which
-calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``.)
+calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``; it
+queues their writes in its own memory, ``OwnWrites``, flushed with the shared queue.)
 A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
 most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
 two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no
@@ -36,9 +37,10 @@ records (counted in Redis by the timer process, against the source each queued s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import KSR
 
@@ -68,13 +70,19 @@ def _text(spec: str) -> str:
 class LocationRouting:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self._settings = settings
+        self._log = log
         self._store: LocationStore | None = None
         self._pid = 0
         self._batch_of = (0, 0, 0)
         """The period, process and part of ``_batch`` (``location.batch_key``): a fresh list
         in a new period or process, or once it holds ``location.QUEUE_BATCH_WRITES``."""
         self._batch: list[str] = []
+        self._own_writes: OwnWrites | None = None
+        """Where the timer process queues the writes of the events it drains
+        (``queueing_in``); None in a SIP worker: shared memory."""
         self._counters = Counters(htables.LOCATION_COUNTERS)
+        self._held_counts: dict[str, int] | None = None
+        """The counts made inside ``counts_written_once``, written at its end."""
         self._guard = Guarded.with_backoff_of(
             settings,
             ERRORS,
@@ -106,7 +114,32 @@ class LocationRouting:
         return ok, (results[0] if ok else None)
 
     def count(self, name: str, amount: int = 1) -> None:
-        self._counters.count(name, amount)
+        held = self._held_counts
+        if held is None:
+            self._counters.count(name, amount)
+        else:
+            held[name] = held.get(name, 0) + amount
+
+    @contextlib.contextmanager
+    def counts_written_once(self) -> Iterator[None]:
+        """The counts made inside are written at its end, in one write: the timer process
+        handles a tick's dialog events at once, not one shared-memory write per event."""
+        self._held_counts = held = {}
+        try:
+            yield
+        finally:
+            self._held_counts = None
+            if held:
+                self._counters.add(held)
+
+    def queueing_in(self, own: OwnWrites) -> LocationRouting:
+        """For the timer process, which flushes the queue itself: this location server with
+        its counters, whose dialog writes (of the events the timer drains) are queued in
+        ``own``, not in shared memory."""
+        routing = LocationRouting(self._settings, self._log)
+        routing._counters = self._counters
+        routing._own_writes = own
+        return routing
 
     def _recordable(self, call_id: str, *tags: str) -> bool:
         """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
@@ -244,9 +277,13 @@ class LocationRouting:
             self._batch_of, self._batch = (*now, 0), []
         elif len(self._batch) >= location.QUEUE_BATCH_WRITES:
             self._batch_of, self._batch = (period, pid, part + 1), []
-        self._batch.append(location.batch_line(clock.monotonic_ns(), write))
-        key = location.batch_key(*self._batch_of)
-        KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
+        order_ns, key = clock.monotonic_ns(), location.batch_key(*self._batch_of)
+        if self._own_writes is not None:
+            self._batch.append("")  # counted only: the writes are kept as they are
+            self._own_writes.add(key, order_ns, write)
+        else:
+            self._batch.append(location.batch_line(order_ns, write))
+            KSR.htable.sht_sets(htables.DIALOG_WRITES.name, key, "\n".join(self._batch))
 
     # --- in-dialog requests --------------------------------------------------------------------
 
@@ -301,7 +338,7 @@ class LocationRouting:
         call_id, tags, record = found
         if record is None or record.source or not record.matches_tags(*tags):
             return  # not a dialog of this node's, or confirmed already
-        confirmed = dataclasses.replace(record, source=location.source_of(caller_host))
+        confirmed = record.confirmed_by(location.source_of(caller_host))
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
         self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))
@@ -323,6 +360,68 @@ class LocationRouting:
         self._queue(location.PendingWrite(call_id, tags=tags))
 
 
+@dataclasses.dataclass
+class _OwnWrite:
+    """One write of ``OwnWrites``: its line's length is bounded until it is encoded."""
+
+    order_ns: int
+    write: location.PendingWrite
+    chars: int
+    """At most its line's length (``location.batch_line_most_chars``), exact once encoded."""
+    line: str | None = None
+
+
+class OwnWrites:
+    """The timer process's own queue of dialog writes (those of the events it drains), in
+    its memory, in the batches a worker's would be in shared memory, each write kept as it
+    is with its monotonic ns: the flush takes them with the shared queue's entries, with no
+    shared-memory write per event and no encoding or decoding, unless the queue may be near
+    its bound (``dialog_queue_max_bytes``: ``entries``); each write is encoded once at most."""
+
+    def __init__(self) -> None:
+        self._batches: dict[str, list[_OwnWrite]] = {}
+        self._most_bytes = 0
+        """At most what ``entries(encoded=True)`` holds, keys and values (exact once all of
+        it was encoded)."""
+
+    def add(self, key: str, order_ns: int, write: location.PendingWrite) -> None:
+        queued = _OwnWrite(order_ns, write, location.batch_line_most_chars(write))
+        batch = self._batches.setdefault(key, [])
+        self._most_bytes += queued.chars + (1 if batch else len(key))  # a newline, or the key
+        batch.append(queued)
+
+    def most_bytes(self) -> int:
+        return self._most_bytes
+
+    def entries(self, encoded: bool) -> list[tuple[str, str]]:
+        """The batches as the shared queue's entries ``(key, batch)``; the batches empty
+        unless ``encoded`` (only their size is wanted: the flush takes the writes by key)."""
+        if not encoded:
+            return [(key, "") for key in self._batches]
+        return [(key, "\n".join(map(self._line, batch))) for key, batch in self._batches.items()]
+
+    def _line(self, queued: _OwnWrite) -> str:
+        if queued.line is None:
+            queued.line = location.batch_line(queued.order_ns, queued.write)
+            self._most_bytes += len(queued.line) - queued.chars
+            queued.chars = len(queued.line)
+        return queued.line
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._batches
+
+    def writes(self, key: str) -> list[tuple[str, location.PendingWrite]]:
+        """The writes of batch ``key``, each after its order key (``location.order_key``)."""
+        return [
+            (location.order_key(key, location.order_text(queued.order_ns)), queued.write)
+            for queued in self._batches[key]
+        ]
+
+    def remove(self, key: str) -> None:
+        batch = self._batches.pop(key)
+        self._most_bytes -= len(key) + len(batch) - 1 + sum(queued.chars for queued in batch)
+
+
 class DialogWriteBehind:
     """The timer process's side: sends the queued dialog writes of the closed batches to
     Redis, one pipeline per tick, and removes them from the queue once Redis took them (kept
@@ -331,6 +430,8 @@ class DialogWriteBehind:
     def __init__(self, settings: Settings, log: Callable[[str], None]) -> None:
         self._settings = settings
         self._log = log
+        self.own = OwnWrites()
+        """The writes of the dialog events this process drains (``LocationRouting.queueing_in``)."""
         self._store: LocationStore | None = None
         self._guard = Guarded.with_backoff_of(
             settings, ERRORS, log, "Redis (dialog records)", "dialog writes stay queued"
@@ -343,13 +444,16 @@ class DialogWriteBehind:
         return self._guard.errors
 
     def flush(self) -> None:
+        own, max_bytes = self.own, self._settings.location.dialog_queue_max_bytes
         queued = shared.items(htables.DIALOG_WRITES)
+        near = location.queue_bytes(queued) + own.most_bytes() > max_bytes
+        queued += own.entries(encoded=near)
         if not queued:
             return
-        oldest = location.over_bytes(queued, self._settings.location.dialog_queue_max_bytes)
+        oldest = location.over_bytes(queued, max_bytes) if near else []
         if oldest:
             for key, _ in oldest:
-                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
+                self._remove(key)
             lost = len(location.batched_writes(oldest))
             self.dropped += lost
             self._log(f"dropped {lost} queued dialog writes ({self.dropped} in all)")
@@ -358,7 +462,10 @@ class DialogWriteBehind:
         queued = location.closed_batches(queued, clock.monotonic_ms() // location.QUEUE_BATCH_MS)
         if not queued:
             return
-        writes = location.coalesce(location.batched_writes(queued))
+        writes = location.latest_writes(
+            location.decoded(location.batched_writes(e for e in queued if e[0] not in own))
+            + [write for key, _ in queued if key in own for write in own.writes(key)]
+        )
         cap = self._settings.location.dialog_records_per_source
         outcomes: list[DialogFlush] = []
         if self._guard.call(
@@ -366,11 +473,17 @@ class DialogWriteBehind:
             lambda: outcomes.append(self._redis().apply_dialogs(writes, clock.wall_ms(), cap)),
         ):
             for key, _ in queued:
-                KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
+                self._remove(key)
             if outcomes[0].capped:
                 EDGE.count(CAPPED_DIALOG, outcomes[0].capped)
             if outcomes[0].forged:
                 EDGE.count(FORGED_BYE, outcomes[0].forged)
+
+    def _remove(self, key: str) -> None:
+        if key in self.own:
+            self.own.remove(key)
+        else:
+            KSR.htable.sht_rm(htables.DIALOG_WRITES.name, key)
 
     def _redis(self) -> LocationStore:
         if self._store is None:

@@ -1,16 +1,14 @@
 """What the config's own dialog routes (``embed/counterpoise-dialog.cfg``) read from the timer
-process: the pool's addresses (``core.dialog_seal.source_keys``), the in-dialog timer, whether
-the location server is on and the bounds of its queue of dialog events; and the edge counters
-and queue slots they count, created at 0 (``$shtinc`` creates no key). Written at each sync
-tick, only what changed."""
+process, beside the pool's addresses (``kamailio.pool_addresses``): the in-dialog timer,
+whether the location server is on and the bounds of its queue of dialog events; and the edge
+counters and queue slots they count, created at 0 (``$shtinc`` creates no key). Written at
+each sync tick, only what changed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import KSR
 
-from counterpoise.core import dialog_seal, edge, location
+from counterpoise.core import location
 from counterpoise.core.settings import Settings
 from counterpoise.kamailio import htables
 
@@ -19,11 +17,9 @@ class NativeDialogTable:
     """The timer process's side; it alone writes these keys, so it remembers what it wrote."""
 
     def __init__(self) -> None:
-        self._hops: Mapping[str, frozenset[edge.Address]] | None = None
-        self._keys: frozenset[str] = frozenset()
         self._settings: tuple[int, int, int] | None = None
 
-    def publish(self, hops: Mapping[str, frozenset[edge.Address]], settings: Settings) -> None:
+    def publish(self, settings: Settings) -> None:
         if self._settings is None:
             for name in htables.NATIVE_EDGE_COUNTERS:
                 if KSR.htable.sht_is_null(htables.EDGE_COUNTERS.name, name) > 0:
@@ -48,11 +44,3 @@ class NativeDialogTable:
             KSR.htable.sht_seti(table, htables.IN_DIALOG_FR_TIMER_MS, wanted[0])
             KSR.htable.sht_seti(table, htables.DIALOG_EVENT_MAX_CHARS, wanted[1])
             KSR.htable.sht_seti(table, htables.LOCATION_SERVER, wanted[2])
-        if hops != self._hops:
-            self._hops = hops
-            keys = dialog_seal.source_keys(hops)
-            for key in keys - self._keys:
-                KSR.htable.sht_seti(htables.POOL_ADDRESSES.name, key, 1)
-            for key in self._keys - keys:
-                KSR.htable.sht_rm(htables.POOL_ADDRESSES.name, key)
-            self._keys = keys

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 from collections.abc import Mapping, Sequence
 
 import KSR
@@ -26,12 +25,14 @@ from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.htables import Htable
+from counterpoise.kamailio.pool_addresses import PoolAddresses, resolve
 from counterpoise.monitoring import node as node_metrics
 
 HEARD_EVERY_MS = 100
 """A worker writes a proxy's sign of life at most this often: half a sync tick, so every
 tick sees it, at no more than 10 shared-memory writes a second per proxy and worker."""
 _ITERATOR = "cpit"
+_ITEM_KEY, _ITEM_VALUE = f"$shtitkey({_ITERATOR})", f"$shtitval({_ITERATOR})"
 LOAD_HEADERS_MEMO = 256
 """Distinct ``X-CP-Load`` values a worker remembers the reading of: a proxy states small
 counts, so its replies repeat a few values, and a reply costs a dict lookup, not a parse."""
@@ -160,33 +161,15 @@ class SharedTable:
         return _int(htables.NODE_COUNTERS, node_metrics.SHED)
 
     def __init__(self) -> None:
-        self._pool_uris: frozenset[str] | None = None
-        """The proxies whose addresses ``PROXY_BY_ADDRESS`` holds (None: not written yet)."""
+        self._addresses = PoolAddresses()
 
     def publish_table(self, entries: Sequence[RoutingEntry]) -> None:
         KSR.htable.sht_sets(
             htables.ROUTING.name, htables.ROUTING_TABLE, routing_table.encode(entries)
         )
-        self._publish_proxy_addresses(frozenset(entry.uri for entry in entries))
+        # Before the version: a worker that sees the new table finds its proxies' addresses.
+        self._addresses.publish(frozenset(entry.uri for entry in entries))
         bump_version()
-
-    def _publish_proxy_addresses(self, uris: frozenset[str]) -> None:
-        """Where each proxy of the table may be seen, for the native routes: rewritten only
-        when the proxies change (names are resolved then, not per reply)."""
-        if uris == self._pool_uris:
-            return
-        self._pool_uris = uris
-        addresses = {
-            f"{host} {port}": uri
-            for uri, hops in edge.pool_hops(sorted(uris), resolve).items()
-            for host, port in hops
-        }
-        table = htables.PROXY_BY_ADDRESS.name
-        for key, _ in items(htables.PROXY_BY_ADDRESS):
-            if key not in addresses:
-                KSR.htable.sht_rm(table, key)
-        for key, uri in addresses.items():
-            KSR.htable.sht_sets(table, key, uri)
 
 
 def bump_version() -> None:
@@ -216,14 +199,6 @@ class SettingsFeed:
         self._version = version
         raw = KSR.htable.sht_get(htables.ROUTING.name, htables.RUNTIME_SETTINGS)
         return json.loads(raw) if isinstance(raw, str) else None
-
-
-def resolve(host: str) -> list[str]:
-    """The addresses of a proxy named by a host name (once per pool change, not per request)."""
-    try:
-        return [info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)]
-    except OSError:
-        return []
 
 
 class WorkerView:
@@ -372,13 +347,13 @@ def _number(value: object) -> int:
 
 def items(table: Htable) -> list[tuple[str, str]]:
     """Every key and value of a hash table (values as strings)."""
-    items = []
-    if KSR.htable.sht_iterator_start(_ITERATOR, table.name) < 0:
+    items: list[tuple[str, str]] = []
+    htable, get = KSR.htable, KSR.pv.gete
+    if htable.sht_iterator_start(_ITERATOR, table.name) < 0:
         return items
     try:
-        while KSR.htable.sht_iterator_next(_ITERATOR) > 0:
-            key = KSR.pv.gete(f"$shtitkey({_ITERATOR})")
-            items.append((key, KSR.pv.gete(f"$shtitval({_ITERATOR})")))
+        while htable.sht_iterator_next(_ITERATOR) > 0:
+            items.append((get(_ITEM_KEY), get(_ITEM_VALUE)))
     finally:
-        KSR.htable.sht_iterator_end(_ITERATOR)
+        htable.sht_iterator_end(_ITERATOR)
     return items
