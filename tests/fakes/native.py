@@ -23,10 +23,10 @@ def _param(uri: str | None, name: str) -> str:
 
 
 def _secret(ksr: FakeKsr, key_id: str) -> bytes | None:
-    value = ksr.htables["cpkey"].get(key_id)
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}", key_id):
+    value = ksr.htables["cpkey"].get(f"hex {key_id}")
+    if not isinstance(value, str) or len(key_id) > 9:
         return None
-    return bytes.fromhex(value.partition(" ")[2])
+    return bytes.fromhex(value)
 
 
 def _count(ksr: FakeKsr, table: str, key: str) -> None:

@@ -62,8 +62,10 @@ def users(constant: str) -> set[str]:
 
 
 KAMAILIO_CFG = KEMI.parent / "kamailio.cfg"
+NATIVE_CONFIGS = (KAMAILIO_CFG, EMBED_CFG, EMBED_CFG.with_name("counterpoise-dialog.cfg"))
 CFG_USER = "cfg:"
-"""A writer or reader that is a route of the native configs (``cfg:CP_FLOOD``), not Python."""
+"""A writer or reader that is a route block of the native configs (``cfg:CP_FLOOD``), not
+Python."""
 
 
 def test_the_include_creates_the_declared_tables_as_declared_in_their_order():
@@ -76,12 +78,30 @@ def test_the_turnkey_config_takes_its_tables_from_the_include():
     assert re.search(r'^include_file "embed/counterpoise.cfg"$', text, re.M)
 
 
-def cfg_routes() -> set[str]:
-    """The route blocks of the native configs, by name (``request_route`` for the main one)."""
-    configs = (KAMAILIO_CFG, EMBED_CFG, EMBED_CFG.with_name("counterpoise-dialog.cfg"))
-    text = "".join(cfg.read_text() for cfg in configs)
-    named = set(re.findall(r"^(?:\w+_)?route\[(\w+)\]", text, re.M))
-    return named | set(re.findall(r"^(\w+_route) \{", text, re.M))
+def cfg_blocks() -> dict[str, str]:
+    """The route blocks of the native configs, by name (``request_route`` for the main one):
+    their bodies."""
+    text = "".join(cfg.read_text() for cfg in NATIVE_CONFIGS)
+    block = re.compile(r"^(?:\w*route\[([\w:]+)\]|(\w+_route)) \{\n(.*?)^\}", re.M | re.S)
+    return {m.group(1) or m.group(2): m.group(3) for m in block.finditer(text)}
+
+
+def table_uses(body: str, table: str) -> tuple[bool, bool, bool]:
+    """Whether a route body writes the table (an assignment, ``$shtinc``, ``$shtdec``), reads
+    an entry of it (``$sht`` not assigned), or takes a count from it (``$shtinc``,
+    ``$shtdec``: their value is the count)."""
+    writes = reads = counts = False
+    for found in re.finditer(rf"\$(sht|shtinc|shtdec|shtex)\({table}=>", body):
+        end, depth = found.end(), 1
+        while depth:
+            depth += {"(": 1, ")": -1}.get(body[end], 0)
+            end += 1
+        assigned = re.match(r"\s*=(?!=)", body[end:]) is not None
+        counting = found.group(1) in ("shtinc", "shtdec")
+        writes |= assigned or counting
+        reads |= found.group(1) == "sht" and not assigned
+        counts |= counting
+    return writes, reads, counts
 
 
 def test_every_declared_table_is_listed_once_under_its_own_name():
@@ -94,30 +114,29 @@ def test_every_declared_table_is_listed_once_under_its_own_name():
 def test_a_table_is_used_by_the_modules_that_write_and_read_it(constant: str):
     table = DECLARED[constant]
     assert table.writers
-    assert table.readers or table.operators or table.native  # written for someone
+    assert table.readers or table.operators  # written for someone
     paths = table.writers + table.readers
     python = [path for path in paths if not path.startswith(CFG_USER)]
     assert users(constant) == {module_of(path) for path in python}
-    assert {path.removeprefix(CFG_USER) for path in paths if path not in python} <= cfg_routes()
+    assert cfg_named(paths) <= set(cfg_blocks())
 
 
-def native_blocks() -> dict[str, str]:
-    """The native include's route blocks, by name: their bodies."""
-    return dict(re.findall(r"^\w*route\[(\w+)\] \{\n(.*?)^\}", EMBED_CFG.read_text(), re.M | re.S))
+def cfg_named(paths: tuple[str, ...]) -> set[str]:
+    return {path.removeprefix(CFG_USER) for path in paths if path.startswith(CFG_USER)}
 
 
-@pytest.mark.parametrize("constant", sorted(c for c, t in DECLARED.items() if t.native))
-def test_the_native_routes_a_table_names_use_it(constant: str):
-    table, blocks = DECLARED[constant], native_blocks()
-    for route in table.native:
-        assert re.search(rf"\$sht\w*\({table.name}=>", blocks[route]), route
-
-
-def test_a_table_the_native_routes_use_names_them():
-    blocks = native_blocks()
-    for table in htables.ALL:
-        using = {name for name, body in blocks.items() if f"({table.name}=>" in body}
-        assert using == set(table.native), table.name
+@pytest.mark.parametrize("constant", sorted(DECLARED))
+def test_the_config_routes_a_table_names_are_those_that_write_and_read_it(constant: str):
+    table, blocks = DECLARED[constant], cfg_blocks()
+    uses = {name: table_uses(body, table.name) for name, body in blocks.items()}
+    writing = {name for name, (writes, _, _) in uses.items() if writes}
+    reading = {name for name, (_, reads, _) in uses.items() if reads}
+    counting = {name for name, (_, _, counts) in uses.items() if counts}
+    assert cfg_named(table.writers) == writing
+    assert reading <= cfg_named(table.readers) <= reading | counting
+    assert {name for name, body in blocks.items() if f"({table.name}=>" in body} == (
+        cfg_named(table.writers) | cfg_named(table.readers)
+    )
 
 
 def test_no_table_is_named_outside_the_declaration():

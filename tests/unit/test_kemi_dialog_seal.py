@@ -118,6 +118,23 @@ def test_a_key_is_read_and_parsed_anew_only_when_the_published_version_moves(
     assert keys.secret("7") is None
 
 
+def test_each_key_is_published_with_its_secret_hex_apart_before_the_signing_id(
+    node: Node, ksr: FakeKsr
+):
+    """The config's dialog routes take a key's hex text as it is (``native_mac``): no parse
+    per message; a route that reads the signing id finds that key's secret."""
+    from counterpoise.kamailio import dialog_keys
+
+    table = ksr.htables[htables.DIALOG_KEYS.name]
+    ksr.calls.clear()
+    dialog_keys.publish({"4": DialogKey("4", 0, bytes(range(32)))}, node.clock.wall_ms())
+    assert table["hex 4"] == "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    written = [args[1] for args in ksr.called("htable.sht_sets")]
+    assert written.index("hex 4") < written.index(htables.DIALOG_SIGNING_KEY)
+    dialog_keys.publish({}, node.clock.wall_ms())
+    assert "hex 4" not in table
+
+
 def test_a_reload_that_changes_nothing_leaves_the_published_version_alone(node: Node, ksr: FakeKsr):
     from counterpoise.kamailio import dialog_keys
 

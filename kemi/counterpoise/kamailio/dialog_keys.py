@@ -73,14 +73,21 @@ class DialogKeyLoader:
         return self._store
 
 
+def hex_name(key_id: str) -> str:
+    """The name of the entry holding key ``key_id``'s secret hex alone."""
+    return htables.DIALOG_KEY_HEX + key_id
+
+
 def publish(ring: dict[str, DialogKey], now_wall_ms: int) -> None:
-    """Make ``ring`` the workers' keys; the signing key is the newest active one. The
+    """Make ``ring`` the workers' keys; the signing key is the newest active one, written
+    after the keys (a route that reads its id finds its secret). The
     published version moves only when a key or the signing key changed: every worker then
     reads the ring anew (``WorkerKeys``), so a removed key stops verifying at its next
     request."""
     table = htables.DIALOG_KEYS.name
     shown = dict(shared.items(htables.DIALOG_KEYS))
     wanted = {key_id: key.encode() for key_id, key in ring.items()}
+    wanted.update({hex_name(key_id): key.secret.hex() for key_id, key in ring.items()})
     current = dialog_seal.signing_key(ring, now_wall_ms)
     if current is not None:
         wanted[htables.DIALOG_SIGNING_KEY] = current.key_id

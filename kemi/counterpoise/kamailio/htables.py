@@ -6,7 +6,9 @@ the sync loop, and the release timer of held requests. ``kamailio.cfg`` creates 
 with ``modparam("htable", "htable", ...)`` lines equal to ``Htable.definition``
 (``tests/unit/test_htables.py`` keeps the two in step); every module touching a table takes
 its name, and its fixed keys, from here. Writers and readers are named by their path under
-``counterpoise``; the same test checks that the modules they name are those that use it.
+``counterpoise``, or, for a route block of the native configs (``kamailio.cfg`` and the
+includes ``embed/counterpoise.cfg``, ``embed/counterpoise-dialog.cfg``), by ``cfg:`` and its
+name; the same test checks that the modules and routes they name are those that use it.
 
 This module imports nothing of Kamailio, so the CLI, which writes the runtime settings over
 JSON-RPC, uses it too.
@@ -29,7 +31,8 @@ class Htable:
     """What a key holds."""
     writers: tuple[str, ...]
     """The code that writes it: paths under ``counterpoise``, of a module or of a class,
-    function or name in one."""
+    function or name in one; ``cfg:<route>``, a route block of the native configs
+    (``cfg:request_route`` for the main one)."""
     readers: tuple[str, ...]
     autoexpire_s: int = 0
     """Each entry is dropped this long after its latest write; 0: never."""
@@ -37,9 +40,6 @@ class Htable:
     """What ``sht_inc`` starts a missing key from; None: it does not create the key."""
     operators: str = ""
     """What an operator reads of it with ``kamcmd``."""
-    native: tuple[str, ...] = ()
-    """The route blocks of the native include (``embed/counterpoise.cfg``) that write or
-    read it: the native embedding's reply routes do without Python."""
 
     def definition(self) -> str:
         """The table as ``kamailio.cfg``'s ``modparam("htable", "htable", ...)`` gives it."""
@@ -102,12 +102,14 @@ ROUTING = Htable(
         "kamailio.node_load.NodeLoad.tick",
         "kamailio.native_dialog.NativeDialogTable",
         "kamailio.dialog_events.DialogEvents.drain",
-        "cfg:CP_IN_DIALOG",
+        "cfg:CP_DIALOG_EVENT",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
         "kamailio.shared.bump_version",
         "kamailio.shared.SettingsFeed.changes",
+        "cfg:CP_IN_DIALOG",
+        "cfg:CP_DIALOG_EVENT",
     ),
 )
 """The sync loop publishes the table every SIP worker routes with; ``counterpoise up`` pushes
@@ -137,9 +139,12 @@ AWAITING = Htable(
         "int: requests relayed in that epoch that the proxy has not answered yet but for its "
         "100 Trying (in its queue or its workers' hands): what holding limits (``core.hold``)"
     ),
-    writers=("kamailio.shared.awaiting_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
+    writers=(
+        "kamailio.shared.awaiting_add",
+        "kamailio.shared.SharedTable.drop_stale_inflight",
+        "cfg:CP_PROVISIONAL",
+    ),
     readers=("kamailio.shared.awaiting",),
-    native=("CP_PROVISIONAL",),
 )
 """A ringing call has left it: its ringing time is the callee's (the native include's reply
 route counts it out with ``$shtdec``, on the same key)."""
@@ -187,9 +192,8 @@ HEARD = Htable(
         "replies included: its signs of life (``policy``); in Python ``attempts.stamp()``, in "
         "the native include's core reply route the script clock (``clock.script_ms``)"
     ),
-    writers=("kamailio.shared.WorkerView.note_heard",),
-    readers=("kamailio.shared.SharedTable.read_heard",),
-    native=("CP_HEARD",),
+    writers=("kamailio.shared.WorkerView.note_heard", "cfg:CP_HEARD"),
+    readers=("kamailio.shared.SharedTable.read_heard", "cfg:CP_HEARD"),
 )
 """Written at most every ``shared.HEARD_EVERY_MS`` per key. Its reader only asks whether a
 key's value changed since its last look, so the two writers' clocks never meet: a worker
@@ -201,8 +205,7 @@ PROXY_BY_ADDRESS = Htable(
     key='``"<address> <port>"`` (``edge.pool_hops``: an IP, lower case, no brackets)',
     value="the URI of the pool proxy seen at that address (the routing table's)",
     writers=("kamailio.pool_addresses.PoolAddresses",),
-    readers=("kamailio.app.Balancer",),
-    native=("CP_HEARD", "CP_PROVISIONAL"),
+    readers=("kamailio.app.Balancer", "cfg:CP_HEARD", "cfg:CP_PROVISIONAL"),
 )
 """Rewritten by the timer process when the pool's proxies change: a native route finds the
 proxy a reply came from with one lookup of ``$si $sp``, as ``edge.from_pool`` does over UDP
@@ -324,7 +327,7 @@ DIALOG_EVENTS = Htable(
         '``"confirm <from tag> <to tag> <source ip> <Call-ID>"`` (an ACK) or ``"end <from tag>'
         ' <to tag> <Call-ID>"`` (a relayed BYE), of a request whose seal the config checked'
     ),
-    writers=("cfg:CP_IN_DIALOG", "kamailio.dialog_events.DialogEvents.drain"),
+    writers=("cfg:CP_DIALOG_EVENT", "kamailio.dialog_events.DialogEvents.drain"),
     readers=("kamailio.dialog_events.DialogEvents.drain",),
 )
 """The sealed ACKs and BYEs of a native config's in-dialog route, for the timer process to
@@ -399,6 +402,10 @@ EDGE_COUNTERS = Htable(
         "kamailio.counters.EDGE",
         "kamailio.native_dialog.NativeDialogTable",
         "cfg:CP_FLOOD",
+        "cfg:CP_FLOODING_WINDOW",
+        "cfg:CP_DENY",
+        "cfg:CP_UNSEALED",
+        "cfg:CP_DIALOG_EVENT",
     ),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",
@@ -408,16 +415,24 @@ config route counts with ``$shtinc``, which creates no key: the timer process cr
 at 0."""
 
 DIALOG_SIGNING_KEY = "signing"
+DIALOG_KEY_HEX = "hex "
+"""Before a key id: that key's secret alone, for the config's dialog routes, which take the
+hex text as the key (``core.dialog_seal.native_mac``) and so parse nothing per message."""
 DIALOG_KEYS = Htable(
     name="cpkey",
     size=2,
-    key=f"a key id of the ring; ``{DIALOG_SIGNING_KEY}``",
+    key=f"a key id of the ring; ``{DIALOG_SIGNING_KEY}``; ``{DIALOG_KEY_HEX}<key id>``",
     value=(
         "``<active from, epoch ms> <secret hex>`` (``core.dialog_seal.DialogKey``); the id "
-        "of the key new Record-Routes are sealed with"
+        "of the key new Record-Routes are sealed with; that key's secret hex"
     ),
     writers=("kamailio.dialog_keys.publish",),
-    readers=("kamailio.dialog_keys.publish", "kamailio.dialog_keys.WorkerKeys"),
+    readers=(
+        "kamailio.dialog_keys.publish",
+        "kamailio.dialog_keys.WorkerKeys",
+        "cfg:CP_IN_DIALOG",
+        "cfg:CP_SEAL",
+    ),
     operators="``htable.dump cpkey`` shows the secrets: the control socket is the admin's",
 )
 """The Redis key ring (``store.dialog_keys``), copied by the timer process each second, so a
@@ -450,7 +465,7 @@ NODE_COUNTERS = Htable(
     size=6,
     key='the names in ``monitoring.node`` (``"failover <proxy uri>"`` per proxy)',
     value="int: the node's count",
-    writers=("kamailio.metrics.count", "kamailio.metrics.Endpoint"),
+    writers=("kamailio.metrics.count", "kamailio.metrics.Endpoint", "cfg:CP_IN_DIALOG"),
     readers=("kamailio.metrics.Endpoint", "kamailio.shared.SharedTable.shed_count"),
 )
 """The SIP workers count with ``sht_inc`` (one atomic write per event); it does not create a
