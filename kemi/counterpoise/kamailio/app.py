@@ -600,13 +600,12 @@ class Balancer:
                         self.settings.failover.fr_inv_timer_ms, 0
                     )  # ringing: its full time
             return TRUE
-        result = attempts.Outcome.NOT_THE_PROXY
+        result, load = attempts.Outcome.NOT_THE_PROXY, None
         try:
             result = attempts.outcome(status, attempt.first_reply_ms is not None, from_proxy)
-            if from_proxy:
-                self._note_load_header(uri, write=False)  # written with the outcome
+            load = read.header(LOAD_HEADER) if from_proxy else None
         finally:  # whatever happened above, the attempt is over: its in-flight count comes down
-            self._count_outcome(attempt, uri, result, elapsed)
+            self._count_outcome(attempt, uri, result, elapsed, load=load)
         if self.location is not None and 200 <= status < 300 and from_proxy:
             self.location.on_2xx(uri)
         return TRUE
@@ -673,15 +672,20 @@ class Balancer:
         result: attempts.Outcome,
         elapsed: int,
         timed_out: bool = False,
+        load: str | None = None,
     ) -> None:
+        """Count the attempt's outcome, out of flight, with the load its final reply stated
+        (``load``: its ``X-CP-Load``, if any) and the load its provisional replies did."""
         sent = _sent(attempt)
         shared.inflight_add(uri, -1, sent)
         if attempt.first_reply_ms is None:
             shared.awaiting_add(uri, -1, sent)
         attempt.mark_counted(timed_out)
+        loads = [] if load is None else [load]
         if self.routes.times_provisional:  # the load its provisional replies stated
-            for value in attempt.load_headers:
-                self.view.note_load_header(uri, value, write=False)  # written with the outcome
+            loads += attempt.load_headers
+        if loads:
+            self.view.note_load_headers(uri, loads, write=False)  # written with the outcome
         if timed_out:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
             return
@@ -718,12 +722,11 @@ class Balancer:
                 probes.hang_up(uri)
         return TRUE
 
-    def _note_load_header(self, uri: str, write: bool = True) -> None:
-        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy
-        (``write``: as ``WorkerView.note_load_header``)."""
+    def _note_load_header(self, uri: str) -> None:
+        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
         value = read.header(LOAD_HEADER)  # "": present but not UTF-8, a rejected header
         if value is not None:
-            self.view.note_load_header(uri, value, write)
+            self.view.note_load_headers(uri, (value,))
 
     @hook("sync")
     def sync_tick(self) -> int:

@@ -167,7 +167,7 @@ REJECTIONS = Htable(
         'location record a worker rejected, ``"<key>: <why>"``'
     ),
     writers=(
-        "kamailio.shared.WorkerView.note_load_header",
+        "kamailio.shared.WorkerView.note_load_headers",
         "kamailio.location.LocationRouting",
     ),
     readers=(
