@@ -312,6 +312,11 @@ class Decision:
     holder: Holder | None = None
 
 
+BY_WEIGHT = Decision()
+"""No record steers the request: it is chosen by weight (most initial requests: one shared,
+frozen answer, not one made per request)."""
+
+
 def decide(
     found: Holder | None,
     usable: bool,
@@ -330,7 +335,7 @@ def decide(
     ``Fallback.WEIGHT`` another proxy may serve the user, so the request goes by weight, and
     a REGISTER always does (the user moves to a proxy that answers)."""
     if found is None:
-        return Decision(outcome="none")
+        return BY_WEIGHT
     if usable or (set_aside and not is_register and fallback == Fallback.REJECT):
         return Decision(proxy=found.proxy, outcome=found.source, holder=found)
     if is_register or fallback == Fallback.WEIGHT:
@@ -341,7 +346,7 @@ def decide(
 def encode_counts(counts: Mapping[str, int]) -> str:
     """One process's counters as one shared-memory value (``kamailio.counters``):
     ``"name=count name=count ..."``; names hold neither spaces nor ``=``."""
-    return " ".join(f"{name}={count}" for name, count in counts.items())
+    return " ".join([f"{name}={count}" for name, count in counts.items()])
 
 
 def sum_counters(dump: Mapping[str, object]) -> dict[str, int]:

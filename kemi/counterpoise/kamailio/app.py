@@ -415,7 +415,7 @@ class Balancer:
         """What the location records say of this initial request: its holder's proxy, a
         rejection (``location_fallback = "reject"``), or nothing (choose by weight)."""
         if self.location is None:
-            return location.Decision()
+            return location.BY_WEIGHT
         try:
             view = self.view
             return self.location.route_initial(

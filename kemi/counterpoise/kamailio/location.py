@@ -130,11 +130,11 @@ class LocationRouting:
         is_register = KSR.is_REGISTER()
         user, host = (_text("$tU"), _text("$td")) if is_register else (_text("$rU"), _text("$rd"))
         if not user or not host:
-            return location.Decision()
+            return location.BY_WEIGHT
         name = location.aor(user, host)
         if not edge.recordable(name, self._settings.location.record_aor_max_chars):
             self.count("too_long")
-            return location.Decision()
+            return location.BY_WEIGHT
         if is_register:
             avps.set_aor(name)
         # A REGISTER always reads Redis: its 2xx is what changes the records.
