@@ -177,8 +177,8 @@ class Record:
         """This node's own copy of a dialog record (``htables.DIALOGS``): a JSON list, which
         ``from_local`` reads back without the checks of a record from Redis (only this node's
         workers write that table)."""
-        return json.dumps(
-            [self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, self.source]
+        return local_dialog_record(
+            self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, self.source
         )
 
     @classmethod
@@ -196,6 +196,20 @@ class Record:
         if not (self.from_tag or self.to_tag):
             return True
         return {from_tag, to_tag} == {self.from_tag, self.to_tag}
+
+
+def local_dialog_record(
+    proxy: str, since_ms: int, expires_ms: int, from_tag: str, to_tag: str, source: str = ""
+) -> str:
+    """``Record.to_local`` of these fields, written by a SIP worker for each 2xx of an INVITE:
+    the text ``json.dumps`` makes of the list, each string escaped by the encoder's own
+    function, without a ``Record`` or an encoder made per call."""
+    proxy, from_tag, to_tag, source = map(_json_string, (proxy, from_tag, to_tag, source))
+    return f"[{proxy}, {since_ms}, {expires_ms}, {from_tag}, {to_tag}, {source}]"
+
+
+_json_string = json.encoder.encode_basestring_ascii
+"""A str as ``json.dumps`` writes it (quoted, escaped, ASCII)."""
 
 
 MAX_RECORD_BYTES = 2048
@@ -346,7 +360,13 @@ def decide(
 def encode_counts(counts: Mapping[str, int]) -> str:
     """One process's counters as one shared-memory value (``kamailio.counters``):
     ``"name=count name=count ..."``; names hold neither spaces nor ``=``."""
-    return " ".join([f"{name}={count}" for name, count in counts.items()])
+    return " ".join([count_part(name, count) for name, count in counts.items()])
+
+
+def count_part(name: str, count: int) -> str:
+    """One counter of ``encode_counts``' value (a process that keeps the parts of its value
+    formats only the counters an event changed)."""
+    return f"{name}={count}"
 
 
 def sum_counters(dump: Mapping[str, object]) -> dict[str, int]:

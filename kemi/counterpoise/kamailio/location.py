@@ -110,9 +110,9 @@ class LocationRouting:
 
     def _recordable(self, call_id: str, *tags: str) -> bool:
         """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
-        settings = self._settings
-        if edge.recordable(call_id, settings.location.record_call_id_max_chars) and all(
-            len(tag) <= settings.location.record_tag_max_chars for tag in tags
+        settings = self._settings.location
+        if edge.recordable(call_id, settings.record_call_id_max_chars) and (
+            max(map(len, tags), default=0) <= settings.record_tag_max_chars
         ):
             return True
         self.count("too_long")
@@ -231,7 +231,7 @@ class LocationRouting:
             return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
-        record = location.Record(proxy, now, expires, from_tag, to_tag).to_local()
+        record = location.local_dialog_record(proxy, now, expires, from_tag, to_tag)
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
         return "dialogs"
 
