@@ -14,6 +14,7 @@ request. docs/embedding.md documents each operation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 from collections.abc import Callable
@@ -75,6 +76,10 @@ PROXY_AT_SOURCE = f"$sht({htables.PROXY_BY_ADDRESS.name}=>$si $sp)"
 
 SHED_REASON = "Over Capacity"
 """Reason phrase of the 503 a shed request gets (``core.admission``)."""
+
+SEALED_FORMS_MEMO = 256
+"""Pool proxies whose sealed form a process remembers: a pool's few, and those it had before
+a change (a form depends on the URI alone)."""
 
 TRUE, FALSE, STOP = 1, -1, 0
 """What an operation returns, as a module function does in a native config: ``STOP`` (the
@@ -487,21 +492,20 @@ class Balancer:
         avps.set_tried([*tried, uri])
         attempt = avps.Attempt.nth(len(tried), first_branch)
         sent = attempts.stamp(clock.monotonic_ms())
-        native = self.routes.times_provisional
+        routes, failover = self.routes, self.settings.failover
+        native = routes.times_provisional
         attempt.start(uri, sent, clock.script_ms() if native else None)
-        failover = self.settings.failover
         if native and failover.progress_timeout_ms:
             avps.set_progress_timers(failover.progress_timeout_ms, failover.fr_inv_timer_ms)
-        timeout_ms = self.settings.failover.fr_timer_ms
+        timeout_ms = failover.fr_timer_ms
         if uri in self.view.long_wait:
             timeout_ms = self.settings.timers.saturated_fr_timer_ms
-        KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
-        KSR.tm.t_on_reply(self.routes.reply)
-        KSR.tm.t_on_failure(self.routes.failure)
+        KSR.tm.t_set_fr(failover.fr_inv_timer_ms, timeout_ms)
+        KSR.tm.t_on_reply(routes.reply)
+        KSR.tm.t_on_failure(routes.failure)
         if avps.sealed(first=not tried) if sealed is None else sealed:  # its own proxy
-            proxy = dialog_seal.proxy_hop(uri)  # none: the branch is recorded unsealed
-            avps.set_seal_proxy(proxy.sealed() if proxy is not None else "")
-            KSR.tm.t_on_branch(self.routes.branch)
+            avps.set_seal_proxy(_sealed_form(uri))
+            KSR.tm.t_on_branch(routes.branch)
         shared.inflight_add(uri, +1, sent)
         shared.awaiting_add(uri, +1, sent)
         return True
@@ -676,9 +680,9 @@ class Balancer:
     ) -> None:
         """Count the attempt's outcome, out of flight, with the load its final reply stated
         (``load``: its ``X-CP-Load``, if any) and the load its provisional replies did."""
-        sent = _sent(attempt)
+        sent, first_reply_ms = _sent(attempt), attempt.first_reply_ms
         shared.inflight_add(uri, -1, sent)
-        if attempt.first_reply_ms is None:
+        if first_reply_ms is None:
             shared.awaiting_add(uri, -1, sent)
         attempt.mark_counted(timed_out)
         loads = [] if load is None else [load]
@@ -692,11 +696,10 @@ class Balancer:
         if result == attempts.Outcome.NOT_THE_PROXY:
             self.view.write_tally(uri)  # the reply's load sample, if it brought one
             return
-        sample = attempts.latency_sample_ms(
-            attempt.first_reply_ms, elapsed, self._max_sample_ms, attempt.trying_ms
-        )
+        trying_ms = attempt.trying_ms
+        sample = attempts.latency_sample_ms(first_reply_ms, elapsed, self._max_sample_ms, trying_ms)
         failed = result == attempts.Outcome.PROXY_FAILED
-        self.view.count_request(uri, failed, sample, elapsed, attempt.trying_ms)
+        self.view.count_request(uri, failed, sample, elapsed, trying_ms)
 
     # --- probes and the sync timer -------------------------------------------------------------
 
@@ -814,6 +817,14 @@ class Balancer:
             wall_ms=clock.wall_ms,
             log=_notice,
         )
+
+
+@functools.lru_cache(maxsize=SEALED_FORMS_MEMO)
+def _sealed_form(uri: str) -> str:
+    """What a branch to pool proxy ``uri`` is sealed with (``dialog_seal.Hop.sealed``); ""
+    when it names no hop the seal can hold (the branch is recorded unsealed)."""
+    proxy = dialog_seal.proxy_hop(uri)
+    return proxy.sealed() if proxy is not None else ""
 
 
 def _sent(attempt: avps.Attempt) -> int:
