@@ -298,12 +298,15 @@ class CachedHolder:
     def decode(cls, text: str, now_ms: int) -> CachedHolder | None:
         """The entry while it is fresh; None when it is stale or garbled (look up again)."""
         parts = text.split(" ", 2)
-        if not parts[0].isdigit() or int(parts[0]) <= now_ms:
+        if not parts[0].isdigit():
+            return None
+        until_ms = int(parts[0])
+        if until_ms <= now_ms:
             return None
         if len(parts) == 1:
-            return cls(None, int(parts[0]))
-        if len(parts) == 3 and all(parts[1:]):
-            return cls(Holder(parts[2], parts[1]), int(parts[0]))
+            return cls(None, until_ms)
+        if len(parts) == 3 and parts[1] and parts[2]:
+            return cls(Holder(parts[2], parts[1]), until_ms)
         return None
 
 
