@@ -506,8 +506,7 @@ class Balancer:
         if avps.sealed(first=not tried) if sealed is None else sealed:  # its own proxy
             avps.set_seal_proxy(_sealed_form(uri))
             KSR.tm.t_on_branch(routes.branch)
-        shared.inflight_add(uri, +1, sent)
-        shared.awaiting_add(uri, +1, sent)
+        shared.relayed(uri, sent)
         return True
 
     def relay(self) -> bool:

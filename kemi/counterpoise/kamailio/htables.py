@@ -122,7 +122,11 @@ INFLIGHT = Htable(
     initval=0,
     key='``"<proxy uri> <epoch>"`` (``attempts.epoch`` of the attempt\'s send stamp)',
     value="int: requests in flight to that proxy from this node, relayed in that epoch",
-    writers=("kamailio.shared.inflight_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
+    writers=(
+        "kamailio.shared.inflight_add",
+        "kamailio.shared.relayed",
+        "kamailio.shared.SharedTable.drop_stale_inflight",
+    ),
     readers=("kamailio.shared.inflight",),
 )
 """Counted in and out with ``sht_inc``/``sht_dec`` (atomic across workers; ``initval`` lets
@@ -137,7 +141,11 @@ AWAITING = Htable(
         "int: requests relayed in that epoch that the proxy has not answered yet but for its "
         "100 Trying (in its queue or its workers' hands): what holding limits (``core.hold``)"
     ),
-    writers=("kamailio.shared.awaiting_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
+    writers=(
+        "kamailio.shared.awaiting_add",
+        "kamailio.shared.relayed",
+        "kamailio.shared.SharedTable.drop_stale_inflight",
+    ),
     readers=("kamailio.shared.awaiting",),
     native=("CP_PROVISIONAL",),
 )

@@ -62,7 +62,8 @@ CAPPED_DIALOG = "dialog_record_capped"
 
 def _text(spec: str) -> str:
     """A message value, "" when absent or not UTF-8 (``read``)."""
-    return read.text(spec) or ""
+    found = read.value(spec)
+    return found if isinstance(found, str) else ""
 
 
 class LocationRouting:

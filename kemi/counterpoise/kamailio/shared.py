@@ -74,8 +74,20 @@ def _live_count(table: Htable, uri: str) -> int:
     return max(total, 0)
 
 
+def relayed(uri: str, sent_stamp: int) -> None:
+    """Count an attempt relayed at ``sent_stamp`` in flight and in the proxy's work
+    (``inflight_add`` and ``awaiting_add`` of +1, on their one key)."""
+    key = _epoch_key(uri, sent_stamp)
+    KSR.htable.sht_inc(htables.INFLIGHT.name, key)
+    KSR.htable.sht_inc(htables.AWAITING.name, key)
+
+
+def _epoch_key(uri: str, sent_stamp: int) -> str:
+    return f"{uri} {attempts.epoch(sent_stamp)}"
+
+
 def _epoch_add(table: Htable, uri: str, delta: int, sent_stamp: int) -> None:
-    key = f"{uri} {attempts.epoch(sent_stamp)}"
+    key = _epoch_key(uri, sent_stamp)
     if delta > 0:
         KSR.htable.sht_inc(table.name, key)
     else:
