@@ -123,7 +123,8 @@ class Balancer:
         self.keys = dialog_keys.WorkerKeys()
         self.settings_feed = shared.SettingsFeed()
         self._settings_seen: object = object()
-        """The published version at which this process last looked at the settings."""
+        """The published version at which this process last looked at the settings and its
+        dialog keys followed."""
         self.rng = random.Random()
         self.spread = GoldenSpread(0.0)
         self.sync: SyncLoop | None = None
@@ -145,6 +146,7 @@ class Balancer:
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
         self.keys = dialog_keys.WorkerKeys()
+        self._settings_seen = object()  # this process's view and keys follow from scratch
         self.rng.seed(os.getpid() ^ clock.monotonic_ns())
         self.spread = GoldenSpread(self.rng.random())  # each worker from its own point
         return 0
@@ -154,9 +156,10 @@ class Balancer:
         share, dialog keys, runtime settings): what every request-route operation does first
         (``trusted`` needs it too). One shared-memory read when nothing moved."""
         picker = self.view.refresh()
-        self.keys.follow(self.view.version)
-        if self.view.version != self._settings_seen:
-            self._settings_seen = self.view.version
+        version = self.view.version
+        if version != self._settings_seen:
+            self._settings_seen = version
+            self.keys.follow(version)
             self.follow_settings()
         return picker
 
