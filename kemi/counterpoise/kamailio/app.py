@@ -492,7 +492,6 @@ class Balancer:
                 return False
             KSR.pv.sets("$ru", ruri)
         KSR.setdsturi(uri)
-        avps.set_tried([*tried, uri])
         attempt = avps.Attempt.nth(len(tried), first_branch)
         sent = attempts.stamp(clock.monotonic_ms())
         routes, failover = self.routes, self.settings.failover
