@@ -17,8 +17,8 @@ from ..fakes.ksr import FakeKsr
 A = "sip:10.0.0.1:5060"
 FROM_A = ("10.0.0.1", 5060)
 BOUNDS = {
-    False: {"cp_seal": 3, "cp_select": 20, "cp_seal_select": 20, "cp_on_reply": 14},
-    True: {"cp_seal": 3, "cp_select": 25, "cp_seal_select": 25, "cp_on_reply": 20},
+    False: {"cp_seal": 3, "cp_select": 19, "cp_seal_select": 19, "cp_on_reply": 14},
+    True: {"cp_seal": 3, "cp_select": 24, "cp_seal_select": 24, "cp_on_reply": 20},
 }
 """The KSR calls of each entry, by whether the location server is on."""
 INVITE_ENTRIES = [("cp_seal_select",), ("cp_seal", "cp_select")]

@@ -102,7 +102,7 @@ BAD_RECORDS = [
     '{"proxy": "sip:10.0.0.1:5060", "expires_ms": 1.5}',
     '{"proxy": "sip:10.0.0.1:5060", "since_ms": -1}',
     '{"proxy": "sip:10.0.0.1:5060\\r\\nX-Evil: 1"}',  # CRLF into a Route header
-    '{"proxy": "sip:10.0.0.1:5060,sip:10.0.0.2"}',  # a comma would split cp_tried
+    '{"proxy": "sip:10.0.0.1:5060,sip:10.0.0.2"}',  # a comma: no URI in normal form
     '{"proxy": "sip:10.0.0.1:5060", "from_tag": 5}',
     "[" * 100_000 + "]" * 100_000,  # RecursionError, if it got past the size bound
     b"\xff\xfe",

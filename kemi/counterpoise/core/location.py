@@ -26,7 +26,7 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from counterpoise.core.pool import MAX_EPOCH_MS, check_proxy_uri
 from counterpoise.core.settings import Fallback
@@ -177,8 +177,8 @@ class Record:
         """This node's own copy of a dialog record (``htables.DIALOGS``): a JSON list, which
         ``from_local`` reads back without the checks of a record from Redis (only this node's
         workers write that table)."""
-        return json.dumps(
-            [self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, self.source]
+        return local_dialog_record(
+            self.proxy, self.since_ms, self.expires_ms, self.from_tag, self.to_tag, self.source
         )
 
     @classmethod
@@ -204,6 +204,20 @@ class Record:
         if not (self.from_tag or self.to_tag):
             return True
         return {from_tag, to_tag} == {self.from_tag, self.to_tag}
+
+
+def local_dialog_record(
+    proxy: str, since_ms: int, expires_ms: int, from_tag: str, to_tag: str, source: str = ""
+) -> str:
+    """``Record.to_local`` of these fields, written by a SIP worker for each 2xx of an INVITE:
+    the text ``json.dumps`` makes of the list, each string escaped by the encoder's own
+    function, without a ``Record`` or an encoder made per call."""
+    proxy, from_tag, to_tag, source = map(_json_string, (proxy, from_tag, to_tag, source))
+    return f"[{proxy}, {since_ms}, {expires_ms}, {from_tag}, {to_tag}, {source}]"
+
+
+_json_string = json.encoder.encode_basestring_ascii
+"""A str as ``json.dumps`` writes it (quoted, escaped, ASCII)."""
 
 
 MAX_RECORD_BYTES = 2048
@@ -292,12 +306,15 @@ class CachedHolder:
     def decode(cls, text: str, now_ms: int) -> CachedHolder | None:
         """The entry while it is fresh; None when it is stale or garbled (look up again)."""
         parts = text.split(" ", 2)
-        if not parts[0].isdigit() or int(parts[0]) <= now_ms:
+        if not parts[0].isdigit():
+            return None
+        until_ms = int(parts[0])
+        if until_ms <= now_ms:
             return None
         if len(parts) == 1:
-            return cls(None, int(parts[0]))
-        if len(parts) == 3 and all(parts[1:]):
-            return cls(Holder(parts[2], parts[1]), int(parts[0]))
+            return cls(None, until_ms)
+        if len(parts) == 3 and parts[1] and parts[2]:
+            return cls(Holder(parts[2], parts[1]), until_ms)
         return None
 
 
@@ -320,6 +337,11 @@ class Decision:
     holder: Holder | None = None
 
 
+BY_WEIGHT = Decision()
+"""No record steers the request: it is chosen by weight (most initial requests: one shared,
+frozen answer, not one made per request)."""
+
+
 def decide(
     found: Holder | None,
     usable: bool,
@@ -338,7 +360,7 @@ def decide(
     ``Fallback.WEIGHT`` another proxy may serve the user, so the request goes by weight, and
     a REGISTER always does (the user moves to a proxy that answers)."""
     if found is None:
-        return Decision(outcome="none")
+        return BY_WEIGHT
     if usable or (set_aside and not is_register and fallback == Fallback.REJECT):
         return Decision(proxy=found.proxy, outcome=found.source, holder=found)
     if is_register or fallback == Fallback.WEIGHT:
@@ -349,7 +371,12 @@ def decide(
 def encode_counts(counts: Mapping[str, int]) -> str:
     """One process's counters as one shared-memory value (``kamailio.counters``):
     ``"name=count name=count ..."``; names hold neither spaces nor ``=``."""
-    return " ".join(f"{name}={count}" for name, count in counts.items())
+    return " ".join([count_part(name, count) for name, count in counts.items()])
+
+
+count_part: Callable[[str, int], str] = "{}={}".format
+"""One counter of ``encode_counts``' value, ``name=count`` (a process that keeps the parts of
+its value formats only the counters an event changed; a str method, called per event)."""
 
 
 def sum_counters(dump: Mapping[str, object]) -> dict[str, int]:

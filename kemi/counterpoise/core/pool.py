@@ -80,7 +80,7 @@ names one of them, so a record costs a dict lookup, not a regular expression."""
 @functools.lru_cache(maxsize=PROXY_URIS_MEMO)
 def check_proxy_uri(uri: str) -> str:
     """A stored proxy URI must be one the CLI would have written: a valid SIP URI already in
-    its normal form, so no comma (it would split the ``cp_tried`` list), CR or LF (it would be
+    its normal form, so no comma (a URI list's separator), CR or LF (it would be
     written into a ``Route`` header) can reach the routing."""
     if parse_proxy_uri(uri) != uri:
         raise BadRecord(f"{uri!r} is not a proxy URI in normal form")

@@ -43,7 +43,7 @@ class WeightedPicker:
     """An immutable snapshot of the proxies and weights one worker routes with."""
 
     def __init__(self, weights: Sequence[tuple[str, float]]) -> None:
-        self._uris = [uri for uri, weight in weights if weight > 0]
+        self._uris = tuple(uri for uri, weight in weights if weight > 0)
         self._weight = {uri: weight for uri, weight in weights if weight > 0}
         self._prefix = list(itertools.accumulate(self._weight[uri] for uri in self._uris))
 
@@ -57,7 +57,7 @@ class WeightedPicker:
     @property
     def uris(self) -> tuple[str, ...]:
         """The proxies with a weight, in table order."""
-        return tuple(self._uris)
+        return self._uris
 
     @property
     def total_weight(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Sequence
 
 _FIELDS = (
     "requests_ok",
@@ -77,18 +78,28 @@ class Tally:
         return Tally(*(getattr(self, f) - getattr(other, f) for f in _FIELDS))
 
     def _plus(self, **deltas: int) -> Tally:
-        """This tally with ``deltas`` added to the named counts (a reply's event: one call
-        per reply, so built directly rather than through ``dataclasses.replace``)."""
-        values = dict(self.__dict__)
+        """This tally with ``deltas`` added to the named counts. A reply's event, on a SIP
+        worker's per-call path: the copy's fields are filled from a dict at once, not one
+        frozen ``__setattr__`` each as ``__init__`` (or ``dataclasses.replace``) would."""
+        values = self.__dict__.copy()
         for name, delta in deltas.items():
             values[name] += delta
-        return Tally(**values)
+        tally = object.__new__(Tally)
+        tally.__dict__.update(values)
+        return tally
 
     def with_load_sample(self, utilisation: float) -> Tally:
-        return self._plus(load_samples=1, load_milli_sum=round(utilisation * 1000))
+        return self.with_load_readings([round(utilisation * 1000)], 0)
 
     def with_load_header_rejected(self) -> Tally:
         return self._plus(load_headers_rejected=1)
+
+    def with_load_readings(self, milli: Sequence[int], rejected: int) -> Tally:
+        """The ``X-CP-Load`` headers of one reply and its provisional ones, in one copy: the
+        utilisation each usable one stated (in thousandths), and how many were unusable."""
+        return self._plus(
+            load_samples=len(milli), load_milli_sum=sum(milli), load_headers_rejected=rejected
+        )
 
     @property
     def samples(self) -> int:
@@ -146,3 +157,7 @@ class Tally:
         if failed:
             return self._plus(probes_failed=1)
         return self._plus(probes_ok=1, probe_ms_sum=max(rtt_ms, 0))
+
+
+NOTHING = Tally()
+"""No counts: where a proxy has none yet (frozen, so one object serves every lookup)."""

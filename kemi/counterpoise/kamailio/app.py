@@ -14,6 +14,7 @@ request. docs/embedding.md documents each operation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 from collections.abc import Callable
@@ -76,6 +77,10 @@ PROXY_AT_SOURCE = f"$sht({htables.PROXY_BY_ADDRESS.name}=>$si $sp)"
 SHED_REASON = "Over Capacity"
 """Reason phrase of the 503 a shed request gets (``core.admission``)."""
 
+SEALED_FORMS_MEMO = 256
+"""Pool proxies whose sealed form a process remembers: a pool's few, and those it had before
+a change (a form depends on the URI alone)."""
+
 TRUE, FALSE, STOP = 1, -1, 0
 """What an operation returns, as a module function does in a native config: ``STOP`` (the
 request was answered or held here) ends the native route that called it."""
@@ -118,7 +123,8 @@ class Balancer:
         self.keys = dialog_keys.WorkerKeys()
         self.settings_feed = shared.SettingsFeed()
         self._settings_seen: object = object()
-        """The published version at which this process last looked at the settings."""
+        """The published version at which this process last looked at the settings and its
+        dialog keys followed."""
         self.rng = random.Random()
         self.spread = GoldenSpread(0.0)
         self.sync: SyncLoop | None = None
@@ -140,6 +146,7 @@ class Balancer:
     def child_init(self, rank: int) -> int:
         self.view = shared.WorkerView()
         self.keys = dialog_keys.WorkerKeys()
+        self._settings_seen = object()  # this process's view and keys follow from scratch
         self.rng.seed(os.getpid() ^ clock.monotonic_ns())
         self.spread = GoldenSpread(self.rng.random())  # each worker from its own point
         return 0
@@ -149,9 +156,10 @@ class Balancer:
         share, dialog keys, runtime settings): what every request-route operation does first
         (``trusted`` needs it too). One shared-memory read when nothing moved."""
         picker = self.view.refresh()
-        self.keys.follow(self.view.version)
-        if self.view.version != self._settings_seen:
-            self._settings_seen = self.view.version
+        version = self.view.version
+        if version != self._settings_seen:
+            self._settings_seen = version
+            self.keys.follow(version)
             self.follow_settings()
         return picker
 
@@ -415,7 +423,7 @@ class Balancer:
         """What the location records say of this initial request: its holder's proxy, a
         rejection (``location_fallback = "reject"``), or nothing (choose by weight)."""
         if self.location is None:
-            return location.Decision()
+            return location.BY_WEIGHT
         try:
             view = self.view
             return self.location.route_initial(
@@ -484,26 +492,23 @@ class Balancer:
                 return False
             KSR.pv.sets("$ru", ruri)
         KSR.setdsturi(uri)
-        avps.set_tried([*tried, uri])
         attempt = avps.Attempt.nth(len(tried), first_branch)
         sent = attempts.stamp(clock.monotonic_ms())
-        native = self.routes.times_provisional
+        routes, failover = self.routes, self.settings.failover
+        native = routes.times_provisional
         attempt.start(uri, sent, clock.script_ms() if native else None)
-        failover = self.settings.failover
         if native and failover.progress_timeout_ms:
             avps.set_progress_timers(failover.progress_timeout_ms, failover.fr_inv_timer_ms)
-        timeout_ms = self.settings.failover.fr_timer_ms
+        timeout_ms = failover.fr_timer_ms
         if uri in self.view.long_wait:
             timeout_ms = self.settings.timers.saturated_fr_timer_ms
-        KSR.tm.t_set_fr(self.settings.failover.fr_inv_timer_ms, timeout_ms)
-        KSR.tm.t_on_reply(self.routes.reply)
-        KSR.tm.t_on_failure(self.routes.failure)
+        KSR.tm.t_set_fr(failover.fr_inv_timer_ms, timeout_ms)
+        KSR.tm.t_on_reply(routes.reply)
+        KSR.tm.t_on_failure(routes.failure)
         if avps.sealed(first=not tried) if sealed is None else sealed:  # its own proxy
-            proxy = dialog_seal.proxy_hop(uri)  # none: the branch is recorded unsealed
-            avps.set_seal_proxy(proxy.sealed() if proxy is not None else "")
-            KSR.tm.t_on_branch(self.routes.branch)
-        shared.inflight_add(uri, +1, sent)
-        shared.awaiting_add(uri, +1, sent)
+            avps.set_seal_proxy(_sealed_form(uri))
+            KSR.tm.t_on_branch(routes.branch)
+        shared.relayed(uri, sent)
         return True
 
     def relay(self) -> bool:
@@ -600,13 +605,12 @@ class Balancer:
                         self.settings.failover.fr_inv_timer_ms, 0
                     )  # ringing: its full time
             return TRUE
-        result = attempts.Outcome.NOT_THE_PROXY
+        result, load = attempts.Outcome.NOT_THE_PROXY, None
         try:
             result = attempts.outcome(status, attempt.first_reply_ms is not None, from_proxy)
-            if from_proxy:
-                self._note_load_header(uri, write=False)  # written with the outcome
+            load = read.header(LOAD_HEADER) if from_proxy else None
         finally:  # whatever happened above, the attempt is over: its in-flight count comes down
-            self._count_outcome(attempt, uri, result, elapsed)
+            self._count_outcome(attempt, uri, result, elapsed, load=load)
         if self.location is not None and 200 <= status < 300 and from_proxy:
             self.location.on_2xx(uri)
         return TRUE
@@ -673,26 +677,30 @@ class Balancer:
         result: attempts.Outcome,
         elapsed: int,
         timed_out: bool = False,
+        load: str | None = None,
     ) -> None:
-        sent = _sent(attempt)
+        """Count the attempt's outcome, out of flight, with the load its final reply stated
+        (``load``: its ``X-CP-Load``, if any) and the load its provisional replies did."""
+        sent, first_reply_ms = _sent(attempt), attempt.first_reply_ms
         shared.inflight_add(uri, -1, sent)
-        if attempt.first_reply_ms is None:
+        if first_reply_ms is None:
             shared.awaiting_add(uri, -1, sent)
         attempt.mark_counted(timed_out)
+        loads = [] if load is None else [load]
         if self.routes.times_provisional:  # the load its provisional replies stated
-            for value in attempt.load_headers:
-                self.view.note_load_header(uri, value, write=False)  # written with the outcome
+            loads += attempt.load_headers
+        if loads:
+            self.view.note_load_headers(uri, loads, write=False)  # written with the outcome
         if timed_out:
             self.view.count_timeout(uri, elapsed, self._max_sample_ms)
             return
         if result == attempts.Outcome.NOT_THE_PROXY:
             self.view.write_tally(uri)  # the reply's load sample, if it brought one
             return
-        sample = attempts.latency_sample_ms(
-            attempt.first_reply_ms, elapsed, self._max_sample_ms, attempt.trying_ms
-        )
+        trying_ms = attempt.trying_ms
+        sample = attempts.latency_sample_ms(first_reply_ms, elapsed, self._max_sample_ms, trying_ms)
         failed = result == attempts.Outcome.PROXY_FAILED
-        self.view.count_request(uri, failed, sample, elapsed, attempt.trying_ms)
+        self.view.count_request(uri, failed, sample, elapsed, trying_ms)
 
     # --- probes and the sync timer -------------------------------------------------------------
 
@@ -718,12 +726,11 @@ class Balancer:
                 probes.hang_up(uri)
         return TRUE
 
-    def _note_load_header(self, uri: str, write: bool = True) -> None:
-        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy
-        (``write``: as ``WorkerView.note_load_header``)."""
+    def _note_load_header(self, uri: str) -> None:
+        """Feed the ``X-CP-Load`` of the reply being handled, if it has one, to the policy."""
         value = read.header(LOAD_HEADER)  # "": present but not UTF-8, a rejected header
         if value is not None:
-            self.view.note_load_header(uri, value, write)
+            self.view.note_load_headers(uri, (value,))
 
     @hook("sync")
     def sync_tick(self) -> int:
@@ -807,6 +814,14 @@ class Balancer:
             wall_ms=clock.wall_ms,
             log=_notice,
         )
+
+
+@functools.lru_cache(maxsize=SEALED_FORMS_MEMO)
+def _sealed_form(uri: str) -> str:
+    """What a branch to pool proxy ``uri`` is sealed with (``dialog_seal.Hop.sealed``); ""
+    when it names no hop the seal can hold (the branch is recorded unsealed)."""
+    proxy = dialog_seal.proxy_hop(uri)
+    return proxy.sealed() if proxy is not None else ""
 
 
 def _sent(attempt: avps.Attempt) -> int:

@@ -9,8 +9,8 @@ branch index ``i``:
 
 ``cpb``       1 when the request was held (``Attempt.nth``), else unset.
 
-``cp_tried``  the proxies tried so far, in order, comma-separated.
-``cpu<i>``    proxy of attempt i; ``cpt<i>`` ``attempts.stamp()`` of its relay;
+``cpu<i>``    proxy of attempt i (the proxies tried so far are those of the attempts from
+              the first branch on); ``cpt<i>`` ``attempts.stamp()`` of its relay;
 ``cps<i>``    its relay on the script clock (``clock.script_ms``), for a reply route that
               times its provisional replies natively (``RouteNames.times_provisional``);
 ``cpq<i>``    ms to its 100 Trying (how long it waited in the proxy's queue);
@@ -39,7 +39,6 @@ import KSR
 
 from counterpoise.kamailio import read
 
-TRIED = "$avp(cp_tried)"
 FIRST_BRANCH = "$avp(cpb)"
 AOR = "$avp(cpaor)"
 HELD = "$avp(cploc)"
@@ -143,12 +142,13 @@ class Attempt:
 
 
 def tried() -> list[str]:
-    text = read.text(TRIED)
-    return text.split(",") if text else []
-
-
-def set_tried(proxies: list[str]) -> None:
-    KSR.pv.sets(TRIED, ",".join(proxies))
+    """The proxies the request's attempts went to, in order (``cpu<i>`` from its first branch
+    on): read where a request fails, so that arming one writes no list of them."""
+    first = read.number(FIRST_BRANCH) or 0
+    proxies: list[str] = []
+    while isinstance(proxy := read.value(f"$avp(cpu{first + len(proxies)})"), str):
+        proxies.append(proxy)
+    return proxies
 
 
 def set_progress_timers(progress_ms: int, ringing_ms: int) -> None:

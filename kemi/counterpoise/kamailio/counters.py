@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import KSR
 
-from counterpoise.core.location import encode_counts
+from counterpoise.core.location import count_part
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.htables import Htable
 
@@ -25,20 +25,25 @@ class Counters:
     def __init__(self, table: Htable) -> None:
         self.table = table
         self._pid = 0
+        self._key = ""
         self._counts: dict[str, int] = {}
+        self._parts: dict[str, str] = {}
+        """Each counter as it stands in the value (``core.location.count_part``): an event
+        formats only those it changed."""
 
     def count(self, name: str, amount: int = 1) -> None:
         self.add({name: amount})
 
     def add(self, amounts: Mapping[str, int]) -> None:
-        """Count each name by its amount, in one write."""
+        """Count each name by its amount, in one write (``core.location.encode_counts``)."""
         pid = os.getpid()
         if pid != self._pid:  # a fresh process after fork counts from zero
-            self._pid, self._counts = pid, {}
-        counts = self._counts
+            self._pid, self._key, self._counts, self._parts = pid, str(pid), {}, {}
+        counts, parts = self._counts, self._parts
         for name, amount in amounts.items():
-            counts[name] = counts.get(name, 0) + amount
-        KSR.htable.sht_sets(self.table.name, str(pid), encode_counts(counts))
+            count = counts[name] = counts.get(name, 0) + amount
+            parts[name] = count_part(name, count)
+        KSR.htable.sht_sets(self.table.name, self._key, " ".join(parts.values()))
 
 
 EDGE = Counters(htables.EDGE_COUNTERS)

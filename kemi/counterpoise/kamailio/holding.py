@@ -42,8 +42,12 @@ def _get(key: str) -> int:
 
 
 def count() -> int:
-    """Requests held now (two shared-memory reads)."""
-    return max(_get(htables.HELD_TAIL) - _get(htables.HELD_HEAD), 0)
+    """Requests held now (two shared-memory reads, made here: every new request asks)."""
+    tail = KSR.htable.sht_get(htables.HELD.name, htables.HELD_TAIL)
+    head = KSR.htable.sht_get(htables.HELD.name, htables.HELD_HEAD)
+    if not isinstance(tail, int):
+        return 0
+    return max(tail - (head if isinstance(head, int) else 0), 0)
 
 
 def hold(hold_max_ms: int) -> bool:

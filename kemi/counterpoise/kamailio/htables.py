@@ -124,7 +124,11 @@ INFLIGHT = Htable(
     initval=0,
     key='``"<proxy uri> <epoch>"`` (``attempts.epoch`` of the attempt\'s send stamp)',
     value="int: requests in flight to that proxy from this node, relayed in that epoch",
-    writers=("kamailio.shared.inflight_add", "kamailio.shared.SharedTable.drop_stale_inflight"),
+    writers=(
+        "kamailio.shared.inflight_add",
+        "kamailio.shared.relayed",
+        "kamailio.shared.SharedTable.drop_stale_inflight",
+    ),
     readers=("kamailio.shared.inflight",),
 )
 """Counted in and out with ``sht_inc``/``sht_dec`` (atomic across workers; ``initval`` lets
@@ -141,6 +145,7 @@ AWAITING = Htable(
     ),
     writers=(
         "kamailio.shared.awaiting_add",
+        "kamailio.shared.relayed",
         "kamailio.shared.SharedTable.drop_stale_inflight",
         "cfg:CP_PROVISIONAL",
     ),
@@ -172,7 +177,7 @@ REJECTIONS = Htable(
         'location record a worker rejected, ``"<key>: <why>"``'
     ),
     writers=(
-        "kamailio.shared.WorkerView.note_load_header",
+        "kamailio.shared.WorkerView.note_load_headers",
         "kamailio.location.LocationRouting",
     ),
     readers=(

@@ -64,7 +64,8 @@ CAPPED_DIALOG = "dialog_record_capped"
 
 def _text(spec: str) -> str:
     """A message value, "" when absent or not UTF-8 (``read``)."""
-    return read.text(spec) or ""
+    found = read.value(spec)
+    return found if isinstance(found, str) else ""
 
 
 class LocationRouting:
@@ -143,9 +144,9 @@ class LocationRouting:
 
     def _recordable(self, call_id: str, *tags: str) -> bool:
         """Whether a dialog's Call-ID and tags are short enough to record (``too_long``)."""
-        settings = self._settings
-        if edge.recordable(call_id, settings.location.record_call_id_max_chars) and all(
-            len(tag) <= settings.location.record_tag_max_chars for tag in tags
+        settings = self._settings.location
+        if edge.recordable(call_id, settings.record_call_id_max_chars) and (
+            max(map(len, tags), default=0) <= settings.record_tag_max_chars
         ):
             return True
         self.count("too_long")
@@ -163,11 +164,11 @@ class LocationRouting:
         is_register = KSR.is_REGISTER()
         user, host = (_text("$tU"), _text("$td")) if is_register else (_text("$rU"), _text("$rd"))
         if not user or not host:
-            return location.Decision()
+            return location.BY_WEIGHT
         name = location.aor(user, host)
         if not edge.recordable(name, self._settings.location.record_aor_max_chars):
             self.count("too_long")
-            return location.Decision()
+            return location.BY_WEIGHT
         if is_register:
             avps.set_aor(name)
         # A REGISTER always reads Redis: its 2xx is what changes the records.
@@ -264,7 +265,7 @@ class LocationRouting:
             return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
-        record = location.Record(proxy, now, expires, from_tag, to_tag).to_local()
+        record = location.local_dialog_record(proxy, now, expires, from_tag, to_tag)
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, record)
         return "dialogs"
 

@@ -12,29 +12,23 @@ import KSR
 
 from counterpoise.kamailio.counters import EDGE
 
-_UNDECODABLE = object()
-"""What ``_get`` gives for a value that is not UTF-8 (counted)."""
 
-
-def _get(spec: str) -> object:
+def value(spec: str) -> object:
+    """A pseudo-variable (``$ci``, ``$hdr(X-CP-Load)``, ``$avp(...)``) or None."""
     try:
         return KSR.pv.get(spec)
     except UnicodeDecodeError:
         EDGE.count("not_utf8")
-        return _UNDECODABLE
-
-
-def value(spec: str) -> object:
-    """A pseudo-variable (``$ci``, ``$hdr(X-CP-Load)``, ``$avp(...)``) or None."""
-    found = _get(spec)
-    return None if found is _UNDECODABLE else found
+        return None
 
 
 def header(name: str) -> str | None:
     """The value of header ``name``: None when the message has none, "" when its value is
     not UTF-8 (one read tells both)."""
-    found = _get(f"$hdr({name})")
-    if found is _UNDECODABLE:
+    try:
+        found = KSR.pv.get(f"$hdr({name})")
+    except UnicodeDecodeError:
+        EDGE.count("not_utf8")
         return ""
     return found if isinstance(found, str) else None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import KSR
 
@@ -21,7 +21,7 @@ from counterpoise.core.location import sum_counters
 from counterpoise.core.reports import BadReport, parse_load_header
 from counterpoise.core.routing_table import RoutingEntry
 from counterpoise.core.selection import WeightedPicker
-from counterpoise.core.tally import Tally
+from counterpoise.core.tally import NOTHING, Tally
 from counterpoise.kamailio import htables
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.htables import Htable
@@ -75,8 +75,20 @@ def _live_count(table: Htable, uri: str) -> int:
     return max(total, 0)
 
 
+def relayed(uri: str, sent_stamp: int) -> None:
+    """Count an attempt relayed at ``sent_stamp`` in flight and in the proxy's work
+    (``inflight_add`` and ``awaiting_add`` of +1, on their one key)."""
+    key = _epoch_key(uri, sent_stamp)
+    KSR.htable.sht_inc(htables.INFLIGHT.name, key)
+    KSR.htable.sht_inc(htables.AWAITING.name, key)
+
+
+def _epoch_key(uri: str, sent_stamp: int) -> str:
+    return f"{uri} {attempts.epoch(sent_stamp)}"
+
+
 def _epoch_add(table: Htable, uri: str, delta: int, sent_stamp: int) -> None:
-    key = f"{uri} {attempts.epoch(sent_stamp)}"
+    key = _epoch_key(uri, sent_stamp)
     if delta > 0:
         KSR.htable.sht_inc(table.name, key)
     else:
@@ -259,11 +271,11 @@ class WorkerView:
     def count_request(
         self, uri: str, failed: bool, first_ms: int, final_ms: int, trying_ms: int | None = None
     ) -> None:
-        tally = self._tallies.get(uri, Tally())
+        tally = self._tallies.get(uri, NOTHING)
         self._store(uri, tally.with_request(failed, first_ms, final_ms, trying_ms))
 
     def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
-        self._store(uri, self._tallies.get(uri, Tally()).with_timeout(waited_ms, penalty_ms))
+        self._store(uri, self._tallies.get(uri, NOTHING).with_timeout(waited_ms, penalty_ms))
 
     def hears_nothing_new(self, now_ms: int) -> bool:
         """Whether ``note_heard`` would write nothing now whatever proxy a reply came from:
@@ -292,10 +304,10 @@ class WorkerView:
         return self._heard_written.get(uri, -HEARD_EVERY_MS)
 
     def count_late_reply(self, uri: str) -> None:
-        self._store(uri, self._tallies.get(uri, Tally()).with_late_reply())
+        self._store(uri, self._tallies.get(uri, NOTHING).with_late_reply())
 
     def count_probe(self, uri: str, failed: bool, rtt_ms: int) -> None:
-        self._store(uri, self._tallies.get(uri, Tally()).with_probe(failed, rtt_ms))
+        self._store(uri, self._tallies.get(uri, NOTHING).with_probe(failed, rtt_ms))
 
     def note_probe_answered(self, uri: str, sent_ms: int) -> None:
         if sent_ms > self.probe_answered_ms(uri):
@@ -306,21 +318,26 @@ class WorkerView:
         none."""
         return _int(htables.PROBES, uri)
 
-    def note_load_header(self, uri: str, value: str, write: bool = True) -> None:
-        """Count the load a proxy's reply stated, or count why it could not be used.
+    def note_load_headers(self, uri: str, values: Iterable[str], write: bool = True) -> None:
+        """Count the load each ``X-CP-Load`` value of a proxy's reply (and of the provisional
+        replies before it) stated, or why it could not be used, in one copy of the tally.
         ``write=False``: the caller writes the tally next (``write_tally``, or another count
         of the same reply), so the reply costs one shared-memory write, not two."""
-        tally = self._tallies.get(uri, Tally())
-        utilisation = _load_header_reading(value)
-        if isinstance(utilisation, str):
-            KSR.htable.sht_sets(htables.REJECTIONS.name, uri, utilisation)
-            self._store(uri, tally.with_load_header_rejected(), write)
-            return
-        self._store(uri, tally.with_load_sample(utilisation), write)
+        milli: list[int] = []
+        rejected = 0
+        for value in values:
+            reading = _load_header_reading(value)
+            if isinstance(reading, str):
+                KSR.htable.sht_sets(htables.REJECTIONS.name, uri, reading)
+                rejected += 1
+            else:
+                milli.append(reading)
+        tally = self._tallies.get(uri, NOTHING)
+        self._store(uri, tally.with_load_readings(milli, rejected), write)
 
     def write_tally(self, uri: str) -> None:
         """Write ``uri``'s tally as it stands (after a count made with ``write=False``)."""
-        self._store(uri, self._tallies.get(uri, Tally()))
+        self._store(uri, self._tallies.get(uri, NOTHING))
 
     def _store(self, uri: str, tally: Tally, write: bool = True) -> None:
         self._tallies[uri] = tally
@@ -329,10 +346,11 @@ class WorkerView:
 
 
 @functools.lru_cache(maxsize=LOAD_HEADERS_MEMO)
-def _load_header_reading(value: str) -> float | str:
-    """The utilisation an ``X-CP-Load`` value states, or why it cannot be used."""
+def _load_header_reading(value: str) -> int | str:
+    """The utilisation an ``X-CP-Load`` value states, in thousandths (as ``Tally`` sums it),
+    or why it cannot be used."""
     try:
-        return header_utilisation(parse_load_header(value))
+        return round(header_utilisation(parse_load_header(value)) * 1000)
     except BadReport as error:
         return str(error)
 
