@@ -64,8 +64,7 @@ CAPPED_DIALOG = "dialog_record_capped"
 
 def _text(spec: str) -> str:
     """A message value, "" when absent or not UTF-8 (``read``)."""
-    found = read.value(spec)
-    return found if isinstance(found, str) else ""
+    return read.text(spec) or ""
 
 
 class LocationRouting:
