@@ -260,7 +260,7 @@ HELD = Htable(
         "of a request still held"
     ),
     writers=("kamailio.holding.hold", "kamailio.holding.Waiting", "kamailio.holding.take"),
-    readers=("kamailio.holding.count", "kamailio.holding.Waiting"),
+    readers=("kamailio.holding.count", "kamailio.holding.Waiting", "cfg:CP_RELEASE_TICK"),
 )
 """The node's queue of requests held while every proxy is queueing (``kamailio.holding``);
 ``initval`` lets ``sht_inc`` create the tail."""
