@@ -419,9 +419,9 @@ OVERHEAD_ONLY = (
     ),
     Contender("ds4-tlsf", "dispatcher alg 4, Kamailio's tlsf allocator", 4, memory_manager="tlsf"),
     Contender(
-        "cp-tlsf",
-        "Counterpoise, Kamailio's tlsf allocator",
-        settings=(("memory_manager", "tlsf"),),
+        "cp-qm",
+        "Counterpoise on Kamailio's default allocator, qm",
+        settings=(("memory_manager", "qm"),),
     ),
     Contender(
         "cp-noloc", "Counterpoise, location server off", settings=(("location_server", False),)

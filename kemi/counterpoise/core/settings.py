@@ -291,11 +291,11 @@ class NodeSettings(Group):
         " out there (`tests/e2e/test_flood.py`).",
     )
     memory_manager: MemoryManager = setting(
-        MemoryManager.QM,
+        MemoryManager.TLSF,
         meaning="Kamailio's allocator for its shared and private memory (`-x`): `qm`, `tlsf` or"
         " `fm`.",
-        why="`qm` is Kamailio's own default, with its memory debugging; `tlsf` spends less CPU a"
-        " message (`docs/benchmarks.md`).",
+        why="`tlsf` spends less CPU on every message (`docs/benchmarks.md`); `qm`, Kamailio's own"
+        " default, keeps its memory debugging, for a leak hunt.",
     )
     run_dir: str = setting(
         "",
