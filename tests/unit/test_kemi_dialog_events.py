@@ -90,10 +90,12 @@ def test_events_are_parsed_with_the_call_id_last():
 
 
 def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
-    """Route CP_DIALOG_EVENT counts its slots, bounds them and writes its line under the
-    names the timer process creates and reads."""
-    (body,) = re.findall(r"^route\[CP_DIALOG_EVENT\] \{\n(.*?)^\}", DIALOG_ROUTES.read_text(),
-                         re.M | re.S)  # fmt: skip
+    """Route CP_DIALOG_EVENT, through CP_QUEUE_EVENT, counts its slots, bounds them and
+    writes its line under the names the timer process creates and reads."""
+    body = "".join(
+        re.findall(rf"^route\[{name}\] \{{\n(.*?)^\}}", DIALOG_ROUTES.read_text(), re.M | re.S)[0]
+        for name in ("CP_DIALOG_EVENT", "CP_QUEUE_EVENT")
+    )
     read = set(re.findall(rf"\$sht\w*\({htables.ROUTING.name}=>(\w+)\)", body))
     assert read == {
         htables.DIALOG_EVENT_SEQ,
@@ -110,10 +112,10 @@ def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
 def test_slots_are_read_in_order_across_the_counters_wrap(node: Node, ksr: FakeKsr):
     """The route's slot counter wraps to negative; the slots past the last read still come
     in the order they were written: here a confirm, then its BYE, which ends the record."""
-    from counterpoise.kamailio.dialog_events import DialogEvents
+    from counterpoise.kamailio.dialog_events import DialogEvents, QueuedReplies
 
     assert node.balancer.location is not None
-    events = DialogEvents(node.balancer.location)
+    events = DialogEvents(node.balancer.location, QueuedReplies(lambda: 1000))
     last = 2**31 - 2
     ksr.htables[EVENTS][str(last)] = "junk"
     events.drain()  # a key that is no event: removed; the last read moves on

@@ -228,16 +228,32 @@ class LocationRouting:
             name = avps.aor()
             if not name:
                 return
-            outcome = self._registered(name, proxy)
-        elif method == "INVITE" and self._settings.location.dialog_record_ttl_ms:
-            outcome = self._dialog_started(proxy)
-        else:
+            self._count_write(started, self._registered(name, proxy))
+        elif method == "INVITE":
+            self.dialog_started(proxy, read.dialog_ids(), started)
+
+    def dialog_started(
+        self, proxy: str, ids: read.DialogIds, started_ns: int | None = None
+    ) -> None:
+        """A 2xx to an INVITE from ``proxy`` (``ids``: its Call-ID and tags): this node's copy
+        of the dialog's record, unconfirmed (Redis gets it with the ACK). The reply route's,
+        or the timer process's for a 2xx a native reply route queued (``kamailio.
+        dialog_events``); ``started_ns``, when its caller's time began (``perf_ns``)."""
+        if not self._settings.location.dialog_record_ttl_ms:
             return
-        # The write's time, and what it did, in one write of the counters.
-        counts = {"writes": 1, "write_us": (clock.perf_ns() - started) // 1000}
+        started = clock.perf_ns() if started_ns is None else started_ns
+        self._count_write(started, self._dialog_started(proxy, ids))
+
+    def _count_write(self, started_ns: int, outcome: str | None) -> None:
+        """A record's write: its time, and what it did, in one write of the counters."""
+        counts = {"writes": 1, "write_us": (clock.perf_ns() - started_ns) // 1000}
         if outcome:
             counts[outcome] = 1
-        self._counters.add(counts)
+        if self._held_counts is None:
+            self._counters.add(counts)
+        else:
+            for name, amount in counts.items():
+                self.count(name, amount)
 
     def _registered(self, name: str, proxy: str) -> str:
         """Record or remove the registration; the counter of what it did."""
@@ -256,10 +272,10 @@ class LocationRouting:
         KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
         return outcome
 
-    def _dialog_started(self, proxy: str) -> str | None:
+    def _dialog_started(self, proxy: str, ids: read.DialogIds) -> str | None:
         """This node's copy of the record, unconfirmed: Redis gets it with the ACK;
         ``dialogs``, the counter of it, or None when it is not recorded."""
-        call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
+        call_id, from_tag, to_tag = (value or "" for value in ids)
         if not self._recordable(call_id, from_tag, to_tag):
             return None
         now = clock.wall_ms()
