@@ -5,6 +5,7 @@ records at the next tick as a worker's Python did."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -313,3 +314,23 @@ def test_the_native_route_queues_replies_in_the_form_the_timer_reads():
     read = set(re.findall(rf"\$sht\({htables.ROUTING.name}=>(\w+)\)", body))
     assert read == {htables.DIALOG_RECORDS, htables.REPLY_EVENT_MAX_CHARS}
     assert "route(CP_QUEUE_EVENT);" in body
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "kemi"])
+def test_an_ack_python_judges_before_its_record_starts_confirms_it_after_it(
+    node: Node, ksr: FakeKsr, native: bool
+):
+    """An ACK without a sealed Route reaches Python, in a native config maybe before the
+    timer started the record its 2xx queued (CP_FINAL): queued after that line, it confirms
+    the record at the same tick. A KEMI config's 2xx recorded it at once: nothing queued."""
+    node.balancer.routes = dataclasses.replace(node.balancer.routes, times_provisional=native)
+    queue(ksr, reply_line(dialog=(b"from-9", b"to-9", b"call-9")))
+    node.route("ACK", to_tag="to-9", call_id="call-9", from_tag="from-9")
+    assert "call-9" not in ksr.htables[DIALOGS]
+    assert len(ksr.htables[EVENTS]) == (2 if native else 1)
+    node.tick(100)
+    record = location.Record.from_local(ksr.htables[DIALOGS]["call-9"])
+    assert record is not None and record.source == ("198.51.100.7" if native else "")
+    node.tick(100)
+    node.tick(100)
+    assert ((DIALOG, "call-9") in node.locations.records) == native

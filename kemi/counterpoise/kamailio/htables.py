@@ -108,10 +108,12 @@ ROUTING = Htable(
         "kamailio.node_load.NodeLoad.tick",
         "kamailio.native_dialog.NativeDialogTable",
         "kamailio.dialog_events.DialogEvents.drain",
+        "kamailio.dialog_events.queue_confirm",
         "cfg:CP_QUEUE_EVENT",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
+        "kamailio.dialog_events.queue_confirm",
         "kamailio.shared.bump_version",
         "kamailio.shared.SettingsFeed.changes",
         "cfg:CP_IN_DIALOG",
@@ -347,7 +349,11 @@ DIALOG_EVENTS = Htable(
         ' ``"reply ..."`` (``core.queued_reply``), a proxy\'s 2xx the reply route counted out'
         " of flight"
     ),
-    writers=("cfg:CP_QUEUE_EVENT", "kamailio.dialog_events.DialogEvents.drain"),
+    writers=(
+        "cfg:CP_QUEUE_EVENT",
+        "kamailio.dialog_events.DialogEvents.drain",
+        "kamailio.dialog_events.queue_confirm",
+    ),
     readers=("kamailio.dialog_events.DialogEvents.drain",),
 )
 """The sealed ACKs and BYEs of a native config's in-dialog route, for the timer process to

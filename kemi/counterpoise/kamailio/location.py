@@ -343,22 +343,27 @@ class LocationRouting:
         record = location.Record.from_local(local) if isinstance(local, str) else None
         return call_id, (ids[1] or "", ids[2] or ""), record
 
-    def dialog_confirmed(self, ids: read.DialogIds, caller_host: str) -> None:
+    def dialog_confirmed(self, ids: read.DialogIds, caller_host: str) -> bool:
         """An ACK (``ids``: its Call-ID and tags; ``caller_host``: the address it came from,
         as the request route read it): the first one with the tags of a dialog whose 2xx
         passed this node queues its record for Redis, counted against the caller's
-        address."""
+        address. False when this node has no copy of a record for its Call-ID (not yet:
+        the timer process starts a record its native reply route queued at its next tick,
+        ``kamailio.dialog_events``)."""
         found = self._local_dialog(ids)
         if found is None:
-            return
+            return True  # no record is kept for it
         call_id, tags, record = found
-        if record is None or record.source or not record.matches_tags(*tags):
-            return  # not a dialog of this node's, or confirmed already
+        if record is None:
+            return False
+        if record.source or not record.matches_tags(*tags):
+            return True  # not a dialog of this node's, or confirmed already
         confirmed = record.confirmed_by(location.source_of(caller_host))
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
         self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))
         self.count("confirmed")
+        return True
 
     def dialog_ended(self, ids: read.DialogIds) -> None:
         """A BYE (``ids``: its Call-ID and tags): its dialog's record is no longer needed.
