@@ -328,7 +328,12 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
         processes.wait_for(
             lambda: answered_attempts(ctl) == 200, 5, "every call's outcome in the tallies"
         )
-        assert "reply_events_full" not in testbed.counters(ctl, "cpedge")
+        edge = testbed.counters(ctl, "cpedge")
+        assert "reply_events_full" not in edge and "queued_event_unreadable" not in edge
+        # The proxies' X-CP-Load of each 200, hex-encoded in its line, read back usable.
+        loads = [Tally.decode(text) for text in htable(ctl, "cptally").values()]
+        assert sum(tally.load_samples for tally in loads) >= 200
+        assert sum(tally.load_headers_rejected for tally in loads) == 0
 
 
 def answered_attempts(ctl: Path) -> int:
