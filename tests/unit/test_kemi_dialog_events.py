@@ -5,7 +5,6 @@ records at the next tick as a worker's Python did."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -233,6 +232,18 @@ def test_a_queued_reply_that_never_rang_is_timed_to_its_final_reply_capped(
     )
 
 
+def recorded_once(node: Node, ksr: FakeKsr, before: dict[str, int]) -> None:
+    """Call-9's record counted once since ``before`` (started, confirmed), and in Redis
+    with its caller's address after the timer's flush."""
+    after = location_counts(ksr)
+    for name in ("dialogs", "writes", "confirmed"):
+        assert after[name] == before.get(name, 0) + 1, name
+    node.tick(100)
+    node.tick(100)
+    stored, _ = node.locations.records[(DIALOG, "call-9")]
+    assert (stored.proxy, stored.source) == (A, "198.51.100.7")
+
+
 def test_a_queued_2xx_starts_its_dialog_record_before_its_ack_confirms_it(node: Node, ksr: FakeKsr):
     """The 2xx's slot comes before its ACK's: one drain starts the record, then confirms
     it, and Redis gets it; the record's counters as a worker's."""
@@ -251,13 +262,7 @@ def test_a_queued_2xx_starts_its_dialog_record_before_its_ack_confirms_it(node: 
         "to-9",
         "198.51.100.7",
     )
-    after = location_counts(ksr)
-    for name in ("dialogs", "writes", "confirmed"):
-        assert after[name] == before.get(name, 0) + 1, name
-    node.tick(100)
-    node.tick(100)
-    stored, _ = node.locations.records[(DIALOG, "call-9")]
-    assert (stored.proxy, stored.source) == (A, "198.51.100.7")
+    recorded_once(node, ksr, before)
 
 
 def test_a_queued_2xx_of_a_call_id_too_long_to_record_is_counted_and_its_outcome_kept(
@@ -310,27 +315,44 @@ def test_the_native_route_queues_replies_in_the_form_the_timer_reads():
     assert f"$var(cp_event) = $_s({queued_reply.WORD} $var(cp_first_ms) $var(cp_elapsed) " in body
     assert body.count(f'= "{queued_reply.ABSENT}";') == 4
     assert body.count(f'"{queued_reply.HEX_MARK}" + $(') == 2
-    assert body.count(f" {queued_reply.HEX_MARK}$(") == 3
+    assert body.count(f" {queued_reply.HEX_MARK}$(") == 3 + 2
+    tags = "x$(ft{s.encode.hexa}) x$(tt{s.encode.hexa})"
+    copy = f"$_s({location.NATIVE_LOCAL}$var(cp_proxy_uri) $TV(sn) $TV(un) {tags})"
+    assert f"$sht({DIALOGS}=>$ci) = {copy};" in body
     read = set(re.findall(rf"\$sht\({htables.ROUTING.name}=>(\w+)\)", body))
     assert read == {htables.DIALOG_RECORDS, htables.REPLY_EVENT_MAX_CHARS}
     assert "route(CP_QUEUE_EVENT);" in body
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "kemi"])
-def test_an_ack_python_judges_before_its_record_starts_confirms_it_after_it(
-    node: Node, ksr: FakeKsr, native: bool
-):
-    """An ACK without a sealed Route reaches Python, in a native config maybe before the
-    timer started the record its 2xx queued (CP_FINAL): queued after that line, it confirms
-    the record at the same tick. A KEMI config's 2xx recorded it at once: nothing queued."""
-    node.balancer.routes = dataclasses.replace(node.balancer.routes, times_provisional=native)
+def native_copy(
+    proxy: str, from_tag: bytes, to_tag: bytes, wall_ms: int = 1_700_000_000_123
+) -> str:
+    """This node's copy of a dialog record as route CP_FINAL writes it."""
+    seconds, ms = divmod(wall_ms, 1000)
+    return f"n {proxy} {seconds} {ms * 1000 + 456} x{from_tag.hex()} x{to_tag.hex()}"
+
+
+def test_an_ack_before_the_tick_confirms_the_copy_the_reply_route_wrote(node: Node, ksr: FakeKsr):
+    """A request right after the 2xx (here an ACK Python judges: no sealed Route) finds the
+    copy CP_FINAL wrote at once; the timer then keeps the confirmed copy and counts it."""
+    ksr.htables[DIALOGS]["call-9"] = native_copy(A, b"from-9", b"to-9")
     queue(ksr, reply_line(dialog=(b"from-9", b"to-9", b"call-9")))
+    before = location_counts(ksr)
     node.route("ACK", to_tag="to-9", call_id="call-9", from_tag="from-9")
+    confirmed = location.Record.from_local(ksr.htables[DIALOGS]["call-9"])
+    assert confirmed is not None and confirmed.source == "198.51.100.7"
+    assert confirmed.since_ms == 1_700_000_000_123
+    assert confirmed.expires_ms == 1_700_000_000_123 + Settings().location.dialog_record_ttl_ms
+    node.tick(100)
+    assert location.Record.from_local(ksr.htables[DIALOGS]["call-9"]) == confirmed
+    recorded_once(node, ksr, before)
+
+
+def test_the_timer_removes_the_copy_of_a_dialog_too_long_to_record(node: Node, ksr: FakeKsr):
+    long_tag = b"t" * (Settings().location.record_tag_max_chars + 1)
+    ksr.htables[DIALOGS]["call-9"] = native_copy(A, b"from-9", long_tag)
+    queue(ksr, reply_line(dialog=(b"from-9", long_tag, b"call-9")))
+    before = location_counts(ksr).get("too_long", 0)
+    node.tick(100)
     assert "call-9" not in ksr.htables[DIALOGS]
-    assert len(ksr.htables[EVENTS]) == (2 if native else 1)
-    node.tick(100)
-    record = location.Record.from_local(ksr.htables[DIALOGS]["call-9"])
-    assert record is not None and record.source == ("198.51.100.7" if native else "")
-    node.tick(100)
-    node.tick(100)
-    assert ((DIALOG, "call-9") in node.locations.records) == native
+    assert location_counts(ksr)["too_long"] == before + 1

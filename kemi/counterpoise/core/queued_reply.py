@@ -111,6 +111,12 @@ def _hex(field: str) -> bytes | None:
     """A hex field's bytes: None when absent; ``ValueError`` when it is not hex."""
     if field == ABSENT:
         return None
+    return hex_field(field)
+
+
+def hex_field(field: str) -> bytes:
+    """The bytes of a field a native route hex-encoded after ``HEX_MARK``; ``ValueError``
+    when it is not one."""
     if not field.startswith(HEX_MARK):
         raise ValueError(field)
     return bytes.fromhex(field[1:])

@@ -50,7 +50,7 @@ from counterpoise.kamailio import (
     shared,
 )
 from counterpoise.kamailio.counters import EDGE
-from counterpoise.kamailio.dialog_events import DialogEvents, QueuedReplies, queue_confirm
+from counterpoise.kamailio.dialog_events import DialogEvents, QueuedReplies
 from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
 from counterpoise.kamailio.native_dialog import NativeDialogTable
@@ -101,7 +101,8 @@ class RouteNames:
     """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
     balancer's sealed Record-Route)."""
     times_provisional: bool = False
-    """The reply route times the proxy's provisional replies itself, and calls ``on_reply``
+    """The reply route times the proxy's provisional replies itself and counts its 2xx
+    (queued for the timer process, which starts its dialog record), and calls ``on_reply``
     for the rest (the native include's): each attempt then carries what it needs (its relay
     on the script clock, the timers to re-arm)."""
     in_dialog_judged: bool = False
@@ -258,11 +259,7 @@ class Balancer:
         it (``dialog_seal.SEAL_PARAM_V1``) is checked here."""
         ack = KSR.is_ACK()
         if self.location is not None and ack:  # the dialog's record goes to Redis
-            ids = read.dialog_ids()
-            if not self.location.dialog_confirmed(ids, source[0]) and self.routes.times_provisional:
-                # Its 2xx's record may wait in the timer's queue (CP_FINAL): confirmed there,
-                # after it is started.
-                queue_confirm(ids, source[0])
+            self.location.dialog_confirmed(read.dialog_ids(), source[0])
         matched = KSR.tm.t_check_trans() if ack else 1
         if matched == 0:
             return  # the ACK of a negative reply: tm absorbed it

@@ -20,7 +20,7 @@ import KSR
 
 from counterpoise.core import location
 from counterpoise.core.queued_reply import QueuedReply
-from counterpoise.kamailio import htables, read, shared
+from counterpoise.kamailio import htables, shared
 from counterpoise.kamailio.counters import EDGE
 from counterpoise.kamailio.location import LocationRouting
 
@@ -29,28 +29,6 @@ SLOT_SPAN = 2**32
 they are read in the order of their distance past the last slot read, modulo this span."""
 UNREADABLE = "queued_event_unreadable"
 """Edge counter: a queued line that is no event (it is dropped)."""
-
-
-def queue_confirm(ids: read.DialogIds, caller_host: str) -> None:
-    """A worker's ACK whose dialog record this node has no copy of yet (the ACK had no sealed
-    Route: Python judged it): queued as route ``CP_DIALOG_EVENT`` queues a sealed ACK, so
-    the timer confirms the record after the 2xx's line that starts it, in slot order.
-    Bounded as that route bounds it; an ACK whose ids no line can carry is not queued."""
-    call_id, from_tag, to_tag = ids
-    if not (call_id and from_tag and to_tag) or " " in from_tag + to_tag:
-        return
-    line = f"confirm {from_tag} {to_tag} {caller_host} {call_id}"
-    table = htables.ROUTING.name
-    longest = KSR.htable.sht_get(table, htables.DIALOG_EVENT_MAX_CHARS)
-    if not isinstance(longest, int) or len(line) > longest:
-        return
-    slot = KSR.htable.sht_inc(table, htables.DIALOG_EVENT_SEQ)
-    last_read = KSR.htable.sht_get(table, htables.DIALOG_EVENT_READ)
-    most = KSR.htable.sht_get(table, htables.DIALOG_EVENTS_MAX)
-    if not isinstance(last_read, int) or not isinstance(most, int) or slot - last_read > most:
-        EDGE.count("dialog_events_dropped")
-        return
-    KSR.htable.sht_sets(htables.DIALOG_EVENTS.name, str(slot), line)
 
 
 class QueuedReplies:
@@ -119,7 +97,7 @@ class DialogEvents:
             if reply is not None:
                 self._replies.count(reply)
                 if routing is not None and reply.dialog is not None:
-                    routing.dialog_started(reply.proxy, reply.dialog)
+                    routing.native_dialog_started(reply.proxy, reply.dialog)
                 continue
             event = location.DialogEvent.parse(line)
             if event is None:

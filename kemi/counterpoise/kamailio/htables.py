@@ -108,12 +108,10 @@ ROUTING = Htable(
         "kamailio.node_load.NodeLoad.tick",
         "kamailio.native_dialog.NativeDialogTable",
         "kamailio.dialog_events.DialogEvents.drain",
-        "kamailio.dialog_events.queue_confirm",
         "cfg:CP_QUEUE_EVENT",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
-        "kamailio.dialog_events.queue_confirm",
         "kamailio.shared.bump_version",
         "kamailio.shared.SettingsFeed.changes",
         "cfg:CP_IN_DIALOG",
@@ -304,9 +302,10 @@ DIALOGS = Htable(
     size=10,
     autoexpire_s=60,
     key="Call-ID",
-    value="the dialog's record, this node's copy (``core.location.Record.to_local``); its"
-    " ``source`` is empty until the ACK confirms the dialog",
-    writers=("kamailio.location.LocationRouting",),
+    value="the dialog's record, this node's copy (``core.location.Record.to_local``, or"
+    " ``core.location.NATIVE_LOCAL`` as the native reply route writes it); its ``source`` is"
+    " empty until the ACK confirms the dialog",
+    writers=("kamailio.location.LocationRouting", "cfg:CP_FINAL"),
     readers=(
         "kamailio.location.LocationRouting.route_dialog",
         "kamailio.location.LocationRouting.dialog_confirmed",
@@ -349,11 +348,7 @@ DIALOG_EVENTS = Htable(
         ' ``"reply ..."`` (``core.queued_reply``), a proxy\'s 2xx the reply route counted out'
         " of flight"
     ),
-    writers=(
-        "cfg:CP_QUEUE_EVENT",
-        "kamailio.dialog_events.DialogEvents.drain",
-        "kamailio.dialog_events.queue_confirm",
-    ),
+    writers=("cfg:CP_QUEUE_EVENT", "kamailio.dialog_events.DialogEvents.drain"),
     readers=("kamailio.dialog_events.DialogEvents.drain",),
 )
 """The sealed ACKs and BYEs of a native config's in-dialog route, for the timer process to

@@ -237,12 +237,25 @@ class LocationRouting:
     ) -> None:
         """A 2xx to an INVITE from ``proxy`` (``ids``: its Call-ID and tags): this node's copy
         of the dialog's record, unconfirmed (Redis gets it with the ACK). The reply route's,
-        or the timer process's for a 2xx a native reply route queued (``kamailio.
+        or the timer process's for a 2xx a native reply route counted (``kamailio.
         dialog_events``); ``started_ns``, when its caller's time began (``perf_ns``)."""
         if not self._settings.location.dialog_record_ttl_ms:
             return
         started = clock.perf_ns() if started_ns is None else started_ns
         self._count_write(started, self._dialog_started(proxy, ids))
+
+    def native_dialog_started(self, proxy: str, ids: read.DialogIds) -> None:
+        """``dialog_started`` in the timer process, of a 2xx whose copy route ``CP_FINAL``
+        wrote already (``location.NATIVE_LOCAL``), so that a request right after the 2xx
+        found it: the copy is removed when the dialog is not recordable (counted
+        ``too_long``, as a worker counts it), kept when an ACK confirmed it since, else
+        written as a worker writes it."""
+        call_id = ids[0] or ""
+        record = self._local_record(call_id) if call_id else None
+        if record is not None and record.source:
+            self._count_write(clock.perf_ns(), "dialogs")  # its ACK confirmed it already
+            return
+        self.dialog_started(proxy, ids)
 
     def _count_write(self, started_ns: int, outcome: str | None) -> None:
         """A record's write: its time, and what it did, in one write of the counters."""
@@ -277,6 +290,8 @@ class LocationRouting:
         ``dialogs``, the counter of it, or None when it is not recorded."""
         call_id, from_tag, to_tag = (value or "" for value in ids)
         if not self._recordable(call_id, from_tag, to_tag):
+            if call_id:  # a native reply route's copy, if it wrote one
+                KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
             return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
@@ -313,7 +328,7 @@ class LocationRouting:
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
         if isinstance(local, str):
-            record = location.Record.from_local(local)
+            record = location.Record.from_local(local, self._settings.location.dialog_record_ttl_ms)
         else:
             ok, record = self._call(lambda store: store.get(DIALOG, call_id))
             if not ok:
@@ -339,31 +354,31 @@ class LocationRouting:
         call_id = ids[0] or ""
         if not edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
             return None
-        local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
-        record = location.Record.from_local(local) if isinstance(local, str) else None
-        return call_id, (ids[1] or "", ids[2] or ""), record
+        return call_id, (ids[1] or "", ids[2] or ""), self._local_record(call_id)
 
-    def dialog_confirmed(self, ids: read.DialogIds, caller_host: str) -> bool:
+    def _local_record(self, call_id: str) -> location.Record | None:
+        """This node's copy of the dialog record of ``call_id``, if any."""
+        local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
+        if not isinstance(local, str):
+            return None
+        return location.Record.from_local(local, self._settings.location.dialog_record_ttl_ms)
+
+    def dialog_confirmed(self, ids: read.DialogIds, caller_host: str) -> None:
         """An ACK (``ids``: its Call-ID and tags; ``caller_host``: the address it came from,
         as the request route read it): the first one with the tags of a dialog whose 2xx
         passed this node queues its record for Redis, counted against the caller's
-        address. False when this node has no copy of a record for its Call-ID (not yet:
-        the timer process starts a record its native reply route queued at its next tick,
-        ``kamailio.dialog_events``)."""
+        address."""
         found = self._local_dialog(ids)
         if found is None:
-            return True  # no record is kept for it
+            return
         call_id, tags, record = found
-        if record is None:
-            return False
-        if record.source or not record.matches_tags(*tags):
-            return True  # not a dialog of this node's, or confirmed already
+        if record is None or record.source or not record.matches_tags(*tags):
+            return  # not a dialog of this node's, or confirmed already
         confirmed = record.confirmed_by(location.source_of(caller_host))
         KSR.htable.sht_sets(htables.DIALOGS.name, call_id, confirmed.to_local())
         ttl = max(confirmed.expires_ms - clock.wall_ms(), 1)
         self._queue(location.PendingWrite.setting(call_id, confirmed, ttl))
         self.count("confirmed")
-        return True
 
     def dialog_ended(self, ids: read.DialogIds) -> None:
         """A BYE (``ids``: its Call-ID and tags): its dialog's record is no longer needed.
