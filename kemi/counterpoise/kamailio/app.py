@@ -102,7 +102,7 @@ class RouteNames:
     balancer's sealed Record-Route)."""
     times_provisional: bool = False
     """The reply route times the proxy's provisional replies itself and counts its 2xx
-    (queued for the timer process, which starts its dialog record), and calls ``on_reply``
+    (its outcome and dialog record queued for the timer process), and calls ``on_reply``
     for the rest (the native include's): each attempt then carries what it needs (its relay
     on the script clock, the timers to re-arm)."""
     in_dialog_judged: bool = False

@@ -3,13 +3,13 @@
 (``embed/counterpoise-dialog.cfg``) and the proxies' final replies the reply route counted
 out of flight (route ``CP_FINAL`` of ``embed/counterpoise.cfg``). Each tick it reads and
 removes them in queue order and does for each what a SIP worker would have done in Python
-(``LocationRouting.dialog_confirmed``, ``dialog_ended``, ``dialog_started``; the outcome's
-tally, ``QueuedReplies``), so the worker enters no Python for them.
+(``LocationRouting.dialog_confirmed``, ``dialog_ended``, ``native_dialog_started``; the
+outcome's tally, ``QueuedReplies``), so the worker enters no Python for them.
 
-One queue for both: a 2xx's dialog record is started before the ACK of that 2xx confirms it,
-because the reply route runs before tm relays the 2xx, so the reply takes the earlier slot
-and the drain, in slot order, starts the record first. A dialog record is started, confirmed
-or ended at the next tick instead of at once; its Redis write then goes the usual way
+One queue for both: a 2xx's dialog record is checked and counted before the ACK of that 2xx
+confirms it, because the reply route runs before tm relays the 2xx, so the reply takes the
+earlier slot and the drain goes in slot order. A dialog record is confirmed or ended at the
+next tick instead of at once; its Redis write then goes the usual way
 (``DialogWriteBehind``)."""
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues
 write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
 (In a native config the worker only queues the sealed ACK or BYE for the timer process, which
 calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``; it
-queues their writes in its own memory, ``OwnWrites``, flushed with the shared queue.)
+queues their writes in its own memory, ``OwnWrites``, flushed with the shared queue. The
+2xx's copy is written by the native reply route, and its bounds and counters are the timer's:
+``native_dialog_started``.)
 A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
 most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
 two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no

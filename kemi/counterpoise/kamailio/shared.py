@@ -286,7 +286,7 @@ class WorkerView:
         write: bool = True,
     ) -> None:
         """An attempt's outcome judged of its proxy (``attempts.Outcome``: ok or failed),
-        with the load its replies stated (``loads``), in one copy of the tally: the latency
+        with the load its replies stated (``loads``), in one write of the tally: the latency
         sample is ``attempts.latency_sample_ms`` of its times, ``cap_ms`` the failure
         penalty. The one count of a worker's reply route and of the timer's queued replies.
         ``write=False``: as ``note_load_headers``."""
