@@ -310,6 +310,7 @@ DIALOGS = Htable(
         "kamailio.location.LocationRouting.route_dialog",
         "kamailio.location.LocationRouting.dialog_confirmed",
         "kamailio.location.LocationRouting.dialog_ended",
+        "kamailio.location.LocationRouting.native_dialog_started",
     ),
 )
 """Seen at once by every worker of the node: the ACK right after a 200 finds it, and confirms
@@ -354,8 +355,8 @@ DIALOG_EVENTS = Htable(
 """The sealed ACKs and BYEs of a native config's in-dialog route, for the timer process to
 confirm or end their dialog records (``LocationRouting.dialog_confirmed``, ``dialog_ended``)
 at its next tick, and the proxies' 2xx its reply route counted out of flight, for the timer
-to count their outcomes and start their dialog records (``kamailio.dialog_events``): the SIP
-worker enters no Python for them. One queue, so that a 2xx's record is started before its
+to count their outcomes and the dialog records they start (``kamailio.dialog_events``): the
+SIP worker enters no Python for them. One queue, so that a 2xx's record is counted before its
 ACK confirms it. Bounded: a worker writes no slot more than ``dialog_events_max`` past the
 last one the timer read (the rest counted ``dialog_events_dropped``, or, a reply,
 ``reply_events_full`` and handled in Python), and no line longer than
