@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from counterpoise.core import location, queued_reply
+from counterpoise.core import location
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
@@ -26,7 +26,6 @@ A = "sip:10.0.0.1:5060"
 CALL_ID = "call-1@198.51.100.7"
 EVENTS, DIALOGS = htables.DIALOG_EVENTS.name, htables.DIALOGS.name
 DIALOG_ROUTES = Path(__file__).resolve().parents[2] / "embed" / "counterpoise-dialog.cfg"
-INCLUDE = DIALOG_ROUTES.with_name("counterpoise.cfg")
 
 
 @pytest.fixture
@@ -306,22 +305,6 @@ def test_the_timer_publishes_what_the_reply_route_reads(
         assert routing[htables.DIALOG_RECORDS] == records
         # 64 + 512 + 2 * (512 + 256 + 2 * 128): the settings' default bounds of a record.
         assert routing[htables.REPLY_EVENT_MAX_CHARS] == 2624
-
-
-def test_the_native_route_queues_replies_in_the_form_the_timer_reads():
-    """Route CP_FINAL formats its line with the words and marks ``core.queued_reply``
-    reads, and reads the switch and bound the timer publishes."""
-    (body,) = re.findall(r"^route\[CP_FINAL\] \{\n(.*?)^\}", INCLUDE.read_text(), re.M | re.S)
-    assert f"$var(cp_event) = $_s({queued_reply.WORD} $var(cp_first_ms) $var(cp_elapsed) " in body
-    assert body.count(f'= "{queued_reply.ABSENT}";') == 4
-    assert body.count(f'"{queued_reply.HEX_MARK}" + $(') == 2
-    assert body.count(f" {queued_reply.HEX_MARK}$(") == 3 + 2
-    tags = "x$(ft{s.encode.hexa}) x$(tt{s.encode.hexa})"
-    copy = f"$_s({location.NATIVE_LOCAL}$var(cp_proxy_uri) $TV(sn) $TV(un) {tags})"
-    assert f"$sht({DIALOGS}=>$ci) = {copy};" in body
-    read = set(re.findall(rf"\$sht\({htables.ROUTING.name}=>(\w+)\)", body))
-    assert read == {htables.DIALOG_RECORDS, htables.REPLY_EVENT_MAX_CHARS}
-    assert "route(CP_QUEUE_EVENT);" in body
 
 
 def native_copy(
