@@ -19,6 +19,7 @@ from harness import sipp_messages, stock, testbed
 
 from counterpoise import assets, processes
 from counterpoise.core.settings import Settings, runtime_values
+from counterpoise.core.tally import Tally
 from counterpoise.monitoring.read import scrape, value
 from tests.e2e.conftest import Bed, invite_counts, invite_shares
 from tests.e2e.test_balancer import _wait_share as wait_share
@@ -319,6 +320,25 @@ def test_a_minimal_config_routes_by_weight_and_relays_in_dialog(bed: Bed, tmp_pa
         assert heard == {a.uri, b.uri}
         awaiting = htable(ctl, "cpwait")
         assert awaiting and all(int(count) == 0 for count in awaiting.values()), awaiting
+        # Each call's 200 counted by CP_FINAL, out of flight, and queued beside its ACK and
+        # BYE; the timer counted each outcome once, and started each record its ACK confirmed.
+        inflight = htable(ctl, "cpinf")
+        assert inflight and all(int(count) == 0 for count in inflight.values()), inflight
+        assert int(htable(ctl, "cp")["dialog_event_seq"]) == 3 * 200
+        processes.wait_for(
+            lambda: answered_attempts(ctl) == 200, 5, "every call's outcome in the tallies"
+        )
+        edge = testbed.counters(ctl, "cpedge")
+        assert "reply_events_full" not in edge and "queued_event_unreadable" not in edge
+        # The proxies' X-CP-Load of each 200, hex-encoded in its line, read back usable.
+        loads = [Tally.decode(text) for text in htable(ctl, "cptally").values()]
+        assert sum(tally.load_samples for tally in loads) >= 200
+        assert sum(tally.load_headers_rejected for tally in loads) == 0
+
+
+def answered_attempts(ctl: Path) -> int:
+    """The attempts the node's tallies count as answered by their proxy."""
+    return sum(Tally.decode(text).requests_ok for text in htable(ctl, "cptally").values())
 
 
 def test_a_ringing_call_leaves_its_proxys_work_in_the_native_reply_route(

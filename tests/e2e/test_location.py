@@ -293,6 +293,9 @@ def test_dialog_record_routes_in_dialog_requests_sent_without_a_route_set(
         assert count.get("bye", 0) == count.get("invite", 0), (name, count)
     # Every BYE went by its record; an ACK does too unless tm matched it to its INVITE first.
     assert balancer_counters(bed)["dialog_routed"] >= 20
+    # The ACK right after its 200 found the node's copy of the record, and confirmed it.
+    assert balancer_counters(bed)["confirmed"] == 20
+    assert "dialog_unknown" not in balancer_counters(bed)
     # Every BYE deleted its record (in Redis within a tick of the timer process).
     processes.wait_for(
         lambda: list(location_store(bed).scan((DIALOG,))) == [], 5, "no dialog record left"

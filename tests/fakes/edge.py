@@ -35,7 +35,7 @@ class Node:
 
         # The edge's counters are one per process; each test is a fresh node.
         monkeypatch.setattr(counters, "EDGE", counters.Counters(htables.EDGE_COUNTERS))
-        for module in ("app", "guard", "location", "read", "shared"):
+        for module in ("app", "dialog_events", "guard", "location", "read", "shared"):
             monkeypatch.setattr(f"counterpoise.kamailio.{module}.EDGE", counters.EDGE)
         monkeypatch.setattr(guard, "_logged", set())  # what a fresh process has logged
 

@@ -357,3 +357,24 @@ def test_a_request_seal_select_held_is_sealed_when_released(
     node.release(10)
     assert ksr.pvs["$ci"] == "held" and ksr.relays[-1]["duri"] == A
     assert ksr.relays[-1]["record_route_params"]
+
+
+def test_the_native_route_queues_replies_in_the_form_the_timer_reads():
+    """Route CP_FINAL formats its line with the words and marks ``core.queued_reply``
+    reads (cfg cannot expand a #!define inside a $_s format: its text is held to the Python
+    names here), writes the node's copy of a record in the form ``core.location`` reads, and
+    reads the switch and bound the timer publishes."""
+    from counterpoise.core import location, queued_reply
+    from counterpoise.kamailio import htables
+
+    (body,) = re.findall(r"^route\[CP_FINAL\] \{\n(.*?)^\}", INCLUDE.read_text(), re.M | re.S)
+    assert f"$var(cp_event) = $_s({queued_reply.WORD} $var(cp_first_ms) $var(cp_elapsed) " in body
+    assert body.count(f'= "{queued_reply.ABSENT}";') == 4
+    assert body.count(f'"{queued_reply.HEX_MARK}" + $(') == 2
+    assert body.count(f" {queued_reply.HEX_MARK}$(") == 3 + 2
+    tags = "x$(ft{s.encode.hexa}) x$(tt{s.encode.hexa})"
+    copy = f"$_s({location.NATIVE_LOCAL}$var(cp_proxy_uri) $TV(sn) $TV(un) {tags})"
+    assert f"$sht({htables.DIALOGS.name}=>$ci) = {copy};" in body
+    read = set(re.findall(rf"\$sht\({htables.ROUTING.name}=>(\w+)\)", body))
+    assert read == {htables.DIALOG_RECORDS, htables.REPLY_EVENT_MAX_CHARS}
+    assert "route(CP_QUEUE_EVENT);" in body

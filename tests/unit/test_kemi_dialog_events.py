@@ -5,18 +5,22 @@ records at the next tick as a worker's Python did."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from counterpoise.core import location
 from counterpoise.core.settings import Settings
+from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
 from counterpoise.store.keys import DIALOG
 
 from ..fakes.edge import Node, edge_counters
 from ..fakes.ksr import FakeKsr
+from . import test_queued_reply
 
 A = "sip:10.0.0.1:5060"
 CALL_ID = "call-1@198.51.100.7"
@@ -90,10 +94,12 @@ def test_events_are_parsed_with_the_call_id_last():
 
 
 def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
-    """Route CP_DIALOG_EVENT counts its slots, bounds them and writes its line under the
-    names the timer process creates and reads."""
-    (body,) = re.findall(r"^route\[CP_DIALOG_EVENT\] \{\n(.*?)^\}", DIALOG_ROUTES.read_text(),
-                         re.M | re.S)  # fmt: skip
+    """Route CP_DIALOG_EVENT, through CP_QUEUE_EVENT, counts its slots, bounds them and
+    writes its line under the names the timer process creates and reads."""
+    body = "".join(
+        re.findall(rf"^route\[{name}\] \{{\n(.*?)^\}}", DIALOG_ROUTES.read_text(), re.M | re.S)[0]
+        for name in ("CP_DIALOG_EVENT", "CP_QUEUE_EVENT")
+    )
     read = set(re.findall(rf"\$sht\w*\({htables.ROUTING.name}=>(\w+)\)", body))
     assert read == {
         htables.DIALOG_EVENT_SEQ,
@@ -110,10 +116,10 @@ def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
 def test_slots_are_read_in_order_across_the_counters_wrap(node: Node, ksr: FakeKsr):
     """The route's slot counter wraps to negative; the slots past the last read still come
     in the order they were written: here a confirm, then its BYE, which ends the record."""
-    from counterpoise.kamailio.dialog_events import DialogEvents
+    from counterpoise.kamailio.dialog_events import DialogEvents, QueuedReplies
 
     assert node.balancer.location is not None
-    events = DialogEvents(node.balancer.location)
+    events = DialogEvents(node.balancer.location, QueuedReplies(lambda: 1000))
     last = 2**31 - 2
     ksr.htables[EVENTS][str(last)] = "junk"
     events.drain()  # a key that is no event: removed; the last read moves on
@@ -168,3 +174,168 @@ def test_far_from_the_queues_bound_the_timers_writes_are_never_encoded(
     node.tick(100)
     record, _ = node.locations.records[(DIALOG, CALL_ID)]
     assert record.source == "198.51.100.7"
+
+
+@pytest.fixture
+def apart(ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch) -> Node:
+    """A node whose timer process has a pid of its own, as in Kamailio: its objects made at
+    its first tick under it, so its tallies are keys of its own."""
+    node = Node(ksr, monkeypatch, Settings())
+    worker_pid = os.getpid
+    with monkeypatch.context() as timer:
+        timer.setattr(os, "getpid", lambda: worker_pid() + 1)
+        node.pool(A)
+    return node
+
+
+def reply_line(**values: Any) -> str:
+    """Route CP_FINAL's line of a 2xx from A."""
+    return test_queued_reply.line(proxy=A, **values)
+
+
+def location_counts(ksr: FakeKsr) -> dict[str, int]:
+    return location.sum_counters(dict(ksr.htables[htables.LOCATION_COUNTERS.name]))
+
+
+def test_a_queued_reply_counts_its_outcome_in_the_timers_own_tally(apart: Node, ksr: FakeKsr):
+    """Route CP_FINAL's 200 after a 100 at 1 ms and a 180 at 4 ms, with the loads of the
+    provisional replies and its own: counted as a worker's Python counts it."""
+    before = apart.totals().get(A, Tally())
+    loads, load = b"tx=1;workers=4;active=1|junk", b"tx=3;workers=4;active=3"
+    queue(ksr, reply_line(first=4, final=30, trying=1, loads=loads, load=load))
+    apart.tick(100)
+    assert ksr.htables[EVENTS] == {}
+    assert apart.totals()[A] - before == Tally(
+        requests_ok=1,
+        first_reply_ms_sum=4,
+        final_reply_ms_sum=30,
+        trying_ms_sum=1,
+        load_samples=2,
+        load_milli_sum=250 + 750,
+        load_headers_rejected=1,
+    )
+    assert "junk" in ksr.htables[htables.REJECTIONS.name][A]
+    timer_keys = [key for key in ksr.htables[htables.TALLIES.name] if key.endswith(A)]
+    assert len(timer_keys) == 1  # nothing routed through the worker's Python: the timer's
+
+
+def test_a_queued_reply_that_never_rang_is_timed_to_its_final_reply_capped(
+    apart: Node, ksr: FakeKsr
+):
+    penalty_ms = int(Settings().latency.failure_penalty_ms)
+    before = apart.totals().get(A, Tally())
+    queue(ksr, reply_line(first=None, final=penalty_ms + 5000, trying=None))
+    apart.tick(100)
+    assert apart.totals()[A] - before == Tally(
+        requests_ok=1, first_reply_ms_sum=penalty_ms, final_reply_ms_sum=penalty_ms + 5000
+    )
+
+
+def recorded_once(node: Node, ksr: FakeKsr, before: dict[str, int]) -> None:
+    """Call-9's record counted once since ``before`` (started, confirmed), and in Redis
+    with its caller's address after the timer's flush."""
+    after = location_counts(ksr)
+    for name in ("dialogs", "writes", "confirmed"):
+        assert after[name] == before.get(name, 0) + 1, name
+    node.tick(100)
+    node.tick(100)
+    stored, _ = node.locations.records[(DIALOG, "call-9")]
+    assert (stored.proxy, stored.source) == (A, "198.51.100.7")
+
+
+def test_a_queued_2xx_starts_its_dialog_record_before_its_ack_confirms_it(node: Node, ksr: FakeKsr):
+    """The 2xx's slot comes before its ACK's: one drain starts the record, then confirms
+    it, and Redis gets it; the record's counters as a worker's."""
+    before = location_counts(ksr)
+    queue(
+        ksr,
+        reply_line(dialog=(b"from-9", b"to-9", b"call-9")),
+        "confirm from-9 to-9 198.51.100.7 call-9",
+    )
+    node.tick(100)
+    record = location.Record.from_local(ksr.htables[DIALOGS]["call-9"])
+    assert record is not None
+    assert (record.proxy, record.from_tag, record.to_tag, record.source) == (
+        A,
+        "from-9",
+        "to-9",
+        "198.51.100.7",
+    )
+    recorded_once(node, ksr, before)
+
+
+def test_a_queued_2xx_of_a_call_id_too_long_to_record_is_counted_and_its_outcome_kept(
+    apart: Node, ksr: FakeKsr
+):
+    longest = Settings().location.record_call_id_max_chars
+    before, outcomes = location_counts(ksr), apart.totals().get(A, Tally()).requests_ok
+    queue(ksr, reply_line(dialog=(b"f", b"t", b"c" * (longest + 1))))
+    apart.tick(100)
+    assert location_counts(ksr)["too_long"] == before.get("too_long", 0) + 1
+    assert "c" * (longest + 1) not in ksr.htables[DIALOGS]
+    assert apart.totals()[A].requests_ok == outcomes + 1
+
+
+def test_values_not_utf8_are_counted_and_the_rest_of_the_reply_kept(apart: Node, ksr: FakeKsr):
+    before = apart.totals().get(A, Tally())
+    queue(ksr, reply_line(load=b"active=\xff", dialog=(b"f", b"t", b"call-\xff")))
+    apart.tick(100)
+    delta = apart.totals()[A] - before
+    assert (delta.requests_ok, delta.load_headers_rejected, delta.final_reply_ms_sum) == (1, 1, 30)
+    assert edge_counters(ksr)["not_utf8"] == 2
+    assert ksr.htables[EVENTS] == {}
+
+
+def test_a_queued_line_that_is_no_event_is_counted_and_removed(node: Node, ksr: FakeKsr):
+    queue(ksr, "reply 1 2 3", "reply - 30 - - - " + A + " xzz x x", "confirm")
+    node.tick(100)
+    assert ksr.htables[EVENTS] == {}
+    from counterpoise.kamailio.dialog_events import UNREADABLE
+
+    assert edge_counters(ksr)[UNREADABLE] == 3
+
+
+def test_the_timer_publishes_what_the_reply_route_reads(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    for settings, records in ((Settings(), 1), (Settings.of(dialog_record_ttl_ms=0), 0)):
+        node = Node(ksr, monkeypatch, settings)
+        node.pool(A)
+        routing = ksr.htables[htables.ROUTING.name]
+        assert routing[htables.DIALOG_RECORDS] == records
+        # 64 + 512 + 2 * (512 + 256 + 2 * 128): the settings' default bounds of a record.
+        assert routing[htables.REPLY_EVENT_MAX_CHARS] == 2624
+
+
+def native_copy(
+    proxy: str, from_tag: bytes, to_tag: bytes, wall_ms: int = 1_700_000_000_123
+) -> str:
+    """This node's copy of a dialog record as route CP_FINAL writes it."""
+    seconds, ms = divmod(wall_ms, 1000)
+    return f"n {proxy} {seconds} {ms * 1000 + 456} x{from_tag.hex()} x{to_tag.hex()}"
+
+
+def test_an_ack_before_the_tick_confirms_the_copy_the_reply_route_wrote(node: Node, ksr: FakeKsr):
+    """A request right after the 2xx (here an ACK Python judges: no sealed Route) finds the
+    copy CP_FINAL wrote at once; the timer then keeps the confirmed copy and counts it."""
+    ksr.htables[DIALOGS]["call-9"] = native_copy(A, b"from-9", b"to-9")
+    queue(ksr, reply_line(dialog=(b"from-9", b"to-9", b"call-9")))
+    before = location_counts(ksr)
+    node.route("ACK", to_tag="to-9", call_id="call-9", from_tag="from-9")
+    confirmed = location.Record.from_local(ksr.htables[DIALOGS]["call-9"])
+    assert confirmed is not None and confirmed.source == "198.51.100.7"
+    assert confirmed.since_ms == 1_700_000_000_123
+    assert confirmed.expires_ms == 1_700_000_000_123 + Settings().location.dialog_record_ttl_ms
+    node.tick(100)
+    assert location.Record.from_local(ksr.htables[DIALOGS]["call-9"]) == confirmed
+    recorded_once(node, ksr, before)
+
+
+def test_the_timer_removes_the_copy_of_a_dialog_too_long_to_record(node: Node, ksr: FakeKsr):
+    long_tag = b"t" * (Settings().location.record_tag_max_chars + 1)
+    ksr.htables[DIALOGS]["call-9"] = native_copy(A, b"from-9", long_tag)
+    queue(ksr, reply_line(dialog=(b"from-9", long_tag, b"call-9")))
+    before = location_counts(ksr).get("too_long", 0)
+    node.tick(100)
+    assert "call-9" not in ksr.htables[DIALOGS]
+    assert location_counts(ksr)["too_long"] == before + 1

@@ -171,6 +171,7 @@ def test_the_timer_publishes_what_the_configs_dialog_routes_read(node: Node, ksr
         "banned": 0,
         "dropped_banned": 0,
         "dialog_events_dropped": 0,
+        "reply_events_full": 0,
     }
     # The native queue of dialog events: its slot numbers from 0, its bounds.
     assert routing[htables.DIALOG_EVENT_SEQ] == 0 and routing[htables.DIALOG_EVENT_READ] == 0

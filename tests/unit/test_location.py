@@ -302,3 +302,21 @@ def test_a_confirmed_record_is_the_same_record_with_its_source():
     assert record.confirmed_by("192.0.2.7") == Record(
         "sip:10.0.0.1:5060", 1, 2, "f", "t", "192.0.2.7"
     )
+
+
+def test_the_copy_a_native_reply_route_writes_reads_as_the_same_record():
+    text = f"{location.NATIVE_LOCAL}sip:10.0.0.1:5060 1700000000 123456 x{b'ft'.hex()} x"
+    record = location.Record.from_local(text, ttl_ms=60_000)
+    assert record == location.Record(
+        "sip:10.0.0.1:5060", 1_700_000_000_123, 1_700_000_060_123, "ft", ""
+    )
+    assert location.Record.from_local("n sip:a 1 2 x x") == location.Record("sip:a", 1000, 1000)
+    for bad in (
+        "n sip:a 1 2 x",
+        "n  1 2 x x",
+        "n sip:a one 2 x x",
+        "n sip:a 1 2 zz x",
+        "n sip:a 1 2 xzz x",
+        "n sip:a 1 2 xff x",
+    ):
+        assert location.Record.from_local(bad) is None, bad

@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 
+from counterpoise.core import queued_reply
 from counterpoise.core.pool import MAX_EPOCH_MS, check_proxy_uri
 from counterpoise.core.settings import Fallback
 from counterpoise.core.untrusted import BadRecord, untrusted
@@ -182,8 +183,12 @@ class Record:
         )
 
     @classmethod
-    def from_local(cls, text: str) -> Record | None:
-        """The record ``to_local`` wrote; None for anything else."""
+    def from_local(cls, text: str, ttl_ms: int = 0) -> Record | None:
+        """The record ``to_local`` wrote, or the one a native reply route wrote
+        (``NATIVE_LOCAL``: ``ttl_ms``, its lifetime, makes its expiry); None for anything
+        else."""
+        if text.startswith(NATIVE_LOCAL):
+            return _native_local(text, ttl_ms)
         try:
             proxy, since_ms, expires_ms, from_tag, to_tag, source = json.loads(text)
         except (ValueError, TypeError):
@@ -214,6 +219,26 @@ def local_dialog_record(
     function, without a ``Record`` or an encoder made per call."""
     proxy, from_tag, to_tag, source = map(_json_string, (proxy, from_tag, to_tag, source))
     return f"[{proxy}, {since_ms}, {expires_ms}, {from_tag}, {to_tag}, {source}]"
+
+
+NATIVE_LOCAL = "n "
+"""This node's copy of a dialog record as route ``CP_FINAL`` (``embed/counterpoise.cfg``)
+writes it for a proxy's 2xx, at once, before the timer process counts the record: ``"n
+<proxy uri> <wall s> <its µs> <from tag> <to tag>"``, the tags hex-encoded after
+``queued_reply.HEX_MARK`` (any byte). Read as the same record as ``to_local``'s."""
+
+
+def _native_local(text: str, ttl_ms: int) -> Record | None:
+    fields = text.split(" ")
+    if len(fields) != 6 or not fields[1]:
+        return None
+    _, proxy, seconds, micros, from_tag, to_tag = fields
+    try:
+        since_ms = int(seconds) * 1000 + int(micros) // 1000
+        tags = [queued_reply.hex_field(tag).decode() for tag in (from_tag, to_tag)]
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+    return Record(proxy, since_ms, since_ms + ttl_ms, *tags)
 
 
 _json_string = json.encoder.encode_basestring_ascii

@@ -50,7 +50,7 @@ from counterpoise.kamailio import (
     shared,
 )
 from counterpoise.kamailio.counters import EDGE
-from counterpoise.kamailio.dialog_events import DialogEvents
+from counterpoise.kamailio.dialog_events import DialogEvents, QueuedReplies
 from counterpoise.kamailio.guard import hook
 from counterpoise.kamailio.location import DialogWriteBehind, LocationRouting
 from counterpoise.kamailio.native_dialog import NativeDialogTable
@@ -101,7 +101,8 @@ class RouteNames:
     """tm branch route of the requests ``seal`` marked, calling ``on_branch`` (the
     balancer's sealed Record-Route)."""
     times_provisional: bool = False
-    """The reply route times the proxy's provisional replies itself, and calls ``on_reply``
+    """The reply route times the proxy's provisional replies itself and counts its 2xx
+    (its outcome and dialog record queued for the timer process), and calls ``on_reply``
     for the rest (the native include's): each attempt then carries what it needs (its relay
     on the script clock, the timers to re-arm)."""
     in_dialog_judged: bool = False
@@ -689,18 +690,18 @@ class Balancer:
         loads = [] if load is None else [load]
         if self.routes.times_provisional:  # the load its provisional replies stated
             loads += attempt.load_headers
-        if loads:
-            self.view.note_load_headers(uri, loads, write=False)  # written with the outcome
-        if timed_out:
-            self.view.count_timeout(uri, elapsed, self._max_sample_ms)
+        if timed_out or result == attempts.Outcome.NOT_THE_PROXY:
+            if loads:
+                self.view.note_load_headers(uri, loads, write=False)  # written with the outcome
+            if timed_out:
+                self.view.count_timeout(uri, elapsed, self._max_sample_ms)
+            else:
+                self.view.write_tally(uri)  # the reply's load sample, if it brought one
             return
-        if result == attempts.Outcome.NOT_THE_PROXY:
-            self.view.write_tally(uri)  # the reply's load sample, if it brought one
-            return
-        trying_ms = attempt.trying_ms
-        sample = attempts.latency_sample_ms(first_reply_ms, elapsed, self._max_sample_ms, trying_ms)
         failed = result == attempts.Outcome.PROXY_FAILED
-        self.view.count_request(uri, failed, sample, elapsed, trying_ms)
+        self.view.count_outcome(
+            uri, loads, failed, first_reply_ms, elapsed, attempt.trying_ms, self._max_sample_ms
+        )
 
     # --- probes and the sync timer -------------------------------------------------------------
 
@@ -739,18 +740,20 @@ class Balancer:
             shared.bump_version()  # the workers look at the settings at their next request
         if self.sync is None:
             self.sync = self._make_sync_loop()
-            if self.location is not None:
-                drained = self.location
-                if self.settings.location.dialog_record_ttl_ms:
-                    self.dialog_writes = DialogWriteBehind(self.settings, _notice)
-                    drained = self.location.queueing_in(self.dialog_writes.own)
-                self.dialog_events = DialogEvents(drained)
+            drained = self.location
+            if drained is not None and self.settings.location.dialog_record_ttl_ms:
+                self.dialog_writes = DialogWriteBehind(self.settings, _notice)
+                drained = drained.queueing_in(self.dialog_writes.own)
+            replies = QueuedReplies(lambda: self._max_sample_ms)
+            self.dialog_events = DialogEvents(drained, replies)
             self.metrics = metrics.Endpoint(self.settings, _notice)
             self.dialog_keys = dialog_keys.DialogKeyLoader(self.settings, _notice)
             self.node_load = node_load.NodeLoad(self.settings)
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
+        if self.dialog_events is not None:  # the queued replies' outcomes count in this tick
+            guard.isolated("dialog events", self.dialog_events.drain)
         guard.isolated("sync tick", sync.tick)
         guard.isolated("native dialog table", lambda: self.native_dialog.publish(self.settings))
         if self.dialog_keys is not None:
@@ -758,8 +761,6 @@ class Balancer:
         if self.node_load is not None:
             load, settings = self.node_load, self.settings
             guard.isolated("node load", lambda: load.tick(settings))
-        if self.dialog_events is not None:
-            guard.isolated("dialog events", self.dialog_events.drain)
         if writes is not None:
             guard.isolated("dialog flush", writes.flush)
         guard.isolated(

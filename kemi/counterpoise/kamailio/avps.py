@@ -37,6 +37,9 @@ from __future__ import annotations
 
 import KSR
 
+# Between the values of cpl<i>: route[CP_PROVISIONAL] joins them with it, the timer splits
+# a queued reply's so too (core.queued_reply).
+from counterpoise.core.queued_reply import LOAD_SEPARATOR as LOAD_SEPARATOR
 from counterpoise.kamailio import read
 
 FIRST_BRANCH = "$avp(cpb)"
@@ -50,8 +53,6 @@ RESUMED_BRANCH = 1
 """tm's branch of the first attempt of a request that was held (``cpb``)."""
 TIMED_OUT = 2
 """``cpd<i>`` of an attempt counted as a silent timeout."""
-LOAD_SEPARATOR = "|"
-"""Between the values of ``cpl<i>`` (``route[CP_PROVISIONAL]`` joins them with it)."""
 
 
 class Attempt:

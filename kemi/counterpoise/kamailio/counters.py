@@ -49,5 +49,6 @@ class Counters:
 EDGE = Counters(htables.EDGE_COUNTERS)
 """What the edge refused or could not read: ``shed``, ``dropped_flood``, ``banned``,
 ``dropped_banned``, ``relay_denied``, ``stray_reply``, ``foreign_reply``, ``not_utf8``,
-``error_<what>``, ``inflight_corrected``, ``no_dialog_key``, ``unsealed``; and what it let
+``error_<what>``, ``inflight_corrected``, ``no_dialog_key``, ``unsealed``,
+``queued_event_unreadable`` (a line of the timer's queue that is no event); and what it let
 through unmatched: ``stray_forwarded``, ``orphan_forwarded``."""

@@ -68,6 +68,8 @@ DIALOG_EVENT_SEQ = "dialog_event_seq"
 DIALOG_EVENT_READ = "dialog_event_read"
 DIALOG_EVENTS_MAX = "dialog_events_max"
 DIALOG_EVENT_MAX_CHARS = "dialog_event_max_chars"
+DIALOG_RECORDS = "dialog_records"
+REPLY_EVENT_MAX_CHARS = "reply_event_max_chars"
 ROUTING = Htable(
     name="cp",
     size=2,
@@ -83,6 +85,8 @@ ROUTING = Htable(
         DIALOG_EVENT_READ,
         DIALOG_EVENTS_MAX,
         DIALOG_EVENT_MAX_CHARS,
+        DIALOG_RECORDS,
+        REPLY_EVENT_MAX_CHARS,
     ),
     value=(
         "the routing table (``core.routing_table``); the version of everything the timer "
@@ -93,7 +97,9 @@ ROUTING = Htable(
         "(``core.admission``); for the config's in-dialog route "
         "(``embed/counterpoise-dialog.cfg``), the ``in_dialog_fr_timer_ms`` setting, 1 "
         "when the location server is on, and the bounds and slot numbers of its queue of "
-        "dialog events (``DIALOG_EVENTS``)"
+        "dialog events (``DIALOG_EVENTS``); for the reply route ``CP_FINAL``, 1 when the "
+        "location server records dialogs, and the bound of a queued reply's line "
+        "(``core.queued_reply.max_chars``)"
     ),
     writers=(
         "kamailio.shared.SharedTable.publish_table",
@@ -102,7 +108,7 @@ ROUTING = Htable(
         "kamailio.node_load.NodeLoad.tick",
         "kamailio.native_dialog.NativeDialogTable",
         "kamailio.dialog_events.DialogEvents.drain",
-        "cfg:CP_DIALOG_EVENT",
+        "cfg:CP_QUEUE_EVENT",
     ),
     readers=(
         "kamailio.shared.WorkerView.refresh",
@@ -110,6 +116,8 @@ ROUTING = Htable(
         "kamailio.shared.SettingsFeed.changes",
         "cfg:CP_IN_DIALOG",
         "cfg:CP_DIALOG_EVENT",
+        "cfg:CP_QUEUE_EVENT",
+        "cfg:CP_FINAL",
     ),
 )
 """The sync loop publishes the table every SIP worker routes with; ``counterpoise up`` pushes
@@ -128,11 +136,13 @@ INFLIGHT = Htable(
         "kamailio.shared.inflight_add",
         "kamailio.shared.relayed",
         "kamailio.shared.SharedTable.drop_stale_inflight",
+        "cfg:CP_FINAL",
     ),
     readers=("kamailio.shared.inflight",),
 )
 """Counted in and out with ``sht_inc``/``sht_dec`` (atomic across workers; ``initval`` lets
-the first create the key); the sync loop drops the counts of past epochs as drift."""
+the first create the key; the native include's reply route counts a 2xx's attempt out with
+``$shtdec``); the sync loop drops the counts of past epochs as drift."""
 
 AWAITING = Htable(
     name="cpwait",
@@ -148,6 +158,7 @@ AWAITING = Htable(
         "kamailio.shared.relayed",
         "kamailio.shared.SharedTable.drop_stale_inflight",
         "cfg:CP_PROVISIONAL",
+        "cfg:CP_FINAL",
     ),
     readers=("kamailio.shared.awaiting",),
 )
@@ -164,7 +175,9 @@ TALLIES = Htable(
     writers=("kamailio.shared.WorkerView",),
     readers=("kamailio.shared.SharedTable.read_tallies",),
 )
-"""Each key has a single writer, so no lock is taken."""
+"""Each key has a single writer, so no lock is taken. The timer process has keys of its own
+too: the outcomes of the replies the native reply route queued (``kamailio.dialog_events.
+QueuedReplies``)."""
 
 LOCATION_REJECT = "location record"
 """The key of the latest rejected location record (never a proxy URI: it has a space)."""
@@ -210,7 +223,7 @@ PROXY_BY_ADDRESS = Htable(
     key='``"<address> <port>"`` (``edge.pool_hops``: an IP, lower case, no brackets)',
     value="the URI of the pool proxy seen at that address (the routing table's)",
     writers=("kamailio.pool_addresses.PoolAddresses",),
-    readers=("kamailio.app.Balancer", "cfg:CP_HEARD", "cfg:CP_PROVISIONAL"),
+    readers=("kamailio.app.Balancer", "cfg:CP_HEARD", "cfg:CP_ATTEMPT"),
 )
 """Rewritten by the timer process when the pool's proxies change: a native route finds the
 proxy a reply came from with one lookup of ``$si $sp``, as ``edge.from_pool`` does over UDP
@@ -289,13 +302,15 @@ DIALOGS = Htable(
     size=10,
     autoexpire_s=60,
     key="Call-ID",
-    value="the dialog's record, this node's copy (``core.location.Record.to_local``); its"
-    " ``source`` is empty until the ACK confirms the dialog",
-    writers=("kamailio.location.LocationRouting",),
+    value="the dialog's record, this node's copy (``core.location.Record.to_local``, or"
+    " ``core.location.NATIVE_LOCAL`` as the native reply route writes it); its ``source`` is"
+    " empty until the ACK confirms the dialog",
+    writers=("kamailio.location.LocationRouting", "cfg:CP_FINAL"),
     readers=(
         "kamailio.location.LocationRouting.route_dialog",
         "kamailio.location.LocationRouting.dialog_confirmed",
         "kamailio.location.LocationRouting.dialog_ended",
+        "kamailio.location.LocationRouting.native_dialog_started",
     ),
 )
 """Seen at once by every worker of the node: the ACK right after a 200 finds it, and confirms
@@ -330,17 +345,23 @@ DIALOG_EVENTS = Htable(
     ),
     value=(
         '``"confirm <from tag> <to tag> <source ip> <Call-ID>"`` (an ACK) or ``"end <from tag>'
-        ' <to tag> <Call-ID>"`` (a relayed BYE), of a request whose seal the config checked'
+        ' <to tag> <Call-ID>"`` (a relayed BYE), of a request whose seal the config checked;'
+        ' ``"reply ..."`` (``core.queued_reply``), a proxy\'s 2xx the reply route counted out'
+        " of flight"
     ),
-    writers=("cfg:CP_DIALOG_EVENT", "kamailio.dialog_events.DialogEvents.drain"),
+    writers=("cfg:CP_QUEUE_EVENT", "kamailio.dialog_events.DialogEvents.drain"),
     readers=("kamailio.dialog_events.DialogEvents.drain",),
 )
 """The sealed ACKs and BYEs of a native config's in-dialog route, for the timer process to
 confirm or end their dialog records (``LocationRouting.dialog_confirmed``, ``dialog_ended``)
-at its next tick: the SIP worker enters no Python for them. Bounded: a worker writes no slot
-more than ``dialog_events_max`` past the last one the timer read (the rest counted
-``dialog_events_dropped``), and no line longer than ``dialog_event_max_chars`` (it could
-name no recordable dialog)."""
+at its next tick, and the proxies' 2xx its reply route counted out of flight, for the timer
+to count their outcomes and the dialog records they start (``kamailio.dialog_events``): the
+SIP worker enters no Python for them. One queue, so that a 2xx's record is counted before its
+ACK confirms it. Bounded: a worker writes no slot more than ``dialog_events_max`` past the
+last one the timer read (the rest counted ``dialog_events_dropped``, or, a reply,
+``reply_events_full`` and handled in Python), and no line longer than
+``dialog_event_max_chars`` (it could name no recordable dialog) or, a reply,
+``reply_event_max_chars`` (handled in Python)."""
 
 LOCATION_CACHE = Htable(
     name="cplocc",
@@ -392,6 +413,7 @@ NATIVE_EDGE_COUNTERS = (
     "banned",
     "dropped_banned",
     "dialog_events_dropped",
+    "reply_events_full",
 )
 """The edge counters the config's own routes count (``embed/counterpoise-dialog.cfg``, and
 ``kamailio.cfg``'s flood limits, route ``CP_FLOOD``)."""
@@ -411,6 +433,7 @@ EDGE_COUNTERS = Htable(
         "cfg:CP_DENY",
         "cfg:CP_UNSEALED",
         "cfg:CP_DIALOG_EVENT",
+        "cfg:CP_FINAL",
     ),
     readers=("kamailio.shared.SharedTable.read_counters",),
     operators="``htable.dump cpedge``: every process's count",

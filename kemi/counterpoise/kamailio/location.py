@@ -25,7 +25,9 @@ needs); the worker handling the ACK of that 2xx (the dialog is confirmed) queues
 write in ``htables.DIALOG_WRITES``, and one handling a BYE with the dialog's tags the delete.
 (In a native config the worker only queues the sealed ACK or BYE for the timer process, which
 calls ``dialog_confirmed`` and ``dialog_ended`` for it: ``kamailio.dialog_events``; it
-queues their writes in its own memory, ``OwnWrites``, flushed with the shared queue.)
+queues their writes in its own memory, ``OwnWrites``, flushed with the shared queue. The
+2xx's copy is written by the native reply route, and its bounds and counters are the timer's:
+``native_dialog_started``.)
 A worker's writes of one period of ``location.QUEUE_BATCH_MS`` share a queue entry (of at
 most ``location.QUEUE_BATCH_WRITES``). The timer process sends the closed batches to Redis in
 two pipelined round trips per tick (``DialogWriteBehind``): a call costs its SIP worker no
@@ -228,16 +230,45 @@ class LocationRouting:
             name = avps.aor()
             if not name:
                 return
-            outcome = self._registered(name, proxy)
-        elif method == "INVITE" and self._settings.location.dialog_record_ttl_ms:
-            outcome = self._dialog_started(proxy)
-        else:
+            self._count_write(started, self._registered(name, proxy))
+        elif method == "INVITE":
+            self.dialog_started(proxy, read.dialog_ids(), started)
+
+    def dialog_started(
+        self, proxy: str, ids: read.DialogIds, started_ns: int | None = None
+    ) -> None:
+        """A 2xx to an INVITE from ``proxy`` (``ids``: its Call-ID and tags): this node's copy
+        of the dialog's record, unconfirmed (Redis gets it with the ACK). The reply route's,
+        or the timer process's for a 2xx a native reply route counted (``kamailio.
+        dialog_events``); ``started_ns``, when its caller's time began (``perf_ns``)."""
+        if not self._settings.location.dialog_record_ttl_ms:
             return
-        # The write's time, and what it did, in one write of the counters.
-        counts = {"writes": 1, "write_us": (clock.perf_ns() - started) // 1000}
+        started = clock.perf_ns() if started_ns is None else started_ns
+        self._count_write(started, self._dialog_started(proxy, ids))
+
+    def native_dialog_started(self, proxy: str, ids: read.DialogIds) -> None:
+        """``dialog_started`` in the timer process, of a 2xx whose copy route ``CP_FINAL``
+        wrote already (``location.NATIVE_LOCAL``), so that a request right after the 2xx
+        found it: the copy is removed when the dialog is not recordable (counted
+        ``too_long``, as a worker counts it), kept when an ACK confirmed it since, else
+        written as a worker writes it."""
+        call_id = ids[0] or ""
+        record = self._local_record(call_id) if call_id else None
+        if record is not None and record.source:
+            self._count_write(clock.perf_ns(), "dialogs")  # its ACK confirmed it already
+            return
+        self.dialog_started(proxy, ids)
+
+    def _count_write(self, started_ns: int, outcome: str | None) -> None:
+        """A record's write: its time, and what it did, in one write of the counters."""
+        counts = {"writes": 1, "write_us": (clock.perf_ns() - started_ns) // 1000}
         if outcome:
             counts[outcome] = 1
-        self._counters.add(counts)
+        if self._held_counts is None:
+            self._counters.add(counts)
+        else:
+            for name, amount in counts.items():
+                self.count(name, amount)
 
     def _registered(self, name: str, proxy: str) -> str:
         """Record or remove the registration; the counter of what it did."""
@@ -256,11 +287,13 @@ class LocationRouting:
         KSR.htable.sht_rm(htables.LOCATION_CACHE.name, name)
         return outcome
 
-    def _dialog_started(self, proxy: str) -> str | None:
+    def _dialog_started(self, proxy: str, ids: read.DialogIds) -> str | None:
         """This node's copy of the record, unconfirmed: Redis gets it with the ACK;
         ``dialogs``, the counter of it, or None when it is not recorded."""
-        call_id, from_tag, to_tag = _text("$ci"), _text("$ft"), _text("$tt")
+        call_id, from_tag, to_tag = (value or "" for value in ids)
         if not self._recordable(call_id, from_tag, to_tag):
+            if call_id:  # a native reply route's copy, if it wrote one
+                KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
             return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
@@ -297,7 +330,7 @@ class LocationRouting:
             return None
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
         if isinstance(local, str):
-            record = location.Record.from_local(local)
+            record = location.Record.from_local(local, self._settings.location.dialog_record_ttl_ms)
         else:
             ok, record = self._call(lambda store: store.get(DIALOG, call_id))
             if not ok:
@@ -323,9 +356,14 @@ class LocationRouting:
         call_id = ids[0] or ""
         if not edge.recordable(call_id, self._settings.location.record_call_id_max_chars):
             return None
+        return call_id, (ids[1] or "", ids[2] or ""), self._local_record(call_id)
+
+    def _local_record(self, call_id: str) -> location.Record | None:
+        """This node's copy of the dialog record of ``call_id``, if any."""
         local = KSR.htable.sht_get(htables.DIALOGS.name, call_id)
-        record = location.Record.from_local(local) if isinstance(local, str) else None
-        return call_id, (ids[1] or "", ids[2] or ""), record
+        if not isinstance(local, str):
+            return None
+        return location.Record.from_local(local, self._settings.location.dialog_record_ttl_ms)
 
     def dialog_confirmed(self, ids: read.DialogIds, caller_host: str) -> None:
         """An ACK (``ids``: its Call-ID and tags; ``caller_host``: the address it came from,

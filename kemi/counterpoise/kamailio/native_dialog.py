@@ -1,14 +1,15 @@
-"""What the config's own dialog routes (``embed/counterpoise-dialog.cfg``) read from the timer
-process, beside the pool's addresses (``kamailio.pool_addresses``): the in-dialog timer,
-whether the location server is on and the bounds of its queue of dialog events; and the edge
-counters and queue slots they count, created at 0 (``$shtinc`` creates no key). Written at
-each sync tick, only what changed."""
+"""What the config's own dialog and reply routes (``embed/counterpoise-dialog.cfg``, route
+``CP_FINAL`` of ``embed/counterpoise.cfg``) read from the timer process, beside the pool's
+addresses (``kamailio.pool_addresses``): the in-dialog timer, whether the location server is
+on and records dialogs, and the bounds of their queue of events; and the edge counters and
+queue slots they count, created at 0 (``$shtinc`` creates no key). Written at each sync tick,
+only what changed."""
 
 from __future__ import annotations
 
 import KSR
 
-from counterpoise.core import location
+from counterpoise.core import location, queued_reply
 from counterpoise.core.settings import Settings
 from counterpoise.kamailio import htables
 
@@ -17,7 +18,7 @@ class NativeDialogTable:
     """The timer process's side; it alone writes these keys, so it remembers what it wrote."""
 
     def __init__(self) -> None:
-        self._settings: tuple[int, int, int] | None = None
+        self._settings: tuple[int, int, int, int, int] | None = None
 
     def publish(self, settings: Settings) -> None:
         if self._settings is None:
@@ -31,16 +32,27 @@ class NativeDialogTable:
             KSR.htable.sht_seti(
                 htables.ROUTING.name, htables.DIALOG_EVENTS_MAX, location.DIALOG_EVENTS_MAX
             )
+        records = settings.location
         wanted = (
             int(settings.failover.in_dialog_fr_timer_ms),
             location.dialog_event_max_chars(
-                settings.location.record_call_id_max_chars, settings.location.record_tag_max_chars
+                records.record_call_id_max_chars, records.record_tag_max_chars
             ),
-            int(settings.location.location_server),
+            int(records.location_server),
+            int(records.location_server and records.dialog_record_ttl_ms > 0),
+            queued_reply.max_chars(records.record_call_id_max_chars, records.record_tag_max_chars),
         )
         if wanted != self._settings:
             self._settings = wanted
             table = htables.ROUTING.name
-            KSR.htable.sht_seti(table, htables.IN_DIALOG_FR_TIMER_MS, wanted[0])
-            KSR.htable.sht_seti(table, htables.DIALOG_EVENT_MAX_CHARS, wanted[1])
-            KSR.htable.sht_seti(table, htables.LOCATION_SERVER, wanted[2])
+            # In this order: the reply route queues a reply only once it sees the bound of
+            # its line, and then sees whether to record the reply's dialog.
+            names = (
+                htables.IN_DIALOG_FR_TIMER_MS,
+                htables.DIALOG_EVENT_MAX_CHARS,
+                htables.LOCATION_SERVER,
+                htables.DIALOG_RECORDS,
+                htables.REPLY_EVENT_MAX_CHARS,
+            )
+            for name, value in zip(names, wanted, strict=True):
+                KSR.htable.sht_seti(table, name, value)

@@ -274,6 +274,28 @@ class WorkerView:
         tally = self._tallies.get(uri, NOTHING)
         self._store(uri, tally.with_request(failed, first_ms, final_ms, trying_ms))
 
+    def count_outcome(
+        self,
+        uri: str,
+        loads: Sequence[str],
+        failed: bool,
+        first_reply_ms: int | None,
+        final_ms: int,
+        trying_ms: int | None,
+        cap_ms: int,
+        write: bool = True,
+    ) -> None:
+        """An attempt's outcome judged of its proxy (``attempts.Outcome``: ok or failed),
+        with the load its replies stated (``loads``), in one write of the tally: the latency
+        sample is ``attempts.latency_sample_ms`` of its times, ``cap_ms`` the failure
+        penalty. The one count of a worker's reply route and of the timer's queued replies.
+        ``write=False``: as ``note_load_headers``."""
+        if loads:
+            self.note_load_headers(uri, loads, write=False)
+        sample = attempts.latency_sample_ms(first_reply_ms, final_ms, cap_ms, trying_ms)
+        tally = self._tallies.get(uri, NOTHING)
+        self._store(uri, tally.with_request(failed, sample, final_ms, trying_ms), write)
+
     def count_timeout(self, uri: str, waited_ms: int, penalty_ms: int) -> None:
         self._store(uri, self._tallies.get(uri, NOTHING).with_timeout(waited_ms, penalty_ms))
 
