@@ -536,3 +536,50 @@ def _fuzzed_route(rng: random.Random, real: str, lb: str, sink: str, proxy: str)
     for _ in range(rng.randrange(4)):
         route.append(rng.choice(mutations + hops)())
     return [f"<{part}>" for part in route]
+
+
+def test_a_dialog_whose_ids_are_not_utf8_stalls_no_event_of_the_timer(bed: Bed) -> None:
+    """A caller's own dialog whose Call-ID holds bytes that are not UTF-8 (a From tag that
+    is not is refused, 400, before any seal): its
+    sealed ACK and BYE queue events for the timer process, which must neither stop on them
+    nor leave the calls after them uncounted (the queue carries every 2xx's outcome too)."""
+    bed.start_balancer()
+    proxy = scripted_proxy(bed)
+    caller = sipwire.Peer()
+    odd = Dialog(caller, "oddcall-" + uuid.uuid4().hex, "oddtag", [])
+
+    def raw(message: bytes) -> bytes:
+        return message.replace(b"oddcall-", b"\xff\xfe-")
+
+    invite = sipwire.request(
+        "INVITE",
+        "sip:bob@example.com",
+        caller.address,
+        from_tag=odd.from_tag,
+        call_id=odd.call_id,
+    )
+    caller.send(raw(invite), balancer(bed))
+    answer = caller.final_reply()
+    assert answer is not None and sipwire.status_of(answer) == 200, answer
+    odd.routes = record_routes(answer)[::-1]
+    caller.send(raw(odd.request("ACK")), balancer(bed))
+    caller.send(raw(odd.request("BYE")), balancer(bed))
+    bye_answer = caller.final_reply()
+    assert bye_answer is not None and sipwire.status_of(bye_answer) == 200, bye_answer
+    # The calls after it: their records confirmed, their outcomes counted.
+    for _ in range(3):
+        call(bed)
+    processes.wait_for(
+        lambda: bed.counters("cploc").get("confirmed", 0) >= 3,
+        10,
+        "the three calls' records confirmed",
+    )
+    processes.wait_for(
+        lambda: (
+            bed.rows_published().get(proxy.uri, {}).get("totals", {}).get("requests_ok", 0) >= 4
+        ),
+        10,
+        "the four calls' outcomes counted",
+    )
+    assert not [name for name in bed.counters("cpedge") if name.startswith("error_")]
+    proxy.close()

@@ -45,8 +45,24 @@ def queue(ksr: FakeKsr, *lines: str) -> None:
         ksr.htables[EVENTS][str(routing[htables.DIALOG_EVENT_SEQ])] = line
 
 
+def hexed(value: str | bytes) -> str:
+    """An id as the in-dialog route writes it in a line: hex after an "x"."""
+    raw = value.encode() if isinstance(value, str) else value
+    return "x" + raw.hex()
+
+
+def confirm(from_tag: str, to_tag: str, source: str, call_id: str | bytes) -> str:
+    """The line of a sealed ACK, as route CP_IN_DIALOG writes it."""
+    return f"confirm {hexed(from_tag)} {hexed(to_tag)} {source} {hexed(call_id)}"
+
+
+def end(from_tag: str, to_tag: str, call_id: str | bytes) -> str:
+    """The line of a relayed BYE, as route CP_IN_DIALOG writes it."""
+    return f"end {hexed(from_tag)} {hexed(to_tag)} {hexed(call_id)}"
+
+
 def test_a_queued_ack_confirms_the_record_at_the_next_tick(node: Node, ksr: FakeKsr):
-    queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}")
+    queue(ksr, confirm("from-tag-1", "callee-tag", "198.51.100.7", CALL_ID))
     node.tick(100)  # the events drained, the confirmed record queued for Redis
     assert ksr.htables[EVENTS] == {}
     assert ksr.htables[htables.ROUTING.name][htables.DIALOG_EVENT_READ] == 1
@@ -58,7 +74,7 @@ def test_a_queued_ack_confirms_the_record_at_the_next_tick(node: Node, ksr: Fake
 
 
 def test_a_queued_ack_of_other_tags_confirms_nothing(node: Node, ksr: FakeKsr):
-    queue(ksr, f"confirm someone-else callee-tag 198.51.100.7 {CALL_ID}", "garbage")
+    queue(ksr, confirm("someone-else", "callee-tag", "198.51.100.7", CALL_ID), "garbage")
     node.tick(100)
     node.tick(100)
     assert ksr.htables[EVENTS] == {} and node.locations.records == {}
@@ -68,29 +84,50 @@ def test_a_queued_ack_of_other_tags_confirms_nothing(node: Node, ksr: FakeKsr):
 def test_a_queued_bye_ends_the_record_and_one_of_other_tags_is_counted_forged(
     node: Node, ksr: FakeKsr
 ):
-    queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}")
+    queue(ksr, confirm("from-tag-1", "callee-tag", "198.51.100.7", CALL_ID))
     node.tick(100)
     node.tick(100)
     assert (DIALOG, CALL_ID) in node.locations.records
-    queue(ksr, f"end guessed callee-tag {CALL_ID}")
+    queue(ksr, end("guessed", "callee-tag", CALL_ID))
     node.tick(100)
     assert edge_counters(ksr)["forged_bye"] == 1 and CALL_ID in ksr.htables[DIALOGS]
-    queue(ksr, f"end callee-tag from-tag-1 {CALL_ID}")  # the callee's BYE, tags swapped
+    queue(ksr, end("callee-tag", "from-tag-1", CALL_ID))  # the callee's BYE, tags swapped
     node.tick(100)
     node.tick(100)
     assert CALL_ID not in ksr.htables[DIALOGS] and node.locations.records == {}
     assert ksr.htables[htables.ROUTING.name][htables.DIALOG_EVENT_READ] == 3
 
 
-def test_events_are_parsed_with_the_call_id_last():
-    event = location.DialogEvent.parse("confirm f t 2001:db8::1 call id with spaces")
+def test_events_are_parsed_from_their_hex_ids():
+    event = location.DialogEvent.parse(confirm("f", "t", "2001:db8::1", "call id with spaces"))
     assert event == location.DialogEvent("call id with spaces", "f", "t", "2001:db8::1")
     assert event.confirms
-    ended = location.DialogEvent.parse("end f t c")
+    ended = location.DialogEvent.parse(end("f", "t", "c"))
     assert ended == location.DialogEvent("c", "f", "t") and not ended.confirms
-    assert location.DialogEvent.parse("end f t") is None
-    assert location.DialogEvent.parse("confirm  t 1.2.3.4 c") is None
-    assert location.DialogEvent.parse("other f t c") is None
+    assert location.DialogEvent.parse(end("f", "t", "c").rsplit(" ", 1)[0]) is None
+    assert location.DialogEvent.parse(confirm("f", "", "1.2.3.4", "c")) is None
+    assert location.DialogEvent.parse(confirm("f", "t", "", "c")) is None
+    assert location.DialogEvent.parse("other x66 x74 x63") is None
+    assert location.DialogEvent.parse("end f t c") is None  # ids not hex
+    assert location.DialogEvent.parse("end x66 x74 x6") is None  # an odd hex digit
+
+
+def test_an_id_that_is_not_utf8_is_read_as_none_and_counted(node: Node, ksr: FakeKsr):
+    """A caller's Call-ID may hold any byte: its events are read, the id as a worker's
+    Python reads it (none), and the events after it are handled."""
+    event = location.DialogEvent.parse(confirm("f", "t", "1.2.3.4", b"\xff\xfe-1"))
+    assert event == location.DialogEvent(None, "f", "t", "1.2.3.4", not_utf8=1)
+    queue(
+        ksr,
+        confirm("from-tag-1", "callee-tag", "198.51.100.7", b"\xff\xfe-1"),
+        end("from-tag-1", "callee-tag", b"\xc3\x28"),
+        confirm("from-tag-1", "callee-tag", "198.51.100.7", CALL_ID),
+    )
+    node.tick(100)
+    node.tick(100)
+    assert ksr.htables[EVENTS] == {}
+    assert (DIALOG, CALL_ID) in node.locations.records
+    assert edge_counters(ksr)["not_utf8"] == 2
 
 
 def test_the_native_route_queues_in_the_slots_and_bounds_the_timer_publishes():
@@ -124,8 +161,10 @@ def test_slots_are_read_in_order_across_the_counters_wrap(node: Node, ksr: FakeK
     ksr.htables[EVENTS][str(last)] = "junk"
     events.drain()  # a key that is no event: removed; the last read moves on
     assert ksr.htables[htables.ROUTING.name][htables.DIALOG_EVENT_READ] == last
-    ksr.htables[EVENTS][str(-(2**31))] = f"end callee-tag from-tag-1 {CALL_ID}"
-    ksr.htables[EVENTS][str(2**31 - 1)] = f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}"
+    ksr.htables[EVENTS][str(-(2**31))] = end("callee-tag", "from-tag-1", CALL_ID)
+    ksr.htables[EVENTS][str(2**31 - 1)] = confirm(
+        "from-tag-1", "callee-tag", "198.51.100.7", CALL_ID
+    )
     events.drain()
     # Confirmed first (a BYE first would leave no record to confirm), then ended.
     counts = location.sum_counters(dict(ksr.htables[htables.LOCATION_COUNTERS.name]))
@@ -147,7 +186,7 @@ def test_the_timer_queues_the_writes_it_drains_in_its_own_memory_under_the_queue
         call_id = f"call-{call}"
         node.route("INVITE", call_id=call_id)
         node.reply(200, to_tag="callee-tag")
-        queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {call_id}")
+        queue(ksr, confirm("from-tag-1", "callee-tag", "198.51.100.7", call_id))
         node.tick(location.QUEUE_BATCH_MS)  # each call's write in a batch of its own
     assert ksr.htables[htables.DIALOG_WRITES.name] == {}
     two_newest = sorted(writes.own.entries(encoded=True))[1:]
@@ -168,7 +207,7 @@ def test_far_from_the_queues_bound_the_timers_writes_are_never_encoded(
         raise AssertionError("encoded")
 
     monkeypatch.setattr(location.PendingWrite, "encode", no_encoding)
-    queue(ksr, f"confirm from-tag-1 callee-tag 198.51.100.7 {CALL_ID}")
+    queue(ksr, confirm("from-tag-1", "callee-tag", "198.51.100.7", CALL_ID))
     node.tick(100)
     node.tick(100)
     node.tick(100)
@@ -250,7 +289,7 @@ def test_a_queued_2xx_starts_its_dialog_record_before_its_ack_confirms_it(node: 
     queue(
         ksr,
         reply_line(dialog=(b"from-9", b"to-9", b"call-9")),
-        "confirm from-9 to-9 198.51.100.7 call-9",
+        confirm("from-9", "to-9", "198.51.100.7", "call-9"),
     )
     node.tick(100)
     record = location.Record.from_local(ksr.htables[DIALOGS]["call-9"])

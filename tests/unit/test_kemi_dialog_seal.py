@@ -176,7 +176,7 @@ def test_the_timer_publishes_what_the_configs_dialog_routes_read(node: Node, ksr
     # The native queue of dialog events: its slot numbers from 0, its bounds.
     assert routing[htables.DIALOG_EVENT_SEQ] == 0 and routing[htables.DIALOG_EVENT_READ] == 0
     assert routing[htables.DIALOG_EVENTS_MAX] == 4096
-    assert routing[htables.DIALOG_EVENT_MAX_CHARS] == 256 + 2 * 128 + 64
+    assert routing[htables.DIALOG_EVENT_MAX_CHARS] == 2 * (256 + 2 * 128) + 64  # ids in hex
     node.store.remove(B)
     node.tick(1000)
     assert set(addresses) == dialog_seal.source_keys({A: both[A]})

@@ -469,25 +469,30 @@ DIALOG_EVENTS_MAX = 4096
 is about 400; past it a flood's events are dropped and counted, its memory stays bounded."""
 
 _EVENT_FRAME_CHARS = 64
-"""An event line's word, spaces and source address (an IPv6 text is at most 45)."""
+"""An event line's word, spaces, hex marks and source address (an IPv6 text is at most 45)."""
 
 
 def dialog_event_max_chars(call_id_max_chars: int, tag_max_chars: int) -> int:
-    """The longest event line that can name a recordable dialog: a longer one is not queued."""
-    return call_id_max_chars + 2 * tag_max_chars + _EVENT_FRAME_CHARS
+    """The longest event line that can name a recordable dialog (its ids hex-encoded, two
+    characters a byte): a longer one is not queued."""
+    return 2 * (call_id_max_chars + 2 * tag_max_chars) + _EVENT_FRAME_CHARS
 
 
 @dataclasses.dataclass(frozen=True)
 class DialogEvent:
     """A sealed ACK (``source``: the address it came from) or a relayed BYE (``source`` "")
     of a native config's in-dialog route, as it queued it: ``"confirm <from tag> <to tag>
-    <source> <Call-ID>"``, ``"end <from tag> <to tag> <Call-ID>"``; the Call-ID last, as
-    the only part that may hold spaces."""
+    <source> <Call-ID>"``, ``"end <from tag> <to tag> <Call-ID>"``, each id hex-encoded after
+    ``queued_reply.HEX_MARK``: a caller's Call-ID may hold spaces and bytes that are not
+    UTF-8, and no byte of it may split a field or make the line unreadable."""
 
-    call_id: str
-    from_tag: str
-    to_tag: str
+    call_id: str | None
+    """None, as each id: not UTF-8 (a worker reads such an id as none: no record has it)."""
+    from_tag: str | None
+    to_tag: str | None
     source: str = ""
+    not_utf8: int = 0
+    """How many of its ids were not UTF-8 (a worker counts each read of one)."""
 
     @property
     def confirms(self) -> bool:
@@ -496,17 +501,19 @@ class DialogEvent:
     @classmethod
     def parse(cls, text: str) -> DialogEvent | None:
         """The event of a queued line; None when it is no event."""
-        word, _, rest = text.partition(" ")
-        fields = rest.split(" ", 3 if word == "confirm" else 2)
-        if word not in ("confirm", "end") or len(fields) != (4 if word == "confirm" else 3):
+        word, *fields = text.split(" ")
+        if (word, len(fields)) not in (("confirm", 4), ("end", 3)):
             return None
-        if not all(fields):
+        source = fields.pop(2) if word == "confirm" else ""
+        try:
+            values = [queued_reply.hex_field(field) for field in fields]
+        except ValueError:
             return None
-        if word == "confirm":
-            from_tag, to_tag, source, call_id = fields
-            return cls(call_id, from_tag, to_tag, source)
-        from_tag, to_tag, call_id = fields
-        return cls(call_id, from_tag, to_tag)
+        if not all(values) or (word == "confirm" and not source):
+            return None
+        from_tag, to_tag, call_id = map(queued_reply.utf8_or_none, values)
+        unreadable = (from_tag, to_tag, call_id).count(None)
+        return cls(call_id, from_tag, to_tag, source, unreadable)
 
 
 QUEUE_BATCH_MS = 50

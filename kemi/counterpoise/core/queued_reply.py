@@ -85,7 +85,7 @@ class QueuedReply:
             return None
         if final is None:
             return None
-        texts = [None if value is None else _utf8(value) for value in values]
+        texts = [None if value is None else utf8_or_none(value) for value in values]
         unreadable = sum(
             1
             for value, text in zip(values, texts, strict=True)
@@ -122,7 +122,9 @@ def hex_field(field: str) -> bytes:
     return bytes.fromhex(field[1:])
 
 
-def _utf8(value: bytes) -> str | None:
+def utf8_or_none(value: bytes) -> str | None:
+    """The text of a hex field's bytes; None when they are not UTF-8 (as a SIP worker's
+    Python reads such a value: ``kamailio.read``)."""
     try:
         return value.decode()
     except UnicodeDecodeError:

@@ -102,7 +102,10 @@ class DialogEvents:
             event = location.DialogEvent.parse(line)
             if event is None:
                 EDGE.count(UNREADABLE)
-            elif routing is None:
+                continue
+            if event.not_utf8:
+                EDGE.count("not_utf8", event.not_utf8)
+            if routing is None:
                 continue
             elif event.confirms:
                 ids = (event.call_id, event.from_tag, event.to_tag)

@@ -60,5 +60,5 @@ def failed(what: str, error: Exception) -> None:
         _logged.add(key)
         KSR.err(
             f"counterpoise: {what} failed, carrying on: {type(error).__name__}: {error!r:.200}"
-            f" (logged once per process and kind; counted as {counter} in {EDGE.table})\n"
+            f" (logged once per process and kind; counted as {counter} in {EDGE.table.name})\n"
         )

@@ -345,7 +345,8 @@ DIALOG_EVENTS = Htable(
     ),
     value=(
         '``"confirm <from tag> <to tag> <source ip> <Call-ID>"`` (an ACK) or ``"end <from tag>'
-        ' <to tag> <Call-ID>"`` (a relayed BYE), of a request whose seal the config checked;'
+        ' <to tag> <Call-ID>"`` (a relayed BYE), of a request whose seal the config checked,'
+        " each id hex-encoded after an ``x`` (``core.location.DialogEvent``);"
         ' ``"reply ..."`` (``core.queued_reply``), a proxy\'s 2xx the reply route counted out'
         " of flight"
     ),
