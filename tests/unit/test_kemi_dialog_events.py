@@ -286,6 +286,7 @@ def test_a_queued_2xx_starts_its_dialog_record_before_its_ack_confirms_it(node: 
     """The 2xx's slot comes before its ACK's: one drain starts the record, then confirms
     it, and Redis gets it; the record's counters as a worker's."""
     before = location_counts(ksr)
+    ksr.htables[DIALOGS]["call-9"] = native_copy(A, b"from-9", b"to-9")  # as CP_FINAL does
     queue(
         ksr,
         reply_line(dialog=(b"from-9", b"to-9", b"call-9")),

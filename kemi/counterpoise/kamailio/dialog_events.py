@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import KSR
 
-from counterpoise.core import location
+from counterpoise.core import location, queued_reply
 from counterpoise.core.queued_reply import QueuedReply
 from counterpoise.kamailio import htables, shared
 from counterpoise.kamailio.counters import EDGE
@@ -27,6 +27,8 @@ from counterpoise.kamailio.location import LocationRouting
 SLOT_SPAN = 2**32
 """Slots are numbered by a Kamailio htable integer, which wraps (after weeks at 1000 calls/s):
 they are read in the order of their distance past the last slot read, modulo this span."""
+REPLY_WORD = f"{queued_reply.WORD} "
+"""How a reply's line begins; a dialog event's begins with another word."""
 UNREADABLE = "queued_event_unreadable"
 """Edge counter: a queued line that is no event (it is dropped)."""
 
@@ -93,8 +95,11 @@ class DialogEvents:
         table = htables.DIALOG_EVENTS.name
         for _, key, line in ordered:
             KSR.htable.sht_rm(table, key)
-            reply = QueuedReply.parse(line)
-            if reply is not None:
+            if line.startswith(REPLY_WORD):
+                reply = QueuedReply.parse(line)
+                if reply is None:
+                    EDGE.count(UNREADABLE)
+                    continue
                 self._replies.count(reply)
                 if routing is not None and reply.dialog is not None:
                     routing.native_dialog_started(reply.proxy, reply.dialog)

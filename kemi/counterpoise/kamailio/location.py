@@ -248,16 +248,20 @@ class LocationRouting:
 
     def native_dialog_started(self, proxy: str, ids: read.DialogIds) -> None:
         """``dialog_started`` in the timer process, of a 2xx whose copy route ``CP_FINAL``
-        wrote already (``location.NATIVE_LOCAL``), so that a request right after the 2xx
-        found it: the copy is removed when the dialog is not recordable (counted
-        ``too_long``, as a worker counts it), kept when an ACK confirmed it since, else
-        written as a worker writes it."""
-        call_id = ids[0] or ""
-        record = self._local_record(call_id) if call_id else None
-        if record is not None and record.source:
-            self._count_write(clock.perf_ns(), "dialogs")  # its ACK confirmed it already
+        wrote already (``location.NATIVE_LOCAL``, read as the same record as a worker's copy),
+        so that a request right after the 2xx found it: counted as a worker counts its write,
+        the copy removed when the dialog is not recordable (counted ``too_long``, as a worker
+        counts it)."""
+        if not self._settings.location.dialog_record_ttl_ms:
             return
-        self.dialog_started(proxy, ids)
+        started = clock.perf_ns()
+        call_id, from_tag, to_tag = (value or "" for value in ids)
+        if self._recordable(call_id, from_tag, to_tag):
+            self._count_write(started, "dialogs")
+            return
+        if call_id:
+            KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
+        self._count_write(started, None)
 
     def _count_write(self, started_ns: int, outcome: str | None) -> None:
         """A record's write: its time, and what it did, in one write of the counters."""
@@ -292,8 +296,6 @@ class LocationRouting:
         ``dialogs``, the counter of it, or None when it is not recorded."""
         call_id, from_tag, to_tag = (value or "" for value in ids)
         if not self._recordable(call_id, from_tag, to_tag):
-            if call_id:  # a native reply route's copy, if it wrote one
-                KSR.htable.sht_rm(htables.DIALOGS.name, call_id)
             return None
         now = clock.wall_ms()
         expires = now + self._settings.location.dialog_record_ttl_ms
