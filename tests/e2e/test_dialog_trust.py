@@ -14,7 +14,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from harness import testbed
@@ -92,10 +92,16 @@ def record_routes(reply: bytes) -> list[str]:
     ]
 
 
-def call(bed: Bed, caller: sipwire.Peer | None = None) -> Dialog:
-    """A call through the balancer from a raw caller, answered and ACKed."""
+def call(
+    bed: Bed,
+    caller: sipwire.Peer | None = None,
+    call_id: str = "",
+    wire: Callable[[bytes], bytes] = bytes,
+) -> Dialog:
+    """A call through the balancer from a raw caller, answered and ACKed; ``wire``: the bytes
+    the caller puts on the wire for each message it sends."""
     caller = caller or sipwire.Peer()
-    dialog = Dialog(caller, uuid.uuid4().hex, uuid.uuid4().hex[:10], [])
+    dialog = Dialog(caller, call_id or uuid.uuid4().hex, uuid.uuid4().hex[:10], [])
     invite = sipwire.request(
         "INVITE",
         "sip:bob@example.com",
@@ -103,11 +109,11 @@ def call(bed: Bed, caller: sipwire.Peer | None = None) -> Dialog:
         from_tag=dialog.from_tag,
         call_id=dialog.call_id,
     )
-    caller.send(invite, balancer(bed))
+    caller.send(wire(invite), balancer(bed))
     answer = caller.final_reply()
     assert answer is not None and sipwire.status_of(answer) == 200, answer
     dialog.routes = record_routes(answer)[::-1]  # a caller's route set: the 200's, reversed
-    caller.send(dialog.request("ACK"), balancer(bed))
+    caller.send(wire(dialog.request("ACK")), balancer(bed))
     return dialog
 
 
@@ -540,31 +546,18 @@ def _fuzzed_route(rng: random.Random, real: str, lb: str, sink: str, proxy: str)
 
 def test_a_dialog_whose_ids_are_not_utf8_stalls_no_event_of_the_timer(bed: Bed) -> None:
     """A caller's own dialog whose Call-ID holds bytes that are not UTF-8 (a From tag that
-    is not is refused, 400, before any seal): its
-    sealed ACK and BYE queue events for the timer process, which must neither stop on them
-    nor leave the calls after them uncounted (the queue carries every 2xx's outcome too)."""
+    is not is refused, 400, before any seal): its sealed ACK and BYE queue events for the
+    timer process, which must neither stop on them nor leave the calls after them uncounted
+    (the queue carries every 2xx's outcome too)."""
     bed.start_balancer()
     proxy = scripted_proxy(bed)
-    caller = sipwire.Peer()
-    odd = Dialog(caller, "oddcall-" + uuid.uuid4().hex, "oddtag", [])
 
     def raw(message: bytes) -> bytes:
         return message.replace(b"oddcall-", b"\xff\xfe-")
 
-    invite = sipwire.request(
-        "INVITE",
-        "sip:bob@example.com",
-        caller.address,
-        from_tag=odd.from_tag,
-        call_id=odd.call_id,
-    )
-    caller.send(raw(invite), balancer(bed))
-    answer = caller.final_reply()
-    assert answer is not None and sipwire.status_of(answer) == 200, answer
-    odd.routes = record_routes(answer)[::-1]
-    caller.send(raw(odd.request("ACK")), balancer(bed))
-    caller.send(raw(odd.request("BYE")), balancer(bed))
-    bye_answer = caller.final_reply()
+    odd = call(bed, call_id="oddcall-" + uuid.uuid4().hex, wire=raw)
+    odd.caller.send(raw(odd.request("BYE")), balancer(bed))
+    bye_answer = odd.caller.final_reply()
     assert bye_answer is not None and sipwire.status_of(bye_answer) == 200, bye_answer
     # The calls after it: their records confirmed, their outcomes counted.
     for _ in range(3):

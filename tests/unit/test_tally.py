@@ -133,3 +133,10 @@ def test_with_methods_do_not_mutate():
 )
 def test_is_proxy_failure(status, failure):
     assert is_proxy_failure(status) is failure
+
+
+def test_a_difference_went_back_when_any_count_fell():
+    later = Tally(requests_ok=5, probes_ok=2)
+    assert not (later - Tally(requests_ok=3, probes_ok=2)).went_back
+    assert (later - Tally(requests_ok=3, probes_ok=4)).went_back
+    assert (Tally() - Tally(trying_ms_sum=1)).went_back

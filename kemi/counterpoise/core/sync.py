@@ -435,7 +435,7 @@ class SyncLoop:
             uri = key.split(" ", 1)[-1]
             previous = self._previous.get(key, Tally())
             delta = tally - previous
-            if min(dataclasses.astuple(delta)) < 0:
+            if delta.went_back:
                 delta = tally  # the worker restarted and counts from zero again
             windows[uri] = windows.get(uri, Tally()) + delta
         self._previous = current

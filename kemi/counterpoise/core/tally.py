@@ -127,6 +127,12 @@ class Tally:
     def with_late_reply(self) -> Tally:
         return self._plus(late_replies=1)
 
+    @property
+    def went_back(self) -> bool:
+        """Whether a count is below zero: a difference of two readings of a process whose
+        counts started again from zero (it restarted) in between."""
+        return any(count < 0 for count in _VALUES(self))
+
     def encode(self) -> str:
         """Space-separated integers: compact, and readable in ``kamcmd htable.dump``."""
         return " ".join(map(str, _VALUES(self)))
