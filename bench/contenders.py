@@ -419,6 +419,21 @@ OVERHEAD_ONLY = (
     ),
     Contender("ds4-tlsf", "dispatcher alg 4, Kamailio's tlsf allocator", 4, memory_manager="tlsf"),
     Contender(
+        "seal4-tlsf",
+        "native relay, alg 4, dialogs sealed, Kamailio's tlsf allocator",
+        4,
+        sealed=True,
+        memory_manager="tlsf",
+    ),
+    Contender(
+        "seal-py2-tlsf",
+        "native relay, dialogs sealed, alg 4 picked in Python, final reply too, tlsf",
+        4,
+        python_entries=2,
+        sealed=True,
+        memory_manager="tlsf",
+    ),
+    Contender(
         "cp-qm",
         "Counterpoise on Kamailio's default allocator, qm",
         settings=(("memory_manager", "qm"),),
