@@ -6,8 +6,11 @@ import json
 import time
 
 import pytest
+import redis
+from redis.connection import Connection
 
 from counterpoise.core.pool import Admin, ProxyConfig
+from counterpoise.store.client import pack
 from counterpoise.store.pool import PoolStore, UnknownProxy
 
 A, B, C = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060", "sip:10.0.0.3:5060"
@@ -186,3 +189,23 @@ def test_infinite_weight_is_left_out_like_nan(store: PoolStore):
     store.add(A)
     store.add(B, float("inf"))
     assert set(store.pool()) == {A}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["SET", "cp:loc:dlg:a b", '{"proxy": "sip:10.0.0.1"}', "PX", 60000], ["DEL", "é", "", 0]],
+)
+def test_send_all_packs_a_command_as_redis_py_does(command: list[str | int]):
+    assert pack([command]) == b"".join(Connection().pack_command(*command))
+
+
+def test_send_all_reads_each_reply_in_order(store: PoolStore, redis_client):
+    replies = store.send_all([["SET", "k", "v", "PX", 60000], ["GET", "k"], ["PTTL", "k"]])
+    assert replies[:2] == ["OK", "v"] and 0 < replies[2] <= 60000
+
+
+def test_send_all_raises_an_error_reply_and_the_next_call_reads_its_own(store: PoolStore):
+    with pytest.raises(redis.ResponseError):
+        store.send_all([["SET", "k", "v"], ["INCR", "k"], ["SET", "k2", "v2"]])
+    # The connection with a reply unread is dropped: the next call's replies are its own.
+    assert store.send_all([["SET", "k3", "v3"], ["GET", "k3"]]) == ["OK", "v3"]

@@ -107,25 +107,29 @@ class LocationStore(Store):
                 held[record.source] -= 1
         written, capped = within_cap(sets, held, per_source)
         # One ZADD, PEXPIRE and ZREM per source and one DEL per flush, not one per record.
-        added: dict[str, dict[str | bytes, int]] = {}
-        removed: dict[str, list[str]] = {}
-        with self.client.pipeline(transaction=False) as pipe:
-            for write in written:
-                assert write.record is not None
-                pipe.set(self.key(DIALOG, write.name), write.record, px=write.ttl_ms)
-                added.setdefault(write.source, {})[write.name] = now_ms + write.ttl_ms
-            for write, record in owned:
-                assert record is not None
-                removed.setdefault(record.source, []).append(write.name)
-            for source, expiries in added.items():
-                key = self.keys.dialog_source(source)
-                pipe.zadd(key, expiries)
-                pipe.pexpire(key, max(expiries.values()) - now_ms)  # its latest record's
-            for source, names in removed.items():
-                pipe.zrem(self.keys.dialog_source(source), *names)
-            if owned:
-                pipe.delete(*(self.key(DIALOG, write.name) for write, _ in owned))
-            pipe.execute()
+        commands: list[list[str | int]] = []
+        added: dict[str, list[str | int]] = {}
+        removed: dict[str, list[str | int]] = {}
+        latest: dict[str, int] = {}
+        for write in written:
+            assert write.record is not None
+            commands.append(["SET", self.key(DIALOG, write.name), write.record, "PX", write.ttl_ms])
+            expires_ms = now_ms + write.ttl_ms
+            added.setdefault(write.source, []).extend((expires_ms, write.name))
+            latest[write.source] = max(latest.get(write.source, 0), expires_ms)
+        for write, record in owned:
+            assert record is not None
+            removed.setdefault(record.source, []).append(write.name)
+        for source, members in added.items():
+            key = self.keys.dialog_source(source)
+            # The set expires with its latest record.
+            commands += [["ZADD", key, *members], ["PEXPIRE", key, latest[source] - now_ms]]
+        for source, names in removed.items():
+            commands.append(["ZREM", self.keys.dialog_source(source), *names])
+        if owned:
+            commands.append(["DEL", *(self.key(DIALOG, write.name) for write, _ in owned)])
+        if commands:
+            self.send_all(commands)
         forged = sum(record is not None for record in records) - len(owned)
         return DialogFlush(len(written), len(capped), len(owned), forged)
 
