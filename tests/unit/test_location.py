@@ -91,6 +91,26 @@ def test_record_round_trip_and_garbage():
     assert Record.from_json(None) is None
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        Record(A, 5),
+        Record(A, 1, 2, "f", "t", "198.51.100.7"),
+        Record(A, 1, 0, "", "t"),
+        Record(A, 1, 2, 'a "quoted"\\ tag', "\u00e9\U0001f600\n\x00", "2001:db8::/64"),
+    ],
+)
+def test_a_record_is_the_json_of_its_set_fields_with_sorted_keys(record: Record):
+    fields = {"proxy": record.proxy, "since_ms": record.since_ms}
+    if record.expires_ms:
+        fields["expires_ms"] = record.expires_ms
+    if record.from_tag or record.to_tag:
+        fields |= {"from_tag": record.from_tag, "to_tag": record.to_tag}
+    if record.source:
+        fields["source"] = record.source
+    assert record.to_json() == json.dumps(fields, sort_keys=True)
+
+
 BAD_RECORDS = [
     "",
     "not json",

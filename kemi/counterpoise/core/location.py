@@ -157,14 +157,19 @@ class Record:
     dialog; empty while it is unconfirmed (this node's copy only)."""
 
     def to_json(self) -> str:
-        data = {"proxy": self.proxy, "since_ms": self.since_ms}
-        if self.expires_ms:
-            data["expires_ms"] = self.expires_ms
-        if self.from_tag or self.to_tag:
-            data["from_tag"], data["to_tag"] = self.from_tag, self.to_tag
+        """The text ``json.dumps(..., sort_keys=True)`` makes of its fields (a dialog's tags
+        and source, and an expiry, only when set), formatted here: the timer process writes
+        one for every call, and ``json.dumps`` with a keyword builds an encoder each time."""
+        tags = bool(self.from_tag or self.to_tag)
+        fields = [f'"expires_ms": {self.expires_ms}'] if self.expires_ms else []
+        if tags:
+            fields.append(f'"from_tag": {_json_string(self.from_tag)}')
+        fields += [f'"proxy": {_json_string(self.proxy)}', f'"since_ms": {self.since_ms}']
         if self.source:
-            data["source"] = self.source
-        return json.dumps(data, sort_keys=True)
+            fields.append(f'"source": {_json_string(self.source)}')
+        if tags:
+            fields.append(f'"to_tag": {_json_string(self.to_tag)}')
+        return "{" + ", ".join(fields) + "}"
 
     @classmethod
     def from_json(cls, text: str | bytes | None) -> Record | None:
