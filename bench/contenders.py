@@ -61,7 +61,7 @@ BENCH_SOURCE_LIMIT = 1_000_000
 """Requests per second one source may send the bench's balancer (``flood_requests_per_s``)."""
 
 
-def _session_stats(session_id: int) -> Iterator[tuple[int, list[bytes]]]:
+def session_stats(session_id: int) -> Iterator[tuple[int, list[bytes]]]:
     """Each live process of one session (a Kamailio and the workers it forked:
     ``processes.Process`` starts each in its own session): its pid and the fields of its
     /proc stat after the command (fields[0] is the state, field 3 of proc(5))."""
@@ -77,11 +77,15 @@ def _session_stats(session_id: int) -> Iterator[tuple[int, list[bytes]]]:
             yield int(entry.name), fields
 
 
+def cpu_ticks(fields: list[bytes]) -> int:
+    """User plus system CPU clock ticks (fields 14 and 15 of proc(5)) of one process's
+    ``session_stats`` fields."""
+    return int(fields[11]) + int(fields[12])
+
+
 def group_cpu_seconds(session_id: int) -> float:
-    """User plus system CPU seconds (fields 14 and 15 of proc(5)) of the live processes of
-    one session."""
-    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _session_stats(session_id))
-    return ticks / CLOCK_TICKS
+    """User plus system CPU seconds of the live processes of one session."""
+    return sum(cpu_ticks(fields) for _, fields in session_stats(session_id)) / CLOCK_TICKS
 
 
 @dataclasses.dataclass
@@ -105,7 +109,7 @@ class Running:
 
     def pids(self) -> list[int]:
         """Every process the balancer needs: its Kamailio processes and its store."""
-        own = [pid for pid, _ in _session_stats(self.proc.pid)]
+        own = [pid for pid, _ in session_stats(self.proc.pid)]
         return own + ([self.store_pid] if self.store_pid is not None else [])
 
     def stop(self) -> None:

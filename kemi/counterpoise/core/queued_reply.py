@@ -23,6 +23,8 @@ import dataclasses
 WORD = "reply"
 """The first word of the line, beside the dialog events' ``confirm`` and ``end`` in the same
 queue (``kamailio.htables.DIALOG_EVENTS``)."""
+START = f"{WORD} "
+"""How a reply's line begins: what tells it from a dialog event's without splitting it."""
 ABSENT = "-"
 HEX_MARK = "x"
 LOAD_SEPARATOR = "|"

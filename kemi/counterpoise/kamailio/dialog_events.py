@@ -27,8 +27,6 @@ from counterpoise.kamailio.location import LocationRouting
 SLOT_SPAN = 2**32
 """Slots are numbered by a Kamailio htable integer, which wraps (after weeks at 1000 calls/s):
 they are read in the order of their distance past the last slot read, modulo this span."""
-REPLY_WORD = f"{queued_reply.WORD} "
-"""How a reply's line begins; a dialog event's begins with another word."""
 UNREADABLE = "queued_event_unreadable"
 """Edge counter: a queued line that is no event (it is dropped)."""
 
@@ -47,8 +45,6 @@ class QueuedReplies:
     def count(self, reply: QueuedReply) -> None:
         """The attempt's outcome: a final reply from its proxy that is not a failure (the
         only ones the route queues)."""
-        if reply.not_utf8:
-            EDGE.count("not_utf8", reply.not_utf8)
         self._view.count_outcome(
             reply.proxy,
             reply.loads,
@@ -93,30 +89,35 @@ class DialogEvents:
 
     def _handle(self, ordered: list[tuple[int, str, str]], routing: LocationRouting | None) -> None:
         table = htables.DIALOG_EVENTS.name
-        for _, key, line in ordered:
-            KSR.htable.sht_rm(table, key)
-            if line.startswith(REPLY_WORD):
-                reply = QueuedReply.parse(line)
-                if reply is None:
+        not_utf8 = 0  # ids and values that are not UTF-8, counted once a drain
+        try:
+            for _, key, line in ordered:
+                KSR.htable.sht_rm(table, key)
+                if line.startswith(queued_reply.START):
+                    reply = QueuedReply.parse(line)
+                    if reply is None:
+                        EDGE.count(UNREADABLE)
+                        continue
+                    not_utf8 += reply.not_utf8
+                    self._replies.count(reply)
+                    if routing is not None and reply.dialog is not None:
+                        routing.native_dialog_started(reply.proxy, reply.dialog)
+                    continue
+                event = location.DialogEvent.parse(line)
+                if event is None:
                     EDGE.count(UNREADABLE)
                     continue
-                self._replies.count(reply)
-                if routing is not None and reply.dialog is not None:
-                    routing.native_dialog_started(reply.proxy, reply.dialog)
-                continue
-            event = location.DialogEvent.parse(line)
-            if event is None:
-                EDGE.count(UNREADABLE)
-                continue
-            if event.not_utf8:
-                EDGE.count("not_utf8", event.not_utf8)
-            if routing is None:
-                continue
-            elif event.confirms:
-                ids = (event.call_id, event.from_tag, event.to_tag)
-                routing.dialog_confirmed(ids, event.source)
-            else:
-                routing.dialog_ended((event.call_id, event.from_tag, event.to_tag))
+                not_utf8 += event.not_utf8
+                if routing is None:
+                    continue
+                elif event.confirms:
+                    ids = (event.call_id, event.from_tag, event.to_tag)
+                    routing.dialog_confirmed(ids, event.source)
+                else:
+                    routing.dialog_ended((event.call_id, event.from_tag, event.to_tag))
+        finally:  # what was read is counted, whatever stopped the drain
+            if not_utf8:
+                EDGE.count("not_utf8", not_utf8)
 
     def _after(self, key: str) -> int:
         """How far past the last slot read the slot ``key`` is; -1, read first and only

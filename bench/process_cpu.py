@@ -1,0 +1,177 @@
+"""Where a contender's CPU per call goes, process by process (``python -m bench.process_cpu``).
+
+The overhead bench sums every process a balancer needs; this splits that sum, for one rate:
+each Kamailio process (named by ``kamcmd core.psx``: the SIP workers, the timer processes)
+and Redis, in ms of CPU per call from ``/proc``, as the overhead bench counts it. With
+``--perf``, ``perf record`` samples the same processes (``cpu-clock``, ``PERF_HZ``) and each
+process's CPU is split further by the object it ran in: the Python interpreter
+(``libpython``), Kamailio's core, its modules, the C library, the kernel. One run of each
+contender, one after the other: a diagnosis, not a figure to compare across runs (the
+overhead bench's rounds are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import tempfile
+from pathlib import Path
+
+from harness import testbed
+
+from bench import drive, overhead
+from bench.__main__ import redis_url_of
+from bench.contenders import BY_NAME, CLOCK_TICKS, Running, cpu_ticks, session_stats
+from bench.pool import Pool, Target
+from counterpoise import processes
+
+PERF_HZ = 2000
+"""Samples per second of CPU time: each sample stands for 0.5 ms of it."""
+GROUPS = (("libpython", "Python"), ("kamailio", "Kamailio core"), ("kernel", "kernel"))
+"""Objects a process's samples are grouped by (by name); the rest is "modules and libraries"."""
+OTHER = "modules and libraries"
+
+
+def process_names(run_dir: Path) -> dict[int, str]:
+    """Each Kamailio process's description from ``core.psx`` on the contender's control
+    socket; empty when it has none answering."""
+    names: dict[int, str] = {}
+    for socket in sorted(run_dir.rglob("*ctl*")):
+        if not socket.is_socket():
+            continue
+        try:
+            listing = testbed.kamcmd(socket, "core.psx", timeout_s=2.0)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            continue
+        pid = None
+        for line in listing.splitlines():
+            key, _, value = line.strip().partition(":")
+            if key == "PID":
+                pid = int(value)
+            elif key == "DSC" and pid is not None:
+                names[pid] = value.strip()
+        return names
+    return names
+
+
+def ticks_by_pid(running: Running) -> dict[int, int]:
+    """User plus system clock ticks so far of each of the contender's Kamailio processes."""
+    return {pid: cpu_ticks(fields) for pid, fields in session_stats(running.proc.pid)}
+
+
+def perf_split(data: Path) -> dict[int, collections.Counter[str]]:
+    """Samples per process and object group (``GROUPS``) of a ``perf record`` file."""
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", "pid,dso", "-g", "none", "-n", "--stdio"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    split: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in report.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or not fields[0].endswith("%") or ":" not in fields[2]:
+            continue
+        pid, dso = int(fields[2].partition(":")[0]), " ".join(fields[3:])
+        group = next((label for name, label in GROUPS if name in dso), OTHER)
+        split[pid][group] += int(fields[1])
+    return split
+
+
+def measure(
+    name: str,
+    pool: Pool,
+    redis: processes.Process,
+    rate: float,
+    seconds: float,
+    perf: bool,
+    work: Path,
+) -> list[str]:
+    """The report's lines for one contender."""
+    run_dir = work / name
+    run_dir.mkdir()
+    running = BY_NAME[name].start([Target("uas", pool.uas_uri, 0.0)], run_dir, redis_url_of(redis))
+    try:
+        overhead.warm_up(running, run_dir)
+        names = process_names(run_dir)
+        before = ticks_by_pid(running)
+        recorder = None
+        data = work / f"{name}.perf"
+        if perf:
+            pids = ",".join(map(str, before))
+            recorder = subprocess.Popen(
+                [
+                    "perf",
+                    "record",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    str(PERF_HZ),
+                    "-o",
+                    str(data),
+                    "-p",
+                    pids,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        result = drive.measure(running, None, None, run_dir / "rate", drive.Load(rate), seconds)
+        if recorder is not None:
+            recorder.send_signal(2)
+            recorder.wait()
+        after = ticks_by_pid(running)
+    finally:
+        running.stop()
+    calls = result.sipp.attempted or 1
+    total_ms = 1000 * (result.cpu_s + result.store_cpu_s) / calls
+    lines = [
+        f"\n### {name}: {rate:g} calls/s, {calls} calls ({result.sipp.failed} failed), "
+        f"{total_ms:.3f} ms CPU a call\n",
+        "| process | ms CPU a call |"
+        + (" " + " | ".join(g for _, g in GROUPS) + f" | {OTHER} |" if perf else ""),
+        "|---|---|" + ("---|" * (len(GROUPS) + 1) if perf else ""),
+    ]
+    split = perf_split(data) if perf else {}
+    per_call = {
+        pid: (after[pid] - before.get(pid, 0)) / CLOCK_TICKS * 1000 / calls for pid in after
+    }
+    for pid, ms in sorted(per_call.items(), key=lambda item: -item[1]):
+        if ms <= 0:
+            continue
+        row = f"| {names.get(pid, pid)} | {ms:.3f} |"
+        if perf:
+            samples = split.get(pid, collections.Counter())
+            groups = [label for _, label in GROUPS] + [OTHER]
+            row += "".join(f" {samples[g] / PERF_HZ * 1000 / calls:.3f} |" for g in groups)
+        lines.append(row)
+    lines.append(
+        f"| Redis | {1000 * result.store_cpu_s / calls:.3f} |"
+        + (" |" * (len(GROUPS) + 1) if perf else "")
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.process_cpu", description=__doc__)
+    parser.add_argument("--contenders", default="counterpoise,seal-py2-tlsf")
+    parser.add_argument("--rate", type=float, default=300.0, help="calls/s (300)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="of calls measured (10)")
+    parser.add_argument("--perf", action="store_true", help="split each process with perf")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="process-cpu-"))
+    redis = processes.start_redis(processes.free_port(), work / "redis")
+    pool = Pool(work)
+    try:
+        pool.start_uas()
+        for name in args.contenders.split(","):
+            print("\n".join(measure(name, pool, redis, args.rate, args.seconds, args.perf, work)))
+    finally:
+        pool.stop()
+        redis.stop()
+    print(f"\nms CPU a call; perf's columns: its samples at {PERF_HZ}/s of CPU time. ({work})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
