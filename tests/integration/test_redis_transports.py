@@ -12,10 +12,10 @@ import redis
 
 from counterpoise import processes
 from counterpoise.core import reports
-from counterpoise.core.location import Record
+from counterpoise.core.location import PendingWrite, Record
 from counterpoise.core.reports import LoadReport
 from counterpoise.store.client import connect, redact
-from counterpoise.store.keys import PIN
+from counterpoise.store.keys import DIALOG, PIN
 from counterpoise.store.location import LocationStore
 from counterpoise.store.pool import PoolStore
 
@@ -39,6 +39,15 @@ def test_stores_work_over_tls_and_unix_sockets(servers: Servers, which: str) -> 
     locations = LocationStore(connect(url, 2000), "cp:")
     locations.put(PIN, "u@h", Record(A, 1))
     assert locations.lookup("u@h", "h")[0] == Record(A, 1)
+    _flushes_a_dialog(locations)
+
+
+def _flushes_a_dialog(locations: LocationStore) -> None:
+    """The timer's dialog flush (``Store.send_all``, its own packing) over the transport."""
+    record = Record(A, 1, 2, "f", "t", "198.51.100.7")
+    write = PendingWrite.setting("call-1", record, 60_000)
+    assert locations.apply_dialogs([write], 1, 10).written == 1
+    assert locations.get(DIALOG, "call-1") == record
 
 
 @pytest.mark.parametrize("which", ["tls_url", "unix_url"])
@@ -139,6 +148,7 @@ def test_rediss_sentinel_finds_a_tls_master(servers: Servers, tmp_path) -> None:
         pool = PoolStore(client, "cp:")
         pool.add(A, 2.0)
         assert pool.versioned_pool()[1][A].base_weight == 2.0  # the bytes twin, over TLS too
+        _flushes_a_dialog(LocationStore(client, "cp:"))
     finally:
         sentinel.stop()
 
