@@ -165,10 +165,11 @@ class Store:
         about two thirds of a pipelined ``SET``'s CPU), for the timer process, which writes
         every call's dialog record. Raises ``ERRORS`` as a pipeline does, after dropping the
         connection: replies left unread would be read as the next call's."""
+        payload = pack(commands)  # a value it cannot encode costs no connection
         pool = self.client.connection_pool
         connection = pool.get_connection(RAW_COMMAND)
         try:
-            connection.send_packed_command([pack(commands)], check_health=False)
+            connection.send_packed_command([payload], check_health=False)
             return [connection.read_response() for _ in commands]
         except BaseException:
             connection.disconnect()

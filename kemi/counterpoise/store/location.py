@@ -108,22 +108,21 @@ class LocationStore(Store):
         written, capped = within_cap(sets, held, per_source)
         # One ZADD, PEXPIRE and ZREM per source and one DEL per flush, not one per record.
         commands: list[list[str | int]] = []
-        added: dict[str, list[str | int]] = {}
+        added: dict[str, dict[str, int]] = {}
         removed: dict[str, list[str | int]] = {}
-        latest: dict[str, int] = {}
         for write in written:
             assert write.record is not None
             commands.append(["SET", self.key(DIALOG, write.name), write.record, "PX", write.ttl_ms])
-            expires_ms = now_ms + write.ttl_ms
-            added.setdefault(write.source, []).extend((expires_ms, write.name))
-            latest[write.source] = max(latest.get(write.source, 0), expires_ms)
+            added.setdefault(write.source, {})[write.name] = now_ms + write.ttl_ms
         for write, record in owned:
             assert record is not None
             removed.setdefault(record.source, []).append(write.name)
-        for source, members in added.items():
+        for source, expiries in added.items():
             key = self.keys.dialog_source(source)
+            members = [part for name, ms in expiries.items() for part in (ms, name)]
             # The set expires with its latest record.
-            commands += [["ZADD", key, *members], ["PEXPIRE", key, latest[source] - now_ms]]
+            latest_ms = max(expiries.values())
+            commands += [["ZADD", key, *members], ["PEXPIRE", key, latest_ms - now_ms]]
         for source, names in removed.items():
             commands.append(["ZREM", self.keys.dialog_source(source), *names])
         if owned:
