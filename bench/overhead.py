@@ -321,27 +321,30 @@ def failed_text(result: dict, contender: str) -> str:
     return f"{calls} ({left_out} steps left out)" if left_out else str(calls)
 
 
-def answered_per_s(result: dict, contender: str) -> float | None:
-    """Median over the saturation rounds of the calls/s ``contender`` answered."""
+def _saturation_median(
+    result: dict, contender: str, of_step: Callable[[dict], float]
+) -> float | None:
+    """Median over the saturation rounds of ``of_step`` of ``contender``'s steps."""
     values = [
-        step["answered"] / step["seconds"]
+        of_step(step)
         for record in result.get("saturation", [])
         for step in record["steps"]
         if step["contender"] == contender
     ]
     return statistics.median(values) if values else None
+
+
+def answered_per_s(result: dict, contender: str) -> float | None:
+    """Median over the saturation rounds of the calls/s ``contender`` answered."""
+    return _saturation_median(result, contender, lambda step: step["answered"] / step["seconds"])
 
 
 def answered_share(result: dict, contender: str) -> float | None:
     """Median over the saturation rounds of the share of offered calls ``contender``
     answered."""
-    values = [
-        step["answered"] / max(1, step["calls"])
-        for record in result.get("saturation", [])
-        for step in record["steps"]
-        if step["contender"] == contender
-    ]
-    return statistics.median(values) if values else None
+    return _saturation_median(
+        result, contender, lambda step: step["answered"] / max(1, step["calls"])
+    )
 
 
 def render_saturation(result: dict) -> list[str]:

@@ -5,7 +5,8 @@ each Kamailio process (named by ``kamcmd core.psx``: the SIP workers, the timer 
 and Redis, in ms of CPU per call from ``/proc``, as the overhead bench counts it. With
 ``--perf``, ``perf record`` samples the same processes (``cpu-clock``, ``PERF_HZ``) and each
 process's CPU is split further by the object it ran in: the Python interpreter
-(``libpython``), Kamailio's core, its modules, the C library, the kernel. One run of each
+(``libpython``), Kamailio's core, the kernel, and the rest (Kamailio's modules and the
+libraries, the C library among them). One run of each
 contender, one after the other: a diagnosis, not a figure to compare across runs (the
 overhead bench's rounds are).
 """
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import signal
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from harness import testbed
@@ -31,6 +34,8 @@ PERF_HZ = 2000
 GROUPS = (("libpython", "Python"), ("kamailio", "Kamailio core"), ("kernel", "kernel"))
 """Objects a process's samples are grouped by (by name); the rest is "modules and libraries"."""
 OTHER = "modules and libraries"
+COLUMNS = [label for _, label in GROUPS] + [OTHER]
+"""The perf columns of the report, in order."""
 
 
 def process_names(run_dir: Path) -> dict[int, str]:
@@ -96,30 +101,15 @@ def measure(
         overhead.warm_up(running, run_dir)
         names = process_names(run_dir)
         before = ticks_by_pid(running)
-        recorder = None
         data = work / f"{name}.perf"
-        if perf:
-            pids = ",".join(map(str, before))
-            recorder = subprocess.Popen(
-                [
-                    "perf",
-                    "record",
-                    "-e",
-                    "cpu-clock",
-                    "-F",
-                    str(PERF_HZ),
-                    "-o",
-                    str(data),
-                    "-p",
-                    pids,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        result = drive.measure(running, None, None, run_dir / "rate", drive.Load(rate), seconds)
-        if recorder is not None:
-            recorder.send_signal(2)
-            recorder.wait()
+        recorder = _perf_record(data, before) if perf else None
+        try:
+            load = drive.Load(rate)
+            result = drive.measure(running, None, None, run_dir / "rate", load, seconds)
+        finally:
+            if recorder is not None:  # stopped whatever the calls did: perf writes its file
+                recorder.send_signal(signal.SIGINT)
+                recorder.wait()
         after = ticks_by_pid(running)
     finally:
         running.stop()
@@ -128,9 +118,8 @@ def measure(
     lines = [
         f"\n### {name}: {rate:g} calls/s, {calls} calls ({result.sipp.failed} failed), "
         f"{total_ms:.3f} ms CPU a call\n",
-        "| process | ms CPU a call |"
-        + (" " + " | ".join(g for _, g in GROUPS) + f" | {OTHER} |" if perf else ""),
-        "|---|---|" + ("---|" * (len(GROUPS) + 1) if perf else ""),
+        "| process | ms CPU a call |" + ("".join(f" {c} |" for c in COLUMNS) if perf else ""),
+        "|---|---|" + ("---|" * len(COLUMNS) if perf else ""),
     ]
     split = perf_split(data) if perf else {}
     per_call = {
@@ -142,14 +131,23 @@ def measure(
         row = f"| {names.get(pid, pid)} | {ms:.3f} |"
         if perf:
             samples = split.get(pid, collections.Counter())
-            groups = [label for _, label in GROUPS] + [OTHER]
-            row += "".join(f" {samples[g] / PERF_HZ * 1000 / calls:.3f} |" for g in groups)
+            row += "".join(f" {samples[c] / PERF_HZ * 1000 / calls:.3f} |" for c in COLUMNS)
         lines.append(row)
     lines.append(
         f"| Redis | {1000 * result.store_cpu_s / calls:.3f} |"
-        + (" |" * (len(GROUPS) + 1) if perf else "")
+        + (" |" * len(COLUMNS) if perf else "")
     )
     return lines
+
+
+def _perf_record(data: Path, pids: Iterable[int]) -> subprocess.Popen[bytes]:
+    """``perf record`` of ``pids`` into ``data``, until it is sent SIGINT."""
+    argv = ["perf", "record", "-e", "cpu-clock", "-F", str(PERF_HZ), "-o", str(data)]
+    return subprocess.Popen(
+        [*argv, "-p", ",".join(map(str, pids))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
