@@ -414,17 +414,41 @@ def arrived(peer: sipwire.Peer, wanted: Callable[[bytes], bool]) -> bytes | None
 
 
 @contextlib.contextmanager
-def minimal(bed: Bed, tmp_path: Path) -> Iterator[stock.StockKamailio]:
-    """The docs' minimal config, running with Counterpoise on this test's Redis."""
+def minimal(bed: Bed, tmp_path: Path, **env: str) -> Iterator[stock.StockKamailio]:
+    """The docs' minimal config, running with Counterpoise on this test's Redis (``env``:
+    more of its settings, as ``COUNTERPOISE_*`` variables)."""
     operator = stock.Operator(
         files=(INCLUDE, DIALOG_ROUTES),
         defines={"CP_SCRIPT": str(NATIVE_SCRIPT)},
-        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE},
+        env={"COUNTERPOISE_REDIS_URL": bed.redis_url, "COUNTERPOISE_NODE_ID": NODE, **env},
     )
     with stock.running(MINIMAL, tmp_path, operator=operator) as kamailio:
         bed.balancer_port = kamailio.port
         bed.settings = bed.settings.with_values(node_id=NODE)
         yield kamailio
+
+
+def test_without_dialog_records_a_sealed_ack_or_bye_costs_the_timer_nothing(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """``dialog_record_ttl_ms = 0``: the in-dialog route relays each sealed ACK and BYE and
+    queues nothing for the timer process; of each call only its 200 takes a slot."""
+    with minimal(bed, tmp_path, COUNTERPOISE_DIALOG_RECORD_TTL_MS="0") as kamailio:
+        a = bed.start_downstream("a")
+        bed.add_pool((a, 1))
+
+        result = bed.caller(calls=50, rate=25, hold_ms=100).wait(60)
+
+        assert result.failed == 0, result.output[-2000:]
+        count = a.counts()
+        assert count["ack"] == count["invite"] == count["bye"] == 50, count
+        ctl = processes.ctl_socket(kamailio.run_dir)
+        processes.wait_for(
+            lambda: answered_attempts(ctl) == 50, 5, "every call's outcome in the tallies"
+        )
+        assert int(htable(ctl, "cp")["dialog_event_seq"]) == 50
+        assert "confirmed" not in testbed.counters(ctl, "cploc")
+        assert records(bed) == {}
 
 
 def htable(ctl: Path, table: str) -> dict[str, str]:

@@ -151,8 +151,8 @@ def test_a_reload_that_changes_nothing_leaves_the_published_version_alone(node: 
 
 
 def test_the_timer_publishes_what_the_configs_dialog_routes_read(node: Node, ksr: FakeKsr):
-    """The pool's addresses (``dialog_seal.source_keys``), the in-dialog timer, the location
-    server's switch, and the edge counters those routes count, at 0 (``$shtinc`` creates
+    """The pool's addresses (``dialog_seal.source_keys``), the in-dialog timer, the dialog
+    records' switch, and the edge counters those routes count, at 0 (``$shtinc`` creates
     none); a proxy leaving the pool leaves the addresses."""
     node.pool(A, B)
     addresses = ksr.htables[htables.POOL_ADDRESSES.name]
@@ -161,7 +161,7 @@ def test_the_timer_publishes_what_the_configs_dialog_routes_read(node: Node, ksr
     assert "sip:tcp:10.0.0.2:5060|10.0.0.2" in addresses and "10.0.0.1:5060" in addresses
     routing = ksr.htables[htables.ROUTING.name]
     assert routing[htables.IN_DIALOG_FR_TIMER_MS] == 30_000
-    assert routing[htables.LOCATION_SERVER] == 0
+    assert routing[htables.DIALOG_RECORDS] == 0
     edge = ksr.htables[htables.EDGE_COUNTERS.name]
     assert {name: edge[name] for name in htables.NATIVE_EDGE_COUNTERS} == {
         "relay_denied": 0,

@@ -63,7 +63,6 @@ RUNTIME_SETTINGS = "settings"
 RUNTIME_SETTINGS_VERSION = "settings_version"
 NODE_SHED_PERCENT = "node_shed"
 IN_DIALOG_FR_TIMER_MS = "in_dialog_fr_timer_ms"
-LOCATION_SERVER = "location_server"
 DIALOG_EVENT_SEQ = "dialog_event_seq"
 DIALOG_EVENT_READ = "dialog_event_read"
 DIALOG_EVENTS_MAX = "dialog_events_max"
@@ -80,7 +79,6 @@ ROUTING = Htable(
         RUNTIME_SETTINGS_VERSION,
         NODE_SHED_PERCENT,
         IN_DIALOG_FR_TIMER_MS,
-        LOCATION_SERVER,
         DIALOG_EVENT_SEQ,
         DIALOG_EVENT_READ,
         DIALOG_EVENTS_MAX,
@@ -95,10 +93,11 @@ ROUTING = Htable(
         "start-up (JSON object, name -> text) and their version, bumped on each push; the "
         "share (%) of new initial requests the node sheds for its own overload "
         "(``core.admission``); for the config's in-dialog route "
-        "(``embed/counterpoise-dialog.cfg``), the ``in_dialog_fr_timer_ms`` setting, 1 "
-        "when the location server is on, and the bounds and slot numbers of its queue of "
-        "dialog events (``DIALOG_EVENTS``); for the reply route ``CP_FINAL``, 1 when the "
-        "location server records dialogs, and the bound of a queued reply's line "
+        "(``embed/counterpoise-dialog.cfg``), the ``in_dialog_fr_timer_ms`` setting and "
+        "the bounds and slot numbers of its queue of dialog events (``DIALOG_EVENTS``); for "
+        "it and the reply route ``CP_FINAL``, 1 when the location server records dialogs "
+        "(its ACKs and BYEs are queued only then); for ``CP_FINAL``, the bound of a queued "
+        "reply's line "
         "(``core.queued_reply.max_chars``)"
     ),
     writers=(
