@@ -443,6 +443,11 @@ OVERHEAD_ONLY = (
         settings=(("memory_manager", "qm"),),
     ),
     Contender(
+        "cp-nodlg",
+        "Counterpoise, location server on, dialog records off",
+        settings=(("dialog_record_ttl_ms", 0),),
+    ),
+    Contender(
         "cp-noloc", "Counterpoise, location server off", settings=(("location_server", False),)
     ),
     Contender(
@@ -454,10 +459,10 @@ OVERHEAD_ONLY = (
     Contender("cp-native", "Counterpoise embedded in a native config", embedded=True),
 )
 """Contenders of the overhead bench only: the Python KEMI floor, the floors of a native relay
-that enters Python once or twice a call, Counterpoise without its
-location server, without its lookup cache, with its metrics endpoint on, and embedded in a
-native config (its KEMI form is ``counterpoise``: ``up``'s own config is a KEMI user of the
-same ``Balancer``)."""
+that enters Python once or twice a call, Counterpoise without its dialog records (its
+lookups only), without its location server, without its lookup cache, with its metrics
+endpoint on, and embedded in a native config (its KEMI form is ``counterpoise``: ``up``'s
+own config is a KEMI user of the same ``Balancer``)."""
 
 
 def other_version(name: str, tree: Path) -> tuple[Contender, Contender]:
