@@ -6,9 +6,10 @@ against the same relay in plain Kamailio with dispatcher alg 4 on the same machi
 Rounds alternate the contenders (the order rotates each round) so slow changes of the
 machine's other load spread over all of them; each round starts each contender fresh,
 measures it idle (its fixed cost per second), then at each rate. The report gives medians
-over rounds. Then the saturation run: each contender offered more calls than the host can
-take (``SATURATION_RATE``), in alternating rounds, its answered calls per second counted;
-then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
+over rounds: of the CPU per call, and of each round's own ratio to alg 4
+(``median_ratio``). Then the saturation run: each contender offered more calls than the
+host can take (``SATURATION_RATE``), in alternating rounds, its answered calls per second
+counted; then the sustained rate: Counterpoise and alg 4 ramped until a step fails.
 """
 
 from __future__ import annotations
