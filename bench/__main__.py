@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -567,5 +568,17 @@ def publish(out: Path, images: list[Path], target: Path) -> None:
         shutil.copy(image, target / image.name)
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (``timeout``, ``kill``) ends the bench as Ctrl-C does, through its ``finally``
+    blocks, which stop the balancers, SIPp and Redis it started: by default it would leave
+    them running."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main())

@@ -28,7 +28,7 @@ from pathlib import Path
 from harness import testbed
 
 from bench import drive, overhead
-from bench.__main__ import redis_url_of
+from bench.__main__ import redis_url_of, stop_on_sigterm
 from bench.contenders import BY_NAME, CLOCK_TICKS, Running, cpu_ticks, session_stats
 from bench.pool import Pool, Target
 from counterpoise import processes
@@ -193,4 +193,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     raise SystemExit(main())
