@@ -66,15 +66,13 @@ def process_names(run_dir: Path) -> dict[int, str]:
     return names
 
 
-def ticks_by_pid(running: Running) -> dict[int, int]:
-    """User plus system clock ticks so far of each of the contender's Kamailio processes."""
-    return {pid: cpu_ticks(fields) for pid, fields in session_stats(running.proc.pid)}
-
-
-def minor_faults(running: Running) -> int:
-    """Minor page faults so far of the contender's Kamailio processes, summed (field 10 of
-    proc(5)): a page touched for the first time."""
-    return sum(int(fields[7]) for _, fields in session_stats(running.proc.pid))
+def snapshot(running: Running) -> tuple[dict[int, int], int]:
+    """From one reading of ``/proc``: the user plus system clock ticks so far of each of the
+    contender's Kamailio processes, and their minor page faults so far, summed (field 10 of
+    proc(5): a page touched for the first time)."""
+    stats = list(session_stats(running.proc.pid))
+    ticks = {pid: cpu_ticks(fields) for pid, fields in stats}
+    return ticks, sum(int(fields[7]) for _, fields in stats)
 
 
 def perf_split(data: Path) -> dict[int, collections.Counter[str]]:
@@ -116,7 +114,7 @@ def measure(
         if settle_s > 0:
             drive.measure(running, None, None, run_dir / "settle", load, settle_s)
         names = process_names(run_dir)
-        before, faults_before = ticks_by_pid(running), minor_faults(running)
+        before, faults_before = snapshot(running)
         data = work / f"{name}.perf"
         recorder = _perf_record(data, before) if perf else None
         try:
@@ -125,14 +123,15 @@ def measure(
             if recorder is not None:  # stopped whatever the calls did: perf writes its file
                 recorder.send_signal(signal.SIGINT)
                 recorder.wait()
-        after, faults = ticks_by_pid(running), minor_faults(running) - faults_before
+        after, faults_after = snapshot(running)
     finally:
         running.stop()
     calls = result.sipp.attempted or 1
     total_ms = 1000 * (result.cpu_s + result.store_cpu_s) / calls
     lines = [
         f"\n### {name}: {rate:g} calls/s, {calls} calls ({result.sipp.failed} failed), "
-        f"{total_ms:.3f} ms CPU a call, {faults / calls:.2f} minor page faults a call\n",
+        f"{total_ms:.3f} ms CPU a call, "
+        f"{(faults_after - faults_before) / calls:.2f} minor page faults a call\n",
         "| process | ms CPU a call |" + ("".join(f" {c} |" for c in COLUMNS) if perf else ""),
         "|---|---|" + ("---|" * len(COLUMNS) if perf else ""),
     ]
