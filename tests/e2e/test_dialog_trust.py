@@ -304,6 +304,29 @@ def test_a_call_ends_after_its_node_restarted(bed: Bed) -> None:
     proxy.close()
 
 
+def test_a_node_that_has_not_read_the_key_ring_answers_503_and_relays_nothing(
+    bed: Bed,
+) -> None:
+    """A node started while its Redis is away cannot check a seal yet: 503, which a later
+    try may pass, not the 403 of a seal that is wrong."""
+    first = bed.start_balancer(name="lb1")
+    proxy = scripted_proxy(bed)
+    dialog = call(bed)
+    away = f"redis://127.0.0.1:{processes.free_port()}/0"
+    second = bed.start_balancer(name="lb2", redis_url=away)
+    processes.wait_for(
+        lambda: any("dialog keys" in line for line in bed.log_lines("lb2")),
+        15,
+        "the second node's failed read of the key ring",
+    )
+    dialog.routes = [r.replace(f":{first};", f":{second};") for r in dialog.routes]
+    assert status_of_request(dialog, bed) == 503
+    assert status_of_request(dialog, bed, "INFO") == 503
+    assert proxy.of_method("BYE") == [] and proxy.of_method("INFO") == []
+    assert bed.counters("cpedge", "lb2") == {"relay_denied": 2}
+    proxy.close()
+
+
 def test_a_second_node_checks_the_first_nodes_dialogs(bed: Bed) -> None:
     """The seal binds the dialog, not the node: behind an address both nodes advertise, the
     other node takes the dialog (here its own address is put in the Route, as that would)."""

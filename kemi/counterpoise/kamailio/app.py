@@ -271,7 +271,7 @@ class Balancer:
         if KSR.hdr.is_present("Route") > 0:
             hop = self._sealed_hop(source, stream, ids)
             if hop is None or KSR.rr.loose_route() < 0:
-                self._deny_in_dialog(ack)
+                self._refuse_route(ack)
                 return
             if self.location is not None and not ack and KSR.is_BYE():
                 self.location.dialog_ended(ids)
@@ -301,6 +301,14 @@ class Balancer:
             if dialog_seal.proxy_hop(uri) == proxy:
                 return addresses
         return frozenset()
+
+    def _refuse_route(self, ack: bool) -> None:
+        """A Route the node cannot pass: 403, or 503 before it first read the key ring (no seal
+        can be checked yet, and a later request may pass), as the config's CP_DENY answers."""
+        if self.keys.signing() is None:
+            self._deny_in_dialog(ack, 503, "Dialog Keys Not Loaded")
+        else:
+            self._deny_in_dialog(ack)
 
     def _deny_in_dialog(self, ack: bool, status: int = 403, reason: str = "Forbidden") -> None:
         EDGE.count("relay_denied")
@@ -752,12 +760,13 @@ class Balancer:
         sync, writes, endpoint = self.sync, self.dialog_writes, self.metrics
         started_s = clock.monotonic_s()
         # The tick, the flush and the metrics fail independently: none may stop the others.
+        # The keys first: once the node's rows are in Redis, it checks every seal.
+        if self.dialog_keys is not None:
+            guard.isolated("dialog keys", self.dialog_keys.load)
         if self.dialog_events is not None:  # the queued replies' outcomes count in this tick
             guard.isolated("dialog events", self.dialog_events.drain)
         guard.isolated("sync tick", sync.tick)
         guard.isolated("native dialog table", lambda: self.native_dialog.publish(self.settings))
-        if self.dialog_keys is not None:
-            guard.isolated("dialog keys", self.dialog_keys.load)
         if self.node_load is not None:
             load, settings = self.node_load, self.settings
             guard.isolated("node load", lambda: load.tick(settings))

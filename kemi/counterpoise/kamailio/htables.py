@@ -459,6 +459,7 @@ DIALOG_KEYS = Htable(
         "kamailio.dialog_keys.publish",
         "kamailio.dialog_keys.WorkerKeys",
         "cfg:CP_IN_DIALOG",
+        "cfg:CP_DENY",
         "cfg:CP_SEAL",
     ),
     operators="``htable.dump cpkey`` shows the secrets: the control socket is the admin's",
