@@ -85,12 +85,15 @@ class Pair:
 
     def settings(self, name: str, base: Settings) -> Settings:
         """``base`` as node ``name``: its own socket first (the health check's), then the
-        floating address, which both advertise in Via and Record-Route."""
+        floating address, which both advertise in Via and Record-Route; the other node's own
+        socket is its peer."""
         host = self.nodes[name].host
+        (peer,) = (self.nodes[other].host for other in NODES if other != name)
         return base.with_values(
             node_id=f"pair-{name}",
             listen=f"udp:{host.address}:{self.sip_port},udp:{self.vip}:{self.sip_port}",
             advertise=self.vip,
+            peers=f"udp:{peer.address}:{self.sip_port}",
             workers=self.workers,
             redis_url=self.redis_url,
         )

@@ -71,7 +71,7 @@ MESSAGE_PVS = frozenset(
         "$ru", "$rU", "$rd", "$du", "$rm", "$si", "$sp", "$pr", "$ci", "$cs", "$ft", "$tt",
         "$tU", "$td",
         "$rs", "$T_branch_idx", "$T_reply_code", "$(ct{tobody.uri})", "$T(id_index)",
-        "$T(id_label)", "$route_uri",
+        "$T(id_label)", "$route_uri", "$mb",
     }
 )  # fmt: skip
 """Pseudo-variables of the message being handled that the fake knows (values in ``pvs``)."""
@@ -636,6 +636,11 @@ class Corex(_Api):
         self.ksr.via_xavp_added = True
         return 1
 
+    @_kemi
+    def send_data(self, uri: str, data: str) -> int:
+        self.ksr.sent_data.append((uri, data))
+        return 1
+
 
 class Uac(_Api):
     prefix = "uac."
@@ -717,6 +722,8 @@ class FakeKsr:
         ``host``, ``port``, ``branch``, ``received``, ``rport``, ``params.NAME``)."""
         self.via_xavp: dict[str, str] = {}
         self.via_xavp_added = False
+        self.sent_data: list[tuple[str, str]] = []
+        """What ``corex.send_data`` sent, as (URI, message)."""
 
     def request(
         self,

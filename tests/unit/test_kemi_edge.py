@@ -156,6 +156,30 @@ def test_stray_reply_from_a_pool_proxy_is_forwarded_by_its_via(node: Node, ksr: 
     assert edge_counters(ksr) == {"stray_forwarded": 1}
 
 
+def test_a_forwarded_stray_reply_is_passed_to_each_peer_and_a_dropped_one_to_none(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """The floating address may have moved here while the other node waits on the reply."""
+    node = Node(ksr, monkeypatch, S.with_values(peers="udp:10.0.1.2:5060,tcp:[2001:db8::2]:5070"))
+    route_invite(node)
+    ksr.pvs["$mb"] = "SIP/2.0 200 OK\r\n"
+    stray_reply(node, ksr, CALLER_VIA)
+    assert ksr.sent_data == [
+        ("sip:10.0.1.2:5060", "SIP/2.0 200 OK\r\n"),
+        ("sip:[2001:db8::2]:5070;transport=tcp", "SIP/2.0 200 OK\r\n"),
+    ]
+    ksr.sent_data.clear()
+    stray_reply(node, ksr, CALLER_VIA, **{"$ci": "another-call"})  # its signature fails
+    assert ksr.dropped and ksr.sent_data == []
+
+
+def test_without_peers_a_forwarded_stray_reply_goes_by_its_via_alone(node: Node, ksr: FakeKsr):
+    route_invite(node)
+    ksr.pvs["$mb"] = "SIP/2.0 200 OK\r\n"
+    stray_reply(node, ksr, CALLER_VIA)
+    assert not ksr.dropped and ksr.sent_data == []
+
+
 def test_every_branch_of_a_dialog_forming_request_carries_the_signature(node: Node, ksr: FakeKsr):
     """A failover's branch too: the dead node may have relayed either."""
     node.pool(A, B, **{A: 1000.0, B: 0.001})

@@ -251,6 +251,8 @@ def test_the_config_file_sets_values_and_the_environment_wins(tmp_path: Path):
         ("fr_timer_ms = -5\n", "must be > 0"),
         ("fr_timer_ms = \n", "Invalid value"),
         ('listen = "sctp:127.0.0.1:5060"\n', "is not one of udp, tcp, tls"),
+        ('peers = "udp:10.0.0.2:5060,udp:10.0.0.2:5060"\n', "a socket is listed twice"),
+        ('peers = "10.0.0.2:99999"\n', "peers"),
     ],
 )
 def test_a_bad_config_file_is_refused_naming_the_file(tmp_path: Path, text: str, message: str):

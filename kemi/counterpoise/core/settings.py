@@ -256,7 +256,8 @@ class RedisSettings(Group):
 @dataclasses.dataclass(frozen=True)
 class NodeSettings(Group):
     """The Kamailio ``counterpoise up`` starts: its name, sockets, processes and files, read by
-    ``up`` for Kamailio's command line (the KEMI code reads ``node_id`` and ``metrics_listen``)."""
+    ``up`` for Kamailio's command line (the KEMI code reads ``node_id``, ``peers`` and
+    ``metrics_listen``)."""
 
     node_id: str = setting(
         "",
@@ -275,6 +276,15 @@ class NodeSettings(Group):
         meaning="`HOST[:PORT]` written in Via and Record-Route instead of the socket's address;"
         " empty: the socket's.",
         why="Only a node behind NAT needs it.",
+    )
+    peers: str = setting(
+        "",
+        meaning="The other nodes behind the same floating address, comma-separated"
+        " `PROTO:HOST:PORT` of a socket of each, as `listen`: a reply that matches no"
+        " transaction here but proves it answers a node's request is also sent to each.",
+        why="Empty: a lone node has no one to pass it to. In a pair, the address moving back"
+        " while the other node waits on a reply would have that node retry the call on"
+        " another proxy (`docs/deploying.md`).",
     )
     workers: int = setting(
         4,
@@ -350,6 +360,11 @@ class NodeSettings(Group):
                 sockets.parse_advertise(self.advertise)
             except sockets.InvalidSocket as error:
                 raise SettingError("advertise", self.advertise, str(error)) from None
+        if self.peers:
+            try:
+                sockets.parse_sockets(self.peers)
+            except sockets.InvalidSocket as error:
+                raise SettingError("peers", self.peers, str(error)) from None
         tls = any(socket.proto == "tls" for socket in listening)
         if tls and not (self.tls_certificate and self.tls_private_key):
             raise SettingError(
@@ -359,6 +374,10 @@ class NodeSettings(Group):
     def listen_sockets(self) -> tuple[sockets.ListenSocket, ...]:
         """The ``listen`` sockets, parsed (checked when the settings were made)."""
         return sockets.parse_sockets(self.listen)
+
+    def peer_uris(self) -> tuple[str, ...]:
+        """A SIP URI of each of ``peers`` (checked when the settings were made)."""
+        return tuple(peer.uri() for peer in sockets.parse_sockets(self.peers)) if self.peers else ()
 
     def node_name(self) -> str:
         """This node's identity in Redis."""

@@ -208,7 +208,21 @@ class Balancer:
             guard.failed("stray reply", error)
             forwarded = False
         EDGE.count("stray_forwarded" if forwarded else "stray_reply")
+        if forwarded:  # proven: a failure to pass it on stops no forwarding
+            guard.isolated("stray reply to peers", self._pass_to_peers)
         return TRUE if forwarded else FALSE
+
+    def _pass_to_peers(self) -> None:
+        """Send the reply being forwarded to each node of ``peers`` too: the request may be
+        a live peer's, the floating address having moved here while it waited, and that
+        peer's transaction then has its answer and does not retry on another proxy. A peer
+        without the transaction drops it (its source is no pool proxy: unproven)."""
+        peers = self.settings.node.peer_uris()
+        message = read.text("$mb") if peers else None
+        if message is None:  # no peer, or bytes the interpreter cannot take as text
+            return
+        for uri in peers:
+            KSR.corex.send_data(uri, message)
 
     @hook("orphan", fallback=STOP)
     def forward_orphan(self) -> int:
