@@ -322,3 +322,18 @@ def test_up_takes_trusted_upstreams_as_repeated_options():
     bad = build_parser().parse_args(["up", "--trust", "10.0.0.5/24"])
     with pytest.raises(SettingError, match=r"^trusted_upstreams='10\.0\.0\.5/24': expected IP"):
         node_settings(Settings(), bad)
+
+
+def test_up_takes_the_peers_as_repeated_options():
+    from counterpoise.cli.main import build_parser
+    from counterpoise.cli.up import node_settings
+
+    given = ["up", "--peer", "udp:192.0.2.12:5060", "--peer", "tcp:[2001:db8::12]:5060"]
+    settings = node_settings(Settings(), build_parser().parse_args(given))
+    assert settings.node.peer_uris() == (
+        "sip:192.0.2.12:5060",
+        "sip:[2001:db8::12]:5060;transport=tcp",
+    )
+    bad = build_parser().parse_args(["up", "--peer", "sctp:192.0.2.12:5060"])
+    with pytest.raises(SettingError, match=r"^peers='sctp:192\.0\.2\.12:5060': "):
+        node_settings(Settings(), bad)

@@ -1,7 +1,8 @@
 """The ``counterpoise`` command: run a balancer, manage and inspect the pool.
 
-    counterpoise up [--listen PROTO:HOST:PORT]... [--advertise HOST] [--redis URL] [--workers N]
-                    [--shm-mb MB] [--user U] [--group G] [--run-dir DIR] [--log-file FILE]
+    counterpoise up [--listen PROTO:HOST:PORT]... [--advertise HOST] [--peer PROTO:HOST:PORT]...
+                    [--redis URL] [--workers N] [--shm-mb MB] [--user U] [--group G]
+                    [--run-dir DIR] [--log-file FILE]
     counterpoise proxy add URI [--weight N] | rm URI | drain URI | undrain URI | list [--json]
     counterpoise watch             live table of the pool
     counterpoise location pin NAME PROXY | list | show NAME | rm NAME   (cli/location.py)

@@ -21,6 +21,7 @@ from counterpoise.store.client import redact
 NODE_OPTIONS = (
     "listen",
     "advertise",
+    "peers",
     "workers",
     "shm_mb",
     "run_dir",
@@ -33,9 +34,10 @@ NODE_OPTIONS = (
     "trusted_upstreams",
 )
 """Settings of the ``node`` group, and the trusted upstreams, that ``up`` also takes as
-options (``--shm-mb`` for ``shm_mb``, ``--metrics`` for ``metrics_listen``, ``--trust`` for
-``trusted_upstreams``); an option given wins over the file and the environment."""
-REPEATED_OPTIONS = ("listen", "trusted_upstreams")
+options (``--shm-mb`` for ``shm_mb``, ``--peer`` for ``peers``, ``--metrics`` for
+``metrics_listen``, ``--trust`` for ``trusted_upstreams``); an option given wins over the file
+and the environment."""
+REPEATED_OPTIONS = ("listen", "peers", "trusted_upstreams")
 """Options given once per value, joined with commas as their setting is written."""
 
 
@@ -47,6 +49,14 @@ def add_node_options(up: argparse.ArgumentParser) -> None:
         " repeat for more (default: the listen setting, udp:127.0.0.1:5060)",
     )
     up.add_argument("--advertise", help="public HOST[:PORT] for Via and Record-Route (NAT)")
+    up.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        metavar="PROTO:HOST:PORT",
+        help="the own socket of another node behind the same floating address, passed the"
+        " replies that reach this one for its requests; repeat for more (default: none)",
+    )
     up.add_argument("--workers", type=int, help="SIP worker processes (default 4)")
     up.add_argument("--shm-mb", type=int, help="Kamailio shared memory in MB (default 64)")
     up.add_argument("--run-dir", help="pid file, control sockets (default /run/counterpoise)")
