@@ -1,8 +1,8 @@
 """A pair's floating address moving back while a node waits on a proxy's reply (issue 28's
 hand-back), on loopback: node B advertises node A's address, as both nodes of a pair advertise
 the floating one, so the proxy's replies to what B relayed reach A, which holds no such
-transaction. With ``peers``, A passes the proven reply on to B, whose transaction ends with
-it; without, B hears nothing and retries the call on another proxy."""
+transaction. With ``peers`` (each node naming the other), A passes the proven reply on to B,
+whose transaction takes it; without, B hears nothing and retries the call on another proxy."""
 
 from __future__ import annotations
 
@@ -42,12 +42,20 @@ def routes_both(bed: Bed, node: str, *uris: str) -> bool:
     return all(rows.get(uri, {}).get("state") in ("up", "slowstart") for uri in uris)
 
 
-@pytest.mark.parametrize("peers", [True, False])
+@pytest.mark.parametrize(
+    ("peers", "ringing"), [(True, False), (True, True), (False, False)], ids=["", "ringing", "off"]
+)
 def test_a_reply_that_reaches_the_other_node_is_passed_back_and_the_call_is_placed_once(
-    bed: Bed, peers: bool
+    bed: Bed, peers: bool, ringing: bool
 ) -> None:
+    """``ringing``: the callee rings past B's first-reply timeout before it answers; the 180
+    passed on is what keeps B from retrying."""
     port_a = processes.free_port()
-    port_b = bed.start_balancer(name="lb_b", advertise=f"127.0.0.1:{port_a}")
+    port_b = bed.start_balancer(
+        name="lb_b",
+        advertise=f"127.0.0.1:{port_a}",
+        peers=f"udp:127.0.0.1:{port_a}" if peers else "",
+    )
     node_b = bed.settings.node.node_name()
     bed.start_balancer(
         name="lb_a",
@@ -67,12 +75,18 @@ def test_a_reply_that_reaches_the_other_node_is_passed_back_and_the_call_is_plac
         sipwire.request("INVITE", "sip:bob@example.com", caller.address), ("127.0.0.1", port_b)
     )
     relayed = processes.wait_for(lambda: chosen.of_method("INVITE"), 5, "B's INVITE at the proxy")
+    if ringing:
+        chosen.peer.send(
+            sipwire.reply(relayed[0], 180, "Ringing", tag="callee"), ("127.0.0.1", port_a)
+        )
+        assert replies_of(caller, 180, 2, 5) == 2  # from A, and from B's transaction
+        time.sleep(bed.settings.failover.fr_timer_ms / 1000 + 0.5)  # the callee rings on
     chosen.peer.send(sipwire.reply(relayed[0], 200, "OK", tag="callee"), ("127.0.0.1", port_a))
     if peers:
         # One copy from A, forwarded by its next Via; one from B's transaction, which got
         # the copy A passed on: B's call is answered, and nothing is left to retry.
         assert replies_of(caller, 200, 2, 5) == 2
-        assert bed.counters("cpedge", "lb_a").get("stray_forwarded") == 1
+        assert bed.counters("cpedge", "lb_a").get("stray_forwarded") == (2 if ringing else 1)
         assert other.of_method("INVITE") == [] and len(chosen.of_method("INVITE")) == 1
     else:
         # B waits fr_timer_ms for a first reply, then retries: the call placed twice.

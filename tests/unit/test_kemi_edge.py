@@ -101,6 +101,23 @@ def test_reply_from_another_address_counts_nothing_and_ends_the_attempt(node: No
     assert edge_counters(ksr)["foreign_reply"] == 2
 
 
+def test_a_provisional_reply_a_peer_passes_on_goes_on_uncounted(
+    ksr: FakeKsr, monkeypatch: pytest.MonkeyPatch
+):
+    """The address moved to the peer while this node waited: tm takes the proxy's 180 from
+    it (its timer becomes the ringing one), and nothing of it is timed or counted."""
+    node = Node(ksr, monkeypatch, S.with_values(peers="udp:10.0.1.2:5070"))
+    node.pool(A)
+    node.route("INVITE")
+    node.reply(180, after_ms=5, source=("10.0.1.2", 5070))
+    assert not ksr.dropped
+    node.reply(180, after_ms=5, source=("10.0.1.2", 5071))  # another port: no peer
+    assert ksr.dropped
+    node.reply(200, after_ms=5, source=("10.0.1.2", 5070))
+    assert node.inflight(A) == 0 and node.totals() == {}
+    assert edge_counters(ksr)["foreign_reply"] == 3
+
+
 def test_callee_503_after_ringing_is_neither_counted_nor_failed_over(node: Node, ksr: FakeKsr):
     node.pool(A, B)
     node.route("INVITE")

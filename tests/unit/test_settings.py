@@ -330,10 +330,10 @@ def test_up_takes_the_peers_as_repeated_options():
 
     given = ["up", "--peer", "udp:192.0.2.12:5060", "--peer", "tcp:[2001:db8::12]:5060"]
     settings = node_settings(Settings(), build_parser().parse_args(given))
-    assert settings.node.peer_uris() == (
+    assert [peer.uri() for peer in settings.node.peer_sockets()] == [
         "sip:192.0.2.12:5060",
         "sip:[2001:db8::12]:5060;transport=tcp",
-    )
+    ]
     bad = build_parser().parse_args(["up", "--peer", "sctp:192.0.2.12:5060"])
     with pytest.raises(SettingError, match=r"^peers='sctp:192\.0\.2\.12:5060': "):
         node_settings(Settings(), bad)

@@ -375,9 +375,9 @@ class NodeSettings(Group):
         """The ``listen`` sockets, parsed (checked when the settings were made)."""
         return sockets.parse_sockets(self.listen)
 
-    def peer_uris(self) -> tuple[str, ...]:
-        """A SIP URI of each of ``peers`` (checked when the settings were made)."""
-        return tuple(peer.uri() for peer in sockets.parse_sockets(self.peers)) if self.peers else ()
+    def peer_sockets(self) -> tuple[sockets.ListenSocket, ...]:
+        """The ``peers``, parsed (checked when the settings were made)."""
+        return sockets.parse_sockets(self.peers) if self.peers else ()
 
     def node_name(self) -> str:
         """This node's identity in Redis."""

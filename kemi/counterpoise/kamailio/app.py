@@ -217,12 +217,22 @@ class Balancer:
         a live peer's, the floating address having moved here while it waited, and that
         peer's transaction then has its answer and does not retry on another proxy. A peer
         without the transaction drops it (its source is no pool proxy: unproven)."""
-        peers = self.settings.node.peer_uris()
+        peers = self.settings.node.peer_sockets()
         message = read.text("$mb") if peers else None
         if message is None:  # no peer, or bytes the interpreter cannot take as text
             return
-        for uri in peers:
-            KSR.corex.send_data(uri, message)
+        for peer in peers:
+            KSR.corex.send_data(peer.uri(), message)
+
+    def _from_peer(self) -> bool:
+        """Whether the message being handled came from one of ``peers``: a node sends from
+        its first socket, its own (over a connection, from any port of that host)."""
+        host, port = _source()
+        stream = _stream()
+        return any(
+            edge.hop(peer.host, peer.port) == (host, peer.port if stream else port)
+            for peer in self.settings.node.peer_sockets()
+        )
 
     @hook("orphan", fallback=STOP)
     def forward_orphan(self) -> int:
@@ -612,6 +622,8 @@ class Balancer:
         elapsed = attempts.elapsed_ms(attempt.sent_stamp, clock.monotonic_ms())
         if status < 200:
             if not from_proxy:
+                if self._from_peer():  # the proxy's, passed on: tm takes it, untimed
+                    return TRUE
                 KSR.set_drop()  # a provisional reply may be dropped; tm relays no final one twice
                 return FALSE
             self._note_load_header(uri)
