@@ -59,7 +59,8 @@ def report(results: dict) -> str:
         "namespaces, unicast VRRP (`deploy/keepalived/`), "
         f"{first['rate_per_s']:g} calls/s held {first['hold_ms'] / 1000:g} s to the floating "
         f"address; the active node's host dies at {first['kill_at_s']:g} s, at a random instant "
-        "before the next call (link cut, Kamailio and keepalived SIGKILLed), and comes back at {first['revive_at_s']:g} s. Times from the "
+        "before the next call (link cut, Kamailio and keepalived SIGKILLed), and comes back at "
+        f"{first['revive_at_s']:g} s. Times from the "
         'kill; "node back in" from its restart until it holds the address again. '
         "Counterpoise's nodes share Redis (weights, keys, location); dispatcher's nodes "
         "(`bench/dispatcher.cfg`, weight-based alg 9 with the pool's base weights, a SIP OPTIONS "
