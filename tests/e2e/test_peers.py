@@ -7,6 +7,7 @@ whose transaction takes it; without, B hears nothing and retries the call on ano
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -42,11 +43,22 @@ def routes_both(bed: Bed, node: str, *uris: str) -> bool:
     return all(rows.get(uri, {}).get("state") in ("up", "slowstart") for uri in uris)
 
 
+@pytest.fixture
+def proxies() -> Iterator[tuple[sipwire.Responder, sipwire.Responder]]:
+    """The proxy B picks (weight 1000) and the one it would retry on (0.001), closed after."""
+    chosen, other = sipwire.Responder(answer_probes), sipwire.Responder(answer_probes)
+    try:
+        yield chosen, other
+    finally:
+        chosen.close()
+        other.close()
+
+
 @pytest.mark.parametrize(
     ("peers", "ringing"), [(True, False), (True, True), (False, False)], ids=["", "ringing", "off"]
 )
 def test_a_reply_that_reaches_the_other_node_is_passed_back_and_the_call_is_placed_once(
-    bed: Bed, peers: bool, ringing: bool
+    bed: Bed, proxies: tuple[sipwire.Responder, sipwire.Responder], peers: bool, ringing: bool
 ) -> None:
     """``ringing``: the callee rings past B's first-reply timeout before it answers; the 180
     passed on is what keeps B from retrying."""
@@ -63,8 +75,7 @@ def test_a_reply_that_reaches_the_other_node_is_passed_back_and_the_call_is_plac
         advertise="",
         peers=f"udp:127.0.0.1:{port_b}" if peers else "",
     )
-    chosen = sipwire.Responder(answer_probes)
-    other = sipwire.Responder(answer_probes)
+    chosen, other = proxies
     bed.store.add(chosen.uri, 1000.0)
     bed.store.add(other.uri, 0.001)
     for proxy in (chosen, other):
@@ -91,5 +102,3 @@ def test_a_reply_that_reaches_the_other_node_is_passed_back_and_the_call_is_plac
     else:
         # B waits fr_timer_ms for a first reply, then retries: the call placed twice.
         processes.wait_for(lambda: other.of_method("INVITE"), 10, "B's retry on the other proxy")
-    chosen.close()
-    other.close()
