@@ -96,6 +96,10 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
 
     # A registration through lb2 after the failover routes calls through lb1.
     assert bed.cli("proxy", "undrain", a.uri).returncode == 0
+    # Until a node has seen the undrain, a user held by a goes by weight: to b.
+    processes.wait_for(
+        lambda: published_states(bed, nodes, a.uri) <= {"up", "slowstart"}, 10, "a back on both"
+    )
     users = Users(bed, USERS)  # registers through lb2, the node started last
     users.register()
     records = holders(bed, USERS)
@@ -106,3 +110,9 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
     assert (call.wait(1).successful, call.wait(1).failed) == (len(USERS), 0)
     per_proxy = {ds.uri: sum(1 for p in records.values() if p == ds.uri) for ds in (a, b)}
     assert {uri: invites(ds) - before[uri] for uri, ds in ((a.uri, a), (b.uri, b))} == per_proxy
+
+
+def published_states(bed: Bed, nodes: list[str], uri: str) -> set[object]:
+    """The state of proxy ``uri`` in each of ``nodes``' latest publication (None: not there)."""
+    published = bed.store.node_weights(int(time.time() * 1000), bed.settings.redis.node_ttl_ms)
+    return {published.get(node, {}).get(uri, {}).get("state") for node in nodes}
