@@ -160,11 +160,12 @@ class Bed:
         now_ms = int(time.time() * 1000)
         return {row["uri"]: row for row in table.pool_rows(self.store, self.settings, now_ms)}
 
-    def rows_published(self) -> dict[str, dict]:
-        """This test's balancer's own record of each proxy (``cp:weights:<node>``)."""
+    def rows_published(self, node: str = "") -> dict[str, dict]:
+        """A balancer's own record of each proxy (``cp:weights:<node>``): node ``node``'s, by
+        default the one started last."""
         now_ms = int(time.time() * 1000)
         published = self.store.node_weights(now_ms, self.settings.redis.node_ttl_ms)
-        return published.get(self.settings.node.node_name(), {})
+        return published.get(node or self.settings.node.node_name(), {})
 
     def log_lines(self, name: str = "balancer") -> list[str]:
         """What the balancer node ``name`` has logged so far (its sync loop journals every

@@ -5,8 +5,6 @@ base-weight split on each, and a drain from the CLI stops new calls on both with
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from counterpoise import processes
@@ -18,10 +16,9 @@ pytestmark = pytest.mark.e2e
 
 def node_requests(bed: Bed, node: str) -> dict[str, int]:
     """Requests each proxy got from ``node``, as that node published them."""
-    published = bed.store.node_weights(int(time.time() * 1000), bed.settings.redis.node_ttl_ms)
     return {
         uri: record["totals"]["requests_ok"] + record["totals"]["requests_failed"]
-        for uri, record in published.get(node, {}).items()
+        for uri, record in bed.rows_published(node).items()
     }
 
 

@@ -38,8 +38,7 @@ def replies_of(caller: sipwire.Peer, status: int, count: int, timeout_s: float) 
 
 def routes_both(bed: Bed, node: str, *uris: str) -> bool:
     """Whether ``node`` published each of ``uris`` up (its dialog keys are loaded by then)."""
-    published = bed.store.node_weights(int(time.time() * 1000), bed.settings.redis.node_ttl_ms)
-    rows = published.get(node, {})
+    rows = bed.rows_published(node)
     return all(rows.get(uri, {}).get("state") in ("up", "slowstart") for uri in uris)
 
 

@@ -114,5 +114,4 @@ def test_balancers_follow_a_failover_without_losing_a_call(bed: Bed, sentinels: 
 
 def published_states(bed: Bed, nodes: list[str], uri: str) -> set[object]:
     """The state of proxy ``uri`` in each of ``nodes``' latest publication (None: not there)."""
-    published = bed.store.node_weights(int(time.time() * 1000), bed.settings.redis.node_ttl_ms)
-    return {published.get(node, {}).get(uri, {}).get("state") for node in nodes}
+    return {bed.rows_published(node).get(uri, {}).get("state") for node in nodes}

@@ -225,14 +225,12 @@ class Balancer:
             KSR.corex.send_data(peer.uri(), message)
 
     def _from_peer(self) -> bool:
-        """Whether the message being handled came from one of ``peers``: a node sends from
-        its first socket, its own (over a connection, from any port of that host)."""
-        host, port = _source()
-        stream = _stream()
-        return any(
-            edge.hop(peer.host, peer.port) == (host, peer.port if stream else port)
-            for peer in self.settings.node.peer_sockets()
+        """Whether the message being handled came from one of ``peers`` (a node sends from its
+        first socket, its own), by the rule that tells a pool proxy's (``edge.from_pool``)."""
+        peers = frozenset(
+            edge.hop(peer.host, peer.port) for peer in self.settings.node.peer_sockets()
         )
+        return edge.from_pool(_source(), _stream(), peers)
 
     @hook("orphan", fallback=STOP)
     def forward_orphan(self) -> int:
