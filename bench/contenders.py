@@ -413,7 +413,7 @@ OVERHEAD_ONLY = (
         4,
         python_entries=2,
     ),
-    Contender("seal4", "native relay, alg 4, dialogs sealed (2 HMACs a call)", 4, sealed=True),
+    Contender("seal4", "native relay, alg 4, dialogs sealed (2 signatures a call)", 4, sealed=True),
     Contender(
         "seal-py2",
         "native relay, dialogs sealed, alg 4 picked in Python, final reply too",

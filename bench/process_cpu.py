@@ -29,7 +29,14 @@ from harness import testbed
 
 from bench import drive, overhead
 from bench.__main__ import redis_url_of, stop_on_sigterm
-from bench.contenders import BY_NAME, CLOCK_TICKS, Running, cpu_ticks, session_stats
+from bench.contenders import (
+    BY_NAME,
+    CLOCK_TICKS,
+    Running,
+    cpu_ticks,
+    other_version,
+    session_stats,
+)
 from bench.pool import Pool, Target
 from counterpoise import processes
 
@@ -173,7 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle-s", type=float, default=SETTLE_S, help=f"calls first, unmeasured ({SETTLE_S:g})"
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=TREE",
+        help="also Counterpoise from source tree TREE (e.g. a git worktree of an older commit) "
+        "as contenders NAME and NAME-noloc, to name in --contenders",
+    )
     args = parser.parse_args(argv)
+    for name, _, tree in (text.partition("=") for text in args.compare):
+        for contender in other_version(name, Path(tree).resolve()):
+            BY_NAME[contender.name] = contender
     work = Path(tempfile.mkdtemp(prefix="process-cpu-"))
     redis = processes.start_redis(processes.free_port(), work / "redis")
     pool = Pool(work)

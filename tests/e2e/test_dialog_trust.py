@@ -136,7 +136,7 @@ def status_of_request(dialog: Dialog, bed: Bed, method: str = "BYE") -> int | No
 
 
 def seal_of(route: str) -> dict[str, str]:
-    return dict(re.findall(r";(cp[dpc]2?)=([^;>]+)", route))
+    return dict(re.findall(r";(cp[dpc]3?)=([^;>]+)", route))
 
 
 @contextlib.contextmanager
@@ -196,7 +196,7 @@ def test_a_call_ends_from_either_side_and_its_record_route_is_sealed(bed: Bed) -
     sealed = seal_of(route)
     assert sealed["cpp"] == f"sip:udp:{proxy.peer.address[0]}:{proxy.peer.address[1]}"
     assert sealed["cpc"] == f"udp:{dialog.caller.address[0]}:{dialog.caller.address[1]}"
-    assert re.fullmatch(r"1\.[A-Za-z0-9_-]{22}", sealed["cpd2"])
+    assert re.fullmatch(r"1\.[0-9a-f]{33}", sealed["cpd3"])
     assert status_of_request(dialog, bed, "INFO") == 200
     # The callee hangs up: its proxy sends the BYE to the balancer, which sends it to the
     # address the caller called from.
@@ -231,7 +231,7 @@ def test_the_callee_behind_a_real_proxy_hangs_up_through_the_balancer(bed: Bed) 
     dialog = call(bed)
     (invite,) = callee.of_method("INVITE")
     routes = record_routes(invite)  # the proxy's, then the balancer's
-    assert len(routes) == 2 and "cpd2=" in routes[1]
+    assert len(routes) == 2 and "cpd3=" in routes[1]
     callee.peer.send(callee_bye(dialog, callee.peer, routes), ("127.0.0.1", ds.port))
     received = dialog.caller.recv(5.0)
     assert received is not None and sipwire.method_of(received) == "BYE"
@@ -249,7 +249,7 @@ def test_the_callee_behind_a_tcp_proxy_hangs_up_from_the_proxys_own_port(bed: Be
     dialog = call(bed)
     (invite,) = callee.of_method("INVITE")
     routes = record_routes(invite)  # the proxy's two (UDP to the callee), the balancer's two
-    assert len(routes) == 4 and "transport=tcp" in routes[2] and "cpd2=" in routes[2]
+    assert len(routes) == 4 and "transport=tcp" in routes[2] and "cpd3=" in routes[2]
     callee.peer.send(callee_bye(dialog, callee.peer, routes), ("127.0.0.1", ds.port))
     received = dialog.caller.recv(5.0)
     assert received is not None and sipwire.method_of(received) == "BYE"
@@ -263,7 +263,7 @@ def test_both_record_routes_of_a_transport_change_carry_the_seal(bed: Bed) -> No
     ds = bed.start_downstream("tcp", transport="tcp")
     bed.add_pool((ds, 1.0))
     dialog = call(bed)
-    ours = [route for route in dialog.routes if "cpd2=" in route]
+    ours = [route for route in dialog.routes if "cpd3=" in route]
     assert len(ours) == 2 and "transport=tcp" in ours[1] and "transport=tcp" not in ours[0]
     assert seal_of(ours[0]) == seal_of(ours[1])
     assert seal_of(ours[0])["cpp"] == f"sip:tcp:127.0.0.1:{ds.port}"
@@ -349,13 +349,13 @@ def test_calls_survive_a_key_rotation_and_the_oldest_key_expires(bed: Bed) -> No
     rotated = bed.cli("dialog-key", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     after = processes.wait_for(
-        lambda: (d := call(bed)) and seal_of(d.routes[0])["cpd2"].startswith("2.") and d,
+        lambda: (d := call(bed)) and seal_of(d.routes[0])["cpd3"].startswith("2.") and d,
         dialog_seal.ACTIVATION_DELAY_MS / 1000 + RING_RELOAD_S,
         "a new call sealed with the new key",
         step_s=0.25,
     )
-    assert seal_of(before.routes[0])["cpd2"].startswith("1.")
-    assert seal_of(after.routes[0])["cpd2"].startswith("2.")
+    assert seal_of(before.routes[0])["cpd3"].startswith("1.")
+    assert seal_of(after.routes[0])["cpd3"].startswith("2.")
     assert status_of_request(before, bed) == 200
     assert status_of_request(after, bed) == 200
     for _ in range(2):  # the third rotation drops key 1
@@ -377,12 +377,12 @@ def ring_secret(bed: Bed, key_id: str = "1") -> bytes:
     return bytes.fromhex(values[key_id].split()[1])
 
 
-def test_the_config_seals_as_the_core_defines_and_passes_a_seal_of_the_version_before(
+def test_the_config_seals_as_the_core_defines_and_passes_the_seals_of_the_versions_before(
     bed: Bed,
 ) -> None:
     """Kamailio's routes make and check the seal (``embed/counterpoise-dialog.cfg``): what they
-    make verifies by ``core.dialog_seal``'s definition; a dialog sealed before the upgrade
-    (``cpd``) still ends, in Python, and a forged one of that version does not."""
+    make verifies by ``core.dialog_seal``'s definition; a dialog sealed before an upgrade
+    (``cpd2``, or ``cpd`` before it) still ends, in Python, and a forged one does not."""
     bed.start_balancer()
     proxy = scripted_proxy(bed)
     dialog = call(bed)
@@ -391,16 +391,18 @@ def test_the_config_seals_as_the_core_defines_and_passes_a_seal_of_the_version_b
     seal = dialog_seal.read_seal(route.strip("<>"), dialog.call_id, {"1": secret}.get)
     assert seal is not None and seal.proxy == dialog_seal.proxy_hop(proxy.uri)
     assert seal.caller == dialog_seal.caller_hop("udp", *dialog.caller.address)
-    mac = dialog_seal.native_mac(secret, b"cpd2", seal.fields())
-    assert seal_of(route)["cpd2"] == f"1.{mac}"
-    v1 = route.replace(f";cpd2=1.{mac}", f";cpd=1.{dialog_seal.signature_v1(secret, seal)}")
-    dialog.routes = [v1]
-    assert status_of_request(dialog, bed, "INFO") == 200
-    dialog.routes = [re.sub(r"cpd=1\.[^;>]", "cpd=1.A", v1)]
-    assert status_of_request(dialog, bed, "INFO") == 403
-    dialog.routes = [v1]
+    mac = dialog_seal.native_mac(secret, b"cpd3", seal.fields())
+    assert seal_of(route)["cpd3"] == f"1.{mac}"
+    v2_mac = dialog_seal.native_mac_v2(secret, b"cpd2", seal.fields())
+    v1_mac = dialog_seal.signature_v1(secret, seal)
+    for param, old_mac in (("cpd2", v2_mac), ("cpd", v1_mac)):
+        old = route.replace(f";cpd3=1.{mac}", f";{param}=1.{old_mac}")
+        dialog.routes = [re.sub(rf"{param}=1\.[^;>]", f"{param}=1.!", old)]
+        assert status_of_request(dialog, bed, "INFO") == 403
+        dialog.routes = [old]
+        assert status_of_request(dialog, bed, "INFO") == 200
     assert status_of_request(dialog, bed) == 200
-    assert [len(proxy.of_method(m)) for m in ("INFO", "BYE")] == [1, 1]
+    assert [len(proxy.of_method(m)) for m in ("INFO", "BYE")] == [2, 1]
     proxy.close()
 
 
@@ -415,13 +417,13 @@ def test_an_altered_seal_is_refused_by_the_config_and_relays_nothing(bed: Bed) -
     at_sink = sink.uri.split(":", 1)[1]
     seal = dialog_seal.read_seal(route.strip("<>"), dialog.call_id, {"1": secret}.get)
     assert seal is not None
-    wrong_key = dialog_seal.native_mac(bytes(32), b"cpd2", seal.fields())
-    other_mac = sealed["cpd2"][:-1] + ("B" if sealed["cpd2"].endswith("A") else "A")
+    wrong_key = dialog_seal.native_mac(bytes(32), b"cpd3", seal.fields())
+    other_mac = sealed["cpd3"][:-1] + ("0" if sealed["cpd3"].endswith("1") else "1")
     altered = [
-        route.replace(sealed["cpd2"], other_mac),
-        route.replace(sealed["cpd2"], f"1.{wrong_key}"),
-        route.replace(sealed["cpd2"], "9." + sealed["cpd2"][2:]),
-        route.replace(sealed["cpd2"], "x." + sealed["cpd2"][2:]),
+        route.replace(sealed["cpd3"], other_mac),
+        route.replace(sealed["cpd3"], f"1.{wrong_key}"),
+        route.replace(sealed["cpd3"], "9." + sealed["cpd3"][2:]),
+        route.replace(sealed["cpd3"], "x." + sealed["cpd3"][2:]),
         route.replace(sealed["cpp"], f"sip:udp:{at_sink}"),
         route.replace(sealed["cpc"], f"udp:{at_sink}"),
         route.replace(f"ftag={dialog.from_tag}", "ftag=other"),
@@ -458,7 +460,7 @@ def test_route_set_bounced_through_a_pool_proxy_reaches_nothing(bed: Bed) -> Non
     # With the seal of the attacker's own call: the balancer sends it to that call's proxy,
     # whose loose_route hands it back; from the pool, a caller's request goes nowhere.
     dialog = call(bed, attacker)
-    ours = next(route for route in dialog.routes if "cpd2=" in route)
+    ours = next(route for route in dialog.routes if "cpd3=" in route)
     dialog.routes = [ours, f"<{ds.uri};lr>", ours, f"<{sink.uri};lr>"]
     assert status_of_request(dialog, bed, "INVITE") == 403
     assert sink.recv(QUIET_S) is None
@@ -549,7 +551,7 @@ def _fuzzed_route(rng: random.Random, real: str, lb: str, sink: str, proxy: str)
         lambda: sealed.replace("cpp=sip:", "cpp=sips:"),
         lambda: re.sub(r"cpp=[^;>]+", f"cpp=sip:udp:{sink.split(':', 1)[1]}", sealed),
         lambda: re.sub(r"cpc=[^;>]+", f"cpc=udp:{sink.split(':', 1)[1]}", sealed),
-        lambda: re.sub(r"cpd2=1\.[^;>]", "cpd2=1.A", sealed),
+        lambda: re.sub(r"cpd3=1\.[^;>]", "cpd3=1.!", sealed),
         lambda: re.sub(r"ftag=[^;>]+", "ftag=t1", sealed),
         lambda: f"sip:{lb};lr",
         lambda: f"sips:{lb};lr",

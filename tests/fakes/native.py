@@ -23,10 +23,16 @@ def _param(uri: str | None, name: str) -> str:
 
 
 def _secret(ksr: FakeKsr, key_id: str) -> bytes | None:
-    value = ksr.htables["cpkey"].get(f"hex {key_id}")
-    if not isinstance(value, str) or len(key_id) > 9:
+    """The secret the route signs with: that of the key whose derived keys the ring's entries
+    hold (``CP_MAC`` reads those alone; here they must be the key's own)."""
+    table = ksr.htables["cpkey"]
+    inner, outer = table.get(f"ki {key_id}"), table.get(f"ko {key_id}")
+    record = table.get(key_id)
+    if not isinstance(inner, str) or not isinstance(record, str) or len(key_id) > 9:
         return None
-    return bytes.fromhex(value)
+    secret = dialog_seal.parse_key(key_id, record).secret
+    assert dialog_seal.derived_keys(secret) == (inner, outer)
+    return secret
 
 
 def _count(ksr: FakeKsr, table: str, key: str) -> None:
@@ -109,7 +115,7 @@ def seal(ksr: FakeKsr) -> int:
     fields = (str(call_id), str(from_tag), proxy, caller)
     mac = dialog_seal.native_mac(secret, dialog_seal.PURPOSE, fields)
     ksr.record_routed = True
-    ksr.record_route_params = f";cpp={proxy};cpc={caller};cpd2={key_id}.{mac}"
+    ksr.record_route_params = f";cpp={proxy};cpc={caller};{dialog_seal.SEAL_PARAM}={key_id}.{mac}"
     branch = ksr.vias[0].get("branch") if ksr.vias else None
     if not branch:
         return 1

@@ -103,7 +103,7 @@ def test_a_seal_edited_or_signed_with_an_unknown_key_is_refused() -> None:
     assert admit(route(key_id="2")) is None
     assert admit(route(secret=OTHER_SECRET)) is None
     assert admit("sip:192.0.2.1;lr") is None
-    assert admit("sip:192.0.2.1;lr;ftag=ftag-1;cpd2=1.x;cpp=sip:udp:10.0.0.11:5060") is None
+    assert admit("sip:192.0.2.1;lr;ftag=ftag-1;cpd3=1.x;cpp=sip:udp:10.0.0.11:5060") is None
 
 
 def test_direction_is_told_by_whose_tag_is_sealed() -> None:
@@ -118,19 +118,34 @@ def test_the_signature_covers_each_field_apart() -> None:
     assert dialog_seal.signature(SECRET, SEAL) != dialog_seal.signature(SECRET, moved)
 
 
+def _nested(message: bytes) -> str:
+    """``CP_MAC``'s steps, written out: the derived keys, then two SHA-256 of hex text."""
+    inner = hmac.new(SECRET, b"counterpoise seal inner key", hashlib.sha256).hexdigest()
+    outer = hmac.new(SECRET, b"counterpoise seal outer key", hashlib.sha256).hexdigest()
+    digest = hashlib.sha256(inner.encode() + message).hexdigest()
+    return hashlib.sha256((outer + digest).encode()).hexdigest()[:33]
+
+
 def test_the_seal_is_what_a_kamailio_config_computes() -> None:
-    """crypto_hmac_sha256 keyed with the secret's hex text, over ``<bytes>:<field>`` after
-    the purpose, as padless URL-safe base64 of the whole digest, cut to 22 characters."""
-    message = b"cpd2" + b"6:call-1" + b"6:ftag-1" + b"22:sip:udp:10.0.0.11:5060"
+    """SHA-256 of the outer key and the hex of SHA-256 of the inner key and ``<bytes>:<field>``
+    after the purpose (each key 64 hex characters of an HMAC of the secret), cut to 33 hex
+    characters."""
+    message = b"cpd3" + b"6:call-1" + b"6:ftag-1" + b"22:sip:udp:10.0.0.11:5060"
     message += b"21:udp:198.51.100.7:5062"
-    digest = hmac.new(SECRET.hex().encode(), message, hashlib.sha256).digest()
-    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:22]
+    expected = _nested(message)
     assert dialog_seal.signature(SECRET, SEAL) == expected
-    params = f";cpp=sip:udp:10.0.0.11:5060;cpc=udp:198.51.100.7:5062;cpd2=1.{expected}"
+    assert len(expected) == dialog_seal.MAC_CHARS and int(expected, 16) >= 0
+    params = f";cpp=sip:udp:10.0.0.11:5060;cpc=udp:198.51.100.7:5062;cpd3=1.{expected}"
     assert dialog_seal.record_route_params("1", SECRET, SEAL) == params
     utf8 = dialog_seal.native_mac(SECRET, b"p", ["é"])  # the length counts bytes, as s.len
-    digest = hmac.new(SECRET.hex().encode(), b"p2:\xc3\xa9", hashlib.sha256).digest()
-    assert utf8 == base64.urlsafe_b64encode(digest).decode()[:22]
+    assert utf8 == _nested(b"p2:\xc3\xa9")
+
+
+def test_the_derived_keys_fill_a_block_and_tell_nothing_of_each_other() -> None:
+    inner, outer = dialog_seal.derived_keys(SECRET)
+    assert len(inner) == len(outer) == 64 and inner != outer
+    assert dialog_seal.derived_keys(OTHER_SECRET)[0] not in (inner, outer)
+    assert SECRET.hex() not in (inner, outer)
 
 
 @pytest.mark.parametrize(
@@ -146,26 +161,44 @@ def test_the_seal_is_what_a_kamailio_config_computes() -> None:
 def test_fields_shifted_never_sign_the_same(fields: tuple[str, ...]) -> None:
     """``<bytes>:<field>``: however characters move between fields (a colon or a digit
     included), the message differs, so does the MAC."""
-    original = dialog_seal.native_mac(SECRET, b"cpd2", ("call-1", "ftag-1", "x"))
-    assert dialog_seal.native_mac(SECRET, b"cpd2", fields) != original
+    original = dialog_seal.native_mac(SECRET, b"cpd3", ("call-1", "ftag-1", "x"))
+    assert dialog_seal.native_mac(SECRET, b"cpd3", fields) != original
+
+
+OLD = "sip:192.0.2.1;lr;ftag=ftag-1;cpp=sip:udp:10.0.0.11:5060;cpc=udp:198.51.100.7:5062"
 
 
 def test_a_seal_of_the_version_before_still_verifies_and_is_never_made() -> None:
-    """A dialog sealed before an upgrade (``cpd``: the older MAC) ends on an upgraded node;
-    edited, it is refused as ever."""
+    """A dialog sealed before an upgrade (``cpd2``: crypto's HMAC keyed with the secret's hex
+    text, 22 characters of its base64) ends on an upgraded node; edited, it is refused."""
+    message = b"cpd2" + b"6:call-1" + b"6:ftag-1" + b"22:sip:udp:10.0.0.11:5060"
+    message += b"21:udp:198.51.100.7:5062"
+    digest = hmac.new(SECRET.hex().encode(), message, hashlib.sha256).digest()
+    v2 = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()[:22]
+    assert admit(f"{OLD};cpd2=1.{v2}") == PROXY
+    assert admit(f"{OLD};cpd2=1.{v2[:-1]}{'B' if v2.endswith('A') else 'A'}") is None
+    assert admit(f"{OLD.replace('5062', '5063')};cpd2=1.{v2}") is None
+    assert admit(f"{OLD};cpd3=1.{v2}") is None  # each version under its own name
+    assert "cpd2=" not in route()
+    v3 = route()
+    assert admit(f"{v3};cpd2=1.{v2}") == PROXY  # both: the current version is read alone
+    assert admit(v3.replace("cpd3=1.", "cpd3=1.a") + f";cpd2=1.{v2}") is None
+
+
+def test_a_seal_of_the_first_version_still_verifies_and_is_never_made() -> None:
+    """``cpd``: the older MAC still, for a dialog two upgrades old."""
     fields = (b"call-1", b"ftag-1", b"sip:udp:10.0.0.11:5060", b"sip:udp:198.51.100.7:5062")
     message = b"cpd1" + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
     mac = hmac.new(SECRET, message, hashlib.sha256).digest()[:16]
     v1 = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     assert dialog_seal.signature_v1(SECRET, SEAL) == v1
-    old = "sip:192.0.2.1;lr;ftag=ftag-1;cpp=sip:udp:10.0.0.11:5060;cpc=udp:198.51.100.7:5062"
-    assert admit(f"{old};cpd=1.{v1}") == PROXY
-    assert admit(f"{old};cpd=1.{v1[:-1]}{'B' if v1.endswith('A') else 'A'}") is None
-    assert admit(f"{old.replace('5062', '5063')};cpd=1.{v1}") is None
+    assert admit(f"{OLD};cpd=1.{v1}") == PROXY
+    assert admit(f"{OLD};cpd=1.{v1[:-1]}{'B' if v1.endswith('A') else 'A'}") is None
+    assert admit(f"{OLD.replace('5062', '5063')};cpd=1.{v1}") is None
     assert "cpd=" not in route()
-    v2 = route()
-    assert admit(f"{v2};cpd=1.{v1}") == PROXY  # both: the current version is read alone
-    assert admit(v2.replace("cpd2=1.", "cpd2=1.A") + f";cpd=1.{v1}") is None
+    v3 = route()
+    assert admit(f"{v3};cpd=1.{v1}") == PROXY
+    assert admit(v3.replace("cpd3=1.", "cpd3=1.a") + f";cpd=1.{v1}") is None
 
 
 def test_the_config_looks_sources_up_by_host_and_port_and_by_proxy() -> None:

@@ -3,6 +3,9 @@ sealed with that branch's proxy; the key ring reaches the workers through shared
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from counterpoise.core import dialog_seal
@@ -118,21 +121,26 @@ def test_a_key_is_read_and_parsed_anew_only_when_the_published_version_moves(
     assert keys.secret("7") is None
 
 
-def test_each_key_is_published_with_its_secret_hex_apart_before_the_signing_id(
+def test_each_key_is_published_with_its_derived_keys_apart_before_the_signing_id(
     node: Node, ksr: FakeKsr
 ):
-    """The config's dialog routes take a key's hex text as it is (``native_mac``): no parse
-    per message; a route that reads the signing id finds that key's secret."""
+    """The config's dialog routes sign with a key's inner and outer keys as they stand
+    (``native_mac``): no parse per message; a route that reads the signing id finds them."""
     from counterpoise.kamailio import dialog_keys
 
     table = ksr.htables[htables.DIALOG_KEYS.name]
     ksr.calls.clear()
-    dialog_keys.publish({"4": DialogKey("4", 0, bytes(range(32)))}, node.clock.wall_ms())
-    assert table["hex 4"] == "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    secret = bytes(range(32))
+    dialog_keys.publish({"4": DialogKey("4", 0, secret)}, node.clock.wall_ms())
+    inner = hmac.new(secret, b"counterpoise seal inner key", hashlib.sha256).hexdigest()
+    outer = hmac.new(secret, b"counterpoise seal outer key", hashlib.sha256).hexdigest()
+    assert (table["ki 4"], table["ko 4"]) == (inner, outer)
+    assert secret.hex() not in (table["ki 4"], table["ko 4"])
     written = [args[1] for args in ksr.called("htable.sht_sets")]
-    assert written.index("hex 4") < written.index(htables.DIALOG_SIGNING_KEY)
+    signing = written.index(htables.DIALOG_SIGNING_KEY)
+    assert written.index("ki 4") < signing and written.index("ko 4") < signing
     dialog_keys.publish({}, node.clock.wall_ms())
-    assert "hex 4" not in table
+    assert "ki 4" not in table and "ko 4" not in table
 
 
 def test_a_reload_that_changes_nothing_leaves_the_published_version_alone(node: Node, ksr: FakeKsr):
@@ -202,7 +210,7 @@ def test_a_bye_ends_its_dialog_record_only_once_the_config_relayed_it(
     assert node.balancer.location is not None
     monkeypatch.setattr(node.balancer.location, "dialog_ended", ended.append)
     route = node.sealed_route(A)
-    node.route("BYE", to_tag="callee", headers={"Route": route.replace("cpd2=1.", "cpd2=1.A")})
+    node.route("BYE", to_tag="callee", headers={"Route": route.replace("cpd3=1.", "cpd3=1.a")})
     assert ksr.sl_replies == [(403, "Forbidden")] and ended == []
     node.route("BYE", to_tag="callee", headers={"Route": route})
     assert len(ksr.relays) == 1 and len(ended) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from counterpoise.core import stray
 from counterpoise.core.settings import Settings
 from counterpoise.core.tally import Tally
 from counterpoise.kamailio import htables
@@ -151,9 +152,10 @@ CALLER_VIA = {
 def stray_reply(node: Node, ksr: FakeKsr, next_via: dict[str, str], **ids: str) -> None:
     """A pool proxy's reply that matches no transaction, carrying the balancer's Via of the
     INVITE relayed last (its signature) above ``next_via``; ``ids``: ``$ci``/``$cs`` changed."""
-    signature = ksr.relays[-1]["via_params"]["cps2"]
+    signature = ksr.relays[-1]["via_params"][stray.STRAY_PARAM]
     ksr.pvs |= {"$si": "10.0.0.1", "$sp": 5060, "$rs": 200, **ids}
-    ksr.vias = [{"transport": "UDP", "host": "192.0.2.1", "params.cps2": signature}, next_via]
+    top = {"transport": "UDP", "host": "192.0.2.1", f"params.{stray.STRAY_PARAM}": signature}
+    ksr.vias = [top, next_via]
     ksr.dropped = False
     # t_check_trans: no transaction; -1 when the native route is to drop it
     assert node.core_reply() == (-1 if ksr.dropped else 1)
@@ -162,7 +164,7 @@ def stray_reply(node: Node, ksr: FakeKsr, next_via: dict[str, str], **ids: str) 
 def route_invite(node: Node) -> None:
     node.pool(A)
     node.route("INVITE", call_id="call-1@x", source="198.51.100.7", source_port=5062)
-    assert len(node.ksr.relays) == 1 and node.ksr.relays[0]["via_params"]["cps2"]
+    assert len(node.ksr.relays) == 1 and node.ksr.relays[0]["via_params"][stray.STRAY_PARAM]
 
 
 def test_stray_reply_from_a_pool_proxy_is_forwarded_by_its_via(node: Node, ksr: FakeKsr):
@@ -203,7 +205,7 @@ def test_every_branch_of_a_dialog_forming_request_carries_the_signature(node: No
     node.route("INVITE", call_id="call-1@x", source="198.51.100.7", source_port=5062)
     node.reply(503, after_ms=10)
     node.fail(503)
-    first, second = (relay["via_params"].get("cps2") for relay in ksr.relays)
+    first, second = (relay["via_params"].get(stray.STRAY_PARAM) for relay in ksr.relays)
     assert first and second == first  # the same request from the same hop: the same proof
     node.route("MESSAGE")
     assert ksr.relays[-1]["via_params"] == {}  # no dialog: nothing to forward late

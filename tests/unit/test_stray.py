@@ -99,20 +99,34 @@ def test_the_requests_upstream_is_its_source():
     assert stray.request_upstream("udp", "198.51.100.7", 0, "b") is None
 
 
+FIELDS = [b"call-1@x", b"7 INVITE", b"udp", b"198.51.100.7", b"5062", b"z9hG4bK-caller-1"]
+CHECK = ("call-1@x", "7", "INVITE", CALLER, KEYS.get)
+
+
 def test_the_signature_is_what_a_kamailio_config_computes():
-    fields = [b"call-1@x", b"7 INVITE", b"udp", b"198.51.100.7", b"5062", b"z9hG4bK-caller-1"]
-    message = b"cps2" + b"".join(str(len(f)).encode() + b":" + f for f in fields)
-    digest = hmac.new(SECRET.hex().encode(), message, hashlib.sha256).digest()
-    assert signature() == "1." + base64.urlsafe_b64encode(digest).decode()[:22]
+    """``dialog_seal.native_mac``'s steps (its tests check them), under this purpose."""
+    message = b"cps3" + b"".join(str(len(f)).encode() + b":" + f for f in FIELDS)
+    inner = hmac.new(SECRET, b"counterpoise seal inner key", hashlib.sha256).hexdigest()
+    outer = hmac.new(SECRET, b"counterpoise seal outer key", hashlib.sha256).hexdigest()
+    digest = hashlib.sha256(inner.encode() + message).hexdigest()
+    assert signature() == "1." + hashlib.sha256((outer + digest).encode()).hexdigest()[:33]
 
 
 def test_a_signature_of_the_version_before_still_verifies():
-    """A reply to a request an old node relayed during an upgrade (``cps``)."""
-    fields = [b"call-1@x", b"7 INVITE", b"udp", b"198.51.100.7", b"5062", b"z9hG4bK-caller-1"]
-    message = b"cps1" + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+    """A reply to a request an old node relayed during an upgrade (``cps2``)."""
+    message = b"cps2" + b"".join(str(len(f)).encode() + b":" + f for f in FIELDS)
+    digest = hmac.new(SECRET.hex().encode(), message, hashlib.sha256).digest()
+    old = "1." + base64.urlsafe_b64encode(digest).decode()[:22]
+    assert stray.verifies(old, *CHECK, version=stray.STRAY_PARAM_V2)
+    assert not stray.verifies(old, *CHECK)  # each version under its own name
+    assert not stray.verifies(signature(), *CHECK, version=stray.STRAY_PARAM_V2)
+
+
+def test_a_signature_of_the_first_version_still_verifies():
+    """``cps``: a reply to a request relayed two upgrades before."""
+    message = b"cps1" + b"".join(len(f).to_bytes(4, "big") + f for f in FIELDS)
     mac = hmac.new(SECRET, message, hashlib.sha256).digest()[:16]
     old = "1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-    check = ("call-1@x", "7", "INVITE", CALLER, KEYS.get)
-    assert stray.verifies(old, *check, v1=True)
-    assert not stray.verifies(old, *check)  # each version under its own name
-    assert not stray.verifies(signature(), *check, v1=True)
+    assert stray.verifies(old, *CHECK, version=stray.STRAY_PARAM_V1)
+    assert not stray.verifies(old, *CHECK)
+    assert not stray.verifies(signature(), *CHECK, version=stray.STRAY_PARAM_V1)

@@ -2,11 +2,11 @@
 
 When the balancer relays a dialog-forming request to a proxy, its Record-Route carries a seal:
 the proxy that branch went to, the address the caller sent from, and a keyed signature
-(HMAC-SHA256, ``native_mac``) over them, the Call-ID and the caller's From tag (rr's
-``ftag``). Every node holds the same keys (Redis, ``store.dialog_keys``), so any node, also
-after a restart, can check that a Route entry was put there by this pool for this dialog,
-and send the request on to where the seal says, never to where the rest of the route set
-points:
+(``native_mac``: SHA-256 nested under two keys derived from the ring's secret) over them,
+the Call-ID and the caller's From tag (rr's ``ftag``). Every node holds the same keys (Redis,
+``store.dialog_keys``), so any node, also after a restart, can check that a Route entry was
+put there by this pool for this dialog, and send the request on to where the seal says, never
+to where the rest of the route set points:
 
 - from the caller's side (its From tag is the sealed one): to the sealed proxy, on its
   transport and scheme; never from a pool proxy's address (the caller side is outside the
@@ -14,11 +14,12 @@ points:
 - from the callee's side (its To tag is the sealed one): only from the sealed proxy's
   address, to the address the caller sent its dialog-forming request from.
 
-Kamailio's own config makes and checks the seal (``embed/counterpoise-dialog.cfg``: crypto's
-HMAC and string operations, no Python per in-dialog request), so the signature is one that
-config can compute (``native_mac``). This module is its definition, which the tests hold that
-config to, and the check of the seal before it (``SEAL_PARAM_V1``): a dialog sealed before an
-upgrade still ends in the Python in-dialog route, no new one is sealed so.
+Kamailio's own config makes and checks the seal (``embed/counterpoise-dialog.cfg``: its
+``s.sha256`` transformation and string operations, no Python per in-dialog request), so the
+signature is one that config can compute (``native_mac``). This module is its definition,
+which the tests hold that config to, and the check of the seals before it (``SEAL_PARAM_V2``,
+``SEAL_PARAM_V1``): a dialog sealed before an upgrade still ends in the Python in-dialog
+route, no new one is sealed so.
 
 Pure: hmac and hashlib only; the edge reads the Route, tags and source and asks ``admit``.
 """
@@ -37,22 +38,31 @@ from collections.abc import Callable, Iterable, Mapping
 from counterpoise.core import edge
 from counterpoise.core.untrusted import BadRecord, untrusted
 
-SEAL_PARAM = "cpd2"
+SEAL_PARAM = "cpd3"
 """``<key id>.<signature>`` (``signature``)."""
+SEAL_PARAM_V2 = "cpd2"
+"""The seal before ``SEAL_PARAM`` (``native_mac_v2``: OpenSSL's HMAC through Kamailio's crypto
+module, four a call, the costliest part of the config's work: docs/benchmarks.md): checked,
+never made, so that the dialogs of a rolling upgrade's old nodes end on the new ones."""
 SEAL_PARAM_V1 = "cpd"
-"""The seal before ``SEAL_PARAM`` (``signature_v1``): checked, never made, so that the dialogs
-of a rolling upgrade's old nodes end on the new ones. Nothing signs with it any more: it may
-go once no dialog sealed so can be alive (a dialog outlives two key rotations at most)."""
-PURPOSE = b"cpd2"
+"""The seal before ``SEAL_PARAM_V2`` (``signature_v1``), checked, never made, as it. Neither
+signs anything any more: each may go once no dialog sealed so can be alive (a dialog outlives
+two key rotations at most)."""
+PURPOSE = b"cpd3"
+PURPOSE_V2 = b"cpd2"
 PROXY_PARAM = "cpp"
 """The sealed proxy: ``<scheme>:<transport>:<host>:<port>``."""
 CALLER_PARAM = "cpc"
 """The caller's source: ``<transport>:<host>:<port>``."""
 FROM_TAG_PARAM = "ftag"
 """rr's own parameter (``append_fromtag``): the From tag of the dialog-forming request."""
-MAC_CHARS = 22
-"""132 bits of HMAC-SHA256 (base64, 6 bits a character): beyond guessing for the lifetime of
+MAC_CHARS = 33
+"""132 bits of the signature (hex, 4 bits a character): beyond guessing for the lifetime of
 any key."""
+MAC_CHARS_V2 = 22
+"""The same 132 bits in ``native_mac_v2``'s base64."""
+INNER_KEY, OUTER_KEY = b"counterpoise seal inner key", b"counterpoise seal outer key"
+"""What each of a secret's two derived keys (``derived_keys``) is the HMAC of."""
 MAC_BYTES_V1 = 16
 SECRET_BYTES = 32
 """A key is 256 random bits, SHA-256's block of security."""
@@ -156,18 +166,48 @@ def caller_param(caller: Hop) -> str:
     return f"{caller.transport}:{caller.hostport()}"
 
 
-def native_mac(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
-    """HMAC-SHA256 as a Kamailio config computes it (crypto's ``crypto_hmac_sha256``, which
-    gives the whole digest in URL-safe base64 without padding): the key is the secret's hex
-    text (the ring's own form in shared memory); the message is ``purpose`` (a signature made
-    for one use is no signature for another) then each field as ``<bytes>:<field>`` (no two
-    different field lists sign the same bytes, whatever they hold); the first ``MAC_CHARS``
-    characters: a SIP parameter value."""
-    message = purpose + b"".join(
+def _message(purpose: bytes, fields: Iterable[str]) -> bytes:
+    """``purpose`` (a signature made for one use is no signature for another) then each field
+    as ``<bytes>:<field>`` (no two different field lists sign the same bytes, whatever they
+    hold)."""
+    return purpose + b"".join(
         str(len(data)).encode() + b":" + data for data in (field.encode() for field in fields)
     )
-    digest = hmac.new(secret.hex().encode(), message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode()[:MAC_CHARS]
+
+
+@functools.lru_cache(maxsize=KEPT_KEYS * 4)
+def derived_keys(secret: bytes) -> tuple[str, str]:
+    """The inner and outer keys of ``native_mac``, as the ring's shared memory holds them:
+    the hex text of HMAC-SHA256 of ``INNER_KEY`` and of ``OUTER_KEY`` under the secret. Each
+    is 64 characters, one whole SHA-256 block, and neither tells the other or the secret."""
+    inner, outer = (
+        hmac.new(secret, label, hashlib.sha256).hexdigest() for label in (INNER_KEY, OUTER_KEY)
+    )
+    return inner, outer
+
+
+def native_mac(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
+    """The signature as a Kamailio config computes it with its ``s.sha256`` transformation
+    (Kamailio's own SHA-256, lower-case hex; no OpenSSL call per message): SHA-256 of the
+    outer key and the hex of SHA-256 of the inner key and the message (``derived_keys``,
+    ``_message``); the first ``MAC_CHARS`` characters, a SIP parameter value.
+
+    This is HMAC's nested construction (NMAC): each key fills SHA-256's first block, so each
+    hash starts from a secret state; the outer hash takes a fixed-length input, so the inner
+    hash cannot be extended, and the cut to 132 of 256 bits keeps the outer one from being
+    extended too. HMAC itself cannot be written with the transformation: its padded keys are
+    bytes a config string does not hold, and its outer hash takes the inner digest's bytes."""
+    inner, outer = derived_keys(secret)
+    digest = hashlib.sha256(inner.encode() + _message(purpose, fields)).hexdigest()
+    return hashlib.sha256((outer + digest).encode()).hexdigest()[:MAC_CHARS]
+
+
+def native_mac_v2(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
+    """The signature of ``SEAL_PARAM_V2`` and ``stray.STRAY_PARAM_V2``, only checked:
+    crypto's ``crypto_hmac_sha256`` keyed with the secret's hex text, over ``_message``, the
+    first ``MAC_CHARS_V2`` characters of the digest's URL-safe base64."""
+    digest = hmac.new(secret.hex().encode(), _message(purpose, fields), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:MAC_CHARS_V2]
 
 
 def keyed_mac_v1(secret: bytes, purpose: bytes, fields: Iterable[str]) -> str:
@@ -229,10 +269,11 @@ def read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
 
 
 def _read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None:
-    """A seal of either version; a Route carrying both is read as ``SEAL_PARAM`` alone."""
+    """A seal of any version; a Route carrying more than one is read as the newest alone."""
     params = _uri_params(route_uri)
-    v1 = not params.get(SEAL_PARAM)
-    names = (SEAL_PARAM_V1 if v1 else SEAL_PARAM, PROXY_PARAM, CALLER_PARAM)
+    version = next((name for name in (SEAL_PARAM, SEAL_PARAM_V2) if params.get(name)), None)
+    v1 = version is None
+    names = (version or SEAL_PARAM_V1, PROXY_PARAM, CALLER_PARAM)
     values = [params.get(name, "") for name in names]
     from_tag = params.get(FROM_TAG_PARAM, "")
     if not all(values) or not from_tag or any(len(v) > _MAX_PARAM_CHARS for v in values):
@@ -246,7 +287,11 @@ def _read_seal(route_uri: str, call_id: str, secret_of: SecretOf) -> Seal | None
     if v1:
         return seal if hmac.compare_digest(mac, signature_v1(secret, seal)) else None
     # The config checks the parameters as they stand: so does this definition of its check.
-    expected = native_mac(secret, PURPOSE, (call_id, from_tag, values[1], values[2]))
+    fields = (call_id, from_tag, values[1], values[2])
+    if version == SEAL_PARAM_V2:
+        expected = native_mac_v2(secret, PURPOSE_V2, fields)
+    else:
+        expected = native_mac(secret, PURPOSE, fields)
     return seal if hmac.compare_digest(mac, expected) else None
 
 

@@ -24,13 +24,18 @@ import re
 
 from counterpoise.core import dialog_seal
 
-STRAY_PARAM = "cps2"
+STRAY_PARAM = "cps3"
 """``<key id>.<signature>`` in the balancer's Via (``dialog_seal.native_mac``): the config's
 ``CP_SEAL`` route signs it, as ``signed`` defines."""
-STRAY_PARAM_V1 = "cps"
-"""The signature before ``STRAY_PARAM`` (``dialog_seal.keyed_mac_v1``): checked, never made,
+STRAY_PARAM_V2 = "cps2"
+"""The signature before ``STRAY_PARAM`` (``dialog_seal.native_mac_v2``): checked, never made,
 for the replies to requests a rolling upgrade's old node relayed."""
-PURPOSE = b"cps2"
+STRAY_PARAM_V1 = "cps"
+"""The signature before ``STRAY_PARAM_V2`` (``dialog_seal.keyed_mac_v1``), checked as it."""
+VERSIONS = (STRAY_PARAM, STRAY_PARAM_V2, STRAY_PARAM_V1)
+"""Newest first: a reply is checked by the newest its Via carries."""
+PURPOSE = b"cps3"
+_PURPOSE_V2 = b"cps2"
 _PURPOSE_V1 = b"cps1"
 _DEFAULT_PORT = 5060
 _TLS_PORT = 5061
@@ -101,13 +106,15 @@ def signed(
     cseq: int,
     method: str,
     upstream: Upstream,
-    v1: bool = False,
+    version: str = STRAY_PARAM,
 ) -> str:
-    """The value of ``STRAY_PARAM`` (``v1``: of ``STRAY_PARAM_V1``) for a request relayed from
-    ``upstream``."""
+    """The value of Via parameter ``version`` (one of ``VERSIONS``; only ``STRAY_PARAM`` is
+    made) for a request relayed from ``upstream``."""
     fields = (call_id, _cseq(cseq, method), *upstream.fields())
-    if v1:
+    if version == STRAY_PARAM_V1:
         return f"{key_id}.{dialog_seal.keyed_mac_v1(secret, _PURPOSE_V1, fields)}"
+    if version == STRAY_PARAM_V2:
+        return f"{key_id}.{dialog_seal.native_mac_v2(secret, _PURPOSE_V2, fields)}"
     return f"{key_id}.{dialog_seal.native_mac(secret, PURPOSE, fields)}"
 
 
@@ -118,10 +125,10 @@ def verifies(
     method: str | None,
     upstream: Upstream | None,
     secret_of: dialog_seal.SecretOf,
-    v1: bool = False,
+    version: str = STRAY_PARAM,
 ) -> bool:
-    """Whether a reply whose top Via carries ``param`` (``STRAY_PARAM``; ``v1``:
-    ``STRAY_PARAM_V1``) answers a request this pool relayed from ``upstream`` (its next Via's
+    """Whether a reply whose top Via carries ``param`` as Via parameter ``version`` (one of
+    ``VERSIONS``) answers a request this pool relayed from ``upstream`` (its next Via's
     hop) with this Call-ID and CSeq."""
     if not param or len(param) > _MAX_PARAM_CHARS or upstream is None:
         return False
@@ -132,5 +139,5 @@ def verifies(
     secret = dialog_seal.named_secret(key_id, secret_of)
     if secret is None:
         return False
-    expected = signed(key_id, secret, call_id, number, method, upstream, v1)
+    expected = signed(key_id, secret, call_id, number, method, upstream, version)
     return hmac.compare_digest(f"{key_id}.{mac}", expected)

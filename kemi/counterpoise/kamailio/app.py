@@ -885,15 +885,19 @@ _VIA_FIELDS = ("transport", "host", "port", "received", "rport", "branch")
 
 def _stray_reply_verifies(secret: Callable[[str], bytes | None]) -> bool:
     """Whether the reply being handled carries, in its top Via, the signature of the request
-    it answers, made for its next Via (``core.stray``; the one made before it, for a request
-    an old node relayed during an upgrade)."""
-    param = read.text(f"$sel(via[1].params.{stray.STRAY_PARAM})")
-    v1 = param is None
-    if v1:
-        param = read.text(f"$sel(via[1].params.{stray.STRAY_PARAM_V1})")
+    it answers, made for its next Via (``core.stray``; one made before it, for a request an
+    old node relayed during an upgrade)."""
+    version, param = next(
+        (
+            (name, value)
+            for name in stray.VERSIONS
+            if (value := read.text(f"$sel(via[1].params.{name})")) is not None
+        ),
+        (stray.STRAY_PARAM, None),
+    )
     upstream = stray.reply_upstream(*(read.text(f"$sel(via[2].{field})") for field in _VIA_FIELDS))
     return stray.verifies(
-        param, read.text("$ci"), read.text("$cs"), read.text("$rm"), upstream, secret, v1
+        param, read.text("$ci"), read.text("$cs"), read.text("$rm"), upstream, secret, version
     )
 
 

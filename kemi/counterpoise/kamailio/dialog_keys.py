@@ -73,9 +73,13 @@ class DialogKeyLoader:
         return self._store
 
 
-def hex_name(key_id: str) -> str:
-    """The name of the entry holding key ``key_id``'s secret hex alone."""
-    return htables.DIALOG_KEY_HEX + key_id
+def derived_entries(key: DialogKey) -> dict[str, str]:
+    """The entries holding key ``key``'s inner and outer keys, which the config signs with."""
+    inner, outer = dialog_seal.derived_keys(key.secret)
+    return {
+        htables.DIALOG_KEY_INNER + key.key_id: inner,
+        htables.DIALOG_KEY_OUTER + key.key_id: outer,
+    }
 
 
 def publish(ring: dict[str, DialogKey], now_wall_ms: int) -> None:
@@ -87,7 +91,8 @@ def publish(ring: dict[str, DialogKey], now_wall_ms: int) -> None:
     table = htables.DIALOG_KEYS.name
     shown = dict(shared.items(htables.DIALOG_KEYS))
     wanted = {key_id: key.encode() for key_id, key in ring.items()}
-    wanted.update({hex_name(key_id): key.secret.hex() for key_id, key in ring.items()})
+    for key in ring.values():
+        wanted.update(derived_entries(key))
     current = dialog_seal.signing_key(ring, now_wall_ms)
     if current is not None:
         wanted[htables.DIALOG_SIGNING_KEY] = current.key_id

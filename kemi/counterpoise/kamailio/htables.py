@@ -443,16 +443,20 @@ config route counts with ``$shtinc``, which creates no key: the timer process cr
 at 0."""
 
 DIALOG_SIGNING_KEY = "signing"
-DIALOG_KEY_HEX = "hex "
-"""Before a key id: that key's secret alone, for the config's dialog routes, which take the
-hex text as the key (``core.dialog_seal.native_mac``) and so parse nothing per message."""
+DIALOG_KEY_INNER, DIALOG_KEY_OUTER = "ki ", "ko "
+"""Before a key id: that key's inner and outer keys (``core.dialog_seal.derived_keys``), for
+the config's dialog routes, which sign with them as they stand and so parse nothing per
+message."""
 DIALOG_KEYS = Htable(
     name="cpkey",
     size=2,
-    key=f"a key id of the ring; ``{DIALOG_SIGNING_KEY}``; ``{DIALOG_KEY_HEX}<key id>``",
+    key=(
+        f"a key id of the ring; ``{DIALOG_SIGNING_KEY}``; ``{DIALOG_KEY_INNER}<key id>``, "
+        f"``{DIALOG_KEY_OUTER}<key id>``"
+    ),
     value=(
         "``<active from, epoch ms> <secret hex>`` (``core.dialog_seal.DialogKey``); the id "
-        "of the key new Record-Routes are sealed with; that key's secret hex"
+        "of the key new Record-Routes are sealed with; that key's inner and outer keys (hex)"
     ),
     writers=("kamailio.dialog_keys.publish",),
     readers=(
@@ -461,6 +465,7 @@ DIALOG_KEYS = Htable(
         "cfg:CP_IN_DIALOG",
         "cfg:CP_DENY",
         "cfg:CP_SEAL",
+        "cfg:CP_MAC",
     ),
     operators="``htable.dump cpkey`` shows the secrets: the control socket is the admin's",
 )
