@@ -442,6 +442,31 @@ def test_an_altered_seal_is_refused_by_the_config_and_relays_nothing(bed: Bed) -
     proxy.close()
 
 
+def test_a_call_too_long_to_sign_is_unsealed_and_no_seal_passes_for_its_call_id(
+    bed: Bed,
+) -> None:
+    """Past Kamailio's ``pv_buffer_size`` (8192 bytes) the signed message cannot be formatted:
+    the branch is recorded unsealed and its in-dialog requests are refused. A failed format is
+    never signed, so another dialog's valid seal does not pass for a Call-ID that long either,
+    even in the worker that has just checked that seal (each of the four may take it)."""
+    bed.start_balancer()
+    proxy = scripted_proxy(bed)
+    huge = "c" * 9000
+    unsealed = bed.counters("cpedge").get("unsealed", 0)
+    long_call = call(bed, call_id=huge)
+    assert long_call.routes and not any("cpd3=" in route for route in long_call.routes)
+    assert bed.counters("cpedge")["unsealed"] == unsealed + 1
+    assert status_of_request(long_call, bed, "INFO") == 403
+    normal = call(bed)
+    forged = Dialog(normal.caller, huge, normal.from_tag, normal.routes)
+    for _ in range(8):
+        assert status_of_request(normal, bed, "INFO") == 200
+        assert status_of_request(forged, bed, "INFO") == 403
+    infos = proxy.of_method("INFO")
+    assert len(infos) == 8 and not any(huge.encode() in info for info in infos)
+    proxy.close()
+
+
 # --- attacks -----------------------------------------------------------------------------------
 
 
