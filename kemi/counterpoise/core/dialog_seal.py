@@ -42,7 +42,7 @@ SEAL_PARAM = "cpd3"
 """``<key id>.<signature>`` (``signature``)."""
 SEAL_PARAM_V2 = "cpd2"
 """The seal before ``SEAL_PARAM`` (``native_mac_v2``: OpenSSL's HMAC through Kamailio's crypto
-module, four a call, the costliest part of the config's work: docs/benchmarks.md): checked,
+module, four a call, a measured share of every call's CPU: docs/benchmarks.md): checked,
 never made, so that the dialogs of a rolling upgrade's old nodes end on the new ones."""
 SEAL_PARAM_V1 = "cpd"
 """The seal before ``SEAL_PARAM_V2`` (``signature_v1``), checked, never made, as it. Neither
