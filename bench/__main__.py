@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import capacity, drive, overhead, pair_failover, per_message, plots, report, scenarios
-from bench.contenders import BY_NAME, CONTENDERS, Contender, other_version
+from bench.contenders import BY_NAME, CONTENDERS, Contender, compared
 from bench.pool import Pool, Target
 from bench.setting_args import parse_settings
 from bench.tap import InviteTap, TapUnavailable
@@ -332,11 +332,9 @@ def run_overhead(args: argparse.Namespace) -> int:
     """``--overhead``: the overhead bench alone, its own results.json and report.md."""
     names = args.contenders.split(",") if args.contenders else list(overhead.CONTENDERS)
     saturating = list(overhead.SATURATION_CONTENDERS)
-    for name, _, tree in (text.partition("=") for text in args.compare):
-        for contender in other_version(name, Path(tree).resolve()):
-            BY_NAME[contender.name] = contender
-            names.append(contender.name)
-            saturating.append(contender.name)
+    for contender in compared(args.compare):
+        names.append(contender.name)
+        saturating.append(contender.name)
     unknown = [name for name in names if name not in BY_NAME]
     if unknown:
         raise SystemExit(f"bench: unknown contender(s) {', '.join(unknown)}")

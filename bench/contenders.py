@@ -5,6 +5,7 @@ number of SIP workers, timers and failover (``bench/dispatcher.cfg`` says what i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -480,3 +481,25 @@ def other_version(name: str, tree: Path) -> tuple[Contender, Contender]:
 
 
 BY_NAME = {contender.name: contender for contender in (*CONTENDERS, *OVERHEAD_ONLY)}
+
+
+def add_compare_option(parser: argparse.ArgumentParser) -> None:
+    """``--compare NAME=TREE``, repeated, for ``compared``."""
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=TREE",
+        help="also Counterpoise from source tree TREE (e.g. a git worktree of an older commit) "
+        "as contenders NAME and NAME-noloc",
+    )
+
+
+def compared(compare: Sequence[str]) -> list[Contender]:
+    """The contenders of ``--compare`` values, each ``NAME=TREE``, added to ``BY_NAME``."""
+    added = []
+    for name, _, tree in (text.partition("=") for text in compare):
+        for contender in other_version(name, Path(tree).resolve()):
+            BY_NAME[contender.name] = contender
+            added.append(contender)
+    return added

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import drive, overhead
 from bench.__main__ import redis_url_of, stop_on_sigterm
-from bench.contenders import BY_NAME, Contender, other_version
+from bench.contenders import BY_NAME, Contender, add_compare_option, compared
 from bench.pool import Pool, Target
 from counterpoise import processes
 
@@ -98,20 +98,12 @@ def trial(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
     parser.add_argument("--contenders", required=True, help="two, comma-separated")
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="NAME=TREE",
-        help="Counterpoise from source tree TREE as contenders NAME and NAME-noloc",
-    )
+    add_compare_option(parser)
     parser.add_argument("--rate", type=float, default=300.0, help="calls/s each (300)")
     parser.add_argument("--trials", type=int, default=TRIALS, help=f"({TRIALS})")
     parser.add_argument("--seconds", type=float, default=SECONDS, help=f"per trial ({SECONDS:g})")
     args = parser.parse_args(argv)
-    for name, _, tree in (text.partition("=") for text in args.compare):
-        for contender in other_version(name, Path(tree).resolve()):
-            BY_NAME[contender.name] = contender
+    compared(args.compare)
     names = tuple(args.contenders.split(","))
     if len(names) != 2 or any(name not in BY_NAME for name in names):
         parser.error(f"--contenders: two of {', '.join(BY_NAME)}")

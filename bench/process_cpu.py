@@ -33,8 +33,9 @@ from bench.contenders import (
     BY_NAME,
     CLOCK_TICKS,
     Running,
+    add_compare_option,
+    compared,
     cpu_ticks,
-    other_version,
     session_stats,
 )
 from bench.pool import Pool, Target
@@ -180,18 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle-s", type=float, default=SETTLE_S, help=f"calls first, unmeasured ({SETTLE_S:g})"
     )
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="NAME=TREE",
-        help="also Counterpoise from source tree TREE (e.g. a git worktree of an older commit) "
-        "as contenders NAME and NAME-noloc, to name in --contenders",
-    )
+    add_compare_option(parser)
     args = parser.parse_args(argv)
-    for name, _, tree in (text.partition("=") for text in args.compare):
-        for contender in other_version(name, Path(tree).resolve()):
-            BY_NAME[contender.name] = contender
+    compared(args.compare)
     work = Path(tempfile.mkdtemp(prefix="process-cpu-"))
     redis = processes.start_redis(processes.free_port(), work / "redis")
     pool = Pool(work)
