@@ -64,6 +64,11 @@ class Measurement:
     rejections: list[sipp_messages.Rejection] = dataclasses.field(default_factory=list)
     """The INVITEs answered with an error, each with its delay (``Load.time_rejections``)."""
 
+    @property
+    def cpu_per_call_ms(self) -> float:
+        """CPU ms a call offered: the balancer's processes and its store's together."""
+        return 1000 * (self.cpu_s + self.store_cpu_s) / max(1, self.sipp.attempted)
+
 
 Counter = Callable[[float], InviteSample]
 """Cumulative INVITEs per proxy at the moment of the call, time since the given origin:

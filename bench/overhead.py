@@ -131,7 +131,7 @@ def one_round(
         for rate in rates:
             load = drive.Load(rate, HOLD_MS)
             m = drive.measure(running, None, None, run_dir / f"rate-{rate:g}", load, step_s)
-            per_call = 1000 * (m.cpu_s + m.store_cpu_s) / max(1, m.sipp.attempted)
+            per_call = m.cpu_per_call_ms
             record["steps"].append(
                 {
                     "contender": contender.name,

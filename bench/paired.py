@@ -34,10 +34,6 @@ SECONDS = 8.0
 """Of calls measured per trial, after the overhead bench's warm-up."""
 
 
-def cpu_per_call_ms(measured: drive.Measurement) -> float:
-    return 1000 * (measured.cpu_s + measured.store_cpu_s) / max(1, measured.sipp.attempted)
-
-
 def ratios(first: Sequence[float], second: Sequence[float]) -> list[float]:
     """Each trial's CPU per call of the second contender over the first's."""
     return [b / a for a, b in zip(first, second, strict=True)]
@@ -92,7 +88,7 @@ def trial(
     for i, contender in enumerate(contenders):
         if measured[i].sipp.failed:
             print(f"  {contender.name}: {measured[i].sipp.failed} calls failed", flush=True)
-    return [cpu_per_call_ms(measured[i]) for i in range(len(contenders))]
+    return [measured[i].cpu_per_call_ms for i in range(len(contenders))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,7 @@ def measure(
     finally:
         running.stop()
     calls = result.sipp.attempted or 1
-    total_ms = 1000 * (result.cpu_s + result.store_cpu_s) / calls
+    total_ms = result.cpu_per_call_ms
     lines = [
         f"\n### {name}: {rate:g} calls/s, {calls} calls ({result.sipp.failed} failed), "
         f"{total_ms:.3f} ms CPU a call, "

@@ -3,9 +3,6 @@ sealed with that branch's proxy; the key ring reaches the workers through shared
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 import pytest
 
 from counterpoise.core import dialog_seal
@@ -15,6 +12,7 @@ from counterpoise.kamailio import htables
 
 from ..fakes.edge import Node
 from ..fakes.ksr import FakeKsr
+from .test_dialog_seal import derived_keys
 from .test_kemi_edge import edge_counters
 
 A, B = "sip:10.0.0.1:5060", "sip:10.0.0.2:5060;transport=tcp"
@@ -132,8 +130,7 @@ def test_each_key_is_published_with_its_derived_keys_apart_before_the_signing_id
     ksr.calls.clear()
     secret = bytes(range(32))
     dialog_keys.publish({"4": DialogKey("4", 0, secret)}, node.clock.wall_ms())
-    inner = hmac.new(secret, b"counterpoise seal inner key", hashlib.sha256).hexdigest()
-    outer = hmac.new(secret, b"counterpoise seal outer key", hashlib.sha256).hexdigest()
+    inner, outer = derived_keys(secret)
     assert (table["ki 4"], table["ko 4"]) == (inner, outer)
     assert secret.hex() not in (table["ki 4"], table["ko 4"])
     written = [args[1] for args in ksr.called("htable.sht_sets")]
