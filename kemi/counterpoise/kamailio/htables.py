@@ -462,7 +462,6 @@ DIALOG_KEYS = Htable(
     readers=(
         "kamailio.dialog_keys.publish",
         "kamailio.dialog_keys.WorkerKeys",
-        "cfg:CP_IN_DIALOG",
         "cfg:CP_DENY",
         "cfg:CP_SEAL",
         "cfg:CP_MAC",
