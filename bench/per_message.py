@@ -5,11 +5,12 @@ One balancer (``up``'s kamailio.cfg, default settings) in front of one downstrea
 proxy (which sends 100 Trying) and the SIPp UAS (180, 200, then the BYE's 200), calls at
 ``RATE`` for ``SECONDS``. The object its ``python_exec`` calls (``Embedded``) is wrapped by
 ``bench/ksr_profile.py`` through an entry script of its own (the shipped one is untouched).
-Only the messages that enter Python are filed. Two runs: one counting every KSR call
+Only the messages that enter Python are filed. Three runs: one counting every KSR call
 by kind (Python entries, htable reads and writes, AVP and other pseudo-variable operations,
 decodes and encodes of shared values), one timing the hooks alone (no counting wrapper, so
-the figures are the balancer's own). The table gives, per message kind, the average per
-message; "per call" sums one call's messages.
+the figures are the balancer's own), and a slow one counting the config actions each message
+runs in Kamailio's interpreter (``bench/cfg_trace.py``). The table gives, per message kind,
+the average per message; "per call" sums one call's messages.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from harness import testbed
 
-from bench import drive
+from bench import cfg_trace, drive
 from bench.contenders import start_counterpoise
 from bench.pool import Target
 from bench.setting_args import parse_settings
@@ -145,13 +147,41 @@ def one_run(
         running.stop()
 
 
+def traced_run(
+    work: Path, redis_url: str, target: Target, overrides: Mapping[str, object] | None = None
+) -> dict[str, Any]:
+    """The config actions of a call's messages (``bench/cfg_trace.py``), per call."""
+    tree = cfg_trace.tracing_tree(work / "tracing-tree")
+    run_dir = work / "tracing"
+    running = start_counterpoise([target], run_dir, redis_url, overrides, tree=tree)
+    log = run_dir / "balancer.log"
+    try:
+        warm = drive.Load(cfg_trace.RATE, HOLD_MS)
+        drive.measure(running, None, None, run_dir / "warmup", warm, cfg_trace.WARMUP_S)
+        start = log.stat().st_size
+        load = drive.Load(cfg_trace.RATE, HOLD_MS)
+        measured = drive.measure(running, None, None, run_dir / "load", load, cfg_trace.SECONDS)
+    finally:
+        running.stop()
+    if measured.sipp.failed:
+        print(f"per-message (tracing): {measured.sipp.failed} calls failed", flush=True)
+    with log.open(errors="replace") as stream:
+        stream.seek(start)
+        actions = cfg_trace.count(stream, CALL_MESSAGES)
+    return {
+        "calls": measured.sipp.successful,
+        "by_message": dict(actions.by_message),
+        "by_route": dict(actions.by_route),
+    }
+
+
 def run(
     work: Path,
     python_profile: Path | None = None,
     overrides: Mapping[str, object] | None = None,
-) -> dict:
-    """Both runs against one downstream proxy and the UAS behind it; with
-    ``python_profile``, a third under cProfile, its stats summed in that file;
+) -> dict[str, Any]:
+    """The three runs against one downstream proxy and the UAS behind it; with
+    ``python_profile``, a fourth under cProfile, its stats summed in that file;
     ``overrides``: Counterpoise settings other than the defaults, in every run."""
     redis = processes.start_redis(processes.free_port(), work / "redis")
     uas_port = processes.free_port()
@@ -170,6 +200,7 @@ def run(
             "settings": {name: str(value) for name, value in (overrides or {}).items()},
             "counting": one_run(work, redis_url, target, True, overrides=overrides),
             "timing": one_run(work, redis_url, target, False, overrides=overrides),
+            "actions": traced_run(work, redis_url, target, overrides),
         }
         if python_profile is not None:
             one_run(work, redis_url, target, False, python_profile=True, overrides=overrides)
@@ -194,8 +225,9 @@ def _summed(totals: Totals, kinds: tuple[str, ...]) -> dict[str, int]:
     return summed
 
 
-def render(result: dict) -> str:
-    counting, timing = result["counting"], result["timing"]
+def render(result: Mapping[str, Any]) -> str:
+    counting, timing, actions = result["counting"], result["timing"], result["actions"]
+    per_call = _actions_per_call(actions)
     settings = ", ".join(f"`{name}={value}`" for name, value in result.get("settings", {}).items())
     lines = [
         "## Per-message cost of Counterpoise",
@@ -210,28 +242,51 @@ def render(result: dict) -> str:
         "of the hooks' wall time (counted run) spent inside KSR calls (Kamailio's native work), "
         "and in `t_relay` alone (the relay itself, branch route included); the rest is Python. "
         "Messages: counted run / timed run; each call brings one message of each kind, so a "
-        "kind's figures are per call, zero where the config's native routes handle it alone.",
+        "kind's figures are per call, zero where the config's native routes handle it alone. "
+        f"Config actions: what each message runs in Kamailio's interpreter, per call, from a "
+        f"third run at {cfg_trace.RATE} calls/s with every action traced "
+        f"({actions['calls']} calls; `bench/cfg_trace.py`): the native routes' share of the "
+        "work, which the other columns do not see.",
         "",
         "| message | messages | "
         + " | ".join(label for _, label in COUNTED)
-        + " | CPU µs | wall µs | in KSR | in t_relay |",
-        "|---" * (len(COUNTED) + 6) + "|",
+        + " | config actions | CPU µs | wall µs | in KSR | in t_relay |",
+        "|---" * (len(COUNTED) + 7) + "|",
     ]
     calls_counted = counting.get("INVITE", {}).get("messages", 0)
     calls_timed = timing.get("INVITE", {}).get("messages", 0)
     for kind in CALL_MESSAGES:
         kind_c, kind_t = counting.get(kind, {}), timing.get(kind, {})
-        if kind == HELD_INVITE:
+        if kind == HELD_INVITE:  # the traced run holds none
             lines.append(_kind_row(kind, kind_c, kind_t))
         else:  # one per call, whether it enters Python or stays in the config's routes
-            lines.append(_row(kind, kind_c, kind_t, calls_counted, calls_timed))
+            row = _row(kind, kind_c, kind_t, calls_counted, calls_timed, per_call(kind))
+            lines.append(row)
     call_c, call_t = _summed(counting, CALL_MESSAGES), _summed(timing, CALL_MESSAGES)
-    lines.append(_row("**per call**", call_c, call_t, calls_counted, calls_timed))
+    all_actions = sum(actions["by_message"].values()) / max(1, actions["calls"])
+    lines.append(_row("**per call**", call_c, call_t, calls_counted, calls_timed, all_actions))
     for kind in sorted((set(counting) | set(timing)) - set(CALL_MESSAGES)):
         if not counting.get(kind, {}).get("messages") and not timing.get(kind, {}).get("messages"):
             continue  # a hook entered outside any message of its own
         lines.append(_kind_row(kind, counting.get(kind, {}), timing.get(kind, {})))
+    lines += [
+        "",
+        "Config actions per call, by route (the route an action runs in; a route type in "
+        "brackets: `request_route` for the routes a request calls, `onreply_route` for a "
+        "reply's, `branch_route` for a relayed branch's):",
+        "",
+        "| route | actions per call |",
+        "|---|---|",
+    ]
+    by_route = sorted(actions["by_route"].items(), key=lambda item: (-item[1], item[0]))
+    lines += [f"| {route} | {count / max(1, actions['calls']):.1f} |" for route, count in by_route]
     return "\n".join(lines) + "\n"
+
+
+def _actions_per_call(actions: Mapping[str, Any]) -> Callable[[str], float]:
+    """A message kind's traced actions per call (each call brings one message of each)."""
+    calls = max(1, actions["calls"])
+    return lambda kind: actions["by_message"].get(kind, 0) / calls
 
 
 def _kind_row(kind: str, counting: Mapping[str, int], timing: Mapping[str, int]) -> str:
@@ -239,10 +294,17 @@ def _kind_row(kind: str, counting: Mapping[str, int], timing: Mapping[str, int])
 
 
 def _row(
-    label: str, counting: Mapping[str, int], timing: Mapping[str, int], counted: int, timed: int
+    label: str,
+    counting: Mapping[str, int],
+    timing: Mapping[str, int],
+    counted: int,
+    timed: int,
+    actions: float | None = None,
 ) -> str:
-    """Each count per ``counted`` message (or call), the times per ``timed`` one."""
+    """Each count per ``counted`` message (or call), the times per ``timed`` one; ``actions``:
+    the config actions per call, None where they were not traced."""
     cells = [f"{_per(counting, what, counted):.1f}" for what, _ in COUNTED]
+    cells.append("-" if actions is None else f"{actions:.1f}")
     cpu_us = _per(timing, "cpu_ns", timed) / 1000
     wall_us = _per(timing, "wall_ns", timed) / 1000
     hook_wall = counting.get("wall_ns", 0)
