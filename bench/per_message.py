@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +227,7 @@ def _summed(totals: Totals, kinds: tuple[str, ...]) -> dict[str, int]:
 
 def render(result: Mapping[str, Any]) -> str:
     counting, timing, actions = result["counting"], result["timing"], result["actions"]
-    per_call = _actions_per_call(actions)
+    traced_calls = max(1, actions["calls"])  # each brings one message of each kind
     settings = ", ".join(f"`{name}={value}`" for name, value in result.get("settings", {}).items())
     lines = [
         "## Per-message cost of Counterpoise",
@@ -260,11 +260,11 @@ def render(result: Mapping[str, Any]) -> str:
         if kind == HELD_INVITE:  # the traced run holds none
             lines.append(_kind_row(kind, kind_c, kind_t))
         else:  # one per call, whether it enters Python or stays in the config's routes
-            row = _row(kind, kind_c, kind_t, calls_counted, calls_timed, per_call(kind))
-            lines.append(row)
+            traced = actions["by_message"].get(kind, 0) / traced_calls
+            lines.append(_row(kind, kind_c, kind_t, calls_counted, calls_timed, traced))
     call_c, call_t = _summed(counting, CALL_MESSAGES), _summed(timing, CALL_MESSAGES)
-    all_actions = sum(actions["by_message"].values()) / max(1, actions["calls"])
-    lines.append(_row("**per call**", call_c, call_t, calls_counted, calls_timed, all_actions))
+    traced = sum(actions["by_message"].values()) / traced_calls
+    lines.append(_row("**per call**", call_c, call_t, calls_counted, calls_timed, traced))
     for kind in sorted((set(counting) | set(timing)) - set(CALL_MESSAGES)):
         if not counting.get(kind, {}).get("messages") and not timing.get(kind, {}).get("messages"):
             continue  # a hook entered outside any message of its own
@@ -279,14 +279,8 @@ def render(result: Mapping[str, Any]) -> str:
         "|---|---|",
     ]
     by_route = sorted(actions["by_route"].items(), key=lambda item: (-item[1], item[0]))
-    lines += [f"| {route} | {count / max(1, actions['calls']):.1f} |" for route, count in by_route]
+    lines += [f"| {route} | {count / traced_calls:.1f} |" for route, count in by_route]
     return "\n".join(lines) + "\n"
-
-
-def _actions_per_call(actions: Mapping[str, Any]) -> Callable[[str], float]:
-    """A message kind's traced actions per call (each call brings one message of each)."""
-    calls = max(1, actions["calls"])
-    return lambda kind: actions["by_message"].get(kind, 0) / calls
 
 
 def _kind_row(kind: str, counting: Mapping[str, int], timing: Mapping[str, int]) -> str:
