@@ -39,6 +39,29 @@ class Load:
     time_rejections: bool = False
     """Trace SIPp's messages to time each error reply to an INVITE (``sipp_messages``):
     past the pool's capacity, how fast the excess heard its 503."""
+    dialled_users: bool = False
+    """Each call dials a user of its own (``dialled_scenario``), as a trunk's calls dial
+    numbers: every location lookup misses the node's cache. Else every call dials SIPp's
+    ``service`` user, whose lookups the cache answers."""
+
+
+DIALLED_USER = "n[call_number]"
+"""The R-URI and To user of a call of ``Load.dialled_users``: one per call."""
+
+
+def dialled_scenario(run_dir: Path) -> Path:
+    """uac.xml with each call dialling ``DIALLED_USER`` instead of ``[service]``, written into
+    a folder of ``run_dir`` under the same name (SIPp names its statistics after it)."""
+    text = (testbed.SIPP_SCENARIOS / "uac.xml").read_text()
+    changed = text.replace("INVITE sip:[service]@", f"INVITE sip:{DIALLED_USER}@").replace(
+        "To: <sip:[service]@", f"To: <sip:{DIALLED_USER}@"
+    )
+    if changed.count(DIALLED_USER) < 2:
+        raise ValueError("uac.xml no longer dials [service] in its INVITE's R-URI and To")
+    path = run_dir / "dialled" / "uac.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(changed)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +146,11 @@ def measure(
     if sampler:
         sampler.start()
     extra = SIPP_TRACE_ARGS + (sipp_messages.TRACE_ARGS if load.time_rejections else ())
+    scenario = str(dialled_scenario(run_dir)) if load.dialled_users else "uac.xml"
     callers = [
-        testbed.Caller(f"127.0.0.1:{port}", run_dir, calls, rate, load.hold_ms, extra=extra)
+        testbed.Caller(
+            f"127.0.0.1:{port}", run_dir, calls, rate, load.hold_ms, scenario, extra=extra
+        )
         for port in ports
     ]
     try:

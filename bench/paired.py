@@ -54,6 +54,7 @@ def trial(
     work: Path,
     rate: float,
     seconds: float,
+    dialled_users: bool = False,
 ) -> list[float]:
     """One trial: both started fresh, warmed up and measured at once; each one's CPU per call."""
     measured: dict[int, drive.Measurement] = {}
@@ -70,7 +71,7 @@ def trial(
             try:
                 balancer, run_dir = running[i]
                 overhead.warm_up(balancer, run_dir)
-                load = drive.Load(rate, overhead.HOLD_MS)
+                load = drive.Load(rate, overhead.HOLD_MS, dialled_users=dialled_users)
                 measured[i] = drive.measure(balancer, None, None, run_dir / "load", load, seconds)
             except BaseException as error:  # re-raised below, in the main thread
                 failures.append(error)
@@ -98,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="calls/s each (300)")
     parser.add_argument("--trials", type=int, default=TRIALS, help=f"({TRIALS})")
     parser.add_argument("--seconds", type=float, default=SECONDS, help=f"per trial ({SECONDS:g})")
+    parser.add_argument(
+        "--dialled-users",
+        action="store_true",
+        help="each call dials a user of its own, as a trunk's calls do (every location "
+        "lookup misses the cache); else every call dials the same user",
+    )
     args = parser.parse_args(argv)
     compared(args.compare)
     names = tuple(args.contenders.split(","))
@@ -114,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         urls = [redis_url_of(redis) for redis in redises]
         for index in range(args.trials):
             first, second = trial(
-                contenders, pools, urls, work / f"trial{index + 1}", args.rate, args.seconds
+                contenders,
+                pools,
+                urls,
+                work / f"trial{index + 1}",
+                args.rate,
+                args.seconds,
+                args.dialled_users,
             )
             cpu[0].append(first)
             cpu[1].append(second)
