@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -138,11 +139,13 @@ def test_a_killed_proxy_costs_no_new_call(bed: Bed, embedded: stock.StockKamaili
     30 s.)"""
     a, b = bed.start_downstream("a"), bed.start_downstream("b")
     bed.add_pool((a, 1), (b, 1))
+    started_s = time.monotonic()
     calls = caller(bed, embedded, calls=300, rate=25, hold_ms=200)
     processes.wait_for(lambda: min(invite_counts([a, b]).values()) >= 20, 20, "both proxies in use")
 
     before_kill = a.counts()
     a.kill()
+    killed_after_s = time.monotonic() - started_s
     # Dialogs established through a cannot end: their BYE follows the Record-Route set to
     # the dead proxy. Every other call must succeed.
     open_on_a = before_kill.get("invite", 0) - before_kill.get("bye", 0)
@@ -150,9 +153,16 @@ def test_a_killed_proxy_costs_no_new_call(bed: Bed, embedded: stock.StockKamaili
 
     assert result.failed <= open_on_a + 1, result.output[-2000:]
     log = embedded.log()
-    # On failure, Counterpoise's own lines say what became of the killed proxy's calls.
+    # On failure, Counterpoise's own lines say what became of the killed proxy's calls, and
+    # the run's numbers whether any call was still to place when a died (once, in a whole
+    # slow lane, none of its lines came after the kill).
     ours = [line for line in log.splitlines() if "counterpoise" in line]
-    assert "retrying on" in log, "\n".join(ours[-40:])
+    numbers = (
+        f"a killed {killed_after_s:.1f} s after the first of 300 calls at 25/s, having had "
+        f"{before_kill}; b had {b.counts()} at the end; {result.successful} calls succeeded, "
+        f"{result.failed} failed"
+    )
+    assert "retrying on" in log, "\n".join([numbers, *ours[-40:]])
 
 
 def test_a_drained_proxy_gets_no_new_calls(bed: Bed, embedded: stock.StockKamailio) -> None:
